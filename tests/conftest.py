@@ -1,13 +1,69 @@
-"""Suite-wide fixtures. Each test run gets its own EDGERUN_HOME so nothing leaks between runs."""
+"""Suite-wide fixtures.
+
+* Each test session gets its own ``EDGERUN_HOME`` so nothing leaks from a user's real one.
+* ``make_artifact(model, target, scheme)`` exports once per session and hands every test the
+  same directory (read-only by convention: copy it before changing anything).
+"""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
+
+@pytest.fixture(scope="session")
+def edgerun_home(tmp_path_factory) -> Path:
+    home = tmp_path_factory.getbasetemp() / "edgerun-home"
+    home.mkdir(exist_ok=True)
+    return home
 
 
 @pytest.fixture(autouse=True)
-def _edgerun_home(tmp_path_factory, monkeypatch):
-    home = tmp_path_factory.getbasetemp() / "edgerun-home"
-    home.mkdir(exist_ok=True)
-    monkeypatch.setenv("EDGERUN_HOME", str(home))
-    return home
+def _edgerun_home_env(edgerun_home, monkeypatch):
+    monkeypatch.setenv("EDGERUN_HOME", str(edgerun_home))
+    return edgerun_home
+
+
+@pytest.fixture(scope="session")
+def make_artifact(tmp_path_factory, edgerun_home):
+    """``make_artifact(model, target, scheme, **export_kwargs) -> Path`` (cached per session)."""
+    cache: dict = {}
+    root = tmp_path_factory.mktemp("artifacts")
+
+    def make(model: str, target: str = "host", scheme: str = "fp32", **kwargs) -> Path:
+        key = (model, target, scheme, repr(sorted(kwargs.items())))
+        if key not in cache:
+            from edgerun.export import export_model
+
+            old = os.environ.get("EDGERUN_HOME")
+            os.environ["EDGERUN_HOME"] = str(edgerun_home)
+            try:
+                safe = model.replace(":", "_").replace(".", "_")
+                out = root / f"{safe}-{target}-{scheme}-{len(cache)}"
+                export_model(model, target, scheme, out, **kwargs)
+            finally:
+                if old is None:
+                    os.environ.pop("EDGERUN_HOME", None)
+                else:
+                    os.environ["EDGERUN_HOME"] = old
+            cache[key] = out
+        return cache[key]
+
+    return make
+
+
+def run_cli(*args: str, env: dict | None = None, cwd: str | os.PathLike | None = None,
+            timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run the real ``edgerun`` console script (the installed entry point) and capture its output."""
+    exe = Path(sys.executable).with_name("edgerun")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-c", "from edgerun.cli import main; main()"]
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([*cmd, *args], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=timeout)
+
+
+@pytest.fixture
+def cli():
+    return run_cli

@@ -1,2 +1,199 @@
-def register(app):
-    pass
+"""``edgerun export | inspect | models | targets``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ._common import DebugOpt, JsonOpt, err_console, execute
+
+out = Console()
+
+
+def _fmt_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _fmt_num(x, fmt: str = "{:.2f}") -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float) and x == float("inf"):
+        return "inf (exact)"
+    return fmt.format(x)
+
+
+def show_manifest(m: dict) -> None:
+    """Tables for a person: what the artifact is, its sizes and memory plan, delegated vs not."""
+    status = m.get("status", "?")
+    colour = {"ok": "green", "failed": "red"}.get(status, "yellow")
+    out.print(f"[bold]{m['model']['name']}[/] for [bold]{m['target']['name']}[/] "
+              f"({m['target']['description']}), scheme [bold]{m['scheme']['name']}[/] "
+              f"— status [{colour}]{status}[/]   {m.get('path', '')}")
+
+    t = Table(title="Artifact", show_header=False, title_justify="left")
+    t.add_column(style="bold")
+    t.add_column()
+    t.add_row(".pte size", _fmt_bytes(m.get("pte_bytes")))
+    t.add_row("fp32 weights (eager)", _fmt_bytes(m["model"].get("fp32_weight_bytes")))
+    t.add_row("parameters", f"{m['model'].get('parameters', 0):,}")
+    t.add_row("planned memory (activations)", _fmt_bytes(m.get("planned_memory_bytes")))
+    t.add_row("recipe hash", f"{m['scheme']['recipe_hash']} (scheme) / {m.get('recipe_hash', '-')} (export)")
+    t.add_row("versions", ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items()))
+    for spec in m.get("inputs", []):
+        t.add_row(f"input {spec['name']}", f"{spec['dtype']}{spec['shape']}")
+    for spec in m.get("outputs", []):
+        t.add_row(f"output {spec['name']}", f"{spec['dtype']}{spec['shape']}")
+    if m.get("export_seconds") is not None:
+        t.add_row("export time", f"{m['export_seconds']:.1f} s")
+    out.print(t)
+
+    ops = m.get("operators", {})
+    t = Table(title="Operators (calls in the program)", title_justify="left")
+    t.add_column("operator / delegate")
+    t.add_column("where")
+    t.add_column("calls", justify="right")
+    for name, n in ops.get("delegated", {}).items():
+        t.add_row(name, "[green]delegated[/]", str(n))
+    for name, n in ops.get("non_delegated", {}).items():
+        t.add_row(name, "[yellow]portable/optimized kernel[/]", str(n))
+    out.print(t)
+
+    v = m.get("verification") or {}
+    if v:
+        t = Table(title=f"Verification against eager PyTorch ({v.get('runtime', '')})", title_justify="left")
+        for col in ("output", "shape", "SNR dB", "max abs", "cosine", "top-1 agree", "vectors"):
+            t.add_column(col, justify="right")
+        for row in v.get("outputs", []):
+            t.add_row(str(row["index"]), str(row["shape"]), _fmt_num(row["snr_db"], "{:.1f}"),
+                      _fmt_num(row["max_abs"], "{:.3g}"), _fmt_num(row["cosine"], "{:.5f}"),
+                      _fmt_num(row["top1_agreement"]), str(row.get("vectors", "")))
+        out.print(t)
+        acc = v.get("task_accuracy")
+        if acc:
+            out.print(f"Task accuracy on {acc['samples']} held-out samples: eager fp32 {acc['eager_fp32']:.2%}, "
+                      f"program {acc['program']:.2%} ({acc['delta_pp']:+.2f} pp)")
+        for failure in v.get("failures", []):
+            out.print(f"[red]FAILED[/] {failure}")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("export")
+    def export_cmd(
+        model: Annotated[str, typer.Argument(help="Zoo model name (see `edgerun models`) or 'package.module:factory'.")],
+        target: Annotated[str, typer.Option("--target", "-t", help="Target (see `edgerun targets`).")] = "host",
+        scheme: Annotated[Optional[str], typer.Option("--scheme", "-s",
+                          help="fp32 | int8 | int8-dynamic | 8da4w (default: the target's default).")] = None,
+        output: Annotated[Optional[Path], typer.Option("--output", "-o",
+                          help="Artifact directory (default: artifacts/MODEL-TARGET-SCHEME).")] = None,
+        calibration: Annotated[Optional[Path], typer.Option(
+            "--calibration", help="Calibration inputs: .npy [N, *input_shape] or .npz with input_0, input_1 ...")] = None,
+        calibration_samples: Annotated[Optional[int], typer.Option(
+            help="int8: how many calibration samples (dataset or generated).")] = None,
+        group_size: Annotated[Optional[int], typer.Option(help="8da4w: weights per quantization group.")] = None,
+        vectors: Annotated[int, typer.Option(help="Test vectors written and verified.")] = 4,
+        min_snr_db: Annotated[Optional[float], typer.Option(help="Override the scheme's SNR threshold (dB).")] = None,
+        min_cosine: Annotated[Optional[float], typer.Option(help="Override the scheme's cosine threshold.")] = None,
+        min_top1: Annotated[Optional[float], typer.Option(
+            help="Also require this top-1 agreement (0..1) on classifier outputs.")] = None,
+        overwrite: Annotated[bool, typer.Option(help="Replace an existing artifact at the output directory.")] = True,
+        json_out: JsonOpt = False,
+        debug: DebugOpt = False,
+    ) -> None:
+        """Export MODEL to a verified ExecuTorch program for a target.
+
+        Writes model.pte, model.etrecord, manifest.json and test vectors; the program is run with
+        ExecuTorch's runtime on the test vectors and compared with eager PyTorch. A failed check
+        keeps the artifact (marked failed) and exits with status 4.
+        """
+
+        def work() -> dict:
+            from edgerun.export import export_model
+            from edgerun.export.pipeline import ExportOptions
+
+            scheme_opts = {"calibration_samples": calibration_samples, "group_size": group_size}
+            with err_console.status("exporting") as status:
+                manifest = export_model(
+                    model, target, scheme, output,
+                    scheme_options=scheme_opts,
+                    options=ExportOptions(vectors=vectors, calibration=str(calibration) if calibration else None,
+                                          overwrite=overwrite),
+                    thresholds={"min_snr_db": min_snr_db, "min_cosine": min_cosine, "min_top1": min_top1},
+                    on_stage=lambda s: status.update(f"{model}: {s}"),
+                )
+            return {"path": manifest["path"], "manifest": manifest}
+
+        execute(work, json_out=json_out, debug=debug, human=lambda r: show_manifest(r["manifest"]))
+
+    @app.command("inspect")
+    def inspect_cmd(
+        artifact: Annotated[Path, typer.Argument(help="Artifact directory written by `edgerun export`.")],
+        json_out: JsonOpt = False,
+        debug: DebugOpt = False,
+    ) -> None:
+        """Show an artifact's manifest: sizes, memory plan, operators delegated or not, verification."""
+
+        def work() -> dict:
+            from edgerun.export import read_manifest
+
+            return {"path": str(artifact), "manifest": read_manifest(artifact)}
+
+        execute(work, json_out=json_out, debug=debug, human=lambda r: show_manifest(r["manifest"]))
+
+    @app.command("models")
+    def models_cmd(json_out: JsonOpt = False, debug: DebugOpt = False) -> None:
+        """List the model zoo (user models: give 'package.module:factory' instead of a name)."""
+
+        def work() -> dict:
+            from edgerun.export import MODELS
+
+            return {"models": [m.to_json() for m in MODELS.values()]}
+
+        def human(r: dict) -> None:
+            t = Table(title="Model zoo (weights: seeded random, or trained here)", title_justify="left")
+            for col in ("name", "task", "description", "dataset"):
+                t.add_column(col)
+            for m in r["models"]:
+                t.add_row(m["name"], m["task"], m["description"], m["dataset"] or "-")
+            out.print(t)
+            out.print("User models: edgerun export package.module:factory  (factory() -> (nn.Module, example_inputs))")
+
+        execute(work, json_out=json_out, debug=debug, human=human)
+
+    @app.command("targets")
+    def targets_cmd(json_out: JsonOpt = False, debug: DebugOpt = False) -> None:
+        """List targets, their CPU, backends and the schemes each allows."""
+
+        def work() -> dict:
+            from edgerun.export import SCHEMES, TARGETS
+
+            return {"targets": [t.to_json() for t in TARGETS.values()],
+                    "schemes": [{"name": s.name, "description": s.description} for s in SCHEMES.values()]}
+
+        def human(r: dict) -> None:
+            t = Table(title="Targets", title_justify="left")
+            for col in ("name", "arch", "cpu", "backends", "default", "schemes"):
+                t.add_column(col, no_wrap=col in ("name", "cpu"))
+            for x in r["targets"]:
+                t.add_row(x["name"], x["arch"], x["cpu"], ", ".join(x["backends"]) or "(none)",
+                          x["default_scheme"], " ".join(x["allowed_schemes"]))
+            out.print(t)
+            for x in r["targets"]:
+                out.print(f"  [bold]{x['name']}[/]: {x['description']}", highlight=False)
+            t = Table(title="Schemes", title_justify="left")
+            t.add_column("name")
+            t.add_column("description")
+            for s in r["schemes"]:
+                t.add_row(s["name"], s["description"])
+            out.print(t)
+
+        execute(work, json_out=json_out, debug=debug, human=human)

@@ -1,1 +1,60 @@
-"""placeholder"""
+"""The model zoo: definitions in code, seeded random or locally trained weights, no downloads.
+
+``get_model(name)`` accepts a zoo name or a user factory path ``package.module:factory``.
+"""
+
+from __future__ import annotations
+
+from edgerun.errors import UsageError
+
+from .base import Dataset, ModelSpec, load_factory
+
+
+def _digits_dataset() -> Dataset:
+    def load():
+        from .digits import load_split
+
+        return load_split()
+
+    return Dataset(name="sklearn-digits (8x8, held-out 20%)", load=load)
+
+
+def _lazy(module: str, func: str, *args):
+    def build():
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{module}"), func)(*args)
+
+    return build
+
+
+MODELS: dict[str, ModelSpec] = {
+    m.name: m
+    for m in (
+        ModelSpec("mobilenet_v2", "MobileNetV2 (torchvision definition, random weights), 224x224", "classification",
+                  _lazy("vision", "torchvision_model", "mobilenet_v2"), origin="torchvision.models.mobilenet_v2"),
+        ModelSpec("mobilenet_v3_small", "MobileNetV3-Small (torchvision, random weights), 224x224", "classification",
+                  _lazy("vision", "torchvision_model", "mobilenet_v3_small"), origin="torchvision.models.mobilenet_v3_small"),
+        ModelSpec("resnet18", "ResNet-18 (torchvision, random weights), 224x224", "classification",
+                  _lazy("vision", "torchvision_model", "resnet18"), origin="torchvision.models.resnet18"),
+        ModelSpec("vit_small", "small Vision Transformer: 64x64 input, 8x8 patches, 4 layers, 128 wide",
+                  "classification", _lazy("vision", "small_vit"), origin="torchvision VisionTransformer"),
+        ModelSpec("text_encoder", "transformer text encoder: 32 token ids -> 128-d embedding, 2 layers",
+                  "embedding", _lazy("text", "text_encoder"), origin="edgerun.export.zoo.text"),
+        ModelSpec("digits_cnn", "small CNN trained here on scikit-learn's 8x8 digits (real accuracy)",
+                  "classification", _lazy("digits", "digits_cnn"), dataset=_digits_dataset(),
+                  origin="edgerun.export.zoo.digits"),
+    )
+}
+
+
+def get_model(name: str) -> ModelSpec:
+    if name in MODELS:
+        return MODELS[name]
+    if ":" in name:
+        return load_factory(name)
+    raise UsageError(f"unknown model {name!r}.",
+                     hint=f"Zoo models: {', '.join(MODELS)}; or give a user model as 'package.module:factory'.")
+
+
+__all__ = ["MODELS", "ModelSpec", "Dataset", "get_model", "load_factory"]

@@ -1,0 +1,46 @@
+"""Vision models: torchvision definitions with seeded random weights, and a small ViT."""
+
+from __future__ import annotations
+
+import torch
+
+IMAGENET_INPUT = (1, 3, 224, 224)
+
+
+def _settle_batchnorm(model: torch.nn.Module, shape: tuple[int, ...], seed: int, batches: int = 4) -> None:
+    """Give a randomly initialised network realistic BatchNorm statistics.
+
+    Fresh BatchNorm layers have running mean 0 / var 1 whatever their input, so activations of a
+    random deep CNN drift in scale from layer to layer — unlike any trained network. A few forward
+    passes in train mode on random images set the statistics the way training would, which keeps
+    quantization ranges meaningful. No weight changes (no gradients).
+    """
+    gen = torch.Generator().manual_seed(seed + 1)
+    model.train()
+    with torch.no_grad():
+        for _ in range(batches):
+            model(torch.randn((8, *shape[1:]), generator=gen))
+    model.eval()
+
+
+def torchvision_model(name: str, seed: int = 0):
+    """A torchvision classifier by name, seeded random weights, settled BatchNorm, ImageNet-sized input."""
+    import torchvision
+
+    torch.manual_seed(seed)
+    model = getattr(torchvision.models, name)(weights=None)
+    _settle_batchnorm(model, IMAGENET_INPUT, seed)
+    example = (torch.randn(IMAGENET_INPUT, generator=torch.Generator().manual_seed(seed)),)
+    return model.eval(), example
+
+
+def small_vit(seed: int = 0):
+    """A ViT small enough for a microcontroller-class budget: 64x64 input, 8x8 patches, 4 layers."""
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    torch.backends.mha.set_fastpath_enabled(False)  # else a _transformer_encoder_layer_fwd op the runtime lacks
+    torch.manual_seed(seed)
+    model = VisionTransformer(image_size=64, patch_size=8, num_layers=4, num_heads=4, hidden_dim=128,
+                              mlp_dim=256, num_classes=100)
+    example = (torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(seed)),)
+    return model.eval(), example
