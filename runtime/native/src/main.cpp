@@ -1,0 +1,721 @@
+// edgerun-runner: load an ExecuTorch program, run it W+N times, say truthfully how it ran.
+//
+// Output is the JSON-lines protocol of PROTOCOL.md (stdout); ExecuTorch's log goes to stderr.
+// No torch, no Python: this is what runs on the device.
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <fstream>
+#include <memory>
+#include <random>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <executorch/devtools/etdump/etdump_flatcc.h>
+#include <executorch/extension/module/module.h>
+#include <executorch/extension/tensor/tensor_ptr.h>
+#include <executorch/runtime/backend/interface.h>
+#include <executorch/runtime/core/error.h>
+#include <executorch/runtime/kernel/operator_registry.h>
+#include <executorch/runtime/platform/platform.h>
+#include <executorch/runtime/platform/runtime.h>
+
+#include "json_out.h"
+#include "npy.h"
+#include "threadpool_api.h"
+
+#ifndef EDGERUN_RUNNER_VERSION
+#define EDGERUN_RUNNER_VERSION "0.0.0"
+#endif
+#ifndef EDGERUN_SOURCE_HASH
+#define EDGERUN_SOURCE_HASH "unknown"
+#endif
+#ifndef EDGERUN_ET_VERSION
+#define EDGERUN_ET_VERSION "unknown"
+#endif
+#ifndef EDGERUN_BUILD_TYPE
+#define EDGERUN_BUILD_TYPE "unknown"
+#endif
+#ifndef EDGERUN_CXX_FLAGS
+#define EDGERUN_CXX_FLAGS ""
+#endif
+#ifndef EDGERUN_VARIANT
+#define EDGERUN_VARIANT "full"
+#endif
+
+namespace {
+
+using executorch::aten::ScalarType;
+using executorch::extension::Module;
+using executorch::extension::TensorPtr;
+using executorch::runtime::Error;
+using executorch::runtime::EValue;
+using executorch::runtime::MethodMeta;
+using executorch::runtime::Tag;
+using executorch::runtime::TensorInfo;
+using Clock = std::chrono::steady_clock;
+
+constexpr int kExitUsage = 2;
+constexpr int kExitLoad = 10;
+constexpr int kExitInput = 11;
+constexpr int kExitExecute = 12;
+constexpr int kExitOutput = 13;
+constexpr size_t kKeptLogLines = 20;
+
+#if defined(__aarch64__)
+constexpr const char* kArch = "aarch64";
+#elif defined(__x86_64__)
+constexpr const char* kArch = "x86_64";
+#elif defined(__arm__)
+constexpr const char* kArch = "armv7";
+#else
+constexpr const char* kArch = "unknown";
+#endif
+
+// ---------------------------------------------------------------------------------------------
+// ExecuTorch's log: forwarded to stderr, error/fatal lines kept for the `error` record.
+
+bool g_verbose = false;
+
+std::deque<std::string>& kept_log() {
+  static std::deque<std::string> lines;
+  return lines;
+}
+
+void emit_log(et_timestamp_t /*timestamp*/, et_pal_log_level_t level, const char* filename,
+              const char* /*function*/, size_t line, const char* message, size_t length) {
+  const char* base = filename ? std::strrchr(filename, '/') : nullptr;
+  base = base ? base + 1 : (filename ? filename : "?");
+  std::string text(message, length);
+  while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) text.pop_back();
+  bool chatty = level == kInfo || level == kDebug;
+  if (!chatty || g_verbose)
+    std::fprintf(stderr, "%c executorch:%s:%zu] %s\n", static_cast<char>(level), base, line,
+               text.c_str());
+  if (level == kError || level == kFatal) {
+    auto& lines = kept_log();
+    lines.push_back(std::string(1, static_cast<char>(level)) + " " + base + ":" +
+                    std::to_string(line) + "] " + text);
+    if (lines.size() > kKeptLogLines) lines.pop_front();
+  }
+}
+
+std::string error_name(Error e) {
+  std::string s = executorch::runtime::to_string(e);
+  const std::string prefix = "Error::";
+  if (s.compare(0, prefix.size(), prefix) == 0) s = s.substr(prefix.size());
+  return s;
+}
+
+[[noreturn]] void fail(const char* stage, int exit_code, Error error, const std::string& message) {
+  std::vector<std::string> log(kept_log().begin(), kept_log().end());
+  edgerun::JsonLine()
+      .str("type", "error")
+      .str("stage", stage)
+      .str("error", error_name(error))
+      .num("code", static_cast<int64_t>(error))
+      .str("message", message)
+      .raw("log", edgerun::json_string_array(log))
+      .emit();
+  std::fflush(stdout);
+  std::_Exit(exit_code);  // no static destructors: the ExecuTorch objects may be half-built
+}
+
+// ---------------------------------------------------------------------------------------------
+// Command line.
+
+struct Options {
+  std::string model;
+  std::string method = "forward";
+  std::vector<std::string> inputs;
+  std::string fill = "random";
+  uint64_t seed = 0;
+  int64_t warmup = 1;
+  int64_t iterations = 10;
+  int64_t min_time_ms = 0;
+  int64_t max_iterations = 100000;
+  int64_t threads = 0;
+  std::string etdump;
+  std::string output_dir;
+  std::string load_mode = "mmap";
+  bool list_kernels = false;
+  bool version = false;
+  bool help = false;
+  bool verbose = false;
+};
+
+const char* kUsage =
+    "usage: edgerun-runner --model PATH [--method NAME] [--input PATH]... [--fill zeros|ones|random]\n"
+    "         [--seed N] [--warmup W] [--iterations N] [--min-time-ms T] [--max-iterations M]\n"
+    "         [--threads T] [--etdump PATH] [--output-dir DIR] [--load-mode mmap|file] [--verbose]\n"
+    "       edgerun-runner --list-kernels | --version | --help\n"
+    "Prints JSON lines on stdout (see PROTOCOL.md); exit codes: 2 usage, 10 load, 11 input,\n"
+    "12 execute, 13 output.\n";
+
+bool parse_int(const std::string& text, int64_t lo, int64_t* out) {
+  if (text.empty()) return false;
+  char* end = nullptr;
+  errno = 0;
+  long long v = std::strtoll(text.c_str(), &end, 10);
+  if (errno != 0 || *end != '\0' || v < lo) return false;
+  *out = v;
+  return true;
+}
+
+// Returns "" on success, else the usage problem.
+std::string parse_args(int argc, char** argv, Options* o) {
+  for (int i = 1; i < argc; ++i) {
+    std::string flag = argv[i];
+    std::string value;
+    size_t eq = flag.find('=');
+    bool has_inline = flag.rfind("--", 0) == 0 && eq != std::string::npos;
+    if (has_inline) {
+      value = flag.substr(eq + 1);
+      flag = flag.substr(0, eq);
+    }
+    auto need = [&](std::string* dst) -> bool {
+      if (has_inline) {
+        *dst = value;
+        return true;
+      }
+      if (i + 1 >= argc) return false;
+      *dst = argv[++i];
+      return true;
+    };
+    auto need_int = [&](int64_t lo, int64_t* dst) -> std::string {
+      std::string v;
+      if (!need(&v)) return flag + " needs a value";
+      if (!parse_int(v, lo, dst))
+        return flag + " needs an integer >= " + std::to_string(lo) + ", got '" + v + "'";
+      return "";
+    };
+    std::string problem;
+    if (flag == "--model") {
+      if (!need(&o->model)) return "--model needs a path";
+    } else if (flag == "--method") {
+      if (!need(&o->method)) return "--method needs a name";
+    } else if (flag == "--input") {
+      std::string v;
+      if (!need(&v)) return "--input needs a path";
+      o->inputs.push_back(v);
+    } else if (flag == "--fill") {
+      if (!need(&o->fill)) return "--fill needs zeros, ones or random";
+      if (o->fill != "zeros" && o->fill != "ones" && o->fill != "random")
+        return "--fill must be zeros, ones or random, got '" + o->fill + "'";
+    } else if (flag == "--seed") {
+      int64_t s = 0;
+      problem = need_int(0, &s);
+      o->seed = static_cast<uint64_t>(s);
+    } else if (flag == "--warmup") {
+      problem = need_int(0, &o->warmup);
+    } else if (flag == "--iterations") {
+      problem = need_int(1, &o->iterations);
+    } else if (flag == "--min-time-ms") {
+      problem = need_int(0, &o->min_time_ms);
+    } else if (flag == "--max-iterations") {
+      problem = need_int(1, &o->max_iterations);
+    } else if (flag == "--threads") {
+      problem = need_int(0, &o->threads);
+    } else if (flag == "--etdump") {
+      if (!need(&o->etdump)) return "--etdump needs a path";
+    } else if (flag == "--output-dir") {
+      if (!need(&o->output_dir)) return "--output-dir needs a directory";
+    } else if (flag == "--load-mode") {
+      if (!need(&o->load_mode)) return "--load-mode needs mmap or file";
+      if (o->load_mode != "mmap" && o->load_mode != "file")
+        return "--load-mode must be mmap or file, got '" + o->load_mode + "'";
+    } else if (flag == "--list-kernels") {
+      o->list_kernels = true;
+    } else if (flag == "--version") {
+      o->version = true;
+    } else if (flag == "--verbose") {
+      o->verbose = true;
+    } else if (flag == "--help" || flag == "-h") {
+      o->help = true;
+    } else {
+      return "unknown argument '" + std::string(argv[i]) + "'";
+    }
+    if (!problem.empty()) return problem;
+  }
+  if (o->model.empty() && !o->list_kernels && !o->version && !o->help)
+    return "--model is required";
+  if (o->max_iterations < o->iterations) return "--max-iterations must be >= --iterations";
+  return "";
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small helpers.
+
+std::string definitions_json() {
+  std::vector<std::string> defs;
+#ifdef ET_USE_THREADPOOL
+  defs.push_back("ET_USE_THREADPOOL");
+#endif
+#ifdef ET_EVENT_TRACER_ENABLED
+  defs.push_back("ET_EVENT_TRACER_ENABLED");
+#endif
+#ifdef C10_USING_CUSTOM_GENERATED_MACROS
+  defs.push_back("C10_USING_CUSTOM_GENERATED_MACROS");
+#endif
+#ifdef NDEBUG
+  defs.push_back("NDEBUG");
+#endif
+  return edgerun::json_string_array(defs);
+}
+
+std::string compiler_name() {
+#if defined(__clang__)
+  return std::string("Clang ") + __clang_version__;
+#elif defined(__GNUC__)
+  return std::string("GCC ") + __VERSION__;
+#else
+  return "unknown";
+#endif
+}
+
+executorch::extension::threadpool::ThreadPool* pool() {
+  return executorch::extension::threadpool::get_threadpool();
+}
+
+void print_header() {
+  auto* p = pool();
+  std::string build = edgerun::JsonLine()
+                          .str("compiler", compiler_name())
+                          .str("build_type", EDGERUN_BUILD_TYPE)
+                          .str("cxx_flags", EDGERUN_CXX_FLAGS)
+                          .str("variant", EDGERUN_VARIANT)
+                          .raw("definitions", definitions_json())
+                          .text();
+  edgerun::JsonLine()
+      .str("type", "header")
+      .num("protocol", 1)
+      .str("runner_version", EDGERUN_RUNNER_VERSION)
+      .str("runner_source_hash", EDGERUN_SOURCE_HASH)
+      .str("executorch_version", EDGERUN_ET_VERSION)
+      .str("arch", kArch)
+      .raw("build", build)
+      .num_or_null("threads", p ? static_cast<int64_t>(p->get_thread_count()) : 0, p != nullptr)
+      .num("hardware_threads", static_cast<int64_t>(std::thread::hardware_concurrency()))
+      .num("pid", static_cast<int64_t>(getpid()))
+      .emit();
+}
+
+void print_kernels() {
+  std::set<std::string> ops;
+  auto kernels = executorch::runtime::get_registered_kernels();
+  for (size_t i = 0; i < kernels.size(); ++i) {
+    if (kernels[i].name_) ops.insert(kernels[i].name_);
+  }
+  std::vector<std::string> backends;
+  size_t n = executorch::runtime::get_num_registered_backends();
+  for (size_t i = 0; i < n; ++i) {
+    auto name = executorch::runtime::get_backend_name(i);
+    if (name.ok()) backends.emplace_back(*name);
+  }
+  std::sort(backends.begin(), backends.end());
+  edgerun::JsonLine()
+      .str("type", "kernels")
+      .raw("operators", edgerun::json_string_array({ops.begin(), ops.end()}))
+      .raw("backends", edgerun::json_string_array(backends))
+      .emit();
+}
+
+bool read_file(const std::string& path, std::vector<uint8_t>* out, std::string* why) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) {
+    *why = "cannot open " + path + ": " + std::strerror(errno);
+    return false;
+  }
+  out->assign(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+  if (f.bad()) {
+    *why = "cannot read " + path;
+    return false;
+  }
+  return true;
+}
+
+std::vector<int64_t> to_vec(executorch::runtime::Span<const int32_t> s) {
+  return std::vector<int64_t>(s.begin(), s.end());
+}
+
+std::string shape_text(const std::vector<int64_t>& shape) {
+  std::string out = "[";
+  for (size_t i = 0; i < shape.size(); ++i) out += (i ? "," : "") + std::to_string(shape[i]);
+  return out + "]";
+}
+
+std::string dtype_text(ScalarType t) {
+  std::string n = edgerun::numpy_name(t);
+  return n.empty() ? std::string(executorch::runtime::toString(t)) : n;
+}
+
+void fill_bytes(std::vector<uint8_t>* data, ScalarType t, const std::string& fill, std::mt19937_64* rng) {
+  size_t esize = executorch::runtime::elementSize(t);
+  size_t n = data->size() / esize;
+  std::uniform_real_distribution<float> unit(0.0f, 1.0f);
+  std::uniform_int_distribution<int> small(0, 9);
+  for (size_t i = 0; i < n; ++i) {
+    void* p = data->data() + i * esize;
+    double v = fill == "zeros" ? 0.0 : fill == "ones" ? 1.0 : -1.0;
+    switch (t) {
+      case ScalarType::Float: *static_cast<float*>(p) = v < 0 ? unit(*rng) : static_cast<float>(v); break;
+      case ScalarType::Double: *static_cast<double*>(p) = v < 0 ? unit(*rng) : v; break;
+      case ScalarType::Bool: *static_cast<uint8_t*>(p) = v < 0 ? small(*rng) % 2 : static_cast<uint8_t>(v); break;
+      case ScalarType::Byte: *static_cast<uint8_t*>(p) = v < 0 ? small(*rng) : static_cast<uint8_t>(v); break;
+      case ScalarType::Char: *static_cast<int8_t*>(p) = v < 0 ? small(*rng) : static_cast<int8_t>(v); break;
+      case ScalarType::Short: *static_cast<int16_t*>(p) = v < 0 ? small(*rng) : static_cast<int16_t>(v); break;
+      case ScalarType::Int: *static_cast<int32_t*>(p) = v < 0 ? small(*rng) : static_cast<int32_t>(v); break;
+      case ScalarType::Long: *static_cast<int64_t*>(p) = v < 0 ? small(*rng) : static_cast<int64_t>(v); break;
+      default: break;  // rejected before we get here
+    }
+  }
+}
+
+struct ProcStatus {
+  bool present = false;
+  int64_t vm_hwm_kb = 0;
+  int64_t vm_rss_kb = 0;
+};
+
+ProcStatus read_proc_status() {
+  ProcStatus st;
+  FILE* f = std::fopen("/proc/self/status", "r");
+  if (!f) return st;
+  char line[256];
+  while (std::fgets(line, sizeof(line), f)) {
+    long long v = 0;
+    if (std::sscanf(line, "VmHWM: %lld kB", &v) == 1) {
+      st.vm_hwm_kb = v;
+      st.present = true;
+    } else if (std::sscanf(line, "VmRSS: %lld kB", &v) == 1) {
+      st.vm_rss_kb = v;
+    }
+  }
+  std::fclose(f);
+  return st;
+}
+
+int64_t ns_between(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(b - a).count();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inputs.
+
+struct PreparedInput {
+  TensorPtr tensor;
+  std::string source;
+  std::vector<int64_t> shape;
+  ScalarType dtype;
+  size_t nbytes;
+};
+
+PreparedInput prepare_input(size_t index, const TensorInfo& info, const Options& o,
+                            std::mt19937_64* rng) {
+  PreparedInput in;
+  in.shape = to_vec(info.sizes());
+  in.dtype = info.scalar_type();
+  in.nbytes = info.nbytes();
+  const std::string where = "input " + std::to_string(index);
+  if (edgerun::npy_descr(in.dtype).empty())
+    fail("input", kExitInput, Error::NotSupported,
+         where + " has dtype " + executorch::runtime::toString(in.dtype) +
+             ", which edgerun-runner cannot read or generate");
+  auto dim_order = info.dim_order();
+  for (size_t d = 0; d < dim_order.size(); ++d) {
+    if (dim_order[d] != d)
+      fail("input", kExitInput, Error::NotSupported,
+           where + " expects a non-contiguous dim order (e.g. channels-last); only contiguous "
+                   "inputs are supported");
+  }
+  std::vector<uint8_t> data;
+  if (o.inputs.empty()) {
+    data.assign(in.nbytes, 0);
+    fill_bytes(&data, in.dtype, o.fill, rng);
+    in.source = "fill:" + o.fill;
+  } else {
+    const std::string& path = o.inputs[index];
+    in.source = "file:" + path;
+    std::string why;
+    std::vector<uint8_t> bytes;
+    if (!read_file(path, &bytes, &why)) fail("input", kExitInput, Error::AccessFailed, where + ": " + why);
+    if (edgerun::looks_like_npy(bytes)) {
+      edgerun::NpyArray arr;
+      if (!edgerun::parse_npy(bytes, &arr, &why))
+        fail("input", kExitInput, Error::InvalidArgument, where + " (" + path + "): " + why);
+      if (arr.dtype != in.dtype)
+        fail("input", kExitInput, Error::InvalidArgument,
+             where + " (" + path + ") has dtype " + dtype_text(arr.dtype) + ", the method expects " +
+                 dtype_text(in.dtype));
+      if (arr.shape != in.shape)
+        fail("input", kExitInput, Error::InvalidArgument,
+             where + " (" + path + ") has shape " + shape_text(arr.shape) + ", the method expects " +
+                 shape_text(in.shape));
+      data = std::move(arr.data);
+    } else {
+      if (bytes.size() != in.nbytes)
+        fail("input", kExitInput, Error::InvalidArgument,
+             where + " (" + path + ") is a raw file of " + std::to_string(bytes.size()) +
+                 " bytes; the method expects " + std::to_string(in.nbytes) + " bytes (" +
+                 dtype_text(in.dtype) + " " + shape_text(in.shape) + ")");
+      data = std::move(bytes);
+    }
+  }
+  std::vector<executorch::aten::SizesType> sizes(in.shape.begin(), in.shape.end());
+  in.tensor = executorch::extension::make_tensor_ptr(std::move(sizes), std::move(data), in.dtype);
+  return in;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  executorch::runtime::runtime_init();
+  executorch::runtime::register_pal(executorch::runtime::PalImpl::create(emit_log, __FILE__));
+
+  Options o;
+  std::string usage_problem = parse_args(argc, argv, &o);
+  g_verbose = o.verbose;
+  if (o.help) {
+    std::fputs(kUsage, stderr);
+    return 0;
+  }
+  // The pool is resized before anything is loaded: an XNNPACK runtime keeps the pool it was
+  // created with, so resizing later would leave it pointing at a destroyed one.
+  if (usage_problem.empty() && o.threads > 0) {
+    auto* p = pool();
+    if (p == nullptr || !p->_unsafe_reset_threadpool(static_cast<uint32_t>(o.threads)))
+      usage_problem = "could not resize the thread pool to " + std::to_string(o.threads) + " threads";
+  }
+  print_header();
+  if (!usage_problem.empty()) {
+    std::fputs(kUsage, stderr);
+    fail("usage", kExitUsage, Error::InvalidArgument, usage_problem);
+  }
+  if (o.version) return 0;
+  if (o.list_kernels) {
+    print_kernels();
+    return 0;
+  }
+
+  // ---- load ------------------------------------------------------------------------------
+  struct stat sb;
+  if (::stat(o.model.c_str(), &sb) != 0)
+    fail("load", kExitLoad, Error::AccessFailed,
+         "cannot open program " + o.model + ": " + std::strerror(errno));
+
+  executorch::etdump::ETDumpGen* etdump = nullptr;
+  std::unique_ptr<executorch::runtime::EventTracer> tracer;
+  if (!o.etdump.empty()) {
+    auto gen = std::make_unique<executorch::etdump::ETDumpGen>();
+    etdump = gen.get();
+    tracer = std::move(gen);
+  }
+  Module module(o.model, o.load_mode == "mmap" ? Module::LoadMode::Mmap : Module::LoadMode::File,
+                std::move(tracer));
+
+  auto t0 = Clock::now();
+  Error err = module.load(executorch::runtime::Program::Verification::InternalConsistency);
+  auto t1 = Clock::now();
+  if (err != Error::Ok)
+    fail("load", kExitLoad, err,
+         "cannot load program " + o.model + " (" + error_name(err) +
+             "): the file is not a valid .pte for this runtime (corrupt, truncated, or written by "
+             "an incompatible ExecuTorch version)");
+
+  auto names = module.method_names();
+  if (!names.ok()) fail("load", kExitLoad, names.error(), "cannot list the methods of " + o.model);
+  if (names->count(o.method) == 0) {
+    std::vector<std::string> have(names->begin(), names->end());
+    std::sort(have.begin(), have.end());
+    std::string list;
+    for (const auto& n : have) list += (list.empty() ? "" : ", ") + n;
+    fail("load", kExitLoad, Error::NotFound,
+         "program " + o.model + " has no method '" + o.method + "' (it has: " + list + ")");
+  }
+  auto meta_res = module.method_meta(o.method);
+  if (!meta_res.ok()) fail("load", kExitLoad, meta_res.error(), "cannot read metadata of method " + o.method);
+  MethodMeta meta = *meta_res;
+
+  auto t2 = Clock::now();
+  err = module.load_method(o.method);
+  auto t3 = Clock::now();
+  if (err != Error::Ok) {
+    std::string hint;
+    if (err == Error::OperatorMissing)
+      hint = ": an operator the program uses is not registered in this runner (see the log for its "
+             "name; a bundle with the kernel library that provides it is needed)";
+    else if (err == Error::NotFound)
+      hint = ": a delegate backend the program uses may not be linked into this runner";
+    fail("load", kExitLoad, err, "load_method(" + o.method + ") failed with " + error_name(err) + hint);
+  }
+
+  // ---- inputs ----------------------------------------------------------------------------
+  size_t n_inputs = meta.num_inputs();
+  if (!o.inputs.empty() && o.inputs.size() != n_inputs)
+    fail("input", kExitInput, Error::InvalidArgument,
+         "method " + o.method + " takes " + std::to_string(n_inputs) + " input(s), " +
+             std::to_string(o.inputs.size()) + " --input given");
+  std::mt19937_64 rng(o.seed);
+  std::vector<PreparedInput> prepared;
+  std::vector<EValue> input_values;
+  std::string inputs_json = "[";
+  for (size_t i = 0; i < n_inputs; ++i) {
+    auto tag = meta.input_tag(i);
+    if (!tag.ok()) fail("input", kExitInput, tag.error(), "cannot read the type of input " + std::to_string(i));
+    if (*tag != Tag::Tensor)
+      fail("input", kExitInput, Error::NotSupported,
+           "input " + std::to_string(i) + " is not a tensor; edgerun-runner feeds tensors only");
+    auto info = meta.input_tensor_meta(i);
+    if (!info.ok()) fail("input", kExitInput, info.error(), "cannot read the metadata of input " + std::to_string(i));
+    prepared.push_back(prepare_input(i, *info, o, &rng));
+    const auto& in = prepared.back();
+    input_values.emplace_back(in.tensor);
+    inputs_json += (i ? "," : "") + edgerun::JsonLine()
+                                         .num("index", static_cast<int64_t>(i))
+                                         .raw("shape", edgerun::json_int_array(in.shape))
+                                         .str("dtype", dtype_text(in.dtype))
+                                         .num("nbytes", static_cast<int64_t>(in.nbytes))
+                                         .str("source", in.source)
+                                         .text();
+  }
+  inputs_json += "]";
+  std::string outputs_json = "[";
+  for (size_t j = 0; j < meta.num_outputs(); ++j) {
+    edgerun::JsonLine line;
+    line.num("index", static_cast<int64_t>(j));
+    auto tag = meta.output_tag(j);
+    auto info = meta.output_tensor_meta(j);
+    if (tag.ok() && *tag == Tag::Tensor && info.ok()) {
+      line.raw("shape", edgerun::json_int_array(to_vec(info->sizes())))
+          .str("dtype", dtype_text(info->scalar_type()))
+          .num("nbytes", static_cast<int64_t>(info->nbytes()));
+    } else {
+      line.null("shape").null("dtype").null("nbytes");
+    }
+    outputs_json += (j ? "," : "") + line.text();
+  }
+  outputs_json += "]";
+
+  edgerun::JsonLine()
+      .str("type", "load")
+      .str("program", o.model)
+      .str("method", o.method)
+      .str("load_mode", o.load_mode)
+      .num("program_load_ns", ns_between(t0, t1))
+      .num("method_load_ns", ns_between(t2, t3))
+      .num("load_ns", ns_between(t0, t1) + ns_between(t2, t3))
+      .raw("inputs", inputs_json)
+      .raw("outputs", outputs_json)
+      .emit();
+
+  // ---- iterations ------------------------------------------------------------------------
+  std::vector<EValue> outputs;
+  auto run_once = [&](bool warmup, int64_t index) -> int64_t {
+    auto w0 = Clock::now();
+    Error e = module.set_inputs(o.method, input_values);
+    if (e != Error::Ok)
+      fail("input", kExitInput, e,
+           "set_inputs(" + o.method + ") failed with " + error_name(e) +
+               ": the inputs do not fit the method's input metadata");
+    auto e0 = Clock::now();
+    auto res = module.execute(o.method);
+    auto e1 = Clock::now();
+    if (!res.ok())
+      fail("execute", kExitExecute, res.error(),
+           "execute(" + o.method + ") failed with " + error_name(res.error()) +
+               (warmup ? " (warm-up iteration " : " (iteration ") + std::to_string(index) + ")");
+    outputs = std::move(*res);
+    auto w1 = Clock::now();
+    int64_t exec_ns = ns_between(e0, e1);
+    edgerun::JsonLine()
+        .str("type", "iteration")
+        .num("index", index)
+        .boolean("warmup", warmup)
+        .num("execute_ns", exec_ns)
+        .num("wall_ns", ns_between(w0, w1))
+        .emit();
+    return exec_ns;
+  };
+  for (int64_t i = 0; i < o.warmup; ++i) run_once(true, i);
+  // Everything recorded so far (method init, warm-up) is dropped: the ETDump holds the timed
+  // iterations only, one "Execute" block each.
+  if (etdump) etdump->reset();
+  int64_t timed_total_ns = 0;
+  int64_t done = 0;
+  const int64_t min_total_ns = o.min_time_ms * 1000000;
+  while (done < o.iterations || (timed_total_ns < min_total_ns && done < o.max_iterations)) {
+    timed_total_ns += run_once(false, done);
+    ++done;
+  }
+
+  // ---- outputs ---------------------------------------------------------------------------
+  std::string out_json = "[";
+  for (size_t j = 0; j < outputs.size(); ++j) {
+    edgerun::JsonLine line;
+    line.num("index", static_cast<int64_t>(j));
+    const EValue& v = outputs[j];
+    if (v.isTensor()) {
+      const auto& t = v.toTensor();
+      std::vector<int64_t> shape(t.sizes().begin(), t.sizes().end());
+      line.raw("shape", edgerun::json_int_array(shape)).str("dtype", dtype_text(t.scalar_type()));
+      if (!o.output_dir.empty()) {
+        std::string path = o.output_dir + "/output_" + std::to_string(j) + ".npy";
+        std::string why;
+        ::mkdir(o.output_dir.c_str(), 0755);
+        if (!edgerun::write_npy(path, t.scalar_type(), shape, t.const_data_ptr(), t.nbytes(), &why))
+          fail("output", kExitOutput, Error::AccessFailed, "output " + std::to_string(j) + ": " + why);
+        line.str("path", path);
+      } else {
+        line.null("path");
+      }
+    } else {
+      const char* kind = v.isInt() ? "int" : v.isDouble() ? "double" : v.isBool() ? "bool" : "other";
+      line.null("shape").str("dtype", kind).null("path");
+      if (v.isInt()) line.num("value", v.toInt());
+      if (v.isBool()) line.boolean("value", v.toBool());
+    }
+    out_json += (j ? "," : "") + line.text();
+  }
+  out_json += "]";
+
+  std::string etdump_json = "null";
+  if (etdump) {
+    auto data = etdump->get_etdump_data();
+    if (data.buf == nullptr || data.size == 0)
+      fail("output", kExitOutput, Error::Internal, "the ETDump is empty; nothing was recorded");
+    FILE* f = std::fopen(o.etdump.c_str(), "wb");
+    bool ok = f && std::fwrite(data.buf, 1, data.size, f) == data.size;
+    if (f) ok = (std::fclose(f) == 0) && ok;
+    std::free(data.buf);
+    if (!ok)
+      fail("output", kExitOutput, Error::AccessFailed,
+           "cannot write the ETDump to " + o.etdump + ": " + std::strerror(errno));
+    etdump_json = edgerun::JsonLine()
+                      .str("path", o.etdump)
+                      .num("bytes", static_cast<int64_t>(data.size))
+                      .text();
+  }
+
+  ProcStatus st = read_proc_status();
+  edgerun::JsonLine()
+      .str("type", "summary")
+      .num("iterations", done)
+      .num("warmup", o.warmup)
+      .num("timed_total_ns", timed_total_ns)
+      .num_or_null("peak_rss_kb", st.vm_hwm_kb, st.present)
+      .num_or_null("rss_kb", st.vm_rss_kb, st.present)
+      .raw("outputs", out_json)
+      .raw("etdump", etdump_json)
+      .emit();
+  std::fflush(stdout);
+  return 0;
+}
