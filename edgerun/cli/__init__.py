@@ -27,6 +27,9 @@ app = typer.Typer(
 
 _COMMAND_MODULES = [
     "edgerun.cli.export_cmd",
+    "edgerun.cli.runtime_cmd",
+    "edgerun.cli.devices_cmd",
+    "edgerun.cli.results_cmd",
 ]
 
 

@@ -1,0 +1,337 @@
+"""The one small interface every transport implements, its results and its errors.
+
+A :class:`Device` can ``push`` a file, ``pull`` a file, ``exec`` a program with a timeout, say
+what it is (``info``) and ``close``. It never knows what the files mean (design card: the devices
+room never knows what a ``.pte`` is).
+
+Failures are :class:`DeviceError` subclasses that name the device and the stage (``connect``,
+``push``, ``pull``, ``exec``, ``probe``) and keep whatever output the device produced:
+
+* :class:`DeviceUnreachable` -- could not connect (transient: connects are retried, bounded);
+* :class:`DeviceAuthError` -- authentication or host-key verification refused (never retried);
+* :class:`DeviceTimeout` -- ``exec`` ran past its timeout; the partial output is in ``.result``;
+* :class:`TransportDropped` -- the link died mid-operation; partial output is in ``.result``;
+* :class:`NoSpaceError` -- the device's file system is full.
+
+``exec`` is never retried: a retry could run a benchmark twice without saying so.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Mapping, Sequence
+
+from edgerun.errors import EdgerunError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from edgerun.devices.inventory import DeviceSpec
+
+TAIL_BYTES = 4000
+
+
+def _tail(data: bytes | str | None, n: int = TAIL_BYTES) -> str:
+    if not data:
+        return ""
+    if isinstance(data, bytes):
+        data = data.decode("utf-8", "replace")
+    return data[-n:]
+
+
+# --------------------------------------------------------------------------------------- errors
+class DeviceError(EdgerunError):
+    """A device could not do what was asked. Names the device and the stage; keeps the output."""
+
+    exit_code = 8
+    default_stage = "device"
+
+    def __init__(self, message: str, *, device: str, stage: str, hint: str | None = None,
+                 result: "ExecResult | None" = None):
+        super().__init__(f"device '{device}': {message}", stage=stage, hint=hint)
+        self.device = device
+        self.result = result
+
+    @property
+    def stdout(self) -> bytes:
+        return self.result.stdout if self.result else b""
+
+    @property
+    def stderr(self) -> bytes:
+        return self.result.stderr if self.result else b""
+
+    def to_json(self) -> dict:
+        out = super().to_json()
+        out["device"] = self.device
+        if self.result is not None:
+            out["stdout_tail"] = _tail(self.result.stdout)
+            out["stderr_tail"] = _tail(self.result.stderr)
+        return out
+
+
+class DeviceUnreachable(DeviceError):
+    """Connection refused / timed out / name not resolved. Transient: connects retry this."""
+
+
+class DeviceAuthError(DeviceError):
+    """Authentication failed or the host key is unknown or changed. Never retried."""
+
+
+class DeviceTimeout(DeviceError):
+    """The program ran past its timeout and was killed; ``result`` holds its partial output."""
+
+
+class TransportDropped(DeviceError):
+    """The connection died during an operation; ``result`` holds whatever arrived before."""
+
+
+class NoSpaceError(DeviceError):
+    """The device's file system has no space left for what was pushed."""
+
+
+# -------------------------------------------------------------------------------------- results
+@dataclass(frozen=True)
+class ExecResult:
+    """What one program run on a device returned.
+
+    ``rc`` is the exit status; a program killed by a signal has ``signal`` set and ``rc`` is
+    128 + signal (the shell convention). Over ssh/adb the signal is inferred from that
+    convention, so a program that itself exits with 129..192 reads as signalled.
+    """
+
+    argv: tuple[str, ...]
+    rc: int
+    stdout: bytes
+    stderr: bytes
+    duration_s: float
+    signal: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0 and self.signal is None
+
+    @property
+    def stdout_text(self) -> str:
+        return self.stdout.decode("utf-8", "replace")
+
+    @property
+    def stderr_text(self) -> str:
+        return self.stderr.decode("utf-8", "replace")
+
+    def to_json(self) -> dict:
+        return {"argv": list(self.argv), "rc": self.rc, "signal": self.signal,
+                "duration_s": self.duration_s, "stdout_tail": _tail(self.stdout),
+                "stderr_tail": _tail(self.stderr)}
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """What a probe found. ``None`` means "not readable on this device", never a guess."""
+
+    arch: str
+    cpu_model: str | None = None
+    cores: int | None = None
+    mem_total_bytes: int | None = None
+    mem_available_bytes: int | None = None
+    os: str | None = None
+    kernel: str | None = None
+    board: str | None = None
+    governor: str | None = None
+    freq_khz: int | None = None
+    max_freq_khz: int | None = None
+    temperature_c: float | None = None
+    free_bytes: int | None = None
+    emulated: bool = False
+    emulator: str | None = None  # e.g. "qemu-aarch64 -cpu cortex-a76"
+    host_cpu_model: str | None = None  # the real CPU underneath an emulated one
+    transport: str = "local"
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ------------------------------------------------------------------------------------ interface
+class Device(abc.ABC):
+    """One place programs run. Use as a context manager; every method names the device on error.
+
+    Subclasses implement ``_exec``, ``push``, ``pull`` and ``_probe_raw``; ``exec`` adds the
+    device's ``wrapper`` (e.g. ``qemu-aarch64 -cpu cortex-a76``) and ``env`` from the inventory.
+    """
+
+    transport: str = "?"
+    default_work_dir: str = "/tmp/edgerun"
+
+    def __init__(self, spec: "DeviceSpec"):
+        self.spec = spec
+        self.name = spec.name
+        self._closed = False
+        self._info: DeviceInfo | None = None
+
+    # -- lifecycle
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._closed = True
+
+    def _check_open(self, method: str) -> None:
+        if self._closed:
+            raise DeviceError(f"{method}() called on a closed device", device=self.name, stage=method,
+                              hint="Open a new device with resolve_device(); a closed one stays closed.")
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} {self.spec.uri}>"
+
+    # -- properties
+    @property
+    def work_dir(self) -> str:
+        """Where this device keeps edgerun's files (absolute path on the device)."""
+        return self.spec.work_dir or self.default_work_dir
+
+    @property
+    def wrapper(self) -> list[str]:
+        return list(self.spec.wrapper)
+
+    # -- interface
+    def exec(self, argv: Sequence[str], *, timeout: float, env: Mapping[str, str] | None = None,
+             cwd: str | None = None, wrap: bool = True) -> ExecResult:
+        """Run ``argv`` on the device; return its status and output. Never retried.
+
+        ``wrap=False`` runs a tool of the device itself (``mkdir``, ``sh``) without the device's
+        wrapper; the default runs a target program (through ``qemu-aarch64`` where configured).
+        Raises :class:`DeviceTimeout` (partial output kept) or :class:`TransportDropped`.
+        """
+        self._check_open("exec")
+        if isinstance(argv, str) or not argv or not all(isinstance(a, str) for a in argv):
+            raise ValueError(f"argv must be a non-empty list of str, got {argv!r}")
+        if timeout is None or timeout <= 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+        full = (self.wrapper if wrap else []) + list(argv)
+        merged = {**self.spec.env, **(env or {})}
+        return self._exec(full, timeout=float(timeout), env=merged, cwd=cwd)
+
+    @abc.abstractmethod
+    def _exec(self, argv: list[str], *, timeout: float, env: dict[str, str],
+              cwd: str | None) -> ExecResult: ...
+
+    @abc.abstractmethod
+    def push(self, local: str | Path, remote: str) -> None:
+        """Copy a local file to ``remote`` (absolute), atomically, keeping the executable bit."""
+
+    @abc.abstractmethod
+    def pull(self, remote: str, local: str | Path) -> None:
+        """Copy ``remote`` to the local path; a partial copy is kept as ``LOCAL.part``."""
+
+    def info(self) -> DeviceInfo:
+        """Probe the device once (arch, CPU, memory, OS, governor, temperature, free space)."""
+        self._check_open("info")
+        if self._info is None:
+            from edgerun.devices.probe import parse_probe
+
+            raw = self._probe_raw()
+            info = parse_probe(raw, transport=self.transport)
+            self._info = apply_wrapper_emulation(info, self.wrapper)
+        return self._info
+
+    def _probe_raw(self) -> str:
+        """Run the probe script with the device's own shell; subclasses may override."""
+        from edgerun.devices.probe import probe_script
+
+        res = self.exec(["sh", "-c", probe_script(self.work_dir)], timeout=self.spec.probe_timeout,
+                        wrap=False)
+        if res.rc != 0:
+            raise DeviceError(f"probe script exited with {res.rc}", device=self.name, stage="probe",
+                              result=res, hint="The device needs a POSIX sh; see stderr_tail.")
+        return res.stdout_text
+
+    # -- helpers for subclasses
+    def _error(self, cls: type[DeviceError], message: str, stage: str, *, hint: str | None = None,
+               result: ExecResult | None = None) -> DeviceError:
+        return cls(message, device=self.name, stage=stage, hint=hint, result=result)
+
+
+_QEMU_RE = re.compile(r"qemu-(aarch64|arm|riscv64|x86_64)(?:-static)?$")
+
+
+def apply_wrapper_emulation(info: DeviceInfo, wrapper: Sequence[str]) -> DeviceInfo:
+    """A device whose programs run through ``qemu-ARCH -cpu X`` is an emulated ARCH/X device."""
+    if not wrapper:
+        return info
+    m = _QEMU_RE.search(Path(wrapper[0]).name)
+    if not m:
+        return info
+    cpu = None
+    if "-cpu" in wrapper[:-1]:
+        cpu = wrapper[list(wrapper).index("-cpu") + 1]
+    return dataclasses.replace(
+        info, arch=m.group(1), cpu_model=cpu or "qemu default CPU", emulated=True,
+        emulator=shlex.join(wrapper), host_cpu_model=info.cpu_model,
+        governor=None, freq_khz=None, max_freq_khz=None,
+    )
+
+
+# ------------------------------------------------------ the shell script run on ssh/adb devices
+PID_MARK = b"@@edgerun:pid="
+RC_MARK = b"\n@@edgerun:rc="
+
+
+def remote_exec_script(argv: Sequence[str], env: Mapping[str, str], cwd: str | None) -> str:
+    """A POSIX sh command line that runs ``argv`` and reports its pid and exit status on stderr.
+
+    Every argument is quoted (``shlex``), so nothing in argv, env or cwd reaches a shell as code.
+    The pid line comes first (so a timed-out program can be killed remotely); the status line
+    comes last -- its absence means the transport died before the program finished.
+    """
+    for key in env:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise ValueError(f"invalid environment variable name {key!r}")
+    inner = "printf '@@edgerun:pid=%s\\n' \"$$\" >&2; exec \"$@\""
+    cmd = ["sh", "-c", inner, "sh"]
+    if env:
+        cmd += ["env"] + [f"{k}={v}" for k, v in env.items()]
+    cmd += list(argv)
+    prefix = f"cd {shlex.quote(cwd)} || exit 126; " if cwd else ""
+    return (prefix + shlex.join(cmd) + ' & p=$!; wait "$p"; r=$?; '
+            "printf '\\n@@edgerun:rc=%s\\n' \"$r\" >&2")
+
+
+@dataclass
+class RemoteStatus:
+    stderr: bytes
+    rc: int | None  # None: the status line never came (transport died / killed)
+    pid: int | None
+
+
+def parse_remote_stderr(stderr: bytes) -> RemoteStatus:
+    """Strip the pid/status lines added by :func:`remote_exec_script` from stderr."""
+    pid = None
+    if stderr.startswith(PID_MARK):
+        end = stderr.find(b"\n")
+        if end > 0:
+            try:
+                pid = int(stderr[len(PID_MARK):end])
+            except ValueError:
+                pid = None
+            stderr = stderr[end + 1:]
+    rc = None
+    idx = stderr.rfind(RC_MARK)
+    if idx >= 0:
+        tail = stderr[idx + len(RC_MARK):].strip()
+        if tail.isdigit():
+            rc = int(tail)
+            stderr = stderr[:idx]
+    return RemoteStatus(stderr=stderr, rc=rc, pid=pid)
+
+
+def split_signal(rc: int) -> tuple[int, int | None]:
+    """Shell convention: status 129..192 is death by signal (status - 128)."""
+    if 128 < rc <= 128 + 64:
+        return rc, rc - 128
+    return rc, None
+

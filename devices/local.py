@@ -1,0 +1,109 @@
+"""``local://``: this machine. Programs run as child processes; files are copied."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from edgerun.config import edgerun_home
+from edgerun.devices.base import (Device, DeviceError, DeviceTimeout, ExecResult, NoSpaceError)
+
+
+def _copy_atomic(src: Path, dst: Path) -> None:
+    """Copy via ``DST.part`` + rename, keeping the executable bit. ``DST.part`` stays on failure."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    part = dst.with_name(dst.name + ".part")
+    shutil.copyfile(src, part)
+    os.chmod(part, 0o755 if os.access(src, os.X_OK) else 0o644)
+    os.replace(part, dst)
+
+
+class LocalDevice(Device):
+    """The host itself. ``work_dir`` defaults to ``$EDGERUN_HOME/devices/<name>``."""
+
+    transport = "local"
+
+    @property
+    def default_work_dir(self) -> str:  # type: ignore[override]
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in self.name)
+        return str(edgerun_home() / "devices" / safe)
+
+    def _exec(self, argv, *, timeout, env, cwd) -> ExecResult:
+        if cwd is not None and not os.path.isdir(cwd):
+            raise self._error(DeviceError, f"working directory {cwd} does not exist", "exec",
+                              hint="Push the files first (sync_files) or pass an existing cwd.")
+        start = time.monotonic()
+        try:
+            proc = subprocess.Popen(argv, cwd=cwd, env={**os.environ, **env}, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    start_new_session=True)
+        except FileNotFoundError as exc:  # the shell's convention, as remote devices report it
+            return ExecResult(tuple(argv), 127, b"", f"edgerun: {argv[0]}: {exc.strerror}\n".encode(),
+                              time.monotonic() - start)
+        except PermissionError as exc:
+            return ExecResult(tuple(argv), 126, b"", f"edgerun: {argv[0]}: {exc.strerror}\n".encode(),
+                              time.monotonic() - start)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            out, err = proc.communicate()
+            partial = ExecResult(tuple(argv), proc.returncode, out, err, time.monotonic() - start)
+            raise self._error(DeviceTimeout, f"{argv[0]} still running after {timeout:g} s; killed",
+                              "exec", result=partial,
+                              hint="Raise the timeout, or run fewer iterations.") from None
+        duration = time.monotonic() - start
+        rc = proc.returncode
+        if rc < 0:
+            return ExecResult(tuple(argv), 128 - rc, out, err, duration, signal=-rc)
+        return ExecResult(tuple(argv), rc, out, err, duration)
+
+    def push(self, local, remote) -> None:
+        self._check_open("push")
+        src = Path(local)
+        if not src.is_file():
+            raise self._error(DeviceError, f"cannot push {src}: no such file", "push")
+        try:
+            _copy_atomic(src, Path(remote))
+        except OSError as exc:
+            raise self._os_error(exc, "push", f"pushing {src} to {remote}") from exc
+
+    def pull(self, remote, local) -> None:
+        self._check_open("pull")
+        src = Path(remote)
+        if not src.is_file():
+            raise self._error(DeviceError, f"cannot pull {remote}: no such file on the device", "pull")
+        try:
+            _copy_atomic(src, Path(local))
+        except OSError as exc:
+            raise self._os_error(exc, "pull", f"pulling {remote} to {local}") from exc
+
+    def _os_error(self, exc: OSError, stage: str, what: str) -> DeviceError:
+        if exc.errno == errno.ENOSPC:
+            return self._error(NoSpaceError, f"{what}: no space left on device", stage,
+                               hint="Free space on the device or point work_dir at a larger file system.")
+        return self._error(DeviceError, f"{what}: {exc}", stage)
+
+    def close(self) -> None:
+        if not self._closed and self.spec.cleanup:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+        super().close()
+
+
+def _kill_group(proc: subprocess.Popen, grace: float = 1.0) -> None:
+    """TERM the process group, then KILL it if it does not leave within ``grace`` seconds."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue

@@ -1,0 +1,105 @@
+"""``edgerun devices list | probe``: the inventory, and what a device really is."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ._common import DebugOpt, JsonOpt, execute
+
+out = Console()
+
+InventoryOpt = Annotated[Optional[str], typer.Option(
+    "--inventory", help="Device inventory TOML (default: $EDGERUN_DEVICES, else $EDGERUN_HOME/devices.toml).")]
+
+devices_app = typer.Typer(
+    help="Devices by inventory name or URI: local://, qemu-aarch64://?cpu=cortex-a76, "
+         "ssh://user@host:port?identity_file=..&known_hosts=.., adb://SERIAL, serial:///dev/ttyUSB0?baud=115200.",
+    no_args_is_help=True,
+)
+
+
+def _fmt_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return str(n)
+
+
+@devices_app.command("list")
+def list_cmd(inventory: InventoryOpt = None, json_out: JsonOpt = False, debug: DebugOpt = False) -> None:
+    """List the devices of the inventory (local is always there). Does not connect to any."""
+
+    def work() -> dict:
+        from edgerun.devices.inventory import inventory_path, load_inventory
+
+        specs = load_inventory(inventory)
+        return {"inventory": str(inventory_path(inventory)),
+                "devices": [spec.to_json() for spec in specs.values()]}
+
+    def human(result: dict) -> None:
+        t = Table(title=f"Devices ({result['inventory']})", title_justify="left")
+        for col in ("name", "uri", "transport", "target", "work_dir"):
+            t.add_column(col)
+        for d in result["devices"]:
+            t.add_row(d["name"], d["uri"], d["transport"], d.get("target") or "-", d.get("work_dir") or "(default)")
+        out.print(t)
+
+    execute(work, json_out=json_out, debug=debug, human=human)
+
+
+@devices_app.command("probe")
+def probe_cmd(
+    device: Annotated[str, typer.Argument(help="Inventory name or device URI.")],
+    inventory: InventoryOpt = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Connect and report arch, CPU, cores, memory, OS/kernel, governor, clock, temperature, free space."""
+
+    def work() -> dict:
+        from edgerun.devices.inventory import get_spec, make_device
+
+        spec = get_spec(device, inventory)
+        with make_device(spec) as dev:
+            info = dev.info()
+            return {"device": spec.name, "uri": spec.uri, "target": spec.target, "work_dir": dev.work_dir,
+                    "info": info.to_json()}
+
+    def human(result: dict) -> None:
+        i = result["info"]
+        title = f"{result['device']} ({result['uri']})"
+        if i["emulated"]:
+            title += f" [yellow]EMULATED by {i['emulator']}: numbers check function, not speed[/]"
+        t = Table(title=title, show_header=False, title_justify="left")
+        t.add_column(style="bold")
+        t.add_column()
+        cpu = i["cpu_model"] or "-"
+        if i.get("host_cpu_model"):
+            cpu += f" (on {i['host_cpu_model']})"
+        rows = [
+            ("arch", i["arch"]), ("cpu", cpu), ("cores", i["cores"]), ("board", i["board"]),
+            ("memory", f"{_fmt_bytes(i['mem_total_bytes'])} total, {_fmt_bytes(i['mem_available_bytes'])} available"),
+            ("os", i["os"]), ("kernel", i["kernel"]), ("governor", i["governor"]),
+            ("frequency", f"{i['freq_khz'] / 1000:.0f} MHz (max {(i['max_freq_khz'] or 0) / 1000:.0f})"
+             if i["freq_khz"] else None),
+            ("temperature", f"{i['temperature_c']:.1f} °C" if i["temperature_c"] is not None else None),
+            ("free space", f"{_fmt_bytes(i['free_bytes'])} in {result['work_dir']}"),
+            ("transport", i["transport"]),
+        ]
+        for key, value in rows:
+            t.add_row(key, "-" if value is None else str(value))
+        out.print(t)
+
+    execute(work, json_out=json_out, debug=debug, human=human)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(devices_app, name="devices")
