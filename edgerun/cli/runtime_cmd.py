@@ -1,0 +1,148 @@
+"""``edgerun runtime build | info`` and ``edgerun run`` (local runs; devices come later)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ._common import DebugOpt, JsonOpt, execute
+
+out = Console()
+
+
+def _mb(n: int | None) -> str:
+    return "-" if n is None else f"{n / 1e6:.1f} MB"
+
+
+def _show_bundle(b: dict) -> None:
+    t = Table(title=f"Runtime bundle {b['path']}", show_header=False, title_justify="left")
+    t.add_column(style="bold")
+    t.add_column()
+    t.add_row("arch / variant", f"{b['arch']} / {b['variant']}")
+    t.add_row("executorch", b["executorch_version"])
+    t.add_row("runner", f"{b['runner_version']} (sources {b['runner_source_hash'][:12]})")
+    t.add_row("start with", " ".join(b.get("start", [])))
+    t.add_row("backends", ", ".join(b.get("backends", [])) or "none")
+    t.add_row("kernel libraries", ", ".join(b.get("kernel_libraries", [])) or "none")
+    ops = b.get("operators")
+    t.add_row("operators", f"{len(ops)} registered" if ops is not None else "unknown (could not run the runner)")
+    t.add_row("system libraries", ", ".join(b.get("system_libraries", [])) or "none (uses the system's)")
+    t.add_row("size", f"{_mb(b.get('total_bytes'))} on disk, {_mb(b.get('tarball_bytes'))} as tar.gz")
+    if "intact" in b:
+        t.add_row("files", "[green]intact[/]" if b["intact"] else "[red]" + "; ".join(b["problems"]) + "[/]")
+    out.print(t)
+
+
+def _show_run(r: dict) -> None:
+    from edgerun.runtime.stats import summarize
+
+    runner = r["runner"]
+    h, load, s = runner["header"] or {}, runner["load"] or {}, runner["summary"] or {}
+    samples = runner["execute_ns"]
+    t = Table(title=f"{r['artifact']} on this machine", show_header=False, title_justify="left")
+    t.add_column(style="bold")
+    t.add_column()
+    t.add_row("runner", f"{h.get('runner_version')} · executorch {h.get('executorch_version')} · {h.get('arch')}"
+                        f" · {h.get('threads')} thread(s)" + (f" · under {' '.join(r['emulator'])} (emulated)"
+                                                             if r.get("emulator") else ""))
+    t.add_row("load", f"{load.get('load_ns', 0) / 1e6:.2f} ms")
+    if samples:
+        st = summarize(samples)
+        t.add_row("execute", f"median {st.median_ms:.3f} ms · p90 {st.p90_ms:.3f} ms · {st.n} iterations"
+                             + (f" [yellow]({'; '.join(st.warnings)})[/]" if st.unstable else ""))
+    t.add_row("peak RSS", f"{s.get('peak_rss_kb')} kB")
+    for o in s.get("outputs", []):
+        t.add_row(f"output {o['index']}", f"{o.get('dtype')}{o.get('shape')} {o.get('path') or ''}")
+    if s.get("etdump"):
+        t.add_row("ETDump", f"{s['etdump']['path']} ({s['etdump']['bytes']} bytes)")
+    for w in r["preflight"]["warnings"]:
+        t.add_row("warning", f"[yellow]{w}[/]")
+    out.print(t)
+
+
+def register(app: typer.Typer) -> None:
+    runtime_app = typer.Typer(help="Build and inspect native runner bundles.", no_args_is_help=True)
+    app.add_typer(runtime_app, name="runtime")
+
+    @runtime_app.command("build")
+    def build_cmd(
+        arch: Annotated[str, typer.Option("--arch", help="host | aarch64")] = "host",
+        variant: Annotated[str, typer.Option("--variant", help="full | slim (no optimized kernels: "
+                                                               "fully delegated programs only)")] = "full",
+        jobs: Annotated[int, typer.Option("--jobs", "-j", help="Parallel compile jobs.")] = 2,
+        force: Annotated[bool, typer.Option("--force", help="Rebuild even if a cached bundle matches.")] = False,
+        json_out: JsonOpt = False,
+        debug: DebugOpt = False,
+    ) -> None:
+        """Build edgerun-runner and bundle it with the ExecuTorch libraries it needs.
+
+        Cached by arch, variant, executorch version and runner source hash; --json prints an
+        object whose `path` is the bundle directory (`tarball` the .tar.gz beside it).
+        """
+
+        def work() -> dict:
+            from edgerun.errors import UsageError
+            from edgerun.runtime.build import BuildRequest, build_bundle
+
+            try:
+                req = BuildRequest(arch=arch, variant=variant, jobs=jobs, force=force)
+            except ValueError as exc:
+                raise UsageError(str(exc), hint="--arch host|aarch64, --variant full|slim.") from None
+            return build_bundle(req).to_json()
+
+        execute(work, json_out=json_out, debug=debug, human=_show_bundle)
+
+    @runtime_app.command("info")
+    def info_cmd(
+        bundle: Annotated[Path, typer.Argument(help="A bundle directory (from `edgerun runtime build`).")],
+        json_out: JsonOpt = False,
+        debug: DebugOpt = False,
+    ) -> None:
+        """Describe a bundle and check its files against bundle.json."""
+
+        def work() -> dict:
+            from edgerun.runtime.bundle import load_bundle, verify_bundle
+
+            b = load_bundle(bundle)
+            problems = verify_bundle(b)
+            return {**b.to_json(), "intact": not problems, "problems": problems}
+
+        execute(work, json_out=json_out, debug=debug, human=_show_bundle)
+
+    @app.command("run")
+    def run_cmd(
+        artifact: Annotated[Path, typer.Argument(help="An artifact directory (from `edgerun export`).")],
+        bundle: Annotated[Path, typer.Option("--bundle", "-b", help="Runtime bundle directory.")],
+        warmup: Annotated[int, typer.Option(help="Untimed warm-up iterations.")] = 1,
+        iterations: Annotated[int, typer.Option("--iterations", "-n", help="Timed iterations.")] = 10,
+        min_time_ms: Annotated[int, typer.Option(help="Keep iterating until this much timed time.")] = 0,
+        threads: Annotated[int, typer.Option(help="Thread pool size (0: the runtime's default).")] = 0,
+        vector: Annotated[Optional[int], typer.Option(help="Which test vector's inputs to feed.")] = 0,
+        fill: Annotated[Optional[str], typer.Option(help="Generate inputs instead: zeros | ones | random.")] = None,
+        etdump: Annotated[bool, typer.Option("--etdump", help="Record an ETDump of the timed iterations.")] = False,
+        outputs: Annotated[Optional[Path], typer.Option("--outputs", help="Write outputs (.npy) here.")] = None,
+        no_preflight: Annotated[bool, typer.Option("--no-preflight",
+                                                   help="Run even if pre-flight finds a problem.")] = False,
+        json_out: JsonOpt = False,
+        debug: DebugOpt = False,
+    ) -> None:
+        """Run an artifact with a bundle's native runner on this machine."""
+
+        def work() -> dict:
+            from edgerun.errors import UsageError
+            from edgerun.runtime.runner import RunOptions, run_artifact_local
+
+            try:
+                opts = RunOptions(warmup=warmup, iterations=iterations, min_time_ms=min_time_ms,
+                                  max_iterations=max(100000, iterations), threads=threads,
+                                  fill=fill or "random")
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+            return run_artifact_local(artifact, bundle, vector=None if fill else vector, options=opts,
+                                      etdump=etdump, outputs_dir=outputs, preflight=not no_preflight)
+
+        execute(work, json_out=json_out, debug=debug, human=_show_run)

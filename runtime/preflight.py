@@ -1,0 +1,142 @@
+"""Pre-flight: will this bundle run this program? Answered before anything reaches a device.
+
+Compares the artifact's manifest (operators the program calls outside delegates, delegate
+backends, the executorch version that wrote it, its target architecture, its verification status)
+with the bundle's ``bundle.json`` (operators and backends the runner itself registered, its
+executorch version and architecture). Problems refuse the run with a message that names what is
+missing; warnings are reported but do not stop it.
+
+The bundle's operator list comes from the runner (``edgerun-runner --list-kernels``: ExecuTorch's
+kernel registry after every kernel library of the bundle registered), so "present" here means
+"registered in exactly the binary that will run".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgerun.errors import EdgerunError
+
+from .bundle import Bundle
+
+
+class PreflightError(EdgerunError):
+    """The bundle cannot run the program (missing operator/backend, version or arch mismatch)."""
+
+    exit_code = 9
+    default_stage = "pre-flight"
+
+
+def read_manifest(artifact: str | os.PathLike) -> dict:
+    """The manifest of an artifact directory (or a manifest.json path), with a clear error."""
+    path = Path(artifact)
+    if path.is_dir():
+        path = path / "manifest.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PreflightError(f"{artifact} is not an artifact: {path} does not exist.", stage="read artifact",
+                             hint="Give the directory `edgerun export` wrote (it holds manifest.json).") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise PreflightError(f"cannot read {path}: {exc}", stage="read artifact",
+                             hint="Re-export the artifact.") from exc
+
+
+def _release(version: str | None) -> str | None:
+    """``1.5.1+cpu`` -> ``1.5.1``: the local label does not change the runtime."""
+    if not version:
+        return None
+    return re.split(r"[+]", str(version))[0]
+
+
+@dataclass
+class PreflightReport:
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    missing_operators: list[str] = field(default_factory=list)
+    missing_backends: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_json(self) -> dict:
+        return {"ok": self.ok, "problems": self.problems, "warnings": self.warnings,
+                "missing_operators": self.missing_operators, "missing_backends": self.missing_backends}
+
+
+def preflight(manifest: dict, bundle: Bundle) -> PreflightReport:
+    """Compare a manifest with a bundle; never raises for an incompatibility (see ``check_compatible``)."""
+    r = PreflightReport()
+    ops = manifest.get("operators") or {}
+    needed_ops = sorted(ops.get("non_delegated") or {})
+    needed_backends = sorted(ops.get("delegated") or {})
+
+    if manifest.get("status") == "failed":
+        r.warnings.append("the artifact failed its numeric verification at export (manifest status "
+                          "'failed'): its outputs are known to disagree with eager PyTorch")
+    elif manifest.get("status") not in ("ok", None):
+        r.warnings.append(f"the artifact's status is {manifest.get('status')!r}, not 'ok'")
+
+    wrote = _release((manifest.get("versions") or {}).get("executorch"))
+    have = _release(bundle.executorch_version)
+    if wrote is None:
+        r.warnings.append("the manifest does not say which executorch version wrote the program")
+    elif wrote != have:
+        r.problems.append(f"version mismatch: the program was exported with executorch {wrote}, the bundle "
+                          f"runs executorch {have}")
+
+    arch = (manifest.get("target") or {}).get("arch")
+    if arch not in (None, "any", bundle.arch):
+        r.problems.append(f"the program targets {arch} ({(manifest.get('target') or {}).get('name')}), the bundle "
+                          f"is for {bundle.arch}")
+
+    r.missing_backends = [b for b in needed_backends if b not in bundle.backends]
+    if r.missing_backends:
+        r.problems.append(f"missing delegate backend(s): {', '.join(r.missing_backends)} (the bundle registers "
+                          f"{', '.join(bundle.backends) or 'none'})")
+
+    if bundle.operators is None:
+        if needed_ops:
+            r.warnings.append(f"the bundle lists no operators (built without being able to run it), so "
+                              f"{len(needed_ops)} non-delegated operator(s) could not be checked")
+    else:
+        registered = set(bundle.operators)
+        r.missing_operators = [op for op in needed_ops if op not in registered]
+        if r.missing_operators:
+            r.problems.append(f"missing operator(s): {', '.join(r.missing_operators)} (not registered by the "
+                              f"{bundle.variant} bundle's kernel libraries: "
+                              f"{', '.join(bundle.kernel_libraries) or 'none'})")
+    return r
+
+
+def _hint(report: PreflightReport, bundle: Bundle) -> str:
+    hints = []
+    if report.missing_operators and bundle.variant == "slim":
+        hints.append("use the full bundle (`edgerun runtime build --variant full`), whose optimized kernels "
+                      "cover the portable operators")
+    elif report.missing_operators:
+        hints.append("re-export for a target whose delegate covers these operators, or build a runner with the "
+                     "kernel library that provides them")
+    if report.missing_backends:
+        hints.append("build a bundle with that backend, or re-export for a target this bundle supports")
+    if any(p.startswith("version mismatch") for p in report.problems):
+        hints.append("re-export the model with this edgerun's executorch, or build the bundle from the "
+                     "executorch version that exported it")
+    if any(p.startswith("the program targets") for p in report.problems):
+        hints.append(f"build the bundle for the program's arch (`edgerun runtime build --arch ...`)")
+    return "; ".join(hints).capitalize() + "." if hints else ""
+
+
+def check_compatible(manifest: dict, bundle: Bundle, *, enforce: bool = True) -> PreflightReport:
+    """``preflight`` that raises :class:`PreflightError` on problems (unless ``enforce`` is False)."""
+    report = preflight(manifest, bundle)
+    if enforce and not report.ok:
+        name = (manifest.get("model") or {}).get("name", "the program")
+        raise PreflightError(f"bundle {bundle.path.name} cannot run {name}: {'; '.join(report.problems)}.",
+                             hint=_hint(report, bundle))
+    return report
