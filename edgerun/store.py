@@ -213,7 +213,8 @@ class Store:
         if run_id in rows:
             return run_id
         if len(rows) > 1:
-            raise UnknownRun(f"'{run_id}' matches several runs: {', '.join(rows[:5])}{' ...' if len(rows) > 5 else ''}.",
+            more = ", ..." if len(rows) > 5 else ""
+            raise UnknownRun(f"'{run_id}' matches several runs ({', '.join(rows[:5])}{more}).",
                              hint="Type more of the id.")
         return rows[0]
 

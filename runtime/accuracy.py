@@ -49,6 +49,7 @@ class OutputAccuracy:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["shape"] = list(self.shape)
+        d["exact"] = self.exact  # strict JSON turns +inf into null; this keeps the meaning
         return d
 
     @classmethod

@@ -476,7 +476,7 @@ def compare_records(a: RunRecord, b: RunRecord, *, alpha: float = DEFAULT_ALPHA,
         warnings.append("at least one run is emulated: its timings check function, not speed")
     for r in (a, b):
         if r.latency.warnings:
-            warnings.append(f"{r.run_id} was unstable: {'; '.join(r.latency.warnings)}")
+            warnings.append(f"{r.run_id}: {'; '.join(r.latency.warnings)}")
 
     latency = compare_samples(a.timed_execute_ns, b.timed_execute_ns, alpha=alpha, min_effect=min_effect)
     fa, fb = flat_row(a), flat_row(b)

@@ -1,0 +1,416 @@
+"""Printers for run records: HTML (plots embedded), markdown, JSON and CSV — all from one schema.
+
+Every table here is printed from :func:`edgerun.runtime.record.flat_row` (the one flat view of a
+:class:`~edgerun.runtime.record.RunRecord`) and every plot from the record's raw samples and
+operator rows, so the formats never disagree. Plots use matplotlib's Agg canvas directly (no
+pyplot global state, no display) and are embedded as base64 PNG, so an HTML report is one
+self-contained file.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import math
+from typing import Any, Callable, Sequence
+
+from edgerun.errors import UsageError
+from edgerun.runtime.record import RunComparison, RunRecord, flat_row
+
+FORMATS = ("html", "md", "json", "csv")
+
+# Columns shown even when they are the same for every run (the point of the report).
+ALWAYS = ("run_id", "median_ms", "ci95_low_ms", "ci95_high_ms", "p90_ms", "p99_ms")
+# Provenance that goes into the closing versions line instead of the table.
+VERSION_COLUMNS = ("edgerun_version", "git_commit", "executorch_version", "runner_version")
+# Columns that identify a run: shown in the table when they vary, else in the "common" line.
+TIME_COLUMNS = ("created_at",)
+
+
+# ------------------------------------------------------------------------------- formatting
+def fmt_value(column: str, value: Any) -> str:
+    """One cell, formatted by the unit its column name carries."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float) and math.isinf(value):
+        return "exact" if value > 0 else "-inf"
+    if column.endswith("_bytes") and isinstance(value, (int, float)):
+        for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+            if abs(value) >= size:
+                return f"{value / size:.2f} {unit}"
+        return f"{int(value)} B"
+    if column.endswith("_ms") and isinstance(value, (int, float)):
+        return f"{value:.4g}" if abs(value) < 1 else f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
+    if column in ("cv", "op_coverage", "top1_agreement", "task_accuracy", "share") and isinstance(value, (int, float)):
+        return f"{value:.1%}"
+    if column.endswith("_db") and isinstance(value, (int, float)):
+        return f"{value:.1f}"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def varying_columns(rows: Sequence[dict]) -> tuple[list[str], dict[str, Any]]:
+    """(columns to tabulate, columns common to every run and their value)."""
+    columns, common = [], {}
+    for col in rows[0]:
+        if col in VERSION_COLUMNS:
+            continue
+        values = [r[col] for r in rows]
+        if col in ALWAYS or (len(rows) > 1 and any(v != values[0] for v in values)):
+            columns.append(col)
+        elif values[0] is not None and col not in TIME_COLUMNS:
+            common[col] = values[0]
+    return columns, common
+
+
+def versions_line(records: Sequence[RunRecord]) -> str:
+    def distinct(get: Callable[[RunRecord], Any]) -> str:
+        vals = list(dict.fromkeys(str(get(r)) for r in records if get(r) is not None))
+        return " / ".join(vals) if vals else "unknown"
+
+    return (f"edgerun {distinct(lambda r: r.provenance.edgerun_version)} "
+            f"(git {distinct(lambda r: r.provenance.git_commit)}) · "
+            f"ExecuTorch {distinct(lambda r: r.provenance.executorch_version)} · "
+            f"runner {distinct(lambda r: r.provenance.runner_version)}")
+
+
+# ------------------------------------------------------------------------------ text printers
+def _strict(obj: Any) -> Any:
+    """inf/NaN are not JSON: they become null (an exact match's SNR is also ``exact: true``)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict(v) for v in obj]
+    if hasattr(obj, "item"):  # numpy scalar
+        return _strict(obj.item())
+    return obj
+
+
+def to_json(records: Sequence[RunRecord], comparisons: Sequence[RunComparison] = ()) -> str:
+    return json.dumps(_strict({"runs": [r.to_dict() for r in records],
+                               "comparisons": [c.to_dict() for c in comparisons]}), allow_nan=False, indent=1)
+
+
+def to_csv(records: Sequence[RunRecord]) -> str:
+    rows = [flat_row(r) for r in records]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    return buf.getvalue()
+
+
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    def esc(s: str) -> str:
+        return str(s).replace("|", "\\|")
+
+    out = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
+    return out
+
+
+def to_markdown(records: Sequence[RunRecord], comparisons: Sequence[RunComparison] = (), *, top: int = 5) -> str:
+    rows = [flat_row(r) for r in records]
+    columns, common = varying_columns(rows)
+    lines = ["# edgerun report", ""]
+    if common:
+        lines += ["Common to all runs: " + ", ".join(f"{k}={fmt_value(k, v)}" for k, v in common.items()), ""]
+    lines += _md_table(columns, [[fmt_value(c, row[c]) for c in columns] for row in rows])
+    for c in comparisons:
+        lines += ["", f"## {c.run_b} vs {c.run_a}: **{c.verdict}**", "",
+                  f"Median {c.latency.median_a_ms:.4g} → {c.latency.median_b_ms:.4g} ms "
+                  f"({c.latency.delta_rel:+.1%}), Mann–Whitney p = {c.latency.p_value:.3g} "
+                  f"(α = {c.latency.alpha}, practical threshold ±{c.latency.min_effect:.0%}).", ""]
+        lines += _md_table(["metric", "A", "B", "change"],
+                           [[m.metric, fmt_value(m.metric, m.a), fmt_value(m.metric, m.b),
+                             "—" if m.delta_rel is None else f"{m.delta_rel:+.1%}"]
+                            for m in c.metrics if m.a is not None or m.b is not None])
+        lines += [f"- ⚠ {w}" for w in c.warnings]
+    for r in records:
+        if r.operators is not None:
+            ops = r.operators
+            cov = f", {ops.coverage:.0%} of the measured execute time" if ops.coverage is not None else ""
+            lines += ["", f"## Operators of {r.run_id} (top {top}; sum {ops.op_sum_ms:.4g} ms{cov})", ""]
+            lines += _md_table(["operator", "delegated", "backend", "count", "median_ms", "share"],
+                               [[o.name, fmt_value("", o.delegated), o.backend or "—", str(o.count),
+                                 fmt_value("median_ms", o.median_ms), fmt_value("share", o.share)]
+                                for o in ops.top(top)])
+        if r.warnings:
+            lines += ["", f"Warnings for {r.run_id}:"] + [f"- ⚠ {w}" for w in r.warnings]
+    lines += ["", versions_line(records), ""]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------- plots
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def _short(r: RunRecord) -> str:
+    bits = [r.run_id, r.model.scheme or "", r.device_name]
+    return " · ".join(b for b in bits if b)
+
+
+def plot_latency_distribution(records: Sequence[RunRecord]) -> bytes:
+    """Violin + points of every timed sample per run, median and 95 % CI marked."""
+    fig = _figure(9, 1.2 + 0.8 * len(records))
+    ax = fig.add_subplot()
+    data = [[ns / 1e6 for ns in r.timed_execute_ns] for r in records]
+    pos = list(range(1, len(records) + 1))
+    ax.violinplot(data, positions=pos, orientation="horizontal", showextrema=False)
+    for p, r, d in zip(pos, records, data):
+        ax.scatter(d, [p] * len(d), s=6, alpha=0.4, color="black")
+        ax.errorbar([r.latency.median_ms], [p], xerr=[[r.latency.median_ms - r.latency.ci95_low_ms],
+                                                      [r.latency.ci95_high_ms - r.latency.median_ms]],
+                    fmt="o", color="crimson", capsize=4)
+    ax.set_yticks(pos, [_short(r) for r in records])
+    ax.invert_yaxis()  # first run on top, as in the tables
+    ax.set_xlabel("execute time per iteration (ms) — red: median with bootstrap 95 % CI")
+    ax.set_title("Latency distribution (timed iterations, every sample)")
+    return _png(fig)
+
+
+def plot_samples_over_time(records: Sequence[RunRecord]) -> bytes:
+    """Execute time per iteration in order: warm-up, drift and throttling show here."""
+    fig = _figure(9, 3.2)
+    ax = fig.add_subplot()
+    for r in records:
+        warm = [s.execute_ns / 1e6 for s in r.samples if s.warmup]
+        timed = [s.execute_ns / 1e6 for s in r.samples if not s.warmup]
+        line = ax.plot(range(len(warm), len(warm) + len(timed)), timed, marker=".", lw=0.8, label=_short(r))[0]
+        if warm:
+            ax.plot(range(len(warm)), warm, marker="x", ls="none", color=line.get_color())
+    ax.set_xlabel("iteration (x: warm-up)")
+    ax.set_ylabel("execute (ms)")
+    ax.set_title("Samples in order")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def plot_operators(record: RunRecord, top: int = 12) -> bytes:
+    """Horizontal bars of the top-N operators / delegate calls by median time."""
+    ops = record.operators.top(top)
+    fig = _figure(9, 1.0 + 0.35 * len(ops))
+    ax = fig.add_subplot()
+    names = [o.name if len(o.name) <= 48 else o.name[:45] + "…" for o in ops][::-1]
+    values = [o.median_ms for o in ops][::-1]
+    colors = ["tab:green" if o.delegated else "tab:blue" for o in ops][::-1]
+    bars = ax.barh(names, values, color=colors)
+    for bar, o in zip(bars, list(ops)[::-1]):
+        ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {o.share:.0%}", va="center", fontsize=8)
+    ax.set_xlabel("median time per iteration (ms) — green: delegated, blue: portable/optimized kernel")
+    ax.set_title(f"Operators of {record.run_id} (top {len(ops)}, warm-up excluded)")
+    return _png(fig)
+
+
+def plot_comparison(records: Sequence[RunRecord]) -> bytes:
+    """Median (with 95 % CI) and p90/p99 per run, side by side."""
+    fig = _figure(9, 3.5)
+    ax = fig.add_subplot()
+    x = list(range(len(records)))
+    med = [r.latency.median_ms for r in records]
+    err = [[r.latency.median_ms - r.latency.ci95_low_ms for r in records],
+           [r.latency.ci95_high_ms - r.latency.median_ms for r in records]]
+    ax.bar(x, med, yerr=err, capsize=5, color=["tab:orange" if r.source == "emulated" else "tab:blue" for r in records],
+           label="median (95 % CI)")
+    ax.scatter(x, [r.latency.p90_ms for r in records], marker="_", s=400, color="black", label="p90", zorder=3)
+    ax.scatter(x, [r.latency.p99_ms for r in records], marker="_", s=400, color="crimson", label="p99", zorder=3)
+    ax.set_xticks(x, [_short(r) for r in records], rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("execute (ms)")
+    ax.set_title("Comparison across runs (orange: emulated — checks function, not speed)")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+# -------------------------------------------------------------------------------- pareto
+def _accuracy_of(row: dict) -> tuple[float | None, str]:
+    if row.get("task_accuracy") is not None:
+        return row["task_accuracy"], "task accuracy"
+    snr = row.get("min_snr_db")
+    if snr is not None:
+        return (min(snr, 100.0) if math.isfinite(snr) else 100.0), "min SNR vs eager (dB, capped at 100)"
+    return None, "accuracy"
+
+
+def pareto_front(points: Sequence[tuple[float, float, float]]) -> list[int]:
+    """Indices of points not dominated in (latency ↓, size ↓, accuracy ↑)."""
+    front = []
+    for i, (li, si, ai) in enumerate(points):
+        dominated = any(
+            lj <= li and sj <= si and aj >= ai and (lj < li or sj < si or aj > ai)
+            for j, (lj, sj, aj) in enumerate(points) if j != i)
+        if not dominated:
+            front.append(i)
+    return front
+
+
+def plot_pareto(records: Sequence[RunRecord]) -> bytes:
+    """Latency × size × accuracy: the compression trade-off of a bench sweep; the front is outlined."""
+    rows = [flat_row(r) for r in records]
+    acc = [_accuracy_of(row) for row in rows]
+    label = next((a[1] for a in acc if a[0] is not None), "accuracy")
+    largest = max((row["pte_bytes"] or 0) for row in rows)
+    unit, scale = ("MiB", 1 << 20) if largest >= (1 << 20) else ("KiB", 1 << 10)
+    pts = [(row["median_ms"], (row["pte_bytes"] or 0) / scale, a if a is not None else -math.inf)
+           for row, (a, _) in zip(rows, acc)]
+    front = set(pareto_front(pts))
+    fig = _figure(8, 5.5)
+    ax = fig.add_subplot()
+    known = [i for i, p in enumerate(pts) if math.isfinite(p[2])]
+    sc = ax.scatter([pts[i][0] for i in known], [pts[i][1] for i in known], c=[pts[i][2] for i in known],
+                    cmap="viridis", s=80, zorder=2)
+    if known:
+        fig.colorbar(sc, ax=ax, label=label)
+    unknown = [i for i in range(len(pts)) if i not in known]
+    ax.scatter([pts[i][0] for i in unknown], [pts[i][1] for i in unknown], c="lightgrey", s=80, zorder=2,
+               label="accuracy unknown" if unknown else None)
+    ax.scatter([pts[i][0] for i in front], [pts[i][1] for i in front], s=220, facecolors="none",
+               edgecolors="crimson", linewidths=1.5, zorder=3, label="Pareto front")
+    for row, (lat, size, _) in zip(rows, pts):
+        ax.annotate(f"{row['scheme'] or '?'} @ {row['device']}", (lat, size), textcoords="offset points",
+                    xytext=(6, 4), fontsize=8)
+    ax.set_xlabel("median execute time (ms)")
+    ax.set_ylabel(f".pte size ({unit})")
+    ax.set_title("Trade-off: latency × size × accuracy")
+    ax.legend(fontsize=8, loc="best")
+    return _png(fig)
+
+
+# ------------------------------------------------------------------------------------- html
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;max-width:1150px}
+h1{font-size:1.6em;margin-bottom:0}h2{font-size:1.25em;border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:28px}
+table{border-collapse:collapse;font-size:13px;margin:8px 0}td,th{border:1px solid #ddd;padding:3px 7px;text-align:left}
+th{background:#f4f4f4}td.num{text-align:right;font-variant-numeric:tabular-nums}
+.warn{color:#8a4b00;background:#fff4e0;padding:4px 8px;margin:3px 0;border-left:3px solid #e0a000}
+.verdict{font-weight:bold;font-size:1.1em}.small{color:#666;font-size:12px}img{max-width:100%;margin:6px 0}
+.label{display:inline-block;padding:0 6px;border-radius:3px;font-size:12px;background:#e8eefc}
+.emulated{background:#ffe8cc}.estimated{background:#eee}.scroll{overflow-x:auto}td{white-space:nowrap}
+"""
+
+
+def _img(png: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def _html_table(header: Sequence[str], rows: Sequence[Sequence[Any]], numeric: Sequence[bool] | None = None) -> str:
+    numeric = numeric or [False] * len(header)
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f'<td{" class=num" if n else ""}>{html.escape(str(c))}</td>' for c, n in zip(row, numeric))
+        + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _label(source: str) -> str:
+    return f'<span class="label {html.escape(source)}">{html.escape(source)}</span>'
+
+
+def to_html(records: Sequence[RunRecord], comparisons: Sequence[RunComparison] = (), *, top: int = 12,
+            title: str = "edgerun report", pareto: bool | None = None) -> str:
+    rows = [flat_row(r) for r in records]
+    columns, common = varying_columns(rows)
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>",
+             f"<p class=small>{html.escape(versions_line(records))}</p>"]
+    if common:
+        parts.append("<p>Common to all runs: " + ", ".join(
+            f"<b>{html.escape(k)}</b>={html.escape(fmt_value(k, v))}" for k, v in common.items()) + "</p>")
+    parts.append("<h2>Summary</h2>")
+    parts.append("<div class=scroll>" + _html_table(
+        columns, [[fmt_value(c, row[c]) for c in columns] for row in rows],
+        [isinstance(rows[0][c], (int, float)) and not isinstance(rows[0][c], bool) for c in columns]) + "</div>")
+    for r in records:
+        for w in r.warnings:
+            parts.append(f'<div class="warn">⚠ {html.escape(r.run_id)}: {html.escape(w)}</div>')
+
+    parts.append("<h2>Latency</h2>")
+    parts.append(_img(plot_latency_distribution(records), "latency distribution"))
+    parts.append(_img(plot_samples_over_time(records), "samples in order"))
+    if len(records) > 1:
+        parts.append("<h2>Comparison across runs</h2>")
+        parts.append(_img(plot_comparison(records), "comparison across runs"))
+    if pareto if pareto is not None else len(records) > 2:
+        parts.append("<h2>Trade-off</h2>")
+        parts.append(_img(plot_pareto(records), "pareto latency size accuracy"))
+
+    for c in comparisons:
+        parts.append(f"<h2>{html.escape(c.run_b)} vs {html.escape(c.run_a)}</h2>")
+        parts.append(f'<p class="verdict">{html.escape(c.verdict)}</p>')
+        parts.append(f"<p>Median {c.latency.median_a_ms:.4g} → {c.latency.median_b_ms:.4g} ms "
+                     f"({c.latency.delta_rel:+.1%}); Mann–Whitney U p = {c.latency.p_value:.3g} "
+                     f"(α = {c.latency.alpha}); practical threshold ±{c.latency.min_effect:.0%}.</p>")
+        parts.append(_html_table(["metric", "A", "B", "change"],
+                                 [[m.metric, fmt_value(m.metric, m.a), fmt_value(m.metric, m.b),
+                                   "—" if m.delta_rel is None else f"{m.delta_rel:+.1%}"]
+                                  for m in c.metrics if m.a is not None or m.b is not None],
+                                 [False, True, True, True]))
+        for w in c.warnings:
+            parts.append(f'<div class="warn">⚠ {html.escape(w)}</div>')
+
+    for r in records:
+        parts.append(f"<h2>Run {html.escape(r.run_id)}</h2>")
+        parts.append("<p>" + " ".join(f"{html.escape(k)} {_label(v)}" for k, v in r.labels.items()) + "</p>")
+        if r.operators is not None:
+            ops = r.operators
+            parts.append(_img(plot_operators(r, top), f"operators of {r.run_id}"))
+            parts.append(f"<p class=small>Operator times add up to {ops.op_sum_ms:.4g} ms"
+                         + (f" = {ops.coverage:.0%} of the measured median execute time "
+                            f"{ops.measured_execute_ms:.4g} ms" if ops.coverage is not None else "")
+                         + f"; {ops.iterations} iterations (warm-up excluded).</p>")
+            parts.append(_html_table(["operator", "delegated", "backend", "count", "median ms", "share"],
+                                     [[o.name, fmt_value("", o.delegated), o.backend or "—", o.count,
+                                       fmt_value("median_ms", o.median_ms), fmt_value("share", o.share)]
+                                      for o in ops.top(top)], [False, False, False, True, True, True]))
+        if r.accuracy is not None and r.accuracy.outputs:
+            parts.append(f"<p>Accuracy against {html.escape(r.accuracy.reference)} "
+                         f"({r.accuracy.vectors} vector(s)):</p>")
+            parts.append(_html_table(["output", "shape", "SNR dB", "max abs", "cosine", "top-1 agreement"],
+                                     [[o.name or o.index, "×".join(map(str, o.shape)), fmt_value("snr_db", o.snr_db),
+                                       f"{o.max_abs:.3g}", f"{o.cosine:.6f}",
+                                       fmt_value("top1_agreement", o.top1_agreement)] for o in r.accuracy.outputs]))
+        if r.accuracy is not None and r.accuracy.task_accuracy is not None:
+            parts.append(f"<p>Task accuracy: {r.accuracy.task_accuracy:.2%} of {r.accuracy.task_samples} samples.</p>")
+        dev = {k: v for k, v in r.device.items() if v is not None}
+        prov = {k: v for k, v in vars(r.provenance).items() if v is not None}
+        parts.append("<details><summary>Device and provenance</summary>"
+                     + _html_table(["key", "value"], [[k, json.dumps(v) if isinstance(v, dict) else v]
+                                                      for k, v in {**dev, **prov}.items()]) + "</details>")
+    parts.append("</body></html>")
+    return "".join(parts)
+
+
+# ------------------------------------------------------------------------------------ entry
+def render(records: Sequence[RunRecord], fmt: str, comparisons: Sequence[RunComparison] = (), **kw) -> str:
+    """The report of ``records`` in ``fmt`` (html, md, json, csv)."""
+    if not records:
+        raise UsageError("a report needs at least one run.", hint="Pass run ids from `edgerun runs list`.")
+    if fmt == "html":
+        return to_html(records, comparisons, **kw)
+    if fmt == "md":
+        return to_markdown(records, comparisons)
+    if fmt == "json":
+        return to_json(records, comparisons)
+    if fmt == "csv":
+        return to_csv(records)
+    raise UsageError(f"unknown report format '{fmt}'.", hint=f"Use one of: {', '.join(FORMATS)}.")

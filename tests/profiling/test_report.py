@@ -1,0 +1,129 @@
+"""Reports: every printer from one record schema; the HTML opened in real headless Chromium."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from edgerun.errors import UsageError
+from edgerun.report import pareto_front, plot_pareto, render
+from edgerun.runtime.record import analyse, compare_records, flat_row
+
+from .conftest import HOST_INFO, QEMU_INFO, manifest, runner_lines
+
+MS = 1_000_000
+
+
+@pytest.fixture(scope="module")
+def records(real_record):
+    rng = np.random.default_rng(0)
+    base = np.array(real_record.timed_execute_ns)
+    int8 = analyse(runner_lines((base * 0.6).astype(int), warmup_ns=[base[0]]), manifest(scheme="int8", pte_bytes=4000),
+                   HOST_INFO, task_accuracy=0.93, task_samples=360)
+    qemu = analyse(runner_lines((base * 9 * (1 + 0.03 * rng.standard_normal(base.size))).astype(int)),
+                   manifest(scheme="int8", pte_bytes=4000), QEMU_INFO, device_name="pi5-qemu")
+    return [real_record, int8, qemu]
+
+
+def _png_ok(data: bytes) -> tuple[int, int, int]:
+    from PIL import Image
+
+    im = Image.open(io.BytesIO(data))
+    im.load()
+    colours = im.convert("RGB").getcolors(maxcolors=1 << 20)
+    return im.width, im.height, len(colours) if colours else 1 << 20
+
+
+def test_markdown_shows_only_varying_columns_and_ends_with_versions(records):
+    md = render(records, "md", [compare_records(records[0], r) for r in records[1:]])
+    header = next(line for line in md.splitlines() if line.startswith("| run_id"))
+    cols = [c.strip() for c in header.strip("|").split("|")]
+    assert {"scheme", "device", "source", "median_ms", "p90_ms", "p99_ms"} <= set(cols)
+    assert "model" not in cols and "recipe_hash" not in cols  # the same for every run
+    assert "Common to all runs: model=tinynet" in md
+    assert md.rstrip().splitlines()[-1].startswith("edgerun ")
+    assert "ExecuTorch 1.5.1" in md.rstrip().splitlines()[-1]
+    assert "**slower**" in md and "**faster**" in md  # qemu vs host, int8 vs fp32
+    assert "## Operators of " + records[0].run_id in md
+
+
+def test_csv_has_one_row_per_run_with_the_flat_schema(records):
+    rows = list(csv.DictReader(io.StringIO(render(records, "csv"))))
+    assert [r["run_id"] for r in rows] == [r.run_id for r in records]
+    assert list(rows[0]) == list(flat_row(records[0]))
+    assert float(rows[1]["median_ms"]) == pytest.approx(records[1].latency.median_ms)
+    assert rows[1]["task_accuracy"] == "0.93"
+
+
+def test_json_is_strict_and_keeps_raw_samples(records):
+    def no_constants(name):
+        raise AssertionError(f"non-standard JSON constant {name}")
+
+    d = json.loads(render(records, "json"), parse_constant=no_constants)
+    assert len(d["runs"]) == 3
+    assert len(d["runs"][0]["samples"]) == len(records[0].samples)
+    assert d["runs"][2]["source"] == "emulated"
+
+
+def test_unknown_format_and_no_runs_are_usage_errors(records):
+    with pytest.raises(UsageError, match="unknown report format 'pdf'"):
+        render(records, "pdf")
+    with pytest.raises(UsageError, match="at least one run"):
+        render([], "md")
+
+
+def test_pareto_front_known_answer():
+    pts = [(1.0, 10.0, 0.9),   # fastest
+           (2.0, 5.0, 0.9),    # smallest
+           (2.0, 10.0, 0.8),   # dominated by both
+           (3.0, 10.0, 0.95)]  # most accurate
+    assert pareto_front(pts) == [0, 1, 3]
+
+
+def test_pareto_plot_is_a_png(records):
+    w, h, colours = _png_ok(plot_pareto(records))
+    assert w > 300 and h > 300 and colours > 10
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None,
+                    reason="Debian's chromium is not installed (scripts/setup installs it)")
+def test_html_report_renders_in_headless_chromium_with_visible_plots(records, tmp_path):
+    comparisons = [compare_records(records[0], r) for r in records[1:]]
+    page = tmp_path / "report.html"
+    page.write_text(render(records, "html", comparisons), encoding="utf-8")
+    text = page.read_text()
+    assert "http://" not in text and "https://" not in text  # self-contained
+
+    imgs = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,([^"]+)"', text)
+    alts = [a for a, _ in imgs]
+    assert "latency distribution" in alts and "comparison across runs" in alts
+    assert f"operators of {records[0].run_id}" in alts and "pareto latency size accuracy" in alts
+    for alt, b64 in imgs:
+        w, h, colours = _png_ok(base64.b64decode(b64))
+        assert w > 200 and h > 80 and colours > 10, alt  # a real plot, not an empty canvas
+
+    shot = tmp_path / "shot.png"
+    proc = subprocess.run(
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1200,2000",
+         page.as_uri()], capture_output=True, text=True, timeout=180)
+    assert shot.is_file(), proc.stderr[-2000:]
+    w, h, colours = _png_ok(shot.read_bytes())
+    assert (w, h) == (1200, 2000)
+    assert colours > 200  # text, tables and plots; a blank page has a handful
+
+    from PIL import Image
+
+    # The first plot sits in the upper half of the page: its region is not page background.
+    im = Image.open(shot).convert("L")
+    lower = np.asarray(im.crop((0, 600, 1200, 2000)), dtype=np.float64)
+    assert lower.std() > 20

@@ -1,0 +1,105 @@
+"""`edgerun runs list|show`, `compare` and `report` through the real console script."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from edgerun.runtime.record import analyse
+from edgerun.store import SCHEMA_VERSION, Store
+
+from .conftest import HOST_INFO, manifest, runner_lines
+
+MS = 1_000_000
+
+
+@pytest.fixture(scope="module")
+def store(real_record, interleaved_runs, tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli-store") / "results.sqlite"
+    a_ns, b_ns = interleaved_runs
+    rng = np.random.default_rng(5)
+    same_a = analyse(runner_lines(a_ns), manifest(), HOST_INFO, run_id="r-20261128-aaaaaa")
+    same_b = analyse(runner_lines(b_ns), manifest(), HOST_INFO, run_id="r-20261128-bbbbbb")
+    other = analyse(runner_lines((np.array(a_ns) * 1.5 * (1 + 0.01 * rng.standard_normal(len(a_ns)))).astype(int)),
+                    manifest(name="othernet"), HOST_INFO, run_id="r-20261128-cccccc")
+    with Store(path) as s:
+        for r in (real_record, same_a, same_b, other):
+            s.save(r)
+    return path
+
+
+def _json(proc):
+    assert proc.stdout.count("\n") == 1, proc.stdout  # exactly one JSON object on stdout
+    return json.loads(proc.stdout)
+
+
+def test_runs_list_json_is_newest_first(cli, store):
+    d = _json(cli("runs", "list", "--store", str(store), "--json"))
+    ids = [r["run_id"] for r in d["runs"]]
+    assert ids[0] == "r-20261128-cccccc" and len(ids) == 4
+
+
+def test_runs_list_human_table(cli, store):
+    p = cli("runs", "list", "--store", str(store))
+    assert p.returncode == 0 and "r-20261128-aaaaaa" in p.stdout and "othernet" in p.stdout
+
+
+def test_runs_show_by_prefix_has_the_profile_fields(cli, store, real_record):
+    d = _json(cli("runs", "show", real_record.run_id[:14], "--store", str(store), "--json"))
+    assert d["run_id"] == real_record.run_id
+    assert d["median"] == pytest.approx(real_record.latency.median_ms) and d["unit"] == "ms"
+    assert {"p90", "p99", "operators", "labels"} <= set(d)
+    assert d["operators"][0]["name"] == real_record.operators.rows[0].name
+    p = cli("runs", "show", real_record.run_id, "--store", str(store))
+    assert p.returncode == 0 and "XnnpackBackend[" in p.stdout  # markup-like names printed literally
+
+
+def test_unknown_run_id_is_a_clear_error(cli, store):
+    p = cli("runs", "show", "r-19990101", "--store", str(store), "--json")
+    assert p.returncode == 7
+    err = _json(p)["error"]
+    assert "no run 'r-19990101'" in err["message"] and "edgerun runs list" in err["hint"]
+    p = cli("runs", "show", "r-19990101", "--store", str(store))
+    assert p.returncode == 7 and "no run 'r-19990101'" in p.stderr
+
+
+def test_two_runs_of_the_same_program_compare_as_no_significant_change(cli, store):
+    d = _json(cli("compare", "r-20261128-aaa", "r-20261128-bbb", "--store", str(store), "--json"))
+    assert d["verdict"] == "no significant change"
+    assert not any("different models" in w for w in d["warnings"])
+
+
+def test_comparing_different_models_is_allowed_with_a_warning(cli, store):
+    d = _json(cli("compare", "r-20261128-aaa", "r-20261128-ccc", "--store", str(store), "--json"))
+    assert d["verdict"] == "slower"
+    assert any("different models (tinynet vs othernet)" in w for w in d["warnings"])
+
+
+def test_report_writes_html_and_prints_markdown(cli, store, tmp_path):
+    out = tmp_path / "r.html"
+    d = _json(cli("report", "r-20261128-aaa", "r-20261128-bbb", "-o", str(out), "--store", str(store), "--json"))
+    assert d["format"] == "html" and out.stat().st_size == d["bytes"] > 10_000
+    assert d["verdicts"] == {"r-20261128-bbbbbb": "no significant change"}
+    md = cli("report", "r-20261128-aaa", "r-20261128-ccc", "--format", "md", "--store", str(store))
+    assert md.returncode == 0 and md.stdout.startswith("# edgerun report") and "| model |" in md.stdout
+    csv_out = tmp_path / "r.csv"
+    assert cli("report", "r-20261128-aaa", "-o", str(csv_out), "--store", str(store)).returncode == 0
+    assert csv_out.read_text().startswith("run_id,")
+
+
+def test_a_store_from_a_newer_edgerun_is_refused(cli, tmp_path):
+    path = tmp_path / "future.sqlite"
+    with Store(path) as s:
+        s._db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 5,))
+    p = cli("runs", "list", "--store", str(path), "--json")
+    assert p.returncode == 7
+    assert "newer than this edgerun" in _json(p)["error"]["message"]
+
+
+def test_bad_options_are_usage_errors(cli, store):
+    p = cli("compare", "r-20261128-aaa", "r-20261128-bbb", "--alpha", "3", "--store", str(store), "--json")
+    assert p.returncode == 2 and "--alpha" in _json(p)["error"]["message"]
+    p = cli("report", "r-20261128-aaa", "--format", "pdf", "--store", str(store), "--json")
+    assert p.returncode == 2 and "pdf" in _json(p)["error"]["message"]
