@@ -172,6 +172,9 @@ class Store:
             ops.pop("rows")
             ops.pop("delegate_ops")
             d["operators"] = ops
+        if self._db.execute("SELECT 1 FROM runs WHERE run_id = ?", (record.run_id,)).fetchone():
+            raise StoreError(f"a run {record.run_id} is already in {self.path}; runs are never overwritten.",
+                             hint="Give the record a new run id (edgerun.runtime.record.new_run_id()).")
         with self._tx():
             self._db.execute(
                 "INSERT INTO runs (run_id, created_at, model, scheme, target, device, source, threads, median_ms,"

@@ -178,6 +178,11 @@ class RunRecord:
 
 
 # ---------------------------------------------------------------------------------- analyse
+def cell_key(model: str, target: str, scheme: str, device: str, threads: int | None = None) -> str:
+    """The key of one bench cell (``RunRecord.cell``): a resumed sweep skips cells already stored."""
+    return "/".join([model, target, scheme, device, f"t{threads if threads is not None else 'default'}"])
+
+
 def new_run_id(now: _dt.datetime | None = None) -> str:
     """Short and typeable: ``r-YYYYMMDD-xxxxxx`` (6 random hex digits)."""
     now = now or _dt.datetime.now(_dt.timezone.utc)

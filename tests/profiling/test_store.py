@@ -119,3 +119,11 @@ def test_a_failed_migration_leaves_the_file_unchanged(tmp_path, monkeypatch):
         assert s.schema_version() == 1
         cols = [r[1] for r in s._db.execute("PRAGMA table_info(runs)")]
         assert "sweep_id" not in cols  # step 2 was rolled back with the broken step 3
+
+
+def test_a_run_is_never_overwritten(tmp_path):
+    with Store(tmp_path / "r.sqlite") as s:
+        s.save(_record("r-1", median_ms=5.0))
+        with pytest.raises(StoreError, match="already in"):
+            s.save(_record("r-1", median_ms=9.0))
+        assert s.get("r-1").latency.median_ms == pytest.approx(5.0, rel=0.01)
