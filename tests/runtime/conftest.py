@@ -1,0 +1,98 @@
+"""Runtime-test fixtures: real bundles built once per session, real artifacts from the real exporter.
+
+Every bundle is built with the real toolchain (cmake, g++, g++-aarch64-linux-gnu) against the real
+executorch wheels; tests skip with the reason when a tool is missing (CI installs them all through
+scripts/setup, so nothing skips there).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).parent
+# rt_factories (models) and rt_helpers (comparisons) import by name, also at collection time.
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+QEMU = "qemu-aarch64"
+# Raspberry Pi 5's core: the board CPU model, never qemu's default `max` (see test_qemu.py).
+BOARD_CPU = "cortex-a76"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _rt_factories_on_path():
+    """Make ``rt_factories:...`` importable for CLI subprocesses too."""
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(HERE) + (os.pathsep + old if old else "")
+    yield
+    if old is None:
+        os.environ.pop("PYTHONPATH", None)
+    else:
+        os.environ["PYTHONPATH"] = old
+
+
+def _need(tool: str, package: str) -> None:
+    if shutil.which(tool) is None:
+        pytest.skip(f"{tool} is not installed (Debian package {package}; scripts/setup installs it)")
+
+
+def _build(edgerun_home: Path, arch: str, variant: str = "full"):
+    from edgerun.runtime.build import BuildRequest, build_bundle
+
+    old = os.environ.get("EDGERUN_HOME")
+    os.environ["EDGERUN_HOME"] = str(edgerun_home)
+    try:
+        return build_bundle(BuildRequest(arch=arch, variant=variant))
+    finally:
+        if old is None:
+            os.environ.pop("EDGERUN_HOME", None)
+        else:
+            os.environ["EDGERUN_HOME"] = old
+
+
+@pytest.fixture(scope="session")
+def host_bundle(edgerun_home):
+    _need("cmake", "cmake")
+    _need("g++", "g++")
+    return _build(edgerun_home, "host")
+
+
+@pytest.fixture(scope="session")
+def slim_bundle(edgerun_home):
+    _need("cmake", "cmake")
+    _need("g++", "g++")
+    return _build(edgerun_home, "host", "slim")
+
+
+@pytest.fixture(scope="session")
+def aarch64_bundle(edgerun_home):
+    _need("cmake", "cmake")
+    _need("aarch64-linux-gnu-g++", "g++-aarch64-linux-gnu")
+    _need(QEMU, "qemu-user")
+    return _build(edgerun_home, "aarch64")
+
+
+@pytest.fixture(scope="session")
+def qemu_board():
+    """The emulator prefix for a Raspberry Pi 5 (what the devices room's qemu device also uses)."""
+    _need(QEMU, "qemu-user")
+    return [QEMU, "-cpu", BOARD_CPU]
+
+
+@pytest.fixture(scope="session")
+def artifacts(make_artifact):
+    """Real artifacts of the small conv net: fp32 and int8 XNNPACK, and portable (no delegate)."""
+    return {
+        "fp32": make_artifact("rt_factories:small_conv", "host", "fp32"),
+        "int8": make_artifact("rt_factories:small_conv", "host", "int8"),
+        "portable": make_artifact("rt_factories:small_conv", "portable", "fp32"),
+    }
+
+
+@pytest.fixture(scope="session")
+def two_input_artifact(make_artifact):
+    return make_artifact("rt_factories:two_inputs", "portable", "fp32")
