@@ -27,6 +27,7 @@ def _load(name: str):
 
 
 sshd_mod = _load("sshd")
+ptylink_mod = _load("ptylink")
 
 
 @pytest.fixture(scope="session")
@@ -116,3 +117,30 @@ def _bundle_argv(*args: str) -> list[str]:
 def bundle_argv():
     """How a bundle program starts: through its own loader, libraries from the bundle dir."""
     return _bundle_argv
+
+
+@pytest.fixture
+def serial_line(tmp_path):
+    """Start agents on real pty pairs: ``serial_line(noise=None) -> (uri, link, agent_proc, sandbox)``."""
+    started = []
+
+    def start(noise=None, **query):
+        link = ptylink_mod.PtyLink(noise)
+        sandbox = tmp_path / f"sandbox{len(started)}"
+        agent = subprocess.Popen([sys.executable, "-m", "edgerun.devices.serial_agent", link.agent_path,
+                                  str(sandbox)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
+        started.append((link, agent))
+        assert "serving" in agent.stdout.readline()  # the port is open: what a powered-up board is
+        q = "&".join(f"{k}={v}" for k, v in query.items())
+        return f"serial://{link.host_path}" + (f"?{q}" if q else ""), link, agent, sandbox
+
+    yield start
+    for link, agent in started:
+        if agent.poll() is None:
+            agent.terminate()
+            try:
+                agent.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                agent.kill()
+                agent.wait()
+        link.close()

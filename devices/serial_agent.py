@@ -1,0 +1,281 @@
+"""The board side of the serial protocol, in Python: ``python -m edgerun.devices.serial_agent PORT SANDBOX``.
+
+It answers the frames of ``SERIAL_PROTOCOL.md`` on a serial port (a UART, or one end of a
+pseudo-terminal pair in tests): it stores pushed files inside ``SANDBOX`` (file requests outside
+it are refused), serves pulls from there, and runs RUN requests as local processes with a
+timeout. Until board firmware exists this agent *stands in* for it, so by default it reports its
+results as **emulated** (``--no-emulated`` when it runs on the real target board itself, e.g. a
+Linux board with Python, whose timings are then measured there).
+
+A request repeated with the same seq (the host did not hear the reply) gets the cached reply
+again: a RUN is never executed twice because a reply was lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import errno
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from edgerun.devices.serial_protocol import (CHUNK, MAX_PAYLOAD, VERSION, Frame, FrameDecoder, Msg, encode,
+                                             encode_json, unpack_put_data)
+
+INLINE_OUTPUT = MAX_PAYLOAD // 2  # base64 grows by 4/3; both streams must fit one frame
+
+
+class RequestError(Exception):
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+class Agent:
+    def __init__(self, port, sandbox: str, *, emulated: bool = True):
+        self.port = port
+        self.sandbox = os.path.realpath(sandbox)
+        os.makedirs(self.sandbox, exist_ok=True)
+        self.emulated = emulated
+        self.decoder = FrameDecoder()
+        self.last_seq: int | None = None
+        self.last_reply: bytes | None = None
+        self.put: dict | None = None
+        self.current_seq = 0
+
+    # ----------------------------------------------------------------- loop
+    def serve(self) -> None:
+        while True:
+            data = self.port.read(max(1, self.port.in_waiting))  # returns as soon as bytes are there
+            frames = self.decoder.feed(data) if data else []
+            while self.decoder.bad_seqs:  # a frame arrived corrupted: ask for it again
+                self.port.write(encode(Msg.NAK, self.decoder.bad_seqs.pop(0)))
+            for frame in frames:
+                self.handle(frame)
+
+    def handle(self, frame: Frame) -> None:
+        if frame.type == Msg.NAK:  # the host did not get our reply intact
+            if self.last_reply is not None and frame.seq == self.last_seq:
+                self.port.write(self.last_reply)
+            return
+        if frame.seq == self.last_seq and self.last_reply is not None:
+            self.port.write(self.last_reply)  # a repeat: never execute twice
+            return
+        self.current_seq = frame.seq
+        try:
+            reply = self.dispatch(frame)
+        except RequestError as exc:
+            reply = encode_json(Msg.ERROR, frame.seq, {"kind": exc.kind, "message": str(exc)})
+        except Exception as exc:  # the agent must survive anything a request does
+            reply = encode_json(Msg.ERROR, frame.seq, {"kind": "agent", "message": f"{type(exc).__name__}: {exc}"})
+        self.last_seq, self.last_reply = frame.seq, reply
+        self.port.write(reply)
+
+    def dispatch(self, frame: Frame) -> bytes:
+        handlers = {Msg.HELLO: self.hello, Msg.INFO: self.info, Msg.PUT_OPEN: self.put_open,
+                    Msg.PUT_DATA: self.put_data, Msg.PUT_CLOSE: self.put_close, Msg.GET_OPEN: self.get_open,
+                    Msg.GET_DATA: self.get_data, Msg.RUN: self.run}
+        handler = handlers.get(frame.type)
+        if handler is None:
+            raise RequestError("bad_request", f"unknown message type 0x{frame.type:02x}")
+        out = handler(frame)
+        if isinstance(out, dict):
+            return encode_json(frame.type | Msg.REPLY, frame.seq, out)
+        return encode(frame.type | Msg.REPLY, frame.seq, out)
+
+    # ----------------------------------------------------------------- handlers
+    def _path(self, path: str) -> str:
+        real = os.path.realpath(path if os.path.isabs(path) else os.path.join(self.sandbox, path))
+        if os.path.commonpath([real, self.sandbox]) != self.sandbox:
+            raise RequestError("outside_sandbox", f"{path} is outside the agent's sandbox {self.sandbox}")
+        return real
+
+    def hello(self, frame: Frame) -> dict:
+        from edgerun import __version__
+
+        asked = frame.json().get("protocol")
+        if asked != VERSION:
+            raise RequestError("version", f"agent speaks protocol {VERSION}, host asked for {asked}")
+        return {"protocol": VERSION, "agent": "edgerun-serial-agent", "agent_version": __version__,
+                "emulated": self.emulated,
+                "emulator": "edgerun serial agent (a host process standing in for board firmware)"
+                if self.emulated else None,
+                "work_dir": self.sandbox, "max_payload": MAX_PAYLOAD, "chunk": CHUNK}
+
+    def info(self, frame: Frame) -> dict:
+        from edgerun.devices.probe import probe_script
+
+        proc = subprocess.Popen(["sh", "-c", probe_script(self.sandbox)], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+        out, _, _ = self._communicate(proc, 60.0)
+        return {"probe": out.decode("utf-8", "replace")}
+
+    def _communicate(self, proc: subprocess.Popen, timeout: float) -> tuple[bytes, bytes, bool]:
+        """Wait for ``proc`` (killing its group after ``timeout``), ACKing the request every second."""
+        deadline = time.monotonic() + timeout
+        self.port.write(encode(Msg.ACK, self.current_seq))
+        while True:
+            try:
+                out, err = proc.communicate(timeout=max(0.01, min(1.0, deadline - time.monotonic())))
+                return out or b"", err or b"", False
+            except subprocess.TimeoutExpired:
+                if time.monotonic() >= deadline:
+                    break
+                self.port.write(encode(Msg.ACK, self.current_seq))  # still working: the link is alive
+        for s in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(proc.pid, s)
+                proc.wait(timeout=1)
+                break
+            except ProcessLookupError:
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        out, err = proc.communicate()
+        return out or b"", err or b"", True
+
+    def put_open(self, frame: Frame) -> dict:
+        req = frame.json()
+        path = self._path(req["path"])
+        if self.put is not None:
+            self.put["file"].close()
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        part = path + ".part"
+        self.put = {"path": path, "part": part, "size": int(req["size"]), "mode": int(req.get("mode", 0o644)),
+                    "file": open(part, "wb"), "sha": hashlib.sha256(), "written": 0}
+        return {}
+
+    def put_data(self, frame: Frame) -> dict:
+        if self.put is None:
+            raise RequestError("bad_request", "PUT_DATA without PUT_OPEN")
+        offset, data = unpack_put_data(frame.payload)
+        if offset != self.put["written"]:
+            raise RequestError("bad_request", f"PUT_DATA at {offset}, expected {self.put['written']}")
+        try:
+            self.put["file"].write(data)
+            self.put["file"].flush()
+        except OSError as exc:
+            kind = "no_space" if exc.errno == errno.ENOSPC else "io"
+            path = self.put["path"]
+            self._abort_put()
+            raise RequestError(kind, f"writing {path}: {exc.strerror}") from None
+        self.put["sha"].update(data)
+        self.put["written"] += len(data)
+        return {"received": self.put["written"]}
+
+    def _abort_put(self) -> None:
+        if self.put is not None:
+            try:
+                self.put["file"].close()
+            except OSError:
+                pass
+            try:
+                os.unlink(self.put["part"])
+            except OSError:
+                pass
+            self.put = None
+
+    def put_close(self, frame: Frame) -> dict:
+        if self.put is None:
+            raise RequestError("bad_request", "PUT_CLOSE without PUT_OPEN")
+        put, self.put = self.put, None
+        try:
+            put["file"].close()
+        except OSError as exc:
+            kind = "no_space" if exc.errno == errno.ENOSPC else "io"
+            raise RequestError(kind, f"closing {put['path']}: {exc.strerror}") from None
+        want = frame.json().get("sha256")
+        if put["written"] != put["size"] or put["sha"].hexdigest() != want:
+            os.unlink(put["part"])
+            raise RequestError("corrupt", f"{put['path']}: got {put['written']} bytes / sha256 "
+                                          f"{put['sha'].hexdigest()[:12]}, expected {put['size']} / {str(want)[:12]}")
+        os.chmod(put["part"], put["mode"])
+        os.replace(put["part"], put["path"])
+        return {}
+
+    def get_open(self, frame: Frame) -> dict:
+        path = self._path(frame.json()["path"])
+        if not os.path.isfile(path):
+            raise RequestError("not_found", f"{path}: no such file")
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                h.update(block)
+        return {"size": os.path.getsize(path), "sha256": h.hexdigest()}
+
+    def get_data(self, frame: Frame) -> bytes:
+        req = frame.json()
+        path = self._path(req["path"])
+        size = min(int(req["size"]), MAX_PAYLOAD)
+        try:
+            with open(path, "rb") as f:
+                f.seek(int(req["offset"]))
+                return f.read(size)
+        except FileNotFoundError:
+            raise RequestError("not_found", f"{path}: no such file") from None
+
+    def run(self, frame: Frame) -> dict:
+        req = frame.json()
+        argv, timeout = req["argv"], float(req["timeout"])
+        cwd = req.get("cwd") or self.sandbox
+        if not os.path.isdir(cwd):
+            raise RequestError("exec", f"working directory {cwd} does not exist")
+        env = {**os.environ, **req.get("env", {})}
+        start = time.monotonic()
+        sig = None
+        try:
+            proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, start_new_session=True)
+        except OSError as exc:
+            rc = 127 if isinstance(exc, FileNotFoundError) else 126
+            return self._result(rc, None, 0.0, False, b"", f"agent: {argv[0]}: {exc.strerror}\n".encode())
+        out, err, timed_out = self._communicate(proc, timeout)
+        rc = proc.returncode
+        if rc < 0:
+            rc, sig = 128 - rc, -rc
+        return self._result(rc, sig, time.monotonic() - start, timed_out, out, err)
+
+    def _result(self, rc, sig, duration, timed_out, out: bytes, err: bytes) -> dict:
+        res = {"rc": rc, "signal": sig, "duration_s": duration, "timed_out": timed_out}
+        if len(out) + len(err) <= INLINE_OUTPUT:
+            res["stdout"] = base64.b64encode(out).decode()
+            res["stderr"] = base64.b64encode(err).decode()
+            return res
+        spool = os.path.join(self.sandbox, ".edgerun-serial")
+        os.makedirs(spool, exist_ok=True)
+        for name, data in (("stdout", out), ("stderr", err)):
+            path = os.path.join(spool, f"last.{name}")
+            with open(path, "wb") as f:
+                f.write(data)
+            res[f"{name}_path"] = path
+        return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m edgerun.devices.serial_agent", description=__doc__.split("\n")[0])
+    parser.add_argument("port", help="serial port path (e.g. /dev/ttyGS0, or a pty)")
+    parser.add_argument("sandbox", help="directory the agent keeps files in")
+    parser.add_argument("--baud", type=int, default=115200)
+    parser.add_argument("--no-emulated", dest="emulated", action="store_false",
+                        help="this agent runs on the real target board: its timings are measured, not emulated")
+    args = parser.parse_args(argv)
+    import serial  # pyserial
+
+    port = serial.serial_for_url(args.port, baudrate=args.baud, timeout=0.05)
+    print(f"edgerun serial agent: serving {args.port}, sandbox {os.path.realpath(args.sandbox)}", flush=True)
+    try:
+        Agent(port, args.sandbox, emulated=args.emulated).serve()
+    except (serial.SerialException, OSError) as exc:
+        print(f"serial agent: port {args.port} closed: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""``serial:///dev/ttyUSB0?baud=115200``: a board on a UART, through the framed protocol of
+``SERIAL_PROTOCOL.md`` (host side on pyserial).
+
+Every request carries a seq and waits for the reply with that seq. A reply that does not come in
+time, or comes corrupted, is asked for again (bounded); the agent answers a repeated seq from its
+cache, so nothing -- a RUN least of all -- executes twice. No answer after the retries is a
+:class:`TransportDropped` naming the device and the stage.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import logging
+import os
+import time
+from pathlib import Path
+
+from edgerun.devices.base import (Device, DeviceError, DeviceTimeout, DeviceUnreachable, ExecResult,
+                                  NoSpaceError, TransportDropped, apply_wrapper_emulation)
+from edgerun.devices.serial_protocol import (CHUNK, VERSION, FrameDecoder, Msg, encode, encode_json,
+                                             pack_put_data)
+
+log = logging.getLogger("edgerun.devices")
+
+RETRIES = 3           # resends of one request before the link is declared dead
+MAX_NAKS = 20         # "send that again" exchanges allowed within one request
+BASE_TIMEOUT = 1.0    # seconds for a small reply, before transfer time at the baud rate
+HEARTBEAT = 2.0       # the agent ACKs a running request about every second; allow a missed one
+
+
+class SerialDevice(Device):
+    transport = "serial"
+
+    def __init__(self, spec):
+        super().__init__(spec)
+        self._port = None
+        self._decoder = FrameDecoder()
+        self._seq = 0
+        self.hello: dict | None = None
+        self.stats = {"resends": 0, "naks_sent": 0}
+
+    # ------------------------------------------------------------------ link
+    def connect(self) -> None:
+        self._check_open("connect")
+        if self._port is not None:
+            return
+        try:
+            import serial  # pyserial
+        except ImportError as exc:  # pragma: no cover - a declared dependency
+            raise self._error(DeviceError, "pyserial is not installed", "connect",
+                              hint="pip install pyserial") from exc
+        try:
+            self._port = serial.serial_for_url(self.spec.path, baudrate=self.spec.baud, timeout=0.05)
+        except (serial.SerialException, OSError, ValueError) as exc:
+            raise self._error(DeviceUnreachable, f"cannot open serial port {self.spec.path}: {exc}", "connect",
+                              hint="Is the board plugged in, the path right and the port free?") from exc
+        try:
+            # a board just reset may miss the first HELLO: one extra attempt beyond the retries
+            reply = self._request(Msg.HELLO, encode_json, {"protocol": VERSION}, stage="connect",
+                                  retries=self.spec.connect_retries + 1,
+                                  timeout=min(self.spec.connect_timeout, self._attempt_timeout(512)))
+        except DeviceError:
+            self._port.close()
+            self._port = None
+            raise
+        self.hello = reply.json()
+
+    def _attempt_timeout(self, nbytes: int) -> float:
+        """Silence allowed for ``nbytes`` on the wire: 10 bits a byte at the baud rate, tripled."""
+        return BASE_TIMEOUT + 3 * nbytes * 10 / self.spec.baud
+
+    def _next_seq(self) -> int:
+        self._seq = self._seq % 0xFFFE + 1
+        return self._seq
+
+    def _request(self, msg: Msg, encoder, payload, *, stage: str, timeout: float | None = None,
+                 retries: int = RETRIES, work_timeout: float | None = None, reply_bytes: int = 256):
+        """Send one request and return its reply frame; resend (same seq) on silence or corruption.
+
+        ``timeout`` bounds each silent wait. A long request (RUN, INFO) is ACKed by the agent about
+        once a second while it works: each ACK proves the link alive, and the whole request may
+        take up to ``work_timeout``.
+        """
+        seq = self._next_seq()
+        frame = encoder(msg, seq, payload)
+        wait = timeout if timeout is not None else self._attempt_timeout(len(frame) + reply_bytes)
+        give_up = time.monotonic() + (work_timeout or 0) + wait * (retries + 1 + MAX_NAKS) + 1
+        naks = 0
+        for attempt in range(retries + 1):
+            if attempt:
+                self.stats["resends"] += 1
+                log.debug("%s: resending %s seq %d (attempt %d)", self.name, msg.name, seq, attempt + 1)
+            self._write(frame, stage)
+            deadline = time.monotonic() + wait
+            while time.monotonic() < min(deadline, give_up):
+                for f in self._read(stage):
+                    if f.seq != seq:
+                        continue  # a late duplicate of an earlier reply
+                    if f.type == Msg.NAK and naks < MAX_NAKS:  # our request arrived corrupted
+                        naks += 1
+                        self._write(frame, stage)
+                        deadline = time.monotonic() + wait
+                    elif f.type == Msg.ACK:
+                        deadline = time.monotonic() + wait + HEARTBEAT
+                    elif f.type == Msg.ERROR:
+                        raise self._agent_error(f.json(), stage)
+                    elif f.type == msg | Msg.REPLY:
+                        return f
+                while self._decoder.bad_seqs:  # a reply arrived corrupted: ask for it again
+                    if self._decoder.bad_seqs.pop(0) == seq and naks < MAX_NAKS:
+                        naks += 1
+                        self.stats["naks_sent"] += 1
+                        self._write(encode(Msg.NAK, seq), stage)
+                        deadline = time.monotonic() + wait + (HEARTBEAT if work_timeout else 0)
+        cls = DeviceUnreachable if stage == "connect" else TransportDropped
+        raise self._error(cls, f"no reply to {msg.name} on {self.spec.path} after {retries + 1} attempts "
+                               f"({self._decoder.garbage_bytes} garbage bytes, {self._decoder.bad_frames} bad frames)",
+                          stage, hint="Is the agent running on the board, at the same baud rate? "
+                                      "Nothing was re-run: a repeated request is answered from the agent's cache.")
+
+    def _write(self, data: bytes, stage: str) -> None:
+        try:
+            self._port.write(data)
+        except Exception as exc:  # pyserial raises SerialException / OSError when the port goes
+            raise self._error(TransportDropped, f"writing to {self.spec.path} failed: {exc}", stage) from exc
+
+    def _read(self, stage: str):
+        try:
+            data = self._port.read(max(1, self._port.in_waiting))
+        except Exception as exc:
+            raise self._error(TransportDropped, f"reading from {self.spec.path} failed: {exc}", stage) from exc
+        return self._decoder.feed(data) if data else []
+
+    def _agent_error(self, err: dict, stage: str) -> DeviceError:
+        kind, message = err.get("kind", "?"), err.get("message", "")
+        if kind == "no_space":
+            return self._error(NoSpaceError, f"no space left on device: {message}", stage,
+                               hint="Free space on the board or point work_dir elsewhere.")
+        return self._error(DeviceError, f"agent refused ({kind}): {message}", stage)
+
+    def close(self) -> None:
+        if self._port is not None:
+            try:
+                self._port.close()
+            except Exception:  # closing a port that already vanished
+                pass
+            self._port = None
+        super().close()
+
+    # ------------------------------------------------------------------ interface
+    @property
+    def work_dir(self) -> str:
+        if self.spec.work_dir:
+            return self.spec.work_dir
+        self.connect()
+        return self.hello["work_dir"]
+
+    def _exec(self, argv, *, timeout, env, cwd) -> ExecResult:
+        self.connect()
+        req = {"argv": argv, "env": env, "cwd": cwd, "timeout": timeout}
+        reply = self._request(Msg.RUN, encode_json, req, stage="exec", work_timeout=timeout + 10).json()
+        out = self._output(reply, "stdout")
+        err = self._output(reply, "stderr")
+        result = ExecResult(tuple(argv), reply["rc"], out, err, reply["duration_s"], reply.get("signal"))
+        if reply.get("timed_out"):
+            raise self._error(DeviceTimeout, f"{argv[0]} still running after {timeout:g} s; killed by the agent",
+                              "exec", result=result, hint="Raise the timeout, or run fewer iterations.")
+        return result
+
+    def _output(self, reply: dict, name: str) -> bytes:
+        if name in reply:
+            return base64.b64decode(reply[name])
+        path = reply[f"{name}_path"]  # too big for one frame: fetch it like a file
+        data = bytearray()
+        self._get(path, lambda block: data.extend(block), "exec")
+        return bytes(data)
+
+    def push(self, local, remote) -> None:
+        self.connect()
+        src = Path(local)
+        if not src.is_file():
+            raise self._error(DeviceError, f"cannot push {src}: no such file", "push")
+        size = src.stat().st_size
+        mode = 0o755 if os.access(src, os.X_OK) else 0o644
+        self._request(Msg.PUT_OPEN, encode_json, {"path": remote, "size": size, "mode": mode}, stage="push")
+        h = hashlib.sha256()
+        with open(src, "rb") as f:
+            offset = 0
+            while block := f.read(CHUNK):
+                h.update(block)
+                self._request(Msg.PUT_DATA, encode, pack_put_data(offset, block), stage="push")
+                offset += len(block)
+        self._request(Msg.PUT_CLOSE, encode_json, {"sha256": h.hexdigest()}, stage="push")
+
+    def pull(self, remote, local) -> None:
+        self.connect()
+        dst = Path(local)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        part = dst.with_name(dst.name + ".part")
+        with open(part, "wb") as f:
+            want = self._get(remote, f.write, "pull")
+        if hashlib.sha256(part.read_bytes()).hexdigest() != want:
+            raise self._error(DeviceError, f"pulled {remote} does not match its sha256 (kept at {part})", "pull")
+        os.replace(part, dst)
+
+    def _get(self, remote: str, sink, stage: str) -> str:
+        meta = self._request(Msg.GET_OPEN, encode_json, {"path": remote}, stage=stage).json()
+        offset = 0
+        while offset < meta["size"]:
+            block = self._request(Msg.GET_DATA, encode_json, {"path": remote, "offset": offset, "size": CHUNK},
+                                  stage=stage, reply_bytes=CHUNK + 64).payload
+            if not block:
+                raise self._error(TransportDropped, f"{remote} shrank while being pulled", stage)
+            sink(block)
+            offset += len(block)
+        return meta["sha256"]
+
+    def _probe_raw(self) -> str:
+        self.connect()
+        return self._request(Msg.INFO, encode_json, {}, stage="probe",
+                             work_timeout=self.spec.probe_timeout).json()["probe"]
+
+    def info(self):
+        info = super().info()
+        if self.hello and self.hello.get("emulated") and not info.emulated:
+            info = dataclasses.replace(info, emulated=True, emulator=self.hello.get("emulator"))
+            self._info = info
+        return info

@@ -1,0 +1,49 @@
+"""The frame codec on its own: round trip, resync after garbage, corrupted header and body."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgerun.devices.serial_protocol import (MAX_PAYLOAD, FrameDecoder, Msg, ProtocolError, encode,
+                                             encode_json, pack_put_data, unpack_put_data)
+
+
+def test_round_trip_even_one_byte_at_a_time():
+    frames = encode_json(Msg.HELLO, 1, {"protocol": 1}) + encode(Msg.PUT_DATA, 2, pack_put_data(7, b"abc"))
+    dec = FrameDecoder()
+    got = []
+    for i in range(len(frames)):
+        got += dec.feed(frames[i:i + 1])
+    assert [(f.type, f.seq) for f in got] == [(Msg.HELLO, 1), (Msg.PUT_DATA, 2)]
+    assert got[0].json() == {"protocol": 1} and unpack_put_data(got[1].payload) == (7, b"abc")
+    assert dec.garbage_bytes == 0 and dec.bad_frames == 0
+
+
+def test_garbage_before_and_between_frames_is_skipped_and_counted():
+    a, b = encode(Msg.INFO, 5), encode(Msg.RUN, 6, b"{}")
+    dec = FrameDecoder()
+    got = dec.feed(b"\x00\xffnoise\xed" + a + b"\xed\x52junk" + b)
+    assert [f.seq for f in got] == [5, 6]
+    assert dec.garbage_bytes == len(b"\x00\xffnoise\xed") + len(b"\xed\x52junk")
+
+
+def test_corrupted_body_is_dropped_and_its_seq_reported():
+    bad = bytearray(encode(Msg.RUN, 9, b'{"argv":["x"]}'))
+    bad[20] ^= 0x01
+    dec = FrameDecoder()
+    got = dec.feed(bytes(bad) + encode(Msg.INFO, 10))
+    assert [f.seq for f in got] == [10]
+    assert dec.bad_frames == 1 and dec.bad_seqs == [9]
+
+
+def test_corrupted_length_cannot_stall_the_reader():
+    """A flipped length bit would make a naive reader wait for bytes that never come."""
+    bad = bytearray(encode(Msg.PUT_DATA, 3, b"x" * 100))
+    bad[8] ^= 0x40  # inside the length field
+    dec = FrameDecoder()
+    assert [f.seq for f in dec.feed(bytes(bad) + encode(Msg.INFO, 4))] == [4]
+
+
+def test_oversized_payload_is_refused():
+    with pytest.raises(ProtocolError):
+        encode(Msg.PUT_DATA, 1, b"x" * (MAX_PAYLOAD + 1))
