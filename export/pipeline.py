@@ -221,8 +221,16 @@ def _quantize(model, example, scheme: Scheme, calibration: list[tuple]):
         from torchao.utils import unwrap_tensor_subclass
 
         gs = scheme.group_size
-        eligible = [n for n, m in model.named_modules()
-                    if isinstance(m, torch.nn.Linear) and m.in_features % gs == 0]
+        from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
+
+        def quantizable(m, fqn: str = "") -> bool:
+            # MultiheadAttention's out_proj is applied through F.multi_head_attention_forward with
+            # its raw weight, which a quantized tensor subclass cannot stand in for (torch says so
+            # by the class name); PerGroup needs the input width to be a multiple of the group.
+            return (isinstance(m, torch.nn.Linear) and not isinstance(m, NonDynamicallyQuantizableLinear)
+                    and m.in_features % gs == 0)
+
+        eligible = [n for n, m in model.named_modules() if quantizable(m)]
         if not eligible:
             raise ExportError(
                 f"scheme 8da4w found no linear layer whose input width is a multiple of group_size={gs}.",
@@ -230,7 +238,7 @@ def _quantize(model, example, scheme: Scheme, calibration: list[tuple]):
         qmodel = copy.deepcopy(model)
         quantize_(qmodel, Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4,
                                                                 weight_granularity=PerGroup(gs)),
-                  lambda m, fqn: isinstance(m, torch.nn.Linear) and m.in_features % gs == 0)
+                  quantizable)
         unwrap_tensor_subclass(qmodel)
         total = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
         return _export(qmodel, example), {"quantized_linear_layers": len(eligible), "linear_layers": total}

@@ -1,0 +1,55 @@
+"""The real ``edgerun`` entry point: --json prints exactly one object, errors are one paragraph
+with a non-zero exit, --debug adds the traceback."""
+
+import json
+
+
+def test_export_json_prints_exactly_one_object(cli, tmp_path):
+    r = cli("export", "factories:tiny", "--target", "rpi5", "--scheme", "int8", "-o", str(tmp_path / "a"), "--json")
+    assert r.returncode == 0, r.stderr
+    obj = json.loads(r.stdout)  # the whole of stdout is one JSON document
+    assert obj["ok"] is True and obj["path"] == str(tmp_path / "a")
+    assert obj["manifest"]["status"] == "ok"
+
+
+def test_inspect_shows_the_manifest(cli, tmp_path, make_artifact):
+    art = make_artifact("factories:tiny", "rpi5", "int8")
+    r = cli("inspect", str(art))
+    assert r.returncode == 0, r.stderr
+    assert "XnnpackBackend" in r.stdout and "planned memory" in r.stdout and "SNR" in r.stdout
+    r = cli("inspect", str(art), "--json")
+    assert json.loads(r.stdout)["manifest"]["scheme"]["name"] == "int8"
+
+
+def test_models_and_targets_list_the_registries(cli):
+    models = json.loads(cli("models", "--json").stdout)["models"]
+    assert {"mobilenet_v2", "digits_cnn", "text_encoder"} <= {m["name"] for m in models}
+    targets = json.loads(cli("targets", "--json").stdout)["targets"]
+    assert {"host", "rpi4", "rpi5", "jetson-orin", "android-arm64", "portable"} <= {t["name"] for t in targets}
+
+
+def test_unknown_names_exit_2_with_the_known_ones(cli, tmp_path):
+    r = cli("export", "mobilenet_v9", "-o", str(tmp_path / "x"))
+    assert r.returncode == 2 and "unknown model 'mobilenet_v9'" in r.stderr and "mobilenet_v2" in r.stderr
+    r = cli("export", "factories:tiny", "--target", "portable", "--scheme", "int8", "--json")
+    assert r.returncode == 2
+    err = json.loads(r.stdout)["error"]
+    assert err["stage"] == "arguments" and "fp32" in err["hint"]
+    assert not (tmp_path / "x").exists()
+
+
+def test_error_is_one_paragraph_and_debug_adds_the_traceback(cli, tmp_path):
+    r = cli("export", "factories:branchy", "-o", str(tmp_path / "b"))
+    assert r.returncode == 3
+    assert "export failed:" in r.stderr and "Traceback" not in r.stderr
+    r = cli("export", "factories:branchy", "-o", str(tmp_path / "b"), "--debug")
+    assert r.returncode == 3 and "Traceback" in r.stderr
+
+
+def test_failed_verification_exits_4_and_keeps_the_artifact(cli, tmp_path):
+    out = tmp_path / "strict"
+    r = cli("export", "factories:tiny", "--scheme", "int8", "-o", str(out), "--min-snr-db", "400", "--json")
+    assert r.returncode == 4
+    err = json.loads(r.stdout)["error"]
+    assert err["stage"] == "verify" and "output 0: SNR" in err["message"]
+    assert json.loads((out / "manifest.json").read_text())["status"] == "failed"
