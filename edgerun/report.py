@@ -144,6 +144,11 @@ def to_markdown(records: Sequence[RunRecord], comparisons: Sequence[RunCompariso
                                [[o.name, fmt_value("", o.delegated), o.backend or "—", str(o.count),
                                  fmt_value("median_ms", o.median_ms), fmt_value("share", o.share)]
                                 for o in ops.top(top)])
+            if ops.delegate_ops:
+                lines += ["", f"Inside delegate calls (the backend's own events, top {top}):", ""]
+                lines += _md_table(["backend op", "backend", "count", "median_ms", "share"],
+                                   [[o.name, o.backend or "—", str(o.count), fmt_value("median_ms", o.median_ms),
+                                     fmt_value("share", o.share)] for o in ops.delegate_ops[:top]])
         if r.warnings:
             lines += ["", f"Warnings for {r.run_id}:"] + [f"- ⚠ {w}" for w in r.warnings]
     lines += ["", versions_line(records), ""]
@@ -207,9 +212,9 @@ def plot_samples_over_time(records: Sequence[RunRecord]) -> bytes:
     return _png(fig)
 
 
-def plot_operators(record: RunRecord, top: int = 12) -> bytes:
-    """Horizontal bars of the top-N operators / delegate calls by median time."""
-    ops = record.operators.top(top)
+def plot_operators(record: RunRecord, top: int = 12, *, delegate_ops: bool = False) -> bytes:
+    """Horizontal bars of the top-N operators / delegate calls (or the backend's own events) by median time."""
+    ops = record.operators.delegate_ops[:top] if delegate_ops else record.operators.top(top)
     fig = _figure(9, 1.0 + 0.35 * len(ops))
     ax = fig.add_subplot()
     names = [o.name if len(o.name) <= 48 else o.name[:45] + "…" for o in ops][::-1]
@@ -219,7 +224,8 @@ def plot_operators(record: RunRecord, top: int = 12) -> bytes:
     for bar, o in zip(bars, list(ops)[::-1]):
         ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {o.share:.0%}", va="center", fontsize=8)
     ax.set_xlabel("median time per iteration (ms) — green: delegated, blue: portable/optimized kernel")
-    ax.set_title(f"Operators of {record.run_id} (top {len(ops)}, warm-up excluded)")
+    what = "Inside delegate calls of" if delegate_ops else "Operators of"
+    ax.set_title(f"{what} {record.run_id} (top {len(ops)}, warm-up excluded)")
     return _png(fig)
 
 
@@ -382,6 +388,12 @@ def to_html(records: Sequence[RunRecord], comparisons: Sequence[RunComparison] =
                                      [[o.name, fmt_value("", o.delegated), o.backend or "—", o.count,
                                        fmt_value("median_ms", o.median_ms), fmt_value("share", o.share)]
                                       for o in ops.top(top)], [False, False, False, True, True, True]))
+            if ops.delegate_ops:
+                parts.append(_img(plot_operators(r, top, delegate_ops=True), f"delegate ops of {r.run_id}"))
+                parts.append(_html_table(["backend op", "backend", "count", "median ms", "share"],
+                                         [[o.name, o.backend or "—", o.count, fmt_value("median_ms", o.median_ms),
+                                           fmt_value("share", o.share)] for o in ops.delegate_ops[:top]],
+                                         [False, False, True, True, True]))
         if r.accuracy is not None and r.accuracy.outputs:
             parts.append(f"<p>Accuracy against {html.escape(r.accuracy.reference)} "
                          f"({r.accuracy.vectors} vector(s)):</p>")

@@ -178,11 +178,18 @@ def _per_iteration(raws: Iterable[list[float]], runs: int, skip: int) -> np.ndar
 
 
 def _op_label(op_types: list[str]) -> str:
-    short = [t.removeprefix("aten.").split(".")[0] for t in op_types]
-    uniq = list(OrderedDict.fromkeys(short))
-    label = "+".join(uniq[:3])
-    if len(uniq) > 3:
-        label += f"+{len(uniq) - 3} more"
+    """A short label for the ops lowered into one delegate call: the most frequent first, with counts."""
+    def short(t: str) -> str:
+        ns, _, rest = t.partition(".")
+        return rest.split(".")[0] if rest else ns  # aten.convolution.default -> convolution
+
+    counts: "OrderedDict[str, int]" = OrderedDict()
+    for t in op_types:
+        counts[short(t)] = counts.get(short(t), 0) + 1
+    ranked = sorted(counts.items(), key=lambda kv: -kv[1])  # stable: ties keep graph order
+    label = "+".join(f"{name}×{n}" if n > 1 else name for name, n in ranked[:3])
+    if len(ranked) > 3:
+        label += f"+{len(ranked) - 3} more"
     return label
 
 

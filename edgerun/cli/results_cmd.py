@@ -104,6 +104,14 @@ def print_record(record, *, top: int = 10) -> None:
         out.print(t)
         out.print(f"Operator times add up to {_ms(ops.op_sum_ms)} ms{cov} ({ops.iterations} iterations, "
                   "warm-up excluded).", highlight=False)
+        if ops.delegate_ops:
+            t = Table(title=f"Inside delegate calls: the backend's own events (top {top})", title_justify="left")
+            for col, just in (("backend op", "left"), ("backend", "left"), ("count", "right"),
+                              ("median ms", "right"), ("share", "right")):
+                t.add_column(col, justify=just)
+            for o in ops.delegate_ops[:top]:
+                t.add_row(escape(o.name), o.backend or "-", str(o.count), _ms(o.median_ms), f"{o.share:.1%}")
+            out.print(t)
 
     if record.accuracy is not None and record.accuracy.outputs:
         t = Table(title=f"Accuracy vs {record.accuracy.reference} ({record.accuracy.source})", title_justify="left")
