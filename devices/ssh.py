@@ -22,7 +22,6 @@ import logging
 import math
 import os
 import re
-import selectors
 import shlex
 import shutil
 import subprocess
@@ -30,6 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from edgerun.devices._client import kill_script, run_client
 from edgerun.devices.base import (Device, DeviceAuthError, DeviceError, DeviceTimeout, DeviceUnreachable,
                                   ExecResult, NoSpaceError, TransportDropped, parse_remote_stderr,
                                   remote_exec_script, split_signal)
@@ -167,39 +167,10 @@ class SshDevice(Device):
     # ------------------------------------------------------------------ commands
     def _remote(self, script: str, *, timeout: float, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                 on_timeout=None) -> tuple[subprocess.Popen, bytes, bytes, bool]:
-        """Run ``sh -c script`` remotely; returns (proc, stdout, stderr, timed_out).
-
-        On a timeout ``on_timeout(stderr_so_far)`` may stop the remote side; the output that then
-        still arrives within a short grace is kept. The local client is killed last: over a
-        ControlMaster it does not own the pipes, the master does.
-        """
+        """Run ``sh -c script`` on the device over the master connection (see run_client)."""
         self.connect()
         cmd = self._ssh_args() + ["-o", "ControlMaster=no", self._target, shlex.join(["sh", "-c", script])]
-        proc = subprocess.Popen(cmd, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE)
-        bufs: dict[int, bytearray] = {}
-        sel = selectors.DefaultSelector()
-        out_fd = proc.stdout.fileno() if proc.stdout is not None else None
-        err_fd = proc.stderr.fileno()
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                bufs[stream.fileno()] = bytearray()
-                sel.register(stream, selectors.EVENT_READ)
-        try:
-            done = _pump(sel, bufs, proc, time.monotonic() + timeout)
-            if not done:
-                if on_timeout is not None:
-                    on_timeout(bytes(bufs[err_fd]))
-                _pump(sel, bufs, proc, time.monotonic() + 5.0)
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
-        finally:
-            sel.close()
-            for stream in (proc.stdout, proc.stderr):
-                if stream is not None:
-                    stream.close()
-        out = bytes(bufs[out_fd]) if out_fd is not None else b""
-        return proc, out, bytes(bufs[err_fd]), not done
+        return run_client(cmd, timeout=timeout, stdin=stdin, stdout=stdout, on_timeout=on_timeout)
 
     def _exec(self, argv, *, timeout, env, cwd) -> ExecResult:
         start = time.monotonic()
@@ -230,11 +201,7 @@ class SshDevice(Device):
         return ExecResult(tuple(argv), rc, out, status.stderr, duration, sig)
 
     def _kill_remote(self, pid: int) -> None:
-        # The whole process group of the program's ssh session (sshd starts each session with
-        # setsid), so children that hold the output pipes die too; the pid alone if ps cannot tell.
-        script = (f"g=$(ps -o pgid= -p {pid} 2>/dev/null | tr -d ' '); "
-                  f"case \"$g\" in ''|0|1) g={pid};; *) g=-$g;; esac; "
-                  "kill -TERM $g 2>/dev/null; sleep 1; kill -KILL $g 2>/dev/null; exit 0")
+        script = kill_script(pid)
         try:
             self._remote(script, timeout=15)
         except DeviceError as exc:
@@ -284,22 +251,3 @@ class SshDevice(Device):
             raise self._error(DeviceError, f"{what} failed: {text.splitlines()[-1] if text else status.rc}",
                               stage, result=result)
 
-
-def _pump(sel: selectors.BaseSelector, bufs: dict[int, bytearray], proc: subprocess.Popen,
-          deadline: float) -> bool:
-    """Read the registered pipes until EOF and the process exit, or the deadline (-> False)."""
-    while sel.get_map():
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return False
-        for key, _ in sel.select(remaining):
-            data = os.read(key.fd, 65536)
-            if data:
-                bufs[key.fd] += data
-            else:
-                sel.unregister(key.fileobj)
-    try:
-        proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        return True
-    except subprocess.TimeoutExpired:
-        return False

@@ -1,0 +1,178 @@
+"""``adb://SERIAL``: an Android phone or board, through the platform's own ``adb`` client.
+
+Why the ``adb`` client (Debian package ``adb``) and not adbutils: adbutils re-implements the
+client protocol but still needs the adb *server* that ships with the client, so the client is
+there anyway; the official client follows every protocol change (shell v2 exit codes, sync v2)
+and adds no Python dependency. ``$EDGERUN_ADB`` may name another client binary.
+
+Programs run as ``adb -s SERIAL shell <script>`` under the same pid/status wrapper as ssh
+(:func:`~edgerun.devices.base.remote_exec_script`), so timeouts kill the program on the phone
+and a lost link reads as :class:`TransportDropped`. The work dir defaults to
+``/data/local/tmp/edgerun`` (writable and executable for the shell user); an aarch64 bundle runs
+there through its bundled loader (``./ld-linux-aarch64.so.1 --library-path . ./edgerun-runner``),
+so it needs nothing of Android's bionic.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from edgerun.devices._client import kill_script, run_client
+from edgerun.devices.base import (Device, DeviceAuthError, DeviceError, DeviceTimeout, DeviceUnreachable,
+                                  ExecResult, NoSpaceError, TransportDropped, parse_remote_stderr,
+                                  remote_exec_script, split_signal)
+
+log = logging.getLogger("edgerun.devices")
+
+TRANSFER_TIMEOUT = 600.0
+
+
+class AdbDevice(Device):
+    transport = "adb"
+    default_work_dir = "/data/local/tmp/edgerun"
+
+    def __init__(self, spec):
+        super().__init__(spec)
+        self._connected = False
+
+    def _adb(self) -> list[str]:
+        client = os.environ.get("EDGERUN_ADB", "adb")
+        path = shutil.which(client)
+        if path is None:
+            raise self._error(DeviceError, f"the adb client `{client}` is not installed", "connect",
+                              hint="Install Debian's adb package (scripts/setup does) or set EDGERUN_ADB.")
+        return [path] + (["-s", self.spec.serial] if self.spec.serial else [])
+
+    @property
+    def _label(self) -> str:
+        return f"adb device {self.spec.serial or '(the only one attached)'}"
+
+    def connect(self) -> None:
+        """Check the device is attached and authorised; retry "not found/offline" (bounded)."""
+        self._check_open("connect")
+        if self._connected:
+            return
+        attempts = self.spec.connect_retries + 1
+        for attempt in range(1, attempts + 1):
+            try:
+                proc = subprocess.run(self._adb() + ["get-state"], capture_output=True,
+                                      timeout=self.spec.connect_timeout, stdin=subprocess.DEVNULL)
+                text = (proc.stdout + proc.stderr).decode("utf-8", "replace").strip()
+                ok = proc.returncode == 0 and text.endswith("device")
+            except subprocess.TimeoutExpired:
+                text, ok = f"adb get-state gave no answer within {self.spec.connect_timeout:g} s", False
+            if ok:
+                self._connected = True
+                return
+            err = self._classify(text, "connect")
+            if not isinstance(err, DeviceUnreachable) or attempt == attempts:
+                raise err
+            log.warning("%s (attempt %d/%d); retrying", err.message, attempt, attempts)
+            time.sleep(0.5 * attempt)
+
+    def _classify(self, text: str, stage: str, result: ExecResult | None = None) -> DeviceError:
+        last = text.strip().splitlines()[-1] if text.strip() else "adb failed without a message"
+        low = text.lower()
+        if "unauthorized" in low:
+            return self._error(DeviceAuthError, f"{self._label} has not authorised this host: {last}", stage,
+                               result=result, hint="Unlock the device and accept the USB-debugging prompt.")
+        if any(w in low for w in ("not found", "no devices", "offline", "cannot connect", "closed",
+                                  "more than one device", "protocol fault", "no emulators")):
+            hint = ("Several devices are attached: name one with adb://SERIAL." if "more than one" in low
+                    else "Is it plugged in with USB debugging on (`adb devices`)?")
+            cls = DeviceError if "more than one" in low else DeviceUnreachable
+            return self._error(cls, f"{self._label} is not reachable: {last}", stage, result=result, hint=hint)
+        return self._error(DeviceError, f"adb failed: {last}", stage, result=result)
+
+    def _shell(self, script: str, *, timeout: float, on_timeout=None):
+        self.connect()
+        return run_client(self._adb() + ["shell", script], timeout=timeout, on_timeout=on_timeout)
+
+    def _exec(self, argv, *, timeout, env, cwd) -> ExecResult:
+        start = time.monotonic()
+
+        def kill_remote(err_so_far: bytes) -> None:
+            pid = parse_remote_stderr(err_so_far).pid
+            if pid:
+                try:
+                    self._shell(kill_script(pid), timeout=15)
+                except DeviceError as exc:
+                    log.warning("could not kill pid %s on %s: %s", pid, self.name, exc.message)
+
+        proc, out, err, timed_out = self._shell(remote_exec_script(argv, env, cwd), timeout=timeout,
+                                                on_timeout=kill_remote)
+        duration = time.monotonic() - start
+        status = parse_remote_stderr(err)
+        if timed_out:
+            partial = ExecResult(tuple(argv), -1, out, status.stderr, duration)
+            raise self._error(DeviceTimeout, f"{argv[0]} still running after {timeout:g} s; killed", "exec",
+                              result=partial, hint="Raise the timeout, or run fewer iterations.")
+        if status.rc is None:
+            partial = ExecResult(tuple(argv), proc.returncode, out, status.stderr, duration)
+            self._connected = False
+            if status.pid is None:
+                raise self._classify(status.stderr.decode("utf-8", "replace"), "exec", partial)
+            raise self._error(TransportDropped, f"lost {self._label} while {argv[0]} was running (pid {status.pid})",
+                              "exec", result=partial,
+                              hint="The program may have been cut off; its partial output is kept. "
+                                   "It was not re-run.")
+        rc, sig = split_signal(status.rc)
+        return ExecResult(tuple(argv), rc, out, status.stderr, duration, sig)
+
+    def _transfer(self, args: list[str], stage: str, what: str) -> None:
+        self.connect()
+        proc, out, err, timed_out = run_client(self._adb() + args, timeout=TRANSFER_TIMEOUT)
+        text = (out + err).decode("utf-8", "replace").strip()
+        result = ExecResult(tuple(args), proc.returncode, out, err, 0.0)
+        if timed_out:
+            raise self._error(DeviceTimeout, f"{what}: no end after {TRANSFER_TIMEOUT:g} s", stage, result=result)
+        if proc.returncode == 0:
+            return
+        if "No space left" in text:
+            raise self._error(NoSpaceError, f"{what}: no space left on device", stage, result=result,
+                              hint="Free space on the device or point work_dir at a larger partition.")
+        err_ = self._classify(text, stage, result)
+        if isinstance(err_, DeviceUnreachable):  # it answered get-state a moment ago
+            self._connected = False
+            raise self._error(TransportDropped, f"lost {self._label} {what}: {text.splitlines()[-1]}", stage,
+                              result=result, hint="Reconnect the device and run again; files already "
+                                                  "transferred are kept.")
+        raise self._error(type(err_), f"{what} failed: {text.splitlines()[-1] if text else proc.returncode}",
+                          stage, result=result, hint=err_.hint)
+
+    def push(self, local, remote) -> None:
+        self._check_open("push")
+        src = Path(local)
+        if not src.is_file():
+            raise self._error(DeviceError, f"cannot push {src}: no such file", "push")
+        part = remote + ".part"
+        mkdir = f"mkdir -p {shlex.quote(os.path.dirname(remote) or '/')}"
+        self._check_sh(self._shell(mkdir + "; printf '\\n@@edgerun:rc=%s\\n' $? >&2", timeout=60), "push", mkdir)
+        self._transfer(["push", str(src), part], "push", f"pushing {src} to {remote}")
+        mode = "755" if os.access(src, os.X_OK) else "644"
+        finish = f"chmod {mode} {shlex.quote(part)} && mv -f {shlex.quote(part)} {shlex.quote(remote)}"
+        self._check_sh(self._shell(finish + "; printf '\\n@@edgerun:rc=%s\\n' $? >&2", timeout=60), "push", finish)
+
+    def _check_sh(self, ran, stage: str, what: str) -> None:
+        proc, out, err, timed_out = ran
+        status = parse_remote_stderr(err)
+        result = ExecResult(("sh", "-c", what), status.rc if status.rc is not None else -1, out, status.stderr, 0.0)
+        if timed_out or status.rc is None:
+            raise self._error(TransportDropped, f"lost {self._label} during `{what}`", stage, result=result)
+        if status.rc != 0:
+            raise self._error(DeviceError, f"`{what}` failed: {status.stderr.decode('utf-8', 'replace').strip()}",
+                              stage, result=result)
+
+    def pull(self, remote, local) -> None:
+        self._check_open("pull")
+        dst = Path(local)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        part = dst.with_name(dst.name + ".part")
+        self._transfer(["pull", remote, str(part)], "pull", f"pulling {remote} to {dst} (partial copy at {part})")
+        os.replace(part, dst)
