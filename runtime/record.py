@@ -368,10 +368,6 @@ def analyse(
 
 
 # ------------------------------------------------------------------------------- flat view
-def _fmt_threads(r: RunRecord) -> int | None:
-    return r.provenance.threads
-
-
 def flat_row(r: RunRecord) -> dict[str, Any]:
     """The one flat view of a record; column names carry units. Every table printer uses this."""
     acc = r.accuracy
@@ -387,7 +383,7 @@ def flat_row(r: RunRecord) -> dict[str, Any]:
         "arch": r.device.get("arch") or r.model.arch,
         "cpu": r.device.get("cpu_model"),
         "source": r.source,
-        "threads": _fmt_threads(r),
+        "threads": r.provenance.threads,
         "samples": r.latency.n,
         "median_ms": r.latency.median_ms,
         "ci95_low_ms": r.latency.ci95_low_ms,

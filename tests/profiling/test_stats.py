@@ -102,3 +102,21 @@ def test_tiny_shift_on_a_huge_sample_is_significant_but_not_practical():
 def test_constant_samples_compare_equal_without_scipy_warnings():
     c = compare_samples([5 * MS] * 20, [5 * MS] * 20)
     assert c.p_value == 1.0 and c.verdict == VERDICT_SAME
+
+
+def test_exact_bootstrap_of_the_median_agrees_with_resampling():
+    # Same distribution two ways: closed form (used for long runs) and 4000 seeded resamples.
+    x = np.random.default_rng(7).lognormal(0.0, 0.3, 1001)
+    resampled = bootstrap_median_ci(x, n_boot=4000, exact_above=10_000)
+    exact = bootstrap_median_ci(x, exact_above=100)
+    spread = resampled[1] - resampled[0]
+    assert exact[0] == pytest.approx(resampled[0], abs=0.05 * spread)
+    assert exact[1] == pytest.approx(resampled[1], abs=0.05 * spread)
+    assert exact[0] < np.median(x) < exact[1]
+
+
+def test_long_runs_get_an_interval_without_resampling_every_sample():
+    x = (5 * MS * (1 + 0.05 * np.random.default_rng(8).standard_normal(50_001))).astype(np.int64)
+    s = summarize(x)
+    assert s.ci95_low_ms < s.median_ms < s.ci95_high_ms
+    assert s.ci95_high_ms - s.ci95_low_ms < 0.01 * s.median_ms  # ~2.5 % sd / sqrt(50k)
