@@ -256,6 +256,11 @@ class Device(abc.ABC):
         return cls(message, device=self.name, stage=stage, hint=hint, result=result)
 
 
+def removable(work_dir: str) -> bool:
+    """``cleanup`` never removes a path this close to the root (``/``, ``/tmp``, ``/home``)."""
+    return work_dir.rstrip("/").count("/") >= 2
+
+
 _QEMU_RE = re.compile(r"qemu-(aarch64|arm|riscv64|x86_64)(?:-static)?$")
 
 

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from edgerun.config import edgerun_home
-from edgerun.devices.base import (Device, DeviceError, DeviceTimeout, ExecResult, NoSpaceError)
+from edgerun.devices.base import Device, DeviceError, DeviceTimeout, ExecResult, NoSpaceError, removable
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:
@@ -24,14 +24,14 @@ def _copy_atomic(src: Path, dst: Path) -> None:
 
 
 class LocalDevice(Device):
-    """The host itself. ``work_dir`` defaults to ``$EDGERUN_HOME/devices/<name>``."""
+    """The host itself. ``work_dir`` defaults to ``$EDGERUN_HOME/devices/local`` (shared by every
+    local device: its blobs are content-addressed, so sharing is safe)."""
 
     transport = "local"
 
     @property
     def default_work_dir(self) -> str:  # type: ignore[override]
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in self.name)
-        return str(edgerun_home() / "devices" / safe)
+        return str(edgerun_home() / "devices" / self.transport)
 
     def _exec(self, argv, *, timeout, env, cwd) -> ExecResult:
         if cwd is not None and not os.path.isdir(cwd):
@@ -90,7 +90,7 @@ class LocalDevice(Device):
         return self._error(DeviceError, f"{what}: {exc}", stage)
 
     def close(self) -> None:
-        if not self._closed and self.spec.cleanup:
+        if not self._closed and self.spec.cleanup and removable(self.work_dir):
             shutil.rmtree(self.work_dir, ignore_errors=True)
         super().close()
 

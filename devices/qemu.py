@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import shutil
 
+from edgerun.config import edgerun_home
 from edgerun.devices.base import DeviceError
 from edgerun.devices.local import LocalDevice
 
@@ -25,6 +26,10 @@ class QemuDevice(LocalDevice):
         if spec.cpu in ("max", "host"):
             log.warning("qemu cpu %r enables SME: XNNPACK int8 kernels compute wrong results under it",
                         spec.cpu)
+
+    @property
+    def default_work_dir(self) -> str:  # type: ignore[override]
+        return str(edgerun_home() / "devices" / self.emulator)
 
     @property
     def emulator(self) -> str:

@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -40,12 +41,16 @@ class SerialDevice(Device):
         self._seq = 0
         self.hello: dict | None = None
         self.stats = {"resends": 0, "naks_sent": 0}
+        self._lock = threading.RLock()  # one conversation on the wire at a time
 
     # ------------------------------------------------------------------ link
     def connect(self) -> None:
         self._check_open("connect")
-        if self._port is not None:
-            return
+        with self._lock:
+            if self._port is None:
+                self._connect()
+
+    def _connect(self) -> None:
         try:
             import serial  # pyserial
         except ImportError as exc:  # pragma: no cover - a declared dependency
@@ -83,6 +88,11 @@ class SerialDevice(Device):
         once a second while it works: each ACK proves the link alive, and the whole request may
         take up to ``work_timeout``.
         """
+        with self._lock:
+            return self._request_locked(msg, encoder, payload, stage=stage, timeout=timeout, retries=retries,
+                                        work_timeout=work_timeout, reply_bytes=reply_bytes)
+
+    def _request_locked(self, msg, encoder, payload, *, stage, timeout, retries, work_timeout, reply_bytes):
         seq = self._next_seq()
         frame = encoder(msg, seq, payload)
         wait = timeout if timeout is not None else self._attempt_timeout(len(frame) + reply_bytes)
@@ -158,6 +168,10 @@ class SerialDevice(Device):
         return self.hello["work_dir"]
 
     def _exec(self, argv, *, timeout, env, cwd) -> ExecResult:
+        with self._lock:  # RUN and the GETs of its spooled output belong together
+            return self._exec_locked(argv, timeout=timeout, env=env, cwd=cwd)
+
+    def _exec_locked(self, argv, *, timeout, env, cwd) -> ExecResult:
         self.connect()
         req = {"argv": argv, "env": env, "cwd": cwd, "timeout": timeout}
         reply = self._request(Msg.RUN, encode_json, req, stage="exec", work_timeout=timeout + 10).json()

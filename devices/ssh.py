@@ -26,12 +26,13 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 from edgerun.devices._client import kill_script, run_client
 from edgerun.devices.base import (Device, DeviceAuthError, DeviceError, DeviceTimeout, DeviceUnreachable,
-                                  ExecResult, NoSpaceError, TransportDropped, parse_remote_stderr,
+                                  ExecResult, NoSpaceError, TransportDropped, parse_remote_stderr, removable,
                                   remote_exec_script, split_signal)
 
 log = logging.getLogger("edgerun.devices")
@@ -55,6 +56,7 @@ class SshDevice(Device):
         super().__init__(spec)
         self._ctl_dir: str | None = None
         self._connected = False
+        self._lock = threading.Lock()  # one master, even when threads share the device
 
     # ------------------------------------------------------------------ connection
     @property
@@ -83,8 +85,11 @@ class SshDevice(Device):
     def connect(self) -> None:
         """Open the master connection; retry transient failures (bounded), never auth failures."""
         self._check_open("connect")
-        if self._connected:
-            return
+        with self._lock:
+            if not self._connected:
+                self._connect()
+
+    def _connect(self) -> None:
         if shutil.which("ssh") is None:
             raise self._error(DeviceError, "the OpenSSH client `ssh` is not installed", "connect",
                               hint="Install Debian's openssh-client package.")
@@ -156,7 +161,7 @@ class SshDevice(Device):
 
     def _cleanup_work_dir(self) -> None:
         wd = self.work_dir.rstrip("/")
-        if wd.count("/") < 2:  # never rm -rf "/" or "/tmp"
+        if not removable(wd):
             log.warning("not removing work_dir %s on %s: too close to the root", wd, self.name)
             return
         try:

@@ -109,6 +109,19 @@ def aarch64_bundle(tmp_path_factory) -> Path:
     return d
 
 
+@pytest.fixture(scope="session")
+def host_bundle(tmp_path_factory) -> Path:
+    """The same program built for this host (``prog``), for local/ssh/serial devices."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        pytest.skip("no host C compiler (Debian gcc)")
+    d = tmp_path_factory.mktemp("host-bundle")
+    (d / "prog.c").write_text(PROG_C)
+    subprocess.run([cc, "-O1", "-o", str(d / "prog"), str(d / "prog.c")], check=True)
+    (d / "prog.c").unlink()
+    return d
+
+
 def _bundle_argv(*args: str) -> list[str]:
     return ["./ld-linux-aarch64.so.1", "--library-path", ".", "./prog", *args]
 
