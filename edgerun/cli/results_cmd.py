@@ -130,6 +130,29 @@ def print_record(record, *, top: int = 10) -> None:
               f"ExecuTorch {p.executorch_version} · recipe {record.model.recipe_hash}[/]", highlight=False)
 
 
+def print_runs_table(records, *, title: str = "Runs") -> None:
+    """One comparison table of several runs (bench's closing table): the columns that vary, plus latency."""
+    from edgerun.report import fmt_value, varying_columns
+    from edgerun.runtime.record import flat_row
+
+    rows = [flat_row(r) for r in records]
+    varying, common = varying_columns(rows)
+    identity = [c for c in ("model", "scheme", "target", "device", "source", "threads") if c in varying]
+    metrics = [c for c in ("median_ms", "p90_ms", "p99_ms", "cv", "pte_bytes", "peak_rss_bytes", "min_snr_db",
+                           "top1_agreement", "task_accuracy") if any(row[c] is not None for row in rows)]
+    columns = ["run_id", *identity, *metrics]
+    common = {k: v for k, v in common.items() if k in ("model", "scheme", "target", "device", "source", "threads")}
+    t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
+    for c in columns:
+        t.add_column(c, justify="right" if isinstance(rows[0][c], (int, float)) else "left", no_wrap=c == "run_id")
+    for row in rows:
+        t.add_row(*(escape(fmt_value(c, row[c])) for c in columns))
+    out.print(t)
+    if common:
+        out.print("[dim]Common to all: " + escape(", ".join(f"{k}={fmt_value(k, v)}" for k, v in common.items()))
+                  + "[/]")
+
+
 def print_comparison(c) -> None:
     from edgerun.report import fmt_value
 

@@ -103,3 +103,16 @@ def test_bad_options_are_usage_errors(cli, store):
     assert p.returncode == 2 and "--alpha" in _json(p)["error"]["message"]
     p = cli("report", "r-20261128-aaa", "--format", "pdf", "--store", str(store), "--json")
     assert p.returncode == 2 and "pdf" in _json(p)["error"]["message"]
+
+
+def test_runs_table_for_bench_shows_identity_that_varies_and_the_metrics(store, capsys):
+    from edgerun.cli.results_cmd import print_runs_table
+
+    with Store(store) as s:
+        recs = [s.get("r-20261128-aaa"), s.get("r-20261128-ccc")]
+    print_runs_table(recs, title="bench")
+    text = capsys.readouterr().out
+    assert "r-20261128-aaaaaa" in text and "othernet" in text
+    header = next(line for line in text.splitlines() if "run_id" in line)
+    assert "model" in header and "median_ms" in header and "device" not in header  # same device: not a column
+    assert "Common to all: " in text and "device=local" in text
