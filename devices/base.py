@@ -302,7 +302,9 @@ def remote_exec_script(argv: Sequence[str], env: Mapping[str, str], cwd: str | N
         cmd += ["env"] + [f"{k}={v}" for k, v in env.items()]
     cmd += list(argv)
     prefix = f"cd {shlex.quote(cwd)} || exit 126; " if cwd else ""
-    return (prefix + shlex.join(cmd) + ' & p=$!; wait "$p"; r=$?; '
+    # fd 3 keeps the real stderr for the program; the shell's own job notices ("Segmentation
+    # fault") go to /dev/null, so the program's stderr arrives exactly as it wrote it.
+    return (prefix + "exec 3>&2; { " + shlex.join(cmd) + ' 2>&3 3>&- & p=$!; wait "$p"; r=$?; } 2>/dev/null; '
             "printf '\\n@@edgerun:rc=%s\\n' \"$r\" >&2")
 
 

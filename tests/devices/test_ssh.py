@@ -39,8 +39,11 @@ def test_exec_quotes_every_argument_and_passes_env_and_cwd(sshd, tmp_path):
 def test_status_and_signal_come_back(sshd, tmp_path):
     with _dev(sshd, tmp_path) as dev:
         assert dev.exec(["sh", "-c", "exit 3"], timeout=30).rc == 3
+        # stderr comes back byte-exact, even without a final newline before the status line
+        assert dev.exec(["sh", "-c", "printf 'no newline' >&2"], timeout=30).stderr == b"no newline"
         crashed = dev.exec(["sh", "-c", "echo before; kill -SEGV $$"], timeout=30)
     assert crashed.signal == 11 and crashed.stdout == b"before\n"
+    assert crashed.stderr == b""  # no shell job notice mixed into the program's stderr
 
 
 def test_push_pull_roundtrip_and_probe(sshd, tmp_path):
