@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from edgerun.devices.base import (Device, DeviceError, DeviceTimeout, DeviceUnreachable, ExecResult,
-                                  NoSpaceError, TransportDropped, apply_wrapper_emulation)
+                                  NoSpaceError, TransportDropped)
 from edgerun.devices.serial_protocol import (CHUNK, VERSION, FrameDecoder, Msg, encode, encode_json,
                                              pack_put_data)
 

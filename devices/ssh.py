@@ -114,7 +114,9 @@ class SshDevice(Device):
     def _start_master(self) -> DeviceError | None:
         with tempfile.TemporaryFile() as errf:
             # -f: ssh backgrounds itself once authenticated; its exit status says whether it got there.
-            cmd = self._ssh_args() + ["-M", "-N", "-f", "-o", "ControlPersist=yes", self._target]
+            # ControlPersist=300: a master orphaned by a crashed caller leaves after 5 idle minutes
+            # (a later command then simply connects directly).
+            cmd = self._ssh_args() + ["-M", "-N", "-f", "-o", "ControlPersist=300", self._target]
             try:
                 proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errf,
                                       timeout=self.spec.connect_timeout + 15)

@@ -70,3 +70,35 @@ def test_unreachable_ssh_device_fails_at_connect_with_its_name(tmp_path):
     err = json.loads(proc.stdout)["error"]
     assert err["type"] == "DeviceUnreachable" and err["stage"] == "connect"
     assert f"127.0.0.1:{port}" in err["message"]
+
+
+def test_probe_an_ssh_inventory_entry(sshd, tmp_path):
+    inv = tmp_path / "devices.toml"
+    inv.write_text(f"""
+[devices.fakepi]
+uri = "ssh://{sshd.user}@127.0.0.1:{sshd.port}"
+identity_file = "{sshd.client_key}"
+known_hosts = "{sshd.known_hosts}"
+work_dir = "{tmp_path}/remote"
+wrapper = "qemu-aarch64 -cpu cortex-a72"
+target = "rpi4"
+""")
+    proc = run("devices", "probe", "fakepi", "--inventory", str(inv), "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["device"] == "fakepi" and out["target"] == "rpi4"
+    info = out["info"]
+    assert (info["arch"], info["cpu_model"], info["emulated"], info["transport"]) == \
+        ("aarch64", "cortex-a72", True, "ssh")
+    assert info["free_bytes"] > 0 and info["kernel"] == os.uname().release
+
+
+def test_probe_with_an_untrusted_host_key_exits_nonzero_naming_the_device(sshd, tmp_path):
+    empty = tmp_path / "kh"
+    empty.write_text("")
+    uri = sshd.uri(known_hosts=str(empty), connect_retries="0")
+    proc = run("devices", "probe", uri, "--json")
+    assert proc.returncode == 8
+    err = json.loads(proc.stdout)["error"]
+    assert err["type"] == "DeviceAuthError" and err["stage"] == "connect"
+    assert f"127.0.0.1:{sshd.port}" in err["device"] and err["hint"]
