@@ -18,8 +18,9 @@ import threading
 import time
 from pathlib import Path
 
-from edgerun.devices.base import (Device, DeviceError, DeviceTimeout, DeviceUnreachable, ExecResult,
-                                  NoSpaceError, TransportDropped)
+from edgerun.devices.base import (Device, DeviceError, DeviceInfo, DeviceTimeout, DeviceUnreachable, ExecResult,
+                                  NoSpaceError, TransportDropped, apply_wrapper_emulation)
+from edgerun.devices.probe import parse_probe
 from edgerun.devices.serial_protocol import (CHUNK, VERSION, FrameDecoder, Msg, encode, encode_json,
                                              pack_put_data)
 
@@ -231,14 +232,31 @@ class SerialDevice(Device):
             offset += len(block)
         return meta["sha256"]
 
-    def _probe_raw(self) -> str:
-        self.connect()
-        return self._request(Msg.INFO, encode_json, {}, stage="probe",
-                             work_timeout=self.spec.probe_timeout).json()["probe"]
+    def info(self) -> DeviceInfo:
+        self._check_open("info")
+        if self._info is None:
+            self.connect()
+            reply = self._request(Msg.INFO, encode_json, {}, stage="probe",
+                                  work_timeout=self.spec.probe_timeout).json()
+            try:
+                info = info_from_reply(reply, self.hello or {})
+            except (TypeError, ValueError, KeyError) as exc:
+                raise self._error(DeviceError, f"the agent's INFO reply is malformed: {exc}", "probe") from exc
+            self._info = apply_wrapper_emulation(info, self.wrapper)
+        return self._info
 
-    def info(self):
-        info = super().info()
-        if self.hello and self.hello.get("emulated") and not info.emulated:
-            info = dataclasses.replace(info, emulated=True, emulator=self.hello.get("emulator"))
-            self._info = info
-        return info
+
+def info_from_reply(reply: dict, hello: dict) -> DeviceInfo:
+    """An INFO reply -> DeviceInfo: a Linux agent sends its probe output, firmware its own fields.
+
+    An agent that says ``emulated`` in HELLO makes the device emulated, naming the stand-in.
+    """
+    if "probe" in reply:
+        info = parse_probe(reply["probe"], transport="serial")
+    else:
+        known = {f.name for f in dataclasses.fields(DeviceInfo)}
+        info = DeviceInfo(**{k: v for k, v in reply["info"].items() if k in known and k != "transport"},
+                          transport="serial")
+    if hello.get("emulated") and not info.emulated:
+        info = dataclasses.replace(info, emulated=True, emulator=hello.get("emulator") or "serial agent stand-in")
+    return info

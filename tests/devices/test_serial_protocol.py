@@ -47,3 +47,15 @@ def test_corrupted_length_cannot_stall_the_reader():
 def test_oversized_payload_is_refused():
     with pytest.raises(ProtocolError):
         encode(Msg.PUT_DATA, 1, b"x" * (MAX_PAYLOAD + 1))
+
+
+def test_info_reply_from_firmware_fields_or_a_linux_probe():
+    from edgerun.devices.serial_device import info_from_reply
+
+    fw = info_from_reply({"info": {"arch": "armv8m", "cpu_model": "Cortex-M55", "mem_total_bytes": 4 << 20,
+                                   "future_field": 1}}, {"emulated": False})
+    assert (fw.arch, fw.cpu_model, fw.mem_total_bytes, fw.emulated, fw.transport) == \
+        ("armv8m", "Cortex-M55", 4 << 20, False, "serial")
+    linux = info_from_reply({"probe": "@@section arch\naarch64\n@@section nproc\n4\n"},
+                            {"emulated": True, "emulator": "stand-in"})
+    assert (linux.arch, linux.cores, linux.emulated, linux.emulator) == ("aarch64", 4, True, "stand-in")
