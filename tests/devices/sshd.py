@@ -62,7 +62,8 @@ class SshServer:
     def start(cls, root: Path) -> "SshServer":
         root.mkdir(parents=True, exist_ok=True)
         os.chmod(root, 0o700)
-        Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # sshd's privilege-separation dir
+        if os.geteuid() == 0:  # root's sshd wants its privilege-separation dir
+            Path("/run/sshd").mkdir(parents=True, exist_ok=True)
         host_pub = keygen(root / "host_key")
         client_pub = keygen(root / "client_key")
         keygen(root / "other_key")

@@ -218,3 +218,19 @@ def _cmdline(pid: int) -> bytes:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return b""
+
+
+def test_a_port_that_accepts_but_never_speaks_times_out_at_connect(sshd, tmp_path):
+    """A real listening socket that never sends an SSH banner (a hung daemon, a wrong service)."""
+    import socket
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        port = silent.getsockname()[1]
+        uri = f"ssh://127.0.0.1:{port}?connect_retries=0&connect_timeout=2&identity_file={sshd.client_key}"
+        start = time.monotonic()
+        with resolve_device(uri) as dev:
+            with pytest.raises(DeviceUnreachable) as ei:
+                dev.exec(["true"], timeout=5)
+    assert ei.value.stage == "connect" and time.monotonic() - start < 20
