@@ -1,0 +1,116 @@
+"""Does the native runner time a program the way ExecuTorch's own Python runtime does?
+
+Runs one artifact's program on this machine with the host bundle's ``edgerun-runner`` (steady clock
+around ``Module::execute`` inside the process) and with the executorch pybindings
+(``time.perf_counter_ns`` around ``Method.execute``), in alternating rounds so that machine drift
+hits both, then prints both medians, their ratio and a rank test. On demand, not in the tests:
+
+    .venv/bin/python benchmarks/runner_vs_pybindings.py --model mobilenet_v2 --scheme fp32
+    .venv/bin/python benchmarks/runner_vs_pybindings.py --artifact artifacts/mobilenet_v2-host-int8
+
+Both sides use the same program, the same inputs (test vector 0) and ExecuTorch's default thread
+pool size unless --threads is given (then only the runner can be told; the pybindings keep the
+default and the output says so).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _artifact(args) -> Path:
+    if args.artifact:
+        return Path(args.artifact)
+    from edgerun.export import export_model
+
+    out = Path(tempfile.mkdtemp(prefix="bench-artifact-")) / f"{args.model}-host-{args.scheme}"
+    print(f"exporting {args.model} ({args.scheme}) to {out} ...", file=sys.stderr)
+    export_model(args.model, "host", args.scheme, out)
+    return out
+
+
+def _pybindings_samples(pte: Path, inputs: list[np.ndarray], warmup: int, iterations: int) -> list[int]:
+    import torch
+    from executorch.runtime import Runtime
+
+    method = Runtime.get().load_program(str(pte)).load_method("forward")
+    tensors = [torch.from_numpy(x) for x in inputs]
+    for _ in range(warmup):
+        method.execute(tensors)
+    samples = []
+    for _ in range(iterations):
+        t0 = time.perf_counter_ns()
+        method.execute(tensors)
+        samples.append(time.perf_counter_ns() - t0)
+    return samples
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--artifact", help="an artifact directory (else --model is exported for the host)")
+    ap.add_argument("--model", default="mobilenet_v2")
+    ap.add_argument("--scheme", default="fp32")
+    ap.add_argument("--bundle", help="host bundle directory (default: build or reuse it)")
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--iterations", type=int, default=30, help="timed iterations per round and side")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    args = ap.parse_args()
+
+    from edgerun.runtime.build import BuildRequest, build_bundle
+    from edgerun.runtime.bundle import load_bundle
+    from edgerun.runtime.runner import RunOptions, run_local
+    from edgerun.runtime.stats import compare_samples, summarize
+
+    art = _artifact(args)
+    manifest = json.loads((art / "manifest.json").read_text())
+    inputs = [art / p for p in manifest["test_vectors"][0]["inputs"]]
+    bundle = load_bundle(args.bundle) if args.bundle else build_bundle(BuildRequest(arch="host"))
+    opts = RunOptions(warmup=args.warmup, iterations=args.iterations, threads=args.threads)
+
+    runner_ns: list[int] = []
+    py_ns: list[int] = []
+    threads = None
+    for r in range(args.rounds):
+        res = run_local(bundle, art / "model.pte", inputs, options=opts)
+        threads = res.header["threads"]
+        runner_ns += res.execute_ns
+        py_ns += _pybindings_samples(art / "model.pte", [np.load(p) for p in inputs], args.warmup, args.iterations)
+        print(f"round {r + 1}/{args.rounds}: runner median {np.median(res.execute_ns) / 1e6:.3f} ms, "
+              f"pybindings median {np.median(py_ns[-args.iterations:]) / 1e6:.3f} ms", file=sys.stderr)
+
+    rs, ps = summarize(runner_ns), summarize(py_ns)
+    cmp = compare_samples(py_ns, runner_ns)  # A = pybindings (baseline), B = the runner
+    result = {
+        "artifact": str(art), "program": f"{manifest['model']['name']} {manifest['scheme']['name']}",
+        "runner": {"median_ms": rs.median_ms, "ci95_ms": [rs.ci95_low_ms, rs.ci95_high_ms], "n": rs.n,
+                   "threads": threads, "warnings": list(rs.warnings)},
+        "pybindings": {"median_ms": ps.median_ms, "ci95_ms": [ps.ci95_low_ms, ps.ci95_high_ms], "n": ps.n,
+                       "threads": "executorch default", "warnings": list(ps.warnings)},
+        "ratio_runner_over_pybindings": rs.median_ms / ps.median_ms,
+        "comparison": cmp.to_dict(),
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{result['program']}  ({art})")
+        for side in ("runner", "pybindings"):
+            s = result[side]
+            print(f"  {side:<11} median {s['median_ms']:8.3f} ms  95% CI [{s['ci95_ms'][0]:.3f}, "
+                  f"{s['ci95_ms'][1]:.3f}]  n={s['n']}  threads={s['threads']}"
+                  + (f"  ({'; '.join(s['warnings'])})" if s["warnings"] else ""))
+        print(f"  ratio runner/pybindings = {result['ratio_runner_over_pybindings']:.3f}")
+        print(f"  comparison: {json.dumps(result['comparison'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
