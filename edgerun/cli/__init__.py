@@ -30,6 +30,7 @@ _COMMAND_MODULES = [
     "edgerun.cli.runtime_cmd",
     "edgerun.cli.devices_cmd",
     "edgerun.cli.results_cmd",
+    "edgerun.cli.profile_cmd",
 ]
 
 

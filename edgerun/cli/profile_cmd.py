@@ -1,0 +1,207 @@
+"""``edgerun deploy``, ``edgerun profile``, ``edgerun bench`` — the hall wiring the rooms."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from edgerun.errors import UsageError
+
+from ._common import DebugOpt, JsonOpt, err_console, execute
+from .results_cmd import StoreOpt, print_record, print_runs_table, record_json
+
+out = Console()
+
+DeviceOpt = Annotated[str, typer.Option(
+    "--device", "-d", help="Inventory name or device URI (local://, qemu-aarch64://?cpu=cortex-a76, ssh://user@host, "
+                           "adb://SERIAL, serial:///dev/ttyUSB0); several comma-separated run concurrently.")]
+InventoryOpt = Annotated[Optional[str], typer.Option(
+    "--inventory", envvar="EDGERUN_DEVICES", help="Device inventory TOML (default: EDGERUN_HOME/devices.toml).")]
+
+
+def _device_list(device: str | None, all_devices: bool, inventory: str | None) -> list[str]:
+    if all_devices:
+        from edgerun.devices.inventory import load_inventory
+
+        names = list(load_inventory(inventory))
+        if not names:
+            raise UsageError("--all: the device inventory is empty.", hint="Add devices to the inventory TOML.")
+        return names
+    names = [d.strip() for d in (device or "").split(",") if d.strip()]
+    if not names:
+        raise UsageError("no device given.", hint="Use --device NAME_OR_URI, several comma-separated, or --all.")
+    return names
+
+
+def _settings(**kw):
+    from edgerun.profiling import ProfileSettings
+
+    try:
+        return ProfileSettings(**kw)
+    except ValueError as exc:
+        raise UsageError(str(exc) + ".") from None
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("deploy")
+    def deploy_cmd(
+        artifact: Annotated[Path, typer.Argument(help="Artifact directory written by `edgerun export`.")],
+        device: DeviceOpt,
+        variant: Annotated[str, typer.Option(help="Runner bundle variant: full | slim.")] = "full",
+        inventory: InventoryOpt = None,
+        json_out: JsonOpt = False,
+        debug: DebugOpt = False,
+    ) -> None:
+        """Push the runner bundle (chosen by the device's probed arch), the program and its test vectors.
+
+        Files already on the device (same sha256) are not sent again.
+        """
+
+        def work() -> dict:
+            from edgerun.devices.inventory import resolve_device
+            from edgerun.runtime.deploy import deploy
+
+            results = []
+            for name in _device_list(device, False, inventory):
+                with err_console.status(f"deploying to {name}"), resolve_device(name, inventory) as dev:
+                    results.append(deploy(artifact, dev, variant=variant).to_json())
+            return {"deployments": results}
+
+        def human(r: dict) -> None:
+            for d in r["deployments"]:
+                out.print(f"[bold]{d['device']}[/] ({d['arch']}): program at {d['program']}, bundle at "
+                          f"{d['bundle_dir']}; sent {len(d['pushed'])} file(s), {len(d['skipped'])} already there")
+                for w in d["preflight"]["warnings"]:
+                    out.print(f"  [yellow]warning:[/] {w}")
+
+        execute(work, json_out=json_out, debug=debug, human=human)
+
+    @app.command("profile")
+    def profile_cmd(
+        artifact: Annotated[Path, typer.Argument(help="Artifact directory written by `edgerun export`.")],
+        device: DeviceOpt = "local://",
+        all_devices: Annotated[bool, typer.Option("--all", help="Every device in the inventory.")] = False,
+        warmup: Annotated[int, typer.Option(help="Untimed warm-up iterations.")] = 3,
+        iterations: Annotated[int, typer.Option(help="Timed iterations (every sample is kept).")] = 30,
+        min_time_ms: Annotated[int, typer.Option(help="Keep iterating until the timed ones add up to this.")] = 0,
+        threads: Annotated[str, typer.Option(help="Thread counts to sweep, e.g. 1,2,4 (0: runtime default).")] = "0",
+        vector: Annotated[int, typer.Option(help="Test vector whose inputs are run (its eager outputs are the "
+                                                 "accuracy reference).")] = 0,
+        etdump: Annotated[bool, typer.Option(help="Record an ETDump for the per-operator table.")] = True,
+        timeout: Annotated[float, typer.Option(help="Seconds allowed for one run on a device.")] = 900,
+        store: StoreOpt = None,
+        inventory: InventoryOpt = None,
+        top: Annotated[int, typer.Option(help="Operators shown.")] = 10,
+        json_out: JsonOpt = False,
+        debug: DebugOpt = False,
+    ) -> None:
+        """Deploy, run and analyse ARTIFACT on one or more devices; store every run.
+
+        Latency statistics over every raw sample (median, p90/p99, bootstrap CI, instability
+        warnings), per-operator times from the ETDump, memory, accuracy of the device's outputs
+        against eager PyTorch. Numbers from emulators are labelled emulated.
+        """
+        holder: dict = {}
+
+        def work() -> dict:
+            from edgerun.profiling import CellFailure, parse_threads, profile
+            from edgerun.store import Store
+
+            settings = _settings(warmup=warmup, iterations=iterations, min_time_ms=min_time_ms,
+                                 threads=parse_threads(threads), vector=vector, etdump=etdump, timeout_s=timeout)
+            names = _device_list(device, all_devices, inventory)
+            with Store(store) as s:  # open once here: a store from a newer schema fails before any run
+                store_path = s.path
+            with err_console.status("profiling") as status:
+                results = profile(artifact, names, settings, store_path=store_path, inventory=inventory,
+                                  on_progress=lambda m: status.update(m))
+            records = [r for r in results if not isinstance(r, CellFailure)]
+            failures = [r.to_json() for r in results if isinstance(r, CellFailure)]
+            holder["records"], holder["failures"] = records, failures
+            result: dict = {"runs": [record_json(r) for r in records], "failures": failures}
+            if len(records) == 1:
+                result.update(record_json(records[0]))
+            if failures:
+                result["ok"] = False
+                result["exit_code"] = max(f["error"].get("exit_code", 1) for f in failures)
+            return result
+
+        def human(_: dict) -> None:
+            for rec in holder["records"]:
+                print_record(rec, top=top)
+            if len(holder["records"]) > 1:
+                print_runs_table(holder["records"], title="Runs of this profile")
+            for f in holder["failures"]:
+                err_console.print(f"[bold red]failed[/] on {f['device']}: {f['error']['message']}", soft_wrap=True)
+
+        execute(work, json_out=json_out, debug=debug, human=human)
+
+    @app.command("bench")
+    def bench_cmd(
+        model: Annotated[str, typer.Argument(help="Zoo model or 'package.module:factory'.")],
+        targets: Annotated[str, typer.Option(help="Comma-separated targets.")] = "host",
+        schemes: Annotated[str, typer.Option(help="Comma-separated schemes.")] = "fp32,int8",
+        devices: Annotated[str, typer.Option(help="Comma-separated device names or URIs.")] = "local://",
+        warmup: Annotated[int, typer.Option(help="Untimed warm-up iterations per run.")] = 3,
+        iterations: Annotated[int, typer.Option(help="Timed iterations per run.")] = 30,
+        threads: Annotated[str, typer.Option(help="Thread counts to sweep, e.g. 1,2,4.")] = "0",
+        sweep_id: Annotated[Optional[str], typer.Option(
+            help="Resume this sweep (default: derived from the arguments, so re-running resumes).")] = None,
+        report: Annotated[Optional[Path], typer.Option("--report", "-o", help="HTML report to write.")] = None,
+        store: StoreOpt = None,
+        inventory: InventoryOpt = None,
+        json_out: JsonOpt = False,
+        debug: DebugOpt = False,
+    ) -> None:
+        """Sweep export -> deploy -> profile over targets x schemes x devices, then compare.
+
+        Ends with one comparison table and an HTML report with a Pareto plot of latency x size x
+        accuracy. Every finished cell is stored as it finishes; re-running resumes.
+        """
+        holder: dict = {}
+
+        def work() -> dict:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            from edgerun.profiling import bench, parse_threads
+            from edgerun.report import render
+            from edgerun.store import Store
+
+            split = lambda s: [x.strip() for x in s.split(",") if x.strip()]  # noqa: E731
+            settings = _settings(warmup=warmup, iterations=iterations, threads=parse_threads(threads))
+            tl, sl, dl = split(targets), split(schemes), split(devices)
+            total = len(tl) * len(sl) * len(dl) * len(settings.threads)
+            with Store(store) as s, Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                             TimeElapsedColumn(), console=err_console, transient=False) as bar:
+                task = bar.add_task("bench", total=total)
+
+                def on_cell(key: str, what: str) -> None:
+                    bar.advance(task)
+                    bar.console.print(f"{key}: {what}", highlight=False)
+
+                summary = bench(model, tl, sl, dl, settings, store=s, inventory=inventory, sweep_id=sweep_id,
+                                on_cell=on_cell, on_progress=lambda m: bar.update(task, description=m[:60]))
+                records = [s.get(r) for r in summary["run_ids"]]
+            holder["records"] = records
+            if records:
+                path = report or Path(f"bench-{summary['sweep_id']}.html")
+                path.write_text(render(records, "html", title=f"edgerun bench: {model}"), encoding="utf-8")
+                summary["report"] = str(path)
+            summary["runs"] = [record_json(r) for r in records]
+            if summary["failures"]:
+                summary["ok"] = False
+                summary["exit_code"] = 9
+            return summary
+
+        def human(r: dict) -> None:
+            if holder["records"]:
+                print_runs_table(holder["records"], title=f"bench {model} ({r['sweep_id']})")
+            if r.get("report"):
+                out.print(f"Report with the Pareto plot (latency x size x accuracy): {r['report']}")
+            for f in r["failures"]:
+                err_console.print(f"[bold red]failed[/] {f['cell']}: {f['error']['message']}", soft_wrap=True)
+
+        execute(work, json_out=json_out, debug=debug, human=human)
