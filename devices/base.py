@@ -224,6 +224,11 @@ class Device(abc.ABC):
     def push(self, local: str | Path, remote: str) -> None:
         """Copy a local file to ``remote`` (absolute), atomically, keeping the executable bit."""
 
+    def push_many(self, pairs: Sequence[tuple[str | Path, str]]) -> None:
+        """Push several ``(local, remote)`` files; transports with a per-command cost batch them."""
+        for local, remote in pairs:
+            self.push(local, remote)
+
     @abc.abstractmethod
     def pull(self, remote: str, local: str | Path) -> None:
         """Copy ``remote`` to the local path; a partial copy is kept as ``LOCAL.part``."""

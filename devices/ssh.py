@@ -25,6 +25,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import tarfile
 import tempfile
 import threading
 import time
@@ -227,6 +228,34 @@ class SshDevice(Device):
         with open(src, "rb") as f:
             proc, _, err, timed_out = self._remote(body + _STATUS, timeout=TRANSFER_TIMEOUT, stdin=f)
         self._check_transfer(err, timed_out, "push", f"pushing {src} to {remote}")
+
+    def push_many(self, pairs) -> None:
+        """Several files in one session: a tar stream unpacked into a staging dir, then each file
+        renamed into place (a broken transfer never leaves a partial file at its final path)."""
+        pairs = [(Path(local), remote) for local, remote in pairs]
+        if len(pairs) <= 1:
+            return super().push_many(pairs)
+        self._check_open("push")
+        for local, _ in pairs:
+            if not local.is_file():
+                raise self._error(DeviceError, f"cannot push {local}: no such file", "push")
+        stage = f"{os.path.dirname(pairs[0][1]) or '/'}/.incoming-{os.getpid()}-{time.monotonic_ns()}"
+        dirs = sorted({os.path.dirname(r) or "/" for _, r in pairs})
+        moves = " && ".join(f"mv -f {shlex.quote(f'{stage}/f{i}')} {shlex.quote(r)}" for i, (_, r) in enumerate(pairs))
+        body = (f"mkdir -p {' '.join(shlex.quote(d) for d in dirs)} {shlex.quote(stage)} && "
+                f"tar -xf - -C {shlex.quote(stage)} && {moves}; r=$?; rm -rf {shlex.quote(stage)}; (exit $r)")
+        with tempfile.TemporaryFile() as stream:
+            with tarfile.open(fileobj=stream, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+                for i, (local, _) in enumerate(pairs):
+                    info = tar.gettarinfo(str(local), arcname=f"f{i}")
+                    info.mode = 0o755 if os.access(local, os.X_OK) else 0o644
+                    info.uid = info.gid = 0
+                    info.uname = info.gname = ""
+                    with open(local, "rb") as f:
+                        tar.addfile(info, f)
+            stream.seek(0)
+            proc, _, err, timed_out = self._remote(body + _STATUS, timeout=TRANSFER_TIMEOUT, stdin=stream)
+        self._check_transfer(err, timed_out, "push", f"pushing {len(pairs)} files to {', '.join(dirs)}")
 
     def pull(self, remote, local) -> None:
         self._check_open("pull")

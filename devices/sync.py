@@ -76,14 +76,15 @@ def sync_files(device: Device, files: Mapping[str, str | os.PathLike] | Iterable
         raise DeviceError(f"cannot create {blobs}", device=device.name, stage="push", result=res,
                           hint="Check work_dir is writable on the device.")
     present = set(res.stdout_text.split())
-    pushed, skipped = [], []
+    pushed, skipped, todo = [], [], []
     for name, path in named.items():
         if remote[name] in present:
             skipped.append(name)
         else:
-            device.push(path, remote[name])
-            present.add(remote[name])
+            present.add(remote[name])  # the same bytes under two names cross once
+            todo.append((path, remote[name]))
             pushed.append(name)
+    device.push_many(todo)
 
     set_id = hashlib.sha256("\n".join(f"{n}\0{keys[n]}" for n in sorted(keys)).encode()).hexdigest()[:24]
     dest = f"{device.work_dir.rstrip('/')}/sets/{set_id}"

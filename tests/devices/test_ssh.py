@@ -234,3 +234,17 @@ def test_a_port_that_accepts_but_never_speaks_times_out_at_connect(sshd, tmp_pat
             with pytest.raises(DeviceUnreachable) as ei:
                 dev.exec(["true"], timeout=5)
     assert ei.value.stage == "connect" and time.monotonic() - start < 20
+
+
+def test_push_many_is_one_session_and_leaves_no_staging(sshd, tmp_path):
+    a, b = tmp_path / "a.sh", tmp_path / "b.txt"
+    a.write_text("#!/bin/sh\necho a\n")
+    a.chmod(0o755)
+    b.write_bytes(os.urandom(5000))
+    dest = tmp_path / "remote" / "many"
+    with _dev(sshd, tmp_path) as dev:
+        dev.push_many([(a, f"{dest}/x/a.sh"), (b, f"{dest}/y/b.txt")])
+        assert dev.exec([f"{dest}/x/a.sh"], timeout=10).stdout == b"a\n"
+    assert (dest / "y" / "b.txt").read_bytes() == b.read_bytes()
+    assert not os.access(dest / "y" / "b.txt", os.X_OK)
+    assert sorted(str(p.relative_to(dest)) for p in dest.rglob("*")) == ["x", "x/a.sh", "y", "y/b.txt"]
