@@ -127,7 +127,7 @@ def test_timeout_kills_the_remote_program_and_keeps_output(sshd, tmp_path):
 def test_sshd_killed_mid_command_is_a_transport_drop(own_sshd, tmp_path):
     with _dev(own_sshd, tmp_path) as dev:
         dev.exec(["true"], timeout=10)
-        threading.Timer(1.0, own_sshd.drop_connections).start()
+        threading.Timer(1.0, own_sshd.stop).start()  # the whole sshd: sessions and listener
         with pytest.raises(TransportDropped) as ei:
             dev.exec(["sh", "-c", "echo partial; sleep 20; echo never"], timeout=30)
     err = ei.value
