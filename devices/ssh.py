@@ -18,6 +18,7 @@ stderr (stripped again here): a missing status means the connection dropped mid-
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -99,6 +100,12 @@ class SshDevice(Device):
                               "connect", hint="Fix identity_file in the inventory or the URI.")
         if self._ctl_dir is None:
             self._ctl_dir = tempfile.mkdtemp(prefix="edgerun-ssh-")
+        elif self._master_alive():  # a session died but the master lived on: keep using it
+            self._connected = True
+            return
+        else:  # a dead master's socket would make the new one give up multiplexing
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self._ctl_dir, "m"))
         attempts = self.spec.connect_retries + 1
         for attempt in range(1, attempts + 1):
             err = self._start_master()
@@ -111,6 +118,13 @@ class SshDevice(Device):
                 raise err
             log.warning("%s (attempt %d/%d); retrying", err.message, attempt, attempts)
             time.sleep(0.5 * attempt)
+
+    def _master_alive(self) -> bool:
+        try:
+            return subprocess.run(self._ssh_args() + ["-O", "check", self._target], stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10).returncode == 0
+        except subprocess.TimeoutExpired:
+            return False
 
     def _start_master(self) -> DeviceError | None:
         with tempfile.TemporaryFile() as errf:

@@ -154,6 +154,8 @@ def test_connection_dropped_during_pull_keeps_the_partial_file(own_sshd, tmp_pat
             threading.Timer(1.5, own_sshd.drop_connections).start()
             with pytest.raises(TransportDropped) as ei:
                 dev.pull(str(fifo), tmp_path / "got")
+            release.set()
+            assert dev.exec(["true"], timeout=10).rc == 0  # sshd still listens: a fresh master connects
     finally:
         release.set()
         t.join()
