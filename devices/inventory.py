@@ -308,3 +308,26 @@ def make_device(spec: DeviceSpec):
 def resolve_device(name_or_uri: str, inventory: str | os.PathLike | None = None):
     """Name or URI -> an open-able :class:`Device` (connection happens on first use)."""
     return make_device(get_spec(name_or_uri, inventory))
+
+
+def get_specs(names: str | None, inventory: str | os.PathLike | None = None, *, all_devices: bool = False
+              ) -> list[DeviceSpec]:
+    """``--device a,b,c`` (names or URIs, comma-separated) or ``--all`` (every device in the file).
+
+    A URI that itself contains a comma must be given a name in the inventory.
+    """
+    if all_devices:
+        if names:
+            raise InventoryError("give --device or --all, not both")
+        specs = load_inventory(inventory)
+        named = [spec for name, spec in specs.items() if name != LOCAL_SPEC_NAME]
+        if not named:
+            raise InventoryError(f"--all: no devices in {inventory_path(inventory)}",
+                                 hint="Add [devices.NAME] tables with a uri each.")
+        return named
+    items = [item.strip() for item in (names or "").split(",") if item.strip()]
+    if not items:
+        raise InventoryError("no device given", hint="Pass --device NAME_OR_URI[,...] or --all.")
+    if len(set(items)) != len(items):
+        raise InventoryError(f"a device is named twice in {names!r}")
+    return [get_spec(item, inventory) for item in items]

@@ -118,3 +118,19 @@ def test_broken_toml_is_an_error(tmp_path):
     inv.write_text("[devices.x\nuri=")
     with pytest.raises(InventoryError, match="cannot read inventory"):
         load_inventory(inv)
+
+
+def test_several_devices_by_list_or_all(tmp_path):
+    from edgerun.devices import get_specs
+
+    inv = tmp_path / "devices.toml"
+    inv.write_text('[devices.a]\nuri = "qemu-aarch64://"\n[devices.b]\nuri = "ssh://pi@h"\n')
+    assert [s.name for s in get_specs("a, local,qemu-aarch64://?cpu=cortex-a72", inv)] == \
+        ["a", "local", "qemu-aarch64://"]
+    assert [s.name for s in get_specs(None, inv, all_devices=True)] == ["a", "b"]
+    with pytest.raises(InventoryError, match="twice"):
+        get_specs("a,a", inv)
+    with pytest.raises(InventoryError, match="not both"):
+        get_specs("a", inv, all_devices=True)
+    with pytest.raises(InventoryError, match="no device"):
+        get_specs(" , ", inv)
