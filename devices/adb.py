@@ -147,26 +147,34 @@ class AdbDevice(Device):
                           stage, result=result, hint=err_.hint)
 
     def push(self, local, remote) -> None:
-        self._check_open("push")
-        src = Path(local)
-        if not src.is_file():
-            raise self._error(DeviceError, f"cannot push {src}: no such file", "push")
-        part = remote + ".part"
-        mkdir = f"mkdir -p {shlex.quote(os.path.dirname(remote) or '/')}"
-        self._check_sh(self._shell(mkdir + "; printf '\\n@@edgerun:rc=%s\\n' $? >&2", timeout=60), "push", mkdir)
-        self._transfer(["push", str(src), part], "push", f"pushing {src} to {remote}")
-        mode = "755" if os.access(src, os.X_OK) else "644"
-        finish = f"chmod {mode} {shlex.quote(part)} && mv -f {shlex.quote(part)} {shlex.quote(remote)}"
-        self._check_sh(self._shell(finish + "; printf '\\n@@edgerun:rc=%s\\n' $? >&2", timeout=60), "push", finish)
+        self.push_many([(local, remote)])
 
-    def _check_sh(self, ran, stage: str, what: str) -> None:
-        proc, out, err, timed_out = ran
+    def push_many(self, pairs) -> None:
+        """One shell for the directories, one ``adb push`` per file (to ``.part``), one shell to
+        set modes and rename everything into place."""
+        pairs = [(Path(local), remote) for local, remote in pairs]
+        if not pairs:
+            return
+        self._check_open("push")
+        for src, _ in pairs:
+            if not src.is_file():
+                raise self._error(DeviceError, f"cannot push {src}: no such file", "push")
+        dirs = sorted({os.path.dirname(r) or "/" for _, r in pairs})
+        self._sh("mkdir -p " + " ".join(shlex.quote(d) for d in dirs), "push")
+        for src, remote in pairs:
+            self._transfer(["push", str(src), remote + ".part"], "push", f"pushing {src} to {remote}")
+        self._sh(" && ".join(f"chmod {'755' if os.access(src, os.X_OK) else '644'} {shlex.quote(r + '.part')} && "
+                             f"mv -f {shlex.quote(r + '.part')} {shlex.quote(r)}" for src, r in pairs), "push")
+
+    def _sh(self, script: str, stage: str) -> None:
+        """Run a device-side shell command of edgerun's own; fail loudly if it fails."""
+        proc, out, err, timed_out = self._shell(script + "; printf '\\n@@edgerun:rc=%s\\n' $? >&2", timeout=60)
         status = parse_remote_stderr(err)
-        result = ExecResult(("sh", "-c", what), status.rc if status.rc is not None else -1, out, status.stderr, 0.0)
+        result = ExecResult(("sh", "-c", script), status.rc if status.rc is not None else -1, out, status.stderr, 0.0)
         if timed_out or status.rc is None:
-            raise self._error(TransportDropped, f"lost {self._label} during `{what}`", stage, result=result)
+            raise self._error(TransportDropped, f"lost {self._label} during `{script[:80]}`", stage, result=result)
         if status.rc != 0:
-            raise self._error(DeviceError, f"`{what}` failed: {status.stderr.decode('utf-8', 'replace').strip()}",
+            raise self._error(DeviceError, f"`{script[:80]}` failed: {status.stderr.decode('utf-8', 'replace').strip()}",
                               stage, result=result)
 
     def pull(self, remote, local) -> None:
