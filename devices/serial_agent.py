@@ -95,12 +95,10 @@ class Agent:
         return real
 
     def hello(self, frame: Frame) -> dict:
-        from edgerun import __version__
-
         asked = frame.json().get("protocol")
         if asked != VERSION:
             raise RequestError("version", f"agent speaks protocol {VERSION}, host asked for {asked}")
-        return {"protocol": VERSION, "agent": "edgerun-serial-agent", "agent_version": __version__,
+        return {"protocol": VERSION, "agent": "edgerun-serial-agent", "agent_version": _version(),
                 "emulated": self.emulated,
                 "emulator": "edgerun serial agent (a host process standing in for board firmware)"
                 if self.emulated else None,
@@ -253,6 +251,15 @@ class Agent:
                 f.write(data)
             res[f"{name}_path"] = path
         return res
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("edgerun")
+    except metadata.PackageNotFoundError:  # copied onto a board without installing
+        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -154,3 +154,34 @@ def test_full_disk_on_the_board_is_a_no_space_error(serial_line, files):
         with pytest.raises(NoSpaceError) as ei:
             dev.push(files[0], f"{dev.work_dir}/blob.bin")
     assert ei.value.stage == "push"
+
+
+def test_agent_over_a_socat_pty_pair(tmp_path):
+    """The same, with the pty pair made by socat (what a user does to try the agent by hand)."""
+    import shutil
+    import subprocess
+    import time
+
+    if not shutil.which("socat"):
+        pytest.skip("socat not installed (Debian socat)")
+    host, board = tmp_path / "ttyHOST", tmp_path / "ttyBOARD"
+    socat = subprocess.Popen(["socat", f"pty,raw,echo=0,link={host}", f"pty,raw,echo=0,link={board}"],
+                             stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    agent = None
+    try:
+        deadline = time.monotonic() + 10
+        while not (host.exists() and board.exists()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        agent = subprocess.Popen([sys.executable, "-m", "edgerun.devices.serial_agent", str(board),
+                                  str(tmp_path / "sandbox")], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                 text=True)
+        assert "serving" in agent.stdout.readline()
+        with resolve_device(f"serial://{host}") as dev:
+            res = dev.exec(["sh", "-c", "echo over socat"], timeout=10)
+            assert dev.info().emulated
+        assert res.stdout == b"over socat\n"
+    finally:
+        for proc in (agent, socat):
+            if proc is not None:
+                proc.terminate()
+                proc.wait(timeout=5)
