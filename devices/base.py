@@ -157,8 +157,9 @@ class DeviceInfo:
 class Device(abc.ABC):
     """One place programs run. Use as a context manager; every method names the device on error.
 
-    Subclasses implement ``_exec``, ``push``, ``pull`` and ``_probe_raw``; ``exec`` adds the
-    device's ``wrapper`` (e.g. ``qemu-aarch64 -cpu cortex-a76``) and ``env`` from the inventory.
+    Subclasses implement ``_exec``, ``push`` and ``pull`` (and may override ``push_many`` and
+    ``_probe_raw``); ``exec`` adds the device's ``wrapper`` (e.g. ``qemu-aarch64 -cpu cortex-a76``)
+    and ``env`` from the inventory. Connections open lazily, on first use.
     """
 
     transport: str = "?"
