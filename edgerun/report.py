@@ -126,7 +126,7 @@ def to_markdown(records: Sequence[RunRecord], comparisons: Sequence[RunCompariso
         lines += ["Common to all runs: " + ", ".join(f"{k}={fmt_value(k, v)}" for k, v in common.items()), ""]
     lines += _md_table(columns, [[fmt_value(c, row[c]) for c in columns] for row in rows])
     for c in comparisons:
-        lines += ["", f"## {c.run_b} vs {c.run_a}: **{c.verdict}**", "",
+        lines += ["", f"## {c.run_b} vs {c.run_a}: **{c.verdict}**" + ("" if c.reliable else " (unreliable)"), "",
                   f"Median {c.latency.median_a_ms:.4g} → {c.latency.median_b_ms:.4g} ms "
                   f"({c.latency.delta_rel:+.1%}), Mann–Whitney p = {c.latency.p_value:.3g} "
                   f"(α = {c.latency.alpha}, practical threshold ±{c.latency.min_effect:.0%}).", ""]
@@ -362,7 +362,8 @@ def to_html(records: Sequence[RunRecord], comparisons: Sequence[RunComparison] =
 
     for c in comparisons:
         parts.append(f"<h2>{html.escape(c.run_b)} vs {html.escape(c.run_a)}</h2>")
-        parts.append(f'<p class="verdict">{html.escape(c.verdict)}</p>')
+        parts.append(f'<p class="verdict">{html.escape(c.verdict)}'
+                     + ("" if c.reliable else " (unreliable: see the warnings below)") + "</p>")
         parts.append(f"<p>Median {c.latency.median_a_ms:.4g} → {c.latency.median_b_ms:.4g} ms "
                      f"({c.latency.delta_rel:+.1%}); Mann–Whitney U p = {c.latency.p_value:.3g} "
                      f"(α = {c.latency.alpha}); practical threshold ±{c.latency.min_effect:.0%}.</p>")

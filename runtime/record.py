@@ -29,7 +29,7 @@ from edgerun.errors import EdgerunError
 from edgerun.runtime.accuracy import AccuracyResult, compare_vectors
 from edgerun.runtime.optable import OperatorProfile, ProfilingError, operator_table
 from edgerun.runtime.stats import (
-    DEFAULT_ALPHA, DEFAULT_MIN_EFFECT, LatencyStats, SampleComparison, compare_samples, summarize,
+    DEFAULT_ALPHA, DEFAULT_MIN_EFFECT, VERDICT_SAME, LatencyStats, SampleComparison, compare_samples, summarize,
 )
 
 log = logging.getLogger("edgerun.record")
@@ -434,13 +434,15 @@ class RunComparison:
     run_a: str
     run_b: str
     verdict: str  # from the execute-time samples: faster / slower / no significant change (B vs A)
+    reliable: bool  # False when either run was unstable (CV, drift, too few samples) or emulated
     latency: SampleComparison
     metrics: tuple[MetricDelta, ...]
     operators: tuple[MetricDelta, ...]  # per operator median_ms, matched by name
     warnings: tuple[str, ...]
 
     def to_dict(self) -> dict:
-        return {"run_a": self.run_a, "run_b": self.run_b, "verdict": self.verdict, "latency": self.latency.to_dict(),
+        return {"run_a": self.run_a, "run_b": self.run_b, "verdict": self.verdict, "reliable": self.reliable,
+                "latency": self.latency.to_dict(),
                 "metrics": [asdict(m) for m in self.metrics], "operators": [asdict(m) for m in self.operators],
                 "warnings": list(self.warnings)}
 
@@ -488,5 +490,10 @@ def compare_records(a: RunRecord, b: RunRecord, *, alpha: float = DEFAULT_ALPHA,
         for ra in a.operators.rows:
             if ra.name in rows_b:
                 ops.append(_delta(ra.name, ra.median_ms, rows_b[ra.name].median_ms, "lower"))
-    return RunComparison(run_a=a.run_id, run_b=b.run_id, verdict=latency.verdict, latency=latency,
+    # A verdict between unstable runs may measure the machine (other load, throttling), not the program.
+    reliable = not (a.latency.warnings or b.latency.warnings or EMULATED in (a.source, b.source))
+    if not reliable and latency.verdict != VERDICT_SAME:
+        warnings.append(f"'{latency.verdict}' is unreliable: a run was unstable or emulated, so the machine may "
+                        "have changed rather than the program; re-run both on a quiet machine (or interleaved)")
+    return RunComparison(run_a=a.run_id, run_b=b.run_id, verdict=latency.verdict, reliable=reliable, latency=latency,
                          metrics=metrics, operators=tuple(ops), warnings=tuple(warnings))

@@ -158,7 +158,8 @@ def print_comparison(c) -> None:
 
     colour = {"faster": "green", "slower": "red"}.get(c.verdict, "cyan")
     lat = c.latency
-    out.print(f"[bold]{c.run_b}[/] vs [bold]{c.run_a}[/]: [bold {colour}]{c.verdict}[/]  "
+    caveat = "" if c.reliable else " [yellow](unreliable: see warnings)[/]"
+    out.print(f"[bold]{c.run_b}[/] vs [bold]{c.run_a}[/]: [bold {colour}]{c.verdict}[/]{caveat}  "
               f"(median {_ms(lat.median_a_ms)} → {_ms(lat.median_b_ms)} ms, {lat.delta_rel:+.1%}; "
               f"Mann–Whitney p = {lat.p_value:.3g}, α = {lat.alpha}; needs |Δ| > {lat.min_effect:.0%})",
               highlight=False)

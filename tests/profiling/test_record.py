@@ -111,3 +111,16 @@ def test_a_slowed_run_is_called_slower_with_metric_deltas():
     assert rss.delta_rel == pytest.approx(1.0)
     med = next(m for m in c.metrics if m.metric == "median_ms")
     assert med.delta_rel == pytest.approx(0.2, abs=0.02)
+
+
+def test_a_verdict_between_unstable_runs_is_marked_unreliable():
+    rng = np.random.default_rng(1)
+    steady = (5 * MS * (1 + 0.02 * rng.standard_normal(100))).astype(int)
+    busy = (np.linspace(6, 9, 100) * MS).astype(int)  # drifting: another job took the CPU
+    c = compare_records(analyse(runner_lines(steady), manifest(), HOST_INFO),
+                        analyse(runner_lines(busy), manifest(), HOST_INFO))
+    assert c.verdict == VERDICT_SLOWER and not c.reliable
+    assert any("unreliable" in w for w in c.warnings)
+    c2 = compare_records(analyse(runner_lines(steady), manifest(), HOST_INFO),
+                         analyse(runner_lines((steady * 1.3).astype(int)), manifest(), HOST_INFO))
+    assert c2.verdict == VERDICT_SLOWER and c2.reliable

@@ -22,7 +22,7 @@ def store(real_record, interleaved_runs, tmp_path_factory):
     rng = np.random.default_rng(5)
     same_a = analyse(runner_lines(a_ns), manifest(), HOST_INFO, run_id="r-20261128-aaaaaa")
     same_b = analyse(runner_lines(b_ns), manifest(), HOST_INFO, run_id="r-20261128-bbbbbb")
-    other = analyse(runner_lines((np.array(a_ns) * 1.5 * (1 + 0.01 * rng.standard_normal(len(a_ns)))).astype(int)),
+    other = analyse(runner_lines((np.median(a_ns) * 1.5 * (1 + 0.01 * rng.standard_normal(len(a_ns)))).astype(int)),
                     manifest(name="othernet"), HOST_INFO, run_id="r-20261128-cccccc")
     with Store(path) as s:
         for r in (real_record, same_a, same_b, other):
