@@ -18,6 +18,8 @@ source hash, so a change to any of them builds a new bundle and an unchanged one
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -177,11 +179,29 @@ def _pip_download_aarch64_wheel(version: str, dest: Path) -> Path:
     return found[-1]
 
 
+@contextlib.contextmanager
+def _locked(directory: Path):
+    """An exclusive lock on ``directory`` (shared by every process and EDGERUN_HOME using it)."""
+    with open(directory / ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def aarch64_executorch_root(version: str) -> Path:
     """The aarch64 wheel's ``executorch`` package (headers and libraries only), unpacked in the cache."""
     cache = wheel_cache_dir()
     unpacked = cache / f"executorch-{version}-{AARCH64_WHEEL_PLATFORM}"
     root = unpacked / "executorch"
+    with _locked(cache):
+        _unpack_aarch64_wheel(cache, version, unpacked)
+    _check_runtime_root(root, f"the aarch64 executorch {version} wheel")
+    return root
+
+
+def _unpack_aarch64_wheel(cache: Path, version: str, unpacked: Path) -> None:
     if not (unpacked / ".complete").exists():
         wheel = _pip_download_aarch64_wheel(version, cache)
         tmp = cache / f".unpack-{os.getpid()}"
@@ -197,12 +217,7 @@ def aarch64_executorch_root(version: str) -> Path:
                               stage="build runtime", hint="Run the build again to download it anew.") from exc
         (tmp / ".complete").write_text(wheel.name + "\n")
         shutil.rmtree(unpacked, ignore_errors=True)
-        try:
-            os.replace(tmp, unpacked)
-        except OSError:  # another process unpacked it first
-            shutil.rmtree(tmp, ignore_errors=True)
-    _check_runtime_root(root, f"the aarch64 executorch {version} wheel")
-    return root
+        os.replace(tmp, unpacked)
 
 
 def executorch_root(arch: str, version: str) -> Path:
@@ -424,7 +439,14 @@ def build_bundle(req: BuildRequest) -> Bundle:
     build_dir = cache_dir("build") / key
     if req.force:
         shutil.rmtree(build_dir, ignore_errors=True)
-    binary = compile_runner(req, et_root, et_version, source_hash, build_dir)
-    bundle = assemble_bundle(req, binary, et_root, et_version, source_hash, dest)
+    build_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(build_dir):  # two processes sharing an EDGERUN_HOME build one at a time
+        if dest.exists() and not req.force:
+            with contextlib.suppress(BundleError):
+                bundle = load_bundle(dest)
+                if not verify_bundle(bundle) and bundle.tarball.exists():
+                    return bundle  # the other process built it meanwhile
+        binary = compile_runner(req, et_root, et_version, source_hash, build_dir)
+        bundle = assemble_bundle(req, binary, et_root, et_version, source_hash, dest)
     log.info("bundle %s: %.1f MB (%s)", dest, bundle.total_bytes / 1e6, bundle.tarball.name)
     return bundle

@@ -141,3 +141,25 @@ def test_build_request_is_validated():
         rbuild.BuildRequest(variant="tiny")
     with pytest.raises(ValueError, match="jobs"):
         rbuild.BuildRequest(jobs=0)
+
+
+def test_aarch64_wheel_is_unpacked_from_the_cache(aarch64_bundle, tmp_path, monkeypatch):
+    """A wheel already in $EDGERUN_WHEEL_CACHE is used as is (no download); a damaged one is removed."""
+    version = aarch64_bundle.executorch_version
+    (wheel,) = rbuild.wheel_cache_dir().glob(f"executorch-{version}-*{rbuild.AARCH64_WHEEL_PLATFORM}*.whl")
+    cache = tmp_path / "wheels"
+    cache.mkdir()
+    shutil.copyfile(wheel, cache / wheel.name)
+    monkeypatch.setenv("EDGERUN_WHEEL_CACHE", str(cache))
+    root = rbuild.aarch64_executorch_root(version)
+    assert root == cache / f"executorch-{version}-{rbuild.AARCH64_WHEEL_PLATFORM}" / "executorch"
+    assert (root / "lib" / "libexecutorch.so").read_bytes()[:4] == b"\x7fELF"
+    assert rbuild.aarch64_executorch_root(version) == root  # second call: already complete
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / wheel.name).write_bytes(b"not a zip file")
+    monkeypatch.setenv("EDGERUN_WHEEL_CACHE", str(broken))
+    with pytest.raises(BundleError, match="not a valid wheel"):
+        rbuild.aarch64_executorch_root(version)
+    assert not (broken / wheel.name).exists()

@@ -59,6 +59,19 @@ def test_truncated_program(host_bundle, artifacts, tmp_path):
     assert res.error["error"] in ("InvalidProgram", "InvalidArgument", "InvalidExternalData")
 
 
+def test_program_from_an_incompatible_executorch(host_bundle, artifacts, tmp_path):
+    """The .pte's file identifier (bytes 4-8, e.g. ET12) is its schema version: a program written
+    by an ExecuTorch with another schema is refused at load, and the log says which."""
+    data = bytearray((artifacts["fp32"] / "model.pte").read_bytes())
+    current = bytes(data[4:8]).decode()
+    data[4:8] = b"ET99"
+    bad = tmp_path / "future.pte"
+    bad.write_bytes(bytes(data))
+    err = _error(_run(host_bundle, bad), "load", 10, "InvalidProgram")
+    assert "incompatible ExecuTorch version" in err["message"]
+    assert any("ET99" in line and current in line for line in err["log"]), err["log"]
+
+
 def test_not_a_program_at_all(host_bundle, tmp_path):
     bad = tmp_path / "text.pte"
     bad.write_text("this is not an ExecuTorch program\n" * 10)
