@@ -27,7 +27,7 @@ ALWAYS = ("run_id", "median_ms", "ci95_low_ms", "ci95_high_ms", "p90_ms", "p99_m
 # Provenance that goes into the closing versions line instead of the table.
 VERSION_COLUMNS = ("edgerun_version", "git_commit", "executorch_version", "runner_version")
 # Columns that identify a run: shown in the table when they vary, else in the "common" line.
-TIME_COLUMNS = ("created_at",)
+TIME_COLUMNS = ("created_at",)  # never tabulated: in each run's section, CSV and JSON
 
 
 # ------------------------------------------------------------------------------- formatting
@@ -62,9 +62,11 @@ def varying_columns(rows: Sequence[dict]) -> tuple[list[str], dict[str, Any]]:
         if col in VERSION_COLUMNS:
             continue
         values = [r[col] for r in rows]
+        if col in TIME_COLUMNS:
+            continue
         if col in ALWAYS or (len(rows) > 1 and any(v != values[0] for v in values)):
             columns.append(col)
-        elif values[0] is not None and col not in TIME_COLUMNS:
+        elif values[0] is not None:
             common[col] = values[0]
     return columns, common
 
@@ -171,6 +173,12 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+def _wide_range(records: Sequence[RunRecord]) -> bool:
+    """Medians more than 20x apart (e.g. emulated next to measured): plot on a log scale."""
+    medians = [r.latency.median_ms for r in records if r.latency.median_ms > 0]
+    return len(medians) > 1 and max(medians) / min(medians) > 20
+
+
 def _short(r: RunRecord) -> str:
     bits = [r.run_id, r.model.scheme or "", r.device_name]
     return " · ".join(b for b in bits if b)
@@ -190,7 +198,11 @@ def plot_latency_distribution(records: Sequence[RunRecord]) -> bytes:
                     fmt="o", color="crimson", capsize=4)
     ax.set_yticks(pos, [_short(r) for r in records])
     ax.invert_yaxis()  # first run on top, as in the tables
-    ax.set_xlabel("execute time per iteration (ms) — red: median with bootstrap 95 % CI")
+    log = _wide_range(records)
+    if log:
+        ax.set_xscale("log")
+    ax.set_xlabel("execute time per iteration (ms" + (", log scale" if log else "")
+                  + ") — red: median with bootstrap 95 % CI")
     ax.set_title("Latency distribution (timed iterations, every sample)")
     return _png(fig)
 
@@ -206,6 +218,8 @@ def plot_samples_over_time(records: Sequence[RunRecord]) -> bytes:
         if warm:
             ax.plot(range(len(warm)), warm, marker="x", ls="none", color=line.get_color())
     ax.set_xlabel("iteration (x: warm-up)")
+    if _wide_range(records):
+        ax.set_yscale("log")
     ax.set_ylabel("execute (ms)")
     ax.set_title("Samples in order")
     ax.legend(fontsize=8)
@@ -242,6 +256,8 @@ def plot_comparison(records: Sequence[RunRecord]) -> bytes:
     ax.scatter(x, [r.latency.p90_ms for r in records], marker="_", s=400, color="black", label="p90", zorder=3)
     ax.scatter(x, [r.latency.p99_ms for r in records], marker="_", s=400, color="crimson", label="p99", zorder=3)
     ax.set_xticks(x, [_short(r) for r in records], rotation=20, ha="right", fontsize=8)
+    if _wide_range(records):
+        ax.set_yscale("log")
     ax.set_ylabel("execute (ms)")
     ax.set_title("Comparison across runs (orange: emulated — checks function, not speed)")
     ax.legend(fontsize=8)
@@ -377,6 +393,9 @@ def to_html(records: Sequence[RunRecord], comparisons: Sequence[RunComparison] =
 
     for r in records:
         parts.append(f"<h2>Run {html.escape(r.run_id)}</h2>")
+        parts.append(f"<p class=small>{html.escape(r.created_at)} · {html.escape(r.model.name)} "
+                     f"({html.escape(str(r.model.scheme))}, target {html.escape(str(r.model.target))}) on "
+                     f"{html.escape(r.device_name)} · {r.provenance.threads} threads</p>")
         parts.append("<p>" + " ".join(f"{html.escape(k)} {_label(v)}" for k, v in r.labels.items()) + "</p>")
         if r.operators is not None:
             ops = r.operators
