@@ -25,6 +25,7 @@ from typing import Any, Sequence
 
 from edgerun.errors import EdgerunError
 
+from .build import host_arch
 from .bundle import Bundle, load_bundle, require_intact, runner_prefix
 
 PROTOCOL_VERSION = 1
@@ -282,8 +283,6 @@ def run_local(bundle_dir: str | os.PathLike | Bundle, program: str | os.PathLike
     if emulator and shutil.which(emulator[0]) is None:
         raise RunnerError(f"the emulator {emulator[0]} is not installed.", stage="run",
                           hint="Install qemu-user (scripts/setup, or apt-get install qemu-user).")
-    from .build import host_arch  # local import: build pulls in nothing heavy, but keep the graph simple
-
     if bundle.arch != host_arch() and not emulator:
         raise RunnerError(f"bundle {bundle.path} is for {bundle.arch}; this machine is {host_arch()}.",
                           stage="run", hint=f"Build a host bundle (`edgerun runtime build --arch host`), or run "
@@ -331,8 +330,10 @@ def run_artifact_local(artifact: str | os.PathLike, bundle_dir: str | os.PathLik
         inputs = [str(art / p) for p in vectors[vector]["inputs"]]
     out_dir = Path(outputs_dir) if outputs_dir else None
     etdump_path = None
-    if etdump:
-        base = out_dir or art
+    if etdump:  # beside the outputs, else in a fresh run folder: never inside the artifact
+        from edgerun.config import cache_dir
+
+        base = out_dir or cache_dir("runs", f"{art.name}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
         base.mkdir(parents=True, exist_ok=True)
         etdump_path = base / "run.etdp"
     result = run_local(bundle, pte, inputs, options=options, etdump_path=etdump_path, outputs_dir=out_dir,

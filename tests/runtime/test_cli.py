@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from rt_helpers import vector_inputs
 
@@ -63,3 +64,14 @@ def test_run_human_output(cli, host_bundle, artifacts):
     proc = cli("run", str(artifacts["fp32"]), "--bundle", str(host_bundle.path), "--iterations", "3")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "median" in proc.stdout and "executorch" in proc.stdout
+
+
+def test_run_etdump_never_lands_in_the_artifact(cli, host_bundle, artifacts, edgerun_home):
+    art = artifacts["fp32"]
+    before = sorted(p.name for p in art.rglob("*"))
+    proc = cli("run", str(art), "--bundle", str(host_bundle.path), "--etdump", "--json",
+               env={"EDGERUN_HOME": str(edgerun_home)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    path = _json(proc)["runner"]["summary"]["etdump"]["path"]
+    assert path.startswith(str(edgerun_home / "cache" / "runs")) and Path(path).stat().st_size > 0
+    assert sorted(p.name for p in art.rglob("*")) == before
