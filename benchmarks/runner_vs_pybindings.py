@@ -8,9 +8,10 @@ hits both, then prints both medians, their ratio and a rank test. On demand, not
     .venv/bin/python benchmarks/runner_vs_pybindings.py --model mobilenet_v2 --scheme fp32
     .venv/bin/python benchmarks/runner_vs_pybindings.py --artifact artifacts/mobilenet_v2-host-int8
 
-Both sides use the same program, the same inputs (test vector 0) and ExecuTorch's default thread
-pool size unless --threads is given (then only the runner can be told; the pybindings keep the
-default and the output says so).
+Both sides use the same program, the same inputs (test vector 0) and the same thread pool size:
+ExecuTorch's default, or --threads N for both (the pybindings through their
+``_unsafe_reset_threadpool``). Use --threads 1 on a busy machine: a spinning multi-thread pool
+measures the neighbours more than the program.
 """
 
 from __future__ import annotations
@@ -34,6 +35,14 @@ def _artifact(args) -> Path:
     print(f"exporting {args.model} ({args.scheme}) to {out} ...", file=sys.stderr)
     export_model(args.model, "host", args.scheme, out)
     return out
+
+
+def _pybindings_threads(threads: int) -> int:
+    from executorch.extension.pybindings import portable_lib
+
+    if threads:
+        portable_lib._unsafe_reset_threadpool(threads)
+    return portable_lib._threadpool_get_thread_count()
 
 
 def _pybindings_samples(pte: Path, inputs: list[np.ndarray], warmup: int, iterations: int) -> list[int]:
@@ -79,6 +88,7 @@ def main() -> int:
     runner_ns: list[int] = []
     py_ns: list[int] = []
     threads = None
+    py_threads = _pybindings_threads(args.threads)
     for r in range(args.rounds):
         res = run_local(bundle, art / "model.pte", inputs, options=opts)
         threads = res.header["threads"]
@@ -94,7 +104,7 @@ def main() -> int:
         "runner": {"median_ms": rs.median_ms, "ci95_ms": [rs.ci95_low_ms, rs.ci95_high_ms], "n": rs.n,
                    "threads": threads, "warnings": list(rs.warnings)},
         "pybindings": {"median_ms": ps.median_ms, "ci95_ms": [ps.ci95_low_ms, ps.ci95_high_ms], "n": ps.n,
-                       "threads": "executorch default", "warnings": list(ps.warnings)},
+                       "threads": py_threads, "warnings": list(ps.warnings)},
         "ratio_runner_over_pybindings": rs.median_ms / ps.median_ms,
         "comparison": cmp.to_dict(),
     }
