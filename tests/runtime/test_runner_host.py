@@ -136,3 +136,21 @@ def test_run_options_are_validated():
                 dict(threads=-2), dict(method=""), dict(iterations=5, max_iterations=4)):
         with pytest.raises(ValueError):
             RunOptions(**bad)
+
+
+@pytest.mark.parametrize("kind", ["fp32", "int8"])
+def test_slim_bundle_runs_fully_delegated_programs(kind, slim_bundle, host_bundle, artifacts, tmp_path):
+    from rt_helpers import manifest_of
+
+    from edgerun.runtime.preflight import preflight
+
+    art = artifacts[kind]
+    assert manifest_of(art)["operators"]["non_delegated"] == {}
+    assert preflight(manifest_of(art), slim_bundle).ok
+    slim = run_local(slim_bundle.path, art / "model.pte", vector_inputs(art), iterations=1,
+                     outputs_dir=tmp_path / "slim")
+    full = run_local(host_bundle.path, art / "model.pte", vector_inputs(art), iterations=1,
+                     outputs_dir=tmp_path / "full")
+    assert slim.header["build"]["variant"] == "slim" and full.header["build"]["variant"] == "full"
+    for a, b in zip(slim.output_paths, full.output_paths):
+        assert np.array_equal(np.load(a), np.load(b))
