@@ -9,6 +9,7 @@ is, so a bundle can be checked (sha256 of every file) and matched against a prog
      "arch": "aarch64", "variant": "full", "executorch_version": "1.5.1",
      "runner": "edgerun-runner", "runner_version": "0.1.0", "runner_source_hash": "…",
      "loader": "ld-linux-aarch64.so.1",            # null for x86_64 bundles (system loader)
+     "start": ["./ld-linux-aarch64.so.1", "--library-path", ".", "./edgerun-runner", "--model", "PROGRAM.pte"],
      "backends": ["XnnpackBackend"],
      "kernel_libraries": ["libexecutorch_kernels_optimized.so", …],
      "operators": ["aten::add.out", …],           # what the runner registered (--list-kernels)
