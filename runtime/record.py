@@ -191,16 +191,25 @@ def new_run_id(now: _dt.datetime | None = None) -> str:
 
 @functools.lru_cache(maxsize=1)
 def edgerun_git_commit() -> str | None:
-    """The commit of the edgerun source tree this runs from (``+dirty`` if modified); None if unknown."""
+    """The commit of the edgerun source tree this runs from, best effort.
+
+    ``+dirty`` when tracked files are modified, ``+unchecked`` when that could not be told in time
+    (a busy machine); None outside a git checkout (an installed wheel).
+    """
     here = Path(__file__).resolve().parent
     try:
         sha = subprocess.run(["git", "-C", str(here), "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                             text=True, timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+                             text=True, timeout=20, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
-    return f"{sha}+dirty" if dirty else (sha or None)
+    if not sha:
+        return None
+    try:
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=20, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return f"{sha}+unchecked"
+    return f"{sha}+dirty" if dirty else sha
 
 
 def _edgerun_version() -> str:
