@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import warnings
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
@@ -133,6 +134,11 @@ def _check_file(path: str | os.PathLike, what: str) -> Path:
     return p
 
 
+# ExecuTorch's ETRecord deserialisation is not thread-safe (two threads parsing at once fail), so
+# every Inspector is built under one lock; callers may analyse runs from several threads.
+_INSPECTOR_LOCK = threading.Lock()
+
+
 def load_inspector(etdump_path: str | os.PathLike, etrecord_path: str | os.PathLike | None = None):
     """Build ExecuTorch's Inspector, translating its failures into :class:`ProfilingError`."""
     etdump = _check_file(etdump_path, "ETDump")
@@ -142,7 +148,8 @@ def load_inspector(etdump_path: str | os.PathLike, etrecord_path: str | os.PathL
         try:
             from executorch.devtools.etrecord import parse_etrecord
 
-            etrecord = parse_etrecord(str(rec_path))
+            with _INSPECTOR_LOCK:
+                etrecord = parse_etrecord(str(rec_path))
         except Exception as exc:  # a zip/pickle/flatbuffer error: say which file, keep the cause
             raise ProfilingError(
                 f"ETRecord {rec_path} does not parse ({type(exc).__name__}: {exc}).",
@@ -151,7 +158,7 @@ def load_inspector(etdump_path: str | os.PathLike, etrecord_path: str | os.PathL
     try:
         from executorch.devtools import Inspector
 
-        with warnings.catch_warnings():
+        with _INSPECTOR_LOCK, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "Output Buffer not found": we profile, not debug
             return Inspector(etdump_path=str(etdump), etrecord=etrecord)
     except Exception as exc:

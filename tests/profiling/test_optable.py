@@ -105,3 +105,14 @@ def test_corrupt_etrecord_is_named(tmp_path, profiled_program):
 def test_skip_runs_must_leave_a_run(profiled_program):
     with pytest.raises(ProfilingError, match="leaves no run"):
         operator_table(profiled_program.etdump, skip_runs=WARMUP + TIMED)
+
+
+def test_tables_can_be_built_from_several_threads_at_once(profiled_program, profile):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(_):
+        return operator_table(profiled_program.etdump, profiled_program.etrecord, skip_runs=WARMUP)
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        tables = list(pool.map(one, range(3)))
+    assert all(t.rows == profile.rows for t in tables)
