@@ -49,6 +49,11 @@ def record_json(record, *, full: bool = False) -> dict:
         "latency": record.latency.to_dict(),
         "operators": [{k: v for k, v in r.to_dict().items() if k != "samples_ms"}
                       for r in (record.operators.rows if record.operators else ())],
+        # inside delegate calls: the backend's own events (a model lowered whole is one operator row)
+        "delegate_ops": [{k: v for k, v in r.to_dict().items() if k != "samples_ms"}
+                         for r in (record.operators.delegate_ops if record.operators else ())],
+        "operator_sum_ms": record.operators.op_sum_ms if record.operators else None,
+        "operator_coverage": record.operators.coverage if record.operators else None,
         "memory": record.to_dict()["memory"],
         "accuracy": record.accuracy.to_dict() if record.accuracy else None,
         "labels": record.labels,

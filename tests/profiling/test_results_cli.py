@@ -52,6 +52,8 @@ def test_runs_show_by_prefix_has_the_profile_fields(cli, store, real_record):
     assert d["median"] == pytest.approx(real_record.latency.median_ms) and d["unit"] == "ms"
     assert {"p90", "p99", "operators", "labels"} <= set(d)
     assert d["operators"][0]["name"] == real_record.operators.rows[0].name
+    assert [o["name"] for o in d["delegate_ops"]] == [o.name for o in real_record.operators.delegate_ops]
+    assert d["operator_coverage"] == pytest.approx(real_record.operators.coverage)
     p = cli("runs", "show", real_record.run_id, "--store", str(store))
     assert p.returncode == 0 and "XnnpackBackend[" in p.stdout  # markup-like names printed literally
 
