@@ -120,6 +120,20 @@ def deploy(artifact: str | os.PathLike, device: Device, *, variant: str = "full"
                       pushed=pushed, skipped=skipped)
 
 
+def _exit_words(rc: int, sig: int | None) -> str:
+    import signal as _signal
+
+    if sig is None and 128 < rc < 128 + 65:  # a shell or wrapper reports a signal as 128 + N
+        sig = rc - 128
+    if sig:
+        try:
+            name = _signal.Signals(sig).name
+        except ValueError:
+            name = "?"
+        return f"was killed by signal {sig} ({name}) (exit status {rc})"
+    return f"exited with status {rc}"
+
+
 def new_run_dir(device: str, model: str, root: Path | None = None) -> Path:
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     safe = lambda s: re.sub(r"[^A-Za-z0-9_.-]+", "_", s).strip("_")[:40]  # noqa: E731
@@ -222,10 +236,12 @@ def run_on_device(artifact: str | os.PathLike, device: Device, *, options: RunOp
                                  duration_s=time.monotonic() - started)
     if not result.ok:
         err = result.error or {}
-        sig = f" (killed by signal {res.signal})" if res.signal else ""
         detail = err.get("message") or (res.stderr_text.strip().splitlines() or ["no output"])[-1]
-        raise fail("run", EdgerunError(f"the runner exited with {res.rc}{sig}: {err.get('error', '')} {detail}".strip()),
-                   hint="See runner.stderr.txt in the run directory.")
+        what = f"{err.get('error')}: {detail}" if err.get("error") else detail
+        raise fail("run", EdgerunError(f"the runner {_exit_words(res.rc, res.signal)} after "
+                                       f"{len(result.execute_ns)} timed iteration(s) ({what})"),
+                   hint="See runner.stderr.txt and runner.jsonl in the run directory; a SIGKILL is often the "
+                        "out-of-memory killer.")
 
     outputs: list[Path] = []
     etdump_local: Path | None = None

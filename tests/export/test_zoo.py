@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 # one (target, scheme) per zoo model, spread so that every target and scheme appears
 CASES = {
     "mobilenet_v2": ("rpi5", "int8"),
-    "mobilenet_v3_small": ("rpi4", "fp32"),
+    "mobilenet_v3_small": ("rpi4", "int8"),
     "resnet18": ("host", "fp32"),
     "vit_small": ("jetson-orin", "8da4w"),
     "text_encoder": ("android-arm64", "int8-dynamic"),
