@@ -67,7 +67,7 @@ class RunOptions:
     warmup: int = 1
     iterations: int = 10
     min_time_ms: int = 0
-    max_iterations: int = 100000
+    max_iterations: int = 100000  # caps only the extension by min_time_ms; iterations always run
     threads: int = 0
     fill: str = "random"
     seed: int = 0
@@ -80,8 +80,8 @@ class RunOptions:
             value = getattr(self, name)
             if not isinstance(value, int) or value < lo:
                 raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")
-        if self.max_iterations < self.iterations:
-            raise ValueError(f"max_iterations ({self.max_iterations}) must be >= iterations ({self.iterations})")
+        if not isinstance(self.max_iterations, int) or self.max_iterations < 1:
+            raise ValueError(f"max_iterations must be an integer >= 1, got {self.max_iterations!r}")
         if self.fill not in FILLS:
             raise ValueError(f"fill must be one of {FILLS}, got {self.fill!r}")
         if self.load_mode not in LOAD_MODES:

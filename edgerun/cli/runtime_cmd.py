@@ -138,7 +138,7 @@ def register(app: typer.Typer) -> None:
 
             try:
                 opts = RunOptions(warmup=warmup, iterations=iterations, min_time_ms=min_time_ms,
-                                  max_iterations=max(100000, iterations), threads=threads,
+                                  threads=threads,
                                   fill=fill or "random")
             except ValueError as exc:
                 raise UsageError(str(exc)) from None

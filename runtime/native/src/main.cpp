@@ -248,7 +248,6 @@ std::string parse_args(int argc, char** argv, Options* o) {
   }
   if (o->model.empty() && !o->list_kernels && !o->version && !o->help)
     return "--model is required";
-  if (o->max_iterations < o->iterations) return "--max-iterations must be >= --iterations";
   return "";
 }
 
