@@ -212,3 +212,14 @@ def test_run_command_exits_with_the_runner_code(cli, host_bundle, artifacts, tmp
     assert out["ok"] is False and out["error"]["type"] == "RunnerError"
     assert out["error"]["runner"]["error"]["error"] == "InvalidArgument"
     assert "[2,3,16,16]" in out["error"]["message"]
+
+
+def test_timeout_kills_the_runner_and_keeps_what_it_said(host_bundle, artifacts):
+    from edgerun.runtime.runner import RunOptions
+
+    opts = RunOptions(warmup=0, iterations=1, min_time_ms=600_000)  # would run for ten minutes
+    with pytest.raises(RunnerError, match="did not finish within 2 s") as exc:
+        run_local(host_bundle.path, artifacts["portable"] / "model.pte", options=opts, timeout=2)
+    assert exc.value.exit_code == 14
+    partial = exc.value.result
+    assert partial.header is not None and partial.summary is None and len(partial.execute_ns) > 0
