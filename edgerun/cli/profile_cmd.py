@@ -188,7 +188,7 @@ def register(app: typer.Typer) -> None:
             holder["records"] = records
             if records:
                 path = report or Path(f"bench-{summary['sweep_id']}.html")
-                path.write_text(render(records, "html", title=f"edgerun bench: {model}"), encoding="utf-8")
+                path.write_text(render(records, "html", title=f"edgerun bench: {model}", pareto=True), encoding="utf-8")
                 summary["report"] = str(path)
             summary["runs"] = [record_json(r) for r in records]
             if summary["failures"]:

@@ -1,0 +1,104 @@
+"""``edgerun deploy | profile | bench`` through the real entry point, on real devices (local and
+qemu-aarch64), with real stores: what a user scripting the tool sees."""
+
+import json
+import shutil
+import sqlite3
+
+import pytest
+
+QEMU = shutil.which("qemu-aarch64")
+
+
+@pytest.fixture(scope="module")
+def digits(make_artifact):
+    return make_artifact("digits_cnn", "rpi5", "int8")
+
+
+def _json(r):
+    assert r.stdout.strip(), r.stderr
+    return json.loads(r.stdout)
+
+
+def test_profile_json_has_the_promised_fields_and_is_stored(cli, digits, tmp_path):
+    store = tmp_path / "results.sqlite"
+    r = cli("profile", str(digits), "--device", "local://", "--iterations", "20", "--store", str(store), "--json")
+    assert r.returncode == 0, r.stderr
+    obj = _json(r)
+    for key in ("run_id", "median", "p90", "p99", "operators"):
+        assert key in obj, key
+    assert 0 < obj["median"] <= obj["p90"] <= obj["p99"]
+    assert obj["operators"] and obj["source"] == "measured"
+    assert obj["accuracy"]["outputs"][0]["snr_db"] > 15
+    assert obj["memory"]["peak_rss_bytes"] > 0 and obj["memory"]["pte_bytes"] > 0
+    rows = sqlite3.connect(store).execute("SELECT run_id, median_ms FROM runs").fetchall()
+    assert rows == [(obj["run_id"], pytest.approx(obj["median"]))]
+    n = sqlite3.connect(store).execute("SELECT count(*) FROM samples WHERE run_id=? AND warmup=0",
+                                       (obj["run_id"],)).fetchone()[0]
+    assert n == 20  # every raw sample kept
+
+
+def test_two_runs_of_one_artifact_compare_as_no_significant_change(cli, digits, tmp_path):
+    store = str(tmp_path / "s.sqlite")
+    ids = []
+    for _ in range(2):
+        r = cli("profile", str(digits), "-d", "local://", "--iterations", "40", "--threads", "1",
+                "--store", store, "--json")
+        assert r.returncode == 0, r.stderr
+        ids.append(_json(r)["run_id"])
+    r = cli("compare", *ids, "--store", store, "--json", "--min-effect", "0.25")
+    assert r.returncode == 0, r.stderr
+    assert _json(r)["verdict"] == "no significant change"
+
+
+def test_profile_thread_sweep_stores_one_run_per_count(cli, digits, tmp_path):
+    store = str(tmp_path / "s.sqlite")
+    r = cli("profile", str(digits), "-d", "local://", "--threads", "1,2", "--iterations", "5", "--store", store,
+            "--json")
+    assert r.returncode == 0, r.stderr
+    runs = _json(r)["runs"]
+    assert len(runs) == 2
+    threads = sorted(json.loads(cli("runs", "show", x["run_id"], "--store", store, "--json").stdout)
+                     ["record"]["provenance"]["threads"] for x in runs)
+    assert threads == [1, 2]
+
+
+def test_unreachable_device_fails_that_cell_clearly_and_keeps_the_others(cli, digits, tmp_path):
+    store = str(tmp_path / "s.sqlite")
+    r = cli("profile", str(digits), "-d", "local://,ssh://nobody@127.0.0.1:1?connect_timeout=3", "--iterations", "3",
+            "--store", store, "--json")
+    assert r.returncode != 0
+    obj = _json(r)
+    assert len(obj["runs"]) == 1 and obj["runs"][0]["device"] == "local://"
+    (failure,) = obj["failures"]
+    assert "127.0.0.1" in failure["device"] and failure["error"]["stage"] in ("deploy", "connect")
+    assert sqlite3.connect(store).execute("SELECT count(*) FROM runs").fetchone()[0] == 1
+
+
+def test_deploy_reports_what_it_sent(cli, digits, tmp_path):
+    dev = f"local://?work_dir={tmp_path / 'dev'}"
+    first = _json(cli("deploy", str(digits), "-d", dev, "--json"))["deployments"][0]
+    again = _json(cli("deploy", str(digits), "-d", dev, "--json"))["deployments"][0]
+    assert first["pushed"] and not again["pushed"] and again["skipped"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(QEMU is None, reason="qemu-aarch64 not installed (Debian qemu-user; scripts/setup installs it)")
+def test_bench_sweeps_resumes_and_writes_a_report(cli, tmp_path):
+    store = str(tmp_path / "s.sqlite")
+    report = tmp_path / "bench.html"
+    args = ["bench", "digits_cnn", "--targets", "rpi5", "--schemes", "int8",
+            "--devices", "local://,qemu-aarch64://?cpu=cortex-a76", "--iterations", "5", "--warmup", "1",
+            "--store", store, "--report", str(report), "--json"]
+    r = cli(*args)
+    assert r.returncode == 0, r.stderr
+    first = _json(r)
+    assert first["cells"] == 2 and len(first["run_ids"]) == 2 and not first["failures"]
+    sources = {x["device"]: x["source"] for x in first["runs"]}
+    assert sources["local://"] == "measured" and sources["qemu-aarch64://"] == "emulated"
+    html = report.read_text()
+    assert html.count("<img") >= 4 and 'alt="pareto' in html  # latency, samples, comparison, Pareto
+    # the same sweep again finds every cell stored and runs nothing
+    again = _json(cli(*args))
+    assert again["sweep_id"] == first["sweep_id"] and sorted(again["run_ids"]) == sorted(first["run_ids"])
+    assert sqlite3.connect(store).execute("SELECT count(*) FROM runs").fetchone()[0] == 2
