@@ -41,7 +41,7 @@ RUN_ARCHES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm6
 class DeviceRunError(EdgerunError):
     """A run on a device failed; ``run_dir`` keeps what was produced before it did."""
 
-    exit_code = 9
+    exit_code = 15
     default_stage = "run"
 
     def __init__(self, message: str, *, stage: str, run_dir: Path | None, hint: str | None = None,

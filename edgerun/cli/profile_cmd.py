@@ -193,7 +193,7 @@ def register(app: typer.Typer) -> None:
             summary["runs"] = [record_json(r) for r in records]
             if summary["failures"]:
                 summary["ok"] = False
-                summary["exit_code"] = 9
+                summary["exit_code"] = 15
             return summary
 
         def human(r: dict) -> None:
