@@ -398,6 +398,8 @@ def assemble_bundle(req: BuildRequest, binary: Path, et_root: Path, et_version: 
             "libraries": list(libs),
             "system_libraries": system_libs,
             "operators": sorted(kernels["operators"]) if kernels else None,
+            # which library registered each operator (dladdr of the kernel function, in the runner)
+            "operators_by_library": kernels.get("operators_by_library") if kernels else None,
             "operators_source": how,
             "build": {
                 "compiler": _first_line([_compiler(arch), "--version"]),

@@ -13,6 +13,7 @@ is, so a bundle can be checked (sha256 of every file) and matched against a prog
      "backends": ["XnnpackBackend"],
      "kernel_libraries": ["libexecutorch_kernels_optimized.so", …],
      "operators": ["aten::add.out", …],           # what the runner registered (--list-kernels)
+     "operators_by_library": {"libexecutorch_kernels_optimized.so": ["aten::add.out", …], …},
      "operators_source": "edgerun-runner --list-kernels under qemu-aarch64 -cpu cortex-a72",
      "files": {"edgerun-runner": {"sha256": "…", "bytes": 157992}, …}, "total_bytes": …}
 
@@ -77,6 +78,7 @@ class Bundle:
     kernel_libraries: tuple[str, ...] = ()
     operators: tuple[str, ...] | None = None
     operators_source: str | None = None
+    operators_by_library: dict | None = None
     files: dict = field(default_factory=dict)
     total_bytes: int = 0
     raw: dict = field(default_factory=dict, repr=False, compare=False)
@@ -137,7 +139,8 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
             loader=meta.get("loader"), backends=tuple(meta.get("backends", ())),
             kernel_libraries=tuple(meta.get("kernel_libraries", ())),
             operators=tuple(ops) if ops is not None else None,
-            operators_source=meta.get("operators_source"), files=dict(meta.get("files", {})),
+            operators_source=meta.get("operators_source"),
+            operators_by_library=meta.get("operators_by_library"), files=dict(meta.get("files", {})),
             total_bytes=int(meta.get("total_bytes", 0)), raw=meta)
     except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"{meta_path} is incomplete or inconsistent: {exc}",

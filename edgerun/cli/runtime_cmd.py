@@ -29,7 +29,10 @@ def _show_bundle(b: dict) -> None:
     t.add_row("backends", ", ".join(b.get("backends", [])) or "none")
     t.add_row("kernel libraries", ", ".join(b.get("kernel_libraries", [])) or "none")
     ops = b.get("operators")
-    t.add_row("operators", f"{len(ops)} registered" if ops is not None else "unknown (could not run the runner)")
+    by_lib = b.get("operators_by_library") or {}
+    t.add_row("operators", (f"{len(ops)} registered" + (" (" + ", ".join(f"{lib}: {len(v)}" for lib, v in
+                                                               sorted(by_lib.items())) + ")" if by_lib else ""))
+              if ops is not None else "unknown (could not run the runner)")
     t.add_row("system libraries", ", ".join(b.get("system_libraries", [])) or "none (uses the system's)")
     t.add_row("size", f"{_mb(b.get('total_bytes'))} on disk, {_mb(b.get('tarball_bytes'))} as tar.gz")
     if "intact" in b:
@@ -116,7 +119,15 @@ def register(app: typer.Typer) -> None:
     @app.command("run")
     def run_cmd(
         artifact: Annotated[Path, typer.Argument(help="An artifact directory (from `edgerun export`).")],
-        bundle: Annotated[Path, typer.Option("--bundle", "-b", help="Runtime bundle directory.")],
+        bundle: Annotated[Optional[Path], typer.Option("--bundle", "-b", help=(
+            "Runtime bundle directory: run on this machine with it."))] = None,
+        device: Annotated[Optional[str], typer.Option("--device", "-d", help=(
+            "Run on these devices instead (inventory names or URIs, comma-separated; concurrently). The bundle "
+            "is chosen by each device's arch and results land in a run directory under EDGERUN_HOME/runs."))] = None,
+        all_devices: Annotated[bool, typer.Option("--all", help="Run on every device of the inventory.")] = False,
+        inventory: Annotated[Optional[str], typer.Option("--inventory", envvar="EDGERUN_DEVICES",
+                                                         help="Device inventory TOML.")] = None,
+        timeout: Annotated[float, typer.Option(help="Seconds allowed for a run on a device.")] = 600,
         warmup: Annotated[int, typer.Option(help="Untimed warm-up iterations.")] = 1,
         iterations: Annotated[int, typer.Option("--iterations", "-n", help="Timed iterations.")] = 10,
         min_time_ms: Annotated[int, typer.Option(help="Keep iterating until this much timed time.")] = 0,
@@ -142,7 +153,51 @@ def register(app: typer.Typer) -> None:
                                   fill=fill or "random")
             except ValueError as exc:
                 raise UsageError(str(exc)) from None
+            if device or all_devices:
+                if bundle is not None:
+                    raise UsageError("give --bundle (a run on this machine) or --device, not both.")
+                return _run_on_devices(artifact, device, all_devices, inventory, opts,
+                                       vector=None if fill else vector, etdump=etdump, timeout=timeout)
+            if bundle is None:
+                raise UsageError("nothing to run on.", hint="Give --bundle B (this machine, e.g. from `edgerun "
+                                                            "runtime build`) or --device D (see `edgerun devices list`).")
             return run_artifact_local(artifact, bundle, vector=None if fill else vector, options=opts,
                                       etdump=etdump, outputs_dir=outputs, preflight=not no_preflight)
 
-        execute(work, json_out=json_out, debug=debug, human=_show_run)
+        execute(work, json_out=json_out, debug=debug,
+                human=lambda r: _show_device_runs(r) if "runs" in r else _show_run(r))
+
+
+def _run_on_devices(artifact, device, all_devices, inventory, opts, *, vector, etdump, timeout) -> dict:
+    from edgerun.cli.profile_cmd import _device_list
+    from edgerun.devices.inventory import resolve_device
+    from edgerun.runtime.deploy import DeviceRunError, run_many
+
+    devices = []
+    try:
+        for name in _device_list(device, all_devices, inventory):
+            devices.append(resolve_device(name, inventory))
+        results = run_many(artifact, devices, options=opts, vector=vector, etdump=etdump, timeout=timeout)
+    finally:
+        for d in devices:
+            d.close()
+    runs = [r.to_json() for r in results if not isinstance(r, DeviceRunError)]
+    failures = [r.to_json() for r in results if isinstance(r, DeviceRunError)]
+    out: dict = {"artifact": str(artifact), "runs": runs, "failures": failures}
+    if failures:
+        out.update(ok=False, exit_code=max(f.get("exit_code", 1) for f in failures))
+    return out
+
+
+def _show_device_runs(r: dict) -> None:
+    from rich.console import Console
+
+    con = Console()
+    for run in r["runs"]:
+        ns = run["runner"].get("execute_ns") or []
+        med = sorted(ns)[len(ns) // 2] / 1e6 if ns else float("nan")
+        con.print(f"[bold]{run['device']}[/] ({run['device_info'].get('arch')}"
+                  f"{', emulated' if run['device_info'].get('emulated') else ''}): {len(ns)} timed iteration(s), "
+                  f"median execute {med:.3f} ms -> {run['run_dir']}", highlight=False)
+    for f in r["failures"]:
+        con.print(f"[bold red]failed[/] on {f.get('device')}: {f['message']}", highlight=False, soft_wrap=True)

@@ -32,6 +32,10 @@ def test_host_bundle_describes_itself_and_is_intact(host_bundle):
     # quantized library's quantize op are both there
     assert "aten::convolution.out" in b.operators
     assert "quantized_decomposed::quantize_per_tensor.out" in b.operators
+    by_lib = b.operators_by_library
+    assert "aten::convolution.out" in by_lib["libexecutorch_kernels_optimized.so"]
+    assert "quantized_decomposed::quantize_per_tensor.out" in by_lib["libexecutorch_kernels_quantized.so"]
+    assert sorted({op for ops in by_lib.values() for op in ops}) == list(b.operators)
     assert set(b.files) == {p.name for p in b.path.iterdir() if p.name != "bundle.json"}
     with tarfile.open(b.tarball) as tar:
         names = {m.name.split("/", 1)[1] for m in tar.getmembers() if "/" in m.name}
@@ -52,6 +56,7 @@ def test_runner_keeps_registration_libraries_and_only_origin_rpath(host_bundle):
 def test_slim_bundle_has_no_optimized_kernels(slim_bundle, host_bundle):
     assert "libexecutorch_kernels_optimized.so" not in slim_bundle.files
     assert "aten::convolution.out" not in slim_bundle.operators
+    assert "libexecutorch_kernels_optimized.so" not in slim_bundle.operators_by_library
     assert "XnnpackBackend" in slim_bundle.backends
     assert slim_bundle.total_bytes < host_bundle.total_bytes
     assert slim_bundle.path != host_bundle.path
@@ -71,6 +76,7 @@ def test_aarch64_bundle_is_self_contained_and_small(aarch64_bundle):
     header = (b.path / "edgerun-runner").read_bytes()[:20]
     assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == 183  # EM_AARCH64
     assert b.operators and "aten::convolution.out" in b.operators
+    assert "aten::convolution.out" in b.operators_by_library["libexecutorch_kernels_optimized.so"]
     assert "qemu-aarch64" in b.operators_source
 
 

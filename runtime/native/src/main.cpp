@@ -2,6 +2,7 @@
 //
 // Output is the JSON-lines protocol of PROTOCOL.md (stdout); ExecuTorch's log goes to stderr.
 // No torch, no Python: this is what runs on the device.
+#include <dlfcn.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -13,6 +14,7 @@
 #include <cstring>
 #include <deque>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <random>
 #include <set>
@@ -308,12 +310,29 @@ void print_header() {
       .emit();
 }
 
+// The shared library whose code a registered kernel's function lives in (its registrant).
+std::string library_of(const void* fn) {
+  Dl_info info;
+  if (fn == nullptr || dladdr(fn, &info) == 0 || info.dli_fname == nullptr) return "unknown";
+  const char* base = std::strrchr(info.dli_fname, '/');
+  return base ? base + 1 : info.dli_fname;
+}
+
 void print_kernels() {
   std::set<std::string> ops;
+  std::map<std::string, std::set<std::string>> by_library;
   auto kernels = executorch::runtime::get_registered_kernels();
   for (size_t i = 0; i < kernels.size(); ++i) {
-    if (kernels[i].name_) ops.insert(kernels[i].name_);
+    if (!kernels[i].name_) continue;
+    ops.insert(kernels[i].name_);
+    by_library[library_of(reinterpret_cast<const void*>(kernels[i].op_))].insert(kernels[i].name_);
   }
+  std::string libs_json = "{";
+  for (const auto& [lib, names] : by_library) {
+    if (libs_json.size() > 1) libs_json += ",";
+    libs_json += edgerun::json_escape(lib) + ":" + edgerun::json_string_array({names.begin(), names.end()});
+  }
+  libs_json += "}";
   std::vector<std::string> backends;
   size_t n = executorch::runtime::get_num_registered_backends();
   for (size_t i = 0; i < n; ++i) {
@@ -324,6 +343,7 @@ void print_kernels() {
   edgerun::JsonLine()
       .str("type", "kernels")
       .raw("operators", edgerun::json_string_array({ops.begin(), ops.end()}))
+      .raw("operators_by_library", libs_json)
       .raw("backends", edgerun::json_string_array(backends))
       .emit();
 }
