@@ -102,3 +102,18 @@ def test_bench_sweeps_resumes_and_writes_a_report(cli, tmp_path):
     again = _json(cli(*args))
     assert again["sweep_id"] == first["sweep_id"] and sorted(again["run_ids"]) == sorted(first["run_ids"])
     assert sqlite3.connect(store).execute("SELECT count(*) FROM runs").fetchone()[0] == 2
+
+
+def test_run_on_a_device_brings_results_into_a_run_directory(cli, digits, tmp_path):
+    r = cli("run", str(digits), "--device", f"local://?work_dir={tmp_path / 'dev'}", "--iterations", "3", "--json")
+    assert r.returncode == 0, r.stderr
+    (run,) = _json(r)["runs"]
+    run_dir = __import__("pathlib").Path(run["run_dir"])
+    assert (run_dir / "outputs" / "output_0.npy").is_file() and (run_dir / "runner.jsonl").is_file()
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "ok"
+    assert len(run["runner"]["execute_ns"]) == 3
+
+
+def test_run_needs_a_bundle_or_a_device(cli, digits):
+    r = cli("run", str(digits), "--json")
+    assert r.returncode == 2 and "--device" in _json(r)["error"]["hint"]
