@@ -2,8 +2,9 @@
 
 * :func:`profile` — for each device (concurrently: a device is an I/O-bound resource) and each
   thread count (in turn, never two runs on one device at once): deploy, run, pull, analyse
-  (statistics, ETDump -> operator table, accuracy against the artifact's eager references),
-  save the record in the store. A failed cell is reported with its run directory and the other
+  (statistics, ETDump -> operator table, accuracy against the artifact's eager references, and
+  for an artifact with a dataset the task accuracy of its held-out split computed from outputs
+  run on the device), save the record in the store. A failed cell is reported with its run directory and the other
   cells go on.
 * :func:`bench` — the sweep: export every (target, scheme) of a model (artifacts cached under
   ``EDGERUN_HOME/artifacts`` by recipe), profile each on every device, every finished cell saved
@@ -45,6 +46,7 @@ class ProfileSettings:
     etdump: bool = True
     variant: str = "full"
     timeout_s: float = 900.0
+    task_accuracy: bool | None = None    # held-out split on the device; None: when the artifact has a dataset
 
     def __post_init__(self) -> None:
         if self.iterations < 1:
@@ -97,8 +99,11 @@ def profile_on_device(artifact: Path, device, settings: ProfileSettings, *, stor
     from edgerun.runtime.runner import RunOptions
     from edgerun.store import Store
 
+    from edgerun.runtime.accuracy import batch_task_accuracy, load_npy
+
     manifest = read_manifest(artifact)
     reference = _reference(artifact, manifest, settings.vector)
+    dataset = manifest.get("dataset") if settings.task_accuracy is not False else None
     etrecord = artifact / (manifest.get("files") or {}).get("etrecord", "model.etrecord")
     results: list = []
     for threads in settings.threads:
@@ -109,15 +114,22 @@ def profile_on_device(artifact: Path, device, settings: ProfileSettings, *, stor
                              min_time_ms=settings.min_time_ms)
         try:
             run = run_on_device(artifact, device, options=options, vector=settings.vector, etdump=settings.etdump,
-                                variant=settings.variant, timeout=settings.timeout_s)
+                                variant=settings.variant, timeout=settings.timeout_s, dataset=dataset is not None)
             outputs = [np.load(p) for p in run.outputs]
+            task_acc = task_samples = None
+            if dataset is not None:
+                labels = load_npy(artifact / dataset["labels"], "the dataset labels")
+                task_acc = batch_task_accuracy(load_npy(run.dataset_outputs, "the dataset outputs pulled from "
+                                                        f"{device.name}"), labels,
+                                               what=f"outputs of {dataset['inputs']} run on {device.name}")
+                task_samples = int(labels.size)
             with _ANALYSE_LOCK:
                 record = analyse(run.result.lines, manifest, run.device_info, device_name=device.name,
                                  etdump_path=run.etdump, etrecord_path=etrecord if etrecord.is_file() else None,
                                  outputs=outputs if reference is not None and outputs else None,
                                  reference=reference if outputs else None, artifact_dir=artifact,
                                  bundle_bytes=run.deployment.bundle.total_bytes, sweep_id=sweep_id,
-                                 cell=cell_of(threads))
+                                 cell=cell_of(threads), task_accuracy=task_acc, task_samples=task_samples)
             for w in run.deployment.preflight.warnings:
                 record = dataclasses.replace(record, warnings=(*record.warnings, w))
             with Store(store_path) as store:
@@ -138,6 +150,13 @@ def profile(artifact: str | Path, devices: Sequence[str], settings: ProfileSetti
     art = Path(artifact)
     if not devices:
         raise UsageError("no device given.", hint="Use --device NAME_OR_URI (e.g. local:// or qemu-aarch64://?cpu=cortex-a76).")
+    if settings.task_accuracy:
+        from edgerun.runtime.preflight import read_manifest
+
+        if not read_manifest(art).get("dataset"):
+            raise UsageError(f"--task-accuracy: artifact {art} has no dataset (its manifest names no held-out split).",
+                             hint="Only models with a dataset (e.g. digits_cnn) carry one; re-export with this "
+                                  "edgerun if the artifact predates it, or drop --task-accuracy.")
 
     def one(name: str) -> list:
         try:
@@ -178,7 +197,10 @@ def ensure_artifact(model: str, target: str, scheme: str, on_progress: Progress 
 
 def sweep_id_for(model: str, targets: Sequence[str], schemes: Sequence[str], devices: Sequence[str],
                  settings: ProfileSettings) -> str:
-    blob = json.dumps([model, list(targets), list(schemes), list(devices), dataclasses.asdict(settings)],
+    fields = dataclasses.asdict(settings)
+    if fields.get("task_accuracy") is None:  # the default: keeps the ids of sweeps started before the option
+        fields.pop("task_accuracy", None)
+    blob = json.dumps([model, list(targets), list(schemes), list(devices), fields],
                       sort_keys=True, default=str)
     return "s-" + hashlib.sha256(blob.encode()).hexdigest()[:10]
 

@@ -422,7 +422,8 @@ def to_html(records: Sequence[RunRecord], comparisons: Sequence[RunComparison] =
                                        f"{o.max_abs:.3g}", f"{o.cosine:.6f}",
                                        fmt_value("top1_agreement", o.top1_agreement)] for o in r.accuracy.outputs]))
         if r.accuracy is not None and r.accuracy.task_accuracy is not None:
-            parts.append(f"<p>Task accuracy: {r.accuracy.task_accuracy:.2%} of {r.accuracy.task_samples} samples.</p>")
+            parts.append(f"<p>Task accuracy ({r.accuracy.source}, from outputs run on the device): "
+                         f"{r.accuracy.task_accuracy:.2%} of {r.accuracy.task_samples} held-out samples.</p>")
         dev = {k: v for k, v in r.device.items() if v is not None}
         prov = {k: v for k, v in vars(r.provenance).items() if v is not None}
         parts.append("<details><summary>Device and provenance</summary>"

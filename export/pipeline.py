@@ -383,6 +383,28 @@ def _save_vectors(tmp: Path, samples: Sequence[tuple], outputs: Sequence[list]) 
     return vectors
 
 
+def _save_dataset(tmp: Path, name: str, x, y, example: Sequence) -> dict:
+    """The held-out split as the program takes it: ``dataset/inputs.npy`` ``[N, *input_shape]`` (each
+    sample exactly the program's single input, e.g. ``[N, 1, 1, 8, 8]``) and ``dataset/labels.npy``
+    (int64 ``[N]``), for task accuracy computed from outputs run on a device."""
+    samples = _dataset_samples(x, len(x))
+    if len(example) != 1 or any(tuple(s[0].shape) != tuple(example[0].shape) for s in samples):
+        raise ExportError(f"the held-out split of {name} does not fit the program's input: {len(example)} "
+                          f"input(s), example shape {[list(t.shape) for t in example]}, sample shape "
+                          f"{list(samples[0][0].shape) if samples else None}.", stage="write",
+                          hint="A dataset's test inputs must be stacked samples of the model's single input.")
+    inputs = np.stack([s[0].detach().numpy() for s in samples])
+    labels = np.asarray(y.detach().numpy() if hasattr(y, "detach") else y).astype(np.int64).reshape(-1)
+    if len(labels) != len(inputs):
+        raise ExportError(f"the held-out split of {name} has {len(inputs)} inputs but {len(labels)} labels.",
+                          stage="write")
+    (tmp / "dataset").mkdir()
+    np.save(tmp / "dataset" / "inputs.npy", np.ascontiguousarray(inputs))
+    np.save(tmp / "dataset" / "labels.npy", labels)
+    return {"name": name, "split": "test", "inputs": "dataset/inputs.npy", "labels": "dataset/labels.npy",
+            "samples": int(len(labels))}
+
+
 def _np_dtype(t) -> str:
     return str(t.detach().numpy().dtype) if t.numel() else str(t.dtype).replace("torch.", "")
 
@@ -507,6 +529,9 @@ def export_model(
                                 else (spec.dataset.name if dataset is not None else "generated"),
                                 "samples": len(calibration)} if sch.quantized else None,
             }
+            if dataset is not None and spec.task == "classification":
+                x, y = dataset["test"]
+                manifest["dataset"] = _save_dataset(tmp, spec.dataset.name, x, y, example)
         with _stage("verify", on_stage):
             verification = verify_artifact(tmp, manifest, limits)
             if dataset is not None and spec.task == "classification":

@@ -137,6 +137,21 @@ def task_accuracy(logits: Sequence[np.ndarray] | np.ndarray, labels: Sequence[in
     return float(np.mean(preds == labels))
 
 
+def batch_task_accuracy(stacked: np.ndarray, labels: Sequence[int] | np.ndarray, *, what: str = "outputs") -> float:
+    """Task accuracy from stacked per-sample outputs ``[N, *output_shape]`` (e.g. the runner's
+    ``--batch-output``), where each sample's output is one row of class scores (``[1, C]`` or ``[C]``)."""
+    stacked = np.asarray(stacked)
+    labels = np.asarray(labels).ravel()
+    if stacked.ndim < 2 or int(np.prod(stacked.shape[1:-1], dtype=np.int64)) != 1:
+        raise AccuracyError(f"{what} have shape {list(stacked.shape)}: task accuracy needs one row of class "
+                            "scores per sample ([N, 1, C] or [N, C]).",
+                            hint="Task accuracy is computed for classification models only.")
+    if stacked.shape[0] != labels.size:
+        raise AccuracyError(f"{what} hold {stacked.shape[0]} samples for {labels.size} labels.",
+                            hint="Were they run from this artifact's dataset/inputs.npy?")
+    return task_accuracy(stacked.reshape(stacked.shape[0], stacked.shape[-1]), labels)
+
+
 def load_npy(path: Path, what: str) -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False)

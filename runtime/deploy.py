@@ -5,13 +5,16 @@ devices room's small interface (``push``/``pull``/``exec``/``info`` through ``sy
 
 * **deploy**: probe the device, pick the bundle by the device's *probed* architecture (an x86_64
   machine over SSH gets the host bundle), pre-flight the program against it, and sync bundle,
-  program and test vectors into the device's content-addressed work dir (files already there, by
+  program, test vectors and (for an artifact with a dataset) the held-out inputs
+  ``dataset/inputs.npy`` into the device's content-addressed work dir (files already there, by
   sha256, are not sent again);
 * **run**: execute the runner's argv there, then pull outputs and the ETDump into a local run
-  directory.
+  directory; with ``dataset=True`` a second, untimed invocation runs every held-out sample
+  (``--input-batch``) and its stacked outputs are pulled too.
 
 The run directory keeps whatever was produced, whatever fails: ``run.json`` (status, stage, error),
-``device.json``, ``runner.jsonl`` (raw stdout), ``runner.stderr.txt``, ``outputs/``, ``run.etdp``.
+``device.json``, ``runner.jsonl`` (raw stdout), ``runner.stderr.txt``, ``outputs/``, ``run.etdp``,
+and for a dataset run ``runner.dataset.jsonl``, ``runner.dataset.stderr.txt``, ``dataset_outputs.npy``.
 """
 
 from __future__ import annotations
@@ -69,10 +72,12 @@ class Deployment:
     preflight: PreflightReport
     pushed: list[str]
     skipped: list[str]
+    dataset_inputs: str | None = None  # on the device: the held-out split's stacked inputs, if any
 
     def to_json(self) -> dict:
         return {"device": self.device, "arch": self.arch, "bundle": str(self.bundle.path),
                 "bundle_dir": self.bundle_dir, "program": self.program, "vectors": len(self.vectors),
+                "dataset_inputs": self.dataset_inputs,
                 "preflight": self.preflight.to_json(), "pushed": self.pushed, "skipped": self.skipped}
 
 
@@ -93,8 +98,8 @@ def bundle_for(arch: str, variant: str = "full") -> Bundle:
 
 
 def deploy(artifact: str | os.PathLike, device: Device, *, variant: str = "full", bundle: Bundle | None = None,
-           preflight: bool = True, timeout: float = 300.0) -> Deployment:
-    """Put the runner bundle, the program and its test vectors on ``device``."""
+           preflight: bool = True, timeout: float = 300.0, with_dataset: bool = True) -> Deployment:
+    """Put the runner bundle, the program, its test vectors and its dataset inputs on ``device``."""
     art = Path(artifact)
     manifest = read_manifest(art)
     arch = device_arch(device)
@@ -115,9 +120,20 @@ def deploy(artifact: str | os.PathLike, device: Device, *, variant: str = "full"
         vectors.append([v.paths[Path(p).name] for p in vec["inputs"]])
         pushed += [f"vectors/{k:03d}/{n}" for n in v.pushed]
         skipped += [f"vectors/{k:03d}/{n}" for n in v.skipped]
+    dataset_inputs = None
+    ds = manifest.get("dataset")
+    if ds and with_dataset:
+        local = art / ds["inputs"]
+        if not local.is_file():
+            raise DeviceError(f"the artifact's dataset inputs {local} are missing (named by manifest.json).",
+                              device=device.name, stage="deploy")
+        d = sync_files(device, {"dataset_inputs.npy": local}, timeout=timeout)
+        dataset_inputs = d.paths["dataset_inputs.npy"]
+        pushed += [ds["inputs"] for _ in d.pushed]
+        skipped += [ds["inputs"] for _ in d.skipped]
     return Deployment(device=device.name, arch=arch, bundle=bundle, bundle_dir=b.dest,
                       program=prog.paths["model.pte"], vectors=vectors, preflight=report,
-                      pushed=pushed, skipped=skipped)
+                      pushed=pushed, skipped=skipped, dataset_inputs=dataset_inputs)
 
 
 def _exit_words(rc: int, sig: int | None) -> str:
@@ -169,17 +185,26 @@ class DeviceRun:
     deployment: Deployment
     outputs: list[Path]
     etdump: Path | None
+    dataset_result: RunnerResult | None = None  # the batch invocation over the held-out split
+    dataset_outputs: Path | None = None         # its stacked output 0, [N, *output_shape]
 
     def to_json(self) -> dict:
         return {"device": self.device, "run_dir": str(self.run_dir), "device_info": self.device_info,
                 "deployment": self.deployment.to_json(), "outputs": [str(p) for p in self.outputs],
-                "etdump": str(self.etdump) if self.etdump else None, "runner": self.result.to_json()}
+                "etdump": str(self.etdump) if self.etdump else None, "runner": self.result.to_json(),
+                "dataset_outputs": str(self.dataset_outputs) if self.dataset_outputs else None,
+                "dataset_runner": self.dataset_result.to_json() if self.dataset_result else None}
 
 
 def run_on_device(artifact: str | os.PathLike, device: Device, *, options: RunOptions = RunOptions(),
                   vector: int | None = 0, etdump: bool = True, variant: str = "full",
-                  run_dir: Path | None = None, timeout: float = 600.0, preflight: bool = True) -> DeviceRun:
+                  run_dir: Path | None = None, timeout: float = 600.0, preflight: bool = True,
+                  dataset: bool = False) -> DeviceRun:
     """Deploy (if needed) and run one test vector's inputs on ``device``; pull the results.
+
+    ``dataset``: also run every sample of the artifact's held-out split (``dataset/inputs.npy``) in a
+    second invocation of the runner (``--input-batch``, no warm-up, no timed iterations, no ETDump,
+    so the timed run is untouched) and pull its stacked outputs for task accuracy.
 
     Failures raise :class:`DeviceRunError` naming the device and stage, after saving whatever the
     device produced (stdout, stderr, outputs) into the run directory.
@@ -190,7 +215,7 @@ def run_on_device(artifact: str | os.PathLike, device: Device, *, options: RunOp
     run_dir.mkdir(parents=True, exist_ok=True)
     _record(run_dir, status="running", stage="deploy", device=device.name, device_uri=device.spec.uri,
             artifact=str(art.resolve()), started=_dt.datetime.now().isoformat(timespec="seconds"),
-            options=dataclasses.asdict(options), vector=vector)
+            options=dataclasses.asdict(options), vector=vector, dataset=dataset)
 
     def fail(stage: str, exc: BaseException, hint: str | None = None) -> DeviceRunError:
         _record(run_dir, status="failed", stage=stage, error=getattr(exc, "to_json", lambda: str(exc))())
@@ -202,7 +227,7 @@ def run_on_device(artifact: str | os.PathLike, device: Device, *, options: RunOp
         info = device.info()
         info_json = info.to_json() if hasattr(info, "to_json") else dataclasses.asdict(info)
         _write(run_dir / "device.json", json.dumps(info_json, indent=2))
-        dep = deploy(art, device, variant=variant, preflight=preflight)
+        dep = deploy(art, device, variant=variant, preflight=preflight, with_dataset=dataset)
     except EdgerunError as exc:
         raise fail("deploy", exc) from exc
 
@@ -256,9 +281,45 @@ def run_on_device(artifact: str | os.PathLike, device: Device, *, options: RunOp
             device.pull(f"{remote_run}/run.etdp", etdump_local)
     except DeviceError as exc:
         raise fail("pull", exc) from exc
+
+    dataset_result, dataset_local = None, None
+    if dataset:
+        if dep.dataset_inputs is None:
+            raise fail("dataset run", ValueError(f"artifact {art} has no dataset (manifest.json names none)"),
+                       hint="Only artifacts of models with a dataset (e.g. digits_cnn) carry a held-out split.")
+        remote_out = f"{remote_run}/dataset_outputs.npy"
+        dargv = runner_argv(dep.bundle, dep.program, options=options, bundle_dir=dep.bundle_dir,
+                            input_batch=dep.dataset_inputs, batch_output=remote_out, batch_only=True)
+        _record(run_dir, stage="dataset run", dataset_argv=dargv)
+        try:
+            started = time.monotonic()
+            dres = device.exec(dargv, timeout=timeout, env=env)
+        except DeviceError as exc:
+            if exc.result is not None:
+                _write(run_dir / "runner.dataset.jsonl", exc.result.stdout)
+                _write(run_dir / "runner.dataset.stderr.txt", exc.result.stderr)
+            raise fail("dataset run", exc) from exc
+        _write(run_dir / "runner.dataset.jsonl", dres.stdout)
+        _write(run_dir / "runner.dataset.stderr.txt", dres.stderr)
+        dataset_result = parse_runner_output(dres.stdout, exit_code=dres.rc, stderr=dres.stderr, argv=dargv,
+                                             duration_s=time.monotonic() - started)
+        if not dataset_result.ok or dataset_result.batch is None:
+            err = dataset_result.error or {}
+            detail = err.get("message") or (dres.stderr_text.strip().splitlines() or ["no batch line"])[-1]
+            what = f"{err.get('error')}: {detail}" if err.get("error") else detail
+            raise fail("dataset run", EdgerunError(
+                f"the runner {_exit_words(dres.rc, dres.signal)} running the held-out split "
+                f"{manifest['dataset']['inputs']} ({what})"),
+                hint="See runner.dataset.stderr.txt and runner.dataset.jsonl in the run directory.")
+        try:
+            dataset_local = run_dir / "dataset_outputs.npy"
+            device.pull(remote_out, dataset_local)
+        except DeviceError as exc:
+            raise fail("pull", exc) from exc
     _record(run_dir, status="ok", stage="done", finished=_dt.datetime.now().isoformat(timespec="seconds"))
     return DeviceRun(device=device.name, run_dir=run_dir, result=result, device_info=info_json,
-                     deployment=dep, outputs=outputs, etdump=etdump_local)
+                     deployment=dep, outputs=outputs, etdump=etdump_local, dataset_result=dataset_result,
+                     dataset_outputs=dataset_local)
 
 
 def run_many(artifact: str | os.PathLike, devices: Sequence[Device], **kwargs) -> list[DeviceRun | DeviceRunError]:

@@ -90,17 +90,29 @@ class RunOptions:
 
 def runner_argv(bundle: Bundle, program: str, *, inputs: Sequence[str] = (), options: RunOptions = RunOptions(),
                 etdump: str | None = None, output_dir: str | None = None, bundle_dir: str | None = None,
-                emulator: Sequence[str] = ()) -> list[str]:
+                emulator: Sequence[str] = (), input_batch: str | None = None,
+                batch_output: str | None = None, batch_only: bool = False) -> list[str]:
     """The argv that runs ``program`` with ``bundle`` located at ``bundle_dir`` on the executing side.
 
     Paths are used as given (they are the executing side's paths). ``bundle_dir`` defaults to the
     bundle's local directory. For aarch64 the argv starts with the bundle's own loader:
     ``[*emulator, DIR/ld-linux-aarch64.so.1, --library-path, DIR, DIR/edgerun-runner, …]``.
+
+    ``input_batch``/``batch_output`` (together): run every sample of a stacked ``[N, *input_shape]``
+    .npy once, after the timed iterations, and write output 0 stacked (``--input-batch``,
+    ``--batch-output``). ``batch_only``: no warm-up and no timed iterations, only the batch.
     """
+    if (input_batch is None) != (batch_output is None):
+        raise ValueError("input_batch and batch_output go together")
+    if batch_only and input_batch is None:
+        raise ValueError("batch_only needs input_batch and batch_output")
+    if input_batch is not None and etdump:
+        raise ValueError("a batch run cannot record an ETDump (it would hold the batch's executions)")
     argv = runner_prefix(bundle.arch, bundle_dir if bundle_dir is not None else str(bundle.path), emulator)
-    argv += ["--model", str(program), "--method", options.method,
-             "--warmup", str(options.warmup), "--iterations", str(options.iterations)]
-    if options.min_time_ms:
+    argv += ["--model", str(program), "--method", options.method]
+    argv += ["--warmup", "0", "--iterations", "0"] if batch_only else \
+        ["--warmup", str(options.warmup), "--iterations", str(options.iterations)]
+    if options.min_time_ms and not batch_only:
         argv += ["--min-time-ms", str(options.min_time_ms), "--max-iterations", str(options.max_iterations)]
     if options.threads:
         argv += ["--threads", str(options.threads)]
@@ -114,6 +126,8 @@ def runner_argv(bundle: Bundle, program: str, *, inputs: Sequence[str] = (), opt
         argv += ["--etdump", str(etdump)]
     if output_dir:
         argv += ["--output-dir", str(output_dir)]
+    if input_batch is not None:
+        argv += ["--input-batch", str(input_batch), "--batch-output", str(batch_output)]
     return argv
 
 
@@ -150,6 +164,11 @@ class RunnerResult:
     @property
     def kernels(self) -> dict | None:
         return self._first("kernels")
+
+    @property
+    def batch(self) -> dict | None:
+        """The ``batch`` line of a run with ``--input-batch`` (samples, stacked output path, times)."""
+        return self._first("batch")
 
     @property
     def iterations(self) -> list[dict]:
@@ -189,6 +208,7 @@ class RunnerResult:
     def to_json(self) -> dict:
         return {"argv": self.argv, "exit_code": self.exit_code, "ok": self.ok, "duration_s": self.duration_s,
                 "header": self.header, "load": self.load, "summary": self.summary, "error": self.error,
+                "batch": self.batch,
                 "execute_ns": self.execute_ns, "wall_ns": self.wall_ns,
                 "warmup_execute_ns": self.warmup_execute_ns, "protocol_problems": self.protocol_problems,
                 "stderr_tail": self.stderr[-4000:]}
@@ -268,8 +288,11 @@ def run_local(bundle_dir: str | os.PathLike | Bundle, program: str | os.PathLike
               *, warmup: int = 1, iterations: int = 10, threads: int = 0, etdump_path: str | os.PathLike | None = None,
               outputs_dir: str | os.PathLike | None = None, method: str = "forward", min_time_ms: int = 0,
               options: RunOptions | None = None, emulator: Sequence[str] = (), timeout: float = 600,
-              check: bool = True, verify: bool = True) -> RunnerResult:
+              check: bool = True, verify: bool = True, input_batch: str | os.PathLike | None = None,
+              batch_output: str | os.PathLike | None = None, batch_only: bool = False) -> RunnerResult:
     """Run a bundle's runner on this machine (directly, or under ``emulator`` such as qemu).
+
+    ``input_batch``/``batch_output``/``batch_only``: as :func:`runner_argv` (``--input-batch``).
 
     With ``check`` (default) a failed run raises :class:`RunnerError`; otherwise the result is
     returned as it is. ``verify`` checks the bundle's files against bundle.json first.
@@ -291,7 +314,10 @@ def run_local(bundle_dir: str | os.PathLike | Bundle, program: str | os.PathLike
         Path(outputs_dir).mkdir(parents=True, exist_ok=True)
     argv = runner_argv(bundle, os.fspath(program), inputs=[os.fspath(p) for p in inputs], options=options,
                        etdump=os.fspath(etdump_path) if etdump_path else None,
-                       output_dir=os.fspath(outputs_dir) if outputs_dir else None, emulator=emulator)
+                       output_dir=os.fspath(outputs_dir) if outputs_dir else None, emulator=emulator,
+                       input_batch=os.fspath(input_batch) if input_batch is not None else None,
+                       batch_output=os.fspath(batch_output) if batch_output is not None else None,
+                       batch_only=batch_only)
     started = time.monotonic()
     try:
         proc = subprocess.run(argv, capture_output=True, timeout=timeout)

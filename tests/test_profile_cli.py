@@ -117,3 +117,33 @@ def test_run_on_a_device_brings_results_into_a_run_directory(cli, digits, tmp_pa
 def test_run_needs_a_bundle_or_a_device(cli, digits):
     r = cli("run", str(digits), "--json")
     assert r.returncode == 2 and "--device" in _json(r)["error"]["hint"]
+
+
+def test_profile_reports_task_accuracy_of_the_held_out_split_run_on_the_device(cli, digits, tmp_path):
+    manifest = json.loads((digits / "manifest.json").read_text())
+    ds = manifest["dataset"]
+    import numpy as np
+
+    inputs, labels = np.load(digits / ds["inputs"]), np.load(digits / ds["labels"])
+    assert inputs.shape == (ds["samples"], *manifest["inputs"][0]["shape"]) and labels.dtype == np.int64
+    store = str(tmp_path / "s.sqlite")
+    r = cli("profile", str(digits), "-d", f"local://?work_dir={tmp_path / 'dev'}", "--iterations", "3",
+            "--no-etdump", "--store", store, "--json")
+    assert r.returncode == 0, r.stderr
+    acc = _json(r)["accuracy"]
+    assert acc["source"] == "measured" and acc["task_samples"] == ds["samples"] == len(labels)
+    # the same program on the same host runtime as export-time verification: the same predictions
+    assert acc["task_accuracy"] == manifest["verification"]["task_accuracy"]["program"]
+    assert acc["outputs"][0]["snr_db"] > 15  # the test vector's comparison is still there
+    # --no-task-accuracy skips the dataset run; --task-accuracy on an artifact without one is a usage error
+    r = cli("profile", str(digits), "-d", "local://", "--iterations", "3", "--no-etdump", "--no-task-accuracy",
+            "--store", store, "--json")
+    assert r.returncode == 0, r.stderr
+    assert _json(r)["accuracy"]["task_accuracy"] is None
+    bare = tmp_path / "bare"
+    shutil.copytree(digits, bare)
+    m = json.loads((bare / "manifest.json").read_text())
+    del m["dataset"]
+    (bare / "manifest.json").write_text(json.dumps(m))
+    r = cli("profile", str(bare), "-d", "local://", "--task-accuracy", "--store", store, "--json")
+    assert r.returncode == 2 and "no dataset" in _json(r)["error"]["message"]

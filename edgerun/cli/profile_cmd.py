@@ -91,6 +91,10 @@ def register(app: typer.Typer) -> None:
         vector: Annotated[int, typer.Option(help="Test vector whose inputs are run (its eager outputs are the "
                                                  "accuracy reference).")] = 0,
         etdump: Annotated[bool, typer.Option(help="Record an ETDump for the per-operator table.")] = True,
+        task_accuracy: Annotated[Optional[bool], typer.Option(
+            "--task-accuracy/--no-task-accuracy",
+            help="Run the artifact's held-out split on the device (one more, untimed runner invocation) and "
+                 "report task accuracy from those outputs. Default: on when the artifact has a dataset.")] = None,
         timeout: Annotated[float, typer.Option(help="Seconds allowed for one run on a device.")] = 900,
         store: StoreOpt = None,
         inventory: InventoryOpt = None,
@@ -102,7 +106,8 @@ def register(app: typer.Typer) -> None:
 
         Latency statistics over every raw sample (median, p90/p99, bootstrap CI, instability
         warnings), per-operator times from the ETDump, memory, accuracy of the device's outputs
-        against eager PyTorch. Numbers from emulators are labelled emulated.
+        against eager PyTorch, and for an artifact with a dataset the task accuracy of its held-out
+        split computed from outputs run on the device. Numbers from emulators are labelled emulated.
         """
         holder: dict = {}
 
@@ -111,7 +116,8 @@ def register(app: typer.Typer) -> None:
             from edgerun.store import Store
 
             settings = _settings(warmup=warmup, iterations=iterations, min_time_ms=min_time_ms,
-                                 threads=parse_threads(threads), vector=vector, etdump=etdump, timeout_s=timeout)
+                                 threads=parse_threads(threads), vector=vector, etdump=etdump, timeout_s=timeout,
+                                 task_accuracy=task_accuracy)
             names = _device_list(device, all_devices, inventory)
             with Store(store) as s:  # open once here: a store from a newer schema fails before any run
                 store_path = s.path

@@ -127,7 +127,8 @@ def print_record(record, *, top: int = 10) -> None:
                       f"{o.cosine:.6f}", "-" if o.top1_agreement is None else f"{o.top1_agreement:.1%}")
         out.print(t)
     if record.accuracy is not None and record.accuracy.task_accuracy is not None:
-        out.print(f"Task accuracy: {record.accuracy.task_accuracy:.2%} of {record.accuracy.task_samples} samples")
+        out.print(f"Task accuracy ({record.accuracy.source}, from outputs run on the device): "
+                  f"{record.accuracy.task_accuracy:.2%} of {record.accuracy.task_samples} held-out samples")
     for w in record.warnings:
         out.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
     p = record.provenance

@@ -25,6 +25,7 @@
 #include <executorch/devtools/etdump/etdump_flatcc.h>
 #include <executorch/extension/module/module.h>
 #include <executorch/extension/tensor/tensor_ptr.h>
+#include <executorch/extension/tensor/tensor_ptr_maker.h>
 #include <executorch/runtime/backend/interface.h>
 #include <executorch/runtime/core/error.h>
 #include <executorch/runtime/kernel/operator_registry.h>
@@ -148,6 +149,8 @@ struct Options {
   int64_t threads = 0;
   std::string etdump;
   std::string output_dir;
+  std::string input_batch;   // stacked .npy: [N, *input_shape] of the method's single input
+  std::string batch_output;  // stacked .npy of output 0: [N, *output_shape]
   std::string load_mode = "mmap";
   bool list_kernels = false;
   bool version = false;
@@ -159,6 +162,7 @@ const char* kUsage =
     "usage: edgerun-runner --model PATH [--method NAME] [--input PATH]... [--fill zeros|ones|random]\n"
     "         [--seed N] [--warmup W] [--iterations N] [--min-time-ms T] [--max-iterations M]\n"
     "         [--threads T] [--etdump PATH] [--output-dir DIR] [--load-mode mmap|file] [--verbose]\n"
+    "         [--input-batch PATH.npy --batch-output PATH.npy]\n"
     "       edgerun-runner --list-kernels | --version | --help\n"
     "Prints JSON lines on stdout (see PROTOCOL.md); exit codes: 2 usage, 10 load, 11 input,\n"
     "12 execute, 13 output.\n";
@@ -220,7 +224,7 @@ std::string parse_args(int argc, char** argv, Options* o) {
     } else if (flag == "--warmup") {
       problem = need_int(0, &o->warmup);
     } else if (flag == "--iterations") {
-      problem = need_int(1, &o->iterations);
+      problem = need_int(0, &o->iterations);  // 0 only with --input-batch (checked below)
     } else if (flag == "--min-time-ms") {
       problem = need_int(0, &o->min_time_ms);
     } else if (flag == "--max-iterations") {
@@ -231,6 +235,10 @@ std::string parse_args(int argc, char** argv, Options* o) {
       if (!need(&o->etdump)) return "--etdump needs a path";
     } else if (flag == "--output-dir") {
       if (!need(&o->output_dir)) return "--output-dir needs a directory";
+    } else if (flag == "--input-batch") {
+      if (!need(&o->input_batch)) return "--input-batch needs a .npy path";
+    } else if (flag == "--batch-output") {
+      if (!need(&o->batch_output)) return "--batch-output needs a .npy path";
     } else if (flag == "--load-mode") {
       if (!need(&o->load_mode)) return "--load-mode needs mmap or file";
       if (o->load_mode != "mmap" && o->load_mode != "file")
@@ -250,6 +258,13 @@ std::string parse_args(int argc, char** argv, Options* o) {
   }
   if (o->model.empty() && !o->list_kernels && !o->version && !o->help)
     return "--model is required";
+  if (o->input_batch.empty() != o->batch_output.empty())
+    return "--input-batch and --batch-output go together (one was given without the other)";
+  if (o->iterations == 0 && o->input_batch.empty())
+    return "--iterations needs an integer >= 1, got '0' (0 is allowed only with --input-batch)";
+  if (!o->input_batch.empty() && !o->etdump.empty())
+    return "--input-batch cannot be combined with --etdump: the ETDump would record the batch's executions "
+           "too; time and profile in one invocation, run the batch in another";
   return "";
 }
 
@@ -494,6 +509,52 @@ PreparedInput prepare_input(size_t index, const TensorInfo& info, const Options&
   return in;
 }
 
+// --input-batch: N samples of the method's single input, stacked on a new leading dim.
+struct BatchInput {
+  edgerun::NpyArray array;
+  std::vector<int64_t> sample_shape;
+  ScalarType dtype = ScalarType::Float;
+  int64_t samples = 0;
+  size_t sample_bytes = 0;
+};
+
+BatchInput read_batch(const Options& o, const MethodMeta& meta) {
+  const std::string where = "--input-batch (" + o.input_batch + ")";
+  if (meta.num_inputs() != 1)
+    fail("input", kExitInput, Error::InvalidArgument,
+         where + ": method " + o.method + " takes " + std::to_string(meta.num_inputs()) +
+             " inputs; a batch feeds a method with exactly one tensor input");
+  auto info = meta.input_tensor_meta(0);
+  if (!info.ok()) fail("input", kExitInput, info.error(), "cannot read the metadata of input 0");
+  BatchInput b;
+  b.sample_shape = to_vec(info->sizes());
+  b.dtype = info->scalar_type();
+  b.sample_bytes = info->nbytes();
+  std::string why;
+  std::vector<uint8_t> bytes;
+  if (!read_file(o.input_batch, &bytes, &why)) fail("input", kExitInput, Error::AccessFailed, where + ": " + why);
+  if (!edgerun::looks_like_npy(bytes))
+    fail("input", kExitInput, Error::InvalidArgument, where + " is not a .npy file (bad magic)");
+  if (!edgerun::parse_npy(bytes, &b.array, &why))
+    fail("input", kExitInput, Error::InvalidArgument, where + ": " + why);
+  if (b.array.dtype != b.dtype)
+    fail("input", kExitInput, Error::InvalidArgument,
+         where + " has dtype " + dtype_text(b.array.dtype) + ", input 0 of method " + o.method + " expects " +
+             dtype_text(b.dtype));
+  const auto& shape = b.array.shape;
+  bool fits = shape.size() == b.sample_shape.size() + 1 && shape[0] >= 1 &&
+              std::equal(b.sample_shape.begin(), b.sample_shape.end(), shape.begin() + 1);
+  if (!fits) {
+    std::string want = "[N";
+    for (int64_t d : b.sample_shape) want += "," + std::to_string(d);
+    fail("input", kExitInput, Error::InvalidArgument,
+         where + " has shape " + shape_text(shape) + "; expected " + want + "] with N >= 1: N samples of input 0, " +
+             "each exactly the method's input shape " + shape_text(b.sample_shape));
+  }
+  b.samples = shape[0];
+  return b;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -607,6 +668,8 @@ int main(int argc, char** argv) {
                                          .text();
   }
   inputs_json += "]";
+  BatchInput batch;
+  if (!o.input_batch.empty()) batch = read_batch(o, meta);
   std::string outputs_json = "[";
   for (size_t j = 0; j < meta.num_outputs(); ++j) {
     edgerun::JsonLine line;
@@ -722,6 +785,67 @@ int main(int argc, char** argv) {
                       .str("path", o.etdump)
                       .num("bytes", static_cast<int64_t>(data.size))
                       .text();
+  }
+
+  // ---- batch: every sample of --input-batch once, after (never among) the timed iterations --
+  if (!o.input_batch.empty()) {
+    std::vector<executorch::aten::SizesType> sizes(batch.sample_shape.begin(), batch.sample_shape.end());
+    std::vector<uint8_t> stacked;
+    std::vector<int64_t> out_shape;
+    ScalarType out_dtype = ScalarType::Float;
+    int64_t exec_total_ns = 0;
+    auto b0 = Clock::now();
+    for (int64_t k = 0; k < batch.samples; ++k) {
+      const std::string which = "batch sample " + std::to_string(k) + " of " + o.input_batch;
+      auto tensor = executorch::extension::from_blob(batch.array.data.data() + k * batch.sample_bytes, sizes,
+                                                     batch.dtype);
+      std::vector<EValue> values;
+      values.emplace_back(tensor);
+      Error e = module.set_inputs(o.method, values);
+      if (e != Error::Ok)
+        fail("input", kExitInput, e, "set_inputs(" + o.method + ") failed with " + error_name(e) + " (" + which + ")");
+      auto e0 = Clock::now();
+      auto res = module.execute(o.method);
+      auto e1 = Clock::now();
+      if (!res.ok())
+        fail("execute", kExitExecute, res.error(),
+             "execute(" + o.method + ") failed with " + error_name(res.error()) + " (" + which + ")");
+      exec_total_ns += ns_between(e0, e1);
+      if (res->empty() || !(*res)[0].isTensor())
+        fail("output", kExitOutput, Error::NotSupported,
+             "output 0 of method " + o.method + " is not a tensor; --batch-output stacks tensors only");
+      const auto& t = (*res)[0].toTensor();
+      std::vector<int64_t> shape(t.sizes().begin(), t.sizes().end());
+      if (k == 0) {
+        out_shape = shape;
+        out_dtype = t.scalar_type();
+        stacked.reserve(t.nbytes() * static_cast<size_t>(batch.samples));
+      } else if (shape != out_shape || t.scalar_type() != out_dtype) {
+        fail("output", kExitOutput, Error::InvalidArgument,
+             "output 0 of " + which + " is " + dtype_text(t.scalar_type()) + " " + shape_text(shape) +
+                 ", sample 0's was " + dtype_text(out_dtype) + " " + shape_text(out_shape) +
+                 "; outputs of different shapes cannot be stacked");
+      }
+      const auto* p = static_cast<const uint8_t*>(t.const_data_ptr());
+      stacked.insert(stacked.end(), p, p + t.nbytes());
+    }
+    auto b1 = Clock::now();
+    std::vector<int64_t> stacked_shape = {batch.samples};
+    stacked_shape.insert(stacked_shape.end(), out_shape.begin(), out_shape.end());
+    std::string why;
+    if (!edgerun::write_npy(o.batch_output, out_dtype, stacked_shape, stacked.data(), stacked.size(), &why))
+      fail("output", kExitOutput, Error::AccessFailed, "--batch-output: " + why);
+    edgerun::JsonLine()
+        .str("type", "batch")
+        .str("input", o.input_batch)
+        .num("samples", batch.samples)
+        .raw("input_shape", edgerun::json_int_array(batch.array.shape))
+        .str("output", o.batch_output)
+        .raw("output_shape", edgerun::json_int_array(stacked_shape))
+        .str("dtype", dtype_text(out_dtype))
+        .num("execute_ns_total", exec_total_ns)
+        .num("wall_ns_total", ns_between(b0, b1))
+        .emit();
   }
 
   ProcStatus st = read_proc_status();
