@@ -141,7 +141,7 @@ def register(app: typer.Typer) -> None:
         json_out: JsonOpt = False,
         debug: DebugOpt = False,
     ) -> None:
-        """Run an artifact with a bundle's native runner on this machine."""
+        """Run an artifact with the native runner: here with --bundle, or on --device(s) (run directories kept)."""
 
         def work() -> dict:
             from edgerun.errors import UsageError
