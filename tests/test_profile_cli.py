@@ -96,6 +96,10 @@ def test_bench_sweeps_resumes_and_writes_a_report(cli, tmp_path):
     assert first["cells"] == 2 and len(first["run_ids"]) == 2 and not first["failures"]
     sources = {x["device"]: x["source"] for x in first["runs"]}
     assert sources["local://"] == "measured" and sources["qemu-aarch64://"] == "emulated"
+    # task accuracy of the held-out split, from outputs each device produced, labelled like the device
+    task = {x["device"]: x["accuracy"] for x in first["runs"]}
+    assert task["qemu-aarch64://"]["source"] == "emulated" and task["qemu-aarch64://"]["task_samples"] > 0
+    assert abs(task["qemu-aarch64://"]["task_accuracy"] - task["local://"]["task_accuracy"]) <= 0.01
     html = report.read_text()
     assert html.count("<img") >= 4 and 'alt="pareto' in html  # latency, samples, comparison, Pareto
     # the same sweep again finds every cell stored and runs nothing
