@@ -53,6 +53,10 @@ def show_manifest(m: dict) -> None:
         t.add_row(f"input {spec['name']}", f"{spec['dtype']}{spec['shape']}")
     for spec in m.get("outputs", []):
         t.add_row(f"output {spec['name']}", f"{spec['dtype']}{spec['shape']}")
+    ds = m.get("dataset")
+    if ds:
+        t.add_row("held-out split", f"{ds['samples']} samples of {ds['name']}: {ds['inputs']}, {ds['labels']} "
+                                    "(profile runs it on the device for task accuracy)")
     if m.get("export_seconds") is not None:
         t.add_row("export time", f"{m['export_seconds']:.1f} s")
     out.print(t)
