@@ -17,7 +17,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence
@@ -30,10 +29,6 @@ from edgerun.errors import EdgerunError, UsageError
 log = logging.getLogger("edgerun.profile")
 
 Progress = Callable[[str], None]
-
-# Runs on different devices proceed concurrently (they wait on I/O); analysis does not: it is
-# CPU-bound, and ExecuTorch's ETRecord/Inspector deserialisation is not safe to run twice at once.
-_ANALYSE_LOCK = threading.Lock()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,13 +118,12 @@ def profile_on_device(artifact: Path, device, settings: ProfileSettings, *, stor
                                                         f"{device.name}"), labels,
                                                what=f"outputs of {dataset['inputs']} run on {device.name}")
                 task_samples = int(labels.size)
-            with _ANALYSE_LOCK:
-                record = analyse(run.result.lines, manifest, run.device_info, device_name=device.name,
-                                 etdump_path=run.etdump, etrecord_path=etrecord if etrecord.is_file() else None,
-                                 outputs=outputs if reference is not None and outputs else None,
-                                 reference=reference if outputs else None, artifact_dir=artifact,
-                                 bundle_bytes=run.deployment.bundle.total_bytes, sweep_id=sweep_id,
-                                 cell=cell_of(threads), task_accuracy=task_acc, task_samples=task_samples)
+            record = analyse(run.result.lines, manifest, run.device_info, device_name=device.name,
+                             etdump_path=run.etdump, etrecord_path=etrecord if etrecord.is_file() else None,
+                             outputs=outputs if reference is not None and outputs else None,
+                             reference=reference if outputs else None, artifact_dir=artifact,
+                             bundle_bytes=run.deployment.bundle.total_bytes, sweep_id=sweep_id,
+                             cell=cell_of(threads), task_accuracy=task_acc, task_samples=task_samples)
             for w in run.deployment.preflight.warnings:
                 record = dataclasses.replace(record, warnings=(*record.warnings, w))
             with Store(store_path) as store:
