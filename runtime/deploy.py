@@ -196,6 +196,32 @@ class DeviceRun:
                 "dataset_runner": self.dataset_result.to_json() if self.dataset_result else None}
 
 
+def _run_runner(device: Device, argv: list[str], *, env: dict, timeout: float, run_dir: Path, stem: str,
+                stage: str, fail, describe, hint: str, require=lambda result: True) -> RunnerResult:
+    """Execute the runner's argv on the device; keep its stdout/stderr as ``STEM.jsonl`` and
+    ``STEM.stderr.txt`` in the run directory (also the partial output of a timeout or a dropped
+    link) and raise ``fail(stage, ...)`` unless it succeeded."""
+    started = time.monotonic()
+    try:
+        res = device.exec(argv, timeout=timeout, env=env)
+    except DeviceError as exc:
+        if exc.result is not None:
+            _write(run_dir / f"{stem}.jsonl", exc.result.stdout)
+            _write(run_dir / f"{stem}.stderr.txt", exc.result.stderr)
+        raise fail(stage, exc) from exc
+    _write(run_dir / f"{stem}.jsonl", res.stdout)
+    _write(run_dir / f"{stem}.stderr.txt", res.stderr)
+    result = parse_runner_output(res.stdout, exit_code=res.rc, stderr=res.stderr, argv=argv,
+                                 duration_s=time.monotonic() - started)
+    if not result.ok or not require(result):
+        err = result.error or {}
+        detail = err.get("message") or (res.stderr_text.strip().splitlines() or ["no output"])[-1]
+        what = f"{err.get('error')}: {detail}" if err.get("error") else detail
+        raise fail(stage, EdgerunError(f"the runner {_exit_words(res.rc, res.signal)} {describe(result)} "
+                                       f"({what})"), hint=hint)
+    return result
+
+
 def run_on_device(artifact: str | os.PathLike, device: Device, *, options: RunOptions = RunOptions(),
                   vector: int | None = 0, etdump: bool = True, variant: str = "full",
                   run_dir: Path | None = None, timeout: float = 600.0, preflight: bool = True,
@@ -245,28 +271,15 @@ def run_on_device(artifact: str | os.PathLike, device: Device, *, options: RunOp
         mk = device.exec(["mkdir", "-p", f"{remote_run}/outputs"], timeout=60, wrap=False)
         if mk.rc != 0:
             raise DeviceError(f"cannot create {remote_run}", device=device.name, stage="run", result=mk)
-        # A bundle without its own loader finds its libraries through $ORIGIN, which the kernel
-        # resolves through the content-addressed symlinks to the blob store: point it at the set.
-        env = {} if dep.bundle.arch in LOADERS else {"LD_LIBRARY_PATH": dep.bundle_dir}
-        started = time.monotonic()
-        res = device.exec(argv, timeout=timeout, env=env)
     except DeviceError as exc:
-        if exc.result is not None:  # timeout / dropped link: keep the partial output
-            _write(run_dir / "runner.jsonl", exc.result.stdout)
-            _write(run_dir / "runner.stderr.txt", exc.result.stderr)
         raise fail("run", exc) from exc
-    _write(run_dir / "runner.jsonl", res.stdout)
-    _write(run_dir / "runner.stderr.txt", res.stderr)
-    result = parse_runner_output(res.stdout, exit_code=res.rc, stderr=res.stderr, argv=argv,
-                                 duration_s=time.monotonic() - started)
-    if not result.ok:
-        err = result.error or {}
-        detail = err.get("message") or (res.stderr_text.strip().splitlines() or ["no output"])[-1]
-        what = f"{err.get('error')}: {detail}" if err.get("error") else detail
-        raise fail("run", EdgerunError(f"the runner {_exit_words(res.rc, res.signal)} after "
-                                       f"{len(result.execute_ns)} timed iteration(s) ({what})"),
-                   hint="See runner.stderr.txt and runner.jsonl in the run directory; a SIGKILL is often the "
-                        "out-of-memory killer.")
+    # A bundle without its own loader finds its libraries through $ORIGIN, which the kernel
+    # resolves through the content-addressed symlinks to the blob store: point it at the set.
+    env = {} if dep.bundle.arch in LOADERS else {"LD_LIBRARY_PATH": dep.bundle_dir}
+    result = _run_runner(device, argv, env=env, timeout=timeout, run_dir=run_dir, stem="runner", stage="run",
+                         fail=fail, describe=lambda r: f"after {len(r.execute_ns)} timed iteration(s)",
+                         hint="See runner.stderr.txt and runner.jsonl in the run directory; a SIGKILL is often "
+                              "the out-of-memory killer.")
 
     outputs: list[Path] = []
     etdump_local: Path | None = None
@@ -291,26 +304,11 @@ def run_on_device(artifact: str | os.PathLike, device: Device, *, options: RunOp
         dargv = runner_argv(dep.bundle, dep.program, options=options, bundle_dir=dep.bundle_dir,
                             input_batch=dep.dataset_inputs, batch_output=remote_out, batch_only=True)
         _record(run_dir, stage="dataset run", dataset_argv=dargv)
-        try:
-            started = time.monotonic()
-            dres = device.exec(dargv, timeout=timeout, env=env)
-        except DeviceError as exc:
-            if exc.result is not None:
-                _write(run_dir / "runner.dataset.jsonl", exc.result.stdout)
-                _write(run_dir / "runner.dataset.stderr.txt", exc.result.stderr)
-            raise fail("dataset run", exc) from exc
-        _write(run_dir / "runner.dataset.jsonl", dres.stdout)
-        _write(run_dir / "runner.dataset.stderr.txt", dres.stderr)
-        dataset_result = parse_runner_output(dres.stdout, exit_code=dres.rc, stderr=dres.stderr, argv=dargv,
-                                             duration_s=time.monotonic() - started)
-        if not dataset_result.ok or dataset_result.batch is None:
-            err = dataset_result.error or {}
-            detail = err.get("message") or (dres.stderr_text.strip().splitlines() or ["no batch line"])[-1]
-            what = f"{err.get('error')}: {detail}" if err.get("error") else detail
-            raise fail("dataset run", EdgerunError(
-                f"the runner {_exit_words(dres.rc, dres.signal)} running the held-out split "
-                f"{manifest['dataset']['inputs']} ({what})"),
-                hint="See runner.dataset.stderr.txt and runner.dataset.jsonl in the run directory.")
+        dataset_result = _run_runner(
+            device, dargv, env=env, timeout=timeout, run_dir=run_dir, stem="runner.dataset", stage="dataset run",
+            fail=fail, describe=lambda r: f"running the held-out split {manifest['dataset']['inputs']}",
+            hint="See runner.dataset.stderr.txt and runner.dataset.jsonl in the run directory.",
+            require=lambda r: r.batch is not None)
         try:
             dataset_local = run_dir / "dataset_outputs.npy"
             device.pull(remote_out, dataset_local)
