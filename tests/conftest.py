@@ -7,12 +7,35 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+
+@contextlib.contextmanager
+def _home(edgerun_home: Path):
+    """Session-scoped fixtures run outside the per-test monkeypatch: point EDGERUN_HOME at the
+    session's home while they build, so their caches are the ones the tests see."""
+    old = os.environ.get("EDGERUN_HOME")
+    os.environ["EDGERUN_HOME"] = str(edgerun_home)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("EDGERUN_HOME", None)
+        else:
+            os.environ["EDGERUN_HOME"] = old
+
+
+def need_tool(tool: str, package: str) -> None:
+    """Skip (with the reason) when a tool is missing; CI installs them all through scripts/setup."""
+    if shutil.which(tool) is None:
+        pytest.skip(f"{tool} is not installed (Debian package {package}; scripts/setup installs it)")
 
 @pytest.fixture(scope="session")
 def edgerun_home(tmp_path_factory) -> Path:
@@ -38,21 +61,34 @@ def make_artifact(tmp_path_factory, edgerun_home):
         if key not in cache:
             from edgerun.export import export_model
 
-            old = os.environ.get("EDGERUN_HOME")
-            os.environ["EDGERUN_HOME"] = str(edgerun_home)
-            try:
+            with _home(edgerun_home):
                 safe = model.replace(":", "_").replace(".", "_")
                 out = root / f"{safe}-{target}-{scheme}-{len(cache)}"
                 export_model(model, target, scheme, out, **kwargs)
-            finally:
-                if old is None:
-                    os.environ.pop("EDGERUN_HOME", None)
-                else:
-                    os.environ["EDGERUN_HOME"] = old
             cache[key] = out
         return cache[key]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def runner_bundle(edgerun_home):
+    """``runner_bundle(arch="host", variant="full") -> Bundle``: the real native runner, built (or
+    reused from the session's cache) with the real toolchain; skips when a tool is missing."""
+
+    def build(arch: str = "host", variant: str = "full"):
+        from edgerun.runtime.build import BuildRequest, build_bundle
+
+        need_tool("cmake", "cmake")
+        if arch == "aarch64":
+            need_tool("aarch64-linux-gnu-g++", "g++-aarch64-linux-gnu")
+            need_tool("qemu-aarch64", "qemu-user")  # the bundle's kernel list is read by running it
+        else:
+            need_tool("g++", "g++")
+        with _home(edgerun_home):
+            return build_bundle(BuildRequest(arch=arch, variant=variant))
+
+    return build
 
 
 def run_cli(*args: str, env: dict | None = None, cwd: str | os.PathLike | None = None,

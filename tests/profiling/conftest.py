@@ -148,39 +148,11 @@ def interleaved_runs(profiled_program):
 
 
 # ------------------------------------------------------------------ the native runner (real bundles)
-def _need(tool: str, package: str) -> None:
-    import shutil
-
-    if shutil.which(tool) is None:
-        pytest.skip(f"{tool} is not installed (Debian package {package}; scripts/setup installs it)")
-
-
-def _bundle(edgerun_home, arch: str):
-    import os
-
-    from edgerun.runtime.build import BuildRequest, build_bundle
-
-    old = os.environ.get("EDGERUN_HOME")
-    os.environ["EDGERUN_HOME"] = str(edgerun_home)
-    try:
-        return build_bundle(BuildRequest(arch=arch))
-    finally:
-        if old is None:
-            os.environ.pop("EDGERUN_HOME", None)
-        else:
-            os.environ["EDGERUN_HOME"] = old
+@pytest.fixture(scope="session")
+def host_runner_bundle(runner_bundle):
+    return runner_bundle("host")
 
 
 @pytest.fixture(scope="session")
-def host_runner_bundle(edgerun_home):
-    _need("cmake", "cmake")
-    _need("g++", "g++")
-    return _bundle(edgerun_home, "host")
-
-
-@pytest.fixture(scope="session")
-def aarch64_runner_bundle(edgerun_home):
-    _need("cmake", "cmake")
-    _need("aarch64-linux-gnu-g++", "g++-aarch64-linux-gnu")
-    _need("qemu-aarch64", "qemu-user")
-    return _bundle(edgerun_home, "aarch64")
+def aarch64_runner_bundle(runner_bundle):
+    return runner_bundle("aarch64")

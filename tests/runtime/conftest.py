@@ -40,40 +40,19 @@ def _need(tool: str, package: str) -> None:
         pytest.skip(f"{tool} is not installed (Debian package {package}; scripts/setup installs it)")
 
 
-def _build(edgerun_home: Path, arch: str, variant: str = "full"):
-    from edgerun.runtime.build import BuildRequest, build_bundle
-
-    old = os.environ.get("EDGERUN_HOME")
-    os.environ["EDGERUN_HOME"] = str(edgerun_home)
-    try:
-        return build_bundle(BuildRequest(arch=arch, variant=variant))
-    finally:
-        if old is None:
-            os.environ.pop("EDGERUN_HOME", None)
-        else:
-            os.environ["EDGERUN_HOME"] = old
+@pytest.fixture(scope="session")
+def host_bundle(runner_bundle):
+    return runner_bundle("host")
 
 
 @pytest.fixture(scope="session")
-def host_bundle(edgerun_home):
-    _need("cmake", "cmake")
-    _need("g++", "g++")
-    return _build(edgerun_home, "host")
+def slim_bundle(runner_bundle):
+    return runner_bundle("host", "slim")
 
 
 @pytest.fixture(scope="session")
-def slim_bundle(edgerun_home):
-    _need("cmake", "cmake")
-    _need("g++", "g++")
-    return _build(edgerun_home, "host", "slim")
-
-
-@pytest.fixture(scope="session")
-def aarch64_bundle(edgerun_home):
-    _need("cmake", "cmake")
-    _need("aarch64-linux-gnu-g++", "g++-aarch64-linux-gnu")
-    _need(QEMU, "qemu-user")
-    return _build(edgerun_home, "aarch64")
+def aarch64_bundle(runner_bundle):
+    return runner_bundle("aarch64")
 
 
 @pytest.fixture(scope="session")
