@@ -155,3 +155,21 @@ def test_profile_reports_task_accuracy_of_the_held_out_split_run_on_the_device(c
     (bare / "manifest.json").write_text(json.dumps(m))
     r = cli("profile", str(bare), "-d", "local://", "--task-accuracy", "--store", store, "--json")
     assert r.returncode == 2 and "no dataset" in _json(r)["error"]["message"]
+
+
+def test_a_failed_cell_keeps_the_finished_ones_and_the_sweep_resumes(cli, tmp_path):
+    """A sweep whose second device is unreachable: the local cell is stored, the exit is non-zero,
+    and re-running the same sweep skips the stored cell and only retries the failed one."""
+    store = str(tmp_path / "s.sqlite")
+    args = ["bench", "digits_cnn", "--targets", "host", "--schemes", "int8",
+            "--devices", "local://,ssh://nobody@127.0.0.1:1?connect_timeout=2", "--iterations", "3",
+            "--warmup", "1", "--store", store, "--report", str(tmp_path / "b.html"), "--json"]
+    first = cli(*args)
+    assert first.returncode != 0
+    obj = _json(first)
+    assert len(obj["run_ids"]) == 1 and len(obj["failures"]) == 1
+    assert "127.0.0.1" in obj["failures"][0]["cell"]
+    again = _json(cli(*args))
+    assert again["sweep_id"] == obj["sweep_id"] and again["run_ids"] == obj["run_ids"]  # not re-run
+    assert len(again["failures"]) == 1  # the unreachable device was tried again
+    assert sqlite3.connect(store).execute("SELECT count(*) FROM runs").fetchone()[0] == 1
