@@ -21,21 +21,22 @@ import pytest
 def _home(edgerun_home: Path):
     """Session-scoped fixtures run outside the per-test monkeypatch: point EDGERUN_HOME at the
     session's home while they build, so their caches are the ones the tests see."""
-    old = os.environ.get("EDGERUN_HOME")
-    os.environ["EDGERUN_HOME"] = str(edgerun_home)
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EDGERUN_HOME", str(edgerun_home))
         yield
-    finally:
-        if old is None:
-            os.environ.pop("EDGERUN_HOME", None)
-        else:
-            os.environ["EDGERUN_HOME"] = old
 
 
 def need_tool(tool: str, package: str) -> None:
     """Skip (with the reason) when a tool is missing; CI installs them all through scripts/setup."""
     if shutil.which(tool) is None:
         pytest.skip(f"{tool} is not installed (Debian package {package}; scripts/setup installs it)")
+
+
+@pytest.fixture(scope="session")
+def need():
+    """``need(tool, debian_package)`` for fixtures of other folders (conftests are not importable)."""
+    return need_tool
+
 
 @pytest.fixture(scope="session")
 def edgerun_home(tmp_path_factory) -> Path:

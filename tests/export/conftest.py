@@ -9,14 +9,8 @@ HERE = Path(__file__).parent
 def _factories_on_path():
     """Make ``factories:...`` importable as a user model path, for in-process and CLI runs."""
     import os
-    import sys
 
-    sys.path.insert(0, str(HERE))
-    old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = str(HERE) + (os.pathsep + old if old else "")
-    yield
-    sys.path.remove(str(HERE))
-    if old is None:
-        os.environ.pop("PYTHONPATH", None)
-    else:
-        os.environ["PYTHONPATH"] = old
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(HERE))
+        mp.setenv("PYTHONPATH", str(HERE), prepend=os.pathsep)
+        yield

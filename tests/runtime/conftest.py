@@ -8,7 +8,6 @@ scripts/setup, so nothing skips there).
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -26,18 +25,9 @@ BOARD_CPU = "cortex-a76"
 @pytest.fixture(scope="session", autouse=True)
 def _rt_factories_on_path():
     """Make ``rt_factories:...`` importable for CLI subprocesses too."""
-    old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = str(HERE) + (os.pathsep + old if old else "")
-    yield
-    if old is None:
-        os.environ.pop("PYTHONPATH", None)
-    else:
-        os.environ["PYTHONPATH"] = old
-
-
-def _need(tool: str, package: str) -> None:
-    if shutil.which(tool) is None:
-        pytest.skip(f"{tool} is not installed (Debian package {package}; scripts/setup installs it)")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PYTHONPATH", str(HERE), prepend=os.pathsep)
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -56,9 +46,9 @@ def aarch64_bundle(runner_bundle):
 
 
 @pytest.fixture(scope="session")
-def qemu_board():
+def qemu_board(need):
     """The emulator prefix for a Raspberry Pi 5 (what the devices room's qemu device also uses)."""
-    _need(QEMU, "qemu-user")
+    need(QEMU, "qemu-user")
     return [QEMU, "-cpu", BOARD_CPU]
 
 
