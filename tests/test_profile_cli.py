@@ -40,17 +40,20 @@ def test_profile_json_has_the_promised_fields_and_is_stored(cli, digits, tmp_pat
 
 def test_two_runs_of_one_artifact_compare_as_no_significant_change(cli, make_artifact, tmp_path):
     """Real timings, so a program heavy enough to time (MobileNetV2, ~10 ms an iteration here) on one
-    thread: a ~20 us model is at the mercy of every cache miss and frequency step."""
+    thread: a ~20 us model is at the mercy of every cache miss and frequency step. The first of
+    three profiles is thrown away: in a fresh CI clone the very first run of the program came out
+    ~14 % slower than the next (cold caches, first deploy), which is exactly the drift a
+    benchmarker discards with a warm-up run."""
     art = make_artifact("mobilenet_v2", "rpi5", "int8")
     store = str(tmp_path / "s.sqlite")
     ids, medians = [], []
-    for _ in range(2):
-        r = cli("profile", str(art), "-d", "local://", "--warmup", "5", "--iterations", "40", "--threads", "1",
+    for _ in range(3):
+        r = cli("profile", str(art), "-d", "local://", "--warmup", "10", "--iterations", "40", "--threads", "1",
                 "--no-etdump", "--store", store, "--json")
         assert r.returncode == 0, r.stderr
         ids.append(_json(r)["run_id"])
         medians.append(_json(r)["median"])
-    r = cli("compare", *ids, "--store", store, "--json", "--min-effect", "0.10")
+    r = cli("compare", *ids[1:], "--store", store, "--json", "--min-effect", "0.10")
     assert r.returncode == 0, r.stderr
     assert _json(r)["verdict"] == "no significant change", f"medians {medians} ms"
 
