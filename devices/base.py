@@ -26,7 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
 
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import (  # noqa: F401  (the devices room's errors, re-exported)
+    DeviceAuthError, DeviceError, DeviceTimeout, DeviceUnreachable, EdgerunError, NoSpaceError, TransportDropped,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from edgerun.devices.inventory import DeviceSpec
@@ -40,56 +42,6 @@ def _tail(data: bytes | str | None, n: int = TAIL_BYTES) -> str:
     if isinstance(data, bytes):
         data = data.decode("utf-8", "replace")
     return data[-n:]
-
-
-# --------------------------------------------------------------------------------------- errors
-class DeviceError(EdgerunError):
-    """A device could not do what was asked. Names the device and the stage; keeps the output."""
-
-    exit_code = 8
-    default_stage = "device"
-
-    def __init__(self, message: str, *, device: str, stage: str, hint: str | None = None,
-                 result: "ExecResult | None" = None):
-        super().__init__(f"device '{device}': {message}", stage=stage, hint=hint)
-        self.device = device
-        self.result = result
-
-    @property
-    def stdout(self) -> bytes:
-        return self.result.stdout if self.result else b""
-
-    @property
-    def stderr(self) -> bytes:
-        return self.result.stderr if self.result else b""
-
-    def to_json(self) -> dict:
-        out = super().to_json()
-        out["device"] = self.device
-        if self.result is not None:
-            out["stdout_tail"] = _tail(self.result.stdout)
-            out["stderr_tail"] = _tail(self.result.stderr)
-        return out
-
-
-class DeviceUnreachable(DeviceError):
-    """Connection refused / timed out / name not resolved. Transient: connects retry this."""
-
-
-class DeviceAuthError(DeviceError):
-    """Authentication failed or the host key is unknown or changed. Never retried."""
-
-
-class DeviceTimeout(DeviceError):
-    """The program ran past its timeout and was killed; ``result`` holds its partial output."""
-
-
-class TransportDropped(DeviceError):
-    """The connection died during an operation; ``result`` holds whatever arrived before."""
-
-
-class NoSpaceError(DeviceError):
-    """The device's file system has no space left for what was pushed."""
 
 
 # -------------------------------------------------------------------------------------- results

@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from edgerun.config import edgerun_home
-from edgerun.errors import UsageError
+from edgerun.core.paths import edgerun_home
+from edgerun.core.errors import UsageError
 
 TRANSPORTS = ("local", "qemu", "ssh", "adb", "serial")
 # Board -> the CPU qemu emulates for it. Never qemu's default "max": it enables SME, and

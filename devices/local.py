@@ -10,7 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from edgerun.config import edgerun_home
+from edgerun.core.paths import edgerun_home
 from edgerun.devices.base import Device, DeviceError, DeviceTimeout, ExecResult, NoSpaceError, removable
 
 

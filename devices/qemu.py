@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import shutil
 
-from edgerun.config import edgerun_home
+from edgerun.core.paths import edgerun_home
 from edgerun.devices.base import DeviceError
 from edgerun.devices.local import LocalDevice
 

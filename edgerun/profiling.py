@@ -23,8 +23,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from edgerun.config import edgerun_home
-from edgerun.errors import EdgerunError, UsageError
+from edgerun.core.paths import edgerun_home
+from edgerun.core.errors import EdgerunError, UsageError
 
 log = logging.getLogger("edgerun.profile")
 

@@ -17,7 +17,7 @@ import json
 import math
 from typing import Any, Callable, Sequence
 
-from edgerun.errors import UsageError
+from edgerun.core.errors import UsageError
 from edgerun.runtime.record import RunComparison, RunRecord, flat_row
 
 FORMATS = ("html", "md", "json", "csv")

@@ -17,8 +17,8 @@ import contextlib
 from pathlib import Path
 from typing import Iterator
 
-from edgerun.config import edgerun_home
-from edgerun.errors import EdgerunError
+from edgerun.core.paths import edgerun_home
+from edgerun.core.errors import EdgerunError, StoreError, UnknownRun
 from edgerun.runtime.record import RunRecord
 
 STORE_FILENAME = "results.sqlite"
@@ -74,15 +74,6 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
-
-
-class StoreError(EdgerunError):
-    exit_code = 7
-    default_stage = "results store"
-
-
-class UnknownRun(StoreError):
-    """No run (or more than one) matches the id given."""
 
 
 def default_store_path() -> Path:

@@ -25,8 +25,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from edgerun.errors import EdgerunError, UsageError
-from edgerun.numerics import aggregate, compare_outputs
+from edgerun.core.errors import EdgerunError, UsageError
+from edgerun.core.numerics import aggregate, compare_outputs
 
 from .errors import ExportError, VerificationFailed
 from .manifest import MANIFEST_NAME, SCHEMA_VERSION, write_json_atomic
@@ -312,7 +312,7 @@ def verify_artifact(art_dir: Path, manifest: dict, thresholds: Thresholds) -> di
         expected.append([np.load(art_dir / p) for p in vec["outputs"]])
     actual = _run_program(art_dir / manifest["files"]["pte"], samples)
     per_vector = [compare_outputs(a, e) for a, e in zip(actual, expected)]
-    summary = aggregate(per_vector)
+    summary = [m.to_json() for m in aggregate(per_vector)]
     failures = check_thresholds(summary, thresholds)
     return {
         "runtime": "executorch pybindings (host)",

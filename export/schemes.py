@@ -16,7 +16,7 @@ import hashlib
 import json
 from typing import Any, ClassVar
 
-from edgerun.errors import UsageError
+from edgerun.core.errors import UsageError
 
 RECIPE_SCHEMA_VERSION = 1
 

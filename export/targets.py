@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from edgerun.errors import UsageError
+from edgerun.core.errors import UsageError
 
 from .schemes import SCHEMES
 

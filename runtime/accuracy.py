@@ -1,7 +1,7 @@
 """Accuracy on the device: outputs pulled from a run against the artifact's eager reference outputs.
 
 The per-output numbers (SNR dB, max abs error, cosine, top-1 agreement) are computed by
-:mod:`edgerun.numerics`, the same code export-time verification uses, so "verified at export" and
+:mod:`edgerun.core.numerics`, the same code export-time verification uses, so "verified at export" and
 "accurate on the device" are the same measurement. This module adds what a device run needs: the
 artifact's test vectors read from disk, comparisons across several vectors, errors that name the
 vector and the output, task accuracy from labelled outputs, and a frozen record with the source
@@ -10,55 +10,25 @@ label (measured / emulated). numpy only; no torch.
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from edgerun import numerics
-from edgerun.errors import EdgerunError
+from edgerun.core import numerics
+from edgerun.core.errors import AnalysisError, EdgerunError
 
 
-class AccuracyError(EdgerunError):
+class AccuracyError(AnalysisError):
     """Outputs cannot be compared with the reference (count, shape or dtype differ; files missing)."""
 
-    exit_code = 6
     default_stage = "accuracy"
 
 
-@dataclass(frozen=True)
-class OutputAccuracy:
-    """One output, worst case over the test vectors (mean for top-1 agreement)."""
-
-    index: int
-    name: str | None
-    shape: tuple[int, ...]
-    snr_db: float  # +inf: bit-exact; JSON printers show null/"exact"
-    max_abs: float
-    cosine: float
-    top1_agreement: float | None  # fraction of rows with the same argmax; only for [batch, classes]
-    vectors: int
-
-    @property
-    def exact(self) -> bool:
-        return math.isinf(self.snr_db) and self.snr_db > 0
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["shape"] = list(self.shape)
-        d["exact"] = self.exact  # strict JSON turns +inf into null; this keeps the meaning
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "OutputAccuracy":
-        d = dict(d)
-        d["shape"] = tuple(d.get("shape") or ())
-        if d.get("snr_db") is None:  # strict JSON carried +inf as null
-            d["snr_db"] = math.inf
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+#: One output, worst case over the test vectors (mean for top-1 agreement): the same typed metrics
+#: export-time verification stores in the manifest.
+OutputAccuracy = numerics.OutputMetrics
 
 
 @dataclass(frozen=True)
@@ -76,13 +46,13 @@ class AccuracyResult:
 
     def to_dict(self) -> dict:
         return {"source": self.source, "reference": self.reference, "vectors": self.vectors,
-                "outputs": [o.to_dict() for o in self.outputs], "task_accuracy": self.task_accuracy,
+                "outputs": [o.to_json() for o in self.outputs], "task_accuracy": self.task_accuracy,
                 "task_samples": self.task_samples}
 
     @classmethod
     def from_dict(cls, d: dict) -> "AccuracyResult":
         return cls(source=d["source"], reference=d.get("reference", ""), vectors=d.get("vectors", 0),
-                   outputs=tuple(OutputAccuracy.from_dict(o) for o in d.get("outputs", [])),
+                   outputs=tuple(OutputAccuracy.from_json(o) for o in d.get("outputs", [])),
                    task_accuracy=d.get("task_accuracy"), task_samples=d.get("task_samples"))
 
 
@@ -112,14 +82,8 @@ def compare_vectors(
                 raise AccuracyError(
                     f"test vector {v}, output {j}: dtype {np.asarray(a).dtype} differs from the reference's "
                     f"{np.asarray(e).dtype}.", hint="Was the run made from this artifact's model.pte?")
-    outputs = []
-    for m in numerics.aggregate(per_vector):
-        i = m["index"]
-        outputs.append(OutputAccuracy(
-            index=i, name=(names[i] if names and i < len(names) else None), shape=tuple(m["shape"]),
-            snr_db=float(m["snr_db"]), max_abs=float(m["max_abs"]), cosine=float(m["cosine"]),
-            top1_agreement=m["top1_agreement"], vectors=int(m["vectors"]),
-        ))
+    outputs = [m.named(names[m.index] if names and m.index < len(names) else None)
+               for m in numerics.aggregate(per_vector)]
     return AccuracyResult(source=source, reference=reference, outputs=tuple(outputs), vectors=len(per_vector))
 
 
@@ -159,19 +123,3 @@ def load_npy(path: Path, what: str) -> np.ndarray:
         raise AccuracyError(f"{what} {path} does not exist.", hint="Is the export directory complete?") from exc
     except (ValueError, OSError) as exc:
         raise AccuracyError(f"{what} {path} is not a readable .npy file ({exc}).") from exc
-
-
-def load_test_vectors(artifact_dir: str | Path, manifest: dict | None = None) -> list[tuple[list[np.ndarray], list[np.ndarray]]]:
-    """The artifact's test vectors as ``[(inputs, reference_outputs), ...]`` (paths from manifest.json)."""
-    root = Path(artifact_dir)
-    if manifest is None:
-        try:
-            manifest = json.loads((root / "manifest.json").read_text())
-        except FileNotFoundError as exc:
-            raise AccuracyError(f"{root} has no manifest.json.", hint="Point at an export directory.") from exc
-    vectors = []
-    for k, vec in enumerate(manifest.get("test_vectors") or []):
-        ins = [load_npy(root / p, f"input of test vector {k}") for p in vec.get("inputs", [])]
-        outs = [load_npy(root / p, f"reference output of test vector {k}") for p in vec.get("outputs", [])]
-        vectors.append((ins, outs))
-    return vectors

@@ -36,7 +36,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgerun.config import cache_dir
+from edgerun.core.paths import cache_dir
 
 from .bundle import (BACKEND_LIBRARIES, KERNEL_LIBRARIES, LOADERS, RUNNER_NAME, Bundle, BundleError,
                      load_bundle, make_tarball, runner_prefix, verify_bundle, write_bundle_json)

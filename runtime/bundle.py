@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import BundleError, EdgerunError
 
 BUNDLE_SCHEMA = "edgerun.bundle"
 BUNDLE_SCHEMA_VERSION = 1
@@ -45,13 +45,6 @@ VARIANTS = ("full", "slim")
 # Which ExecuTorch library provides what, by the wheel's file names.
 BACKEND_LIBRARIES = {"libexecutorch_backend_xnnpack.so": "XnnpackBackend"}
 KERNEL_LIBRARIES = ("libexecutorch_kernels_optimized.so", "libexecutorch_kernels_quantized.so")
-
-
-class BundleError(EdgerunError):
-    """A bundle is missing, incomplete, altered, or cannot be built."""
-
-    exit_code = 5
-    default_stage = "bundle"
 
 
 def sha256_file(path: Path) -> str:

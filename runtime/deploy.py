@@ -29,36 +29,16 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from edgerun.config import edgerun_home
+from edgerun.core.paths import edgerun_home
 from edgerun.devices.base import Device, DeviceError
 from edgerun.devices.sync import SyncResult, sync_files
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import DeviceRunError, EdgerunError
 
 from .bundle import LOADERS, Bundle
 from .preflight import PreflightReport, check_compatible, read_manifest
 from .runner import RunnerResult, RunOptions, parse_runner_output, runner_argv
 
 RUN_ARCHES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
-
-
-class DeviceRunError(EdgerunError):
-    """A run on a device failed; ``run_dir`` keeps what was produced before it did."""
-
-    exit_code = 15
-    default_stage = "run"
-
-    def __init__(self, message: str, *, stage: str, run_dir: Path | None, hint: str | None = None,
-                 device: str | None = None):
-        where = f" Partial results are kept in {run_dir}." if run_dir else ""
-        super().__init__(message + where, stage=stage, hint=hint)
-        self.run_dir = run_dir
-        self.device = device
-
-    def to_json(self) -> dict:
-        out = super().to_json()
-        out["run_dir"] = str(self.run_dir) if self.run_dir else None
-        out["device"] = self.device
-        return out
 
 
 @dataclasses.dataclass(frozen=True)

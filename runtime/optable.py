@@ -36,7 +36,7 @@ from typing import Iterable
 
 import numpy as np
 
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import AnalysisError, EdgerunError
 
 KIND_OPERATOR = "operator"
 KIND_DELEGATE_CALL = "delegate_call"
@@ -47,10 +47,9 @@ KIND_DELEGATE_OP = "delegate_op"
 COVERAGE_TOLERANCE = 0.10
 
 
-class ProfilingError(EdgerunError):
+class ProfilingError(AnalysisError):
     """An ETDump or ETRecord that cannot be read or makes no sense."""
 
-    exit_code = 6
     default_stage = "operator profile"
 
 

@@ -19,16 +19,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import PreflightError
 
 from .bundle import Bundle
-
-
-class PreflightError(EdgerunError):
-    """The bundle cannot run the program (missing operator/backend, version or arch mismatch)."""
-
-    exit_code = 9
-    default_stage = "pre-flight"
 
 
 def read_manifest(artifact: str | os.PathLike) -> dict:

@@ -25,7 +25,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import AnalysisError, EdgerunError
 from edgerun.runtime.accuracy import AccuracyResult, compare_vectors
 from edgerun.runtime.optable import OperatorProfile, ProfilingError, operator_table
 from edgerun.runtime.stats import (
@@ -42,10 +42,9 @@ ESTIMATED = "estimated"  # computed, not observed (planned memory from the progr
 SOURCES = (MEASURED, EMULATED, ESTIMATED)
 
 
-class RunFailed(EdgerunError):
+class RunFailed(AnalysisError):
     """The runner did not produce a successful run to analyse."""
 
-    exit_code = 6
     default_stage = "run"
 
 

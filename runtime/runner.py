@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import EdgerunError, RunnerError
 
 from .build import host_arch
 from .bundle import Bundle, load_bundle, require_intact, runner_prefix
@@ -32,31 +32,6 @@ PROTOCOL_VERSION = 1
 EXIT_STAGES = {2: "usage", 10: "load", 11: "input", 12: "execute", 13: "output"}
 FILLS = ("zeros", "ones", "random")
 LOAD_MODES = ("mmap", "file")
-
-
-class RunnerError(EdgerunError):
-    """The runner failed or said something that is not the protocol.
-
-    ``exit_code`` is the runner's own (10 load, 11 input, 12 execute, 13 output, 2 usage) when it
-    reported an error, 14 when it died without one (signal, crash, timeout, garbled output).
-    """
-
-    exit_code = 14
-    default_stage = "run"
-
-    def __init__(self, message: str, *, stage: str | None = None, hint: str | None = None,
-                 result: "RunnerResult | None" = None, exit_code: int | None = None):
-        super().__init__(message, stage=stage, hint=hint)
-        self.result = result
-        if exit_code is not None:
-            self.exit_code = exit_code
-
-    def to_json(self) -> dict:
-        out = super().to_json()
-        if self.result is not None:
-            out["runner"] = {"argv": self.result.argv, "exit_code": self.result.exit_code,
-                             "error": self.result.error, "stderr_tail": self.result.stderr[-4000:]}
-        return out
 
 
 @dataclass(frozen=True)
@@ -204,6 +179,11 @@ class RunnerResult:
     @property
     def output_paths(self) -> list[str | None]:
         return [o.get("path") for o in (self.summary or {}).get("outputs", [])]
+
+    def failure_json(self) -> dict:
+        """What a :class:`RunnerError` carries of this result in ``--json`` output."""
+        return {"argv": self.argv, "exit_code": self.exit_code, "error": self.error,
+                "stderr_tail": self.stderr[-4000:]}
 
     def to_json(self) -> dict:
         return {"argv": self.argv, "exit_code": self.exit_code, "ok": self.ok, "duration_s": self.duration_s,
@@ -357,7 +337,7 @@ def run_artifact_local(artifact: str | os.PathLike, bundle_dir: str | os.PathLik
     out_dir = Path(outputs_dir) if outputs_dir else None
     etdump_path = None
     if etdump:  # beside the outputs, else in a fresh run folder: never inside the artifact
-        from edgerun.config import cache_dir
+        from edgerun.core.paths import cache_dir
 
         base = out_dir or cache_dir("runs", f"{art.name}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
         base.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import AnalysisError, EdgerunError
 
 NS_PER_MS = 1_000_000.0
 
@@ -31,10 +31,9 @@ VERDICT_SLOWER = "slower"
 VERDICT_SAME = "no significant change"
 
 
-class StatsError(EdgerunError):
+class StatsError(AnalysisError):
     """Statistics cannot be computed from what was given (e.g. zero successful iterations)."""
 
-    exit_code = 6
     default_stage = "analyse"
 
 

@@ -16,6 +16,10 @@ from pathlib import Path
 
 import pytest
 
+# Helper modules at the top of tests/ (``manifests``) import by plain name under --import-mode=importlib.
+if str(Path(__file__).parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).parent))
+
 
 @contextlib.contextmanager
 def _home(edgerun_home: Path):

@@ -6,7 +6,7 @@ Each command builds its result as a plain dict inside a ``work`` callable and ha
 * with ``--json`` exactly one JSON object is printed on stdout, success or failure; while
   ``work`` runs, file descriptor 1 is pointed at stderr so that nothing a library prints (even
   from C++) can corrupt it;
-* an :class:`~edgerun.errors.EdgerunError` becomes one paragraph on stderr and its exit code;
+* an :class:`~edgerun.core.errors.EdgerunError` becomes one paragraph on stderr and its exit code;
   ``--debug`` adds the traceback; anything else is reported as an internal error (exit 70).
 """
 
@@ -23,7 +23,7 @@ from typing import Annotated, Any, Callable
 import typer
 from rich.console import Console
 
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import EdgerunError
 
 JsonOpt = Annotated[
     bool, typer.Option("--json", help="Print exactly one JSON object on stdout; logs go to stderr.")

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from edgerun.errors import UsageError
+from edgerun.core.errors import UsageError
 
 from ._common import DebugOpt, JsonOpt, err_console, execute
 from .results_cmd import StoreOpt, print_record, print_runs_table, record_json

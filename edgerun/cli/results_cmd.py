@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from edgerun.errors import UsageError
+from edgerun.core.errors import UsageError
 
 from ._common import DebugOpt, JsonOpt, execute
 

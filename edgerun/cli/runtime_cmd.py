@@ -88,7 +88,7 @@ def register(app: typer.Typer) -> None:
         """
 
         def work() -> dict:
-            from edgerun.errors import UsageError
+            from edgerun.core.errors import UsageError
             from edgerun.runtime.build import BuildRequest, build_bundle
 
             try:
@@ -144,7 +144,7 @@ def register(app: typer.Typer) -> None:
         """Run an artifact with the native runner: here with --bundle, or on --device(s) (run directories kept)."""
 
         def work() -> dict:
-            from edgerun.errors import UsageError
+            from edgerun.core.errors import UsageError
             from edgerun.runtime.runner import RunOptions, run_artifact_local
 
             try:

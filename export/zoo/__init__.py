@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from edgerun.errors import UsageError
+from edgerun.core.errors import UsageError
 
 from .base import Dataset, ModelSpec, load_factory
 

@@ -66,7 +66,7 @@ def recipe_hash() -> str:
 
 
 def digits_cnn():
-    from edgerun.config import cache_dir
+    from edgerun.core.paths import cache_dir
 
     split = load_split()
     path = cache_dir("zoo") / f"digits_cnn-{recipe_hash()}.pt"

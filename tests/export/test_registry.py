@@ -2,7 +2,7 @@
 
 import pytest
 
-from edgerun.errors import UsageError
+from edgerun.core.errors import UsageError
 from edgerun.export import SCHEMES, TARGETS, get_target, legal_pairs, make_scheme
 
 

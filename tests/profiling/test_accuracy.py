@@ -7,9 +7,12 @@ import math
 
 import numpy as np
 import pytest
+from manifests import write_artifact
 
+from edgerun.core.artifact import read_manifest
+from edgerun.core.errors import ArtifactError
 from edgerun.runtime.accuracy import (
-    AccuracyError, AccuracyResult, compare_vectors, load_test_vectors, task_accuracy,
+    AccuracyError, AccuracyResult, compare_vectors, task_accuracy,
 )
 
 
@@ -69,16 +72,13 @@ def test_task_accuracy_known_answer_and_errors():
 
 
 def test_load_test_vectors_follows_the_manifest(tmp_path):
-    (tmp_path / "vectors/000").mkdir(parents=True)
-    np.save(tmp_path / "vectors/000/input_0.npy", np.ones((1, 2), np.float32))
-    np.save(tmp_path / "vectors/000/output_0.npy", np.zeros((1, 3), np.float32))
-    manifest = {"test_vectors": [{"inputs": ["vectors/000/input_0.npy"], "outputs": ["vectors/000/output_0.npy"]}]}
-    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-    [(ins, outs)] = load_test_vectors(tmp_path)
-    assert ins[0].shape == (1, 2) and outs[0].shape == (1, 3)
+    write_artifact(tmp_path)
+    manifest = read_manifest(tmp_path)
+    [vec] = manifest.load_test_vectors()
+    assert vec.inputs[0].shape == (1, 2) and vec.outputs[0].shape == (1, 3)
     (tmp_path / "vectors/000/output_0.npy").unlink()
-    with pytest.raises(AccuracyError, match="reference output of test vector 0 .*does not exist"):
-        load_test_vectors(tmp_path)
+    with pytest.raises(ArtifactError, match="test vector 0 output 'vectors/000/output_0.npy' .*is missing"):
+        manifest.load_test_vectors()
 
 
 def test_real_runtime_outputs_match_eager_closely(profiled_program):

@@ -13,7 +13,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from edgerun.errors import UsageError
+from edgerun.core.errors import UsageError
 from edgerun.report import pareto_front, plot_pareto, render
 from edgerun.runtime.record import analyse, compare_records, flat_row
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from edgerun.devices.inventory import resolve_device
-from edgerun.numerics import snr_db
+from edgerun.core.numerics import snr_db
 from edgerun.runtime.deploy import DeviceRunError, deploy, run_many, run_on_device
 from edgerun.runtime.runner import RunOptions
 

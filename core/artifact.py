@@ -1,0 +1,659 @@
+"""The typed artifact: what ``edgerun export`` writes and every later step reads.
+
+An artifact directory holds ``manifest.json`` (this module's :class:`Manifest`), the program, its
+ETRecord, test vectors and, for models with a dataset, the held-out split. This module is the one
+reader (:func:`read_manifest`) and the one writer (:func:`write_manifest`) of the manifest, and the
+one loader of test vectors (:meth:`Manifest.load_test_vector`). Nothing else parses manifest JSON.
+
+The manifest is untrusted input (it may come from anyone): every path in it must be relative,
+without ``..``, and resolve inside the artifact (:meth:`Manifest.file`); the program must match
+``pte_sha256`` before it is pushed or run (:meth:`Manifest.verified_pte`). Failures are
+:class:`~edgerun.core.errors.ArtifactError` — one class and one exit code from every command.
+
+Schema: ``"schema": "edgerun.artifact"``, ``"schema_version"`` up to :data:`SCHEMA_VERSION`. A newer
+version or a foreign schema is refused with a message that says which and what to do. New fields
+are added as optional fields of these dataclasses (``None`` when an older edgerun wrote the file).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Mapping, Sequence
+
+from .errors import ArtifactError
+from .numerics import OutputMetrics
+
+SCHEMA = "edgerun.artifact"
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+STATUS_OK = "ok"
+STATUS_FAILED = "failed"
+STATUS_UNVERIFIED = "unverified"
+
+
+# ------------------------------------------------------------------------------------- helpers
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+    """Write JSON to ``path`` through a temp file in the same directory and a rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=False, allow_nan=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+class _Bad(ValueError):
+    """A field of the manifest JSON is missing or of the wrong type (message names the field)."""
+
+
+def _get(d: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str, *, optional: bool = False,
+         default: Any = None) -> Any:
+    if not isinstance(d, Mapping):
+        raise _Bad(f"{where} must be an object, got {type(d).__name__}")
+    if key not in d or d[key] is None:
+        if optional:
+            return default
+        raise _Bad(f"{where}.{key} is missing")
+    value = d[key]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+        raise _Bad(f"{where}.{key} must be {names}, got {type(value).__name__} {value!r:.60}")
+    return value
+
+
+def _output_metrics(d: Any, where: str) -> OutputMetrics:
+    try:
+        return OutputMetrics.from_json(d)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _Bad(f"{where} is not an output check ({type(exc).__name__}: {exc})") from None
+
+
+def _rel_path(value: Any, where: str) -> str:
+    """Check a manifest path: relative, POSIX, without ``..`` or a drive; returns it normalised."""
+    if not isinstance(value, str) or not value:
+        raise _Bad(f"{where} must be a non-empty relative path, got {value!r:.80}")
+    if "\x00" in value or "\\" in value:
+        raise _Bad(f"{where} = {value!r:.80} contains a NUL or backslash")
+    p = PurePosixPath(value)
+    if p.is_absolute() or value.startswith("~"):
+        raise _Bad(f"{where} = {value!r:.80} is absolute; artifact paths are relative to the artifact")
+    if any(part == ".." for part in p.parts):
+        raise _Bad(f"{where} = {value!r:.80} leaves the artifact ('..')")
+    return str(p)
+
+
+# --------------------------------------------------------------------------------------- parts
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # numpy dtype name: float32, int64, bool ...
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any], where: str) -> "TensorSpec":
+        shape = _get(d, "shape", list, where)
+        if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
+            raise _Bad(f"{where}.shape must be a list of sizes >= 0, got {shape!r:.80}")
+        return cls(name=_get(d, "name", str, where), shape=tuple(shape), dtype=_get(d, "dtype", str, where))
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class TestVector:
+    """Relative paths of one test vector's input ``.npy`` files and eager PyTorch's outputs."""
+
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+    __test__ = False  # not a pytest class
+
+    def to_json(self) -> dict:
+        return {"inputs": list(self.inputs), "outputs": list(self.outputs)}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any], where: str) -> "TestVector":
+        ins = _get(d, "inputs", list, where)
+        outs = _get(d, "outputs", list, where)
+        return cls(inputs=tuple(_rel_path(p, f"{where}.inputs[{i}]") for i, p in enumerate(ins)),
+                   outputs=tuple(_rel_path(p, f"{where}.outputs[{i}]") for i, p in enumerate(outs)))
+
+
+@dataclass(frozen=True)
+class VectorData:
+    """A test vector's arrays, loaded."""
+
+    inputs: list
+    outputs: list
+
+
+@dataclass(frozen=True)
+class DatasetSplit:
+    """The held-out split as the program takes it (classification models with a dataset)."""
+
+    name: str
+    split: str
+    inputs: str   # relative: [N, *input_shape] .npy
+    labels: str   # relative: int64 [N] .npy
+    samples: int
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any], where: str) -> "DatasetSplit":
+        return cls(name=_get(d, "name", str, where), split=_get(d, "split", str, where),
+                   inputs=_rel_path(_get(d, "inputs", str, where), f"{where}.inputs"),
+                   labels=_rel_path(_get(d, "labels", str, where), f"{where}.labels"),
+                   samples=_get(d, "samples", int, where))
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    name: str
+    task: str | None = None
+    source: str | None = None        # zoo | factory
+    origin: str | None = None
+    description: str | None = None
+    dataset: str | None = None
+    parameters: int | None = None
+    fp32_weight_bytes: int | None = None
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "description": self.description, "task": self.task, "source": self.source,
+                "origin": self.origin, "dataset": self.dataset, "parameters": self.parameters,
+                "fp32_weight_bytes": self.fp32_weight_bytes}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any], where: str) -> "ModelRef":
+        return cls(name=_get(d, "name", str, where),
+                   **{k: _get(d, k, str, where, optional=True) for k in ("task", "source", "origin", "description",
+                                                                          "dataset")},
+                   **{k: _get(d, k, int, where, optional=True) for k in ("parameters", "fp32_weight_bytes")})
+
+
+@dataclass(frozen=True)
+class TargetRef:
+    """The target record the program was exported for (``export.targets.Target`` as data)."""
+
+    name: str
+    arch: str                    # x86_64 | aarch64 | any ...
+    cpu: str | None = None
+    description: str | None = None
+    backends: tuple[str, ...] = ()
+    default_scheme: str | None = None
+    allowed_schemes: tuple[str, ...] = ()
+    bundle_variant: str | None = None
+    qemu_cpu: str | None = None
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "description": self.description, "arch": self.arch, "cpu": self.cpu,
+                "backends": list(self.backends), "default_scheme": self.default_scheme,
+                "allowed_schemes": list(self.allowed_schemes), "bundle_variant": self.bundle_variant,
+                "qemu_cpu": self.qemu_cpu}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any], where: str) -> "TargetRef":
+        return cls(name=_get(d, "name", str, where), arch=_get(d, "arch", str, where),
+                   **{k: _get(d, k, str, where, optional=True) for k in ("cpu", "description", "default_scheme",
+                                                                          "bundle_variant", "qemu_cpu")},
+                   backends=tuple(_get(d, "backends", list, where, optional=True, default=[])),
+                   allowed_schemes=tuple(_get(d, "allowed_schemes", list, where, optional=True, default=[])))
+
+
+@dataclass(frozen=True)
+class SchemeRef:
+    name: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    recipe_hash: str | None = None          # of the scheme's canonical config alone
+    facts: Mapping[str, Any] = field(default_factory=dict)  # what quantization did
+
+    def to_json(self) -> dict:
+        out = {"name": self.name, "options": dict(self.options), "recipe_hash": self.recipe_hash}
+        if self.facts:
+            out["facts"] = dict(self.facts)
+        return out
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any], where: str) -> "SchemeRef":
+        return cls(name=_get(d, "name", str, where), options=_get(d, "options", dict, where, optional=True, default={}),
+                   recipe_hash=_get(d, "recipe_hash", str, where, optional=True),
+                   facts=_get(d, "facts", dict, where, optional=True, default={}))
+
+
+@dataclass(frozen=True)
+class Operators:
+    non_delegated: Mapping[str, int] = field(default_factory=dict)  # kernel name -> calls
+    delegated: Mapping[str, int] = field(default_factory=dict)      # backend -> delegate calls
+    delegates: tuple[str, ...] = ()
+    operator_table: tuple[str, ...] = ()
+
+    def to_json(self) -> dict:
+        return {"non_delegated": dict(self.non_delegated), "delegated": dict(self.delegated),
+                "delegates": list(self.delegates), "operator_table": list(self.operator_table)}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any], where: str) -> "Operators":
+        nd = _get(d, "non_delegated", dict, where, optional=True, default={})
+        dl = _get(d, "delegated", dict, where, optional=True, default={})
+        for name, table in (("non_delegated", nd), ("delegated", dl)):
+            bad = [k for k, v in table.items() if not isinstance(v, int) or isinstance(v, bool)]
+            if bad:
+                raise _Bad(f"{where}.{name}[{bad[0]!r}] must be a call count")
+        return cls(non_delegated=dict(nd), delegated=dict(dl),
+                   delegates=tuple(_get(d, "delegates", list, where, optional=True, default=[])),
+                   operator_table=tuple(_get(d, "operator_table", list, where, optional=True, default=[])))
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """What verification (and a device run's accuracy check) demands of every output."""
+
+    min_snr_db: float
+    min_cosine: float
+    min_top1: float | None = None  # fraction of test vectors whose argmax must agree (classifiers)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any], where: str) -> "Thresholds":
+        return cls(min_snr_db=_get(d, "min_snr_db", float, where), min_cosine=_get(d, "min_cosine", float, where),
+                   min_top1=_get(d, "min_top1", float, where, optional=True))
+
+
+@dataclass(frozen=True)
+class TaskAccuracy:
+    samples: int
+    eager_fp32: float
+    program: float
+    delta_pp: float
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any], where: str) -> "TaskAccuracy":
+        return cls(samples=_get(d, "samples", int, where), eager_fp32=_get(d, "eager_fp32", float, where),
+                   program=_get(d, "program", float, where), delta_pp=_get(d, "delta_pp", float, where))
+
+
+@dataclass(frozen=True)
+class Verification:
+    runtime: str
+    thresholds: Thresholds
+    outputs: tuple[OutputMetrics, ...]
+    passed: bool
+    failures: tuple[str, ...] = ()
+    task_accuracy: TaskAccuracy | None = None
+
+    def to_json(self) -> dict:
+        out = {"runtime": self.runtime, "thresholds": self.thresholds.to_json(),
+               "outputs": [o.to_json() for o in self.outputs], "passed": self.passed,
+               "failures": list(self.failures)}
+        if self.task_accuracy is not None:
+            out["task_accuracy"] = self.task_accuracy.to_json()
+        return out
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any], where: str) -> "Verification":
+        ta = _get(d, "task_accuracy", dict, where, optional=True)
+        return cls(runtime=_get(d, "runtime", str, where),
+                   thresholds=Thresholds.from_json(_get(d, "thresholds", dict, where), f"{where}.thresholds"),
+                   outputs=tuple(_output_metrics(o, f"{where}.outputs[{i}]")
+                                 for i, o in enumerate(_get(d, "outputs", list, where))),
+                   passed=_get(d, "passed", bool, where),
+                   failures=tuple(_get(d, "failures", list, where, optional=True, default=[])),
+                   task_accuracy=TaskAccuracy.from_json(ta, f"{where}.task_accuracy") if ta else None)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    source: str        # file:<path> | <dataset name> | generated
+    samples: int
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any], where: str) -> "Calibration":
+        return cls(source=_get(d, "source", str, where), samples=_get(d, "samples", int, where))
+
+
+@dataclass(frozen=True)
+class RecipeIdentity:
+    """Everything that changes the program an export makes. Same identity, same program (up to
+    the nondeterminism of the tools), so caches key on :attr:`hash`.
+
+    ``model``: name, source and origin (and a content hash of a factory's module file, when known);
+    ``target``: the target record; ``scheme``: name and options; ``calibration``: source (a file's
+    content hash, a dataset name, or ``generated``) and sample count; ``seed``; ``vectors``: how many
+    test vectors; ``versions``: torch, executorch, torchao.
+    """
+
+    model: Mapping[str, Any]
+    target: Mapping[str, Any]
+    scheme: Mapping[str, Any]
+    calibration: Mapping[str, Any] | None
+    seed: int
+    vectors: int
+    versions: Mapping[str, Any]
+    identity_version: int = 1
+
+    def to_json(self) -> dict:
+        return {"identity_version": self.identity_version, "model": dict(self.model), "target": dict(self.target),
+                "scheme": dict(self.scheme), "calibration": dict(self.calibration) if self.calibration else None,
+                "seed": self.seed, "vectors": self.vectors, "versions": dict(self.versions)}
+
+    @property
+    def hash(self) -> str:
+        canonical = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any], where: str) -> "RecipeIdentity":
+        return cls(model=_get(d, "model", dict, where), target=_get(d, "target", dict, where),
+                   scheme=_get(d, "scheme", dict, where), calibration=_get(d, "calibration", dict, where, optional=True),
+                   seed=_get(d, "seed", int, where), vectors=_get(d, "vectors", int, where),
+                   versions=_get(d, "versions", dict, where),
+                   identity_version=_get(d, "identity_version", int, where, optional=True, default=1))
+
+
+# ------------------------------------------------------------------------------------ manifest
+@dataclass(frozen=True)
+class Manifest:
+    """``manifest.json`` as types. ``path`` is the artifact directory it was read from (not stored)."""
+
+    status: str
+    model: ModelRef
+    target: TargetRef
+    scheme: SchemeRef
+    recipe_hash: str
+    versions: Mapping[str, str]
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    files: Mapping[str, str]                 # role (pte, etrecord) -> relative path
+    pte_bytes: int
+    pte_sha256: str
+    method: str = "forward"
+    etrecord_bytes: int | None = None
+    planned_memory_bytes: int | None = None
+    planned_buffers: tuple[int, ...] = ()
+    operators: Operators = field(default_factory=Operators)
+    test_vectors: tuple[TestVector, ...] = ()
+    calibration: Calibration | None = None
+    dataset: DatasetSplit | None = None
+    verification: Verification | None = None
+    export_seconds: float | None = None
+    recipe: RecipeIdentity | None = None
+    schema_version: int = SCHEMA_VERSION
+    path: Path | None = field(default=None, compare=False)
+
+    # -- serialisation
+    def to_json(self) -> dict:
+        out: dict[str, Any] = {
+            "schema": SCHEMA, "schema_version": self.schema_version, "status": self.status,
+            "model": self.model.to_json(), "target": self.target.to_json(), "scheme": self.scheme.to_json(),
+            "recipe_hash": self.recipe_hash, "recipe": self.recipe.to_json() if self.recipe else None,
+            "versions": dict(self.versions),
+            "inputs": [t.to_json() for t in self.inputs], "outputs": [t.to_json() for t in self.outputs],
+            "files": dict(self.files), "pte_bytes": self.pte_bytes, "pte_sha256": self.pte_sha256,
+            "etrecord_bytes": self.etrecord_bytes, "method": self.method,
+            "planned_memory_bytes": self.planned_memory_bytes, "planned_buffers": list(self.planned_buffers),
+            "operators": self.operators.to_json(), "test_vectors": [v.to_json() for v in self.test_vectors],
+            "calibration": self.calibration.to_json() if self.calibration else None,
+        }
+        if self.dataset is not None:
+            out["dataset"] = self.dataset.to_json()
+        if self.verification is not None:
+            out["verification"] = self.verification.to_json()
+        if self.export_seconds is not None:
+            out["export_seconds"] = self.export_seconds
+        return out
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any], *, path: str | os.PathLike | None = None,
+                  source: str = "manifest") -> "Manifest":
+        """Parse and check a manifest; raises :class:`ArtifactError` naming ``source`` and the field."""
+        check_schema(d, source)
+        try:
+            files = _get(d, "files", dict, "files")
+            for role, rel in files.items():
+                _rel_path(rel, f"files.{role}")
+            if "pte" not in files:
+                raise _Bad("files.pte is missing")
+            ds = _get(d, "dataset", dict, "manifest", optional=True)
+            ver = _get(d, "verification", dict, "manifest", optional=True)
+            cal = _get(d, "calibration", dict, "manifest", optional=True)
+            rec = _get(d, "recipe", dict, "manifest", optional=True)
+            sha = _get(d, "pte_sha256", str, "manifest")
+            if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+                raise _Bad(f"pte_sha256 must be 64 lowercase hex digits, got {sha!r:.80}")
+            return cls(
+                schema_version=d["schema_version"], status=_get(d, "status", str, "manifest"),
+                model=ModelRef.from_json(_get(d, "model", dict, "manifest"), "model"),
+                target=TargetRef.from_json(_get(d, "target", dict, "manifest"), "target"),
+                scheme=SchemeRef.from_json(_get(d, "scheme", dict, "manifest"), "scheme"),
+                recipe_hash=_get(d, "recipe_hash", str, "manifest"),
+                versions=_get(d, "versions", dict, "manifest", optional=True, default={}),
+                inputs=tuple(TensorSpec.from_json(t, f"inputs[{i}]")
+                             for i, t in enumerate(_get(d, "inputs", list, "manifest"))),
+                outputs=tuple(TensorSpec.from_json(t, f"outputs[{i}]")
+                              for i, t in enumerate(_get(d, "outputs", list, "manifest"))),
+                files={k: _rel_path(v, f"files.{k}") for k, v in files.items()},
+                pte_bytes=_get(d, "pte_bytes", int, "manifest"), pte_sha256=sha,
+                method=_get(d, "method", str, "manifest", optional=True, default="forward"),
+                etrecord_bytes=_get(d, "etrecord_bytes", int, "manifest", optional=True),
+                planned_memory_bytes=_get(d, "planned_memory_bytes", int, "manifest", optional=True),
+                planned_buffers=tuple(_get(d, "planned_buffers", list, "manifest", optional=True, default=[])),
+                operators=Operators.from_json(_get(d, "operators", dict, "manifest", optional=True, default={}),
+                                              "operators"),
+                test_vectors=tuple(TestVector.from_json(v, f"test_vectors[{i}]")
+                                   for i, v in enumerate(_get(d, "test_vectors", list, "manifest", optional=True,
+                                                              default=[]))),
+                calibration=Calibration.from_json(cal, "calibration") if cal else None,
+                dataset=DatasetSplit.from_json(ds, "dataset") if ds else None,
+                verification=Verification.from_json(ver, "verification") if ver else None,
+                export_seconds=_get(d, "export_seconds", float, "manifest", optional=True),
+                recipe=RecipeIdentity.from_json(rec, "recipe") if rec else None,
+                path=Path(path) if path is not None else None,
+            )
+        except _Bad as exc:
+            raise ArtifactError(f"{source} is not a valid edgerun manifest: {exc}.",
+                                hint="Re-export the artifact with `edgerun export`.") from None
+
+    # -- views
+    @property
+    def ok(self) -> bool:
+        return self.status == STATUS_OK
+
+    @property
+    def dir(self) -> Path:
+        if self.path is None:
+            raise ArtifactError("this manifest was not read from an artifact directory, so it has no files.",
+                                stage="read artifact")
+        return self.path
+
+    def file(self, rel: str, what: str = "file") -> Path:
+        """The artifact's file at relative path ``rel``, confined to the artifact: after resolving
+        links it must lie inside the artifact directory. Does not require the file to exist."""
+        rel = _checked_rel(rel, what, self)
+        root = self.dir.resolve()
+        resolved = (root / rel).resolve()
+        if resolved != root and root not in resolved.parents:
+            raise ArtifactError(f"artifact {self.dir}: the {what} {rel!r} resolves to {resolved}, outside the "
+                                "artifact (a symbolic link leads out of it).", stage="read artifact",
+                                hint="Artifacts must be self-contained; re-export it.")
+        return resolved
+
+    def existing_file(self, rel: str, what: str = "file") -> Path:
+        p = self.file(rel, what)
+        if not p.is_file():
+            raise ArtifactError(f"artifact {self.dir}: the {what} {rel!r} named by {MANIFEST_NAME} is missing.",
+                                stage="read artifact", hint="Re-export the artifact; it is incomplete.")
+        return p
+
+    @property
+    def pte_path(self) -> Path:
+        return self.file(self.files["pte"], "program")
+
+    @property
+    def etrecord_path(self) -> Path | None:
+        """The ETRecord, if the manifest names one and it is there."""
+        rel = self.files.get("etrecord")
+        if not rel:
+            return None
+        p = self.file(rel, "ETRecord")
+        return p if p.is_file() else None
+
+    def verified_pte(self) -> Path:
+        """The program, after checking its size and sha256 against the manifest: a swapped or
+        altered ``.pte`` is refused before it is pushed or run."""
+        p = self.existing_file(self.files["pte"], "program")
+        size = p.stat().st_size
+        if size != self.pte_bytes or sha256_file(p) != self.pte_sha256:
+            raise ArtifactError(f"artifact {self.dir}: the program {self.files['pte']} ({size} bytes) does not match "
+                                f"the manifest (pte_bytes {self.pte_bytes}, pte_sha256 {self.pte_sha256[:12]}…): it "
+                                "was altered or replaced after export.", stage="read artifact",
+                                hint="Re-export the artifact; never edit an artifact's files by hand.")
+        return p
+
+    def vector_files(self, index: int) -> TestVector:
+        if not 0 <= index < len(self.test_vectors):
+            from .errors import UsageError
+
+            raise UsageError(f"artifact {self.path} has {len(self.test_vectors)} test vector(s); there is no "
+                             f"vector {index}.",
+                             hint=f"Use --vector 0..{len(self.test_vectors) - 1}." if self.test_vectors else
+                             "This artifact has no test vectors: run with generated inputs (omit --vector).")
+        return self.test_vectors[index]
+
+    def vector_input_paths(self, index: int) -> list[Path]:
+        return [self.existing_file(p, f"test vector {index} input") for p in self.vector_files(index).inputs]
+
+    def load_test_vector(self, index: int) -> VectorData:
+        """Test vector ``index``'s inputs and eager reference outputs as numpy arrays."""
+        vec = self.vector_files(index)
+        return VectorData(inputs=[_load_npy(self.existing_file(p, f"test vector {index} input"), self)
+                                  for p in vec.inputs],
+                          outputs=[_load_npy(self.existing_file(p, f"test vector {index} output"), self)
+                                   for p in vec.outputs])
+
+    def load_test_vectors(self) -> list[VectorData]:
+        return [self.load_test_vector(i) for i in range(len(self.test_vectors))]
+
+    def dataset_files(self) -> tuple[Path, Path]:
+        """The held-out split's (inputs, labels) files."""
+        if self.dataset is None:
+            raise ArtifactError(f"artifact {self.path} has no dataset (its manifest names no held-out split).",
+                                stage="read artifact")
+        return (self.existing_file(self.dataset.inputs, "dataset inputs"),
+                self.existing_file(self.dataset.labels, "dataset labels"))
+
+    def thresholds(self) -> Thresholds | None:
+        return self.verification.thresholds if self.verification else None
+
+
+def _checked_rel(rel: str, what: str, m: Manifest) -> str:
+    try:
+        return _rel_path(rel, what)
+    except _Bad as exc:
+        raise ArtifactError(f"artifact {m.path}: {exc}.", stage="read artifact",
+                            hint="Artifacts must be self-contained; re-export it.") from None
+
+
+def _load_npy(path: Path, m: Manifest):
+    import numpy as np
+
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise ArtifactError(f"artifact {m.path}: {path.name} is not a readable .npy file ({exc}).",
+                            stage="read artifact", hint="Re-export the artifact.") from exc
+
+
+# ----------------------------------------------------------------------------------- read/write
+def check_schema(d: Any, source: str) -> None:
+    """Refuse what is not an edgerun manifest, or one from a newer edgerun, with one message."""
+    if not isinstance(d, Mapping) or d.get("schema") != SCHEMA:
+        found = d.get("schema") if isinstance(d, Mapping) else type(d).__name__
+        raise ArtifactError(f"{source} is not an edgerun artifact manifest (schema {found!r}, expected {SCHEMA!r}).",
+                            hint="Give the directory that `edgerun export` wrote.")
+    version = d.get("schema_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ArtifactError(f"{source} has no valid schema_version (got {version!r}).",
+                            hint="Re-export the artifact with `edgerun export`.")
+    if version > SCHEMA_VERSION:
+        raise ArtifactError(f"{source} has manifest schema version {version}; this edgerun reads up to "
+                            f"{SCHEMA_VERSION}.", hint="Upgrade edgerun, or re-export the model with this version.")
+
+
+def manifest_file(artifact: str | os.PathLike) -> Path:
+    p = Path(artifact)
+    return p / MANIFEST_NAME if p.is_dir() else p
+
+
+def read_manifest(artifact: str | os.PathLike) -> Manifest:
+    """The one manifest reader: the artifact directory (or its manifest.json) -> :class:`Manifest`."""
+    path = manifest_file(artifact)
+    if not path.is_file():
+        raise ArtifactError(f"{artifact} is not an edgerun artifact: no {MANIFEST_NAME} found.",
+                            hint="Give the directory that `edgerun export` wrote.")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ArtifactError(f"cannot read manifest {path}: {exc}.", hint="Re-export the artifact.") from exc
+    return Manifest.from_json(data, path=path.parent, source=f"manifest {path}")
+
+
+def write_manifest(artifact_dir: str | os.PathLike, manifest: Manifest) -> Path:
+    """Write ``manifest.json`` atomically into ``artifact_dir``; returns its path."""
+    path = Path(artifact_dir) / MANIFEST_NAME
+    write_json_atomic(path, manifest.to_json())
+    return path
+
+
+def thresholds_failures(outputs: Sequence[OutputMetrics], thresholds: Thresholds) -> list[str]:
+    """Human sentences for every threshold an output misses (empty: passed)."""
+    failures = []
+    for row in outputs:
+        i = row.index
+        if row.snr_db < thresholds.min_snr_db:
+            failures.append(f"output {i}: SNR {row.snr_db:.1f} dB < {thresholds.min_snr_db:g} dB")
+        if row.cosine < thresholds.min_cosine:
+            failures.append(f"output {i}: cosine {row.cosine:.4f} < {thresholds.min_cosine:g}")
+        if thresholds.min_top1 is not None and row.top1_agreement is not None \
+                and row.top1_agreement < thresholds.min_top1:
+            failures.append(f"output {i}: top-1 agreement {row.top1_agreement:.2f} < {thresholds.min_top1:g}")
+    return failures

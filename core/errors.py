@@ -1,0 +1,292 @@
+"""The one error tree every edgerun room raises from, and the one exit-code table.
+
+The CLI turns any :class:`EdgerunError` into one clear paragraph and its ``exit_code``; anything
+else is a bug and exits :data:`ExitCode.INTERNAL`. The README's exit-code table is
+:func:`exit_code_table` (a test keeps them equal), so a new family of failures is added here once.
+
+Rooms may subclass these (``InventoryError(UsageError)``) but never invent a code: every class's
+``exit_code`` is a member of :class:`ExitCode`.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+
+class ExitCode(enum.IntEnum):
+    """What ``edgerun`` exits with; distinct per family so scripts can tell failures apart."""
+
+    OK = 0
+    FAILED = 1
+    USAGE = 2
+    EXPORT = 3
+    VERIFICATION = 4
+    BUNDLE = 5
+    ANALYSIS = 6
+    STORE = 7
+    DEVICE = 8
+    PREFLIGHT = 9
+    RUNNER_LOAD = 10
+    RUNNER_INPUT = 11
+    RUNNER_EXECUTE = 12
+    RUNNER_OUTPUT = 13
+    RUNNER_DIED = 14
+    DEVICE_RUN = 15
+    INTERNAL = 70
+    INTERRUPTED = 130
+
+
+#: One line per code (or run of codes) as the README shows it. ``FAILED`` (1) is not listed: no
+#: command exits with it on purpose.
+EXIT_MEANINGS: tuple[tuple[tuple[ExitCode, ...], str], ...] = (
+    ((ExitCode.USAGE,), "a wrong call: unknown model/target/scheme/device, illegal combination, bad option"),
+    ((ExitCode.EXPORT,), "export failed (the stage is named: load model, export, quantize, lower, write)"),
+    ((ExitCode.VERIFICATION,), "the program failed verification against eager PyTorch (artifact kept, marked `failed`)"),
+    ((ExitCode.BUNDLE,), "a runtime bundle is missing, damaged or could not be built"),
+    ((ExitCode.ANALYSIS,), "analysis failed (no timed iterations, unreadable ETDump, outputs that cannot be compared)"),
+    ((ExitCode.STORE,), "the results store: unknown run id, a store from a newer edgerun"),
+    ((ExitCode.DEVICE,), "a device failed: unreachable, authentication, host key, timeout, dropped link, no space"),
+    ((ExitCode.PREFLIGHT,), "pre-flight refused: the artifact cannot be read (not an artifact, a newer or foreign "
+                            "manifest schema), or the bundle lacks an operator or backend the program needs, or "
+                            "versions differ"),
+    ((ExitCode.RUNNER_LOAD, ExitCode.RUNNER_INPUT, ExitCode.RUNNER_EXECUTE, ExitCode.RUNNER_OUTPUT,
+      ExitCode.RUNNER_DIED),
+     "a local run of the native runner failed: 10 load, 11 input, 12 execute, 13 output, 14 it died without "
+     "saying why (signal, timeout); see `runtime/native/PROTOCOL.md`"),
+    ((ExitCode.DEVICE_RUN,), "a run on a device failed (its run directory keeps what was produced)"),
+    ((ExitCode.INTERNAL,), "an internal error (a bug: please report it with `--debug` output)"),
+    ((ExitCode.INTERRUPTED,), "interrupted (Ctrl-C)"),
+)
+
+
+def exit_code_table() -> str:
+    """The README's exit-code table, as markdown."""
+    rows = ["| exit | meaning |", "| --- | --- |"]
+    for codes, meaning in EXIT_MEANINGS:
+        label = str(int(codes[0])) if len(codes) == 1 else f"{int(codes[0])}–{int(codes[-1])}"
+        rows.append(f"| {label} | {meaning} |")
+    return "\n".join(rows)
+
+
+def _tail(data: bytes | str | None, n: int = 4000) -> str:
+    if not data:
+        return ""
+    if isinstance(data, bytes):
+        data = data.decode("utf-8", "replace")
+    return data[-n:]
+
+
+class EdgerunError(Exception):
+    """A failure the user can act on.
+
+    ``stage`` names the step that failed (``load model``, ``export``, ``quantize``, ``lower``,
+    ``verify``, ``deploy``, ``run`` ...), ``hint`` says how to fix the call, and ``exit_code``
+    is what the CLI exits with (an :class:`ExitCode`).
+    """
+
+    exit_code: int = ExitCode.FAILED
+    default_stage = "edgerun"
+
+    def __init__(self, message: str, *, stage: str | None = None, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.stage = stage or self.default_stage
+        self.hint = hint
+
+    def paragraph(self) -> str:
+        text = f"{self.stage} failed: {self.message}"
+        if self.hint:
+            text += f" {self.hint}"
+        return text
+
+    def to_json(self) -> dict:
+        return {
+            "type": type(self).__name__,
+            "stage": self.stage,
+            "message": self.message,
+            "hint": self.hint,
+            "exit_code": int(self.exit_code),
+        }
+
+
+class UsageError(EdgerunError):
+    """The call itself is wrong: unknown name, illegal combination, bad option value."""
+
+    exit_code = ExitCode.USAGE
+    default_stage = "arguments"
+
+
+# ----------------------------------------------------------------------------------- export
+class ExportError(EdgerunError):
+    """A model could not be turned into a verified program."""
+
+    exit_code = ExitCode.EXPORT
+    default_stage = "export"
+
+
+class VerificationFailed(ExportError):
+    """The program runs but its outputs disagree with eager PyTorch beyond the scheme's thresholds.
+
+    The artifact is still written (marked ``failed`` in its manifest) so it can be inspected.
+    """
+
+    exit_code = ExitCode.VERIFICATION
+    default_stage = "verify"
+
+
+# ---------------------------------------------------------------------------------- artifact
+class ArtifactError(EdgerunError):
+    """An artifact directory cannot be used: no manifest, unreadable, a newer or foreign schema,
+    a path that leaves the artifact, a file that is missing or does not match its hash.
+
+    The same class and code from every command that reads an artifact (``run``, ``deploy``,
+    ``profile``, ``inspect``, ``bench``).
+    """
+
+    exit_code = ExitCode.PREFLIGHT
+    default_stage = "read artifact"
+
+
+# ----------------------------------------------------------------------------------- runtime
+class BundleError(EdgerunError):
+    """A runtime bundle is missing, damaged, or could not be built."""
+
+    exit_code = ExitCode.BUNDLE
+    default_stage = "bundle"
+
+
+class PreflightError(EdgerunError):
+    """The bundle cannot run the program (missing operator/backend, version or arch mismatch)."""
+
+    exit_code = ExitCode.PREFLIGHT
+    default_stage = "pre-flight"
+
+
+class AnalysisError(EdgerunError):
+    """What a run produced cannot be analysed (no timed iterations, unreadable ETDump, outputs that
+    cannot be compared with the reference)."""
+
+    exit_code = ExitCode.ANALYSIS
+    default_stage = "analyse"
+
+
+RUNNER_EXIT_STAGES = {ExitCode.USAGE: "usage", ExitCode.RUNNER_LOAD: "load", ExitCode.RUNNER_INPUT: "input",
+                      ExitCode.RUNNER_EXECUTE: "execute", ExitCode.RUNNER_OUTPUT: "output"}
+
+
+class RunnerError(EdgerunError):
+    """The runner failed or said something that is not the protocol.
+
+    ``exit_code`` is the runner's own (10 load, 11 input, 12 execute, 13 output, 2 usage) when it
+    reported an error, 14 when it died without one (signal, crash, timeout, garbled output).
+    ``result`` is the parsed runner output, when there is one.
+    """
+
+    exit_code = ExitCode.RUNNER_DIED
+    default_stage = "run"
+
+    def __init__(self, message: str, *, stage: str | None = None, hint: str | None = None,
+                 result: Any = None, exit_code: int | None = None):
+        super().__init__(message, stage=stage, hint=hint)
+        self.result = result
+        if exit_code is not None:
+            self.exit_code = ExitCode(exit_code)
+
+    def to_json(self) -> dict:
+        out = super().to_json()
+        if self.result is not None and hasattr(self.result, "failure_json"):
+            out["runner"] = self.result.failure_json()
+        return out
+
+
+class DeviceRunError(EdgerunError):
+    """A run on a device failed; ``run_dir`` keeps what was produced before it did."""
+
+    exit_code = ExitCode.DEVICE_RUN
+    default_stage = "run"
+
+    def __init__(self, message: str, *, stage: str, run_dir: Any = None, hint: str | None = None,
+                 device: str | None = None):
+        where = f" Partial results are kept in {run_dir}." if run_dir else ""
+        super().__init__(message + where, stage=stage, hint=hint)
+        self.run_dir = run_dir
+        self.device = device
+
+    def to_json(self) -> dict:
+        out = super().to_json()
+        out["run_dir"] = str(self.run_dir) if self.run_dir else None
+        out["device"] = self.device
+        return out
+
+
+# ------------------------------------------------------------------------------------ store
+class StoreError(EdgerunError):
+    """The results store cannot be used (unknown run id, a store from a newer edgerun, corrupt)."""
+
+    exit_code = ExitCode.STORE
+    default_stage = "results store"
+
+
+class UnknownRun(StoreError):
+    """No run with that id (or prefix) in the store."""
+
+
+# ---------------------------------------------------------------------------------- devices
+class DeviceError(EdgerunError):
+    """A device could not do what was asked. Names the device and the stage; keeps the output
+    (``result``: the device's exec result, with ``stdout``/``stderr`` bytes, when there is one)."""
+
+    exit_code = ExitCode.DEVICE
+    default_stage = "device"
+
+    def __init__(self, message: str, *, device: str, stage: str, hint: str | None = None, result: Any = None):
+        super().__init__(f"device '{device}': {message}", stage=stage, hint=hint)
+        self.device = device
+        self.result = result
+
+    @property
+    def stdout(self) -> bytes:
+        return self.result.stdout if self.result is not None else b""
+
+    @property
+    def stderr(self) -> bytes:
+        return self.result.stderr if self.result is not None else b""
+
+    def to_json(self) -> dict:
+        out = super().to_json()
+        out["device"] = self.device
+        if self.result is not None:
+            out["stdout_tail"] = _tail(self.result.stdout)
+            out["stderr_tail"] = _tail(self.result.stderr)
+        return out
+
+
+class DeviceUnreachable(DeviceError):
+    """Connection refused / timed out / name not resolved. Transient: connects retry this."""
+
+
+class DeviceAuthError(DeviceError):
+    """Authentication failed or the host key is unknown or changed. Never retried."""
+
+
+class DeviceTimeout(DeviceError):
+    """The program ran past its timeout and was killed; ``result`` holds its partial output."""
+
+
+class TransportDropped(DeviceError):
+    """The connection died during an operation; ``result`` holds whatever arrived before."""
+
+
+class NoSpaceError(DeviceError):
+    """The device's file system has no space left for what was pushed."""
+
+
+def all_error_classes() -> list[type[EdgerunError]]:
+    """Every class of the tree defined here (for the test that keeps codes in :class:`ExitCode`)."""
+    out, todo = [], [EdgerunError]
+    while todo:
+        cls = todo.pop()
+        out.append(cls)
+        todo.extend(cls.__subclasses__())
+    return out
