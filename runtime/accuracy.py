@@ -39,6 +39,10 @@ class AccuracyResult:
     vectors: int
     task_accuracy: float | None = None  # e.g. digits held-out accuracy from device outputs
     task_samples: int | None = None
+    # Against the artifact's accuracy thresholds: True within them, False outside (``failures`` says
+    # which output and threshold), None when not checked.
+    passed: bool | None = None
+    failures: tuple[str, ...] = ()
 
     @property
     def min_snr_db(self) -> float | None:
@@ -47,13 +51,14 @@ class AccuracyResult:
     def to_dict(self) -> dict:
         return {"source": self.source, "reference": self.reference, "vectors": self.vectors,
                 "outputs": [o.to_json() for o in self.outputs], "task_accuracy": self.task_accuracy,
-                "task_samples": self.task_samples}
+                "task_samples": self.task_samples, "passed": self.passed, "failures": list(self.failures)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "AccuracyResult":
         return cls(source=d["source"], reference=d.get("reference", ""), vectors=d.get("vectors", 0),
                    outputs=tuple(OutputAccuracy.from_json(o) for o in d.get("outputs", [])),
-                   task_accuracy=d.get("task_accuracy"), task_samples=d.get("task_samples"))
+                   task_accuracy=d.get("task_accuracy"), task_samples=d.get("task_samples"),
+                   passed=d.get("passed"), failures=tuple(d.get("failures") or ()))
 
 
 def compare_vectors(

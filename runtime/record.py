@@ -5,8 +5,8 @@ where it came from (:data:`MEASURED`, :data:`EMULATED` or :data:`ESTIMATED`) and
 (device, runner and ExecuTorch versions, edgerun version and git commit, recipe hash, threads) is
 part of the record, not of a log.
 
-:func:`analyse` turns what a run produced (the runner's JSON lines, the artifact's manifest, the
-device's info, optionally the ETDump/ETRecord and the pulled outputs) into a record.
+:func:`edgerun.runtime.analysis.analyse` turns what a run produced (a ``RunArtifacts``) and the
+artifact's manifest into a record.
 :func:`flat_row` is the one flat view (ordered columns, units in the names) that the markdown, CSV
 and HTML tables are printed from; :func:`compare_records` compares two records.
 """
@@ -14,22 +14,18 @@ and HTML tables are printed from; :func:`compare_records` compares two records.
 from __future__ import annotations
 
 import datetime as _dt
-import functools
 import logging
 import math
 import secrets
-import subprocess
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
-from typing import Any, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
 
-import numpy as np
-
-from edgerun.core.errors import AnalysisError, EdgerunError
-from edgerun.runtime.accuracy import AccuracyResult, compare_vectors
-from edgerun.runtime.optable import OperatorProfile, ProfilingError, operator_table
+from edgerun.core.errors import AnalysisError
+from edgerun.runtime import columns as _columns
+from edgerun.runtime.accuracy import AccuracyResult
+from edgerun.runtime.optable import OperatorProfile
 from edgerun.runtime.stats import (
-    DEFAULT_ALPHA, DEFAULT_MIN_EFFECT, VERDICT_SAME, LatencyStats, SampleComparison, compare_samples, summarize,
+    DEFAULT_ALPHA, DEFAULT_MIN_EFFECT, VERDICT_SAME, LatencyStats, SampleComparison, compare_samples,
 )
 
 log = logging.getLogger("edgerun.record")
@@ -188,253 +184,29 @@ def new_run_id(now: _dt.datetime | None = None) -> str:
     return f"r-{now:%Y%m%d}-{secrets.token_hex(3)}"
 
 
-@functools.lru_cache(maxsize=1)
-def edgerun_git_commit() -> str | None:
-    """The commit of the edgerun source tree this runs from, best effort.
-
-    ``+dirty`` when tracked files are modified, ``+unchecked`` when that could not be told in time
-    (a busy machine); None outside a git checkout (an installed wheel).
-    """
-    here = Path(__file__).resolve().parent
-    try:
-        sha = subprocess.run(["git", "-C", str(here), "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                             text=True, timeout=20, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if not sha:
-        return None
-    try:
-        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=20, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return f"{sha}+unchecked"
-    return f"{sha}+dirty" if dirty else sha
-
-
-def _edgerun_version() -> str:
-    from edgerun import __version__
-
-    return __version__
-
-
-def _as_dict(info: Any) -> dict:
-    if info is None:
-        return {}
-    if hasattr(info, "to_json"):
-        return dict(info.to_json())
-    if hasattr(info, "__dataclass_fields__"):
-        return asdict(info)
-    return dict(info)
-
-
-def _runner_failure(lines: Sequence[Mapping[str, Any]]) -> RunFailed:
-    err = next((ln for ln in reversed(lines) if ln.get("type") == "error"), None)
-    timed = sum(1 for ln in lines if ln.get("type") == "iteration" and not ln.get("warmup"))
-    if err is not None:
-        tail = "; ".join(err.get("log") or [])[-400:]
-        return RunFailed(
-            f"the runner stopped at stage '{err.get('stage')}' with {err.get('error')}: {err.get('message')}"
-            + (f" (log: {tail})" if tail else "") + f" after {timed} timed iteration(s).",
-            stage=f"run/{err.get('stage', 'unknown')}",
-            hint="Check the artifact targets this device (edgerun runs the same .pte with --debug for the full log).")
-    return RunFailed(
-        f"the runner ended without a summary line after {timed} timed iteration(s): it was killed "
-        "(out of memory? timeout?) or its output was cut.",
-        hint="Look at the device's stderr kept with the run; try fewer iterations or a smaller model.")
-
-
-def analyse(
-    runner_lines: Sequence[Mapping[str, Any]],
-    manifest: Mapping[str, Any],
-    device_info: Any,
-    *,
-    device_name: str = "local",
-    etdump_path: str | Path | None = None,
-    etrecord_path: str | Path | None = None,
-    outputs: Sequence | None = None,
-    reference: Sequence | None = None,
-    output_names: Sequence[str] | None = None,
-    task_accuracy: float | None = None,
-    task_samples: int | None = None,
-    artifact_dir: str | Path | None = None,
-    bundle_bytes: int | None = None,
-    skip_runs: int = 0,
-    sweep_id: str | None = None,
-    cell: str | None = None,
-    run_id: str | None = None,
-    seed: int = 0,
-) -> RunRecord:
-    """Build the run record of one runner invocation.
-
-    ``runner_lines``: the parsed JSON lines of ``edgerun-runner`` (protocol 1: header, load,
-    iteration..., summary | error). ``outputs``/``reference``: the pulled outputs and the eager
-    reference outputs, either one list of arrays or one list per test vector. A failed run (error
-    line, no summary, zero timed iterations) raises :class:`RunFailed`; an ETDump that does not parse
-    keeps the run and says so in ``warnings``.
-    """
-    lines = list(runner_lines)
-    header = next((ln for ln in lines if ln.get("type") == "header"), {})
-    load = next((ln for ln in lines if ln.get("type") == "load"), {})
-    summary = next((ln for ln in lines if ln.get("type") == "summary"), None)
-    iterations = [ln for ln in lines if ln.get("type") == "iteration"]
-    if summary is None or any(ln.get("type") == "error" for ln in lines):
-        raise _runner_failure(lines)
-    samples = tuple(Sample(index=int(it["index"]), warmup=bool(it.get("warmup")), execute_ns=int(it["execute_ns"]),
-                           wall_ns=int(it["wall_ns"]) if it.get("wall_ns") is not None else None)
-                    for it in iterations)
-    timed = [s for s in samples if not s.warmup]
-    if not timed:
-        raise RunFailed("the run finished with zero successful timed iterations: there is nothing to measure.",
-                        stage="analyse", hint="Run with --iterations 1 or more.")
-
-    device = _as_dict(device_info)
-    source = EMULATED if device.get("emulated") else MEASURED
-    warnings: list[str] = []
-    if source == EMULATED:
-        warnings.append(f"emulated device ({device.get('emulator') or 'emulator'}): timings check function, "
-                        "not speed; do not compare them with real hardware")
-    build = header.get("build") or {}
-    if build.get("build_type") and str(build["build_type"]).lower() not in ("release", "relwithdebinfo", "minsizerel"):
-        warnings.append(f"the runner is a {build['build_type']} build: timings are not representative")
-
-    latency = summarize([s.execute_ns for s in timed], seed=seed, what="execute")
-    walls = [s.wall_ns for s in timed if s.wall_ns is not None]
-    wall = summarize(walls, seed=seed, what="wall") if len(walls) == len(timed) else None
-    warnings.extend(latency.warnings)
-
-    versions = manifest.get("versions") or {}
-    target = manifest.get("target") or {}
-    scheme = manifest.get("scheme") or {}
-    model = ModelInfo(
-        name=(manifest.get("model") or {}).get("name") or "unknown", target=target.get("name"),
-        arch=target.get("arch") or header.get("arch"), scheme=scheme.get("name"), recipe_hash=scheme.get("recipe_hash"),
-        artifact=str(artifact_dir) if artifact_dir is not None else None,
-        inputs=tuple(load.get("inputs") or manifest.get("inputs") or ()),
-    )
-    if header.get("executorch_version") and versions.get("executorch") and \
-            header["executorch_version"] != versions["executorch"]:
-        warnings.append(f"the runner's ExecuTorch {header['executorch_version']} differs from the artifact's "
-                        f"{versions['executorch']}")
-    provenance = Provenance(
-        edgerun_version=_edgerun_version(), git_commit=edgerun_git_commit(),
-        runner_version=header.get("runner_version"), runner_source_hash=header.get("runner_source_hash"),
-        runner_build=build or None, executorch_version=header.get("executorch_version"),
-        artifact_executorch_version=versions.get("executorch"), torch_version=versions.get("torch"),
-        protocol=header.get("protocol"), threads=header.get("threads"),
-        hardware_threads=header.get("hardware_threads"),
-    )
-
-    def kb(v):
-        return int(v) * 1024 if v is not None else None
-
-    def ms(v):
-        return float(v) / 1e6 if v is not None else None
-
-    pte_bytes = manifest.get("pte_bytes")
-    mem_sources = {}
-    for name, value, src in (("planned_bytes", manifest.get("planned_memory_bytes"), ESTIMATED),
-                             ("peak_rss_bytes", summary.get("peak_rss_kb"), source),
-                             ("rss_bytes", summary.get("rss_kb"), source),
-                             ("pte_bytes", pte_bytes, MEASURED), ("bundle_bytes", bundle_bytes, MEASURED),
-                             ("load_ms", load.get("load_ns"), source)):
-        if value is not None:
-            mem_sources[name] = src
-    memory = Memory(
-        planned_bytes=manifest.get("planned_memory_bytes"), peak_rss_bytes=kb(summary.get("peak_rss_kb")),
-        rss_bytes=kb(summary.get("rss_kb")), pte_bytes=pte_bytes, bundle_bytes=bundle_bytes,
-        load_ms=ms(load.get("load_ns")), program_load_ms=ms(load.get("program_load_ns")),
-        method_load_ms=ms(load.get("method_load_ns")), sources=mem_sources,
-    )
-
-    operators = None
-    if etdump_path is not None:
-        try:
-            operators = operator_table(etdump_path, etrecord_path, skip_runs=skip_runs,
-                                       measured_execute_ms=latency.median_ms)
-            warnings.extend(operators.warnings)
-        except ProfilingError as exc:
-            log.warning("%s", exc.paragraph())
-            warnings.append(f"no operator table: {exc.message}")
-
-    accuracy = None
-    if outputs is not None and reference is not None:
-        def per_vector(x):
-            return [list(x)] if len(x) and isinstance(x[0], np.ndarray) else [list(v) for v in x]
-
-        names = output_names or [o.get("name") for o in manifest.get("outputs") or []] or None
-        accuracy = compare_vectors(per_vector(outputs), per_vector(reference), names=names, source=source)
-    if task_accuracy is not None:
-        base = accuracy or AccuracyResult(source=source, reference="labels", outputs=(), vectors=0)
-        accuracy = replace(base, task_accuracy=float(task_accuracy), task_samples=task_samples)
-
-    return RunRecord(
-        run_id=run_id or new_run_id(), created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        model=model, device_name=device_name, device=device, provenance=provenance, source=source,
-        samples=samples, latency=latency, wall=wall, memory=memory, operators=operators, accuracy=accuracy,
-        warnings=tuple(warnings), sweep_id=sweep_id, cell=cell,
-    )
-
-
 # ------------------------------------------------------------------------------- flat view
 def flat_row(r: RunRecord) -> dict[str, Any]:
-    """The one flat view of a record; column names carry units. Every table printer uses this."""
-    acc = r.accuracy
-    top1 = [o.top1_agreement for o in acc.outputs if o.top1_agreement is not None] if acc else []
-    ops = r.operators
-    return {
-        "run_id": r.run_id,
-        "created_at": r.created_at,
-        "model": r.model.name,
-        "scheme": r.model.scheme,
-        "target": r.model.target,
-        "device": r.device_name,
-        "arch": r.device.get("arch") or r.model.arch,
-        "cpu": r.device.get("cpu_model"),
-        "source": r.source,
-        "threads": r.provenance.threads,
-        "samples": r.latency.n,
-        "median_ms": r.latency.median_ms,
-        "ci95_low_ms": r.latency.ci95_low_ms,
-        "ci95_high_ms": r.latency.ci95_high_ms,
-        "p90_ms": r.latency.p90_ms,
-        "p99_ms": r.latency.p99_ms,
-        "mean_ms": r.latency.mean_ms,
-        "std_ms": r.latency.std_ms,
-        "min_ms": r.latency.min_ms,
-        "max_ms": r.latency.max_ms,
-        "cv": r.latency.cv,
-        "wall_median_ms": r.wall.median_ms if r.wall else None,
-        "load_ms": r.memory.load_ms,
-        "peak_rss_bytes": r.memory.peak_rss_bytes,
-        "planned_bytes": r.memory.planned_bytes,
-        "pte_bytes": r.memory.pte_bytes,
-        "bundle_bytes": r.memory.bundle_bytes,
-        "op_sum_ms": ops.op_sum_ms if ops else None,
-        "op_coverage": ops.coverage if ops else None,
-        "min_snr_db": acc.min_snr_db if acc and acc.outputs else None,
-        "top1_agreement": min(top1) if top1 else None,
-        "task_accuracy": acc.task_accuracy if acc else None,
-        "unstable": bool(r.latency.warnings),
-        "governor": r.device.get("governor"),
-        "freq_khz": r.device.get("freq_khz"),
-        "temperature_c": r.device.get("temperature_c"),
-        "recipe_hash": r.model.recipe_hash,
-        "runner_version": r.provenance.runner_version,
-        "executorch_version": r.provenance.executorch_version,
-        "edgerun_version": r.provenance.edgerun_version,
-        "git_commit": r.provenance.git_commit,
-    }
+    """The one flat view of a record, read from the column registry (:data:`edgerun.runtime.columns.COLUMNS`);
+    column names carry units. Every table printer, the CSV and the store's indexed columns use it."""
+    return _columns.row(r)
 
 
 # ---------------------------------------------------------------------------------- compare
+# An accuracy regression of B against A (besides B failing the thresholds A passed):
+DEFAULT_TASK_ACCURACY_DROP = 0.01  # task accuracy fell by more than 1 percentage point
+DEFAULT_SNR_DROP_DB = 6.0  # the worst output's SNR against eager fell by more than 6 dB
+SNR_CAP_DB = 100.0  # an exact match (inf dB) counts as this much
+
+
 @dataclass(frozen=True)
 class MetricDelta:
     metric: str
     a: float | None
     b: float | None
-    delta: float | None  # b - a
-    delta_rel: float | None  # (b - a) / a
+    delta: float | None  # b - a, in the metric's unit
+    delta_rel: float | None  # (b - a) / a; None where a relative change means nothing (dB, fractions)
     better: str  # "lower" or "higher": which direction is an improvement
+    unit: str = "ms"  # the registry's unit of the metric
 
 
 @dataclass(frozen=True)
@@ -447,33 +219,64 @@ class RunComparison:
     metrics: tuple[MetricDelta, ...]
     operators: tuple[MetricDelta, ...]  # per operator median_ms, matched by name
     warnings: tuple[str, ...]
+    accuracy_regressions: tuple[str, ...] = ()  # one sentence per regression of B against A
 
     def to_dict(self) -> dict:
         return {"run_a": self.run_a, "run_b": self.run_b, "verdict": self.verdict, "reliable": self.reliable,
                 "latency": self.latency.to_dict(),
                 "metrics": [asdict(m) for m in self.metrics], "operators": [asdict(m) for m in self.operators],
+                "accuracy_regressions": list(self.accuracy_regressions),
                 "warnings": list(self.warnings)}
 
 
-_COMPARED = (  # (flat_row column, better direction)
-    ("median_ms", "lower"), ("p90_ms", "lower"), ("p99_ms", "lower"), ("mean_ms", "lower"), ("cv", "lower"),
-    ("load_ms", "lower"), ("peak_rss_bytes", "lower"), ("planned_bytes", "lower"), ("pte_bytes", "lower"),
-    ("min_snr_db", "higher"), ("top1_agreement", "higher"), ("task_accuracy", "higher"),
-)
+# (flat_row column, better direction) of every compared metric: from the registry, never listed by hand.
+_COMPARED = tuple((c.name, c.better) for c in _columns.COMPARED)
 
 
-def _delta(metric: str, a, b, better: str) -> MetricDelta:
-    def finite(x):
-        return x is not None and not (isinstance(x, float) and not math.isfinite(x))
+def _finite(x) -> bool:
+    return x is not None and not (isinstance(x, float) and not math.isfinite(x))
 
-    d = b - a if finite(a) and finite(b) else None
-    rel = d / a if d is not None and a not in (0, 0.0) else None
-    return MetricDelta(metric=metric, a=a, b=b, delta=d, delta_rel=rel, better=better)
+
+def _delta(metric: str, a, b, better: str, unit: _columns.Unit = _columns.Unit.MS) -> MetricDelta:
+    if isinstance(a, bool) or isinstance(b, bool):
+        d = (int(b) - int(a)) if a is not None and b is not None else None
+    else:
+        d = b - a if _finite(a) and _finite(b) else None
+    rel = d / a if unit.relative and d is not None and a not in (0, 0.0) else None
+    return MetricDelta(metric=metric, a=a, b=b, delta=d, delta_rel=rel, better=better, unit=unit.value)
+
+
+def accuracy_regressions(a: RunRecord, b: RunRecord, *, task_drop: float = DEFAULT_TASK_ACCURACY_DROP,
+                         snr_drop_db: float = DEFAULT_SNR_DROP_DB) -> list[str]:
+    """Where B is less accurate than A: failed thresholds A passed, task accuracy or min SNR dropped."""
+    out: list[str] = []
+    pa = a.accuracy.passed if a.accuracy else None
+    pb = b.accuracy.passed if b.accuracy else None
+    if pa is True and pb is False:
+        why = "; ".join(b.accuracy.failures) if b.accuracy.failures else "no reason recorded"
+        out.append(f"{b.run_id} fails the artifact's accuracy thresholds that {a.run_id} passed ({why})")
+    ta = a.accuracy.task_accuracy if a.accuracy else None
+    tb = b.accuracy.task_accuracy if b.accuracy else None
+    if ta is not None and tb is not None and ta - tb > task_drop:
+        out.append(f"task accuracy dropped {(ta - tb) * 100:.1f} pp ({ta:.1%} → {tb:.1%}; threshold "
+                   f"{task_drop * 100:.1f} pp)")
+    sa = a.accuracy.min_snr_db if a.accuracy and a.accuracy.outputs else None
+    sb = b.accuracy.min_snr_db if b.accuracy and b.accuracy.outputs else None
+    if sa is not None and sb is not None:
+        ca, cb = min(sa, SNR_CAP_DB), min(sb, SNR_CAP_DB)
+        if ca - cb > snr_drop_db:
+            def db(x):
+                return "exact" if math.isinf(x) else f"{x:.1f} dB"
+
+            out.append(f"min SNR vs eager dropped {ca - cb:.1f} dB ({db(sa)} → {db(sb)}; threshold "
+                       f"{snr_drop_db:g} dB)")
+    return out
 
 
 def compare_records(a: RunRecord, b: RunRecord, *, alpha: float = DEFAULT_ALPHA,
                     min_effect: float = DEFAULT_MIN_EFFECT) -> RunComparison:
-    """B against A: a U test on the raw execute samples plus deltas of every comparable metric."""
+    """B against A: a U test on the raw execute samples, deltas of every compared registry column
+    (relative only where the unit allows it) and the accuracy regressions of B."""
     warnings: list[str] = []
     if a.model.name != b.model.name:
         warnings.append(f"different models ({a.model.name} vs {b.model.name}): the comparison is allowed "
@@ -491,17 +294,20 @@ def compare_records(a: RunRecord, b: RunRecord, *, alpha: float = DEFAULT_ALPHA,
 
     latency = compare_samples(a.timed_execute_ns, b.timed_execute_ns, alpha=alpha, min_effect=min_effect)
     fa, fb = flat_row(a), flat_row(b)
-    metrics = tuple(_delta(m, fa[m], fb[m], better) for m, better in _COMPARED)
+    metrics = tuple(_delta(c.name, fa[c.name], fb[c.name], c.better, c.unit) for c in _columns.COMPARED)
     ops: list[MetricDelta] = []
     if a.operators and b.operators:
         rows_b = {r.name: r for r in b.operators.rows}
         for ra in a.operators.rows:
             if ra.name in rows_b:
                 ops.append(_delta(ra.name, ra.median_ms, rows_b[ra.name].median_ms, "lower"))
+    regressions = accuracy_regressions(a, b)
+    warnings.extend(f"accuracy regression: {w}" for w in regressions)
     # A verdict between unstable runs may measure the machine (other load, throttling), not the program.
     reliable = not (a.latency.warnings or b.latency.warnings or EMULATED in (a.source, b.source))
     if not reliable and latency.verdict != VERDICT_SAME:
         warnings.append(f"'{latency.verdict}' is unreliable: a run was unstable or emulated, so the machine may "
                         "have changed rather than the program; re-run both on a quiet machine (or interleaved)")
     return RunComparison(run_a=a.run_id, run_b=b.run_id, verdict=latency.verdict, reliable=reliable, latency=latency,
-                         metrics=metrics, operators=tuple(ops), warnings=tuple(warnings))
+                         metrics=metrics, operators=tuple(ops), warnings=tuple(warnings),
+                         accuracy_regressions=tuple(regressions))
