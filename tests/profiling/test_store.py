@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import pytest
 
-from edgerun.runtime.record import analyse
+from edgerun.core.errors import UsageError
+from edgerun.runtime.record import RunRecord, analyse
 from edgerun.store import MIGRATIONS, SCHEMA_VERSION, Store, StoreError, UnknownRun, default_store_path
 
-from .conftest import HOST_INFO, manifest, runner_lines
+from .conftest import HOST_INFO, analyse_lines, manifest, runner_lines
 
 MS = 1_000_000
 
 
 def _record(run_id, median_ms=5.0, **kw):
-    return analyse(runner_lines([int(median_ms * MS) + i for i in range(20)], warmup_ns=[9 * MS]), manifest(**kw),
+    return analyse_lines(runner_lines([int(median_ms * MS) + i for i in range(20)], warmup_ns=[9 * MS]), manifest(**kw),
                    HOST_INFO, run_id=run_id)
 
 
@@ -60,7 +62,7 @@ def test_list_is_newest_first_and_filters(tmp_path):
 
 
 def test_sweep_cells_can_be_found_for_resume(tmp_path):
-    rec = analyse(runner_lines([5 * MS] * 20), manifest(), HOST_INFO, sweep_id="s1", cell="tinynet/fp32/local")
+    rec = analyse_lines(runner_lines([5 * MS] * 20), manifest(), HOST_INFO, sweep_id="s1", cell="tinynet/fp32/local")
     with Store(tmp_path / "r.sqlite") as s:
         s.save(rec)
         assert s.find_cell("s1", "tinynet/fp32/local") == rec.run_id
@@ -113,7 +115,7 @@ def test_a_failed_migration_leaves_the_file_unchanged(tmp_path, monkeypatch):
     Store(path, target_version=1).close()
     monkeypatch.setattr(store_mod, "MIGRATIONS", MIGRATIONS + ("CREATE TABLE broken (",))
     monkeypatch.setattr(store_mod, "SCHEMA_VERSION", len(MIGRATIONS) + 1)
-    with pytest.raises(StoreError, match="migrating .* from schema 1 to 3 failed"):
+    with pytest.raises(StoreError, match=f"migrating .* from schema 1 to {len(MIGRATIONS) + 1} failed"):
         store_mod.Store(path, target_version=len(MIGRATIONS) + 1)
     with Store(path, target_version=1) as s:
         assert s.schema_version() == 1
@@ -127,3 +129,150 @@ def test_a_run_is_never_overwritten(tmp_path):
         with pytest.raises(StoreError, match="already in"):
             s.save(_record("r-1", median_ms=9.0))
         assert s.get("r-1").latency.median_ms == pytest.approx(5.0, rel=0.01)
+
+
+# ------------------------------------------------------------ a finished measurement is never lost
+def _hold_exclusive(path):
+    """Another connection holding the store's write lock (as a long sweep's commit or a stuck tool would)."""
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    return holder
+
+
+def test_a_locked_store_says_locked_not_a_bogus_migration(tmp_path):
+    path = tmp_path / "r.sqlite"
+    Store(path).close()
+    holder = _hold_exclusive(path)
+    try:
+        with pytest.raises(StoreError) as exc:
+            Store(path, timeout=0.2)
+        assert exc.value.exit_code == 7
+        assert "locked" in exc.value.message and "0.2 s" in exc.value.message
+        assert "migrating" not in exc.value.message and "schema 0" not in exc.value.message
+    finally:
+        holder.close()
+    with Store(path) as s:
+        assert s.schema_version() == SCHEMA_VERSION and len(s) == 0
+
+
+def test_saving_into_a_store_locked_after_it_was_opened_is_a_store_error(tmp_path):
+    path = tmp_path / "r.sqlite"
+    with Store(path, timeout=0.2) as s:
+        holder = _hold_exclusive(path)
+        try:
+            with pytest.raises(StoreError, match="locked"):
+                s.save(_record("r-1"))
+        finally:
+            holder.close()
+        s.save(_record("r-1"))  # the failed attempt left nothing half-written
+        assert s.get("r-1").run_id == "r-1"
+
+
+def test_save_or_keep_writes_the_record_into_the_run_directory_and_import_brings_it_back(tmp_path):
+    from edgerun.store import RecordKept, import_runs, save_or_keep
+
+    path, run_dir = tmp_path / "r.sqlite", tmp_path / "runs" / "r-1"
+    run_dir.mkdir(parents=True)
+    Store(path).close()
+    rec = _record("r-kept")
+    holder = _hold_exclusive(path)
+    try:
+        with pytest.raises(RecordKept) as exc:
+            save_or_keep(rec, path, run_dir, timeout=0.2)
+    finally:
+        holder.close()
+    kept = run_dir / "record.json"
+    assert exc.value.exit_code == 7 and exc.value.record_path == kept
+    assert str(kept) in exc.value.message and "locked" in exc.value.message
+    assert f"edgerun runs import {run_dir}" in exc.value.hint
+    assert RunRecord.from_dict(json.loads(kept.read_text())) == rec  # the full record, every sample
+
+    with Store(path) as s:
+        assert len(s) == 0
+        assert [(r["run_id"], r["status"]) for r in import_runs(s, [run_dir])] == [("r-kept", "imported")]
+        assert s.get("r-kept") == rec
+        # idempotent: a second import skips the stored run and changes nothing
+        assert [(r["run_id"], r["status"]) for r in import_runs(s, [run_dir])] == [("r-kept", "skipped")]
+        assert len(s) == 1
+
+
+def test_save_or_keep_saves_normally_when_the_store_works(tmp_path):
+    from edgerun.store import save_or_keep
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    assert save_or_keep(_record("r-ok"), tmp_path / "r.sqlite", run_dir) == "r-ok"
+    assert not (run_dir / "record.json").exists()
+    with Store(tmp_path / "r.sqlite") as s:
+        assert s.get("r-ok").run_id == "r-ok"
+
+
+def test_import_refuses_a_directory_without_a_record_before_importing_anything(tmp_path):
+    from edgerun.store import import_runs
+
+    good, empty = tmp_path / "good", tmp_path / "empty"
+    good.mkdir(), empty.mkdir()
+    (good / "record.json").write_text(json.dumps(_record("r-good").to_dict()))
+    with Store(tmp_path / "r.sqlite") as s:
+        with pytest.raises(UsageError, match=f"{empty} has no record.json"):
+            import_runs(s, [good, empty])
+        assert len(s) == 0
+
+
+def _corrupt(path):
+    """Overwrite every page after the first (schema) page with garbage: the header still says SQLite."""
+    data = bytearray(path.read_bytes())
+    page = int.from_bytes(data[16:18], "big") or 65536
+    for i in range(page, len(data)):
+        data[i] = (i * 7 + 13) & 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_a_store_with_corrupt_pages_is_a_store_error_and_the_record_is_kept(tmp_path):
+    from edgerun.store import RecordKept, save_or_keep
+
+    path = tmp_path / "r.sqlite"
+    with Store(path) as s:
+        for i in range(5):
+            s.save(_record(f"r-{i}"))
+    _corrupt(path)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with pytest.raises(RecordKept) as exc:
+        save_or_keep(_record("r-new"), path, run_dir)
+    assert exc.value.exit_code == 7 and "damaged" in exc.value.message
+    assert json.loads((run_dir / "record.json").read_text())["run_id"] == "r-new"
+    with pytest.raises(StoreError, match="damaged"):
+        with Store(path) as s:
+            s.list()
+            s.get("r-1")
+
+
+def _open_fresh(path, barrier, errors):
+    barrier.wait()
+    try:
+        Store(path).close()
+    except BaseException as exc:  # noqa: BLE001 -- reported to the parent
+        errors.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_two_processes_creating_a_fresh_store_at_once_both_succeed(tmp_path):
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    errors = ctx.Queue()
+    for attempt in range(40):
+        path = tmp_path / f"fresh-{attempt}.sqlite"
+        barrier = ctx.Barrier(2)
+        procs = [ctx.Process(target=_open_fresh, args=(path, barrier, errors)) for _ in range(2)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        assert [p.exitcode for p in procs] == [0, 0]
+        with Store(path) as s:
+            assert s.schema_version() == SCHEMA_VERSION
+    failures = []
+    while not errors.empty():
+        failures.append(errors.get())
+    assert not failures, failures
