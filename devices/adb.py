@@ -5,9 +5,11 @@ client protocol but still needs the adb *server* that ships with the client, so 
 there anyway; the official client follows every protocol change (shell v2 exit codes, sync v2)
 and adds no Python dependency. ``$EDGERUN_ADB`` may name another client binary.
 
-Programs run as ``adb -s SERIAL shell <script>`` under the same pid/status wrapper as ssh
-(:func:`~edgerun.devices.base.remote_exec_script`), so timeouts kill the program on the phone
-and a lost link reads as :class:`TransportDropped`. The work dir defaults to
+Programs run as ``adb -s SERIAL shell <script>`` through
+:class:`~edgerun.devices.remote.RemoteShellDevice`, the base ssh shares (pid/status wrapper,
+remote kill on timeout, connect retries, ``cleanup``), so timeouts kill the program on the phone
+and a lost link reads as :class:`TransportDropped`; this module keeps adb's argv, its error
+classification and ``adb push``/``pull``. A serial starting with ``-`` is refused. The work dir defaults to
 ``/data/local/tmp/edgerun`` (writable and executable for the shell user); an aarch64 bundle runs
 there through its bundled loader (``./ld-linux-aarch64.so.1 --library-path . ./edgerun-runner``),
 so it needs nothing of Android's bionic.
@@ -20,26 +22,43 @@ import os
 import shlex
 import shutil
 import subprocess
-import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
+from urllib.parse import unquote
 
-from edgerun.devices._client import kill_script, run_client
-from edgerun.devices.base import (Device, DeviceAuthError, DeviceError, DeviceTimeout, DeviceUnreachable,
-                                  ExecResult, NoSpaceError, TransportDropped, parse_remote_stderr,
-                                  remote_exec_script, split_signal)
+from edgerun.devices._client import run_client
+from edgerun.devices.base import (DeviceAuthError, DeviceError, DeviceTimeout, DeviceUnreachable, ExecResult,
+                                  NoSpaceError, TransportDropped, parse_remote_stderr)
+from edgerun.devices.remote import RC_SUFFIX, TRANSFER_TIMEOUT, RemoteShellDevice
+from edgerun.devices.spec import DeviceSpec, address, check_no_leading_dash, register_transport
 
 log = logging.getLogger("edgerun.devices")
 
-TRANSFER_TIMEOUT = 600.0
+
+@register_transport
+@dataclass(frozen=True)
+class AdbSpec(DeviceSpec):
+    """``adb://SERIAL`` (``adb://`` alone: the only device attached)."""
+
+    transport: ClassVar[str] = "adb"
+    device_class: ClassVar[str] = "edgerun.devices.adb:AdbDevice"
+    about: ClassVar[str] = "adb://SERIAL"
+
+    serial: str | None = address()
+
+    @classmethod
+    def from_uri(cls, parts):
+        return {"serial": unquote(parts.netloc)} if parts.netloc else {}
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_no_leading_dash("adb serial", self.serial)
 
 
-class AdbDevice(Device):
+class AdbDevice(RemoteShellDevice):
     transport = "adb"
-    default_work_dir = "/data/local/tmp/edgerun"
-
-    def __init__(self, spec):
-        super().__init__(spec)
-        self._connected = False
+    default_work_dir = "/data/local/tmp/edgerun"  # the shell user's own (0771 shell:shell) on Android
 
     def _adb(self) -> list[str]:
         client = os.environ.get("EDGERUN_ADB", "adb")
@@ -53,28 +72,20 @@ class AdbDevice(Device):
     def _label(self) -> str:
         return f"adb device {self.spec.serial or '(the only one attached)'}"
 
-    def connect(self) -> None:
-        """Check the device is attached and authorised; retry "not found/offline" (bounded)."""
-        self._check_open("connect")
-        if self._connected:
-            return
-        attempts = self.spec.connect_retries + 1
-        for attempt in range(1, attempts + 1):
-            try:
-                proc = subprocess.run(self._adb() + ["get-state"], capture_output=True,
-                                      timeout=self.spec.connect_timeout, stdin=subprocess.DEVNULL)
-                text = (proc.stdout + proc.stderr).decode("utf-8", "replace").strip()
-                ok = proc.returncode == 0 and text.endswith("device")
-            except subprocess.TimeoutExpired:
-                text, ok = f"adb get-state gave no answer within {self.spec.connect_timeout:g} s", False
-            if ok:
-                self._connected = True
-                return
-            err = self._classify(text, "connect")
-            if not isinstance(err, DeviceUnreachable) or attempt == attempts:
-                raise err
-            log.warning("%s (attempt %d/%d); retrying", err.message, attempt, attempts)
-            time.sleep(0.5 * attempt)
+    def _client_argv(self, script: str) -> list[str]:
+        return self._adb() + ["shell", script]
+
+    def _open_once(self) -> DeviceError | None:
+        """Is the device attached and authorised (``adb get-state`` says ``device``)?"""
+        try:
+            proc = subprocess.run(self._adb() + ["get-state"], capture_output=True,
+                                  timeout=self.spec.connect_timeout, stdin=subprocess.DEVNULL)
+            text = (proc.stdout + proc.stderr).decode("utf-8", "replace").strip()
+            if proc.returncode == 0 and text.endswith("device"):
+                return None
+        except subprocess.TimeoutExpired:
+            text = f"adb get-state gave no answer within {self.spec.connect_timeout:g} s"
+        return self._classify(text, "connect")
 
     def _classify(self, text: str, stage: str, result: ExecResult | None = None) -> DeviceError:
         last = text.strip().splitlines()[-1] if text.strip() else "adb failed without a message"
@@ -89,41 +100,6 @@ class AdbDevice(Device):
             cls = DeviceError if "more than one" in low else DeviceUnreachable
             return self._error(cls, f"{self._label} is not reachable: {last}", stage, result=result, hint=hint)
         return self._error(DeviceError, f"adb failed: {last}", stage, result=result)
-
-    def _shell(self, script: str, *, timeout: float, on_timeout=None):
-        self.connect()
-        return run_client(self._adb() + ["shell", script], timeout=timeout, on_timeout=on_timeout)
-
-    def _exec(self, argv, *, timeout, env, cwd) -> ExecResult:
-        start = time.monotonic()
-
-        def kill_remote(err_so_far: bytes) -> None:
-            pid = parse_remote_stderr(err_so_far).pid
-            if pid:
-                try:
-                    self._shell(kill_script(pid), timeout=15)
-                except DeviceError as exc:
-                    log.warning("could not kill pid %s on %s: %s", pid, self.name, exc.message)
-
-        proc, out, err, timed_out = self._shell(remote_exec_script(argv, env, cwd), timeout=timeout,
-                                                on_timeout=kill_remote)
-        duration = time.monotonic() - start
-        status = parse_remote_stderr(err)
-        if timed_out:
-            partial = ExecResult(tuple(argv), -1, out, status.stderr, duration)
-            raise self._error(DeviceTimeout, f"{argv[0]} still running after {timeout:g} s; killed", "exec",
-                              result=partial, hint="Raise the timeout, or run fewer iterations.")
-        if status.rc is None:
-            partial = ExecResult(tuple(argv), proc.returncode, out, status.stderr, duration)
-            self._connected = False
-            if status.pid is None:
-                raise self._classify(status.stderr.decode("utf-8", "replace"), "exec", partial)
-            raise self._error(TransportDropped, f"lost {self._label} while {argv[0]} was running (pid {status.pid})",
-                              "exec", result=partial,
-                              hint="The program may have been cut off; its partial output is kept. "
-                                   "It was not re-run.")
-        rc, sig = split_signal(status.rc)
-        return ExecResult(tuple(argv), rc, out, status.stderr, duration, sig)
 
     def _transfer(self, args: list[str], stage: str, what: str) -> None:
         self.connect()
@@ -160,7 +136,7 @@ class AdbDevice(Device):
             if not src.is_file():
                 raise self._error(DeviceError, f"cannot push {src}: no such file", "push")
         dirs = sorted({os.path.dirname(r) or "/" for _, r in pairs})
-        self._sh("mkdir -p " + " ".join(shlex.quote(d) for d in dirs), "push")
+        self._sh(self._ensure_script(pairs[0][1]) + "mkdir -p " + " ".join(shlex.quote(d) for d in dirs), "push")
         for src, remote in pairs:
             self._transfer(["push", str(src), remote + ".part"], "push", f"pushing {src} to {remote}")
         self._sh(" && ".join(f"chmod {'755' if os.access(src, os.X_OK) else '644'} {shlex.quote(r + '.part')} && "
@@ -168,7 +144,7 @@ class AdbDevice(Device):
 
     def _sh(self, script: str, stage: str) -> None:
         """Run a device-side shell command of edgerun's own; fail loudly if it fails."""
-        proc, out, err, timed_out = self._shell(script + "; printf '\\n@@edgerun:rc=%s\\n' $? >&2", timeout=60)
+        proc, out, err, timed_out = self._remote(script + RC_SUFFIX, timeout=60)
         status = parse_remote_stderr(err)
         result = ExecResult(("sh", "-c", script), status.rc if status.rc is not None else -1, out, status.stderr, 0.0)
         if timed_out or status.rc is None:

@@ -19,7 +19,6 @@ Failures are :class:`DeviceError` subclasses that name the device and the stage 
 from __future__ import annotations
 
 import abc
-import dataclasses
 import re
 import shlex
 from dataclasses import dataclass
@@ -29,9 +28,14 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 from edgerun.core.errors import (  # noqa: F401  (the devices room's errors, re-exported)
     DeviceAuthError, DeviceError, DeviceTimeout, DeviceUnreachable, EdgerunError, NoSpaceError, TransportDropped,
 )
+from edgerun.core.text import sanitize_text
+from edgerun.devices import workdir
+from edgerun.devices.info import DeviceInfo, apply_wrapper_emulation  # noqa: F401  (re-exported)
+from edgerun.devices.probe import parse_probe, probe_script
+from edgerun.devices.workdir import removable  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from edgerun.devices.inventory import DeviceSpec
+    from edgerun.devices.spec import DeviceSpec
 
 TAIL_BYTES = 4000
 
@@ -79,32 +83,6 @@ class ExecResult:
                 "stderr_tail": _tail(self.stderr)}
 
 
-@dataclass(frozen=True)
-class DeviceInfo:
-    """What a probe found. ``None`` means "not readable on this device", never a guess."""
-
-    arch: str
-    cpu_model: str | None = None
-    cores: int | None = None
-    mem_total_bytes: int | None = None
-    mem_available_bytes: int | None = None
-    os: str | None = None
-    kernel: str | None = None
-    board: str | None = None
-    governor: str | None = None
-    freq_khz: int | None = None
-    max_freq_khz: int | None = None
-    temperature_c: float | None = None
-    free_bytes: int | None = None
-    emulated: bool = False
-    emulator: str | None = None  # e.g. "qemu-aarch64 -cpu cortex-a76"
-    host_cpu_model: str | None = None  # the real CPU underneath an emulated one
-    transport: str = "local"
-
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
-
-
 # ------------------------------------------------------------------------------------ interface
 class Device(abc.ABC):
     """One place programs run. Use as a context manager; every method names the device on error.
@@ -115,7 +93,7 @@ class Device(abc.ABC):
     """
 
     transport: str = "?"
-    default_work_dir: str = "/tmp/edgerun"
+    default_work_dir: str | None = None  # a transport without a fixed one finds it on the device
 
     def __init__(self, spec: "DeviceSpec"):
         self.spec = spec
@@ -190,8 +168,6 @@ class Device(abc.ABC):
         """Probe the device once (arch, CPU, memory, OS, governor, temperature, free space)."""
         self._check_open("info")
         if self._info is None:
-            from edgerun.devices.probe import parse_probe
-
             raw = self._probe_raw()
             info = parse_probe(raw, transport=self.transport)
             self._info = apply_wrapper_emulation(info, self.wrapper)
@@ -199,8 +175,6 @@ class Device(abc.ABC):
 
     def _probe_raw(self) -> str:
         """Run the probe script with the device's own shell; subclasses may override."""
-        from edgerun.devices.probe import probe_script
-
         res = self.exec(["sh", "-c", probe_script(self.work_dir)], timeout=self.spec.probe_timeout,
                         wrap=False)
         if res.rc != 0:
@@ -208,35 +182,63 @@ class Device(abc.ABC):
                               result=res, hint="The device needs a POSIX sh; see stderr_tail.")
         return res.stdout_text
 
+    # -- file-system helpers (sync_files builds on them; the defaults run sh on the device)
+    def prepare_work_dir(self, *, timeout: float = 60.0) -> str:
+        """Create the work directory (0700, with edgerun's marker) if absent and check it is private:
+        owned by the device's user, not writable by group or others. Returns it; ``DeviceError`` if not."""
+        wd = self.work_dir
+        res = self.exec(["sh", "-c", workdir.verify_script(wd)], timeout=timeout, wrap=False)
+        if res.rc != 0:
+            why = workdir.reason(res.stderr_text)
+            raise self._error(DeviceError, f"work_dir {wd} {why or 'cannot be used (exit ' + str(res.rc) + ')'}",
+                              "push", result=res,
+                              hint="Point work_dir at a directory only you can write (edgerun creates a missing "
+                                   "one with mode 0700), or fix its owner/mode.")
+        return wd
+
+    def file_digests(self, paths: Sequence[str], *, timeout: float = 60.0) -> tuple[str, dict[str, str]]:
+        """What is at ``paths`` on the device: ``(method, {path: digest})`` for the regular files.
+
+        ``method`` is ``"sha256"`` (the device has ``sha256sum``; digest = hex sha256) or
+        ``"size+cksum"`` (digest = ``"SIZE CRC"`` of POSIX ``cksum``; see :func:`~edgerun.devices.sync.posix_cksum`).
+        """
+        script = ('if command -v sha256sum >/dev/null 2>&1; then m=sha256; else m=size+cksum; fi; echo "@@method $m"; '
+                  'i=0; for f in "$@"; do i=$((i+1)); [ -f "$f" ] || continue; '
+                  'if [ $m = sha256 ]; then h=$(sha256sum < "$f") || continue; '
+                  'else h=$(cksum < "$f") || continue; fi; echo "$i $h"; done; exit 0')
+        res = self.exec(["sh", "-c", script, "sh", *paths], timeout=timeout, wrap=False)
+        if res.rc != 0:
+            raise self._error(DeviceError, f"cannot check files on the device (exit {res.rc})", "push", result=res)
+        method, found = "size+cksum", {}
+        for line in res.stdout_text.splitlines():
+            if line.startswith("@@method "):
+                method = line.split(None, 1)[1].strip()
+                continue
+            idx, _, rest = line.partition(" ")
+            if not idx.isdigit() or not 0 < int(idx) <= len(paths):
+                continue
+            words = rest.split()
+            if method == "sha256" and words:
+                found[paths[int(idx) - 1]] = words[0].lower()
+            elif len(words) >= 2:  # cksum prints "CRC SIZE"
+                found[paths[int(idx) - 1]] = f"{words[1]} {words[0]}"
+        return method, found
+
+    def link_files(self, dest: str, links: Mapping[str, str], *, timeout: float = 60.0) -> None:
+        """Make directory ``dest`` hold symlinks ``NAME -> target`` (replacing old ones)."""
+        cmds = [f"mkdir -p {shlex.quote(dest)}"] + [
+            f"ln -sfn {shlex.quote(target)} {shlex.quote(dest + '/' + name)}" for name, target in links.items()]
+        res = self.exec(["sh", "-c", " && ".join(cmds)], timeout=timeout, wrap=False)
+        if res.rc != 0:
+            raise self._error(DeviceError, f"cannot lay out files in {dest}", "push", result=res)
+
     # -- helpers for subclasses
     def _error(self, cls: type[DeviceError], message: str, stage: str, *, hint: str | None = None,
                result: ExecResult | None = None) -> DeviceError:
-        return cls(message, device=self.name, stage=stage, hint=hint, result=result)
-
-
-def removable(work_dir: str) -> bool:
-    """``cleanup`` never removes a path this close to the root (``/``, ``/tmp``, ``/home``)."""
-    return work_dir.rstrip("/").count("/") >= 2
-
-
-_QEMU_RE = re.compile(r"qemu-(aarch64|arm|riscv64|x86_64)(?:-static)?$")
-
-
-def apply_wrapper_emulation(info: DeviceInfo, wrapper: Sequence[str]) -> DeviceInfo:
-    """A device whose programs run through ``qemu-ARCH -cpu X`` is an emulated ARCH/X device."""
-    if not wrapper:
-        return info
-    m = _QEMU_RE.search(Path(wrapper[0]).name)
-    if not m:
-        return info
-    cpu = None
-    if "-cpu" in wrapper[:-1]:
-        cpu = wrapper[list(wrapper).index("-cpu") + 1]
-    return dataclasses.replace(
-        info, arch=m.group(1), cpu_model=cpu or "qemu default CPU", emulated=True,
-        emulator=shlex.join(wrapper), host_cpu_model=info.cpu_model,
-        governor=None, freq_khz=None, max_freq_khz=None,
-    )
+        """A ``cls`` naming this device. Device text in ``message``/``hint`` is sanitised (no terminal
+        escapes reach the user's terminal); ``result`` keeps the raw bytes."""
+        return cls(sanitize_text(message), device=sanitize_text(self.name), stage=stage,
+                   hint=sanitize_text(hint) if hint else None, result=result)
 
 
 # ------------------------------------------------------ the shell script run on ssh/adb devices

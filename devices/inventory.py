@@ -1,4 +1,4 @@
-"""Devices by name or URI: the inventory file and the one dataclass every entry maps onto.
+"""Devices by name or URI: the inventory file, the device-list parser, and making devices.
 
 A device is a URI plus options::
 
@@ -20,32 +20,34 @@ The inventory is TOML (path by ``--inventory``, else ``$EDGERUN_DEVICES``, else
     identity_file = "~/.ssh/id_ed25519"
     known_hosts = "~/.ssh/known_hosts"
 
-Every key (in the table or in the URI's query) is a field of :class:`DeviceSpec`, validated in
-``__post_init__``; a bad entry becomes an :class:`InventoryError` naming the file and the entry.
-``local://`` is always available, even without an inventory.
+The URI's scheme picks the transport; every key (in the table or in the URI's query) is a field of
+that transport's spec class (:mod:`edgerun.devices.spec`, each registered beside its transport);
+a bad entry becomes an :class:`InventoryError` naming the file and the entry. ``local://`` is
+always available as ``local``, even without an inventory, and no entry may take that name.
+Options that run a command or set the environment (``wrapper``, ``env``) are accepted only from an
+inventory file, never from a URI.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
+import logging
 import os
-import shlex
 import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
-from urllib.parse import parse_qsl, unquote, urlsplit
+from typing import Any, Mapping, Sequence
+from urllib.parse import parse_qsl, urlsplit
 
-from edgerun.core.paths import edgerun_home
 from edgerun.core.errors import UsageError
+from edgerun.core.paths import edgerun_home
+from edgerun.devices.spec import DeviceSpec, coerce_options, registered, spec_class_for_scheme
 
-TRANSPORTS = ("local", "qemu", "ssh", "adb", "serial")
-# Board -> the CPU qemu emulates for it. Never qemu's default "max": it enables SME, and
-# XNNPACK's int8 kernels then compute wrong results under emulation.
-TARGET_CPUS = {"rpi4": "cortex-a72", "rpi5": "cortex-a76", "jetson-orin": "neoverse-n1"}
-DEFAULT_QEMU_CPU = "cortex-a76"
-QEMU_ARCHES = ("aarch64",)
+log = logging.getLogger("edgerun.devices")
+
+# The modules that register a transport (each declares its spec class beside its device class).
+TRANSPORT_MODULES = ("edgerun.devices.local", "edgerun.devices.qemu", "edgerun.devices.ssh",
+                     "edgerun.devices.adb", "edgerun.devices.serial_device", "edgerun.devices.fake")
+LOCAL_SPEC_NAME = "local"
 
 
 class InventoryError(UsageError):
@@ -54,183 +56,40 @@ class InventoryError(UsageError):
     default_stage = "inventory"
 
 
-def _bool(value: Any, key: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-        return value.lower() in ("1", "true", "yes", "on")
-    raise ValueError(f"{key} must be true or false, got {value!r}")
+def _transports() -> dict[str, type[DeviceSpec]]:
+    for module in TRANSPORT_MODULES:
+        importlib.import_module(module)  # registering is a side effect of the import
+    return registered()
 
 
-@dataclass(frozen=True)
-class DeviceSpec:
-    """One device: its URI's parts plus options. The fields are the inventory's keys."""
-
-    name: str
-    uri: str
-    transport: str
-    target: str | None = None
-    work_dir: str | None = None
-    env: Mapping[str, str] = field(default_factory=dict)
-    threads: int | None = None
-    wrapper: tuple[str, ...] = ()
-    # ssh
-    host: str | None = None
-    user: str | None = None
-    port: int | None = None
-    identity_file: str | None = None
-    known_hosts: str | None = None
-    accept_new_host_key: bool = False  # explicit opt-in to trust an unknown host key
-    # adb
-    serial: str | None = None
-    # serial
-    path: str | None = None
-    baud: int = 115200
-    # qemu
-    arch: str | None = None
-    cpu: str | None = None
-    # every transport
-    connect_timeout: float = 10.0
-    connect_retries: int = 2  # extra attempts on a transient connect failure (not on exec)
-    probe_timeout: float = 30.0
-    cleanup: bool = False  # remove work_dir on close()
-
-    def __post_init__(self):
-        if not self.name:
-            raise ValueError("a device needs a name")
-        if self.transport not in TRANSPORTS:
-            raise ValueError(f"unknown transport {self.transport!r}; known: {', '.join(TRANSPORTS)}")
-        if self.work_dir is not None and not self.work_dir.startswith("/"):
-            raise ValueError(f"work_dir must be an absolute path on the device, got {self.work_dir!r}")
-        if not isinstance(self.env, Mapping) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in self.env.items()):
-            raise ValueError("env must be a table of string keys to string values")
-        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 0):
-            raise ValueError(f"threads must be an integer >= 0, got {self.threads!r}")
-        if self.connect_timeout <= 0:
-            raise ValueError(f"connect_timeout must be > 0, got {self.connect_timeout!r}")
-        if not 0 <= self.connect_retries <= 10:
-            raise ValueError(f"connect_retries must be 0..10, got {self.connect_retries!r}")
-        if self.transport == "ssh":
-            if not self.host:
-                raise ValueError("an ssh device needs a host: ssh://user@host[:port]")
-            if self.port is not None and not 0 < self.port < 65536:
-                raise ValueError(f"port out of range: {self.port}")
-        if self.transport == "serial":
-            if not self.path:
-                raise ValueError("a serial device needs a port path: serial:///dev/ttyUSB0")
-            if self.baud <= 0:
-                raise ValueError(f"baud must be > 0, got {self.baud}")
-        if self.transport == "qemu":
-            if self.arch not in QEMU_ARCHES:
-                raise ValueError(f"unsupported emulated arch {self.arch!r}; supported: {QEMU_ARCHES}")
-            if not self.cpu:
-                raise ValueError("a qemu device needs a cpu")
-        if self.transport != "qemu" and self.cpu:
-            raise ValueError("cpu applies to qemu devices only (use wrapper for other transports)")
-
-    def to_json(self) -> dict:
-        """The fields that say something: name, uri, transport, and every non-default option."""
-        out: dict[str, Any] = {"name": self.name, "uri": self.uri, "transport": self.transport}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-            if f.name not in out and value != default:
-                out[f.name] = dict(value) if f.name == "env" else list(value) if f.name == "wrapper" else value
-        return out
-
-
-# URI / table keys that are not plain strings
-_INT_KEYS = {"threads", "port", "baud", "connect_retries"}
-_FLOAT_KEYS = {"connect_timeout", "probe_timeout"}
-_BOOL_KEYS = {"accept_new_host_key", "cleanup"}
-_OPTION_KEYS = {f.name for f in dataclasses.fields(DeviceSpec)} - {"name", "uri", "transport"}
-
-
-def _coerce(key: str, value: Any) -> Any:
-    if key not in _OPTION_KEYS:
-        raise ValueError(f"unknown option {key!r}; known: {', '.join(sorted(_OPTION_KEYS))}")
-    if key in _INT_KEYS:
-        if isinstance(value, bool):
-            raise ValueError(f"{key} must be an integer, got {value!r}")
-        try:
-            return int(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{key} must be an integer, got {value!r}") from None
-    if key in _FLOAT_KEYS:
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{key} must be a number, got {value!r}") from None
-    if key in _BOOL_KEYS:
-        return _bool(value, key)
-    if key == "wrapper":
-        if isinstance(value, str):
-            return tuple(shlex.split(value))
-        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-            return tuple(value)
-        raise ValueError("wrapper must be a command line string or a list of strings")
-    if key == "env":
-        if not isinstance(value, Mapping):
-            raise ValueError("env must be a table")
-        return {str(k): str(v) for k, v in value.items()}
-    if key in ("identity_file", "known_hosts") and isinstance(value, str):
-        return os.path.expanduser(value)
-    if not isinstance(value, str):
-        raise ValueError(f"{key} must be a string, got {value!r}")
-    return value
+def transports() -> dict[str, type[DeviceSpec]]:
+    """Transport name -> its spec class (every registered transport)."""
+    return _transports()
 
 
 def parse_uri(uri: str, *, name: str | None = None, options: Mapping[str, Any] | None = None) -> DeviceSpec:
-    """Map a device URI (+ inventory options) onto a :class:`DeviceSpec`. Raises ``ValueError``."""
+    """Map a device URI (+ options, as an inventory entry gives them) onto its transport's spec.
+
+    Raises ``ValueError`` saying what is wrong. Options in the URI's query may not run commands
+    (``wrapper``) or set the environment (``env``); ``options`` (from an inventory file) may.
+    """
+    if not isinstance(uri, str):
+        raise ValueError(f"a device URI must be a string, got {uri!r}")
     parts = urlsplit(uri)
-    scheme = parts.scheme
-    kw: dict[str, Any] = {}
-    for key, value in parse_qsl(parts.query, keep_blank_values=True):
-        kw[key] = _coerce(key, value)
-    for key, value in (options or {}).items():
-        value = _coerce(key, value)
+    _transports()
+    cls = spec_class_for_scheme(parts.scheme)
+    if cls is None:
+        schemes = ", ".join(c.about or f"{t}://" for t, c in registered().items() if t != "fake")
+        raise ValueError(f"unknown device URI scheme {parts.scheme!r} in {uri!r}; use {schemes}")
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    kw = coerce_options(cls, query, from_uri=True)
+    for key, value in coerce_options(cls, options or {}, from_uri=False).items():
         if key in kw and kw[key] != value:
             raise ValueError(f"{key} is given both in the URI ({kw[key]!r}) and as an option ({value!r})")
         kw[key] = value
-
-    if scheme == "local":
-        transport = "local"
-    elif scheme.startswith("qemu-"):
-        transport = "qemu"
-        kw["arch"] = scheme[len("qemu-"):]
-        if not kw.get("cpu"):
-            kw["cpu"] = TARGET_CPUS.get(kw.get("target") or "", DEFAULT_QEMU_CPU)
-    elif scheme == "ssh":
-        transport = "ssh"
-        if not parts.hostname:
-            raise ValueError(f"no host in {uri!r}; expected ssh://user@host[:port]")
-        kw["host"] = parts.hostname
-        if parts.username:
-            kw["user"] = unquote(parts.username)
-        if parts.password is not None:
-            raise ValueError("passwords in ssh URIs are not supported; use key auth (identity_file)")
-        try:
-            port = parts.port
-        except ValueError as exc:
-            raise ValueError(f"bad port in {uri!r}: {exc}") from None
-        if port is not None:
-            kw["port"] = port
-    elif scheme == "adb":
-        transport = "adb"
-        if parts.netloc:
-            kw["serial"] = unquote(parts.netloc)
-    elif scheme == "serial":
-        transport = "serial"
-        kw["path"] = unquote(parts.path or "")
-    else:
-        raise ValueError(f"unknown device URI scheme {scheme!r} in {uri!r}; "
-                         "use local://, qemu-aarch64://, ssh://, adb:// or serial://")
-    # A URI given directly is named without its query (keys paths stay out of messages).
-    return DeviceSpec(name=name or uri.split("?", 1)[0], uri=uri, transport=transport, **kw)
-
-
-LOCAL_SPEC_NAME = "local"
+    kw.update(cls.from_uri(parts))
+    # A URI given directly is named without its query (key paths stay out of messages).
+    return cls(name=name or uri.split("?", 1)[0], uri=uri, **kw)
 
 
 def inventory_path(path: str | os.PathLike | None = None) -> Path:
@@ -240,6 +99,12 @@ def inventory_path(path: str | os.PathLike | None = None) -> Path:
     if env:
         return Path(env).expanduser()
     return edgerun_home() / "devices.toml"
+
+
+def _entry_error(path: Path, name: str, exc: Exception) -> InventoryError:
+    return InventoryError(f"{path}, entry {name!r} ([devices.{name}]): {exc}",
+                          hint="Fix the entry; its keys are the options of its transport "
+                               "(see `edgerun devices --help`).")
 
 
 def load_inventory(path: str | os.PathLike | None = None) -> dict[str, DeviceSpec]:
@@ -254,80 +119,121 @@ def load_inventory(path: str | os.PathLike | None = None) -> dict[str, DeviceSpe
         return specs
     try:
         data = tomllib.loads(p.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise InventoryError(f"cannot read inventory {p}: {exc}",
                              hint="It must be TOML with one [devices.NAME] table per device.") from exc
     devices = data.get("devices", {})
     if not isinstance(devices, dict):
         raise InventoryError(f"{p}: 'devices' must be a table of [devices.NAME] tables")
     for name, entry in devices.items():
+        if name == LOCAL_SPEC_NAME:
+            raise InventoryError(f"{p}, entry 'local' ([devices.local]): the name 'local' is the built-in "
+                                 "local:// device and cannot be redefined",
+                                 hint="Give the entry another name (e.g. [devices.local-wd]).")
+        if "://" in name:
+            raise InventoryError(f"{p}, entry {name!r}: a device name cannot contain '://' (it would read as a URI)")
         if not isinstance(entry, dict) or not isinstance(entry.get("uri"), str):
-            raise InventoryError(f"{p}: entry [devices.{name}] needs a uri = \"...\" string",
+            raise InventoryError(f"{p}, entry {name!r} ([devices.{name}]) needs a uri = \"...\" string",
                                  hint="e.g. uri = \"ssh://pi@pi5.lan\"")
         options = {k: v for k, v in entry.items() if k != "uri"}
         try:
             specs[name] = parse_uri(entry["uri"], name=name, options=options)
         except ValueError as exc:
-            raise InventoryError(f"{p}: entry [devices.{name}]: {exc}",
-                                 hint="Fix the entry; keys are the DeviceSpec fields.") from exc
+            raise _entry_error(p, name, exc) from exc
     return specs
 
 
-def get_spec(name_or_uri: str, inventory: str | os.PathLike | None = None) -> DeviceSpec:
-    """An inventory name, or a URI given directly (anything containing ``://``)."""
+def _checked(spec: DeviceSpec, inventory: str | os.PathLike | None, from_file: bool) -> DeviceSpec:
+    """``spec`` once what can be checked here holds (key files exist, qemu knows the CPU)."""
+    try:
+        spec.check_local()
+    except ValueError as exc:
+        if from_file:
+            raise _entry_error(inventory_path(inventory), spec.name, exc) from exc
+        raise InventoryError(f"bad device URI {spec.uri!r}: {exc}",
+                             hint="See `edgerun devices --help` for the URI forms.") from exc
+    return spec
+
+
+def _lookup(name_or_uri: str, inventory, specs: dict[str, DeviceSpec] | None) -> DeviceSpec:
     if "://" in name_or_uri:
         try:
-            return parse_uri(name_or_uri)
+            spec = parse_uri(name_or_uri)
         except ValueError as exc:
             raise InventoryError(f"bad device URI {name_or_uri!r}: {exc}",
                                  hint="See `edgerun devices --help` for the URI forms.") from exc
-    specs = load_inventory(inventory)
+        return _checked(spec, inventory, from_file=False)
+    specs = specs if specs is not None else load_inventory(inventory)
     if name_or_uri not in specs:
         raise InventoryError(
             f"no device named {name_or_uri!r} in {inventory_path(inventory)}",
             hint=f"Known: {', '.join(sorted(specs))}. Or pass a URI such as ssh://user@host.")
-    return specs[name_or_uri]
+    return _checked(specs[name_or_uri], inventory, from_file=name_or_uri != LOCAL_SPEC_NAME)
 
 
-# transport -> "module:Class"; modules load lazily so a missing optional tool costs nothing.
-DEVICE_CLASSES = {
-    "local": "edgerun.devices.local:LocalDevice",
-    "qemu": "edgerun.devices.qemu:QemuDevice",
-    "ssh": "edgerun.devices.ssh:SshDevice",
-    "adb": "edgerun.devices.adb:AdbDevice",
-    "serial": "edgerun.devices.serial_device:SerialDevice",
-}
+def get_spec(name_or_uri: str, inventory: str | os.PathLike | None = None) -> DeviceSpec:
+    """An inventory name, or a URI given directly (anything containing ``://``), checked before any work."""
+    return _lookup(name_or_uri, inventory, None)
 
 
-def make_device(spec: DeviceSpec):
-    """The :class:`~edgerun.devices.base.Device` for a spec."""
-    module, _, cls = DEVICE_CLASSES[spec.transport].partition(":")
-    return getattr(importlib.import_module(module), cls)(spec)
+def parse_device_list(text: str | Sequence[str] | None, *, all_devices: bool = False,
+                      inventory: str | os.PathLike | None = None) -> list[DeviceSpec]:
+    """The one meaning of ``--device a,b`` and ``--all`` for every command.
 
-
-def resolve_device(name_or_uri: str, inventory: str | os.PathLike | None = None):
-    """Name or URI -> an open-able :class:`Device` (connection happens on first use)."""
-    return make_device(get_spec(name_or_uri, inventory))
+    ``text``: names or URIs, comma-separated (or a list of them); ``all_devices``: every entry of
+    the inventory file (the built-in ``local`` is not an entry). Each is resolved and checked
+    before any work; a device named twice -- also by two spellings, ``local`` and ``local://`` --
+    is kept once (a warning says so), so nothing runs twice at the same time on one device.
+    A URI that itself contains a comma must be given a name in the inventory.
+    """
+    items: list[str]
+    if isinstance(text, str) or text is None:
+        items = [item.strip() for item in (text or "").split(",") if item.strip()]
+    else:
+        items = [str(item).strip() for item in text if str(item).strip()]
+    if all_devices:
+        if items:
+            raise InventoryError("give --device or --all, not both")
+        specs = load_inventory(inventory)
+        chosen = [_checked(spec, inventory, from_file=True) for name, spec in specs.items()
+                  if name != LOCAL_SPEC_NAME]
+        if not chosen:
+            raise InventoryError(f"--all: no devices in {inventory_path(inventory)}",
+                                 hint="Add [devices.NAME] tables with a uri each.")
+    else:
+        if not items:
+            raise InventoryError("no device given", hint="Pass --device NAME_OR_URI[,...] or --all.")
+        specs = load_inventory(inventory) if any("://" not in item for item in items) else None
+        chosen = [_lookup(item, inventory, specs) for item in items]
+    out: list[DeviceSpec] = []
+    seen: dict[tuple, DeviceSpec] = {}
+    for spec in chosen:
+        first = seen.get(spec.identity())
+        if first is not None:
+            log.warning("device %r is the same device as %r: running on it once", spec.ref, first.ref)
+            continue
+        seen[spec.identity()] = spec
+        out.append(spec)
+    return out
 
 
 def get_specs(names: str | None, inventory: str | os.PathLike | None = None, *, all_devices: bool = False
               ) -> list[DeviceSpec]:
-    """``--device a,b,c`` (names or URIs, comma-separated) or ``--all`` (every device in the file).
+    """Kept for callers of the old name: :func:`parse_device_list`."""
+    return parse_device_list(names, all_devices=all_devices, inventory=inventory)
 
-    A URI that itself contains a comma must be given a name in the inventory.
-    """
-    if all_devices:
-        if names:
-            raise InventoryError("give --device or --all, not both")
-        specs = load_inventory(inventory)
-        named = [spec for name, spec in specs.items() if name != LOCAL_SPEC_NAME]
-        if not named:
-            raise InventoryError(f"--all: no devices in {inventory_path(inventory)}",
-                                 hint="Add [devices.NAME] tables with a uri each.")
-        return named
-    items = [item.strip() for item in (names or "").split(",") if item.strip()]
-    if not items:
-        raise InventoryError("no device given", hint="Pass --device NAME_OR_URI[,...] or --all.")
-    if len(set(items)) != len(items):
-        raise InventoryError(f"a device is named twice in {names!r}")
-    return [get_spec(item, inventory) for item in items]
+
+def make_device(spec: DeviceSpec):
+    """The :class:`~edgerun.devices.base.Device` for a spec (its class is named by the spec's class)."""
+    module, _, cls = type(spec).device_class.partition(":")
+    return getattr(importlib.import_module(module), cls)(spec)
+
+
+def resolve_device(name_or_uri: str | DeviceSpec, inventory: str | os.PathLike | None = None):
+    """Name, URI or spec -> an open-able :class:`Device` (connection happens on first use)."""
+    spec = name_or_uri if isinstance(name_or_uri, DeviceSpec) else get_spec(name_or_uri, inventory)
+    return make_device(spec)
+
+
+__all__ = ["InventoryError", "DeviceSpec", "parse_uri", "load_inventory", "inventory_path", "get_spec",
+           "get_specs", "parse_device_list", "make_device", "resolve_device", "transports", "LOCAL_SPEC_NAME"]

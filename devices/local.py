@@ -3,15 +3,32 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import shutil
 import signal
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from edgerun.core.paths import edgerun_home
-from edgerun.devices.base import Device, DeviceError, DeviceTimeout, ExecResult, NoSpaceError, removable
+from edgerun.devices import workdir
+from edgerun.devices.base import Device, DeviceError, DeviceTimeout, ExecResult, NoSpaceError
+from edgerun.devices.spec import DeviceSpec, register_transport
+
+log = logging.getLogger("edgerun.devices")
+
+
+@register_transport
+@dataclass(frozen=True)
+class LocalSpec(DeviceSpec):
+    """``local://``: this machine; only the shared options."""
+
+    transport: ClassVar[str] = "local"
+    device_class: ClassVar[str] = "edgerun.devices.local:LocalDevice"
+    about: ClassVar[str] = "local://"
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:
@@ -68,6 +85,7 @@ class LocalDevice(Device):
         src = Path(local)
         if not src.is_file():
             raise self._error(DeviceError, f"cannot push {src}: no such file", "push")
+        self._create_work_dir(remote)
         try:
             _copy_atomic(src, Path(remote))
         except OSError as exc:
@@ -89,10 +107,32 @@ class LocalDevice(Device):
                                hint="Free space on the device or point work_dir at a larger file system.")
         return self._error(DeviceError, f"{what}: {exc}", stage)
 
+    def _create_work_dir(self, remote: str) -> None:
+        """A push into the work dir creates it as edgerun's (0700, with the marker) when absent."""
+        wd = Path(self.work_dir)
+        if str(remote).startswith(str(wd).rstrip("/") + "/") and not os.path.lexists(wd):
+            wd.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.mkdir(wd, 0o700)
+            except FileExistsError:
+                return
+            (wd / workdir.MARKER).touch()
+
     def close(self) -> None:
-        if not self._closed and self.spec.cleanup and removable(self.work_dir):
-            shutil.rmtree(self.work_dir, ignore_errors=True)
+        if not self._closed and self.spec.cleanup:
+            self._cleanup_work_dir()
         super().close()
+
+    def _cleanup_work_dir(self) -> None:
+        """Remove the work dir -- only a normalised one, not near the root, that edgerun created."""
+        wd = self.work_dir
+        if not workdir.removable(wd):
+            log.warning("not removing work_dir %s: too close to the root, or not a normalised path", wd)
+        elif not os.path.isfile(os.path.join(wd, workdir.MARKER)):
+            if os.path.exists(wd):
+                log.warning("not removing work_dir %s: edgerun did not create it (no %s in it)", wd, workdir.MARKER)
+        else:
+            shutil.rmtree(wd, ignore_errors=True)
 
 
 def _kill_group(proc: subprocess.Popen, grace: float = 1.0) -> None:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import shlex
 
-from edgerun.devices.base import DeviceInfo
+from edgerun.core.text import sanitize_text
+from edgerun.devices.info import DeviceInfo
+from edgerun.devices.workdir import create_script
 
 # ARM "CPU part" ids (MIDR) of the cores edge boards carry; /proc/cpuinfo on ARM has no model name.
 ARM_PARTS = {
@@ -44,7 +46,7 @@ def probe_script(work_dir: str) -> str:
     for label, cmd in _SECTIONS:
         lines.append(f"echo '@@section {label}'; ( {cmd} ) 2>/dev/null")
     wd = shlex.quote(work_dir)
-    lines.append(f"mkdir -p {wd} 2>/dev/null; echo '@@section df'; df -Pk {wd} 2>/dev/null")
+    lines.append(f"{create_script(work_dir)}; echo '@@section df'; df -Pk {wd} 2>/dev/null")
     lines.append("exit 0")
     return "\n".join(lines)
 
@@ -102,8 +104,12 @@ def _os(sections: dict[str, str]) -> str | None:
 
 
 def parse_probe(raw: str, *, transport: str) -> DeviceInfo:
-    """Turn the probe script's output into a :class:`DeviceInfo` (missing -> ``None``)."""
-    s = _sections(raw)
+    """Turn the probe script's output into a :class:`DeviceInfo` (missing -> ``None``).
+
+    The device's answers are sanitised first: a cpu model or OS name is printed later, and a
+    device may not send escape sequences to the user's terminal.
+    """
+    s = _sections(sanitize_text(raw))
     arch = s.get("arch") or ""
     if not arch:
         raise ValueError("probe output has no architecture (uname -m printed nothing)")

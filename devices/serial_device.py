@@ -16,11 +16,18 @@ import logging
 import os
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
+from urllib.parse import unquote
 
-from edgerun.devices.base import (Device, DeviceError, DeviceInfo, DeviceTimeout, DeviceUnreachable, ExecResult,
-                                  NoSpaceError, TransportDropped, apply_wrapper_emulation)
+from edgerun.core.text import sanitize_text
+from edgerun.devices.base import (Device, DeviceError, DeviceTimeout, DeviceUnreachable, ExecResult, NoSpaceError,
+                                  TransportDropped)
+from edgerun.devices.info import DeviceInfo, apply_wrapper_emulation
 from edgerun.devices.probe import parse_probe
+from edgerun.devices.spec import DeviceSpec, address, option, register_transport
+from edgerun.devices.workdir import check_work_dir
 from edgerun.devices.serial_protocol import (CHUNK, VERSION, FrameDecoder, Msg, encode, encode_json,
                                              pack_put_data)
 
@@ -30,6 +37,30 @@ RETRIES = 3           # resends of one request before the link is declared dead
 MAX_NAKS = 20         # "send that again" exchanges allowed within one request
 BASE_TIMEOUT = 1.0    # seconds for a small reply, before transfer time at the baud rate
 HEARTBEAT = 2.0       # the agent ACKs a running request about every second; allow a missed one
+
+
+@register_transport
+@dataclass(frozen=True)
+class SerialSpec(DeviceSpec):
+    """``serial:///dev/ttyUSB0?baud=115200``"""
+
+    transport: ClassVar[str] = "serial"
+    device_class: ClassVar[str] = "edgerun.devices.serial_device:SerialDevice"
+    about: ClassVar[str] = "serial:///dev/ttyUSB0?baud=115200"
+
+    path: str | None = address()
+    baud: int = option(115200)
+
+    @classmethod
+    def from_uri(cls, parts):
+        return {"path": unquote(parts.path or "")}
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.path:
+            raise ValueError("a serial device needs a port path: serial:///dev/ttyUSB0")
+        if self.baud <= 0:
+            raise ValueError(f"baud must be > 0, got {self.baud}")
 
 
 class SerialDevice(Device):
@@ -166,7 +197,11 @@ class SerialDevice(Device):
         if self.spec.work_dir:
             return self.spec.work_dir
         self.connect()
-        return self.hello["work_dir"]
+        try:
+            return check_work_dir(str(self.hello["work_dir"]))
+        except (KeyError, ValueError) as exc:
+            raise self._error(DeviceError, f"the agent's work_dir is not usable: {exc}", "connect",
+                              hint="Set work_dir in the inventory entry or the URI.") from None
 
     def _exec(self, argv, *, timeout, env, cwd) -> ExecResult:
         with self._lock:  # RUN and the GETs of its spooled output belong together
@@ -255,7 +290,8 @@ def info_from_reply(reply: dict, hello: dict) -> DeviceInfo:
         info = parse_probe(reply["probe"], transport="serial")
     else:
         known = {f.name for f in dataclasses.fields(DeviceInfo)}
-        info = DeviceInfo(**{k: v for k, v in reply["info"].items() if k in known and k != "transport"},
+        info = DeviceInfo(**{k: sanitize_text(v) if isinstance(v, str) else v  # printed later: no escapes
+                             for k, v in reply["info"].items() if k in known and k != "transport"},
                           transport="serial")
     if hello.get("emulated") and not info.emulated:
         info = dataclasses.replace(info, emulated=True, emulator=hello.get("emulator") or "serial agent stand-in")

@@ -11,9 +11,11 @@ Files move as ``cat`` streams over the same connection (``.part`` + rename: atom
 no scp/sftp path-quoting dialect; every remote argument is quoted with ``shlex`` and run by
 ``sh -c`` -- nothing from argv, env or a path reaches a remote shell as code.
 
-Each program runs under a tiny sh wrapper that reports its pid first and its exit status last on
-stderr (stripped again here): a missing status means the connection dropped mid-run
-(:class:`TransportDropped`); on a timeout the remote program is killed by that pid.
+Running programs (the pid/status wrapper, the remote kill on timeout, connect retries, the
+private default work dir, ``cleanup``) is shared with adb in
+:class:`~edgerun.devices.remote.RemoteShellDevice`; this module keeps ssh's argv (``--`` before
+the destination, so no host reads as an option), its master connection, its error
+classification (a *changed* host key says "possible man-in-the-middle") and its file streams.
 """
 
 from __future__ import annotations
@@ -28,42 +30,89 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
+from urllib.parse import unquote
 
-from edgerun.devices._client import kill_script, run_client
-from edgerun.devices.base import (Device, DeviceAuthError, DeviceError, DeviceTimeout, DeviceUnreachable,
-                                  ExecResult, NoSpaceError, TransportDropped, parse_remote_stderr, removable,
-                                  remote_exec_script, split_signal)
+from edgerun.devices.base import (DeviceAuthError, DeviceError, DeviceTimeout, DeviceUnreachable, ExecResult,
+                                  NoSpaceError, TransportDropped, parse_remote_stderr)
+from edgerun.devices.remote import RC_SUFFIX as _STATUS
+from edgerun.devices.remote import TRANSFER_TIMEOUT, RemoteShellDevice
+from edgerun.devices.spec import DeviceSpec, address, check_no_leading_dash, option, register_transport
 
 log = logging.getLogger("edgerun.devices")
 
-TRANSFER_TIMEOUT = 600.0
-_STATUS = "; r=$?; printf '\\n@@edgerun:rc=%s\\n' \"$r\" >&2"
-
-_HOSTKEY = re.compile(r"Host key verification failed|host key is known|HOST IDENTIFICATION HAS CHANGED|"
-                      r"Host key for .* has changed", re.I)
+_CHANGED = re.compile(r"REMOTE HOST IDENTIFICATION HAS CHANGED|Host key for .* has changed|"
+                      r"host key .*(?:has changed|does not match)", re.I)
+_HOSTKEY = re.compile(r"Host key verification failed|host key is known|No .*host key is known", re.I)
 _AUTH = re.compile(r"Permission denied|Too many authentication failures|no mutual signature", re.I)
 _UNREACHABLE = re.compile(r"Connection refused|Connection timed out|timed out|No route to host|"
                           r"Could not resolve hostname|Network is unreachable|Connection reset|"
                           r"kex_exchange_identification|Connection closed by|banner exchange", re.I)
 
 
-class SshDevice(Device):
+@register_transport
+@dataclass(frozen=True)
+class SshSpec(DeviceSpec):
+    """``ssh://user@host:port?identity_file=..&known_hosts=..``"""
+
+    transport: ClassVar[str] = "ssh"
+    device_class: ClassVar[str] = "edgerun.devices.ssh:SshDevice"
+    about: ClassVar[str] = "ssh://user@host:port"
+
+    host: str | None = address()
+    user: str | None = address()
+    port: int | None = address()
+    identity_file: str | None = option(path=True)
+    known_hosts: str | None = option(path=True)
+    accept_new_host_key: bool = option(False)  # explicit opt-in to trust an unknown host key
+
+    @classmethod
+    def from_uri(cls, parts):
+        if not parts.hostname:
+            raise ValueError(f"no host in {parts.geturl()!r}; expected ssh://user@host[:port]")
+        if parts.password is not None:
+            raise ValueError("passwords in ssh URIs are not supported; use key auth (identity_file)")
+        try:
+            port = parts.port
+        except ValueError as exc:
+            raise ValueError(f"bad port in {parts.geturl()!r}: {exc}") from None
+        return {"host": parts.hostname, "user": unquote(parts.username) if parts.username else None, "port": port}
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.host:
+            raise ValueError("an ssh device needs a host: ssh://user@host[:port]")
+        check_no_leading_dash("ssh host", self.host)
+        check_no_leading_dash("ssh user", self.user)
+        if self.port is not None and not 0 < self.port < 65536:
+            raise ValueError(f"port out of range: {self.port}")
+
+    def check_local(self) -> None:
+        if self.identity_file and not os.path.isfile(self.identity_file):
+            raise ValueError(f"identity_file {self.identity_file} does not exist")
+        if self.known_hosts and not os.path.isfile(self.known_hosts) and not self.accept_new_host_key:
+            raise ValueError(f"known_hosts {self.known_hosts} does not exist (and accept_new_host_key is off, so "
+                             "no host key could ever be trusted)")
+
+
+class SshDevice(RemoteShellDevice):
     transport = "ssh"
-    default_work_dir = "/tmp/edgerun"
 
     def __init__(self, spec):
         super().__init__(spec)
         self._ctl_dir: str | None = None
-        self._connected = False
-        self._lock = threading.Lock()  # one master, even when threads share the device
 
-    # ------------------------------------------------------------------ connection
+    # ------------------------------------------------------------------ the client
     @property
     def _target(self) -> str:
         return self.spec.host
+
+    @property
+    def _label(self) -> str:
+        return f"{self.spec.user + '@' if self.spec.user else ''}{self.spec.host}:{self.spec.port or 22}"
 
     def _ssh_args(self) -> list[str]:
         s = self.spec
@@ -84,14 +133,15 @@ class SshDevice(Device):
             args += ["-o", f'ControlPath="{self._ctl_dir}/m"']
         return args
 
-    def connect(self) -> None:
-        """Open the master connection; retry transient failures (bounded), never auth failures."""
-        self._check_open("connect")
-        with self._lock:
-            if not self._connected:
-                self._connect()
+    def _destination(self, *extra: str) -> list[str]:
+        """``-- HOST [command]``: after ``--`` nothing (a host, a command) can be read as an option."""
+        return ["--", self._target, *extra]
 
-    def _connect(self) -> None:
+    def _client_argv(self, script: str) -> list[str]:
+        return self._ssh_args() + ["-o", "ControlMaster=no"] + self._destination(shlex.join(["sh", "-c", script]))
+
+    # ------------------------------------------------------------------ connection
+    def _before_connect(self) -> bool:
         if shutil.which("ssh") is None:
             raise self._error(DeviceError, "the OpenSSH client `ssh` is not installed", "connect",
                               hint="Install Debian's openssh-client package.")
@@ -101,37 +151,30 @@ class SshDevice(Device):
         if self._ctl_dir is None:
             self._ctl_dir = tempfile.mkdtemp(prefix="edgerun-ssh-")
         elif self._master_alive():  # a session died but the master lived on: keep using it
-            self._connected = True
-            return
+            return True
         else:  # a dead master's socket would make the new one give up multiplexing
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(self._ctl_dir, "m"))
-        attempts = self.spec.connect_retries + 1
-        for attempt in range(1, attempts + 1):
-            err = self._start_master()
-            if err is None:
-                self._connected = True
-                return
-            if not isinstance(err, DeviceUnreachable) or attempt == attempts:
-                shutil.rmtree(self._ctl_dir, ignore_errors=True)
-                self._ctl_dir = None
-                raise err
-            log.warning("%s (attempt %d/%d); retrying", err.message, attempt, attempts)
-            time.sleep(0.5 * attempt)
+        return False
+
+    def _connect_failed(self) -> None:
+        if self._ctl_dir:
+            shutil.rmtree(self._ctl_dir, ignore_errors=True)
+        self._ctl_dir = None
 
     def _master_alive(self) -> bool:
         try:
-            return subprocess.run(self._ssh_args() + ["-O", "check", self._target], stdin=subprocess.DEVNULL,
+            return subprocess.run(self._ssh_args() + ["-O", "check"] + self._destination(), stdin=subprocess.DEVNULL,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10).returncode == 0
         except subprocess.TimeoutExpired:
             return False
 
-    def _start_master(self) -> DeviceError | None:
+    def _open_once(self) -> DeviceError | None:
         with tempfile.TemporaryFile() as errf:
             # -f: ssh backgrounds itself once authenticated; its exit status says whether it got there.
             # ControlPersist=300: a master orphaned by a crashed caller leaves after 5 idle minutes
             # (a later command then simply connects directly).
-            cmd = self._ssh_args() + ["-M", "-N", "-f", "-o", "ControlPersist=300", self._target]
+            cmd = self._ssh_args() + ["-M", "-N", "-f", "-o", "ControlPersist=300"] + self._destination()
             try:
                 proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errf,
                                       timeout=self.spec.connect_timeout + 15)
@@ -147,13 +190,22 @@ class SshDevice(Device):
         return self._classify(text, "connect")
 
     def _classify(self, text: str, stage: str, result: ExecResult | None = None) -> DeviceError:
-        where = f"{self.spec.user + '@' if self.spec.user else ''}{self.spec.host}:{self.spec.port or 22}"
+        where = self._label
         last = text.strip().splitlines()[-1] if text.strip() else "ssh failed without a message"
+        if _CHANGED.search(text):
+            host = f"{self.spec.host}:{self.spec.port or 22}"
+            return self._error(
+                DeviceAuthError, f"the host key for {host} changed — possible man-in-the-middle "
+                                 f"(refused: {last})", stage, result=result,
+                hint="Do not connect until you know why. If the device was re-installed, get its new key out of "
+                     f"band and replace the old line in {self.spec.known_hosts or '~/.ssh/known_hosts'} "
+                     f"(ssh-keygen -R '[{self.spec.host}]:{self.spec.port or 22}'); accept_new_host_key never "
+                     "accepts a changed key.")
         if _HOSTKEY.search(text):
             return self._error(
                 DeviceAuthError, f"host key of {where} is not trusted: {last}", stage, result=result,
-                hint="Add the host key to known_hosts (ssh-keyscan, checked out of band), or opt in "
-                     "explicitly with accept_new_host_key = true to trust a new one on first use.")
+                hint="Add the host key to known_hosts (ssh-keygen -R / ssh-keyscan, checked out of band), or opt "
+                     "in explicitly with accept_new_host_key = true to trust a new one on first use.")
         if _AUTH.search(text):
             return self._error(DeviceAuthError, f"authentication to {where} failed: {last}", stage, result=result,
                                hint="Check user and identity_file; only key authentication is used.")
@@ -162,73 +214,20 @@ class SshDevice(Device):
                                hint="Is the device on, sshd running and the port right?")
         return self._error(DeviceError, f"ssh to {where} failed: {last}", stage, result=result)
 
+    def _close_transport(self) -> None:
+        if self._ctl_dir:
+            subprocess.run(self._ssh_args() + ["-O", "exit"] + self._destination(), stdin=subprocess.DEVNULL,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=15, check=False)
+
     def close(self) -> None:
         if self._closed:
             return
-        if self._connected and self._ctl_dir:
-            if self.spec.cleanup:
-                self._cleanup_work_dir()
-            subprocess.run(self._ssh_args() + ["-O", "exit", self._target], stdin=subprocess.DEVNULL,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=15, check=False)
+        super().close()
         if self._ctl_dir:
             shutil.rmtree(self._ctl_dir, ignore_errors=True)
         self._ctl_dir = None
-        self._connected = False
-        super().close()
 
-    def _cleanup_work_dir(self) -> None:
-        wd = self.work_dir.rstrip("/")
-        if not removable(wd):
-            log.warning("not removing work_dir %s on %s: too close to the root", wd, self.name)
-            return
-        try:
-            self._exec(["rm", "-rf", "--", wd], timeout=60, env={}, cwd=None)
-        except DeviceError as exc:
-            log.warning("cleanup of %s on %s failed: %s", wd, self.name, exc.message)
-
-    # ------------------------------------------------------------------ commands
-    def _remote(self, script: str, *, timeout: float, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                on_timeout=None) -> tuple[subprocess.Popen, bytes, bytes, bool]:
-        """Run ``sh -c script`` on the device over the master connection (see run_client)."""
-        self.connect()
-        cmd = self._ssh_args() + ["-o", "ControlMaster=no", self._target, shlex.join(["sh", "-c", script])]
-        return run_client(cmd, timeout=timeout, stdin=stdin, stdout=stdout, on_timeout=on_timeout)
-
-    def _exec(self, argv, *, timeout, env, cwd) -> ExecResult:
-        start = time.monotonic()
-
-        def kill_remote(err_so_far: bytes) -> None:
-            pid = parse_remote_stderr(err_so_far).pid
-            if pid:
-                self._kill_remote(pid)
-
-        proc, out, err, timed_out = self._remote(remote_exec_script(argv, env, cwd), timeout=timeout,
-                                                 on_timeout=kill_remote)
-        duration = time.monotonic() - start
-        status = parse_remote_stderr(err)
-        if timed_out:
-            partial = ExecResult(tuple(argv), -1, out, status.stderr, duration)
-            raise self._error(DeviceTimeout, f"{argv[0]} still running after {timeout:g} s; killed", "exec",
-                              result=partial, hint="Raise the timeout, or run fewer iterations.")
-        if status.rc is None:
-            partial = ExecResult(tuple(argv), proc.returncode, out, status.stderr, duration)
-            if status.pid is None:  # never started: a connection problem
-                raise self._classify(status.stderr.decode("utf-8", "replace"), "exec", partial)
-            self._connected = False
-            raise self._error(TransportDropped, f"connection lost while {argv[0]} was running (pid {status.pid})",
-                              "exec", result=partial,
-                              hint="The program may have been cut off; its partial output is kept. "
-                                   "It was not re-run.")
-        rc, sig = split_signal(status.rc)
-        return ExecResult(tuple(argv), rc, out, status.stderr, duration, sig)
-
-    def _kill_remote(self, pid: int) -> None:
-        script = kill_script(pid)
-        try:
-            self._remote(script, timeout=15)
-        except DeviceError as exc:
-            log.warning("could not kill pid %s on %s after a timeout: %s", pid, self.name, exc.message)
-
+    # ------------------------------------------------------------------ files
     def push(self, local, remote) -> None:
         self._check_open("push")
         src = Path(local)
@@ -236,7 +235,7 @@ class SshDevice(Device):
             raise self._error(DeviceError, f"cannot push {src}: no such file", "push")
         mode = "755" if os.access(src, os.X_OK) else "644"
         part = remote + ".part"
-        body = (f"mkdir -p {shlex.quote(os.path.dirname(remote) or '/')} && "
+        body = (self._ensure_script(remote) + f"mkdir -p {shlex.quote(os.path.dirname(remote) or '/')} && "
                 f"{{ cat > {shlex.quote(part)} || {{ rm -f {shlex.quote(part)}; false; }}; }} && "
                 f"chmod {mode} {shlex.quote(part)} && mv -f {shlex.quote(part)} {shlex.quote(remote)}")
         with open(src, "rb") as f:
@@ -256,7 +255,8 @@ class SshDevice(Device):
         stage = f"{os.path.dirname(pairs[0][1]) or '/'}/.incoming-{os.getpid()}-{time.monotonic_ns()}"
         dirs = sorted({os.path.dirname(r) or "/" for _, r in pairs})
         moves = " && ".join(f"mv -f {shlex.quote(f'{stage}/f{i}')} {shlex.quote(r)}" for i, (_, r) in enumerate(pairs))
-        body = (f"mkdir -p {' '.join(shlex.quote(d) for d in dirs)} {shlex.quote(stage)} && "
+        body = (self._ensure_script(pairs[0][1]) +
+                f"mkdir -p {' '.join(shlex.quote(d) for d in dirs)} {shlex.quote(stage)} && "
                 f"tar -xf - -C {shlex.quote(stage)} && {moves}; r=$?; rm -rf {shlex.quote(stage)}; (exit $r)")
         with tempfile.TemporaryFile() as stream:
             with tarfile.open(fileobj=stream, mode="w", format=tarfile.USTAR_FORMAT) as tar:

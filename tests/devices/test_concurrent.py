@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from edgerun.devices import resolve_device, sync_files
+from edgerun.devices import parse_uri, resolve_device, sync_files
 
 pytestmark = pytest.mark.qemu
 
@@ -19,8 +19,9 @@ def test_same_program_on_four_transports_concurrently(sshd, serial_line, host_bu
     jobs = {
         "local": (f"local://?work_dir={tmp_path}/local", host_bundle, ["./prog"]),
         "qemu": (f"qemu-aarch64://?target=rpi5&work_dir={tmp_path}/qemu", aarch64_bundle, bundle_argv()),
-        "ssh": (sshd.uri(work_dir=f"{tmp_path}/ssh", wrapper="qemu-aarch64%20-cpu%20cortex-a76"),
-                aarch64_bundle, bundle_argv()),
+        # a wrapper runs a command: only an inventory entry (here its options) may give one
+        "ssh": (parse_uri(sshd.uri(work_dir=f"{tmp_path}/ssh"), name="ssh",
+                          options={"wrapper": "qemu-aarch64 -cpu cortex-a76"}), aarch64_bundle, bundle_argv()),
         "serial": (serial_uri, host_bundle, ["./prog"]),
     }
 

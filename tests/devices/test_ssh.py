@@ -10,9 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
+from fault_triggers import ClientOutput, CutWhen
 
 from edgerun.devices import (DeviceAuthError, DeviceError, DeviceTimeout, DeviceUnreachable, NoSpaceError,
-                             TransportDropped, resolve_device, sync_files)
+                             TransportDropped, make_device, parse_uri, resolve_device, sync_files)
 
 
 def _dev(server, tmp_path, **query):
@@ -120,16 +121,21 @@ def test_timeout_kills_the_remote_program_and_keeps_output(sshd, tmp_path):
         assert dev.exec(["true"], timeout=10).rc == 0  # the connection survives a timeout
     err = ei.value
     assert err.stage == "exec" and err.result.stdout == b"started\n" and err.result.stderr.startswith(b"err\n")
-    time.sleep(0.5)
-    assert not any(marker.encode() in _cmdline(p) for p in _pids()), "remote program still running"
+    deadline = time.monotonic() + 5  # the kill is sent before exec returns; allow for reaping
+    while any(marker.encode() in _cmdline(p) for p in _pids()):
+        assert time.monotonic() < deadline, "remote program still running 5 s after the timeout's kill"
+        time.sleep(0.05)
 
 
-def test_sshd_killed_mid_command_is_a_transport_drop(own_sshd, tmp_path):
+def test_sshd_killed_mid_command_is_a_transport_drop(own_sshd, tmp_path, monkeypatch):
     with _dev(own_sshd, tmp_path) as dev:
         dev.exec(["true"], timeout=10)
-        threading.Timer(1.0, own_sshd.stop).start()  # the whole sshd: sessions and listener
-        with pytest.raises(TransportDropped) as ei:
-            dev.exec(["sh", "-c", "echo partial; sleep 20; echo never"], timeout=30)
+        received = ClientOutput(monkeypatch)
+        # the whole sshd (sessions and listener) goes once the command's first line has come back
+        with CutWhen(lambda: received.has(b"partial\n"), own_sshd.stop, "'partial' arriving over ssh",
+                     timeout=20):
+            with pytest.raises(TransportDropped) as ei:
+                dev.exec(["sh", "-c", "echo partial; sleep 20; echo never"], timeout=30)
     err = ei.value
     assert err.stage == "exec" and err.result.stdout == b"partial\n" and dev.name in err.message
     assert "not re-run" in err.hint
@@ -151,9 +157,12 @@ def test_connection_dropped_during_pull_keeps_the_partial_file(own_sshd, tmp_pat
     try:
         with _dev(own_sshd, tmp_path) as dev:
             dev.exec(["true"], timeout=10)
-            threading.Timer(1.5, own_sshd.drop_connections).start()
-            with pytest.raises(TransportDropped) as ei:
-                dev.pull(str(fifo), tmp_path / "got")
+            part = tmp_path / "got.part"
+            # drop the link once the first 64 KiB are on this side (the writer then holds the fifo open)
+            with CutWhen(lambda: part.is_file() and part.stat().st_size >= 65536, own_sshd.drop_connections,
+                         "64 KiB of the pull arriving in got.part", timeout=20):
+                with pytest.raises(TransportDropped) as ei:
+                    dev.pull(str(fifo), tmp_path / "got")
             release.set()
             assert dev.exec(["true"], timeout=10).rc == 0  # sshd still listens: a fresh master connects
     finally:
@@ -188,8 +197,12 @@ def test_full_disk_on_push_is_a_no_space_error(sshd, tmp_path):
 
 @pytest.mark.qemu
 def test_aarch64_bundle_over_ssh_with_a_qemu_wrapper(sshd, tmp_path, aarch64_bundle, bundle_argv):
-    """The issue's 'remote' aarch64 device: this host over ssh, programs run by qemu there."""
-    with _dev(sshd, tmp_path, wrapper="qemu-aarch64 -cpu cortex-a76") as dev:
+    """The issue's 'remote' aarch64 device: this host over ssh, programs run by qemu there.
+
+    The wrapper comes as an inventory option (a URI may not carry one: it runs a command)."""
+    spec = parse_uri(sshd.uri(work_dir=str(tmp_path / "remote")), name="emulated-pi",
+                     options={"wrapper": "qemu-aarch64 -cpu cortex-a76"})
+    with make_device(spec) as dev:
         first = sync_files(dev, sorted(aarch64_bundle.iterdir()))
         again = sync_files(dev, sorted(aarch64_bundle.iterdir()))
         res = dev.exec(bundle_argv("over ssh"), timeout=60, cwd=first.dest, env={"EDGERUN_TEST": "1"})
