@@ -23,17 +23,11 @@ InventoryOpt = Annotated[Optional[str], typer.Option(
 
 
 def _device_list(device: str | None, all_devices: bool, inventory: str | None) -> list[str]:
-    if all_devices:
-        from edgerun.devices.inventory import load_inventory
+    """--device a,b / --all, one meaning for every command (edgerun.devices.parse_device_list): each
+    device checked before any work and kept once; returned as names/URIs that resolve to it."""
+    from edgerun.devices import parse_device_list
 
-        names = list(load_inventory(inventory))
-        if not names:
-            raise UsageError("--all: the device inventory is empty.", hint="Add devices to the inventory TOML.")
-        return names
-    names = [d.strip() for d in (device or "").split(",") if d.strip()]
-    if not names:
-        raise UsageError("no device given.", hint="Use --device NAME_OR_URI, several comma-separated, or --all.")
-    return names
+    return [spec.ref for spec in parse_device_list(device, all_devices=all_devices, inventory=inventory)]
 
 
 def _settings(**kw):
@@ -118,7 +112,7 @@ def register(app: typer.Typer) -> None:
             settings = _settings(warmup=warmup, iterations=iterations, min_time_ms=min_time_ms,
                                  threads=parse_threads(threads), vector=vector, etdump=etdump, timeout_s=timeout,
                                  task_accuracy=task_accuracy)
-            names = _device_list(device, all_devices, inventory)
+            names = _device_list(None if all_devices else device, all_devices, inventory)  # --all: no default
             with Store(store) as s:  # open once here: a store from a newer schema fails before any run
                 store_path = s.path
             with err_console.status("profiling") as status:
@@ -178,7 +172,7 @@ def register(app: typer.Typer) -> None:
 
             split = lambda s: [x.strip() for x in s.split(",") if x.strip()]  # noqa: E731
             settings = _settings(warmup=warmup, iterations=iterations, threads=parse_threads(threads))
-            tl, sl, dl = split(targets), split(schemes), split(devices)
+            tl, sl, dl = split(targets), split(schemes), _device_list(devices, False, inventory)
             total = len(tl) * len(sl) * len(dl) * len(settings.threads)
             with Store(store) as s, Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                              TimeElapsedColumn(), console=err_console, transient=False) as bar:
