@@ -16,29 +16,23 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 
-
-def profile(artifact: Path, manifest: dict, bundle, device_uri: str, device_name: str, iterations: int,
-            emulator=(), work: Path = Path(".")):
+def profile(manifest, bundle, device_uri: str, device_name: str, iterations: int, emulator=(), work: Path = Path(".")):
     from edgerun.devices import resolve_device
-    from edgerun.runtime.accuracy import load_test_vectors
-    from edgerun.runtime.record import analyse
+    from edgerun.runtime.analysis import analyse
+    from edgerun.runtime.protocol import RunArtifacts
     from edgerun.runtime.runner import run_local
 
     with resolve_device(device_uri) as dev:
         info = dev.info()
-    vectors = load_test_vectors(artifact, manifest)
-    inputs = [str(artifact / p) for p in manifest["test_vectors"][0]["inputs"]]
     out_dir = work / f"{device_name}-outputs"
     etdump = work / f"{device_name}.etdp"
-    result = run_local(bundle, artifact / manifest["files"]["pte"], inputs, warmup=3, iterations=iterations,
+    result = run_local(bundle, manifest.pte_path, manifest.vector_input_paths(0), warmup=3, iterations=iterations,
                        etdump_path=etdump, outputs_dir=out_dir, emulator=emulator, timeout=1200)
-    outputs = [np.load(p) for p in result.output_paths if p]
-    return analyse(result.lines, manifest, info, device_name=device_name, etdump_path=etdump,
-                   etrecord_path=artifact / manifest["files"]["etrecord"], outputs=outputs, reference=vectors[0][1],
-                   artifact_dir=artifact, bundle_bytes=sum(f.stat().st_size for f in Path(bundle.path).iterdir()
-                                                            if f.is_file()))
+    run = RunArtifacts(result=result, device_name=device_name, device_info=info, etdump=etdump,
+                       outputs=[Path(p) for p in result.output_paths if p],
+                       bundle_bytes=sum(f.stat().st_size for f in Path(bundle.path).iterdir() if f.is_file()))
+    return analyse(run, manifest)
 
 
 def main() -> int:
@@ -50,6 +44,7 @@ def main() -> int:
     ap.add_argument("--work", type=Path, default=None)
     args = ap.parse_args()
 
+    from edgerun.core.artifact import read_manifest
     from edgerun.export import export_model
     from edgerun.runtime.build import BuildRequest, build_bundle
     from edgerun.runtime.record import compare_records
@@ -68,9 +63,8 @@ def main() -> int:
             if not (artifact / "manifest.json").exists():
                 print(f"exporting {artifact} ...", file=sys.stderr)
                 export_model("mobilenet_v2", target, "int8", artifact)
-            manifest = json.loads((artifact / "manifest.json").read_text())
             bundle = build_bundle(BuildRequest(arch=arch))
-            rec = profile(artifact, manifest, bundle, uri, name, iters, emulator, work)
+            rec = profile(read_manifest(artifact), bundle, uri, name, iters, emulator, work)
             store.save(rec)
             records.append(rec)
             ops = rec.operators

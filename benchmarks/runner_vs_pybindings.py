@@ -80,8 +80,10 @@ def main() -> int:
     from edgerun.runtime.stats import compare_samples, summarize
 
     art = _artifact(args)
-    manifest = json.loads((art / "manifest.json").read_text())
-    inputs = [art / p for p in manifest["test_vectors"][0]["inputs"]]
+    from edgerun.core.artifact import read_manifest
+
+    manifest = read_manifest(art)
+    inputs = manifest.vector_input_paths(0)
     bundle = load_bundle(args.bundle) if args.bundle else build_bundle(BuildRequest(arch="host"))
     opts = RunOptions(warmup=args.warmup, iterations=args.iterations, threads=args.threads)
 
@@ -90,17 +92,17 @@ def main() -> int:
     threads = None
     py_threads = _pybindings_threads(args.threads)
     for r in range(args.rounds):
-        res = run_local(bundle, art / "model.pte", inputs, options=opts)
-        threads = res.header["threads"]
+        res = run_local(bundle, manifest.pte_path, inputs, options=opts)
+        threads = res.header.threads
         runner_ns += res.execute_ns
-        py_ns += _pybindings_samples(art / "model.pte", [np.load(p) for p in inputs], args.warmup, args.iterations)
+        py_ns += _pybindings_samples(manifest.pte_path, [np.load(p) for p in inputs], args.warmup, args.iterations)
         print(f"round {r + 1}/{args.rounds}: runner median {np.median(res.execute_ns) / 1e6:.3f} ms, "
               f"pybindings median {np.median(py_ns[-args.iterations:]) / 1e6:.3f} ms", file=sys.stderr)
 
     rs, ps = summarize(runner_ns), summarize(py_ns)
     cmp = compare_samples(py_ns, runner_ns)  # A = pybindings (baseline), B = the runner
     result = {
-        "artifact": str(art), "program": f"{manifest['model']['name']} {manifest['scheme']['name']}",
+        "artifact": str(art), "program": f"{manifest.model.name} {manifest.scheme.name}",
         "runner": {"median_ms": rs.median_ms, "ci95_ms": [rs.ci95_low_ms, rs.ci95_high_ms], "n": rs.n,
                    "threads": threads, "warnings": list(rs.warnings)},
         "pybindings": {"median_ms": ps.median_ms, "ci95_ms": [ps.ci95_low_ms, ps.ci95_high_ms], "n": ps.n,

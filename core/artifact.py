@@ -284,6 +284,12 @@ class Thresholds:
     min_cosine: float
     min_top1: float | None = None  # fraction of test vectors whose argmax must agree (classifiers)
 
+    @classmethod
+    def for_scheme(cls, scheme: Any, **overrides: Any) -> "Thresholds":
+        """A scheme's own thresholds (its ``min_snr_db``/``min_cosine``), with ``overrides`` that are not None."""
+        base = cls(float(scheme.min_snr_db), float(scheme.min_cosine))
+        return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 

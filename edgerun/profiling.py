@@ -21,10 +21,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
-
-from edgerun.core.paths import edgerun_home
+from edgerun.core.artifact import Manifest
 from edgerun.core.errors import EdgerunError, UsageError
+from edgerun.core.paths import artifacts_dir
 
 log = logging.getLogger("edgerun.profile")
 
@@ -72,14 +71,13 @@ def parse_threads(text: str) -> tuple[int, ...]:
     return values
 
 
-def _reference(artifact: Path, manifest: dict, vector: int) -> list[np.ndarray] | None:
-    vecs = manifest.get("test_vectors") or []
-    if not 0 <= vector < len(vecs):
-        return None
-    return [np.load(artifact / p) for p in vecs[vector]["outputs"]]
+def _open_manifest(artifact: str | Path | Manifest) -> Manifest:
+    from edgerun.core.artifact import read_manifest
+
+    return artifact if isinstance(artifact, Manifest) else read_manifest(artifact)
 
 
-def profile_on_device(artifact: Path, device, settings: ProfileSettings, *, store_path=None,
+def profile_on_device(artifact: str | Path | Manifest, device, settings: ProfileSettings, *, store_path=None,
                       sweep_id: str | None = None,
                       cell_of: Callable[[int], str | None] = lambda t: None,
                       on_progress: Progress | None = None) -> list:
@@ -88,18 +86,13 @@ def profile_on_device(artifact: Path, device, settings: ProfileSettings, *, stor
     Each record is saved in the store (``store_path``; one connection per calling thread) as soon
     as its run is analysed, so a later failure loses nothing already measured.
     """
-    from edgerun.runtime.deploy import DeviceRunError, run_on_device
-    from edgerun.runtime.preflight import read_manifest
-    from edgerun.runtime.record import analyse
+    from edgerun.runtime.analysis import AnalysisSettings, analyse
+    from edgerun.runtime.deploy import run_on_device
     from edgerun.runtime.runner import RunOptions
     from edgerun.store import Store
 
-    from edgerun.runtime.accuracy import batch_task_accuracy, load_npy
-
-    manifest = read_manifest(artifact)
-    reference = _reference(artifact, manifest, settings.vector)
-    dataset = manifest.get("dataset") if settings.task_accuracy is not False else None
-    etrecord = artifact / (manifest.get("files") or {}).get("etrecord", "model.etrecord")
+    manifest = _open_manifest(artifact)
+    with_dataset = manifest.dataset is not None and settings.task_accuracy is not False
     results: list = []
     for threads in settings.threads:
         label = f"{device.name} threads={threads or 'default'}"
@@ -108,32 +101,25 @@ def profile_on_device(artifact: Path, device, settings: ProfileSettings, *, stor
         options = RunOptions(warmup=settings.warmup, iterations=settings.iterations, threads=threads,
                              min_time_ms=settings.min_time_ms)
         try:
-            run = run_on_device(artifact, device, options=options, vector=settings.vector, etdump=settings.etdump,
-                                variant=settings.variant, timeout=settings.timeout_s, dataset=dataset is not None)
-            outputs = [np.load(p) for p in run.outputs]
-            task_acc = task_samples = None
-            if dataset is not None:
-                labels = load_npy(artifact / dataset["labels"], "the dataset labels")
-                task_acc = batch_task_accuracy(load_npy(run.dataset_outputs, "the dataset outputs pulled from "
-                                                        f"{device.name}"), labels,
-                                               what=f"outputs of {dataset['inputs']} run on {device.name}")
-                task_samples = int(labels.size)
-            record = analyse(run.result.lines, manifest, run.device_info, device_name=device.name,
-                             etdump_path=run.etdump, etrecord_path=etrecord if etrecord.is_file() else None,
-                             outputs=outputs if reference is not None and outputs else None,
-                             reference=reference if outputs else None, artifact_dir=artifact,
-                             bundle_bytes=run.deployment.bundle.total_bytes, sweep_id=sweep_id,
-                             cell=cell_of(threads), task_accuracy=task_acc, task_samples=task_samples)
-            for w in run.deployment.preflight.warnings:
-                record = dataclasses.replace(record, warnings=(*record.warnings, w))
+            run = run_on_device(manifest, device, options=options, vector=settings.vector, etdump=settings.etdump,
+                                variant=settings.variant, timeout=settings.timeout_s, dataset=with_dataset)
+            record = analyse(run, manifest, AnalysisSettings(vector=settings.vector, sweep_id=sweep_id,
+                                                             cell=cell_of(threads)))
             with Store(store_path) as store:
                 store.save(record)
             (run.run_dir / "record.json").write_text(json.dumps({"run_id": record.run_id}))
             results.append(record)
-        except (DeviceRunError, EdgerunError) as exc:
+        except EdgerunError as exc:
             log.warning("%s: %s", label, exc.paragraph())
             results.append(CellFailure(device.name, threads, exc))
     return results
+
+
+def _check_task_accuracy(manifest: Manifest, settings: ProfileSettings) -> None:
+    if settings.task_accuracy and manifest.dataset is None:
+        raise UsageError(f"--task-accuracy: artifact {manifest.path} has no dataset (its manifest names no held-out "
+                         "split).", hint="Only models with a dataset (e.g. digits_cnn) carry one; re-export with this "
+                                         "edgerun if the artifact predates it, or drop --task-accuracy.")
 
 
 def profile(artifact: str | Path, devices: Sequence[str], settings: ProfileSettings, *, store_path=None,
@@ -141,46 +127,52 @@ def profile(artifact: str | Path, devices: Sequence[str], settings: ProfileSetti
     """``edgerun profile``: every device concurrently, thread counts in turn on each."""
     from edgerun.devices.inventory import resolve_device
 
-    art = Path(artifact)
     if not devices:
         raise UsageError("no device given.", hint="Use --device NAME_OR_URI (e.g. local:// or qemu-aarch64://?cpu=cortex-a76).")
-    if settings.task_accuracy:
-        from edgerun.runtime.preflight import read_manifest
-
-        if not read_manifest(art).get("dataset"):
-            raise UsageError(f"--task-accuracy: artifact {art} has no dataset (its manifest names no held-out split).",
-                             hint="Only models with a dataset (e.g. digits_cnn) carry one; re-export with this "
-                                  "edgerun if the artifact predates it, or drop --task-accuracy.")
+    manifest = _open_manifest(artifact)  # a bad artifact fails here, once, before any device is touched
+    _check_task_accuracy(manifest, settings)
 
     def one(name: str) -> list:
         try:
             with resolve_device(name, inventory) as dev:
-                return profile_on_device(art, dev, settings, store_path=store_path, on_progress=on_progress)
+                return profile_on_device(manifest, dev, settings, store_path=store_path, on_progress=on_progress)
         except EdgerunError as exc:
             return [CellFailure(name, None, exc)]
 
-    with ThreadPoolExecutor(max_workers=len(devices)) as pool:
-        return [r for rs in pool.map(one, devices) for r in rs]
+    return [r for rs in on_devices(devices, one) for r in rs]
+
+
+def on_devices(devices: Sequence[str], work: Callable[[str], list]) -> list[list]:
+    """Run ``work(device)`` for every device concurrently (a device is an I/O-bound resource; the
+    CPU-heavy parts run on the devices), results in the order of ``devices``. The one pool of the hall."""
+    with ThreadPoolExecutor(max_workers=max(1, len(devices)), thread_name_prefix="edgerun-device") as pool:
+        return list(pool.map(work, devices))
 
 
 # ------------------------------------------------------------------------------------- bench
 
-def artifact_cache_dir(model: str, target: str, scheme: str) -> Path:
-    from edgerun.export import get_target, make_scheme
+def artifact_cache_dir(model: str, target: str, scheme: str, options=None) -> Path:
+    """Where bench keeps the export of one recipe: keyed by its full recipe identity (model, target,
+    scheme and options, calibration, seed, vectors, tool versions), so a change of any re-exports."""
+    from edgerun.export import get_model, get_target, make_scheme
+    from edgerun.export.pipeline import ExportOptions
+    from edgerun.export.recipe import recipe_identity
 
-    recipe = {"model": model, "target": get_target(target).to_json(), "scheme": make_scheme(scheme).to_json()}
-    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+    options = options or ExportOptions()
+    identity = recipe_identity(get_model(model), get_target(target), make_scheme(scheme),
+                               calibration=options.calibration, seed=options.seed, vectors=options.vectors)
     safe = model.replace(":", "_").replace("/", "_")
-    return edgerun_home() / "artifacts" / f"{safe}-{target}-{scheme}-{key}"
+    return artifacts_dir() / f"{safe}-{target}-{scheme}-{identity.hash[:12]}"
 
 
 def ensure_artifact(model: str, target: str, scheme: str, on_progress: Progress | None = None) -> Path:
     """An exported, verified artifact for the cell, reused when the same recipe was exported before."""
-    from edgerun.export import export_model, read_manifest
+    from edgerun.core.artifact import read_manifest
+    from edgerun.export import export_model
 
     path = artifact_cache_dir(model, target, scheme)
     try:
-        if read_manifest(path).get("status") == "ok":
+        if read_manifest(path).ok:
             return path
     except EdgerunError:
         pass
@@ -202,7 +194,11 @@ def sweep_id_for(model: str, targets: Sequence[str], schemes: Sequence[str], dev
 def bench(model: str, targets: Sequence[str], schemes: Sequence[str], devices: Sequence[str],
           settings: ProfileSettings, *, store, inventory: str | None = None, sweep_id: str | None = None,
           on_cell: Callable[[str, str], None] | None = None, on_progress: Progress | None = None) -> dict:
-    """Export x deploy x profile across targets, schemes and devices; resumable by ``sweep_id``."""
+    """Export x deploy x profile across targets, schemes and devices; resumable by ``sweep_id``.
+
+    Every (target, scheme) is exported first, once (CPU-heavy: one at a time). Then each device is
+    opened **once** for all its cells and the devices run concurrently, each its cells in turn.
+    """
     from edgerun.devices.inventory import resolve_device
     from edgerun.export import get_target
     from edgerun.runtime.record import cell_key
@@ -213,32 +209,64 @@ def bench(model: str, targets: Sequence[str], schemes: Sequence[str], devices: S
             tgt.check_scheme(s)
     sweep = sweep_id or sweep_id_for(model, targets, schemes, devices, settings)
     cells = [(t, s, d, th) for t in targets for s in schemes for d in devices for th in settings.threads]
-    done_ids, failures, exported = [], [], {}
+    done: dict[str, str] = {}
+    failures: list[dict] = []
+    todo: list[tuple] = []
+
+    def report(key: str, what: str) -> None:
+        if on_cell:
+            on_cell(key, what)
+
     for t, s, d, th in cells:
         key = cell_key(model, t, s, d, th)
         existing = store.find_cell(sweep, key)
         if existing:
-            done_ids.append(existing)
-            if on_cell:
-                on_cell(key, "skipped (already in the store)")
-            continue
-        try:
-            if (t, s) not in exported:
+            done[key] = existing
+            report(key, "skipped (already in the store)")
+        else:
+            todo.append((t, s, d, th, key))
+
+    exported: dict[tuple[str, str], Path | EdgerunError] = {}
+    for t, s, *_ in todo:
+        if (t, s) not in exported:
+            try:
                 exported[(t, s)] = ensure_artifact(model, t, s, on_progress)
+            except EdgerunError as exc:
+                exported[(t, s)] = exc
+
+    def run_device(d: str) -> list[tuple[str, object]]:
+        mine = [c for c in todo if c[2] == d]
+        out: list[tuple[str, object]] = []
+        runnable = []
+        for t, s, _d, th, key in mine:
             art = exported[(t, s)]
-            one = dataclasses.replace(settings, threads=(th,))
+            if isinstance(art, EdgerunError):
+                out.append((key, CellFailure(d, th, art)))
+            else:
+                runnable.append((art, th, key))
+        if not runnable:
+            return out
+        try:
             with resolve_device(d, inventory) as dev:
-                results = profile_on_device(art, dev, one, store_path=store.path, sweep_id=sweep,
-                                            cell_of=lambda _t, key=key: key, on_progress=on_progress)
-        except EdgerunError as exc:
-            results = [CellFailure(d, th, exc)]
-        for r in results:
+                for art, th, key in runnable:
+                    one = dataclasses.replace(settings, threads=(th,))
+                    for r in profile_on_device(art, dev, one, store_path=store.path, sweep_id=sweep,
+                                               cell_of=lambda _t, key=key: key, on_progress=on_progress):
+                        out.append((key, r))
+                        report(key, f"failed: {r.error.message}" if isinstance(r, CellFailure)
+                               else f"{r.run_id}: median {r.latency.median_ms:.3f} ms")
+        except EdgerunError as exc:  # the device could not be opened: every cell of it fails the same way
+            for _art, th, key in runnable:
+                out.append((key, CellFailure(d, th, exc)))
+                report(key, f"failed: {exc.message}")
+        return out
+
+    for results in on_devices(list(dict.fromkeys(c[2] for c in todo)), run_device):
+        for key, r in results:
             if isinstance(r, CellFailure):
                 failures.append({"cell": key, **r.to_json()})
-                if on_cell:
-                    on_cell(key, f"failed: {r.error.message}")
             else:
-                done_ids.append(r.run_id)
-                if on_cell:
-                    on_cell(key, f"{r.run_id}: median {r.latency.median_ms:.3f} ms")
-    return {"sweep_id": sweep, "cells": len(cells), "run_ids": done_ids, "failures": failures}
+                done[key] = r.run_id
+    order = [cell_key(model, t, s, d, th) for t, s, d, th in cells]
+    return {"sweep_id": sweep, "cells": len(cells), "run_ids": [done[k] for k in order if k in done],
+            "failures": failures}

@@ -5,7 +5,7 @@ so listing models or targets stays fast."""
 from __future__ import annotations
 
 from .errors import ExportError, VerificationFailed
-from .manifest import MANIFEST_NAME, SCHEMA_VERSION, read_manifest
+from edgerun.core.artifact import MANIFEST_NAME, SCHEMA_VERSION, Manifest, read_manifest
 from .schemes import SCHEMES, Scheme, make_scheme
 from .targets import TARGETS, Target, get_target, legal_pairs
 from .zoo import MODELS, get_model
@@ -18,6 +18,6 @@ def export_model(*args, **kwargs):
     return _export_model(*args, **kwargs)
 
 
-__all__ = ["export_model", "read_manifest", "ExportError", "VerificationFailed", "MANIFEST_NAME",
+__all__ = ["export_model", "read_manifest", "Manifest", "ExportError", "VerificationFailed", "MANIFEST_NAME",
            "SCHEMA_VERSION", "SCHEMES", "Scheme", "make_scheme", "TARGETS", "Target", "get_target",
            "legal_pairs", "MODELS", "get_model"]

@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import hashlib
-import json
 import logging
 import os
 import re
@@ -25,12 +23,18 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from edgerun.core.artifact import (
+    MANIFEST_NAME, STATUS_FAILED, STATUS_OK, Calibration, DatasetSplit, Manifest, ModelRef, Operators, SchemeRef,
+    TargetRef, TaskAccuracy, TensorSpec, TestVector, Thresholds, Verification, sha256_file, thresholds_failures,
+    write_manifest,
+)
 from edgerun.core.errors import EdgerunError, UsageError
+from edgerun.core.version import edgerun_version
 from edgerun.core.numerics import aggregate, compare_outputs
 
 from .errors import ExportError, VerificationFailed
-from .manifest import MANIFEST_NAME, SCHEMA_VERSION, write_json_atomic
 from .program import describe_program
+from .recipe import recipe_identity
 from .schemes import Scheme, make_scheme
 from .targets import Target, get_target
 from .zoo import ModelSpec, get_model
@@ -38,18 +42,6 @@ from .zoo import ModelSpec, get_model
 log = logging.getLogger("edgerun.export")
 
 Stage = Callable[[str], None]
-
-
-@dataclasses.dataclass(frozen=True)
-class Thresholds:
-    min_snr_db: float
-    min_cosine: float
-    min_top1: float | None = None  # fraction of test vectors whose argmax must agree (classifiers)
-
-    @classmethod
-    def for_scheme(cls, scheme: Scheme, **overrides: Any) -> "Thresholds":
-        base = cls(scheme.min_snr_db, scheme.min_cosine)
-        return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -273,7 +265,7 @@ def _run_program(pte_path: Path, samples: Sequence[tuple]) -> list[list[np.ndarr
     return results
 
 
-def _task_accuracy(model, pte_path: Path, x, y) -> dict:
+def _task_accuracy(model, pte_path: Path, x, y) -> TaskAccuracy:
     import torch
 
     with torch.no_grad():
@@ -281,46 +273,21 @@ def _task_accuracy(model, pte_path: Path, x, y) -> dict:
     outs = _run_program(pte_path, _dataset_samples(x, len(x)))
     pte_pred = np.array([o[0].argmax(1)[0] for o in outs])
     labels = y.numpy()
-    return {
-        "samples": int(len(labels)),
-        "eager_fp32": float(np.mean(eager_pred == labels)),
-        "program": float(np.mean(pte_pred == labels)),
-        "delta_pp": float(100.0 * (np.mean(pte_pred == labels) - np.mean(eager_pred == labels))),
-    }
+    return TaskAccuracy(samples=int(len(labels)), eager_fp32=float(np.mean(eager_pred == labels)),
+                        program=float(np.mean(pte_pred == labels)),
+                        delta_pp=float(100.0 * (np.mean(pte_pred == labels) - np.mean(eager_pred == labels))))
 
 
-def check_thresholds(summary: list[dict], thresholds: Thresholds) -> list[str]:
-    """Human sentences for every threshold an output misses (empty: passed)."""
-    failures = []
-    for row in summary:
-        i = row["index"]
-        if row["snr_db"] < thresholds.min_snr_db:
-            failures.append(f"output {i}: SNR {row['snr_db']:.1f} dB < {thresholds.min_snr_db:g} dB")
-        if row["cosine"] < thresholds.min_cosine:
-            failures.append(f"output {i}: cosine {row['cosine']:.4f} < {thresholds.min_cosine:g}")
-        if thresholds.min_top1 is not None and row["top1_agreement"] is not None \
-                and row["top1_agreement"] < thresholds.min_top1:
-            failures.append(f"output {i}: top-1 agreement {row['top1_agreement']:.2f} < {thresholds.min_top1:g}")
-    return failures
-
-
-def verify_artifact(art_dir: Path, manifest: dict, thresholds: Thresholds) -> dict:
+def verify_artifact(art_dir: Path, manifest: Manifest, thresholds: Thresholds) -> Verification:
     """Run the artifact's program on its test vectors and compare with the stored eager outputs."""
-    samples, expected = [], []
-    for vec in manifest["test_vectors"]:
-        samples.append(tuple(_as_tensor(np.load(art_dir / p)) for p in vec["inputs"]))
-        expected.append([np.load(art_dir / p) for p in vec["outputs"]])
-    actual = _run_program(art_dir / manifest["files"]["pte"], samples)
-    per_vector = [compare_outputs(a, e) for a, e in zip(actual, expected)]
-    summary = [m.to_json() for m in aggregate(per_vector)]
-    failures = check_thresholds(summary, thresholds)
-    return {
-        "runtime": "executorch pybindings (host)",
-        "thresholds": dataclasses.asdict(thresholds),
-        "outputs": summary,
-        "passed": not failures,
-        "failures": failures,
-    }
+    manifest = dataclasses.replace(manifest, path=Path(art_dir))
+    vectors = manifest.load_test_vectors()
+    actual = _run_program(manifest.pte_path, [tuple(_as_tensor(a) for a in v.inputs) for v in vectors])
+    per_vector = [compare_outputs(a, v.outputs) for a, v in zip(actual, vectors)]
+    summary = aggregate(per_vector)
+    failures = thresholds_failures(summary, thresholds)
+    return Verification(runtime="executorch pybindings (host)", thresholds=thresholds, outputs=tuple(summary),
+                        passed=not failures, failures=tuple(failures))
 
 
 def _as_tensor(arr: np.ndarray):
@@ -366,7 +333,7 @@ def _publish(tmp: Path, out_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _save_vectors(tmp: Path, samples: Sequence[tuple], outputs: Sequence[list]) -> list[dict]:
+def _save_vectors(tmp: Path, samples: Sequence[tuple], outputs: Sequence[list]) -> list[TestVector]:
     vectors = []
     for k, (sample, outs) in enumerate(zip(samples, outputs)):
         d = tmp / "vectors" / f"{k:03d}"
@@ -379,11 +346,11 @@ def _save_vectors(tmp: Path, samples: Sequence[tuple], outputs: Sequence[list]) 
         for j, t in enumerate(outs):
             np.save(d / f"output_{j}.npy", t.detach().numpy())
             outs_rel.append(f"vectors/{k:03d}/output_{j}.npy")
-        vectors.append({"inputs": ins, "outputs": outs_rel})
+        vectors.append(TestVector(inputs=tuple(ins), outputs=tuple(outs_rel)))
     return vectors
 
 
-def _save_dataset(tmp: Path, name: str, x, y, example: Sequence) -> dict:
+def _save_dataset(tmp: Path, name: str, x, y, example: Sequence) -> DatasetSplit:
     """The held-out split as the program takes it: ``dataset/inputs.npy`` ``[N, *input_shape]`` (each
     sample exactly the program's single input, e.g. ``[N, 1, 1, 8, 8]``) and ``dataset/labels.npy``
     (int64 ``[N]``), for task accuracy computed from outputs run on a device."""
@@ -401,29 +368,19 @@ def _save_dataset(tmp: Path, name: str, x, y, example: Sequence) -> dict:
     (tmp / "dataset").mkdir()
     np.save(tmp / "dataset" / "inputs.npy", np.ascontiguousarray(inputs))
     np.save(tmp / "dataset" / "labels.npy", labels)
-    return {"name": name, "split": "test", "inputs": "dataset/inputs.npy", "labels": "dataset/labels.npy",
-            "samples": int(len(labels))}
+    return DatasetSplit(name=name, split="test", inputs="dataset/inputs.npy", labels="dataset/labels.npy",
+                        samples=int(len(labels)))
 
 
 def _np_dtype(t) -> str:
     return str(t.detach().numpy().dtype) if t.numel() else str(t.dtype).replace("torch.", "")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _versions() -> dict:
     import executorch.version
     import torch
 
-    from edgerun import __version__
-
-    out = {"edgerun": __version__, "executorch": executorch.version.__version__.split("+")[0],
+    out = {"edgerun": edgerun_version(), "executorch": executorch.version.__version__.split("+")[0],
            "torch": torch.__version__}
     try:
         import torchao
@@ -444,7 +401,7 @@ def export_model(
     options: ExportOptions | None = None,
     thresholds: dict | None = None,
     on_stage: Stage | None = None,
-) -> dict:
+) -> Manifest:
     """Export ``model`` for ``target`` with ``scheme``; return the manifest (also written to disk).
 
     Raises :class:`ExportError` naming the failed stage, or :class:`VerificationFailed` after the
@@ -461,6 +418,8 @@ def export_model(
         sch = make_scheme(scheme_name, **(scheme_options or {}))
         spec: ModelSpec = get_model(model)
         limits = Thresholds.for_scheme(sch, **(thresholds or {}))
+        identity = recipe_identity(spec, tgt, sch, calibration=options.calibration, seed=options.seed,
+                                   vectors=options.vectors)
     out = Path(out_dir) if out_dir is not None else default_out_dir(model, tgt.name, sch.name)
     tmp = _prepare_out_dir(out, options.overwrite)
     try:
@@ -499,56 +458,50 @@ def export_model(
             facts = describe_program(program.executorch_program)
             input_names = [s.arg.name for s in exported.graph_signature.input_specs
                            if s.kind.name == "USER_INPUT"]
-            manifest = {
-                "schema": "edgerun.artifact",
-                "schema_version": SCHEMA_VERSION,
-                "status": "unverified",
-                "model": {**spec.to_json(),
-                          "parameters": int(sum(p.numel() for p in module.parameters())),
-                          "fp32_weight_bytes": int(sum(p.numel() * 4 for p in module.parameters()))},
-                "target": tgt.to_json(),
-                "scheme": {**sch.to_json(), **({"facts": quant_facts} if quant_facts else {})},
-                "recipe_hash": hashlib.sha256(json.dumps(
-                    {"target": tgt.to_json(), "scheme": sch.to_json(), "model": spec.name},
-                    sort_keys=True).encode()).hexdigest()[:16],
-                "versions": _versions(),
-                "inputs": [{"name": input_names[i] if i < len(input_names) else f"input_{i}",
-                            "shape": list(t.shape), "dtype": _np_dtype(t)} for i, t in enumerate(example)],
-                "outputs": [{"name": f"output_{j}", "shape": list(t.shape), "dtype": _np_dtype(t)}
-                            for j, t in enumerate(eager_outputs[0])],
-                "files": {"pte": "model.pte", "etrecord": "model.etrecord"},
-                "pte_bytes": pte.stat().st_size,
-                "pte_sha256": _sha256(pte),
-                "etrecord_bytes": (tmp / "model.etrecord").stat().st_size,
-                "method": facts["method"],
-                "planned_memory_bytes": facts["planned_memory_bytes"],
-                "planned_buffers": facts["planned_buffers"],
-                "operators": facts["operators"],
-                "test_vectors": vectors,
-                "calibration": {"source": ("file:" + str(options.calibration)) if options.calibration
-                                else (spec.dataset.name if dataset is not None else "generated"),
-                                "samples": len(calibration)} if sch.quantized else None,
-            }
+            dataset_split = None
             if dataset is not None and spec.task == "classification":
                 x, y = dataset["test"]
-                manifest["dataset"] = _save_dataset(tmp, spec.dataset.name, x, y, example)
+                dataset_split = _save_dataset(tmp, spec.dataset.name, x, y, example)
+            manifest = Manifest(
+                status="unverified",
+                model=ModelRef(**{**spec.to_json(), "parameters": int(sum(p.numel() for p in module.parameters())),
+                                  "fp32_weight_bytes": int(sum(p.numel() * 4 for p in module.parameters()))}),
+                target=TargetRef(**tgt.to_json()),
+                scheme=SchemeRef(name=sch.name, options=sch.options(), recipe_hash=sch.recipe_hash,
+                                 facts=quant_facts),
+                recipe_hash=identity.hash, recipe=identity, versions=_versions(),
+                inputs=tuple(TensorSpec(name=input_names[i] if i < len(input_names) else f"input_{i}",
+                                        shape=tuple(t.shape), dtype=_np_dtype(t)) for i, t in enumerate(example)),
+                outputs=tuple(TensorSpec(name=f"output_{j}", shape=tuple(t.shape), dtype=_np_dtype(t))
+                              for j, t in enumerate(eager_outputs[0])),
+                files={"pte": "model.pte", "etrecord": "model.etrecord"},
+                pte_bytes=pte.stat().st_size, pte_sha256=sha256_file(pte),
+                etrecord_bytes=(tmp / "model.etrecord").stat().st_size, method=facts["method"],
+                planned_memory_bytes=facts["planned_memory_bytes"], planned_buffers=tuple(facts["planned_buffers"]),
+                operators=Operators.from_json(facts["operators"], "operators"), test_vectors=tuple(vectors),
+                calibration=Calibration(
+                    source=("file:" + str(options.calibration)) if options.calibration
+                    else (spec.dataset.name if dataset is not None else "generated"),
+                    samples=len(calibration)) if sch.quantized else None,
+                dataset=dataset_split, path=tmp,
+            )
         with _stage("verify", on_stage):
             verification = verify_artifact(tmp, manifest, limits)
-            if dataset is not None and spec.task == "classification":
+            if dataset_split is not None:
                 x, y = dataset["test"]
-                verification["task_accuracy"] = _task_accuracy(module, pte, x, y)
-        manifest["verification"] = verification
-        manifest["status"] = "ok" if verification["passed"] else "failed"
-        manifest["export_seconds"] = round(time.monotonic() - started, 3)
-        write_json_atomic(tmp / MANIFEST_NAME, manifest)
+                verification = dataclasses.replace(verification, task_accuracy=_task_accuracy(module, pte, x, y))
+        manifest = dataclasses.replace(manifest, verification=verification,
+                                       status=STATUS_OK if verification.passed else STATUS_FAILED,
+                                       export_seconds=round(time.monotonic() - started, 3))
+        write_manifest(tmp, manifest)
         _publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    manifest["path"] = str(out)
-    if not verification["passed"]:
+    manifest = dataclasses.replace(manifest, path=out)
+    if not verification.passed:
         raise VerificationFailed(
-            f"the program disagrees with eager PyTorch: {'; '.join(verification['failures'])}. "
+            f"the program disagrees with eager PyTorch: {'; '.join(verification.failures)}. "
             f"The artifact was kept at {out} and marked failed in its manifest.",
             hint="Try a gentler scheme (e.g. int8 instead of 8da4w), more calibration samples, or real "
                  "calibration data with --calibration.")

@@ -29,14 +29,16 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from edgerun.core.paths import edgerun_home
+from edgerun.core.artifact import Manifest, read_manifest
+from edgerun.core.errors import DeviceRunError, EdgerunError
+from edgerun.core.paths import runs_dir
 from edgerun.devices.base import Device, DeviceError
 from edgerun.devices.sync import SyncResult, sync_files
-from edgerun.core.errors import DeviceRunError, EdgerunError
 
 from .bundle import LOADERS, Bundle
-from .preflight import PreflightReport, check_compatible, read_manifest
-from .runner import RunnerResult, RunOptions, parse_runner_output, runner_argv
+from .preflight import PreflightReport, check_compatible
+from .protocol import RunArtifacts, RunnerResult, parse_runner_output, runner_failure
+from .runner import RunOptions, runner_argv
 
 RUN_ARCHES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
 
@@ -77,11 +79,15 @@ def bundle_for(arch: str, variant: str = "full") -> Bundle:
     return build_bundle(BuildRequest(arch="host" if arch == host_arch() else arch, variant=variant))
 
 
-def deploy(artifact: str | os.PathLike, device: Device, *, variant: str = "full", bundle: Bundle | None = None,
-           preflight: bool = True, timeout: float = 300.0, with_dataset: bool = True) -> Deployment:
-    """Put the runner bundle, the program, its test vectors and its dataset inputs on ``device``."""
-    art = Path(artifact)
-    manifest = read_manifest(art)
+def deploy(artifact: str | os.PathLike | Manifest, device: Device, *, variant: str = "full",
+           bundle: Bundle | None = None, preflight: bool = True, timeout: float = 300.0,
+           with_dataset: bool = True) -> Deployment:
+    """Put the runner bundle, the program, its test vectors and its dataset inputs on ``device``.
+
+    Every file comes from the artifact through its manifest's confined paths, and the program must
+    match the manifest's sha256 (a swapped ``.pte`` is refused before anything is pushed)."""
+    manifest = artifact if isinstance(artifact, Manifest) else read_manifest(artifact)
+    program = manifest.verified_pte()
     arch = device_arch(device)
     bundle = bundle or bundle_for(arch, variant)
     if bundle.arch != arch:
@@ -91,49 +97,33 @@ def deploy(artifact: str | os.PathLike, device: Device, *, variant: str = "full"
     files = {p.name: p for p in sorted(Path(bundle.path).iterdir())
              if p.is_file() and not p.name.endswith((".tar.gz", ".tgz"))}
     b = sync_files(device, files, timeout=timeout)
-    prog = sync_files(device, {"model.pte": art / manifest["files"]["pte"]}, timeout=timeout)
+    prog = sync_files(device, {"model.pte": program}, timeout=timeout)
     pushed = [f"bundle/{n}" for n in b.pushed] + prog.pushed
     skipped = [f"bundle/{n}" for n in b.skipped] + prog.skipped
     vectors = []
-    for k, vec in enumerate(manifest.get("test_vectors") or []):
-        v: SyncResult = sync_files(device, {Path(p).name: art / p for p in vec["inputs"]}, timeout=timeout)
-        vectors.append([v.paths[Path(p).name] for p in vec["inputs"]])
+    for k, vec in enumerate(manifest.test_vectors):
+        local = manifest.vector_input_paths(k)
+        v: SyncResult = sync_files(device, {p.name: p for p in local}, timeout=timeout)
+        vectors.append([v.paths[p.name] for p in local])
         pushed += [f"vectors/{k:03d}/{n}" for n in v.pushed]
         skipped += [f"vectors/{k:03d}/{n}" for n in v.skipped]
     dataset_inputs = None
-    ds = manifest.get("dataset")
+    ds = manifest.dataset
     if ds and with_dataset:
-        local = art / ds["inputs"]
-        if not local.is_file():
-            raise DeviceError(f"the artifact's dataset inputs {local} are missing (named by manifest.json).",
-                              device=device.name, stage="deploy")
+        local, _labels = manifest.dataset_files()
         d = sync_files(device, {"dataset_inputs.npy": local}, timeout=timeout)
         dataset_inputs = d.paths["dataset_inputs.npy"]
-        pushed += [ds["inputs"] for _ in d.pushed]
-        skipped += [ds["inputs"] for _ in d.skipped]
+        pushed += [ds.inputs for _ in d.pushed]
+        skipped += [ds.inputs for _ in d.skipped]
     return Deployment(device=device.name, arch=arch, bundle=bundle, bundle_dir=b.dest,
                       program=prog.paths["model.pte"], vectors=vectors, preflight=report,
                       pushed=pushed, skipped=skipped, dataset_inputs=dataset_inputs)
 
 
-def _exit_words(rc: int, sig: int | None) -> str:
-    import signal as _signal
-
-    if sig is None and 128 < rc < 128 + 65:  # a shell or wrapper reports a signal as 128 + N
-        sig = rc - 128
-    if sig:
-        try:
-            name = _signal.Signals(sig).name
-        except ValueError:
-            name = "?"
-        return f"was killed by signal {sig} ({name}) (exit status {rc})"
-    return f"exited with status {rc}"
-
-
 def new_run_dir(device: str, model: str, root: Path | None = None) -> Path:
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     safe = lambda s: re.sub(r"[^A-Za-z0-9_.-]+", "_", s).strip("_")[:40]  # noqa: E731
-    base = root or edgerun_home() / "runs"
+    base = root or runs_dir()
     path = base / f"{stamp}-{safe(model)}-{safe(device)}-{secrets.token_hex(2)}"
     path.mkdir(parents=True, exist_ok=False)
     return path
@@ -154,30 +144,12 @@ def _record(run_dir: Path, **fields: Any) -> None:
     tmp.replace(path)
 
 
-@dataclasses.dataclass
-class DeviceRun:
-    """What one run on one device produced (all of it also on disk in ``run_dir``)."""
-
-    device: str
-    run_dir: Path
-    result: RunnerResult
-    device_info: dict
-    deployment: Deployment
-    outputs: list[Path]
-    etdump: Path | None
-    dataset_result: RunnerResult | None = None  # the batch invocation over the held-out split
-    dataset_outputs: Path | None = None         # its stacked output 0, [N, *output_shape]
-
-    def to_json(self) -> dict:
-        return {"device": self.device, "run_dir": str(self.run_dir), "device_info": self.device_info,
-                "deployment": self.deployment.to_json(), "outputs": [str(p) for p in self.outputs],
-                "etdump": str(self.etdump) if self.etdump else None, "runner": self.result.to_json(),
-                "dataset_outputs": str(self.dataset_outputs) if self.dataset_outputs else None,
-                "dataset_runner": self.dataset_result.to_json() if self.dataset_result else None}
+#: What a run on a device produced: the same type as a local run's (kept as a name for callers).
+DeviceRun = RunArtifacts
 
 
 def _run_runner(device: Device, argv: list[str], *, env: dict, timeout: float, run_dir: Path, stem: str,
-                stage: str, fail, describe, hint: str, require=lambda result: True) -> RunnerResult:
+                stage: str, fail, hint: str, require_batch: bool = False) -> RunnerResult:
     """Execute the runner's argv on the device; keep its stdout/stderr as ``STEM.jsonl`` and
     ``STEM.stderr.txt`` in the run directory (also the partial output of a timeout or a dropped
     link) and raise ``fail(stage, ...)`` unless it succeeded."""
@@ -193,19 +165,16 @@ def _run_runner(device: Device, argv: list[str], *, env: dict, timeout: float, r
     _write(run_dir / f"{stem}.stderr.txt", res.stderr)
     result = parse_runner_output(res.stdout, exit_code=res.rc, stderr=res.stderr, argv=argv,
                                  duration_s=time.monotonic() - started)
-    if not result.ok or not require(result):
-        err = result.error or {}
-        detail = err.get("message") or (res.stderr_text.strip().splitlines() or ["no output"])[-1]
-        what = f"{err.get('error')}: {detail}" if err.get("error") else detail
-        raise fail(stage, EdgerunError(f"the runner {_exit_words(res.rc, res.signal)} {describe(result)} "
-                                       f"({what})"), hint=hint)
+    failure = runner_failure(result, where="the device", signal=res.signal, require_batch=require_batch)
+    if failure is not None:
+        raise fail(stage, failure, hint=f"{hint} {failure.hint or ''}".strip())
     return result
 
 
-def run_on_device(artifact: str | os.PathLike, device: Device, *, options: RunOptions = RunOptions(),
+def run_on_device(artifact: str | os.PathLike | Manifest, device: Device, *, options: RunOptions = RunOptions(),
                   vector: int | None = 0, etdump: bool = True, variant: str = "full",
                   run_dir: Path | None = None, timeout: float = 600.0, preflight: bool = True,
-                  dataset: bool = False) -> DeviceRun:
+                  dataset: bool = False) -> RunArtifacts:
     """Deploy (if needed) and run one test vector's inputs on ``device``; pull the results.
 
     ``dataset``: also run every sample of the artifact's held-out split (``dataset/inputs.npy``) in a
@@ -215,9 +184,9 @@ def run_on_device(artifact: str | os.PathLike, device: Device, *, options: RunOp
     Failures raise :class:`DeviceRunError` naming the device and stage, after saving whatever the
     device produced (stdout, stderr, outputs) into the run directory.
     """
-    art = Path(artifact)
-    manifest = read_manifest(art)
-    run_dir = run_dir or new_run_dir(device.name, manifest.get("model", {}).get("name", art.name))
+    manifest = artifact if isinstance(artifact, Manifest) else read_manifest(artifact)
+    art = manifest.dir
+    run_dir = run_dir or new_run_dir(device.name, manifest.model.name)
     run_dir.mkdir(parents=True, exist_ok=True)
     _record(run_dir, status="running", stage="deploy", device=device.name, device_uri=device.spec.uri,
             artifact=str(art.resolve()), started=_dt.datetime.now().isoformat(timespec="seconds"),
@@ -231,9 +200,8 @@ def run_on_device(artifact: str | os.PathLike, device: Device, *, options: RunOp
 
     try:
         info = device.info()
-        info_json = info.to_json() if hasattr(info, "to_json") else dataclasses.asdict(info)
-        _write(run_dir / "device.json", json.dumps(info_json, indent=2))
-        dep = deploy(art, device, variant=variant, preflight=preflight, with_dataset=dataset)
+        _write(run_dir / "device.json", json.dumps(info.to_json(), indent=2))
+        dep = deploy(manifest, device, variant=variant, preflight=preflight, with_dataset=dataset)
     except EdgerunError as exc:
         raise fail("deploy", exc) from exc
 
@@ -257,9 +225,7 @@ def run_on_device(artifact: str | os.PathLike, device: Device, *, options: RunOp
     # resolves through the content-addressed symlinks to the blob store: point it at the set.
     env = {} if dep.bundle.arch in LOADERS else {"LD_LIBRARY_PATH": dep.bundle_dir}
     result = _run_runner(device, argv, env=env, timeout=timeout, run_dir=run_dir, stem="runner", stage="run",
-                         fail=fail, describe=lambda r: f"after {len(r.execute_ns)} timed iteration(s)",
-                         hint="See runner.stderr.txt and runner.jsonl in the run directory; a SIGKILL is often "
-                              "the out-of-memory killer.")
+                         fail=fail, hint="See runner.stderr.txt and runner.jsonl in the run directory.")
 
     outputs: list[Path] = []
     etdump_local: Path | None = None
@@ -286,21 +252,22 @@ def run_on_device(artifact: str | os.PathLike, device: Device, *, options: RunOp
         _record(run_dir, stage="dataset run", dataset_argv=dargv)
         dataset_result = _run_runner(
             device, dargv, env=env, timeout=timeout, run_dir=run_dir, stem="runner.dataset", stage="dataset run",
-            fail=fail, describe=lambda r: f"running the held-out split {manifest['dataset']['inputs']}",
-            hint="See runner.dataset.stderr.txt and runner.dataset.jsonl in the run directory.",
-            require=lambda r: r.batch is not None)
+            fail=fail, hint=f"Running the held-out split {manifest.dataset.inputs} failed: see "
+                            "runner.dataset.stderr.txt and runner.dataset.jsonl in the run directory.",
+            require_batch=True)
         try:
             dataset_local = run_dir / "dataset_outputs.npy"
             device.pull(remote_out, dataset_local)
         except DeviceError as exc:
             raise fail("pull", exc) from exc
     _record(run_dir, status="ok", stage="done", finished=_dt.datetime.now().isoformat(timespec="seconds"))
-    return DeviceRun(device=device.name, run_dir=run_dir, result=result, device_info=info_json,
-                     deployment=dep, outputs=outputs, etdump=etdump_local, dataset_result=dataset_result,
-                     dataset_outputs=dataset_local)
+    return RunArtifacts(result=result, device_name=device.name, device_info=info, run_dir=run_dir, outputs=outputs,
+                        etdump=etdump_local, dataset_result=dataset_result, dataset_outputs=dataset_local,
+                        bundle_bytes=dep.bundle.total_bytes, warnings=tuple(dep.preflight.warnings),
+                        deployment=dep)
 
 
-def run_many(artifact: str | os.PathLike, devices: Sequence[Device], **kwargs) -> list[DeviceRun | DeviceRunError]:
+def run_many(artifact: str | os.PathLike, devices: Sequence[Device], **kwargs) -> list[RunArtifacts | DeviceRunError]:
     """Run on several devices concurrently (each an I/O-bound resource); one result or error each."""
     from concurrent.futures import ThreadPoolExecutor
 

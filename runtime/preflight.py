@@ -13,30 +13,13 @@ kernel registry after every kernel library of the bundle registered), so "presen
 
 from __future__ import annotations
 
-import json
-import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from edgerun.core.artifact import STATUS_FAILED, STATUS_OK, Manifest
 from edgerun.core.errors import PreflightError
 
 from .bundle import Bundle
-
-
-def read_manifest(artifact: str | os.PathLike) -> dict:
-    """The manifest of an artifact directory (or a manifest.json path), with a clear error."""
-    path = Path(artifact)
-    if path.is_dir():
-        path = path / "manifest.json"
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise PreflightError(f"{artifact} is not an artifact: {path} does not exist.", stage="read artifact",
-                             hint="Give the directory `edgerun export` wrote (it holds manifest.json).") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise PreflightError(f"cannot read {path}: {exc}", stage="read artifact",
-                             hint="Re-export the artifact.") from exc
 
 
 def _release(version: str | None) -> str | None:
@@ -62,20 +45,19 @@ class PreflightReport:
                 "missing_operators": self.missing_operators, "missing_backends": self.missing_backends}
 
 
-def preflight(manifest: dict, bundle: Bundle) -> PreflightReport:
+def preflight(manifest: Manifest, bundle: Bundle) -> PreflightReport:
     """Compare a manifest with a bundle; never raises for an incompatibility (see ``check_compatible``)."""
     r = PreflightReport()
-    ops = manifest.get("operators") or {}
-    needed_ops = sorted(ops.get("non_delegated") or {})
-    needed_backends = sorted(ops.get("delegated") or {})
+    needed_ops = sorted(manifest.operators.non_delegated)
+    needed_backends = sorted(manifest.operators.delegated)
 
-    if manifest.get("status") == "failed":
+    if manifest.status == STATUS_FAILED:
         r.warnings.append("the artifact failed its numeric verification at export (manifest status "
                           "'failed'): its outputs are known to disagree with eager PyTorch")
-    elif manifest.get("status") not in ("ok", None):
-        r.warnings.append(f"the artifact's status is {manifest.get('status')!r}, not 'ok'")
+    elif manifest.status != STATUS_OK:
+        r.warnings.append(f"the artifact's status is {manifest.status!r}, not 'ok'")
 
-    wrote = _release((manifest.get("versions") or {}).get("executorch"))
+    wrote = _release(manifest.versions.get("executorch"))
     have = _release(bundle.executorch_version)
     if wrote is None:
         r.warnings.append("the manifest does not say which executorch version wrote the program")
@@ -83,13 +65,13 @@ def preflight(manifest: dict, bundle: Bundle) -> PreflightReport:
         r.problems.append(f"version mismatch: the program was exported with executorch {wrote}, the bundle "
                           f"runs executorch {have}")
 
-    arch = (manifest.get("target") or {}).get("arch")
+    arch = manifest.target.arch
     if arch not in (None, "any", bundle.arch):
         # An ExecuTorch program is portable bytecode plus delegate payloads (XNNPACK's is a graph,
         # not machine code), so it runs on any arch whose runtime has its kernels and backends:
         # running an rpi5 program on the host is how its outputs are cross-checked. Say that the
         # timings then describe this machine, not the target.
-        r.warnings.append(f"the program was exported for {(manifest.get('target') or {}).get('name')} ({arch}) and "
+        r.warnings.append(f"the program was exported for {manifest.target.name} ({arch}) and "
                           f"runs here on {bundle.arch}: it works, but timings describe this machine, not the target")
 
     r.missing_backends = [b for b in needed_backends if b not in bundle.backends]
@@ -127,11 +109,11 @@ def _hint(report: PreflightReport, bundle: Bundle) -> str:
     return "; ".join(hints).capitalize() + "." if hints else ""
 
 
-def check_compatible(manifest: dict, bundle: Bundle, *, enforce: bool = True) -> PreflightReport:
+def check_compatible(manifest: Manifest, bundle: Bundle, *, enforce: bool = True) -> PreflightReport:
     """``preflight`` that raises :class:`PreflightError` on problems (unless ``enforce`` is False)."""
     report = preflight(manifest, bundle)
     if enforce and not report.ok:
-        name = (manifest.get("model") or {}).get("name", "the program")
+        name = manifest.model.name
         raise PreflightError(f"bundle {bundle.path.name} cannot run {name}: {'; '.join(report.problems)}.",
                              hint=_hint(report, bundle))
     return report

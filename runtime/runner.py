@@ -5,31 +5,32 @@ Three pieces, kept apart because the devices room runs the same argv elsewhere:
 * :func:`runner_argv` builds the argv for a bundle that sits at some directory on the executing
   side (a local path, or ``/tmp/edgerun/bundles/…`` on a Pi), optionally prefixed by an emulator
   (``qemu-aarch64 -cpu cortex-a76``);
-* :func:`parse_runner_output` turns the runner's stdout (+ exit code, stderr) into a
-  :class:`RunnerResult`, whatever transport carried it;
-* :func:`run_local` runs a bundle on this machine with both, and :func:`raise_for_result` turns
-  a failed run into a :class:`RunnerError` whose exit code is the runner's own (10 load,
-  11 input, 12 execute, 13 output).
+* :func:`~edgerun.runtime.protocol.parse_runner_output` (in :mod:`edgerun.runtime.protocol`, re-exported
+  here) turns the runner's stdout (+ exit code, stderr) into a typed :class:`RunnerResult`, whatever
+  transport carried it;
+* :func:`run_local` runs a bundle on this machine with both, and
+  :func:`~edgerun.runtime.protocol.raise_for_result` turns a failed run into a :class:`RunnerError`
+  whose exit code is the runner's own (10 load, 11 input, 12 execute, 13 output, 14 died).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from edgerun.core.errors import EdgerunError, RunnerError
+from edgerun.core.errors import RunnerError
 
 from .build import host_arch
 from .bundle import Bundle, load_bundle, require_intact, runner_prefix
+from .protocol import (  # noqa: F401  (the protocol's names, re-exported for callers of the runner)
+    EXIT_STAGES, PROTOCOL_VERSION, RunnerResult, parse_runner_output, raise_for_result, runner_failure,
+)
 
-PROTOCOL_VERSION = 1
-EXIT_STAGES = {2: "usage", 10: "load", 11: "input", 12: "execute", 13: "output"}
 FILLS = ("zeros", "ones", "random")
 LOAD_MODES = ("mmap", "file")
 
@@ -106,164 +107,6 @@ def runner_argv(bundle: Bundle, program: str, *, inputs: Sequence[str] = (), opt
     return argv
 
 
-@dataclass
-class RunnerResult:
-    """Everything one runner invocation said. ``lines`` are the parsed JSON lines, in order."""
-
-    argv: list[str]
-    exit_code: int
-    lines: list[dict] = field(default_factory=list)
-    stderr: str = ""
-    duration_s: float | None = None
-    protocol_problems: list[str] = field(default_factory=list)
-
-    def _first(self, kind: str) -> dict | None:
-        return next((ln for ln in self.lines if ln.get("type") == kind), None)
-
-    @property
-    def header(self) -> dict | None:
-        return self._first("header")
-
-    @property
-    def load(self) -> dict | None:
-        return self._first("load")
-
-    @property
-    def summary(self) -> dict | None:
-        return self._first("summary")
-
-    @property
-    def error(self) -> dict | None:
-        return self._first("error")
-
-    @property
-    def kernels(self) -> dict | None:
-        return self._first("kernels")
-
-    @property
-    def batch(self) -> dict | None:
-        """The ``batch`` line of a run with ``--input-batch`` (samples, stacked output path, times)."""
-        return self._first("batch")
-
-    @property
-    def iterations(self) -> list[dict]:
-        return [ln for ln in self.lines if ln.get("type") == "iteration"]
-
-    @property
-    def ok(self) -> bool:
-        return (self.exit_code == 0 and self.error is None and not self.protocol_problems
-                and (self.summary is not None or self.kernels is not None
-                     or (self.header is not None and self.load is None)))
-
-    @property
-    def execute_ns(self) -> list[int]:
-        """Timed iterations' ``execute_ns`` (steady clock around execute alone), in order."""
-        return [int(it["execute_ns"]) for it in self.iterations if not it.get("warmup")]
-
-    @property
-    def wall_ns(self) -> list[int]:
-        return [int(it["wall_ns"]) for it in self.iterations if not it.get("warmup")]
-
-    @property
-    def warmup_execute_ns(self) -> list[int]:
-        return [int(it["execute_ns"]) for it in self.iterations if it.get("warmup")]
-
-    @property
-    def load_ns(self) -> int | None:
-        return self.load.get("load_ns") if self.load else None
-
-    @property
-    def peak_rss_kb(self) -> int | None:
-        return self.summary.get("peak_rss_kb") if self.summary else None
-
-    @property
-    def output_paths(self) -> list[str | None]:
-        return [o.get("path") for o in (self.summary or {}).get("outputs", [])]
-
-    def failure_json(self) -> dict:
-        """What a :class:`RunnerError` carries of this result in ``--json`` output."""
-        return {"argv": self.argv, "exit_code": self.exit_code, "error": self.error,
-                "stderr_tail": self.stderr[-4000:]}
-
-    def to_json(self) -> dict:
-        return {"argv": self.argv, "exit_code": self.exit_code, "ok": self.ok, "duration_s": self.duration_s,
-                "header": self.header, "load": self.load, "summary": self.summary, "error": self.error,
-                "batch": self.batch,
-                "execute_ns": self.execute_ns, "wall_ns": self.wall_ns,
-                "warmup_execute_ns": self.warmup_execute_ns, "protocol_problems": self.protocol_problems,
-                "stderr_tail": self.stderr[-4000:]}
-
-
-def parse_runner_output(stdout: str | bytes, *, exit_code: int, stderr: str | bytes = "",
-                        argv: Sequence[str] = (), duration_s: float | None = None) -> RunnerResult:
-    """Parse the runner's stdout (JSON lines). Never raises: problems are kept on the result."""
-    if isinstance(stdout, bytes):
-        stdout = stdout.decode("utf-8", "replace")
-    if isinstance(stderr, bytes):
-        stderr = stderr.decode("utf-8", "replace")
-    result = RunnerResult(argv=list(argv), exit_code=exit_code, stderr=stderr, duration_s=duration_s)
-    for n, line in enumerate(stdout.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError:
-            result.protocol_problems.append(f"stdout line {n} is not JSON: {line[:200]!r}")
-            continue
-        if not isinstance(obj, dict) or "type" not in obj:
-            result.protocol_problems.append(f"stdout line {n} is not a protocol record: {line[:200]!r}")
-            continue
-        result.lines.append(obj)
-    header = result.header
-    if header is None:
-        if result.lines or exit_code == 0:
-            result.protocol_problems.append("no header line: this is not edgerun-runner output")
-    elif header.get("protocol") != PROTOCOL_VERSION:
-        result.protocol_problems.append(
-            f"runner speaks protocol {header.get('protocol')!r}, this edgerun reads {PROTOCOL_VERSION}")
-    return result
-
-
-_HINTS = {
-    "load": "Check the program file (`edgerun inspect ARTIFACT`), and that the bundle has the operators and "
-            "backend it needs (pre-flight names them) and the same executorch version that exported it.",
-    "input": "Give one input file per program input, with the shape and dtype in the artifact's manifest "
-             "(.npy, or raw bytes of exactly the right size).",
-    "execute": "The program failed while running; try --threads 1, or the portable target to find the operator.",
-    "output": "Check that the output/ETDump directory exists on the device and is writable, and there is space.",
-    "usage": "This is an edgerun bug if edgerun built the argv; please report it with --debug output.",
-}
-
-
-def raise_for_result(result: RunnerResult, *, where: str = "this machine") -> RunnerResult:
-    """Return ``result`` if the run succeeded, else raise a :class:`RunnerError` that says why."""
-    if result.ok:
-        return result
-    err = result.error
-    if err is not None:
-        stage = err.get("stage", EXIT_STAGES.get(result.exit_code, "run"))
-        log_lines = err.get("log") or []
-        detail = f" ExecuTorch said: {log_lines[-1]}" if log_lines else ""
-        raise RunnerError(f"the runner on {where} failed at {stage} with {err.get('error')}: "
-                          f"{err.get('message')}.{detail}", stage=f"run ({stage})",
-                          hint=_HINTS.get(stage), result=result,
-                          exit_code=result.exit_code if result.exit_code in EXIT_STAGES else None)
-    tail = result.stderr.strip()[-1500:]
-    if result.protocol_problems:
-        why = "; ".join(result.protocol_problems[:3])
-    elif result.exit_code < 0 or result.exit_code > 128:
-        sig = -result.exit_code if result.exit_code < 0 else result.exit_code - 128
-        why = f"it was killed by signal {sig}"
-    else:
-        why = f"it exited {result.exit_code} without an error line"
-    timed = len(result.execute_ns)
-    raise RunnerError(f"the runner on {where} did not finish: {why}, after {timed} timed iteration(s)."
-                      + (f" Its stderr ends with: {tail}" if tail else ""),
-                      stage="run", result=result,
-                      hint="If it was killed for memory, try a smaller model or the slim bundle; "
-                           "if it timed out, fewer iterations or a longer timeout.")
-
-
 def run_local(bundle_dir: str | os.PathLike | Bundle, program: str | os.PathLike, inputs: Sequence[str | os.PathLike] = (),
               *, warmup: int = 1, iterations: int = 10, threads: int = 0, etdump_path: str | os.PathLike | None = None,
               outputs_dir: str | os.PathLike | None = None, method: str = "forward", min_time_ms: int = 0,
@@ -320,26 +163,23 @@ def run_artifact_local(artifact: str | os.PathLike, bundle_dir: str | os.PathLik
                        outputs_dir: str | os.PathLike | None = None, emulator: Sequence[str] = (),
                        preflight: bool = True, timeout: float = 600) -> dict[str, Any]:
     """``edgerun run ARTIFACT --bundle B``: pre-flight, run one test vector's inputs, report."""
-    from .preflight import check_compatible, read_manifest
+    from edgerun.core.artifact import read_manifest
+    from edgerun.core.paths import runs_dir
 
-    art = Path(artifact)
-    manifest = read_manifest(art)
+    from .preflight import check_compatible
+
+    manifest = read_manifest(artifact)
+    art = manifest.dir
+    inputs: list[str] = []
+    if vector is not None and manifest.test_vectors:
+        inputs = [str(p) for p in manifest.vector_input_paths(vector)]
     bundle = require_intact(load_bundle(bundle_dir))
     report = check_compatible(manifest, bundle, enforce=preflight)
-    pte = art / manifest.get("files", {}).get("pte", "model.pte")
-    vectors = manifest.get("test_vectors") or []
-    inputs: list[str] = []
-    if vector is not None and vectors:
-        if not 0 <= vector < len(vectors):
-            raise RunnerError(f"artifact {art} has {len(vectors)} test vector(s); there is no vector {vector}.",
-                              stage="arguments", hint=f"Use --vector 0..{len(vectors) - 1}.", exit_code=2)
-        inputs = [str(art / p) for p in vectors[vector]["inputs"]]
+    pte = manifest.verified_pte()
     out_dir = Path(outputs_dir) if outputs_dir else None
     etdump_path = None
     if etdump:  # beside the outputs, else in a fresh run folder: never inside the artifact
-        from edgerun.core.paths import cache_dir
-
-        base = out_dir or cache_dir("runs", f"{art.name}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+        base = out_dir or runs_dir() / f"{art.name}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
         base.mkdir(parents=True, exist_ok=True)
         etdump_path = base / "run.etdp"
     result = run_local(bundle, pte, inputs, options=options, etdump_path=etdump_path, outputs_dir=out_dir,

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ._common import DebugOpt, JsonOpt, err_console, execute
@@ -32,62 +33,60 @@ def _fmt_num(x, fmt: str = "{:.2f}") -> str:
     return fmt.format(x)
 
 
-def show_manifest(m: dict) -> None:
+def show_manifest(m) -> None:
     """Tables for a person: what the artifact is, its sizes and memory plan, delegated vs not."""
-    status = m.get("status", "?")
-    colour = {"ok": "green", "failed": "red"}.get(status, "yellow")
-    out.print(f"[bold]{m['model']['name']}[/] for [bold]{m['target']['name']}[/] "
-              f"({m['target']['description']}), scheme [bold]{m['scheme']['name']}[/] "
-              f"— status [{colour}]{status}[/]   {m.get('path', '')}")
+    colour = {"ok": "green", "failed": "red"}.get(m.status, "yellow")
+    out.print(f"[bold]{escape(m.model.name)}[/] for [bold]{escape(m.target.name)}[/] "
+              f"({escape(m.target.description or '')}), scheme [bold]{escape(m.scheme.name)}[/] "
+              f"— status [{colour}]{escape(m.status)}[/]   {escape(str(m.path or ''))}")
 
     t = Table(title="Artifact", show_header=False, title_justify="left")
     t.add_column(style="bold")
     t.add_column()
-    t.add_row(".pte size", _fmt_bytes(m.get("pte_bytes")))
-    t.add_row("fp32 weights (eager)", _fmt_bytes(m["model"].get("fp32_weight_bytes")))
-    t.add_row("parameters", f"{m['model'].get('parameters', 0):,}")
-    t.add_row("planned memory (activations)", _fmt_bytes(m.get("planned_memory_bytes")))
-    t.add_row("recipe hash", f"{m['scheme']['recipe_hash']} (scheme) / {m.get('recipe_hash', '-')} (export)")
-    t.add_row("versions", ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items()))
-    for spec in m.get("inputs", []):
-        t.add_row(f"input {spec['name']}", f"{spec['dtype']}{spec['shape']}")
-    for spec in m.get("outputs", []):
-        t.add_row(f"output {spec['name']}", f"{spec['dtype']}{spec['shape']}")
-    ds = m.get("dataset")
+    t.add_row(".pte size", _fmt_bytes(m.pte_bytes))
+    t.add_row("fp32 weights (eager)", _fmt_bytes(m.model.fp32_weight_bytes))
+    t.add_row("parameters", f"{m.model.parameters or 0:,}")
+    t.add_row("planned memory (activations)", _fmt_bytes(m.planned_memory_bytes))
+    t.add_row("recipe hash", f"{m.scheme.recipe_hash} (scheme) / {m.recipe_hash} (export)")
+    t.add_row("versions", escape(", ".join(f"{k} {v}" for k, v in m.versions.items())))
+    for spec in m.inputs:
+        t.add_row(f"input {escape(spec.name)}", f"{spec.dtype}{list(spec.shape)}")
+    for spec in m.outputs:
+        t.add_row(f"output {escape(spec.name)}", f"{spec.dtype}{list(spec.shape)}")
+    ds = m.dataset
     if ds:
-        t.add_row("held-out split", f"{ds['samples']} samples of {ds['name']}: {ds['inputs']}, {ds['labels']} "
-                                    "(profile runs it on the device for task accuracy)")
-    if m.get("export_seconds") is not None:
-        t.add_row("export time", f"{m['export_seconds']:.1f} s")
+        t.add_row("held-out split", escape(f"{ds.samples} samples of {ds.name}: {ds.inputs}, {ds.labels} "
+                                           "(profile runs it on the device for task accuracy)"))
+    if m.export_seconds is not None:
+        t.add_row("export time", f"{m.export_seconds:.1f} s")
     out.print(t)
 
-    ops = m.get("operators", {})
     t = Table(title="Operators (calls in the program)", title_justify="left")
     t.add_column("operator / delegate")
     t.add_column("where")
     t.add_column("calls", justify="right")
-    for name, n in ops.get("delegated", {}).items():
-        t.add_row(name, "[green]delegated[/]", str(n))
-    for name, n in ops.get("non_delegated", {}).items():
-        t.add_row(name, "[yellow]portable/optimized kernel[/]", str(n))
+    for name, n in m.operators.delegated.items():
+        t.add_row(escape(name), "[green]delegated[/]", str(n))
+    for name, n in m.operators.non_delegated.items():
+        t.add_row(escape(name), "[yellow]portable/optimized kernel[/]", str(n))
     out.print(t)
 
-    v = m.get("verification") or {}
+    v = m.verification
     if v:
-        t = Table(title=f"Verification against eager PyTorch ({v.get('runtime', '')})", title_justify="left")
+        t = Table(title=escape(f"Verification against eager PyTorch ({v.runtime})"), title_justify="left")
         for col in ("output", "shape", "SNR dB", "max abs", "cosine", "top-1 agree", "vectors"):
             t.add_column(col, justify="right")
-        for row in v.get("outputs", []):
-            t.add_row(str(row["index"]), str(row["shape"]), _fmt_num(row["snr_db"], "{:.1f}"),
-                      _fmt_num(row["max_abs"], "{:.3g}"), _fmt_num(row["cosine"], "{:.5f}"),
-                      _fmt_num(row["top1_agreement"]), str(row.get("vectors", "")))
+        for row in v.outputs:
+            t.add_row(str(row.index), str(list(row.shape)), _fmt_num(row.snr_db, "{:.1f}"),
+                      _fmt_num(row.max_abs, "{:.3g}"), _fmt_num(row.cosine, "{:.5f}"),
+                      _fmt_num(row.top1_agreement), str(row.vectors or ""))
         out.print(t)
-        acc = v.get("task_accuracy")
+        acc = v.task_accuracy
         if acc:
-            out.print(f"Task accuracy on {acc['samples']} held-out samples: eager fp32 {acc['eager_fp32']:.2%}, "
-                      f"program {acc['program']:.2%} ({acc['delta_pp']:+.2f} pp)")
-        for failure in v.get("failures", []):
-            out.print(f"[red]FAILED[/] {failure}")
+            out.print(f"Task accuracy on {acc.samples} held-out samples: eager fp32 {acc.eager_fp32:.2%}, "
+                      f"program {acc.program:.2%} ({acc.delta_pp:+.2f} pp)")
+        for failure in v.failures:
+            out.print(f"[red]FAILED[/] {escape(failure)}")
 
 
 def register(app: typer.Typer) -> None:
@@ -134,7 +133,7 @@ def register(app: typer.Typer) -> None:
                     thresholds={"min_snr_db": min_snr_db, "min_cosine": min_cosine, "min_top1": min_top1},
                     on_stage=lambda s: status.update(f"{model}: {s}"),
                 )
-            return {"path": manifest["path"], "manifest": manifest}
+            return {"path": str(manifest.path), "manifest": manifest}
 
         execute(work, json_out=json_out, debug=debug, human=lambda r: show_manifest(r["manifest"]))
 

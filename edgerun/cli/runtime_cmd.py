@@ -171,8 +171,10 @@ def register(app: typer.Typer) -> None:
 def _run_on_devices(artifact, device, all_devices, inventory, opts, *, vector, etdump, timeout) -> dict:
     from edgerun.cli.profile_cmd import _device_list
     from edgerun.devices.inventory import resolve_device
+    from edgerun.core.artifact import read_manifest
     from edgerun.runtime.deploy import DeviceRunError, run_many
 
+    artifact = read_manifest(artifact)  # a bad artifact fails once, before any device is opened
     devices = []
     try:
         for name in _device_list(device, all_devices, inventory):
@@ -183,7 +185,7 @@ def _run_on_devices(artifact, device, all_devices, inventory, opts, *, vector, e
             d.close()
     runs = [r.to_json() for r in results if not isinstance(r, DeviceRunError)]
     failures = [r.to_json() for r in results if isinstance(r, DeviceRunError)]
-    out: dict = {"artifact": str(artifact), "runs": runs, "failures": failures}
+    out: dict = {"artifact": str(artifact.path), "runs": runs, "failures": failures}
     if failures:
         out.update(ok=False, exit_code=max(f.get("exit_code", 1) for f in failures))
     return out

@@ -15,7 +15,7 @@ from edgerun.export.schemes import make_scheme
 @pytest.mark.parametrize("target,scheme", legal_pairs())
 def test_every_legal_pair_exports_and_verifies(make_artifact, target, scheme):
     art = make_artifact("factories:tiny", target, scheme)
-    m = read_manifest(art)
+    m = read_manifest(art).to_json()
     assert m["status"] == "ok" and m["verification"]["passed"]
     assert m["target"]["name"] == target and m["scheme"]["name"] == scheme
     assert (art / "model.pte").stat().st_size == m["pte_bytes"] > 0
@@ -28,7 +28,7 @@ def test_every_legal_pair_exports_and_verifies(make_artifact, target, scheme):
 
 
 def test_manifest_has_every_field_the_contract_promises(make_artifact):
-    m = read_manifest(make_artifact("factories:tiny", "rpi5", "int8"))
+    m = read_manifest(make_artifact("factories:tiny", "rpi5", "int8")).to_json()
     for key in ("schema_version", "status", "model", "target", "scheme", "recipe_hash", "versions", "inputs",
                 "outputs", "files", "pte_bytes", "planned_memory_bytes", "operators", "verification",
                 "test_vectors", "export_seconds", "calibration"):
@@ -43,15 +43,15 @@ def test_manifest_has_every_field_the_contract_promises(make_artifact):
 
 
 def test_quantization_shrinks_the_program(make_artifact):
-    fp32 = read_manifest(make_artifact("factories:tiny", "rpi5", "fp32"))["pte_bytes"]
-    int8 = read_manifest(make_artifact("factories:tiny", "rpi5", "int8"))["pte_bytes"]
-    w4 = read_manifest(make_artifact("factories:tiny", "rpi5", "8da4w"))["pte_bytes"]
+    fp32 = read_manifest(make_artifact("factories:tiny", "rpi5", "fp32")).to_json()["pte_bytes"]
+    int8 = read_manifest(make_artifact("factories:tiny", "rpi5", "int8")).to_json()["pte_bytes"]
+    w4 = read_manifest(make_artifact("factories:tiny", "rpi5", "8da4w")).to_json()["pte_bytes"]
     assert int8 < 0.4 * fp32 and w4 < int8
 
 
 def test_multiple_inputs_and_outputs_are_described_and_verified(make_artifact):
     art = make_artifact("factories:two_in_two_out", "host", "fp32")
-    m = read_manifest(art)
+    m = read_manifest(art).to_json()
     assert [i["name"] for i in m["inputs"]] == ["a", "b"]
     assert [o["shape"] for o in m["outputs"]] == [[1, 4], [1]]
     assert len(m["verification"]["outputs"]) == 2
@@ -63,14 +63,14 @@ def test_verification_catches_a_wrong_reference(make_artifact, tmp_path):
     art = tmp_path / "art"
     shutil.copytree(make_artifact("factories:tiny", "host", "fp32"), art)
     m = read_manifest(art)
-    ref = art / m["test_vectors"][2]["outputs"][0]
+    ref = art / m.test_vectors[2].outputs[0]
     np.save(ref, np.load(ref) + 0.5)  # a deliberately wrong eager reference
     result = verify_artifact(art, m, Thresholds.for_scheme(make_scheme("fp32")))
-    assert not result["passed"]
-    assert any(f.startswith("output 0: SNR") for f in result["failures"])
+    assert not result.passed
+    assert any(f.startswith("output 0: SNR") for f in result.failures)
     # and the untouched artifact passes the same check
     clean = make_artifact("factories:tiny", "host", "fp32")
-    assert verify_artifact(clean, read_manifest(clean), Thresholds.for_scheme(make_scheme("fp32")))["passed"]
+    assert verify_artifact(clean, read_manifest(clean), Thresholds.for_scheme(make_scheme("fp32"))).passed
 
 
 def test_failed_verification_keeps_the_artifact_marked_failed(tmp_path):
@@ -119,7 +119,7 @@ def test_calibration_file_is_used(tmp_path):
     good = tmp_path / "calib.npy"
     np.save(good, np.random.default_rng(0).standard_normal((6, 3, 8, 8)).astype(np.float32))
     m = export_model("factories:tiny", "host", "int8", tmp_path / "out", options=ExportOptions(calibration=str(good)))
-    assert m["calibration"] == {"source": f"file:{good}", "samples": 6}
+    assert m.to_json()["calibration"] == {"source": f"file:{good}", "samples": 6}
 
 
 def test_unwritable_output_directory(tmp_path):
@@ -143,6 +143,6 @@ def test_reexport_replaces_an_artifact_atomically(tmp_path):
     out = tmp_path / "art"
     first = export_model("factories:tiny", "host", "fp32", out)
     second = export_model("factories:tiny", "host", "int8", out)
-    assert read_manifest(out)["scheme"]["name"] == "int8" != first["scheme"]["name"]
-    assert second["path"] == str(out)
+    assert read_manifest(out).scheme.name == "int8" != first.scheme.name
+    assert str(second.path) == str(out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]

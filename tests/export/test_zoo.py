@@ -26,7 +26,7 @@ def test_cases_cover_the_whole_zoo():
 @pytest.mark.parametrize("model", sorted(CASES))
 def test_zoo_model_exports_and_verifies(make_artifact, model):
     target, scheme = CASES[model]
-    m = read_manifest(make_artifact(model, target, scheme))
+    m = read_manifest(make_artifact(model, target, scheme)).to_json()
     assert m["status"] == "ok", m["verification"]["failures"]
     for out in m["verification"]["outputs"]:
         # a model whose outputs are constant would "verify" trivially: refuse that too
@@ -36,16 +36,16 @@ def test_zoo_model_exports_and_verifies(make_artifact, model):
 
 
 def test_int8_mobilenet_v2_is_under_30_percent_of_fp32(make_artifact):
-    int8 = read_manifest(make_artifact("mobilenet_v2", "rpi5", "int8"))
-    fp32 = read_manifest(make_artifact("mobilenet_v2", "rpi5", "fp32"))
+    int8 = read_manifest(make_artifact("mobilenet_v2", "rpi5", "int8")).to_json()
+    fp32 = read_manifest(make_artifact("mobilenet_v2", "rpi5", "fp32")).to_json()
     assert int8["pte_bytes"] <= 0.30 * fp32["pte_bytes"]
     assert int8["verification"]["outputs"][0]["top1_agreement"] == 1.0
     assert int8["operators"]["delegated"]["XnnpackBackend"] >= 1
 
 
 def test_digits_int8_accuracy_within_one_point_of_fp32(make_artifact):
-    int8 = read_manifest(make_artifact("digits_cnn", "rpi5", "int8"))["verification"]["task_accuracy"]
-    fp32 = read_manifest(make_artifact("digits_cnn", "rpi5", "fp32"))["verification"]["task_accuracy"]
+    int8 = read_manifest(make_artifact("digits_cnn", "rpi5", "int8")).to_json()["verification"]["task_accuracy"]
+    fp32 = read_manifest(make_artifact("digits_cnn", "rpi5", "fp32")).to_json()["verification"]["task_accuracy"]
     assert fp32["eager_fp32"] > 0.9  # the model really learned the task
     assert fp32["program"] == pytest.approx(fp32["eager_fp32"], abs=0.003)
     assert abs(int8["program"] - fp32["program"]) <= 0.01

@@ -24,6 +24,8 @@ class ProfiledProgram:
     reference: list[np.ndarray]  # eager outputs
     outputs: list[np.ndarray]  # outputs of the ExecuTorch runtime
     execute_ns: list[int]  # wall time around forward(), warm-up first
+    manifest: object = None  # the directory as a typed artifact: test vector 0 = inputs + eager reference
+    output_files: list[Path] = None  # ``outputs`` saved as .npy, as a device run pulls them
 
 
 @pytest.fixture(scope="session")
@@ -66,9 +68,21 @@ def profiled_program(tmp_path_factory) -> ProfiledProgram:
         outputs = module.forward(x)
         times.append(time.perf_counter_ns() - t0)
     module.write_etdump_result_to_file(str(out / "run.etdump"))
+    (out / "vectors" / "000").mkdir(parents=True)
+    np.save(out / "vectors" / "000" / "input_0.npy", x[0].numpy())
+    for j, r in enumerate(reference):
+        np.save(out / "vectors" / "000" / f"output_{j}.npy", r)
+    (out / "pulled").mkdir()
+    output_files = []
+    for j, t in enumerate(outputs):
+        np.save(out / "pulled" / f"output_{j}.npy", t.numpy())
+        output_files.append(out / "pulled" / f"output_{j}.npy")
+    typed = manifest(path=out, test_vectors=[{"inputs": ["vectors/000/input_0.npy"],
+                                              "outputs": [f"vectors/000/output_{j}.npy" for j in range(len(reference))]}])
     return ProfiledProgram(dir=out, pte=out / "model.pte", etrecord=out / "model.etrecord",
                            etdump=out / "run.etdump", inputs=[x[0].numpy()], reference=reference,
-                           outputs=[t.numpy() for t in outputs], execute_ns=times)
+                           outputs=[t.numpy() for t in outputs], execute_ns=times, manifest=typed,
+                           output_files=output_files)
 
 
 # ------------------------------------------------------------------ runner lines and manifests
@@ -96,16 +110,20 @@ def runner_lines(execute_ns, *, warmup_ns=(), wall_extra_ns=20_000, threads=2, p
     return lines
 
 
-def manifest(name="tinynet", scheme="fp32", pte_bytes=12345):
-    return {"schema_version": 1, "status": "ok", "model": {"name": name},
-            "target": {"name": "host-x86_64", "arch": "x86_64", "cpu": "generic"},
-            "scheme": {"name": scheme, "recipe_hash": "abc123"},
-            "versions": {"edgerun": "0.1.0", "executorch": "1.5.1", "torch": "2.14.1"},
-            "inputs": [{"name": "x", "shape": [1, 3, 48, 48], "dtype": "float32"}],
-            "outputs": [{"name": "top3", "shape": [1, 3], "dtype": "float32"},
-                        {"name": "logits", "shape": [1, 10], "dtype": "float32"}],
-            "files": {"pte": "model.pte", "etrecord": "model.etrecord"}, "pte_bytes": pte_bytes,
-            "planned_memory_bytes": 65536, "operators": {}, "test_vectors": []}
+def manifest(name="tinynet", scheme="fp32", pte_bytes=12345, path=None, **extra):
+    """A typed manifest of a small program (``path``: an artifact directory holding its files)."""
+    from edgerun.core.artifact import Manifest
+
+    d = {"schema": "edgerun.artifact", "schema_version": 1, "status": "ok", "model": {"name": name},
+         "target": {"name": "host-x86_64", "arch": "x86_64", "cpu": "generic"},
+         "scheme": {"name": scheme, "recipe_hash": "abc123"}, "recipe_hash": "abc123",
+         "versions": {"edgerun": "0.1.0", "executorch": "1.5.1", "torch": "2.14.1"},
+         "inputs": [{"name": "x", "shape": [1, 3, 48, 48], "dtype": "float32"}],
+         "outputs": [{"name": "top3", "shape": [1, 3], "dtype": "float32"},
+                     {"name": "logits", "shape": [1, 10], "dtype": "float32"}],
+         "files": {"pte": "model.pte", "etrecord": "model.etrecord"}, "pte_bytes": pte_bytes,
+         "pte_sha256": "0" * 64, "planned_memory_bytes": 65536, "operators": {}, "test_vectors": [], **extra}
+    return Manifest.from_json(d, path=path)
 
 
 HOST_INFO = {"arch": "x86_64", "cpu_model": "test cpu", "cores": 2, "mem_total_bytes": 8 << 30, "os": "Debian",
@@ -114,17 +132,44 @@ HOST_INFO = {"arch": "x86_64", "cpu_model": "test cpu", "cores": 2, "mem_total_b
 QEMU_INFO = {**HOST_INFO, "arch": "aarch64", "cpu_model": "Cortex-A76", "emulated": True,
              "emulator": "qemu-aarch64 -cpu cortex-a76"}
 
+_STAGE_CODES = {"usage": 2, "load": 10, "input": 11, "execute": 12, "output": 13}
+
+
+def run_of(lines, info, *, device_name="local", etdump=None, outputs=(), dataset_outputs=None,
+           bundle_bytes=None):
+    """The RunArtifacts of a run whose runner printed ``lines`` (exit code as the runner would give)."""
+    import json
+
+    from edgerun.devices.base import DeviceInfo
+    from edgerun.runtime.protocol import RunArtifacts, parse_runner_output
+
+    err = next((ln for ln in lines if ln.get("type") == "error"), None)
+    done = any(ln.get("type") == "summary" for ln in lines)
+    code = _STAGE_CODES.get(err.get("stage"), 1) if err else (0 if done else 137)
+    result = parse_runner_output("\n".join(json.dumps(ln) for ln in lines), exit_code=code)
+    return RunArtifacts(result=result, device_name=device_name,
+                        device_info=info if isinstance(info, DeviceInfo) else DeviceInfo(**info),
+                        etdump=Path(etdump) if etdump else None, outputs=[Path(p) for p in outputs],
+                        dataset_outputs=dataset_outputs, bundle_bytes=bundle_bytes)
+
+
+def analyse_lines(lines, manifest, info, *, device_name="local", etdump_path=None, outputs=(), skip_runs=0,
+                  sweep_id=None, cell=None, run_id=None, vector=0, seed=0):
+    """``analyse`` of runner lines: the tests' short way to a record."""
+    from edgerun.runtime.analysis import AnalysisSettings, analyse
+
+    run = run_of(lines, info, device_name=device_name, etdump=etdump_path, outputs=outputs)
+    return analyse(run, manifest, AnalysisSettings(vector=vector, skip_runs=skip_runs, sweep_id=sweep_id, cell=cell,
+                                                   run_id=run_id, seed=seed))
+
 
 @pytest.fixture(scope="session")
 def real_record(profiled_program):
     """A record analysed from the real program's timings, ETDump, ETRecord and outputs."""
-    from edgerun.runtime.record import analyse
-
     times = profiled_program.execute_ns
-    return analyse(runner_lines(times[WARMUP:], warmup_ns=times[:WARMUP]), manifest(), HOST_INFO,
-                   device_name="local", etdump_path=profiled_program.etdump, etrecord_path=profiled_program.etrecord,
-                   skip_runs=WARMUP, outputs=profiled_program.outputs, reference=profiled_program.reference,
-                   artifact_dir=profiled_program.dir)
+    return analyse_lines(runner_lines(times[WARMUP:], warmup_ns=times[:WARMUP]), profiled_program.manifest,
+                         HOST_INFO, device_name="local", etdump_path=profiled_program.etdump, skip_runs=WARMUP,
+                         outputs=profiled_program.output_files)
 
 
 @pytest.fixture(scope="session")

@@ -5,10 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgerun.runtime.record import EMULATED, MEASURED, analyse
+from edgerun.devices.base import DeviceInfo
+from edgerun.runtime.analysis import analyse
+from edgerun.runtime.protocol import RunArtifacts
+from edgerun.runtime.record import EMULATED, MEASURED
 from edgerun.store import Store
 
-from .conftest import HOST_INFO, QEMU_INFO, manifest
+from .conftest import HOST_INFO, QEMU_INFO
 
 TIMED_NATIVE = 15
 
@@ -20,14 +23,14 @@ def _run(bundle, program, tmp_path, emulator=(), iterations=TIMED_NATIVE):
     res = run_local(bundle, program.pte, [tmp_path / "in0.npy"], warmup=3, iterations=iterations,
                     etdump_path=tmp_path / "run.etdp", outputs_dir=tmp_path / "out", emulator=emulator,
                     timeout=600)
-    outputs = [np.load(p) for p in res.output_paths]
-    return res, outputs
+    return res, [tmp_path / "out" / f"output_{j}.npy" for j in range(len(res.output_paths))]
 
 
 def test_host_runner_profile_is_a_complete_stored_record(host_runner_bundle, profiled_program, tmp_path):
     res, outputs = _run(host_runner_bundle, profiled_program, tmp_path)
-    rec = analyse(res.lines, manifest(), HOST_INFO, etdump_path=tmp_path / "run.etdp",
-                  etrecord_path=profiled_program.etrecord, outputs=outputs, reference=profiled_program.reference)
+    run = RunArtifacts(result=res, device_name="local", device_info=DeviceInfo(**HOST_INFO),
+                       etdump=tmp_path / "run.etdp", outputs=outputs)
+    rec = analyse(run, profiled_program.manifest)
     assert rec.source == MEASURED and rec.latency.n == TIMED_NATIVE
     assert len([s for s in rec.samples if s.warmup]) == 3
     # The runner records the ETDump of the timed iterations only: nothing to skip.
@@ -48,9 +51,10 @@ def test_host_runner_profile_is_a_complete_stored_record(host_runner_bundle, pro
 def test_qemu_runner_profile_is_labelled_emulated(aarch64_runner_bundle, profiled_program, tmp_path):
     res, outputs = _run(aarch64_runner_bundle, profiled_program, tmp_path,
                         emulator=("qemu-aarch64", "-cpu", "cortex-a76"), iterations=5)
-    assert res.header["arch"] == "aarch64"
-    rec = analyse(res.lines, manifest(), QEMU_INFO, device_name="rpi5-qemu", etdump_path=tmp_path / "run.etdp",
-                  etrecord_path=profiled_program.etrecord, outputs=outputs, reference=profiled_program.reference)
+    assert res.header.arch == "aarch64"
+    run = RunArtifacts(result=res, device_name="rpi5-qemu", device_info=DeviceInfo(**QEMU_INFO),
+                       etdump=tmp_path / "run.etdp", outputs=outputs)
+    rec = analyse(run, profiled_program.manifest)
     assert rec.source == EMULATED and set(rec.labels.values()) <= {EMULATED, "estimated", MEASURED}
     assert rec.labels["latency"] == rec.labels["operators"] == rec.labels["accuracy"] == EMULATED
     assert rec.operators.iterations == 5

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 
 from edgerun.runtime.record import (
-    EMULATED, ESTIMATED, MEASURED, RunFailed, RunRecord, analyse, compare_records, flat_row, new_run_id,
+    EMULATED, ESTIMATED, MEASURED, RunFailed, RunRecord, compare_records, flat_row, new_run_id,
 )
+from edgerun.runtime.protocol import RunnerError
 from edgerun.runtime.stats import VERDICT_SAME, VERDICT_SLOWER
 
-from .conftest import HOST_INFO, QEMU_INFO, TIMED, WARMUP, manifest, runner_lines
+from .conftest import HOST_INFO, QEMU_INFO, TIMED, WARMUP, analyse_lines, manifest, runner_lines
 
 MS = 1_000_000
 
@@ -38,7 +39,7 @@ def test_record_round_trips_through_dict(real_record):
 
 
 def test_emulated_device_labels_timings_emulated_and_warns():
-    r = analyse(runner_lines([5 * MS] * 20), manifest(), QEMU_INFO, device_name="pi5-qemu")
+    r = analyse_lines(runner_lines([5 * MS] * 20), manifest(), QEMU_INFO, device_name="pi5-qemu")
     assert r.source == EMULATED and r.labels["latency"] == EMULATED
     assert r.labels["memory.peak_rss_bytes"] == EMULATED and r.labels["memory.pte_bytes"] == MEASURED
     assert any("emulated" in w for w in r.warnings)
@@ -47,7 +48,7 @@ def test_emulated_device_labels_timings_emulated_and_warns():
 def test_debug_build_and_version_mismatch_are_loud():
     lines = runner_lines([5 * MS] * 20, executorch_version="1.4.0")
     lines[0]["build"]["build_type"] = "Debug"
-    r = analyse(lines, manifest(), HOST_INFO)
+    r = analyse_lines(lines, manifest(), HOST_INFO)
     assert any("Debug build" in w for w in r.warnings)
     assert any("1.4.0 differs" in w for w in r.warnings)
 
@@ -55,26 +56,28 @@ def test_debug_build_and_version_mismatch_are_loud():
 def test_zero_successful_iterations_is_a_clear_failure():
     lines = runner_lines([])
     with pytest.raises(RunFailed, match="zero successful timed iterations"):
-        analyse(lines, manifest(), HOST_INFO)
+        analyse_lines(lines, manifest(), HOST_INFO)
 
 
 def test_runner_error_line_is_reported_with_stage_and_log():
     lines = runner_lines([5 * MS] * 3)[:-1] + [{"type": "error", "stage": "execute", "error": "InvalidState",
                                                 "code": 2, "message": "execute failed", "log": ["E boom"]}]
-    with pytest.raises(RunFailed, match=r"stage 'execute' with InvalidState.*boom.*after 3 timed") as exc:
-        analyse(lines, manifest(), HOST_INFO)
-    assert exc.value.stage == "run/execute"
+    # the one runner-failure message of protocol.runner_failure, as for local and device runs
+    with pytest.raises(RunnerError, match=r"failed at execute with InvalidState: execute failed.*boom.*3 timed") as exc:
+        analyse_lines(lines, manifest(), HOST_INFO)
+    assert exc.value.stage == "run (execute)" and exc.value.exit_code == 12
 
 
 def test_missing_summary_means_the_runner_was_killed():
-    with pytest.raises(RunFailed, match="without a summary line"):
-        analyse(runner_lines([5 * MS] * 3)[:-1], manifest(), HOST_INFO)
+    with pytest.raises(RunnerError, match="killed by signal 9") as exc:
+        analyse_lines(runner_lines([5 * MS] * 3)[:-1], manifest(), HOST_INFO)
+    assert exc.value.exit_code == 14
 
 
 def test_unparseable_etdump_keeps_the_run_and_says_why(tmp_path):
     bad = tmp_path / "run.etdump"
     bad.write_bytes(b"garbage" * 50)
-    r = analyse(runner_lines([5 * MS] * 20), manifest(), HOST_INFO, etdump_path=bad)
+    r = analyse_lines(runner_lines([5 * MS] * 20), manifest(), HOST_INFO, etdump_path=bad)
     assert r.operators is None
     assert any("no operator table" in w and "does not parse" in w for w in r.warnings)
 
@@ -92,8 +95,8 @@ def test_run_ids_are_unique_enough():
 
 def test_two_interleaved_runs_of_the_same_program_are_no_significant_change(interleaved_runs):
     a_ns, b_ns = interleaved_runs
-    a = analyse(runner_lines(a_ns), manifest(), HOST_INFO)
-    b = analyse(runner_lines(b_ns), manifest(), HOST_INFO)
+    a = analyse_lines(runner_lines(a_ns), manifest(), HOST_INFO)
+    b = analyse_lines(runner_lines(b_ns), manifest(), HOST_INFO)
     c = compare_records(a, b)
     assert c.verdict == VERDICT_SAME, c.latency
     assert not any("different models" in w for w in c.warnings)
@@ -102,8 +105,8 @@ def test_two_interleaved_runs_of_the_same_program_are_no_significant_change(inte
 def test_a_slowed_run_is_called_slower_with_metric_deltas():
     rng = np.random.default_rng(0)
     base = (5 * MS * (1 + 0.02 * rng.standard_normal(100))).astype(int)
-    a = analyse(runner_lines(base), manifest(), HOST_INFO)
-    b = analyse(runner_lines((base * 1.2).astype(int), peak_rss_kb=40960), manifest(name="othernet"), HOST_INFO)
+    a = analyse_lines(runner_lines(base), manifest(), HOST_INFO)
+    b = analyse_lines(runner_lines((base * 1.2).astype(int), peak_rss_kb=40960), manifest(name="othernet"), HOST_INFO)
     c = compare_records(a, b)
     assert c.verdict == VERDICT_SLOWER
     assert any("different models" in w for w in c.warnings)
@@ -117,10 +120,10 @@ def test_a_verdict_between_unstable_runs_is_marked_unreliable():
     rng = np.random.default_rng(1)
     steady = (5 * MS * (1 + 0.02 * rng.standard_normal(100))).astype(int)
     busy = (np.linspace(6, 9, 100) * MS).astype(int)  # drifting: another job took the CPU
-    c = compare_records(analyse(runner_lines(steady), manifest(), HOST_INFO),
-                        analyse(runner_lines(busy), manifest(), HOST_INFO))
+    c = compare_records(analyse_lines(runner_lines(steady), manifest(), HOST_INFO),
+                        analyse_lines(runner_lines(busy), manifest(), HOST_INFO))
     assert c.verdict == VERDICT_SLOWER and not c.reliable
     assert any("unreliable" in w for w in c.warnings)
-    c2 = compare_records(analyse(runner_lines(steady), manifest(), HOST_INFO),
-                         analyse(runner_lines((steady * 1.3).astype(int)), manifest(), HOST_INFO))
+    c2 = compare_records(analyse_lines(runner_lines(steady), manifest(), HOST_INFO),
+                         analyse_lines(runner_lines((steady * 1.3).astype(int)), manifest(), HOST_INFO))
     assert c2.verdict == VERDICT_SLOWER and c2.reliable

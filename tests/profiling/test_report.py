@@ -15,9 +15,9 @@ import pytest
 
 from edgerun.core.errors import UsageError
 from edgerun.report import pareto_front, plot_pareto, render
-from edgerun.runtime.record import analyse, compare_records, flat_row
+from edgerun.runtime.record import compare_records, flat_row
 
-from .conftest import HOST_INFO, QEMU_INFO, manifest, runner_lines
+from .conftest import HOST_INFO, QEMU_INFO, analyse_lines, manifest, runner_lines
 
 MS = 1_000_000
 
@@ -28,9 +28,9 @@ def records(real_record):
     # whatever the machine's noise did to the real samples.
     rng = np.random.default_rng(0)
     med = real_record.latency.median_ms * MS
-    int8 = analyse(runner_lines((med * 0.5 * (1 + 0.02 * rng.standard_normal(30))).astype(int), warmup_ns=[med]),
+    int8 = analyse_lines(runner_lines((med * 0.5 * (1 + 0.02 * rng.standard_normal(30))).astype(int), warmup_ns=[med]),
                    manifest(scheme="int8", pte_bytes=4000), HOST_INFO, task_accuracy=0.93, task_samples=360)
-    qemu = analyse(runner_lines((med * 9 * (1 + 0.03 * rng.standard_normal(30))).astype(int)),
+    qemu = analyse_lines(runner_lines((med * 9 * (1 + 0.03 * rng.standard_normal(30))).astype(int)),
                    manifest(scheme="int8", pte_bytes=4000), QEMU_INFO, device_name="pi5-qemu")
     return [real_record, int8, qemu]
 

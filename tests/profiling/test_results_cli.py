@@ -7,10 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from edgerun.runtime.record import analyse
 from edgerun.store import SCHEMA_VERSION, Store
 
-from .conftest import HOST_INFO, manifest, runner_lines
+from .conftest import HOST_INFO, analyse_lines, manifest, runner_lines
 
 MS = 1_000_000
 
@@ -20,9 +19,9 @@ def store(real_record, interleaved_runs, tmp_path_factory):
     path = tmp_path_factory.mktemp("cli-store") / "results.sqlite"
     a_ns, b_ns = interleaved_runs
     rng = np.random.default_rng(5)
-    same_a = analyse(runner_lines(a_ns), manifest(), HOST_INFO, run_id="r-20261128-aaaaaa")
-    same_b = analyse(runner_lines(b_ns), manifest(), HOST_INFO, run_id="r-20261128-bbbbbb")
-    other = analyse(runner_lines((np.median(a_ns) * 1.5 * (1 + 0.01 * rng.standard_normal(len(a_ns)))).astype(int)),
+    same_a = analyse_lines(runner_lines(a_ns), manifest(), HOST_INFO, run_id="r-20261128-aaaaaa")
+    same_b = analyse_lines(runner_lines(b_ns), manifest(), HOST_INFO, run_id="r-20261128-bbbbbb")
+    other = analyse_lines(runner_lines((np.median(a_ns) * 1.5 * (1 + 0.01 * rng.standard_normal(len(a_ns)))).astype(int)),
                     manifest(name="othernet"), HOST_INFO, run_id="r-20261128-cccccc")
     with Store(path) as s:
         for r in (real_record, same_a, same_b, other):
@@ -118,3 +117,75 @@ def test_runs_table_for_bench_shows_identity_that_varies_and_the_metrics(store, 
     header = next(line for line in text.splitlines() if "run_id" in line)
     assert "model" in header and "median_ms" in header and "device" not in header  # same device: not a column
     assert "Common to all: " in text and "device=local" in text
+
+
+def test_report_json_without_a_file_is_printed_or_inside_the_json_object(cli, store):
+    p = cli("report", "r-20261128-aaa", "r-20261128-bbb", "--format", "json", "--store", str(store))
+    assert p.returncode == 0, p.stderr
+    printed = json.loads(p.stdout)
+    assert [r["run_id"] for r in printed["runs"]] == ["r-20261128-aaaaaa", "r-20261128-bbbbbb"]
+    d = _json(cli("report", "r-20261128-aaa", "r-20261128-bbb", "--format", "json", "--store", str(store), "--json"))
+    assert d["path"] is None and d["report"] == printed
+    md = _json(cli("report", "r-20261128-aaa", "--format", "md", "--store", str(store), "--json"))
+    assert md["report"].startswith("# edgerun report")
+
+
+def test_report_compares_runs_of_the_same_model_only(cli, store):
+    d = _json(cli("report", "r-20261128-aaa", "r-20261128-ccc", "r-20261128-bbb", "-o", "/dev/null",
+                  "--format", "md", "--store", str(store), "--json"))
+    # ccc is another model: it is not compared with aaa; bbb is, against the first run of its model
+    assert d["verdicts"] == {"r-20261128-bbbbbb": "no significant change"}
+
+
+def test_runs_list_shows_the_emulated_cpu(cli, tmp_path):
+    path = tmp_path / "r.sqlite"
+    qemu = {**HOST_INFO, "arch": "aarch64", "cpu_model": "max", "emulated": True, "emulator": "qemu-aarch64 -cpu max"}
+    with Store(path) as s:
+        s.save(analyse_lines(runner_lines([5 * MS] * 12), manifest(), qemu, device_name="qemu-aarch64://",
+                             run_id="r-20261128-eeeeee"))
+    d = _json(cli("runs", "list", "--store", str(path), "--json"))
+    assert d["runs"][0]["device"] == "qemu-aarch64://"
+    assert d["runs"][0]["device_label"] == "qemu-aarch64://?cpu=max"
+    p = cli("runs", "list", "--store", str(path))
+    assert p.returncode == 0 and "qemu-aarch64://?cpu=max" in p.stdout
+
+
+def test_a_damaged_store_exits_7_with_a_clear_message(cli, tmp_path):
+    from .test_store import _corrupt
+
+    path = tmp_path / "r.sqlite"
+    with Store(path) as s:
+        for i in range(5):
+            s.save(analyse_lines(runner_lines([5 * MS] * 12), manifest(), HOST_INFO, run_id=f"r-2026-{i}"))
+    _corrupt(path)
+    p = cli("runs", "list", "--store", str(path), "--json")
+    assert p.returncode == 7, p.stdout + p.stderr
+    assert "damaged" in _json(p)["error"]["message"]
+
+
+def test_runs_import_stores_kept_records_once(cli, tmp_path):
+    import sqlite3
+
+    from edgerun.store import RecordKept, save_or_keep
+
+    path, run_dir = tmp_path / "r.sqlite", tmp_path / "run-1"
+    Store(path).close()
+    rec = analyse_lines(runner_lines([5 * MS] * 12), manifest(), HOST_INFO, run_id="r-20261128-kkkkkk")
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(RecordKept):
+            save_or_keep(rec, path, run_dir, timeout=0.1)
+        # the CLI waits EDGERUN_STORE_TIMEOUT seconds, then says the store is locked (exit 7)
+        p = cli("runs", "import", str(run_dir), "--store", str(path), "--json", env={"EDGERUN_STORE_TIMEOUT": "0.2"})
+        assert p.returncode == 7 and "locked" in _json(p)["error"]["message"]
+    finally:
+        holder.close()
+    d = _json(cli("runs", "import", str(run_dir), "--store", str(path), "--json"))
+    assert (d["imported"], d["skipped"]) == (1, 0) and d["runs"][0]["run_id"] == "r-20261128-kkkkkk"
+    d = _json(cli("runs", "import", str(run_dir), "--store", str(path), "--json"))
+    assert (d["imported"], d["skipped"]) == (0, 1)
+    shown = _json(cli("runs", "show", "r-20261128-kkkkkk", "--store", str(path), "--json"))
+    assert shown["record"]["samples"] == rec.to_dict()["samples"]
+    p = cli("runs", "import", str(tmp_path / "nowhere"), "--store", str(path), "--json")
+    assert p.returncode == 2 and "no record.json" in _json(p)["error"]["message"]

@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
+from edgerun.core.artifact import Manifest, read_manifest
 
-def manifest_of(artifact: Path) -> dict:
-    import json
 
-    return json.loads((artifact / "manifest.json").read_text())
+def manifest_of(artifact: Path) -> Manifest:
+    return read_manifest(artifact)
 
 
 def vector_inputs(artifact: Path, index: int = 0) -> list[Path]:
-    return [artifact / p for p in manifest_of(artifact)["test_vectors"][index]["inputs"]]
+    return [artifact / p for p in manifest_of(artifact).test_vectors[index].inputs]
 
 
 def vector_outputs(artifact: Path, index: int = 0) -> list[np.ndarray]:
-    return [np.load(artifact / p) for p in manifest_of(artifact)["test_vectors"][index]["outputs"]]
+    return manifest_of(artifact).load_test_vector(index).outputs
 
 
 def pybindings_outputs(artifact: Path, index: int = 0) -> list[np.ndarray]:
@@ -37,12 +36,12 @@ def within_export_thresholds(artifact: Path, outputs: list[np.ndarray], index: i
     """Sentences for every export threshold the outputs miss against the eager reference ([] = fine)."""
     from edgerun.runtime.accuracy import compare_vectors
 
-    th = manifest_of(artifact)["verification"]["thresholds"]
+    th = manifest_of(artifact).verification.thresholds
     acc = compare_vectors([outputs], [vector_outputs(artifact, index)])
     bad = []
     for o in acc.outputs:
-        if o.snr_db < th["min_snr_db"]:
-            bad.append(f"output {o.index}: SNR {o.snr_db:.1f} dB < {th['min_snr_db']}")
-        if o.cosine < th["min_cosine"]:
-            bad.append(f"output {o.index}: cosine {o.cosine:.5f} < {th['min_cosine']}")
+        if o.snr_db < th.min_snr_db:
+            bad.append(f"output {o.index}: SNR {o.snr_db:.1f} dB < {th.min_snr_db}")
+        if o.cosine < th.min_cosine:
+            bad.append(f"output {o.index}: cosine {o.cosine:.5f} < {th.min_cosine}")
     return bad

@@ -28,12 +28,12 @@ def test_batch_runs_every_sample_once_after_the_timed_iterations(host_bundle, ar
     kinds = [ln["type"] for ln in res.lines]
     assert kinds == ["header", "load"] + ["iteration"] * 4 + ["batch", "summary"]
     b = res.batch
-    assert b["samples"] == 5 and b["input_shape"] == list(samples.shape) and b["dtype"] == "float32"
-    assert b["wall_ns_total"] >= b["execute_ns_total"] > 0
-    assert res.summary["iterations"] == 3 and len(res.execute_ns) == 3  # the batch is not a latency sample
+    assert b.samples == 5 and list(b.input_shape) == list(samples.shape) and b.dtype == "float32"
+    assert b.wall_ns_total >= b.execute_ns_total > 0
+    assert res.summary.iterations == 3 and len(res.execute_ns) == 3  # the batch is not a latency sample
     got = np.load(tmp_path / "out.npy")
-    out_shape = manifest_of(art)["outputs"][0]["shape"]
-    assert list(got.shape) == b["output_shape"] == [5, *out_shape]
+    out_shape = list(manifest_of(art).outputs[0].shape)
+    assert list(got.shape) == list(b.output_shape) == [5, *out_shape]
     # same runtime, same kernels: bit-identical to executorch's Python runtime, sample by sample
     assert np.array_equal(got, _pybindings(art, samples))
 
@@ -43,7 +43,7 @@ def test_batch_only_run_has_no_iterations(host_bundle, artifacts, tmp_path):
     np.save(tmp_path / "batch.npy", np.stack([np.load(vector_inputs(art)[0])] * 2))
     res = run_local(host_bundle.path, art / "model.pte", input_batch=tmp_path / "batch.npy",
                     batch_output=tmp_path / "out.npy", batch_only=True)
-    assert not res.iterations and res.summary["iterations"] == 0 and res.batch["samples"] == 2
+    assert not res.iterations and res.summary.iterations == 0 and res.batch.samples == 2
 
 
 @pytest.mark.parametrize("make, words", [
@@ -60,8 +60,8 @@ def test_a_batch_that_does_not_fit_is_an_input_error(make, words, host_bundle, a
         run_local(host_bundle.path, art / "model.pte", input_batch=path, batch_output=tmp_path / "o.npy",
                   batch_only=True)
     err = info.value
-    assert err.exit_code == 11 and err.result.error["stage"] == "input"
-    assert words in err.result.error["message"] and str(path) in err.result.error["message"]
+    assert err.exit_code == 11 and err.result.error.stage == "input"
+    assert words in err.result.error.message and str(path) in err.result.error.message
     assert not (tmp_path / "o.npy").exists()
 
 
@@ -71,4 +71,4 @@ def test_a_two_input_method_refuses_a_batch(host_bundle, two_input_artifact, tmp
     with pytest.raises(RunnerError) as info:
         run_local(host_bundle.path, art / "model.pte", input_batch=tmp_path / "b.npy",
                   batch_output=tmp_path / "o.npy", batch_only=True)
-    assert info.value.exit_code == 11 and "exactly one tensor input" in info.value.result.error["message"]
+    assert info.value.exit_code == 11 and "exactly one tensor input" in info.value.result.error.message

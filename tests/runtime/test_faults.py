@@ -5,10 +5,10 @@ All on the real runner with real (then damaged) files; pre-flight on real manife
 
 from __future__ import annotations
 
-import copy
 import json
 import shutil
 import subprocess
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -25,7 +25,7 @@ def _run(bundle, pte, inputs=(), **kw):
 
 def _error(res, stage, code, name):
     assert res.exit_code == code, (res.exit_code, res.error, res.stderr[-500:])
-    assert res.error["stage"] == stage and res.error["error"] == name, res.error
+    assert res.error.stage == stage and res.error.error == name, res.error
     assert [ln["type"] for ln in res.lines][0] == "header" and res.lines[-1]["type"] == "error"
     with pytest.raises(RunnerError) as exc:
         raise_for_result(res)
@@ -45,8 +45,8 @@ def test_corrupted_program(host_bundle, artifacts, tmp_path):
     bad = tmp_path / "corrupt.pte"
     bad.write_bytes(bytes(data))
     res = _run(host_bundle, bad)
-    assert res.error and res.error["error"] in ("InvalidProgram", "InvalidArgument", "NotSupported"), res.error
-    err = _error(res, "load", 10, res.error["error"])
+    assert res.error and res.error.error in ("InvalidProgram", "InvalidArgument", "NotSupported"), res.error
+    err = _error(res, "load", 10, res.error.error)
     assert "corrupt.pte" in err["message"]
 
 
@@ -55,8 +55,8 @@ def test_truncated_program(host_bundle, artifacts, tmp_path):
     bad = tmp_path / "truncated.pte"
     bad.write_bytes(data[: len(data) // 3])
     res = _run(host_bundle, bad)
-    assert res.exit_code == 10 and res.error["stage"] == "load", res.error
-    assert res.error["error"] in ("InvalidProgram", "InvalidArgument", "InvalidExternalData")
+    assert res.exit_code == 10 and res.error.stage == "load", res.error
+    assert res.error.error in ("InvalidProgram", "InvalidArgument", "InvalidExternalData")
 
 
 def test_program_from_an_incompatible_executorch(host_bundle, artifacts, tmp_path):
@@ -139,7 +139,7 @@ def test_usage_error(host_bundle):
     argv = [str(host_bundle.path / "edgerun-runner"), "--model", "x.pte", "--iterations", "zero"]
     proc = subprocess.run(argv, capture_output=True, timeout=60)
     res = parse_runner_output(proc.stdout, exit_code=proc.returncode, stderr=proc.stderr)
-    assert res.exit_code == 2 and res.error["stage"] == "usage" and "--iterations" in res.error["message"]
+    assert res.exit_code == 2 and res.error.stage == "usage" and "--iterations" in res.error.message
 
 
 def test_garbled_or_cut_output_is_not_taken_for_a_run(host_bundle, artifacts):
@@ -176,16 +176,16 @@ def test_preflight_names_the_missing_operator(slim_bundle, artifacts):
 
 
 def test_preflight_refuses_a_version_mismatch(host_bundle, artifacts):
-    manifest = copy.deepcopy(manifest_of(artifacts["fp32"]))
-    manifest["versions"]["executorch"] = "0.7.0"
+    base = manifest_of(artifacts["fp32"])
+    manifest = replace(base, versions={**base.versions, "executorch": "0.7.0"})
     with pytest.raises(PreflightError, match=r"version mismatch: .*executorch 0\.7\.0.*executorch "
                                              + host_bundle.executorch_version.replace(".", r"\.")):
         check_compatible(manifest, host_bundle)
 
 
 def test_preflight_refuses_missing_backend_and_warns_on_another_arch(host_bundle, aarch64_bundle, artifacts):
-    manifest = copy.deepcopy(manifest_of(artifacts["fp32"]))
-    manifest["operators"]["delegated"]["QnnBackend"] = 2
+    base = manifest_of(artifacts["fp32"])
+    manifest = replace(base, operators=replace(base.operators, delegated={**base.operators.delegated, "QnnBackend": 2}))
     report = preflight(manifest, host_bundle)
     assert report.missing_backends == ["QnnBackend"] and not report.ok
     x86 = manifest_of(artifacts["fp32"])  # exported for the x86_64 host target
@@ -195,8 +195,7 @@ def test_preflight_refuses_missing_backend_and_warns_on_another_arch(host_bundle
 
 
 def test_preflight_warns_on_a_failed_artifact(host_bundle, artifacts):
-    manifest = copy.deepcopy(manifest_of(artifacts["fp32"]))
-    manifest["status"] = "failed"
+    manifest = replace(manifest_of(artifacts["fp32"]), status="failed")
     report = preflight(manifest, host_bundle)
     assert report.ok and any("failed its numeric verification" in w for w in report.warnings)
 

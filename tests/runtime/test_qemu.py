@@ -31,7 +31,7 @@ def test_int8_under_board_cpu_equals_host_runner_and_pybindings(aarch64_bundle, 
                                                                 artifacts, tmp_path):
     art = artifacts["int8"]
     emu, got = _run(aarch64_bundle, art, tmp_path, "arm", qemu_board)
-    assert emu.header["arch"] == "aarch64" and emu.header["executorch_version"] == aarch64_bundle.executorch_version
+    assert emu.header.arch == "aarch64" and emu.header.executorch_version == aarch64_bundle.executorch_version
     _, host = _run(host_bundle, art, tmp_path, "host")
     for g, h, p in zip(got, host, pybindings_outputs(art)):
         assert np.array_equal(g, h), f"int8 differs from the host runner: max abs {np.abs(g - h).max()}"
@@ -68,7 +68,7 @@ def test_int8_mobilenet_v2_under_cortex_a76_equals_host(make_artifact, aarch64_b
                                                         tmp_path):
     """The issue's acceptance run: int8 MobileNetV2 for the Pi 5, on the aarch64 bundle under qemu."""
     art = make_artifact("mobilenet_v2", "rpi5", "int8")
-    assert manifest_of(art)["operators"]["non_delegated"] == {}  # fully delegated to XNNPACK
+    assert manifest_of(art).operators.non_delegated == {}  # fully delegated to XNNPACK
     _, arm = _run(aarch64_bundle, art, tmp_path, "arm", qemu_board)
     _, host = _run(host_bundle, art, tmp_path, "host")
     assert np.array_equal(arm[0], host[0]), f"max abs {np.abs(arm[0] - host[0]).max()}"

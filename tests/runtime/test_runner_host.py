@@ -33,22 +33,22 @@ def test_protocol_lines_and_timing(host_bundle, artifacts, tmp_path):
     kinds = [ln["type"] for ln in res.lines]
     assert kinds == ["header", "load"] + ["iteration"] * 7 + ["summary"]
     h = res.header
-    assert h["protocol"] == 1 and h["arch"] == host_bundle.arch
-    assert h["executorch_version"] == host_bundle.executorch_version
-    assert h["runner_source_hash"] == host_bundle.runner_source_hash
-    assert "ET_USE_THREADPOOL" in h["build"]["definitions"] and h["build"]["build_type"] == "Release"
-    assert res.load["method"] == "forward" and res.load["load_ns"] == (
-        res.load["program_load_ns"] + res.load["method_load_ns"]) > 0
-    assert res.load["inputs"][0]["shape"] == [1, 3, 16, 16] and res.load["inputs"][0]["dtype"] == "float32"
-    warm = [it for it in res.iterations if it["warmup"]]
-    assert [it["index"] for it in warm] == [0, 1]
-    assert [it["index"] for it in res.iterations if not it["warmup"]] == [0, 1, 2, 3, 4]
+    assert h.protocol == 1 and h.arch == host_bundle.arch
+    assert h.executorch_version == host_bundle.executorch_version
+    assert h.runner_source_hash == host_bundle.runner_source_hash
+    assert "ET_USE_THREADPOOL" in h.build["definitions"] and h.build["build_type"] == "Release"
+    assert res.load.method == "forward" and res.load.load_ns == (
+        res.load.program_load_ns + res.load.method_load_ns) > 0
+    assert list(res.load.inputs[0].shape) == [1, 3, 16, 16] and res.load.inputs[0].dtype == "float32"
+    warm = [it for it in res.iterations if it.warmup]
+    assert [it.index for it in warm] == [0, 1]
+    assert [it.index for it in res.iterations if not it.warmup] == [0, 1, 2, 3, 4]
     assert len(res.execute_ns) == 5 and all(isinstance(x, int) and x > 0 for x in res.execute_ns)
     assert all(w >= e for w, e in zip(res.wall_ns, res.execute_ns))
     s = res.summary
-    assert s["iterations"] == 5 and s["warmup"] == 2 and s["timed_total_ns"] == sum(res.execute_ns)
-    assert s["peak_rss_kb"] >= s["rss_kb"] > 0
-    assert s["outputs"][0]["shape"] == [1, 10] and s["etdump"] is None
+    assert s.iterations == 5 and s.warmup == 2 and s.timed_total_ns == sum(res.execute_ns)
+    assert s.peak_rss_kb >= s.rss_kb > 0
+    assert list(s.outputs[0].shape) == [1, 10] and s.etdump is None
 
 
 def test_etdump_holds_only_the_timed_iterations(host_bundle, artifacts, tmp_path):
@@ -58,7 +58,7 @@ def test_etdump_holds_only_the_timed_iterations(host_bundle, artifacts, tmp_path
     etdump = tmp_path / "run.etdp"
     res = run_local(host_bundle.path, art / "model.pte", vector_inputs(art), warmup=3, iterations=4,
                     etdump_path=etdump)
-    assert res.summary["etdump"] == {"path": str(etdump), "bytes": etdump.stat().st_size}
+    assert res.summary.etdump == {"path": str(etdump), "bytes": etdump.stat().st_size}
     dump = deserialize_from_etdump_flatcc(etdump.read_bytes())
     assert [r.name for r in dump.run_data] == ["Execute"] * 4  # 3 warm-ups excluded
     # the portable program's kernels were profiled (operator events, not just the method)
@@ -70,7 +70,7 @@ def test_thread_count_is_applied_and_reported(host_bundle, artifacts):
     art = artifacts["fp32"]
     for threads in (1, 2):
         res = run_local(host_bundle.path, art / "model.pte", threads=threads, warmup=0, iterations=1)
-        assert res.header["threads"] == threads
+        assert res.header.threads == threads
 
 
 def test_min_time_keeps_iterating(host_bundle, artifacts):
@@ -91,7 +91,7 @@ def test_raw_input_file_gives_the_same_result_as_npy(host_bundle, artifacts, tmp
     raw.write_bytes(np.load(npy).tobytes())
     a = run_local(host_bundle.path, art / "model.pte", [npy], iterations=1, outputs_dir=tmp_path / "a")
     b = run_local(host_bundle.path, art / "model.pte", [raw], iterations=1, outputs_dir=tmp_path / "b")
-    assert a.load["inputs"][0]["source"] == f"file:{npy}"
+    assert a.load.inputs[0].source == f"file:{npy}"
     assert np.array_equal(np.load(a.output_paths[0]), np.load(b.output_paths[0]))
 
 
@@ -101,7 +101,7 @@ def test_generated_inputs_are_seeded(host_bundle, two_input_artifact, tmp_path):
     for name, seed in (("a", 1), ("b", 1), ("c", 2)):
         opts = RunOptions(warmup=0, iterations=1, fill="random", seed=seed)
         res = run_local(host_bundle.path, pte, options=opts, outputs_dir=tmp_path / name)
-        assert [i["source"] for i in res.load["inputs"]] == ["fill:random"] * 2
+        assert [i.source for i in res.load.inputs] == ["fill:random"] * 2
         assert len(res.output_paths) == 2
         outs.append(np.load(res.output_paths[0]))
     assert np.array_equal(outs[0], outs[1]) and not np.array_equal(outs[0], outs[2])
@@ -114,8 +114,8 @@ def test_list_kernels_and_version_lines(host_bundle):
     argv = [str(host_bundle.path / "edgerun-runner"), "--list-kernels"]
     proc = subprocess.run(argv, capture_output=True, timeout=60)
     res = parse_runner_output(proc.stdout, exit_code=proc.returncode, argv=argv)
-    assert res.ok and res.kernels["backends"] == list(host_bundle.backends)
-    assert res.kernels["operators"] == list(host_bundle.operators)
+    assert res.ok and list(res.kernels.backends) == list(host_bundle.backends)
+    assert list(res.kernels.operators) == list(host_bundle.operators)
     proc = subprocess.run([str(host_bundle.path / "edgerun-runner"), "--version"], capture_output=True, timeout=60)
     res = parse_runner_output(proc.stdout, exit_code=proc.returncode)
     assert res.ok and [ln["type"] for ln in res.lines] == ["header"]
@@ -149,12 +149,12 @@ def test_slim_bundle_runs_fully_delegated_programs(kind, slim_bundle, host_bundl
     from edgerun.runtime.preflight import preflight
 
     art = artifacts[kind]
-    assert manifest_of(art)["operators"]["non_delegated"] == {}
+    assert manifest_of(art).operators.non_delegated == {}
     assert preflight(manifest_of(art), slim_bundle).ok
     slim = run_local(slim_bundle.path, art / "model.pte", vector_inputs(art), iterations=1,
                      outputs_dir=tmp_path / "slim")
     full = run_local(host_bundle.path, art / "model.pte", vector_inputs(art), iterations=1,
                      outputs_dir=tmp_path / "full")
-    assert slim.header["build"]["variant"] == "slim" and full.header["build"]["variant"] == "full"
+    assert slim.header.build["variant"] == "slim" and full.header.build["variant"] == "full"
     for a, b in zip(slim.output_paths, full.output_paths):
         assert np.array_equal(np.load(a), np.load(b))
