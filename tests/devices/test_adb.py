@@ -8,10 +8,10 @@ path -- quoting, the pid/status wrapper, timeouts, push/pull, error classificati
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import pytest
+from fault_triggers import ClientOutput, CutWhen
 
 from edgerun.devices import (DeviceAuthError, DeviceError, DeviceTimeout, DeviceUnreachable, NoSpaceError,
                              TransportDropped, resolve_device, sync_files)
@@ -73,12 +73,15 @@ def test_timeout_keeps_partial_output(adb_env, tmp_path):
     assert ei.value.result.stdout == b"started\n"
 
 
-def test_unplugged_mid_run_is_a_transport_drop(adb_env, tmp_path):
+def test_unplugged_mid_run_is_a_transport_drop(adb_env, tmp_path, monkeypatch):
     with _dev(tmp_path) as dev:
         dev.exec(["true"], timeout=10)
-        threading.Timer(1.0, (tmp_path / "unplugged").touch).start()
-        with pytest.raises(TransportDropped) as ei:
-            dev.exec(["sh", "-c", "echo partial; sleep 20"], timeout=30)
+        received = ClientOutput(monkeypatch)
+        # unplug once the command's first line has come back through the client
+        with CutWhen(lambda: received.has(b"partial\n"), (tmp_path / "unplugged").touch,
+                     "'partial' arriving through adb", timeout=20):
+            with pytest.raises(TransportDropped) as ei:
+                dev.exec(["sh", "-c", "echo partial; sleep 20"], timeout=30)
     assert ei.value.stage == "exec" and ei.value.result.stdout == b"partial\n"
 
 

@@ -7,13 +7,13 @@ import importlib.util
 import json
 import shutil
 import sys
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from fault_triggers import ClientOutput, CutWhen
 
+from edgerun.core.artifact import read_manifest
 from edgerun.devices.inventory import resolve_device
 from edgerun.core.numerics import snr_db
 from edgerun.runtime.deploy import DeviceRunError, deploy, run_many, run_on_device
@@ -51,8 +51,7 @@ def sshd_server(tmp_path):
 
 
 def _reference(artifact):
-    m = json.loads((artifact / "manifest.json").read_text())
-    return [np.load(artifact / p) for p in m["test_vectors"][0]["outputs"]]
+    return read_manifest(artifact).load_test_vector(0).outputs
 
 
 def test_deploy_sends_each_file_once(artifact, tmp_path):
@@ -87,22 +86,51 @@ def test_same_artifact_on_local_qemu_and_ssh_concurrently_gives_matching_outputs
     for out in outs.values():
         assert out.argmax() == ref.argmax()
         assert snr_db(out, ref) > 15.0  # the export-time int8 threshold is 10 dB
-    arches = {r.device: r.device_info["arch"] for r in runs}
+    arches = {r.device: r.device_info.arch for r in runs}
     assert list(arches.values()) == ["x86_64", "aarch64", "aarch64"]
-    assert runs[1].device_info["emulated"] and runs[2].device_info["emulated"]
+    assert runs[1].device_info.emulated and runs[2].device_info.emulated
     assert all((r.run_dir / "run.etdp").stat().st_size > 0 for r in runs)
 
 
+# A wrapper that starts the real runner and SIGKILLs it (what the OOM killer does) once the runner
+# has printed its first timed iteration -- not after a fixed sleep, which on a loaded machine can
+# come before the first iteration. It gives up after 60 s, saying so on stderr.
+KILLER = r"""
+out="$(dirname "$0")/runner-stdout.jsonl"
+"$@" > "$out" &
+p=$!
+n=0
+until grep -q '"type":"iteration"' "$out"; do
+  n=$((n + 1))
+  if [ "$n" -gt 1200 ] || ! kill -0 "$p" 2>/dev/null; then
+    echo "killer: the runner printed no iteration line in 60 s" >&2
+    kill -KILL "$p" 2>/dev/null
+    cat "$out"
+    exit 99
+  fi
+  sleep 0.05
+done
+kill -KILL "$p"
+wait "$p"
+s=$?
+cat "$out"
+exit "$s"
+"""
+
+
 def test_runner_killed_by_signal_keeps_the_partial_run_directory(artifact, tmp_path):
-    # A wrapper that lets the real runner start, then kills it with SIGKILL (what the OOM killer does).
-    killer = "sh -c '\"$@\" & p=$!; sleep 2; kill -KILL $p; wait $p' killer"
     from edgerun.devices.inventory import make_device, parse_uri
 
-    spec = parse_uri(f"local://?work_dir={tmp_path / 'dev'}", name="doomed", options={"wrapper": killer})
+    killer = tmp_path / "killer.sh"
+    killer.write_text(KILLER)
+    spec = parse_uri(f"local://?work_dir={tmp_path / 'dev'}", name="doomed",
+                     options={"wrapper": ["sh", str(killer)]})
     with make_device(spec) as dev:
         with pytest.raises(DeviceRunError) as info:
             run_on_device(artifact, dev, options=ENDLESS, etdump=False,
                           run_dir=tmp_path / "run", timeout=120)
+    stderr = tmp_path / "run" / "runner.stderr.txt"
+    assert not (stderr.is_file() and "killer:" in stderr.read_text()), stderr.read_text()[-2000:]
     err = info.value
     assert err.stage == "run" and "doomed" in err.message and "signal 9" in err.message
     assert err.exit_code != 0 and err.run_dir == tmp_path / "run"
@@ -111,22 +139,27 @@ def test_runner_killed_by_signal_keeps_the_partial_run_directory(artifact, tmp_p
     assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "failed"
 
 
-def test_sshd_killed_mid_run_is_a_clear_error_with_partial_results(artifact, sshd_server, tmp_path):
+def test_sshd_killed_mid_run_is_a_clear_error_with_partial_results(artifact, sshd_server, tmp_path, monkeypatch):
     uri = sshd_server.uri(work_dir=str(tmp_path / "remote"))
     with resolve_device(uri) as dev:
         deploy(artifact, dev)  # the deploy itself must not be what we interrupt
+        received = ClientOutput(monkeypatch)
 
-        def kill_later():
-            time.sleep(3)
+        def kill_sshd():
             sshd_server.stop()
             sshd_server.drop_connections()
 
-        threading.Thread(target=kill_later, daemon=True).start()
-        with pytest.raises(DeviceRunError) as info:
-            run_on_device(artifact, dev, options=ENDLESS, etdump=False,
-                          run_dir=tmp_path / "run", timeout=120)
+        # cut once the runner's first timed iteration has come back over the link: the run is running
+        with CutWhen(lambda: received.has(b'"type":"iteration"'), kill_sshd,
+                     "the runner's first iteration line arriving over ssh", timeout=90):
+            with pytest.raises(DeviceRunError) as info:
+                run_on_device(artifact, dev, options=ENDLESS, etdump=False,
+                              run_dir=tmp_path / "run", timeout=120)
     err = info.value
     assert err.stage == "run" and err.device == dev.name and err.exit_code != 0
     assert (tmp_path / "run" / "run.json").is_file()
     status = json.loads((tmp_path / "run" / "run.json").read_text())
     assert status["status"] == "failed" and status["stage"] == "run"
+    # the partial results: what the runner said before the link went is kept
+    lines = [json.loads(ln) for ln in (tmp_path / "run" / "runner.jsonl").read_text().splitlines()]
+    assert lines[0]["type"] == "header" and any(ln["type"] == "iteration" for ln in lines)
