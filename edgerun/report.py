@@ -18,57 +18,59 @@ import math
 from typing import Any, Callable, Sequence
 
 from edgerun.core.errors import UsageError
-from edgerun.runtime.record import RunComparison, RunRecord, flat_row
+from edgerun.runtime import columns as cols
+from edgerun.runtime.columns import ALWAYS, NEVER, cap_name, format_delta, format_ms
+from edgerun.runtime.record import EMULATED, RunComparison, RunRecord, compare_records, flat_row
 
 FORMATS = ("html", "md", "json", "csv")
 
-# Columns shown even when they are the same for every run (the point of the report).
-ALWAYS = ("run_id", "median_ms", "ci95_low_ms", "ci95_high_ms", "p90_ms", "p99_ms")
-# Provenance that goes into the closing versions line instead of the table.
-VERSION_COLUMNS = ("edgerun_version", "git_commit", "executorch_version", "runner_version")
-# Columns that identify a run: shown in the table when they vary, else in the "common" line.
-TIME_COLUMNS = ("created_at",)  # never tabulated: in each run's section, CSV and JSON
+# Columns shown even when they are the same for every run (the point of the report): from the registry.
+ALWAYS_COLUMNS = tuple(c.name for c in cols.COLUMNS if c.show == ALWAYS)
+# Never tabulated (versions line, each run's section, CSV and JSON): from the registry.
+HIDDEN_COLUMNS = tuple(c.name for c in cols.COLUMNS if c.show == NEVER)
 
 
 # ------------------------------------------------------------------------------- formatting
 def fmt_value(column: str, value: Any) -> str:
-    """One cell, formatted by the unit its column name carries."""
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float) and math.isinf(value):
-        return "exact" if value > 0 else "-inf"
-    if column.endswith("_bytes") and isinstance(value, (int, float)):
-        for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-            if abs(value) >= size:
-                return f"{value / size:.2f} {unit}"
-        return f"{int(value)} B"
-    if column.endswith("_ms") and isinstance(value, (int, float)):
-        return f"{value:.4g}" if abs(value) < 1 else f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
-    if column in ("cv", "op_coverage", "top1_agreement", "task_accuracy", "share") and isinstance(value, (int, float)):
-        return f"{value:.1%}"
-    if column.endswith("_db") and isinstance(value, (int, float)):
-        return f"{value:.1f}"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+    """One cell, formatted by its column's unit in the registry (:func:`edgerun.runtime.columns.format_value`)."""
+    return cols.format_value(column, value)
+
+
+def fmt_change(m) -> str:
+    """The change of one compared metric: relative for ms/bytes, absolute for dB and fractions."""
+    return format_delta(cols.Unit(m.unit), m.delta, m.delta_rel)
 
 
 def varying_columns(rows: Sequence[dict]) -> tuple[list[str], dict[str, Any]]:
     """(columns to tabulate, columns common to every run and their value)."""
     columns, common = [], {}
     for col in rows[0]:
-        if col in VERSION_COLUMNS:
+        if col in HIDDEN_COLUMNS:
             continue
         values = [r[col] for r in rows]
-        if col in TIME_COLUMNS:
-            continue
-        if col in ALWAYS or (len(rows) > 1 and any(v != values[0] for v in values)):
+        if col in ALWAYS_COLUMNS or (len(rows) > 1 and any(v != values[0] for v in values)):
             columns.append(col)
         elif values[0] is not None:
             common[col] = values[0]
     return columns, common
+
+
+def comparable_pairs(records: Sequence[RunRecord]) -> list[tuple[RunRecord, RunRecord]]:
+    """(baseline, candidate) pairs a report compares: each run against the first run of the same model
+    and the same source (measured with measured, emulated with emulated), never across models."""
+    first: dict[tuple[str, str], RunRecord] = {}
+    pairs = []
+    for r in records:
+        key = (r.model.name, r.source)
+        if key in first:
+            pairs.append((first[key], r))
+        else:
+            first[key] = r
+    return pairs
+
+
+def compare_comparable(records: Sequence[RunRecord], **kw) -> list[RunComparison]:
+    return [compare_records(a, b, **kw) for a, b in comparable_pairs(records)]
 
 
 def versions_line(records: Sequence[RunRecord]) -> str:
@@ -133,9 +135,10 @@ def to_markdown(records: Sequence[RunRecord], comparisons: Sequence[RunCompariso
                   f"({c.latency.delta_rel:+.1%}), Mann–Whitney p = {c.latency.p_value:.3g} "
                   f"(α = {c.latency.alpha}, practical threshold ±{c.latency.min_effect:.0%}).", ""]
         lines += _md_table(["metric", "A", "B", "change"],
-                           [[m.metric, fmt_value(m.metric, m.a), fmt_value(m.metric, m.b),
-                             "—" if m.delta_rel is None else f"{m.delta_rel:+.1%}"]
+                           [[m.metric, fmt_value(m.metric, m.a), fmt_value(m.metric, m.b), fmt_change(m)]
                             for m in c.metrics if m.a is not None or m.b is not None])
+        if c.accuracy_regressions:
+            lines += ["", f"**{len(c.accuracy_regressions)} accuracy regression(s)**"]
         lines += [f"- ⚠ {w}" for w in c.warnings]
     for r in records:
         if r.operators is not None:
@@ -143,14 +146,15 @@ def to_markdown(records: Sequence[RunRecord], comparisons: Sequence[RunCompariso
             cov = f", {ops.coverage:.0%} of the measured execute time" if ops.coverage is not None else ""
             lines += ["", f"## Operators of {r.run_id} (top {top}; sum {ops.op_sum_ms:.4g} ms{cov})", ""]
             lines += _md_table(["operator", "delegated", "backend", "count", "median_ms", "share"],
-                               [[o.name, fmt_value("", o.delegated), o.backend or "—", str(o.count),
+                               [[cap_name(o.name), fmt_value("", o.delegated), o.backend or "—", str(o.count),
                                  fmt_value("median_ms", o.median_ms), fmt_value("share", o.share)]
                                 for o in ops.top(top)])
             if ops.delegate_ops:
                 lines += ["", f"Inside delegate calls (the backend's own events, top {top}):", ""]
                 lines += _md_table(["backend op", "backend", "count", "median_ms", "share"],
-                                   [[o.name, o.backend or "—", str(o.count), fmt_value("median_ms", o.median_ms),
-                                     fmt_value("share", o.share)] for o in ops.delegate_ops[:top]])
+                                   [[cap_name(o.name), o.backend or "—", str(o.count),
+                                     fmt_value("median_ms", o.median_ms), fmt_value("share", o.share)]
+                                    for o in ops.delegate_ops[:top]])
         if r.warnings:
             lines += ["", f"Warnings for {r.run_id}:"] + [f"- ⚠ {w}" for w in r.warnings]
     lines += ["", versions_line(records), ""]
@@ -169,7 +173,7 @@ def _figure(width: float, height: float):
 
 def _png(fig) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format="png", bbox_inches="tight", pad_inches=0.15)  # no clipped tick or axis labels
     return buf.getvalue()
 
 
@@ -180,7 +184,8 @@ def _wide_range(records: Sequence[RunRecord]) -> bool:
 
 
 def _short(r: RunRecord) -> str:
-    bits = [r.run_id, r.model.scheme or "", r.device_name]
+    """A run as a plot labels it: model, scheme, device (with the emulated CPU) and run id."""
+    bits = [r.model.name, r.model.scheme or "", cols.device_label(r.device_name, r.device), r.run_id]
     return " · ".join(b for b in bits if b)
 
 
@@ -286,35 +291,74 @@ def pareto_front(points: Sequence[tuple[float, float, float]]) -> list[int]:
     return front
 
 
-def plot_pareto(records: Sequence[RunRecord]) -> bytes:
-    """Latency × size × accuracy: the compression trade-off of a bench sweep; the front is outlined."""
-    rows = [flat_row(r) for r in records]
+def pareto_groups(records: Sequence[RunRecord]) -> dict[tuple[str, str], list[RunRecord]]:
+    """Runs that share a latency axis: one device (as labelled, with its emulated CPU) and one source.
+    Emulated and measured latencies are never on one axis: they measure different things."""
+    groups: dict[tuple[str, str], list[RunRecord]] = {}
+    for r in records:
+        groups.setdefault((cols.device_label(r.device_name, r.device), r.source), []).append(r)
+    return groups
+
+
+def pareto_fronts(records: Sequence[RunRecord]) -> dict[tuple[str, str], list[str]]:
+    """The run ids on the Pareto front of each (device, source) group."""
+    out = {}
+    for key, group in pareto_groups(records).items():
+        pts = _pareto_points([flat_row(r) for r in group], 1)[0]
+        out[key] = [group[i].run_id for i in pareto_front(pts)]
+    return out
+
+
+def _pareto_points(rows: Sequence[dict], scale: int) -> tuple[list[tuple[float, float, float]], str]:
     acc = [_accuracy_of(row) for row in rows]
     label = next((a[1] for a in acc if a[0] is not None), "accuracy")
-    largest = max((row["pte_bytes"] or 0) for row in rows)
-    unit, scale = ("MiB", 1 << 20) if largest >= (1 << 20) else ("KiB", 1 << 10)
     pts = [(row["median_ms"], (row["pte_bytes"] or 0) / scale, a if a is not None else -math.inf)
            for row, (a, _) in zip(rows, acc)]
-    front = set(pareto_front(pts))
-    fig = _figure(8, 5.5)
-    ax = fig.add_subplot()
-    known = [i for i, p in enumerate(pts) if math.isfinite(p[2])]
-    sc = ax.scatter([pts[i][0] for i in known], [pts[i][1] for i in known], c=[pts[i][2] for i in known],
-                    cmap="viridis", s=80, zorder=2)
-    if known:
-        fig.colorbar(sc, ax=ax, label=label)
-    unknown = [i for i in range(len(pts)) if i not in known]
-    ax.scatter([pts[i][0] for i in unknown], [pts[i][1] for i in unknown], c="lightgrey", s=80, zorder=2,
-               label="accuracy unknown" if unknown else None)
-    ax.scatter([pts[i][0] for i in front], [pts[i][1] for i in front], s=220, facecolors="none",
-               edgecolors="crimson", linewidths=1.5, zorder=3, label="Pareto front")
-    for row, (lat, size, _) in zip(rows, pts):
-        ax.annotate(f"{row['scheme'] or '?'} @ {row['device']}", (lat, size), textcoords="offset points",
-                    xytext=(6, 4), fontsize=8)
-    ax.set_xlabel("median execute time (ms)")
-    ax.set_ylabel(f".pte size ({unit})")
-    ax.set_title("Trade-off: latency × size × accuracy")
-    ax.legend(fontsize=8, loc="best")
+    return pts, label
+
+
+def plot_pareto(records: Sequence[RunRecord]) -> bytes:
+    """Latency × size × accuracy, one panel per device (and source): the front is outlined in each.
+
+    An emulated panel has its own latency axis, triangles and a shaded background, and says so.
+    """
+    groups = pareto_groups(records)
+    largest = max((r.memory.pte_bytes or 0) for r in records)
+    unit, scale = cols.bytes_scale(largest)
+    n = len(groups)
+    ncols = min(n, 2)
+    nrows = math.ceil(n / ncols)
+    fig = _figure(6.2 * ncols if ncols > 1 else 8, 4.8 * nrows + 0.3)
+    fig.suptitle("Trade-off: latency × size × accuracy, per device (red rings: Pareto front)")
+    for k, ((device, source), group) in enumerate(groups.items()):
+        ax = fig.add_subplot(nrows, ncols, k + 1)
+        emulated = source == EMULATED
+        rows = [flat_row(r) for r in group]
+        pts, label = _pareto_points(rows, scale)
+        front = set(pareto_front(pts))
+        marker = "^" if emulated else "o"
+        known = [i for i, p in enumerate(pts) if math.isfinite(p[2])]
+        sc = ax.scatter([pts[i][0] for i in known], [pts[i][1] for i in known], c=[pts[i][2] for i in known],
+                        cmap="viridis", s=80, marker=marker, zorder=2, edgecolors="black", linewidths=0.5)
+        if known:
+            fig.colorbar(sc, ax=ax, label=label)
+        unknown = [i for i in range(len(pts)) if i not in known]
+        ax.scatter([pts[i][0] for i in unknown], [pts[i][1] for i in unknown], c="lightgrey", s=80, marker=marker,
+                   zorder=2, label="accuracy unknown" if unknown else None)
+        ax.scatter([pts[i][0] for i in front], [pts[i][1] for i in front], s=240, facecolors="none",
+                   edgecolors="crimson", linewidths=1.5, zorder=3, label="Pareto front")
+        for r, (lat, size, _) in zip(group, pts):
+            ax.annotate(f"{r.model.name} {r.model.scheme or '?'}\n{r.run_id}", (lat, size),
+                        textcoords="offset points", xytext=(7, 3), fontsize=7)
+        ax.margins(x=0.25, y=0.2)  # room for the labels of the outermost points
+        if emulated:
+            ax.set_facecolor("#fff4e0")
+            ax.set_title(f"{device} — EMULATED (checks function, not speed)", fontsize=9, color="#8a4b00")
+        else:
+            ax.set_title(f"{device} — measured", fontsize=9)
+        ax.set_xlabel("median execute time (ms" + (", emulated" if emulated else "") + ")")
+        ax.set_ylabel(f".pte size ({unit})")
+        ax.legend(fontsize=7, loc="best")
     return _png(fig)
 
 
@@ -328,6 +372,9 @@ th{background:#f4f4f4}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .verdict{font-weight:bold;font-size:1.1em}.small{color:#666;font-size:12px}img{max-width:100%;margin:6px 0}
 .label{display:inline-block;padding:0 6px;border-radius:3px;font-size:12px;background:#e8eefc}
 .emulated{background:#ffe8cc}.estimated{background:#eee}.scroll{overflow-x:auto}td{white-space:nowrap}
+details.warnings{margin:6px 0}details.warnings>summary{color:#8a4b00;cursor:pointer}
+details.ops>summary{cursor:pointer}details.ops ul{margin:2px 0 4px 16px;padding:0;font-size:12px;white-space:normal}
+.regress{color:#a00;font-weight:bold}
 """
 
 
@@ -335,13 +382,32 @@ def _img(png: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
 
+class _Raw(str):
+    """A table cell that is already HTML (escaped by whoever built it)."""
+
+
+def _cell(c: Any) -> str:
+    return c if isinstance(c, _Raw) else html.escape(str(c))
+
+
 def _html_table(header: Sequence[str], rows: Sequence[Sequence[Any]], numeric: Sequence[bool] | None = None) -> str:
     numeric = numeric or [False] * len(header)
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
     body = "".join(
-        "<tr>" + "".join(f'<td{" class=num" if n else ""}>{html.escape(str(c))}</td>' for c, n in zip(row, numeric))
+        "<tr>" + "".join(f'<td{" class=num" if n else ""}>{_cell(c)}</td>' for c, n in zip(row, numeric))
         + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _op_cell(o) -> str:
+    """An operator's name, capped; the full name and its ATen ops one click away."""
+    short = cap_name(o.name)
+    full = list(o.op_types) or ([o.name] if short != o.name else [])
+    if short == o.name and len(full) <= 1:
+        return html.escape(o.name)
+    items = "".join(f"<li>{html.escape(t)}</li>" for t in full)
+    return (f"<details class=ops><summary>{html.escape(short)}</summary>"
+            f"<div class=small>{html.escape(o.name)}</div><ul>{items}</ul></details>")
 
 
 def _label(source: str) -> str:
@@ -362,9 +428,12 @@ def to_html(records: Sequence[RunRecord], comparisons: Sequence[RunComparison] =
     parts.append("<div class=scroll>" + _html_table(
         columns, [[fmt_value(c, row[c]) for c in columns] for row in rows],
         [isinstance(rows[0][c], (int, float)) and not isinstance(rows[0][c], bool) for c in columns]) + "</div>")
-    for r in records:
-        for w in r.warnings:
-            parts.append(f'<div class="warn">⚠ {html.escape(r.run_id)}: {html.escape(w)}</div>')
+    warned = [(r.run_id, w) for r in records for w in r.warnings]
+    if warned:  # one line under the summary, the list one click away: the plots come first
+        parts.append(f'<details class="warnings"><summary>⚠ {len(warned)} warning(s) in '
+                     f'{len({rid for rid, _ in warned})} run(s)</summary>'
+                     + "".join(f'<div class="warn">{html.escape(rid)}: {html.escape(w)}</div>' for rid, w in warned)
+                     + "</details>")
 
     parts.append("<h2>Latency</h2>")
     parts.append(_img(plot_latency_distribution(records), "latency distribution"))
@@ -384,18 +453,22 @@ def to_html(records: Sequence[RunRecord], comparisons: Sequence[RunComparison] =
                      f"({c.latency.delta_rel:+.1%}); Mann–Whitney U p = {c.latency.p_value:.3g} "
                      f"(α = {c.latency.alpha}); practical threshold ±{c.latency.min_effect:.0%}.</p>")
         parts.append(_html_table(["metric", "A", "B", "change"],
-                                 [[m.metric, fmt_value(m.metric, m.a), fmt_value(m.metric, m.b),
-                                   "—" if m.delta_rel is None else f"{m.delta_rel:+.1%}"]
+                                 [[m.metric, fmt_value(m.metric, m.a), fmt_value(m.metric, m.b), fmt_change(m)]
                                   for m in c.metrics if m.a is not None or m.b is not None],
                                  [False, True, True, True]))
-        for w in c.warnings:
-            parts.append(f'<div class="warn">⚠ {html.escape(w)}</div>')
+        if c.accuracy_regressions:
+            parts.append(f'<p class="regress">{len(c.accuracy_regressions)} accuracy regression(s): '
+                         + "; ".join(html.escape(x) for x in c.accuracy_regressions) + "</p>")
+        if c.warnings:
+            parts.append(f"<details class=warnings><summary>⚠ {len(c.warnings)} warning(s)</summary>"
+                         + "".join(f'<div class="warn">{html.escape(w)}</div>' for w in c.warnings) + "</details>")
 
     for r in records:
         parts.append(f"<h2>Run {html.escape(r.run_id)}</h2>")
         parts.append(f"<p class=small>{html.escape(r.created_at)} · {html.escape(r.model.name)} "
                      f"({html.escape(str(r.model.scheme))}, target {html.escape(str(r.model.target))}) on "
-                     f"{html.escape(r.device_name)} · {r.provenance.threads} threads</p>")
+                     f"{html.escape(cols.device_label(r.device_name, r.device))} · "
+                     f"{r.provenance.threads} threads</p>")
         parts.append("<p>" + " ".join(f"{html.escape(k)} {_label(v)}" for k, v in r.labels.items()) + "</p>")
         if r.operators is not None:
             ops = r.operators
@@ -405,14 +478,15 @@ def to_html(records: Sequence[RunRecord], comparisons: Sequence[RunComparison] =
                             f"{ops.measured_execute_ms:.4g} ms" if ops.coverage is not None else "")
                          + f"; {ops.iterations} iterations (warm-up excluded).</p>")
             parts.append(_html_table(["operator", "delegated", "backend", "count", "median ms", "share"],
-                                     [[o.name, fmt_value("", o.delegated), o.backend or "—", o.count,
+                                     [[_Raw(_op_cell(o)), fmt_value("", o.delegated), o.backend or "—", o.count,
                                        fmt_value("median_ms", o.median_ms), fmt_value("share", o.share)]
                                       for o in ops.top(top)], [False, False, False, True, True, True]))
             if ops.delegate_ops:
                 parts.append(_img(plot_operators(r, top, delegate_ops=True), f"delegate ops of {r.run_id}"))
                 parts.append(_html_table(["backend op", "backend", "count", "median ms", "share"],
-                                         [[o.name, o.backend or "—", o.count, fmt_value("median_ms", o.median_ms),
-                                           fmt_value("share", o.share)] for o in ops.delegate_ops[:top]],
+                                         [[_Raw(_op_cell(o)), o.backend or "—", o.count,
+                                           fmt_value("median_ms", o.median_ms), fmt_value("share", o.share)]
+                                          for o in ops.delegate_ops[:top]],
                                          [False, False, True, True, True]))
         if r.accuracy is not None and r.accuracy.outputs:
             parts.append(f"<p>Accuracy against {html.escape(r.accuracy.reference)} "

@@ -1,4 +1,4 @@
-"""``edgerun runs list | runs show``, ``edgerun compare``, ``edgerun report`` — reading the results store.
+"""``edgerun runs list | show | import``, ``edgerun compare``, ``edgerun report`` — reading the results store.
 
 Also the pieces ``profile`` and ``bench`` reuse: :func:`record_json` (the ``--json`` object of a
 run: ``run_id``, ``median``/``p90``/``p99`` in ms, ``operators`` ...) and :func:`print_record` (the
@@ -7,6 +7,7 @@ tables a person sees).
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgerun.core.errors import UsageError
+from edgerun.runtime.columns import cap_name, device_label, format_ms
 
 from ._common import DebugOpt, JsonOpt, execute
 
@@ -41,6 +43,7 @@ def record_json(record, *, full: bool = False) -> dict:
         "run_id": record.run_id,
         "model": record.model.name,
         "device": record.device_name,
+        "device_label": device_label(record.device_name, record.device),
         "source": record.source,
         "median": record.latency.median_ms,
         "p90": record.latency.p90_ms,
@@ -64,8 +67,7 @@ def record_json(record, *, full: bool = False) -> dict:
     return d
 
 
-def _ms(x: float | None) -> str:
-    return "-" if x is None else f"{x:.4g}" if x < 1 else f"{x:.3f}"
+_ms = format_ms  # the one time formatter (edgerun.runtime.columns)
 
 
 def print_record(record, *, top: int = 10) -> None:
@@ -76,7 +78,7 @@ def print_record(record, *, top: int = 10) -> None:
     src = "[yellow]emulated[/]" if record.source == "emulated" else "[green]measured[/]"
     cpu = record.device.get("cpu_model") or record.device.get("arch")
     out.print(f"[bold]{record.run_id}[/]  {escape(record.model.name)} ({escape(record.model.scheme or '?')}) on "
-              f"[bold]{escape(record.device_name)}[/] ({escape(str(cpu))}, {record.provenance.threads} threads) — "
+              f"[bold]{escape(device_label(record.device_name, record.device))}[/] ({escape(str(cpu))}, {record.provenance.threads} threads) — "
               f"{src}, {record.created_at}", highlight=False)
     t = Table(title="Latency (execute, timed iterations)", title_justify="left")
     for col in ("n", "median ms", "95% CI ms", "p90 ms", "p99 ms", "mean ms", "std ms", "min ms", "max ms", "CV"):
@@ -104,8 +106,8 @@ def print_record(record, *, top: int = 10) -> None:
                           ("median ms", "right"), ("share", "right")):
             t.add_column(col, justify=just)
         for o in ops.top(top):
-            t.add_row(escape(o.name), "yes" if o.delegated else "no", o.backend or "-", str(o.count), _ms(o.median_ms),
-                      f"{o.share:.1%}")
+            t.add_row(escape(cap_name(o.name)), "yes" if o.delegated else "no", o.backend or "-", str(o.count),
+                      _ms(o.median_ms), fmt_value("share", o.share))
         out.print(t)
         out.print(f"Operator times add up to {_ms(ops.op_sum_ms)} ms{cov} ({ops.iterations} iterations, "
                   "warm-up excluded).", highlight=False)
@@ -115,7 +117,8 @@ def print_record(record, *, top: int = 10) -> None:
                               ("median ms", "right"), ("share", "right")):
                 t.add_column(col, justify=just)
             for o in ops.delegate_ops[:top]:
-                t.add_row(escape(o.name), o.backend or "-", str(o.count), _ms(o.median_ms), f"{o.share:.1%}")
+                t.add_row(escape(cap_name(o.name)), o.backend or "-", str(o.count), _ms(o.median_ms),
+                          fmt_value("share", o.share))
             out.print(t)
 
     if record.accuracy is not None and record.accuracy.outputs:
@@ -126,6 +129,10 @@ def print_record(record, *, top: int = 10) -> None:
             t.add_row(escape(o.name or str(o.index)), "exact" if o.exact else f"{o.snr_db:.1f}", f"{o.max_abs:.3g}",
                       f"{o.cosine:.6f}", "-" if o.top1_agreement is None else f"{o.top1_agreement:.1%}")
         out.print(t)
+    if record.accuracy is not None and record.accuracy.passed is not None:
+        verdict = "[green]within[/]" if record.accuracy.passed else "[red]outside[/]"
+        out.print(f"Accuracy thresholds of the artifact: {verdict}"
+                  + "".join(f"\n  {escape(f)}" for f in record.accuracy.failures), highlight=False)
     if record.accuracy is not None and record.accuracy.task_accuracy is not None:
         out.print(f"Task accuracy ({record.accuracy.source}, from outputs run on the device): "
                   f"{record.accuracy.task_accuracy:.2%} of {record.accuracy.task_samples} held-out samples")
@@ -139,15 +146,16 @@ def print_record(record, *, top: int = 10) -> None:
 def print_runs_table(records, *, title: str = "Runs") -> None:
     """One comparison table of several runs (bench's closing table): the columns that vary, plus latency."""
     from edgerun.report import fmt_value, varying_columns
+    from edgerun.runtime.columns import IDENTITY, SUMMARY
     from edgerun.runtime.record import flat_row
 
     rows = [flat_row(r) for r in records]
     varying, common = varying_columns(rows)
-    identity = [c for c in ("model", "scheme", "target", "device", "source", "threads") if c in varying]
-    metrics = [c for c in ("median_ms", "p90_ms", "p99_ms", "cv", "pte_bytes", "peak_rss_bytes", "min_snr_db",
-                           "top1_agreement", "task_accuracy") if any(row[c] is not None for row in rows)]
+    ident = [c.name for c in IDENTITY if c.name != "run_id"]
+    identity = [c for c in ident if c in varying]
+    metrics = [c.name for c in SUMMARY if any(row[c.name] is not None for row in rows)]
     columns = ["run_id", *identity, *metrics]
-    common = {k: v for k, v in common.items() if k in ("model", "scheme", "target", "device", "source", "threads")}
+    common = {k: v for k, v in common.items() if k in ident}
     t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
     for c in columns:
         t.add_column(c, justify="right" if isinstance(rows[0][c], (int, float)) else "left", no_wrap=c == "run_id")
@@ -160,7 +168,7 @@ def print_runs_table(records, *, title: str = "Runs") -> None:
 
 
 def print_comparison(c) -> None:
-    from edgerun.report import fmt_value
+    from edgerun.report import fmt_change, fmt_value
 
     colour = {"faster": "green", "slower": "red"}.get(c.verdict, "cyan")
     lat = c.latency
@@ -175,15 +183,17 @@ def print_comparison(c) -> None:
     for m in c.metrics:
         if m.a is None and m.b is None:
             continue
-        change = "-" if m.delta_rel is None else f"{m.delta_rel:+.1%}"
-        t.add_row(m.metric, fmt_value(m.metric, m.a), fmt_value(m.metric, m.b), change)
+        t.add_row(m.metric, fmt_value(m.metric, m.a), fmt_value(m.metric, m.b), fmt_change(m))
     out.print(t)
+    if c.accuracy_regressions:
+        out.print(f"[bold red]{len(c.accuracy_regressions)} accuracy regression(s)[/] (see the warnings)",
+                  highlight=False)
     if c.operators:
         t = Table(title="Operators (median ms)", title_justify="left")
         for col, just in (("operator", "left"), ("A", "right"), ("B", "right"), ("change", "right")):
             t.add_column(col, justify=just)
         for m in c.operators[:10]:
-            t.add_row(escape(m.metric), _ms(m.a), _ms(m.b), "-" if m.delta_rel is None else f"{m.delta_rel:+.1%}")
+            t.add_row(escape(cap_name(m.metric)), _ms(m.a), _ms(m.b), fmt_change(m))
         out.print(t)
     for w in c.warnings:
         out.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
@@ -221,7 +231,8 @@ def register(app: typer.Typer) -> None:
             t.add_column("median / p90 / p99 ms", justify="right", no_wrap=True)
             for r in result["runs"]:
                 t.add_row(r["run_id"], r["created_at"][:16].replace("T", " "), escape(r["model"]),
-                          escape(r["scheme"] or "-"), escape(r["device"]), r["source"], str(r["threads"] if r["threads"] is not None else "-"),
+                          escape(r["scheme"] or "-"), escape(r.get("device_label") or r["device"]), r["source"],
+                          str(r["threads"] if r["threads"] is not None else "-"),
                           f"{_ms(r['median_ms'])} / {_ms(r['p90_ms'])} / {_ms(r['p99_ms'])}")
             out.print(t)
 
@@ -244,6 +255,38 @@ def register(app: typer.Typer) -> None:
             return record_json(rec, full=True)
 
         execute(work, json_out=json_out, debug=debug, human=lambda _: print_record(holder["record"], top=top))
+
+    @runs.command("import")
+    def runs_import(
+        run_dirs: Annotated[list[Path], typer.Argument(help=(
+            "Run directories holding a record.json the store could not take (the error named them)."))],
+        store: StoreOpt = None,
+        json_out: JsonOpt = False,
+        debug: DebugOpt = False,
+    ) -> None:
+        """Store runs whose record was kept in their run directory because the store failed.
+
+        Idempotent: a run already in the store is skipped. Every directory is read first, so one
+        without a record imports nothing.
+        """
+
+        def work() -> dict:
+            from edgerun.store import import_runs
+
+            with _open(store) as s:
+                results = import_runs(s, run_dirs)
+                return {"store": str(s.path), "runs": results,
+                        "imported": sum(r["status"] == "imported" for r in results),
+                        "skipped": sum(r["status"] == "skipped" for r in results)}
+
+        def human(result: dict) -> None:
+            for r in result["runs"]:
+                what = "imported" if r["status"] == "imported" else f"skipped ({r['reason']})"
+                out.print(f"{r['run_id']}: {escape(what)}  [dim]{escape(r['run_dir'])}[/]", highlight=False)
+            out.print(f"{result['imported']} run(s) imported into {escape(result['store'])}, "
+                      f"{result['skipped']} already there.", highlight=False)
+
+        execute(work, json_out=json_out, debug=debug, human=human)
 
     @app.command("compare")
     def compare_cmd(
@@ -278,7 +321,9 @@ def register(app: typer.Typer) -> None:
             "File to write (default: report.html for html; stdout for md/json/csv)."))] = None,
         fmt: Annotated[Optional[str], typer.Option("--format", "-f", help=(
             "html | md | json | csv (default: from the -o suffix, else html)."))] = None,
-        compare: Annotated[bool, typer.Option(help="Also compare every run against the first.")] = True,
+        compare: Annotated[bool, typer.Option(help=(
+            "Also compare each run against the first run of the same model (and source: measured or "
+            "emulated); runs of different models are not compared."))] = True,
         top: Annotated[int, typer.Option(help="Operators shown per run.")] = 12,
         store: StoreOpt = None,
         json_out: JsonOpt = False,
@@ -292,14 +337,13 @@ def register(app: typer.Typer) -> None:
         holder = {}
 
         def work() -> dict:
-            from edgerun.report import render
-            from edgerun.runtime.record import compare_records
+            from edgerun.report import compare_comparable, render
 
             if chosen not in FORMATS:
                 raise UsageError(f"unknown report format '{chosen}'.", hint=f"Use one of: {', '.join(FORMATS)}.")
             with _open(store) as s:
                 records = [s.get(r) for r in run_ids]
-            comparisons = [compare_records(records[0], r) for r in records[1:]] if compare else []
+            comparisons = compare_comparable(records) if compare else []
             kw = {"top": top} if chosen == "html" else {}
             text = render(records, chosen, comparisons, **kw)
             path = output if output is not None else (Path("report.html") if chosen == "html" else None)
@@ -308,8 +352,14 @@ def register(app: typer.Typer) -> None:
                 path.write_text(text, encoding="utf-8")
             else:
                 holder["text"] = text
-            return {"format": chosen, "path": str(path) if path else None, "runs": [r.run_id for r in records],
-                    "verdicts": {c.run_b: c.verdict for c in comparisons}, "bytes": len(text.encode())}
+            result = {"format": chosen, "path": str(path) if path else None, "runs": [r.run_id for r in records],
+                      "verdicts": {c.run_b: c.verdict for c in comparisons},
+                      "comparisons": [{"run_a": c.run_a, "run_b": c.run_b, "verdict": c.verdict,
+                                       "accuracy_regressions": len(c.accuracy_regressions)} for c in comparisons],
+                      "bytes": len(text.encode())}
+            if path is None and json_out:  # --json and no file: the report itself goes into the one object
+                result["report"] = json.loads(text) if chosen == "json" else text
+            return result
 
         def human(result: dict) -> None:
             if result["path"] is None:
