@@ -134,3 +134,126 @@ def test_several_devices_by_list_or_all(tmp_path):
         get_specs("a", inv, all_devices=True)
     with pytest.raises(InventoryError, match="no device"):
         get_specs(" , ", inv)
+
+
+# ------------------------------------------------------------- per-transport specs, one parser
+def test_every_transport_declares_its_spec_beside_its_device_class():
+    import importlib
+
+    from edgerun.devices.inventory import transports
+
+    specs = transports()
+    assert set(specs) >= {"local", "qemu", "ssh", "adb", "serial", "fake"}
+    for name, cls in specs.items():
+        module, _, device_cls = cls.device_class.partition(":")
+        assert cls.__module__ == module, f"{name}: spec registered away from its transport"
+        assert getattr(importlib.import_module(module), device_cls).transport == name
+
+
+def test_options_are_coerced_from_the_field_types(tmp_path):
+    inv = tmp_path / "devices.toml"
+    inv.write_text('[devices.b]\nuri = "serial:///dev/ttyACM0?baud=921600"\nconnect_timeout = "2.5"\n'
+                   'cleanup = "yes"\nenv = { N = 3 }\nwrapper = ["nice", "-n", "1"]\n')
+    spec = load_inventory(inv)["b"]
+    assert (spec.baud, spec.connect_timeout, spec.cleanup, dict(spec.env), spec.wrapper) == \
+        (921600, 2.5, True, {"N": "3"}, ("nice", "-n", "1"))
+    with pytest.raises(ValueError, match="connect_retries must be an integer"):
+        parse_uri("local://?connect_retries=2.5")
+    with pytest.raises(ValueError, match="cleanup must be true or false"):
+        parse_uri("local://?cleanup=maybe")
+
+
+def test_an_unknown_option_names_entry_file_transport_and_the_known_ones(tmp_path):
+    inv = tmp_path / "devices.toml"
+    inv.write_text('[devices.pi5]\nuri = "ssh://pi@pi5.lan"\nfoo = 1\n')
+    with pytest.raises(InventoryError) as ei:
+        load_inventory(inv)
+    msg = ei.value.message
+    assert msg.startswith(f"{inv}, entry 'pi5'") and "unknown option 'foo' for ssh; known: " in msg
+    assert "identity_file" in msg and "baud" not in msg
+    with pytest.raises(ValueError, match="did you mean identity_file"):
+        parse_uri("ssh://h?identity_flie=/k")
+    with pytest.raises(ValueError, match="baud applies to serial devices only"):
+        parse_uri("ssh://h?baud=9600")
+
+
+def test_a_device_named_twice_in_any_spelling_runs_once(tmp_path, caplog):
+    """Issue 9 item 12: --device local://,local:// ran twice concurrently on one device."""
+    from edgerun.devices import parse_device_list
+
+    inv = tmp_path / "devices.toml"
+    inv.write_text('[devices.emu]\nuri = "qemu-aarch64://?cpu=cortex-a72"\n')
+    assert [s.ref for s in parse_device_list("local://,local://", inventory=inv)] == ["local://"]
+    assert [s.ref for s in parse_device_list("local,local://", inventory=inv)] == ["local"]
+    assert [s.ref for s in parse_device_list("emu,qemu-aarch64://?cpu=cortex-a72,qemu-aarch64://",
+                                             inventory=inv)] == ["emu", "qemu-aarch64://"]
+    assert "same device" in caplog.text
+    assert [s.ref for s in parse_device_list(["local", "emu"], inventory=inv)] == ["local", "emu"]
+    assert [s.ref for s in parse_device_list(None, all_devices=True, inventory=inv)] == ["emu"]
+
+
+def test_a_spec_resolves_back_from_its_ref(tmp_path):
+    from edgerun.devices import parse_device_list
+
+    inv = tmp_path / "devices.toml"
+    inv.write_text('[devices.emu]\nuri = "qemu-aarch64://?cpu=cortex-a72"\n')
+    for spec in parse_device_list("emu,qemu-aarch64://?cpu=neoverse-n1", inventory=inv):
+        assert get_spec(spec.ref, inv) == spec
+        assert resolve_device(spec).spec is spec
+
+
+def test_a_qemu_cpu_qemu_does_not_list_is_refused_before_any_work_with_a_suggestion(tmp_path):
+    """Issue 13 item 4: a typo in the CPU failed only at deploy time, deep in a run."""
+    import shutil
+
+    from edgerun.devices import parse_device_list
+    from edgerun.devices.qemu import qemu_cpu_models
+
+    if not shutil.which("qemu-aarch64"):
+        pytest.skip("qemu-aarch64 not installed (Debian qemu-user)")
+    with pytest.raises(InventoryError) as ei:
+        parse_device_list("local,qemu-aarch64://?cpu=cortex-a67")
+    assert "did you mean cortex-a76?" in ei.value.message and ei.value.exit_code == 2
+    inv = tmp_path / "devices.toml"
+    inv.write_text('[devices.emu]\nuri = "qemu-aarch64://"\ncpu = "cortex-a7"\n')
+    with pytest.raises(InventoryError, match=f"{inv}, entry 'emu'.*no CPU model 'cortex-a7'"):
+        get_spec("emu", inv)
+    qemu_cpu_models.cache_clear()
+    for _ in range(3):
+        get_spec("qemu-aarch64://?cpu=cortex-a72")
+    assert qemu_cpu_models.cache_info().misses == 1  # asked once per process
+
+
+def test_a_missing_identity_file_is_refused_when_the_device_is_chosen(tmp_path):
+    inv = tmp_path / "devices.toml"
+    inv.write_text(f'[devices.pi]\nuri = "ssh://pi@h"\nidentity_file = "{tmp_path}/no-such-key"\n')
+    assert load_inventory(inv)["pi"].identity_file == f"{tmp_path}/no-such-key"  # listing still works
+    with pytest.raises(InventoryError) as ei:
+        get_spec("pi", inv)
+    assert "entry 'pi'" in ei.value.message and "no-such-key does not exist" in ei.value.message
+
+
+def test_the_devices_modules_import_without_a_cycle():
+    """base imports probe (and info); probe imports neither base nor anything that imports base."""
+    import ast
+    from pathlib import Path
+
+    import edgerun.devices as pkg
+
+    root = Path(pkg.__file__).parent
+    graph = {}
+    for path in root.glob("*.py"):
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("edgerun.devices."):
+                deps.add(node.module.split(".")[2])
+            elif isinstance(node, ast.ImportFrom) and node.module == "edgerun.devices":
+                deps.update(a.name for a in node.names if (root / f"{a.name}.py").exists())
+        graph[path.stem] = deps - {path.stem}
+
+    def reaches(start, goal, seen=()):
+        return any(d == goal or (d not in seen and reaches(d, goal, seen + (d,))) for d in graph.get(start, ()))
+
+    cycles = sorted(m for m in graph if m != "__init__" and reaches(m, m))
+    assert cycles == [], f"import cycles through {cycles}"
+    assert "base" in graph["remote"] and "remote" in graph["ssh"] and "remote" in graph["adb"]
