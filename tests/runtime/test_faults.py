@@ -35,7 +35,7 @@ def _error(res, stage, code, name):
 
 def test_missing_program(host_bundle, tmp_path):
     err = _error(_run(host_bundle, tmp_path / "nope.pte"), "load", 10, "AccessFailed")
-    assert "nope.pte" in err["message"]
+    assert "nope.pte" in err.message
 
 
 def test_corrupted_program(host_bundle, artifacts, tmp_path):
@@ -47,7 +47,7 @@ def test_corrupted_program(host_bundle, artifacts, tmp_path):
     res = _run(host_bundle, bad)
     assert res.error and res.error.error in ("InvalidProgram", "InvalidArgument", "NotSupported"), res.error
     err = _error(res, "load", 10, res.error.error)
-    assert "corrupt.pte" in err["message"]
+    assert "corrupt.pte" in err.message
 
 
 def test_truncated_program(host_bundle, artifacts, tmp_path):
@@ -68,42 +68,42 @@ def test_program_from_an_incompatible_executorch(host_bundle, artifacts, tmp_pat
     bad = tmp_path / "future.pte"
     bad.write_bytes(bytes(data))
     err = _error(_run(host_bundle, bad), "load", 10, "InvalidProgram")
-    assert "incompatible ExecuTorch version" in err["message"]
-    assert any("ET99" in line and current in line for line in err["log"]), err["log"]
+    assert "incompatible ExecuTorch version" in err.message
+    assert any("ET99" in line and current in line for line in err.log), err.log
 
 
 def test_not_a_program_at_all(host_bundle, tmp_path):
     bad = tmp_path / "text.pte"
     bad.write_text("this is not an ExecuTorch program\n" * 10)
     err = _error(_run(host_bundle, bad), "load", 10, "InvalidProgram")
-    assert "not a valid .pte" in err["message"]
+    assert "not a valid .pte" in err.message
 
 
 def test_wrong_input_count(host_bundle, two_input_artifact):
     first = vector_inputs(two_input_artifact)[:1]
     err = _error(_run(host_bundle, two_input_artifact / "model.pte", first), "input", 11, "InvalidArgument")
-    assert "takes 2 input(s), 1 --input given" in err["message"]
+    assert "takes 2 input(s), 1 --input given" in err.message
 
 
 def test_wrong_input_shape(host_bundle, artifacts, tmp_path):
     wrong = tmp_path / "wrong_shape.npy"
     np.save(wrong, np.zeros((1, 3, 8, 8), dtype=np.float32))
     err = _error(_run(host_bundle, artifacts["fp32"] / "model.pte", [wrong]), "input", 11, "InvalidArgument")
-    assert "[1,3,8,8]" in err["message"] and "[1,3,16,16]" in err["message"]
+    assert "[1,3,8,8]" in err.message and "[1,3,16,16]" in err.message
 
 
 def test_wrong_input_dtype(host_bundle, artifacts, tmp_path):
     wrong = tmp_path / "wrong_dtype.npy"
     np.save(wrong, np.zeros((1, 3, 16, 16), dtype=np.float64))
     err = _error(_run(host_bundle, artifacts["fp32"] / "model.pte", [wrong]), "input", 11, "InvalidArgument")
-    assert "float64" in err["message"] and "float32" in err["message"]
+    assert "float64" in err.message and "float32" in err.message
 
 
 def test_raw_input_of_the_wrong_size(host_bundle, artifacts, tmp_path):
     raw = tmp_path / "short.bin"
     raw.write_bytes(b"\0" * 100)
     err = _error(_run(host_bundle, artifacts["fp32"] / "model.pte", [raw]), "input", 11, "InvalidArgument")
-    assert "100 bytes" in err["message"] and "3072 bytes" in err["message"]
+    assert "100 bytes" in err.message and "3072 bytes" in err.message
 
 
 def test_truncated_npy_input(host_bundle, artifacts, tmp_path):
@@ -111,13 +111,13 @@ def test_truncated_npy_input(host_bundle, artifacts, tmp_path):
     bad = tmp_path / "cut.npy"
     bad.write_bytes(good.read_bytes()[:-16])
     err = _error(_run(host_bundle, artifacts["fp32"] / "model.pte", [bad]), "input", 11, "InvalidArgument")
-    assert "truncated" in err["message"]
+    assert "truncated" in err.message
 
 
 def test_missing_input_file(host_bundle, artifacts, tmp_path):
     err = _error(_run(host_bundle, artifacts["fp32"] / "model.pte", [tmp_path / "absent.npy"]),
                  "input", 11, "AccessFailed")
-    assert "absent.npy" in err["message"]
+    assert "absent.npy" in err.message
 
 
 def test_unwritable_output_dir(host_bundle, artifacts, tmp_path):
@@ -132,7 +132,7 @@ def test_missing_operator_at_the_runner(slim_bundle, artifacts):
     """The slim runner has no optimized kernels: the portable program's convolution is missing.
     (Pre-flight would refuse this; run_local is called directly to see the runner's own answer.)"""
     err = _error(_run(slim_bundle, artifacts["portable"] / "model.pte"), "load", 10, "OperatorMissing")
-    assert any("aten::convolution.out" in line for line in err["log"]), err["log"]
+    assert any("aten::convolution.out" in line for line in err.log), err.log
 
 
 def test_usage_error(host_bundle):
