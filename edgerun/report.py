@@ -189,45 +189,66 @@ def _short(r: RunRecord) -> str:
     return " · ".join(b for b in bits if b)
 
 
+def by_source(records: Sequence[RunRecord]) -> list[tuple[str, list[RunRecord]]]:
+    """Runs split by source, measured first: emulated and measured latencies never share an axis."""
+    groups: dict[str, list[RunRecord]] = {}
+    for r in records:
+        groups.setdefault(r.source, []).append(r)
+    return sorted(groups.items(), key=lambda kv: kv[0] == EMULATED)
+
+
+def _mark_source(ax, source: str, title: str) -> None:
+    if source == EMULATED:
+        ax.set_facecolor("#fff4e0")
+        ax.set_title(f"{title} — EMULATED (checks function, not speed)", fontsize=10, color="#8a4b00")
+    else:
+        ax.set_title(f"{title} — {source}", fontsize=10)
+
+
 def plot_latency_distribution(records: Sequence[RunRecord]) -> bytes:
-    """Violin + points of every timed sample per run, median and 95 % CI marked."""
-    fig = _figure(9, 1.2 + 0.8 * len(records))
-    ax = fig.add_subplot()
-    data = [[ns / 1e6 for ns in r.timed_execute_ns] for r in records]
-    pos = list(range(1, len(records) + 1))
-    ax.violinplot(data, positions=pos, orientation="horizontal", showextrema=False)
-    for p, r, d in zip(pos, records, data):
-        ax.scatter(d, [p] * len(d), s=6, alpha=0.4, color="black")
-        ax.errorbar([r.latency.median_ms], [p], xerr=[[r.latency.median_ms - r.latency.ci95_low_ms],
-                                                      [r.latency.ci95_high_ms - r.latency.median_ms]],
-                    fmt="o", color="crimson", capsize=4)
-    ax.set_yticks(pos, [_short(r) for r in records])
-    ax.invert_yaxis()  # first run on top, as in the tables
-    log = _wide_range(records)
-    if log:
-        ax.set_xscale("log")
-    ax.set_xlabel("execute time per iteration (ms" + (", log scale" if log else "")
-                  + ") — red: median with bootstrap 95 % CI")
-    ax.set_title("Latency distribution (timed iterations, every sample)")
+    """Violin + points of every timed sample per run, median and 95 % CI marked; one panel per source."""
+    groups = by_source(records)
+    fig = _figure(9, 0.9 * len(groups) + 0.8 * len(records) + 0.6)
+    axes = fig.subplots(len(groups), 1, squeeze=False, height_ratios=[len(g) + 0.8 for _, g in groups])[:, 0]
+    for ax, (source, group) in zip(axes, groups):
+        data = [[ns / 1e6 for ns in r.timed_execute_ns] for r in group]
+        pos = list(range(1, len(group) + 1))
+        ax.violinplot(data, positions=pos, orientation="horizontal", showextrema=False)
+        for p, r, d in zip(pos, group, data):
+            ax.scatter(d, [p] * len(d), s=6, alpha=0.4, color="black")
+            ax.errorbar([r.latency.median_ms], [p], xerr=[[r.latency.median_ms - r.latency.ci95_low_ms],
+                                                          [r.latency.ci95_high_ms - r.latency.median_ms]],
+                        fmt="o", color="crimson", capsize=4)
+        ax.set_yticks(pos, [_short(r) for r in group], fontsize=8)
+        ax.set_ylim(0.4, len(group) + 0.6)
+        ax.invert_yaxis()  # first run on top, as in the tables
+        log = _wide_range(group)
+        if log:
+            ax.set_xscale("log")
+        ax.set_xlabel("execute time per iteration (ms" + (", log scale" if log else "")
+                      + ") — red: median with bootstrap 95 % CI", fontsize=9)
+        _mark_source(ax, source, "Latency distribution (timed iterations, every sample)")
     return _png(fig)
 
 
 def plot_samples_over_time(records: Sequence[RunRecord]) -> bytes:
-    """Execute time per iteration in order: warm-up, drift and throttling show here."""
-    fig = _figure(9, 3.2)
-    ax = fig.add_subplot()
-    for r in records:
-        warm = [s.execute_ns / 1e6 for s in r.samples if s.warmup]
-        timed = [s.execute_ns / 1e6 for s in r.samples if not s.warmup]
-        line = ax.plot(range(len(warm), len(warm) + len(timed)), timed, marker=".", lw=0.8, label=_short(r))[0]
-        if warm:
-            ax.plot(range(len(warm)), warm, marker="x", ls="none", color=line.get_color())
-    ax.set_xlabel("iteration (x: warm-up)")
-    if _wide_range(records):
-        ax.set_yscale("log")
-    ax.set_ylabel("execute (ms)")
-    ax.set_title("Samples in order")
-    ax.legend(fontsize=8)
+    """Execute time per iteration in order: warm-up, drift and throttling show here; one panel per source."""
+    groups = by_source(records)
+    fig = _figure(9, 3.0 * len(groups) + 0.4)
+    axes = fig.subplots(len(groups), 1, squeeze=False)[:, 0]
+    for ax, (source, group) in zip(axes, groups):
+        for r in group:
+            warm = [s.execute_ns / 1e6 for s in r.samples if s.warmup]
+            timed = [s.execute_ns / 1e6 for s in r.samples if not s.warmup]
+            line = ax.plot(range(len(warm), len(warm) + len(timed)), timed, marker=".", lw=0.8, label=_short(r))[0]
+            if warm:
+                ax.plot(range(len(warm)), warm, marker="x", ls="none", color=line.get_color())
+        ax.set_xlabel("iteration (x: warm-up)", fontsize=9)
+        if _wide_range(group):
+            ax.set_yscale("log")
+        ax.set_ylabel("execute (ms)")
+        _mark_source(ax, source, "Samples in order")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2, frameon=False)
     return _png(fig)
 
 
@@ -249,23 +270,27 @@ def plot_operators(record: RunRecord, top: int = 12, *, delegate_ops: bool = Fal
 
 
 def plot_comparison(records: Sequence[RunRecord]) -> bytes:
-    """Median (with 95 % CI) and p90/p99 per run, side by side."""
-    fig = _figure(9, 3.5)
-    ax = fig.add_subplot()
-    x = list(range(len(records)))
-    med = [r.latency.median_ms for r in records]
-    err = [[r.latency.median_ms - r.latency.ci95_low_ms for r in records],
-           [r.latency.ci95_high_ms - r.latency.median_ms for r in records]]
-    ax.bar(x, med, yerr=err, capsize=5, color=["tab:orange" if r.source == "emulated" else "tab:blue" for r in records],
-           label="median (95 % CI)")
-    ax.scatter(x, [r.latency.p90_ms for r in records], marker="_", s=400, color="black", label="p90", zorder=3)
-    ax.scatter(x, [r.latency.p99_ms for r in records], marker="_", s=400, color="crimson", label="p99", zorder=3)
-    ax.set_xticks(x, [_short(r) for r in records], rotation=20, ha="right", fontsize=8)
-    if _wide_range(records):
-        ax.set_yscale("log")
-    ax.set_ylabel("execute (ms)")
-    ax.set_title("Comparison across runs (orange: emulated — checks function, not speed)")
-    ax.legend(fontsize=8)
+    """Median (with 95 % CI) and p90/p99 per run, side by side; one panel per source."""
+    groups = by_source(records)
+    fig = _figure(9 if len(groups) == 1 else 12, 4.2, )
+    axes = fig.subplots(1, len(groups), squeeze=False, width_ratios=[len(g) + 1 for _, g in groups])[0]
+    for ax, (source, group) in zip(axes, groups):
+        x = list(range(len(group)))
+        err = [[r.latency.median_ms - r.latency.ci95_low_ms for r in group],
+               [r.latency.ci95_high_ms - r.latency.median_ms for r in group]]
+        ax.bar(x, [r.latency.median_ms for r in group], yerr=err, capsize=5,
+               color="tab:orange" if source == EMULATED else "tab:blue", label="median (95 % CI)")
+        ax.scatter(x, [r.latency.p90_ms for r in group], marker="_", s=400, color="black", label="p90", zorder=3)
+        ax.scatter(x, [r.latency.p99_ms for r in group], marker="_", s=400, color="crimson", label="p99", zorder=3)
+        ax.set_xticks(x, [_short(r).replace(" · r-", "\nr-") for r in group], rotation=25, ha="right", fontsize=7)
+        ax.set_xlim(-0.6, len(group) - 0.4)
+        if _wide_range(group):
+            ax.set_yscale("log")
+        else:
+            ax.set_ylim(0, 1.35 * max(r.latency.p99_ms for r in group))  # headroom for the legend
+        ax.set_ylabel("execute (ms)")
+        _mark_source(ax, source, "Across runs")
+        ax.legend(fontsize=7)
     return _png(fig)
 
 
@@ -310,10 +335,17 @@ def pareto_fronts(records: Sequence[RunRecord]) -> dict[tuple[str, str], list[st
 
 
 def _pareto_points(rows: Sequence[dict], scale: int) -> tuple[list[tuple[float, float, float]], str]:
-    acc = [_accuracy_of(row) for row in rows]
-    label = next((a[1] for a in acc if a[0] is not None), "accuracy")
+    """(latency, size, accuracy) per run, with one accuracy measure for all: task accuracy when any run has
+    it, else min SNR; a run without the chosen measure has unknown accuracy (never compared on another scale)."""
+    if any(row.get("task_accuracy") is not None for row in rows):
+        label = "task accuracy"
+        acc = [row.get("task_accuracy") for row in rows]
+    else:
+        label = "min SNR vs eager (dB, capped at 100)"
+        acc = [None if row.get("min_snr_db") is None else _accuracy_of({"min_snr_db": row["min_snr_db"]})[0]
+               for row in rows]
     pts = [(row["median_ms"], (row["pte_bytes"] or 0) / scale, a if a is not None else -math.inf)
-           for row, (a, _) in zip(rows, acc)]
+           for row, a in zip(rows, acc)]
     return pts, label
 
 
@@ -344,7 +376,7 @@ def plot_pareto(records: Sequence[RunRecord]) -> bytes:
             fig.colorbar(sc, ax=ax, label=label)
         unknown = [i for i in range(len(pts)) if i not in known]
         ax.scatter([pts[i][0] for i in unknown], [pts[i][1] for i in unknown], c="lightgrey", s=80, marker=marker,
-                   zorder=2, label="accuracy unknown" if unknown else None)
+                   zorder=2, label=f"no {label.split(' (')[0]}" if unknown else None)
         ax.scatter([pts[i][0] for i in front], [pts[i][1] for i in front], s=240, facecolors="none",
                    edgecolors="crimson", linewidths=1.5, zorder=3, label="Pareto front")
         for r, (lat, size, _) in zip(group, pts):
@@ -358,7 +390,7 @@ def plot_pareto(records: Sequence[RunRecord]) -> bytes:
             ax.set_title(f"{device} — measured", fontsize=9)
         ax.set_xlabel("median execute time (ms" + (", emulated" if emulated else "") + ")")
         ax.set_ylabel(f".pte size ({unit})")
-        ax.legend(fontsize=7, loc="best")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
     return _png(fig)
 
 
@@ -445,8 +477,12 @@ def to_html(records: Sequence[RunRecord], comparisons: Sequence[RunComparison] =
         parts.append("<h2>Trade-off</h2>")
         parts.append(_img(plot_pareto(records), "pareto latency size accuracy"))
 
+    by_id = {r.run_id: r for r in records}
     for c in comparisons:
         parts.append(f"<h2>{html.escape(c.run_b)} vs {html.escape(c.run_a)}</h2>")
+        if c.run_a in by_id and c.run_b in by_id:
+            parts.append(f"<p class=small>A (baseline): {html.escape(_short(by_id[c.run_a]))}<br>"
+                         f"B: {html.escape(_short(by_id[c.run_b]))}</p>")
         parts.append(f'<p class="verdict">{html.escape(c.verdict)}'
                      + ("" if c.reliable else " (unreliable: see the warnings below)") + "</p>")
         parts.append(f"<p>Median {c.latency.median_a_ms:.4g} → {c.latency.median_b_ms:.4g} ms "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import dataclasses
 import io
 import json
 import re
@@ -15,6 +16,7 @@ import pytest
 
 from edgerun.core.errors import UsageError
 from edgerun.report import pareto_front, plot_pareto, render
+from edgerun.runtime.accuracy import AccuracyResult
 from edgerun.runtime.record import compare_records, flat_row
 
 from .conftest import HOST_INFO, QEMU_INFO, analyse_lines, manifest, runner_lines
@@ -29,9 +31,12 @@ def records(real_record):
     rng = np.random.default_rng(0)
     med = real_record.latency.median_ms * MS
     int8 = analyse_lines(runner_lines((med * 0.5 * (1 + 0.02 * rng.standard_normal(30))).astype(int), warmup_ns=[med]),
-                   manifest(scheme="int8", pte_bytes=4000), HOST_INFO, task_accuracy=0.93, task_samples=360)
+                         manifest(scheme="int8", pte_bytes=4000), HOST_INFO)
+    # the task accuracy of a held-out split, as analyse records it from the outputs run on the device
+    int8 = dataclasses.replace(int8, accuracy=AccuracyResult(source="measured", reference="labels", outputs=(),
+                                                             vectors=0, task_accuracy=0.93, task_samples=360))
     qemu = analyse_lines(runner_lines((med * 9 * (1 + 0.03 * rng.standard_normal(30))).astype(int)),
-                   manifest(scheme="int8", pte_bytes=4000), QEMU_INFO, device_name="pi5-qemu")
+                         manifest(scheme="int8", pte_bytes=4000), QEMU_INFO, device_name="pi5-qemu")
     return [real_record, int8, qemu]
 
 
@@ -132,3 +137,77 @@ def test_html_report_renders_in_headless_chromium_with_visible_plots(records, tm
     im = Image.open(shot).convert("L")
     lower = np.asarray(im.crop((0, 600, 1200, 2000)), dtype=np.float64)
     assert lower.std() > 20
+
+
+# ------------------------------------------------------------------ per device, comparable, readable
+def test_pareto_fronts_are_per_device_and_never_mix_emulated_with_measured(records):
+    from edgerun.report import pareto_fronts, pareto_groups
+
+    groups = pareto_groups(records)
+    assert list(groups) == [("local", "measured"), ("pi5-qemu (cpu=cortex-a76)", "emulated")]
+    assert [r.run_id for r in groups[("pi5-qemu (cpu=cortex-a76)", "emulated")]] == [records[2].run_id]
+    fronts = pareto_fronts(records)
+    # the emulated run is on its own device's front: it is never dominated by (or dominates) a measured run
+    assert fronts[("pi5-qemu (cpu=cortex-a76)", "emulated")] == [records[2].run_id]
+    assert records[2].run_id not in fronts[("local", "measured")]
+
+
+def test_a_report_compares_runs_of_the_same_model_and_source_only(records):
+    from edgerun.report import comparable_pairs
+
+    other = dataclasses.replace(records[1], run_id="r-other", model=dataclasses.replace(records[1].model,
+                                                                                         name="othernet"))
+    pairs = [(a.run_id, b.run_id) for a, b in comparable_pairs([records[0], other, records[1], records[2]])]
+    assert pairs == [(records[0].run_id, records[1].run_id)]  # not othernet, not the emulated run
+
+
+def test_html_warnings_fold_under_the_summary_before_the_first_plot(records):
+    text = render(records, "html", [compare_records(records[1], records[2])])
+    first_plot = text.index("<img")
+    folded = text.index('<details class="warnings"><summary>')
+    assert text.index("<h2>Summary</h2>") < folded < first_plot
+    n = sum(len(r.warnings) for r in records)
+    assert f"⚠ {n} warning(s) in" in text
+    # every warning box sits inside a <details>: none stands between the summary and the first plot
+    assert text[:first_plot].count('<div class="warn">') == n
+    assert text[:folded].count('<div class="warn">') == 0
+
+
+def test_compare_tables_show_absolute_changes_of_db_and_fractions(records):
+    md = render(records, "md", [compare_records(records[1], records[2])])
+    cv_row = next(line for line in md.splitlines() if line.startswith("| cv |"))
+    assert cv_row.rstrip(" |").endswith("pp") and "%" not in cv_row.split("|")[-2]
+    med_row = next(line for line in md.splitlines() if line.startswith("| median_ms |"))
+    assert med_row.split("|")[-2].strip().endswith("%")
+
+
+def test_long_operator_group_names_are_capped_with_the_full_list_one_click_away(real_record):
+    from edgerun.runtime.optable import OperatorRow
+
+    ops = tuple(f"aten.op_number_{i}.default" for i in range(12))
+    long_row = OperatorRow(name="+".join(ops), kind="operator", delegated=False, backend=None, count=1,
+                           median_ms=0.5, share=0.5, op_types=ops, samples_ms=(0.5,) * 8)
+    rec = dataclasses.replace(real_record, operators=dataclasses.replace(
+        real_record.operators, rows=(long_row, *real_record.operators.rows)))
+    text = render([rec], "html")
+    summary = re.search(r"<details class=ops><summary>([^<]*)</summary>", text).group(1)
+    assert len(summary) <= 80 and re.search(r"… \(\+\d+ more\)$", summary)
+    for op in ops:
+        assert f"<li>{op}</li>" in text
+    md = render([rec], "md")
+    assert "+".join(ops) not in md and "more)" in md
+    d = json.loads(render([rec], "json"))
+    assert d["runs"][0]["operators"]["rows"][0]["name"] == "+".join(ops)  # JSON keeps the full name
+
+
+def test_plots_are_saved_without_clipping(records):
+    """A tight bounding box: tick labels as long as '<model> · <scheme> · <device> · <run id>' stay in the image."""
+    from PIL import Image
+
+    from edgerun.report import plot_comparison
+
+    im = Image.open(io.BytesIO(plot_comparison(records))).convert("L")
+    arr = np.asarray(im)
+    # the image ends in a margin of background: nothing (a label) was cut at its edges
+    for edge in (arr[:2, :], arr[-2:, :], arr[:, :2], arr[:, -2:]):
+        assert edge.min() > 200
