@@ -73,7 +73,8 @@ def format_bytes(n: float | None) -> str:
         value /= 1024
         if abs(value) < 1024 or unit == "TiB":
             break
-    return f"{value:.3g} {unit}" if abs(value) < 100 else f"{value:.0f} {unit}"
+    digits = 2 if abs(value) < 10 else 1 if abs(value) < 100 else 0
+    return f"{value:.{digits}f} {unit}"
 
 
 def bytes_scale(largest: float) -> tuple[str, int]:

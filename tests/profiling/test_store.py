@@ -8,7 +8,7 @@ import sqlite3
 import pytest
 
 from edgerun.core.errors import UsageError
-from edgerun.runtime.record import RunRecord, analyse
+from edgerun.runtime.record import RunRecord
 from edgerun.store import MIGRATIONS, SCHEMA_VERSION, Store, StoreError, UnknownRun, default_store_path
 
 from .conftest import HOST_INFO, analyse_lines, manifest, runner_lines
