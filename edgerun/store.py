@@ -473,8 +473,12 @@ def save_or_keep(record: RunRecord, store_path: str | Path | None, run_dir: str 
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
             tmp = kept.with_name(kept.name + ".part")
-            tmp.write_text(_dump_record(record), encoding="utf-8")
-            os.replace(tmp, kept)
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()  # a planted symlink is removed, never written through
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(_dump_record(record))
+            os.replace(tmp, kept)  # rename replaces a symlink at record.json itself, not its target
         except OSError as os_exc:
             raise StoreError(f"{exc.message} The record of run {record.run_id} could not be kept in {kept} "
                              f"either ({os_exc}): it is lost.", stage=exc.stage, hint=exc.hint) from exc
