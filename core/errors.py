@@ -33,6 +33,8 @@ class ExitCode(enum.IntEnum):
     RUNNER_OUTPUT = 13
     RUNNER_DIED = 14
     DEVICE_RUN = 15
+    ACCURACY = 16
+    ENVIRONMENT = 17
     INTERNAL = 70
     INTERRUPTED = 130
 
@@ -55,6 +57,10 @@ EXIT_MEANINGS: tuple[tuple[tuple[ExitCode, ...], str], ...] = (
      "a local run of the native runner failed: 10 load, 11 input, 12 execute, 13 output, 14 it died without "
      "saying why (signal, timeout); see `runtime/native/PROTOCOL.md`"),
     ((ExitCode.DEVICE_RUN,), "a run on a device failed (its run directory keeps what was produced)"),
+    ((ExitCode.ACCURACY,), "the program ran, but its outputs on the device miss the artifact's accuracy thresholds "
+                           "(the run is stored and marked; `compare` counts it as an accuracy regression)"),
+    ((ExitCode.ENVIRONMENT,), "this machine cannot do it: `EDGERUN_HOME` (or an output path) is read-only, full or "
+                              "not a directory"),
     ((ExitCode.INTERNAL,), "an internal error (a bug: please report it with `--debug` output)"),
     ((ExitCode.INTERRUPTED,), "interrupted (Ctrl-C)"),
 )
@@ -201,23 +207,81 @@ class RunnerError(EdgerunError):
 
 
 class DeviceRunError(EdgerunError):
-    """A run on a device failed; ``run_dir`` keeps what was produced before it did."""
+    """A run on a device failed; ``run_dir`` keeps what was produced before it did.
+
+    ``exit_code`` says what failed: 15 (the run itself: the runner failed on the device) by default;
+    the cause's own code when it was something else -- 8 the device (unreachable, auth, no space,
+    dropped link, timeout), 5 the bundle, 9 pre-flight, 17 this machine.
+    """
 
     exit_code = ExitCode.DEVICE_RUN
     default_stage = "run"
 
     def __init__(self, message: str, *, stage: str, run_dir: Any = None, hint: str | None = None,
-                 device: str | None = None):
+                 device: str | None = None, exit_code: int | None = None):
         where = f" Partial results are kept in {run_dir}." if run_dir else ""
         super().__init__(message + where, stage=stage, hint=hint)
         self.run_dir = run_dir
         self.device = device
+        if exit_code is not None:
+            self.exit_code = ExitCode(exit_code)
 
     def to_json(self) -> dict:
         out = super().to_json()
         out["run_dir"] = str(self.run_dir) if self.run_dir else None
         out["device"] = self.device
         return out
+
+
+class AccuracyFailed(EdgerunError):
+    """A run finished, but the device's outputs miss the artifact's accuracy thresholds: the device
+    computes wrong results (an emulated CPU with broken kernels, a miscompiled runtime ...). The record
+    is kept (marked ``accuracy.passed = False``); ``run_id`` names it."""
+
+    exit_code = ExitCode.ACCURACY
+    default_stage = "accuracy"
+
+    def __init__(self, message: str, *, run_id: str | None = None, device: str | None = None,
+                 hint: str | None = None, stage: str | None = None):
+        super().__init__(message, stage=stage, hint=hint)
+        self.run_id = run_id
+        self.device = device
+
+    def to_json(self) -> dict:
+        out = super().to_json()
+        out["run_id"] = self.run_id
+        out["device"] = self.device
+        return out
+
+
+class RunInterrupted(DeviceRunError):
+    """The user interrupted a run on a device (Ctrl-C): its program was killed, its run directory is
+    marked ``interrupted`` and nothing of it was stored."""
+
+    exit_code = ExitCode.INTERRUPTED
+    default_stage = "interrupted"
+
+
+class EnvironmentProblem(EdgerunError):
+    """This machine cannot do what was asked, through no fault of the call or a device: ``EDGERUN_HOME``
+    or an output path is read-only, full, or not a directory."""
+
+    exit_code = ExitCode.ENVIRONMENT
+    default_stage = "environment"
+
+
+def environment_problem(exc: OSError, what: str, *, stage: str = "environment") -> EnvironmentProblem:
+    """An :class:`EnvironmentProblem` for an ``OSError`` met while ``what`` (e.g. "creating the run
+    directory /x"), with the hint that fits its errno."""
+    import errno
+
+    reason = {errno.ENOSPC: "no space left", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system",
+              errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+              errno.ENOTDIR: "a path component is not a directory"}.get(exc.errno, exc.strerror or str(exc))
+    hint = ("Free some space there, or point EDGERUN_HOME at a larger file system."
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT) else
+            "Make it writable, or point EDGERUN_HOME at a directory you can write.")
+    return EnvironmentProblem(f"{what}: {reason}.", stage=stage, hint=hint)
 
 
 # ------------------------------------------------------------------------------------ store
@@ -280,6 +344,13 @@ class TransportDropped(DeviceError):
 
 class NoSpaceError(DeviceError):
     """The device's file system has no space left for what was pushed."""
+
+
+class ExecCancelled(DeviceError):
+    """``exec`` was cancelled (``Device.cancel()``, on Ctrl-C): the program was killed; ``result``
+    holds its partial output."""
+
+    exit_code = ExitCode.INTERRUPTED
 
 
 def all_error_classes() -> list[type[EdgerunError]]:

@@ -5,7 +5,8 @@
   (statistics, ETDump -> operator table, accuracy against the artifact's eager references, and
   for an artifact with a dataset the task accuracy of its held-out split computed from outputs
   run on the device), save the record in the store. A failed cell is reported with its run directory and the other
-  cells go on.
+  cells go on. Ctrl-C kills the runs in flight (on every device), marks their run directories
+  ``interrupted``, stores nothing of them and propagates the KeyboardInterrupt (exit 130).
 * :func:`bench` — the sweep: export every (target, scheme) of a model (artifacts cached under
   ``EDGERUN_HOME/artifacts`` by recipe), profile each on every device, every finished cell saved
   as it finishes; re-running the same sweep (same ``--sweep-id``) skips the finished cells.
@@ -17,12 +18,11 @@ import dataclasses
 import hashlib
 import json
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence
 
 from edgerun.core.artifact import Manifest
-from edgerun.core.errors import EdgerunError, UsageError
+from edgerun.core.errors import AccuracyFailed, EdgerunError, UsageError
 from edgerun.core.paths import artifacts_dir
 
 log = logging.getLogger("edgerun.profile")
@@ -109,10 +109,23 @@ def profile_on_device(artifact: str | Path | Manifest, device, settings: Profile
                 store.save(record)
             (run.run_dir / "record.json").write_text(json.dumps({"run_id": record.run_id}))
             results.append(record)
+            if record.accuracy is not None and record.accuracy.passed is False:
+                results.append(CellFailure(device.name, threads, accuracy_failure(record)))
         except EdgerunError as exc:
             log.warning("%s: %s", label, exc.paragraph())
             results.append(CellFailure(device.name, threads, exc))
     return results
+
+
+def accuracy_failure(record) -> AccuracyFailed:
+    """The error of a stored run whose device outputs miss the artifact's thresholds."""
+    emulated = f" (emulated: {record.device.get('emulator')})" if record.source == "emulated" else ""
+    return AccuracyFailed(
+        f"run {record.run_id} on {record.device_name}{emulated}: the device's outputs miss the artifact's accuracy "
+        f"thresholds: {'; '.join(record.accuracy.failures)}. The run is stored and marked.",
+        run_id=record.run_id, device=record.device_name,
+        hint="The device computes wrong results: under qemu use the board's CPU model (e.g. cpu=cortex-a76, never "
+             "max); on hardware, compare with another device or the portable target to find the kernel.")
 
 
 def _check_task_accuracy(manifest: Manifest, settings: ProfileSettings) -> None:

@@ -20,7 +20,7 @@ import subprocess
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from edgerun.core.artifact import Manifest
+from edgerun.core.artifact import Manifest, thresholds_failures
 from edgerun.core.errors import AnalysisError
 from edgerun.core.version import edgerun_version
 
@@ -49,6 +49,8 @@ class AnalysisSettings:
     sweep_id: str | None = None
     cell: str | None = None
     run_id: str | None = None
+    check_accuracy: bool = True            # judge the outputs against the artifact's thresholds
+    task_accuracy_tolerance: float = 0.02  # how far below the export-time task accuracy still passes
 
 
 @functools.lru_cache(maxsize=1)
@@ -88,7 +90,23 @@ def _accuracy(run: RunArtifacts, manifest: Manifest, settings: AnalysisSettings,
                                    labels, what=f"outputs of {manifest.dataset.inputs} run on {run.device_name}")
         base = accuracy or AccuracyResult(source=source, reference="labels", outputs=(), vectors=0)
         accuracy = replace(base, task_accuracy=float(task), task_samples=int(labels.size))
+    if accuracy is not None and settings.check_accuracy:
+        accuracy = _judge(accuracy, manifest, settings)
     return accuracy
+
+
+def _judge(accuracy: AccuracyResult, manifest: Manifest, settings: AnalysisSettings) -> AccuracyResult:
+    """The device's outputs against the artifact's own thresholds (those export verified with), and
+    its task accuracy against the program's at export (``settings.task_accuracy_tolerance`` below it)."""
+    thresholds = manifest.thresholds()
+    failures = list(thresholds_failures(accuracy.outputs, thresholds)) if thresholds and accuracy.outputs else []
+    exported = manifest.verification.task_accuracy if manifest.verification else None
+    if accuracy.task_accuracy is not None and exported is not None \
+            and accuracy.task_accuracy < exported.program - settings.task_accuracy_tolerance:
+        failures.append(f"task accuracy {accuracy.task_accuracy:.2%} on the device < {exported.program:.2%} at "
+                        f"export (tolerance {settings.task_accuracy_tolerance:.0%})")
+    checked = bool(thresholds and accuracy.outputs) or (accuracy.task_accuracy is not None and exported is not None)
+    return replace(accuracy, passed=(not failures) if checked else None, failures=tuple(failures))
 
 
 def analyse(run: RunArtifacts, manifest: Manifest, settings: AnalysisSettings = AnalysisSettings()) -> RunRecord:
@@ -175,6 +193,9 @@ def analyse(run: RunArtifacts, manifest: Manifest, settings: AnalysisSettings = 
             warnings.append(f"no operator table: {exc.message}")
 
     accuracy = _accuracy(run, manifest, settings, source)
+    if accuracy is not None and accuracy.passed is False:
+        warnings.append(f"accuracy: the outputs on this device miss the artifact's thresholds: "
+                        f"{'; '.join(accuracy.failures)}")
     warnings.extend(w for w in run.warnings if w not in warnings)
 
     return RunRecord(

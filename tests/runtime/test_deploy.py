@@ -67,9 +67,13 @@ def test_deploy_sends_each_file_once(artifact, tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(QEMU is None, reason="qemu-aarch64 not installed (Debian qemu-user; scripts/setup installs it)")
 def test_same_artifact_on_local_qemu_and_ssh_concurrently_gives_matching_outputs(artifact, sshd_server, tmp_path):
-    ssh_uri = sshd_server.uri(work_dir=str(tmp_path / "remote"), wrapper="qemu-aarch64 -cpu cortex-a76")
+    # the ssh "Pi" runs its programs under qemu: a wrapper, which only an inventory entry may give
+    from edgerun.devices.inventory import parse_uri
+
+    ssh_spec = parse_uri(sshd_server.uri(work_dir=str(tmp_path / "remote")), name="ssh-pi",
+                         options={"wrapper": "qemu-aarch64 -cpu cortex-a76"})
     devices = [resolve_device(f"local://?work_dir={tmp_path / 'local'}"),
-               resolve_device("qemu-aarch64://?cpu=cortex-a76"), resolve_device(ssh_uri)]
+               resolve_device("qemu-aarch64://?cpu=cortex-a76"), resolve_device(ssh_spec)]
     try:
         runs = run_many(artifact, devices, options=RunOptions(warmup=1, iterations=3), etdump=True)
     finally:
