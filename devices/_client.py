@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import selectors
 import subprocess
+import threading
 import time
 from typing import Callable
 
@@ -15,8 +16,12 @@ GRACE_S = 5.0  # after a timeout and the remote kill, how long the rest of the o
 
 
 def run_client(cmd: list[str], *, timeout: float, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-               on_timeout: Callable[[bytes], None] | None = None) -> tuple[subprocess.Popen, bytes, bytes, bool]:
+               on_timeout: Callable[[bytes], None] | None = None,
+               cancel: threading.Event | None = None) -> tuple[subprocess.Popen, bytes, bytes, bool]:
     """Run ``cmd``; return (proc, stdout, stderr, timed_out).
+
+    ``cancel`` (set from another thread, on Ctrl-C) ends the wait as a timeout does -- the same
+    ``on_timeout`` kill of the remote program -- so ``timed_out`` is True then too.
 
     On a timeout ``on_timeout(stderr_so_far)`` may stop the remote program; what then still
     arrives within a short grace is kept, and only then is the client killed (an ssh mux client
@@ -32,7 +37,7 @@ def run_client(cmd: list[str], *, timeout: float, stdin=subprocess.DEVNULL, stdo
             bufs[stream.fileno()] = bytearray()
             sel.register(stream, selectors.EVENT_READ)
     try:
-        done = _pump(sel, bufs, proc, time.monotonic() + timeout)
+        done = _pump(sel, bufs, proc, time.monotonic() + timeout, cancel)
         if not done:
             if on_timeout is not None:
                 on_timeout(bytes(bufs[err_fd]))
@@ -49,14 +54,17 @@ def run_client(cmd: list[str], *, timeout: float, stdin=subprocess.DEVNULL, stdo
     return proc, out, bytes(bufs[err_fd]), not done
 
 
+CANCEL_POLL_S = 0.2  # how often a wait looks at its cancel event
+
+
 def _pump(sel: selectors.BaseSelector, bufs: dict[int, bytearray], proc: subprocess.Popen,
-          deadline: float) -> bool:
-    """Read the registered pipes until EOF and the process exit, or the deadline (-> False)."""
+          deadline: float, cancel: threading.Event | None = None) -> bool:
+    """Read the registered pipes until EOF and the process exit, or the deadline or ``cancel`` (-> False)."""
     while sel.get_map():
         remaining = deadline - time.monotonic()
-        if remaining <= 0:
+        if remaining <= 0 or (cancel is not None and cancel.is_set()):
             return False
-        for key, _ in sel.select(remaining):
+        for key, _ in sel.select(remaining if cancel is None else min(remaining, CANCEL_POLL_S)):
             data = os.read(key.fd, 65536)
             if data:
                 bufs[key.fd] += data

@@ -21,12 +21,14 @@ from __future__ import annotations
 import abc
 import re
 import shlex
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 from edgerun.core.errors import (  # noqa: F401  (the devices room's errors, re-exported)
-    DeviceAuthError, DeviceError, DeviceTimeout, DeviceUnreachable, EdgerunError, NoSpaceError, TransportDropped,
+    DeviceAuthError, DeviceError, DeviceTimeout, DeviceUnreachable, EdgerunError, ExecCancelled, NoSpaceError,
+    TransportDropped,
 )
 from edgerun.core.text import sanitize_text
 from edgerun.devices import workdir
@@ -100,6 +102,7 @@ class Device(abc.ABC):
         self.name = spec.name
         self._closed = False
         self._info: DeviceInfo | None = None
+        self._cancelled = threading.Event()
 
     # -- lifecycle
     def __enter__(self):
@@ -110,6 +113,17 @@ class Device(abc.ABC):
 
     def close(self) -> None:
         self._closed = True
+
+    def cancel(self) -> None:
+        """Stop what runs on this device, from any thread (Ctrl-C): a program in flight is killed
+        (where the transport can: local/qemu by its process group, ssh/adb by its remote pid) and its
+        ``exec`` raises :class:`ExecCancelled` with the partial output; later ``exec`` calls raise it
+        at once. A cancelled device stays cancelled."""
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
 
     def _check_open(self, method: str) -> None:
         if self._closed:
@@ -143,6 +157,8 @@ class Device(abc.ABC):
             raise ValueError(f"argv must be a non-empty list of str, got {argv!r}")
         if timeout is None or timeout <= 0:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+        if self._cancelled.is_set():
+            raise self._error(ExecCancelled, f"{argv[0]} not started: the run was cancelled", "exec")
         full = (self.wrapper if wrap else []) + list(argv)
         merged = {**self.spec.env, **(env or {})}
         return self._exec(full, timeout=float(timeout), env=merged, cwd=cwd)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +17,7 @@ from typing import ClassVar
 
 from edgerun.core.paths import edgerun_home
 from edgerun.devices import workdir
-from edgerun.devices.base import Device, DeviceError, DeviceTimeout, ExecResult, NoSpaceError
+from edgerun.devices.base import Device, DeviceError, DeviceTimeout, ExecCancelled, ExecResult, NoSpaceError
 from edgerun.devices.spec import DeviceSpec, register_transport
 
 log = logging.getLogger("edgerun.devices")
@@ -46,6 +48,19 @@ class LocalDevice(Device):
 
     transport = "local"
 
+    def __init__(self, spec):
+        super().__init__(spec)
+        self._running: set[subprocess.Popen] = set()
+        self._running_lock = threading.Lock()
+
+    def cancel(self) -> None:
+        super().cancel()
+        with self._running_lock:
+            running = list(self._running)
+        for proc in running:  # each in its own session: the whole group, children included
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+
     @property
     def default_work_dir(self) -> str:  # type: ignore[override]
         return str(edgerun_home() / "devices" / self.transport)
@@ -65,6 +80,11 @@ class LocalDevice(Device):
         except PermissionError as exc:
             return ExecResult(tuple(argv), 126, b"", f"edgerun: {argv[0]}: {exc.strerror}\n".encode(),
                               time.monotonic() - start)
+        with self._running_lock:
+            self._running.add(proc)
+        if self._cancelled.is_set():  # cancelled between the check in exec() and here
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -74,8 +94,15 @@ class LocalDevice(Device):
             raise self._error(DeviceTimeout, f"{argv[0]} still running after {timeout:g} s; killed",
                               "exec", result=partial,
                               hint="Raise the timeout, or run fewer iterations.") from None
+        finally:
+            with self._running_lock:
+                self._running.discard(proc)
         duration = time.monotonic() - start
         rc = proc.returncode
+        if self._cancelled.is_set():
+            partial = ExecResult(tuple(argv), 128 - rc if rc < 0 else rc, out, err, duration,
+                                 signal=-rc if rc < 0 else None)
+            raise self._error(ExecCancelled, f"{argv[0]} was killed: the run was cancelled", "exec", result=partial)
         if rc < 0:
             return ExecResult(tuple(argv), 128 - rc, out, err, duration, signal=-rc)
         return ExecResult(tuple(argv), rc, out, err, duration)

@@ -24,7 +24,7 @@ import time
 
 from edgerun.devices import workdir
 from edgerun.devices._client import kill_script, run_client
-from edgerun.devices.base import (Device, DeviceError, DeviceTimeout, DeviceUnreachable, ExecResult,
+from edgerun.devices.base import (Device, DeviceError, DeviceTimeout, DeviceUnreachable, ExecCancelled, ExecResult,
                                   TransportDropped, parse_remote_stderr, remote_exec_script, split_signal)
 
 log = logging.getLogger("edgerun.devices")
@@ -155,11 +155,11 @@ class RemoteShellDevice(Device):
 
     # ------------------------------------------------------------------ commands
     def _remote(self, script: str, *, timeout: float, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                on_timeout=None) -> tuple[subprocess.Popen, bytes, bytes, bool]:
+                on_timeout=None, cancel=None) -> tuple[subprocess.Popen, bytes, bytes, bool]:
         """Run ``script`` with the device's sh (see :func:`~edgerun.devices._client.run_client`)."""
         self.connect()
         return run_client(self._client_argv(script), timeout=timeout, stdin=stdin, stdout=stdout,
-                          on_timeout=on_timeout)
+                          on_timeout=on_timeout, cancel=cancel)
 
     def _exec(self, argv, *, timeout, env, cwd) -> ExecResult:
         start = time.monotonic()
@@ -170,9 +170,13 @@ class RemoteShellDevice(Device):
                 self._kill_remote(pid)
 
         proc, out, err, timed_out = self._remote(remote_exec_script(argv, env, cwd), timeout=timeout,
-                                                 on_timeout=kill_remote)
+                                                 on_timeout=kill_remote, cancel=self._cancelled)
         duration = time.monotonic() - start
         status = parse_remote_stderr(err)
+        if timed_out and self._cancelled.is_set():
+            partial = ExecResult(tuple(argv), -1, out, status.stderr, duration)
+            raise self._error(ExecCancelled, f"{argv[0]} was killed (pid {status.pid}): the run was cancelled", "exec",
+                              result=partial)
         if timed_out:
             partial = ExecResult(tuple(argv), -1, out, status.stderr, duration)
             raise self._error(DeviceTimeout, f"{argv[0]} still running after {timeout:g} s; killed", "exec",
