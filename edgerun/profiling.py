@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from edgerun.core.artifact import Manifest
-from edgerun.core.errors import AccuracyFailed, EdgerunError, UsageError
+from edgerun.core.errors import AccuracyFailed, EdgerunError, RunInterrupted, UsageError
 from edgerun.core.paths import artifacts_dir
+from edgerun.runtime.deploy import Cancellation, mark_interrupted, on_devices_concurrently
 
 log = logging.getLogger("edgerun.profile")
 
@@ -47,8 +48,14 @@ class ProfileSettings:
             raise ValueError(f"iterations must be at least 1, got {self.iterations}")
         if self.warmup < 0:
             raise ValueError(f"warmup must be >= 0, got {self.warmup}")
-        if not self.threads or any(t < 0 for t in self.threads):
+        if not self.threads or any(not isinstance(t, int) or t < 0 for t in self.threads):
             raise ValueError(f"threads must be a list of counts >= 0, got {self.threads}")
+        if self.min_time_ms < 0:
+            raise ValueError(f"min-time-ms must be >= 0, got {self.min_time_ms}")
+        if self.vector < 0:
+            raise ValueError(f"vector must be >= 0, got {self.vector}")
+        if not self.timeout_s > 0:
+            raise ValueError(f"timeout must be a number of seconds > 0, got {self.timeout_s}")
 
 
 @dataclasses.dataclass
@@ -84,7 +91,8 @@ def profile_on_device(artifact: str | Path | Manifest, device, settings: Profile
     """Every thread count of ``settings`` on one open device; returns records and :class:`CellFailure`s.
 
     Each record is saved in the store (``store_path``; one connection per calling thread) as soon
-    as its run is analysed, so a later failure loses nothing already measured.
+    as its run is analysed, so a later failure loses nothing already measured. A cancelled device
+    (Ctrl-C: ``device.cancel()``) raises :class:`RunInterrupted` and saves nothing more.
     """
     from edgerun.runtime.analysis import AnalysisSettings, analyse
     from edgerun.runtime.deploy import run_on_device
@@ -100,17 +108,33 @@ def profile_on_device(artifact: str | Path | Manifest, device, settings: Profile
             on_progress(f"running on {label}")
         options = RunOptions(warmup=settings.warmup, iterations=settings.iterations, threads=threads,
                              min_time_ms=settings.min_time_ms)
+        if device.cancelled:
+            raise RunInterrupted(f"on device '{device.name}', the run was interrupted before it started",
+                                 stage="interrupted", device=device.name)
         try:
             run = run_on_device(manifest, device, options=options, vector=settings.vector, etdump=settings.etdump,
                                 variant=settings.variant, timeout=settings.timeout_s, dataset=with_dataset)
-            record = analyse(run, manifest, AnalysisSettings(vector=settings.vector, sweep_id=sweep_id,
-                                                             cell=cell_of(threads)))
+            try:
+                record = analyse(run, manifest, AnalysisSettings(vector=settings.vector, sweep_id=sweep_id,
+                                                                 cell=cell_of(threads)))
+            except BaseException:
+                if device.cancelled:
+                    mark_interrupted(run.run_dir)
+                    raise RunInterrupted(f"on device '{device.name}', the analysis was interrupted",
+                                         stage="interrupted", run_dir=run.run_dir, device=device.name) from None
+                raise
+            if device.cancelled:  # interrupted while analysing: nothing half-made goes into the store
+                mark_interrupted(run.run_dir)
+                raise RunInterrupted(f"on device '{device.name}', the run was interrupted before it was stored",
+                                     stage="interrupted", run_dir=run.run_dir, device=device.name)
             with Store(store_path) as store:
                 store.save(record)
             (run.run_dir / "record.json").write_text(json.dumps({"run_id": record.run_id}))
             results.append(record)
             if record.accuracy is not None and record.accuracy.passed is False:
                 results.append(CellFailure(device.name, threads, accuracy_failure(record)))
+        except RunInterrupted:
+            raise
         except EdgerunError as exc:
             log.warning("%s: %s", label, exc.paragraph())
             results.append(CellFailure(device.name, threads, exc))
@@ -139,27 +163,36 @@ def profile(artifact: str | Path, devices: Sequence[str], settings: ProfileSetti
             inventory: str | None = None, on_progress: Progress | None = None) -> list:
     """``edgerun profile``: every device concurrently, thread counts in turn on each."""
     from edgerun.devices.inventory import resolve_device
+    from edgerun.runtime.deploy import check_run_request
 
     if not devices:
         raise UsageError("no device given.", hint="Use --device NAME_OR_URI (e.g. local:// or qemu-aarch64://?cpu=cortex-a76).")
     manifest = _open_manifest(artifact)  # a bad artifact fails here, once, before any device is touched
+    manifest.verified_pte()               # ... and so does a program swapped after export
     _check_task_accuracy(manifest, settings)
+    check_run_request(manifest, vector=settings.vector, timeout=settings.timeout_s)
+    cancellation = Cancellation()
 
     def one(name: str) -> list:
         try:
             with resolve_device(name, inventory) as dev:
+                cancellation.add(dev)
                 return profile_on_device(manifest, dev, settings, store_path=store_path, on_progress=on_progress)
+        except RunInterrupted:
+            raise
         except EdgerunError as exc:
             return [CellFailure(name, None, exc)]
 
-    return [r for rs in on_devices(devices, one) for r in rs]
+    return [r for rs in on_devices(devices, one, cancellation) for r in rs]
 
 
-def on_devices(devices: Sequence[str], work: Callable[[str], list]) -> list[list]:
+def on_devices(devices: Sequence[str], work: Callable[[str], list],
+               cancellation: Cancellation | None = None) -> list[list]:
     """Run ``work(device)`` for every device concurrently (a device is an I/O-bound resource; the
-    CPU-heavy parts run on the devices), results in the order of ``devices``. The one pool of the hall."""
-    with ThreadPoolExecutor(max_workers=max(1, len(devices)), thread_name_prefix="edgerun-device") as pool:
-        return list(pool.map(work, devices))
+    CPU-heavy parts run on the devices), results in the order of ``devices``. The one pool of the hall.
+    Ctrl-C (a KeyboardInterrupt in the main thread) cancels ``cancellation``'s devices -- their
+    programs in flight are killed -- waits for the workers and propagates."""
+    return on_devices_concurrently(list(devices), work, cancellation)
 
 
 # ------------------------------------------------------------------------------------- bench
@@ -247,6 +280,8 @@ def bench(model: str, targets: Sequence[str], schemes: Sequence[str], devices: S
             except EdgerunError as exc:
                 exported[(t, s)] = exc
 
+    cancellation = Cancellation()
+
     def run_device(d: str) -> list[tuple[str, object]]:
         mine = [c for c in todo if c[2] == d]
         out: list[tuple[str, object]] = []
@@ -261,6 +296,7 @@ def bench(model: str, targets: Sequence[str], schemes: Sequence[str], devices: S
             return out
         try:
             with resolve_device(d, inventory) as dev:
+                cancellation.add(dev)
                 for art, th, key in runnable:
                     one = dataclasses.replace(settings, threads=(th,))
                     for r in profile_on_device(art, dev, one, store_path=store.path, sweep_id=sweep,
@@ -268,13 +304,15 @@ def bench(model: str, targets: Sequence[str], schemes: Sequence[str], devices: S
                         out.append((key, r))
                         report(key, f"failed: {r.error.message}" if isinstance(r, CellFailure)
                                else f"{r.run_id}: median {r.latency.median_ms:.3f} ms")
+        except RunInterrupted:
+            raise
         except EdgerunError as exc:  # the device could not be opened: every cell of it fails the same way
             for _art, th, key in runnable:
                 out.append((key, CellFailure(d, th, exc)))
                 report(key, f"failed: {exc.message}")
         return out
 
-    for results in on_devices(list(dict.fromkeys(c[2] for c in todo)), run_device):
+    for results in on_devices(list(dict.fromkeys(c[2] for c in todo)), run_device, cancellation):
         for key, r in results:
             if isinstance(r, CellFailure):
                 failures.append({"cell": key, **r.to_json()})

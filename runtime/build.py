@@ -180,9 +180,10 @@ def _pip_download_aarch64_wheel(version: str, dest: Path) -> Path:
 
 
 @contextlib.contextmanager
-def _locked(directory: Path):
-    """An exclusive lock on ``directory`` (shared by every process and EDGERUN_HOME using it)."""
-    with open(directory / ".lock", "w") as f:
+def _locked(directory: Path, lock_file: Path | None = None):
+    """An exclusive lock on ``directory`` (shared by every process and EDGERUN_HOME using it), held
+    on ``lock_file`` (default ``DIRECTORY/.lock``; outside the directory when it may be removed)."""
+    with open(lock_file or directory / ".lock", "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
@@ -262,12 +263,15 @@ def _first_line(cmd: list[str]) -> str | None:
 
 
 def compile_runner(req: BuildRequest, et_root: Path, et_version: str, source_hash: str,
-                   build_dir: Path) -> Path:
-    """Configure and build ``runtime/native`` into ``build_dir``; returns the runner binary."""
+                   build_dir: Path, log_path: Path | None = None) -> Path:
+    """Configure and build ``runtime/native`` into ``build_dir``; returns the runner binary.
+
+    The compiler's output goes to ``log_path`` (default ``BUILD_DIR/build-PID.log``: this process's
+    own, so an error shows this build's log, never another process's)."""
     cmake = _require_tool("cmake", "to build the runner", "cmake")
     cxx = _compiler(req.target_arch)
     build_dir.mkdir(parents=True, exist_ok=True)
-    log_path = build_dir / "build.log"
+    log_path = log_path or build_dir / f"build-{os.getpid()}.log"
     log_path.write_text("")
     cmd = [cmake, "-S", str(NATIVE_DIR), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
            f"-DEDGERUN_ET_ROOT={et_root}", f"-DEDGERUN_ET_VERSION={et_version}",
@@ -438,11 +442,14 @@ def build_bundle(req: BuildRequest) -> Bundle:
         except BundleError:
             log.info("cached bundle %s is unreadable: rebuilding it", dest)
     et_root = executorch_root(req.target_arch, et_version)
-    build_dir = cache_dir("build") / key
-    if req.force:
-        shutil.rmtree(build_dir, ignore_errors=True)
-    build_dir.mkdir(parents=True, exist_ok=True)
-    with _locked(build_dir):  # two processes sharing an EDGERUN_HOME build one at a time
+    build_root = cache_dir("build")
+    build_dir = build_root / key
+    # The lock first, beside the build directory (a --force removes the directory, never the lock):
+    # two processes sharing an EDGERUN_HOME build one at a time, each in a whole tree of its own.
+    with _locked(build_dir, build_root / f"{key}.lock"):
+        if req.force:
+            shutil.rmtree(build_dir, ignore_errors=True)
+        build_dir.mkdir(parents=True, exist_ok=True)
         if dest.exists() and not req.force:
             with contextlib.suppress(BundleError):
                 bundle = load_bundle(dest)

@@ -12,25 +12,31 @@ devices room's small interface (``push``/``pull``/``exec``/``info`` through ``sy
   directory; with ``dataset=True`` a second, untimed invocation runs every held-out sample
   (``--input-batch``) and its stacked outputs are pulled too.
 
-The run directory keeps whatever was produced, whatever fails: ``run.json`` (status, stage, error),
+The run directory keeps whatever was produced, whatever fails: ``run.json`` (status ``running``, ``ok``,
+``failed`` or ``interrupted``; stage, error; the ``pid`` and ``host`` of the edgerun process that runs it, so a
+``running`` directory whose process is gone is marked ``interrupted`` by the next run),
 ``device.json``, ``runner.jsonl`` (raw stdout), ``runner.stderr.txt``, ``outputs/``, ``run.etdp``,
 and for a dataset run ``runner.dataset.jsonl``, ``runner.dataset.stderr.txt``, ``dataset_outputs.npy``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import json
 import os
 import re
 import secrets
+import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 from edgerun.core.artifact import Manifest, read_manifest
-from edgerun.core.errors import DeviceRunError, EdgerunError
+from edgerun.core.errors import (DeviceRunError, EdgerunError, EnvironmentProblem, ExecCancelled, RunInterrupted,
+                                 RunnerError, UsageError, environment_problem)
 from edgerun.core.paths import runs_dir
 from edgerun.devices.base import Device, DeviceError
 from edgerun.devices.sync import SyncResult, sync_files
@@ -121,27 +127,115 @@ def deploy(artifact: str | os.PathLike | Manifest, device: Device, *, variant: s
 
 
 def new_run_dir(device: str, model: str, root: Path | None = None) -> Path:
+    """A fresh run directory under ``root`` (default ``EDGERUN_HOME/runs``); first marks the run
+    directories left ``running`` by a process of this host that is gone as ``interrupted``."""
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     safe = lambda s: re.sub(r"[^A-Za-z0-9_.-]+", "_", s).strip("_")[:40]  # noqa: E731
     base = root or runs_dir()
     path = base / f"{stamp}-{safe(model)}-{safe(device)}-{secrets.token_hex(2)}"
-    path.mkdir(parents=True, exist_ok=False)
+    try:
+        path.mkdir(parents=True, exist_ok=False)
+    except OSError as exc:
+        raise environment_problem(exc, f"cannot create the run directory {path}", stage="run directory") from None
+    mark_abandoned_runs(base)
     return path
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of ``pid`` (clock ticks since boot, /proc/PID/stat field 22): with the pid, it
+    names one process even after the pid is reused. None where /proc cannot say."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _alive(pid: int, start: str | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process: it exists
+    return start is None or _process_start(pid) in (None, start)
+
+
+def mark_abandoned_runs(root: Path | None = None) -> list[Path]:
+    """Mark ``interrupted`` every run directory under ``root`` whose ``run.json`` says ``running`` but
+    whose edgerun process (``pid``, ``pid_start`` on this ``host``) no longer exists: it was killed
+    (SIGKILL, a crash, a power cut) before it could say so itself. Returns the directories marked."""
+    marked = []
+    host = socket.gethostname()
+    for run_json in sorted((root or runs_dir()).glob("*/run.json")):
+        try:
+            meta = json.loads(run_json.read_text())
+            if (meta.get("status") != "running" or meta.get("host") != host or not isinstance(meta.get("pid"), int)
+                    or _alive(meta["pid"], meta.get("pid_start"))):
+                continue
+            _record(run_json.parent, status="interrupted",
+                    error=f"edgerun process {meta['pid']} ended while the run was {meta.get('stage') or 'running'}",
+                    finished=_dt.datetime.now().isoformat(timespec="seconds"))
+            marked.append(run_json.parent)
+        except (OSError, ValueError, EdgerunError):
+            continue  # unreadable or not ours to fix: left as it is
+    return marked
 
 
 def _write(path: Path, data: bytes | str) -> None:
     mode = "wb" if isinstance(data, bytes) else "w"
-    with open(path, mode) as f:
-        f.write(data)
+    try:
+        with open(path, mode) as f:
+            f.write(data)
+    except OSError as exc:
+        raise environment_problem(exc, f"cannot write {path}", stage="run directory") from None
 
 
 def _record(run_dir: Path, **fields: Any) -> None:
     path = run_dir / "run.json"
-    current = json.loads(path.read_text()) if path.exists() else {}
-    current.update(fields)
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(current, indent=2, default=str))
-    tmp.replace(path)
+    try:
+        current = json.loads(path.read_text()) if path.exists() else {}
+        current.update(fields)
+        tmp.write_text(json.dumps(current, indent=2, default=str))
+        tmp.replace(path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise environment_problem(exc, f"cannot write {path}", stage="run directory") from None
+
+
+def _pull(device: Device, remote: str, local: Path) -> None:
+    """``device.pull`` into the run directory; a partial copy (``LOCAL.part``) is removed, and a failure
+    that is this machine's (the run directory's file system is full or read-only) says so."""
+    try:
+        device.pull(remote, local)
+    except DeviceError as exc:
+        part = local.with_name(local.name + ".part")
+        with contextlib.suppress(OSError):
+            part.unlink()
+        problem = _local_problem(local.parent)
+        if problem is not None:
+            raise problem from exc
+        raise
+
+
+def _local_problem(directory: Path) -> EnvironmentProblem | None:
+    """An :class:`EnvironmentProblem` if ``directory`` (on this machine) cannot take a file: no space
+    left on its file system, or not writable."""
+    import errno
+
+    try:
+        st = os.statvfs(directory)
+        if st.f_bavail == 0 or (st.f_favail == 0 and st.f_files > 0):
+            return environment_problem(OSError(errno.ENOSPC, "no space"), f"cannot pull into {directory}",
+                                       stage="pull")
+        probe = directory / f".write-check-{os.getpid()}-{threading.get_ident()}"
+        probe.write_bytes(b"x")
+        probe.unlink()
+    except OSError as exc:
+        return environment_problem(exc, f"cannot pull into {directory}", stage="pull")
+    return None
 
 
 #: What a run on a device produced: the same type as a local run's (kept as a name for callers).
@@ -151,8 +245,8 @@ DeviceRun = RunArtifacts
 def _run_runner(device: Device, argv: list[str], *, env: dict, timeout: float, run_dir: Path, stem: str,
                 stage: str, fail, hint: str, require_batch: bool = False) -> RunnerResult:
     """Execute the runner's argv on the device; keep its stdout/stderr as ``STEM.jsonl`` and
-    ``STEM.stderr.txt`` in the run directory (also the partial output of a timeout or a dropped
-    link) and raise ``fail(stage, ...)`` unless it succeeded."""
+    ``STEM.stderr.txt`` in the run directory (also the partial output of a timeout, a dropped
+    link or a cancelled run) and raise ``fail(stage, ...)`` unless it succeeded."""
     started = time.monotonic()
     try:
         res = device.exec(argv, timeout=timeout, env=env)
@@ -163,12 +257,38 @@ def _run_runner(device: Device, argv: list[str], *, env: dict, timeout: float, r
         raise fail(stage, exc) from exc
     _write(run_dir / f"{stem}.jsonl", res.stdout)
     _write(run_dir / f"{stem}.stderr.txt", res.stderr)
+    if device.cancelled:  # killed by the cancel just as it ended: not a finished run
+        raise fail(stage, ExecCancelled("the run was cancelled", device=device.name, stage="exec"))
     result = parse_runner_output(res.stdout, exit_code=res.rc, stderr=res.stderr, argv=argv,
                                  duration_s=time.monotonic() - started)
     failure = runner_failure(result, where="the device", signal=res.signal, require_batch=require_batch)
     if failure is not None:
         raise fail(stage, failure, hint=f"{hint} {failure.hint or ''}".strip())
     return result
+
+
+def check_run_request(manifest: Manifest, *, vector: int | None, timeout: float, dataset: bool = False) -> None:
+    """The options of a run that can be wrong, checked before any device is touched or any
+    directory made: ``UsageError`` (exit 2) naming the option."""
+    if not isinstance(timeout, (int, float)) or not timeout > 0 or timeout != timeout:
+        raise UsageError(f"--timeout must be a number of seconds > 0, got {timeout!r}.")
+    n = len(manifest.test_vectors)
+    if vector is not None and n and not 0 <= vector < n:
+        raise UsageError(f"--vector {vector}: artifact {manifest.dir} has {n} test vector(s) (0..{n - 1}).")
+    if vector is not None and not n and vector != 0:
+        raise UsageError(f"--vector {vector}: artifact {manifest.dir} has no test vectors.",
+                         hint="Use --fill zeros|ones|random to generate inputs.")
+    if dataset and manifest.dataset is None:
+        raise UsageError(f"artifact {manifest.dir} has no dataset (manifest.json names no held-out split).",
+                         hint="Only artifacts of models with a dataset (e.g. digits_cnn) carry one.")
+
+
+def _exit_code_of(exc: BaseException) -> int | None:
+    """What a failed run on a device exits with: a device failure keeps the device's code (8), as do
+    a bundle (5), pre-flight (9) or this machine (17); the runner failing on the device is 15."""
+    if isinstance(exc, RunnerError) or not isinstance(exc, EdgerunError):
+        return None
+    return int(exc.exit_code)
 
 
 def run_on_device(artifact: str | os.PathLike | Manifest, device: Device, *, options: RunOptions = RunOptions(),
@@ -181,23 +301,59 @@ def run_on_device(artifact: str | os.PathLike | Manifest, device: Device, *, opt
     second invocation of the runner (``--input-batch``, no warm-up, no timed iterations, no ETDump,
     so the timed run is untouched) and pull its stacked outputs for task accuracy.
 
+    Wrong options (timeout, vector) raise :class:`UsageError` before anything is made or sent.
     Failures raise :class:`DeviceRunError` naming the device and stage, after saving whatever the
-    device produced (stdout, stderr, outputs) into the run directory.
+    device produced (stdout, stderr, outputs) into the run directory; its exit code is the device's
+    (8) when the device failed. A cancelled device (``device.cancel()``, on Ctrl-C) raises
+    :class:`RunInterrupted`; the run directory is then marked ``interrupted``, as it is for any
+    exception that is not an edgerun error.
     """
     manifest = artifact if isinstance(artifact, Manifest) else read_manifest(artifact)
+    check_run_request(manifest, vector=vector, timeout=timeout, dataset=dataset)
     art = manifest.dir
     run_dir = run_dir or new_run_dir(device.name, manifest.model.name)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise environment_problem(exc, f"cannot create the run directory {run_dir}", stage="run directory") from None
     _record(run_dir, status="running", stage="deploy", device=device.name, device_uri=device.spec.uri,
             artifact=str(art.resolve()), started=_dt.datetime.now().isoformat(timespec="seconds"),
+            pid=os.getpid(), pid_start=_process_start(os.getpid()), host=socket.gethostname(),
             options=dataclasses.asdict(options), vector=vector, dataset=dataset)
+    state = {"stage": "deploy"}
 
     def fail(stage: str, exc: BaseException, hint: str | None = None) -> DeviceRunError:
-        _record(run_dir, status="failed", stage=stage, error=getattr(exc, "to_json", lambda: str(exc))())
         msg = exc.message if isinstance(exc, EdgerunError) else f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, ExecCancelled) or device.cancelled:
+            _record(run_dir, status="interrupted", stage=stage, error="interrupted (Ctrl-C)",
+                    finished=_dt.datetime.now().isoformat(timespec="seconds"))
+            return RunInterrupted(f"on device '{device.name}', {stage} was interrupted", stage=stage,
+                                  run_dir=run_dir, device=device.name)
+        _record(run_dir, status="failed", stage=stage, error=getattr(exc, "to_json", lambda: str(exc))())
         return DeviceRunError(f"on device '{device.name}', {stage} failed: {msg}", stage=stage, run_dir=run_dir,
-                              hint=hint or getattr(exc, "hint", None), device=device.name)
+                              hint=hint or getattr(exc, "hint", None), device=device.name,
+                              exit_code=_exit_code_of(exc))
 
+    try:
+        return _run_on_device(manifest, device, options=options, vector=vector, etdump=etdump, variant=variant,
+                              run_dir=run_dir, timeout=timeout, preflight=preflight, dataset=dataset,
+                              fail=fail, state=state)
+    except DeviceRunError:
+        raise  # run.json already says what happened
+    except EdgerunError as exc:
+        raise fail(state["stage"], exc) from exc
+    except BaseException as exc:  # Ctrl-C in this thread, or a bug: the directory must not stay "running"
+        with contextlib.suppress(Exception):
+            _record(run_dir, status="interrupted", stage=state["stage"],
+                    error="interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt)
+                    else f"{type(exc).__name__}: {exc}",
+                    finished=_dt.datetime.now().isoformat(timespec="seconds"))
+        raise
+
+
+def _run_on_device(manifest: Manifest, device: Device, *, options, vector, etdump, variant, run_dir, timeout,
+                   preflight, dataset, fail, state) -> RunArtifacts:
+    art = manifest.dir
     try:
         info = device.info()
         _write(run_dir / "device.json", json.dumps(info.to_json(), indent=2))
@@ -205,12 +361,11 @@ def run_on_device(artifact: str | os.PathLike | Manifest, device: Device, *, opt
     except EdgerunError as exc:
         raise fail("deploy", exc) from exc
 
+    state["stage"] = "run"
     remote_run = f"{device.work_dir.rstrip('/')}/runs/{run_dir.name}"
     inputs: list[str] = []
     if vector is not None and dep.vectors:
-        if not 0 <= vector < len(dep.vectors):
-            raise fail("run", ValueError(f"the artifact has {len(dep.vectors)} test vectors; no vector {vector}"))
-        inputs = dep.vectors[vector]
+        inputs = dep.vectors[vector]  # in range: check_run_request
     argv = runner_argv(dep.bundle, dep.program, inputs=inputs, options=options,
                        etdump=f"{remote_run}/run.etdp" if etdump else None,
                        output_dir=f"{remote_run}/outputs", bundle_dir=dep.bundle_dir)
@@ -227,25 +382,26 @@ def run_on_device(artifact: str | os.PathLike | Manifest, device: Device, *, opt
     result = _run_runner(device, argv, env=env, timeout=timeout, run_dir=run_dir, stem="runner", stage="run",
                          fail=fail, hint="See runner.stderr.txt and runner.jsonl in the run directory.")
 
+    state["stage"] = "pull"
     outputs: list[Path] = []
     etdump_local: Path | None = None
     try:
         (run_dir / "outputs").mkdir(exist_ok=True)
         for j, _ in enumerate(result.output_paths):
             local = run_dir / "outputs" / f"output_{j}.npy"
-            device.pull(f"{remote_run}/outputs/output_{j}.npy", local)
+            _pull(device, f"{remote_run}/outputs/output_{j}.npy", local)
             outputs.append(local)
         if etdump:
             etdump_local = run_dir / "run.etdp"
-            device.pull(f"{remote_run}/run.etdp", etdump_local)
-    except DeviceError as exc:
+            _pull(device, f"{remote_run}/run.etdp", etdump_local)
+    except OSError as exc:
+        raise fail("pull", environment_problem(exc, f"cannot write into {run_dir}", stage="pull")) from exc
+    except EdgerunError as exc:
         raise fail("pull", exc) from exc
 
     dataset_result, dataset_local = None, None
     if dataset:
-        if dep.dataset_inputs is None:
-            raise fail("dataset run", ValueError(f"artifact {art} has no dataset (manifest.json names none)"),
-                       hint="Only artifacts of models with a dataset (e.g. digits_cnn) carry a held-out split.")
+        state["stage"] = "dataset run"
         remote_out = f"{remote_run}/dataset_outputs.npy"
         dargv = runner_argv(dep.bundle, dep.program, options=options, bundle_dir=dep.bundle_dir,
                             input_batch=dep.dataset_inputs, batch_output=remote_out, batch_only=True)
@@ -257,9 +413,11 @@ def run_on_device(artifact: str | os.PathLike | Manifest, device: Device, *, opt
             require_batch=True)
         try:
             dataset_local = run_dir / "dataset_outputs.npy"
-            device.pull(remote_out, dataset_local)
-        except DeviceError as exc:
+            _pull(device, remote_out, dataset_local)
+        except EdgerunError as exc:
             raise fail("pull", exc) from exc
+    if device.cancelled:
+        raise fail(state["stage"], ExecCancelled("the run was cancelled", device=device.name, stage="exec"))
     _record(run_dir, status="ok", stage="done", finished=_dt.datetime.now().isoformat(timespec="seconds"))
     return RunArtifacts(result=result, device_name=device.name, device_info=info, run_dir=run_dir, outputs=outputs,
                         etdump=etdump_local, dataset_result=dataset_result, dataset_outputs=dataset_local,
@@ -267,15 +425,78 @@ def run_on_device(artifact: str | os.PathLike | Manifest, device: Device, *, opt
                         deployment=dep)
 
 
-def run_many(artifact: str | os.PathLike, devices: Sequence[Device], **kwargs) -> list[RunArtifacts | DeviceRunError]:
-    """Run on several devices concurrently (each an I/O-bound resource); one result or error each."""
+def mark_interrupted(run_dir: Path, why: str = "interrupted (Ctrl-C)") -> None:
+    """Mark a run directory ``interrupted`` (its run was stopped before it was stored)."""
+    with contextlib.suppress(OSError, EdgerunError):
+        _record(run_dir, status="interrupted", error=why, finished=_dt.datetime.now().isoformat(timespec="seconds"))
+
+
+class Cancellation:
+    """What Ctrl-C stops: the devices in use by worker threads. :meth:`cancel` (from the main thread,
+    on KeyboardInterrupt) sets :attr:`event` and cancels every device added (killing its program in
+    flight); a device added after that is cancelled at once. Workers check :attr:`is_set` between steps."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self._lock = threading.Lock()
+        self._devices: list[Device] = []
+
+    def add(self, device: Device) -> Device:
+        with self._lock:
+            self._devices.append(device)
+            cancelled = self.event.is_set()
+        if cancelled:
+            device.cancel()
+        return device
+
+    def cancel(self) -> None:
+        with self._lock:
+            self.event.set()
+            devices = list(self._devices)
+        for d in devices:
+            d.cancel()
+
+    @property
+    def is_set(self) -> bool:
+        return self.event.is_set()
+
+
+def on_devices_concurrently(items: Sequence, work, cancellation: Cancellation | None = None) -> list:
+    """``work(item)`` for every item in its own thread (a device is an I/O-bound resource), results in
+    order. A KeyboardInterrupt (which only the main thread receives) cancels ``cancellation`` -- killing
+    the programs in flight on its devices -- waits for the workers to stop, and propagates."""
     from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(max_workers=max(1, len(items)), thread_name_prefix="edgerun-device")
+    try:
+        futures = [pool.submit(work, item) for item in items]
+        return [f.result() for f in futures]
+    except BaseException:
+        if cancellation is not None:
+            cancellation.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    finally:
+        pool.shutdown(wait=True)
+
+
+def run_many(artifact: str | os.PathLike | Manifest, devices: Sequence[Device], *,
+             cancellation: Cancellation | None = None, **kwargs) -> list[RunArtifacts | DeviceRunError]:
+    """Run on several devices concurrently (each an I/O-bound resource); one result or error each.
+    Ctrl-C kills the runs in flight, marks their run directories interrupted and propagates."""
+    manifest = artifact if isinstance(artifact, Manifest) else read_manifest(artifact)
+    check_run_request(manifest, vector=kwargs.get("vector", 0), timeout=kwargs.get("timeout", 600.0),
+                      dataset=kwargs.get("dataset", False))
+    cancellation = cancellation or Cancellation()
+    for dev in devices:
+        cancellation.add(dev)
 
     def one(dev: Device):
         try:
-            return run_on_device(artifact, dev, **kwargs)
+            return run_on_device(manifest, dev, **kwargs)
+        except RunInterrupted:
+            raise
         except DeviceRunError as exc:
             return exc
 
-    with ThreadPoolExecutor(max_workers=max(1, len(devices))) as pool:
-        return list(pool.map(one, devices))
+    return on_devices_concurrently(list(devices), one, cancellation)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from edgerun.core.errors import RunnerError
+from edgerun.core.errors import RunnerError, UsageError, environment_problem
 
 from .build import host_arch
 from .bundle import Bundle, load_bundle, require_intact, runner_prefix
@@ -129,12 +129,18 @@ def run_local(bundle_dir: str | os.PathLike | Bundle, program: str | os.PathLike
     if emulator and shutil.which(emulator[0]) is None:
         raise RunnerError(f"the emulator {emulator[0]} is not installed.", stage="run",
                           hint="Install qemu-user (scripts/setup, or apt-get install qemu-user).")
-    if bundle.arch != host_arch() and not emulator:
-        raise RunnerError(f"bundle {bundle.path} is for {bundle.arch}; this machine is {host_arch()}.",
-                          stage="run", hint=f"Build a host bundle (`edgerun runtime build --arch host`), or run "
-                                            f"under an emulator (qemu-{bundle.arch} -cpu <board cpu>).")
+    if bundle.arch != host_arch() and not emulator:  # a wrong call, not a runner that died
+        raise UsageError(f"bundle {bundle.path} is for {bundle.arch}; this machine is {host_arch()}.",
+                         hint=f"Build a host bundle (`edgerun runtime build --arch host`), run it on a device "
+                              f"(--device), or under an emulator (qemu-{bundle.arch} -cpu <board cpu>).")
+    if not timeout > 0:
+        raise UsageError(f"timeout must be a number of seconds > 0, got {timeout!r}.")
     if outputs_dir is not None:
-        Path(outputs_dir).mkdir(parents=True, exist_ok=True)
+        try:
+            Path(outputs_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise environment_problem(exc, f"cannot create the outputs directory {outputs_dir}",
+                                      stage="outputs") from None
     argv = runner_argv(bundle, os.fspath(program), inputs=[os.fspath(p) for p in inputs], options=options,
                        etdump=os.fspath(etdump_path) if etdump_path else None,
                        output_dir=os.fspath(outputs_dir) if outputs_dir else None, emulator=emulator,
@@ -170,6 +176,11 @@ def run_artifact_local(artifact: str | os.PathLike, bundle_dir: str | os.PathLik
 
     manifest = read_manifest(artifact)
     art = manifest.dir
+    n = len(manifest.test_vectors)
+    if not timeout > 0:  # every option checked before anything is made or run
+        raise UsageError(f"--timeout must be a number of seconds > 0, got {timeout!r}.")
+    if vector is not None and n and not 0 <= vector < n:
+        raise UsageError(f"--vector {vector}: artifact {art} has {n} test vector(s) (0..{n - 1}).")
     inputs: list[str] = []
     if vector is not None and manifest.test_vectors:
         inputs = [str(p) for p in manifest.vector_input_paths(vector)]
@@ -180,7 +191,10 @@ def run_artifact_local(artifact: str | os.PathLike, bundle_dir: str | os.PathLik
     etdump_path = None
     if etdump:  # beside the outputs, else in a fresh run folder: never inside the artifact
         base = out_dir or runs_dir() / f"{art.name}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
-        base.mkdir(parents=True, exist_ok=True)
+        try:
+            base.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise environment_problem(exc, f"cannot create {base}", stage="run directory") from None
         etdump_path = base / "run.etdp"
     result = run_local(bundle, pte, inputs, options=options, etdump_path=etdump_path, outputs_dir=out_dir,
                        emulator=emulator, timeout=timeout, verify=False)

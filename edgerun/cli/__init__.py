@@ -52,5 +52,40 @@ for _name in _COMMAND_MODULES:
     importlib.import_module(_name).register(app)
 
 
+def _wants_json(args: list[str]) -> bool:
+    return "--json" in (args[:args.index("--")] if "--" in args else args)
+
+
 def main() -> None:
-    app()
+    """The console script: the app, with the conventions of ``_common`` also for calls the argument
+    parser refuses (an unknown option, a missing argument): exit 2, and with ``--json`` one JSON
+    error object on stdout."""
+    import sys
+
+    try:  # typer >= 0.2x vendors click as typer._click; older ones use click itself
+        from typer._click import exceptions as click_exceptions
+    except ImportError:  # pragma: no cover
+        from click import exceptions as click_exceptions
+
+    from ._common import INTERRUPTED_EXIT, err_console, usage_error_json
+
+    args = sys.argv[1:]
+    try:
+        code = app(args=args, prog_name="edgerun", standalone_mode=False)
+    except click_exceptions.UsageError as exc:  # also BadParameter, NoSuchOption, MissingParameter
+        if _wants_json(args):
+            hint = f"See `{exc.ctx.command_path} --help`." if exc.ctx is not None else None
+            print(usage_error_json(exc.format_message(), hint), flush=True)
+        else:
+            exc.show()
+        sys.exit(exc.exit_code)
+    except click_exceptions.ClickException as exc:
+        if _wants_json(args):
+            print(usage_error_json(exc.format_message()), flush=True)
+        else:
+            exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("interrupted", highlight=False)
+        sys.exit(INTERRUPTED_EXIT)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -7,7 +7,12 @@ Each command builds its result as a plain dict inside a ``work`` callable and ha
   ``work`` runs, file descriptor 1 is pointed at stderr so that nothing a library prints (even
   from C++) can corrupt it;
 * an :class:`~edgerun.core.errors.EdgerunError` becomes one paragraph on stderr and its exit code;
-  ``--debug`` adds the traceback; anything else is reported as an internal error (exit 70).
+  ``--debug`` adds the traceback; anything else is reported as an internal error (exit 70);
+  Ctrl-C exits 130 (with ``--json``: an error object too);
+* text that is not ours (paths, device output, inventory entries) is printed through rich only as
+  :func:`plain` -- sanitised of terminal escapes and markup-escaped, so ``[bold]`` or ``[/]`` in a
+  path is printed as it is, never interpreted;
+* :func:`progress` shows a spinner on a terminal and plain lines on stderr when it is piped.
 """
 
 from __future__ import annotations
@@ -22,8 +27,10 @@ from typing import Annotated, Any, Callable
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-from edgerun.core.errors import EdgerunError
+from edgerun.core.errors import EdgerunError, ExitCode
+from edgerun.core.text import sanitize_text
 
 JsonOpt = Annotated[
     bool, typer.Option("--json", help="Print exactly one JSON object on stdout; logs go to stderr.")
@@ -32,6 +39,7 @@ DebugOpt = Annotated[bool, typer.Option("--debug", help="On error, also print th
 
 err_console = Console(stderr=True)
 INTERNAL_ERROR_EXIT = 70
+INTERRUPTED_EXIT = int(ExitCode.INTERRUPTED)
 
 log = logging.getLogger("edgerun")
 
@@ -59,6 +67,46 @@ def stdout_to_stderr():
         sys.stderr.flush()
         os.dup2(saved, 1)
         os.close(saved)
+
+
+def plain(value: Any) -> str:
+    """``value`` as text to print through rich: no terminal escapes or control characters
+    (:func:`~edgerun.core.text.sanitize_text`) and every ``[`` markup-escaped, so it prints as it is."""
+    return escape(sanitize_text("-" if value is None else str(value)))
+
+
+class _Progress:
+    """What :func:`progress` yields: ``update(message)``."""
+
+    def __init__(self, status=None):
+        self._status = status
+        self._last: str | None = None
+
+    def update(self, message: str) -> None:
+        if self._status is not None:
+            self._status.update(plain(message))
+        elif message != self._last:
+            self._last = message
+            print(f"edgerun: {sanitize_text(message)}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def progress(message: str):
+    """A spinner on stderr when it is a terminal; else one plain line per new message (a spinner
+    shows nothing when piped, and a log reader wants to see where a long run is)."""
+    if err_console.is_terminal:
+        with err_console.status(plain(message)) as status:
+            yield _Progress(status)
+    else:
+        p = _Progress()
+        p.update(message)
+        yield p
+
+
+def usage_error_json(message: str, hint: str | None = None) -> str:
+    """The one JSON object ``--json`` prints for a call the argument parser refused (exit 2)."""
+    return dump_json({"ok": False, "error": {"type": "UsageError", "stage": "arguments", "message": message,
+                                             "hint": hint, "exit_code": int(ExitCode.USAGE)}})
 
 
 def _jsonable(obj: Any) -> Any:
@@ -122,11 +170,15 @@ def execute(
         if json_out:
             print(dump_json({"ok": False, "error": exc.to_json()}), flush=True)
         else:
-            err_console.print(f"[bold red]error:[/] {exc.paragraph()}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {plain(exc.paragraph())}", highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
-        err_console.print("interrupted")
-        raise typer.Exit(130) from None
+        if json_out:
+            print(dump_json({"ok": False, "error": {"type": "Interrupted", "stage": "interrupted",
+                                                     "message": "interrupted (Ctrl-C)", "hint": None,
+                                                     "exit_code": INTERRUPTED_EXIT}}), flush=True)
+        err_console.print("interrupted", highlight=False)
+        raise typer.Exit(INTERRUPTED_EXIT) from None
     except typer.Exit:
         raise
     except Exception as exc:  # a bug, not a user error: say so and keep the traceback one flag away
@@ -138,7 +190,7 @@ def execute(
                                                      "message": str(exc), "exit_code": INTERNAL_ERROR_EXIT}}),
                   flush=True)
         else:
-            err_console.print(f"[bold red]{message}[/] (run again with --debug for the traceback)",
+            err_console.print(f"[bold red]{plain(message)}[/] (run again with --debug for the traceback)",
                               highlight=False, soft_wrap=True)
         raise typer.Exit(INTERNAL_ERROR_EXIT) from None
 

@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ._common import DebugOpt, JsonOpt, execute
+from ._common import DebugOpt, JsonOpt, execute, plain
 
 out = Console()
 
@@ -45,11 +45,12 @@ def list_cmd(inventory: InventoryOpt = None, json_out: JsonOpt = False, debug: D
                 "devices": [spec.to_json() for spec in specs.values()]}
 
     def human(result: dict) -> None:
-        t = Table(title=f"Devices ({result['inventory']})", title_justify="left")
+        t = Table(title=f"Devices ({plain(result['inventory'])})", title_justify="left")
         for col in ("name", "uri", "transport", "target", "work_dir"):
             t.add_column(col)
         for d in result["devices"]:
-            t.add_row(d["name"], d["uri"], d["transport"], d.get("target") or "-", d.get("work_dir") or "(default)")
+            t.add_row(plain(d["name"]), plain(d["uri"]), plain(d["transport"]), plain(d.get("target") or "-"),
+                      plain(d.get("work_dir") or "(default)"))
         out.print(t)
 
     execute(work, json_out=json_out, debug=debug, human=human)
@@ -75,9 +76,9 @@ def probe_cmd(
 
     def human(result: dict) -> None:
         i = result["info"]
-        title = f"{result['device']} ({result['uri']})"
+        title = f"{plain(result['device'])} ({plain(result['uri'])})"
         if i["emulated"]:
-            title += f" [yellow]EMULATED by {i['emulator']}: numbers check function, not speed[/]"
+            title += f" [yellow]EMULATED by {plain(i['emulator'])}: numbers check function, not speed[/]"
         t = Table(title=title, show_header=False, title_justify="left")
         t.add_column(style="bold")
         t.add_column()
@@ -95,7 +96,7 @@ def probe_cmd(
             ("transport", i["transport"]),
         ]
         for key, value in rows:
-            t.add_row(key, "-" if value is None else str(value))
+            t.add_row(key, plain(value))  # the device's own words: sanitised and never markup
         out.print(t)
 
     execute(work, json_out=json_out, debug=debug, human=human)

@@ -10,7 +10,7 @@ from rich.console import Console
 
 from edgerun.core.errors import UsageError
 
-from ._common import DebugOpt, JsonOpt, err_console, execute
+from ._common import DebugOpt, JsonOpt, err_console, execute, plain, progress
 from .results_cmd import StoreOpt, print_record, print_runs_table, record_json
 
 out = Console()
@@ -60,16 +60,17 @@ def register(app: typer.Typer) -> None:
 
             results = []
             for name in _device_list(device, False, inventory):
-                with err_console.status(f"deploying to {name}"), resolve_device(name, inventory) as dev:
+                with progress(f"deploying to {name}"), resolve_device(name, inventory) as dev:
                     results.append(deploy(artifact, dev, variant=variant).to_json())
             return {"deployments": results}
 
         def human(r: dict) -> None:
             for d in r["deployments"]:
-                out.print(f"[bold]{d['device']}[/] ({d['arch']}): program at {d['program']}, bundle at "
-                          f"{d['bundle_dir']}; sent {len(d['pushed'])} file(s), {len(d['skipped'])} already there")
+                out.print(f"[bold]{plain(d['device'])}[/] ({plain(d['arch'])}): program at {plain(d['program'])}, "
+                          f"bundle at {plain(d['bundle_dir'])}; sent {len(d['pushed'])} file(s), "
+                          f"{len(d['skipped'])} already there", highlight=False)
                 for w in d["preflight"]["warnings"]:
-                    out.print(f"  [yellow]warning:[/] {w}")
+                    out.print(f"  [yellow]warning:[/] {plain(w)}", highlight=False)
 
         execute(work, json_out=json_out, debug=debug, human=human)
 
@@ -115,9 +116,9 @@ def register(app: typer.Typer) -> None:
             names = _device_list(None if all_devices else device, all_devices, inventory)  # --all: no default
             with Store(store) as s:  # open once here: a store from a newer schema fails before any run
                 store_path = s.path
-            with err_console.status("profiling") as status:
+            with progress("profiling") as status:
                 results = profile(artifact, names, settings, store_path=store_path, inventory=inventory,
-                                  on_progress=lambda m: status.update(m))
+                                  on_progress=status.update)
             records = [r for r in results if not isinstance(r, CellFailure)]
             failures = [r.to_json() for r in results if isinstance(r, CellFailure)]
             holder["records"], holder["failures"] = records, failures
@@ -135,7 +136,8 @@ def register(app: typer.Typer) -> None:
             if len(holder["records"]) > 1:
                 print_runs_table(holder["records"], title="Runs of this profile")
             for f in holder["failures"]:
-                err_console.print(f"[bold red]failed[/] on {f['device']}: {f['error']['message']}", soft_wrap=True)
+                err_console.print(f"[bold red]failed[/] on {plain(f['device'])}: {plain(f['error']['message'])}",
+                                  soft_wrap=True, highlight=False)
 
         execute(work, json_out=json_out, debug=debug, human=human)
 
@@ -156,10 +158,12 @@ def register(app: typer.Typer) -> None:
         json_out: JsonOpt = False,
         debug: DebugOpt = False,
     ) -> None:
-        """Sweep export -> deploy -> profile over targets x schemes x devices, then compare.
+        """Sweep export -> deploy -> profile over targets x schemes x devices; store every run.
 
-        Ends with one comparison table and an HTML report with a Pareto plot of latency x size x
-        accuracy. Every finished cell is stored as it finishes; re-running resumes.
+        Ends with one table of every run of the sweep (latency, size, accuracy per cell) and an HTML
+        report with a Pareto plot of latency x size x accuracy. It prints no faster/slower verdicts:
+        compare two runs of it with `edgerun compare RUN_A RUN_B`. Every finished cell is stored as it
+        finishes; re-running resumes.
         """
         holder: dict = {}
 
@@ -174,16 +178,31 @@ def register(app: typer.Typer) -> None:
             settings = _settings(warmup=warmup, iterations=iterations, threads=parse_threads(threads))
             tl, sl, dl = split(targets), split(schemes), _device_list(devices, False, inventory)
             total = len(tl) * len(sl) * len(dl) * len(settings.threads)
-            with Store(store) as s, Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                             TimeElapsedColumn(), console=err_console, transient=False) as bar:
-                task = bar.add_task("bench", total=total)
+            if err_console.is_terminal:
+                bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                               TimeElapsedColumn(), console=err_console, transient=False)
+            else:  # piped: a bar shows nothing; plain lines on stderr say where the sweep is
+                bar = None
+            with Store(store) as s, (bar or progress(f"bench: {total} cell(s)")) as lines:
+                task = bar.add_task("bench", total=total) if bar else None
+                finished = [0]
 
                 def on_cell(key: str, what: str) -> None:
-                    bar.advance(task)
-                    bar.console.print(f"{key}: {what}", highlight=False)
+                    finished[0] += 1
+                    if bar:
+                        bar.advance(task)
+                        bar.console.print(f"{plain(key)}: {plain(what)}", highlight=False)
+                    else:
+                        lines.update(f"[{finished[0]}/{total}] {key}: {what}")
+
+                def on_progress(m: str) -> None:
+                    if bar:
+                        bar.update(task, description=plain(m[:60]))
+                    else:
+                        lines.update(m)
 
                 summary = bench(model, tl, sl, dl, settings, store=s, inventory=inventory, sweep_id=sweep_id,
-                                on_cell=on_cell, on_progress=lambda m: bar.update(task, description=m[:60]))
+                                on_cell=on_cell, on_progress=on_progress)
                 records = [s.get(r) for r in summary["run_ids"]]
             holder["records"] = records
             if records:
@@ -200,8 +219,10 @@ def register(app: typer.Typer) -> None:
             if holder["records"]:
                 print_runs_table(holder["records"], title=f"bench {model} ({r['sweep_id']})")
             if r.get("report"):
-                out.print(f"Report with the Pareto plot (latency x size x accuracy): {r['report']}")
+                out.print(f"Report with the Pareto plot (latency x size x accuracy): {plain(r['report'])}",
+                          highlight=False)
             for f in r["failures"]:
-                err_console.print(f"[bold red]failed[/] {f['cell']}: {f['error']['message']}", soft_wrap=True)
+                err_console.print(f"[bold red]failed[/] {plain(f['cell'])}: {plain(f['error']['message'])}",
+                                  soft_wrap=True, highlight=False)
 
         execute(work, json_out=json_out, debug=debug, human=human)

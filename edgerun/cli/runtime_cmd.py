@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ._common import DebugOpt, JsonOpt, execute
+from ._common import DebugOpt, JsonOpt, execute, plain, progress
 
 out = Console()
 
@@ -19,24 +19,24 @@ def _mb(n: int | None) -> str:
 
 
 def _show_bundle(b: dict) -> None:
-    t = Table(title=f"Runtime bundle {b['path']}", show_header=False, title_justify="left")
+    t = Table(title=f"Runtime bundle {plain(b['path'])}", show_header=False, title_justify="left")
     t.add_column(style="bold")
     t.add_column()
-    t.add_row("arch / variant", f"{b['arch']} / {b['variant']}")
-    t.add_row("executorch", b["executorch_version"])
-    t.add_row("runner", f"{b['runner_version']} (sources {b['runner_source_hash'][:12]})")
-    t.add_row("start with", " ".join(b.get("start", [])))
-    t.add_row("backends", ", ".join(b.get("backends", [])) or "none")
-    t.add_row("kernel libraries", ", ".join(b.get("kernel_libraries", [])) or "none")
+    t.add_row("arch / variant", f"{plain(b['arch'])} / {plain(b['variant'])}")
+    t.add_row("executorch", plain(b["executorch_version"]))
+    t.add_row("runner", f"{plain(b['runner_version'])} (sources {plain(str(b['runner_source_hash'])[:12])})")
+    t.add_row("start with", plain(" ".join(b.get("start", []))))
+    t.add_row("backends", plain(", ".join(b.get("backends", [])) or "none"))
+    t.add_row("kernel libraries", plain(", ".join(b.get("kernel_libraries", [])) or "none"))
     ops = b.get("operators")
     by_lib = b.get("operators_by_library") or {}
     t.add_row("operators", (f"{len(ops)} registered" + (" (" + ", ".join(f"{lib}: {len(v)}" for lib, v in
                                                                sorted(by_lib.items())) + ")" if by_lib else ""))
               if ops is not None else "unknown (could not run the runner)")
-    t.add_row("system libraries", ", ".join(b.get("system_libraries", [])) or "none (uses the system's)")
+    t.add_row("system libraries", plain(", ".join(b.get("system_libraries", [])) or "none (uses the system's)"))
     t.add_row("size", f"{_mb(b.get('total_bytes'))} on disk, {_mb(b.get('tarball_bytes'))} as tar.gz")
     if "intact" in b:
-        t.add_row("files", "[green]intact[/]" if b["intact"] else "[red]" + "; ".join(b["problems"]) + "[/]")
+        t.add_row("files", "[green]intact[/]" if b["intact"] else "[red]" + plain("; ".join(b["problems"])) + "[/]")
     out.print(t)
 
 
@@ -46,24 +46,24 @@ def _show_run(r: dict) -> None:
     runner = r["runner"]
     h, load, s = runner["header"] or {}, runner["load"] or {}, runner["summary"] or {}
     samples = runner["execute_ns"]
-    t = Table(title=f"{r['artifact']} on this machine", show_header=False, title_justify="left")
+    t = Table(title=f"{plain(r['artifact'])} on this machine", show_header=False, title_justify="left")
     t.add_column(style="bold")
     t.add_column()
-    t.add_row("runner", f"{h.get('runner_version')} · executorch {h.get('executorch_version')} · {h.get('arch')}"
-                        f" · {h.get('threads')} thread(s)" + (f" · under {' '.join(r['emulator'])} (emulated)"
-                                                             if r.get("emulator") else ""))
+    t.add_row("runner", plain(f"{h.get('runner_version')} · executorch {h.get('executorch_version')} · {h.get('arch')}"
+                              f" · {h.get('threads')} thread(s)" + (f" · under {' '.join(r['emulator'])} (emulated)"
+                                                                   if r.get("emulator") else "")))
     t.add_row("load", f"{load.get('load_ns', 0) / 1e6:.2f} ms")
     if samples:
         st = summarize(samples)
         t.add_row("execute", f"median {st.median_ms:.3f} ms · p90 {st.p90_ms:.3f} ms · {st.n} iterations"
-                             + (f" [yellow]({'; '.join(st.warnings)})[/]" if st.unstable else ""))
-    t.add_row("peak RSS", f"{s.get('peak_rss_kb')} kB")
+                             + (f" [yellow]({plain('; '.join(st.warnings))})[/]" if st.unstable else ""))
+    t.add_row("peak RSS", f"{plain(s.get('peak_rss_kb'))} kB")
     for o in s.get("outputs", []):
-        t.add_row(f"output {o['index']}", f"{o.get('dtype')}{o.get('shape')} {o.get('path') or ''}")
+        t.add_row(f"output {plain(o['index'])}", plain(f"{o.get('dtype')}{o.get('shape')} {o.get('path') or ''}"))
     if s.get("etdump"):
-        t.add_row("ETDump", f"{s['etdump']['path']} ({s['etdump']['bytes']} bytes)")
+        t.add_row("ETDump", plain(f"{s['etdump']['path']} ({s['etdump']['bytes']} bytes)"))
     for w in r["preflight"]["warnings"]:
-        t.add_row("warning", f"[yellow]{w}[/]")
+        t.add_row("warning", f"[yellow]{plain(w)}[/]")
     out.print(t)
 
 
@@ -153,6 +153,8 @@ def register(app: typer.Typer) -> None:
                                   fill=fill or "random")
             except ValueError as exc:
                 raise UsageError(str(exc)) from None
+            if not timeout > 0:  # before any directory is made or any device touched
+                raise UsageError(f"--timeout must be a number of seconds > 0, got {timeout:g}.")
             if device or all_devices:
                 if bundle is not None:
                     raise UsageError("give --bundle (a run on this machine) or --device, not both.")
@@ -161,8 +163,10 @@ def register(app: typer.Typer) -> None:
             if bundle is None:
                 raise UsageError("nothing to run on.", hint="Give --bundle B (this machine, e.g. from `edgerun "
                                                             "runtime build`) or --device D (see `edgerun devices list`).")
-            return run_artifact_local(artifact, bundle, vector=None if fill else vector, options=opts,
-                                      etdump=etdump, outputs_dir=outputs, preflight=not no_preflight)
+            with progress(f"running {artifact} with {bundle}"):
+                return run_artifact_local(artifact, bundle, vector=None if fill else vector, options=opts,
+                                          etdump=etdump, outputs_dir=outputs, preflight=not no_preflight,
+                                          timeout=timeout)
 
         execute(work, json_out=json_out, debug=debug,
                 human=lambda r: _show_device_runs(r) if "runs" in r else _show_run(r))
@@ -172,14 +176,18 @@ def _run_on_devices(artifact, device, all_devices, inventory, opts, *, vector, e
     from edgerun.cli.profile_cmd import _device_list
     from edgerun.devices.inventory import resolve_device
     from edgerun.core.artifact import read_manifest
-    from edgerun.runtime.deploy import DeviceRunError, run_many
+    from edgerun.runtime.deploy import DeviceRunError, check_run_request, run_many
 
     artifact = read_manifest(artifact)  # a bad artifact fails once, before any device is opened
+    artifact.verified_pte()
+    check_run_request(artifact, vector=vector, timeout=timeout)  # wrong options fail before any work
+    names = _device_list(device, all_devices, inventory)
     devices = []
     try:
-        for name in _device_list(device, all_devices, inventory):
+        for name in names:
             devices.append(resolve_device(name, inventory))
-        results = run_many(artifact, devices, options=opts, vector=vector, etdump=etdump, timeout=timeout)
+        with progress(f"running on {', '.join(names)}"):
+            results = run_many(artifact, devices, options=opts, vector=vector, etdump=etdump, timeout=timeout)
     finally:
         for d in devices:
             d.close()
@@ -198,8 +206,9 @@ def _show_device_runs(r: dict) -> None:
     for run in r["runs"]:
         ns = run["runner"].get("execute_ns") or []
         med = sorted(ns)[len(ns) // 2] / 1e6 if ns else float("nan")
-        con.print(f"[bold]{run['device']}[/] ({run['device_info'].get('arch')}"
+        con.print(f"[bold]{plain(run['device'])}[/] ({plain(run['device_info'].get('arch'))}"
                   f"{', emulated' if run['device_info'].get('emulated') else ''}): {len(ns)} timed iteration(s), "
-                  f"median execute {med:.3f} ms -> {run['run_dir']}", highlight=False)
+                  f"median execute {med:.3f} ms -> {plain(run['run_dir'])}", highlight=False)
     for f in r["failures"]:
-        con.print(f"[bold red]failed[/] on {f.get('device')}: {f['message']}", highlight=False, soft_wrap=True)
+        con.print(f"[bold red]failed[/] on {plain(f.get('device'))}: {plain(f['message'])}", highlight=False,
+                  soft_wrap=True)

@@ -1,0 +1,155 @@
+"""Issue 9 items 9 and 14: Ctrl-C stops ``edgerun profile`` -- for real.
+
+The real CLI runs the real native runner on a ``local://`` device (in a subprocess, so SIGINT is a
+real signal to a real process). The device's wrapper runs the runner again and again -- a run that
+never ends by itself -- and tees its stdout beside the wrapper script, so the test sees the first
+``iteration`` line the runner printed (the runner's output reaches the run directory's
+``runner.jsonl`` only when its exec returns: for an interrupted run, the partial output). SIGINT is
+sent on that observed event, never after a sleep. Then: exit 130 within a bound, ``run.json`` says
+``interrupted``, the runner's process group is gone, the partial runner output is kept, and nothing
+is in the store.
+
+Also: a run directory left ``running`` by a process that is gone (SIGKILL: it could say nothing)
+is marked ``interrupted`` by the next run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from edgerun.store import Store
+
+# Runs the real runner again and again (each invocation short), its stdout also into a file beside
+# this script: the test's event source. Killing the process group ends all of it.
+LOOP = r"""
+side="$(dirname "$0")/runner-stdout.jsonl"
+while :; do "$@" || exit $?; done | tee -a "$side"
+"""
+
+INTERRUPT_BOUND_S = 30.0
+
+
+def _edgerun_cmd() -> list[str]:
+    exe = Path(sys.executable).with_name("edgerun")
+    return [str(exe)] if exe.exists() else [sys.executable, "-c", "from edgerun.cli import main; main()"]
+
+
+def _wait_for(pred, what: str, timeout: float, proc: subprocess.Popen | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"edgerun exited {proc.returncode} before {what}:\n{err[-3000:]}")
+        time.sleep(0.05)
+    pytest.fail(f"{what} did not happen within {timeout:g} s")
+
+
+def _run_dirs_of(runs: Path, device: str) -> list[Path]:
+    found = []
+    for rj in runs.glob("*/run.json"):
+        try:
+            if json.loads(rj.read_text()).get("device") == device:
+                found.append(rj.parent)
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+@pytest.fixture
+def host_artifact(make_artifact):
+    return make_artifact("digits_cnn", "host", "fp32")
+
+
+def test_ctrl_c_kills_the_runner_marks_the_run_interrupted_and_stores_nothing(
+        host_artifact, runner_bundle, edgerun_home, tmp_path):
+    runner_bundle("host")  # built once per session, before the clock of this test starts
+    loop = tmp_path / "loop.sh"
+    loop.write_text(LOOP)
+    side = tmp_path / "runner-stdout.jsonl"
+    name = f"ctrlc-{secrets.token_hex(3)}"
+    inventory = tmp_path / "devices.toml"
+    inventory.write_text(f'[devices.{name}]\nuri = "local://?work_dir={tmp_path / "dev"}"\n'
+                         f'wrapper = ["sh", "{loop}"]\n')
+    store = tmp_path / "results.sqlite"
+    proc = subprocess.Popen(
+        [*_edgerun_cmd(), "profile", str(host_artifact), "--device", name, "--inventory", str(inventory),
+         "--store", str(store), "--warmup", "0", "--iterations", "1", "--no-etdump", "--no-task-accuracy",
+         "--timeout", "600"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "EDGERUN_HOME": str(edgerun_home)})
+    try:
+        _wait_for(lambda: side.is_file() and '"type":"iteration"' in side.read_text(),
+                  "the runner's first iteration line", 300, proc)
+        (run_dir,) = _wait_for(lambda: _run_dirs_of(edgerun_home / "runs", name), "the run directory", 10, proc)
+        assert json.loads((run_dir / "run.json").read_text())["status"] == "running"
+        proc.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        try:
+            out, err = proc.communicate(timeout=INTERRUPT_BOUND_S)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"edgerun did not stop within {INTERRUPT_BOUND_S:g} s of SIGINT")
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err[-3000:]
+    assert took < INTERRUPT_BOUND_S
+    assert "interrupted" in err
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert meta["status"] == "interrupted", meta
+    assert meta["pid"] == proc.pid and meta["host"]
+    # the runner's partial output is kept in the run directory
+    lines = [json.loads(ln) for ln in (run_dir / "runner.jsonl").read_text().splitlines() if ln.startswith("{")]
+    assert any(ln["type"] == "iteration" for ln in lines)
+    # nothing of the interrupted run was analysed or stored
+    assert not (run_dir / "record.json").exists()
+    with Store(store) as s:
+        assert s.list() == []
+    # the runner (and its wrapper loop) is gone: the side file stops growing
+    size = side.stat().st_size
+    before = time.monotonic()
+    _wait_for(lambda: time.monotonic() - before > 1.0, "a second passing", 5)
+    assert side.stat().st_size == size, "the runner still runs after edgerun exited"
+
+
+def test_a_running_run_dir_of_a_dead_process_is_marked_interrupted_by_the_next_run(tmp_path):
+    """A process killed by SIGKILL cannot mark its run directory; the next run does (pid + host)."""
+    import socket
+
+    from edgerun.runtime.deploy import mark_abandoned_runs, new_run_dir
+
+    runs = tmp_path / "runs"
+    victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        dead_dir, live_dir, other_host = runs / "a-dead", runs / "b-live", runs / "c-elsewhere"
+        for d, pid, host in ((dead_dir, victim.pid, socket.gethostname()), (live_dir, alive.pid, socket.gethostname()),
+                             (other_host, victim.pid, "another-host.invalid")):
+            d.mkdir(parents=True)
+            (d / "run.json").write_text(json.dumps({"status": "running", "stage": "run", "pid": pid, "host": host}))
+        victim.kill()
+        victim.wait()
+        fresh = new_run_dir("local", "m", root=runs)
+        assert fresh.is_dir()
+        meta = json.loads((dead_dir / "run.json").read_text())
+        assert meta["status"] == "interrupted" and str(victim.pid) in meta["error"]
+        assert json.loads((live_dir / "run.json").read_text())["status"] == "running"   # its process lives
+        assert json.loads((other_host / "run.json").read_text())["status"] == "running"  # not ours to judge
+        assert mark_abandoned_runs(runs) == []  # idempotent
+    finally:
+        for p in (victim, alive):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
