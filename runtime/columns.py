@@ -231,7 +231,7 @@ COLUMNS: tuple[Column, ...] = (
       doc="the device name plus the emulated CPU, e.g. qemu-aarch64://?cpu=cortex-a76"),
     C("device_name", U.TEXT, K.IDENTITY, lambda r: r.device_name, show=NEVER, sql="device",
       doc="the device as given (inventory name or URI): what --device filters on"),
-    C("arch", U.TEXT, K.IDENTITY, lambda r: r.device.get("arch") or r.model.arch),
+    C("arch", U.TEXT, K.DEVICE, lambda r: r.device.get("arch") or r.model.arch),
     C("cpu", U.TEXT, K.DEVICE, lambda r: r.device.get("cpu_model")),
     C("source", U.TEXT, K.IDENTITY, lambda r: r.source, sql="source", doc="measured | emulated"),
     C("threads", U.COUNT, K.IDENTITY, lambda r: r.provenance.threads, sql="threads"),

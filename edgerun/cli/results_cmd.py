@@ -25,7 +25,7 @@ from edgerun.runtime.columns import cap_name, device_label, format_ms
 from ._common import DebugOpt, JsonOpt, execute
 
 # Tables are wide: when stdout is not a terminal (a pipe, a log file) do not squeeze them to 80 columns.
-out = Console(width=None if sys.stdout.isatty() else 160)
+out = Console(width=None if sys.stdout.isatty() else 200)
 
 StoreOpt = Annotated[Optional[Path], typer.Option(
     "--store", envvar="EDGERUN_STORE", help="Results store (default: EDGERUN_HOME/results.sqlite).")]
@@ -158,7 +158,7 @@ def print_runs_table(records, *, title: str = "Runs") -> None:
     common = {k: v for k, v in common.items() if k in ident}
     t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
     for c in columns:
-        t.add_column(c, justify="right" if isinstance(rows[0][c], (int, float)) else "left", no_wrap=c == "run_id")
+        t.add_column(c, justify="right" if isinstance(rows[0][c], (int, float)) else "left", no_wrap=True)
     for row in rows:
         t.add_row(*(escape(fmt_value(c, row[c])) for c in columns))
     out.print(t)
