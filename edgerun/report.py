@@ -244,7 +244,8 @@ def plot_samples_over_time(records: Sequence[RunRecord]) -> bytes:
             if warm:
                 ax.plot(range(len(warm)), warm, marker="x", ls="none", color=line.get_color())
         ax.set_xlabel("iteration (x: warm-up)", fontsize=9)
-        if _wide_range(group):
+        every = [s.execute_ns for r in group for s in r.samples if s.execute_ns > 0]
+        if _wide_range(group) or (every and max(every) / min(every) > 20):  # e.g. a cold first warm-up
             ax.set_yscale("log")
         ax.set_ylabel("execute (ms)")
         _mark_source(ax, source, "Samples in order")
@@ -257,7 +258,7 @@ def plot_operators(record: RunRecord, top: int = 12, *, delegate_ops: bool = Fal
     ops = record.operators.delegate_ops[:top] if delegate_ops else record.operators.top(top)
     fig = _figure(9, 1.0 + 0.35 * len(ops))
     ax = fig.add_subplot()
-    names = [o.name if len(o.name) <= 48 else o.name[:45] + "…" for o in ops][::-1]
+    names = [cap_name(o.name, 48) for o in ops][::-1]
     values = [o.median_ms for o in ops][::-1]
     colors = ["tab:green" if o.delegated else "tab:blue" for o in ops][::-1]
     bars = ax.barh(names, values, color=colors)
@@ -370,8 +371,13 @@ def plot_pareto(records: Sequence[RunRecord]) -> bytes:
         front = set(pareto_front(pts))
         marker = "^" if emulated else "o"
         known = [i for i, p in enumerate(pts) if math.isfinite(p[2])]
-        sc = ax.scatter([pts[i][0] for i in known], [pts[i][1] for i in known], c=[pts[i][2] for i in known],
-                        cmap="viridis", s=80, marker=marker, zorder=2, edgecolors="black", linewidths=0.5)
+        vals = [pts[i][2] for i in known]
+        # the colour scale of the measure itself (task accuracy ends at 1, SNR is capped at 100 dB), never beyond
+        top = 1.0 if label == "task accuracy" else 100.0
+        low = min(vals, default=0.0) - (0.05 if top == 1.0 else 5.0)
+        sc = ax.scatter([pts[i][0] for i in known], [pts[i][1] for i in known], c=vals, cmap="viridis",
+                        vmin=max(0.0, min(low, top - (0.1 if top == 1.0 else 10.0))), vmax=top,
+                        s=80, marker=marker, zorder=2, edgecolors="black", linewidths=0.5)
         if known:
             fig.colorbar(sc, ax=ax, label=label)
         unknown = [i for i in range(len(pts)) if i not in known]
@@ -531,6 +537,11 @@ def to_html(records: Sequence[RunRecord], comparisons: Sequence[RunComparison] =
                                      [[o.name or o.index, "×".join(map(str, o.shape)), fmt_value("snr_db", o.snr_db),
                                        f"{o.max_abs:.3g}", f"{o.cosine:.6f}",
                                        fmt_value("top1_agreement", o.top1_agreement)] for o in r.accuracy.outputs]))
+        if r.accuracy is not None and r.accuracy.passed is not None:
+            verdict = "within" if r.accuracy.passed else "<b class=regress>outside</b>"
+            parts.append(f"<p>The device's outputs are {verdict} the artifact's accuracy thresholds"
+                         + (": " + "; ".join(html.escape(f) for f in r.accuracy.failures) if r.accuracy.failures
+                            else "") + ".</p>")
         if r.accuracy is not None and r.accuracy.task_accuracy is not None:
             parts.append(f"<p>Task accuracy ({r.accuracy.source}, from outputs run on the device): "
                          f"{r.accuracy.task_accuracy:.2%} of {r.accuracy.task_samples} held-out samples.</p>")
