@@ -10,14 +10,14 @@ label (measured / emulated). numpy only; no torch.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from edgerun.core import numerics
-from edgerun.core.errors import AnalysisError, EdgerunError
+from edgerun.core.errors import AnalysisError
 
 
 class AccuracyError(AnalysisError):

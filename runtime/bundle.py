@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from edgerun.core.errors import BundleError, EdgerunError
+from edgerun.core.errors import BundleError
 
 BUNDLE_SCHEMA = "edgerun.bundle"
 BUNDLE_SCHEMA_VERSION = 1

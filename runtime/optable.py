@@ -36,7 +36,7 @@ from typing import Iterable
 
 import numpy as np
 
-from edgerun.core.errors import AnalysisError, EdgerunError
+from edgerun.core.errors import AnalysisError
 
 KIND_OPERATOR = "operator"
 KIND_DELEGATE_CALL = "delegate_call"

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from edgerun.core.errors import AnalysisError, EdgerunError
+from edgerun.core.errors import AnalysisError
 
 NS_PER_MS = 1_000_000.0
 
