@@ -17,7 +17,8 @@ app = typer.Typer(
     help=(
         "Take a PyTorch model to an edge device and tell the truth about how it runs there.\n\n"
         "Every command takes --json (exactly one JSON object on stdout) and --debug "
-        "(tracebacks on error). Caches, bundles and results live under EDGERUN_HOME."
+        "(tracebacks on error). Caches, bundles and results live under EDGERUN_HOME "
+        "(the downloaded aarch64 ExecuTorch wheel: in EDGERUN_WHEEL_CACHE, default ~/.cache/edgerun/wheels)."
     ),
     no_args_is_help=True,
     add_completion=False,

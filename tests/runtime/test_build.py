@@ -169,3 +169,61 @@ def test_aarch64_wheel_is_unpacked_from_the_cache(aarch64_bundle, tmp_path, monk
     with pytest.raises(BundleError, match="not a valid wheel"):
         rbuild.aarch64_executorch_root(version)
     assert not (broken / wheel.name).exists()
+
+
+def test_force_builds_take_the_lock_before_removing_the_build_dir(host_bundle, monkeypatch):
+    """Issue 9 item 11: ``runtime build --force`` twice at once. Another process (real, holding the
+    real flock) is building; a forced build must wait for the lock before it removes the build
+    directory, and must report its own log. The forced build is made to fail fast after the lock
+    (CXX=/bin/false: cmake's compiler check fails) so the test does not compile the runner again."""
+    import os
+    import sys
+    import threading
+    import time
+
+    from edgerun.core.paths import cache_dir
+
+    key = rbuild.bundle_key(rbuild.host_arch(), "full", rbuild.executorch_version(), rbuild.runner_source_hash())
+    build_root = cache_dir("build")
+    build_dir = build_root / key
+    lock = build_root / f"{key}.lock"
+    build_dir.mkdir(parents=True, exist_ok=True)
+    marker = build_dir / "the-other-build-is-using-this"
+    marker.write_text("x")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys\nf = open(sys.argv[1], 'w')\nfcntl.flock(f, fcntl.LOCK_EX)\n"
+                               "print('locked', flush=True)\nsys.stdin.read()", str(lock)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    outcome: dict = {}
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        monkeypatch.setenv("CXX", "/bin/false")
+
+        def forced():
+            try:
+                rbuild.build_bundle(rbuild.BuildRequest(force=True))
+            except BaseException as exc:  # noqa: BLE001 - looked at below
+                outcome["error"] = exc
+
+        t = threading.Thread(target=forced, daemon=True)
+        t.start()
+        ino = os.stat(lock).st_ino
+        deadline = time.monotonic() + 60
+        while not any("->" in ln and f":{ino} " in ln for ln in open("/proc/locks")):  # the build waits
+            assert t.is_alive(), f"the forced build did not wait for the lock: {outcome.get('error')!r}"
+            assert time.monotonic() < deadline, "the forced build never queued on the lock"
+            time.sleep(0.02)
+        assert marker.exists(), "the build directory was removed while another process held the lock"
+        holder.stdin.close()
+        holder.wait(timeout=30)
+        t.join(300)
+        assert not t.is_alive()
+        err = outcome.get("error")
+        assert isinstance(err, BundleError), repr(err)
+        assert not marker.exists()  # removed, under the lock
+        assert f"build-{os.getpid()}.log" in err.message  # its own log, not the other process's
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+        shutil.rmtree(build_dir, ignore_errors=True)  # the failed configure's cache must not be reused
