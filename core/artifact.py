@@ -87,6 +87,19 @@ def _get(d: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: s
     return value
 
 
+def _strings(values: list, where: str) -> tuple[str, ...]:
+    bad = [i for i, v in enumerate(values) if not isinstance(v, str)]
+    if bad:
+        raise _Bad(f"{where}[{bad[0]}] must be str, got {type(values[bad[0]]).__name__}")
+    return tuple(values)
+
+
+def _seconds(d: Mapping[str, Any] | None, where: str) -> dict[str, float] | None:
+    if d is None:
+        return None
+    return {k: _get(d, k, float, where) for k in d}
+
+
 def _output_metrics(d: Any, where: str) -> OutputMetrics:
     try:
         return OutputMetrics.from_json(d)
@@ -365,7 +378,8 @@ class RecipeIdentity:
     ``model``: name, source and origin (and a content hash of a factory's module file, when known);
     ``target``: the target record; ``scheme``: name and options; ``calibration``: source (a file's
     content hash, a dataset name, or ``generated``) and sample count; ``seed``; ``vectors``: how many
-    test vectors; ``versions``: torch, executorch, torchao.
+    test vectors; ``versions``: torch, executorch, torchao; ``vectors_source``: a user's test-vector
+    file (its content hash), absent when the vectors are generated (so older hashes stay the same).
     """
 
     model: Mapping[str, Any]
@@ -376,11 +390,15 @@ class RecipeIdentity:
     vectors: int
     versions: Mapping[str, Any]
     identity_version: int = 1
+    vectors_source: Mapping[str, Any] | None = None
 
     def to_json(self) -> dict:
-        return {"identity_version": self.identity_version, "model": dict(self.model), "target": dict(self.target),
-                "scheme": dict(self.scheme), "calibration": dict(self.calibration) if self.calibration else None,
-                "seed": self.seed, "vectors": self.vectors, "versions": dict(self.versions)}
+        out = {"identity_version": self.identity_version, "model": dict(self.model), "target": dict(self.target),
+               "scheme": dict(self.scheme), "calibration": dict(self.calibration) if self.calibration else None,
+               "seed": self.seed, "vectors": self.vectors, "versions": dict(self.versions)}
+        if self.vectors_source is not None:
+            out["vectors_source"] = dict(self.vectors_source)
+        return out
 
     @property
     def hash(self) -> str:
@@ -393,7 +411,8 @@ class RecipeIdentity:
                    scheme=_get(d, "scheme", dict, where), calibration=_get(d, "calibration", dict, where, optional=True),
                    seed=_get(d, "seed", int, where), vectors=_get(d, "vectors", int, where),
                    versions=_get(d, "versions", dict, where),
-                   identity_version=_get(d, "identity_version", int, where, optional=True, default=1))
+                   identity_version=_get(d, "identity_version", int, where, optional=True, default=1),
+                   vectors_source=_get(d, "vectors_source", dict, where, optional=True))
 
 
 # ------------------------------------------------------------------------------------ manifest
@@ -423,6 +442,13 @@ class Manifest:
     verification: Verification | None = None
     export_seconds: float | None = None
     recipe: RecipeIdentity | None = None
+    #: the graph the partitioners saw: ``exported_nodes`` (after torch.export), ``nodes`` (after
+    #: decomposition), ``top_modules`` [{module, type, nodes}], ``large``
+    graph: Mapping[str, Any] | None = None
+    #: what a person should know although the export succeeded (nodes kept off the delegate,
+    #: quantization that did little, an unusually large graph)
+    warnings: tuple[str, ...] = ()
+    stage_seconds: Mapping[str, float] | None = None   # wall time per export stage
     schema_version: int = SCHEMA_VERSION
     path: Path | None = field(default=None, compare=False)
 
@@ -446,6 +472,11 @@ class Manifest:
             out["verification"] = self.verification.to_json()
         if self.export_seconds is not None:
             out["export_seconds"] = self.export_seconds
+        if self.stage_seconds is not None:
+            out["stage_seconds"] = dict(self.stage_seconds)
+        if self.graph is not None:
+            out["graph"] = dict(self.graph)
+        out["warnings"] = list(self.warnings)
         return out
 
     @classmethod
@@ -493,6 +524,9 @@ class Manifest:
                 verification=Verification.from_json(ver, "verification") if ver else None,
                 export_seconds=_get(d, "export_seconds", float, "manifest", optional=True),
                 recipe=RecipeIdentity.from_json(rec, "recipe") if rec else None,
+                graph=_get(d, "graph", dict, "manifest", optional=True),
+                warnings=_strings(_get(d, "warnings", list, "manifest", optional=True, default=[]), "warnings"),
+                stage_seconds=_seconds(_get(d, "stage_seconds", dict, "manifest", optional=True), "stage_seconds"),
                 path=Path(path) if path is not None else None,
             )
         except _Bad as exc:

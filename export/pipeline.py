@@ -1,7 +1,9 @@
 """``export_model``: model spec -> verified, self-describing artifact directory.
 
 Stages (each failure names its stage): resolve -> load model -> export (torch.export) ->
-quantize -> lower (to_edge_transform_and_lower + to_executorch) -> write -> verify.
+quantize -> lower (to_edge_transform_and_lower + to_executorch, with a fallback that keeps a node
+the delegate fails on out of it: :mod:`.lowering`) -> write -> verify. ``on_stage(name)`` is called
+as a stage starts and ``on_stage_done(name, seconds)`` when it ends; the manifest keeps the times.
 The artifact is assembled in a temporary sibling directory and renamed into place at the end,
 so a half-written artifact never looks complete; a directory that is not an edgerun artifact is
 never overwritten.
@@ -32,7 +34,10 @@ from edgerun.core.errors import EdgerunError, UsageError
 from edgerun.core.version import edgerun_version
 from edgerun.core.numerics import aggregate, compare_outputs
 
+from . import quant_report
 from .errors import ExportError, VerificationFailed
+from .inputs import IntRange, generated_like, input_ranges, load_inputs_file
+from .lowering import graph_facts, graph_warning, lower
 from .program import describe_program
 from .recipe import recipe_identity
 from .schemes import Scheme, make_scheme
@@ -42,12 +47,14 @@ from .zoo import ModelSpec, get_model
 log = logging.getLogger("edgerun.export")
 
 Stage = Callable[[str], None]
+StageDone = Callable[[str, float], None]
 
 
 @dataclasses.dataclass(frozen=True)
 class ExportOptions:
-    vectors: int = 4                  # test vectors written and verified
+    vectors: int = 4                  # test vectors written and verified (the example is vector 0)
     calibration: str | None = None    # .npy/.npz file of calibration inputs (else dataset or generated)
+    vectors_file: str | None = None   # .npy/.npz file of test inputs: vectors are the example + these
     seed: int = 0
     overwrite: bool = True            # replace an existing *artifact* at out_dir
 
@@ -62,10 +69,11 @@ def default_out_dir(model: str, target: str, scheme: str) -> Path:
 
 
 @contextlib.contextmanager
-def _stage(name: str, on_stage: Stage | None):
+def _stage(name: str, on_stage: Stage | None, on_done: StageDone | None = None, times: dict | None = None):
     if on_stage:
         on_stage(name)
     log.debug("stage: %s", name)
+    started = time.monotonic()
     try:
         yield
     except EdgerunError:
@@ -73,6 +81,11 @@ def _stage(name: str, on_stage: Stage | None):
     except Exception as exc:
         raise ExportError(f"{type(exc).__name__}: {_short(exc)}", stage=name,
                           hint=_hint_for(name, exc)) from exc
+    seconds = time.monotonic() - started
+    if times is not None:
+        times[name] = round(seconds, 3)
+    if on_done:
+        on_done(name, seconds)
 
 
 def _short(exc: BaseException, limit: int = 600) -> str:
@@ -107,73 +120,19 @@ def _flatten(outputs: Any) -> list:
     return [t for t in leaves if isinstance(t, torch.Tensor)]
 
 
-def _generated_like(example: Sequence, count: int, seed: int) -> list[tuple]:
-    """Inputs shaped like the example: float ~ N(0, 1); integers uniform in [0, max(example)]."""
-    import torch
-
-    gen = torch.Generator().manual_seed(seed)
-    samples = [tuple(t.clone() for t in example)]
-    while len(samples) < count:
-        sample = []
-        for t in example:
-            if t.is_floating_point():
-                sample.append(torch.randn(t.shape, generator=gen, dtype=t.dtype))
-            elif t.dtype == torch.bool:
-                sample.append(torch.randint(0, 2, t.shape, generator=gen).bool())
-            else:
-                high = int(t.max().item()) + 1 if t.numel() else 1
-                sample.append(torch.randint(0, max(high, 1), t.shape, generator=gen, dtype=t.dtype))
-        samples.append(tuple(sample))
-    return samples
-
-
 def _dataset_samples(x, count: int) -> list[tuple]:
     return [(x[i : i + 1].clone(),) for i in range(min(count, len(x)))]
 
 
-def load_calibration_file(path: str, example: Sequence) -> list[tuple]:
+def load_calibration_file(path: str, example: Sequence, ranges: Sequence[IntRange | None] = ()) -> list[tuple]:
     """Calibration inputs from ``.npy`` (one input: ``[N, *shape]`` or ``[N, *shape[1:]]`` for batch 1)
     or ``.npz`` (keys ``input_0``, ``input_1`` ... in input order, each stacked on dim 0)."""
-    import torch
+    return load_inputs_file(path, example, what="calibration file", stage="quantize", ranges=ranges)
 
-    p = Path(path)
-    if not p.is_file():
-        raise ExportError(f"calibration file {path} does not exist.", stage="quantize")
-    try:
-        loaded = np.load(p, allow_pickle=False)
-    except Exception as exc:
-        raise ExportError(f"calibration file {path} is not a readable .npy/.npz file: {exc}.",
-                          stage="quantize") from exc
-    if isinstance(loaded, np.ndarray):
-        arrays = [loaded]
-    else:
-        keys = [f"input_{i}" for i in range(len(example))]
-        missing = [k for k in keys if k not in loaded.files]
-        if missing:
-            raise ExportError(f"calibration file {path} lacks {', '.join(missing)}; it has {', '.join(loaded.files)}.",
-                              stage="quantize", hint="Name the arrays input_0, input_1, ... in the model's input order.")
-        arrays = [loaded[k] for k in keys]
-    if len(arrays) != len(example):
-        raise ExportError(f"calibration file {path} holds {len(arrays)} input(s); the model takes {len(example)}.",
-                          stage="quantize")
-    per_input: list[list] = []
-    counts = set()
-    for i, (arr, ex) in enumerate(zip(arrays, example)):
-        want = tuple(ex.shape)
-        if tuple(arr.shape[1:]) == want:          # [N, *shape]
-            samples = [arr[n] for n in range(arr.shape[0])]
-        elif want and want[0] == 1 and tuple(arr.shape[1:]) == want[1:]:  # [N, *shape[1:]] for batch 1
-            samples = [arr[n : n + 1] for n in range(arr.shape[0])]
-        else:
-            raise ExportError(
-                f"calibration file {path}: input {i} has shape {list(arr.shape)}; expected [N, {', '.join(map(str, want))}] "
-                f"(N samples of the model's input shape {list(want)}).", stage="quantize")
-        counts.add(len(samples))
-        per_input.append([torch.from_numpy(np.ascontiguousarray(s)).to(ex.dtype) for s in samples])
-    if len(counts) != 1 or 0 in counts:
-        raise ExportError(f"calibration file {path}: inputs have different or zero sample counts {sorted(counts)}.",
-                          stage="quantize")
-    return [tuple(col) for col in zip(*per_input)]
+
+def load_vectors_file(path: str, example: Sequence, ranges: Sequence[IntRange | None] = ()) -> list[tuple]:
+    """A user's test inputs, in the calibration file's format."""
+    return load_inputs_file(path, example, what="test vectors file", stage="load model", ranges=ranges)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -205,8 +164,10 @@ def _quantize(model, example, scheme: Scheme, calibration: list[tuple]):
             for sample in used:
                 prepared(*sample)
         converted = convert_pt2e(prepared)
-        facts = {"calibration_samples": 0 if dynamic else len(used)}
-        return _export(converted, example), facts
+        exported = _export(converted, example)
+        facts = {"calibration_samples": 0 if dynamic else len(used),
+                 **quant_report.describe(scheme.name, "XNNPACKQuantizer", model, exported)}
+        return exported, facts
     if scheme.name == "8da4w":
         from torchao.quantization.granularity import PerGroup
         from torchao.quantization.quant_api import Int8DynamicActivationIntxWeightConfig, quantize_
@@ -224,29 +185,61 @@ def _quantize(model, example, scheme: Scheme, calibration: list[tuple]):
 
         eligible = [n for n, m in model.named_modules() if quantizable(m)]
         if not eligible:
-            raise ExportError(
-                f"scheme 8da4w found no linear layer whose input width is a multiple of group_size={gs}.",
-                stage="quantize", hint="Use a smaller --group-size, or int8 / int8-dynamic for this model.")
+            raise ExportError(_no_8da4w_layer(model, gs), stage="quantize", hint=_no_8da4w_hint(model, gs))
         qmodel = copy.deepcopy(model)
         quantize_(qmodel, Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4,
                                                                 weight_granularity=PerGroup(gs)),
                   quantizable)
         unwrap_tensor_subclass(qmodel)
         total = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
-        return _export(qmodel, example), {"quantized_linear_layers": len(eligible), "linear_layers": total}
+        exported = _export(qmodel, example)
+        return exported, {"quantized_linear_layers": len(eligible), "linear_layers": total,
+                          **quant_report.describe(scheme.name, "8da4w (it quantizes linear layers only)",
+                                                  model, exported)}
     raise UsageError(f"no quantization recipe for scheme {scheme.name!r}")  # registry and recipes out of step
 
 
-def _lower(exported, target: Target, scheme: Scheme):
-    from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
+def _linears(model) -> list:
+    import torch
+    from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 
-    edge = to_edge_transform_and_lower(
-        exported,
-        partitioner=target.partitioners(scheme),
-        compile_config=EdgeCompileConfig(_check_ir_validity=False),
-        generate_etrecord=True,
-    )
-    return edge.to_executorch(ExecutorchBackendConfig(extract_delegate_segments=True))
+    return [m for m in model.modules() if isinstance(m, torch.nn.Linear)
+            and not isinstance(m, NonDynamicallyQuantizableLinear)]
+
+
+def _no_8da4w_layer(model, gs: int) -> str:
+    import torch
+
+    if not any(isinstance(m, torch.nn.Linear) for m in model.modules()):
+        return "this model has no nn.Linear layers; 8da4w quantizes only linear layers."
+    if not _linears(model):
+        return ("this model's only linear layers are attention output projections (nn.MultiheadAttention's "
+                "out_proj), which 8da4w cannot quantize; it quantizes only other linear layers.")
+    widths = sorted({m.in_features for m in _linears(model)})
+    return (f"scheme 8da4w found no linear layer whose input width is a multiple of group_size={gs} "
+            f"(input widths: {', '.join(map(str, widths))}).")
+
+
+def _no_8da4w_hint(model, gs: int) -> str:
+    linears = _linears(model)
+    fitting = [g for g in (256, 128, 64, 32, 16, 8, 4, 2) if g < gs and any(m.in_features % g == 0 for m in linears)]
+    if linears and fitting:
+        return f"Use --group-size {fitting[0]}, or int8 / int8-dynamic for this model."
+    return "Use int8 or int8-dynamic for this model."
+
+
+def _program_loads(program) -> None:
+    """Load the program's method in ExecuTorch's runtime: a delegate may refuse its graph only then."""
+    from executorch.runtime import Runtime
+
+    Runtime.get().load_program(bytes(program.buffer)).load_method("forward")
+
+
+def _lower(exported, target: Target, scheme: Scheme):
+    """-> :class:`.lowering.Lowered` (the program, the graph it came from, what was kept off the delegate)."""
+    label = " + ".join(b.upper() for b in target.backends) or "the delegate"
+    return lower(exported, lambda: target.partitioners(scheme), backend_label=label,
+                 load_check=_program_loads if target.backends else None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -401,8 +394,13 @@ def export_model(
     options: ExportOptions | None = None,
     thresholds: dict | None = None,
     on_stage: Stage | None = None,
+    on_stage_done: StageDone | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> Manifest:
     """Export ``model`` for ``target`` with ``scheme``; return the manifest (also written to disk).
+
+    ``on_stage(name)`` / ``on_stage_done(name, seconds)`` report progress; ``on_warning(text)`` is
+    called as soon as a warning is known (they are all in the manifest's ``warnings`` too).
 
     Raises :class:`ExportError` naming the failed stage, or :class:`VerificationFailed` after the
     artifact was written with ``status: "failed"``.
@@ -411,7 +409,19 @@ def export_model(
 
     started = time.monotonic()
     options = options or ExportOptions()
-    with _stage("resolve", on_stage):
+    times: dict[str, float] = {}
+    warnings: list[str] = []
+
+    def stage(name: str):
+        return _stage(name, on_stage, on_stage_done, times)
+
+    def warn(text: str) -> None:
+        warnings.append(text)
+        log.debug("warning: %s", text)
+        if on_warning:
+            on_warning(text)
+
+    with stage("resolve"):
         tgt = get_target(target)
         scheme_name = scheme or tgt.default_scheme
         tgt.check_scheme(scheme_name)
@@ -419,39 +429,60 @@ def export_model(
         spec: ModelSpec = get_model(model)
         limits = Thresholds.for_scheme(sch, **(thresholds or {}))
         identity = recipe_identity(spec, tgt, sch, calibration=options.calibration, seed=options.seed,
-                                   vectors=options.vectors)
+                                   vectors=options.vectors, vectors_file=options.vectors_file)
     out = Path(out_dir) if out_dir is not None else default_out_dir(model, tgt.name, sch.name)
     tmp = _prepare_out_dir(out, options.overwrite)
     try:
-        with _stage("load model", on_stage):
+        with stage("load model"):
             module, example = spec.build()
             dataset = spec.dataset.load() if spec.dataset else None
             with torch.no_grad():
                 module(*example)  # a model that cannot run eagerly cannot be exported meaningfully
-        with _stage("export", on_stage):
+        with stage("export"):
             exported = _export(module, example)
+            exported_nodes = sum(n.op == "call_function" for n in exported.graph.nodes)
+            ranges = input_ranges(exported, example)
+            user_vectors = load_vectors_file(options.vectors_file, example, ranges) if options.vectors_file else None
         quant_facts: dict = {}
         calibration: list = []
         if sch.quantized:
-            with _stage("quantize", on_stage):
+            with stage("quantize"):
                 if options.calibration:
-                    calibration = load_calibration_file(options.calibration, example)
+                    calibration = load_calibration_file(options.calibration, example, ranges)
                 elif dataset is not None:
                     calibration = _dataset_samples(dataset["train"][0], getattr(sch, "calibration_samples", 16))
                 else:
-                    calibration = _generated_like(example, getattr(sch, "calibration_samples", 16), options.seed + 1)
+                    calibration = generated_like(example, getattr(sch, "calibration_samples", 16), options.seed + 1,
+                                                 ranges)
                 exported, quant_facts = _quantize(module, example, sch, calibration)
-        with _stage("lower", on_stage):
-            program = _lower(exported, tgt, sch)
-        with _stage("write", on_stage):
+        with stage("lower"):
+            lowered = _lower(exported, tgt, sch)
+            program = lowered.program
+            graph = graph_facts(exported_nodes, lowered.summary)
+            if lowered.exclusions:
+                graph["lowering_attempts"] = lowered.attempts
+            for exclusion in lowered.exclusions:
+                warn(exclusion.sentence())
+            if graph_warning(graph):
+                warn(graph_warning(graph))
+        with stage("write"):
             pte = tmp / "model.pte"
             with open(pte, "wb") as f:
                 program.write_to_file(f)
             program.get_etrecord().save(str(tmp / "model.etrecord"))
-            if dataset is not None:
-                samples = _dataset_samples(dataset["test"][0], options.vectors)
+            fp32_bytes = int(sum(p.numel() * 4 for p in module.parameters()))
+            if "layers" in quant_facts:
+                _, text = quant_report.share_warning(sch.name, quant_facts["quantizer"], quant_facts["layers"],
+                                                     pte.stat().st_size, fp32_bytes)
+                if text:
+                    warn(text)
+            first = tuple(t.clone() for t in example)   # test vector 0 is always the example
+            if user_vectors is not None:
+                samples = [first, *user_vectors]
+            elif dataset is not None:
+                samples = [first, *_dataset_samples(dataset["test"][0], options.vectors - 1)]
             else:
-                samples = _generated_like(example, options.vectors, options.seed)
+                samples = generated_like(example, options.vectors, options.seed, ranges)
             with torch.no_grad():
                 eager_outputs = [_flatten(module(*s)) for s in samples]
             vectors = _save_vectors(tmp, samples, eager_outputs)
@@ -465,7 +496,7 @@ def export_model(
             manifest = Manifest(
                 status="unverified",
                 model=ModelRef(**{**spec.to_json(), "parameters": int(sum(p.numel() for p in module.parameters())),
-                                  "fp32_weight_bytes": int(sum(p.numel() * 4 for p in module.parameters()))}),
+                                  "fp32_weight_bytes": fp32_bytes}),
                 target=TargetRef(**tgt.to_json()),
                 scheme=SchemeRef(name=sch.name, options=sch.options(), recipe_hash=sch.recipe_hash,
                                  facts=quant_facts),
@@ -483,16 +514,17 @@ def export_model(
                     source=("file:" + str(options.calibration)) if options.calibration
                     else (spec.dataset.name if dataset is not None else "generated"),
                     samples=len(calibration)) if sch.quantized else None,
-                dataset=dataset_split, path=tmp,
+                dataset=dataset_split, path=tmp, graph=graph, warnings=tuple(warnings),
             )
-        with _stage("verify", on_stage):
+        with stage("verify"):
             verification = verify_artifact(tmp, manifest, limits)
             if dataset_split is not None:
                 x, y = dataset["test"]
                 verification = dataclasses.replace(verification, task_accuracy=_task_accuracy(module, pte, x, y))
         manifest = dataclasses.replace(manifest, verification=verification,
                                        status=STATUS_OK if verification.passed else STATUS_FAILED,
-                                       export_seconds=round(time.monotonic() - started, 3))
+                                       export_seconds=round(time.monotonic() - started, 3),
+                                       stage_seconds=dict(times))
         write_manifest(tmp, manifest)
         _publish(tmp, out)
     except BaseException:

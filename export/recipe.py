@@ -65,8 +65,17 @@ def _calibration_identity(spec: ModelSpec, scheme: Scheme, calibration: str | No
     return {"source": "generated", "samples": samples, "seed": seed + 1}
 
 
+def _vectors_identity(vectors_file: str | None) -> dict | None:
+    if not vectors_file:
+        return None
+    p = Path(vectors_file)
+    if not p.is_file():
+        raise ExportError(f"test vectors file {vectors_file} does not exist.", stage="load model")
+    return {"source": "file", "sha256": sha256_file(p)}
+
+
 def recipe_identity(spec: ModelSpec, target: Target, scheme: Scheme, *, calibration: str | None = None,
-                    seed: int = 0, vectors: int = 4) -> RecipeIdentity:
+                    seed: int = 0, vectors: int = 4, vectors_file: str | None = None) -> RecipeIdentity:
     return RecipeIdentity(model=_model_identity(spec), target=target.to_json(), scheme=scheme.to_json(),
                           calibration=_calibration_identity(spec, scheme, calibration, seed), seed=seed,
-                          vectors=vectors, versions=tool_versions())
+                          vectors=vectors, versions=tool_versions(), vectors_source=_vectors_identity(vectors_file))

@@ -33,6 +33,19 @@ def _fmt_num(x, fmt: str = "{:.2f}") -> str:
     return fmt.format(x)
 
 
+def _vectors_option(value: str, usage_error) -> tuple[int, str | None]:
+    """``--vectors``: a count, or a file of test inputs."""
+    text = value.strip()
+    if text.isdigit():
+        if int(text) < 1:
+            raise usage_error(f"--vectors must be at least 1, got {text}.")
+        return int(text), None
+    if not text.endswith((".npy", ".npz")):
+        raise usage_error(f"--vectors {value!r} is neither a number of test vectors nor a .npy/.npz file.",
+                          hint="Give e.g. --vectors 8, or --vectors inputs.npz (input_0, input_1 ... stacked on dim 0).")
+    return 4, text
+
+
 def show_manifest(m) -> None:
     """Tables for a person: what the artifact is, its sizes and memory plan, delegated vs not."""
     colour = {"ok": "green", "failed": "red"}.get(m.status, "yellow")
@@ -59,7 +72,20 @@ def show_manifest(m) -> None:
                                            "(profile runs it on the device for task accuracy)"))
     if m.export_seconds is not None:
         t.add_row("export time", f"{m.export_seconds:.1f} s")
+    g = m.graph or {}
+    if "nodes" in g:
+        tops = ", ".join(f"{x['module']} {x['nodes']}" for x in g.get("top_modules", [])[:3])
+        t.add_row("graph", escape(f"{g['nodes']} operator nodes after decomposition ({g.get('exported_nodes')} after "
+                                  f"torch.export); most from {tops}"))
+    layers = m.scheme.facts.get("layers") if m.scheme.facts else None
+    if layers:
+        share = m.scheme.facts.get("quantized_share")
+        rows = "; ".join(f"{k} {v['quantized']}/{v['layers']}" for k, v in layers.items())
+        t.add_row("quantized layers", escape(f"{rows}" + (f" ({share:.0%} of the parameters)" if share is not None
+                                                            else "")))
     out.print(t)
+    for w in m.warnings:
+        out.print(f"[yellow]warning:[/] {escape(w)}", soft_wrap=True)
 
     t = Table(title="Operators (calls in the program)", title_justify="left")
     t.add_column("operator / delegate")
@@ -103,7 +129,9 @@ def register(app: typer.Typer) -> None:
         calibration_samples: Annotated[Optional[int], typer.Option(
             help="int8: how many calibration samples (dataset or generated).")] = None,
         group_size: Annotated[Optional[int], typer.Option(help="8da4w: weights per quantization group.")] = None,
-        vectors: Annotated[int, typer.Option(help="Test vectors written and verified.")] = 4,
+        vectors: Annotated[str, typer.Option(
+            help="How many test vectors to write and verify (the example input is vector 0, the rest are "
+                 "generated), or FILE.npy/.npz of your own test inputs (like --calibration).")] = "4",
         min_snr_db: Annotated[Optional[float], typer.Option(help="Override the scheme's SNR threshold (dB).")] = None,
         min_cosine: Annotated[Optional[float], typer.Option(help="Override the scheme's cosine threshold.")] = None,
         min_top1: Annotated[Optional[float], typer.Option(
@@ -123,15 +151,26 @@ def register(app: typer.Typer) -> None:
             from edgerun.export import export_model
             from edgerun.export.pipeline import ExportOptions
 
+            from edgerun.core.errors import UsageError
+
+            count, vectors_file = _vectors_option(vectors, UsageError)
             scheme_opts = {"calibration_samples": calibration_samples, "group_size": group_size}
             with err_console.status("exporting") as status:
+                def done(stage: str, seconds: float) -> None:
+                    # one line per stage, also when stderr is a file or a pipe
+                    err_console.print(f"export: {escape(stage)} … {seconds:.1f} s", highlight=False)
+
+                def warned(text: str) -> None:
+                    err_console.print(f"[yellow]warning:[/] {escape(text)}", highlight=False, soft_wrap=True)
+
                 manifest = export_model(
                     model, target, scheme, output,
                     scheme_options=scheme_opts,
-                    options=ExportOptions(vectors=vectors, calibration=str(calibration) if calibration else None,
-                                          overwrite=overwrite),
+                    options=ExportOptions(vectors=count, calibration=str(calibration) if calibration else None,
+                                          vectors_file=vectors_file, overwrite=overwrite),
                     thresholds={"min_snr_db": min_snr_db, "min_cosine": min_cosine, "min_top1": min_top1},
                     on_stage=lambda s: status.update(f"{model}: {s}"),
+                    on_stage_done=done, on_warning=warned,
                 )
             return {"path": str(manifest.path), "manifest": manifest}
 

@@ -1,0 +1,368 @@
+"""Lowering with a fallback: when a delegate cannot take a node, keep that node on portable kernels.
+
+:func:`lower` runs ``to_edge_transform_and_lower`` + ``to_executorch`` and loads the program's
+method in ExecuTorch's runtime (a delegate may also refuse a graph when it initialises). If that
+fails while a backend is partitioning, the culprit is found and kept out of the delegate, and the
+program is lowered again, at most :data:`MAX_LOWERINGS` times:
+
+1. from the exception: the innermost traceback frame that holds an ``fx.Node`` (the node the
+   failing backend pass was working on) names it, and the pass it was in;
+2. otherwise by bisection over the delegated nodes: lower with half of them kept out; the half
+   whose exclusion makes lowering succeed holds the culprit. If lowering fails also with nothing
+   delegated, the delegate is not the problem and the first error is raised.
+
+Nodes are named by their *origin* — the ``torch.export`` node they were decomposed from
+(``meta["from_node"]``) — which stays the same across attempts, while edge-dialect names do not.
+Exclusion works through the XNNPACK partitioner's configs (a node's ``check_constraints`` says no),
+which ExecuTorch offers no switch for; for other partitioners a partition that holds an excluded
+node is dropped whole.
+
+:func:`graph_facts` describes the decomposed graph the partitioners saw: how many operator
+nodes, and which modules they come from (``meta["nn_module_stack"]``).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+from collections import Counter
+from typing import Any, Callable, Sequence
+
+log = logging.getLogger("edgerun.export")
+
+MAX_LOWERINGS = 16
+#: a graph is "large" when a single module makes this many operator nodes (an unrolled loop) ...
+LARGE_MODULE_NODES = 150
+#: ... or the whole graph has this many
+LARGE_GRAPH_NODES = 3000
+
+
+@dataclasses.dataclass(frozen=True)
+class Exclusion:
+    """Nodes kept out of the delegate, and why (one sentence for the manifest's warnings)."""
+
+    origins: tuple[str, ...]
+    ops: tuple[str, ...]
+    modules: tuple[str, ...]
+    reason: str
+
+    def sentence(self) -> str:
+        where = f" (in {', '.join(self.modules)})" if self.modules else ""
+        if len(self.origins) == 1:
+            what = f"node `{self.ops[0]}`"
+        else:
+            shown = ", ".join(f"`{o}`" for o in self.ops[:6]) + (" …" if len(self.ops) > 6 else "")
+            what = f"{len(self.origins)} nodes ({shown})"
+        return f"{what}{where} left on portable kernels: {self.reason}"
+
+
+# ------------------------------------------------------------------------------- node identity
+def node_origin(node) -> str:
+    """The name of the ``torch.export`` node this node was made from (its own name if none)."""
+    sources = node.meta.get("from_node") or []
+    origin = None
+    while sources:
+        origin = sources[0]
+        sources = getattr(origin, "from_node", None) or []
+    return origin.name if origin is not None and origin.name else node.name
+
+
+def op_name(node) -> str:
+    """``aten.convolution.default`` for aten and edge-dialect ops alike."""
+    target = node.target
+    name = getattr(target, "__name__", None) or str(target)
+    return name.replace("::", ".")
+
+
+def node_module(node) -> tuple[str, str] | None:
+    """(qualified path, class name) of the innermost module a node comes from."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return None
+    path, kind = next(reversed(stack.values()))
+    kind_name = getattr(kind, "__name__", None) or str(kind).rsplit(".", 1)[-1].rstrip("'>")
+    path = str(path)
+    if path.startswith("L['self']"):
+        path = path.replace("L['self'].", "").replace("L['self']", "")
+    return (path, kind_name) if path else None
+
+
+# ------------------------------------------------------------------------------- graph facts
+@dataclasses.dataclass
+class GraphSummary:
+    """What the partitioners saw: operator nodes, by module, and each origin's op and module."""
+
+    nodes: int
+    by_module: Counter
+    origins: dict[str, tuple[str, str | None]]   # origin -> (op, module path)
+
+    @classmethod
+    def of(cls, graph) -> "GraphSummary":
+        nodes = [n for n in graph.nodes if n.op == "call_function"]
+        by_module: Counter = Counter(node_module(n) or ("(top level)", "") for n in nodes)
+        origins: dict[str, tuple[str, str | None]] = {}
+        for n in nodes:
+            mod = node_module(n)
+            origins[node_origin(n)] = (op_name(n), mod[0] if mod else None)
+        return cls(len(nodes), by_module, origins)
+
+
+def graph_facts(exported_nodes: int, summary: GraphSummary | None, top: int = 5) -> dict[str, Any]:
+    """The manifest's ``graph`` fact: node counts after torch.export and after decomposition, and
+    the modules that make the most nodes."""
+    if summary is None:
+        return {"exported_nodes": exported_nodes}
+    top_modules = [{"module": path, "type": kind, "nodes": count}
+                   for (path, kind), count in summary.by_module.most_common(top)]
+    large = summary.nodes >= LARGE_GRAPH_NODES or bool(top_modules and top_modules[0]["nodes"] >= LARGE_MODULE_NODES)
+    return {"exported_nodes": exported_nodes, "nodes": summary.nodes, "top_modules": top_modules, "large": large}
+
+
+def graph_warning(facts: dict[str, Any]) -> str | None:
+    if not facts.get("large"):
+        return None
+    tops = ", ".join(f"{m['module']} ({m['type']}) {m['nodes']}" for m in facts["top_modules"][:3])
+    return (f"the graph has {facts['nodes']} operator nodes after decomposition (torch.export made "
+            f"{facts['exported_nodes']}); most come from {tops} — a loop unrolled over its steps (e.g. an RNN "
+            "over a long sequence) makes export, lowering and the program grow with the step count")
+
+
+# ------------------------------------------------------------------------------- partitioners
+class _Excluding:
+    """Wraps a partitioner so that nodes whose origin is in ``excluded`` are not delegated, and
+    records what it partitioned (origins per delegated partition) and the graph it saw."""
+
+    def __new__(cls, inner, excluded: frozenset[str], record: dict):
+        from executorch.exir.backend.partitioner import Partitioner, PartitionResult
+
+        class Excluding(Partitioner):
+            def __init__(self):
+                super().__init__(getattr(inner, "spec", {}))
+                self.inner = inner
+                configs = getattr(inner, "target_partitioner_configs", None)
+                self.by_config = isinstance(configs, dict)
+                if self.by_config and excluded:
+                    busy: set[int] = set()
+                    for cfg in configs.values():
+                        original = cfg.check_constraints
+
+                        def check(node, ep, _cfg=cfg, _original=original):
+                            # no to a node kept out, and to one whose partition (node + the deps the
+                            # config would take along) holds one: asked the same way while decomposing
+                            # and while partitioning, so nothing is left undecomposed and undelegated
+                            if node_origin(node) in excluded or not _original(node, ep):
+                                return False
+                            deps_of = getattr(_cfg, "get_node_and_deps", None)
+                            if deps_of is None or id(_cfg) in busy:
+                                return True
+                            busy.add(id(_cfg))
+                            try:
+                                deps = deps_of(node, ep)
+                            except Exception:  # noqa: BLE001 - the config's own check said yes
+                                return True
+                            finally:
+                                busy.discard(id(_cfg))
+                            return not any(d.op == "call_function" and node_origin(d) in excluded for d in deps)
+
+                        cfg.check_constraints = check
+
+            def ops_to_not_decompose(self, ep):
+                ops, keep = self.inner.ops_to_not_decompose(ep)
+                if not excluded:
+                    return ops, keep
+
+                def filtered(node):
+                    return node_origin(node) not in excluded and (keep(node) if keep else True)
+
+                return ops, filtered
+
+            def transform_for_pre_decomposition(self, ep):
+                return self.inner.transform_for_pre_decomposition(ep)
+
+            def partition(self, ep) -> PartitionResult:
+                if "summary" not in record:
+                    record["summary"] = GraphSummary.of(ep.graph_module.graph)
+                result = self.inner.partition(ep)
+                tags: dict[str, list] = {}
+                for node in result.tagged_exported_program.graph.nodes:
+                    tag = node.meta.get("delegation_tag")
+                    if tag in result.partition_tags:
+                        tags.setdefault(tag, []).append(node)
+                for tag, members in tags.items():
+                    if any(node_origin(n) in excluded for n in members):  # a dependency pulled it in
+                        for n in members:
+                            n.meta.pop("delegation_tag", None)
+                        result.partition_tags.pop(tag, None)
+                        continue
+                    record.setdefault("delegated", []).extend(
+                        node_origin(n) for n in members if n.op == "call_function")
+                    record.setdefault("backend", result.partition_tags[tag].backend_id)
+                return result
+
+        return Excluding()
+
+
+# ------------------------------------------------------------------------------- the culprit
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the exceptions it was raised from, outermost first (a pass manager wraps them)."""
+    out: list[BaseException] = []
+    while exc is not None and exc not in out:
+        out.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return out
+
+
+def _culprit_from_traceback(exc: BaseException):
+    """(fx node, pass name) from the innermost traceback frame holding an ``fx.Node``, searching the
+    innermost exception of the chain first; the pass is the frame's ``self`` (a ``*Pass`` class) or
+    the one a pass manager's message names."""
+    import re
+
+    import torch
+
+    chain = _chain(exc)
+    named = None
+    for e in chain:
+        found = re.search(r"running the '([A-Za-z0-9_]+)' pass", str(e))
+        if found:
+            named = found.group(1)
+    for e in reversed(chain):
+        frames = []
+        tb = e.__traceback__
+        while tb is not None:
+            frames.append(tb.tb_frame)
+            tb = tb.tb_next
+        for k in range(len(frames) - 1, -1, -1):
+            local = frames[k].f_locals
+            candidates = [local.get("node")] + [v for name, v in local.items() if name != "node"]
+            node = next((v for v in candidates if isinstance(v, torch.fx.Node) and v.op == "call_function"), None)
+            if node is None:
+                continue
+            pass_name = None
+            for outer in reversed(frames[: k + 1]):
+                owner = outer.f_locals.get("self")
+                if owner is not None and type(owner).__name__.lower().endswith("pass"):
+                    pass_name = type(owner).__name__
+                    break
+            return node, pass_name or named
+    return None, named
+
+
+def _describe(origins: Sequence[str], summary: GraphSummary, reason: str) -> Exclusion:
+    ops, modules = [], []
+    for o in origins:
+        if o in summary.origins:
+            op, mod = summary.origins[o]
+            if op not in ops:
+                ops.append(op)
+            if mod and mod not in modules:
+                modules.append(mod)
+    return Exclusion(origins=tuple(origins), ops=tuple(ops) or tuple(origins), modules=tuple(modules[:4]),
+                     reason=reason)
+
+
+@dataclasses.dataclass
+class Lowered:
+    program: Any                      # ExecutorchProgramManager
+    summary: GraphSummary | None      # the decomposed graph the partitioners saw (None without any)
+    exclusions: tuple[Exclusion, ...]
+    attempts: int
+
+
+def lower(exported, make_partitioners: Callable[[], list], *, backend_label: str = "the delegate",
+          config=None, backend_config=None, load_check: Callable[[Any], None] | None = None) -> Lowered:
+    """Lower ``exported`` with the partitioners ``make_partitioners()`` returns (fresh each time),
+    keeping out of the delegate whatever it fails on (see the module doc)."""
+    from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
+
+    # out variants of the quantize/dequantize ops, for a quantized node kept on portable kernels
+    import executorch.kernels.quantized  # noqa: F401
+
+    attempts = 0
+
+    def attempt(excluded: frozenset[str]):
+        nonlocal attempts
+        attempts += 1
+        record: dict = {}
+        parts = [_Excluding(p, excluded, record) for p in make_partitioners()]
+        try:
+            edge = to_edge_transform_and_lower(
+                copy.deepcopy(exported), partitioner=parts,
+                compile_config=config or EdgeCompileConfig(_check_ir_validity=False), generate_etrecord=True)
+            program = edge.to_executorch(backend_config or ExecutorchBackendConfig(extract_delegate_segments=True))
+            if load_check is not None:
+                load_check(program)
+            return program, record, None
+        except Exception as exc:  # noqa: BLE001 - every failure is examined below
+            log.debug("lowering attempt %d (%d origins kept off the delegate) failed: %s: %s", attempts,
+                      len(excluded), type(exc).__name__, _short(exc), exc_info=log.isEnabledFor(logging.DEBUG))
+            return None, record, exc
+
+    program, record, first_error = attempt(frozenset())
+    summary = record.get("summary")
+    if program is not None:
+        return Lowered(program, summary, (), attempts)
+    if summary is None:          # failed before any partitioner ran, or there is none
+        raise first_error
+    excluded: list[str] = []
+    exclusions: list[Exclusion] = []
+    error = first_error
+
+    # 1. the node the failing pass was working on, while the exception names one
+    while attempts < MAX_LOWERINGS:
+        node, pass_name = _culprit_from_traceback(error)
+        origin = node_origin(node) if node is not None else None
+        if origin is None or origin in excluded or origin not in summary.origins:
+            break
+        excluded.append(origin)
+        reason = f"{backend_label}'s {pass_name} fails on it" if pass_name else \
+            f"{backend_label} fails on it ({type(error).__name__}: {_short(error)})"
+        exclusions.append(_describe([origin], summary, reason))
+        program, record, error = attempt(frozenset(excluded))
+        if program is not None:
+            return Lowered(program, summary, tuple(exclusions), attempts)
+
+    # 2. bisection over the delegated nodes of the failing attempt
+    delegated = [o for o in dict.fromkeys(record.get("delegated", [])) if o not in excluded]
+    if not delegated or attempts >= MAX_LOWERINGS:
+        raise first_error
+    good: dict[frozenset, Any] = {}
+
+    def works(extra: Sequence[str]) -> bool:
+        key = frozenset(excluded) | frozenset(extra)
+        if key not in good:
+            if attempts >= MAX_LOWERINGS:
+                return False
+            program, _, _ = attempt(key)
+            good[key] = program
+        return good[key] is not None
+
+    def smallest(candidates: list[str], base: list[str]) -> list[str]:
+        """A small subset of ``candidates`` whose exclusion (with ``base``) lets lowering succeed;
+        excluding ``base + candidates`` is known to work."""
+        if len(candidates) <= 1 or attempts >= MAX_LOWERINGS:
+            return candidates
+        a, b = candidates[: len(candidates) // 2], candidates[len(candidates) // 2 :]
+        if works(base + a):
+            return smallest(a, base)
+        if works(base + b):
+            return smallest(b, base)
+        in_a = smallest(a, base + b)                 # culprits in both halves
+        return in_a + smallest(b, base + in_a)
+
+    if not works(delegated):
+        raise first_error            # fails with nothing delegated: not the delegate's doing
+    culprits = smallest(delegated, [])
+    if not works(culprits):          # the budget ran out part way: keep the whole set out
+        culprits = delegated
+    cause = f"{type(first_error).__name__}: {_short(first_error)}"
+    reason = (f"{backend_label} fails on {'it' if len(culprits) == 1 else 'them'} ({cause}); found by "
+              "lowering again without them")
+    exclusions.append(_describe(culprits, summary, reason))
+    return Lowered(good[frozenset(excluded) | frozenset(culprits)], summary, tuple(exclusions), attempts)
+
+
+def _short(exc: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit] + " ..."
