@@ -8,7 +8,10 @@ results as **emulated** (``--no-emulated`` when it runs on the real target board
 Linux board with Python, whose timings are then measured there).
 
 A request repeated with the same seq (the host did not hear the reply) gets the cached reply
-again: a RUN is never executed twice because a reply was lost.
+again: a RUN is never executed twice because a reply was lost. That cache dies with the process,
+so each agent process is a *session* with a random id (announced in HELLO, printed at start):
+a RUN names the session it was sent to and a different session refuses it (ERROR ``session``)
+instead of running it -- a restarted agent cannot run a resent program a second time.
 """
 
 from __future__ import annotations
@@ -18,21 +21,29 @@ import base64
 import errno
 import hashlib
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import time
 
-from edgerun.devices.serial_protocol import (CHUNK, MAX_PAYLOAD, VERSION, Frame, FrameDecoder, Msg, encode,
-                                             encode_json, unpack_put_data)
+from edgerun.devices.serial_protocol import (CHUNK, MAX_PAYLOAD, PROTOCOL, PROTOCOLS, Frame, FrameDecoder, Msg,
+                                             encode, encode_json, unpack_put_data)
 
 INLINE_OUTPUT = MAX_PAYLOAD // 2  # base64 grows by 4/3; both streams must fit one frame
 
 
 class RequestError(Exception):
-    def __init__(self, kind: str, message: str):
+    def __init__(self, kind: str, message: str, **extra):
         super().__init__(message)
         self.kind = kind
+        self.extra = extra  # more fields of the ERROR payload
+
+
+class SessionMismatch(RequestError):
+    def __init__(self, meant: str, mine: str):
+        super().__init__("session", f"request meant for agent session {meant}, this is session {mine} "
+                                    f"(the agent restarted): not executed", session=mine)
 
 
 class Agent:
@@ -42,7 +53,9 @@ class Agent:
         os.makedirs(self.sandbox, exist_ok=True)
         self.emulated = emulated
         self.decoder = FrameDecoder()
+        self.session = secrets.token_hex(8)  # this process: its reply cache is gone when it is
         self.last_seq: int | None = None
+        self.last_request: tuple | None = None  # (type, seq, payload) of the request last answered
         self.last_reply: bytes | None = None
         self.put: dict | None = None
         self.current_seq = 0
@@ -62,18 +75,29 @@ class Agent:
             if self.last_reply is not None and frame.seq == self.last_seq:
                 self.port.write(self.last_reply)
             return
-        if frame.seq == self.last_seq and self.last_reply is not None:
+        key = (frame.type, frame.seq, frame.payload)
+        if key == self.last_request and self.last_reply is not None:
             self.port.write(self.last_reply)  # a repeat: never execute twice
             return
         self.current_seq = frame.seq
         try:
+            self._check_session(frame)
             reply = self.dispatch(frame)
         except RequestError as exc:
-            reply = encode_json(Msg.ERROR, frame.seq, {"kind": exc.kind, "message": str(exc)})
+            reply = encode_json(Msg.ERROR, frame.seq, {"kind": exc.kind, "message": str(exc), **exc.extra})
         except Exception as exc:  # the agent must survive anything a request does
             reply = encode_json(Msg.ERROR, frame.seq, {"kind": "agent", "message": f"{type(exc).__name__}: {exc}"})
-        self.last_seq, self.last_reply = frame.seq, reply
+        self.last_seq, self.last_request, self.last_reply = frame.seq, key, reply
         self.port.write(reply)
+
+    def _check_session(self, frame: Frame) -> None:
+        """A RUN meant for another session (an agent that was before this one) is refused, not run:
+        it may be a resend of one that the previous agent already ran."""
+        if frame.type != Msg.RUN:
+            return
+        meant = frame.json().get("session")  # a protocol-1 host sends none: nothing to check
+        if meant is not None and meant != self.session:
+            raise SessionMismatch(meant, self.session)
 
     def dispatch(self, frame: Frame) -> bytes:
         handlers = {Msg.HELLO: self.hello, Msg.INFO: self.info, Msg.PUT_OPEN: self.put_open,
@@ -96,9 +120,11 @@ class Agent:
 
     def hello(self, frame: Frame) -> dict:
         asked = frame.json().get("protocol")
-        if asked != VERSION:
-            raise RequestError("version", f"agent speaks protocol {VERSION}, host asked for {asked}")
-        return {"protocol": VERSION, "agent": "edgerun-serial-agent", "agent_version": _version(),
+        if asked not in PROTOCOLS:
+            raise RequestError("version", f"agent speaks protocols {'/'.join(map(str, PROTOCOLS))}, "
+                                          f"host asked for {asked}", protocols=list(PROTOCOLS))
+        return {"protocol": asked, "session": self.session, "agent": "edgerun-serial-agent",
+                "agent_version": _version(),
                 "emulated": self.emulated,
                 "emulator": "edgerun serial agent (a host process standing in for board firmware)"
                 if self.emulated else None,
@@ -273,9 +299,11 @@ def main(argv: list[str] | None = None) -> int:
     import serial  # pyserial
 
     port = serial.serial_for_url(args.port, baudrate=args.baud, timeout=0.05)
-    print(f"edgerun serial agent: serving {args.port}, sandbox {os.path.realpath(args.sandbox)}", flush=True)
     try:
-        Agent(port, args.sandbox, emulated=args.emulated).serve()
+        agent = Agent(port, args.sandbox, emulated=args.emulated)
+        print(f"edgerun serial agent: serving {args.port}, sandbox {agent.sandbox}, session {agent.session} "
+              f"(protocol {PROTOCOL})", flush=True)
+        agent.serve()
     except (serial.SerialException, OSError) as exc:
         print(f"serial agent: port {args.port} closed: {exc}", file=sys.stderr)
         return 1

@@ -5,6 +5,12 @@ Every request carries a seq and waits for the reply with that seq. A reply that 
 time, or comes corrupted, is asked for again (bounded); the agent answers a repeated seq from its
 cache, so nothing -- a RUN least of all -- executes twice. No answer after the retries is a
 :class:`TransportDropped` naming the device and the stage.
+
+The cache lives in the agent's process, so a restarted agent would run a resent RUN again. Each
+agent process is therefore a session (protocol 2): HELLO tells the host its id, every RUN names
+the session it is sent to, and another session refuses it unexecuted. A RUN that had already been
+sent once when its session vanished is a :class:`TransportDropped` ("may or may not have run; not
+re-sent"); one refused on its first send never ran, and is sent again after a new HELLO.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from edgerun.devices.info import DeviceInfo, apply_wrapper_emulation
 from edgerun.devices.probe import parse_probe
 from edgerun.devices.spec import DeviceSpec, address, option, register_transport
 from edgerun.devices.workdir import check_work_dir
-from edgerun.devices.serial_protocol import (CHUNK, VERSION, FrameDecoder, Msg, encode, encode_json,
+from edgerun.devices.serial_protocol import (CHUNK, PROTOCOL, FrameDecoder, Msg, encode, encode_json,
                                              pack_put_data)
 
 log = logging.getLogger("edgerun.devices")
@@ -37,6 +43,14 @@ RETRIES = 3           # resends of one request before the link is declared dead
 MAX_NAKS = 20         # "send that again" exchanges allowed within one request
 BASE_TIMEOUT = 1.0    # seconds for a small reply, before transfer time at the baud rate
 HEARTBEAT = 2.0       # the agent ACKs a running request about every second; allow a missed one
+
+
+class _SessionChanged(Exception):
+    """The agent refused a request meant for the session before it (internal to this module)."""
+
+    def __init__(self, old: str | None, new: str | None, resent: bool):
+        super().__init__(f"agent session {old} -> {new}")
+        self.old, self.new, self.resent = old, new, resent
 
 
 @register_transport
@@ -72,6 +86,7 @@ class SerialDevice(Device):
         self._decoder = FrameDecoder()
         self._seq = 0
         self.hello: dict | None = None
+        self.session: str | None = None  # the agent process we talk to (None: a protocol-1 agent has none)
         self.stats = {"resends": 0, "naks_sent": 0}
         self._lock = threading.RLock()  # one conversation on the wire at a time
 
@@ -94,15 +109,31 @@ class SerialDevice(Device):
             raise self._error(DeviceUnreachable, f"cannot open serial port {self.spec.path}: {exc}", "connect",
                               hint="Is the board plugged in, the path right and the port free?") from exc
         try:
-            # a board just reset may miss the first HELLO: one extra attempt beyond the retries
-            reply = self._request(Msg.HELLO, encode_json, {"protocol": VERSION}, stage="connect",
-                                  retries=self.spec.connect_retries + 1,
-                                  timeout=min(self.spec.connect_timeout, self._attempt_timeout(512)))
+            self._hello()
         except DeviceError:
             self._port.close()
             self._port = None
             raise
-        self.hello = reply.json()
+
+    def _hello(self) -> None:
+        """Handshake: learn the agent's protocol, work_dir and session (again after a restart)."""
+        def hello(protocol: int) -> dict:
+            # a board just reset may miss the first HELLO: one extra attempt beyond the retries
+            return self._request(Msg.HELLO, encode_json, {"protocol": protocol}, stage="connect",
+                                 retries=self.spec.connect_retries + 1,
+                                 timeout=min(self.spec.connect_timeout, self._attempt_timeout(512))).json()
+
+        try:
+            reply = hello(PROTOCOL)
+        except DeviceError as exc:
+            if getattr(exc, "agent_kind", None) != "version":
+                raise
+            # a protocol-1 agent (older firmware) refuses 2: speak 1, which has no sessions
+            reply = hello(1)
+            log.warning("%s: the agent speaks serial protocol 1 only: a RUN resent to it after it restarted "
+                        "would run again; update the agent for protocol 2", self.name)
+        self.hello = reply
+        self.session = reply.get("session") if reply.get("protocol", 1) >= 2 else None
 
     def _attempt_timeout(self, nbytes: int) -> float:
         """Silence allowed for ``nbytes`` on the wire: 10 bits a byte at the baud rate, tripled."""
@@ -130,11 +161,13 @@ class SerialDevice(Device):
         wait = timeout if timeout is not None else self._attempt_timeout(len(frame) + reply_bytes)
         give_up = time.monotonic() + (work_timeout or 0) + wait * (retries + 1 + MAX_NAKS) + 1
         naks = 0
+        writes = 0  # times the request went out: more than one, and a new session may not run it
         for attempt in range(retries + 1):
             if attempt:
                 self.stats["resends"] += 1
                 log.debug("%s: resending %s seq %d (attempt %d)", self.name, msg.name, seq, attempt + 1)
             self._write(frame, stage)
+            writes += 1
             deadline = time.monotonic() + wait
             while time.monotonic() < min(deadline, give_up):
                 for f in self._read(stage):
@@ -143,11 +176,16 @@ class SerialDevice(Device):
                     if f.type == Msg.NAK and naks < MAX_NAKS:  # our request arrived corrupted
                         naks += 1
                         self._write(frame, stage)
+                        writes += 1
                         deadline = time.monotonic() + wait
                     elif f.type == Msg.ACK:
                         deadline = time.monotonic() + wait + HEARTBEAT
                     elif f.type == Msg.ERROR:
-                        raise self._agent_error(f.json(), stage)
+                        err = f.json()
+                        if err.get("kind") == "session":  # sent to an agent that is no longer there
+                            raise _SessionChanged(payload.get("session") if isinstance(payload, dict) else None,
+                                                  err.get("session"), resent=writes > 1)
+                        raise self._agent_error(err, stage)
                     elif f.type == msg | Msg.REPLY:
                         return f
                 while self._decoder.bad_seqs:  # a reply arrived corrupted: ask for it again
@@ -160,7 +198,8 @@ class SerialDevice(Device):
         raise self._error(cls, f"no reply to {msg.name} on {self.spec.path} after {retries + 1} attempts "
                                f"({self._decoder.garbage_bytes} garbage bytes, {self._decoder.bad_frames} bad frames)",
                           stage, hint="Is the agent running on the board, at the same baud rate? "
-                                      "Nothing was re-run: a repeated request is answered from the agent's cache.")
+                                      "Nothing was re-run: a repeated request is answered from the agent's "
+                                      "cache, and an agent restarted since refuses a resent RUN.")
 
     def _write(self, data: bytes, stage: str) -> None:
         try:
@@ -178,9 +217,12 @@ class SerialDevice(Device):
     def _agent_error(self, err: dict, stage: str) -> DeviceError:
         kind, message = err.get("kind", "?"), err.get("message", "")
         if kind == "no_space":
-            return self._error(NoSpaceError, f"no space left on device: {message}", stage,
-                               hint="Free space on the board or point work_dir elsewhere.")
-        return self._error(DeviceError, f"agent refused ({kind}): {message}", stage)
+            exc = self._error(NoSpaceError, f"no space left on device: {message}", stage,
+                              hint="Free space on the board or point work_dir elsewhere.")
+        else:
+            exc = self._error(DeviceError, f"agent refused ({kind}): {message}", stage)
+        exc.agent_kind = kind
+        return exc
 
     def close(self) -> None:
         if self._port is not None:
@@ -210,7 +252,27 @@ class SerialDevice(Device):
     def _exec_locked(self, argv, *, timeout, env, cwd) -> ExecResult:
         self.connect()
         req = {"argv": argv, "env": env, "cwd": cwd, "timeout": timeout}
-        reply = self._request(Msg.RUN, encode_json, req, stage="exec", work_timeout=timeout + 10).json()
+        for first in (True, False):
+            if self.session is not None:
+                req["session"] = self.session  # only that agent process may run it
+            try:
+                reply = self._request(Msg.RUN, encode_json, req, stage="exec", work_timeout=timeout + 10).json()
+                break
+            except _SessionChanged as exc:
+                if exc.resent:  # the old session may have run it before it went: never a second time
+                    raise self._error(
+                        TransportDropped,
+                        f"the board's agent restarted (session {exc.old} -> {exc.new}) while running "
+                        f"{argv[0]}; the program may or may not have run; not re-sent", "exec",
+                        hint="Check the board (power, resets, the agent's log) and the program's effects "
+                             "before running it again.") from None
+                if not first:
+                    raise self._error(TransportDropped, f"the board's agent keeps restarting (session "
+                                                        f"{exc.old} -> {exc.new}); {argv[0]} not run", "exec") from None
+                # refused on its only send: it never ran. The agent restarted between requests.
+                log.info("%s: agent restarted since the last request (session %s -> %s); handshaking again",
+                         self.name, exc.old, exc.new)
+                self._hello()
         out = self._output(reply, "stdout")
         err = self._output(reply, "stderr")
         result = ExecResult(tuple(argv), reply["rc"], out, err, reply["duration_s"], reply.get("signal"))

@@ -1,4 +1,4 @@
-"""The framed protocol spoken over a UART between edgerun and a board-side agent (version 1).
+"""The framed protocol spoken over a UART between edgerun and a board-side agent (protocol 2, frames v1).
 
 See ``SERIAL_PROTOCOL.md`` next to this file for the specification; this module is its reference
 implementation, shared by the host side (:mod:`edgerun.devices.serial_device`) and the Python
@@ -8,7 +8,7 @@ A frame (all integers little-endian)::
 
     offset size  field
     0      2     magic      0xED 0x52
-    2      1     version    1
+    2      1     version    1 (FRAME_VERSION: the framing; unchanged since protocol 1)
     3      1     type       message type (replies: request type | 0x80)
     4      2     seq        request number; a reply echoes its request's seq
     6      4     length     payload bytes, <= MAX_PAYLOAD
@@ -18,6 +18,11 @@ A frame (all integers little-endian)::
 
 The decoder resynchronises after garbage or a corrupted frame by dropping one byte and searching
 for the next magic; it counts what it dropped.
+
+Two versions: ``FRAME_VERSION`` is the byte in every header (the framing above, still 1), and
+``PROTOCOL`` is what HELLO negotiates (the messages and their payloads). Protocol 2 added agent
+sessions: the agent names itself with a random ``session`` in its HELLO reply, and a RUN carries
+the session it is meant for, so a resend can never execute in a restarted agent.
 """
 
 from __future__ import annotations
@@ -29,7 +34,9 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 
 MAGIC = b"\xedR"
-VERSION = 1
+FRAME_VERSION = 1                  # the header's version byte: the framing, unchanged by protocol 2
+PROTOCOL = 2                       # the newest protocol (HELLO); 2 added agent sessions
+PROTOCOLS = (1, 2)                 # protocols this codebase speaks, host and agent alike
 HEADER = struct.Struct("<2sBBHI")  # magic, version, type, seq, length
 HEADER_SIZE = HEADER.size + 4      # + header CRC
 TRAILER_SIZE = 4
@@ -38,17 +45,17 @@ CHUNK = 4 * 1024                   # file bytes per PUT_DATA / GET_DATA: small f
 
 
 class Msg(IntEnum):
-    HELLO = 0x01      # host -> agent: {"protocol": 1}; reply {"protocol", "agent", "emulated", "work_dir", ...}
+    HELLO = 0x01      # host -> agent: {"protocol": 2}; reply {"protocol", "session", "agent", "emulated", ...}
     INFO = 0x02       # reply {"probe": "<probe script output>"} or {"info": {DeviceInfo fields}}
     PUT_OPEN = 0x03   # {"path", "size", "mode"}; reply {}
     PUT_DATA = 0x04   # u64 offset + bytes; reply {"received": n}
     PUT_CLOSE = 0x05  # {"sha256"}; reply {} once the file is complete, verified and renamed
     GET_OPEN = 0x06   # {"path"}; reply {"size", "sha256"}
     GET_DATA = 0x07   # {"path", "offset", "size"}; reply: raw bytes
-    RUN = 0x08        # {"argv", "env", "cwd", "timeout"}; reply RESULT (below)
+    RUN = 0x08        # {"argv", "env", "cwd", "timeout", "session"}; reply RESULT (below)
     ACK = 0x7D        # "got it, working on it" (sent before a RUN/INFO; payload empty)
     NAK = 0x7E        # "your frame arrived corrupted": resend (payload empty)
-    ERROR = 0x7F      # reply {"message", "kind"} instead of the expected reply
+    ERROR = 0x7F      # reply {"message", "kind"} instead of the expected reply (kind "session": + "session")
     REPLY = 0x80      # OR-ed into a request's type for its reply
 
 
@@ -67,7 +74,7 @@ def crc32(data: bytes) -> int:
 def encode(msg_type: int, seq: int, payload: bytes = b"") -> bytes:
     if len(payload) > MAX_PAYLOAD:
         raise ProtocolError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
-    head = HEADER.pack(MAGIC, VERSION, msg_type, seq & 0xFFFF, len(payload))
+    head = HEADER.pack(MAGIC, FRAME_VERSION, msg_type, seq & 0xFFFF, len(payload))
     head += struct.pack("<I", crc32(head))
     body = head + payload
     return body + struct.pack("<I", crc32(body))
@@ -122,7 +129,7 @@ class FrameDecoder:
                 return None
             magic, version, msg_type, seq, length = HEADER.unpack_from(self.buf)
             (hcrc,) = struct.unpack_from("<I", self.buf, HEADER.size)
-            if hcrc != crc32(bytes(self.buf[:HEADER.size])) or version != VERSION or length > MAX_PAYLOAD:
+            if hcrc != crc32(bytes(self.buf[:HEADER.size])) or version != FRAME_VERSION or length > MAX_PAYLOAD:
                 self.bad_frames += hcrc != crc32(bytes(self.buf[:HEADER.size]))
                 self._drop(1)
                 continue

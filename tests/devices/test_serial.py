@@ -185,3 +185,40 @@ def test_agent_over_a_socat_pty_pair(tmp_path):
             if proc is not None:
                 proc.terminate()
                 proc.wait(timeout=5)
+
+
+def test_a_protocol_1_host_still_runs_on_this_agent(serial_line, monkeypatch):
+    """Compatibility: an older host asks for protocol 1 and sends RUN without a session."""
+    import edgerun.devices.serial_device as serial_device
+
+    monkeypatch.setattr(serial_device, "PROTOCOL", 1)
+    uri, link, agent, sandbox = serial_line()
+    with resolve_device(uri) as dev:
+        res = dev.exec(["sh", "-c", "echo ran >> count; cat count"], timeout=20, cwd=dev.work_dir)
+        assert dev.hello["protocol"] == 1 and dev.session is None
+    assert res.stdout == b"ran\n"
+
+
+def test_this_host_falls_back_to_a_protocol_1_agent(tmp_path, caplog):
+    """Compatibility: an agent that knows only protocol 1 refuses 2; the host speaks 1 and warns
+    that such an agent's restarts cannot be detected."""
+    import logging
+    import subprocess
+
+    link = __import__("edgerun_tests_devices_ptylink").PtyLink()
+    code = ("import sys\nfrom edgerun.devices import serial_agent as a\n"
+            "a.PROTOCOL, a.PROTOCOLS = 1, (1,)\nsys.exit(a.main(sys.argv[1:]))\n")
+    agent = subprocess.Popen([sys.executable, "-c", code, link.agent_path, str(tmp_path / "sb")],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
+    try:
+        assert "serving" in agent.stdout.readline()
+        with caplog.at_level(logging.WARNING, logger="edgerun.devices"):
+            with resolve_device(f"serial://{link.host_path}") as dev:
+                res = dev.exec(["sh", "-c", "echo v1"], timeout=20)
+                assert dev.hello["protocol"] == 1 and dev.session is None
+    finally:
+        agent.kill()
+        agent.wait(timeout=10)
+        link.close()
+    assert res.stdout == b"v1\n"
+    assert any("protocol 1 only" in r.getMessage() for r in caplog.records)

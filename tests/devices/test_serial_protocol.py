@@ -59,3 +59,39 @@ def test_info_reply_from_firmware_fields_or_a_linux_probe():
     linux = info_from_reply({"probe": "@@section arch\naarch64\n@@section nproc\n4\n"},
                             {"emulated": True, "emulator": "stand-in"})
     assert (linux.arch, linux.cores, linux.emulated, linux.emulator) == ("aarch64", 4, True, "stand-in")
+
+
+def test_agent_refuses_a_run_meant_for_another_session_and_caches_by_whole_request(tmp_path):
+    """The agent's side of "never twice", frame by frame: a RUN naming another session is not run;
+    only a byte-identical repeat (type, seq, payload) is answered from the cache."""
+    from edgerun.devices.serial_agent import Agent
+
+    class Port:
+        def __init__(self):
+            self.out = FrameDecoder()
+            self.frames = []
+
+        def write(self, data):
+            self.frames += self.out.feed(data)
+
+    port = Port()
+    agent = Agent(port, str(tmp_path / "sb"))
+    count = tmp_path / "count"
+
+    def run(seq, session, text="x"):
+        port.frames.clear()
+        agent.handle(FrameDecoder().feed(encode_json(Msg.RUN, seq, {
+            "argv": ["sh", "-c", f"echo {text} >> {count}"], "env": {}, "cwd": None, "timeout": 10,
+            "session": session}))[0])
+        return [f for f in port.frames if f.type != Msg.ACK][-1]
+
+    refused = run(1, "0123456789abcdef")
+    assert refused.type == Msg.ERROR and refused.json()["kind"] == "session"
+    assert refused.json()["session"] == agent.session and not count.exists()
+    assert run(2, agent.session).type == Msg.RUN | Msg.REPLY
+    assert run(2, agent.session).type == Msg.RUN | Msg.REPLY  # the resend: from the cache
+    assert run(2, agent.session, "y").type == Msg.RUN | Msg.REPLY  # same seq, another request: run
+    assert count.read_text() == "x\ny\n"
+    hello = FrameDecoder().feed(encode_json(Msg.HELLO, 3, {"protocol": 2}))[0]
+    agent.handle(hello)
+    assert port.frames[-1].json()["session"] == agent.session and len(agent.session) >= 16
