@@ -119,10 +119,14 @@ def graph_facts(exported_nodes: int, summary: GraphSummary | None, top: int = 5)
     return {"exported_nodes": exported_nodes, "nodes": summary.nodes, "top_modules": top_modules, "large": large}
 
 
+def _module_label(m: dict) -> str:
+    return f"{m['module']} ({m['type']})" if m.get("type") else m["module"]
+
+
 def graph_warning(facts: dict[str, Any]) -> str | None:
     if not facts.get("large"):
         return None
-    tops = ", ".join(f"{m['module']} ({m['type']}) {m['nodes']}" for m in facts["top_modules"][:3])
+    tops = ", ".join(f"{_module_label(m)} {m['nodes']}" for m in facts["top_modules"][:3])
     return (f"the graph has {facts['nodes']} operator nodes after decomposition (torch.export made "
             f"{facts['exported_nodes']}); most come from {tops} — a loop unrolled over its steps (e.g. an RNN "
             "over a long sequence) makes export, lowering and the program grow with the step count")

@@ -100,7 +100,7 @@ def share_warning(scheme: str, quantizer: str, table: dict[str, dict[str, int]],
     if share >= MIN_QUANTIZED_SHARE or not total:
         return share, None
     missed = sorted(((name, r["params"] - r["quantized_params"]) for name, r in table.items()
-                     if r["params"] > r["quantized_params"]), key=lambda kv: -kv[1])
+                     if r["quantized_params"] < MIN_QUANTIZED_SHARE * r["params"]), key=lambda kv: -kv[1])
     parts = [f"{name} ({100 * left / total:.0f} % of the weights)" for name, left in missed[:3]]
     size = ""
     if pte_bytes and fp32_bytes:

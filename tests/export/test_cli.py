@@ -53,3 +53,17 @@ def test_failed_verification_exits_4_and_keeps_the_artifact(cli, tmp_path):
     err = json.loads(r.stdout)["error"]
     assert err["stage"] == "verify" and "output 0: SNR" in err["message"]
     assert json.loads((out / "manifest.json").read_text())["status"] == "failed"
+
+
+def test_progress_lines_per_stage_also_when_stderr_is_a_pipe(cli, tmp_path):
+    r = cli("export", "factories:tiny", "--target", "rpi5", "--scheme", "int8", "-o", str(tmp_path / "p"))
+    assert r.returncode == 0, r.stderr
+    import re
+
+    stages = re.findall(r"^export: ([a-z ]+) … \d+\.\d s$", r.stderr, re.M)
+    assert stages[-5:] == ["export", "quantize", "lower", "write", "verify"], r.stderr
+
+
+def test_vectors_option_takes_a_count_or_a_file(cli, tmp_path):
+    r = cli("export", "factories:tiny", "-o", str(tmp_path / "v"), "--vectors", "inputs.txt", "--json")
+    assert r.returncode == 2 and "neither a number of test vectors nor a .npy/.npz file" in r.stdout
