@@ -97,7 +97,7 @@ def profile_on_device(artifact: str | Path | Manifest, device, settings: Profile
     from edgerun.runtime.analysis import AnalysisSettings, analyse
     from edgerun.runtime.deploy import run_on_device
     from edgerun.runtime.runner import RunOptions
-    from edgerun.store import Store
+    from edgerun.store import save_or_keep
 
     manifest = _open_manifest(artifact)
     with_dataset = manifest.dataset is not None and settings.task_accuracy is not False
@@ -127,9 +127,9 @@ def profile_on_device(artifact: str | Path | Manifest, device, settings: Profile
                 mark_interrupted(run.run_dir)
                 raise RunInterrupted(f"on device '{device.name}', the run was interrupted before it was stored",
                                      stage="interrupted", run_dir=run.run_dir, device=device.name)
-            with Store(store_path) as store:
-                store.save(record)
-            (run.run_dir / "record.json").write_text(json.dumps({"run_id": record.run_id}))
+            # a store that fails keeps the whole record in the run directory (RecordKept, exit 7, with
+            # the `edgerun runs import` command that brings it in later): nothing measured is lost
+            save_or_keep(record, store_path, run.run_dir)
             results.append(record)
             if record.accuracy is not None and record.accuracy.passed is False:
                 results.append(CellFailure(device.name, threads, accuracy_failure(record)))

@@ -176,3 +176,53 @@ def test_a_failed_cell_keeps_the_finished_ones_and_the_sweep_resumes(cli, tmp_pa
     assert again["sweep_id"] == obj["sweep_id"] and again["run_ids"] == obj["run_ids"]  # not re-run
     assert len(again["failures"]) == 1  # the unreachable device was tried again
     assert sqlite3.connect(store).execute("SELECT count(*) FROM runs").fetchone()[0] == 1
+
+
+def test_a_locked_store_keeps_the_measured_record_for_runs_import(cli, digits, tmp_path, edgerun_home):
+    """Issue 9 item 8: a store locked at save time lost a finished measurement while run.json said ok.
+    The lock is taken once the run is on the device (its run.json says stage run), so the store is
+    free when profile opens it and locked when the finished record is saved."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    store = tmp_path / "results.sqlite"
+    assert cli("runs", "list", "--store", str(store), "--json").returncode == 0  # a store with its schema
+    runs = Path(edgerun_home) / "runs"
+    before = set(runs.glob("*")) if runs.exists() else set()
+    exe = Path(sys.executable).with_name("edgerun")
+    proc = subprocess.Popen([str(exe), "profile", str(digits), "--device", "local://", "--iterations", "3",
+                             "--min-time-ms", "4000", "--no-task-accuracy", "--no-etdump", "--store", str(store),
+                             "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "EDGERUN_STORE_TIMEOUT": "0.5"})
+    holder = None
+    try:
+        deadline = time.monotonic() + 300
+        while holder is None and time.monotonic() < deadline and proc.poll() is None:
+            for d in set(runs.glob("*")) - before if runs.exists() else ():
+                status = d / "run.json"
+                if status.is_file() and '"stage": "run"' in status.read_text():
+                    holder = sqlite3.connect(store, isolation_level=None)
+                    holder.execute("BEGIN IMMEDIATE")  # another process now writes the store
+                    break
+            time.sleep(0.05)
+        assert holder is not None, "the run never reached its run stage"
+        out, err_text = proc.communicate(timeout=300)
+    finally:
+        if holder is not None:
+            holder.execute("ROLLBACK")
+            holder.close()
+        proc.kill()
+    assert proc.returncode == 7, err_text[-2000:]
+    [failure] = json.loads(out)["failures"]
+    err = failure["error"]
+    assert err["type"] == "RecordKept" and "edgerun runs import" in (err["hint"] or "")
+    [run_dir] = set(runs.glob("*")) - before
+    record = json.loads((run_dir / "record.json").read_text())
+    assert len([s for s in record["samples"] if not s["warmup"]]) >= 3  # the whole record, every sample
+    imported = cli("runs", "import", str(run_dir), "--store", str(store), "--json")
+    assert imported.returncode == 0, imported.stderr[-2000:]
+    listed = _json(cli("runs", "list", "--store", str(store), "--json"))
+    assert record["run_id"] in json.dumps(listed)
