@@ -309,10 +309,39 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool) -> Path:
     parent = out_dir.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=parent))
+        _remove_stale_partials(out_dir)
+        return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-{os.getpid()}-", dir=parent))
     except OSError as exc:
         raise ExportError(f"cannot write to output directory {out_dir}: {exc.strerror or exc}.", stage="write",
                           hint="Choose a writable -o directory.") from exc
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def _remove_stale_partials(out_dir: Path) -> list[Path]:
+    """Remove what an export of ``out_dir`` killed mid-way left beside it: ``.NAME.partial-PID-*`` and
+    ``.NAME.old-PID`` directories whose process is gone. A live export's directories are left alone."""
+    removed = []
+    for p in out_dir.parent.glob(f".{out_dir.name}.*"):
+        rest = p.name[len(out_dir.name) + 2:]
+        kind, _, tail = rest.partition("-")
+        pid_text = tail.split("-", 1)[0]
+        if kind not in ("partial", "old") or not pid_text.isdigit() or not p.is_dir() or p.is_symlink():
+            continue
+        if not _pid_alive(int(pid_text)):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    if removed:
+        log.info("removed %d directory(ies) left by an interrupted export of %s", len(removed), out_dir)
+    return removed
 
 
 def _publish(tmp: Path, out_dir: Path) -> None:

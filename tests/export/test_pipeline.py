@@ -2,6 +2,7 @@
 artifact contract, verification that can fail, and every bad input the issue names."""
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -146,3 +147,21 @@ def test_reexport_replaces_an_artifact_atomically(tmp_path):
     assert read_manifest(out).scheme.name == "int8" != first.scheme.name
     assert str(second.path) == str(out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
+
+
+def test_an_export_killed_mid_way_leaves_nothing_the_next_export_keeps(tmp_path):
+    """Issue 9 item 14: a killed export left hidden .partial-* directories forever."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "art"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)  # a process that has exited: its directories are stale
+    stale = [tmp_path / f".art.partial-{dead_pid}-abc123", tmp_path / f".art.old-{dead_pid}"]
+    live = tmp_path / f".art.partial-{os.getpid()}-live"  # an export still running (this process)
+    for d in (*stale, live):
+        d.mkdir()
+        (d / "model.pte").write_bytes(b"half")
+    export_model("factories:tiny", "host", "fp32", out)
+    assert not any(d.exists() for d in stale) and live.exists()
+    assert (out / "manifest.json").is_file()
