@@ -36,6 +36,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgerun.core.errors import environment_problem
 from edgerun.core.paths import cache_dir
 
 from .bundle import (BACKEND_LIBRARIES, KERNEL_LIBRARIES, LOADERS, RUNNER_NAME, Bundle, BundleError,
@@ -431,7 +432,12 @@ def build_bundle(req: BuildRequest) -> Bundle:
     et_version = executorch_version()
     source_hash = runner_source_hash()
     key = bundle_key(req.target_arch, req.variant, et_version, source_hash)
-    dest = cache_dir("bundles") / key
+    try:
+        dest = cache_dir("bundles") / key
+        build_root = cache_dir("build")
+    except OSError as exc:  # EDGERUN_HOME read-only, full, or under a file: this machine's problem
+        raise environment_problem(exc, "cannot create the bundle cache under EDGERUN_HOME",
+                                  stage="build runtime") from None
     if dest.exists() and not req.force:
         try:
             bundle = load_bundle(dest)
@@ -442,7 +448,6 @@ def build_bundle(req: BuildRequest) -> Bundle:
         except BundleError:
             log.info("cached bundle %s is unreadable: rebuilding it", dest)
     et_root = executorch_root(req.target_arch, et_version)
-    build_root = cache_dir("build")
     build_dir = build_root / key
     # The lock first, beside the build directory (a --force removes the directory, never the lock):
     # two processes sharing an EDGERUN_HOME build one at a time, each in a whole tree of its own.
