@@ -199,6 +199,35 @@ def _op_label(op_types: list[str]) -> str:
     return label
 
 
+def _node_ops(inspector) -> dict[str, str]:
+    """Node name -> operator, from the Inspector's graphs of the ETRecord (empty without one)."""
+    out: dict[str, str] = {}
+
+    def walk(graph) -> None:
+        for el in getattr(graph, "elements", None) or ():
+            if getattr(el, "elements", None) is not None:
+                walk(el)
+            name, op = getattr(el, "name", None), getattr(el, "op", None)
+            if name and op:
+                out.setdefault(name, op)
+
+    for graph in (getattr(inspector, "op_graph_dict", None) or {}).values():
+        walk(graph)
+    return out
+
+
+def unique_op_types(event, node_ops: dict[str, str]) -> list[str]:
+    """The operators of the nodes behind an event, each node once.
+
+    The Inspector appends a node's op once per debug handle that names it, and a delegate's handle
+    list repeats handles (a BatchNorm fused into its convolution is listed with both), so its
+    ``op_types`` over-count: 18 BatchNorms showed as x36. The event's ``stack_traces`` is keyed by
+    node name, one entry per node: count those."""
+    names = list(getattr(event, "stack_traces", None) or {})
+    ops = [node_ops[n] for n in names if n in node_ops]
+    return ops if ops else list(event.op_types)
+
+
 def _execute_block(inspector):
     blocks = [b for b in inspector.event_blocks if any(e.name == "Method::execute" for e in b.events)]
     if not blocks:
@@ -241,6 +270,7 @@ def operator_table(
         if e.name.startswith("native_call_") and e._instruction_id is not None:
             kernel_of[e._instruction_id] = e.name.removeprefix("native_call_")
 
+    node_ops = _node_ops(insp)
     operators: "OrderedDict[str, dict]" = OrderedDict()
     calls: list[dict] = []
     inner: "OrderedDict[tuple[str, str | None], dict]" = OrderedDict()
@@ -255,9 +285,10 @@ def operator_table(
             row["raws"].append(raw)
         elif e.name == "DELEGATE_CALL":
             backend = e.delegate_backend_name or "unknown backend"
-            label = _op_label(list(e.op_types))
+            ops = unique_op_types(e, node_ops)
+            label = _op_label(ops)
             calls.append({"name": f"{backend}[{label}]" if label else backend, "backend": backend,
-                          "raws": [raw], "op_types": tuple(e.op_types)})
+                          "raws": [raw], "op_types": tuple(ops)})
         elif e.is_delegated_op:
             name = _INSTANCE_SUFFIX.sub("", e.name)
             row = inner.setdefault((name, e.delegate_backend_name), {"raws": []})

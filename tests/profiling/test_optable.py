@@ -116,3 +116,27 @@ def test_tables_can_be_built_from_several_threads_at_once(profiled_program, prof
     with ThreadPoolExecutor(max_workers=3) as pool:
         tables = list(pool.map(one, range(3)))
     assert all(t.rows == profile.rows for t in tables)
+
+
+def test_delegate_op_counts_are_per_node_not_per_debug_handle():
+    """A delegate call whose debug handles name a node twice (a BatchNorm fused into its conv is listed
+    with both handles) must count each node once: 18 BatchNorms were shown as x36."""
+    from types import SimpleNamespace
+
+    from edgerun.runtime.optable import _op_label, unique_op_types
+
+    node_ops = {f"conv_{i}": "aten.convolution.default" for i in range(3)}
+    node_ops.update({f"bn_{i}": "aten._native_batch_norm_legit_no_training.default" for i in range(3)})
+    event = SimpleNamespace(op_types=["aten.convolution.default", "aten._native_batch_norm_legit_no_training.default"] * 6,
+                            stack_traces={name: None for name in node_ops})
+    ops = unique_op_types(event, node_ops)
+    assert sorted(ops).count("aten.convolution.default") == 3 and len(ops) == 6
+    assert _op_label(ops) == "convolution×3+_native_batch_norm_legit_no_training×3"
+    # without an ETRecord's graphs the Inspector's own list is all there is
+    assert unique_op_types(event, {}) == event.op_types
+
+
+def test_real_delegate_labels_count_each_node_once(real_record):
+    rows = [r for r in real_record.operators.rows if r.delegated]
+    for r in rows:
+        assert len(r.op_types) == len(set(r.op_types)) or "×" in r.name  # counted per node
