@@ -47,7 +47,8 @@ EXIT_MEANINGS: tuple[tuple[tuple[ExitCode, ...], str], ...] = (
     ((ExitCode.VERIFICATION,), "the program failed verification against eager PyTorch (artifact kept, marked `failed`)"),
     ((ExitCode.BUNDLE,), "a runtime bundle is missing, damaged or could not be built"),
     ((ExitCode.ANALYSIS,), "analysis failed (no timed iterations, unreadable ETDump, outputs that cannot be compared)"),
-    ((ExitCode.STORE,), "the results store: unknown run id, a store from a newer edgerun"),
+    ((ExitCode.STORE,), "the results store: unknown run id, a store from a newer edgerun, locked or damaged (a "
+                        "finished run's record is then kept in its run directory for `edgerun runs import`)"),
     ((ExitCode.DEVICE,), "a device failed: unreachable, authentication, host key, timeout, dropped link, no space"),
     ((ExitCode.PREFLIGHT,), "pre-flight refused: the artifact cannot be read (not an artifact, a newer or foreign "
                             "manifest schema), or the bundle lacks an operator or backend the program needs, or "

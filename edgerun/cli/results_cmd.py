@@ -221,7 +221,8 @@ def register(app: typer.Typer) -> None:
 
         def human(result: dict) -> None:
             if not result["runs"]:
-                out.print(f"No runs in {result['store']} yet (edgerun profile ARTIFACT stores one).")
+                out.print(f"No runs in {escape(str(result['store']))} yet (edgerun profile ARTIFACT stores one).",
+                          highlight=False)
                 return
             t = Table(title=f"Runs in {result['store']}", title_justify="left", box=box.SIMPLE_HEAD)
             t.add_column("run", no_wrap=True)
@@ -348,8 +349,13 @@ def register(app: typer.Typer) -> None:
             text = render(records, chosen, comparisons, **kw)
             path = output if output is not None else (Path("report.html") if chosen == "html" else None)
             if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(text, encoding="utf-8")
+                from edgerun.core.errors import environment_problem
+
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_text(text, encoding="utf-8")
+                except OSError as exc:  # read-only, full, /proc ...: this machine's problem, not a bug
+                    raise environment_problem(exc, f"writing the report {path}", stage="report") from exc
             else:
                 holder["text"] = text
             result = {"format": chosen, "path": str(path) if path else None, "runs": [r.run_id for r in records],
@@ -365,6 +371,7 @@ def register(app: typer.Typer) -> None:
             if result["path"] is None:
                 typer.echo(holder["text"], nl=False)
             else:
-                out.print(f"Wrote {result['format']} report of {len(result['runs'])} run(s) to {result['path']}")
+                out.print(f"Wrote {result['format']} report of {len(result['runs'])} run(s) to {escape(result['path'])}",
+                          highlight=False)
 
         execute(work, json_out=json_out, debug=debug, human=human)

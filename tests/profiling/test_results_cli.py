@@ -189,3 +189,13 @@ def test_runs_import_stores_kept_records_once(cli, tmp_path):
     assert shown["record"]["samples"] == rec.to_dict()["samples"]
     p = cli("runs", "import", str(tmp_path / "nowhere"), "--store", str(path), "--json")
     assert p.returncode == 2 and "no record.json" in _json(p)["error"]["message"]
+
+
+def test_a_report_that_cannot_be_written_is_this_machines_problem_not_a_bug(cli, store, tmp_path):
+    """Issue 9 item 15: `report -o /proc/…` exited 70 (internal error)."""
+    for target in ("/proc/edgerun-report.html", str(tmp_path / "a-file" / "r.html")):
+        (tmp_path / "a-file").write_text("not a directory")
+        p = cli("report", "r-20261128-aaa", "-o", target, "--store", str(store), "--json")
+        assert p.returncode == 17, p.stdout + p.stderr[-1000:]
+        err = _json(p)["error"]
+        assert err["type"] == "EnvironmentProblem" and target in err["message"] and err["stage"] == "report"
