@@ -26,6 +26,7 @@ import collections.abc
 import dataclasses
 import difflib
 import os
+import re
 import shlex
 import types
 import typing
@@ -34,6 +35,8 @@ from typing import Any, ClassVar, Mapping
 from urllib.parse import SplitResult
 
 from edgerun.devices.workdir import check_work_dir
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def option(default: Any = None, *, path: bool = False, uri: bool = True, default_factory: Any = None) -> Any:
@@ -95,6 +98,10 @@ class DeviceSpec:
         if not isinstance(self.env, Mapping) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in self.env.items()):
             raise ValueError("env must be a table of string keys to string values")
+        bad = [k for k in self.env if not _ENV_NAME.fullmatch(k)]
+        if bad:
+            raise ValueError(f"env: {bad[0]!r} is not an environment variable name (letters, digits and _, not "
+                             "starting with a digit)")
         if self.threads is not None and self.threads < 0:
             raise ValueError(f"threads must be an integer >= 0, got {self.threads!r}")
         if self.connect_timeout <= 0:

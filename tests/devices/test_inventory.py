@@ -257,3 +257,13 @@ def test_the_devices_modules_import_without_a_cycle():
     cycles = sorted(m for m in graph if m != "__init__" and reaches(m, m))
     assert cycles == [], f"import cycles through {cycles}"
     assert "base" in graph["remote"] and "remote" in graph["ssh"] and "remote" in graph["adb"]
+
+
+def test_an_env_name_that_is_not_a_variable_name_is_refused_when_the_inventory_is_read(tmp_path):
+    """Issue 9 item 15: an invalid env name on ssh failed only at exec, as an internal error."""
+    from edgerun.devices.inventory import InventoryError, load_inventory
+
+    inv = tmp_path / "devices.toml"
+    inv.write_text('[devices.pi]\nuri = "local://"\nenv = { "BAD NAME;rm" = "1" }\n')
+    with pytest.raises(InventoryError, match=r"entry 'pi'.*'BAD NAME;rm' is not an environment variable name"):
+        load_inventory(inv)
