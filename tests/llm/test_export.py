@@ -1,0 +1,63 @@
+"""`edgerun export` of an LLM: the tiny GGUF made here goes to a verified artifact with a KV cache,
+a dynamic prompt length, tokenizer.json and the manifest's llm facts; fp32 reproduces eager's greedy
+tokens, and 8da4w quantizes the embedding and the LM head with kernels the native runner has."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from tokenizers import Tokenizer
+
+from edgerun.core.artifact import read_manifest
+from edgerun.core.errors import UsageError
+from edgerun.export import export_model
+from edgerun.export.zoo import get_model
+from edgerun.export.llm.zoo import LLMSpec
+
+
+def test_a_gguf_path_and_smollm2_are_llm_specs(tiny_gguf, tmp_path):
+    spec = get_model(str(tiny_gguf))
+    assert isinstance(spec, LLMSpec) and spec.source == "gguf" and spec.task == "llm"
+    model, (tokens, pos) = spec.build()
+    assert tokens.shape[0] == 1 and tuple(pos.shape) == (tokens.shape[1],)
+    assert isinstance(get_model("smollm2-135m"), LLMSpec)
+    with pytest.raises(UsageError, match=r"absent\.gguf.*no such file"):
+        get_model(str(tmp_path / "absent.gguf"))
+
+
+def test_max_context_is_refused_for_a_model_that_is_not_an_llm(tmp_path):
+    with pytest.raises(UsageError, match="--max-context applies to LLMs only"):
+        export_model("digits_cnn", "host", "fp32", tmp_path / "a", max_context=64)
+
+
+@pytest.mark.slow
+def test_fp32_export_of_the_tiny_gguf_matches_eager(tiny_gguf, tmp_path):
+    m = export_model(str(tiny_gguf), "rpi5", "fp32", tmp_path / "art", max_context=48)
+    assert m.ok, m.verification.failures
+    again = read_manifest(tmp_path / "art")
+    assert again.llm == m.llm
+    llm = m.llm
+    assert (llm.architecture, llm.layers, llm.dim, llm.max_context) == ("llama", 2, 64, 48)
+    assert llm.kv_cache_bytes_per_token == 2 * 2 * 2 * 16 * 4 and llm.kv_cache_bytes == 48 * 512
+    # the tied embedding is counted once
+    assert llm.weight_bytes_by_dtype["float32"] == 4 * llm.parameters
+    tok = Tokenizer.from_file(str(tmp_path / "art" / "tokenizer.json"))
+    assert llm.tokenizer["sha256"] and tok.encode("<|im_start|>").ids == [1]
+    q = llm.quality
+    assert q["greedy"]["eager"] == q["greedy"]["program"] and len(q["greedy"]["eager"]) == 32
+    assert q["logits_vs_eager"]["top1_agreement"] == 1.0
+    assert abs(q["perplexity"]["program_vs_eager_fp32"]) < 0.01
+    assert json.loads((tmp_path / "art" / "manifest.json").read_text())["llm"]["max_context"] == 48
+
+
+@pytest.mark.slow
+def test_8da4w_export_quantizes_embedding_and_lm_head(tiny_gguf, tmp_path):
+    fp32 = export_model(str(tiny_gguf), "rpi5", "fp32", tmp_path / "fp32", max_context=48)
+    m = export_model(str(tiny_gguf), "rpi5", "8da4w", tmp_path / "q", max_context=48, scheme_options={"group_size": 32})
+    assert m.ok, m.verification.failures
+    ops = m.operators.non_delegated
+    assert any("embedding_4bit" in k for k in ops), ops
+    assert m.llm.weight_bytes_by_dtype.get("float32", 0) < fp32.llm.weight_bytes_by_dtype["float32"] / 10
+    assert m.pte_bytes < 0.5 * fp32.pte_bytes
+    assert m.llm.quality["logits_vs_eager"]["top1_agreement"] > 0.5
