@@ -555,7 +555,13 @@ def export_model(
                                        export_seconds=round(time.monotonic() - started, 3),
                                        stage_seconds=dict(times))
         write_manifest(tmp, manifest)
-        _publish(tmp, out)
+        try:
+            _publish(tmp, out)
+        except OSError as exc:  # a mount point, a busy or foreign file system: say so, not "internal error"
+            raise ExportError(f"cannot put the finished artifact in place at {out}: {exc.strerror or exc} "
+                              f"(renaming {tmp.name} onto it failed).", stage="write",
+                              hint="Export into a directory inside a writable file system (not onto a mount "
+                                   "point itself), e.g. -o DIR/model.") from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -59,7 +59,8 @@ def show_manifest(m) -> None:
     t.add_row(".pte size", _fmt_bytes(m.pte_bytes))
     t.add_row("fp32 weights (eager)", _fmt_bytes(m.model.fp32_weight_bytes))
     t.add_row("parameters", f"{m.model.parameters or 0:,}")
-    t.add_row("planned memory (activations)", _fmt_bytes(m.planned_memory_bytes))
+    t.add_row("planned memory (program buffers)", _fmt_bytes(m.planned_memory_bytes) + " (the program's own "
+              "activations and I/O; a delegate's workspace, e.g. XNNPACK's, is not counted: see peak RSS)")
     t.add_row("recipe hash", f"{m.scheme.recipe_hash} (scheme) / {m.recipe_hash} (export)")
     t.add_row("versions", escape(", ".join(f"{k} {v}" for k, v in m.versions.items())))
     for spec in m.inputs:
