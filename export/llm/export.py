@@ -199,6 +199,8 @@ def export_llm(spec: LLMSpec, target: str, scheme: str | None = None, out_dir=No
                 llm=llm, path=tmp,
             )
         with _stage("verify", on_stage):
+            import executorch.kernels.quantized  # noqa: F401  the embedding kernels, before any program loads
+
             verification = verify_artifact(tmp, manifest, limits)
             method = _runtime_method(pte)
             eager_fp32, prog = _logits_fn(model=model), _logits_fn(method=method)
