@@ -40,8 +40,8 @@ def test_fp32_export_of_the_tiny_gguf_matches_eager(tiny_gguf, tmp_path):
     llm = m.llm
     assert (llm.architecture, llm.layers, llm.dim, llm.max_context) == ("llama", 2, 64, 48)
     assert llm.kv_cache_bytes_per_token == 2 * 2 * 2 * 16 * 4 and llm.kv_cache_bytes == 48 * 512
-    # the tied embedding is counted once
-    assert llm.weight_bytes_by_dtype["float32"] == 4 * llm.parameters
+    # the tied embedding is counted once; the RoPE cos/sin tables ([max_context, head_dim/2] each) are constants
+    assert llm.weight_bytes_by_dtype["float32"] == 4 * llm.parameters + 2 * 48 * 8 * 4
     tok = Tokenizer.from_file(str(tmp_path / "art" / "tokenizer.json"))
     assert llm.tokenizer["sha256"] and tok.encode("<|im_start|>").ids == [1]
     q = llm.quality
