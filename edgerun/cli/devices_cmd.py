@@ -8,6 +8,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from edgerun.runtime.columns import format_bytes
+
 from ._common import DebugOpt, JsonOpt, execute, plain
 
 out = Console()
@@ -20,17 +22,6 @@ devices_app = typer.Typer(
          "ssh://user@host:port?identity_file=..&known_hosts=.., adb://SERIAL, serial:///dev/ttyUSB0?baud=115200.",
     no_args_is_help=True,
 )
-
-
-def _fmt_bytes(n: int | None) -> str:
-    if n is None:
-        return "-"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return str(n)
 
 
 @devices_app.command("list")
@@ -87,12 +78,12 @@ def probe_cmd(
             cpu += f" (on {i['host_cpu_model']})"
         rows = [
             ("arch", i["arch"]), ("cpu", cpu), ("cores", i["cores"]), ("board", i["board"]),
-            ("memory", f"{_fmt_bytes(i['mem_total_bytes'])} total, {_fmt_bytes(i['mem_available_bytes'])} available"),
+            ("memory", f"{format_bytes(i['mem_total_bytes'])} total, {format_bytes(i['mem_available_bytes'])} available"),
             ("os", i["os"]), ("kernel", i["kernel"]), ("governor", i["governor"]),
             ("frequency", f"{i['freq_khz'] / 1000:.0f} MHz (max {(i['max_freq_khz'] or 0) / 1000:.0f})"
              if i["freq_khz"] else None),
             ("temperature", f"{i['temperature_c']:.1f} °C" if i["temperature_c"] is not None else None),
-            ("free space", f"{_fmt_bytes(i['free_bytes'])} in {result['work_dir']}"),
+            ("free space", f"{format_bytes(i['free_bytes'])} in {result['work_dir']}"),
             ("transport", i["transport"]),
         ]
         for key, value in rows:

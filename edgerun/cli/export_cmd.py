@@ -10,19 +10,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from edgerun.runtime.columns import format_bytes
+
 from ._common import DebugOpt, JsonOpt, err_console, execute
 
 out = Console()
-
-
-def _fmt_bytes(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def _fmt_num(x, fmt: str = "{:.2f}") -> str:
@@ -56,10 +48,10 @@ def show_manifest(m) -> None:
     t = Table(title="Artifact", show_header=False, title_justify="left")
     t.add_column(style="bold")
     t.add_column()
-    t.add_row(".pte size", _fmt_bytes(m.pte_bytes))
-    t.add_row("fp32 weights (eager)", _fmt_bytes(m.model.fp32_weight_bytes))
+    t.add_row(".pte size", format_bytes(m.pte_bytes))
+    t.add_row("fp32 weights (eager)", format_bytes(m.model.fp32_weight_bytes))
     t.add_row("parameters", f"{m.model.parameters or 0:,}")
-    t.add_row("planned memory (program buffers)", _fmt_bytes(m.planned_memory_bytes) + " (the program's own "
+    t.add_row("planned memory (program buffers)", format_bytes(m.planned_memory_bytes) + " (the program's own "
               "activations and I/O; a delegate's workspace, e.g. XNNPACK's, is not counted: see peak RSS)")
     t.add_row("recipe hash", f"{m.scheme.recipe_hash} (scheme) / {m.recipe_hash} (export)")
     t.add_row("versions", escape(", ".join(f"{k} {v}" for k, v in m.versions.items())))
