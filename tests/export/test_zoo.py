@@ -20,7 +20,10 @@ CASES = {
 
 
 def test_cases_cover_the_whole_zoo():
-    assert set(CASES) == set(MODELS)
+    # LLM entries (task "llm": SmolLM2) export through export/llm with a KV cache; tests/llm covers them
+    # on a tiny GGUF and a 2-layer cut of SmolLM2 (a full 30-layer export takes 10-20 minutes)
+    assert set(CASES) == {name for name, spec in MODELS.items() if spec.task != "llm"}
+    assert {name for name, spec in MODELS.items() if spec.task == "llm"} == {"smollm2-135m"}
 
 
 @pytest.mark.parametrize("model", sorted(CASES))
