@@ -6,10 +6,15 @@ fails while a backend is partitioning, the culprit is found and kept out of the 
 program is lowered again, at most :data:`MAX_LOWERINGS` times:
 
 1. from the exception: the innermost traceback frame that holds an ``fx.Node`` (the node the
-   failing backend pass was working on) names it, and the pass it was in;
-2. otherwise by bisection over the delegated nodes: lower with half of them kept out; the half
-   whose exclusion makes lowering succeed holds the culprit. If lowering fails also with nothing
-   delegated, the delegate is not the problem and the first error is raised.
+   failing backend pass was working on) names it, and the pass it was in (a quantize/dequantize
+   node names the operator it belongs to);
+2. otherwise by bisection over the delegated operators: lower with half of them kept out; the half
+   whose exclusion makes lowering succeed holds the culprit. If lowering fails also with all of
+   them kept out, the delegate is not the problem and the first error is raised.
+
+Only operators are kept out, never a quantize/dequantize node on its own, and a program lowered
+with something kept out must not only load but also agree with the graph it was lowered from
+(``agreement_check``): a partition cut at a new place can load and compute wrong values.
 
 Nodes are named by their *origin* — the ``torch.export`` node they were decomposed from
 (``meta["from_node"]``) — which stays the same across attempts, while edge-dialect names do not.
@@ -75,6 +80,39 @@ def op_name(node) -> str:
     return name.replace("::", ".")
 
 
+def is_quant_node(node) -> bool:
+    """A quantize / dequantize / choose_qparams node: it annotates an operator's input or output
+    with quantization parameters and is not an operator of its own."""
+    if node.op != "call_function":
+        return False
+    return any(part.startswith(("quantize_", "dequantize_", "choose_qparams"))
+               for part in op_name(node).split("."))
+
+
+def operator_node(node):
+    """The operator a quantization node belongs to (``node`` itself when it is an operator): a
+    dequantize node's nearest consumer, a quantize node's producer (for a graph input's quantize,
+    its consumer), looking through chains of q/dq nodes; None when there is none."""
+    seen: set = set()
+
+    def search(n):
+        if n is None or n in seen or getattr(n, "op", None) != "call_function":
+            return None
+        if not is_quant_node(n):
+            return n
+        seen.add(n)
+        dequantize = any(part.startswith("dequantize_") for part in op_name(n).split("."))
+        producers = [a for a in n.args if hasattr(a, "op")][:1]
+        consumers = list(n.users)
+        for m in (consumers + producers if dequantize else producers + consumers):
+            found = search(m)
+            if found is not None:
+                return found
+        return None
+
+    return search(node)
+
+
 def node_module(node) -> tuple[str, str] | None:
     """(qualified path, class name) of the innermost module a node comes from."""
     stack = node.meta.get("nn_module_stack") or {}
@@ -91,21 +129,30 @@ def node_module(node) -> tuple[str, str] | None:
 # ------------------------------------------------------------------------------- graph facts
 @dataclasses.dataclass
 class GraphSummary:
-    """What the partitioners saw: operator nodes, by module, and each origin's op and module."""
+    """What the partitioners saw: operator nodes, by module, and each origin's op and module.
+
+    ``operators`` are the origins that made at least one operator node; the others made only
+    quantize/dequantize nodes (a quantized activation's observer, a weight's dequantize)."""
 
     nodes: int
     by_module: Counter
     origins: dict[str, tuple[str, str | None]]   # origin -> (op, module path)
+    operators: frozenset = frozenset()
 
     @classmethod
     def of(cls, graph) -> "GraphSummary":
         nodes = [n for n in graph.nodes if n.op == "call_function"]
         by_module: Counter = Counter(node_module(n) or ("(top level)", "") for n in nodes)
         origins: dict[str, tuple[str, str | None]] = {}
+        operators: set[str] = set()
         for n in nodes:
-            mod = node_module(n)
-            origins[node_origin(n)] = (op_name(n), mod[0] if mod else None)
-        return cls(len(nodes), by_module, origins)
+            origin, mod = node_origin(n), node_module(n)
+            if is_quant_node(n) and origin in operators:
+                continue                      # an origin is named by its operator, not its q/dq
+            if not is_quant_node(n):
+                operators.add(origin)
+            origins[origin] = (op_name(n), mod[0] if mod else None)
+        return cls(len(nodes), by_module, origins, frozenset(operators))
 
 
 def graph_facts(exported_nodes: int, summary: GraphSummary | None, top: int = 5) -> dict[str, Any]:
@@ -275,9 +322,16 @@ class Lowered:
 
 
 def lower(exported, make_partitioners: Callable[[], list], *, backend_label: str = "the delegate",
-          config=None, backend_config=None, load_check: Callable[[Any], None] | None = None) -> Lowered:
+          config=None, backend_config=None, load_check: Callable[[Any], None] | None = None,
+          agreement_check: Callable[[Any], None] | None = None) -> Lowered:
     """Lower ``exported`` with the partitioners ``make_partitioners()`` returns (fresh each time),
-    keeping out of the delegate whatever it fails on (see the module doc)."""
+    keeping out of the delegate whatever it fails on (see the module doc).
+
+    ``load_check(program)`` raises when the runtime refuses the program. ``agreement_check(program)``
+    raises when the program's outputs disagree with the graph it was lowered from; it replaces the
+    load check for a program lowered with nodes kept out, which is accepted only if it agrees: a
+    partition cut at a new place can load and still compute wrong values (XNNPACK did so for the
+    MobileViT-like block when a quantized activation's q/dq pair was kept out on its own)."""
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
 
     # out variants of the quantize/dequantize ops, for a quantized node kept on portable kernels
@@ -295,8 +349,9 @@ def lower(exported, make_partitioners: Callable[[], list], *, backend_label: str
                 copy.deepcopy(exported), partitioner=parts,
                 compile_config=config or EdgeCompileConfig(_check_ir_validity=False), generate_etrecord=True)
             program = edge.to_executorch(backend_config or ExecutorchBackendConfig(extract_delegate_segments=True))
-            if load_check is not None:
-                load_check(program)
+            check = agreement_check if excluded and agreement_check is not None else load_check
+            if check is not None:
+                check(program)
             return program, record, None
         except Exception as exc:  # noqa: BLE001 - every failure is examined below
             log.debug("lowering attempt %d (%d origins kept off the delegate) failed: %s: %s", attempts,
@@ -316,6 +371,7 @@ def lower(exported, make_partitioners: Callable[[], list], *, backend_label: str
     # 1. the node the failing pass was working on, while the exception names one
     while attempts < MAX_LOWERINGS:
         node, pass_name = _culprit_from_traceback(error)
+        node = operator_node(node) if node is not None else None   # a q/dq node goes with its operator
         origin = node_origin(node) if node is not None else None
         if origin is None or origin in excluded or origin not in summary.origins:
             break
@@ -327,8 +383,14 @@ def lower(exported, make_partitioners: Callable[[], list], *, backend_label: str
         if program is not None:
             return Lowered(program, summary, tuple(exclusions), attempts)
 
-    # 2. bisection over the delegated nodes of the failing attempt
+    # 2. bisection over the delegated operators of the failing attempt. Only operators are
+    # candidates: keeping a quantize/dequantize pair out on its own cuts a quantized chain where no
+    # operator ends, which the delegate may load and then compute wrongly; an operator kept out
+    # takes its output q/dq (same origin) along and the partitioner handles its inputs' q/dq as for
+    # any operator it does not support.
     delegated = [o for o in dict.fromkeys(record.get("delegated", [])) if o not in excluded]
+    if any(o in summary.operators for o in delegated):
+        delegated = [o for o in delegated if o in summary.operators]
     if not delegated or attempts >= MAX_LOWERINGS:
         raise first_error
     good: dict[frozenset, Any] = {}

@@ -235,11 +235,47 @@ def _program_loads(program) -> None:
     Runtime.get().load_program(bytes(program.buffer)).load_method("forward")
 
 
-def _lower(exported, target: Target, scheme: Scheme):
+#: a program lowered with nodes kept off the delegate must agree this well with the graph it was
+#: lowered from (the same quantized graph run eagerly: only rounding differs); a wrong cut is far off
+AGREEMENT_COSINE = 0.99
+
+
+class ProgramDisagrees(RuntimeError):
+    """A lowered program loads but its outputs disagree with the graph it was lowered from."""
+
+
+def _program_agrees(exported, example):
+    """A check that runs a program on ``example`` and raises :class:`ProgramDisagrees` unless each
+    output agrees with ``exported`` run eagerly (cosine >= :data:`AGREEMENT_COSINE`)."""
+    reference: list = []
+
+    def check(program) -> None:
+        import torch
+        from executorch.runtime import Runtime
+
+        if not reference:
+            with torch.no_grad():
+                # a copy: running the graph may update its buffers, which later attempts lower
+                module = copy.deepcopy(exported).module()
+                reference.extend(np.asarray(t.detach().numpy()) for t in _flatten(module(*example)))
+        method = Runtime.get().load_program(bytes(program.buffer)).load_method("forward")
+        outs = method.execute([t.clone() for t in example])
+        actual = [np.asarray(o.detach().numpy() if hasattr(o, "detach") else o) for o in outs]
+        bad = [f"output {m.index}: cosine {m.cosine:.4f}" for m in compare_outputs(actual, reference)
+               if not m.cosine >= AGREEMENT_COSINE]
+        if bad:
+            raise ProgramDisagrees(f"the program loads but disagrees with the graph it was lowered from "
+                                   f"({'; '.join(bad)} < {AGREEMENT_COSINE})")
+
+    return check
+
+
+def _lower(exported, target: Target, scheme: Scheme, example=None):
     """-> :class:`.lowering.Lowered` (the program, the graph it came from, what was kept off the delegate)."""
     label = " + ".join(b.upper() for b in target.backends) or "the delegate"
     return lower(exported, lambda: target.partitioners(scheme), backend_label=label,
-                 load_check=_program_loads if target.backends else None)
+                 load_check=_program_loads if target.backends else None,
+                 agreement_check=_program_agrees(exported, example) if target.backends and example else None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -485,7 +521,7 @@ def export_model(
                                                  ranges)
                 exported, quant_facts = _quantize(module, example, sch, calibration)
         with stage("lower"):
-            lowered = _lower(exported, tgt, sch)
+            lowered = _lower(exported, tgt, sch, example)
             program = lowered.program
             graph = graph_facts(exported_nodes, lowered.summary)
             if lowered.exclusions:
