@@ -38,24 +38,34 @@ def test_profile_json_has_the_promised_fields_and_is_stored(cli, digits, tmp_pat
     assert n == 20  # every raw sample kept
 
 
-def test_two_runs_of_one_artifact_compare_as_no_significant_change(cli, make_artifact, tmp_path):
-    """Real timings, so a program heavy enough to time (MobileNetV2, ~10 ms an iteration here) on one
-    thread: a ~20 us model is at the mercy of every cache miss and frequency step. The first of
-    three profiles is thrown away: in a fresh CI clone the very first run of the program came out
-    ~14 % slower than the next (cold caches, first deploy), which is exactly the drift a
-    benchmarker discards with a warm-up run."""
+def test_two_real_runs_of_one_artifact_compare_consistently_with_their_samples(cli, make_artifact, tmp_path):
+    """Two real profiles of one program through the real CLI, compared. What the verdict must be cannot
+    be pinned here: on this shared 2-core machine the same runner binary's median moved by up to 45 %
+    between processes a second apart (measured 2026-12-01: 4.6 / 4.9 / 6.7 ms for MobileNetV2 int8 on
+    one thread, each run's own CV 1-2 %), so "no significant change" for identical programs is a
+    property of a quiet machine, checked by benchmarks/ (the project's rule: timing targets never in
+    unit tests). What is pinned: the verdict agrees with the runs' own samples -- "slower" only when
+    B's median is above A's by more than the practical effect, "faster" only when below, and "no
+    significant change" whenever the medians are within it -- and every metric is reported."""
     art = make_artifact("mobilenet_v2", "rpi5", "int8")
     store = str(tmp_path / "s.sqlite")
     ids, medians = [], []
-    for _ in range(3):
+    for _ in range(2):
         r = cli("profile", str(art), "-d", "local://", "--warmup", "10", "--iterations", "40", "--threads", "1",
                 "--no-etdump", "--store", store, "--json")
         assert r.returncode == 0, r.stderr
         ids.append(_json(r)["run_id"])
         medians.append(_json(r)["median"])
-    r = cli("compare", *ids[1:], "--store", store, "--json", "--min-effect", "0.10")
+    r = cli("compare", *ids, "--store", store, "--json", "--min-effect", "0.10")
     assert r.returncode == 0, r.stderr
-    assert _json(r)["verdict"] == "no significant change", f"medians {medians} ms"
+    c = _json(r)
+    rel = (medians[1] - medians[0]) / medians[0]
+    assert c["latency"]["delta_rel"] == pytest.approx(rel, rel=1e-6, abs=1e-9)
+    if abs(rel) <= 0.10:
+        assert c["verdict"] == "no significant change", (medians, c["verdict"])
+    else:
+        assert c["verdict"] in ("slower" if rel > 0 else "faster", "no significant change"), (medians, c["verdict"])
+    assert {m["metric"] for m in c["metrics"]} >= {"median_ms", "p90_ms", "peak_rss_bytes", "pte_bytes"}
 
 
 def test_profile_thread_sweep_stores_one_run_per_count(cli, digits, tmp_path):
