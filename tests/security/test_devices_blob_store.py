@@ -10,11 +10,9 @@ write. All against real devices: this machine, and a real sshd on loopback.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import stat
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,28 +20,9 @@ import pytest
 from edgerun.devices import DeviceError, make_device, parse_uri, resolve_device, sync_files
 from edgerun.devices.sync import sha256_file
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
-def _sshd_module():
-    name = "edgerun_tests_devices_sshd"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "tests" / "devices" / "sshd.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
-
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
-    mod = _sshd_module()
-    why = mod.missing()
-    if why:
-        pytest.skip(why)
-    server = mod.SshServer.start(tmp_path_factory.mktemp("sshd"))
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -11,30 +11,14 @@ Against a real sshd on loopback whose known_hosts line holds another key.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
 from edgerun.devices import DeviceAuthError, InventoryError, load_inventory, resolve_device
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
-    name = "edgerun_tests_devices_sshd"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "tests" / "devices" / "sshd.py")
-        sys.modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[name])
-    mod = sys.modules[name]
-    if mod.missing():
-        pytest.skip(mod.missing())
-    server = mod.SshServer.start(tmp_path_factory.mktemp("sshd"))
-    yield server
-    server.stop()
 
 
 @pytest.mark.parametrize("accept_new", ["false", "true"])
