@@ -129,6 +129,8 @@ def register(app: typer.Typer) -> None:
         min_cosine: Annotated[Optional[float], typer.Option(help="Override the scheme's cosine threshold.")] = None,
         min_top1: Annotated[Optional[float], typer.Option(
             help="Also require this top-1 agreement (0..1) on classifier outputs.")] = None,
+        max_context: Annotated[Optional[int], typer.Option(
+            help="LLMs: the KV cache length, i.e. prompt + generated tokens at most (default 128).")] = None,
         overwrite: Annotated[bool, typer.Option(help="Replace an existing artifact at the output directory.")] = True,
         json_out: JsonOpt = False,
         debug: DebugOpt = False,
@@ -158,7 +160,7 @@ def register(app: typer.Typer) -> None:
 
                 manifest = export_model(
                     model, target, scheme, output,
-                    scheme_options=scheme_opts,
+                    scheme_options=scheme_opts, max_context=max_context,
                     options=ExportOptions(vectors=count, calibration=str(calibration) if calibration else None,
                                           vectors_file=vectors_file, overwrite=overwrite),
                     thresholds={"min_snr_db": min_snr_db, "min_cosine": min_cosine, "min_top1": min_top1},

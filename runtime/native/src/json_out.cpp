@@ -1,5 +1,7 @@
 #include "json_out.h"
 
+#include <cmath>
+
 namespace edgerun {
 
 std::string json_escape(const std::string& s) {
@@ -56,6 +58,25 @@ JsonLine& JsonLine::num_or_null(const char* k, int64_t value, bool present) {
 JsonLine& JsonLine::boolean(const char* k, bool value) {
   key(k);
   body_ += value ? "true" : "false";
+  return *this;
+}
+
+std::string json_double(double value) {
+  if (!std::isfinite(value)) return "null";
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.17g", value);
+  double back = 0;
+  // the shortest of %.15g/%.16g/%.17g that reads back as the same double
+  for (int digits = 15; digits <= 17; ++digits) {
+    std::snprintf(buf, sizeof(buf), "%.*g", digits, value);
+    if (std::sscanf(buf, "%lf", &back) == 1 && back == value) break;
+  }
+  return buf;
+}
+
+JsonLine& JsonLine::dbl(const char* k, double value) {
+  key(k);
+  body_ += json_double(value);
   return *this;
 }
 

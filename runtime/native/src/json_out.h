@@ -20,6 +20,8 @@ class JsonLine {
   JsonLine& num(const char* key, int64_t value);
   JsonLine& num_or_null(const char* key, int64_t value, bool present);
   JsonLine& boolean(const char* key, bool value);
+  // A double, shortest round-trip text; NaN/inf (which JSON cannot hold) become null.
+  JsonLine& dbl(const char* key, double value);
   JsonLine& null(const char* key);
   // value is already-serialised JSON (an object or an array built by the caller).
   JsonLine& raw(const char* key, const std::string& json);
@@ -33,5 +35,6 @@ class JsonLine {
 
 std::string json_string_array(const std::vector<std::string>& items);
 std::string json_int_array(const std::vector<int64_t>& items);
+std::string json_double(double value);
 
 }  // namespace edgerun

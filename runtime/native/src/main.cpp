@@ -33,7 +33,9 @@
 #include <executorch/runtime/platform/runtime.h>
 
 #include "json_out.h"
+#include "llm.h"
 #include "npy.h"
+#include "runner_common.h"
 #include "threadpool_api.h"
 
 #ifndef EDGERUN_RUNNER_VERSION
@@ -65,13 +67,19 @@ using executorch::runtime::EValue;
 using executorch::runtime::MethodMeta;
 using executorch::runtime::Tag;
 using executorch::runtime::TensorInfo;
-using Clock = std::chrono::steady_clock;
+using edgerun::Clock;
+using edgerun::dtype_text;
+using edgerun::error_name;
+using edgerun::fail;
+using edgerun::kExitExecute;
+using edgerun::kExitInput;
+using edgerun::kExitLoad;
+using edgerun::kExitOutput;
+using edgerun::kExitUsage;
+using edgerun::ns_between;
+using edgerun::read_file;
+using edgerun::shape_text;
 
-constexpr int kExitUsage = 2;
-constexpr int kExitLoad = 10;
-constexpr int kExitInput = 11;
-constexpr int kExitExecute = 12;
-constexpr int kExitOutput = 13;
 constexpr size_t kKeptLogLines = 20;
 
 #if defined(__aarch64__)
@@ -112,6 +120,10 @@ void emit_log(et_timestamp_t /*timestamp*/, et_pal_log_level_t level, const char
   }
 }
 
+}  // namespace
+
+namespace edgerun {
+
 std::string error_name(Error e) {
   std::string s = executorch::runtime::to_string(e);
   const std::string prefix = "Error::";
@@ -119,7 +131,7 @@ std::string error_name(Error e) {
   return s;
 }
 
-[[noreturn]] void fail(const char* stage, int exit_code, Error error, const std::string& message) {
+void fail(const char* stage, int exit_code, Error error, const std::string& message) {
   std::vector<std::string> log(kept_log().begin(), kept_log().end());
   edgerun::JsonLine()
       .str("type", "error")
@@ -132,6 +144,10 @@ std::string error_name(Error e) {
   std::fflush(stdout);
   std::_Exit(exit_code);  // no static destructors: the ExecuTorch objects may be half-built
 }
+
+}  // namespace edgerun
+
+namespace {
 
 // ---------------------------------------------------------------------------------------------
 // Command line.
@@ -156,6 +172,9 @@ struct Options {
   bool version = false;
   bool help = false;
   bool verbose = false;
+  bool warmup_given = false;
+  std::string tokens_file;
+  edgerun::LlmOptions llm;
 };
 
 const char* kUsage =
@@ -163,9 +182,24 @@ const char* kUsage =
     "         [--seed N] [--warmup W] [--iterations N] [--min-time-ms T] [--max-iterations M]\n"
     "         [--threads T] [--etdump PATH] [--output-dir DIR] [--load-mode mmap|file] [--verbose]\n"
     "         [--input-batch PATH.npy --batch-output PATH.npy]\n"
+    "       edgerun-runner --model PATH --llm generate (--prompt-ids 1,2,3 | --tokens FILE | --random-prompt P)\n"
+    "         [--max-new-tokens N] [--stop-id ID]... [--ignore-stop] [--temperature T] [--top-k K]\n"
+    "         [--top-p P] [--seed N] [--warmup W] [--repeat R] [--threads T] [--etdump PATH]\n"
+    "       edgerun-runner --model PATH --llm score (--prompt-ids ... | --tokens FILE) [--window W]\n"
+    "         [--logprobs PATH.npy]\n"
     "       edgerun-runner --list-kernels | --version | --help\n"
     "Prints JSON lines on stdout (see PROTOCOL.md); exit codes: 2 usage, 10 load, 11 input,\n"
     "12 execute, 13 output.\n";
+
+bool parse_double(const std::string& text, double lo, double hi, double* out) {
+  if (text.empty()) return false;
+  char* end = nullptr;
+  errno = 0;
+  double v = std::strtod(text.c_str(), &end);
+  if (errno != 0 || *end != '\0' || !(v >= lo && v <= hi)) return false;
+  *out = v;
+  return true;
+}
 
 bool parse_int(const std::string& text, int64_t lo, int64_t* out) {
   if (text.empty()) return false;
@@ -223,6 +257,42 @@ std::string parse_args(int argc, char** argv, Options* o) {
       o->seed = static_cast<uint64_t>(s);
     } else if (flag == "--warmup") {
       problem = need_int(0, &o->warmup);
+      o->warmup_given = true;
+    } else if (flag == "--llm") {
+      if (!need(&o->llm.mode)) return "--llm needs generate or score";
+      if (o->llm.mode != "generate" && o->llm.mode != "score")
+        return "--llm must be generate or score, got '" + o->llm.mode + "'";
+    } else if (flag == "--prompt-ids") {
+      std::string v, why;
+      if (!need(&v)) return "--prompt-ids needs comma-separated token ids";
+      if (!edgerun::parse_ids(v, &o->llm.prompt, &why)) return "--prompt-ids: " + why;
+      o->llm.tokens_source = "prompt-ids";
+    } else if (flag == "--tokens") {
+      if (!need(&o->tokens_file)) return "--tokens needs a file of token ids";
+    } else if (flag == "--random-prompt") {
+      problem = need_int(1, &o->llm.random_prompt);
+    } else if (flag == "--max-new-tokens") {
+      problem = need_int(1, &o->llm.max_new_tokens);
+    } else if (flag == "--stop-id") {
+      int64_t id = 0;
+      problem = need_int(0, &id);
+      o->llm.stop_ids.push_back(id);
+    } else if (flag == "--ignore-stop") {
+      o->llm.ignore_stop = true;
+    } else if (flag == "--temperature" || flag == "--top-p") {
+      std::string v;
+      if (!need(&v)) return flag + " needs a number";
+      bool temp = flag == "--temperature";
+      if (!parse_double(v, temp ? 0.0 : 1e-9, temp ? 1e6 : 1.0, temp ? &o->llm.temperature : &o->llm.top_p))
+        return flag + (temp ? " needs a number >= 0" : " needs a number in (0, 1]") + ", got '" + v + "'";
+    } else if (flag == "--top-k") {
+      problem = need_int(0, &o->llm.top_k);
+    } else if (flag == "--repeat") {
+      problem = need_int(1, &o->llm.repeat);
+    } else if (flag == "--window") {
+      problem = need_int(1, &o->llm.window);
+    } else if (flag == "--logprobs") {
+      if (!need(&o->llm.logprobs_path)) return "--logprobs needs a .npy path";
     } else if (flag == "--iterations") {
       problem = need_int(0, &o->iterations);  // 0 only with --input-batch (checked below)
     } else if (flag == "--min-time-ms") {
@@ -260,7 +330,23 @@ std::string parse_args(int argc, char** argv, Options* o) {
     return "--model is required";
   if (o->input_batch.empty() != o->batch_output.empty())
     return "--input-batch and --batch-output go together (one was given without the other)";
-  if (o->iterations == 0 && o->input_batch.empty())
+  const bool llm = !o->llm.mode.empty();
+  const int sources = (o->llm.tokens_source == "prompt-ids") + !o->tokens_file.empty() + (o->llm.random_prompt > 0);
+  if (!llm && (sources || !o->llm.stop_ids.empty() || o->llm.ignore_stop || !o->llm.logprobs_path.empty() ||
+               o->llm.window))
+    return "--prompt-ids, --tokens, --random-prompt, --stop-id, --ignore-stop, --window and --logprobs need "
+           "--llm generate|score";
+  if (llm && (!o->inputs.empty() || !o->input_batch.empty() || !o->output_dir.empty()))
+    return "--llm takes its tokens from --prompt-ids/--tokens/--random-prompt; --input, --input-batch and "
+           "--output-dir do not apply";
+  if (llm && sources > 1) return "give the tokens once: --prompt-ids, --tokens or --random-prompt";
+  if (llm && sources == 0)
+    return "--llm " + o->llm.mode + " needs token ids: --prompt-ids 1,2,3, --tokens FILE" +
+           (o->llm.mode == "generate" ? " or --random-prompt P" : "");
+  if (llm && o->llm.mode == "score" && o->llm.random_prompt > 0)
+    return "--llm score scores given text: --prompt-ids or --tokens, not --random-prompt";
+  if (llm && !o->warmup_given) o->warmup = 0;  // a generation is its own warm-up unit; ask for one
+  if (o->iterations == 0 && o->input_batch.empty() && !llm)
     return "--iterations needs an integer >= 1, got '0' (0 is allowed only with --input-batch)";
   if (!o->input_batch.empty() && !o->etdump.empty())
     return "--input-batch cannot be combined with --etdump: the ETDump would record the batch's executions "
@@ -363,6 +449,10 @@ void print_kernels() {
       .emit();
 }
 
+}  // namespace
+
+namespace edgerun {
+
 bool read_file(const std::string& path, std::vector<uint8_t>* out, std::string* why) {
   std::ifstream f(path, std::ios::binary);
   if (!f) {
@@ -377,9 +467,17 @@ bool read_file(const std::string& path, std::vector<uint8_t>* out, std::string* 
   return true;
 }
 
+}  // namespace edgerun
+
+namespace {
+
 std::vector<int64_t> to_vec(executorch::runtime::Span<const int32_t> s) {
   return std::vector<int64_t>(s.begin(), s.end());
 }
+
+}  // namespace
+
+namespace edgerun {
 
 std::string shape_text(const std::vector<int64_t>& shape) {
   std::string out = "[";
@@ -391,6 +489,10 @@ std::string dtype_text(ScalarType t) {
   std::string n = edgerun::numpy_name(t);
   return n.empty() ? std::string(executorch::runtime::toString(t)) : n;
 }
+
+}  // namespace edgerun
+
+namespace {
 
 void fill_bytes(std::vector<uint8_t>* data, ScalarType t, const std::string& fill, std::mt19937_64* rng) {
   size_t esize = executorch::runtime::elementSize(t);
@@ -438,9 +540,6 @@ ProcStatus read_proc_status() {
   return st;
 }
 
-int64_t ns_between(Clock::time_point a, Clock::time_point b) {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(b - a).count();
-}
 
 // ---------------------------------------------------------------------------------------------
 // Inputs.
@@ -490,10 +589,16 @@ PreparedInput prepare_input(size_t index, const TensorInfo& info, const Options&
         fail("input", kExitInput, Error::InvalidArgument,
              where + " (" + path + ") has dtype " + dtype_text(arr.dtype) + ", the method expects " +
                  dtype_text(in.dtype));
-      if (arr.shape != in.shape)
+      // A smaller shape of the same rank is what a dynamic input takes (the metadata holds its
+      // upper bound); a static input refuses it at set_inputs, which says so.
+      bool within = arr.shape.size() == in.shape.size();
+      for (size_t d = 0; within && d < arr.shape.size(); ++d) within = arr.shape[d] >= 0 && arr.shape[d] <= in.shape[d];
+      if (!within)
         fail("input", kExitInput, Error::InvalidArgument,
              where + " (" + path + ") has shape " + shape_text(arr.shape) + ", the method expects " +
-                 shape_text(in.shape));
+                 shape_text(in.shape) + " (a dynamic input: at most that in every dimension)");
+      in.shape = arr.shape;
+      in.nbytes = arr.data.size();
       data = std::move(arr.data);
     } else {
       if (bytes.size() != in.nbytes)
@@ -553,6 +658,44 @@ BatchInput read_batch(const Options& o, const MethodMeta& meta) {
   }
   b.samples = shape[0];
   return b;
+}
+
+// Writes the recorded ETDump to path; returns the summary's `etdump` value ("null" without one).
+std::string write_etdump(executorch::etdump::ETDumpGen* etdump, const std::string& path) {
+  if (!etdump) return "null";
+  auto data = etdump->get_etdump_data();
+  if (data.buf == nullptr || data.size == 0)
+    fail("output", kExitOutput, Error::Internal, "the ETDump is empty; nothing was recorded");
+  FILE* f = std::fopen(path.c_str(), "wb");
+  bool ok = f && std::fwrite(data.buf, 1, data.size, f) == data.size;
+  if (f) ok = (std::fclose(f) == 0) && ok;
+  std::free(data.buf);
+  if (!ok)
+    fail("output", kExitOutput, Error::AccessFailed, "cannot write the ETDump to " + path + ": " + std::strerror(errno));
+  return edgerun::JsonLine().str("path", path).num("bytes", static_cast<int64_t>(data.size)).text();
+}
+
+// The `load` line's description of the method's tensors (metadata shapes: upper bounds for
+// dynamic ones); inputs carry `source`.
+std::string describe_tensors(const MethodMeta& meta, bool inputs, const std::string& source) {
+  std::string out = "[";
+  size_t n = inputs ? meta.num_inputs() : meta.num_outputs();
+  for (size_t j = 0; j < n; ++j) {
+    edgerun::JsonLine line;
+    line.num("index", static_cast<int64_t>(j));
+    auto tag = inputs ? meta.input_tag(j) : meta.output_tag(j);
+    auto info = inputs ? meta.input_tensor_meta(j) : meta.output_tensor_meta(j);
+    if (tag.ok() && *tag == Tag::Tensor && info.ok()) {
+      line.raw("shape", edgerun::json_int_array(to_vec(info->sizes())))
+          .str("dtype", dtype_text(info->scalar_type()))
+          .num("nbytes", static_cast<int64_t>(info->nbytes()));
+    } else {
+      line.null("shape").null("dtype").null("nbytes");
+    }
+    if (inputs) line.str("source", source);
+    out += (j ? "," : "") + line.text();
+  }
+  return out + "]";
 }
 
 }  // namespace
@@ -638,6 +781,50 @@ int main(int argc, char** argv) {
     fail("load", kExitLoad, err, "load_method(" + o.method + ") failed with " + error_name(err) + hint);
   }
 
+  // ---- LLM mode: tokens in, tokens (or log-probabilities) out ---------------------------------
+  if (!o.llm.mode.empty()) {
+    if (!o.tokens_file.empty()) {
+      std::vector<uint8_t> bytes;
+      std::string why;
+      if (!read_file(o.tokens_file, &bytes, &why)) fail("input", kExitInput, Error::AccessFailed, "--tokens: " + why);
+      if (!edgerun::parse_ids(std::string(bytes.begin(), bytes.end()), &o.llm.prompt, &why))
+        fail("input", kExitInput, Error::InvalidArgument, "--tokens " + o.tokens_file + ": " + why);
+      o.llm.tokens_source = "file:" + o.tokens_file;
+    }
+    edgerun::JsonLine()
+        .str("type", "load")
+        .str("program", o.model)
+        .str("method", o.method)
+        .str("load_mode", o.load_mode)
+        .num("program_load_ns", ns_between(t0, t1))
+        .num("method_load_ns", ns_between(t2, t3))
+        .num("load_ns", ns_between(t0, t1) + ns_between(t2, t3))
+        .raw("inputs", describe_tensors(meta, true, "llm"))
+        .raw("outputs", describe_tensors(meta, false, ""))
+        .emit();
+    auto l0 = Clock::now();
+    int64_t reps = edgerun::run_llm(module, o.method, o.llm, o.warmup, o.seed, [&] {
+      if (etdump) etdump->reset();
+      l0 = Clock::now();
+    });
+    int64_t timed_ns = ns_between(l0, Clock::now());
+    std::string etdump_json = write_etdump(etdump, o.etdump);
+    ProcStatus st = read_proc_status();
+    edgerun::JsonLine()
+        .str("type", "summary")
+        .str("mode", "llm-" + o.llm.mode)
+        .num("iterations", reps)
+        .num("warmup", o.warmup)
+        .num("timed_total_ns", timed_ns)
+        .num_or_null("peak_rss_kb", st.vm_hwm_kb, st.present)
+        .num_or_null("rss_kb", st.vm_rss_kb, st.present)
+        .raw("outputs", "[]")
+        .raw("etdump", etdump_json)
+        .emit();
+    std::fflush(stdout);
+    return 0;
+  }
+
   // ---- inputs ----------------------------------------------------------------------------
   size_t n_inputs = meta.num_inputs();
   if (!o.inputs.empty() && o.inputs.size() != n_inputs)
@@ -670,22 +857,7 @@ int main(int argc, char** argv) {
   inputs_json += "]";
   BatchInput batch;
   if (!o.input_batch.empty()) batch = read_batch(o, meta);
-  std::string outputs_json = "[";
-  for (size_t j = 0; j < meta.num_outputs(); ++j) {
-    edgerun::JsonLine line;
-    line.num("index", static_cast<int64_t>(j));
-    auto tag = meta.output_tag(j);
-    auto info = meta.output_tensor_meta(j);
-    if (tag.ok() && *tag == Tag::Tensor && info.ok()) {
-      line.raw("shape", edgerun::json_int_array(to_vec(info->sizes())))
-          .str("dtype", dtype_text(info->scalar_type()))
-          .num("nbytes", static_cast<int64_t>(info->nbytes()));
-    } else {
-      line.null("shape").null("dtype").null("nbytes");
-    }
-    outputs_json += (j ? "," : "") + line.text();
-  }
-  outputs_json += "]";
+  std::string outputs_json = describe_tensors(meta, false, "");
 
   edgerun::JsonLine()
       .str("type", "load")
@@ -707,7 +879,8 @@ int main(int argc, char** argv) {
     if (e != Error::Ok)
       fail("input", kExitInput, e,
            "set_inputs(" + o.method + ") failed with " + error_name(e) +
-               ": the inputs do not fit the method's input metadata");
+               ": the inputs do not fit the method's input metadata (an input smaller than its metadata shape "
+               "needs a program exported with a dynamic dimension there)");
     auto e0 = Clock::now();
     auto res = module.execute(o.method);
     auto e1 = Clock::now();
@@ -769,23 +942,7 @@ int main(int argc, char** argv) {
   }
   out_json += "]";
 
-  std::string etdump_json = "null";
-  if (etdump) {
-    auto data = etdump->get_etdump_data();
-    if (data.buf == nullptr || data.size == 0)
-      fail("output", kExitOutput, Error::Internal, "the ETDump is empty; nothing was recorded");
-    FILE* f = std::fopen(o.etdump.c_str(), "wb");
-    bool ok = f && std::fwrite(data.buf, 1, data.size, f) == data.size;
-    if (f) ok = (std::fclose(f) == 0) && ok;
-    std::free(data.buf);
-    if (!ok)
-      fail("output", kExitOutput, Error::AccessFailed,
-           "cannot write the ETDump to " + o.etdump + ": " + std::strerror(errno));
-    etdump_json = edgerun::JsonLine()
-                      .str("path", o.etdump)
-                      .num("bytes", static_cast<int64_t>(data.size))
-                      .text();
-  }
+  std::string etdump_json = write_etdump(etdump, o.etdump);
 
   // ---- batch: every sample of --input-batch once, after (never among) the timed iterations --
   if (!o.input_batch.empty()) {

@@ -1,0 +1,426 @@
+// The runner's LLM mode: prefill + decode (greedy or sampled) and scoring (per-token
+// log-probabilities for perplexity), with one JSON line per token. Protocol: PROTOCOL.md.
+#include "llm.h"
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+#include <functional>
+#include <random>
+#include <utility>
+
+#include <executorch/extension/tensor/tensor_ptr.h>
+#include <executorch/extension/tensor/tensor_ptr_maker.h>
+
+#include "json_out.h"
+#include "npy.h"
+#include "runner_common.h"
+
+namespace edgerun {
+
+namespace {
+
+using executorch::aten::ScalarType;
+using executorch::extension::Module;
+using executorch::runtime::Error;
+using executorch::runtime::EValue;
+
+// A uniform double in [0, 1) from the top 53 bits: the same sequence on every platform (the
+// standard distributions are allowed to differ between standard libraries).
+double unit(std::mt19937_64* rng) { return static_cast<double>((*rng)() >> 11) * 0x1.0p-53; }
+
+struct Shapes {
+  int64_t max_context = 0;
+  int64_t vocab = 0;
+};
+
+// The decoder signature every LLM program edgerun exports has; anything else is refused clearly.
+Shapes check_signature(Module& module, const std::string& method) {
+  auto meta = module.method_meta(method);
+  if (!meta.ok()) fail("load", kExitLoad, meta.error(), "cannot read metadata of method " + method);
+  const std::string want =
+      "--llm needs a method " + method + "(tokens [1,T] int64, input_pos [T] int64) -> logits [1,T,vocab] float32";
+  if (meta->num_inputs() != 2 || meta->num_outputs() < 1)
+    fail("input", kExitInput, Error::InvalidArgument,
+         want + "; this one takes " + std::to_string(meta->num_inputs()) + " input(s) and returns " +
+             std::to_string(meta->num_outputs()) + " output(s)");
+  auto tok = meta->input_tensor_meta(0);
+  auto pos = meta->input_tensor_meta(1);
+  auto out = meta->output_tensor_meta(0);
+  if (!tok.ok() || !pos.ok() || !out.ok())
+    fail("input", kExitInput, Error::InvalidArgument, want + "; its inputs or output 0 are not tensors");
+  std::vector<int64_t> ts(tok->sizes().begin(), tok->sizes().end());
+  std::vector<int64_t> ps(pos->sizes().begin(), pos->sizes().end());
+  std::vector<int64_t> os(out->sizes().begin(), out->sizes().end());
+  bool ok = tok->scalar_type() == ScalarType::Long && ts.size() == 2 && ts[0] == 1 &&
+            pos->scalar_type() == ScalarType::Long && ps.size() == 1 && ps[0] == ts[1] &&
+            out->scalar_type() == ScalarType::Float && os.size() == 3 && os[0] == 1 && os[1] == ts[1];
+  if (!ok)
+    fail("input", kExitInput, Error::InvalidArgument,
+         want + "; this one takes " + dtype_text(tok->scalar_type()) + " " + shape_text(ts) + ", " +
+             dtype_text(pos->scalar_type()) + " " + shape_text(ps) + " and returns " +
+             dtype_text(out->scalar_type()) + " " + shape_text(os));
+  return {ts[1], os[2]};
+}
+
+class Decoder {
+ public:
+  Decoder(Module& module, std::string method, Shapes shapes)
+      : module_(module), method_(std::move(method)), shapes_(shapes) {}
+
+  struct Step {
+    int64_t execute_ns = 0;
+    int64_t wall_ns = 0;
+    const float* logits = nullptr;  // [n, vocab], valid until the next step
+  };
+
+  // Runs tokens[0..n) at positions start..start+n-1; the program writes them into its KV cache.
+  Step run(const int64_t* tokens, int64_t n, int64_t start, const std::string& what) {
+    Step s;
+    auto w0 = Clock::now();
+    tokens_.assign(tokens, tokens + n);
+    positions_.resize(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) positions_[static_cast<size_t>(i)] = start + i;
+    auto sizes_t = std::vector<executorch::aten::SizesType>{1, static_cast<executorch::aten::SizesType>(n)};
+    auto sizes_p = std::vector<executorch::aten::SizesType>{static_cast<executorch::aten::SizesType>(n)};
+    auto tok = executorch::extension::from_blob(tokens_.data(), sizes_t, ScalarType::Long);
+    auto pos = executorch::extension::from_blob(positions_.data(), sizes_p, ScalarType::Long);
+    std::vector<EValue> values;
+    values.emplace_back(tok);
+    values.emplace_back(pos);
+    Error e = module_.set_inputs(method_, values);
+    if (e != Error::Ok)
+      fail("input", kExitInput, e,
+           "set_inputs(" + method_ + ") with " + std::to_string(n) + " token(s) failed with " + error_name(e) +
+               " (" + what + "): the program must have been exported with a dynamic prompt length "
+                             "(1.." + std::to_string(shapes_.max_context) + ")");
+    auto e0 = Clock::now();
+    auto res = module_.execute(method_);
+    auto e1 = Clock::now();
+    if (!res.ok())
+      fail("execute", kExitExecute, res.error(),
+           "execute(" + method_ + ") failed with " + error_name(res.error()) + " (" + what + ")");
+    outputs_ = std::move(*res);
+    if (outputs_.empty() || !outputs_[0].isTensor())
+      fail("output", kExitOutput, Error::InvalidArgument, "output 0 of " + method_ + " is not a tensor (" + what + ")");
+    const auto& t = outputs_[0].toTensor();
+    if (t.dim() != 3 || t.size(1) != n || t.size(2) != shapes_.vocab || t.scalar_type() != ScalarType::Float)
+      fail("output", kExitOutput, Error::InvalidArgument,
+           "output 0 of " + method_ + " is " + dtype_text(t.scalar_type()) + " " +
+               shape_text(std::vector<int64_t>(t.sizes().begin(), t.sizes().end())) + " for " + std::to_string(n) +
+               " token(s); expected float32 [1," + std::to_string(n) + "," + std::to_string(shapes_.vocab) + "] (" +
+               what + ")");
+    s.logits = t.const_data_ptr<float>();
+    s.execute_ns = ns_between(e0, e1);
+    s.wall_ns = ns_between(w0, Clock::now());
+    return s;
+  }
+
+ private:
+  Module& module_;
+  std::string method_;
+  Shapes shapes_;
+  std::vector<int64_t> tokens_;
+  std::vector<int64_t> positions_;
+  std::vector<EValue> outputs_;
+};
+
+class Sampler {
+ public:
+  Sampler(const LlmOptions& o, int64_t vocab, uint64_t seed) : o_(o), vocab_(vocab), rng_(seed) {}
+
+  int64_t next(const float* row) {
+    if (o_.temperature <= 0.0 || o_.top_k == 1) return argmax(row);
+    cand_.clear();
+    for (int64_t i = 0; i < vocab_; ++i) cand_.emplace_back(row[i] / o_.temperature, i);
+    auto by_logit = [](const std::pair<double, int64_t>& a, const std::pair<double, int64_t>& b) {
+      return a.first != b.first ? a.first > b.first : a.second < b.second;  // ties: lower id first
+    };
+    if (o_.top_k > 0 && o_.top_k < vocab_) {
+      std::partial_sort(cand_.begin(), cand_.begin() + o_.top_k, cand_.end(), by_logit);
+      cand_.resize(static_cast<size_t>(o_.top_k));
+    } else {
+      std::sort(cand_.begin(), cand_.end(), by_logit);
+    }
+    const double top = cand_.front().first;
+    double total = 0;
+    for (auto& c : cand_) total += (c.first = std::exp(c.first - top));
+    size_t keep = cand_.size();
+    if (o_.top_p < 1.0) {  // the smallest prefix whose probability reaches top_p (at least one)
+      double cum = 0;
+      for (size_t i = 0; i < cand_.size(); ++i) {
+        cum += cand_[i].first / total;
+        if (cum >= o_.top_p) {
+          keep = i + 1;
+          break;
+        }
+      }
+      total = 0;
+      for (size_t i = 0; i < keep; ++i) total += cand_[i].first;
+    }
+    double u = unit(&rng_) * total;
+    for (size_t i = 0; i < keep; ++i) {
+      u -= cand_[i].first;
+      if (u < 0) return cand_[i].second;
+    }
+    return cand_[keep - 1].second;
+  }
+
+  int64_t argmax(const float* row) const {
+    return static_cast<int64_t>(std::max_element(row, row + vocab_) - row);  // first of equal maxima
+  }
+
+ private:
+  const LlmOptions& o_;
+  int64_t vocab_;
+  std::mt19937_64 rng_;
+  std::vector<std::pair<double, int64_t>> cand_;
+};
+
+double per_second(int64_t count, int64_t ns) { return ns > 0 ? static_cast<double>(count) * 1e9 / ns : NAN; }
+
+void check_ids(const std::vector<int64_t>& ids, int64_t vocab, const std::string& what) {
+  for (size_t i = 0; i < ids.size(); ++i)
+    if (ids[i] < 0 || ids[i] >= vocab)
+      fail("input", kExitInput, Error::InvalidArgument,
+           what + ": token " + std::to_string(i) + " is id " + std::to_string(ids[i]) +
+               ", outside the program's vocabulary 0.." + std::to_string(vocab - 1));
+}
+
+void generate_once(Decoder& dec, Sampler& sampler, const LlmOptions& o, const std::vector<int64_t>& prompt,
+                   const Shapes& shapes, int64_t repeat, bool warmup) {
+  const int64_t P = static_cast<int64_t>(prompt.size());
+  auto t0 = Clock::now();
+  Decoder::Step pre = dec.run(prompt.data(), P, 0, "prefill of " + std::to_string(P) + " token(s)");
+  edgerun::JsonLine()
+      .str("type", "prefill")
+      .num("repeat", repeat)
+      .boolean("warmup", warmup)
+      .num("tokens", P)
+      .num("execute_ns", pre.execute_ns)
+      .num("wall_ns", pre.wall_ns)
+      .emit();
+  std::vector<int64_t> ids;
+  int64_t tok = sampler.next(pre.logits + (P - 1) * shapes.vocab);
+  ids.push_back(tok);
+  const int64_t ttft_ns = ns_between(t0, Clock::now());
+  auto token_line = [&](int64_t index, int64_t id, const char* source, int64_t exec_ns, int64_t wall_ns) {
+    edgerun::JsonLine()
+        .str("type", "token")
+        .num("repeat", repeat)
+        .boolean("warmup", warmup)
+        .num("index", index)
+        .num("id", id)
+        .str("source", source)
+        .num("execute_ns", exec_ns)
+        .num("wall_ns", wall_ns)
+        .num("t_ns", ns_between(t0, Clock::now()))
+        .emit();
+  };
+  token_line(0, tok, "prefill", pre.execute_ns, ttft_ns);
+  auto is_stop = [&](int64_t id) {
+    return !o.ignore_stop && std::find(o.stop_ids.begin(), o.stop_ids.end(), id) != o.stop_ids.end();
+  };
+  std::string stop = "max_new_tokens";
+  int64_t decode_exec = 0, decode_wall = 0, forwards = 0;
+  while (true) {
+    if (is_stop(tok)) {
+      stop = "stop_id";
+      break;
+    }
+    if (static_cast<int64_t>(ids.size()) >= o.max_new_tokens) break;
+    const int64_t pos = P + static_cast<int64_t>(ids.size()) - 1;
+    if (pos >= shapes.max_context) {
+      stop = "context";
+      break;
+    }
+    auto s0 = Clock::now();
+    Decoder::Step st = dec.run(&tok, 1, pos, "decode step " + std::to_string(forwards) + " at position " +
+                                                 std::to_string(pos));
+    tok = sampler.next(st.logits);
+    int64_t wall = ns_between(s0, Clock::now());
+    decode_exec += st.execute_ns;
+    decode_wall += wall;
+    ++forwards;
+    token_line(static_cast<int64_t>(ids.size()), tok, "decode", st.execute_ns, wall);
+    ids.push_back(tok);
+  }
+  edgerun::JsonLine()
+      .str("type", "generation")
+      .num("repeat", repeat)
+      .boolean("warmup", warmup)
+      .num("prompt_tokens", P)
+      .num("new_tokens", static_cast<int64_t>(ids.size()))
+      .num("decode_forwards", forwards)
+      .str("stop", stop)
+      .num("ttft_ns", ttft_ns)
+      .num("prefill_ns", pre.execute_ns)
+      .num("prefill_wall_ns", pre.wall_ns)
+      .num("decode_ns", decode_exec)
+      .num("decode_wall_ns", decode_wall)
+      .num("total_ns", ns_between(t0, Clock::now()))
+      .dbl("prefill_tokens_per_s", per_second(P, pre.execute_ns))
+      .dbl("decode_tokens_per_s", per_second(forwards, decode_exec))
+      .raw("ids", json_int_array(ids))
+      .emit();
+}
+
+void score(Decoder& dec, const LlmOptions& o, const Shapes& shapes) {
+  const auto& ids = o.prompt;
+  const int64_t N = static_cast<int64_t>(ids.size());
+  if (N < 2)
+    fail("input", kExitInput, Error::InvalidArgument,
+         "--llm score needs at least 2 token ids (" + o.tokens_source + " has " + std::to_string(N) + ")");
+  const int64_t W = o.window > 0 ? o.window : shapes.max_context;
+  if (W > shapes.max_context)
+    fail("usage", kExitUsage, Error::InvalidArgument,
+         "--window " + std::to_string(W) + " is larger than the program's max context " +
+             std::to_string(shapes.max_context));
+  std::vector<double> logprobs;
+  logprobs.reserve(static_cast<size_t>(N));
+  double nll_total = 0;
+  int64_t exec_total = 0, windows = 0;
+  auto p0 = Clock::now();
+  for (int64_t start = 0; start < N - 1; start += W) {
+    const int64_t n = std::min(W, N - 1 - start);
+    Decoder::Step st = dec.run(ids.data() + start, n, 0, "score window " + std::to_string(windows));
+    double nll = 0;
+    for (int64_t j = 0; j < n; ++j) {
+      const float* row = st.logits + j * shapes.vocab;
+      const float mx = *std::max_element(row, row + shapes.vocab);
+      double sum = 0;
+      for (int64_t v = 0; v < shapes.vocab; ++v) sum += std::exp(static_cast<double>(row[v]) - mx);
+      double lp = static_cast<double>(row[ids[static_cast<size_t>(start + j + 1)]]) - mx - std::log(sum);
+      logprobs.push_back(lp);
+      nll -= lp;
+    }
+    nll_total += nll;
+    exec_total += st.execute_ns;
+    edgerun::JsonLine()
+        .str("type", "score")
+        .num("window", windows)
+        .num("start", start)
+        .num("tokens", n)
+        .dbl("nll", nll)
+        .num("execute_ns", st.execute_ns)
+        .num("wall_ns", st.wall_ns)
+        .emit();
+    ++windows;
+  }
+  const int64_t scored = static_cast<int64_t>(logprobs.size());
+  std::string path_json = "null";
+  if (!o.logprobs_path.empty()) {
+    std::string why;
+    if (!write_npy(o.logprobs_path, ScalarType::Double, {scored}, logprobs.data(), logprobs.size() * sizeof(double),
+                   &why))
+      fail("output", kExitOutput, Error::AccessFailed, "--logprobs: " + why);
+    path_json = json_escape(o.logprobs_path);
+  }
+  edgerun::JsonLine()
+      .str("type", "perplexity")
+      .num("tokens", scored)
+      .num("windows", windows)
+      .num("window", W)
+      .dbl("nll", nll_total)
+      .dbl("perplexity", std::exp(nll_total / static_cast<double>(scored)))
+      .num("execute_ns_total", exec_total)
+      .num("wall_ns_total", ns_between(p0, Clock::now()))
+      .dbl("tokens_per_s", per_second(scored, exec_total))
+      .raw("logprobs", path_json)
+      .emit();
+}
+
+}  // namespace
+
+bool parse_ids(const std::string& text, std::vector<int64_t>* out, std::string* why) {
+  out->clear();
+  size_t i = 0;
+  while (i < text.size()) {
+    while (i < text.size() && (text[i] == ',' || std::isspace(static_cast<unsigned char>(text[i])))) ++i;
+    if (i >= text.size()) break;
+    size_t j = i;
+    while (j < text.size() && text[j] != ',' && !std::isspace(static_cast<unsigned char>(text[j]))) ++j;
+    std::string word = text.substr(i, j - i);
+    char* end = nullptr;
+    errno = 0;
+    long long v = std::strtoll(word.c_str(), &end, 10);
+    if (errno != 0 || *end != '\0' || v < 0) {
+      *why = "'" + word.substr(0, 40) + "' (item " + std::to_string(out->size()) + ") is not a token id (an integer >= 0)";
+      return false;
+    }
+    out->push_back(v);
+    i = j;
+  }
+  return true;
+}
+
+int64_t run_llm(Module& module, const std::string& method, const LlmOptions& o, int64_t warmup, uint64_t seed,
+                const std::function<void()>& after_warmup) {
+  const Shapes shapes = check_signature(module, method);
+  std::vector<int64_t> prompt = o.prompt;
+  std::string source = o.tokens_source;
+  if (o.random_prompt > 0) {
+    std::mt19937_64 rng(seed);
+    prompt.resize(static_cast<size_t>(o.random_prompt));
+    for (auto& id : prompt) id = static_cast<int64_t>(unit(&rng) * static_cast<double>(shapes.vocab));
+    source = "random:" + std::to_string(o.random_prompt);
+  }
+  check_ids(prompt, shapes.vocab, source);
+  for (int64_t id : o.stop_ids) check_ids({id}, shapes.vocab, "--stop-id");
+  if (o.mode == "generate") {
+    if (prompt.empty())
+      fail("input", kExitInput, Error::InvalidArgument,
+           "--llm generate needs a prompt of at least one token id (--prompt-ids, --tokens or --random-prompt)");
+    if (static_cast<int64_t>(prompt.size()) > shapes.max_context)
+      fail("input", kExitInput, Error::InvalidArgument,
+           "the prompt has " + std::to_string(prompt.size()) + " tokens; the program's max context is " +
+               std::to_string(shapes.max_context) + " (export with a larger --max-context, or shorten the prompt)");
+  }
+  edgerun::JsonLine line;
+  line.str("type", "llm")
+      .str("mode", o.mode)
+      .str("method", method)
+      .num("max_context", shapes.max_context)
+      .num("vocab", shapes.vocab)
+      .num("prompt_tokens", static_cast<int64_t>(prompt.size()))
+      .str("tokens_source", source);
+  if (o.mode == "generate") {
+    line.num("max_new_tokens", o.max_new_tokens)
+        .raw("stop_ids", json_int_array(o.stop_ids))
+        .boolean("ignore_stop", o.ignore_stop)
+        .dbl("temperature", o.temperature)
+        .num("top_k", o.top_k)
+        .dbl("top_p", o.top_p)
+        .num("seed", static_cast<int64_t>(seed))
+        .num("warmup", warmup)
+        .num("repeat", o.repeat);
+  } else {
+    line.num("window", o.window > 0 ? o.window : shapes.max_context);
+  }
+  line.emit();
+
+  Decoder dec(module, method, shapes);
+  if (o.mode == "score") {
+    LlmOptions scored = o;
+    scored.prompt = prompt;
+    scored.tokens_source = source;
+    after_warmup();
+    score(dec, scored, shapes);
+    return 1;
+  }
+  // One sampler per repetition, all from the same seed: every repetition generates the same ids.
+  for (int64_t r = 0; r < warmup; ++r) {
+    Sampler sampler(o, shapes.vocab, seed);
+    generate_once(dec, sampler, o, prompt, shapes, r, true);
+  }
+  after_warmup();
+  for (int64_t r = 0; r < o.repeat; ++r) {
+    Sampler sampler(o, shapes.vocab, seed);
+    generate_once(dec, sampler, o, prompt, shapes, r, false);
+  }
+  return o.repeat;
+}
+
+}  // namespace edgerun
