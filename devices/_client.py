@@ -17,7 +17,8 @@ GRACE_S = 5.0  # after a timeout and the remote kill, how long the rest of the o
 
 def run_client(cmd: list[str], *, timeout: float, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                on_timeout: Callable[[bytes], None] | None = None,
-               cancel: threading.Event | None = None) -> tuple[subprocess.Popen, bytes, bytes, bool]:
+               cancel: threading.Event | None = None,
+               on_stdout: Callable[[bytes], None] | None = None) -> tuple[subprocess.Popen, bytes, bytes, bool]:
     """Run ``cmd``; return (proc, stdout, stderr, timed_out).
 
     ``cancel`` (set from another thread, on Ctrl-C) ends the wait as a timeout does -- the same
@@ -26,7 +27,13 @@ def run_client(cmd: list[str], *, timeout: float, stdin=subprocess.DEVNULL, stdo
     On a timeout ``on_timeout(stderr_so_far)`` may stop the remote program; what then still
     arrives within a short grace is kept, and only then is the client killed (an ssh mux client
     does not own its pipes: its master does, so killing it first would lose the tail).
+
+    ``on_stdout`` (only with ``stdout=PIPE``) gets each chunk of stdout as it is read, in this
+    thread; the returned stdout still holds all of it. If it raises, the program is stopped as on
+    a timeout (``on_timeout``, then the client killed, no grace) and the exception propagates.
     """
+    if on_stdout is not None and stdout is not subprocess.PIPE:
+        raise ValueError("on_stdout needs stdout=subprocess.PIPE")
     proc = subprocess.Popen(cmd, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE)
     bufs: dict[int, bytearray] = {}
     sel = selectors.DefaultSelector()
@@ -36,15 +43,28 @@ def run_client(cmd: list[str], *, timeout: float, stdin=subprocess.DEVNULL, stdo
         if stream is not None:
             bufs[stream.fileno()] = bytearray()
             sel.register(stream, selectors.EVENT_READ)
+    hooks = {out_fd: on_stdout} if on_stdout is not None else None
     try:
-        done = _pump(sel, bufs, proc, time.monotonic() + timeout, cancel)
+        try:
+            done = _pump(sel, bufs, proc, time.monotonic() + timeout, cancel, hooks)
+        except Exception:  # the on_stdout hook (or a read) raised: stop the program, as a timeout does
+            try:
+                if on_timeout is not None:
+                    on_timeout(bytes(bufs[err_fd]))
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            raise
         if not done:
             if on_timeout is not None:
                 on_timeout(bytes(bufs[err_fd]))
-            _pump(sel, bufs, proc, time.monotonic() + GRACE_S)
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            try:
+                _pump(sel, bufs, proc, time.monotonic() + GRACE_S, on_data=hooks)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
     finally:
         sel.close()
         for stream in (proc.stdout, proc.stderr):
@@ -58,20 +78,35 @@ CANCEL_POLL_S = 0.2  # how often a wait looks at its cancel event
 
 
 def _pump(sel: selectors.BaseSelector, bufs: dict[int, bytearray], proc: subprocess.Popen,
-          deadline: float, cancel: threading.Event | None = None) -> bool:
-    """Read the registered pipes until EOF and the process exit, or the deadline or ``cancel`` (-> False)."""
+          deadline: float | None, cancel: threading.Event | None = None,
+          on_data: dict[int, Callable[[bytes], None]] | None = None) -> bool:
+    """Read the registered pipes until EOF and the process exit, or the deadline or ``cancel`` (-> False).
+
+    ``deadline`` None waits for as long as that takes. ``on_data`` maps a pipe's fd to a callback
+    given each chunk read from it, in order, right after it is added to ``bufs``; an exception it
+    raises propagates (the caller stops the process).
+    """
     while sel.get_map():
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or (cancel is not None and cancel.is_set()):
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if (remaining is not None and remaining <= 0) or (cancel is not None and cancel.is_set()):
             return False
-        for key, _ in sel.select(remaining if cancel is None else min(remaining, CANCEL_POLL_S)):
+        wait = remaining
+        if cancel is not None:
+            wait = CANCEL_POLL_S if wait is None else min(wait, CANCEL_POLL_S)
+        events = sel.select(wait)
+        if on_data:  # hooked pipes last: a hook that raises finds the other pipes read (ssh's pid line)
+            events.sort(key=lambda event: event[0].fd in on_data)
+        for key, _ in events:
             data = os.read(key.fd, 65536)
             if data:
                 bufs[key.fd] += data
+                hook = on_data.get(key.fd) if on_data else None
+                if hook is not None:
+                    hook(data)
             else:
                 sel.unregister(key.fileobj)
     try:
-        proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        proc.wait(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
         return True
     except subprocess.TimeoutExpired:
         return False

@@ -24,7 +24,7 @@ import shlex
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 from edgerun.core.errors import (  # noqa: F401  (the devices room's errors, re-exported)
     DeviceAuthError, DeviceError, DeviceTimeout, DeviceUnreachable, EdgerunError, ExecCancelled, NoSpaceError,
@@ -145,27 +145,41 @@ class Device(abc.ABC):
 
     # -- interface
     def exec(self, argv: Sequence[str], *, timeout: float, env: Mapping[str, str] | None = None,
-             cwd: str | None = None, wrap: bool = True) -> ExecResult:
+             cwd: str | None = None, wrap: bool = True,
+             on_stdout: Callable[[bytes], None] | None = None) -> ExecResult:
         """Run ``argv`` on the device; return its status and output. Never retried.
 
         ``wrap=False`` runs a tool of the device itself (``mkdir``, ``sh``) without the device's
         wrapper; the default runs a target program (through ``qemu-aarch64`` where configured).
         Raises :class:`DeviceTimeout` (partial output kept) or :class:`TransportDropped`.
+
+        ``on_stdout`` sees the program's stdout as it arrives: it is called in the thread running
+        ``exec``, with each chunk of stdout bytes, in order, as it is read -- chunks are arbitrary
+        splits (not lines, maybe mid-UTF-8 character), never empty. Concatenated they are exactly the
+        stdout of the returned :class:`ExecResult` (or of the error's ``.result`` after a timeout,
+        cancel or dropped link), which still holds all of it. local, qemu, ssh and adb stream; fake
+        and serial cannot (their output comes whole when the program has ended) and call it once then.
+        If ``on_stdout`` raises, the program is killed (as on a timeout) and the exception propagates
+        out of ``exec`` unchanged; its output is not returned. Keep it quick: while it runs nothing
+        is read, and a program that fills its pipe waits.
         """
         self._check_open("exec")
         if isinstance(argv, str) or not argv or not all(isinstance(a, str) for a in argv):
             raise ValueError(f"argv must be a non-empty list of str, got {argv!r}")
         if timeout is None or timeout <= 0:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+        if on_stdout is not None and not callable(on_stdout):
+            raise TypeError(f"on_stdout must be callable, got {on_stdout!r}")
         if self._cancelled.is_set():
             raise self._error(ExecCancelled, f"{argv[0]} not started: the run was cancelled", "exec")
         full = (self.wrapper if wrap else []) + list(argv)
         merged = {**self.spec.env, **(env or {})}
-        return self._exec(full, timeout=float(timeout), env=merged, cwd=cwd)
+        return self._exec(full, timeout=float(timeout), env=merged, cwd=cwd, on_stdout=on_stdout)
 
     @abc.abstractmethod
-    def _exec(self, argv: list[str], *, timeout: float, env: dict[str, str],
-              cwd: str | None) -> ExecResult: ...
+    def _exec(self, argv: list[str], *, timeout: float, env: dict[str, str], cwd: str | None,
+              on_stdout: Callable[[bytes], None] | None = None) -> ExecResult:
+        """Run the already wrapped ``argv``; feed ``on_stdout`` as :meth:`exec` documents."""
 
     @abc.abstractmethod
     def push(self, local: str | Path, remote: str) -> None:

@@ -172,7 +172,9 @@ class FakeDevice(Device):
         super().close()
 
     # ------------------------------------------------------------------ interface
-    def _exec(self, argv, *, timeout, env, cwd) -> ExecResult:
+    def _exec(self, argv, *, timeout, env, cwd, on_stdout=None) -> ExecResult:
+        """Run the board's handler. Nothing streams: a handler returns its output whole, so
+        ``on_stdout`` gets all of stdout in one call once the "program" has ended (timed out too)."""
         self.connect()
         wrapped = bool(self.wrapper) and list(argv[:len(self.wrapper)]) == self.wrapper
         with self.board.lock:
@@ -187,6 +189,8 @@ class FakeDevice(Device):
         duration = float(answer[3]) if len(answer) > 3 else 0.0
         result = ExecResult(tuple(argv), int(rc), bytes(out), bytes(err), duration,
                             int(rc) - 128 if 128 < int(rc) <= 192 else None)
+        if on_stdout is not None and result.stdout:
+            on_stdout(result.stdout)
         if duration > timeout:
             raise self._error(DeviceTimeout, f"{argv[0]} still running after {timeout:g} s; killed", "exec",
                               result=result, hint="Raise the timeout, or run fewer iterations.")

@@ -6,6 +6,7 @@ import contextlib
 import errno
 import logging
 import os
+import selectors
 import shutil
 import signal
 import subprocess
@@ -17,6 +18,7 @@ from typing import ClassVar
 
 from edgerun.core.paths import edgerun_home
 from edgerun.devices import workdir
+from edgerun.devices._client import _pump
 from edgerun.devices.base import Device, DeviceError, DeviceTimeout, ExecCancelled, ExecResult, NoSpaceError
 from edgerun.devices.spec import DeviceSpec, register_transport
 
@@ -65,7 +67,7 @@ class LocalDevice(Device):
     def default_work_dir(self) -> str:  # type: ignore[override]
         return str(edgerun_home() / "devices" / self.transport)
 
-    def _exec(self, argv, *, timeout, env, cwd) -> ExecResult:
+    def _exec(self, argv, *, timeout, env, cwd, on_stdout=None) -> ExecResult:
         if cwd is not None and not os.path.isdir(cwd):
             raise self._error(DeviceError, f"working directory {cwd} does not exist", "exec",
                               hint="Push the files first (sync_files) or pass an existing cwd.")
@@ -85,19 +87,35 @@ class LocalDevice(Device):
         if self._cancelled.is_set():  # cancelled between the check in exec() and here
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
+        # both pipes read as the output arrives (on_stdout sees stdout then), as communicate() would
+        out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
+        bufs = {out_fd: bytearray(), err_fd: bytearray()}
+        sel = selectors.DefaultSelector()
+        for stream in (proc.stdout, proc.stderr):
+            sel.register(stream, selectors.EVENT_READ)
+        hooks = {out_fd: on_stdout} if on_stdout is not None else None
         try:
-            out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            out, err = proc.communicate()
-            partial = ExecResult(tuple(argv), proc.returncode, out, err, time.monotonic() - start)
-            raise self._error(DeviceTimeout, f"{argv[0]} still running after {timeout:g} s; killed",
-                              "exec", result=partial,
-                              hint="Raise the timeout, or run fewer iterations.") from None
+            try:
+                done = _pump(sel, bufs, proc, time.monotonic() + timeout, on_data=hooks)
+            except Exception:  # on_stdout (or a read) raised: the program does not run on unwatched
+                _kill_group(proc)
+                raise
+            if not done:
+                _kill_group(proc)
+                _pump(sel, bufs, proc, None, on_data=hooks)  # the rest, up to EOF, as communicate() did
+                partial = ExecResult(tuple(argv), proc.returncode, bytes(bufs[out_fd]), bytes(bufs[err_fd]),
+                                     time.monotonic() - start)
+                raise self._error(DeviceTimeout, f"{argv[0]} still running after {timeout:g} s; killed",
+                                  "exec", result=partial,
+                                  hint="Raise the timeout, or run fewer iterations.") from None
         finally:
+            sel.close()
+            proc.stdout.close()
+            proc.stderr.close()
             with self._running_lock:
                 self._running.discard(proc)
         duration = time.monotonic() - start
+        out, err = bytes(bufs[out_fd]), bytes(bufs[err_fd])
         rc = proc.returncode
         if self._cancelled.is_set():
             partial = ExecResult(tuple(argv), 128 - rc if rc < 0 else rc, out, err, duration,

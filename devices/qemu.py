@@ -108,8 +108,8 @@ class QemuDevice(LocalDevice):
     def wrapper(self) -> list[str]:
         return [self.emulator, "-cpu", self.spec.cpu, *self.spec.wrapper]
 
-    def _exec(self, argv, *, timeout, env, cwd):
+    def _exec(self, argv, *, timeout, env, cwd, on_stdout=None):
         if argv[0] == self.emulator and shutil.which(self.emulator) is None:
             raise self._error(DeviceError, f"{self.emulator} is not installed", "exec",
                               hint="Install Debian's qemu-user package (scripts/setup does).")
-        return super()._exec(argv, timeout=timeout, env=env, cwd=cwd)
+        return super()._exec(argv, timeout=timeout, env=env, cwd=cwd, on_stdout=on_stdout)

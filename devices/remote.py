@@ -155,13 +155,13 @@ class RemoteShellDevice(Device):
 
     # ------------------------------------------------------------------ commands
     def _remote(self, script: str, *, timeout: float, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                on_timeout=None, cancel=None) -> tuple[subprocess.Popen, bytes, bytes, bool]:
+                on_timeout=None, cancel=None, on_stdout=None) -> tuple[subprocess.Popen, bytes, bytes, bool]:
         """Run ``script`` with the device's sh (see :func:`~edgerun.devices._client.run_client`)."""
         self.connect()
         return run_client(self._client_argv(script), timeout=timeout, stdin=stdin, stdout=stdout,
-                          on_timeout=on_timeout, cancel=cancel)
+                          on_timeout=on_timeout, cancel=cancel, on_stdout=on_stdout)
 
-    def _exec(self, argv, *, timeout, env, cwd) -> ExecResult:
+    def _exec(self, argv, *, timeout, env, cwd, on_stdout=None) -> ExecResult:
         start = time.monotonic()
 
         def kill_remote(err_so_far: bytes) -> None:
@@ -170,7 +170,8 @@ class RemoteShellDevice(Device):
                 self._kill_remote(pid)
 
         proc, out, err, timed_out = self._remote(remote_exec_script(argv, env, cwd), timeout=timeout,
-                                                 on_timeout=kill_remote, cancel=self._cancelled)
+                                                 on_timeout=kill_remote, cancel=self._cancelled,
+                                                 on_stdout=on_stdout)  # streamed: the client's stdout is the program's
         duration = time.monotonic() - start
         status = parse_remote_stderr(err)
         if timed_out and self._cancelled.is_set():

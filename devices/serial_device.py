@@ -245,11 +245,20 @@ class SerialDevice(Device):
             raise self._error(DeviceError, f"the agent's work_dir is not usable: {exc}", "connect",
                               hint="Set work_dir in the inventory entry or the URI.") from None
 
-    def _exec(self, argv, *, timeout, env, cwd) -> ExecResult:
+    def _exec(self, argv, *, timeout, env, cwd, on_stdout=None) -> ExecResult:
+        """One RUN. Output does not stream over the link: the agent sends it in the RUN reply (or
+        spools it for GETs) once the program has ended, so ``on_stdout`` gets all of stdout in one
+        call then -- a timed-out program's partial stdout too, before the DeviceTimeout."""
         with self._lock:  # RUN and the GETs of its spooled output belong together
-            return self._exec_locked(argv, timeout=timeout, env=env, cwd=cwd)
+            result, timed_out = self._exec_locked(argv, timeout=timeout, env=env, cwd=cwd)
+        if on_stdout is not None and result.stdout:
+            on_stdout(result.stdout)  # outside the lock: a slow consumer does not hold up the link
+        if timed_out:
+            raise self._error(DeviceTimeout, f"{argv[0]} still running after {timeout:g} s; killed by the agent",
+                              "exec", result=result, hint="Raise the timeout, or run fewer iterations.")
+        return result
 
-    def _exec_locked(self, argv, *, timeout, env, cwd) -> ExecResult:
+    def _exec_locked(self, argv, *, timeout, env, cwd) -> tuple[ExecResult, bool]:
         self.connect()
         req = {"argv": argv, "env": env, "cwd": cwd, "timeout": timeout}
         for first in (True, False):
@@ -276,10 +285,7 @@ class SerialDevice(Device):
         out = self._output(reply, "stdout")
         err = self._output(reply, "stderr")
         result = ExecResult(tuple(argv), reply["rc"], out, err, reply["duration_s"], reply.get("signal"))
-        if reply.get("timed_out"):
-            raise self._error(DeviceTimeout, f"{argv[0]} still running after {timeout:g} s; killed by the agent",
-                              "exec", result=result, hint="Raise the timeout, or run fewer iterations.")
-        return result
+        return result, bool(reply.get("timed_out"))
 
     def _output(self, reply: dict, name: str) -> bytes:
         if name in reply:

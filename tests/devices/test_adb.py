@@ -73,6 +73,20 @@ def test_timeout_keeps_partial_output(adb_env, tmp_path):
     assert ei.value.result.stdout == b"started\n"
 
 
+def test_on_stdout_is_fed_while_the_program_waits_for_it(adb_env, tmp_path):
+    """No timing: the program prints "b" only once the callback has seen "a" come through adb."""
+    go = tmp_path / "go"
+
+    def on_stdout(data: bytes) -> None:
+        if b"a" in data:
+            go.touch()
+
+    with _dev(tmp_path) as dev:
+        res = dev.exec(["sh", "-c", 'echo a; while [ ! -e "$1" ]; do sleep 0.05; done; echo b', "sh", str(go)],
+                       timeout=60, on_stdout=on_stdout)
+    assert res.rc == 0 and res.stdout == b"a\nb\n" and res.stderr == b""
+
+
 def test_unplugged_mid_run_is_a_transport_drop(adb_env, tmp_path, monkeypatch):
     with _dev(tmp_path) as dev:
         dev.exec(["true"], timeout=10)

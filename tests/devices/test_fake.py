@@ -52,6 +52,19 @@ def test_a_simulated_duration_past_the_timeout_is_a_device_timeout_with_output()
     assert ei.value.result.stdout == b"partial\n" and ei.value.stage == "exec"
 
 
+def test_on_stdout_gets_the_whole_stdout_once_the_program_ended():
+    board = fake_board("pi")
+    board.on(["gen"], lambda argv: (0, b"tok1 tok2\n", b"err\n"))
+    board.on(["slow"], lambda argv: (0, b"partial\n", b"", 120.0))
+    seen: list[bytes] = []
+    with resolve_device("fake://pi") as dev:
+        res = dev.exec(["gen"], timeout=5, on_stdout=seen.append)
+        with pytest.raises(DeviceTimeout):
+            dev.exec(["slow"], timeout=60, on_stdout=seen.append)
+        dev.exec(["mkdir", "-p", "/x"], timeout=5, on_stdout=seen.append)  # no stdout: no call
+    assert res.stdout == b"tok1 tok2\n" and seen == [b"tok1 tok2\n", b"partial\n"]
+
+
 def test_push_pull_push_many_and_handlers_that_touch_files(tmp_path):
     board = fake_board("pi")
     a, b = tmp_path / "a.sh", tmp_path / "b.bin"

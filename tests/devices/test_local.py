@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 import pytest
 
@@ -38,6 +39,73 @@ def test_timeout_kills_the_program_and_keeps_partial_output(dev):
     assert err.stage == "exec" and dev.name in err.message
     assert err.result.stdout == b"started\n"
     assert err.result.duration_s < 10
+
+
+class _Chunks:
+    """An ``on_stdout`` that keeps each chunk with the time it came."""
+
+    def __init__(self):
+        self.got: list[tuple[float, bytes]] = []
+
+    def __call__(self, data: bytes) -> None:
+        self.got.append((time.monotonic(), data))
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(chunk for _, chunk in self.got)
+
+
+def test_on_stdout_sees_output_while_the_program_still_runs(dev):
+    seen = _Chunks()
+    res = dev.exec(["sh", "-c", "echo a; sleep 1; echo b"], timeout=60, on_stdout=seen)
+    ended = time.monotonic()
+    assert res.rc == 0 and res.stdout == b"a\nb\n" == seen.data  # the result still holds all of it
+    first_at, first = seen.got[0]
+    assert first == b"a\n" and first_at < ended  # "a" came alone: before "b" was even printed
+
+
+def test_on_stdout_is_fed_while_the_program_waits_for_it(dev, tmp_path):
+    """No timing at all: the program prints "b" only once the callback has seen "a"."""
+    go = tmp_path / "go"
+
+    def on_stdout(data: bytes) -> None:
+        if b"a" in data:
+            go.touch()
+
+    res = dev.exec(["sh", "-c", 'echo a; while [ ! -e "$1" ]; do sleep 0.05; done; echo b', "sh", str(go)],
+                   timeout=60, on_stdout=on_stdout)
+    assert res.rc == 0 and res.stdout == b"a\nb\n"
+
+
+def test_timeout_keeps_partial_output_and_on_stdout_saw_it(dev):
+    seen = _Chunks()
+    with pytest.raises(DeviceTimeout) as ei:
+        dev.exec(["sh", "-c", "echo started; sleep 30; echo never"], timeout=2, on_stdout=seen)
+    assert ei.value.result.stdout == b"started\n" == seen.data
+
+
+def test_an_exception_in_on_stdout_kills_the_program_and_propagates(dev):
+    class Enough(Exception):
+        pass
+
+    pids = []
+
+    def on_stdout(data: bytes) -> None:
+        pids.append(int(data.split()[0]))
+        raise Enough
+
+    start = time.monotonic()
+    with pytest.raises(Enough):
+        dev.exec(["sh", "-c", "echo $$; exec sleep 60"], timeout=120, on_stdout=on_stdout)
+    assert time.monotonic() - start < 60  # before the program would have ended by itself
+    with pytest.raises(ProcessLookupError):  # killed and reaped
+        os.kill(pids[0], 0)
+    assert dev.exec(["true"], timeout=30).rc == 0  # the device is still usable
+
+
+def test_on_stdout_must_be_callable(dev):
+    with pytest.raises(TypeError):
+        dev.exec(["true"], timeout=5, on_stdout=b"not a function")
 
 
 def test_missing_program_reads_like_a_shell(dev):

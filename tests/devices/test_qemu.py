@@ -53,3 +53,13 @@ def test_synced_bundle_runs_from_its_content_addressed_dir(aarch64_bundle, bundl
         synced = sync_files(dev, files)
         res = dev.exec(bundle_argv("x"), timeout=60, cwd=synced.dest)
     assert res.rc == 0 and res.stdout_text.startswith("machine=aarch64 [x]")
+
+
+def test_on_stdout_streams_under_qemu(aarch64_bundle, bundle_argv, tmp_path):
+    """The program flushes "sleeping" before sleep(1): it must arrive alone, before the last line."""
+    seen: list[bytes] = []
+    with resolve_device(f"qemu-aarch64://?work_dir={tmp_path}") as dev:
+        res = dev.exec(bundle_argv("sleep", "1"), timeout=120, cwd=str(aarch64_bundle), on_stdout=seen.append)
+    assert res.rc == 0, res.stderr_text
+    assert seen[0] == b"sleeping\n" and b"".join(seen) == res.stdout
+    assert res.stdout.startswith(b"sleeping\nmachine=aarch64")

@@ -65,6 +65,18 @@ def test_timeout_and_signal(serial_line):
     assert crashed.signal == 11 and crashed.stdout == b"before\n"
 
 
+def test_on_stdout_gets_the_whole_stdout_once_the_program_ended(serial_line):
+    """Serial output comes in the RUN reply, so it cannot stream: one call, after the end."""
+    uri, *_ = serial_line()
+    seen: list[bytes] = []
+    with resolve_device(uri) as dev:
+        res = dev.exec(["sh", "-c", "echo a; echo b"], timeout=20, on_stdout=seen.append)
+        with pytest.raises(DeviceTimeout) as ei:
+            dev.exec(["sh", "-c", "echo started; sleep 30"], timeout=2.5, on_stdout=seen.append)
+    assert res.stdout == b"a\nb\n" and ei.value.result.stdout == b"started\n"
+    assert seen == [b"a\nb\n", b"started\n"]
+
+
 def test_output_bigger_than_a_frame_is_fetched(serial_line):
     uri, *_ = serial_line()
     code = "import sys; sys.stdout.write('x' * 400000); sys.stderr.write('y' * 1000)"

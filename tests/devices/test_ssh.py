@@ -127,6 +127,57 @@ def test_timeout_kills_the_remote_program_and_keeps_output(sshd, tmp_path):
         time.sleep(0.05)
 
 
+def test_on_stdout_sees_output_while_the_remote_program_still_runs(sshd, tmp_path):
+    got: list[tuple[float, bytes]] = []
+    with _dev(sshd, tmp_path) as dev:
+        res = dev.exec(["sh", "-c", "echo a; sleep 1; echo b"], timeout=60,
+                       on_stdout=lambda data: got.append((time.monotonic(), data)))
+        ended = time.monotonic()
+    assert res.rc == 0 and res.stdout == b"a\nb\n" == b"".join(chunk for _, chunk in got)
+    assert got[0][1] == b"a\n" and got[0][0] < ended  # "a" came alone: before "b" was even printed
+
+
+def test_on_stdout_is_fed_while_the_remote_program_waits_for_it(sshd, tmp_path):
+    """No timing: the program (on the same file system) prints "b" only once the callback saw "a"."""
+    go = tmp_path / "go"
+
+    def on_stdout(data: bytes) -> None:
+        if b"a" in data:
+            go.touch()
+
+    with _dev(sshd, tmp_path) as dev:
+        res = dev.exec(["sh", "-c", 'echo a; while [ ! -e "$1" ]; do sleep 0.05; done; echo b', "sh", str(go)],
+                       timeout=60, on_stdout=on_stdout)
+    assert res.rc == 0 and res.stdout == b"a\nb\n" and res.stderr == b""
+
+
+def test_timeout_keeps_partial_output_and_on_stdout_saw_it_over_ssh(sshd, tmp_path):
+    seen: list[bytes] = []
+    with _dev(sshd, tmp_path) as dev:
+        with pytest.raises(DeviceTimeout) as ei:
+            dev.exec(["sh", "-c", "echo started; sleep 30"], timeout=2, on_stdout=seen.append)
+    assert ei.value.result.stdout == b"started\n" == b"".join(seen)
+
+
+def test_an_exception_in_on_stdout_kills_the_remote_program(sshd, tmp_path):
+    class Enough(Exception):
+        pass
+
+    def on_stdout(data: bytes) -> None:
+        raise Enough
+
+    marker = f"edgerun-abort-{os.getpid()}-{time.monotonic_ns()}"
+    with _dev(sshd, tmp_path) as dev:
+        with pytest.raises(Enough):
+            dev.exec(["sh", "-c", 'echo started; python3 -c "import time; time.sleep(60)" "$0"', marker],
+                     timeout=120, on_stdout=on_stdout)
+        assert dev.exec(["true"], timeout=30).rc == 0  # the connection survives
+    deadline = time.monotonic() + 5  # the kill is sent before exec raises; allow for reaping
+    while any(marker.encode() in _cmdline(p) for p in _pids()):
+        assert time.monotonic() < deadline, "remote program still running 5 s after on_stdout raised"
+        time.sleep(0.05)
+
+
 def test_sshd_killed_mid_command_is_a_transport_drop(own_sshd, tmp_path, monkeypatch):
     with _dev(own_sshd, tmp_path) as dev:
         dev.exec(["true"], timeout=10)
