@@ -104,6 +104,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     CREATE INDEX runs_by_time ON runs(created_at);
     """,
     _migration_3,
+    # 4: LLM runs say which test they are (pp64, tg32, generate, score); earlier runs have none.
+    "ALTER TABLE runs ADD COLUMN llm_test TEXT;",
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -19,6 +19,7 @@ import logging
 import subprocess
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from edgerun.core.artifact import Manifest, thresholds_failures
 from edgerun.core.errors import AnalysisError
@@ -51,6 +52,8 @@ class AnalysisSettings:
     run_id: str | None = None
     check_accuracy: bool = True            # judge the outputs against the artifact's thresholds
     task_accuracy_tolerance: float = 0.02  # how far below the export-time task accuracy still passes
+    llm_request: Any = None                # LLM runs: the LLMRequest it ran (names the test in the record)
+    decode_text: Any = None                # LLM runs: ids -> text (the artifact's tokenizer), for the record
 
 
 @functools.lru_cache(maxsize=1)
@@ -120,8 +123,14 @@ def analyse(run: RunArtifacts, manifest: Manifest, settings: AnalysisSettings = 
     if failure is not None:
         raise failure
     header, load, summary = result.header, result.load, result.summary
-    samples = tuple(Sample(index=it.index, warmup=it.warmup, execute_ns=it.execute_ns, wall_ns=it.wall_ns)
-                    for it in result.iterations)
+    llm = None
+    if result.llm is not None:
+        from .llm import llm_metrics
+
+        samples, llm = llm_metrics(result, settings.llm_request, manifest, settings.decode_text)
+    else:
+        samples = tuple(Sample(index=it.index, warmup=it.warmup, execute_ns=it.execute_ns, wall_ns=it.wall_ns)
+                        for it in result.iterations)
     timed = [s for s in samples if not s.warmup]
     if not timed:
         raise RunFailed("the run finished with zero successful timed iterations: there is nothing to measure.",
@@ -203,7 +212,7 @@ def analyse(run: RunArtifacts, manifest: Manifest, settings: AnalysisSettings = 
         created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         model=model, device_name=run.device_name, device=info.to_json(), provenance=provenance, source=source,
         samples=samples, latency=latency, wall=wall, memory=memory, operators=operators, accuracy=accuracy,
-        warnings=tuple(warnings), sweep_id=settings.sweep_id, cell=settings.cell,
+        warnings=tuple(warnings), sweep_id=settings.sweep_id, cell=settings.cell, llm=llm,
     )
 
 

@@ -35,6 +35,8 @@ class Unit(str, enum.Enum):
     BOOL = "bool"
     TEXT = "text"
     TIMESTAMP = "timestamp"  # ISO 8601, UTC
+    TOKENS_PER_S = "tokens/s"
+    PERPLEXITY = "perplexity"  # exp(mean negative log-likelihood per token)
 
     @property
     def relative(self) -> bool:
@@ -43,7 +45,7 @@ class Unit(str, enum.Enum):
         Not for dB (already a log ratio) nor for fractions such as CV or accuracy (a change of
         0.5 % → 1 % is "+100 %" and says nothing): those get an absolute change.
         """
-        return self in (Unit.MS, Unit.BYTES, Unit.COUNT)
+        return self in (Unit.MS, Unit.BYTES, Unit.COUNT, Unit.TOKENS_PER_S, Unit.PERPLEXITY)
 
 
 class Kind(str, enum.Enum):
@@ -51,6 +53,7 @@ class Kind(str, enum.Enum):
     LATENCY = "latency"
     MEMORY = "memory"  # sizes and load time
     OPERATORS = "operators"
+    LLM = "llm"  # tokens/s, time to first token, perplexity
     ACCURACY = "accuracy"
     DEVICE = "device"  # the device's state: governor, frequency, temperature
     PROVENANCE = "provenance"  # versions, commits, recipe, sweep
@@ -212,6 +215,14 @@ def _ops(attr: str) -> Callable[["RunRecord"], Any]:
     return lambda r: getattr(r.operators, attr) if r.operators is not None else None
 
 
+def _llm(attr: str) -> Callable[["RunRecord"], Any]:
+    return lambda r: getattr(r.llm, attr) if r.llm is not None else None
+
+
+def format_rate(x: float | None) -> str:
+    return "—" if x is None else f"{x:.1f}" if abs(x) >= 10 else f"{x:.3g}"
+
+
 def _lat(attr: str) -> Callable[["RunRecord"], Any]:
     return lambda r: getattr(r.latency, attr)
 
@@ -235,7 +246,9 @@ COLUMNS: tuple[Column, ...] = (
     C("cpu", U.TEXT, K.DEVICE, lambda r: r.device.get("cpu_model")),
     C("source", U.TEXT, K.IDENTITY, lambda r: r.source, sql="source", doc="measured | emulated"),
     C("threads", U.COUNT, K.IDENTITY, lambda r: r.provenance.threads, sql="threads"),
-    C("samples", U.COUNT, K.LATENCY, _lat("n"), doc="timed iterations"),
+    C("llm_test", U.TEXT, K.IDENTITY, _llm("test"), sql="llm_test",
+      doc="LLM runs: pp64 (prefill of 64 tokens), tg32 (32 decode steps), generate, score"),
+    C("samples", U.COUNT, K.LATENCY, _lat("n"), doc="timed iterations (LLM: decode steps, prefills or windows)"),
     C("median_ms", U.MS, K.LATENCY, _lat("median_ms"), LOWER, ALWAYS, sql="median_ms", compared=True, summary=True),
     C("ci95_low_ms", U.MS, K.LATENCY, _lat("ci95_low_ms"), show=ALWAYS, doc="bootstrap 95 % CI of the median"),
     C("ci95_high_ms", U.MS, K.LATENCY, _lat("ci95_high_ms"), show=ALWAYS),
@@ -249,6 +262,19 @@ COLUMNS: tuple[Column, ...] = (
       doc="coefficient of variation std/mean"),
     C("wall_median_ms", U.MS, K.LATENCY, lambda r: r.wall.median_ms if r.wall else None,
       doc="around the whole iteration (bind inputs, execute, outputs)"),
+    C("prefill_tokens_per_s", U.TOKENS_PER_S, K.LLM, _llm("prefill_tokens_per_s"), HIGHER, compared=True,
+      summary=True, formatter=format_rate, doc="prompt tokens / prefill execute time, mean over repetitions"),
+    C("prefill_tokens_per_s_sd", U.TOKENS_PER_S, K.LLM, _llm("prefill_tokens_per_s_sd"), formatter=format_rate),
+    C("decode_tokens_per_s", U.TOKENS_PER_S, K.LLM, _llm("decode_tokens_per_s"), HIGHER, compared=True,
+      summary=True, formatter=format_rate, doc="decode steps / their execute time, mean over repetitions"),
+    C("decode_tokens_per_s_sd", U.TOKENS_PER_S, K.LLM, _llm("decode_tokens_per_s_sd"), formatter=format_rate),
+    C("ttft_ms", U.MS, K.LLM, _llm("ttft_ms"), LOWER, compared=True, summary=True,
+      doc="time to first token: prefill + choosing it"),
+    C("perplexity", U.PERPLEXITY, K.LLM, _llm("perplexity"), LOWER, compared=True, summary=True,
+      doc="on the device, over the artifact's held-out text"),
+    C("eager_perplexity", U.PERPLEXITY, K.LLM, _llm("eager_perplexity"), summary=True,
+      doc="eager fp32 at export, same text and windows"),
+    C("kv_cache_bytes", U.BYTES, K.MEMORY, _llm("kv_cache_bytes"), doc="the KV cache at max context"),
     C("load_ms", U.MS, K.MEMORY, lambda r: r.memory.load_ms, LOWER, compared=True),
     C("peak_rss_bytes", U.BYTES, K.MEMORY, lambda r: r.memory.peak_rss_bytes, LOWER, compared=True, summary=True),
     C("planned_bytes", U.BYTES, K.MEMORY, lambda r: r.memory.planned_bytes, LOWER, compared=True),

@@ -243,13 +243,13 @@ DeviceRun = RunArtifacts
 
 
 def _run_runner(device: Device, argv: list[str], *, env: dict, timeout: float, run_dir: Path, stem: str,
-                stage: str, fail, hint: str, require_batch: bool = False) -> RunnerResult:
+                stage: str, fail, hint: str, require_batch: bool = False, on_stdout=None) -> RunnerResult:
     """Execute the runner's argv on the device; keep its stdout/stderr as ``STEM.jsonl`` and
     ``STEM.stderr.txt`` in the run directory (also the partial output of a timeout, a dropped
     link or a cancelled run) and raise ``fail(stage, ...)`` unless it succeeded."""
     started = time.monotonic()
     try:
-        res = device.exec(argv, timeout=timeout, env=env)
+        res = device.exec(argv, timeout=timeout, env=env, on_stdout=on_stdout)
     except DeviceError as exc:
         if exc.result is not None:
             _write(run_dir / f"{stem}.jsonl", exc.result.stdout)
@@ -294,7 +294,7 @@ def _exit_code_of(exc: BaseException) -> int | None:
 def run_on_device(artifact: str | os.PathLike | Manifest, device: Device, *, options: RunOptions = RunOptions(),
                   vector: int | None = 0, etdump: bool = True, variant: str = "full",
                   run_dir: Path | None = None, timeout: float = 600.0, preflight: bool = True,
-                  dataset: bool = False) -> RunArtifacts:
+                  dataset: bool = False, llm=None, on_stdout=None) -> RunArtifacts:
     """Deploy (if needed) and run one test vector's inputs on ``device``; pull the results.
 
     ``dataset``: also run every sample of the artifact's held-out split (``dataset/inputs.npy``) in a
@@ -307,9 +307,17 @@ def run_on_device(artifact: str | os.PathLike | Manifest, device: Device, *, opt
     (8) when the device failed. A cancelled device (``device.cancel()``, on Ctrl-C) raises
     :class:`RunInterrupted`; the run directory is then marked ``interrupted``, as it is for any
     exception that is not an edgerun error.
+
+    ``llm``: an :class:`~edgerun.runtime.llm.LLMRequest` — run the runner's LLM mode instead (its prompt
+    ids go to the device as ``tokens.txt``, kept in the run directory too; a score run's per-token
+    log-probabilities come back as ``logprobs.npy``, listed in ``outputs``). ``on_stdout(bytes)``: sees
+    the runner's stdout as it arrives where the transport streams (local, qemu, ssh, adb).
     """
     manifest = artifact if isinstance(artifact, Manifest) else read_manifest(artifact)
     check_run_request(manifest, vector=vector, timeout=timeout, dataset=dataset)
+    if llm is not None:
+        llm.check(manifest)
+        vector, dataset = None, False
     art = manifest.dir
     run_dir = run_dir or new_run_dir(device.name, manifest.model.name)
     try:
@@ -319,7 +327,8 @@ def run_on_device(artifact: str | os.PathLike | Manifest, device: Device, *, opt
     _record(run_dir, status="running", stage="deploy", device=device.name, device_uri=device.spec.uri,
             artifact=str(art.resolve()), started=_dt.datetime.now().isoformat(timespec="seconds"),
             pid=os.getpid(), pid_start=_process_start(os.getpid()), host=socket.gethostname(),
-            options=dataclasses.asdict(options), vector=vector, dataset=dataset)
+            options=dataclasses.asdict(options), vector=vector, dataset=dataset,
+            llm=llm.to_json() if llm is not None else None)
     state = {"stage": "deploy"}
 
     def fail(stage: str, exc: BaseException, hint: str | None = None) -> DeviceRunError:
@@ -337,7 +346,7 @@ def run_on_device(artifact: str | os.PathLike | Manifest, device: Device, *, opt
     try:
         return _run_on_device(manifest, device, options=options, vector=vector, etdump=etdump, variant=variant,
                               run_dir=run_dir, timeout=timeout, preflight=preflight, dataset=dataset,
-                              fail=fail, state=state)
+                              fail=fail, state=state, llm=llm, on_stdout=on_stdout)
     except DeviceRunError:
         raise  # run.json already says what happened
     except EdgerunError as exc:
@@ -352,7 +361,7 @@ def run_on_device(artifact: str | os.PathLike | Manifest, device: Device, *, opt
 
 
 def _run_on_device(manifest: Manifest, device: Device, *, options, vector, etdump, variant, run_dir, timeout,
-                   preflight, dataset, fail, state) -> RunArtifacts:
+                   preflight, dataset, fail, state, llm=None, on_stdout=None) -> RunArtifacts:
     art = manifest.dir
     try:
         info = device.info()
@@ -366,9 +375,25 @@ def _run_on_device(manifest: Manifest, device: Device, *, options, vector, etdum
     inputs: list[str] = []
     if vector is not None and dep.vectors:
         inputs = dep.vectors[vector]  # in range: check_run_request
-    argv = runner_argv(dep.bundle, dep.program, inputs=inputs, options=options,
-                       etdump=f"{remote_run}/run.etdp" if etdump else None,
-                       output_dir=f"{remote_run}/outputs", bundle_dir=dep.bundle_dir)
+    logprobs_remote = None
+    if llm is None:
+        argv = runner_argv(dep.bundle, dep.program, inputs=inputs, options=options,
+                           etdump=f"{remote_run}/run.etdp" if etdump else None,
+                           output_dir=f"{remote_run}/outputs", bundle_dir=dep.bundle_dir)
+    else:
+        tokens_remote = None
+        text = llm.tokens_file_text()
+        if text is not None:
+            _write(run_dir / "tokens.txt", text)
+            try:
+                tokens_remote = sync_files(device, {"tokens.txt": run_dir / "tokens.txt"}, timeout=timeout).paths[
+                    "tokens.txt"]
+            except EdgerunError as exc:
+                raise fail("deploy", exc) from exc
+        logprobs_remote = f"{remote_run}/logprobs.npy" if llm.mode == "score" else None
+        argv = runner_argv(dep.bundle, dep.program, options=options, bundle_dir=dep.bundle_dir,
+                           etdump=f"{remote_run}/run.etdp" if etdump else None,
+                           llm_args=llm.runner_args(tokens_remote, logprobs_remote))
     _record(run_dir, stage="run", argv=argv, bundle=str(dep.bundle.path), deployment=dep.to_json())
     try:
         mk = device.exec(["mkdir", "-p", f"{remote_run}/outputs"], timeout=60, wrap=False)
@@ -380,7 +405,8 @@ def _run_on_device(manifest: Manifest, device: Device, *, options, vector, etdum
     # resolves through the content-addressed symlinks to the blob store: point it at the set.
     env = {} if dep.bundle.arch in LOADERS else {"LD_LIBRARY_PATH": dep.bundle_dir}
     result = _run_runner(device, argv, env=env, timeout=timeout, run_dir=run_dir, stem="runner", stage="run",
-                         fail=fail, hint="See runner.stderr.txt and runner.jsonl in the run directory.")
+                         fail=fail, hint="See runner.stderr.txt and runner.jsonl in the run directory.",
+                         on_stdout=on_stdout)
 
     state["stage"] = "pull"
     outputs: list[Path] = []
@@ -394,6 +420,9 @@ def _run_on_device(manifest: Manifest, device: Device, *, options, vector, etdum
         if etdump:
             etdump_local = run_dir / "run.etdp"
             _pull(device, f"{remote_run}/run.etdp", etdump_local)
+        if logprobs_remote is not None:
+            outputs.append(run_dir / "logprobs.npy")
+            _pull(device, logprobs_remote, outputs[-1])
     except OSError as exc:
         raise fail("pull", environment_problem(exc, f"cannot write into {run_dir}", stage="pull")) from exc
     except EdgerunError as exc:

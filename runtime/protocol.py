@@ -2,7 +2,9 @@
 
 * :func:`parse_runner_output` turns what ``edgerun-runner`` printed (whatever transport carried it)
   into a :class:`RunnerResult` whose lines are typed (:class:`Header`, :class:`Load`,
-  :class:`Iteration`, :class:`Batch`, :class:`Summary`, :class:`ErrorLine`, :class:`Kernels`). A
+  :class:`Iteration`, :class:`Batch`, :class:`Summary`, :class:`ErrorLine`, :class:`Kernels`; and the
+  LLM mode's :class:`LlmLine`, :class:`Prefill`, :class:`Token`, :class:`Generation`,
+  :class:`ScoreWindow`, :class:`Perplexity`). A
   line whose fields have the wrong types (a non-numeric ``execute_ns``) is a protocol problem kept on
   the result, never a crash later.
 * :func:`runner_failure` is the one place a failed runner becomes an error: a
@@ -204,8 +206,135 @@ class Kernels:
                    operators_by_library=_f(d, "operators_by_library", dict, optional=True, default={}))
 
 
+# -- the LLM mode's lines (``--llm generate|score``)
+@dataclass(frozen=True)
+class LlmLine:
+    """What an LLM run is: mode, the program's max context and vocabulary, the prompt and sampling."""
+
+    mode: str
+    max_context: int
+    vocab: int
+    prompt_tokens: int
+    raw: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, d):
+        return cls(mode=_f(d, "mode", str), max_context=_f(d, "max_context", int), vocab=_f(d, "vocab", int),
+                   prompt_tokens=_f(d, "prompt_tokens", int), raw=dict(d))
+
+
+@dataclass(frozen=True)
+class Prefill:
+    repeat: int
+    warmup: bool
+    tokens: int
+    execute_ns: int
+    wall_ns: int | None = None
+
+    @classmethod
+    def parse(cls, d):
+        return cls(repeat=_f(d, "repeat", int), warmup=_f(d, "warmup", bool), tokens=_f(d, "tokens", int),
+                   execute_ns=_nonneg(_f(d, "execute_ns", int)), wall_ns=_f(d, "wall_ns", int, optional=True))
+
+
+@dataclass(frozen=True)
+class Token:
+    repeat: int
+    warmup: bool
+    index: int
+    id: int
+    source: str           # prefill (the first token, from the prompt's logits) | decode
+    execute_ns: int       # the forward that produced it (the prefill's, for token 0)
+    wall_ns: int | None = None
+    t_ns: int | None = None  # since the repetition started
+
+    @classmethod
+    def parse(cls, d):
+        return cls(repeat=_f(d, "repeat", int), warmup=_f(d, "warmup", bool), index=_f(d, "index", int),
+                   id=_f(d, "id", int), source=_f(d, "source", str), execute_ns=_nonneg(_f(d, "execute_ns", int)),
+                   wall_ns=_f(d, "wall_ns", int, optional=True), t_ns=_f(d, "t_ns", int, optional=True))
+
+
+@dataclass(frozen=True)
+class Generation:
+    repeat: int
+    warmup: bool
+    prompt_tokens: int
+    new_tokens: int
+    decode_forwards: int
+    stop: str
+    ttft_ns: int
+    prefill_ns: int
+    decode_ns: int
+    ids: tuple[int, ...] = ()
+    prefill_wall_ns: int | None = None
+    decode_wall_ns: int | None = None
+    total_ns: int | None = None
+
+    @classmethod
+    def parse(cls, d):
+        ids = _f(d, "ids", list, optional=True, default=[])
+        if not all(isinstance(i, int) for i in ids):
+            raise _Bad("'ids' must be a list of integers")
+        return cls(repeat=_f(d, "repeat", int), warmup=_f(d, "warmup", bool), prompt_tokens=_f(d, "prompt_tokens", int),
+                   new_tokens=_f(d, "new_tokens", int), decode_forwards=_f(d, "decode_forwards", int),
+                   stop=_f(d, "stop", str), ttft_ns=_nonneg(_f(d, "ttft_ns", int)),
+                   prefill_ns=_nonneg(_f(d, "prefill_ns", int)), decode_ns=_nonneg(_f(d, "decode_ns", int)),
+                   ids=tuple(ids), prefill_wall_ns=_f(d, "prefill_wall_ns", int, optional=True),
+                   decode_wall_ns=_f(d, "decode_wall_ns", int, optional=True),
+                   total_ns=_f(d, "total_ns", int, optional=True))
+
+    @property
+    def prefill_tokens_per_s(self) -> float | None:
+        return self.prompt_tokens * 1e9 / self.prefill_ns if self.prefill_ns else None
+
+    @property
+    def decode_tokens_per_s(self) -> float | None:
+        return self.decode_forwards * 1e9 / self.decode_ns if self.decode_ns and self.decode_forwards else None
+
+
+@dataclass(frozen=True)
+class ScoreWindow:
+    window: int
+    start: int
+    tokens: int
+    nll: float
+    execute_ns: int
+
+    @classmethod
+    def parse(cls, d):
+        return cls(window=_f(d, "window", int), start=_f(d, "start", int), tokens=_f(d, "tokens", int),
+                   nll=_f(d, "nll", float), execute_ns=_nonneg(_f(d, "execute_ns", int)))
+
+
+@dataclass(frozen=True)
+class Perplexity:
+    tokens: int
+    windows: int
+    window: int
+    nll: float
+    perplexity: float
+    execute_ns_total: int
+    logprobs: str | None = None
+
+    @classmethod
+    def parse(cls, d):
+        return cls(tokens=_f(d, "tokens", int), windows=_f(d, "windows", int), window=_f(d, "window", int),
+                   nll=_f(d, "nll", float), perplexity=_f(d, "perplexity", float),
+                   execute_ns_total=_nonneg(_f(d, "execute_ns_total", int)),
+                   logprobs=_f(d, "logprobs", str, optional=True))
+
+
+def _nonneg(v: int) -> int:
+    if v < 0:
+        raise _Bad("durations must be >= 0")
+    return v
+
+
 LINE_TYPES: dict[str, type] = {"header": Header, "load": Load, "iteration": Iteration, "batch": Batch,
-                               "summary": Summary, "error": ErrorLine, "kernels": Kernels}
+                               "summary": Summary, "error": ErrorLine, "kernels": Kernels, "llm": LlmLine,
+                               "prefill": Prefill, "token": Token, "generation": Generation, "score": ScoreWindow,
+                               "perplexity": Perplexity}
 
 
 @dataclass
@@ -248,6 +377,27 @@ class RunnerResult:
     def batch(self) -> Batch | None:
         """The ``batch`` line of a run with ``--input-batch``."""
         return self._first(Batch)
+
+    @property
+    def llm(self) -> LlmLine | None:
+        """The ``llm`` line of an LLM-mode run (``--llm generate|score``)."""
+        return self._first(LlmLine)
+
+    @property
+    def generations(self) -> list[Generation]:
+        return [ln for ln in self.typed if isinstance(ln, Generation)]
+
+    @property
+    def tokens(self) -> list[Token]:
+        return [ln for ln in self.typed if isinstance(ln, Token)]
+
+    @property
+    def score_windows(self) -> list[ScoreWindow]:
+        return [ln for ln in self.typed if isinstance(ln, ScoreWindow)]
+
+    @property
+    def perplexity(self) -> Perplexity | None:
+        return self._first(Perplexity)
 
     @property
     def iterations(self) -> list[Iteration]:
@@ -295,7 +445,9 @@ class RunnerResult:
             by_type.setdefault(raw.get("type"), raw)
         return {"argv": self.argv, "exit_code": self.exit_code, "ok": self.ok, "duration_s": self.duration_s,
                 "header": by_type.get("header"), "load": by_type.get("load"), "summary": by_type.get("summary"),
-                "error": by_type.get("error"), "batch": by_type.get("batch"),
+                "error": by_type.get("error"), "batch": by_type.get("batch"), "llm": by_type.get("llm"),
+                "generations": [g for g in self.lines if g.get("type") == "generation"],
+                "perplexity": by_type.get("perplexity"),
                 "execute_ns": self.execute_ns, "wall_ns": self.wall_ns,
                 "warmup_execute_ns": self.warmup_execute_ns, "protocol_problems": self.protocol_problems,
                 "stderr_tail": self.stderr[-4000:]}

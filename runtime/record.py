@@ -93,6 +93,53 @@ class Memory:
 
 
 @dataclass(frozen=True)
+class LLMMetrics:
+    """An LLM run's figures (the runner's LLM mode): the test (``pp64``, ``tg32``, ``generate``, ``score``),
+    tokens/s of prefill and decode (mean and sd over repetitions, from the runner's steady clock
+    around execute), time to first token, perplexity on the device beside the export's eager figure
+    on the same text and windows, and the KV-cache and weight sizes from the manifest."""
+
+    test: str
+    mode: str | None = None
+    prompt_tokens: int | None = None
+    new_tokens: int | None = None
+    decode_forwards: int | None = None
+    repetitions: int | None = None
+    stop: str | None = None                   # stop_id | max_new_tokens | context
+    ttft_ms: float | None = None              # median over repetitions: prefill + choosing the first token
+    prefill_tokens_per_s: float | None = None
+    prefill_tokens_per_s_sd: float | None = None
+    decode_tokens_per_s: float | None = None
+    decode_tokens_per_s_sd: float | None = None
+    perplexity: float | None = None           # on the device
+    perplexity_tokens: int | None = None
+    perplexity_window: int | None = None
+    eager_perplexity: float | None = None     # eager fp32 at export, same text and windows
+    export_program_perplexity: float | None = None  # the program in the pybindings at export
+    max_context: int | None = None
+    kv_cache_bytes: int | None = None
+    kv_cache_bytes_per_token: int | None = None
+    weight_bytes: int | None = None
+    ids: tuple[int, ...] = ()
+    text: str | None = None
+    same_ids_every_repetition: bool | None = None
+    request: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["ids"] = list(self.ids)
+        d["request"] = dict(self.request)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "LLMMetrics":
+        kw = {k: d.get(k) for k in cls.__dataclass_fields__ if k in d}
+        kw["ids"] = tuple(d.get("ids") or ())
+        kw["request"] = dict(d.get("request") or {})
+        return cls(**kw)
+
+
+@dataclass(frozen=True)
 class RunRecord:
     run_id: str
     created_at: str  # ISO 8601, UTC
@@ -110,6 +157,7 @@ class RunRecord:
     warnings: tuple[str, ...] = ()
     sweep_id: str | None = None  # bench: the sweep this run is a cell of
     cell: str | None = None  # bench: the cell key (model/scheme/target/device/threads)
+    llm: LLMMetrics | None = None  # LLM runs (generate, bench-llm, perplexity)
     record_version: int = RECORD_VERSION
 
     # -- views
@@ -125,6 +173,8 @@ class RunRecord:
             out["operators"] = self.source
         if self.accuracy is not None:
             out["accuracy"] = self.accuracy.source
+        if self.llm is not None:
+            out["llm"] = self.source
         return out
 
     # -- serialisation (the store and --json use these)
@@ -148,6 +198,7 @@ class RunRecord:
             "warnings": list(self.warnings),
             "sweep_id": self.sweep_id,
             "cell": self.cell,
+            "llm": self.llm.to_dict() if self.llm else None,
         }
 
     @classmethod
@@ -168,6 +219,7 @@ class RunRecord:
             accuracy=AccuracyResult.from_dict(d["accuracy"]) if d.get("accuracy") else None,
             warnings=tuple(d.get("warnings") or ()),
             sweep_id=d.get("sweep_id"), cell=d.get("cell"),
+            llm=LLMMetrics.from_dict(d["llm"]) if d.get("llm") else None,
             record_version=d.get("record_version", RECORD_VERSION),
         )
 

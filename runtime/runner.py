@@ -67,7 +67,8 @@ class RunOptions:
 def runner_argv(bundle: Bundle, program: str, *, inputs: Sequence[str] = (), options: RunOptions = RunOptions(),
                 etdump: str | None = None, output_dir: str | None = None, bundle_dir: str | None = None,
                 emulator: Sequence[str] = (), input_batch: str | None = None,
-                batch_output: str | None = None, batch_only: bool = False) -> list[str]:
+                batch_output: str | None = None, batch_only: bool = False,
+                llm_args: Sequence[str] = ()) -> list[str]:
     """The argv that runs ``program`` with ``bundle`` located at ``bundle_dir`` on the executing side.
 
     Paths are used as given (they are the executing side's paths). ``bundle_dir`` defaults to the
@@ -77,7 +78,24 @@ def runner_argv(bundle: Bundle, program: str, *, inputs: Sequence[str] = (), opt
     ``input_batch``/``batch_output`` (together): run every sample of a stacked ``[N, *input_shape]``
     .npy once, after the timed iterations, and write output 0 stacked (``--input-batch``,
     ``--batch-output``). ``batch_only``: no warm-up and no timed iterations, only the batch.
+
+    ``llm_args``: the LLM mode's flags (:meth:`edgerun.runtime.llm.LLMRequest.runner_args`); the run then
+    takes no inputs or output directory, ``options.warmup`` counts warm-up repetitions and
+    ``options.seed`` seeds sampling and random prompts.
     """
+    if llm_args:
+        if inputs or input_batch is not None or output_dir:
+            raise ValueError("an LLM run takes no inputs, batch or output directory")
+        argv = runner_prefix(bundle.arch, bundle_dir if bundle_dir is not None else str(bundle.path), emulator)
+        argv += ["--model", str(program), "--method", options.method, "--warmup", str(options.warmup),
+                 "--seed", str(options.seed)]
+        if options.threads:
+            argv += ["--threads", str(options.threads)]
+        if options.load_mode != "mmap":
+            argv += ["--load-mode", options.load_mode]
+        if etdump:
+            argv += ["--etdump", str(etdump)]
+        return argv + list(llm_args)
     if (input_batch is None) != (batch_output is None):
         raise ValueError("input_batch and batch_output go together")
     if batch_only and input_batch is None:

@@ -32,6 +32,7 @@ _COMMAND_MODULES = [
     "edgerun.cli.devices_cmd",
     "edgerun.cli.results_cmd",
     "edgerun.cli.profile_cmd",
+    "edgerun.cli.llm_cmd",
 ]
 
 

@@ -60,6 +60,7 @@ def record_json(record, *, full: bool = False) -> dict:
         "memory": record.to_dict()["memory"],
         "accuracy": record.accuracy.to_dict() if record.accuracy else None,
         "labels": record.labels,
+        "llm": record.llm.to_dict() if record.llm else None,
         "warnings": list(record.warnings),
     }
     if full:

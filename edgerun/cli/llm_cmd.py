@@ -1,0 +1,204 @@
+"""``edgerun generate`` and ``edgerun bench-llm``: an LLM artifact on a device, token by token."""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from edgerun.core.errors import UsageError
+from edgerun.core.text import sanitize_text
+
+from ._common import DebugOpt, JsonOpt, err_console, execute, plain, progress
+from .profile_cmd import DeviceOpt, InventoryOpt, _device_list
+from .results_cmd import StoreOpt, record_json
+
+out = Console()
+
+
+def _ints(text: str, flag: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise UsageError(f"{flag} takes comma-separated integers, got {text!r}.") from None
+    if any(v < 0 for v in values):
+        raise UsageError(f"{flag} takes integers >= 0, got {text!r}.")
+    return values
+
+
+def bench_rows(records) -> list[dict]:
+    """llama-bench's table, one row per record: what ran, the test, tokens/s mean ± sd over repetitions."""
+    rows = []
+    for r in records:
+        m = r.llm
+        if m is None:
+            continue
+        rate, sd = ((m.decode_tokens_per_s, m.decode_tokens_per_s_sd) if m.test.startswith("tg")
+                    else (m.prefill_tokens_per_s, m.prefill_tokens_per_s_sd))
+        rows.append({"run_id": r.run_id, "model": r.model.name, "scheme": r.model.scheme,
+                     "size_bytes": r.memory.pte_bytes, "device": r.device_name, "source": r.source,
+                     "threads": r.provenance.threads, "test": m.test, "tokens_per_s": rate, "tokens_per_s_sd": sd,
+                     "repetitions": m.repetitions, "ttft_ms": m.ttft_ms, "peak_rss_bytes": r.memory.peak_rss_bytes,
+                     "kv_cache_bytes": m.kv_cache_bytes})
+    return rows
+
+
+def _markdown(rows: list[dict]) -> str:
+    from edgerun.runtime.columns import format_bytes
+
+    head = ["model", "scheme", "size", "device", "threads", "test", "t/s", "peak RSS"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---:" if h in ("size", "threads", "t/s", "peak RSS")
+                                                            else "---" for h in head) + "|"]
+    for r in rows:
+        rate = "—" if r["tokens_per_s"] is None else f"{r['tokens_per_s']:.2f} ± {r['tokens_per_s_sd'] or 0:.2f}"
+        dev = r["device"] + (" (emulated)" if r["source"] == "emulated" else "")
+        cells = [Path(str(r["model"])).name, r["scheme"], format_bytes(r["size_bytes"]), dev,
+                 r["threads"], r["test"], rate, format_bytes(r["peak_rss_bytes"])]
+        lines.append("| " + " | ".join(sanitize_text(str(c)).replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def _csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    if rows:
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return buf.getvalue()
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("generate")
+    def generate_cmd(
+        artifact: Annotated[Path, typer.Argument(help="LLM artifact directory written by `edgerun export`.")],
+        prompt: Annotated[str, typer.Option("--prompt", "-p", help="The prompt text (tokenised on this machine).")],
+        device: DeviceOpt = "local://",
+        chat: Annotated[bool, typer.Option(help="Wrap the prompt in the model's chat template (a user turn).")] = False,
+        system: Annotated[Optional[str], typer.Option(help="With --chat: a system message.")] = None,
+        max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n", help="Stop after this many.")] = 64,
+        temperature: Annotated[float, typer.Option(help="0: greedy; otherwise sample at this temperature.")] = 0.0,
+        top_k: Annotated[int, typer.Option(help="Sampling: keep the k most likely tokens (0: all).")] = 0,
+        top_p: Annotated[float, typer.Option(help="Sampling: keep the smallest set with this probability.")] = 1.0,
+        seed: Annotated[int, typer.Option(help="Sampling seed (the same seed gives the same text).")] = 0,
+        threads: Annotated[int, typer.Option(help="Runner threads (0: the runtime's default).")] = 0,
+        stop_id: Annotated[Optional[list[int]], typer.Option(
+            help="Also stop at this token id (repeatable; EOS and end-of-turn tokens always stop).")] = None,
+        timeout: Annotated[float, typer.Option(help="Seconds allowed for the run on the device.")] = 1800,
+        store: StoreOpt = None,
+        inventory: InventoryOpt = None,
+        json_out: JsonOpt = False,
+        debug: DebugOpt = False,
+    ) -> None:
+        """Generate text with an LLM artifact on a device: the runner prefills the prompt and decodes there.
+
+        The text is printed as tokens arrive where the transport streams (local, qemu, ssh, adb), then
+        the timings: time to first token, prefill and decode tokens/s, peak RSS. The run is stored
+        (`edgerun runs list`). --json prints one object with the text, the ids and the timings.
+        """
+        from edgerun.llm import GenerateSettings
+
+        streamed = {"any": False}
+
+        def on_text(text: str) -> None:
+            streamed["any"] = True
+            sys.stdout.write(sanitize_text(text))
+            sys.stdout.flush()
+
+        def work() -> dict:
+            from edgerun.llm import generate
+
+            settings = GenerateSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                                        top_p=top_p, seed=seed, threads=threads, chat=chat, system=system,
+                                        stop_ids=tuple(stop_id or ()), timeout_s=timeout)
+            names = _device_list(device, False, inventory)
+            if len(names) != 1:
+                raise UsageError("generate runs on one device; give one --device.")
+            record, ids = generate(artifact, names[0], prompt, settings, store_path=store, inventory=inventory,
+                                   on_text=None if json_out else on_text)
+            m = record.llm
+            return {"run_id": record.run_id, "device": record.device_name, "source": record.source,
+                    "prompt": prompt, "prompt_ids": ids, "text": m.text, "ids": list(m.ids), "stop": m.stop,
+                    "ttft_ms": m.ttft_ms, "prefill_tokens_per_s": m.prefill_tokens_per_s,
+                    "decode_tokens_per_s": m.decode_tokens_per_s, "peak_rss_bytes": record.memory.peak_rss_bytes,
+                    "run": record_json(record)}
+
+        def human(r: dict) -> None:
+            from edgerun.runtime.columns import format_bytes
+
+            if not streamed["any"]:  # a transport that cannot stream (serial): the text at the end
+                sys.stdout.write(sanitize_text(r["text"] or ""))
+            sys.stdout.write("\n")
+            dec = r["decode_tokens_per_s"]
+            err_console.print(
+                f"[dim]{len(r['prompt_ids'])} prompt tokens, {len(r['ids'])} generated (stop: {plain(r['stop'])}); "
+                f"first token {r['ttft_ms']:.1f} ms; prefill {r['prefill_tokens_per_s']:.1f} tokens/s; decode "
+                f"{'—' if dec is None else f'{dec:.1f}'} tokens/s; peak RSS {format_bytes(r['peak_rss_bytes'])}"
+                f"{' (emulated)' if r['source'] == 'emulated' else ''}; run {plain(r['run_id'])}[/]", highlight=False)
+
+        execute(work, json_out=json_out, debug=debug, human=human)
+
+    @app.command("bench-llm")
+    def bench_llm_cmd(
+        artifact: Annotated[Path, typer.Argument(help="LLM artifact directory written by `edgerun export`.")],
+        device: DeviceOpt = "local://",
+        prompts: Annotated[str, typer.Option("-p", "--prompt-tokens",
+                                             help="Prefill tests: prompt lengths, e.g. 64,128 (ppP).")] = "64",
+        generate: Annotated[str, typer.Option("-n", "--gen-tokens",
+                                              help="Decode tests: tokens generated, e.g. 32,64 (tgN).")] = "32",
+        repetitions: Annotated[int, typer.Option("-r", "--repetitions", help="Timed repetitions per test.")] = 5,
+        threads: Annotated[str, typer.Option("-t", "--threads", help="Thread counts, e.g. 1,2,4 (0: default).")] = "0",
+        warmup: Annotated[int, typer.Option(help="Untimed repetitions before each test.")] = 1,
+        output: Annotated[str, typer.Option("--output", "-o", help="Table format: md | csv (--json: JSON).")] = "md",
+        timeout: Annotated[float, typer.Option(help="Seconds allowed for one test on a device.")] = 3600,
+        store: StoreOpt = None,
+        inventory: InventoryOpt = None,
+        json_out: JsonOpt = False,
+        debug: DebugOpt = False,
+    ) -> None:
+        """llama-bench-style numbers for an LLM artifact: prefill (ppP) and decode (tgN) tokens/s on devices.
+
+        Each test runs with random token ids (no stop tokens), repeated -r times after a warm-up; the
+        table gives tokens/s mean ± sd over repetitions from the runner's clock around execute. Every
+        test is a stored run: compare two with `edgerun compare`, plot them with `edgerun report`.
+        Devices run concurrently; tests and thread counts in turn on each.
+        """
+        if output not in ("md", "csv"):
+            raise UsageError(f"--output must be md or csv, got {output!r}.")
+
+        def work() -> dict:
+            from edgerun.llm import BenchLLMSettings, bench_llm
+            from edgerun.profiling import CellFailure, parse_threads
+            from edgerun.store import Store
+
+            settings = BenchLLMSettings(prompts=tuple(p for p in _ints(prompts, "-p") if p),
+                                        generate=tuple(n for n in _ints(generate, "-n") if n),
+                                        repetitions=repetitions, threads=parse_threads(threads), warmup=warmup,
+                                        timeout_s=timeout)
+            names = _device_list(device, False, inventory)
+            with Store(store) as s:
+                store_path = s.path
+            with progress("bench-llm") as status:
+                results = bench_llm(artifact, names, settings, store_path=store_path, inventory=inventory,
+                                    on_progress=status.update)
+            records = [r for r in results if not isinstance(r, CellFailure)]
+            failures = [r.to_json() for r in results if isinstance(r, CellFailure)]
+            rows = bench_rows(records)
+            result = {"rows": rows, "runs": [r.run_id for r in records], "failures": failures,
+                      "table": _markdown(rows) if output == "md" else _csv(rows)}
+            if failures:
+                result["ok"] = False
+                result["exit_code"] = max(f["error"].get("exit_code", 1) for f in failures)
+            return result
+
+        def human(r: dict) -> None:
+            print(r["table"])
+            for f in r["failures"]:
+                err_console.print(f"[bold red]failed[/] on {plain(f['device'])}: {plain(f['error']['message'])}",
+                                  soft_wrap=True, highlight=False)
+
+        execute(work, json_out=json_out, debug=debug, human=human)

@@ -1,0 +1,310 @@
+"""generate, bench-llm and on-device perplexity: the hall's wiring of an LLM artifact, a device and the store.
+
+* :class:`ArtifactTokenizer` — the artifact's own ``tokenizer.json`` (its sha256 checked against the
+  manifest), the chat template rendered in a sandbox, the ids that end a generation;
+* :func:`generate` — tokenise on this machine, run the runner's LLM mode on the device, print the text
+  as the token lines arrive (:class:`TokenStream`, where the transport streams), analyse and store;
+* :func:`bench_llm` — llama-bench's grid (``ppP``, ``tgN`` × thread counts × repetitions) on every
+  device concurrently, each cell a stored record comparable with ``edgerun compare``;
+* :func:`perplexity_on_device` — score the held-out text the export measured eager perplexity on, with
+  the same windows, on the device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Callable, Sequence
+
+from edgerun.core.artifact import Manifest, read_manifest, sha256_file
+from edgerun.core.errors import ArtifactError, EdgerunError, RunInterrupted, UsageError
+from edgerun.runtime.deploy import Cancellation, mark_interrupted, on_devices_concurrently
+from edgerun.runtime.llm import LLMRequest, bench_requests
+
+log = logging.getLogger("edgerun.llm")
+
+#: Control tokens that end a turn in the chat templates of common instruct models (besides EOS).
+END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>", "<end_of_turn>", "</s>")
+
+
+def llm_manifest(artifact: str | Path | Manifest) -> Manifest:
+    manifest = artifact if isinstance(artifact, Manifest) else read_manifest(artifact)
+    if manifest.llm is None:
+        raise UsageError(f"artifact {manifest.dir} is not an LLM (its manifest has no 'llm' section).",
+                         hint="Export a Llama GGUF or smollm2-135m: edgerun export smollm2-135m --target rpi5 "
+                              "--scheme 8da4w.")
+    return manifest
+
+
+class ArtifactTokenizer:
+    """The tokenizer an LLM artifact ships, verified against its manifest."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        from tokenizers import Tokenizer
+
+        self.manifest = manifest
+        facts = dict(manifest.llm.tokenizer or {})
+        path = manifest.file(facts.get("file") or "tokenizer.json", "llm.tokenizer.file")
+        if not path.is_file():
+            raise ArtifactError(f"artifact {manifest.dir} has no tokenizer file {path.name}.",
+                                hint="Re-export the model: the tokenizer is written beside model.pte.")
+        want = facts.get("sha256")
+        if want and sha256_file(path) != want:
+            raise ArtifactError(f"{path} does not match the sha256 in {manifest.dir / 'manifest.json'}: the tokenizer "
+                                "was changed after export.", hint="Re-export the model.")
+        try:
+            self.tok = Tokenizer.from_file(str(path))
+        except Exception as exc:
+            raise ArtifactError(f"{path} is not a tokenizer the tokenizers library reads: {exc}") from None
+        self.facts = facts
+
+    @property
+    def bos_id(self) -> int | None:
+        return self.facts.get("bos_id")
+
+    @property
+    def eos_id(self) -> int | None:
+        return self.facts.get("eos_id")
+
+    def stop_ids(self) -> tuple[int, ...]:
+        ids = {self.eos_id} if self.eos_id is not None else set()
+        for text in self.facts.get("special_tokens") or ():
+            if text in END_OF_TURN:
+                tid = self.tok.token_to_id(text)
+                if tid is not None:
+                    ids.add(tid)
+        return tuple(sorted(ids))
+
+    def encode(self, text: str, *, chat: bool = False, system: str | None = None) -> list[int]:
+        if chat:
+            template = self.facts.get("chat_template")
+            if not template:
+                raise UsageError(f"--chat: artifact {self.manifest.dir} has no chat template (its GGUF had none).",
+                                 hint="Drop --chat and give the prompt as plain text.")
+            from edgerun.export.llm.tokenizer import render_chat
+
+            messages = ([{"role": "system", "content": system}] if system else []) + \
+                [{"role": "user", "content": text}]
+            bos = self.tok.id_to_token(self.bos_id) if self.bos_id is not None else ""
+            eos = self.tok.id_to_token(self.eos_id) if self.eos_id is not None else ""
+            text = render_chat(template, messages, bos_token=bos or "", eos_token=eos or "")
+        ids = self.tok.encode(text).ids
+        if self.facts.get("add_bos") and self.bos_id is not None and (not ids or ids[0] != self.bos_id):
+            ids = [self.bos_id] + ids
+        return ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tok.decode(list(ids), skip_special_tokens=True)
+
+
+class TokenStream:
+    """Turns the runner's stdout chunks into text as tokens arrive (``on_stdout`` of a device exec):
+    the first timed repetition's ``token`` lines, decoded incrementally (a character split across
+    tokens is held back until it is whole)."""
+
+    def __init__(self, decode: Callable[[Sequence[int]], str], on_text: Callable[[str], None],
+                 stop_ids: Sequence[int] = ()) -> None:
+        self._decode, self._on_text, self._stop = decode, on_text, set(stop_ids)
+        self._buf = b""
+        self.ids: list[int] = []
+        self._shown = ""
+
+    def __call__(self, chunk: bytes) -> None:
+        self._buf += chunk
+        *lines, self._buf = self._buf.split(b"\n")
+        for raw in lines:
+            try:
+                d = json.loads(raw)
+            except ValueError:
+                continue
+            if not isinstance(d, dict) or d.get("type") != "token" or d.get("warmup") or d.get("repeat") != 0:
+                continue
+            if not isinstance(d.get("id"), int) or d["id"] in self._stop:
+                continue
+            self.ids.append(d["id"])
+            text = self._decode(self.ids)
+            if text.endswith("\ufffd"):
+                continue
+            if text.startswith(self._shown):
+                delta = text[len(self._shown):]
+            else:  # a merge changed earlier text: show from where it differs
+                delta = text
+            self._shown = text
+            if delta:
+                self._on_text(delta)
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerateSettings:
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+    threads: int = 0
+    chat: bool = False
+    system: str | None = None
+    stop_ids: tuple[int, ...] = ()      # besides the tokenizer's EOS / end-of-turn ids
+    ignore_stop: bool = False
+    repeat: int = 1
+    warmup: int = 0
+    timeout_s: float = 1800.0
+    variant: str = "full"
+
+
+def _run_llm(manifest: Manifest, device, request: LLMRequest, *, threads: int, seed: int, warmup: int,
+             timeout_s: float, variant: str, store_path, decode_text=None, on_stdout=None, sweep_id=None, cell=None):
+    """One LLM run on an open device: deploy, run, analyse, store. Returns the record."""
+    from edgerun.runtime.analysis import AnalysisSettings, analyse
+    from edgerun.runtime.deploy import run_on_device
+    from edgerun.runtime.runner import RunOptions
+    from edgerun.store import save_or_keep
+
+    if device.cancelled:
+        raise RunInterrupted(f"on device '{device.name}', the run was interrupted before it started",
+                             stage="interrupted", device=device.name)
+    options = RunOptions(warmup=warmup, threads=threads, seed=seed)
+    run = run_on_device(manifest, device, options=options, vector=None, etdump=False, variant=variant,
+                        timeout=timeout_s, llm=request, on_stdout=on_stdout)
+    try:
+        record = analyse(run, manifest, AnalysisSettings(vector=None, llm_request=request, decode_text=decode_text,
+                                                         sweep_id=sweep_id, cell=cell))
+    except BaseException:
+        if device.cancelled:
+            mark_interrupted(run.run_dir)
+            raise RunInterrupted(f"on device '{device.name}', the analysis was interrupted", stage="interrupted",
+                                 run_dir=run.run_dir, device=device.name) from None
+        raise
+    if device.cancelled:
+        mark_interrupted(run.run_dir)
+        raise RunInterrupted(f"on device '{device.name}', the run was interrupted before it was stored",
+                             stage="interrupted", run_dir=run.run_dir, device=device.name)
+    save_or_keep(record, store_path, run.run_dir)
+    return record
+
+
+def generate(artifact: str | Path | Manifest, device_name: str, prompt: str, settings: GenerateSettings = GenerateSettings(),
+             *, prompt_ids: Sequence[int] | None = None, store_path=None, inventory: str | None = None,
+             on_text: Callable[[str], None] | None = None):
+    """``edgerun generate``: returns ``(record, prompt_ids)``; ``on_text`` sees the text as it is generated."""
+    from edgerun.devices.inventory import resolve_device
+
+    manifest = llm_manifest(artifact)
+    manifest.verified_pte()
+    tok = ArtifactTokenizer(manifest)
+    ids = list(prompt_ids) if prompt_ids is not None else tok.encode(prompt, chat=settings.chat, system=settings.system)
+    if not ids:
+        raise UsageError("the prompt is empty: it encodes to no tokens.", hint="Give --prompt some text.")
+    stops = tuple(sorted(set(tok.stop_ids()) | set(settings.stop_ids)))
+    request = LLMRequest(mode="generate", prompt_ids=tuple(ids), max_new_tokens=settings.max_new_tokens,
+                         stop_ids=stops, ignore_stop=settings.ignore_stop, temperature=settings.temperature,
+                         top_k=settings.top_k, top_p=settings.top_p, repeat=settings.repeat, test="generate",
+                         text=prompt)
+    request.check(manifest)
+    stream = TokenStream(tok.decode, on_text, stops) if on_text is not None else None
+    with resolve_device(device_name, inventory) as dev:
+        record = _run_llm(manifest, dev, request, threads=settings.threads, seed=settings.seed,
+                          warmup=settings.warmup, timeout_s=settings.timeout_s, variant=settings.variant,
+                          store_path=store_path, decode_text=tok.decode, on_stdout=stream)
+    if stream is not None and record.llm is not None and record.llm.text and stream.ids != [
+            i for i in record.llm.ids if i not in set(stops)]:
+        log.debug("streamed ids differ from the final generation line")  # the record is the truth
+    return record, ids
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchLLMSettings:
+    prompts: tuple[int, ...] = (64,)
+    generate: tuple[int, ...] = (32,)
+    repetitions: int = 5
+    threads: tuple[int, ...] = (0,)
+    warmup: int = 1
+    seed: int = 0
+    timeout_s: float = 3600.0
+    variant: str = "full"
+
+    def __post_init__(self) -> None:
+        if not self.prompts and not self.generate:
+            raise UsageError("bench-llm needs at least one test: -p (prompt lengths) or -n (generated tokens).")
+        for name, values in (("-p", self.prompts), ("-n", self.generate)):
+            if any(not isinstance(v, int) or v < 1 for v in values):
+                raise UsageError(f"{name} takes comma-separated integers >= 1, got {','.join(map(str, values))}.")
+        if self.repetitions < 1:
+            raise UsageError(f"-r/--repetitions must be >= 1, got {self.repetitions}.")
+
+
+def bench_cell(model: str, test: str, device: str, threads: int) -> str:
+    return "/".join([model, test, device, f"t{threads or 'default'}"])
+
+
+def bench_llm(artifact: str | Path | Manifest, devices: Sequence[str], settings: BenchLLMSettings = BenchLLMSettings(),
+              *, store_path=None, inventory: str | None = None, on_progress: Callable[[str], None] | None = None,
+              sweep_id: str | None = None) -> list:
+    """``edgerun bench-llm``: records and ``(device, test, threads, error)`` failures, devices concurrently."""
+    from edgerun.devices.inventory import resolve_device
+    from edgerun.profiling import CellFailure
+
+    if not devices:
+        raise UsageError("no device given.", hint="Use --device NAME_OR_URI (e.g. local://).")
+    manifest = llm_manifest(artifact)
+    manifest.verified_pte()
+    requests = bench_requests(settings.prompts, settings.generate, settings.repetitions)
+    for r in requests:
+        r.check(manifest)
+    cancellation = Cancellation()
+
+    def one(name: str) -> list:
+        out: list = []
+        try:
+            with resolve_device(name, inventory) as dev:
+                cancellation.add(dev)
+                for threads in settings.threads:
+                    for req in requests:
+                        if on_progress:
+                            on_progress(f"{name}: {req.test} threads={threads or 'default'}")
+                        try:
+                            out.append(_run_llm(manifest, dev, req, threads=threads, seed=settings.seed,
+                                                warmup=settings.warmup, timeout_s=settings.timeout_s,
+                                                variant=settings.variant, store_path=store_path, sweep_id=sweep_id,
+                                                cell=bench_cell(manifest.model.name, req.test, name, threads)))
+                        except RunInterrupted:
+                            raise
+                        except EdgerunError as exc:
+                            log.warning("%s %s: %s", name, req.test, exc.paragraph())
+                            out.append(CellFailure(name, threads, exc))
+        except RunInterrupted:
+            raise
+        except EdgerunError as exc:
+            out.append(CellFailure(name, None, exc))
+        return out
+
+    return [r for rs in on_devices_concurrently(list(devices), one, cancellation) for r in rs]
+
+
+def heldout_ids(manifest: Manifest, tok: ArtifactTokenizer) -> tuple[list[int], int]:
+    """The held-out text the export measured perplexity on (edgerun ships it), tokenised with the
+    artifact's tokenizer, and the export's window; so device and eager figures are comparable."""
+    from edgerun.export.llm.export import DATA
+
+    ppl = (manifest.llm.quality or {}).get("perplexity") or {}
+    window = int(ppl.get("window") or manifest.llm.max_context)
+    ids = tok.tok.encode((DATA / "heldout.txt").read_text()).ids
+    return ids, min(window, manifest.llm.max_context)
+
+
+def perplexity_on_device(artifact: str | Path | Manifest, device, *, threads: int = 0, store_path=None,
+                         timeout_s: float = 3600.0, variant: str = "full", max_tokens: int | None = None):
+    """Score the export's held-out text on an open device; the record's ``llm.perplexity`` sits beside
+    the export's eager figure (``llm.eager_perplexity``) when text and windows are the same."""
+    manifest = llm_manifest(artifact)
+    tok = ArtifactTokenizer(manifest)
+    ids, window = heldout_ids(manifest, tok)
+    if max_tokens:
+        ids = ids[:max_tokens]
+    request = LLMRequest(mode="score", prompt_ids=tuple(ids), window=window, test="score",
+                         text="edgerun export/llm/data/heldout.txt")
+    request.check(manifest)
+    return _run_llm(manifest, device, request, threads=threads, seed=0, warmup=0, timeout_s=timeout_s,
+                    variant=variant, store_path=store_path)
