@@ -42,6 +42,7 @@ class ProfileSettings:
     variant: str = "full"
     timeout_s: float = 900.0
     task_accuracy: bool | None = None    # held-out split on the device; None: when the artifact has a dataset
+    perplexity: bool = True              # LLM artifacts: also score the held-out text on the device
 
     def __post_init__(self) -> None:
         if self.iterations < 1:
@@ -137,6 +138,21 @@ def profile_on_device(artifact: str | Path | Manifest, device, settings: Profile
             raise
         except EdgerunError as exc:
             log.warning("%s: %s", label, exc.paragraph())
+            results.append(CellFailure(device.name, threads, exc))
+    if manifest.llm is not None and settings.perplexity:
+        # an LLM's accuracy on the device: perplexity of the export's held-out text, beside eager's
+        from edgerun.llm import perplexity_on_device
+
+        threads = settings.threads[0]
+        if on_progress:
+            on_progress(f"perplexity on {device.name}")
+        try:
+            results.append(perplexity_on_device(manifest, device, threads=threads, store_path=store_path,
+                                                timeout_s=settings.timeout_s, variant=settings.variant))
+        except RunInterrupted:
+            raise
+        except EdgerunError as exc:
+            log.warning("%s perplexity: %s", device.name, exc.paragraph())
             results.append(CellFailure(device.name, threads, exc))
     return results
 

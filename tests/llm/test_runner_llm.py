@@ -1,0 +1,167 @@
+"""The runner's LLM mode for real: the tiny GGUF's fp32 program generates on the host runner, under
+qemu-aarch64 (cortex-a76) and over a real sshd exactly the tokens eager PyTorch chose at export,
+scores the held-out text to the export's perplexity, samples deterministically from a seed, and its
+runs are stored records that `edgerun compare` reads."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import numpy as np
+import pytest
+
+from edgerun.core.artifact import read_manifest
+from edgerun.core.errors import UsageError
+from edgerun.devices.inventory import resolve_device
+from edgerun.export.llm.export import PROMPTS
+from edgerun.llm import ArtifactTokenizer, BenchLLMSettings, GenerateSettings, TokenStream, bench_llm, generate, \
+    perplexity_on_device
+from edgerun.runtime.llm import LLMRequest
+from edgerun.runtime.protocol import parse_runner_output
+from edgerun.runtime.record import compare_records
+
+pytestmark = pytest.mark.slow
+
+GREEDY = GenerateSettings(max_new_tokens=32, ignore_stop=True, threads=1)
+
+
+def _eager_greedy(art):
+    m = read_manifest(art)
+    return m, m.llm.quality["greedy"]["eager"]
+
+
+def test_host_runner_generates_eagers_greedy_tokens(tiny_fp32):
+    m, eager = _eager_greedy(tiny_fp32)
+    seen: list[str] = []
+    record, ids = generate(tiny_fp32, "local://", PROMPTS[0], GREEDY, on_text=seen.append)
+    assert len(ids) == m.llm.quality["greedy"]["prompt_tokens"]
+    assert list(record.llm.ids) == eager and len(eager) == 32
+    assert record.llm.decode_forwards == 31 and record.latency.n == 31  # one sample per decode step
+    assert record.llm.prefill_tokens_per_s > 0 and record.llm.decode_tokens_per_s > 0 and record.llm.ttft_ms > 0
+    assert record.memory.peak_rss_bytes > 0 and record.llm.kv_cache_bytes == m.llm.kv_cache_bytes
+    tok = ArtifactTokenizer(m)
+    assert "".join(seen) == tok.decode(eager).rstrip("\ufffd") or "".join(seen) == tok.decode(eager)
+
+
+@pytest.mark.qemu
+def test_qemu_cortex_a76_generates_the_same_tokens(tiny_fp32, runner_bundle, need):
+    need("qemu-aarch64", "qemu-user")
+    runner_bundle("aarch64")
+    _, eager = _eager_greedy(tiny_fp32)
+    record, _ = generate(tiny_fp32, "qemu-aarch64://?cpu=cortex-a76", PROMPTS[0], GREEDY)
+    assert record.source == "emulated" and record.device.get("arch") == "aarch64"
+    assert list(record.llm.ids) == eager
+
+
+def test_over_ssh_generate_and_bench_records_compare(tiny_fp32, loopback_sshd, cli):
+    _, eager = _eager_greedy(tiny_fp32)
+    uri = loopback_sshd.uri()
+    streamed: list[str] = []
+    ssh_rec, _ = generate(tiny_fp32, uri, PROMPTS[0], GREEDY, on_text=streamed.append)
+    assert list(ssh_rec.llm.ids) == eager and streamed
+    local_rec, _ = generate(tiny_fp32, "local://", PROMPTS[0], GREEDY)
+    c = compare_records(local_rec, ssh_rec)
+    names = {d.metric for d in c.metrics}
+    assert {"decode_tokens_per_s", "prefill_tokens_per_s", "ttft_ms"} <= names
+    res = cli("compare", local_rec.run_id, ssh_rec.run_id, "--json")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert any(m["metric"] == "decode_tokens_per_s" and m["a"] and m["b"] for m in out["metrics"])
+
+    recs = bench_llm(tiny_fp32, ["local://", uri], BenchLLMSettings(prompts=(8,), generate=(4,), repetitions=2,
+                                                                    threads=(1,), warmup=0))
+    assert all(hasattr(r, "llm") for r in recs), [getattr(r, "error", r) for r in recs]
+    tests = sorted((r.device_name.startswith("ssh:"), r.llm.test) for r in recs)
+    assert tests == [(False, "pp8"), (False, "tg4"), (True, "pp8"), (True, "tg4")]
+    for r in recs:
+        assert r.llm.repetitions == 2 and r.llm.same_ids_every_repetition
+        if r.llm.test == "tg4":
+            assert r.llm.decode_forwards == 4 and r.latency.n == 8  # 4 decode steps x 2 repetitions
+        else:
+            assert r.llm.decode_tokens_per_s is None and r.latency.n == 2  # one prefill per repetition
+
+
+def test_score_on_the_device_reproduces_the_exports_perplexity(tiny_fp32):
+    m = read_manifest(tiny_fp32)
+    with resolve_device("local://", None) as dev:
+        rec = perplexity_on_device(tiny_fp32, dev, threads=1)
+    ppl = m.llm.quality["perplexity"]
+    assert rec.llm.perplexity_window == ppl["window"] and rec.llm.perplexity_tokens == ppl["tokens"] - 1
+    assert rec.llm.eager_perplexity == ppl["eager_fp32"]
+    assert rec.llm.perplexity == pytest.approx(ppl["program"], rel=1e-6)
+    lp = np.load(_newest_run_with("logprobs.npy") / "logprobs.npy")
+    assert lp.shape == (ppl["tokens"] - 1,) and np.all(lp <= 0)
+    assert np.exp(-lp.mean()) == pytest.approx(rec.llm.perplexity, rel=1e-9)
+
+
+def _newest_run_with(name: str):
+    from edgerun.core.paths import runs_dir
+
+    return max((p for p in runs_dir().iterdir() if (p / name).is_file()), key=lambda p: (p / name).stat().st_mtime)
+
+
+def test_sampling_is_deterministic_for_a_seed(tiny_fp32):
+    s = GenerateSettings(max_new_tokens=12, temperature=0.9, top_k=50, top_p=0.95, seed=7, threads=1, repeat=2,
+                         ignore_stop=True)
+    a, _ = generate(tiny_fp32, "local://", PROMPTS[1], s)
+    b, _ = generate(tiny_fp32, "local://", PROMPTS[1], s)
+    assert a.llm.ids == b.llm.ids and a.llm.same_ids_every_repetition
+    others = {generate(tiny_fp32, "local://", PROMPTS[1], GenerateSettings(
+        max_new_tokens=12, temperature=0.9, seed=seed, threads=1, ignore_stop=True))[0].llm.ids for seed in (1, 2, 3)}
+    assert len(others | {a.llm.ids}) > 1, "different seeds never changed a sampled token"
+
+
+def test_the_runner_refuses_bad_llm_requests_clearly(tiny_fp32, runner_bundle, make_artifact, tmp_path):
+    bundle = runner_bundle()
+    exe = [str(bundle.path / "edgerun-runner"), "--model", str(tiny_fp32 / "model.pte")]
+
+    def run(*args):
+        p = subprocess.run(exe + list(args), capture_output=True, text=True, timeout=120)
+        return p.returncode, parse_runner_output(p.stdout, exit_code=p.returncode)
+
+    rc, r = run("--llm", "generate", "--prompt-ids", "1,2,999")
+    assert rc == 11 and "id 999, outside the program's vocabulary 0..383" in r.error.message
+    rc, r = run("--llm", "generate", "--prompt-ids", ",".join(["1"] * 49))
+    assert rc == 11 and "max context is 48" in r.error.message
+    rc, r = run("--llm", "generate")
+    assert rc == 2 and "needs token ids" in r.error.message
+    (tmp_path / "ids.txt").write_text("1 2 three")
+    rc, r = run("--llm", "score", "--tokens", str(tmp_path / "ids.txt"))
+    assert rc == 11 and "'three' (item 2) is not a token id" in r.error.message
+    digits = make_artifact("digits_cnn", "host", "fp32")
+    p = subprocess.run([exe[0], "--model", str(digits / "model.pte"), "--llm", "generate", "--prompt-ids", "1"],
+                       capture_output=True, text=True, timeout=120)
+    r = parse_runner_output(p.stdout, exit_code=p.returncode)
+    assert p.returncode == 11 and "tokens [1,T] int64, input_pos [T] int64" in r.error.message
+    # a prompt longer than the artifact's context is refused before any device is touched
+    m = read_manifest(tiny_fp32)
+    with pytest.raises(UsageError, match="max context of 48"):
+        LLMRequest(prompt_ids=tuple([1] * 49)).check(m)
+
+
+def test_token_stream_shows_the_first_timed_repetition_only():
+    lines = [{"type": "token", "repeat": 0, "warmup": True, "index": 0, "id": 9},
+             {"type": "token", "repeat": 0, "warmup": False, "index": 0, "id": 1},
+             {"type": "token", "repeat": 0, "warmup": False, "index": 1, "id": 2},
+             {"type": "token", "repeat": 0, "warmup": False, "index": 2, "id": 5},  # a stop id: not shown
+             {"type": "token", "repeat": 1, "warmup": False, "index": 0, "id": 3}]
+    raw = "".join(json.dumps(x) + "\n" for x in lines).encode()
+    shown: list[str] = []
+    stream = TokenStream(lambda ids: "".join(f"<{i}>" for i in ids), shown.append, stop_ids=[5])
+    for k in range(0, len(raw), 7):  # chunks split lines anywhere
+        stream(raw[k:k + 7])
+    assert stream.ids == [1, 2] and "".join(shown) == "<1><2>"
+
+
+def test_cli_generate_json_and_bench_llm_csv(tiny_fp32, cli):
+    res = cli("generate", str(tiny_fp32), "--prompt", PROMPTS[0], "-n", "5", "--threads", "1", "--json")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert len(out["ids"]) <= 5 and isinstance(out["text"], str) and out["decode_tokens_per_s"] is not None
+    res = cli("bench-llm", str(tiny_fp32), "-p", "8", "-n", "4", "-r", "2", "-t", "1", "-o", "csv")
+    assert res.returncode == 0, res.stderr
+    header, *rows = res.stdout.strip().splitlines()
+    assert header.startswith("run_id,model,scheme") and len(rows) == 2
+    res = cli("generate", str(tiny_fp32), "--prompt", "x" * 400, "--json")
+    assert res.returncode == 2 and "max context of 48" in json.loads(res.stdout)["error"]["message"]
