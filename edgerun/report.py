@@ -18,6 +18,7 @@ import math
 from typing import Any, Callable, Sequence
 
 from edgerun.core.errors import UsageError
+from edgerun.core.text import sanitize_text
 from edgerun.runtime import columns as cols
 from edgerun.runtime.columns import ALWAYS, NEVER, cap_name, format_delta, format_ms
 from edgerun.runtime.record import EMULATED, RunComparison, RunRecord, compare_records, flat_row
@@ -295,6 +296,44 @@ def plot_comparison(records: Sequence[RunRecord]) -> bytes:
     return _png(fig)
 
 
+def plot_llm_throughput(records: Sequence[RunRecord]) -> bytes:
+    """Prefill and decode tokens/s per LLM run (mean ± sd over repetitions), measured and emulated apart."""
+    llm = [r for r in records if r.llm is not None and (r.llm.prefill_tokens_per_s or r.llm.decode_tokens_per_s)]
+    groups = by_source(llm)
+    fig = _figure(10, 1.2 + 0.45 * len(llm) + 0.6 * len(groups))
+    axes = fig.subplots(len(groups), 1, squeeze=False)[:, 0]
+    for ax, (source, group) in zip(axes, groups):
+        labels = [f"{_short(r)} {r.llm.test} t{r.provenance.threads}" for r in group]
+        pos = list(range(len(group)))
+        for k, (attr, name) in enumerate((("prefill_tokens_per_s", "prefill"), ("decode_tokens_per_s", "decode"))):
+            vals = [getattr(r.llm, attr) or 0 for r in group]
+            sds = [getattr(r.llm, attr + "_sd") or 0 for r in group]
+            ax.barh([p + 0.4 * k - 0.2 for p in pos], vals, height=0.38, xerr=sds, label=name)
+        ax.set_yticks(pos, labels, fontsize=7)
+        ax.set_xlabel("tokens/s (mean ± sd over repetitions" + (", emulated" if source == EMULATED else "") + ")")
+        ax.legend(fontsize=7)
+        _mark_source(ax, source, "LLM throughput")
+    return _png(fig)
+
+
+def llm_memory_rows(records: Sequence[RunRecord]) -> list[list[str]]:
+    """One row per LLM run: the sizes that decide whether a model fits a device, and its quality."""
+    out = []
+    for r in records:
+        m = r.llm
+        if m is None:
+            continue
+        ppl = "—" if m.perplexity is None else f"{m.perplexity:.3f}" + (
+            f" (eager fp32 {m.eager_perplexity:.3f}, {m.perplexity / m.eager_perplexity - 1:+.1%})"
+            if m.eager_perplexity else "")
+        out.append([r.run_id, str(r.model.scheme), m.test, fmt_value("pte_bytes", r.memory.pte_bytes),
+                    fmt_value("pte_bytes", m.weight_bytes), fmt_value("pte_bytes", m.kv_cache_bytes),
+                    fmt_value("planned_bytes", r.memory.planned_bytes),
+                    fmt_value("peak_rss_bytes", r.memory.peak_rss_bytes) + (" (emulated)" if r.source == EMULATED
+                                                                            else ""), ppl])
+    return out
+
+
 # -------------------------------------------------------------------------------- pareto
 def _accuracy_of(row: dict) -> tuple[float | None, str]:
     if row.get("task_accuracy") is not None:
@@ -483,6 +522,14 @@ def to_html(records: Sequence[RunRecord], comparisons: Sequence[RunComparison] =
         parts.append("<h2>Trade-off</h2>")
         parts.append(_img(plot_pareto(records), "pareto latency size accuracy"))
 
+    if any(r.llm is not None for r in records):
+        parts.append("<h2>LLM: tokens/s and memory</h2>")
+        if any(r.llm is not None and (r.llm.prefill_tokens_per_s or r.llm.decode_tokens_per_s) for r in records):
+            parts.append(_img(plot_llm_throughput(records), "LLM tokens per second"))
+        parts.append(_html_table(["run", "scheme", "test", ".pte", "weights", "KV cache (max context)", "planned",
+                                  "peak RSS", "perplexity"], llm_memory_rows(records),
+                                 [False, False, False, True, True, True, True, True, False]))
+
     by_id = {r.run_id: r for r in records}
     for c in comparisons:
         parts.append(f"<h2>{html.escape(c.run_b)} vs {html.escape(c.run_a)}</h2>")
@@ -530,6 +577,9 @@ def to_html(records: Sequence[RunRecord], comparisons: Sequence[RunComparison] =
                                            fmt_value("median_ms", o.median_ms), fmt_value("share", o.share)]
                                           for o in ops.delegate_ops[:top]],
                                          [False, False, True, True, True]))
+        if r.llm is not None and r.llm.text is not None:
+            parts.append(f"<p>Generated ({len(r.llm.ids)} tokens, stop: {html.escape(str(r.llm.stop))}):</p>"
+                         f"<pre>{html.escape(sanitize_text(r.llm.text))}</pre>")
         if r.accuracy is not None and r.accuracy.outputs:
             parts.append(f"<p>Accuracy against {html.escape(r.accuracy.reference)} "
                          f"({r.accuracy.vectors} vector(s)):</p>")
