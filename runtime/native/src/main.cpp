@@ -34,6 +34,7 @@
 
 #include "json_out.h"
 #include "llm.h"
+#include "train.h"
 #include "npy.h"
 #include "runner_common.h"
 #include "threadpool_api.h"
@@ -175,6 +176,7 @@ struct Options {
   bool warmup_given = false;
   std::string tokens_file;
   edgerun::LlmOptions llm;
+  edgerun::TrainOptions train;
 };
 
 const char* kUsage =
@@ -187,6 +189,11 @@ const char* kUsage =
     "         [--top-p P] [--seed N] [--warmup W] [--repeat R] [--threads T] [--etdump PATH]\n"
     "       edgerun-runner --model PATH --llm score (--prompt-ids ... | --tokens FILE) [--window W]\n"
     "         [--logprobs PATH.npy]\n"
+    "       edgerun-runner --model TRAIN.pte --train --data X.npy --labels Y.npy [--eval-data X.npy\n"
+    "         --eval-labels Y.npy] [--steps N] [--lr LR] [--optimizer sgd|adamw] [--momentum M]\n"
+    "         [--weight-decay WD] [--grad-accum K] [--lr-schedule constant|cosine] [--warmup-steps W]\n"
+    "         [--log-every K] [--eval-every E] [--checkpoint PATH [--checkpoint-every K]] [--resume PATH]\n"
+    "         [--weights-out DIR] [--no-shuffle] [--stop-at STEP] [--seed N] [--threads T]\n"
     "       edgerun-runner --list-kernels | --version | --help\n"
     "Prints JSON lines on stdout (see PROTOCOL.md); exit codes: 2 usage, 10 load, 11 input,\n"
     "12 execute, 13 output.\n";
@@ -258,6 +265,47 @@ std::string parse_args(int argc, char** argv, Options* o) {
     } else if (flag == "--warmup") {
       problem = need_int(0, &o->warmup);
       o->warmup_given = true;
+    } else if (flag == "--train") {
+      o->train.enabled = true;
+    } else if (flag == "--no-shuffle") {
+      o->train.shuffle = false;
+    } else if (flag == "--data" || flag == "--labels" || flag == "--eval-data" || flag == "--eval-labels" ||
+               flag == "--checkpoint" || flag == "--resume" || flag == "--weights-out") {
+      std::string* dst = flag == "--data" ? &o->train.data : flag == "--labels" ? &o->train.labels
+                         : flag == "--eval-data" ? &o->train.eval_data : flag == "--eval-labels" ? &o->train.eval_labels
+                         : flag == "--checkpoint" ? &o->train.checkpoint : flag == "--resume" ? &o->train.resume
+                         : &o->train.weights_out;
+      if (!need(dst) || dst->empty()) return flag + " needs a path";
+    } else if (flag == "--steps") {
+      problem = need_int(1, &o->train.steps);
+    } else if (flag == "--stop-at") {
+      problem = need_int(1, &o->train.stop_at);
+    } else if (flag == "--grad-accum") {
+      problem = need_int(1, &o->train.grad_accum);
+    } else if (flag == "--log-every") {
+      problem = need_int(1, &o->train.log_every);
+    } else if (flag == "--eval-every") {
+      problem = need_int(0, &o->train.eval_every);
+    } else if (flag == "--checkpoint-every") {
+      problem = need_int(0, &o->train.checkpoint_every);
+    } else if (flag == "--warmup-steps") {
+      problem = need_int(0, &o->train.warmup_steps);
+    } else if (flag == "--lr" || flag == "--momentum" || flag == "--weight-decay") {
+      std::string v;
+      if (!need(&v)) return flag + " needs a number";
+      double* dst = flag == "--lr" ? &o->train.lr : flag == "--momentum" ? &o->train.momentum : &o->train.weight_decay;
+      double hi = flag == "--momentum" ? 0.999999 : 1e6;
+      if (!parse_double(v, flag == "--lr" ? 1e-12 : 0.0, hi, dst))
+        return flag + " needs a number in " + (flag == "--lr" ? "(0, 1e6]" : flag == "--momentum" ? "[0, 1)" : "[0, 1e6]") +
+               ", got '" + v + "'";
+    } else if (flag == "--optimizer") {
+      if (!need(&o->train.optimizer)) return "--optimizer needs sgd or adamw";
+      if (o->train.optimizer != "sgd" && o->train.optimizer != "adamw")
+        return "--optimizer must be sgd or adamw, got '" + o->train.optimizer + "'";
+    } else if (flag == "--lr-schedule") {
+      if (!need(&o->train.schedule)) return "--lr-schedule needs constant or cosine";
+      if (o->train.schedule != "constant" && o->train.schedule != "cosine")
+        return "--lr-schedule must be constant or cosine, got '" + o->train.schedule + "'";
     } else if (flag == "--llm") {
       if (!need(&o->llm.mode)) return "--llm needs generate or score";
       if (o->llm.mode != "generate" && o->llm.mode != "score")
@@ -331,6 +379,19 @@ std::string parse_args(int argc, char** argv, Options* o) {
   if (o->input_batch.empty() != o->batch_output.empty())
     return "--input-batch and --batch-output go together (one was given without the other)";
   const bool llm = !o->llm.mode.empty();
+  const auto& tr = o->train;
+  const bool train_flags = !tr.data.empty() || !tr.labels.empty() || !tr.eval_data.empty() || !tr.eval_labels.empty() ||
+                           !tr.checkpoint.empty() || !tr.resume.empty() || !tr.weights_out.empty();
+  if (!tr.enabled && train_flags) return "--data, --labels, --eval-*, --checkpoint, --resume and --weights-out need --train";
+  if (tr.enabled) {
+    if (llm || !o->inputs.empty() || !o->input_batch.empty() || !o->output_dir.empty() || !o->etdump.empty())
+      return "--train takes its data from --data/--labels; --llm, --input, --input-batch, --output-dir and --etdump "
+             "do not apply";
+    if (tr.data.empty() || tr.labels.empty()) return "--train needs --data X.npy and --labels Y.npy";
+    if (tr.eval_data.empty() != tr.eval_labels.empty()) return "--eval-data and --eval-labels go together";
+    if (tr.checkpoint_every > 0 && tr.checkpoint.empty()) return "--checkpoint-every needs --checkpoint PATH";
+    return "";
+  }
   const int sources = (o->llm.tokens_source == "prompt-ids") + !o->tokens_file.empty() + (o->llm.random_prompt > 0);
   if (!llm && (sources || !o->llm.stop_ids.empty() || o->llm.ignore_stop || !o->llm.logprobs_path.empty() ||
                o->llm.window))
@@ -779,6 +840,38 @@ int main(int argc, char** argv) {
     else if (err == Error::NotFound)
       hint = ": a delegate backend the program uses may not be linked into this runner";
     fail("load", kExitLoad, err, "load_method(" + o.method + ") failed with " + error_name(err) + hint);
+  }
+
+  // ---- train mode: optimizer steps on the device --------------------------------------------
+  if (o.train.enabled) {
+    edgerun::JsonLine()
+        .str("type", "load")
+        .str("program", o.model)
+        .str("method", o.method)
+        .str("load_mode", o.load_mode)
+        .num("program_load_ns", ns_between(t0, t1))
+        .num("method_load_ns", ns_between(t2, t3))
+        .num("load_ns", ns_between(t0, t1) + ns_between(t2, t3))
+        .raw("inputs", describe_tensors(meta, true, "train"))
+        .raw("outputs", describe_tensors(meta, false, ""))
+        .emit();
+    auto l0 = Clock::now();
+    int64_t steps = edgerun::run_train(module, o.method, o.train, o.seed);
+    int64_t total_ns = ns_between(l0, Clock::now());
+    ProcStatus st = read_proc_status();
+    edgerun::JsonLine()
+        .str("type", "summary")
+        .str("mode", "train")
+        .num("iterations", steps)
+        .num("warmup", 0)
+        .num("timed_total_ns", total_ns)
+        .num_or_null("peak_rss_kb", st.vm_hwm_kb, st.present)
+        .num_or_null("rss_kb", st.vm_rss_kb, st.present)
+        .raw("outputs", "[]")
+        .raw("etdump", "null")
+        .emit();
+    std::fflush(stdout);
+    return 0;
   }
 
   // ---- LLM mode: tokens in, tokens (or log-probabilities) out ---------------------------------
