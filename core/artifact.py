@@ -497,6 +497,9 @@ class Manifest:
     warnings: tuple[str, ...] = ()
     stage_seconds: Mapping[str, float] | None = None   # wall time per export stage
     llm: LLMFacts | None = None                        # LLM artifacts only
+    #: where the weights came from when they were not the model spec's own: a fine-tuning run on a
+    #: device (base model and recipe, method, data hash, steps, final loss, weights hash, run id)
+    lineage: Mapping[str, Any] | None = None
     schema_version: int = SCHEMA_VERSION
     path: Path | None = field(default=None, compare=False)
 
@@ -526,6 +529,8 @@ class Manifest:
             out["stage_seconds"] = dict(self.stage_seconds)
         if self.graph is not None:
             out["graph"] = dict(self.graph)
+        if self.lineage is not None:
+            out["lineage"] = dict(self.lineage)
         out["warnings"] = list(self.warnings)
         return out
 
@@ -577,6 +582,7 @@ class Manifest:
                 llm=LLMFacts.from_json(llm, "llm") if (llm := _get(d, "llm", dict, "manifest", optional=True))
                 else None,
                 graph=_get(d, "graph", dict, "manifest", optional=True),
+                lineage=_get(d, "lineage", dict, "manifest", optional=True),
                 warnings=_strings(_get(d, "warnings", list, "manifest", optional=True, default=[]), "warnings"),
                 stage_seconds=_seconds(_get(d, "stage_seconds", dict, "manifest", optional=True), "stage_seconds"),
                 path=Path(path) if path is not None else None,

@@ -450,7 +450,7 @@ def _versions() -> dict:
 
 
 def export_model(
-    model: str,
+    model: "str | ModelSpec",
     target: str,
     scheme: str | None = None,
     out_dir: str | os.PathLike | None = None,
@@ -491,7 +491,8 @@ def export_model(
         scheme_name = scheme or tgt.default_scheme
         tgt.check_scheme(scheme_name)
         sch = make_scheme(scheme_name, **(scheme_options or {}))
-        spec: ModelSpec = get_model(model)
+        spec: ModelSpec = model if isinstance(model, ModelSpec) else get_model(model)
+        model = spec.name
         limits = Thresholds.for_scheme(sch, **(thresholds or {}))
         identity = recipe_identity(spec, tgt, sch, calibration=options.calibration, seed=options.seed,
                                    vectors=options.vectors, vectors_file=options.vectors_file)

@@ -36,6 +36,7 @@ class Unit(str, enum.Enum):
     TEXT = "text"
     TIMESTAMP = "timestamp"  # ISO 8601, UTC
     TOKENS_PER_S = "tokens/s"
+    PER_S = "per s"  # steps or samples per second
     PERPLEXITY = "perplexity"  # exp(mean negative log-likelihood per token)
 
     @property
@@ -45,7 +46,7 @@ class Unit(str, enum.Enum):
         Not for dB (already a log ratio) nor for fractions such as CV or accuracy (a change of
         0.5 % → 1 % is "+100 %" and says nothing): those get an absolute change.
         """
-        return self in (Unit.MS, Unit.BYTES, Unit.COUNT, Unit.TOKENS_PER_S, Unit.PERPLEXITY)
+        return self in (Unit.MS, Unit.BYTES, Unit.COUNT, Unit.TOKENS_PER_S, Unit.PER_S, Unit.PERPLEXITY)
 
 
 class Kind(str, enum.Enum):
@@ -54,6 +55,7 @@ class Kind(str, enum.Enum):
     MEMORY = "memory"  # sizes and load time
     OPERATORS = "operators"
     LLM = "llm"  # tokens/s, time to first token, perplexity
+    TRAINING = "training"  # loss, held-out accuracy before/after, steps/s
     ACCURACY = "accuracy"
     DEVICE = "device"  # the device's state: governor, frequency, temperature
     PROVENANCE = "provenance"  # versions, commits, recipe, sweep
@@ -219,6 +221,18 @@ def _llm(attr: str) -> Callable[["RunRecord"], Any]:
     return lambda r: getattr(r.llm, attr) if r.llm is not None else None
 
 
+def _ev(when: str, key: str) -> Callable[["RunRecord"], Any]:
+    def get(r):
+        t = r.training
+        e = (t.eval_before if when == "before" else t.eval_after) if t is not None else None
+        return e.get(key) if e else None
+    return get
+
+
+def _tr(attr: str) -> Callable[["RunRecord"], Any]:
+    return lambda r: getattr(r.training, attr) if r.training is not None else None
+
+
 def format_rate(x: float | None) -> str:
     return "—" if x is None else f"{x:.1f}" if abs(x) >= 10 else f"{x:.3g}"
 
@@ -275,6 +289,19 @@ COLUMNS: tuple[Column, ...] = (
     C("eager_perplexity", U.PERPLEXITY, K.LLM, _llm("eager_perplexity"), summary=True,
       doc="eager fp32 at export, same text and windows"),
     C("kv_cache_bytes", U.BYTES, K.MEMORY, _llm("kv_cache_bytes"), doc="the KV cache at max context"),
+    C("train_method", U.TEXT, K.IDENTITY, _tr("method"), doc="fine-tuning runs: full | lora | mezo"),
+    C("train_steps", U.COUNT, K.TRAINING, _tr("steps")),
+    C("final_loss", U.FRACTION, K.TRAINING, lambda r: r.training.loss_curve[-1][1]
+      if r.training is not None and r.training.loss_curve else None, LOWER, summary=True, formatter=lambda x: f"{x:.4g}",
+      doc="training loss at the last step"),
+    C("eval_accuracy_before", U.FRACTION, K.TRAINING, _ev("before", "accuracy"), summary=True,
+      doc="held-out accuracy on the device before training"),
+    C("eval_accuracy_after", U.FRACTION, K.TRAINING, _ev("after", "accuracy"), HIGHER, compared=True, summary=True,
+      doc="held-out accuracy on the device after training"),
+    C("steps_per_s", U.PER_S, K.TRAINING, _tr("steps_per_s"), HIGHER, compared=True, summary=True,
+      formatter=format_rate, doc="optimizer steps per second of execute time"),
+    C("trainable_bytes", U.BYTES, K.MEMORY, _tr("trainable_bytes"), summary=True),
+    C("optimizer_state_bytes", U.BYTES, K.MEMORY, _tr("optimizer_state_bytes")),
     C("load_ms", U.MS, K.MEMORY, lambda r: r.memory.load_ms, LOWER, compared=True),
     C("peak_rss_bytes", U.BYTES, K.MEMORY, lambda r: r.memory.peak_rss_bytes, LOWER, compared=True, summary=True),
     C("planned_bytes", U.BYTES, K.MEMORY, lambda r: r.memory.planned_bytes, LOWER, compared=True),

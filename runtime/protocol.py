@@ -325,6 +325,80 @@ class Perplexity:
                    logprobs=_f(d, "logprobs", str, optional=True))
 
 
+# -- the train mode's lines (``--train``)
+@dataclass(frozen=True)
+class TrainLine:
+    parameters: int
+    trainable: int
+    batch: int
+    steps: int
+    start_step: int = 0
+    raw: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, d):
+        return cls(parameters=_f(d, "parameters", int), trainable=_f(d, "trainable", int), batch=_f(d, "batch", int),
+                   steps=_f(d, "steps", int), start_step=_f(d, "start_step", int, optional=True, default=0),
+                   raw=dict(d))
+
+
+@dataclass(frozen=True)
+class StepLine:
+    step: int
+    loss: float
+    lr: float
+    execute_ns: int
+    wall_ns: int | None = None
+    steps_in_line: int = 1
+    loss_mean: float | None = None
+
+    @classmethod
+    def parse(cls, d):
+        return cls(step=_f(d, "step", int), loss=_f(d, "loss", float), lr=_f(d, "lr", float),
+                   execute_ns=_nonneg(_f(d, "execute_ns", int)), wall_ns=_f(d, "wall_ns", int, optional=True),
+                   steps_in_line=_f(d, "steps_in_line", int, optional=True, default=1),
+                   loss_mean=_f(d, "loss_mean", float, optional=True))
+
+
+@dataclass(frozen=True)
+class EvalLine:
+    when: str
+    step: int
+    samples: int
+    loss: float
+    accuracy: float | None = None
+
+    @classmethod
+    def parse(cls, d):
+        return cls(when=_f(d, "when", str), step=_f(d, "step", int), samples=_f(d, "samples", int),
+                   loss=_f(d, "loss", float), accuracy=_f(d, "accuracy", float, optional=True))
+
+
+@dataclass(frozen=True)
+class CheckpointLine:
+    step: int
+    path: str
+    bytes: int | None = None
+
+    @classmethod
+    def parse(cls, d):
+        return cls(step=_f(d, "step", int), path=_f(d, "path", str), bytes=_f(d, "bytes", int, optional=True))
+
+
+@dataclass(frozen=True)
+class WeightsLine:
+    dir: str
+    names: tuple[str, ...]
+    files: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, d):
+        names, files = _f(d, "names", list), _f(d, "files", list)
+        if len(names) != len(files) or not all(isinstance(x, str) for x in names + files):
+            raise _Bad("'names' and 'files' must be lists of strings of one length")
+        return cls(dir=_f(d, "dir", str), names=tuple(names), files=tuple(files))
+
+
 def _nonneg(v: int) -> int:
     if v < 0:
         raise _Bad("durations must be >= 0")
@@ -334,7 +408,8 @@ def _nonneg(v: int) -> int:
 LINE_TYPES: dict[str, type] = {"header": Header, "load": Load, "iteration": Iteration, "batch": Batch,
                                "summary": Summary, "error": ErrorLine, "kernels": Kernels, "llm": LlmLine,
                                "prefill": Prefill, "token": Token, "generation": Generation, "score": ScoreWindow,
-                               "perplexity": Perplexity}
+                               "perplexity": Perplexity, "train": TrainLine, "step": StepLine, "eval": EvalLine,
+                               "checkpoint": CheckpointLine, "weights": WeightsLine}
 
 
 @dataclass
@@ -398,6 +473,26 @@ class RunnerResult:
     @property
     def perplexity(self) -> Perplexity | None:
         return self._first(Perplexity)
+
+    @property
+    def train(self) -> TrainLine | None:
+        return self._first(TrainLine)
+
+    @property
+    def steps(self) -> list[StepLine]:
+        return [ln for ln in self.typed if isinstance(ln, StepLine)]
+
+    @property
+    def evals(self) -> list[EvalLine]:
+        return [ln for ln in self.typed if isinstance(ln, EvalLine)]
+
+    @property
+    def checkpoints(self) -> list[CheckpointLine]:
+        return [ln for ln in self.typed if isinstance(ln, CheckpointLine)]
+
+    @property
+    def weights(self) -> WeightsLine | None:
+        return self._first(WeightsLine)
 
     @property
     def iterations(self) -> list[Iteration]:

@@ -140,6 +140,58 @@ class LLMMetrics:
 
 
 @dataclass(frozen=True)
+class TrainingMetrics:
+    """A fine-tuning run on the device (the runner's train mode): what was trained how, the loss curve,
+    held-out loss/accuracy before and after (computed on the device), throughput and the memory table
+    the survey is about (trainable parameters and bytes, optimizer state, peak RSS is in ``memory``)."""
+
+    method: str                                  # full | lora | mezo
+    optimizer: str
+    lr: float
+    steps: int                                   # optimizer steps run in this invocation
+    start_step: int
+    batch: int
+    grad_accum: int
+    trainable: int
+    frozen: int
+    trainable_bytes: int
+    optimizer_state_bytes: int
+    train_samples: int
+    eval_samples: int
+    loss_curve: tuple[tuple[int, float], ...]    # (step, loss) per step line
+    eval: tuple[dict, ...] = ()                  # {when, step, samples, loss, accuracy}
+    steps_per_s: float | None = None             # optimizer steps / their execute time
+    samples_per_s: float | None = None
+    data_sha256: str | None = None
+    checkpoint: str | None = None
+    weights_sha256: str | None = None
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def eval_before(self) -> dict | None:
+        return next((e for e in self.eval if e.get("when") == "before"), None)
+
+    @property
+    def eval_after(self) -> dict | None:
+        return next((e for e in self.eval if e.get("when") == "after"), None)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["loss_curve"] = [list(x) for x in self.loss_curve]
+        d["eval"] = [dict(e) for e in self.eval]
+        d["settings"] = dict(self.settings)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TrainingMetrics":
+        kw = {k: d.get(k) for k in cls.__dataclass_fields__ if k in d}
+        kw["loss_curve"] = tuple((int(s), float(v)) for s, v in d.get("loss_curve") or ())
+        kw["eval"] = tuple(dict(e) for e in d.get("eval") or ())
+        kw["settings"] = dict(d.get("settings") or {})
+        return cls(**kw)
+
+
+@dataclass(frozen=True)
 class RunRecord:
     run_id: str
     created_at: str  # ISO 8601, UTC
@@ -158,6 +210,7 @@ class RunRecord:
     sweep_id: str | None = None  # bench: the sweep this run is a cell of
     cell: str | None = None  # bench: the cell key (model/scheme/target/device/threads)
     llm: LLMMetrics | None = None  # LLM runs (generate, bench-llm, perplexity)
+    training: TrainingMetrics | None = None  # fine-tuning runs on the device
     record_version: int = RECORD_VERSION
 
     # -- views
@@ -175,6 +228,8 @@ class RunRecord:
             out["accuracy"] = self.accuracy.source
         if self.llm is not None:
             out["llm"] = self.source
+        if self.training is not None:
+            out["training"] = self.source
         return out
 
     # -- serialisation (the store and --json use these)
@@ -199,6 +254,7 @@ class RunRecord:
             "sweep_id": self.sweep_id,
             "cell": self.cell,
             "llm": self.llm.to_dict() if self.llm else None,
+            "training": self.training.to_dict() if self.training else None,
         }
 
     @classmethod
@@ -220,6 +276,7 @@ class RunRecord:
             warnings=tuple(d.get("warnings") or ()),
             sweep_id=d.get("sweep_id"), cell=d.get("cell"),
             llm=LLMMetrics.from_dict(d["llm"]) if d.get("llm") else None,
+            training=TrainingMetrics.from_dict(d["training"]) if d.get("training") else None,
             record_version=d.get("record_version", RECORD_VERSION),
         )
 

@@ -33,6 +33,7 @@ _COMMAND_MODULES = [
     "edgerun.cli.results_cmd",
     "edgerun.cli.profile_cmd",
     "edgerun.cli.llm_cmd",
+    "edgerun.cli.finetune_cmd",
 ]
 
 

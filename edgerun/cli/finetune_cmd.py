@@ -1,0 +1,148 @@
+"""``edgerun finetune``: fine-tuning on the device with the native runner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from ._common import DebugOpt, JsonOpt, err_console, execute, plain, progress
+from .profile_cmd import DeviceOpt, InventoryOpt, _device_list
+from .results_cmd import StoreOpt, record_json
+
+out = Console()
+
+
+class StepPrinter:
+    """Shows the loss as the device trains (the runner's step/eval lines, where the transport streams)."""
+
+    def __init__(self, status, every: int) -> None:
+        self.status, self.every, self.buf = status, max(1, every), b""
+
+    def __call__(self, chunk: bytes) -> None:
+        self.buf += chunk
+        *lines, self.buf = self.buf.split(b"\n")
+        for raw in lines:
+            try:
+                d = json.loads(raw)
+            except ValueError:
+                continue
+            if not isinstance(d, dict):
+                continue
+            if d.get("type") == "step" and isinstance(d.get("step"), int) and d["step"] % self.every == 0:
+                self.status.update(f"step {d['step']}: loss {d.get('loss', float('nan')):.4f}, lr {d.get('lr', 0):.3g}")
+            elif d.get("type") == "eval" and isinstance(d.get("loss"), (int, float)):
+                acc = d.get("accuracy")
+                self.status.update(f"eval ({plain(d.get('when'))}, step {d.get('step')}): loss {d['loss']:.4f}"
+                                   + (f", accuracy {acc:.1%}" if isinstance(acc, (int, float)) else ""))
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("finetune")
+    def finetune_cmd(
+        model: Annotated[str, typer.Argument(help="Zoo classifier (e.g. digits_cnn) or 'package.module:factory'.")],
+        device: DeviceOpt = "local://",
+        method: Annotated[str, typer.Option(help="full (LoRA and MeZO are not built yet).")] = "full",
+        data: Annotated[Optional[Path], typer.Option(
+            help=".npz with x_train, y_train (and x_eval, y_eval); default: the model's own dataset.")] = None,
+        data_on_device: Annotated[Optional[str], typer.Option(
+            help="A directory on the device with x_train.npy, y_train.npy (x_eval.npy, y_eval.npy): the data "
+                 "never leaves the device.")] = None,
+        steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 200,
+        batch: Annotated[int, typer.Option(help="Samples per batch (the program is exported for it).")] = 16,
+        lr: Annotated[float, typer.Option(help="Learning rate.")] = 0.01,
+        optimizer: Annotated[str, typer.Option(help="sgd | adamw.")] = "sgd",
+        momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.9,
+        weight_decay: Annotated[float, typer.Option(help="SGD: L2; AdamW: decoupled.")] = 0.0,
+        grad_accum: Annotated[int, typer.Option(help="Batches per optimizer step.")] = 1,
+        lr_schedule: Annotated[str, typer.Option(help="constant | cosine.")] = "constant",
+        warmup_steps: Annotated[int, typer.Option(help="Linear learning-rate warm-up steps.")] = 0,
+        eval_every: Annotated[int, typer.Option(help="Also evaluate every E steps (0: before and after).")] = 0,
+        checkpoint_every: Annotated[int, typer.Option(help="Write a checkpoint every K steps (0: at the end).")] = 0,
+        resume: Annotated[Optional[Path], typer.Option(help="checkpoint.bin of an earlier run to go on from.")] = None,
+        freeze: Annotated[Optional[list[str]], typer.Option(
+            help="Parameter-name prefix not to train (repeatable), e.g. features.")] = None,
+        export_to: Annotated[Optional[Path], typer.Option(
+            help="Export the fine-tuned model here (verified against eager PyTorch with the trained weights).")] = None,
+        target: Annotated[str, typer.Option(help="--export-to: the target.")] = "host",
+        scheme: Annotated[str, typer.Option(help="--export-to: the scheme.")] = "fp32",
+        seed: Annotated[int, typer.Option(help="Data order seed.")] = 0,
+        threads: Annotated[int, typer.Option(help="Runner threads (0: default).")] = 0,
+        timeout: Annotated[float, typer.Option(help="Seconds allowed for the training run.")] = 3600,
+        store: StoreOpt = None,
+        inventory: InventoryOpt = None,
+        json_out: JsonOpt = False,
+        debug: DebugOpt = False,
+    ) -> None:
+        """Fine-tune MODEL on a device: the native runner trains there (no Python, no torch on the device).
+
+        Exports a training program (loss, gradients and the optimizer run in the runner), sends it with
+        the data (or uses --data-on-device), streams the loss, evaluates on held-out data on the device
+        before and after, pulls the trained weights and a checkpoint, and stores a training record
+        (`edgerun runs list`, `compare`, `report`). --export-to makes a verified inference artifact of
+        the trained weights whose manifest names its lineage.
+        """
+        from edgerun.runtime.train import TrainRequest
+
+        request = TrainRequest(steps=steps, lr=lr, optimizer=optimizer, momentum=momentum if optimizer == "sgd" else 0.0,
+                               weight_decay=weight_decay, grad_accum=grad_accum, schedule=lr_schedule,
+                               warmup_steps=warmup_steps, eval_every=eval_every, checkpoint_every=checkpoint_every,
+                               seed=seed, threads=threads)
+
+        def work() -> dict:
+            from edgerun.finetune import FinetuneSettings, finetune
+
+            settings = FinetuneSettings(method=method, batch=batch, freeze=tuple(freeze or ()),
+                                        data=str(data) if data else None, data_on_device=data_on_device,
+                                        resume=str(resume) if resume else None,
+                                        export_to=str(export_to) if export_to else None, target=target,
+                                        scheme=scheme, timeout_s=timeout)
+            names = _device_list(device, False, inventory)
+            with progress(f"finetune {model}") as status:
+                res = finetune(model, names[0], request, settings, store_path=store, inventory=inventory,
+                               on_stdout=StepPrinter(status, max(1, steps // 20)), on_progress=status.update)
+            rec = res["record"]
+            t = rec.training
+            return {"run_id": rec.run_id, "device": rec.device_name, "source": rec.source,
+                    "training": t.to_dict(), "eval_before": t.eval_before, "eval_after": t.eval_after,
+                    "steps_per_s": t.steps_per_s, "peak_rss_bytes": rec.memory.peak_rss_bytes,
+                    "agreement": res["agreement"], "program": res["program"].to_json(),
+                    "run_dir": str(res["run_dir"]), "checkpoint": t.checkpoint,
+                    "export": str(res["export"].dir) if res["export"] is not None else None,
+                    "run": record_json(rec)}
+
+        def human(r: dict) -> None:
+            from edgerun.runtime.columns import format_bytes
+
+            t = r["training"]
+            curve = t["loss_curve"]
+            b, a = r["eval_before"], r["eval_after"]
+
+            def ev(e):
+                if not e:
+                    return "—"
+                acc = e.get("accuracy")
+                return f"loss {e['loss']:.4f}" + (f", accuracy {acc:.1%}" if acc is not None else "")
+
+            out.print(f"[bold]{plain(model)}[/] fine-tuned ({plain(t['method'])}, {plain(t['optimizer'])}, lr {t['lr']:g}) "
+                      f"on {plain(r['device'])}{' (emulated)' if r['source'] == 'emulated' else ''}: "
+                      f"{t['steps']} steps of {t['batch']}", highlight=False)
+            if curve:
+                out.print(f"  training loss {curve[0][1]:.4f} → {curve[-1][1]:.4f}", highlight=False)
+            out.print(f"  held-out on the device: before {ev(b)}; after {ev(a)}", highlight=False)
+            if r["agreement"]:
+                g = r["agreement"]
+                out.print(f"  the pulled weights in eager PyTorch: accuracy {g['eager_accuracy']:.1%} "
+                          f"({'agrees' if g['agrees'] else '[red]DISAGREES[/]'} with the device)", highlight=False)
+            sps = r["steps_per_s"]
+            out.print(f"  {'—' if sps is None else f'{sps:.1f}'} steps/s; trainable {t['trainable']:,} parameters "
+                      f"({format_bytes(t['trainable_bytes'])}), optimizer state {format_bytes(t['optimizer_state_bytes'])}, "
+                      f"peak RSS {format_bytes(r['peak_rss_bytes'])}", highlight=False)
+            out.print(f"  run {plain(r['run_id'])}; checkpoint {plain(r['checkpoint'])}", highlight=False)
+            if r["export"]:
+                out.print(f"  inference artifact: {plain(r['export'])}", highlight=False)
+
+        execute(work, json_out=json_out, debug=debug, human=human)

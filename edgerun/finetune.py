@@ -1,0 +1,186 @@
+"""``edgerun finetune``: train a model on the device with the native runner, bring back a verified artifact.
+
+The hall's wiring: model spec + data -> training program (:mod:`edgerun.export.finetune`, cached by
+recipe) -> the runner's train mode on the device (:mod:`edgerun.runtime.train`; loss streamed as it
+trains) -> a training record in the store beside inference runs -> with ``export_to``, the trained
+weights in the eager model, their held-out accuracy computed here and compared with what the device
+reported, and an inference artifact for a target whose manifest names its lineage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from edgerun.core.errors import UsageError
+
+log = logging.getLogger("edgerun.finetune")
+
+#: how far (absolute) eager accuracy of the pulled weights may sit from the device's own evaluation
+EVAL_AGREEMENT = 0.02
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneSettings:
+    method: str = "full"
+    batch: int = 16
+    freeze: tuple[str, ...] = ()
+    data: str | None = None               # .npz with x_train, y_train[, x_eval, y_eval]; None: the model's dataset
+    data_on_device: str | None = None     # a directory on the device holding x_train.npy ... (never leaves it)
+    resume: str | None = None             # a checkpoint.bin of an earlier run of the same program
+    export_to: str | None = None
+    target: str = "host"
+    scheme: str = "fp32"
+    timeout_s: float = 3600.0
+    variant: str = "full"
+
+
+def _load_data(spec, settings: FinetuneSettings, sample_shape):
+    if settings.data_on_device:
+        return None
+    if settings.data:
+        p = Path(settings.data)
+        if not p.is_file() or p.suffix != ".npz":
+            raise UsageError(f"--data {settings.data}: expected an existing .npz with x_train and y_train "
+                             "(and x_eval, y_eval for held-out evaluation).")
+        with np.load(p, allow_pickle=False) as z:
+            missing = [k for k in ("x_train", "y_train") if k not in z.files]
+            if missing:
+                raise UsageError(f"--data {p} has no {', '.join(missing)} (it has: {', '.join(z.files) or 'nothing'}).")
+            arrays = {k: z[k] for k in z.files if k in ("x_train", "y_train", "x_eval", "y_eval")}
+        if ("x_eval" in arrays) != ("y_eval" in arrays):
+            raise UsageError(f"--data {p}: x_eval and y_eval go together.")
+    elif spec.dataset is not None:
+        split = spec.dataset.load()
+        arrays = {"x_train": split["train"][0].numpy(), "y_train": split["train"][1].numpy(),
+                  "x_eval": split["test"][0].numpy(), "y_eval": split["test"][1].numpy()}
+    else:
+        raise UsageError(f"model {spec.name} has no dataset of its own; give --data FILE.npz (x_train, y_train, "
+                         "x_eval, y_eval) or --data-on-device DIR.")
+    for k in ("x_train", "x_eval"):
+        if k in arrays and tuple(arrays[k].shape[1:]) != tuple(sample_shape):
+            raise UsageError(f"--data: {k} holds samples of shape {tuple(arrays[k].shape[1:])}; the model takes "
+                             f"{tuple(sample_shape)} (one sample, without the batch dimension).")
+    for k in ("y_train", "y_eval"):
+        if k in arrays and (arrays[k].ndim != 1 or not np.issubdtype(arrays[k].dtype, np.integer)):
+            raise UsageError(f"--data: {k} must be integer class labels of shape [N], got {arrays[k].dtype} "
+                             f"{tuple(arrays[k].shape)}.")
+    return arrays
+
+
+def _program_cache(spec, batch: int, freeze, method: str) -> Path:
+    from edgerun.core.paths import cache_dir
+    from edgerun.export.recipe import tool_versions
+    from edgerun.export.recipe import _model_identity  # noqa: PLC2701 (the export room's identity of a spec)
+
+    key = json.dumps({"model": _model_identity(spec), "batch": batch, "freeze": list(freeze), "method": method,
+                      "versions": tool_versions(), "v": 1}, sort_keys=True)
+    return cache_dir("finetune") / hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def eager_accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
+    import torch
+
+    with torch.no_grad():
+        pred = model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).argmax(-1).numpy()
+    return float((pred == y).mean())
+
+
+def finetune(model: str, device_name: str, request, settings: FinetuneSettings = FinetuneSettings(), *,
+             store_path=None, inventory: str | None = None, on_stdout: Callable[[bytes], None] | None = None,
+             on_progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Fine-tune ``model`` on ``device_name``; returns ``{"record", "program", "export", "agreement"}``."""
+    from edgerun.devices.inventory import resolve_device
+    from edgerun.export.finetune import export_training_program, load_trained, weights_sha256
+    from edgerun.export.llm.zoo import LLMSpec
+    from edgerun.export.zoo import get_model
+    from edgerun.runtime.deploy import new_run_dir
+    from edgerun.runtime.train import analyse_training, train_on_device, write_data
+    from edgerun.store import save_or_keep
+
+    say = on_progress or (lambda m: None)
+    spec = get_model(model)
+    if isinstance(spec, LLMSpec):
+        raise UsageError(f"on-device fine-tuning of LLMs ({model}) is not built yet; classifiers (a zoo model with "
+                         "a dataset, or package.module:factory with --data) are.",
+                         hint="Try: edgerun finetune digits_cnn --device local://")
+    if settings.method != "full":
+        raise UsageError(f"--method {settings.method}: only full fine-tuning runs on the device so far.")
+    if settings.data and settings.data_on_device:
+        raise UsageError("give --data or --data-on-device, not both.")
+    if settings.resume and not Path(settings.resume).is_file():
+        raise UsageError(f"--resume {settings.resume}: no such checkpoint file.")
+    say("building the model")
+    net, example = spec.build()
+    sample_shape = tuple(example[0].shape[1:])
+    arrays = _load_data(spec, settings, sample_shape)
+    if arrays is not None and len(arrays["x_train"]) < settings.batch:
+        raise UsageError(f"the training data has {len(arrays['x_train'])} samples, fewer than one batch of "
+                         f"{settings.batch}.", hint="Use a smaller --batch.")
+    cache = _program_cache(spec, settings.batch, settings.freeze, settings.method)
+    say("exporting the training program")
+    pte = cache / "train.pte"
+    meta_path = cache / "program.json"
+    if pte.is_file() and meta_path.is_file():
+        from edgerun.export.finetune import TrainingProgram
+
+        meta = json.loads(meta_path.read_text())
+        program = TrainingProgram(**{**meta, "path": pte, "sample_shape": tuple(meta["sample_shape"]),
+                                     "names": tuple(meta["names"]), "shapes": tuple(tuple(s) for s in meta["shapes"])})
+    else:
+        program = export_training_program(net, example, pte, batch=settings.batch, frozen=settings.freeze,
+                                          method=settings.method)
+        meta_path.write_text(json.dumps(program.to_json(), indent=2))
+    run_dir = new_run_dir(device_name, f"{spec.name}-finetune")
+    data_files = write_data(run_dir / "data", arrays["x_train"], arrays["y_train"], arrays.get("x_eval"),
+                            arrays.get("y_eval")) if arrays is not None else None
+    say(f"training on {device_name}")
+    with resolve_device(device_name, inventory) as dev:
+        run = train_on_device(program.path, dev, request, data=data_files, data_on_device=settings.data_on_device,
+                              run_dir=run_dir, resume=Path(settings.resume) if settings.resume else None,
+                              variant=settings.variant, timeout=settings.timeout_s, on_stdout=on_stdout)
+    wsha = weights_sha256(run.weights) if run.weights else None
+    record = analyse_training(run, model_name=spec.name, request=request, program=program,
+                              settings={"batch": settings.batch, "freeze": list(settings.freeze),
+                                        "data": settings.data or ("device:" + settings.data_on_device
+                                                                  if settings.data_on_device else "dataset")})
+    record = dataclasses.replace(record, training=dataclasses.replace(record.training, weights_sha256=wsha))
+    save_or_keep(record, store_path, run_dir)
+    out: dict[str, Any] = {"record": record, "program": program, "run_dir": run_dir, "export": None,
+                           "agreement": None}
+    trained = load_trained(net, run.weights, program)
+    after = record.training.eval_after
+    if arrays is not None and "x_eval" in arrays and after and after.get("accuracy") is not None:
+        # the device's own evaluation covers whole batches only; eager sees the same samples
+        n = after["samples"]
+        eager = eager_accuracy(trained, arrays["x_eval"][:n], arrays["y_eval"][:n])
+        out["agreement"] = {"device_accuracy": after["accuracy"], "eager_accuracy": eager, "samples": n,
+                            "agrees": abs(eager - after["accuracy"]) <= EVAL_AGREEMENT}
+        if not out["agreement"]["agrees"]:
+            log.warning("the trained weights score %.1f%% in eager PyTorch but %.1f%% on the device", eager * 100,
+                        after["accuracy"] * 100)
+    if settings.export_to:
+        say(f"exporting the fine-tuned model for {settings.target} ({settings.scheme})")
+        from edgerun.core.artifact import read_manifest, write_manifest
+        from edgerun.export import export_model
+
+        tuned = dataclasses.replace(spec, name=f"{spec.name}-finetuned", build=lambda: (trained, example),
+                                    description=f"{spec.description} (fine-tuned on {device_name})")
+        manifest = export_model(tuned, settings.target, settings.scheme, settings.export_to)
+        t = record.training
+        lineage = {"base_model": spec.name, "base_origin": spec.origin, "method": t.method, "optimizer": t.optimizer,
+                   "lr": t.lr, "steps": t.start_step + t.steps, "batch": t.batch, "data_sha256": t.data_sha256,
+                   "data": t.settings.get("data"), "final_loss": t.loss_curve[-1][1] if t.loss_curve else None,
+                   "eval_before": t.eval_before, "eval_after": t.eval_after, "weights_sha256": wsha,
+                   "training_program_sha256": program.pte_sha256, "run_id": record.run_id, "device": device_name,
+                   "agreement": out["agreement"]}
+        m = dataclasses.replace(read_manifest(settings.export_to), lineage=lineage)
+        write_manifest(Path(settings.export_to), m)
+        out["export"] = read_manifest(settings.export_to)
+    return out

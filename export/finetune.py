@@ -1,0 +1,156 @@
+"""Training programs for on-device fine-tuning: a model + its loss -> an ExecuTorch program the runner trains.
+
+:func:`export_training_program` wraps a classifier with cross-entropy (``forward(x [B,...], y [B]) ->
+(loss, predicted class)``), exports it with ``torch.export``, adds the backward pass
+(``torch.export.experimental._export_forward_backward``: the program's ``forward`` then returns
+``[loss, predictions, grads..., params...]`` and names the layout in ``__et_training_*_forward``
+methods) and lowers it with the portable and optimized kernels (no delegate: XNNPACK takes none of a
+training graph's matmuls). Parameters with ``requires_grad=False`` become constants of the program,
+so freezing layers (``frozen``) shrinks what the device trains and stores.
+
+:func:`load_trained` puts the weights the device sends back into a copy of the eager model, so the
+hall can verify it and export an inference artifact of it.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from edgerun.core.artifact import sha256_file
+
+from .errors import ExportError
+
+METHODS = ("full",)
+PREFIX = "model."  # the wrapper's attribute: parameter names in the program start with it
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingProgram:
+    path: Path
+    batch: int
+    sample_shape: tuple[int, ...]
+    dtype: str
+    names: tuple[str, ...]           # trainable parameters, in the program's order (wrapper prefix removed)
+    shapes: tuple[tuple[int, ...], ...]
+    trainable: int                   # trainable scalars
+    frozen: int                      # scalars folded into the program as constants
+    pte_bytes: int
+    pte_sha256: str
+    method: str = "full"
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["path"] = str(self.path)
+        d["shapes"] = [list(s) for s in self.shapes]
+        d["sample_shape"] = list(self.sample_shape)
+        d["names"] = list(self.names)
+        return d
+
+
+def _wrapper(model):
+    import torch
+    from torch import nn
+
+    class WithLoss(nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x, y):
+            logits = self.model(x)
+            return nn.functional.cross_entropy(logits, y), logits.detach().argmax(dim=-1)
+
+    return WithLoss(model)
+
+
+def export_training_program(model, example: Sequence[Any], out: str | Path, *, batch: int = 16,
+                            frozen: Sequence[str] = (), method: str = "full") -> TrainingProgram:
+    """Write ``out`` (a ``.pte``) training ``model`` on batches of ``batch`` samples shaped like ``example[0]``'s
+    one sample; parameters whose name starts with any of ``frozen`` are not trained."""
+    import torch
+    from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge
+    from torch.export.experimental import _export_forward_backward
+
+    if method not in METHODS:
+        raise ExportError(f"fine-tuning method {method!r} has no training program recipe yet (have: "
+                          f"{', '.join(METHODS)}).", stage="export training program")
+    if len(example) != 1 or not isinstance(example[0], torch.Tensor) or example[0].dim() < 1:
+        raise ExportError("on-device fine-tuning needs a model with one tensor input; this one takes "
+                          f"{len(example)} input(s).", stage="export training program")
+    if not isinstance(batch, int) or batch < 1:
+        raise ExportError(f"the batch size must be an integer >= 1, got {batch!r}.", stage="export training program")
+    m = copy.deepcopy(model).train()
+    names = [n for n, _ in m.named_parameters()]
+    unknown = [f for f in frozen if not any(n.startswith(f) for n in names)]
+    if unknown:
+        raise ExportError(f"--freeze {unknown[0]!r} matches no parameter (the model has {', '.join(names[:6])}"
+                          f"{', …' if len(names) > 6 else ''}).", stage="export training program")
+    for n, p in m.named_parameters():
+        p.requires_grad_(not any(n.startswith(f) for f in frozen))
+    sample = example[0][:1]
+    x = sample.expand(batch, *sample.shape[1:]).clone()
+    with torch.no_grad():
+        logits = m(x)
+    if logits.dim() != 2:
+        raise ExportError(f"the model returns {tuple(logits.shape)}; fine-tuning with cross-entropy needs class "
+                          "logits [B, classes].", stage="export training program")
+    y = torch.zeros(batch, dtype=torch.long)
+    wrapped = _wrapper(m)
+    try:
+        ep = torch.export.export(wrapped, (x, y), strict=True)
+        ep = _export_forward_backward(ep)
+        edge = to_edge(ep, compile_config=EdgeCompileConfig(_check_ir_validity=False))
+        program = edge.to_executorch(ExecutorchBackendConfig())
+    except Exception as exc:  # torch.export's errors are long; the first line says what failed
+        raise ExportError(f"the training program could not be exported: {str(exc).splitlines()[0][:400]}",
+                          stage="export training program") from exc
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".part")
+    with open(tmp, "wb") as f:
+        program.write_to_file(f)
+    tmp.replace(out)
+    trainable = [(n, p) for n, p in m.named_parameters() if p.requires_grad]
+    return TrainingProgram(
+        path=out, batch=batch, sample_shape=tuple(sample.shape[1:]), dtype=str(sample.dtype).replace("torch.", ""),
+        names=tuple(n for n, _ in trainable), shapes=tuple(tuple(p.shape) for _, p in trainable),
+        trainable=sum(p.numel() for _, p in trainable),
+        frozen=sum(p.numel() for _, p in m.named_parameters() if not p.requires_grad),
+        pte_bytes=out.stat().st_size, pte_sha256=sha256_file(out), method=method)
+
+
+def load_trained(model, weights: Mapping[str, np.ndarray], program: TrainingProgram):
+    """A copy of ``model`` (eval mode) with the device's trained parameters (names as the runner wrote them:
+    the program's, with the wrapper's prefix) in place; every trainable parameter must be there, shaped right."""
+    import torch
+
+    m = copy.deepcopy(model)
+    params = dict(m.named_parameters())
+    for name, shape in zip(program.names, program.shapes):
+        key = PREFIX + name
+        if key not in weights:
+            raise ExportError(f"the device sent no weights for parameter {name} (expected {key}.npy).",
+                              stage="load trained weights")
+        arr = np.asarray(weights[key])
+        if tuple(arr.shape) != tuple(shape) or arr.dtype != np.float32:
+            raise ExportError(f"weights of {name} are {arr.dtype} {tuple(arr.shape)}, expected float32 {tuple(shape)}.",
+                              stage="load trained weights")
+        if not np.all(np.isfinite(arr)):
+            raise ExportError(f"weights of {name} contain NaN or inf: the training diverged.",
+                              stage="load trained weights", hint="Lower --lr.")
+        with torch.no_grad():
+            params[name].copy_(torch.from_numpy(arr.copy()))
+    return m.eval()
+
+
+def weights_sha256(weights: Mapping[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for k in sorted(weights):
+        h.update(k.encode() + b"\0" + np.ascontiguousarray(weights[k]).tobytes())
+    return h.hexdigest()
