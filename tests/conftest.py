@@ -108,3 +108,23 @@ def run_cli(*args: str, env: dict | None = None, cwd: str | os.PathLike | None =
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@pytest.fixture(scope="session")
+def loopback_sshd(tmp_path_factory):
+    """A real sshd on 127.0.0.1 (tests/devices/sshd.py), session-wide, for tests outside tests/devices."""
+    import importlib.util
+
+    name = "edgerun_tests_devices_sshd"  # the name tests/devices and tests/security load it under
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent / "devices" / "sshd.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    mod = sys.modules[name]
+    why = mod.missing()
+    if why:
+        pytest.skip(why)
+    server = mod.SshServer.start(tmp_path_factory.mktemp("llm-sshd"))
+    yield server
+    server.stop()

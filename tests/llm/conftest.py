@@ -48,22 +48,3 @@ def tiny_fp32(tiny_gguf, make_artifact):
     """The tiny GGUF exported fp32 for a Pi 5 (max context 48), once per session."""
     return make_artifact(str(tiny_gguf), "rpi5", "fp32", max_context=48)
 
-
-@pytest.fixture(scope="session")
-def loopback_sshd(tmp_path_factory):
-    """A real sshd on 127.0.0.1 (tests/devices/sshd.py) for the LLM-over-SSH tests."""
-    import importlib.util
-
-    name = "edgerun_tests_devices_sshd"  # the name tests/devices and tests/security load it under
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "devices" / "sshd.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    mod = sys.modules[name]
-    why = mod.missing()
-    if why:
-        pytest.skip(why)
-    server = mod.SshServer.start(tmp_path_factory.mktemp("llm-sshd"))
-    yield server
-    server.stop()
