@@ -80,7 +80,7 @@ def _program_cache(spec, batch: int, freeze, method: str) -> Path:
     from edgerun.export.recipe import _model_identity  # noqa: PLC2701 (the export room's identity of a spec)
 
     key = json.dumps({"model": _model_identity(spec), "batch": batch, "freeze": list(freeze), "method": method,
-                      "versions": tool_versions(), "v": 1}, sort_keys=True)
+                      "versions": tool_versions(), "split_mm": True, "v": 2}, sort_keys=True)
     return cache_dir("finetune") / hashlib.sha256(key.encode()).hexdigest()[:16]
 
 

@@ -69,8 +69,37 @@ def _wrapper(model):
     return WithLoss(model)
 
 
+def split_addmm(ep) -> int:
+    """Rewrite ``addmm(bias, a, b)`` (beta = alpha = 1) as ``add(mm(a, b), bias)`` in place; returns how many.
+
+    The portable ``addmm`` kernel is the slow path of a training step on the device (the optimized
+    library's ``mm`` is not): measured in the issue, 4.0 of 4.3 s per step of a small LM, 10x faster split."""
+    import torch
+
+    g = ep.graph_module.graph
+    count = 0
+    for n in list(g.nodes):
+        if n.op != "call_function" or n.target != torch.ops.aten.addmm.default:
+            continue
+        if n.kwargs.get("beta", 1) != 1 or n.kwargs.get("alpha", 1) != 1 or len(n.args) != 3:
+            continue
+        bias, a, b = n.args
+        with g.inserting_before(n):
+            mm = g.call_function(torch.ops.aten.mm.default, (a, b))
+            add = g.call_function(torch.ops.aten.add.Tensor, (mm, bias))
+        for new in (mm, add):
+            new.meta = dict(n.meta)
+        n.replace_all_uses_with(add)
+        g.erase_node(n)
+        count += 1
+    if count:
+        ep.graph_module.recompile()
+    return count
+
+
 def export_training_program(model, example: Sequence[Any], out: str | Path, *, batch: int = 16,
-                            frozen: Sequence[str] = (), method: str = "full") -> TrainingProgram:
+                            frozen: Sequence[str] = (), method: str = "full",
+                            split_mm: bool = True) -> TrainingProgram:
     """Write ``out`` (a ``.pte``) training ``model`` on batches of ``batch`` samples shaped like ``example[0]``'s
     one sample; parameters whose name starts with any of ``frozen`` are not trained."""
     import torch
@@ -105,6 +134,8 @@ def export_training_program(model, example: Sequence[Any], out: str | Path, *, b
     try:
         ep = torch.export.export(wrapped, (x, y), strict=True)
         ep = _export_forward_backward(ep)
+        if split_mm:
+            split_addmm(ep)
         edge = to_edge(ep, compile_config=EdgeCompileConfig(_check_ir_validity=False))
         program = edge.to_executorch(ExecutorchBackendConfig())
     except Exception as exc:  # torch.export's errors are long; the first line says what failed
