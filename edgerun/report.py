@@ -316,6 +316,44 @@ def plot_llm_throughput(records: Sequence[RunRecord]) -> bytes:
     return _png(fig)
 
 
+def plot_loss_curves(records: Sequence[RunRecord]) -> bytes:
+    """Training loss per optimizer step of every fine-tuning run, with its held-out evaluations as points."""
+    runs = [r for r in records if r.training is not None and r.training.loss_curve]
+    fig = _figure(10, 4)
+    ax = fig.add_subplot()
+    for r in runs:
+        steps, losses = zip(*r.training.loss_curve)
+        line = ax.plot(steps, losses, lw=0.9, label=f"{_short(r)} ({r.training.optimizer}, lr {r.training.lr:g})")[0]
+        ev = [(e["step"], e["loss"]) for e in r.training.eval if e.get("loss") is not None]
+        if ev:
+            ax.plot(*zip(*ev), "o", color=line.get_color(), ms=4)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (line: training batches; dots: held-out, on the device)")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def training_rows(records: Sequence[RunRecord]) -> list[list[str]]:
+    out = []
+    for r in records:
+        t = r.training
+        if t is None:
+            continue
+
+        def acc(e):
+            return "—" if not e or e.get("accuracy") is None else f"{e['accuracy']:.1%}"
+
+        out.append([r.run_id, t.method, t.optimizer, f"{t.lr:g}", str(t.steps), str(t.batch),
+                    f"{t.loss_curve[0][1]:.4g} → {t.loss_curve[-1][1]:.4g}" if t.loss_curve else "—",
+                    f"{acc(t.eval_before)} → {acc(t.eval_after)}", cols.format_rate(t.steps_per_s),
+                    f"{t.trainable:,}", fmt_value("trainable_bytes", t.trainable_bytes),
+                    fmt_value("optimizer_state_bytes", t.optimizer_state_bytes),
+                    fmt_value("peak_rss_bytes", r.memory.peak_rss_bytes)
+                    + (" (emulated)" if r.source == EMULATED else "")])
+    return out
+
+
 def llm_memory_rows(records: Sequence[RunRecord]) -> list[list[str]]:
     """One row per LLM run: the sizes that decide whether a model fits a device, and its quality."""
     out = []
@@ -529,6 +567,15 @@ def to_html(records: Sequence[RunRecord], comparisons: Sequence[RunComparison] =
         parts.append(_html_table(["run", "scheme", "test", ".pte", "weights", "KV cache (max context)", "planned",
                                   "peak RSS", "perplexity"], llm_memory_rows(records),
                                  [False, False, False, True, True, True, True, True, False]))
+
+    if any(r.training is not None for r in records):
+        parts.append("<h2>Fine-tuning on the device</h2>")
+        if any(r.training is not None and r.training.loss_curve for r in records):
+            parts.append(_img(plot_loss_curves(records), "training loss"))
+        parts.append(_html_table(["run", "method", "optimizer", "lr", "steps", "batch", "training loss",
+                                  "held-out accuracy", "steps/s", "trainable", "trainable bytes", "optimizer state",
+                                  "peak RSS"], training_rows(records),
+                                 [False] * 3 + [True] * 10))
 
     by_id = {r.run_id: r for r in records}
     for c in comparisons:

@@ -114,6 +114,11 @@ def test_export_to_writes_a_verified_artifact_with_lineage(digits_npz, tmp_path)
     assert m.lineage["run_id"] == res["record"].run_id and m.lineage["weights_sha256"]
     assert m.lineage["data_sha256"] == res["record"].training.data_sha256
     assert m.lineage["eval_after"]["accuracy"] == res["record"].training.eval_after["accuracy"]
+    from edgerun.report import render
+
+    html = render([res["record"]], "html")
+    assert "Fine-tuning on the device" in html and "training loss" in html
+    assert "train-full" in render([res["record"]], "md")
 
 
 def test_cli_finetune_json_and_clear_errors(cli, digits_npz, tmp_path):

@@ -74,6 +74,10 @@ def test_over_ssh_generate_and_bench_records_compare(tiny_fp32, loopback_sshd, c
     assert all(hasattr(r, "llm") for r in recs), [getattr(r, "error", r) for r in recs]
     tests = sorted((r.device_name.startswith("ssh:"), r.llm.test) for r in recs)
     assert tests == [(False, "pp8"), (False, "tg4"), (True, "pp8"), (True, "tg4")]
+    from edgerun.report import render
+
+    html = render(recs + [ssh_rec], "html")
+    assert "LLM: tokens/s and memory" in html and "tokens per second" in html
     for r in recs:
         assert r.llm.repetitions == 2 and r.llm.same_ids_every_repetition
         if r.llm.test == "tg4":
