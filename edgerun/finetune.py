@@ -110,8 +110,11 @@ def finetune(model: str, device_name: str, request, settings: FinetuneSettings =
         raise UsageError(f"on-device fine-tuning of LLMs ({model}) is not built yet; classifiers (a zoo model with "
                          "a dataset, or package.module:factory with --data) are.",
                          hint="Try: edgerun finetune digits_cnn --device local://")
-    if settings.method != "full":
-        raise UsageError(f"--method {settings.method}: only full fine-tuning runs on the device so far.")
+    if settings.method not in ("full", "mezo"):
+        raise UsageError(f"--method {settings.method}: full and mezo run on the device; lora is not built yet.")
+    if (settings.method == "mezo") != request.mezo:
+        request = dataclasses.replace(request, mezo=settings.method == "mezo",
+                                      momentum=0.0 if settings.method == "mezo" else request.momentum)
     if settings.data and settings.data_on_device:
         raise UsageError("give --data or --data-on-device, not both.")
     if settings.resume and not Path(settings.resume).is_file():
@@ -140,11 +143,22 @@ def finetune(model: str, device_name: str, request, settings: FinetuneSettings =
     run_dir = new_run_dir(device_name, f"{spec.name}-finetune")
     data_files = write_data(run_dir / "data", arrays["x_train"], arrays["y_train"], arrays.get("x_eval"),
                             arrays.get("y_eval")) if arrays is not None else None
+    weights_in = None
+    if settings.method == "mezo":
+        from edgerun.export.finetune import initial_weights
+
+        init = run_dir / "init"
+        init.mkdir()
+        weights_in = {}
+        for name, arr in initial_weights(net, program).items():
+            np.save(init / f"{name}.npy", arr)
+            weights_in[f"{name}.npy"] = init / f"{name}.npy"
     say(f"training on {device_name}")
     with resolve_device(device_name, inventory) as dev:
         run = train_on_device(program.path, dev, request, data=data_files, data_on_device=settings.data_on_device,
                               run_dir=run_dir, resume=Path(settings.resume) if settings.resume else None,
-                              variant=settings.variant, timeout=settings.timeout_s, on_stdout=on_stdout)
+                              weights_in=weights_in, variant=settings.variant, timeout=settings.timeout_s,
+                              on_stdout=on_stdout)
     wsha = weights_sha256(run.weights) if run.weights else None
     record = analyse_training(run, model_name=spec.name, request=request, program=program,
                               settings={"batch": settings.batch, "freeze": list(settings.freeze),

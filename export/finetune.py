@@ -26,7 +26,8 @@ from edgerun.core.artifact import sha256_file
 
 from .errors import ExportError
 
-METHODS = ("full",)
+METHODS = ("full", "mezo")
+MEZO_FQN = "__edgerun_mezo_fqn_forward"  # constant method: the weight inputs' names, in input order
 PREFIX = "model."  # the wrapper's attribute: parameter names in the program start with it
 
 
@@ -51,6 +52,54 @@ class TrainingProgram:
         d["sample_shape"] = list(self.sample_shape)
         d["names"] = list(self.names)
         return d
+
+
+def _mezo_wrapper(model, names):
+    import torch
+    from torch import nn
+
+    class WeightsAsInputs(nn.Module):
+        """``forward(x, y, *weights) -> (loss, predicted class)``: the model with its trainable parameters
+        given by the caller (MeZO: the runner perturbs and updates them in its own buffers)."""
+
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x, y, *weights):
+            logits = torch.func.functional_call(self.model, dict(zip(names, weights)), (x,))
+            return nn.functional.cross_entropy(logits, y), logits.argmax(dim=-1)
+
+    return WeightsAsInputs(model)
+
+
+def _export_mezo(m, x, y, frozen_names, out: Path):
+    """The MeZO program: inference-only (no backward, no gradients), weights as inputs the runtime does
+    not allocate (``alloc_graph_input=False``: it uses the runner's buffers)."""
+    import torch
+    from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge
+    from executorch.exir.passes import MemoryPlanningPass
+
+    names = [n for n, p in m.named_parameters() if n not in frozen_names]
+    weights = tuple(dict(m.named_parameters())[n].detach().clone() for n in names)
+    wrapped = _mezo_wrapper(m.eval(), names)
+    with torch.no_grad():
+        ep = torch.export.export(wrapped, (x, y, *weights), strict=False)
+    edge = to_edge(ep, compile_config=EdgeCompileConfig(_check_ir_validity=False),
+                   constant_methods={MEZO_FQN: ["model." + n for n in names]})
+    program = edge.to_executorch(ExecutorchBackendConfig(memory_planning_pass=MemoryPlanningPass(
+        alloc_graph_input=False)))
+    tmp = out.with_suffix(".part")
+    with open(tmp, "wb") as f:
+        program.write_to_file(f)
+    tmp.replace(out)
+    return names
+
+
+def initial_weights(model, program: "TrainingProgram") -> dict[str, np.ndarray]:
+    """MeZO: the starting weights the runner reads (``--weights-in``), by the program's names."""
+    params = dict(model.named_parameters())
+    return {PREFIX + n: params[n].detach().float().numpy().copy() for n in program.names}
 
 
 def _wrapper(model):
@@ -130,6 +179,23 @@ def export_training_program(model, example: Sequence[Any], out: str | Path, *, b
         raise ExportError(f"the model returns {tuple(logits.shape)}; fine-tuning with cross-entropy needs class "
                           "logits [B, classes].", stage="export training program")
     y = torch.zeros(batch, dtype=torch.long)
+    if method == "mezo":
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        frozen_names = {n for n, p in m.named_parameters() if not p.requires_grad}
+        try:
+            trained_names = _export_mezo(m, x, y, frozen_names, out)
+        except Exception as exc:
+            raise ExportError(f"the MeZO program could not be exported: {str(exc).splitlines()[0][:400]}",
+                              stage="export training program") from exc
+        params = dict(m.named_parameters())
+        return TrainingProgram(
+            path=out, batch=batch, sample_shape=tuple(sample.shape[1:]),
+            dtype=str(sample.dtype).replace("torch.", ""), names=tuple(trained_names),
+            shapes=tuple(tuple(params[n].shape) for n in trained_names),
+            trainable=sum(params[n].numel() for n in trained_names),
+            frozen=sum(p.numel() for n, p in params.items() if n in frozen_names),
+            pte_bytes=out.stat().st_size, pte_sha256=sha256_file(out), method=method)
     wrapped = _wrapper(m)
     try:
         ep = torch.export.export(wrapped, (x, y), strict=True)

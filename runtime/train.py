@@ -57,6 +57,8 @@ class TrainRequest:
     threads: int = 0
     shuffle: bool = True
     stop_at: int = 0                 # end this session after this step (resume later)
+    mezo: bool = False               # zeroth-order (MeZO) on a weights-as-inputs forward program
+    mezo_eps: float = 1e-3
 
     def __post_init__(self) -> None:
         for name, lo in (("steps", 1), ("grad_accum", 1), ("warmup_steps", 0), ("eval_every", 0),
@@ -72,11 +74,15 @@ class TrainRequest:
             raise UsageError(f"--weight-decay must be >= 0, got {self.weight_decay!r}.")
         if self.optimizer not in OPTIMIZERS:
             raise UsageError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}.")
+        if not 0 < self.mezo_eps <= 1:
+            raise UsageError(f"--mezo-eps must be in (0, 1], got {self.mezo_eps!r}.")
+        if self.mezo and (self.optimizer != "sgd" or self.momentum or self.grad_accum != 1):
+            raise UsageError("MeZO is zeroth-order SGD: --optimizer adamw, --momentum and --grad-accum do not apply.")
         if self.schedule not in SCHEDULES:
             raise UsageError(f"--lr-schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}.")
 
     def runner_args(self, *, data: Mapping[str, str], checkpoint: str, weights_out: str,
-                    resume: str | None = None) -> list[str]:
+                    resume: str | None = None, weights_in: str | None = None) -> list[str]:
         args = ["--train", "--data", data["x_train.npy"], "--labels", data["y_train.npy"],
                 "--steps", str(self.steps), "--lr", repr(float(self.lr)), "--optimizer", self.optimizer,
                 "--grad-accum", str(self.grad_accum), "--lr-schedule", self.schedule,
@@ -100,6 +106,10 @@ class TrainRequest:
             args += ["--stop-at", str(self.stop_at)]
         if resume:
             args += ["--resume", resume]
+        if self.mezo:
+            if weights_in is None:
+                raise ValueError("MeZO needs the starting weights on the device")
+            args += ["--mezo", "--weights-in", weights_in, "--mezo-eps", repr(float(self.mezo_eps))]
         return args
 
     def to_json(self) -> dict:
@@ -148,7 +158,8 @@ def _remote_data(data_on_device: str) -> dict[str, str]:
 
 def train_on_device(program: Path, device: Device, request: TrainRequest, *, data: Mapping[str, Path] | None = None,
                     data_on_device: str | None = None, run_dir: Path, resume: Path | None = None,
-                    variant: str = "full", timeout: float = 3600.0, on_stdout=None) -> TrainingRun:
+                    weights_in: Mapping[str, Path] | None = None, variant: str = "full", timeout: float = 3600.0,
+                    on_stdout=None) -> TrainingRun:
     """Run the train mode on ``device``; see the module docstring. Raises :class:`DeviceRunError`
     (the run directory keeps what was produced) when a stage fails."""
     from .deploy import _exit_code_of, _pull, _record, _run_runner, _write, bundle_for, device_arch
@@ -190,6 +201,9 @@ def train_on_device(program: Path, device: Device, request: TrainRequest, *, dat
             if not has_eval:
                 remote_data = {k: v for k, v in remote_data.items() if "eval" not in k}
             digest = None  # the data never left the device: edgerun does not read it
+        remote_weights = None
+        if weights_in is not None:
+            remote_weights = sync_files(device, dict(weights_in), timeout=timeout).dest
         remote_resume = None
         if resume is not None:
             remote_resume = sync_files(device, {"resume.bin": resume}, timeout=timeout).paths["resume.bin"]
@@ -198,7 +212,8 @@ def train_on_device(program: Path, device: Device, request: TrainRequest, *, dat
     remote_run = f"{device.work_dir.rstrip('/')}/runs/{run_dir.name}"
     argv = runner_prefix(bundle.arch, b.dest) + ["--model", prog.paths["train.pte"]]
     argv += request.runner_args(data=remote_data, checkpoint=f"{remote_run}/checkpoint.bin",
-                                weights_out=f"{remote_run}/weights", resume=remote_resume)
+                                weights_out=f"{remote_run}/weights", resume=remote_resume,
+                                weights_in=remote_weights)
     _record(run_dir, stage="run", argv=argv, bundle=str(bundle.path))
     try:
         mk = device.exec(["mkdir", "-p", f"{remote_run}/weights"], timeout=60, wrap=False)
@@ -256,7 +271,8 @@ def analyse_training(run: TrainingRun, *, model_name: str, request: TrainRequest
     exec_s = sum(s.execute_ns for s in steps) / 1e9
     raw = dict(tl.raw)
     training = TrainingMetrics(
-        method=getattr(program, "method", "full"), optimizer=request.optimizer, lr=request.lr, steps=len(steps),
+        method=getattr(program, "method", "full"), optimizer=str(tl.raw.get("optimizer") or request.optimizer),
+        lr=request.lr, steps=len(steps),
         start_step=tl.start_step, batch=tl.batch, grad_accum=request.grad_accum, trainable=tl.trainable,
         frozen=getattr(program, "frozen", 0), trainable_bytes=int(raw.get("trainable_bytes") or tl.trainable * 4),
         optimizer_state_bytes=int(raw.get("optimizer_state_bytes") or 0),

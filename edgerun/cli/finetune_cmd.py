@@ -45,7 +45,11 @@ def register(app: typer.Typer) -> None:
     def finetune_cmd(
         model: Annotated[str, typer.Argument(help="Zoo classifier (e.g. digits_cnn) or 'package.module:factory'.")],
         device: DeviceOpt = "local://",
-        method: Annotated[str, typer.Option(help="full (LoRA and MeZO are not built yet).")] = "full",
+        method: Annotated[str, typer.Option(
+            help="full (backprop: loss, gradients and the optimizer in the runner) | mezo (zeroth-order: two "
+                 "forward passes per step on an inference program, no gradients or optimizer state). LoRA is not "
+                 "built yet.")] = "full",
+        mezo_eps: Annotated[float, typer.Option(help="MeZO: perturbation scale.")] = 1e-3,
         data: Annotated[Optional[Path], typer.Option(
             help=".npz with x_train, y_train (and x_eval, y_eval); default: the model's own dataset.")] = None,
         data_on_device: Annotated[Optional[str], typer.Option(
@@ -87,10 +91,11 @@ def register(app: typer.Typer) -> None:
         """
         from edgerun.runtime.train import TrainRequest
 
-        request = TrainRequest(steps=steps, lr=lr, optimizer=optimizer, momentum=momentum if optimizer == "sgd" else 0.0,
+        request = TrainRequest(steps=steps, lr=lr, optimizer=optimizer,
+                               momentum=momentum if optimizer == "sgd" and method != "mezo" else 0.0,
                                weight_decay=weight_decay, grad_accum=grad_accum, schedule=lr_schedule,
                                warmup_steps=warmup_steps, eval_every=eval_every, checkpoint_every=checkpoint_every,
-                               seed=seed, threads=threads)
+                               seed=seed, threads=threads, mezo=method == "mezo", mezo_eps=mezo_eps)
 
         def work() -> dict:
             from edgerun.finetune import FinetuneSettings, finetune

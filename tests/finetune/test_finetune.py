@@ -136,3 +136,21 @@ def test_cli_finetune_json_and_clear_errors(cli, digits_npz, tmp_path):
     assert r.returncode == 2 and "has no x_train, y_train" in json.loads(r.stdout)["error"]["message"]
     r = cli("finetune", "smollm2-135m", "--json")
     assert r.returncode == 2 and "not built yet" in json.loads(r.stdout)["error"]["message"]
+
+
+def test_mezo_trains_with_two_forwards_and_no_optimizer_state(digits_npz):
+    """MeZO runs an inference program (weights as inputs, no backward): it learns from scratch, keeps no
+    gradients or optimizer state, and the same seed gives the same weights. (Its perturbations come from
+    the runner's own seeded generator, so there is no eager curve to match step by step; the pulled
+    weights are re-scored in eager PyTorch instead.)"""
+    req = TrainRequest(steps=1500, lr=2e-3, threads=1, mezo=True)
+    a = finetune(MLP, "local://", req, FinetuneSettings(method="mezo", batch=16, data=str(digits_npz)))
+    t = a["record"].training
+    assert t.method == "mezo" and t.optimizer == "mezo-sgd" and t.optimizer_state_bytes == 0
+    assert t.eval_after["accuracy"] > t.eval_before["accuracy"] + 0.2, (t.eval_before, t.eval_after)
+    assert a["agreement"]["agrees"]
+    b = finetune(MLP, "local://", req, FinetuneSettings(method="mezo", batch=16, data=str(digits_npz)))
+    for pa in sorted((a["run_dir"] / "weights").glob("*.npy")):
+        assert np.array_equal(np.load(pa), np.load(b["run_dir"] / "weights" / pa.name)), pa.name
+    with pytest.raises(UsageError, match="MeZO is zeroth-order SGD"):
+        TrainRequest(mezo=True, optimizer="adamw")

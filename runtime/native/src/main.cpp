@@ -194,6 +194,7 @@ const char* kUsage =
     "         [--weight-decay WD] [--grad-accum K] [--lr-schedule constant|cosine] [--warmup-steps W]\n"
     "         [--log-every K] [--eval-every E] [--checkpoint PATH [--checkpoint-every K]] [--resume PATH]\n"
     "         [--weights-out DIR] [--no-shuffle] [--stop-at STEP] [--seed N] [--threads T]\n"
+    "         [--mezo --weights-in DIR [--mezo-eps E]]  (zeroth-order: a weights-as-inputs forward program)\n"
     "       edgerun-runner --list-kernels | --version | --help\n"
     "Prints JSON lines on stdout (see PROTOCOL.md); exit codes: 2 usage, 10 load, 11 input,\n"
     "12 execute, 13 output.\n";
@@ -267,6 +268,14 @@ std::string parse_args(int argc, char** argv, Options* o) {
       o->warmup_given = true;
     } else if (flag == "--train") {
       o->train.enabled = true;
+    } else if (flag == "--mezo") {
+      o->train.algorithm = "mezo";
+    } else if (flag == "--mezo-eps") {
+      std::string v;
+      if (!need(&v) || !parse_double(v, 1e-12, 1.0, &o->train.mezo_eps))
+        return "--mezo-eps needs a number in (0, 1], got '" + v + "'";
+    } else if (flag == "--weights-in") {
+      if (!need(&o->train.weights_in) || o->train.weights_in.empty()) return "--weights-in needs a directory";
     } else if (flag == "--no-shuffle") {
       o->train.shuffle = false;
     } else if (flag == "--data" || flag == "--labels" || flag == "--eval-data" || flag == "--eval-labels" ||

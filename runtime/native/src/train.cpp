@@ -32,6 +32,9 @@ using executorch::runtime::EValue;
 
 constexpr char kCheckpointMagic[8] = {'E', 'R', 'C', 'K', 'P', 'T', '0', '1'};
 
+// A uniform double in [0, 1) from the top 53 bits: the same on every platform.
+double unit_draw(std::mt19937_64* rng) { return static_cast<double>((*rng)() >> 11) * 0x1.0p-53; }
+
 struct Split {
   NpyArray x, y;
   int64_t n = 0;
@@ -248,7 +251,12 @@ struct State {
 bool write_all(FILE* f, const void* p, size_t n) { return std::fwrite(p, 1, n, f) == n; }
 bool read_all(FILE* f, void* p, size_t n) { return std::fread(p, 1, n, f) == n; }
 
-int64_t save_checkpoint(const std::string& path, Trainer& t, const Layout& l, const State& st) {
+struct ParamView {
+  float* data;
+  size_t n;
+};
+
+int64_t save_checkpoint(const std::string& path, const std::vector<ParamView>& params, const State& st) {
   const std::string tmp = path + ".part";
   FILE* f = std::fopen(tmp.c_str(), "wb");
   bool ok = f != nullptr;
@@ -256,12 +264,12 @@ int64_t save_checkpoint(const std::string& path, Trainer& t, const Layout& l, co
   if (ok) ok = write_all(f, kCheckpointMagic, sizeof kCheckpointMagic);
   put64(st.step);
   put64(st.batches);
-  put64(l.count);
+  put64(static_cast<int64_t>(params.size()));
   put64(static_cast<int64_t>(st.m.size()));
   put64(static_cast<int64_t>(st.v.size()));
-  for (int64_t k = 0; ok && k < l.count; ++k) {
-    put64(static_cast<int64_t>(t.numel(k)));
-    ok = ok && write_all(f, t.param(k), t.numel(k) * sizeof(float));
+  for (const auto& p : params) {
+    put64(static_cast<int64_t>(p.n));
+    ok = ok && write_all(f, p.data, p.n * sizeof(float));
   }
   for (const auto* bufs : {&st.m, &st.v})
     for (const auto& b : *bufs) ok = ok && write_all(f, b.data(), b.size() * sizeof(float));
@@ -276,23 +284,25 @@ int64_t save_checkpoint(const std::string& path, Trainer& t, const Layout& l, co
   return ::stat(path.c_str(), &sb) == 0 ? static_cast<int64_t>(sb.st_size) : -1;
 }
 
-void load_checkpoint(const std::string& path, Trainer& t, const Layout& l, State* st) {
+void load_checkpoint(const std::string& path, const std::vector<ParamView>& params, State* st) {
   FILE* f = std::fopen(path.c_str(), "rb");
   if (!f) fail("input", kExitInput, Error::AccessFailed, "--resume: cannot open " + path + ": " + std::strerror(errno));
   char magic[8];
   int64_t count = 0, nm = 0, nv = 0;
   bool ok = read_all(f, magic, 8) && std::memcmp(magic, kCheckpointMagic, 8) == 0 && read_all(f, &st->step, 8) &&
             read_all(f, &st->batches, 8) && read_all(f, &count, 8) && read_all(f, &nm, 8) && read_all(f, &nv, 8);
-  ok = ok && count == l.count && (nm == 0 || nm == count) && (nv == 0 || nv == count) && st->step >= 0;
-  for (int64_t k = 0; ok && k < l.count; ++k) {
+  ok = ok && count == static_cast<int64_t>(params.size()) && (nm == 0 || nm == count) && (nv == 0 || nv == count) &&
+       st->step >= 0;
+  for (size_t k = 0; ok && k < params.size(); ++k) {
     int64_t n = 0;
-    ok = read_all(f, &n, 8) && n == static_cast<int64_t>(t.numel(k)) && read_all(f, t.param(k), t.numel(k) * sizeof(float));
+    ok = read_all(f, &n, 8) && n == static_cast<int64_t>(params[k].n) &&
+         read_all(f, params[k].data, params[k].n * sizeof(float));
   }
   st->m.assign(static_cast<size_t>(nm), {});
   st->v.assign(static_cast<size_t>(nv), {});
   for (auto* bufs : {&st->m, &st->v})
     for (size_t k = 0; ok && k < bufs->size(); ++k) {
-      (*bufs)[k].resize(t.numel(static_cast<int64_t>(k)));
+      (*bufs)[k].resize(params[k].n);
       ok = read_all(f, (*bufs)[k].data(), (*bufs)[k].size() * sizeof(float));
     }
   std::fclose(f);
@@ -310,7 +320,10 @@ std::string safe_name(const std::string& fqn) {
 
 }  // namespace
 
+int64_t run_mezo(Module& module, const std::string& method, const TrainOptions& o, uint64_t seed);
+
 int64_t run_train(Module& module, const std::string& method, const TrainOptions& o, uint64_t seed) {
+  if (o.algorithm == "mezo") return run_mezo(module, method, o, seed);
   Layout l = read_layout(module, method);
   Split train = load_split(o.data, o.labels, "--data");
   check_split(train, l, "--data");
@@ -330,7 +343,9 @@ int64_t run_train(Module& module, const std::string& method, const TrainOptions&
   int64_t trainable = 0;
   for (int64_t k = 0; k < l.count; ++k) trainable += static_cast<int64_t>(t.numel(k));
   State st;
-  if (!o.resume.empty()) load_checkpoint(o.resume, t, l, &st);
+  std::vector<ParamView> views;
+  for (int64_t k = 0; k < l.count; ++k) views.push_back({t.param(k), t.numel(k)});
+  if (!o.resume.empty()) load_checkpoint(o.resume, views, &st);
   const bool adam = o.optimizer == "adamw";
   if (adam || o.momentum > 0) {
     if (st.m.empty())
@@ -467,14 +482,14 @@ int64_t run_train(Module& module, const std::string& method, const TrainOptions&
     }
     if (o.eval_every > 0 && st.step % o.eval_every == 0 && st.step != last) evaluate("during");
     if (!o.checkpoint.empty() && o.checkpoint_every > 0 && st.step % o.checkpoint_every == 0) {
-      int64_t bytes = save_checkpoint(o.checkpoint, t, l, st);
+      int64_t bytes = save_checkpoint(o.checkpoint, views, st);
       edgerun::JsonLine().str("type", "checkpoint").num("step", st.step).str("path", o.checkpoint)
           .num("bytes", bytes).emit();
     }
   }
   evaluate("after");
   if (!o.checkpoint.empty() && !(o.checkpoint_every > 0 && st.step % o.checkpoint_every == 0 && ran > 0)) {
-    int64_t bytes = save_checkpoint(o.checkpoint, t, l, st);
+    int64_t bytes = save_checkpoint(o.checkpoint, views, st);
     edgerun::JsonLine().str("type", "checkpoint").num("step", st.step).str("path", o.checkpoint)
         .num("bytes", bytes).emit();
   }
@@ -490,6 +505,256 @@ int64_t run_train(Module& module, const std::string& method, const TrainOptions&
       files.push_back(file);
     }
     edgerun::JsonLine().str("type", "weights").str("dir", o.weights_out).raw("names", json_string_array(l.names))
+        .raw("files", json_string_array(files)).emit();
+  }
+  return ran;
+}
+
+
+// ---- MeZO: zeroth-order SGD on the inference-only program forward(x, y, *weights) -> (loss, pred).
+// The weights live in the runner's buffers; each step perturbs them by +-eps*z with z ~ N(0, 1) drawn
+// from a seed (never stored: regenerated for every pass), so memory is the inference's plus the weights.
+namespace {
+
+void perturb(std::vector<std::vector<float>>& w, uint64_t step_seed, double scale, double decay_lr = 0.0) {
+  std::mt19937_64 rng(step_seed);
+  bool have = false;
+  double spare = 0;
+  for (auto& t : w) {
+    for (auto& v : t) {
+      double z;
+      if (have) {
+        z = spare;
+        have = false;
+      } else {
+        const double u1 = 1.0 - unit_draw(&rng), u2 = unit_draw(&rng);
+        const double r = std::sqrt(-2.0 * std::log(u1));
+        z = r * std::cos(2 * M_PI * u2);
+        spare = r * std::sin(2 * M_PI * u2);
+        have = true;
+      }
+      v = static_cast<float>(v * (1.0 - decay_lr) + scale * z);
+    }
+  }
+}
+
+}  // namespace
+
+int64_t run_mezo(Module& module, const std::string& method, const TrainOptions& o, uint64_t seed) {
+  const std::string fqn_method = "__edgerun_mezo_fqn_" + method;
+  auto have = module.method_names();
+  if (!have.ok() || !have->count(fqn_method))
+    fail("load", kExitLoad, Error::InvalidProgram,
+         "--method mezo needs a MeZO program (forward(x, y, *weights) with a " + fqn_method +
+             " method, as edgerun finetune --method mezo exports it)");
+  auto fq = module.execute(fqn_method);
+  if (!fq.ok()) fail("load", kExitLoad, fq.error(), "cannot read the MeZO program's weight names");
+  std::vector<std::string> names;
+  for (const auto& v : *fq)
+    if (v.isString()) names.emplace_back(v.toString());
+  auto meta = module.method_meta(method);
+  if (!meta.ok()) fail("load", kExitLoad, meta.error(), "cannot read metadata of method " + method);
+  const size_t n = names.size();
+  if (meta->num_inputs() != 2 + n || meta->num_outputs() < 1)
+    fail("input", kExitInput, Error::InvalidArgument,
+         "the MeZO program takes " + std::to_string(meta->num_inputs()) + " inputs; expected x, y and " +
+             std::to_string(n) + " weights");
+  Layout l;
+  auto x = meta->input_tensor_meta(0);
+  auto y = meta->input_tensor_meta(1);
+  if (!x.ok() || !y.ok() || y->scalar_type() != ScalarType::Long)
+    fail("input", kExitInput, Error::InvalidArgument, "the MeZO program's x/y inputs are not tensors x, y [B] int64");
+  std::vector<int64_t> xs(x->sizes().begin(), x->sizes().end());
+  l.batch = xs[0];
+  l.sample_shape.assign(xs.begin() + 1, xs.end());
+  l.x_dtype = x->scalar_type();
+  if (o.weights_in.empty())
+    fail("usage", kExitUsage, Error::InvalidArgument, "--method mezo needs --weights-in DIR (the starting weights)");
+  std::vector<std::vector<float>> w(n);
+  std::vector<std::vector<executorch::aten::SizesType>> wshape(n);
+  int64_t trainable = 0;
+  for (size_t k = 0; k < n; ++k) {
+    auto info = meta->input_tensor_meta(2 + k);
+    if (!info.ok() || info->scalar_type() != ScalarType::Float)
+      fail("input", kExitInput, Error::InvalidArgument, "weight input " + names[k] + " is not a float32 tensor");
+    std::vector<int64_t> want(info->sizes().begin(), info->sizes().end());
+    const std::string path = o.weights_in + "/" + safe_name(names[k]) + ".npy";
+    std::vector<uint8_t> bytes;
+    std::string why;
+    NpyArray arr;
+    if (!read_file(path, &bytes, &why) || !parse_npy(bytes, &arr, &why))
+      fail("input", kExitInput, Error::AccessFailed, "--weights-in: " + path + ": " + why);
+    if (arr.dtype != ScalarType::Float || arr.shape != want)
+      fail("input", kExitInput, Error::InvalidArgument,
+           "--weights-in: " + path + " is " + dtype_text(arr.dtype) + " " + shape_text(arr.shape) +
+               "; the program takes float32 " + shape_text(want));
+    w[k].resize(arr.data.size() / sizeof(float));
+    std::memcpy(w[k].data(), arr.data.data(), arr.data.size());
+    wshape[k].assign(want.begin(), want.end());
+    trainable += static_cast<int64_t>(w[k].size());
+  }
+  Split train = load_split(o.data, o.labels, "--data");
+  check_split(train, l, "--data");
+  Split eval;
+  const bool has_eval = !o.eval_data.empty();
+  if (has_eval) {
+    eval = load_split(o.eval_data, o.eval_labels, "--eval-data");
+    check_split(eval, l, "--eval-data");
+  }
+  const int64_t B = l.batch, per_epoch = train.n / B;
+  std::vector<uint8_t> xbuf(train.sample_bytes * static_cast<size_t>(B));
+  std::vector<int64_t> ybuf(static_cast<size_t>(B));
+  std::vector<EValue> out;
+  auto forward = [&](const Split& s, const int64_t* idx, int64_t* correct, int64_t* exec_ns) -> double {
+    const auto* labels = reinterpret_cast<const int64_t*>(s.y.data.data());
+    for (int64_t i = 0; i < B; ++i) {
+      std::memcpy(xbuf.data() + i * s.sample_bytes, s.x.data.data() + idx[i] * s.sample_bytes, s.sample_bytes);
+      ybuf[static_cast<size_t>(i)] = labels[idx[i]];
+    }
+    std::vector<executorch::aten::SizesType> xsz = {static_cast<executorch::aten::SizesType>(B)};
+    for (int64_t d : l.sample_shape) xsz.push_back(static_cast<executorch::aten::SizesType>(d));
+    // the tensors must outlive set_inputs/execute: an EValue only points at its TensorImpl
+    std::vector<executorch::extension::TensorPtr> keep;
+    keep.push_back(executorch::extension::from_blob(xbuf.data(), xsz, l.x_dtype));
+    keep.push_back(executorch::extension::from_blob(ybuf.data(), {static_cast<executorch::aten::SizesType>(B)},
+                                                    ScalarType::Long));
+    for (size_t k = 0; k < n; ++k) keep.push_back(executorch::extension::from_blob(w[k].data(), wshape[k]));
+    std::vector<EValue> in;
+    for (auto& t : keep) in.emplace_back(t);
+    Error e = module.set_inputs(method, in);
+    if (e != Error::Ok) fail("input", kExitInput, e, "set_inputs(" + method + ") failed with " + error_name(e));
+    auto t0 = Clock::now();
+    auto res = module.execute(method);
+    if (exec_ns) *exec_ns += ns_between(t0, Clock::now());
+    if (!res.ok()) fail("execute", kExitExecute, res.error(), "the MeZO forward failed with " + error_name(res.error()));
+    out = std::move(*res);
+    if (correct && out.size() > 1 && out[1].isTensor()) {
+      int64_t c = Trainer::count_correct(out[1].toTensor(), ybuf.data(), B);
+      *correct = c;
+    }
+    return out[0].toTensor().const_data_ptr<float>()[0];
+  };
+  State st;
+  std::vector<ParamView> views;
+  for (auto& t : w) views.push_back({t.data(), t.size()});
+  if (!o.resume.empty()) load_checkpoint(o.resume, views, &st);
+  edgerun::JsonLine()
+      .str("type", "train")
+      .str("method", method)
+      .str("algorithm", "mezo")
+      .num("parameters", static_cast<int64_t>(n))
+      .num("trainable", trainable)
+      .num("trainable_bytes", trainable * 4)
+      .num("optimizer_state_bytes", 0)
+      .num("batch", B)
+      .num("train_samples", train.n)
+      .num("eval_samples", has_eval ? eval.n : 0)
+      .num("steps", o.steps)
+      .num("grad_accum", 1)
+      .str("optimizer", "mezo-sgd")
+      .dbl("lr", o.lr)
+      .dbl("eps", o.mezo_eps)
+      .str("schedule", o.schedule)
+      .num("seed", static_cast<int64_t>(seed))
+      .num("start_step", st.step)
+      .raw("names", json_string_array(names))
+      .emit();
+  auto evaluate = [&](const char* when) {
+    if (!has_eval) return;
+    std::vector<int64_t> order = epoch_order(eval.n, seed, 0, false);
+    double loss = 0;
+    int64_t correct = 0, seen = 0, exec = 0;
+    bool scored = true;
+    for (int64_t b = 0; b + B <= eval.n; b += B) {
+      int64_t c = -1;
+      loss += forward(eval, order.data() + b, &c, &exec) * B;
+      scored = scored && c >= 0;
+      correct += std::max<int64_t>(0, c);
+      seen += B;
+    }
+    edgerun::JsonLine line;
+    line.str("type", "eval").str("when", when).num("step", st.step).num("samples", seen).dbl("loss", loss / seen);
+    if (scored) line.dbl("accuracy", static_cast<double>(correct) / seen);
+    else line.null("accuracy");
+    line.num("execute_ns", exec).emit();
+  };
+  evaluate("before");
+  const int64_t last = o.stop_at > 0 ? std::min(o.stop_at, o.steps) : o.steps;
+  std::vector<int64_t> order;
+  int64_t order_epoch = -1, ran = 0, window_exec = 0, window_steps = 0;
+  double loss_window = 0;
+  auto w0 = Clock::now();
+  while (st.step < last) {
+    const int64_t epoch = st.batches / per_epoch, k = st.batches % per_epoch;
+    if (epoch != order_epoch) {
+      order = epoch_order(train.n, seed, epoch, o.shuffle);
+      order_epoch = epoch;
+    }
+    const int64_t* idx = order.data() + k * B;
+    ++st.batches;
+    const uint64_t z_seed = seed * 0xD1B54A32D192ED03ULL + static_cast<uint64_t>(st.step) + 7;
+    const double eps = o.mezo_eps, lr = lr_at(o, st.step);
+    int64_t exec = 0;
+    perturb(w, z_seed, eps);
+    const double lp = forward(train, idx, nullptr, &exec);
+    perturb(w, z_seed, -2 * eps);
+    const double lm = forward(train, idx, nullptr, &exec);
+    const double g = (lp - lm) / (2 * eps);
+    if (!std::isfinite(g))
+      fail("execute", kExitExecute, Error::Internal,
+           "the MeZO projected gradient became " + std::to_string(g) + " at step " + std::to_string(st.step + 1) +
+               " (diverged): lower --lr or --mezo-eps");
+    perturb(w, z_seed, eps - lr * g, lr * o.weight_decay);  // back to w, then the update along z
+    ++st.step;
+    ++ran;
+    const double loss = 0.5 * (lp + lm);
+    loss_window += loss;
+    window_exec += exec;
+    ++window_steps;
+    if (st.step % o.log_every == 0 || st.step == last) {
+      edgerun::JsonLine()
+          .str("type", "step")
+          .num("step", st.step)
+          .dbl("loss", loss)
+          .dbl("loss_mean", loss_window / window_steps)
+          .dbl("projected_grad", g)
+          .dbl("lr", lr)
+          .num("batches", st.batches)
+          .num("execute_ns", window_exec)
+          .num("wall_ns", ns_between(w0, Clock::now()))
+          .num("steps_in_line", window_steps)
+          .emit();
+      loss_window = 0;
+      window_exec = 0;
+      window_steps = 0;
+      w0 = Clock::now();
+    }
+    if (o.eval_every > 0 && st.step % o.eval_every == 0 && st.step != last) evaluate("during");
+    if (!o.checkpoint.empty() && o.checkpoint_every > 0 && st.step % o.checkpoint_every == 0) {
+      int64_t bytes = save_checkpoint(o.checkpoint, views, st);
+      edgerun::JsonLine().str("type", "checkpoint").num("step", st.step).str("path", o.checkpoint)
+          .num("bytes", bytes).emit();
+    }
+  }
+  evaluate("after");
+  if (!o.checkpoint.empty() && !(o.checkpoint_every > 0 && st.step % o.checkpoint_every == 0 && ran > 0)) {
+    int64_t bytes = save_checkpoint(o.checkpoint, views, st);
+    edgerun::JsonLine().str("type", "checkpoint").num("step", st.step).str("path", o.checkpoint)
+        .num("bytes", bytes).emit();
+  }
+  if (!o.weights_out.empty()) {
+    ::mkdir(o.weights_out.c_str(), 0755);
+    std::vector<std::string> files;
+    for (size_t k = 0; k < n; ++k) {
+      std::string file = safe_name(names[k]) + ".npy";
+      std::string why;
+      std::vector<int64_t> shape(wshape[k].begin(), wshape[k].end());
+      if (!write_npy(o.weights_out + "/" + file, ScalarType::Float, shape, w[k].data(), w[k].size() * sizeof(float),
+                     &why))
+        fail("output", kExitOutput, Error::AccessFailed, "--weights-out: " + why);
+      files.push_back(file);
+    }
+    edgerun::JsonLine().str("type", "weights").str("dir", o.weights_out).raw("names", json_string_array(names))
         .raw("files", json_string_array(files)).emit();
   }
   return ran;

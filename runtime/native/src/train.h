@@ -14,6 +14,9 @@ namespace edgerun {
 
 struct TrainOptions {
   bool enabled = false;
+  std::string algorithm = "backprop";   // backprop (a training program) | mezo (weights-as-inputs forward)
+  double mezo_eps = 1e-3;               // mezo: perturbation scale
+  std::string weights_in;               // mezo: dir of the starting weights, NAME.npy
   std::string data, labels;             // .npy: [N, *sample] inputs, [N] int64 labels
   std::string eval_data, eval_labels;   // held-out split, evaluated before, every --eval-every, and after
   int64_t steps = 100;                  // optimizer steps
