@@ -169,3 +169,14 @@ def test_cli_generate_json_and_bench_llm_csv(tiny_fp32, cli):
     assert header.startswith("run_id,model,scheme") and len(rows) == 2
     res = cli("generate", str(tiny_fp32), "--prompt", "x" * 400, "--json")
     assert res.returncode == 2 and "max context of 48" in json.loads(res.stdout)["error"]["message"]
+
+
+def test_profile_of_an_llm_artifact_also_scores_its_heldout_text(tiny_fp32, cli):
+    res = cli("profile", str(tiny_fp32), "--iterations", "2", "--warmup", "0", "--threads", "1", "--no-etdump", "--json")
+    assert res.returncode == 0, res.stderr
+    runs = json.loads(res.stdout)["runs"]
+    ppl = [r for r in runs if (r.get("llm") or {}).get("perplexity")]
+    assert len(runs) == 2 and len(ppl) == 1
+    m = read_manifest(tiny_fp32)
+    assert ppl[0]["llm"]["perplexity"] == pytest.approx(m.llm.quality["perplexity"]["program"], rel=1e-6)
+    assert ppl[0]["llm"]["eager_perplexity"] == m.llm.quality["perplexity"]["eager_fp32"]
