@@ -318,6 +318,36 @@ std::string safe_name(const std::string& fqn) {
   return s.empty() || s[0] == '.' ? "_" + s : s;
 }
 
+
+void emit_eval(const char* when, int64_t step, int64_t seen, double loss_sum, int64_t correct, bool scored,
+               int64_t exec_ns) {
+  edgerun::JsonLine line;
+  line.str("type", "eval").str("when", when).num("step", step).num("samples", seen).dbl("loss", loss_sum / seen);
+  if (scored) line.dbl("accuracy", static_cast<double>(correct) / seen);
+  else line.null("accuracy");
+  line.num("execute_ns", exec_ns).emit();
+}
+
+void checkpoint_now(const std::string& path, const std::vector<ParamView>& views, const State& st) {
+  int64_t bytes = save_checkpoint(path, views, st);
+  edgerun::JsonLine().str("type", "checkpoint").num("step", st.step).str("path", path).num("bytes", bytes).emit();
+}
+
+void write_weights(const std::string& dir, const std::vector<std::string>& names, const std::vector<ParamView>& views,
+                   const std::vector<std::vector<int64_t>>& shapes) {
+  ::mkdir(dir.c_str(), 0755);
+  std::vector<std::string> files;
+  for (size_t k = 0; k < names.size(); ++k) {
+    std::string file = safe_name(names[k]) + ".npy";
+    std::string why;
+    if (!write_npy(dir + "/" + file, ScalarType::Float, shapes[k], views[k].data, views[k].n * sizeof(float), &why))
+      fail("output", kExitOutput, Error::AccessFailed, "--weights-out: " + why);
+    files.push_back(file);
+  }
+  edgerun::JsonLine().str("type", "weights").str("dir", dir).raw("names", json_string_array(names))
+      .raw("files", json_string_array(files)).emit();
+}
+
 }  // namespace
 
 int64_t run_mezo(Module& module, const std::string& method, const TrainOptions& o, uint64_t seed);
@@ -387,11 +417,7 @@ int64_t run_train(Module& module, const std::string& method, const TrainOptions&
       correct += std::max<int64_t>(0, r.correct);
       seen += B;
     }
-    edgerun::JsonLine line;
-    line.str("type", "eval").str("when", when).num("step", st.step).num("samples", seen).dbl("loss", loss / seen);
-    if (scored) line.dbl("accuracy", static_cast<double>(correct) / seen);
-    else line.null("accuracy");
-    line.num("execute_ns", exec).emit();
+    emit_eval(when, st.step, seen, loss, correct, scored, exec);
   };
 
   evaluate("before");
@@ -482,30 +508,17 @@ int64_t run_train(Module& module, const std::string& method, const TrainOptions&
     }
     if (o.eval_every > 0 && st.step % o.eval_every == 0 && st.step != last) evaluate("during");
     if (!o.checkpoint.empty() && o.checkpoint_every > 0 && st.step % o.checkpoint_every == 0) {
-      int64_t bytes = save_checkpoint(o.checkpoint, views, st);
-      edgerun::JsonLine().str("type", "checkpoint").num("step", st.step).str("path", o.checkpoint)
-          .num("bytes", bytes).emit();
+      checkpoint_now(o.checkpoint, views, st);
     }
   }
   evaluate("after");
   if (!o.checkpoint.empty() && !(o.checkpoint_every > 0 && st.step % o.checkpoint_every == 0 && ran > 0)) {
-    int64_t bytes = save_checkpoint(o.checkpoint, views, st);
-    edgerun::JsonLine().str("type", "checkpoint").num("step", st.step).str("path", o.checkpoint)
-        .num("bytes", bytes).emit();
+    checkpoint_now(o.checkpoint, views, st);
   }
   if (!o.weights_out.empty()) {
-    ::mkdir(o.weights_out.c_str(), 0755);
-    std::vector<std::string> files;
-    for (int64_t k = 0; k < l.count; ++k) {
-      std::string file = safe_name(l.names[static_cast<size_t>(k)]) + ".npy";
-      std::string why;
-      if (!write_npy(o.weights_out + "/" + file, ScalarType::Float, t.shape(k), t.param(k), t.numel(k) * sizeof(float),
-                     &why))
-        fail("output", kExitOutput, Error::AccessFailed, "--weights-out: " + why);
-      files.push_back(file);
-    }
-    edgerun::JsonLine().str("type", "weights").str("dir", o.weights_out).raw("names", json_string_array(l.names))
-        .raw("files", json_string_array(files)).emit();
+    std::vector<std::vector<int64_t>> shapes;
+    for (int64_t k = 0; k < l.count; ++k) shapes.push_back(t.shape(k));
+    write_weights(o.weights_out, l.names, views, shapes);
   }
   return ran;
 }
@@ -672,11 +685,7 @@ int64_t run_mezo(Module& module, const std::string& method, const TrainOptions& 
       correct += std::max<int64_t>(0, c);
       seen += B;
     }
-    edgerun::JsonLine line;
-    line.str("type", "eval").str("when", when).num("step", st.step).num("samples", seen).dbl("loss", loss / seen);
-    if (scored) line.dbl("accuracy", static_cast<double>(correct) / seen);
-    else line.null("accuracy");
-    line.num("execute_ns", exec).emit();
+    emit_eval(when, st.step, seen, loss, correct, scored, exec);
   };
   evaluate("before");
   const int64_t last = o.stop_at > 0 ? std::min(o.stop_at, o.steps) : o.steps;
@@ -731,31 +740,17 @@ int64_t run_mezo(Module& module, const std::string& method, const TrainOptions& 
     }
     if (o.eval_every > 0 && st.step % o.eval_every == 0 && st.step != last) evaluate("during");
     if (!o.checkpoint.empty() && o.checkpoint_every > 0 && st.step % o.checkpoint_every == 0) {
-      int64_t bytes = save_checkpoint(o.checkpoint, views, st);
-      edgerun::JsonLine().str("type", "checkpoint").num("step", st.step).str("path", o.checkpoint)
-          .num("bytes", bytes).emit();
+      checkpoint_now(o.checkpoint, views, st);
     }
   }
   evaluate("after");
   if (!o.checkpoint.empty() && !(o.checkpoint_every > 0 && st.step % o.checkpoint_every == 0 && ran > 0)) {
-    int64_t bytes = save_checkpoint(o.checkpoint, views, st);
-    edgerun::JsonLine().str("type", "checkpoint").num("step", st.step).str("path", o.checkpoint)
-        .num("bytes", bytes).emit();
+    checkpoint_now(o.checkpoint, views, st);
   }
   if (!o.weights_out.empty()) {
-    ::mkdir(o.weights_out.c_str(), 0755);
-    std::vector<std::string> files;
-    for (size_t k = 0; k < n; ++k) {
-      std::string file = safe_name(names[k]) + ".npy";
-      std::string why;
-      std::vector<int64_t> shape(wshape[k].begin(), wshape[k].end());
-      if (!write_npy(o.weights_out + "/" + file, ScalarType::Float, shape, w[k].data(), w[k].size() * sizeof(float),
-                     &why))
-        fail("output", kExitOutput, Error::AccessFailed, "--weights-out: " + why);
-      files.push_back(file);
-    }
-    edgerun::JsonLine().str("type", "weights").str("dir", o.weights_out).raw("names", json_string_array(names))
-        .raw("files", json_string_array(files)).emit();
+    std::vector<std::vector<int64_t>> shapes;
+    for (const auto& s : wshape) shapes.emplace_back(s.begin(), s.end());
+    write_weights(o.weights_out, names, views, shapes);
   }
   return ran;
 }
