@@ -28,8 +28,11 @@ EVAL_AGREEMENT = 0.02
 
 @dataclasses.dataclass(frozen=True)
 class FinetuneSettings:
-    method: str = "full"
+    method: str = "full"                  # full | lora | mezo
     batch: int = 16
+    lora_rank: int = 8
+    lora_alpha: float | None = None       # default: the rank (scale 1)
+    lora_targets: tuple[str, ...] = ()    # linear layers whose name contains one of these; () = all
     freeze: tuple[str, ...] = ()
     data: str | None = None               # .npz with x_train, y_train[, x_eval, y_eval]; None: the model's dataset
     data_on_device: str | None = None     # a directory on the device holding x_train.npy ... (never leaves it)
@@ -74,13 +77,13 @@ def _load_data(spec, settings: FinetuneSettings, sample_shape):
     return arrays
 
 
-def _program_cache(spec, batch: int, freeze, method: str) -> Path:
+def _program_cache(spec, batch: int, freeze, method: str, extra=None) -> Path:
     from edgerun.core.paths import cache_dir
     from edgerun.export.recipe import tool_versions
     from edgerun.export.recipe import _model_identity  # noqa: PLC2701 (the export room's identity of a spec)
 
     key = json.dumps({"model": _model_identity(spec), "batch": batch, "freeze": list(freeze), "method": method,
-                      "versions": tool_versions(), "split_mm": True, "v": 2}, sort_keys=True)
+                      "versions": tool_versions(), "split_mm": True, "extra": extra, "v": 2}, sort_keys=True)
     return cache_dir("finetune") / hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
@@ -110,8 +113,8 @@ def finetune(model: str, device_name: str, request, settings: FinetuneSettings =
         raise UsageError(f"on-device fine-tuning of LLMs ({model}) is not built yet; classifiers (a zoo model with "
                          "a dataset, or package.module:factory with --data) are.",
                          hint="Try: edgerun finetune digits_cnn --device local://")
-    if settings.method not in ("full", "mezo"):
-        raise UsageError(f"--method {settings.method}: full and mezo run on the device; lora is not built yet.")
+    if settings.method not in ("full", "lora", "mezo"):
+        raise UsageError(f"--method {settings.method}: choose full, lora or mezo.")
     if (settings.method == "mezo") != request.mezo:
         request = dataclasses.replace(request, mezo=settings.method == "mezo",
                                       momentum=0.0 if settings.method == "mezo" else request.momentum)
@@ -126,7 +129,15 @@ def finetune(model: str, device_name: str, request, settings: FinetuneSettings =
     if arrays is not None and len(arrays["x_train"]) < settings.batch:
         raise UsageError(f"the training data has {len(arrays['x_train'])} samples, fewer than one batch of "
                          f"{settings.batch}.", hint="Use a smaller --batch.")
-    cache = _program_cache(spec, settings.batch, settings.freeze, settings.method)
+    base_net = net
+    lora = None
+    if settings.method == "lora":
+        from edgerun.export.finetune import add_lora
+
+        net, chosen = add_lora(base_net, rank=settings.lora_rank, alpha=settings.lora_alpha,
+                               targets=settings.lora_targets)
+        lora = {"rank": settings.lora_rank, "alpha": settings.lora_alpha or settings.lora_rank, "layers": chosen}
+    cache = _program_cache(spec, settings.batch, settings.freeze, settings.method, lora)
     say("exporting the training program")
     pte = cache / "train.pte"
     meta_path = cache / "program.json"
@@ -161,7 +172,7 @@ def finetune(model: str, device_name: str, request, settings: FinetuneSettings =
                               on_stdout=on_stdout)
     wsha = weights_sha256(run.weights) if run.weights else None
     record = analyse_training(run, model_name=spec.name, request=request, program=program,
-                              settings={"batch": settings.batch, "freeze": list(settings.freeze),
+                              settings={"batch": settings.batch, "freeze": list(settings.freeze), "lora": lora,
                                         "data": settings.data or ("device:" + settings.data_on_device
                                                                   if settings.data_on_device else "dataset")})
     record = dataclasses.replace(record, training=dataclasses.replace(record.training, weights_sha256=wsha))
@@ -169,6 +180,11 @@ def finetune(model: str, device_name: str, request, settings: FinetuneSettings =
     out: dict[str, Any] = {"record": record, "program": program, "run_dir": run_dir, "export": None,
                            "agreement": None}
     trained = load_trained(net, run.weights, program)
+    if lora is not None:
+        from edgerun.export.finetune import merge_lora
+
+        trained = merge_lora(trained)
+        out["lora"] = lora
     after = record.training.eval_after
     if arrays is not None and "x_eval" in arrays and after and after.get("accuracy") is not None:
         # the device's own evaluation covers whole batches only; eager sees the same samples
@@ -188,7 +204,8 @@ def finetune(model: str, device_name: str, request, settings: FinetuneSettings =
                                     description=f"{spec.description} (fine-tuned on {device_name})")
         manifest = export_model(tuned, settings.target, settings.scheme, settings.export_to)
         t = record.training
-        lineage = {"base_model": spec.name, "base_origin": spec.origin, "method": t.method, "optimizer": t.optimizer,
+        lineage = {"base_model": spec.name, "base_origin": spec.origin, "method": t.method, "lora": lora,
+                   "optimizer": t.optimizer,
                    "lr": t.lr, "steps": t.start_step + t.steps, "batch": t.batch, "data_sha256": t.data_sha256,
                    "data": t.settings.get("data"), "final_loss": t.loss_curve[-1][1] if t.loss_curve else None,
                    "eval_before": t.eval_before, "eval_after": t.eval_after, "weights_sha256": wsha,

@@ -26,7 +26,7 @@ from edgerun.core.artifact import sha256_file
 
 from .errors import ExportError
 
-METHODS = ("full", "mezo")
+METHODS = ("full", "lora", "mezo")
 MEZO_FQN = "__edgerun_mezo_fqn_forward"  # constant method: the weight inputs' names, in input order
 PREFIX = "model."  # the wrapper's attribute: parameter names in the program start with it
 
@@ -52,6 +52,77 @@ class TrainingProgram:
         d["sample_shape"] = list(self.sample_shape)
         d["names"] = list(self.names)
         return d
+
+
+def _lora_class():
+    import torch
+    from torch import nn
+
+    class LoRALinear(nn.Module):
+        """``base(x) + (alpha / rank) * x A^T B^T``: the base layer frozen, A (rank x in, small random)
+        and B (out x rank, zeros: training starts from the base model exactly) trained."""
+
+        def __init__(self, base: nn.Linear, rank: int, alpha: float, seed: int):
+            super().__init__()
+            self.base = base
+            for p in self.base.parameters():
+                p.requires_grad_(False)
+            g = torch.Generator().manual_seed(seed)
+            self.lora_a = nn.Parameter(torch.randn(rank, base.in_features, generator=g) / base.in_features ** 0.5)
+            self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank))
+            self.scale = alpha / rank
+
+        def forward(self, x):
+            return self.base(x) + (x @ self.lora_a.t() @ self.lora_b.t()) * self.scale
+
+        def merged(self) -> nn.Linear:
+            out = copy.deepcopy(self.base)
+            with torch.no_grad():
+                out.weight += self.scale * (self.lora_b @ self.lora_a)
+            for p in out.parameters():
+                p.requires_grad_(True)
+            return out
+
+    return LoRALinear
+
+
+def add_lora(model, *, rank: int = 8, alpha: float | None = None, targets: Sequence[str] = (), seed: int = 0):
+    """A copy of ``model`` whose ``nn.Linear`` layers (those whose name contains any of ``targets``; all when
+    empty) carry LoRA adapters; every other parameter is frozen. Returns ``(model, adapted layer names)``."""
+    import torch
+
+    if not isinstance(rank, int) or rank < 1:
+        raise ExportError(f"--rank must be an integer >= 1, got {rank!r}.", stage="export training program")
+    m = copy.deepcopy(model)
+    for p in m.parameters():
+        p.requires_grad_(False)
+    LoRALinear = _lora_class()
+    chosen = [n for n, mod in m.named_modules() if isinstance(mod, torch.nn.Linear)
+              and (not targets or any(t in n for t in targets))]
+    if not chosen:
+        have = [n for n, mod in m.named_modules() if isinstance(mod, torch.nn.Linear)]
+        raise ExportError(f"--lora-targets {', '.join(targets) or '(all)'} matches no linear layer (the model has: "
+                          f"{', '.join(have[:8]) or 'none'}).", stage="export training program")
+    for k, name in enumerate(chosen):
+        parent_name, _, attr = name.rpartition(".")
+        parent = m.get_submodule(parent_name) if parent_name else m
+        base = getattr(parent, attr)
+        setattr(parent, attr, LoRALinear(base, rank, float(alpha if alpha is not None else rank), seed + k))
+    return m, chosen
+
+
+def merge_lora(model):
+    """The LoRA model with every adapter merged into its base layer: a plain model to export for inference."""
+    m = copy.deepcopy(model)
+    LoRALinear = _lora_class().__name__
+    for name, mod in list(m.named_modules()):
+        if type(mod).__name__ == LoRALinear:
+            parent_name, _, attr = name.rpartition(".")
+            parent = m.get_submodule(parent_name) if parent_name else m
+            setattr(parent, attr, mod.merged())
+    for p in m.parameters():
+        p.requires_grad_(True)
+    return m.eval()
 
 
 def _mezo_wrapper(model, names):
@@ -164,13 +235,16 @@ def export_training_program(model, example: Sequence[Any], out: str | Path, *, b
     if not isinstance(batch, int) or batch < 1:
         raise ExportError(f"the batch size must be an integer >= 1, got {batch!r}.", stage="export training program")
     m = copy.deepcopy(model).train()
+    if method == "lora":  # the adapters are what trains: everything else is already frozen
+        frozen = ()
     names = [n for n, _ in m.named_parameters()]
     unknown = [f for f in frozen if not any(n.startswith(f) for n in names)]
     if unknown:
         raise ExportError(f"--freeze {unknown[0]!r} matches no parameter (the model has {', '.join(names[:6])}"
                           f"{', …' if len(names) > 6 else ''}).", stage="export training program")
-    for n, p in m.named_parameters():
-        p.requires_grad_(not any(n.startswith(f) for f in frozen))
+    if method != "lora":
+        for n, p in m.named_parameters():
+            p.requires_grad_(not any(n.startswith(f) for f in frozen))
     sample = example[0][:1]
     x = sample.expand(batch, *sample.shape[1:]).clone()
     with torch.no_grad():

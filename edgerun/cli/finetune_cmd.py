@@ -46,9 +46,13 @@ def register(app: typer.Typer) -> None:
         model: Annotated[str, typer.Argument(help="Zoo classifier (e.g. digits_cnn) or 'package.module:factory'.")],
         device: DeviceOpt = "local://",
         method: Annotated[str, typer.Option(
-            help="full (backprop: loss, gradients and the optimizer in the runner) | mezo (zeroth-order: two "
-                 "forward passes per step on an inference program, no gradients or optimizer state). LoRA is not "
-                 "built yet.")] = "full",
+            help="full (backprop: loss, gradients and the optimizer in the runner) | lora (low-rank adapters on "
+                 "the linear layers, the rest frozen; merged back for --export-to) | mezo (zeroth-order: two "
+                 "forward passes per step on an inference program, no gradients or optimizer state).")] = "full",
+        rank: Annotated[int, typer.Option(help="LoRA rank.")] = 8,
+        lora_alpha: Annotated[Optional[float], typer.Option(help="LoRA alpha (default: the rank).")] = None,
+        lora_targets: Annotated[Optional[list[str]], typer.Option(
+            help="LoRA: adapt linear layers whose name contains this (repeatable; default all).")] = None,
         mezo_eps: Annotated[float, typer.Option(help="MeZO: perturbation scale.")] = 1e-3,
         data: Annotated[Optional[Path], typer.Option(
             help=".npz with x_train, y_train (and x_eval, y_eval); default: the model's own dataset.")] = None,
@@ -100,7 +104,8 @@ def register(app: typer.Typer) -> None:
         def work() -> dict:
             from edgerun.finetune import FinetuneSettings, finetune
 
-            settings = FinetuneSettings(method=method, batch=batch, freeze=tuple(freeze or ()),
+            settings = FinetuneSettings(method=method, batch=batch, freeze=tuple(freeze or ()), lora_rank=rank,
+                                        lora_alpha=lora_alpha, lora_targets=tuple(lora_targets or ()),
                                         data=str(data) if data else None, data_on_device=data_on_device,
                                         resume=str(resume) if resume else None,
                                         export_to=str(export_to) if export_to else None, target=target,

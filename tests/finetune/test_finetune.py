@@ -154,3 +154,18 @@ def test_mezo_trains_with_two_forwards_and_no_optimizer_state(digits_npz):
         assert np.array_equal(np.load(pa), np.load(b["run_dir"] / "weights" / pa.name)), pa.name
     with pytest.raises(UsageError, match="MeZO is zeroth-order SGD"):
         TrainRequest(mezo=True, optimizer="adamw")
+
+
+def test_lora_trains_adapters_only_and_merges_for_export(digits_npz, tmp_path):
+    req = TrainRequest(steps=60, lr=0.05, optimizer="adamw", threads=1)
+    res = finetune(MLP, "local://", req, FinetuneSettings(method="lora", lora_rank=4, batch=16, data=str(digits_npz),
+                                                          export_to=str(tmp_path / "art")))
+    t = res["record"].training
+    # two adapted layers: (4x64 + 32x4) + (4x32 + 10x4) trainable, the 2410 base parameters frozen
+    assert t.method == "lora" and t.trainable == (4 * 64 + 32 * 4) + (4 * 32 + 10 * 4) and t.frozen == 2410
+    assert t.optimizer_state_bytes == 2 * 4 * t.trainable
+    assert t.eval_after["accuracy"] > t.eval_before["accuracy"] + 0.1, (t.eval_before, t.eval_after)
+    assert res["agreement"]["agrees"]  # the merged eager model scores what the device's LoRA program scored
+    m = read_manifest(tmp_path / "art")
+    assert m.ok and m.lineage["method"] == "lora" and m.lineage["lora"]["rank"] == 4
+    assert {i.name for i in m.inputs} and m.model.parameters == 2410  # merged: a plain MLP again
