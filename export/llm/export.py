@@ -148,6 +148,12 @@ def export_llm(spec: LLMSpec, target: str, scheme: str | None = None, out_dir=No
             with torch.no_grad():
                 exported = torch.export.export(module, example, dynamic_shapes={"tokens": {1: t}, "input_pos": {0: t}})
             weight_bytes = _weight_bytes(exported.run_decompositions({}))
+            n4 = int(quant_facts.get("int4_weight_numel") or 0)
+            if n4 and weight_bytes.get("int8", 0) >= n4:
+                # torchao keeps int4 codes unpacked in int8 until XNNPACK packs them two a byte
+                weight_bytes["int8"] -= n4
+                weight_bytes["int4"] = n4 // 2
+                weight_bytes = dict(sorted(weight_bytes.items()))
         with _stage("lower", on_stage):
             from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
 

@@ -107,6 +107,7 @@ def quantize_llama(model, scheme) -> tuple[Any, dict]:
         # untie: the LM head gets its own weight, quantized for the linear kernel
         q.output.weight = torch.nn.Parameter(model.tok_embeddings.weight.detach().clone())
     wide_set, narrow_set = set(wide), set(narrow)
+    int4_numel = sum(q.get_submodule(n).weight.numel() for n in narrow)
     quantize_(q, int8, lambda m, fqn="": isinstance(m, torch.nn.Linear) and fqn in wide_set)
     if narrow:
         int4 = Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, weight_granularity=PerGroup(gs),
@@ -114,7 +115,7 @@ def quantize_llama(model, scheme) -> tuple[Any, dict]:
         quantize_(q, int4, lambda m, fqn="": isinstance(m, torch.nn.Linear) and fqn in narrow_set)
     unwrap_tensor_subclass(q)
     facts = {"linear_layers": len(linears), "quantized_linear_layers": len(linears),
-             "int4_linear_layers": len(narrow), "int8_linear_layers": len(wide),
+             "int4_linear_layers": len(narrow), "int8_linear_layers": len(wide), "int4_weight_numel": int4_numel,
              "linear_weights": (f"int4 grouped ({gs} per scale, HQQ scales) except attention, FFN down and the LM "
                                 "head: int8 per-channel") if gs is not None else "int8 per-channel",
              "group_size": gs, "embedding": f"{bits}-bit, {emb_group} per scale "
