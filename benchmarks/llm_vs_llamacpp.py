@@ -48,6 +48,26 @@ from pathlib import Path
 LLAMA_CPP_PYTHON = "0.3.36"
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = ("llama-bench", "llama-perplexity", "llama-quantize")
+# The CPU's own ISA, named flag by flag from /proc/cpuinfo -- not GGML_NATIVE: -march=native also turns on
+# AMX where the CPU lists it, and a VM may list amx_tile without the kernel granting the tile state
+# (measured here: llama-bench died with SIGILL on tileloadd). Edge CPUs have no AMX anyway.
+def _isa_flags() -> tuple[str, ...]:
+    try:
+        m = re.search(r"^flags\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
+        have = set(m.group(1).split()) if m else set()
+    except OSError:
+        have = set()
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return ("-DGGML_NATIVE=ON",)  # Arm: no AMX; native is what the board has
+    pairs = {"GGML_AVX": "avx", "GGML_AVX2": "avx2", "GGML_FMA": "fma", "GGML_F16C": "f16c", "GGML_BMI2": "bmi2",
+             "GGML_AVX_VNNI": "avx_vnni", "GGML_AVX512": "avx512f", "GGML_AVX512_VBMI": "avx512vbmi",
+             "GGML_AVX512_VNNI": "avx512_vnni", "GGML_AVX512_BF16": "avx512_bf16"}
+    return ("-DGGML_NATIVE=OFF", *(f"-D{k}={'ON' if v in have else 'OFF'}" for k, v in pairs.items()))
+
+
+CMAKE_FLAGS = ("-DCMAKE_BUILD_TYPE=Release", *_isa_flags(), "-DGGML_AMX_TILE=OFF", "-DGGML_AMX_INT8=OFF",
+               "-DGGML_AMX_BF16=OFF", "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
+               "-DLLAMA_BUILD_SERVER=OFF")
 
 
 def log(msg: str) -> None:
@@ -65,7 +85,8 @@ def cache_root() -> Path:
 def build_llamacpp(root: Path) -> Path:
     """llama.cpp's tools from the pinned sdist, built once; returns the bin directory."""
     bindir = root / "build" / "bin"
-    if all((bindir / t).is_file() for t in TOOLS):
+    stamp = root / "build" / "edgerun-flags.txt"
+    if all((bindir / t).is_file() for t in TOOLS) and stamp.is_file() and stamp.read_text() == " ".join(CMAKE_FLAGS):
         return bindir
     sdist = next(root.glob("llama_cpp_python-*.tar.gz"), None)
     if sdist is None:
@@ -86,12 +107,11 @@ def build_llamacpp(root: Path) -> Path:
             tar.extractall(src, members=members, filter="data")
     build = root / "build"
     log("configuring llama.cpp (Release, native CPU, no curl)")
-    subprocess.run(["cmake", "-S", str(src), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=ON",
-                    "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
-                    "-DLLAMA_BUILD_SERVER=OFF"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(["cmake", "-S", str(src), "-B", str(build), *CMAKE_FLAGS], check=True, stdout=subprocess.DEVNULL)
     log("building llama-bench, llama-perplexity, llama-quantize (several minutes on 2 cores)")
     subprocess.run(["cmake", "--build", str(build), "-j", str(os.cpu_count() or 2), "--target", *TOOLS], check=True,
                    stdout=subprocess.DEVNULL)
+    stamp.write_text(" ".join(CMAKE_FLAGS))
     return bindir
 
 
