@@ -292,14 +292,15 @@ def _torch_modules():
             v = self.wv(x).view(b, t, self.n_kv, self.head_dim)
             self.k_cache.index_copy_(2, input_pos, k.transpose(1, 2))
             self.v_cache.index_copy_(2, input_pos, v.transpose(1, 2))
+            # Grouped-query attention without copying the cache per query head: the query heads that
+            # share a KV head are stacked along the rows ([b, kv, rep*t, d]), so each KV head is read once.
             rep = self.n_heads // self.n_kv
-            ctx = self.k_cache.shape[2]
-            keys = self.k_cache.unsqueeze(2).expand(b, self.n_kv, rep, ctx, self.head_dim).reshape(
-                b, self.n_heads, ctx, self.head_dim)
-            values = self.v_cache.unsqueeze(2).expand(b, self.n_kv, rep, ctx, self.head_dim).reshape(
-                b, self.n_heads, ctx, self.head_dim)
-            out = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=mask)
-            return self.wo(out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
+            qg = q.transpose(1, 2).reshape(b, self.n_kv, rep * t, self.head_dim)
+            scores = torch.matmul(qg, self.k_cache.transpose(2, 3)) * (self.head_dim ** -0.5)
+            probs = torch.softmax(scores + mask, dim=-1)          # mask: additive, [rep*t, max_context]
+            out = torch.matmul(probs, self.v_cache)                # [b, kv, rep*t, d]
+            out = out.reshape(b, self.n_heads, t, self.head_dim).transpose(1, 2)
+            return self.wo(out.reshape(b, t, self.n_heads * self.head_dim))
 
     class FeedForward(nn.Module):
         def __init__(self, dim: int, hidden: int):
@@ -358,7 +359,11 @@ def _torch_modules():
         def forward(self, tokens, input_pos):
             cos = self.rope_cos.index_select(0, input_pos)
             sin = self.rope_sin.index_select(0, input_pos)
-            mask = self.positions.unsqueeze(0) <= input_pos.unsqueeze(1)    # [T, max_context]
+            # one additive causal mask for every layer: 0 where a position may be attended, -inf where not,
+            # repeated for the query heads that share a KV head ([rep*T, max_context])
+            allowed = self.positions.unsqueeze(0) <= input_pos.unsqueeze(1)    # [T, max_context]
+            mask = torch.zeros(allowed.shape, dtype=torch.float32).masked_fill(~allowed, float("-inf"))
+            mask = mask.repeat(self.config.n_heads // self.config.n_kv_heads, 1)
             h = self.tok_embeddings(tokens)
             for layer in self.layers:
                 h = layer(h, input_pos, cos, sin, mask)
