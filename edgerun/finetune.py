@@ -38,6 +38,8 @@ class FinetuneSettings:
     data_on_device: str | None = None     # a directory on the device holding x_train.npy ... (never leaves it)
     resume: str | None = None             # a checkpoint.bin of an earlier run of the same program
     export_to: str | None = None
+    seq_len: int = 32                     # LLMs: tokens per training sequence
+    eval_fraction: float = 0.1            # LLMs: the share of the text's windows held out
     target: str = "host"
     scheme: str = "fp32"
     timeout_s: float = 3600.0
@@ -77,14 +79,57 @@ def _load_data(spec, settings: FinetuneSettings, sample_shape):
     return arrays
 
 
+def _text_data(spec, settings: FinetuneSettings):
+    """An LLM's fine-tuning data: a text (``--data FILE.txt``, default the held-out text edgerun ships)
+    tokenised with the GGUF's own tokenizer, cut into windows of ``seq_len + 1`` ids; inputs are the first
+    ``seq_len``, targets the next ``seq_len``; the last ``eval_fraction`` of the windows is held out."""
+    from edgerun.export.llm.export import DATA
+    from edgerun.export.llm.tokenizer import tokenizer_from_gguf
+
+    if settings.data_on_device:
+        raise UsageError("--data-on-device for LLM fine-tuning is not built yet: give --data FILE.txt.")
+    path = Path(settings.data) if settings.data else DATA / "heldout.txt"
+    if not path.is_file():
+        raise UsageError(f"--data {path}: no such text file (LLM fine-tuning takes plain UTF-8 text).")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"--data {path} is not UTF-8 text.") from None
+    model, _example, g = spec.build_llm(max(2, settings.seq_len))
+    tok, _ = tokenizer_from_gguf(g)
+    ids = np.asarray(tok.encode(text).ids, dtype=np.int64)
+    T = settings.seq_len
+    n = (len(ids) - 1) // T
+    windows = np.stack([ids[i * T:i * T + T + 1] for i in range(n)]) if n else np.zeros((0, T + 1), np.int64)
+    n_eval = max(settings.batch, int(round(n * settings.eval_fraction))) if n >= 2 * settings.batch else 0
+    if n - n_eval < settings.batch:
+        raise UsageError(f"{path} gives {n} windows of {T + 1} tokens, fewer than a batch of {settings.batch} to "
+                         "train on (plus one to evaluate).", hint="Give more text, a smaller --batch or --seq-len.")
+    train, held = windows[:n - n_eval], windows[n - n_eval:]
+    arrays = {"x_train": train[:, :-1], "y_train": train[:, 1:]}
+    if len(held):
+        arrays.update(x_eval=held[:, :-1], y_eval=held[:, 1:])
+    return model, arrays, {"text": str(path), "tokens": int(len(ids)), "windows": n, "seq_len": T}
+
+
 def _program_cache(spec, batch: int, freeze, method: str, extra=None) -> Path:
     from edgerun.core.paths import cache_dir
     from edgerun.export.recipe import tool_versions
     from edgerun.export.recipe import _model_identity  # noqa: PLC2701 (the export room's identity of a spec)
 
     key = json.dumps({"model": _model_identity(spec), "batch": batch, "freeze": list(freeze), "method": method,
-                      "versions": tool_versions(), "split_mm": True, "extra": extra, "v": 2}, sort_keys=True)
+                      "versions": tool_versions(), "split_mm": True, "extra": extra, "v": 3}, sort_keys=True)
     return cache_dir("finetune") / hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def eager_lm_loss(model, x: np.ndarray, y: np.ndarray) -> float:
+    """Mean next-token cross-entropy of ``model.forward_train`` over every token of ``x`` -> ``y``."""
+    import torch
+
+    with torch.no_grad():
+        logits = model.forward_train(torch.from_numpy(np.ascontiguousarray(x)))
+        return float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                       torch.from_numpy(np.ascontiguousarray(y)).reshape(-1)))
 
 
 def eager_accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
@@ -109,10 +154,12 @@ def finetune(model: str, device_name: str, request, settings: FinetuneSettings =
 
     say = on_progress or (lambda m: None)
     spec = get_model(model)
-    if isinstance(spec, LLMSpec):
-        raise UsageError(f"on-device fine-tuning of LLMs ({model}) is not built yet; classifiers (a zoo model with "
-                         "a dataset, or package.module:factory with --data) are.",
-                         hint="Try: edgerun finetune digits_cnn --device local://")
+    is_llm = isinstance(spec, LLMSpec)
+    if is_llm and settings.method == "mezo":
+        raise UsageError("MeZO of LLMs is not built yet: use --method lora or full.")
+    if is_llm and settings.export_to:
+        raise UsageError("--export-to of a fine-tuned LLM is not built yet (its trained weights are kept in the run "
+                         "directory's weights/).")
     if settings.method not in ("full", "lora", "mezo"):
         raise UsageError(f"--method {settings.method}: choose full, lora or mezo.")
     if (settings.method == "mezo") != request.mezo:
@@ -123,9 +170,18 @@ def finetune(model: str, device_name: str, request, settings: FinetuneSettings =
     if settings.resume and not Path(settings.resume).is_file():
         raise UsageError(f"--resume {settings.resume}: no such checkpoint file.")
     say("building the model")
-    net, example = spec.build()
-    sample_shape = tuple(example[0].shape[1:])
-    arrays = _load_data(spec, settings, sample_shape)
+    text_facts = None
+    if is_llm:
+        import torch
+
+        net, arrays, text_facts = _text_data(spec, settings)
+        example = (torch.zeros(1, settings.seq_len, dtype=torch.long),)
+        if settings.method == "lora" and not settings.lora_targets:
+            settings = dataclasses.replace(settings, lora_targets=("attention.wq", "attention.wv"))
+    else:
+        net, example = spec.build()
+        sample_shape = tuple(example[0].shape[1:])
+        arrays = _load_data(spec, settings, sample_shape)
     if arrays is not None and len(arrays["x_train"]) < settings.batch:
         raise UsageError(f"the training data has {len(arrays['x_train'])} samples, fewer than one batch of "
                          f"{settings.batch}.", hint="Use a smaller --batch.")
@@ -137,7 +193,9 @@ def finetune(model: str, device_name: str, request, settings: FinetuneSettings =
         net, chosen = add_lora(base_net, rank=settings.lora_rank, alpha=settings.lora_alpha,
                                targets=settings.lora_targets)
         lora = {"rank": settings.lora_rank, "alpha": settings.lora_alpha or settings.lora_rank, "layers": chosen}
-    cache = _program_cache(spec, settings.batch, settings.freeze, settings.method, lora)
+    cache = _program_cache(spec, settings.batch, settings.freeze, settings.method,
+                           {"lora": lora, "seq_len": settings.seq_len if is_llm else None,
+                            "layers": getattr(spec, "layers", None)})
     say("exporting the training program")
     pte = cache / "train.pte"
     meta_path = cache / "program.json"
@@ -176,6 +234,13 @@ def finetune(model: str, device_name: str, request, settings: FinetuneSettings =
                                         "data": settings.data or ("device:" + settings.data_on_device
                                                                   if settings.data_on_device else "dataset")})
     record = dataclasses.replace(record, training=dataclasses.replace(record.training, weights_sha256=wsha))
+    if is_llm:  # an LLM's held-out figure is its perplexity: exp of the mean next-token loss
+        import math
+
+        for e in record.training.eval:
+            e["perplexity"] = math.exp(e["loss"]) if e.get("loss") is not None and e["loss"] < 50 else None
+        record = dataclasses.replace(record, training=dataclasses.replace(
+            record.training, settings={**record.training.settings, "text": text_facts}))
     save_or_keep(record, store_path, run_dir)
     out: dict[str, Any] = {"record": record, "program": program, "run_dir": run_dir, "export": None,
                            "agreement": None}
@@ -186,7 +251,12 @@ def finetune(model: str, device_name: str, request, settings: FinetuneSettings =
         trained = merge_lora(trained)
         out["lora"] = lora
     after = record.training.eval_after
-    if arrays is not None and "x_eval" in arrays and after and after.get("accuracy") is not None:
+    if is_llm and after and "x_eval" in arrays:
+        n = after["samples"]
+        eager = eager_lm_loss(trained, arrays["x_eval"][:n], arrays["y_eval"][:n])
+        out["agreement"] = {"device_loss": after["loss"], "eager_loss": eager, "samples": n,
+                            "agrees": abs(eager - after["loss"]) <= 1e-3 * max(1.0, abs(eager))}
+    elif arrays is not None and "x_eval" in arrays and after and after.get("accuracy") is not None:
         # the device's own evaluation covers whole batches only; eager sees the same samples
         n = after["samples"]
         eager = eager_accuracy(trained, arrays["x_eval"][:n], arrays["y_eval"][:n])

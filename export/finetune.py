@@ -178,15 +178,27 @@ def _wrapper(model):
     from torch import nn
 
     class WithLoss(nn.Module):
+        """Classifier: ``(x [B,...], y [B]) -> (cross-entropy, predicted class [B])``. Language model (a model
+        with ``forward_train``): ``(tokens [B,T], next tokens [B,T]) -> (mean next-token cross-entropy,
+        predicted next tokens [B,T])``."""
+
         def __init__(self, model):
             super().__init__()
             self.model = model
 
         def forward(self, x, y):
+            if hasattr(self.model, "forward_train"):
+                logits = self.model.forward_train(x)
+                flat = logits.reshape(-1, logits.shape[-1])
+                return nn.functional.cross_entropy(flat, y.reshape(-1)), logits.detach().argmax(dim=-1)
             logits = self.model(x)
             return nn.functional.cross_entropy(logits, y), logits.detach().argmax(dim=-1)
 
     return WithLoss(model)
+
+
+def is_language_model(model) -> bool:
+    return hasattr(model, "forward_train")
 
 
 def split_addmm(ep) -> int:
@@ -212,6 +224,28 @@ def split_addmm(ep) -> int:
         n.replace_all_uses_with(add)
         g.erase_node(n)
         count += 1
+    if count:
+        ep.graph_module.recompile()
+    return count
+
+
+def replace_empty_permuted(ep) -> int:
+    """``empty_permuted(size, layout)`` -> ``empty(size)``: the backward of some ops (an LLM's embedding and
+    attention) allocates with it and the runtime has no kernel for it; the graph is functional, so a
+    contiguous fresh tensor means the same."""
+    import torch
+
+    g = ep.graph_module.graph
+    count = 0
+    for n in list(g.nodes):
+        if n.op == "call_function" and n.target == torch.ops.aten.empty_permuted.default:
+            kwargs = {k: v for k, v in n.kwargs.items() if k in ("dtype", "layout", "device", "pin_memory")}
+            with g.inserting_before(n):
+                new = g.call_function(torch.ops.aten.empty.memory_format, (n.args[0],), kwargs)
+            new.meta = dict(n.meta)
+            n.replace_all_uses_with(new)
+            g.erase_node(n)
+            count += 1
     if count:
         ep.graph_module.recompile()
     return count
@@ -247,12 +281,16 @@ def export_training_program(model, example: Sequence[Any], out: str | Path, *, b
             p.requires_grad_(not any(n.startswith(f) for f in frozen))
     sample = example[0][:1]
     x = sample.expand(batch, *sample.shape[1:]).clone()
+    lm = is_language_model(m)
     with torch.no_grad():
-        logits = m(x)
-    if logits.dim() != 2:
+        logits = m.forward_train(x) if lm else m(x)
+    if not lm and logits.dim() != 2:
         raise ExportError(f"the model returns {tuple(logits.shape)}; fine-tuning with cross-entropy needs class "
                           "logits [B, classes].", stage="export training program")
-    y = torch.zeros(batch, dtype=torch.long)
+    if lm and method == "mezo":
+        raise ExportError("MeZO of language models is not built yet (classifiers only).",
+                          stage="export training program")
+    y = torch.zeros(x.shape if lm else (batch,), dtype=torch.long)
     if method == "mezo":
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -276,6 +314,7 @@ def export_training_program(model, example: Sequence[Any], out: str | Path, *, b
         ep = _export_forward_backward(ep)
         if split_mm:
             split_addmm(ep)
+        replace_empty_permuted(ep)
         edge = to_edge(ep, compile_config=EdgeCompileConfig(_check_ir_validity=False))
         program = edge.to_executorch(ExecutorchBackendConfig())
     except Exception as exc:  # torch.export's errors are long; the first line says what failed

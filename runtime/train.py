@@ -125,12 +125,16 @@ class TrainingRun:
 
 
 def write_data(directory: Path, x_train, y_train, x_eval=None, y_eval=None) -> dict[str, Path]:
-    """The data files the runner reads, as ``.npy`` (float32 inputs, int64 labels)."""
+    """The data files the runner reads, as ``.npy`` (float32 inputs or int64 token ids; int64 labels)."""
     directory.mkdir(parents=True, exist_ok=True)
-    arrays = {"x_train.npy": np.ascontiguousarray(x_train, dtype=np.float32),
-              "y_train.npy": np.ascontiguousarray(y_train, dtype=np.int64)}
+
+    def inputs(x):  # token ids stay int64; everything else is float32
+        x = np.asarray(x)
+        return np.ascontiguousarray(x, dtype=np.int64 if np.issubdtype(x.dtype, np.integer) else np.float32)
+
+    arrays = {"x_train.npy": inputs(x_train), "y_train.npy": np.ascontiguousarray(y_train, dtype=np.int64)}
     if x_eval is not None:
-        arrays["x_eval.npy"] = np.ascontiguousarray(x_eval, dtype=np.float32)
+        arrays["x_eval.npy"] = inputs(x_eval)
         arrays["y_eval.npy"] = np.ascontiguousarray(y_eval, dtype=np.int64)
     out = {}
     for name, arr in arrays.items():

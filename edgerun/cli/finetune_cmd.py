@@ -43,7 +43,8 @@ class StepPrinter:
 def register(app: typer.Typer) -> None:
     @app.command("finetune")
     def finetune_cmd(
-        model: Annotated[str, typer.Argument(help="Zoo classifier (e.g. digits_cnn) or 'package.module:factory'.")],
+        model: Annotated[str, typer.Argument(help="Zoo classifier (e.g. digits_cnn), 'package.module:factory', or an "
+                                                  "LLM: smollm2-135m or path/to/model.gguf (trained on --data FILE.txt)")],
         device: DeviceOpt = "local://",
         method: Annotated[str, typer.Option(
             help="full (backprop: loss, gradients and the optimizer in the runner) | lora (low-rank adapters on "
@@ -55,7 +56,9 @@ def register(app: typer.Typer) -> None:
             help="LoRA: adapt linear layers whose name contains this (repeatable; default all).")] = None,
         mezo_eps: Annotated[float, typer.Option(help="MeZO: perturbation scale.")] = 1e-3,
         data: Annotated[Optional[Path], typer.Option(
-            help=".npz with x_train, y_train (and x_eval, y_eval); default: the model's own dataset.")] = None,
+            help="Classifiers: .npz with x_train, y_train (and x_eval, y_eval); default: the model's own dataset. "
+                 "LLMs: a UTF-8 text file (default: the held-out text edgerun ships), its last 10 % held out.")] = None,
+        seq_len: Annotated[int, typer.Option(help="LLMs: tokens per training sequence.")] = 32,
         data_on_device: Annotated[Optional[str], typer.Option(
             help="A directory on the device with x_train.npy, y_train.npy (x_eval.npy, y_eval.npy): the data "
                  "never leaves the device.")] = None,
@@ -109,7 +112,7 @@ def register(app: typer.Typer) -> None:
                                         data=str(data) if data else None, data_on_device=data_on_device,
                                         resume=str(resume) if resume else None,
                                         export_to=str(export_to) if export_to else None, target=target,
-                                        scheme=scheme, timeout_s=timeout)
+                                        scheme=scheme, timeout_s=timeout, seq_len=seq_len)
             names = _device_list(device, False, inventory)
             with progress(f"finetune {model}") as status:
                 res = finetune(model, names[0], request, settings, store_path=store, inventory=inventory,
@@ -134,8 +137,9 @@ def register(app: typer.Typer) -> None:
             def ev(e):
                 if not e:
                     return "—"
-                acc = e.get("accuracy")
-                return f"loss {e['loss']:.4f}" + (f", accuracy {acc:.1%}" if acc is not None else "")
+                acc, ppl = e.get("accuracy"), e.get("perplexity")
+                return (f"loss {e['loss']:.4f}" + (f", perplexity {ppl:.2f}" if ppl is not None else "")
+                        + (f", accuracy {acc:.1%}" if acc is not None else ""))
 
             out.print(f"[bold]{plain(model)}[/] fine-tuned ({plain(t['method'])}, {plain(t['optimizer'])}, lr {t['lr']:g}) "
                       f"on {plain(r['device'])}{' (emulated)' if r['source'] == 'emulated' else ''}: "
@@ -145,7 +149,8 @@ def register(app: typer.Typer) -> None:
             out.print(f"  held-out on the device: before {ev(b)}; after {ev(a)}", highlight=False)
             if r["agreement"]:
                 g = r["agreement"]
-                out.print(f"  the pulled weights in eager PyTorch: accuracy {g['eager_accuracy']:.1%} "
+                what = (f"loss {g['eager_loss']:.4f}" if "eager_loss" in g else f"accuracy {g['eager_accuracy']:.1%}")
+                out.print(f"  the pulled weights in eager PyTorch: held-out {what} "
                           f"({'agrees' if g['agrees'] else '[red]DISAGREES[/]'} with the device)", highlight=False)
             sps = r["steps_per_s"]
             out.print(f"  {'—' if sps is None else f'{sps:.1f}'} steps/s; trainable {t['trainable']:,} parameters "

@@ -285,20 +285,24 @@ def _torch_modules():
             self.register_buffer("k_cache", torch.zeros(shape))
             self.register_buffer("v_cache", torch.zeros(shape))
 
-        def forward(self, x, input_pos, cos, sin, mask):
+        def forward(self, x, input_pos, cos, sin, mask, cache: bool = True):
             b, t, _ = x.shape
             q = rope(self.wq(x).view(b, t, self.n_heads, self.head_dim), cos, sin)
             k = rope(self.wk(x).view(b, t, self.n_kv, self.head_dim), cos, sin)
             v = self.wv(x).view(b, t, self.n_kv, self.head_dim)
-            self.k_cache.index_copy_(2, input_pos, k.transpose(1, 2))
-            self.v_cache.index_copy_(2, input_pos, v.transpose(1, 2))
+            if cache:
+                self.k_cache.index_copy_(2, input_pos, k.transpose(1, 2))
+                self.v_cache.index_copy_(2, input_pos, v.transpose(1, 2))
+                keys, values = self.k_cache, self.v_cache
+            else:  # training: the sequence attends to itself, no cache
+                keys, values = k.transpose(1, 2), v.transpose(1, 2)
             # Grouped-query attention without copying the cache per query head: the query heads that
             # share a KV head are stacked along the rows ([b, kv, rep*t, d]), so each KV head is read once.
             rep = self.n_heads // self.n_kv
             qg = q.transpose(1, 2).reshape(b, self.n_kv, rep * t, self.head_dim)
-            scores = torch.matmul(qg, self.k_cache.transpose(2, 3)) * (self.head_dim ** -0.5)
+            scores = torch.matmul(qg, keys.transpose(2, 3)) * (self.head_dim ** -0.5)
             probs = torch.softmax(scores + mask, dim=-1)          # mask: additive, [rep*t, max_context]
-            out = torch.matmul(probs, self.v_cache)                # [b, kv, rep*t, d]
+            out = torch.matmul(probs, values)                      # [b, kv, rep*t, d]
             out = out.reshape(b, self.n_heads, t, self.head_dim).transpose(1, 2)
             return self.wo(out.reshape(b, t, self.n_heads * self.head_dim))
 
@@ -320,8 +324,8 @@ def _torch_modules():
             self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
             self.feed_forward = FeedForward(cfg.dim, cfg.ffn_dim)
 
-        def forward(self, x, input_pos, cos, sin, mask):
-            h = x + self.attention(self.attention_norm(x), input_pos, cos, sin, mask)
+        def forward(self, x, input_pos, cos, sin, mask, cache: bool = True):
+            h = x + self.attention(self.attention_norm(x), input_pos, cos, sin, mask, cache)
             return h + self.feed_forward(self.ffn_norm(h))
 
     class Llama(nn.Module):
@@ -367,6 +371,20 @@ def _torch_modules():
             h = self.tok_embeddings(tokens)
             for layer in self.layers:
                 h = layer(h, input_pos, cos, sin, mask)
+            return self.output(self.norm(h))
+
+        def forward_train(self, tokens):
+            """Logits [B, T, vocab] of whole sequences from position 0, causal, without the KV cache (what a
+            training program differentiates; the cache buffers are neither read nor written)."""
+            t = tokens.shape[1]
+            pos = self.positions[:t]
+            allowed = pos.unsqueeze(0) <= pos.unsqueeze(1)                   # [T, T]
+            mask = torch.zeros(allowed.shape, dtype=torch.float32).masked_fill(~allowed, float("-inf"))
+            mask = mask.repeat(self.config.n_heads // self.config.n_kv_heads, 1)
+            cos, sin = self.rope_cos[:t], self.rope_sin[:t]
+            h = self.tok_embeddings(tokens)
+            for layer in self.layers:
+                h = layer(h, pos, cos, sin, mask, cache=False)
             return self.output(self.norm(h))
 
     return Llama

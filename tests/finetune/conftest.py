@@ -24,3 +24,12 @@ def digits_npz(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("data") / "digits.npz"
     np.savez(path, x_train=x[:1400], y_train=y[:1400], x_eval=x[1400:], y_eval=y[1400:])
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tmp_path_factory) -> Path:
+    """The tiny Llama GGUF tests/llm writes (random weights, a tokenizer trained here)."""
+    sys.path.insert(0, str(HERE.parent / "llm"))
+    from tiny import write_tiny_gguf
+
+    return write_tiny_gguf(tmp_path_factory.mktemp("tiny") / "tiny.gguf")

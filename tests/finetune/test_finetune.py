@@ -169,3 +169,21 @@ def test_lora_trains_adapters_only_and_merges_for_export(digits_npz, tmp_path):
     m = read_manifest(tmp_path / "art")
     assert m.ok and m.lineage["method"] == "lora" and m.lineage["lora"]["rank"] == 4
     assert {i.name for i in m.inputs} and m.model.parameters == 2410  # merged: a plain MLP again
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_an_llm_fine_tunes_on_text_on_the_device(method, tiny_gguf):
+    """A Llama GGUF (the tiny one made here) learns the shipped held-out text on the device: next-token
+    training program without the KV cache, held-out perplexity before/after computed on the device, and
+    the pulled weights give eager PyTorch the device's held-out loss."""
+    req = TrainRequest(steps=40, lr=3e-3, optimizer="adamw", threads=1)
+    res = finetune(str(tiny_gguf), "local://", req, FinetuneSettings(method=method, batch=4, seq_len=16))
+    t = res["record"].training
+    before, after = t.eval_before, t.eval_after
+    assert after["loss"] < before["loss"] and after["perplexity"] < before["perplexity"]
+    assert res["agreement"]["agrees"], res["agreement"]
+    assert t.settings["text"]["seq_len"] == 16 and t.settings["text"]["windows"] > 8
+    if method == "lora":  # rank-8 adapters on wq (64->64) and wv (64->32) of both layers; the base frozen
+        assert t.frozen == 98624 and t.trainable == 2 * ((8 * 64 + 64 * 8) + (8 * 64 + 32 * 8))
+    with pytest.raises(UsageError, match="--export-to of a fine-tuned LLM is not built yet"):
+        finetune(str(tiny_gguf), "local://", req, FinetuneSettings(export_to="/tmp/x"))

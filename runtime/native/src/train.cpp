@@ -39,6 +39,7 @@ struct Split {
   NpyArray x, y;
   int64_t n = 0;
   size_t sample_bytes = 0;
+  int64_t label_elems = 1;  // labels per sample: 1 for a class, T for next-token targets [N, T]
 };
 
 Split load_split(const std::string& data, const std::string& labels, const char* what) {
@@ -51,22 +52,23 @@ Split load_split(const std::string& data, const std::string& labels, const char*
       fail("input", kExitInput, Error::InvalidArgument,
            std::string(what) + " " + *path + " is not a readable .npy" + (why.empty() ? "" : ": " + why));
   }
-  if (s.x.shape.empty() || s.y.shape.size() != 1 || s.x.shape[0] != s.y.shape[0])
+  if (s.x.shape.empty() || s.y.shape.empty() || s.x.shape[0] != s.y.shape[0])
     fail("input", kExitInput, Error::InvalidArgument,
          std::string(what) + ": inputs " + data + " " + shape_text(s.x.shape) + " and labels " + labels + " " +
-             shape_text(s.y.shape) + " must be [N, ...] and [N] with the same N");
+             shape_text(s.y.shape) + " must be [N, ...] and [N, ...] with the same N");
   if (s.y.dtype != ScalarType::Long)
     fail("input", kExitInput, Error::InvalidArgument,
          std::string(what) + ": labels " + labels + " are " + dtype_text(s.y.dtype) + "; int64 labels are expected");
   s.n = s.x.shape[0];
   s.sample_bytes = s.n ? s.x.data.size() / static_cast<size_t>(s.n) : 0;
+  for (size_t d = 1; d < s.y.shape.size(); ++d) s.label_elems *= s.y.shape[d];
   return s;
 }
 
 struct Layout {
   int64_t grads = 0, params = 0, count = 0, batch = 0;
   std::vector<std::string> names;
-  std::vector<int64_t> sample_shape;
+  std::vector<int64_t> sample_shape, label_shape;
   ScalarType x_dtype = ScalarType::Float;
 };
 
@@ -105,12 +107,13 @@ Layout read_layout(Module& module, const std::string& method) {
   auto y = meta->input_tensor_meta(1);
   if (!x.ok() || !y.ok()) fail("input", kExitInput, Error::InvalidArgument, "the training inputs are not tensors");
   std::vector<int64_t> xs(x->sizes().begin(), x->sizes().end()), ys(y->sizes().begin(), y->sizes().end());
-  if (xs.empty() || ys.size() != 1 || ys[0] != xs[0] || y->scalar_type() != ScalarType::Long)
+  if (xs.empty() || ys.empty() || ys[0] != xs[0] || y->scalar_type() != ScalarType::Long)
     fail("input", kExitInput, Error::InvalidArgument,
-         "--train needs " + method + "(x [B,...], y [B] int64); this one takes " + dtype_text(x->scalar_type()) + " " +
-             shape_text(xs) + ", " + dtype_text(y->scalar_type()) + " " + shape_text(ys));
+         "--train needs " + method + "(x [B,...], y [B,...] int64); this one takes " + dtype_text(x->scalar_type()) +
+             " " + shape_text(xs) + ", " + dtype_text(y->scalar_type()) + " " + shape_text(ys));
   l.batch = xs[0];
   l.sample_shape.assign(xs.begin() + 1, xs.end());
+  l.label_shape.assign(ys.begin() + 1, ys.end());
   l.x_dtype = x->scalar_type();
   return l;
 }
@@ -121,6 +124,11 @@ void check_split(const Split& s, const Layout& l, const char* what) {
     fail("input", kExitInput, Error::InvalidArgument,
          std::string(what) + " holds " + dtype_text(s.x.dtype) + " samples of shape " + shape_text(sample) +
              "; the program trains on " + dtype_text(l.x_dtype) + " " + shape_text(l.sample_shape));
+  std::vector<int64_t> lab(s.y.shape.begin() + 1, s.y.shape.end());
+  if (lab != l.label_shape)
+    fail("input", kExitInput, Error::InvalidArgument,
+         std::string(what) + " labels are " + shape_text(lab) + " per sample; the program takes " +
+             shape_text(l.label_shape));
   if (s.n < l.batch)
     fail("input", kExitInput, Error::InvalidArgument,
          std::string(what) + " has " + std::to_string(s.n) + " samples, fewer than one batch of " +
@@ -152,17 +160,19 @@ class Trainer {
   Result run(const Split& s, const int64_t* idx) {
     const int64_t B = l_.batch;
     xbuf_.resize(s.sample_bytes * static_cast<size_t>(B));
-    ybuf_.resize(static_cast<size_t>(B));
+    const int64_t L = s.label_elems;
+    ybuf_.resize(static_cast<size_t>(B * L));
     const auto* labels = reinterpret_cast<const int64_t*>(s.y.data.data());
     for (int64_t i = 0; i < B; ++i) {
       std::memcpy(xbuf_.data() + i * s.sample_bytes, s.x.data.data() + idx[i] * s.sample_bytes, s.sample_bytes);
-      ybuf_[static_cast<size_t>(i)] = labels[idx[i]];
+      std::memcpy(ybuf_.data() + i * L, labels + idx[i] * L, static_cast<size_t>(L) * sizeof(int64_t));
     }
     std::vector<executorch::aten::SizesType> xs = {static_cast<executorch::aten::SizesType>(B)};
     for (int64_t d : l_.sample_shape) xs.push_back(static_cast<executorch::aten::SizesType>(d));
     auto x = executorch::extension::from_blob(xbuf_.data(), xs, l_.x_dtype);
-    auto y = executorch::extension::from_blob(ybuf_.data(), {static_cast<executorch::aten::SizesType>(B)},
-                                              ScalarType::Long);
+    std::vector<executorch::aten::SizesType> ys = {static_cast<executorch::aten::SizesType>(B)};
+    for (int64_t d : l_.label_shape) ys.push_back(static_cast<executorch::aten::SizesType>(d));
+    auto y = executorch::extension::from_blob(ybuf_.data(), ys, ScalarType::Long);
     std::vector<EValue> in;
     in.emplace_back(x);
     in.emplace_back(y);
@@ -178,18 +188,20 @@ class Trainer {
     if (!out_[0].isTensor() || out_[0].toTensor().scalar_type() != ScalarType::Float)
       fail("output", kExitOutput, Error::InvalidArgument, "output 0 (the loss) is not a float tensor");
     r.loss = out_[0].toTensor().const_data_ptr<float>()[0];
-    if (l_.grads > 1 && out_[1].isTensor()) r.correct = count_correct(out_[1].toTensor(), ybuf_.data(), B);
+    if (l_.grads > 1 && out_[1].isTensor()) r.correct = count_correct(out_[1].toTensor(), ybuf_.data(), B * L);
     return r;
   }
 
+  // How many of the n labels the prediction output gets right: predicted ids [n], or scores [n, C].
   static int64_t count_correct(const executorch::aten::Tensor& pred, const int64_t* labels, int64_t B) {
     int64_t correct = 0;
     if (pred.scalar_type() == ScalarType::Long && pred.numel() == B) {
       const int64_t* p = pred.const_data_ptr<int64_t>();
       for (int64_t i = 0; i < B; ++i) correct += p[i] == labels[i];
-    } else if (pred.scalar_type() == ScalarType::Float && pred.dim() == 2 && pred.size(0) == B) {
+    } else if (pred.scalar_type() == ScalarType::Float && pred.dim() >= 2 &&
+               pred.numel() == B * pred.size(pred.dim() - 1)) {
       const float* p = pred.const_data_ptr<float>();
-      const int64_t C = pred.size(1);
+      const int64_t C = pred.size(pred.dim() - 1);
       for (int64_t i = 0; i < B; ++i) correct += (std::max_element(p + i * C, p + (i + 1) * C) - (p + i * C)) == labels[i];
     } else {
       return -1;
@@ -320,10 +332,11 @@ std::string safe_name(const std::string& fqn) {
 
 
 void emit_eval(const char* when, int64_t step, int64_t seen, double loss_sum, int64_t correct, bool scored,
-               int64_t exec_ns) {
+               int64_t exec_ns, int64_t scored_labels = 0) {
   edgerun::JsonLine line;
   line.str("type", "eval").str("when", when).num("step", step).num("samples", seen).dbl("loss", loss_sum / seen);
-  if (scored) line.dbl("accuracy", static_cast<double>(correct) / seen);
+  const int64_t denom = scored_labels > 0 ? scored_labels : seen;
+  if (scored) line.dbl("accuracy", static_cast<double>(correct) / denom);
   else line.null("accuracy");
   line.num("execute_ns", exec_ns).emit();
 }
@@ -417,7 +430,7 @@ int64_t run_train(Module& module, const std::string& method, const TrainOptions&
       correct += std::max<int64_t>(0, r.correct);
       seen += B;
     }
-    emit_eval(when, st.step, seen, loss, correct, scored, exec);
+    emit_eval(when, st.step, seen, loss, correct, scored, exec, seen * eval.label_elems);
   };
 
   evaluate("before");
