@@ -39,6 +39,7 @@ class FinetuneSettings:
     resume: str | None = None             # a checkpoint.bin of an earlier run of the same program
     export_to: str | None = None
     seq_len: int = 32                     # LLMs: tokens per training sequence
+    export_max_context: int | None = None  # LLMs, --export-to: the exported program's KV cache length
     eval_fraction: float = 0.1            # LLMs: the share of the text's windows held out
     target: str = "host"
     scheme: str = "fp32"
@@ -157,9 +158,6 @@ def finetune(model: str, device_name: str, request, settings: FinetuneSettings =
     is_llm = isinstance(spec, LLMSpec)
     if is_llm and settings.method == "mezo":
         raise UsageError("MeZO of LLMs is not built yet: use --method lora or full.")
-    if is_llm and settings.export_to:
-        raise UsageError("--export-to of a fine-tuned LLM is not built yet (its trained weights are kept in the run "
-                         "directory's weights/).")
     if settings.method not in ("full", "lora", "mezo"):
         raise UsageError(f"--method {settings.method}: choose full, lora or mezo.")
     if (settings.method == "mezo") != request.mezo:
@@ -270,9 +268,17 @@ def finetune(model: str, device_name: str, request, settings: FinetuneSettings =
         from edgerun.core.artifact import read_manifest, write_manifest
         from edgerun.export import export_model
 
-        tuned = dataclasses.replace(spec, name=f"{spec.name}-finetuned", build=lambda: (trained, example),
-                                    description=f"{spec.description} (fine-tuned on {device_name})")
-        manifest = export_model(tuned, settings.target, settings.scheme, settings.export_to)
+        if is_llm:  # the GGUF's model with the trained parameters over it, exported like any LLM
+            state = {n: p.detach().clone() for n, p in trained.named_parameters()}
+            tuned = dataclasses.replace(spec, name=f"{spec.name}-finetuned", weights=lambda: state,
+                                        weights_sha256=wsha,
+                                        description=f"{spec.description} (fine-tuned on {device_name})")
+            manifest = export_model(tuned, settings.target, settings.scheme, settings.export_to,
+                                    max_context=settings.export_max_context)
+        else:
+            tuned = dataclasses.replace(spec, name=f"{spec.name}-finetuned", build=lambda: (trained, example),
+                                        description=f"{spec.description} (fine-tuned on {device_name})")
+            manifest = export_model(tuned, settings.target, settings.scheme, settings.export_to)
         t = record.training
         lineage = {"base_model": spec.name, "base_origin": spec.origin, "method": t.method, "lora": lora,
                    "optimizer": t.optimizer,

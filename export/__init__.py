@@ -16,7 +16,7 @@ def export_model(model, *args, max_context: int | None = None, **kwargs):
     :func:`edgerun.export.llm.export.export_llm`, which also takes ``max_context`` (the KV cache length)."""
     from .llm.zoo import LLMSpec
 
-    spec = get_model(model) if isinstance(model, str) and (model in MODELS or model.endswith(".gguf")) else None
+    spec = get_model(model) if isinstance(model, str) and (model in MODELS or model.endswith(".gguf")) else model
     if isinstance(spec, LLMSpec):
         from .llm.export import export_llm
 

@@ -138,7 +138,8 @@ def export_llm(spec: LLMSpec, target: str, scheme: str | None = None, out_dir=No
             tok, tok_facts = tokenizer_from_gguf(g)
             gguf_sha = sha256_file(g.path)
             identity = dataclasses.replace(identity, model={**identity.model, "gguf_sha256": gguf_sha,
-                                                           "max_context": max_context, "layers": spec.layers})
+                                                           "max_context": max_context, "layers": spec.layers,
+                                                           "weights_sha256": spec.weights_sha256})
         module, quant_facts = model, {}
         if sch.quantized:
             with _stage("quantize", on_stage):

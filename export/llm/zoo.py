@@ -40,6 +40,9 @@ def smollm2_gguf() -> Path:
 class LLMSpec(ModelSpec):
     gguf: Callable[[], Path] | None = None      # -> the GGUF file
     layers: int | None = None                   # keep only the first N blocks (test stand-ins)
+    #: fine-tuned weights to put over the GGUF's (parameter name -> tensor), and their sha256
+    weights: Callable[[], dict] | None = None
+    weights_sha256: str | None = None
 
     def build_llm(self, max_context: int = DEFAULT_MAX_CONTEXT):
         """``(model, example_inputs, GGUFFile)``."""
@@ -50,12 +53,21 @@ class LLMSpec(ModelSpec):
         if not isinstance(max_context, int) or max_context < 2:
             raise ExportError(f"max context must be an integer >= 2, got {max_context!r}.", stage="load model")
         model, g = load_llama(self.gguf(), max_context=max_context, layers=self.layers)
+        if self.weights is not None:
+            params = dict(model.named_parameters())
+            with torch.no_grad():
+                for name, value in self.weights().items():
+                    if name not in params or tuple(params[name].shape) != tuple(value.shape):
+                        raise ExportError(f"fine-tuned weight {name} {tuple(value.shape)} does not fit the model "
+                                          f"({'no such parameter' if name not in params else tuple(params[name].shape)}).",
+                                          stage="load model")
+                    params[name].copy_(value)
         t = min(EXAMPLE_PROMPT, max_context)
         tokens = torch.arange(t, dtype=torch.long).reshape(1, t) % model.config.vocab_size
         return model, (tokens, torch.arange(t, dtype=torch.long)), g
 
     def to_json(self) -> dict:
-        return {**super().to_json(), "layers": self.layers}
+        return {**super().to_json(), "layers": self.layers, "weights_sha256": self.weights_sha256}
 
 
 def _build(spec_getter):

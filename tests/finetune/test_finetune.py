@@ -172,12 +172,15 @@ def test_lora_trains_adapters_only_and_merges_for_export(digits_npz, tmp_path):
 
 
 @pytest.mark.parametrize("method", ["full", "lora"])
-def test_an_llm_fine_tunes_on_text_on_the_device(method, tiny_gguf):
+def test_an_llm_fine_tunes_on_text_on_the_device(method, tiny_gguf, tmp_path):
     """A Llama GGUF (the tiny one made here) learns the shipped held-out text on the device: next-token
     training program without the KV cache, held-out perplexity before/after computed on the device, and
-    the pulled weights give eager PyTorch the device's held-out loss."""
+    the pulled weights give eager PyTorch the device's held-out loss. LoRA's merged weights export as a
+    verified LLM artifact (KV cache, tokenizer) whose lineage names the run."""
     req = TrainRequest(steps=40, lr=3e-3, optimizer="adamw", threads=1)
-    res = finetune(str(tiny_gguf), "local://", req, FinetuneSettings(method=method, batch=4, seq_len=16))
+    export_to = str(tmp_path / "art") if method == "lora" else None
+    res = finetune(str(tiny_gguf), "local://", req, FinetuneSettings(method=method, batch=4, seq_len=16,
+                                                                     export_to=export_to, export_max_context=32))
     t = res["record"].training
     before, after = t.eval_before, t.eval_after
     assert after["loss"] < before["loss"] and after["perplexity"] < before["perplexity"]
@@ -185,5 +188,9 @@ def test_an_llm_fine_tunes_on_text_on_the_device(method, tiny_gguf):
     assert t.settings["text"]["seq_len"] == 16 and t.settings["text"]["windows"] > 8
     if method == "lora":  # rank-8 adapters on wq (64->64) and wv (64->32) of both layers; the base frozen
         assert t.frozen == 98624 and t.trainable == 2 * ((8 * 64 + 64 * 8) + (8 * 64 + 32 * 8))
-    with pytest.raises(UsageError, match="--export-to of a fine-tuned LLM is not built yet"):
-        finetune(str(tiny_gguf), "local://", req, FinetuneSettings(export_to="/tmp/x"))
+    if export_to:
+        m = read_manifest(export_to)
+        assert m.ok and m.llm is not None and m.llm.max_context == 32 and m.lineage["method"] == "lora"
+        assert m.recipe.model["weights_sha256"] == t.weights_sha256
+        # the exported program carries the fine-tuned weights: its perplexity is the trained model's
+        assert m.llm.quality["perplexity"]["eager_fp32"] < before["perplexity"]
