@@ -978,11 +978,21 @@ int main(int argc, char** argv) {
   auto run_once = [&](bool warmup, int64_t index) -> int64_t {
     auto w0 = Clock::now();
     Error e = module.set_inputs(o.method, input_values);
-    if (e != Error::Ok)
+    if (e != Error::Ok) {
+      // A smaller shape was let through for dynamic inputs; refused, it was a static one: say which.
+      for (size_t i = 0; i < prepared.size(); ++i) {
+        auto info = meta.input_tensor_meta(i);
+        if (info.ok() && to_vec(info->sizes()) != prepared[i].shape)
+          fail("input", kExitInput, Error::InvalidArgument,
+               "input " + std::to_string(i) + " (" + prepared[i].source + ") has shape " +
+                   shape_text(prepared[i].shape) + ", the method expects " + shape_text(to_vec(info->sizes())) +
+                   " (the runtime refused the smaller shape: this input is static; only a program exported "
+                   "with a dynamic dimension there takes one)");
+      }
       fail("input", kExitInput, e,
            "set_inputs(" + o.method + ") failed with " + error_name(e) +
-               ": the inputs do not fit the method's input metadata (an input smaller than its metadata shape "
-               "needs a program exported with a dynamic dimension there)");
+               ": the inputs do not fit the method's input metadata");
+    }
     auto e0 = Clock::now();
     auto res = module.execute(o.method);
     auto e1 = Clock::now();
