@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 from edgerun.core.artifact import Manifest
@@ -43,8 +43,7 @@ class LLMRequest:
     repeat: int = 1                   # timed repetitions of prefill + decode
     window: int = 0                   # score: tokens per window (0: the program's max context)
     test: str = "generate"
-    text: str | None = None           # the prompt/text as a person gave it (kept in the record)
-    extra: dict = field(default_factory=dict)
+    text: str | None = None           # the prompt/text as a person gave it
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
