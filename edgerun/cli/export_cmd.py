@@ -122,6 +122,8 @@ def register(app: typer.Typer) -> None:
         calibration_samples: Annotated[Optional[int], typer.Option(
             help="int8: how many calibration samples (dataset or generated).")] = None,
         group_size: Annotated[Optional[int], typer.Option(help="8da4w: weights per quantization group.")] = None,
+        embedding_bits: Annotated[Optional[int], typer.Option(
+            help="8da4w LLMs: bits of the token embedding table, 4 (default) or 8.")] = None,
         vectors: Annotated[str, typer.Option(
             help="How many test vectors to write and verify (the example input is vector 0, the rest are "
                  "generated), or FILE.npy/.npz of your own test inputs (like --calibration).")] = "4",
@@ -149,7 +151,8 @@ def register(app: typer.Typer) -> None:
             from edgerun.core.errors import UsageError
 
             count, vectors_file = _vectors_option(vectors, UsageError)
-            scheme_opts = {"calibration_samples": calibration_samples, "group_size": group_size}
+            scheme_opts = {"calibration_samples": calibration_samples, "group_size": group_size,
+                           "embedding_bits": embedding_bits}
             with err_console.status("exporting") as status:
                 def done(stage: str, seconds: float) -> None:
                     # one line per stage, also when stderr is a file or a pipe

@@ -86,14 +86,14 @@ def quantize_llama(model, scheme) -> tuple[Any, dict]:
         raise ExportError(f"no LLM quantization recipe for scheme {scheme.name!r}; LLM schemes: fp32, "
                           f"{', '.join(SUPPORTED)}.", stage="quantize")
     _embedding_ops()
-    bits = SUPPORTED[scheme.name]
+    bits = getattr(scheme, "embedding_bits", None) or SUPPORTED[scheme.name]
     dim = model.config.dim
     gs = getattr(scheme, "group_size", None)
     if gs is not None and dim % gs:
         raise ExportError(f"group_size {gs} does not divide the model width {dim}.", stage="quantize",
                           hint="Use --group-size 32 (or another divisor of the width).")
     q = copy.deepcopy(model)
-    emb_group = gs if gs is not None else dim
+    emb_group = gs if gs is not None and bits == 4 else dim
     q.tok_embeddings = _module_class()(model.tok_embeddings.weight, bits, emb_group)
     int8 = Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, weight_granularity=PerAxis(0))
     linears = [n for n, m in q.named_modules() if isinstance(m, torch.nn.Linear)]
