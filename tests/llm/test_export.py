@@ -60,3 +60,22 @@ def test_8da4w_export_quantizes_embedding_and_lm_head(tiny_gguf, tiny_fp32, tmp_
     assert m.llm.weight_bytes_by_dtype.get("float32", 0) < fp32.llm.weight_bytes_by_dtype["float32"] / 10
     assert m.pte_bytes < 0.5 * fp32.pte_bytes
     assert m.llm.quality["logits_vs_eager"]["top1_agreement"] > 0.5
+
+
+def test_8da4w_embedding_bits_picks_the_table_kernel(tiny_gguf):
+    """--embedding-bits 8 keeps the embedding table at a byte per code (embedding_byte, one scale a row);
+    the default 4 packs two codes a byte (embedding_4bit, a scale per group); bad values are refused."""
+    import pytest as _pytest
+
+    from edgerun.export.llm.gguf_model import load_llama
+    from edgerun.export.llm.quantize import quantize_llama
+    from edgerun.export.schemes import make_scheme
+
+    model, _ = load_llama(tiny_gguf, max_context=16)
+    q8, facts8 = quantize_llama(model, make_scheme("8da4w", embedding_bits=8))
+    q4, facts4 = quantize_llama(model, make_scheme("8da4w"))
+    assert "embedding_byte" in facts8["embedding"] and q8.tok_embeddings.bits == 8
+    assert q8.tok_embeddings.weight.shape == model.tok_embeddings.weight.shape
+    assert "embedding_4bit" in facts4["embedding"] and q4.tok_embeddings.weight.shape[1] * 2 == model.config.dim
+    with _pytest.raises(UsageError, match="embedding_bits must be 4 or 8"):
+        make_scheme("8da4w", embedding_bits=6)
