@@ -93,7 +93,7 @@ class Int8DynAct4BitWeight(Scheme):
     min_cosine: ClassVar[float] = 0.85
 
     group_size: int = 32
-    embedding_bits: int = 4   # LLMs: the token embedding table's codes (4 or 8 bits); other models have none
+    embedding_bits: int = 8   # LLMs: the token embedding table's codes (4 or 8 bits); other models have none
 
     def __post_init__(self) -> None:
         if not isinstance(self.group_size, int) or self.group_size < 1 or self.group_size & (self.group_size - 1):
@@ -101,11 +101,6 @@ class Int8DynAct4BitWeight(Scheme):
         if self.embedding_bits not in (4, 8):
             raise ValueError(f"embedding_bits must be 4 or 8, got {self.embedding_bits!r}")
 
-    def options(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        if out["embedding_bits"] == 4:  # the default is left out, so recipes made before the option keep their hash
-            del out["embedding_bits"]
-        return out
 
 
 SCHEMES: dict[str, type[Scheme]] = {cls.name: cls for cls in (Fp32, Int8Static, Int8Dynamic, Int8DynAct4BitWeight)}

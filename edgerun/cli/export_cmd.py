@@ -123,7 +123,7 @@ def register(app: typer.Typer) -> None:
             help="int8: how many calibration samples (dataset or generated).")] = None,
         group_size: Annotated[Optional[int], typer.Option(help="8da4w: weights per quantization group.")] = None,
         embedding_bits: Annotated[Optional[int], typer.Option(
-            help="8da4w LLMs: bits of the token embedding table, 4 (default) or 8.")] = None,
+            help="8da4w LLMs: bits of the token embedding table, 8 (default) or 4 (smaller, less accurate).")] = None,
         vectors: Annotated[str, typer.Option(
             help="How many test vectors to write and verify (the example input is vector 0, the rest are "
                  "generated), or FILE.npy/.npz of your own test inputs (like --calibration).")] = "4",

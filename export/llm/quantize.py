@@ -6,10 +6,12 @@
   layers llama.cpp's Q4_K_M also keeps wider -- the attention projections and the FFN down projection
   (:data:`KEEP_8BIT`) -- and the LM head, which are int8 per-channel. Measured on SmolLM2-135M (its GGUF
   is already Q4_1, so a second 4-bit rounding compounds): held-out perplexity 30.1 eager fp32; every
-  linear int4 affine + 4-bit embedding and head 46.1; int4 linears alone 40.5; this recipe 33.2 at
-  about 24 % of the fp32 program's size; everything int8 30.6;
-* the embedding: :class:`QuantizedEmbedding`, a table of 4-bit (``8da4w``) or 8-bit (``int8-dynamic``)
-  codes with one fp32 scale per group, looked up with ``quantized_decomposed::embedding_4bit`` /
+  linear int4 affine + 4-bit embedding and head 46.1; int4 linears alone 40.5; this recipe with a
+  4-bit embedding 33.2, with the default 8-bit embedding 32.4 (the program: 33.4 and 32.1, i.e. +11.0 %
+  and +6.6 %, at 20.0 % and 21.7 % of the fp32 program's 652 MB); everything int8 30.6;
+* the embedding: :class:`QuantizedEmbedding`, a table of 8-bit codes with one fp32 scale per row
+  (``int8-dynamic``, and ``8da4w`` by default) or 4-bit codes with a scale per group (``8da4w
+  --embedding-bits 4``), looked up with ``quantized_decomposed::embedding_4bit`` /
   ``embedding_byte`` — kernels of ExecuTorch's quantized kernel library (``executorch.kernels.quantized``),
   not the LLM custom-op library, so the native runner links them like any other kernel.
 

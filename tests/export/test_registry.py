@@ -16,7 +16,7 @@ def test_recipe_hash_is_stable_and_depends_on_options():
 
 def test_scheme_serialises_its_options():
     js = make_scheme("8da4w", group_size=128).to_json()
-    assert js["name"] == "8da4w" and js["options"] == {"group_size": 128} and js["recipe_hash"]
+    assert js["name"] == "8da4w" and js["options"] == {"group_size": 128, "embedding_bits": 8} and js["recipe_hash"]
 
 
 @pytest.mark.parametrize("name,opts,fragment", [

@@ -53,7 +53,8 @@ def test_fp32_export_of_the_tiny_gguf_matches_eager(tiny_fp32):
 @pytest.mark.slow
 def test_8da4w_export_quantizes_embedding_and_lm_head(tiny_gguf, tiny_fp32, tmp_path):
     fp32 = read_manifest(tiny_fp32)
-    m = export_model(str(tiny_gguf), "rpi5", "8da4w", tmp_path / "q", max_context=48, scheme_options={"group_size": 32})
+    m = export_model(str(tiny_gguf), "rpi5", "8da4w", tmp_path / "q", max_context=48,
+                     scheme_options={"group_size": 32, "embedding_bits": 4})
     assert m.ok, m.verification.failures
     ops = m.operators.non_delegated
     assert any("embedding_4bit" in k for k in ops), ops
@@ -63,8 +64,8 @@ def test_8da4w_export_quantizes_embedding_and_lm_head(tiny_gguf, tiny_fp32, tmp_
 
 
 def test_8da4w_embedding_bits_picks_the_table_kernel(tiny_gguf):
-    """--embedding-bits 8 keeps the embedding table at a byte per code (embedding_byte, one scale a row);
-    the default 4 packs two codes a byte (embedding_4bit, a scale per group); bad values are refused."""
+    """The default --embedding-bits 8 keeps the embedding table at a byte per code (embedding_byte, one scale
+    a row); 4 packs two codes a byte (embedding_4bit, a scale per group); bad values are refused."""
     import pytest as _pytest
 
     from edgerun.export.llm.gguf_model import load_llama
@@ -72,8 +73,8 @@ def test_8da4w_embedding_bits_picks_the_table_kernel(tiny_gguf):
     from edgerun.export.schemes import make_scheme
 
     model, _ = load_llama(tiny_gguf, max_context=16)
-    q8, facts8 = quantize_llama(model, make_scheme("8da4w", embedding_bits=8))
-    q4, facts4 = quantize_llama(model, make_scheme("8da4w"))
+    q8, facts8 = quantize_llama(model, make_scheme("8da4w"))
+    q4, facts4 = quantize_llama(model, make_scheme("8da4w", embedding_bits=4))
     assert "embedding_byte" in facts8["embedding"] and q8.tok_embeddings.bits == 8
     assert q8.tok_embeddings.weight.shape == model.tok_embeddings.weight.shape
     assert "embedding_4bit" in facts4["embedding"] and q4.tok_embeddings.weight.shape[1] * 2 == model.config.dim
