@@ -27,9 +27,6 @@ using executorch::extension::Module;
 using executorch::runtime::Error;
 using executorch::runtime::EValue;
 
-// A uniform double in [0, 1) from the top 53 bits: the same sequence on every platform (the
-// standard distributions are allowed to differ between standard libraries).
-double unit(std::mt19937_64* rng) { return static_cast<double>((*rng)() >> 11) * 0x1.0p-53; }
 
 struct Shapes {
   int64_t max_context = 0;
@@ -160,7 +157,7 @@ class Sampler {
       total = 0;
       for (size_t i = 0; i < keep; ++i) total += cand_[i].first;
     }
-    double u = unit(&rng_) * total;
+    double u = unit_draw(&rng_) * total;
     for (size_t i = 0; i < keep; ++i) {
       u -= cand_[i].first;
       if (u < 0) return cand_[i].second;
@@ -364,7 +361,7 @@ int64_t run_llm(Module& module, const std::string& method, const LlmOptions& o, 
   if (o.random_prompt > 0) {
     std::mt19937_64 rng(seed);
     prompt.resize(static_cast<size_t>(o.random_prompt));
-    for (auto& id : prompt) id = static_cast<int64_t>(unit(&rng) * static_cast<double>(shapes.vocab));
+    for (auto& id : prompt) id = static_cast<int64_t>(unit_draw(&rng) * static_cast<double>(shapes.vocab));
     source = "random:" + std::to_string(o.random_prompt);
   }
   check_ids(prompt, shapes.vocab, source);

@@ -851,8 +851,8 @@ int main(int argc, char** argv) {
     fail("load", kExitLoad, err, "load_method(" + o.method + ") failed with " + error_name(err) + hint);
   }
 
-  // ---- train mode: optimizer steps on the device --------------------------------------------
-  if (o.train.enabled) {
+  // The `load` line of every mode: the program, the method, load times and the tensors' metadata.
+  auto emit_load = [&](const std::string& inputs_json, const std::string& outputs_json = "") {
     edgerun::JsonLine()
         .str("type", "load")
         .str("program", o.model)
@@ -861,9 +861,14 @@ int main(int argc, char** argv) {
         .num("program_load_ns", ns_between(t0, t1))
         .num("method_load_ns", ns_between(t2, t3))
         .num("load_ns", ns_between(t0, t1) + ns_between(t2, t3))
-        .raw("inputs", describe_tensors(meta, true, "train"))
-        .raw("outputs", describe_tensors(meta, false, ""))
+        .raw("inputs", inputs_json)
+        .raw("outputs", outputs_json.empty() ? describe_tensors(meta, false, "") : outputs_json)
         .emit();
+  };
+
+  // ---- train mode: optimizer steps on the device --------------------------------------------
+  if (o.train.enabled) {
+    emit_load(describe_tensors(meta, true, "train"));
     auto l0 = Clock::now();
     int64_t steps = edgerun::run_train(module, o.method, o.train, o.seed);
     int64_t total_ns = ns_between(l0, Clock::now());
@@ -893,17 +898,7 @@ int main(int argc, char** argv) {
         fail("input", kExitInput, Error::InvalidArgument, "--tokens " + o.tokens_file + ": " + why);
       o.llm.tokens_source = "file:" + o.tokens_file;
     }
-    edgerun::JsonLine()
-        .str("type", "load")
-        .str("program", o.model)
-        .str("method", o.method)
-        .str("load_mode", o.load_mode)
-        .num("program_load_ns", ns_between(t0, t1))
-        .num("method_load_ns", ns_between(t2, t3))
-        .num("load_ns", ns_between(t0, t1) + ns_between(t2, t3))
-        .raw("inputs", describe_tensors(meta, true, "llm"))
-        .raw("outputs", describe_tensors(meta, false, ""))
-        .emit();
+    emit_load(describe_tensors(meta, true, "llm"));
     auto l0 = Clock::now();
     int64_t reps = edgerun::run_llm(module, o.method, o.llm, o.warmup, o.seed, [&] {
       if (etdump) etdump->reset();
@@ -959,19 +954,7 @@ int main(int argc, char** argv) {
   inputs_json += "]";
   BatchInput batch;
   if (!o.input_batch.empty()) batch = read_batch(o, meta);
-  std::string outputs_json = describe_tensors(meta, false, "");
-
-  edgerun::JsonLine()
-      .str("type", "load")
-      .str("program", o.model)
-      .str("method", o.method)
-      .str("load_mode", o.load_mode)
-      .num("program_load_ns", ns_between(t0, t1))
-      .num("method_load_ns", ns_between(t2, t3))
-      .num("load_ns", ns_between(t0, t1) + ns_between(t2, t3))
-      .raw("inputs", inputs_json)
-      .raw("outputs", outputs_json)
-      .emit();
+  emit_load(inputs_json);
 
   // ---- iterations ------------------------------------------------------------------------
   std::vector<EValue> outputs;

@@ -29,6 +29,13 @@ std::string shape_text(const std::vector<int64_t>& shape);
 std::string dtype_text(executorch::aten::ScalarType t);
 bool read_file(const std::string& path, std::vector<uint8_t>* out, std::string* why);
 
+// A uniform double in [0, 1) from the top 53 bits of a 64-bit draw: the same sequence on every
+// platform (the standard distributions may differ between standard libraries).
+template <typename Rng>
+inline double unit_draw(Rng* rng) {
+  return static_cast<double>((*rng)() >> 11) * 0x1.0p-53;
+}
+
 inline int64_t ns_between(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(b - a).count();
 }

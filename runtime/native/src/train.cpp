@@ -32,8 +32,6 @@ using executorch::runtime::EValue;
 
 constexpr char kCheckpointMagic[8] = {'E', 'R', 'C', 'K', 'P', 'T', '0', '1'};
 
-// A uniform double in [0, 1) from the top 53 bits: the same on every platform.
-double unit_draw(std::mt19937_64* rng) { return static_cast<double>((*rng)() >> 11) * 0x1.0p-53; }
 
 struct Split {
   NpyArray x, y;
