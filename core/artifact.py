@@ -229,12 +229,13 @@ class TargetRef:
     allowed_schemes: tuple[str, ...] = ()
     bundle_variant: str | None = None
     qemu_cpu: str | None = None
+    graph_rewrites: tuple[str, ...] = ()   # export/rewrites.py names; absent in older manifests
 
     def to_json(self) -> dict:
         return {"name": self.name, "description": self.description, "arch": self.arch, "cpu": self.cpu,
                 "backends": list(self.backends), "default_scheme": self.default_scheme,
                 "allowed_schemes": list(self.allowed_schemes), "bundle_variant": self.bundle_variant,
-                "qemu_cpu": self.qemu_cpu}
+                "qemu_cpu": self.qemu_cpu, "graph_rewrites": list(self.graph_rewrites)}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any], where: str) -> "TargetRef":
@@ -242,7 +243,8 @@ class TargetRef:
                    **{k: _get(d, k, str, where, optional=True) for k in ("cpu", "description", "default_scheme",
                                                                           "bundle_variant", "qemu_cpu")},
                    backends=tuple(_get(d, "backends", list, where, optional=True, default=[])),
-                   allowed_schemes=tuple(_get(d, "allowed_schemes", list, where, optional=True, default=[])))
+                   allowed_schemes=tuple(_get(d, "allowed_schemes", list, where, optional=True, default=[])),
+                   graph_rewrites=tuple(_get(d, "graph_rewrites", list, where, optional=True, default=[])))
 
 
 @dataclass(frozen=True)

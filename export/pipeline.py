@@ -37,6 +37,7 @@ from edgerun.core.numerics import aggregate, compare_outputs
 from . import quant_report
 from .errors import ExportError, VerificationFailed
 from .inputs import IntRange, generated_like, input_ranges, load_inputs_file
+from . import rewrites
 from .lowering import graph_facts, graph_warning, lower
 from .program import describe_program
 from .recipe import recipe_identity
@@ -145,7 +146,12 @@ def _export(model, example):
     return torch.export.export(model, tuple(example))
 
 
-def _quantize(model, example, scheme: Scheme, calibration: list[tuple]):
+def _capture(model, example, target: Target):
+    """torch.export, then the target's graph rewrites (export/rewrites.py)."""
+    return rewrites.apply(_export(model, example), target.graph_rewrites)
+
+
+def _quantize(model, example, scheme: Scheme, calibration: list[tuple], target: Target):
     """Return (exported program to lower, quantization facts for the manifest)."""
     import torch
 
@@ -157,7 +163,7 @@ def _quantize(model, example, scheme: Scheme, calibration: list[tuple]):
         dynamic = scheme.name == "int8-dynamic"
         quantizer = XNNPACKQuantizer()
         quantizer.set_global(get_symmetric_quantization_config(is_per_channel=scheme.per_channel, is_dynamic=dynamic))
-        captured = _export(model, example).module()
+        captured = _capture(model, example, target).module()
         prepared = prepare_pt2e(captured, quantizer)
         used = calibration if not dynamic else calibration[:1]
         with torch.no_grad():
@@ -192,7 +198,7 @@ def _quantize(model, example, scheme: Scheme, calibration: list[tuple]):
                   quantizable)
         unwrap_tensor_subclass(qmodel)
         total = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
-        exported = _export(qmodel, example)
+        exported = _capture(qmodel, example, target)
         return exported, {"quantized_linear_layers": len(eligible), "linear_layers": total,
                           **quant_report.describe(scheme.name, "8da4w (it quantizes linear layers only)",
                                                   model, exported)}
@@ -505,7 +511,7 @@ def export_model(
             with torch.no_grad():
                 module(*example)  # a model that cannot run eagerly cannot be exported meaningfully
         with stage("export"):
-            exported = _export(module, example)
+            exported = _capture(module, example, tgt)
             exported_nodes = sum(n.op == "call_function" for n in exported.graph.nodes)
             ranges = input_ranges(exported, example)
             user_vectors = load_vectors_file(options.vectors_file, example, ranges) if options.vectors_file else None
@@ -520,7 +526,7 @@ def export_model(
                 else:
                     calibration = generated_like(example, getattr(sch, "calibration_samples", 16), options.seed + 1,
                                                  ranges)
-                exported, quant_facts = _quantize(module, example, sch, calibration)
+                exported, quant_facts = _quantize(module, example, sch, calibration, tgt)
         with stage("lower"):
             lowered = _lower(exported, tgt, sch, example)
             program = lowered.program

@@ -44,6 +44,8 @@ class Target:
     allowed_schemes: tuple[str, ...]
     bundle_variant: str = "full"   # which runtime bundle variant runs its programs
     qemu_cpu: str | None = None    # qemu-aarch64 -cpu model that emulates the board faithfully
+    # graph rewrites applied before quantization and lowering (export/rewrites.py); part of the recipe
+    graph_rewrites: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         unknown = [s for s in self.allowed_schemes if s not in SCHEMES]
@@ -51,6 +53,11 @@ class Target:
             raise ValueError(f"target {self.name}: unknown schemes {unknown}")
         if self.default_scheme not in self.allowed_schemes:
             raise ValueError(f"target {self.name}: default scheme {self.default_scheme} is not allowed")
+        from .rewrites import REWRITES
+
+        odd = [r for r in self.graph_rewrites if r not in REWRITES]
+        if odd:
+            raise ValueError(f"target {self.name}: unknown graph rewrites {odd}")
         missing = [b for b in self.backends if b not in BACKENDS]
         if missing:
             raise ValueError(f"target {self.name}: unknown backends {missing}")
@@ -73,20 +80,21 @@ class Target:
 
 
 _XNNPACK_SCHEMES = ("fp32", "int8", "int8-dynamic", "8da4w")
+_XNNPACK_REWRITES = ("sdpa", "layer_norm", "select", "mean")
 
 TARGETS: dict[str, Target] = {
     t.name: t
     for t in (
         Target("host", "this x86_64 machine's CPU (XNNPACK)", "x86_64", "native", ("xnnpack",),
-               "fp32", _XNNPACK_SCHEMES),
+               "fp32", _XNNPACK_SCHEMES, graph_rewrites=_XNNPACK_REWRITES),
         Target("rpi4", "Raspberry Pi 4 (Cortex-A72, XNNPACK)", "aarch64", "cortex-a72", ("xnnpack",),
-               "int8", _XNNPACK_SCHEMES, qemu_cpu="cortex-a72"),
+               "int8", _XNNPACK_SCHEMES, qemu_cpu="cortex-a72", graph_rewrites=_XNNPACK_REWRITES),
         Target("rpi5", "Raspberry Pi 5 (Cortex-A76, XNNPACK)", "aarch64", "cortex-a76", ("xnnpack",),
-               "int8", _XNNPACK_SCHEMES, qemu_cpu="cortex-a76"),
+               "int8", _XNNPACK_SCHEMES, qemu_cpu="cortex-a76", graph_rewrites=_XNNPACK_REWRITES),
         Target("jetson-orin", "NVIDIA Jetson Orin CPU (Cortex-A78AE, XNNPACK)", "aarch64", "cortex-a78ae",
-               ("xnnpack",), "int8", _XNNPACK_SCHEMES, qemu_cpu="neoverse-n1"),
+               ("xnnpack",), "int8", _XNNPACK_SCHEMES, qemu_cpu="neoverse-n1", graph_rewrites=_XNNPACK_REWRITES),
         Target("android-arm64", "Android arm64 phone CPU (XNNPACK)", "aarch64", "cortex-a76", ("xnnpack",),
-               "int8", _XNNPACK_SCHEMES, qemu_cpu="cortex-a76"),
+               "int8", _XNNPACK_SCHEMES, qemu_cpu="cortex-a76", graph_rewrites=_XNNPACK_REWRITES),
         Target("portable", "no delegate: portable/optimized kernels only (debugging, reference)", "any",
                "any", (), "fp32", ("fp32",)),
     )
