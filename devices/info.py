@@ -35,9 +35,51 @@ class DeviceInfo:
     emulator: str | None = None  # e.g. "qemu-aarch64 -cpu cortex-a76"
     host_cpu_model: str | None = None  # the real CPU underneath an emulated one
     transport: str = "local"
+    # the CPU features that decide which kernels pay (see SPEED_FEATURES); None = not readable
+    cpu_features: tuple[str, ...] | None = None
 
     def to_json(self) -> dict:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        out["cpu_features"] = list(self.cpu_features) if self.cpu_features is not None else None
+        out["int8_dot_product"] = int8_dot_product(self.arch, self.cpu_features)
+        return out
+
+
+# The /proc/cpuinfo flags that decide whether int8 (and fp16/bf16) kernels beat fp32 on a CPU. Without an
+# int8 dot-product instruction (x86: AVX-512 VNNI or AVX-VNNI; Arm: dotprod = "asimddp", or i8mm) an
+# int8 GEMM multiplies in 16-bit lanes and adds in extra steps, and is often no faster than fp32.
+SPEED_FEATURES = {
+    "x86_64": ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
+               "avx512_bf16", "avx512_fp16", "amx_int8", "amx_bf16"),
+    "aarch64": ("asimd", "asimdhp", "fphp", "asimddp", "i8mm", "bf16", "sve", "sve2", "sme"),
+}
+INT8_DOT = {"x86_64": ("avx512_vnni", "avx_vnni"), "aarch64": ("asimddp", "i8mm")}
+
+# What qemu-aarch64's CPU models offer (from the Arm core manuals), for emulated devices, whose own
+# /proc/cpuinfo is the host's.
+CORE_FEATURES = {
+    "cortex-a53": ("asimd",), "cortex-a57": ("asimd",), "cortex-a72": ("asimd",),
+    "cortex-a55": ("asimd", "asimdhp", "fphp", "asimddp"),
+    "cortex-a76": ("asimd", "asimdhp", "fphp", "asimddp"),
+    "cortex-a78ae": ("asimd", "asimdhp", "fphp", "asimddp"),
+    "neoverse-n1": ("asimd", "asimdhp", "fphp", "asimddp"),
+    "neoverse-v1": ("asimd", "asimdhp", "fphp", "asimddp", "i8mm", "bf16", "sve"),
+    "cortex-a710": ("asimd", "asimdhp", "fphp", "asimddp", "i8mm", "bf16", "sve", "sve2"),
+    "neoverse-n2": ("asimd", "asimdhp", "fphp", "asimddp", "i8mm", "bf16", "sve", "sve2"),
+}
+
+
+def speed_features(arch: str, flags: Sequence[str]) -> tuple[str, ...]:
+    """The subset of ``flags`` (a cpuinfo flags/Features list) that :data:`SPEED_FEATURES` names."""
+    have = set(flags)
+    return tuple(f for f in SPEED_FEATURES.get(arch, ()) if f in have)
+
+
+def int8_dot_product(arch: str, features: Sequence[str] | None) -> bool | None:
+    """Whether the CPU has an int8 dot-product instruction; None when its features are unknown."""
+    if features is None or arch not in INT8_DOT:
+        return None
+    return any(f in features for f in INT8_DOT[arch])
 
 
 _QEMU_RE = re.compile(r"qemu-(aarch64|arm|riscv64|x86_64)(?:-static)?$")
@@ -53,11 +95,13 @@ def apply_wrapper_emulation(info: DeviceInfo, wrapper: Sequence[str]) -> DeviceI
     cpu = None
     if "-cpu" in wrapper[:-1]:
         cpu = wrapper[list(wrapper).index("-cpu") + 1]
+    arch = m.group(1)
+    features = CORE_FEATURES.get((cpu or "").lower()) if arch == "aarch64" else None
     return dataclasses.replace(
-        info, arch=m.group(1), cpu_model=cpu or "qemu default CPU", emulated=True,
+        info, arch=arch, cpu_model=cpu or "qemu default CPU", emulated=True, cpu_features=features,
         emulator=shlex.join(wrapper), host_cpu_model=info.cpu_model,
         governor=None, freq_khz=None, max_freq_khz=None,
     )
 
 
-__all__ = ["DeviceInfo", "apply_wrapper_emulation"]
+__all__ = ["DeviceInfo", "apply_wrapper_emulation", "speed_features", "int8_dot_product", "SPEED_FEATURES"]

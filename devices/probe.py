@@ -10,7 +10,7 @@ from __future__ import annotations
 import shlex
 
 from edgerun.core.text import sanitize_text
-from edgerun.devices.info import DeviceInfo
+from edgerun.devices.info import DeviceInfo, speed_features
 from edgerun.devices.workdir import create_script
 
 # ARM "CPU part" ids (MIDR) of the cores edge boards carry; /proc/cpuinfo on ARM has no model name.
@@ -95,6 +95,13 @@ def _cpu_model(cpuinfo: str, lscpu: str) -> str | None:
     return info.get("Hardware") or info.get("Processor") or None
 
 
+def _cpu_flags(cpuinfo: str) -> list[str] | None:
+    """x86 lists ``flags``, Arm ``Features`` (per core; the first is taken)."""
+    info = _kv(cpuinfo)
+    text = info.get("flags") or info.get("Features")
+    return text.split() if text else None
+
+
 def _os(sections: dict[str, str]) -> str | None:
     if sections.get("android"):
         return f"Android {sections['android']}"
@@ -127,8 +134,11 @@ def parse_probe(raw: str, *, transport: str) -> DeviceInfo:
         if len(fields) >= 4 and fields[3].isdigit():
             free = int(fields[3]) * 1024
     board = s.get("board", "").replace("\x00", "").strip() or None
+    flags = _cpu_flags(s.get("cpuinfo", ""))
+    arch = arch.split()[0]
     return DeviceInfo(
-        arch=arch.split()[0],
+        arch=arch,
+        cpu_features=speed_features(arch, flags) if flags is not None else None,
         cpu_model=_cpu_model(s.get("cpuinfo", ""), s.get("lscpu", "")),
         cores=cores,
         mem_total_bytes=mem_total * 1024 if mem_total is not None else None,

@@ -337,3 +337,63 @@ def bench(model: str, targets: Sequence[str], schemes: Sequence[str], devices: S
     order = [cell_key(model, t, s, d, th) for t, s, d, th in cells]
     return {"sweep_id": sweep, "cells": len(cells), "run_ids": [done[k] for k in order if k in done],
             "failures": failures}
+
+
+# ---------------------------------------------------------------------------------------------
+# does quantization pay on this device?
+
+QUANTIZED_SPEED_SCHEMES = ("int8", "int8-dynamic")
+
+
+def _speed_key(record) -> tuple:
+    return (record.model.name, record.model.target, record.device_name, record.provenance.threads)
+
+
+def scheme_speed_warnings(records: Sequence) -> list[str]:
+    """One sentence per int8 run that was no faster than an fp32 run of the same model, target, device
+    and thread count among ``records`` (median against median), naming the CPU's int8 dot-product
+    support. Quantization is usually chosen for speed; on a CPU without an int8 dot product it often
+    buys only size, and a user should be told so by the tool."""
+    from edgerun.devices.info import int8_dot_product
+
+    fp32: dict[tuple, object] = {}
+    for r in records:
+        if r.model.scheme == "fp32" and r.llm is None and r.training is None:
+            prev = fp32.get(_speed_key(r))
+            if prev is None or r.created_at > prev.created_at:
+                fp32[_speed_key(r)] = r
+    out = []
+    for r in records:
+        base = fp32.get(_speed_key(r))
+        if r.model.scheme not in QUANTIZED_SPEED_SCHEMES or base is None or r.llm is not None:
+            continue
+        q, f = r.latency.median_ms, base.latency.median_ms
+        if q < f:
+            continue
+        dot = int8_dot_product(r.device.get("arch", ""), r.device.get("cpu_features"))
+        why = {True: "although its CPU has an int8 dot-product instruction: the model may be too small or "
+                     "memory-bound for int8 to pay",
+               False: "its CPU has no int8 dot-product instruction (x86: AVX-512 VNNI / AVX-VNNI; Arm: "
+                      "dotprod / i8mm), so int8 kernels gain little over fp32",
+               None: "the CPU's features are unknown"}[dot]
+        emulated = " (EMULATED: this says nothing about the real board)" if r.source == "emulated" else ""
+        out.append(f"{r.model.name} {r.model.scheme} on {r.device_name} ({r.provenance.threads} thread(s)) ran "
+                   f"{q:.3f} ms, no faster than fp32's {f:.3f} ms (run {base.run_id}): {why}. Choose "
+                   f"{r.model.scheme} here for its size, not for speed{emulated}.")
+    return out
+
+
+def fp32_companions(store, records: Sequence) -> list:
+    """The newest fp32 run in ``store`` for each quantized record's model, target, device and threads."""
+    out = []
+    for r in records:
+        if r.model.scheme not in QUANTIZED_SPEED_SCHEMES:
+            continue
+        for row in store.list(model=r.model.name, device=r.device_name, limit=200):
+            if row.get("scheme") != "fp32" or row.get("target") != r.model.target:
+                continue
+            cand = store.get(row["run_id"])
+            if cand.provenance.threads == r.provenance.threads:
+                out.append(cand)
+                break
+    return out

@@ -54,7 +54,7 @@ def probe_cmd(
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Connect and report arch, CPU, cores, memory, OS/kernel, governor, clock, temperature, free space."""
+    """Connect and report arch, CPU, the CPU features that decide int8 speed, cores, memory, OS/kernel, governor, clock, temperature, free space."""
 
     def work() -> dict:
         from edgerun.devices.inventory import get_spec, make_device
@@ -77,7 +77,9 @@ def probe_cmd(
         if i.get("host_cpu_model"):
             cpu += f" (on {i['host_cpu_model']})"
         rows = [
-            ("arch", i["arch"]), ("cpu", cpu), ("cores", i["cores"]), ("board", i["board"]),
+            ("arch", i["arch"]), ("cpu", cpu), ("cores", i["cores"]),
+            ("cpu features", " ".join(i["cpu_features"]) if i.get("cpu_features") is not None else None),
+            ("int8 dot product", _int8_line(i)), ("board", i["board"]),
             ("memory", f"{format_bytes(i['mem_total_bytes'])} total, {format_bytes(i['mem_available_bytes'])} available"),
             ("os", i["os"]), ("kernel", i["kernel"]), ("governor", i["governor"]),
             ("frequency", f"{i['freq_khz'] / 1000:.0f} MHz (max {(i['max_freq_khz'] or 0) / 1000:.0f})"
@@ -91,6 +93,16 @@ def probe_cmd(
         out.print(t)
 
     execute(work, json_out=json_out, debug=debug, human=human)
+
+
+def _int8_line(i: dict) -> str | None:
+    has = i.get("int8_dot_product")
+    if has is None:
+        return None
+    if has:
+        return "yes: int8 schemes can pay off on this CPU (measure: edgerun bench MODEL --schemes fp32,int8)"
+    return ("no (x86: AVX-512 VNNI / AVX-VNNI; Arm: dotprod / i8mm): int8 kernels often run no faster "
+            "than fp32 here; pick int8 for size, not speed, unless a benchmark says otherwise")
 
 
 def register(app: typer.Typer) -> None:

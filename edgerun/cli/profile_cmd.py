@@ -122,7 +122,13 @@ def register(app: typer.Typer) -> None:
             records = [r for r in results if not isinstance(r, CellFailure)]
             failures = [r.to_json() for r in results if isinstance(r, CellFailure)]
             holder["records"], holder["failures"] = records, failures
-            result: dict = {"runs": [record_json(r) for r in records], "failures": failures}
+            from edgerun.profiling import fp32_companions, scheme_speed_warnings
+
+            with Store(store_path) as s:
+                speed = scheme_speed_warnings([*fp32_companions(s, records), *records])
+            holder["speed"] = speed
+            result: dict = {"runs": [record_json(r) for r in records], "failures": failures,
+                            "scheme_warnings": speed}
             if len(records) == 1:
                 result.update(record_json(records[0]))
             if failures:
@@ -138,6 +144,8 @@ def register(app: typer.Typer) -> None:
             for f in holder["failures"]:
                 err_console.print(f"[bold red]failed[/] on {plain(f['device'])}: {plain(f['error']['message'])}",
                                   soft_wrap=True, highlight=False)
+            for w in holder["speed"]:
+                err_console.print(f"[yellow]warning:[/] {plain(w)}", soft_wrap=True, highlight=False)
 
         execute(work, json_out=json_out, debug=debug, human=human)
 
@@ -204,6 +212,9 @@ def register(app: typer.Typer) -> None:
                 summary = bench(model, tl, sl, dl, settings, store=s, inventory=inventory, sweep_id=sweep_id,
                                 on_cell=on_cell, on_progress=on_progress)
                 records = [s.get(r) for r in summary["run_ids"]]
+            from edgerun.profiling import scheme_speed_warnings
+
+            summary["scheme_warnings"] = scheme_speed_warnings(records)
             holder["records"] = records
             if records:
                 path = report or Path(f"bench-{summary['sweep_id']}.html")
@@ -224,5 +235,7 @@ def register(app: typer.Typer) -> None:
             for f in r["failures"]:
                 err_console.print(f"[bold red]failed[/] {plain(f['cell'])}: {plain(f['error']['message'])}",
                                   soft_wrap=True, highlight=False)
+            for w in r["scheme_warnings"]:
+                err_console.print(f"[yellow]warning:[/] {plain(w)}", soft_wrap=True, highlight=False)
 
         execute(work, json_out=json_out, debug=debug, human=human)

@@ -77,3 +77,28 @@ def test_a_qemu_wrapper_makes_an_emulated_device():
         ("aarch64", "cortex-a72", True, "AMD EPYC")
     assert info.governor is None
     assert apply_wrapper_emulation(host, ["nice"]) == host
+
+
+def test_cpu_features_that_decide_int8_speed_are_reported():
+    x86 = ("@@section arch\nx86_64\n@@section cpuinfo\nprocessor\t: 0\nmodel name\t: AMD EPYC\n"
+           "flags\t\t: fpu sse2 avx avx2 fma f16c bmi2\n")
+    info = parse_probe(x86, transport="local")
+    assert info.cpu_features == ("avx", "avx2", "fma", "f16c")
+    assert info.to_json()["int8_dot_product"] is False
+    vnni = parse_probe(x86.replace("bmi2", "bmi2 avx512f avx512_vnni"), transport="local")
+    assert "avx512_vnni" in vnni.cpu_features and vnni.to_json()["int8_dot_product"] is True
+    arm = PI5_LIKE.replace("CPU part\t: 0xd0b\n\nprocessor\t: 1",
+                           "CPU part\t: 0xd0b\nFeatures\t: fp asimd evtstrm aes crc32 asimdhp asimddp\n\nprocessor\t: 1")
+    a = parse_probe(arm, transport="ssh")
+    assert a.cpu_features == ("asimd", "asimdhp", "asimddp") and a.to_json()["int8_dot_product"] is True
+    # no flags line at all: unknown, never "no"
+    bare = parse_probe(PI5_LIKE, transport="ssh")
+    assert bare.cpu_features is None and bare.to_json()["int8_dot_product"] is None
+
+
+def test_an_emulated_core_reports_its_own_features_not_the_hosts():
+    host = DeviceInfo(arch="x86_64", cpu_model="Xeon", cpu_features=("avx2", "avx512_vnni"))
+    a72 = apply_wrapper_emulation(host, ["qemu-aarch64", "-cpu", "cortex-a72", "prog"])
+    a76 = apply_wrapper_emulation(host, ["qemu-aarch64", "-cpu", "cortex-a76", "prog"])
+    assert a72.to_json()["int8_dot_product"] is False and "asimddp" in a76.cpu_features
+    assert apply_wrapper_emulation(host, ["qemu-aarch64", "-cpu", "max", "prog"]).cpu_features is None
