@@ -42,7 +42,9 @@ def machine_info() -> dict:
         info["cpu_model"] = model.group(2).strip() if model else None
         have = set(flags.group(2).split()) if flags else set()
         info["flags"] = sorted(f for f in have if FLAG_RE.match(f))
-        info["cores"] = len(re.findall(r"^processor\s*:", text, re.M))
+        info["cores"] = len(re.findall(r"^processor\s*:", text, re.M))  # logical CPUs listed
+        pairs = re.findall(r"^physical id\s*:\s*(\d+)$.*?^core id\s*:\s*(\d+)$", text, re.M | re.S)
+        info["physical_cores"] = len(set(pairs)) or None
     except OSError:
         pass
     try:

@@ -13,10 +13,11 @@ What it does (details in ``benchmarks/peers/README.md``):
 1. **The peers' own venv** (``EDGERUN_HOME/cache/benchmarks/peers-venv``, :mod:`peer_venv`): made once with
    edgerun's interpreter, pinned onnxruntime / onnx / onnxscript / ai-edge-litert / litert-torch, seeing
    edgerun's torch through a ``.pth`` file (no second torch is ever downloaded: checked). Rebuilt when the
-   pins change. litert-torch 0.10.0 converts with edgerun's torch 2.14.1 and its torchao 0.18 (no
-   fallback was needed for fp32 and static int8); its PT2E *dynamic* path makes programs LiteRT cannot
-   load when the model has an ``nn.Embedding`` (text_encoder), and then ai-edge-quantizer's dynamic int8
-   recipe quantizes the fp32 ``.tflite`` instead (said in the cell's ``method`` and ``notes``).
+   pins change. litert-torch's dependencies keep edgerun's torchao 0.18 (it asks for >= 0.17), and it
+   converts with edgerun's torch 2.14.1: fp32 and static int8 of every default model, PT2E dynamic of
+   resnet18 and mobilenet_v2. Its PT2E *dynamic* path makes a program LiteRT cannot load when the model
+   has an ``nn.Embedding`` (text_encoder); then ai-edge-quantizer's dynamic int8 recipe quantizes the
+   fp32 ``.tflite`` instead (said in the cell's ``method`` and ``notes``).
 2. **Each model built once** in edgerun's venv (:mod:`models`): weights, example input, 16 seeded
    calibration samples (edgerun's own draw: token ids inside their embedding's rows), the eager fp32
    reference, in ``EDGERUN_HOME/cache/benchmarks/peers/<model>-<weights sha256>/``.
@@ -48,6 +49,7 @@ import datetime as _dt
 import hashlib
 import importlib.util
 import json
+import math
 import os
 import random
 import subprocess
@@ -117,6 +119,17 @@ def run_worker(python: str, args: list[str], *, env: dict | None = None, timeout
     result["worker_peak_rss_bytes"] = usage.ru_maxrss * 1024
     result["seconds"] = round(time.monotonic() - started, 2)
     return result
+
+
+def strict_json(obj):
+    """The object with every non-finite float as a string ("inf", "-inf", "nan"): strict JSON has none."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    return obj
 
 
 def _version(name: str) -> str | None:
@@ -373,11 +386,12 @@ def main(argv: list[str] | None = None) -> int:
     path = Path(args.out) if args.out else out_dir / f"peers-{'smoke-' if args.smoke else ''}{_dt.datetime.now():%Y%m%d-%H%M%S}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     result["json_path"] = str(path)
-    path.write_text(json.dumps(result, indent=1))
+    result = strict_json(result)
+    path.write_text(json.dumps(result, indent=1, allow_nan=False))
     table = report.markdown(result)
     if args.json:
         print(table, file=sys.stderr)
-        print(json.dumps(result))
+        print(json.dumps(result, allow_nan=False))
     else:
         print(table)
         print(f"JSON: {path}")
