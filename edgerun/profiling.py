@@ -36,7 +36,8 @@ class ProfileSettings:
     warmup: int = 3
     iterations: int = 30
     min_time_ms: int = 0
-    threads: tuple[int, ...] = (0,)      # 0: the runtime's default
+    # "auto": the runner times 1 thread and every core and keeps the faster; 0: the runtime's default
+    threads: tuple[int | str, ...] = ("auto",)
     vector: int = 0
     etdump: bool = True
     variant: str = "full"
@@ -49,8 +50,8 @@ class ProfileSettings:
             raise ValueError(f"iterations must be at least 1, got {self.iterations}")
         if self.warmup < 0:
             raise ValueError(f"warmup must be >= 0, got {self.warmup}")
-        if not self.threads or any(not isinstance(t, int) or t < 0 for t in self.threads):
-            raise ValueError(f"threads must be a list of counts >= 0, got {self.threads}")
+        if not self.threads or any(t != "auto" and (not isinstance(t, int) or t < 0) for t in self.threads):
+            raise ValueError(f"threads must be a list of counts >= 0 or 'auto', got {self.threads}")
         if self.min_time_ms < 0:
             raise ValueError(f"min-time-ms must be >= 0, got {self.min_time_ms}")
         if self.vector < 0:
@@ -69,14 +70,15 @@ class CellFailure:
         return {"device": self.device, "threads": self.threads, "error": self.error.to_json()}
 
 
-def parse_threads(text: str) -> tuple[int, ...]:
+def parse_threads(text: str) -> tuple[int | str, ...]:
+    """``1,2,4``, ``auto`` or a mix; 0 is the runtime's default pool (every core)."""
     try:
-        values = tuple(int(x) for x in text.split(",") if x.strip())
+        values = tuple(x.strip() if x.strip() == "auto" else int(x) for x in text.split(",") if x.strip())
     except ValueError:
-        raise UsageError(f"--threads takes comma-separated integers, got {text!r}.") from None
-    if not values or any(v < 0 for v in values):
-        raise UsageError(f"--threads takes comma-separated integers >= 0, got {text!r}.")
-    return values
+        raise UsageError(f"--threads takes comma-separated integers or 'auto', got {text!r}.") from None
+    if not values or any(v != "auto" and v < 0 for v in values):
+        raise UsageError(f"--threads takes comma-separated integers >= 0 or 'auto', got {text!r}.")
+    return tuple(dict.fromkeys(values))
 
 
 def _open_manifest(artifact: str | Path | Manifest) -> Manifest:
@@ -104,6 +106,8 @@ def profile_on_device(artifact: str | Path | Manifest, device, settings: Profile
     with_dataset = manifest.dataset is not None and settings.task_accuracy is not False
     results: list = []
     for threads in settings.threads:
+        if threads == "auto" and device.info().emulated:
+            threads = 0  # an emulator's speed says nothing about the board: no trial, the default pool
         label = f"{device.name} threads={threads or 'default'}"
         if on_progress:
             on_progress(f"running on {label}")

@@ -84,6 +84,8 @@ class Header:
     threads: int | None = None
     hardware_threads: int | None = None
     pid: int | None = None
+    xnnpack: Mapping[str, Any] | None = None  # backend options in effect: workspace_sharing, weight_cache
+    threads_auto: Mapping[str, Any] | None = None  # --threads auto: {chosen, trials: [{threads, median_ns}]}
 
     @classmethod
     def parse(cls, d):
@@ -92,7 +94,9 @@ class Header:
                    executorch_version=_f(d, "executorch_version", str, optional=True),
                    arch=_f(d, "arch", str, optional=True), build=_f(d, "build", dict, optional=True, default={}),
                    threads=_f(d, "threads", int, optional=True),
-                   hardware_threads=_f(d, "hardware_threads", int, optional=True), pid=_f(d, "pid", int, optional=True))
+                   hardware_threads=_f(d, "hardware_threads", int, optional=True), pid=_f(d, "pid", int, optional=True),
+                   xnnpack=_f(d, "xnnpack", dict, optional=True),
+                   threads_auto=_f(d, "threads_auto", dict, optional=True))
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,7 @@ class Provenance:
     protocol: int | None
     threads: int | None  # in effect, read back from the pool
     hardware_threads: int | None
+    threads_auto: dict | None = None  # --threads auto: the runner's trial ({chosen, trials: [{threads, median_ns}]})
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,19 @@ FILLS = ("zeros", "ones", "random")
 LOAD_MODES = ("mmap", "file")
 
 
+AUTO_THREADS = "auto"
+XNNPACK_WORKSPACE = ("disabled", "per-model", "global")
+
+
+def _backend_flags(options: "RunOptions") -> list[str]:
+    out = []
+    if options.xnnpack_workspace is not None:
+        out += ["--xnnpack-workspace", options.xnnpack_workspace]
+    if options.xnnpack_weight_cache is not None:
+        out += ["--xnnpack-weight-cache", "on" if options.xnnpack_weight_cache else "off"]
+    return out
+
+
 @dataclass(frozen=True)
 class RunOptions:
     """How to run a program: the runner flags that do not name files."""
@@ -44,15 +57,21 @@ class RunOptions:
     iterations: int = 10
     min_time_ms: int = 0
     max_iterations: int = 100000  # caps only the extension by min_time_ms; iterations always run
-    threads: int = 0
+    threads: int | str = 0  # 0: the runtime's default (every core); "auto": the runner measures 1 and all
     fill: str = "random"
     seed: int = 0
     load_mode: str = "mmap"
+    xnnpack_workspace: str | None = None     # disabled | per-model | global (None: the library's default)
+    xnnpack_weight_cache: bool | None = None
 
     def __post_init__(self):
         if not self.method:
             raise ValueError("method must be a non-empty name")
-        for name, lo in (("warmup", 0), ("iterations", 1), ("min_time_ms", 0), ("threads", 0), ("seed", 0)):
+        if self.threads != AUTO_THREADS and (not isinstance(self.threads, int) or self.threads < 0):
+            raise ValueError(f"threads must be an integer >= 0 or {AUTO_THREADS!r}, got {self.threads!r}")
+        if self.xnnpack_workspace not in (None, *XNNPACK_WORKSPACE):
+            raise ValueError(f"xnnpack_workspace must be one of {XNNPACK_WORKSPACE}, got {self.xnnpack_workspace!r}")
+        for name, lo in (("warmup", 0), ("iterations", 1), ("min_time_ms", 0), ("seed", 0)):
             value = getattr(self, name)
             if not isinstance(value, int) or value < lo:
                 raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")
@@ -91,6 +110,7 @@ def runner_argv(bundle: Bundle, program: str, *, inputs: Sequence[str] = (), opt
                  "--seed", str(options.seed)]
         if options.threads:
             argv += ["--threads", str(options.threads)]
+        argv += _backend_flags(options)
         if options.load_mode != "mmap":
             argv += ["--load-mode", options.load_mode]
         if etdump:
@@ -110,6 +130,7 @@ def runner_argv(bundle: Bundle, program: str, *, inputs: Sequence[str] = (), opt
         argv += ["--min-time-ms", str(options.min_time_ms), "--max-iterations", str(options.max_iterations)]
     if options.threads:
         argv += ["--threads", str(options.threads)]
+    argv += _backend_flags(options)
     if options.load_mode != "mmap":
         argv += ["--load-mode", options.load_mode]
     for path in inputs:

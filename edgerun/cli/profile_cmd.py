@@ -82,7 +82,8 @@ def register(app: typer.Typer) -> None:
         warmup: Annotated[int, typer.Option(help="Untimed warm-up iterations.")] = 3,
         iterations: Annotated[int, typer.Option(help="Timed iterations (every sample is kept).")] = 30,
         min_time_ms: Annotated[int, typer.Option(help="Keep iterating until the timed ones add up to this.")] = 0,
-        threads: Annotated[str, typer.Option(help="Thread counts to sweep, e.g. 1,2,4 (0: runtime default).")] = "0",
+        threads: Annotated[str, typer.Option(help="Thread counts to sweep, e.g. 1,2,4; auto (default): the runner "
+                                                  "times 1 thread and every core and keeps the faster; 0: every core.")] = "auto",
         vector: Annotated[int, typer.Option(help="Test vector whose inputs are run (its eager outputs are the "
                                                  "accuracy reference).")] = 0,
         etdump: Annotated[bool, typer.Option(help="Record an ETDump for the per-operator table.")] = True,
@@ -157,7 +158,8 @@ def register(app: typer.Typer) -> None:
         devices: Annotated[str, typer.Option(help="Comma-separated device names or URIs.")] = "local://",
         warmup: Annotated[int, typer.Option(help="Untimed warm-up iterations per run.")] = 3,
         iterations: Annotated[int, typer.Option(help="Timed iterations per run.")] = 30,
-        threads: Annotated[str, typer.Option(help="Thread counts to sweep, e.g. 1,2,4.")] = "0",
+        threads: Annotated[str, typer.Option(help="Thread counts to sweep, e.g. 1,2,4, or auto (default: the runner "
+                                                  "keeps the faster of 1 thread and every core).")] = "auto",
         sweep_id: Annotated[Optional[str], typer.Option(
             help="Resume this sweep (default: derived from the arguments, so re-running resumes).")] = None,
         report: Annotated[Optional[Path], typer.Option("--report", "-o", help="HTML report to write.")] = None,

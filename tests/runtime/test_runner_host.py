@@ -73,6 +73,36 @@ def test_thread_count_is_applied_and_reported(host_bundle, artifacts):
         assert res.header.threads == threads
 
 
+def test_auto_threads_measures_both_pools_and_keeps_the_faster(host_bundle, artifacts):
+    """--threads auto: the runner times every core and one thread, reports both, and runs with the winner."""
+    import os
+
+    art = artifacts["fp32"]
+    res = run_local(host_bundle.path, art / "model.pte", options=RunOptions(threads="auto", warmup=0, iterations=2))
+    cores = os.cpu_count() or 1
+    if cores == 1:
+        assert res.header.threads_auto is None and res.header.threads == 1
+        return
+    trial = res.header.threads_auto
+    by_threads = {t["threads"]: t["median_ns"] for t in trial["trials"]}
+    assert set(by_threads) == {1, res.header.hardware_threads} and all(v > 0 for v in by_threads.values())
+    # the rule as documented: one thread unless every core is at least 5 % faster
+    expected = 1 if by_threads[1] <= by_threads[max(by_threads)] * 1.05 else max(by_threads)
+    assert trial["chosen"] == expected == res.header.threads
+    # an explicit count runs no trial
+    assert run_local(host_bundle.path, art / "model.pte", threads=1, warmup=0, iterations=1).header.threads_auto is None
+
+
+def test_xnnpack_backend_options_are_applied_and_reported(host_bundle, artifacts):
+    art = artifacts["fp32"]
+    res = run_local(host_bundle.path, art / "model.pte", warmup=0, iterations=1,
+                    options=RunOptions(xnnpack_workspace="per-model", xnnpack_weight_cache=True, warmup=0))
+    assert res.header.xnnpack == {"workspace_sharing": "per-model", "weight_cache": True}
+    bad = subprocess.run([str(host_bundle.path / "edgerun-runner"), "--model", str(art / "model.pte"),
+                          "--xnnpack-workspace", "shared"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "disabled, per-model or global" in bad.stdout
+
+
 def test_min_time_keeps_iterating(host_bundle, artifacts):
     art = artifacts["portable"]
     opts = RunOptions(warmup=0, iterations=2, min_time_ms=30, max_iterations=100000)
@@ -137,7 +167,8 @@ def test_argv_for_a_bundle_elsewhere(host_bundle, aarch64_bundle):
 
 def test_run_options_are_validated():
     for bad in (dict(iterations=0), dict(warmup=-1), dict(fill="noise"), dict(load_mode="swap"),
-                dict(threads=-2), dict(method=""), dict(max_iterations=0)):
+                dict(threads=-2), dict(threads="fast"), dict(method=""), dict(max_iterations=0),
+                dict(xnnpack_workspace="shared")):
         with pytest.raises(ValueError):
             RunOptions(**bad)
 
