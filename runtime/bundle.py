@@ -24,7 +24,6 @@ never used, so Raspberry Pi OS, Jetson L4T and Android's ``adb shell`` all run t
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tarfile
@@ -32,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from edgerun.core.artifact import sha256_file
 from edgerun.core.errors import BundleError
 
 BUNDLE_SCHEMA = "edgerun.bundle"
@@ -45,14 +45,6 @@ VARIANTS = ("full", "slim")
 # Which ExecuTorch library provides what, by the wheel's file names.
 BACKEND_LIBRARIES = {"libexecutorch_backend_xnnpack.so": "XnnpackBackend"}
 KERNEL_LIBRARIES = ("libexecutorch_kernels_optimized.so", "libexecutorch_kernels_quantized.so")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)

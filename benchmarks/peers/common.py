@@ -49,14 +49,6 @@ def sources_hash(*paths: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def state_dict_sha256(state_dict) -> str:
     """sha256 over (name, dtype, shape, raw bytes) of every entry, in name order."""
     import torch

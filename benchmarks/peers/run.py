@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
             failures.append(f"{name}: building the model failed: {res.get('error')}")
             log(failures[-1])
             continue
-        from common import file_sha256
+        from edgerun.core.artifact import sha256_file as file_sha256
 
         res["calibration_sha256"] = file_sha256(Path(res["workdir"]) / "calibration.npz")
         models[name] = res
