@@ -350,7 +350,9 @@ QUANTIZED_SPEED_SCHEMES = ("int8", "int8-dynamic")
 
 
 def _speed_key(record) -> tuple:
-    return (record.model.name, record.model.target, record.device_name, record.provenance.threads)
+    # runs with --threads auto compare with each other (each at its own faster pool), others by pool size
+    threads = "auto" if record.provenance.threads_auto else record.provenance.threads
+    return (record.model.name, record.model.target, record.device_name, threads)
 
 
 def scheme_speed_warnings(records: Sequence) -> list[str]:
@@ -381,7 +383,8 @@ def scheme_speed_warnings(records: Sequence) -> list[str]:
                       "dotprod / i8mm), so int8 kernels gain little over fp32",
                None: "the CPU's features are unknown"}[dot]
         emulated = " (EMULATED: this says nothing about the real board)" if r.source == "emulated" else ""
-        out.append(f"{r.model.name} {r.model.scheme} on {r.device_name} ({r.provenance.threads} thread(s)) ran "
+        pool = f"{r.provenance.threads} thread(s)" + (", chosen by --threads auto" if r.provenance.threads_auto else "")
+        out.append(f"{r.model.name} {r.model.scheme} on {r.device_name} ({pool}) ran "
                    f"{q:.3f} ms, no faster than fp32's {f:.3f} ms (run {base.run_id}): {why}. Choose "
                    f"{r.model.scheme} here for its size, not for speed{emulated}.")
     return out
@@ -397,7 +400,7 @@ def fp32_companions(store, records: Sequence) -> list:
             if row.get("scheme") != "fp32" or row.get("target") != r.model.target:
                 continue
             cand = store.get(row["run_id"])
-            if cand.provenance.threads == r.provenance.threads:
+            if _speed_key(cand) == _speed_key(r):
                 out.append(cand)
                 break
     return out

@@ -43,3 +43,19 @@ def test_profile_finds_the_stored_fp32_run_of_the_same_cell(tmp_path):
     assert [c.run_id for c in companions] == ["r-fp32"]
     [w] = scheme_speed_warnings([*companions, int8])
     assert "int8-dynamic" in w and "r-fp32" in w
+
+
+def test_auto_thread_runs_compare_with_each_other_whatever_pool_each_chose():
+    import dataclasses
+
+    def auto(rec, chosen):
+        trial = {"chosen": chosen, "trials": [{"threads": 2, "median_ns": 1}, {"threads": 1, "median_ns": 1}]}
+        return dataclasses.replace(rec, provenance=dataclasses.replace(rec.provenance, threads=chosen,
+                                                                       threads_auto=trial))
+
+    fp32 = auto(_record("r-f", "fp32", 5.0, threads=2), 2)
+    int8 = auto(_record("r-q", "int8", 6.0, threads=1), 1)
+    [w] = scheme_speed_warnings([fp32, int8])
+    assert "chosen by --threads auto" in w
+    # an auto run is not compared with a fixed-pool run
+    assert scheme_speed_warnings([_record("r-f", "fp32", 5.0, threads=1), int8]) == []
