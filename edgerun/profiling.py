@@ -25,6 +25,7 @@ from edgerun.core.artifact import Manifest
 from edgerun.core.errors import AccuracyFailed, EdgerunError, RunInterrupted, UsageError
 from edgerun.core.paths import artifacts_dir
 from edgerun.runtime.deploy import Cancellation, mark_interrupted, on_devices_concurrently
+from edgerun.runtime.runner import AUTO_THREADS
 
 log = logging.getLogger("edgerun.profile")
 
@@ -37,7 +38,7 @@ class ProfileSettings:
     iterations: int = 30
     min_time_ms: int = 0
     # "auto": the runner times 1 thread and every core and keeps the faster; 0: the runtime's default
-    threads: tuple[int | str, ...] = ("auto",)
+    threads: tuple[int | str, ...] = (AUTO_THREADS,)
     vector: int = 0
     etdump: bool = True
     variant: str = "full"
@@ -50,7 +51,7 @@ class ProfileSettings:
             raise ValueError(f"iterations must be at least 1, got {self.iterations}")
         if self.warmup < 0:
             raise ValueError(f"warmup must be >= 0, got {self.warmup}")
-        if not self.threads or any(t != "auto" and (not isinstance(t, int) or t < 0) for t in self.threads):
+        if not self.threads or any(t != AUTO_THREADS and (not isinstance(t, int) or t < 0) for t in self.threads):
             raise ValueError(f"threads must be a list of counts >= 0 or 'auto', got {self.threads}")
         if self.min_time_ms < 0:
             raise ValueError(f"min-time-ms must be >= 0, got {self.min_time_ms}")
@@ -73,10 +74,10 @@ class CellFailure:
 def parse_threads(text: str) -> tuple[int | str, ...]:
     """``1,2,4``, ``auto`` or a mix; 0 is the runtime's default pool (every core)."""
     try:
-        values = tuple(x.strip() if x.strip() == "auto" else int(x) for x in text.split(",") if x.strip())
+        values = tuple(x.strip() if x.strip() == AUTO_THREADS else int(x) for x in text.split(",") if x.strip())
     except ValueError:
         raise UsageError(f"--threads takes comma-separated integers or 'auto', got {text!r}.") from None
-    if not values or any(v != "auto" and v < 0 for v in values):
+    if not values or any(v != AUTO_THREADS and v < 0 for v in values):
         raise UsageError(f"--threads takes comma-separated integers >= 0 or 'auto', got {text!r}.")
     return tuple(dict.fromkeys(values))
 
@@ -106,7 +107,7 @@ def profile_on_device(artifact: str | Path | Manifest, device, settings: Profile
     with_dataset = manifest.dataset is not None and settings.task_accuracy is not False
     results: list = []
     for threads in settings.threads:
-        if threads == "auto" and device.info().emulated:
+        if threads == AUTO_THREADS and device.info().emulated:
             threads = 0  # an emulator's speed says nothing about the board: no trial, the default pool
         label = f"{device.name} threads={threads or 'default'}"
         if on_progress:
@@ -351,7 +352,7 @@ QUANTIZED_SPEED_SCHEMES = ("int8", "int8-dynamic")
 
 def _speed_key(record) -> tuple:
     # runs with --threads auto compare with each other (each at its own faster pool), others by pool size
-    threads = "auto" if record.provenance.threads_auto else record.provenance.threads
+    threads = AUTO_THREADS if record.provenance.threads_auto else record.provenance.threads
     return (record.model.name, record.model.target, record.device_name, threads)
 
 
