@@ -13,6 +13,13 @@ without ``..``, and resolve inside the artifact (:meth:`Manifest.file`); the pro
 Schema: ``"schema": "edgerun.artifact"``, ``"schema_version"`` up to :data:`SCHEMA_VERSION`. A newer
 version or a foreign schema is refused with a message that says which and what to do. New fields
 are added as optional fields of these dataclasses (``None`` when an older edgerun wrote the file).
+
+Versions: 1 — the first; 2 — the scheme section names the whole recipe chain (``scheme.recipe``, the
+canonical spec such as ``prune:amount=0.5+int8``, and ``scheme.steps``), the target its ``quantizer`` and
+``measure``, and an LLM artifact carries the token ids its perplexity was measured on
+(``llm.quality.perplexity.ids_file``). A version-1 manifest reads as before: its scheme is one quantize
+step, and an LLM's held-out ids are re-made from the text (:meth:`Manifest.heldout_ids` returns None).
+An older edgerun refuses a version-2 manifest rather than misread a chain as its quantize step.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from .errors import ArtifactError
 from .numerics import OutputMetrics
 
 SCHEMA = "edgerun.artifact"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 
 STATUS_OK = "ok"
@@ -122,6 +129,23 @@ def _rel_path(value: Any, where: str) -> str:
 
 
 # --------------------------------------------------------------------------------------- parts
+class _JsonView:
+    """``section["key"]``: the value of the section's JSON, for code written when the section was a plain
+    object (``quality["perplexity"]["window"]``). New code reads the typed attributes."""
+
+    def __getitem__(self, key: str) -> Any:
+        return self.to_json()[key]
+
+
+def _ints(values: Any, where: str) -> tuple[int, ...]:
+    if not isinstance(values, list):
+        raise _Bad(f"{where} must be a list of integers, got {type(values).__name__}")
+    bad = [i for i, v in enumerate(values) if not isinstance(v, int) or isinstance(v, bool)]
+    if bad:
+        raise _Bad(f"{where}[{bad[0]}] must be int, got {type(values[bad[0]]).__name__}")
+    return tuple(values)
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
@@ -230,41 +254,95 @@ class TargetRef:
     bundle_variant: str | None = None
     qemu_cpu: str | None = None
     graph_rewrites: tuple[str, ...] = ()   # export/rewrites.py names; absent in older manifests
+    quantizer: str | None = None           # the PT2E quantizer it names (schema 2; None: none or older)
+    measure: str = "run"                   # "run" on a device | "estimate" from a compiler's report
+    estimator: str | None = None           # the estimator, when measure is "estimate"
+    forbidden_recipes: tuple[str, ...] = ()  # recipes (besides quantize ones) it refuses
 
     def to_json(self) -> dict:
         return {"name": self.name, "description": self.description, "arch": self.arch, "cpu": self.cpu,
                 "backends": list(self.backends), "default_scheme": self.default_scheme,
                 "allowed_schemes": list(self.allowed_schemes), "bundle_variant": self.bundle_variant,
-                "qemu_cpu": self.qemu_cpu, "graph_rewrites": list(self.graph_rewrites)}
+                "qemu_cpu": self.qemu_cpu, "graph_rewrites": list(self.graph_rewrites),
+                "quantizer": self.quantizer, "measure": self.measure, "estimator": self.estimator,
+                "forbidden_recipes": list(self.forbidden_recipes)}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any], where: str) -> "TargetRef":
         return cls(name=_get(d, "name", str, where), arch=_get(d, "arch", str, where),
                    **{k: _get(d, k, str, where, optional=True) for k in ("cpu", "description", "default_scheme",
-                                                                          "bundle_variant", "qemu_cpu")},
+                                                                          "bundle_variant", "qemu_cpu", "quantizer",
+                                                                          "estimator")},
+                   measure=_get(d, "measure", str, where, optional=True, default="run"),
                    backends=tuple(_get(d, "backends", list, where, optional=True, default=[])),
                    allowed_schemes=tuple(_get(d, "allowed_schemes", list, where, optional=True, default=[])),
-                   graph_rewrites=tuple(_get(d, "graph_rewrites", list, where, optional=True, default=[])))
+                   graph_rewrites=tuple(_get(d, "graph_rewrites", list, where, optional=True, default=[])),
+                   forbidden_recipes=_strings(_get(d, "forbidden_recipes", list, where, optional=True, default=[]),
+                                              f"{where}.forbidden_recipes"))
+
+
+@dataclass(frozen=True)
+class RecipeStep:
+    """One step of an export's recipe chain: a registered recipe (``kind`` quantize / prune / factorize /
+    distill / transform), every option it ran with, its own hash and what it did."""
+
+    name: str
+    kind: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    recipe_hash: str | None = None
+    facts: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        out = {"name": self.name, "kind": self.kind, "options": dict(self.options), "recipe_hash": self.recipe_hash}
+        if self.facts:
+            out["facts"] = dict(self.facts)
+        return out
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any], where: str) -> "RecipeStep":
+        return cls(name=_get(d, "name", str, where), kind=_get(d, "kind", str, where),
+                   options=_get(d, "options", dict, where, optional=True, default={}),
+                   recipe_hash=_get(d, "recipe_hash", str, where, optional=True),
+                   facts=_get(d, "facts", dict, where, optional=True, default={}))
 
 
 @dataclass(frozen=True)
 class SchemeRef:
+    """The recipe an artifact was made with. ``name``/``options``/``facts``: its quantize step (``fp32``
+    when it has none), as in schema 1; ``recipe``: the canonical spec of the whole chain
+    (``prune:amount=0.5+int8``) and ``steps`` each step in order (schema 2); ``recipe_hash``: the chain's
+    hash (for one quantize step, that step's own hash, as in schema 1)."""
+
     name: str
     options: Mapping[str, Any] = field(default_factory=dict)
-    recipe_hash: str | None = None          # of the scheme's canonical config alone
+    recipe_hash: str | None = None          # of the recipe's canonical config alone
     facts: Mapping[str, Any] = field(default_factory=dict)  # what quantization did
+    recipe: str | None = None               # the chain's canonical spec (schema 2)
+    steps: tuple[RecipeStep, ...] = ()      # the chain, in order (schema 2)
+
+    @property
+    def spec(self) -> str:
+        """The recipe as a person types it: the chain's spec, or (schema 1) the scheme's name."""
+        return self.recipe or self.name
 
     def to_json(self) -> dict:
-        out = {"name": self.name, "options": dict(self.options), "recipe_hash": self.recipe_hash}
+        out: dict[str, Any] = {"name": self.name, "options": dict(self.options), "recipe_hash": self.recipe_hash}
         if self.facts:
             out["facts"] = dict(self.facts)
+        if self.recipe is not None:
+            out["recipe"] = self.recipe
+        if self.steps:
+            out["steps"] = [s.to_json() for s in self.steps]
         return out
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any], where: str) -> "SchemeRef":
         return cls(name=_get(d, "name", str, where), options=_get(d, "options", dict, where, optional=True, default={}),
                    recipe_hash=_get(d, "recipe_hash", str, where, optional=True),
-                   facts=_get(d, "facts", dict, where, optional=True, default={}))
+                   facts=_get(d, "facts", dict, where, optional=True, default={}),
+                   recipe=_get(d, "recipe", str, where, optional=True),
+                   steps=tuple(RecipeStep.from_json(x, f"{where}.steps[{i}]")
+                               for i, x in enumerate(_get(d, "steps", list, where, optional=True, default=[]))))
 
 
 @dataclass(frozen=True)
@@ -393,6 +471,9 @@ class RecipeIdentity:
     versions: Mapping[str, Any]
     identity_version: int = 1
     vectors_source: Mapping[str, Any] | None = None
+    #: the whole recipe chain (name, kind, every option of every step), when it is more than one
+    #: quantize step (absent otherwise, so the hashes of plain schemes stay what they were)
+    steps: tuple[Mapping[str, Any], ...] | None = None
 
     def to_json(self) -> dict:
         out = {"identity_version": self.identity_version, "model": dict(self.model), "target": dict(self.target),
@@ -400,6 +481,8 @@ class RecipeIdentity:
                "seed": self.seed, "vectors": self.vectors, "versions": dict(self.versions)}
         if self.vectors_source is not None:
             out["vectors_source"] = dict(self.vectors_source)
+        if self.steps is not None:
+            out["steps"] = [dict(s) for s in self.steps]
         return out
 
     @property
@@ -414,7 +497,147 @@ class RecipeIdentity:
                    seed=_get(d, "seed", int, where), vectors=_get(d, "vectors", int, where),
                    versions=_get(d, "versions", dict, where),
                    identity_version=_get(d, "identity_version", int, where, optional=True, default=1),
-                   vectors_source=_get(d, "vectors_source", dict, where, optional=True))
+                   vectors_source=_get(d, "vectors_source", dict, where, optional=True),
+                   steps=None if (steps := _get(d, "steps", list, where, optional=True)) is None else
+                   tuple(_get({"step": x}, "step", dict, f"{where}.steps[{i}]") for i, x in enumerate(steps)))
+
+
+#: the most held-out token ids an LLM artifact may carry (:meth:`Manifest.heldout_ids` refuses more)
+MAX_HELDOUT_TOKENS = 1 << 20
+
+
+@dataclass(frozen=True)
+class TokenizerFacts(_JsonView):
+    """The tokenizer an LLM artifact ships (the manifest's ``llm.tokenizer``): its file in the artifact and
+    that file's sha256, how it splits text, and the ids generation and chat need."""
+
+    file: str = "tokenizer.json"
+    sha256: str | None = None
+    kind: str | None = None                 # "gpt2 byte-level BPE"
+    pre_tokenizer: str | None = None        # llama.cpp's name of the pre-tokenizer regex
+    vocab_size: int | None = None
+    bos_id: int | None = None
+    eos_id: int | None = None
+    add_bos: bool = False
+    special_tokens: tuple[str, ...] = ()
+    chat_template: str | None = None
+
+    def to_json(self) -> dict:
+        return {"file": self.file, "sha256": self.sha256, "kind": self.kind, "pre_tokenizer": self.pre_tokenizer,
+                "vocab_size": self.vocab_size, "bos_id": self.bos_id, "eos_id": self.eos_id, "add_bos": self.add_bos,
+                "special_tokens": list(self.special_tokens), "chat_template": self.chat_template}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any], where: str) -> "TokenizerFacts":
+        return cls(file=_rel_path(_get(d, "file", str, where, optional=True, default="tokenizer.json"),
+                                  f"{where}.file"),
+                   **{k: _get(d, k, str, where, optional=True) for k in ("sha256", "kind", "pre_tokenizer",
+                                                                          "chat_template")},
+                   **{k: _get(d, k, int, where, optional=True) for k in ("vocab_size", "bos_id", "eos_id")},
+                   add_bos=_get(d, "add_bos", bool, where, optional=True, default=False),
+                   special_tokens=_strings(_get(d, "special_tokens", list, where, optional=True, default=[]),
+                                           f"{where}.special_tokens"))
+
+
+@dataclass(frozen=True)
+class LogitsAgreement(_JsonView):
+    """Per-position logits of the program against the eager model it was lowered from, on real prompts."""
+
+    positions: int
+    top1_agreement: float
+    min_snr_db: float
+    median_snr_db: float
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any], where: str) -> "LogitsAgreement":
+        return cls(positions=_get(d, "positions", int, where),
+                   **{k: _get(d, k, float, where) for k in ("top1_agreement", "min_snr_db", "median_snr_db")})
+
+
+@dataclass(frozen=True)
+class Perplexity(_JsonView):
+    """Perplexity of the held-out text, eager fp32 vs the program, in windows of ``window`` tokens each
+    prefilled from position 0. ``tokens``: how many ids; ``ids_file``/``ids_sha256`` (schema 2): those ids,
+    stored in the artifact, so a device scores exactly what the export scored."""
+
+    text: str
+    tokens: int
+    window: int
+    eager_fp32: float
+    program: float
+    program_vs_eager_fp32: float
+    eager_quantized: float | None = None    # the eager model after the recipe (quantized, pruned ...)
+    ids_file: str | None = None             # relative: int32 [tokens] .npy
+    ids_sha256: str | None = None
+
+    def to_json(self) -> dict:
+        out: dict[str, Any] = {"text": self.text, "tokens": self.tokens, "window": self.window,
+                               "eager_fp32": self.eager_fp32, "program": self.program}
+        if self.eager_quantized is not None:
+            out["eager_quantized"] = self.eager_quantized
+        out["program_vs_eager_fp32"] = self.program_vs_eager_fp32
+        if self.ids_file is not None:
+            out["ids_file"], out["ids_sha256"] = self.ids_file, self.ids_sha256
+        return out
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any], where: str) -> "Perplexity":
+        ids_file = _get(d, "ids_file", str, where, optional=True)
+        ids_sha = _get(d, "ids_sha256", str, where, optional=True)
+        if ids_file is not None and (ids_sha is None or len(ids_sha) != 64):
+            raise _Bad(f"{where}.ids_sha256 must be the 64 hex digits of {where}.ids_file")
+        return cls(text=_get(d, "text", str, where), tokens=_get(d, "tokens", int, where),
+                   window=_get(d, "window", int, where),
+                   **{k: _get(d, k, float, where) for k in ("eager_fp32", "program", "program_vs_eager_fp32")},
+                   eager_quantized=_get(d, "eager_quantized", float, where, optional=True),
+                   ids_file=None if ids_file is None else _rel_path(ids_file, f"{where}.ids_file"), ids_sha256=ids_sha)
+
+
+@dataclass(frozen=True)
+class GreedyCheck(_JsonView):
+    """Greedy generation from the first prompt, eager vs the program: the ids and how long they agree."""
+
+    prompt_tokens: int
+    eager: tuple[int, ...]
+    program: tuple[int, ...]
+    equal_prefix: int
+
+    def to_json(self) -> dict:
+        return {"prompt_tokens": self.prompt_tokens, "eager": list(self.eager), "program": list(self.program),
+                "equal_prefix": self.equal_prefix}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any], where: str) -> "GreedyCheck":
+        return cls(prompt_tokens=_get(d, "prompt_tokens", int, where),
+                   eager=_ints(_get(d, "eager", list, where), f"{where}.eager"),
+                   program=_ints(_get(d, "program", list, where), f"{where}.program"),
+                   equal_prefix=_get(d, "equal_prefix", int, where))
+
+
+@dataclass(frozen=True)
+class LLMQuality(_JsonView):
+    """The LLM checks of an export (the manifest's ``llm.quality``); each is None when it was not made."""
+
+    logits_vs_eager: LogitsAgreement | None = None
+    perplexity: Perplexity | None = None
+    greedy: GreedyCheck | None = None
+
+    def to_json(self) -> dict:
+        return {k: v.to_json() for k, v in (("logits_vs_eager", self.logits_vs_eager),
+                                            ("perplexity", self.perplexity), ("greedy", self.greedy))
+                if v is not None}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any], where: str) -> "LLMQuality":
+        def part(key: str, kind):
+            value = _get(d, key, dict, where, optional=True)
+            return None if value is None else kind.from_json(value, f"{where}.{key}")
+
+        return cls(logits_vs_eager=part("logits_vs_eager", LogitsAgreement), perplexity=part("perplexity", Perplexity),
+                   greedy=part("greedy", GreedyCheck))
 
 
 @dataclass(frozen=True)
@@ -422,9 +645,8 @@ class LLMFacts:
     """What an LLM artifact is (the manifest's ``llm``): the architecture and its sizes, the KV cache,
     the weights by dtype, the tokenizer (``tokenizer.json`` in the artifact) and the LLM checks.
 
-    ``tokenizer``: file, sha256, kind, bos_id, eos_id, add_bos, special_tokens, chat_template;
-    ``source``: where the weights came from (gguf file, sha256, tensor types, bytes);
-    ``quality``: per-position logits agreement and perplexity, eager vs the program."""
+    ``tokenizer``: :class:`TokenizerFacts`; ``source``: where the weights came from (gguf file, sha256,
+    tensor types, bytes); ``quality``: :class:`LLMQuality` (logits agreement, perplexity, greedy ids)."""
 
     architecture: str
     name: str
@@ -438,16 +660,18 @@ class LLMFacts:
     kv_cache_bytes_per_token: int
     kv_cache_bytes: int
     weight_bytes_by_dtype: Mapping[str, int] = field(default_factory=dict)
-    tokenizer: Mapping[str, Any] = field(default_factory=dict)
+    tokenizer: TokenizerFacts = field(default_factory=TokenizerFacts)
     context_length: int | None = None     # what the model was trained for
     source: Mapping[str, Any] = field(default_factory=dict)
-    quality: Mapping[str, Any] = field(default_factory=dict)
+    quality: LLMQuality = field(default_factory=LLMQuality)
 
     _INTS = ("parameters", "layers", "dim", "heads", "kv_heads", "vocab_size", "max_context",
              "kv_cache_bytes_per_token", "kv_cache_bytes")
 
     def to_json(self) -> dict:
-        return {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in dataclasses.asdict(self).items()}
+        return {"architecture": self.architecture, "name": self.name, **{k: getattr(self, k) for k in self._INTS},
+                "weight_bytes_by_dtype": dict(self.weight_bytes_by_dtype), "tokenizer": self.tokenizer.to_json(),
+                "context_length": self.context_length, "source": dict(self.source), "quality": self.quality.to_json()}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any], where: str) -> "LLMFacts":
@@ -458,10 +682,12 @@ class LLMFacts:
         return cls(architecture=_get(d, "architecture", str, where), name=_get(d, "name", str, where),
                    **{k: _get(d, k, int, where) for k in cls._INTS},
                    weight_bytes_by_dtype=dict(by_dtype),
-                   tokenizer=_get(d, "tokenizer", dict, where, optional=True, default={}),
+                   tokenizer=TokenizerFacts.from_json(_get(d, "tokenizer", dict, where, optional=True, default={}),
+                                                      f"{where}.tokenizer"),
                    context_length=_get(d, "context_length", int, where, optional=True),
                    source=_get(d, "source", dict, where, optional=True, default={}),
-                   quality=_get(d, "quality", dict, where, optional=True, default={}))
+                   quality=LLMQuality.from_json(_get(d, "quality", dict, where, optional=True, default={}),
+                                                f"{where}.quality"))
 
 
 # ------------------------------------------------------------------------------------ manifest
@@ -683,6 +909,30 @@ class Manifest:
 
     def thresholds(self) -> Thresholds | None:
         return self.verification.thresholds if self.verification else None
+
+    def heldout_ids(self) -> tuple[int, ...] | None:
+        """The token ids an LLM export measured perplexity on (``llm.quality.perplexity.ids_file``), after
+        checking them: at most :data:`MAX_HELDOUT_TOKENS`, the sha256 the manifest names, a 1-D integer
+        array of ``tokens`` ids inside the vocabulary. None when the artifact carries none (schema 1)."""
+        ppl = self.llm.quality.perplexity if self.llm is not None else None
+        if ppl is None or ppl.ids_file is None:
+            return None
+        p = self.existing_file(ppl.ids_file, "held-out token ids")
+        hint = "Re-export the model; never edit an artifact's files by hand."
+        if p.stat().st_size > MAX_HELDOUT_TOKENS * 8 + 4096:
+            raise ArtifactError(f"artifact {self.dir}: {ppl.ids_file} is {p.stat().st_size:,} bytes, more than "
+                                f"{MAX_HELDOUT_TOKENS:,} token ids.", stage="read artifact", hint=hint)
+        if sha256_file(p) != ppl.ids_sha256:
+            raise ArtifactError(f"artifact {self.dir}: the held-out token ids {ppl.ids_file} do not match the sha256 "
+                                f"in {MANIFEST_NAME}: they were changed after export.", stage="read artifact", hint=hint)
+        ids = _load_npy(p, self)
+        if ids.ndim != 1 or ids.dtype.kind not in "iu" or len(ids) != ppl.tokens:
+            raise ArtifactError(f"artifact {self.dir}: {ppl.ids_file} is not {ppl.tokens} token ids (dtype {ids.dtype}, "
+                                f"shape {list(ids.shape)}).", stage="read artifact", hint=hint)
+        if len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= self.llm.vocab_size):
+            raise ArtifactError(f"artifact {self.dir}: {ppl.ids_file} holds ids outside the vocabulary of "
+                                f"{self.llm.vocab_size}.", stage="read artifact", hint=hint)
+        return tuple(int(i) for i in ids)
 
 
 def _checked_rel(rel: str, what: str, m: Manifest) -> str:

@@ -45,12 +45,12 @@ class ArtifactTokenizer:
         from tokenizers import Tokenizer
 
         self.manifest = manifest
-        facts = dict(manifest.llm.tokenizer or {})
-        path = manifest.file(facts.get("file") or "tokenizer.json", "llm.tokenizer.file")
+        facts = manifest.llm.tokenizer   # edgerun.core.artifact.TokenizerFacts
+        path = manifest.file(facts.file, "llm.tokenizer.file")
         if not path.is_file():
             raise ArtifactError(f"artifact {manifest.dir} has no tokenizer file {path.name}.",
                                 hint="Re-export the model: the tokenizer is written beside model.pte.")
-        want = facts.get("sha256")
+        want = facts.sha256
         if want and sha256_file(path) != want:
             raise ArtifactError(f"{path} does not match the sha256 in {manifest.dir / 'manifest.json'}: the tokenizer "
                                 "was changed after export.", hint="Re-export the model.")
@@ -62,15 +62,15 @@ class ArtifactTokenizer:
 
     @property
     def bos_id(self) -> int | None:
-        return self.facts.get("bos_id")
+        return self.facts.bos_id
 
     @property
     def eos_id(self) -> int | None:
-        return self.facts.get("eos_id")
+        return self.facts.eos_id
 
     def stop_ids(self) -> tuple[int, ...]:
         ids = {self.eos_id} if self.eos_id is not None else set()
-        for text in self.facts.get("special_tokens") or ():
+        for text in self.facts.special_tokens:
             if text in END_OF_TURN:
                 tid = self.tok.token_to_id(text)
                 if tid is not None:
@@ -79,7 +79,7 @@ class ArtifactTokenizer:
 
     def encode(self, text: str, *, chat: bool = False, system: str | None = None) -> list[int]:
         if chat:
-            template = self.facts.get("chat_template")
+            template = self.facts.chat_template
             if not template:
                 raise UsageError(f"--chat: artifact {self.manifest.dir} has no chat template (its GGUF had none).",
                                  hint="Drop --chat and give the prompt as plain text.")
@@ -91,7 +91,7 @@ class ArtifactTokenizer:
             eos = self.tok.id_to_token(self.eos_id) if self.eos_id is not None else ""
             text = render_chat(template, messages, bos_token=bos or "", eos_token=eos or "")
         ids = self.tok.encode(text).ids
-        if self.facts.get("add_bos") and self.bos_id is not None and (not ids or ids[0] != self.bos_id):
+        if self.facts.add_bos and self.bos_id is not None and (not ids or ids[0] != self.bos_id):
             ids = [self.bos_id] + ids
         return ids
 
@@ -281,14 +281,18 @@ def bench_llm(artifact: str | Path | Manifest, devices: Sequence[str], settings:
 
 
 def heldout_ids(manifest: Manifest, tok: ArtifactTokenizer) -> tuple[list[int], int]:
-    """The held-out text the export measured perplexity on (edgerun ships it), tokenised with the
-    artifact's tokenizer, and the export's window; so device and eager figures are comparable."""
+    """The token ids the export measured perplexity on and the export's window, so device and eager
+    figures are comparable: the ids the artifact carries (checked against their sha256 by
+    :meth:`Manifest.heldout_ids`); for an artifact made before edgerun stored them, the held-out text
+    edgerun ships tokenised with the artifact's tokenizer."""
+    ppl = manifest.llm.quality.perplexity
+    window = min(ppl.window if ppl is not None else manifest.llm.max_context, manifest.llm.max_context)
+    stored = manifest.heldout_ids()
+    if stored is not None:
+        return list(stored), window
     from edgerun.export.llm.export import DATA
 
-    ppl = (manifest.llm.quality or {}).get("perplexity") or {}
-    window = int(ppl.get("window") or manifest.llm.max_context)
-    ids = tok.tok.encode((DATA / "heldout.txt").read_text()).ids
-    return ids, min(window, manifest.llm.max_context)
+    return tok.tok.encode((DATA / "heldout.txt").read_text()).ids, window
 
 
 def perplexity_on_device(artifact: str | Path | Manifest, device, *, threads: int = 0, store_path=None,

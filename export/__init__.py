@@ -1,35 +1,60 @@
-"""The export room: how programs are made (model zoo, schemes, targets, lowering, verification,
+"""The export room: how programs are made (model zoo, recipes, targets, lowering, verification,
 manifest). It never talks to a device. Heavy imports (torch, executorch) happen inside functions,
-so listing models or targets stays fast."""
+so listing models or targets stays fast.
+
+Extension points, each one registration in this room: a recipe (:func:`register_recipe` /
+:func:`recipe_handler`, :mod:`.recipes`), a target (:func:`register_target`), a backend, a quantizer
+or an estimator (:func:`register_backend`, :func:`register_quantizer`, :func:`register_estimator`).
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 from .errors import ExportError, VerificationFailed
-from edgerun.core.artifact import MANIFEST_NAME, SCHEMA_VERSION, Manifest, read_manifest
+from edgerun.core.artifact import MANIFEST_NAME, SCHEMA_VERSION, Manifest, Thresholds, read_manifest
+from .options import ExportOptions
+from .recipe import recipe_identity
+from .recipes import (KINDS, RECIPES, Recipe, RecipeChain, RecipeContext, RecipeResult, Registration, make_recipe,
+                      parse_recipe, recipe_handler, register_recipe, unregister_recipe)
 from .schemes import SCHEMES, Scheme, make_scheme
-from .targets import TARGETS, Target, get_target, legal_pairs
-from .zoo import MODELS, get_model
+from .targets import (BACKENDS, ESTIMATORS, QUANTIZERS, TARGETS, Target, get_target, legal_pairs, register_backend,
+                      register_estimator, register_quantizer, register_target, unregister_target)
+from .zoo import MODELS, ModelSpec, get_model
 
 
-def export_model(model, *args, max_context: int | None = None, **kwargs):
-    """See :func:`edgerun.export.pipeline.export_model`; an LLM (a GGUF, ``smollm2-135m``) goes through
-    :func:`edgerun.export.llm.export.export_llm`, which also takes ``max_context`` (the KV cache length)."""
+def _is_llm(model: Any) -> bool:
     from .llm.zoo import LLMSpec
 
-    spec = get_model(model) if isinstance(model, str) and (model in MODELS or model.endswith(".gguf")) else model
-    if isinstance(spec, LLMSpec):
+    return isinstance(model, LLMSpec) or (isinstance(model, str) and (
+        model.endswith(".gguf") or isinstance(MODELS.get(model), LLMSpec)))
+
+
+def export_model(model, *args, max_context: int | None = None, **kwargs) -> Manifest:
+    """Export a model; see :func:`edgerun.export.pipeline.export_model` (models: a zoo name, a factory
+    path, an ``nn.Module`` with ``example_inputs=``, a ``(module, example_inputs)`` pair or an
+    ``ExportedProgram``). An LLM (a GGUF path, ``smollm2-135m``) goes through
+    :func:`edgerun.export.llm.export.export_llm`, which also takes ``max_context`` (the KV cache length)."""
+    if _is_llm(model):
         from .llm.export import export_llm
 
+        spec = get_model(model) if isinstance(model, str) else model
         return export_llm(spec, *args, max_context=max_context, **kwargs)
     if max_context is not None:
         from edgerun.core.errors import UsageError
 
-        raise UsageError(f"--max-context applies to LLMs only; {model!r} is not one.")
+        label = model if isinstance(model, str) else getattr(model, "name", type(model).__name__)
+        raise UsageError(f"--max-context applies to LLMs only; {label!r} is not one.")
     from .pipeline import export_model as _export_model
 
     return _export_model(model, *args, **kwargs)
 
 
 __all__ = ["export_model", "read_manifest", "Manifest", "ExportError", "VerificationFailed", "MANIFEST_NAME",
-           "SCHEMA_VERSION", "SCHEMES", "Scheme", "make_scheme", "TARGETS", "Target", "get_target",
-           "legal_pairs", "MODELS", "get_model"]
+           "SCHEMA_VERSION", "ExportOptions", "Thresholds", "recipe_identity",
+           "KINDS", "RECIPES", "Recipe", "RecipeChain", "RecipeContext", "RecipeResult", "Registration",
+           "make_recipe", "parse_recipe", "recipe_handler", "register_recipe", "unregister_recipe",
+           "SCHEMES", "Scheme", "make_scheme",
+           "BACKENDS", "ESTIMATORS", "QUANTIZERS", "TARGETS", "Target", "get_target", "legal_pairs",
+           "register_backend", "register_estimator", "register_quantizer", "register_target", "unregister_target",
+           "MODELS", "ModelSpec", "get_model"]

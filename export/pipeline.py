@@ -1,24 +1,28 @@
-"""``export_model``: model spec -> verified, self-describing artifact directory.
+"""``export_model``: a model -> verified, self-describing artifact directory.
 
-Stages (each failure names its stage): resolve -> load model -> export (torch.export) ->
-quantize -> lower (to_edge_transform_and_lower + to_executorch, with a fallback that keeps a node
-the delegate fails on out of it: :mod:`.lowering`) -> write -> verify. ``on_stage(name)`` is called
-as a stage starts and ``on_stage_done(name, seconds)`` when it ends; the manifest keeps the times.
-The artifact is assembled in a temporary sibling directory and renamed into place at the end,
-so a half-written artifact never looks complete; a directory that is not an edgerun artifact is
-never overwritten.
+The model is a zoo name, a user factory (``package.module:factory``), or what a Python user has: an
+``nn.Module`` with ``example_inputs=``, a ``(module, example_inputs)`` pair or an ``ExportedProgram``
+(:mod:`.modules`). The recipe is recipe text (``int8``, ``8da4w:group_size=64``, ``prune:amount=0.5+int8``)
+or a :class:`~.recipes.RecipeChain`.
+
+Stages (:mod:`.stages` runs them; each failure names its stage): resolve -> load model -> export
+(torch.export and the target's graph rewrites) -> one stage per recipe step, named by its kind
+(``prune``, ``quantize`` ...: each step's registered handler) -> lower (to_edge_transform_and_lower +
+to_executorch, with a fallback that keeps a node the delegate fails on out of it: :mod:`.lowering`) ->
+write -> verify. The plan is checked, and every option checked against the recipe, before any stage
+runs. ``on_stage(name)`` is called as a stage starts and ``on_stage_done(name, seconds)`` when it
+ends; the manifest keeps the times. The artifact is assembled in a temporary sibling directory and
+renamed into place at the end, so a half-written artifact never looks complete; a directory that is
+not an edgerun artifact is never overwritten.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import logging
 import os
 import re
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -26,11 +30,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from edgerun.core.artifact import (
-    MANIFEST_NAME, STATUS_FAILED, STATUS_OK, Calibration, DatasetSplit, Manifest, ModelRef, Operators, SchemeRef,
+    STATUS_FAILED, STATUS_OK, Calibration, DatasetSplit, Manifest, ModelRef, Operators, RecipeStep, SchemeRef,
     TargetRef, TaskAccuracy, TensorSpec, TestVector, Thresholds, Verification, sha256_file, thresholds_failures,
     write_manifest,
 )
-from edgerun.core.errors import EdgerunError, UsageError
+from edgerun.core.errors import UsageError
 from edgerun.core.version import edgerun_version
 from edgerun.core.numerics import aggregate, compare_outputs
 
@@ -39,74 +43,27 @@ from .errors import ExportError, VerificationFailed
 from .inputs import IntRange, generated_like, input_ranges, load_inputs_file
 from . import rewrites
 from .lowering import graph_facts, graph_warning, lower
+from .modules import resolve_model
+from .options import ExportOptions
 from .program import describe_program
 from .recipe import recipe_identity
-from .schemes import Scheme, make_scheme
+from .recipes import RECIPES, Recipe, RecipeChain, RecipeContext
+from .stages import (OnStage, OnStageDone, OnWarning, Plan, Progress, Stage, Work, artifact_dir,
+                     prepare_out_dir as _prepare_out_dir, publish as _publish,
+                     remove_stale_partials as _remove_stale_partials)
 from .targets import Target, get_target
-from .zoo import ModelSpec, get_model
+from .zoo import ModelSpec
 
 log = logging.getLogger("edgerun.export")
 
-Stage = Callable[[str], None]
-StageDone = Callable[[str, float], None]
-
-
-@dataclasses.dataclass(frozen=True)
-class ExportOptions:
-    vectors: int = 4                  # test vectors written and verified (the example is vector 0)
-    calibration: str | None = None    # .npy/.npz file of calibration inputs (else dataset or generated)
-    vectors_file: str | None = None   # .npy/.npz file of test inputs: vectors are the example + these
-    seed: int = 0
-    overwrite: bool = True            # replace an existing *artifact* at out_dir
-
-    def __post_init__(self) -> None:
-        if self.vectors < 1:
-            raise ValueError(f"vectors must be at least 1, got {self.vectors}")
+__all__ = ["export_model", "ExportOptions", "verify_artifact", "load_calibration_file", "load_vectors_file",
+           "default_out_dir", "Thresholds", "_prepare_out_dir", "_publish", "_remove_stale_partials"]
 
 
 def default_out_dir(model: str, target: str, scheme: str) -> Path:
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", model).strip("_")
-    return Path("artifacts") / f"{safe}-{target}-{scheme}"
-
-
-@contextlib.contextmanager
-def _stage(name: str, on_stage: Stage | None, on_done: StageDone | None = None, times: dict | None = None):
-    if on_stage:
-        on_stage(name)
-    log.debug("stage: %s", name)
-    started = time.monotonic()
-    try:
-        yield
-    except EdgerunError:
-        raise
-    except Exception as exc:
-        raise ExportError(f"{type(exc).__name__}: {_short(exc)}", stage=name,
-                          hint=_hint_for(name, exc)) from exc
-    seconds = time.monotonic() - started
-    if times is not None:
-        times[name] = round(seconds, 3)
-    if on_done:
-        on_done(name, seconds)
-
-
-def _short(exc: BaseException, limit: int = 600) -> str:
-    text = " ".join(str(exc).split())
-    return text if len(text) <= limit else text[:limit] + " ..."
-
-
-def _hint_for(stage: str, exc: BaseException) -> str | None:
-    text = str(exc)
-    if stage == "export" and ("data-dependent" in text or "Could not guard" in text or "GuardOnDataDependent" in text
-                              or "control flow" in text.lower()):
-        return ("torch.export needs a graph without Python control flow that depends on tensor values: "
-                "use torch.cond / torch.where, or move the branch out of forward().")
-    if stage == "export":
-        return "torch.export could not trace the model; run with --debug for the full trace."
-    if stage == "quantize":
-        return "Try another scheme (e.g. fp32) to see whether quantization is the problem."
-    if stage == "lower":
-        return "Try --target portable to lower without a delegate and see which operator is the problem."
-    return None
+    recipe = re.sub(r"[^A-Za-z0-9_.+=-]+", "_", scheme)
+    return Path("artifacts") / f"{safe}-{target}-{recipe}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,89 +108,6 @@ def _capture(model, example, target: Target):
     return rewrites.apply(_export(model, example), target.graph_rewrites)
 
 
-def _quantize(model, example, scheme: Scheme, calibration: list[tuple], target: Target):
-    """Return (exported program to lower, quantization facts for the manifest)."""
-    import torch
-
-    if scheme.name in ("int8", "int8-dynamic"):
-        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-            XNNPACKQuantizer, get_symmetric_quantization_config)
-        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-
-        dynamic = scheme.name == "int8-dynamic"
-        quantizer = XNNPACKQuantizer()
-        quantizer.set_global(get_symmetric_quantization_config(is_per_channel=scheme.per_channel, is_dynamic=dynamic))
-        captured = _capture(model, example, target).module()
-        prepared = prepare_pt2e(captured, quantizer)
-        used = calibration if not dynamic else calibration[:1]
-        with torch.no_grad():
-            for sample in used:
-                prepared(*sample)
-        converted = convert_pt2e(prepared)
-        exported = _export(converted, example)
-        facts = {"calibration_samples": 0 if dynamic else len(used),
-                 **quant_report.describe(scheme.name, "XNNPACKQuantizer", model, exported)}
-        return exported, facts
-    if scheme.name == "8da4w":
-        from torchao.quantization.granularity import PerGroup
-        from torchao.quantization.quant_api import Int8DynamicActivationIntxWeightConfig, quantize_
-        from torchao.utils import unwrap_tensor_subclass
-
-        gs = scheme.group_size
-        from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
-
-        def quantizable(m, fqn: str = "") -> bool:
-            # MultiheadAttention's out_proj is applied through F.multi_head_attention_forward with
-            # its raw weight, which a quantized tensor subclass cannot stand in for (torch says so
-            # by the class name); PerGroup needs the input width to be a multiple of the group.
-            return (isinstance(m, torch.nn.Linear) and not isinstance(m, NonDynamicallyQuantizableLinear)
-                    and m.in_features % gs == 0)
-
-        eligible = [n for n, m in model.named_modules() if quantizable(m)]
-        if not eligible:
-            raise ExportError(_no_8da4w_layer(model, gs), stage="quantize", hint=_no_8da4w_hint(model, gs))
-        qmodel = copy.deepcopy(model)
-        quantize_(qmodel, Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4,
-                                                                weight_granularity=PerGroup(gs)),
-                  quantizable)
-        unwrap_tensor_subclass(qmodel)
-        total = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
-        exported = _capture(qmodel, example, target)
-        return exported, {"quantized_linear_layers": len(eligible), "linear_layers": total,
-                          **quant_report.describe(scheme.name, "8da4w (it quantizes linear layers only)",
-                                                  model, exported)}
-    raise UsageError(f"no quantization recipe for scheme {scheme.name!r}")  # registry and recipes out of step
-
-
-def _linears(model) -> list:
-    import torch
-    from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
-
-    return [m for m in model.modules() if isinstance(m, torch.nn.Linear)
-            and not isinstance(m, NonDynamicallyQuantizableLinear)]
-
-
-def _no_8da4w_layer(model, gs: int) -> str:
-    import torch
-
-    if not any(isinstance(m, torch.nn.Linear) for m in model.modules()):
-        return "this model has no nn.Linear layers; 8da4w quantizes only linear layers."
-    if not _linears(model):
-        return ("this model's only linear layers are attention output projections (nn.MultiheadAttention's "
-                "out_proj), which 8da4w cannot quantize; it quantizes only other linear layers.")
-    widths = sorted({m.in_features for m in _linears(model)})
-    return (f"scheme 8da4w found no linear layer whose input width is a multiple of group_size={gs} "
-            f"(input widths: {', '.join(map(str, widths))}).")
-
-
-def _no_8da4w_hint(model, gs: int) -> str:
-    linears = _linears(model)
-    fitting = [g for g in (256, 128, 64, 32, 16, 8, 4, 2) if g < gs and any(m.in_features % g == 0 for m in linears)]
-    if linears and fitting:
-        return f"Use --group-size {fitting[0]}, or int8 / int8-dynamic for this model."
-    return "Use int8 or int8-dynamic for this model."
-
-
 def _program_loads(program) -> None:
     """Load the program's method in ExecuTorch's runtime: a delegate may refuse its graph only then."""
     from executorch.runtime import Runtime
@@ -276,7 +150,7 @@ def _program_agrees(exported, example):
     return check
 
 
-def _lower(exported, target: Target, scheme: Scheme, example=None):
+def _lower(exported, target: Target, scheme: Recipe, example=None):
     """-> :class:`.lowering.Lowered` (the program, the graph it came from, what was kept off the delegate)."""
     label = " + ".join(b.upper() for b in target.backends) or "the delegate"
     return lower(exported, lambda: target.partitioners(scheme), backend_label=label,
@@ -333,68 +207,6 @@ def _as_tensor(arr: np.ndarray):
 
 # ---------------------------------------------------------------------------------------------
 # the artifact directory
-
-
-def _prepare_out_dir(out_dir: Path, overwrite: bool) -> Path:
-    """Check we may write ``out_dir``; return a fresh temporary sibling to assemble into."""
-    out_dir = out_dir.expanduser()
-    if out_dir.exists():
-        if not out_dir.is_dir():
-            raise ExportError(f"output path {out_dir} exists and is not a directory.", stage="write")
-        is_artifact = (out_dir / MANIFEST_NAME).is_file()
-        if any(out_dir.iterdir()) and not is_artifact:
-            raise ExportError(f"output directory {out_dir} is not empty and is not an edgerun artifact; "
-                              "refusing to overwrite it.", stage="write", hint="Choose another -o directory.")
-        if is_artifact and not overwrite:
-            raise ExportError(f"output directory {out_dir} already holds an artifact.", stage="write",
-                              hint="Pass --overwrite or choose another -o directory.")
-    parent = out_dir.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_partials(out_dir)
-        return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-{os.getpid()}-", dir=parent))
-    except OSError as exc:
-        raise ExportError(f"cannot write to output directory {out_dir}: {exc.strerror or exc}.", stage="write",
-                          hint="Choose a writable -o directory.") from exc
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
-
-
-def _remove_stale_partials(out_dir: Path) -> list[Path]:
-    """Remove what an export of ``out_dir`` killed mid-way left beside it: ``.NAME.partial-PID-*`` and
-    ``.NAME.old-PID`` directories whose process is gone. A live export's directories are left alone."""
-    removed = []
-    for p in out_dir.parent.glob(f".{out_dir.name}.*"):
-        rest = p.name[len(out_dir.name) + 2:]
-        kind, _, tail = rest.partition("-")
-        pid_text = tail.split("-", 1)[0]
-        if kind not in ("partial", "old") or not pid_text.isdigit() or not p.is_dir() or p.is_symlink():
-            continue
-        if not _pid_alive(int(pid_text)):
-            shutil.rmtree(p, ignore_errors=True)
-            removed.append(p)
-    if removed:
-        log.info("removed %d directory(ies) left by an interrupted export of %s", len(removed), out_dir)
-    return removed
-
-
-def _publish(tmp: Path, out_dir: Path) -> None:
-    """Swap the finished artifact into place (rename is atomic within a filesystem)."""
-    old = None
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        out_dir.rename(old)
-    tmp.rename(out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _save_vectors(tmp: Path, samples: Sequence[tuple], outputs: Sequence[list]) -> list[TestVector]:
@@ -455,159 +267,239 @@ def _versions() -> dict:
     return out
 
 
+# ---------------------------------------------------------------------------------------------
+# resolve: everything checked before any stage runs
+
+
+def recipe_steps(chain: RecipeChain, facts: dict[int, dict]) -> tuple[RecipeStep, ...]:
+    """The chain as the manifest records it (each step's facts from its handler)."""
+    return tuple(RecipeStep(name=s.name, kind=s.kind, options=s.options(), recipe_hash=s.recipe_hash,
+                            facts=facts.get(i, {})) for i, s in enumerate(chain.steps))
+
+
+def scheme_ref(chain: RecipeChain, facts: dict[int, dict]) -> SchemeRef:
+    """The manifest's ``scheme``: its quantize step as in schema 1, and the whole chain."""
+    q = chain.quantize
+    qi = next((i for i, s in enumerate(chain.steps) if s is q), None)
+    return SchemeRef(name=q.name, options=q.options(), recipe_hash=chain.recipe_hash,
+                     facts=facts.get(qi, {}) if qi is not None else {}, recipe=chain.spec,
+                     steps=recipe_steps(chain, facts))
+
+
+def _check_model_options(chain: RecipeChain, options: ExportOptions) -> None:
+    if options.calibration and not chain.uses_calibration:
+        takers = [n for n, c in RECIPES.items() if c.uses_calibration]
+        raise UsageError(f"--calibration {options.calibration}: recipe {chain.spec!r} runs no calibration inputs, so "
+                         "the file would be ignored.",
+                         hint=f"Drop --calibration, or use a recipe that calibrates: {', '.join(takers)}.")
+
+
+def _model_plan(chain: RecipeChain) -> Plan:
+    steps = chain.stages()
+    recipe_stages = [Stage(name, _step_stage(step, last=k == len(steps) - 1),
+                           needs=("module", "example", "target", "ranges"), makes=("module", "exported"))
+                     for k, (name, step) in enumerate(steps)]
+    return Plan([
+        Stage("load model", _load, needs=("spec",), makes=("module", "example", "dataset", "original")),
+        Stage("export", _capture_stage, needs=("module", "example", "target", "options"),
+              makes=("exported", "exported_nodes", "ranges", "user_vectors")),
+        *recipe_stages,
+        Stage("lower", _lower_stage, needs=("exported", "target", "chain", "example"), makes=("lowered", "graph")),
+        Stage("write", _write_stage, needs=("lowered", "graph", "original", "example", "dataset", "user_vectors", "ranges",
+                                            "identity", "tmp"), makes=("manifest", "dataset_split")),
+        Stage("verify", _verify_stage, needs=("manifest", "dataset_split", "original", "limits", "tmp"),
+              makes=("verification",)),
+    ], given=("spec", "target", "chain", "options", "limits", "identity", "tmp", "progress"))
+
+
+# ---------------------------------------------------------------------------------------------
+# the stages
+
+
+def _load(w: Work) -> None:
+    import torch
+
+    w.module, w.example = w.spec.build()
+    if w.spec.source == "python" and w.module.training:  # the caller's module is left as it is
+        w.module = copy.deepcopy(w.module).eval()
+        w.progress.warn(f"the module {w.spec.name} was in training mode (dropout, batch-norm statistics); an eval() "
+                        "copy of it was exported")
+    w.original = w.module
+    w.dataset = w.spec.dataset.load() if w.spec.dataset else None
+    with torch.no_grad():
+        w.module(*w.example)  # a model that cannot run eagerly cannot be exported meaningfully
+
+
+def _capture_stage(w: Work) -> None:
+    w.exported = _capture(w.module, w.example, w.target)
+    w.exported_nodes = sum(n.op == "call_function" for n in w.exported.graph.nodes)
+    w.input_names = [s.arg.name for s in w.exported.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
+    w.ranges = input_ranges(w.exported, w.example)
+    w.user_vectors = (load_vectors_file(w.options.vectors_file, w.example, w.ranges)
+                      if w.options.vectors_file else None)
+
+
+def _calibration(w: Work) -> Callable[[int], list]:
+    """``calibration(n)``: the user's file, else ``n`` dataset samples, else ``n`` generated inputs; what
+    was used is kept for the manifest."""
+
+    def get(n: int) -> list:
+        if w.options.calibration:
+            samples = load_calibration_file(w.options.calibration, w.example, w.ranges)
+            source = "file:" + str(w.options.calibration)
+        elif w.dataset is not None:
+            samples, source = _dataset_samples(w.dataset["train"][0], n), w.spec.dataset.name
+        else:
+            samples, source = generated_like(w.example, n, w.options.seed + 1, w.ranges), "generated"
+        w.calibration = Calibration(source=source, samples=len(samples))
+        return samples
+
+    return get
+
+
+def _step_stage(step: Recipe, *, last: bool) -> Callable[[Work], None]:
+    def run(w: Work) -> None:
+        ctx = RecipeContext(module=w.module, example=w.example, target=w.target, flavour="model",
+                            calibration=_calibration(w), capture=lambda m: _capture(m, w.example, w.target),
+                            warn=w.progress.warn)
+        result = RecipeChain.run_step(step, ctx)
+        w.step_facts[next(i for i, s in enumerate(w.chain.steps) if s is step)] = dict(result.facts)
+        w.module = result.module
+        if result.exported is not None:
+            w.exported = result.exported
+        elif last:  # the model after the chain, captured for lowering
+            w.exported = _capture(w.module, w.example, w.target)
+    return run
+
+
+def _lower_stage(w: Work) -> None:
+    w.lowered = _lower(w.exported, w.target, w.chain.quantize, w.example)
+    w.graph = graph_facts(w.exported_nodes, w.lowered.summary)
+    if w.lowered.exclusions:
+        w.graph["lowering_attempts"] = w.lowered.attempts
+    for exclusion in w.lowered.exclusions:
+        w.progress.warn(exclusion.sentence())
+    if graph_warning(w.graph):
+        w.progress.warn(graph_warning(w.graph))
+
+
+def _write_stage(w: Work) -> None:
+    import torch
+
+    tmp, spec, module, example, opts = w.tmp, w.spec, w.original, w.example, w.options
+    program = w.lowered.program
+    pte = tmp / "model.pte"
+    with open(pte, "wb") as f:
+        program.write_to_file(f)
+    program.get_etrecord().save(str(tmp / "model.etrecord"))
+    fp32_bytes = int(sum(p.numel() * 4 for p in module.parameters()))
+    scheme = scheme_ref(w.chain, w.step_facts)
+    if "layers" in scheme.facts:
+        _, text = quant_report.share_warning(scheme.name, scheme.facts["quantizer"], scheme.facts["layers"],
+                                             pte.stat().st_size, fp32_bytes)
+        if text:
+            w.progress.warn(text)
+    first = tuple(t.clone() for t in example)   # test vector 0 is always the example
+    if w.user_vectors is not None:
+        samples = [first, *w.user_vectors]
+    elif w.dataset is not None:
+        samples = [first, *_dataset_samples(w.dataset["test"][0], opts.vectors - 1)]
+    else:
+        samples = generated_like(example, opts.vectors, opts.seed, w.ranges)
+    with torch.no_grad():
+        eager_outputs = [_flatten(module(*s)) for s in samples]
+    vectors = _save_vectors(tmp, samples, eager_outputs)
+    facts = describe_program(program.executorch_program)
+    names = w.input_names
+    w.dataset_split = None
+    if w.dataset is not None and spec.task == "classification":
+        x, y = w.dataset["test"]
+        w.dataset_split = _save_dataset(tmp, spec.dataset.name, x, y, example)
+    w.manifest = Manifest(
+        status="unverified",
+        model=ModelRef(**{**spec.to_json(), "parameters": int(sum(p.numel() for p in module.parameters())),
+                          "fp32_weight_bytes": fp32_bytes}),
+        target=TargetRef(**w.target.to_json()), scheme=scheme,
+        recipe_hash=w.identity.hash, recipe=w.identity, versions=_versions(),
+        inputs=tuple(TensorSpec(name=names[i] if i < len(names) else f"input_{i}", shape=tuple(t.shape),
+                                dtype=_np_dtype(t)) for i, t in enumerate(example)),
+        outputs=tuple(TensorSpec(name=f"output_{j}", shape=tuple(t.shape), dtype=_np_dtype(t))
+                      for j, t in enumerate(eager_outputs[0])),
+        files={"pte": "model.pte", "etrecord": "model.etrecord"},
+        pte_bytes=pte.stat().st_size, pte_sha256=sha256_file(pte),
+        etrecord_bytes=(tmp / "model.etrecord").stat().st_size, method=facts["method"],
+        planned_memory_bytes=facts["planned_memory_bytes"], planned_buffers=tuple(facts["planned_buffers"]),
+        operators=Operators.from_json(facts["operators"], "operators"), test_vectors=tuple(vectors),
+        calibration=w.calibration, dataset=w.dataset_split, path=tmp, graph=w.graph,
+        warnings=tuple(w.progress.warnings),
+    )
+
+
+def _verify_stage(w: Work) -> None:
+    w.verification = verify_artifact(w.tmp, w.manifest, w.limits)
+    if w.dataset_split is not None:
+        x, y = w.dataset["test"]
+        w.verification = dataclasses.replace(w.verification,
+                                             task_accuracy=_task_accuracy(w.original, w.tmp / "model.pte", x, y))
+
+
+# ---------------------------------------------------------------------------------------------
+
+
 def export_model(
-    model: "str | ModelSpec",
+    model: Any,
     target: str,
-    scheme: str | None = None,
+    scheme: "str | Recipe | RecipeChain | None" = None,
     out_dir: str | os.PathLike | None = None,
     *,
+    example_inputs: Any = None,
+    name: str | None = None,
     scheme_options: dict | None = None,
     options: ExportOptions | None = None,
     thresholds: dict | None = None,
-    on_stage: Stage | None = None,
-    on_stage_done: StageDone | None = None,
-    on_warning: Callable[[str], None] | None = None,
+    on_stage: OnStage | None = None,
+    on_stage_done: OnStageDone | None = None,
+    on_warning: OnWarning | None = None,
 ) -> Manifest:
-    """Export ``model`` for ``target`` with ``scheme``; return the manifest (also written to disk).
+    """Export ``model`` for ``target`` with the recipe ``scheme``; return the manifest (also written to disk).
 
-    ``on_stage(name)`` / ``on_stage_done(name, seconds)`` report progress; ``on_warning(text)`` is
+    ``model``: a zoo name, ``package.module:factory``, a :class:`ModelSpec`, an ``nn.Module`` with
+    ``example_inputs`` (a tensor or a tuple of tensors), a ``(module, example_inputs)`` pair or an
+    ``ExportedProgram``; ``name`` names a model given as an object (default: its class name).
+    ``scheme``: recipe text (``int8``, ``8da4w:group_size=64``, ``prune:amount=0.5+int8``), a recipe or a
+    :class:`RecipeChain`; None is the target's default. ``scheme_options`` set options of its quantize
+    step. ``on_stage(name)`` / ``on_stage_done(name, seconds)`` report progress; ``on_warning(text)`` is
     called as soon as a warning is known (they are all in the manifest's ``warnings`` too).
 
-    Raises :class:`ExportError` naming the failed stage, or :class:`VerificationFailed` after the
-    artifact was written with ``status: "failed"``.
+    Raises :class:`UsageError` for a call that cannot be honoured (before any work),
+    :class:`ExportError` naming the failed stage, or :class:`VerificationFailed` after the artifact
+    was written with ``status: "failed"``.
     """
-    import torch
-
     started = time.monotonic()
     options = options or ExportOptions()
-    times: dict[str, float] = {}
-    warnings: list[str] = []
-
-    def stage(name: str):
-        return _stage(name, on_stage, on_stage_done, times)
-
-    def warn(text: str) -> None:
-        warnings.append(text)
-        log.debug("warning: %s", text)
-        if on_warning:
-            on_warning(text)
-
-    with stage("resolve"):
+    progress = Progress(on_stage, on_stage_done, on_warning)
+    with progress.stage("resolve"):
         tgt = get_target(target)
-        scheme_name = scheme or tgt.default_scheme
-        tgt.check_scheme(scheme_name)
-        sch = make_scheme(scheme_name, **(scheme_options or {}))
-        spec: ModelSpec = model if isinstance(model, ModelSpec) else get_model(model)
-        model = spec.name
-        limits = Thresholds.for_scheme(sch, **(thresholds or {}))
-        identity = recipe_identity(spec, tgt, sch, calibration=options.calibration, seed=options.seed,
+        chain = RecipeChain.of(scheme, default=tgt.default_scheme).with_options(**(scheme_options or {}))
+        tgt.check_recipe(chain)
+        chain.check_handlers("model")
+        _check_model_options(chain, options)
+        spec: ModelSpec = resolve_model(model, example_inputs, name=name)
+        limits = Thresholds.for_scheme(chain, **(thresholds or {}))
+        identity = recipe_identity(spec, tgt, chain, calibration=options.calibration, seed=options.seed,
                                    vectors=options.vectors, vectors_file=options.vectors_file)
-    out = Path(out_dir) if out_dir is not None else default_out_dir(model, tgt.name, sch.name)
-    tmp = _prepare_out_dir(out, options.overwrite)
-    try:
-        with stage("load model"):
-            module, example = spec.build()
-            dataset = spec.dataset.load() if spec.dataset else None
-            with torch.no_grad():
-                module(*example)  # a model that cannot run eagerly cannot be exported meaningfully
-        with stage("export"):
-            exported = _capture(module, example, tgt)
-            exported_nodes = sum(n.op == "call_function" for n in exported.graph.nodes)
-            ranges = input_ranges(exported, example)
-            user_vectors = load_vectors_file(options.vectors_file, example, ranges) if options.vectors_file else None
-        quant_facts: dict = {}
-        calibration: list = []
-        if sch.quantized:
-            with stage("quantize"):
-                if options.calibration:
-                    calibration = load_calibration_file(options.calibration, example, ranges)
-                elif dataset is not None:
-                    calibration = _dataset_samples(dataset["train"][0], getattr(sch, "calibration_samples", 16))
-                else:
-                    calibration = generated_like(example, getattr(sch, "calibration_samples", 16), options.seed + 1,
-                                                 ranges)
-                exported, quant_facts = _quantize(module, example, sch, calibration, tgt)
-        with stage("lower"):
-            lowered = _lower(exported, tgt, sch, example)
-            program = lowered.program
-            graph = graph_facts(exported_nodes, lowered.summary)
-            if lowered.exclusions:
-                graph["lowering_attempts"] = lowered.attempts
-            for exclusion in lowered.exclusions:
-                warn(exclusion.sentence())
-            if graph_warning(graph):
-                warn(graph_warning(graph))
-        with stage("write"):
-            pte = tmp / "model.pte"
-            with open(pte, "wb") as f:
-                program.write_to_file(f)
-            program.get_etrecord().save(str(tmp / "model.etrecord"))
-            fp32_bytes = int(sum(p.numel() * 4 for p in module.parameters()))
-            if "layers" in quant_facts:
-                _, text = quant_report.share_warning(sch.name, quant_facts["quantizer"], quant_facts["layers"],
-                                                     pte.stat().st_size, fp32_bytes)
-                if text:
-                    warn(text)
-            first = tuple(t.clone() for t in example)   # test vector 0 is always the example
-            if user_vectors is not None:
-                samples = [first, *user_vectors]
-            elif dataset is not None:
-                samples = [first, *_dataset_samples(dataset["test"][0], options.vectors - 1)]
-            else:
-                samples = generated_like(example, options.vectors, options.seed, ranges)
-            with torch.no_grad():
-                eager_outputs = [_flatten(module(*s)) for s in samples]
-            vectors = _save_vectors(tmp, samples, eager_outputs)
-            facts = describe_program(program.executorch_program)
-            input_names = [s.arg.name for s in exported.graph_signature.input_specs
-                           if s.kind.name == "USER_INPUT"]
-            dataset_split = None
-            if dataset is not None and spec.task == "classification":
-                x, y = dataset["test"]
-                dataset_split = _save_dataset(tmp, spec.dataset.name, x, y, example)
-            manifest = Manifest(
-                status="unverified",
-                model=ModelRef(**{**spec.to_json(), "parameters": int(sum(p.numel() for p in module.parameters())),
-                                  "fp32_weight_bytes": fp32_bytes}),
-                target=TargetRef(**tgt.to_json()),
-                scheme=SchemeRef(name=sch.name, options=sch.options(), recipe_hash=sch.recipe_hash,
-                                 facts=quant_facts),
-                recipe_hash=identity.hash, recipe=identity, versions=_versions(),
-                inputs=tuple(TensorSpec(name=input_names[i] if i < len(input_names) else f"input_{i}",
-                                        shape=tuple(t.shape), dtype=_np_dtype(t)) for i, t in enumerate(example)),
-                outputs=tuple(TensorSpec(name=f"output_{j}", shape=tuple(t.shape), dtype=_np_dtype(t))
-                              for j, t in enumerate(eager_outputs[0])),
-                files={"pte": "model.pte", "etrecord": "model.etrecord"},
-                pte_bytes=pte.stat().st_size, pte_sha256=sha256_file(pte),
-                etrecord_bytes=(tmp / "model.etrecord").stat().st_size, method=facts["method"],
-                planned_memory_bytes=facts["planned_memory_bytes"], planned_buffers=tuple(facts["planned_buffers"]),
-                operators=Operators.from_json(facts["operators"], "operators"), test_vectors=tuple(vectors),
-                calibration=Calibration(
-                    source=("file:" + str(options.calibration)) if options.calibration
-                    else (spec.dataset.name if dataset is not None else "generated"),
-                    samples=len(calibration)) if sch.quantized else None,
-                dataset=dataset_split, path=tmp, graph=graph, warnings=tuple(warnings),
-            )
-        with stage("verify"):
-            verification = verify_artifact(tmp, manifest, limits)
-            if dataset_split is not None:
-                x, y = dataset["test"]
-                verification = dataclasses.replace(verification, task_accuracy=_task_accuracy(module, pte, x, y))
-        manifest = dataclasses.replace(manifest, verification=verification,
+        plan = _model_plan(chain)
+    out = Path(out_dir) if out_dir is not None else default_out_dir(spec.name, tgt.name, chain.spec)
+    with artifact_dir(out, options.overwrite) as tmp:
+        w = Work(spec=spec, target=tgt, chain=chain, options=options, limits=limits, identity=identity, tmp=tmp,
+                 progress=progress, step_facts={}, calibration=None, input_names=[])
+        plan.run(w, progress)
+        verification = w.verification
+        manifest = dataclasses.replace(w.manifest, verification=verification,
                                        status=STATUS_OK if verification.passed else STATUS_FAILED,
                                        export_seconds=round(time.monotonic() - started, 3),
-                                       stage_seconds=dict(times))
+                                       stage_seconds=dict(progress.times), warnings=tuple(progress.warnings))
         write_manifest(tmp, manifest)
-        try:
-            _publish(tmp, out)
-        except OSError as exc:  # a mount point, a busy or foreign file system: say so, not "internal error"
-            raise ExportError(f"cannot put the finished artifact in place at {out}: {exc.strerror or exc} "
-                              f"(renaming {tmp.name} onto it failed).", stage="write",
-                              hint="Export into a directory inside a writable file system (not onto a mount "
-                                   "point itself), e.g. -o DIR/model.") from exc
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     manifest = dataclasses.replace(manifest, path=out)
     if not verification.passed:
         raise VerificationFailed(

@@ -6,10 +6,12 @@ on it and find an earlier export of the same recipe. The export writes the same 
 manifest (``recipe``, and its hash as ``recipe_hash``), so the two never disagree.
 
 What counts: the model (name, source, origin and, for a user factory, the sha256 of the module's
-source file, so editing the model changes the identity), the target record, the scheme and its
-options, the calibration source (a file's content hash, the dataset's name, or generated with its
-seed) and sample count, the seed, the number of test vectors, and the torch / executorch / torchao
-versions.
+source file, so editing the model changes the identity; for a module handed over as a Python object,
+the hashes of its classes' code and of its weights: :mod:`.modules`), the target record, the recipe —
+the quantize step (``scheme``) and, for a chain of more than that, every step with every option
+(``steps``) — the calibration source (a file's content hash, the dataset's name, or generated with its
+seed) and sample count when the recipe runs calibration inputs, the seed, the number of test vectors,
+and the torch / executorch / torchao versions.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 from edgerun.core.artifact import RecipeIdentity, sha256_file
 
 from .errors import ExportError
-from .schemes import Scheme
+from .recipes import Recipe, RecipeChain
 from .targets import Target
 from .zoo import ModelSpec
 
@@ -40,6 +42,8 @@ def tool_versions() -> dict[str, str | None]:
 
 def _model_identity(spec: ModelSpec) -> dict:
     ident = {"name": spec.name, "source": spec.source, "origin": spec.origin}
+    if spec.identity:
+        ident.update(spec.identity)
     if spec.source == "factory":
         module = spec.origin.partition(":")[0]
         try:
@@ -51,10 +55,10 @@ def _model_identity(spec: ModelSpec) -> dict:
     return ident
 
 
-def _calibration_identity(spec: ModelSpec, scheme: Scheme, calibration: str | None, seed: int) -> dict | None:
-    if not scheme.quantized:
+def _calibration_identity(spec: ModelSpec, chain: RecipeChain, calibration: str | None, seed: int) -> dict | None:
+    if not chain.uses_calibration:
         return None
-    samples = getattr(scheme, "calibration_samples", None)
+    samples = getattr(chain.quantize, "calibration_samples", None)
     if calibration:
         p = Path(calibration)
         if not p.is_file():
@@ -74,8 +78,12 @@ def _vectors_identity(vectors_file: str | None) -> dict | None:
     return {"source": "file", "sha256": sha256_file(p)}
 
 
-def recipe_identity(spec: ModelSpec, target: Target, scheme: Scheme, *, calibration: str | None = None,
-                    seed: int = 0, vectors: int = 4, vectors_file: str | None = None) -> RecipeIdentity:
-    return RecipeIdentity(model=_model_identity(spec), target=target.to_json(), scheme=scheme.to_json(),
-                          calibration=_calibration_identity(spec, scheme, calibration, seed), seed=seed,
-                          vectors=vectors, versions=tool_versions(), vectors_source=_vectors_identity(vectors_file))
+def recipe_identity(spec: ModelSpec, target: Target, recipe: "str | Recipe | RecipeChain", *,
+                    calibration: str | None = None, seed: int = 0, vectors: int = 4,
+                    vectors_file: str | None = None) -> RecipeIdentity:
+    """The identity of exporting ``spec`` for ``target`` with ``recipe`` (recipe text, a scheme or a chain)."""
+    chain = RecipeChain.of(recipe)
+    return RecipeIdentity(model=_model_identity(spec), target=target.to_json(), scheme=chain.quantize.to_json(),
+                          calibration=_calibration_identity(spec, chain, calibration, seed), seed=seed,
+                          vectors=vectors, versions=tool_versions(), vectors_source=_vectors_identity(vectors_file),
+                          steps=chain.identity_steps())

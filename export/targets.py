@@ -1,9 +1,12 @@
 """Targets: where a program is meant to run, and what that implies for lowering.
 
-A target names its CPU architecture and core, the backends whose partitioners lower the graph,
-the schemes it allows and its default one, and the runtime bundle it needs. Backends are a
-registry of partitioner factories, so a new backend (Ethos-U via TOSA + Vela, Cortex-M, Vulkan,
-QNN ...) is one registered factory plus the targets that name it — no existing target changes.
+A target names its CPU architecture and core, the backends whose partitioners lower the graph, the
+PT2E quantizer that quantizes for them, the schemes it allows and its default one, the recipes it
+forbids, the runtime bundle it needs, and how its numbers are had: ``measure="run"`` (a device runs
+the program) or ``"estimate"`` (an estimator turns a compiler's report into figures, e.g. Vela's
+cycles for an Ethos-U). Backends, quantizers and estimators are registries of factories, so a new
+backend (Ethos-U via TOSA + Vela, Cortex-M, Vulkan, QNN ...) is one registered factory plus the
+targets that name it — no existing target changes; :func:`register_target` adds the target.
 """
 
 from __future__ import annotations
@@ -17,13 +20,32 @@ from .schemes import SCHEMES
 
 #: backend name -> factory(scheme) returning the list of partitioners for to_edge_transform_and_lower
 BACKENDS: dict[str, Callable[[Any], list]] = {}
+#: quantizer name -> factory(scheme) returning a PT2E quantizer configured for that scheme
+QUANTIZERS: dict[str, Callable[[Any], Any]] = {}
+#: estimator name -> estimate(manifest) returning estimated figures for a target that is not run
+ESTIMATORS: dict[str, Callable[..., Any]] = {}
+MEASURES = ("run", "estimate")
+
+
+def _registrar(table: dict, name: str):
+    def deco(factory):
+        table[name] = factory
+        return factory
+    return deco
 
 
 def register_backend(name: str):
-    def deco(factory):
-        BACKENDS[name] = factory
-        return factory
-    return deco
+    return _registrar(BACKENDS, name)
+
+
+def register_quantizer(name: str):
+    """Decorator: ``factory(scheme) -> PT2E quantizer`` (a ``torchao.quantization.pt2e`` Quantizer)."""
+    return _registrar(QUANTIZERS, name)
+
+
+def register_estimator(name: str):
+    """Decorator: ``estimate(manifest, **settings) -> figures`` for targets with ``measure="estimate"``."""
+    return _registrar(ESTIMATORS, name)
 
 
 @register_backend("xnnpack")
@@ -31,6 +53,17 @@ def _xnnpack_partitioners(scheme) -> list:
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
 
     return [XnnpackPartitioner()]
+
+
+@register_quantizer("xnnpack")
+def _xnnpack_quantizer(scheme):
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer, get_symmetric_quantization_config)
+
+    quantizer = XNNPACKQuantizer()
+    quantizer.set_global(get_symmetric_quantization_config(is_per_channel=getattr(scheme, "per_channel", True),
+                                                           is_dynamic=bool(getattr(scheme, "dynamic", False))))
+    return quantizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,8 +79,19 @@ class Target:
     qemu_cpu: str | None = None    # qemu-aarch64 -cpu model that emulates the board faithfully
     # graph rewrites applied before quantization and lowering (export/rewrites.py); part of the recipe
     graph_rewrites: tuple[str, ...] = ()
+    quantizer: str | None = None   # QUANTIZERS name: the PT2E quantizer for its backends (None: none)
+    measure: str = "run"           # "run": a device runs it | "estimate": an estimator reports figures
+    estimator: str | None = None   # ESTIMATORS name, when measure is "estimate"
+    forbidden_recipes: tuple[str, ...] = ()   # recipes (not quantize ones: allowed_schemes) it refuses
 
     def __post_init__(self) -> None:
+        if self.quantizer is not None and self.quantizer not in QUANTIZERS:
+            raise ValueError(f"target {self.name}: unknown quantizer {self.quantizer!r}")
+        if self.measure not in MEASURES:
+            raise ValueError(f"target {self.name}: measure must be one of {MEASURES}, got {self.measure!r}")
+        if self.measure == "estimate" and self.estimator not in ESTIMATORS:
+            raise ValueError(f"target {self.name}: measure 'estimate' needs a registered estimator, "
+                             f"got {self.estimator!r} (known: {', '.join(ESTIMATORS) or 'none'})")
         unknown = [s for s in self.allowed_schemes if s not in SCHEMES]
         if unknown:
             raise ValueError(f"target {self.name}: unknown schemes {unknown}")
@@ -68,12 +112,33 @@ class Target:
             parts.extend(BACKENDS[backend](scheme))
         return parts
 
+    def make_quantizer(self, scheme):
+        """The PT2E quantizer this target names, configured for ``scheme``."""
+        if self.quantizer is None:
+            raise UsageError(f"target {self.name!r} names no quantizer, so scheme {scheme.name!r} cannot run on it.",
+                             hint=f"Schemes legal on {self.name}: {', '.join(self.allowed_schemes)}.")
+        return QUANTIZERS[self.quantizer](scheme)
+
+    def estimate(self, manifest, **settings):
+        """Estimated figures for an artifact of this target (``measure="estimate"`` targets only)."""
+        if self.measure != "estimate":
+            raise UsageError(f"target {self.name!r} is measured by running its programs, not estimated.")
+        return ESTIMATORS[self.estimator](manifest, **settings)
+
     def check_scheme(self, scheme_name: str) -> None:
         if scheme_name not in self.allowed_schemes:
             raise UsageError(
                 f"target {self.name!r} does not allow scheme {scheme_name!r}.",
                 hint=f"Schemes legal on {self.name}: {', '.join(self.allowed_schemes)}.",
             )
+
+    def check_recipe(self, chain) -> None:
+        """A recipe chain's quantize step must be an allowed scheme; its other steps must not be forbidden."""
+        self.check_scheme(chain.quantize.name)
+        bad = [s.name for s in chain.transforms if s.name in self.forbidden_recipes]
+        if bad:
+            raise UsageError(f"target {self.name!r} does not allow recipe {bad[0]!r}.",
+                             hint=f"{self.name} forbids: {', '.join(self.forbidden_recipes)}.")
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -86,15 +151,19 @@ TARGETS: dict[str, Target] = {
     t.name: t
     for t in (
         Target("host", "this x86_64 machine's CPU (XNNPACK)", "x86_64", "native", ("xnnpack",),
-               "fp32", _XNNPACK_SCHEMES, graph_rewrites=_XNNPACK_REWRITES),
+               "fp32", _XNNPACK_SCHEMES, graph_rewrites=_XNNPACK_REWRITES, quantizer="xnnpack"),
         Target("rpi4", "Raspberry Pi 4 (Cortex-A72, XNNPACK)", "aarch64", "cortex-a72", ("xnnpack",),
-               "int8", _XNNPACK_SCHEMES, qemu_cpu="cortex-a72", graph_rewrites=_XNNPACK_REWRITES),
+               "int8", _XNNPACK_SCHEMES, qemu_cpu="cortex-a72", graph_rewrites=_XNNPACK_REWRITES,
+               quantizer="xnnpack"),
         Target("rpi5", "Raspberry Pi 5 (Cortex-A76, XNNPACK)", "aarch64", "cortex-a76", ("xnnpack",),
-               "int8", _XNNPACK_SCHEMES, qemu_cpu="cortex-a76", graph_rewrites=_XNNPACK_REWRITES),
+               "int8", _XNNPACK_SCHEMES, qemu_cpu="cortex-a76", graph_rewrites=_XNNPACK_REWRITES,
+               quantizer="xnnpack"),
         Target("jetson-orin", "NVIDIA Jetson Orin CPU (Cortex-A78AE, XNNPACK)", "aarch64", "cortex-a78ae",
-               ("xnnpack",), "int8", _XNNPACK_SCHEMES, qemu_cpu="neoverse-n1", graph_rewrites=_XNNPACK_REWRITES),
+               ("xnnpack",), "int8", _XNNPACK_SCHEMES, qemu_cpu="neoverse-n1", graph_rewrites=_XNNPACK_REWRITES,
+               quantizer="xnnpack"),
         Target("android-arm64", "Android arm64 phone CPU (XNNPACK)", "aarch64", "cortex-a76", ("xnnpack",),
-               "int8", _XNNPACK_SCHEMES, qemu_cpu="cortex-a76", graph_rewrites=_XNNPACK_REWRITES),
+               "int8", _XNNPACK_SCHEMES, qemu_cpu="cortex-a76", graph_rewrites=_XNNPACK_REWRITES,
+               quantizer="xnnpack"),
         Target("portable", "no delegate: portable/optimized kernels only (debugging, reference)", "any",
                "any", (), "fp32", ("fp32",)),
     )
@@ -106,6 +175,30 @@ def get_target(name: str) -> Target:
         return TARGETS[name]
     except KeyError:
         raise UsageError(f"unknown target {name!r}.", hint=f"Known targets: {', '.join(TARGETS)}.") from None
+
+
+class _TargetRegistration:
+    def __init__(self, name: str):
+        self.name = name
+
+    def __enter__(self) -> Target:
+        return TARGETS[self.name]
+
+    def __exit__(self, *exc) -> None:
+        unregister_target(self.name)
+
+
+def register_target(target: Target) -> _TargetRegistration:
+    """Add a target (refused if its name is taken by another); as a context manager it is removed on exit."""
+    other = TARGETS.get(target.name)
+    if other is not None and other != target:
+        raise ValueError(f"target name {target.name!r} is taken")
+    TARGETS[target.name] = target
+    return _TargetRegistration(target.name)
+
+
+def unregister_target(name: str) -> None:
+    TARGETS.pop(name, None)
 
 
 def legal_pairs() -> list[tuple[str, str]]:

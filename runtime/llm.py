@@ -154,13 +154,13 @@ def llm_metrics(result: RunnerResult, request: LLMRequest | None, manifest: Mani
     ppl = result.perplexity
     if ppl is not None:
         samples = tuple(Sample(index=w.window, warmup=False, execute_ns=w.execute_ns) for w in result.score_windows)
-        eager = ((llm.quality or {}).get("perplexity") or {}) if llm else {}
-        same_window = eager.get("window") == ppl.window and eager.get("tokens") == ppl.tokens + 1
+        eager = llm.quality.perplexity if llm else None   # edgerun.core.artifact.Perplexity
+        same_window = eager is not None and eager.window == ppl.window and eager.tokens == ppl.tokens + 1
         return samples, LLMMetrics(
             **common, prompt_tokens=ppl.tokens + 1, perplexity=ppl.perplexity, perplexity_tokens=ppl.tokens,
             perplexity_window=ppl.window,
-            eager_perplexity=eager.get("eager_fp32") if same_window else None,
-            export_program_perplexity=eager.get("program") if same_window else None,
+            eager_perplexity=eager.eager_fp32 if same_window else None,
+            export_program_perplexity=eager.program if same_window else None,
             prefill_tokens_per_s=ppl.tokens * 1e9 / ppl.execute_ns_total if ppl.execute_ns_total else None)
     gens = [g for g in result.generations if not g.warmup]
     if not gens:

@@ -33,7 +33,16 @@ def exported(tmp_path_factory, edgerun_home, runner_bundle):
 
 def test_every_example_is_tested_here():
     scripts = {p.name for p in EXAMPLES.glob("*.py")} - {"my_model.py"}  # the factory the others use
-    assert scripts == {"export_your_model.py", "profile_compare_report.py", "profile_over_ssh.py"}
+    assert scripts == {"export_your_model.py", "export_from_python.py", "profile_compare_report.py",
+                       "profile_over_ssh.py"}
+
+
+def test_export_from_python(tmp_path, edgerun_home):
+    """A model defined in the script itself, exported with its example inputs; a changed weight, another hash."""
+    proc = _run("export_from_python.py", "--out", str(tmp_path), env={"EDGERUN_HOME": str(edgerun_home)})
+    assert "KeywordSpotter (python) for host, recipe int8-dynamic: status ok" in proc.stdout
+    assert "after changing a weight: recipe hash" in proc.stdout and "(different)" in proc.stdout
+    assert (tmp_path / "kws" / "manifest.json").is_file() and (tmp_path / "kws-tuned" / "manifest.json").is_file()
 
 
 def test_export_your_model(exported):

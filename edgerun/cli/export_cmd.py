@@ -114,7 +114,8 @@ def register(app: typer.Typer) -> None:
         model: Annotated[str, typer.Argument(help="Zoo model name (see `edgerun models`) or 'package.module:factory'.")],
         target: Annotated[str, typer.Option("--target", "-t", help="Target (see `edgerun targets`).")] = "host",
         scheme: Annotated[Optional[str], typer.Option("--scheme", "-s",
-                          help="fp32 | int8 | int8-dynamic | 8da4w (default: the target's default).")] = None,
+                          help="A recipe: fp32 | int8 | int8-dynamic | 8da4w, options as name:key=value "
+                               "(8da4w:group_size=64), steps joined by + (default: the target's default).")] = None,
         output: Annotated[Optional[Path], typer.Option("--output", "-o",
                           help="Artifact directory (default: artifacts/MODEL-TARGET-SCHEME).")] = None,
         calibration: Annotated[Optional[Path], typer.Option(
@@ -145,8 +146,7 @@ def register(app: typer.Typer) -> None:
         """
 
         def work() -> dict:
-            from edgerun.export import export_model
-            from edgerun.export.pipeline import ExportOptions
+            from edgerun.export import ExportOptions, export_model
 
             from edgerun.core.errors import UsageError
 

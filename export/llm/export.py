@@ -1,11 +1,19 @@
-"""Export an LLM spec: GGUF -> Llama with its KV cache as buffers -> (quantize) -> torch.export with a
-dynamic prompt length -> XNNPACK -> a verified artifact with ``tokenizer.json`` and ``llm`` facts.
+"""Export an LLM spec: GGUF -> Llama with its KV cache as buffers -> (recipe: quantize ...) -> torch.export
+with a dynamic prompt length -> XNNPACK -> a verified artifact with ``tokenizer.json``, the held-out
+token ids and ``llm`` facts.
 
-It reuses the pipeline's artifact handling (stages, the temporary directory published by rename,
-versions, recipe identity) and its test-vector verification; what is LLM-specific lives here:
-dynamic shapes, the LLM quantization recipe (:mod:`.quantize`), and the LLM checks — per-position
-logits agreement on real prompts and perplexity of eager fp32 vs the program on the held-out text
-edgerun ships (``data/heldout.txt``).
+It runs on the pipeline's stage runner (:mod:`..stages`: the plan checked before work, progress and
+warnings reported through the same callbacks, the temporary directory published by rename) and reuses
+its versions, recipe identity and test-vector verification; what is LLM-specific lives here: dynamic
+shapes, the LLM handlers of the recipes (:mod:`.quantize`), and the LLM checks — per-position logits
+agreement on real prompts and perplexity of eager fp32 vs the program on the held-out text edgerun
+ships (``data/heldout.txt``). The ids that text becomes are stored in the artifact
+(``heldout_ids.npy``, named with its sha256 in ``llm.quality.perplexity``), so a later on-device score
+uses exactly the ids the export scored, whatever tokenizer or text a later edgerun has.
+
+Options an LLM export cannot honour are refused before any work: ``calibration`` (its recipes quantize
+weights and run no calibration inputs), ``vectors_file`` (its test vectors are the built-in prompts) and
+``vectors`` beyond the number of prompts.
 """
 
 from __future__ import annotations
@@ -14,22 +22,26 @@ import dataclasses
 import math
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from edgerun.core.artifact import (
-    STATUS_FAILED, STATUS_OK, LLMFacts, Manifest, ModelRef, Operators, SchemeRef, TargetRef, TensorSpec,
-    Thresholds, sha256_file, write_manifest,
+    STATUS_FAILED, STATUS_OK, GreedyCheck, LLMFacts, LLMQuality, LogitsAgreement, Manifest, ModelRef, Operators,
+    Perplexity, TargetRef, TensorSpec, Thresholds, sha256_file, write_manifest,
 )
 
-from ..errors import ExportError, UsageError, VerificationFailed
+from ..errors import UsageError, VerificationFailed
+from ..options import ExportOptions
+from ..recipes import Recipe, RecipeChain, RecipeContext
+from ..stages import OnStage, OnStageDone, OnWarning, Plan, Progress, Stage, Work, artifact_dir
 from .zoo import DEFAULT_MAX_CONTEXT, LLMSpec
 
 DATA = Path(__file__).resolve().parent / "data"
-PROMPTS = ("The capital of France is", "Water boils at one hundred degrees", "Once upon a time, in a small village")
-#: fp32 program perplexity must be within this fraction of eager's
-PPL_TOLERANCE = {"fp32": 0.01, "int8-dynamic": 0.10, "8da4w": 0.25}
+HELDOUT_TEXT = "edgerun export/llm/data/heldout.txt"
+HELDOUT_IDS = "heldout_ids.npy"
+PROMPTS = ("The capital of France is", "Water boils at one hundred degrees", "Once upon a time, in a small village",
+           "The quick brown fox jumps over the lazy dog")
 
 
 def _runtime_method(pte: Path):
@@ -68,19 +80,19 @@ def perplexity(run, ids: Sequence[int], window: int) -> float:
     return math.exp(nll / count)
 
 
-def _position_agreement(eager, program, prompts: Sequence[list[int]]) -> dict:
+def _position_agreement(eager, program, prompts: Sequence[list[int]]) -> LogitsAgreement:
+    import torch
+
     top1, snrs = [], []
     for ids in prompts:
-        import torch
-
         tokens, pos = torch.tensor([ids]), torch.arange(len(ids))
         a = np.asarray(eager(tokens, pos)[0], dtype=np.float64)
         b = np.asarray(program(tokens, pos)[0], dtype=np.float64)
         top1.extend((a.argmax(-1) == b.argmax(-1)).tolist())
         noise = ((a - b) ** 2).mean(-1)
         snrs.extend((10 * np.log10((a ** 2).mean(-1) / np.maximum(noise, 1e-30))).tolist())
-    return {"positions": len(top1), "top1_agreement": float(np.mean(top1)), "min_snr_db": float(np.min(snrs)),
-            "median_snr_db": float(np.median(snrs))}
+    return LogitsAgreement(positions=len(top1), top1_agreement=float(np.mean(top1)), min_snr_db=float(np.min(snrs)),
+                           median_snr_db=float(np.median(snrs)))
 
 
 def _weight_bytes(exported) -> dict[str, int]:
@@ -101,152 +113,223 @@ def _weight_bytes(exported) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
-def export_llm(spec: LLMSpec, target: str, scheme: str | None = None, out_dir=None, *, max_context: int | None = None,
-               scheme_options: dict | None = None, options=None, thresholds: dict | None = None,
-               on_stage=None, **_ignored: Any) -> Manifest:
-    """Export an LLM spec; see the module docstring. Raises like :func:`edgerun.export.pipeline.export_model`."""
+
+# ---------------------------------------------------------------------------------------------
+# resolve
+
+
+def check_llm_options(options: ExportOptions) -> None:
+    """Refuse what an LLM export cannot honour (before any work)."""
+    if options.calibration:
+        raise UsageError(f"--calibration {options.calibration}: an LLM export runs no calibration inputs (its recipes "
+                         "fp32, int8-dynamic and 8da4w quantize weights only, activations at run time), so the "
+                         "file would be ignored.", hint="Drop --calibration.")
+    if options.vectors_file:
+        raise UsageError(f"--vectors {options.vectors_file}: an LLM export's test vectors are its {len(PROMPTS)} "
+                         "built-in prompts; it takes no file of test inputs.",
+                         hint=f"Drop --vectors, or give a count up to {len(PROMPTS)}.")
+    if options.vectors > len(PROMPTS):
+        raise UsageError(f"--vectors {options.vectors}: an LLM export has {len(PROMPTS)} prompts to use as test "
+                         "vectors.", hint=f"Give --vectors 1..{len(PROMPTS)}.")
+
+
+def _plan(chain: RecipeChain) -> Plan:
+    return Plan([
+        Stage("load model", _load, needs=("spec", "max_context", "identity"),
+              makes=("model", "module", "example", "gguf", "tok", "tok_facts", "identity")),
+        *[Stage(name, _step_stage(step), needs=("module", "example", "target"), makes=("module",))
+          for name, step in chain.stages()],
+        Stage("export", _export_stage, needs=("module", "example", "max_context"), makes=("exported", "weight_bytes")),
+        Stage("lower", _lower_stage, needs=("exported", "target", "chain"), makes=("program",)),
+        Stage("write", _write_stage, needs=("program", "model", "module", "tok", "tok_facts", "tmp"),
+              makes=("manifest", "prompts", "heldout")),
+        Stage("verify", _verify_stage, needs=("manifest", "prompts", "heldout", "limits"),
+              makes=("verification", "llm")),
+    ], given=("spec", "target", "chain", "options", "limits", "identity", "tmp", "progress", "max_context"))
+
+
+# ---------------------------------------------------------------------------------------------
+# the stages
+
+
+def _load(w: Work) -> None:
+    from .tokenizer import tokenizer_from_gguf
+
+    w.model, w.example, w.gguf = w.spec.build_llm(w.max_context)
+    w.module = w.model
+    w.tok, w.tok_facts = tokenizer_from_gguf(w.gguf)
+    w.gguf_sha256 = sha256_file(w.gguf.path)
+    w.identity = dataclasses.replace(w.identity, model={**w.identity.model, "gguf_sha256": w.gguf_sha256,
+                                                         "max_context": w.max_context, "layers": w.spec.layers,
+                                                         "weights_sha256": w.spec.weights_sha256})
+
+
+def _step_stage(step: Recipe) -> Callable[[Work], None]:
+    def run(w: Work) -> None:
+        ctx = RecipeContext(module=w.module, example=w.example, target=w.target, flavour="llm", warn=w.progress.warn)
+        result = RecipeChain.run_step(step, ctx)
+        w.step_facts[next(i for i, s in enumerate(w.chain.steps) if s is step)] = dict(result.facts)
+        w.module = result.module
+    return run
+
+
+def _export_stage(w: Work) -> None:
     import torch
 
-    from ..pipeline import ExportOptions, _prepare_out_dir, _publish, _stage, _versions, default_out_dir, \
-        verify_artifact
+    t = torch.export.Dim("T", min=1, max=w.max_context)
+    with torch.no_grad():
+        w.exported = torch.export.export(w.module, w.example, dynamic_shapes={"tokens": {1: t}, "input_pos": {0: t}})
+    weight_bytes = _weight_bytes(w.exported.run_decompositions({}))
+    n4 = sum(int(f.get("int4_weight_numel") or 0) for f in w.step_facts.values())
+    if n4 and weight_bytes.get("int8", 0) >= n4:
+        # torchao keeps int4 codes unpacked in int8 until XNNPACK packs them two a byte
+        weight_bytes["int8"] -= n4
+        weight_bytes["int4"] = n4 // 2
+    w.weight_bytes = dict(sorted(weight_bytes.items()))
+
+
+def _lower_stage(w: Work) -> None:
+    from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
+
+    edge = to_edge_transform_and_lower(w.exported, partitioner=w.target.partitioners(w.chain.quantize),
+                                       compile_config=EdgeCompileConfig(_check_ir_validity=False),
+                                       generate_etrecord=True)
+    w.program = edge.to_executorch(ExecutorchBackendConfig(extract_delegate_segments=True))
+
+
+def _write_stage(w: Work) -> None:
+    import torch
+
+    from ..pipeline import _save_vectors, _versions, scheme_ref
     from ..program import describe_program
-    from ..recipe import recipe_identity
-    from ..schemes import make_scheme
-    from ..targets import get_target
+    from .tokenizer import save_tokenizer
+
+    tmp, spec, model, module, g = w.tmp, w.spec, w.model, w.module, w.gguf
+    pte = tmp / "model.pte"
+    with open(pte, "wb") as f:
+        w.program.write_to_file(f)
+    w.program.get_etrecord().save(str(tmp / "model.etrecord"))
+    tok_sha = save_tokenizer(w.tok, tmp / "tokenizer.json")
+    w.prompts = [w.tok.encode(p).ids[:w.max_context] for p in PROMPTS][:w.options.vectors]
+    samples = [(torch.tensor([ids]), torch.arange(len(ids))) for ids in w.prompts]
+    module.reset_cache() if hasattr(module, "reset_cache") else None
+    with torch.no_grad():
+        eager_outputs = [[module(*s)] for s in samples]
+    vectors = _save_vectors(tmp, samples, eager_outputs)
+    # the held-out ids every later perplexity is measured on: stored, so a device scores exactly these
+    w.heldout = w.tok.encode((DATA / "heldout.txt").read_text()).ids
+    np.save(tmp / HELDOUT_IDS, np.asarray(w.heldout, dtype=np.int32))
+    w.heldout_sha256 = sha256_file(tmp / HELDOUT_IDS)
+    facts = describe_program(w.program.executorch_program)
+    cfg = model.config
+    params = int(sum(p.numel() for p in model.parameters()))
+    w.llm = LLMFacts(
+        architecture="llama", name=g.name, parameters=params, layers=cfg.n_layers, dim=cfg.dim,
+        heads=cfg.n_heads, kv_heads=cfg.n_kv_heads, vocab_size=cfg.vocab_size, max_context=w.max_context,
+        kv_cache_bytes_per_token=cfg.kv_cache_bytes_per_token(4),
+        kv_cache_bytes=cfg.kv_cache_bytes_per_token(4) * w.max_context,
+        weight_bytes_by_dtype=w.weight_bytes, context_length=cfg.context_length,
+        tokenizer=dataclasses.replace(w.tok_facts, file="tokenizer.json", sha256=tok_sha),
+        source={"gguf": g.path.name, "gguf_sha256": w.gguf_sha256, "gguf_bytes": g.path.stat().st_size,
+                "tensor_types": g.tensor_types(), "layers_kept": spec.layers},
+    )
+    w.manifest = Manifest(
+        status="unverified",
+        model=ModelRef(name=spec.name, task="llm", source=spec.source, origin=spec.origin,
+                       description=spec.description, parameters=params, fp32_weight_bytes=params * 4),
+        target=TargetRef(**w.target.to_json()), scheme=scheme_ref(w.chain, w.step_facts),
+        recipe_hash=w.identity.hash, recipe=w.identity, versions=_versions(),
+        inputs=(TensorSpec("tokens", (1, w.max_context), "int64"), TensorSpec("input_pos", (w.max_context,), "int64")),
+        outputs=(TensorSpec("logits", (1, w.max_context, cfg.vocab_size), "float32"),),
+        files={"pte": "model.pte", "etrecord": "model.etrecord", "tokenizer": "tokenizer.json"},
+        pte_bytes=pte.stat().st_size, pte_sha256=sha256_file(pte),
+        etrecord_bytes=(tmp / "model.etrecord").stat().st_size, method=facts["method"],
+        planned_memory_bytes=facts["planned_memory_bytes"], planned_buffers=tuple(facts["planned_buffers"]),
+        operators=Operators.from_json(facts["operators"], "operators"), test_vectors=tuple(vectors),
+        llm=w.llm, path=tmp,
+    )
+
+
+def _verify_stage(w: Work) -> None:
+    import executorch.kernels.quantized  # noqa: F401  the embedding kernels, before any program loads
+
+    from ..pipeline import verify_artifact
     from .gguf_model import greedy
-    from .quantize import quantize_llama
-    from .tokenizer import save_tokenizer, tokenizer_from_gguf
+
+    verification = verify_artifact(w.tmp, w.manifest, w.limits)
+    prog = _logits_fn(method=_runtime_method(w.tmp / "model.pte"))
+    eager_fp32, eager_recipe = _logits_fn(model=w.model), _logits_fn(model=w.module)
+    window = w.max_context - 1
+    fp32, program = perplexity(eager_fp32, w.heldout, window), perplexity(prog, w.heldout, window)
+    ppl = Perplexity(text=HELDOUT_TEXT, tokens=len(w.heldout), window=window, eager_fp32=fp32, program=program,
+                     program_vs_eager_fp32=program / fp32 - 1.0,
+                     eager_quantized=None if w.chain.quantize.noop and w.chain.is_plain
+                     else perplexity(eager_recipe, w.heldout, window),
+                     ids_file=HELDOUT_IDS, ids_sha256=w.heldout_sha256)
+    first = w.prompts[0]
+    n_new = max(1, min(32, w.max_context - len(first)))
+    greedy_eager = greedy(w.module, first, n_new)
+    greedy_prog = greedy(None, first, n_new, step=prog)
+    quality = LLMQuality(
+        logits_vs_eager=_position_agreement(eager_recipe, prog, w.prompts), perplexity=ppl,
+        greedy=GreedyCheck(prompt_tokens=len(first), eager=tuple(greedy_eager), program=tuple(greedy_prog),
+                           equal_prefix=next((i for i, (a, b) in enumerate(zip(greedy_eager, greedy_prog)) if a != b),
+                                             n_new)))
+    failures = list(verification.failures)
+    tol = w.chain.ppl_tolerance
+    if abs(ppl.program_vs_eager_fp32) > tol:
+        failures.append(f"perplexity of the program {ppl.program:.3f} is {ppl.program_vs_eager_fp32:+.1%} "
+                        f"from eager fp32's {ppl.eager_fp32:.3f} (allowed ±{tol:.0%})")
+    w.verification = dataclasses.replace(verification, passed=not failures, failures=tuple(failures))
+    w.llm = dataclasses.replace(w.llm, quality=quality)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def export_llm(spec: LLMSpec, target: str, scheme: "str | Recipe | RecipeChain | None" = None, out_dir=None, *,
+               max_context: int | None = None, example_inputs=None, name: str | None = None,
+               scheme_options: dict | None = None, options: ExportOptions | None = None,
+               thresholds: dict | None = None, on_stage: OnStage | None = None,
+               on_stage_done: OnStageDone | None = None, on_warning: OnWarning | None = None) -> Manifest:
+    """Export an LLM spec; see the module docstring. Takes the arguments of
+    :func:`edgerun.export.pipeline.export_model` (and ``max_context``, the KV cache length) and raises
+    like it; ``example_inputs`` and ``name`` do not apply to an LLM and are refused."""
+    from ..pipeline import default_out_dir
+    from ..recipe import recipe_identity
+    from ..targets import get_target
 
     started = time.monotonic()
     options = options or ExportOptions()
     max_context = DEFAULT_MAX_CONTEXT if max_context is None else max_context
-    with _stage("resolve", on_stage):
+    progress = Progress(on_stage, on_stage_done, on_warning)
+    with progress.stage("resolve"):
+        if example_inputs is not None or name is not None:
+            raise UsageError(f"example_inputs and name apply to a model given as a Python object; the LLM {spec.name} "
+                             "brings its own.", hint="Drop example_inputs= and name=.")
         tgt = get_target(target)
-        scheme_name = scheme or ("8da4w" if "8da4w" in tgt.allowed_schemes else "fp32")  # LLM default
-        tgt.check_scheme(scheme_name)
-        if scheme_name not in PPL_TOLERANCE:
-            raise UsageError(f"scheme {scheme_name!r} has no LLM recipe.",
-                             hint=f"LLM schemes: {', '.join(PPL_TOLERANCE)}.")
-        sch = make_scheme(scheme_name, **(scheme_options or {}))
-        limits = Thresholds.for_scheme(sch, **(thresholds or {}))
-        identity = recipe_identity(spec, tgt, sch, seed=options.seed, vectors=options.vectors)
-    out = Path(out_dir) if out_dir is not None else default_out_dir(spec.name, tgt.name, sch.name)
-    tmp = _prepare_out_dir(out, options.overwrite)
-    try:
-        with _stage("load model", on_stage):
-            model, example, g = spec.build_llm(max_context)
-            tok, tok_facts = tokenizer_from_gguf(g)
-            gguf_sha = sha256_file(g.path)
-            identity = dataclasses.replace(identity, model={**identity.model, "gguf_sha256": gguf_sha,
-                                                           "max_context": max_context, "layers": spec.layers,
-                                                           "weights_sha256": spec.weights_sha256})
-        module, quant_facts = model, {}
-        if sch.quantized:
-            with _stage("quantize", on_stage):
-                module, quant_facts = quantize_llama(model, sch)
-        with _stage("export", on_stage):
-            t = torch.export.Dim("T", min=1, max=max_context)
-            with torch.no_grad():
-                exported = torch.export.export(module, example, dynamic_shapes={"tokens": {1: t}, "input_pos": {0: t}})
-            weight_bytes = _weight_bytes(exported.run_decompositions({}))
-            n4 = int(quant_facts.get("int4_weight_numel") or 0)
-            if n4 and weight_bytes.get("int8", 0) >= n4:
-                # torchao keeps int4 codes unpacked in int8 until XNNPACK packs them two a byte
-                weight_bytes["int8"] -= n4
-                weight_bytes["int4"] = n4 // 2
-                weight_bytes = dict(sorted(weight_bytes.items()))
-        with _stage("lower", on_stage):
-            from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
-
-            edge = to_edge_transform_and_lower(exported, partitioner=tgt.partitioners(sch),
-                                               compile_config=EdgeCompileConfig(_check_ir_validity=False),
-                                               generate_etrecord=True)
-            program = edge.to_executorch(ExecutorchBackendConfig(extract_delegate_segments=True))
-        with _stage("write", on_stage):
-            from ..pipeline import _save_vectors
-
-            pte = tmp / "model.pte"
-            with open(pte, "wb") as f:
-                program.write_to_file(f)
-            program.get_etrecord().save(str(tmp / "model.etrecord"))
-            tok_sha = save_tokenizer(tok, tmp / "tokenizer.json")
-            prompts = [tok.encode(p).ids[:max_context] for p in PROMPTS][:options.vectors]
-            samples = [(torch.tensor([ids]), torch.arange(len(ids))) for ids in prompts]
-            module.reset_cache() if hasattr(module, "reset_cache") else None
-            with torch.no_grad():
-                eager_outputs = [[module(*s)] for s in samples]
-            vectors = _save_vectors(tmp, samples, eager_outputs)
-            facts = describe_program(program.executorch_program)
-            cfg = model.config
-            params = int(sum(p.numel() for p in model.parameters()))
-            llm = LLMFacts(
-                architecture="llama", name=g.name, parameters=params, layers=cfg.n_layers, dim=cfg.dim,
-                heads=cfg.n_heads, kv_heads=cfg.n_kv_heads, vocab_size=cfg.vocab_size, max_context=max_context,
-                kv_cache_bytes_per_token=cfg.kv_cache_bytes_per_token(4),
-                kv_cache_bytes=cfg.kv_cache_bytes_per_token(4) * max_context,
-                weight_bytes_by_dtype=weight_bytes, context_length=cfg.context_length,
-                tokenizer={"file": "tokenizer.json", "sha256": tok_sha, **tok_facts.to_json()},
-                source={"gguf": g.path.name, "gguf_sha256": gguf_sha, "gguf_bytes": g.path.stat().st_size,
-                        "tensor_types": g.tensor_types(), "layers_kept": spec.layers},
-            )
-            manifest = Manifest(
-                status="unverified",
-                model=ModelRef(name=spec.name, task="llm", source=spec.source, origin=spec.origin,
-                               description=spec.description, parameters=params, fp32_weight_bytes=params * 4),
-                target=TargetRef(**tgt.to_json()),
-                scheme=SchemeRef(name=sch.name, options=sch.options(), recipe_hash=sch.recipe_hash, facts=quant_facts),
-                recipe_hash=identity.hash, recipe=identity, versions=_versions(),
-                inputs=(TensorSpec("tokens", (1, max_context), "int64"), TensorSpec("input_pos", (max_context,), "int64")),
-                outputs=(TensorSpec("logits", (1, max_context, cfg.vocab_size), "float32"),),
-                files={"pte": "model.pte", "etrecord": "model.etrecord", "tokenizer": "tokenizer.json"},
-                pte_bytes=pte.stat().st_size, pte_sha256=sha256_file(pte),
-                etrecord_bytes=(tmp / "model.etrecord").stat().st_size, method=facts["method"],
-                planned_memory_bytes=facts["planned_memory_bytes"], planned_buffers=tuple(facts["planned_buffers"]),
-                operators=Operators.from_json(facts["operators"], "operators"), test_vectors=tuple(vectors),
-                llm=llm, path=tmp,
-            )
-        with _stage("verify", on_stage):
-            import executorch.kernels.quantized  # noqa: F401  the embedding kernels, before any program loads
-
-            verification = verify_artifact(tmp, manifest, limits)
-            method = _runtime_method(pte)
-            eager_fp32, prog = _logits_fn(model=model), _logits_fn(method=method)
-            eager_q = _logits_fn(model=module)
-            heldout = tok.encode((DATA / "heldout.txt").read_text()).ids
-            window = max_context - 1
-            ppl = {"text": "edgerun export/llm/data/heldout.txt", "tokens": len(heldout), "window": window,
-                   "eager_fp32": perplexity(eager_fp32, heldout, window),
-                   "program": perplexity(prog, heldout, window)}
-            if sch.quantized:
-                ppl["eager_quantized"] = perplexity(eager_q, heldout, window)
-            ppl["program_vs_eager_fp32"] = ppl["program"] / ppl["eager_fp32"] - 1.0
-            n_new = max(1, min(32, max_context - len(prompts[0])))
-            greedy_eager = greedy(module, prompts[0], n_new)
-            greedy_prog = greedy(None, prompts[0], n_new, step=prog)
-            quality = {"logits_vs_eager": _position_agreement(eager_q, prog, prompts), "perplexity": ppl,
-                       "greedy": {"prompt_tokens": len(prompts[0]), "eager": greedy_eager, "program": greedy_prog,
-                                  "equal_prefix": next((i for i, (a, b) in enumerate(zip(greedy_eager, greedy_prog))
-                                                        if a != b), n_new)}}
-            failures = list(verification.failures)
-            tol = PPL_TOLERANCE[sch.name]
-            if abs(ppl["program_vs_eager_fp32"]) > tol:
-                failures.append(f"perplexity of the program {ppl['program']:.3f} is {ppl['program_vs_eager_fp32']:+.1%} "
-                                f"from eager fp32's {ppl['eager_fp32']:.3f} (allowed ±{tol:.0%})")
-            verification = dataclasses.replace(verification, passed=not failures, failures=tuple(failures))
-            llm = dataclasses.replace(llm, quality=quality)
-        manifest = dataclasses.replace(manifest, verification=verification, llm=llm,
-                                       status=STATUS_OK if verification.passed else STATUS_FAILED,
-                                       export_seconds=round(time.monotonic() - started, 3))
+        default = "8da4w" if "8da4w" in tgt.allowed_schemes else "fp32"   # an LLM's default
+        chain = RecipeChain.of(scheme, default=default).with_options(**(scheme_options or {}))
+        tgt.check_recipe(chain)
+        chain.check_handlers("llm")
+        check_llm_options(options)
+        limits = Thresholds.for_scheme(chain, **(thresholds or {}))
+        identity = recipe_identity(spec, tgt, chain, seed=options.seed, vectors=options.vectors)
+        plan = _plan(chain)
+    out = Path(out_dir) if out_dir is not None else default_out_dir(spec.name, tgt.name, chain.spec)
+    with artifact_dir(out, options.overwrite) as tmp:
+        w = Work(spec=spec, target=tgt, chain=chain, options=options, limits=limits, identity=identity, tmp=tmp,
+                 progress=progress, max_context=max_context, step_facts={})
+        plan.run(w, progress)
+        manifest = dataclasses.replace(w.manifest, verification=w.verification, llm=w.llm,
+                                       status=STATUS_OK if w.verification.passed else STATUS_FAILED,
+                                       export_seconds=round(time.monotonic() - started, 3),
+                                       stage_seconds=dict(progress.times), warnings=tuple(progress.warnings))
         write_manifest(tmp, manifest)
-        _publish(tmp, out)
-    except BaseException:
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     manifest = dataclasses.replace(manifest, path=out)
-    if not verification.passed:
-        raise VerificationFailed(f"the LLM program disagrees with eager PyTorch: {'; '.join(verification.failures)}. "
+    if not manifest.verification.passed:
+        raise VerificationFailed(f"the LLM program disagrees with eager PyTorch: "
+                                 f"{'; '.join(manifest.verification.failures)}. "
                                  f"The artifact was kept at {out} and marked failed in its manifest.",
                                  hint="Try fp32 or a smaller --group-size.")
     return manifest

@@ -18,6 +18,9 @@
 A tied LM head is quantized on its own (XNNPACK packs its weights into the delegate, and no
 kernel reads the embedding's table as a linear weight), so the tied matrix is stored twice -- a
 4-bit table and an int8 head -- rather than once in fp32 plus once in the delegate.
+
+The handlers of the LLM flavour of those schemes are registered here (:func:`~..recipes.recipe_handler`
+with ``llm=True``); fp32's is the identity, registered beside it.
 """
 
 from __future__ import annotations
@@ -25,8 +28,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-#: scheme -> embedding bits
-SUPPORTED = {"8da4w": 4, "int8-dynamic": 8}
+from ..recipes import RecipeContext, RecipeResult, recipe_handler
+from ..schemes import Int8DynAct4BitWeight, Int8Dynamic
+
 #: 8da4w: linear layers (name suffixes) kept at int8 per-channel -- attention and the FFN down projection
 KEEP_8BIT = ("attention.wq", "attention.wk", "attention.wv", "attention.wo", "feed_forward.w2")
 
@@ -84,11 +88,11 @@ def quantize_llama(model, scheme) -> tuple[Any, dict]:
 
     from ..errors import ExportError
 
-    if scheme.name not in SUPPORTED:
+    if not isinstance(scheme, (Int8DynAct4BitWeight, Int8Dynamic)):
         raise ExportError(f"no LLM quantization recipe for scheme {scheme.name!r}; LLM schemes: fp32, "
-                          f"{', '.join(SUPPORTED)}.", stage="quantize")
+                          "int8-dynamic, 8da4w.", stage="quantize")
     _embedding_ops()
-    bits = getattr(scheme, "embedding_bits", None) or SUPPORTED[scheme.name]
+    bits = getattr(scheme, "embedding_bits", 8)
     dim = model.config.dim
     gs = getattr(scheme, "group_size", None)
     if gs is not None and dim % gs:
@@ -125,3 +129,10 @@ def quantize_llama(model, scheme) -> tuple[Any, dict]:
              "lm_head": "int8 per-channel" + (" (tied: stored apart from the embedding)"
                                               if model.config.tied_embeddings else "")}
     return q.eval(), facts
+
+
+@recipe_handler(Int8Dynamic, llm=True)
+@recipe_handler(Int8DynAct4BitWeight, llm=True)
+def _llm_weights(recipe, ctx: RecipeContext) -> RecipeResult:
+    module, facts = quantize_llama(ctx.module, recipe)
+    return RecipeResult(module, facts=facts)

@@ -10,10 +10,11 @@ cuts text before BPE); the ones edgerun knows are in :data:`PRE_TOKENIZERS`, any
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from pathlib import Path
 from typing import Any, Sequence
+
+from edgerun.core.artifact import TokenizerFacts  # what the manifest's llm.tokenizer records
 
 from ..errors import ExportError
 
@@ -34,25 +35,6 @@ PRE_TOKENIZERS: dict[str, tuple[bool, str]] = {
     "llama-bpe": (False, LLAMA3_REGEX),
     "llama3": (False, LLAMA3_REGEX),
 }
-
-
-@dataclasses.dataclass(frozen=True)
-class TokenizerFacts:
-    """What the artifact records about its tokenizer (the manifest's ``llm.tokenizer``)."""
-
-    kind: str                       # "gpt2 byte-level BPE"
-    pre_tokenizer: str
-    vocab_size: int
-    bos_id: int | None
-    eos_id: int | None
-    add_bos: bool
-    special_tokens: tuple[str, ...]
-    chat_template: str | None
-
-    def to_json(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["special_tokens"] = list(self.special_tokens)
-        return d
 
 
 def _field(reader, key: str, default: Any = None) -> Any:
@@ -94,7 +76,8 @@ def build_tokenizer(tokens: Sequence[str], merges: Sequence[str], token_types: S
 
 
 def tokenizer_from_gguf(g) -> tuple[Any, TokenizerFacts]:
-    """``(tokenizers.Tokenizer, TokenizerFacts)`` from an opened GGUF (:class:`.gguf_model.GGUFFile`)."""
+    """``(tokenizers.Tokenizer, TokenizerFacts)`` from an opened GGUF (:class:`.gguf_model.GGUFFile`); the
+    facts' ``file``/``sha256`` are filled in when the tokenizer is saved into an artifact."""
     reader, source = g.reader, str(g.path)
     model = _field(reader, "tokenizer.ggml.model")
     if model is None:
@@ -115,7 +98,7 @@ def tokenizer_from_gguf(g) -> tuple[Any, TokenizerFacts]:
     facts = TokenizerFacts(kind="gpt2 byte-level BPE", pre_tokenizer=pre, vocab_size=len(tokens),
                            bos_id=None if bos is None else int(bos), eos_id=None if eos is None else int(eos),
                            add_bos=bool(_field(reader, "tokenizer.ggml.add_bos_token", False)),
-                           special_tokens=specials, chat_template=_field(reader, "tokenizer.chat_template"))
+                           special_tokens=tuple(specials), chat_template=_field(reader, "tokenizer.chat_template"))
     return tok, facts
 
 

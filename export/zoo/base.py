@@ -28,8 +28,11 @@ class ModelSpec:
     task: str                                     # "classification" | "embedding" | ...
     build: Callable[[], tuple[Any, tuple]]         # -> (eval-mode nn.Module, example inputs)
     dataset: Dataset | None = None
-    source: str = "zoo"
+    source: str = "zoo"                            # zoo | factory | gguf | python | exported
     origin: str = ""                               # where the definition comes from
+    #: what the recipe identity records of a model the caller handed over as an object (its code's and
+    #: weights' hashes: :mod:`edgerun.export.modules`); None for models named by text
+    identity: Any = None
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description, "task": self.task,

@@ -7,6 +7,8 @@ import json
 import pytest
 from manifests import write_artifact
 
+from edgerun.core.artifact import SCHEMA_VERSION
+
 COMMANDS = {
     "inspect": ["inspect", "{art}"],
     "run --bundle": ["run", "{art}", "--bundle", "{tmp}/no-bundle"],
@@ -32,5 +34,5 @@ def test_newer_schema_is_refused_by_every_command_alike(cli, future_artifact, na
     err = json.loads(proc.stdout)["error"]
     assert err["type"] == "ArtifactError" and err["stage"] == "read artifact"
     assert err["message"] == (f"manifest {tmp / 'art' / 'manifest.json'} has manifest schema version 99; "
-                              "this edgerun reads up to 1.")
+                              f"this edgerun reads up to {SCHEMA_VERSION}.")
     assert not (tmp / "dev").exists(), f"{name} touched the device before reading the artifact"

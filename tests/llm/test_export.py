@@ -11,7 +11,7 @@ from tokenizers import Tokenizer
 
 from edgerun.core.artifact import read_manifest
 from edgerun.core.errors import UsageError
-from edgerun.export import export_model
+from edgerun.export import ExportOptions, export_model
 from edgerun.export.zoo import get_model
 from edgerun.export.llm.zoo import LLMSpec
 
@@ -24,6 +24,36 @@ def test_a_gguf_path_and_smollm2_are_llm_specs(tiny_gguf, tmp_path):
     assert isinstance(get_model("smollm2-135m"), LLMSpec)
     with pytest.raises(UsageError, match=r"absent\.gguf.*no such file"):
         get_model(str(tmp_path / "absent.gguf"))
+
+
+@pytest.mark.parametrize("kwargs,words", [
+    ({"options": ExportOptions(calibration="calib.npy")}, "--calibration calib.npy: an LLM export runs no calibration"),
+    ({"options": ExportOptions(vectors_file="v.npz")}, "--vectors v.npz: an LLM export's test vectors are its"),
+    ({"options": ExportOptions(vectors=9)}, "--vectors 9: an LLM export has 4 prompts"),
+    ({"example_inputs": (1,)}, "example_inputs and name apply to a model given as a Python object"),
+    ({"scheme": "int8"}, "recipe 'int8' has no handler for an LLM"),
+    ({"scheme": "8da4w:group_size=48"}, "group_size must be a positive power of two"),
+])
+def test_a_gguf_export_refuses_what_it_cannot_honour_before_any_work(tiny_gguf, tmp_path, kwargs, words):
+    """`edgerun export x.gguf --calibration c` used to run for minutes and ignore the file."""
+    started: list[str] = []
+    kwargs = {"scheme": "fp32", **kwargs}
+    with pytest.raises(UsageError) as info:
+        export_model(str(tiny_gguf), "rpi5", out_dir=tmp_path / "x", max_context=48, on_stage=started.append,
+                     **kwargs)
+    assert words in info.value.paragraph()
+    assert started == ["resolve"] and not (tmp_path / "x").exists()
+
+
+def test_the_cli_refuses_calibration_for_a_gguf(tiny_gguf, tmp_path, cli):
+    calib = tmp_path / "calib.npy"
+    calib.write_bytes(b"x")
+    res = cli("export", str(tiny_gguf), "--target", "rpi5", "--calibration", str(calib), "-o", str(tmp_path / "a"),
+              "--json")
+    assert res.returncode == 2, res.stderr
+    err = json.loads(res.stdout)["error"]
+    assert err["type"] == "UsageError" and "an LLM export runs no calibration inputs" in err["message"]
+    assert not (tmp_path / "a").exists()
 
 
 def test_max_context_is_refused_for_a_model_that_is_not_an_llm(tmp_path):
@@ -53,9 +83,17 @@ def test_fp32_export_of_the_tiny_gguf_matches_eager(tiny_fp32):
 @pytest.mark.slow
 def test_8da4w_export_quantizes_embedding_and_lm_head(tiny_gguf, tiny_fp32, tmp_path):
     fp32 = read_manifest(tiny_fp32)
+    started, done = [], []
     m = export_model(str(tiny_gguf), "rpi5", "8da4w", tmp_path / "q", max_context=48,
-                     scheme_options={"group_size": 32, "embedding_bits": 4})
+                     scheme_options={"group_size": 32, "embedding_bits": 4}, on_stage=started.append,
+                     on_stage_done=lambda name, seconds: done.append((name, seconds)), on_warning=print)
     assert m.ok, m.verification.failures
+    # progress is reported as for any model: every stage starts and ends, and the manifest keeps the times
+    assert started == ["resolve", "load model", "quantize", "export", "lower", "write", "verify"]
+    assert [n for n, _ in done] == started and all(s >= 0 for _, s in done)
+    assert set(m.stage_seconds) == set(started)
+    assert m.scheme.recipe == "8da4w:embedding_bits=4" and [s.kind for s in m.scheme.steps] == ["quantize"]
+    assert m.scheme.facts["int4_linear_layers"] > 0 and m.scheme.steps[0].facts == m.scheme.facts
     ops = m.operators.non_delegated
     assert any("embedding_4bit" in k for k in ops), ops
     assert m.llm.weight_bytes_by_dtype.get("float32", 0) < fp32.llm.weight_bytes_by_dtype["float32"] / 10
