@@ -11,7 +11,7 @@ import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,31 @@ class DeviceInfo:
         out["cpu_features"] = list(self.cpu_features) if self.cpu_features is not None else None
         out["int8_dot_product"] = int8_dot_product(self.arch, self.cpu_features)
         return out
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any] | None) -> "DeviceInfo":
+        """A stored or imported device section back as a DeviceInfo: a field of the wrong type reads as
+        not known (``None``, or the field's default), never as a guess; keys it does not know are ignored
+        (``int8_dot_product`` is derived)."""
+        d = d if isinstance(d, Mapping) else {}
+        kw: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            v = d.get(f.name)
+            kind = _FIELD_KINDS.get(f.name, str)
+            if f.name == "cpu_features":
+                v = tuple(x for x in v if isinstance(x, str)) if isinstance(v, (list, tuple)) else None
+            elif kind is float and isinstance(v, int) and not isinstance(v, bool):
+                v = float(v)
+            elif not isinstance(v, kind) or (kind is int and isinstance(v, bool)):
+                v = None
+            if v is None and f.default is not dataclasses.MISSING:
+                v = f.default
+            kw[f.name] = v if v is not None or f.name != "arch" else ""
+        return cls(**kw)
+
+
+_FIELD_KINDS: dict[str, type] = {"cores": int, "mem_total_bytes": int, "mem_available_bytes": int, "freq_khz": int,
+                                 "max_freq_khz": int, "free_bytes": int, "temperature_c": float, "emulated": bool}
 
 
 # The /proc/cpuinfo flags that decide whether int8 (and fp16/bf16) kernels beat fp32 on a CPU. Without an

@@ -145,13 +145,13 @@ def finetune(model: str, device_name: str, request, settings: FinetuneSettings =
              store_path=None, inventory: str | None = None, on_stdout: Callable[[bytes], None] | None = None,
              on_progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Fine-tune ``model`` on ``device_name``; returns ``{"record", "program", "export", "agreement"}``."""
-    from edgerun.devices.inventory import resolve_device
     from edgerun.export.finetune import export_training_program, load_trained, weights_sha256
     from edgerun.export.llm.zoo import LLMSpec
     from edgerun.export.zoo import get_model
     from edgerun.runtime.deploy import new_run_dir
-    from edgerun.runtime.train import analyse_training, train_on_device, write_data
-    from edgerun.store import save_or_keep
+    from edgerun.runtime.train import TrainJob, analyse_training, write_data
+
+    from .cells import CellFailure, check_store, for_each_device, run_cell
 
     say = on_progress or (lambda m: None)
     spec = get_model(model)
@@ -167,6 +167,7 @@ def finetune(model: str, device_name: str, request, settings: FinetuneSettings =
         raise UsageError("give --data or --data-on-device, not both.")
     if settings.resume and not Path(settings.resume).is_file():
         raise UsageError(f"--resume {settings.resume}: no such checkpoint file.")
+    check_store(store_path)  # a store this edgerun cannot write fails now, not after the training
     say("building the model")
     text_facts = None
     if is_llm:
@@ -221,48 +222,55 @@ def finetune(model: str, device_name: str, request, settings: FinetuneSettings =
             np.save(init / f"{name}.npy", arr)
             weights_in[f"{name}.npy"] = init / f"{name}.npy"
     say(f"training on {device_name}")
-    with resolve_device(device_name, inventory) as dev:
-        run = train_on_device(program.path, dev, request, data=data_files, data_on_device=settings.data_on_device,
-                              run_dir=run_dir, resume=Path(settings.resume) if settings.resume else None,
-                              weights_in=weights_in, variant=settings.variant, timeout=settings.timeout_s,
-                              on_stdout=on_stdout)
-    wsha = weights_sha256(run.weights) if run.weights else None
-    record = analyse_training(run, model_name=spec.name, request=request, program=program,
-                              settings={"batch": settings.batch, "freeze": list(settings.freeze), "lora": lora,
-                                        "data": settings.data or ("device:" + settings.data_on_device
-                                                                  if settings.data_on_device else "dataset")})
-    record = dataclasses.replace(record, training=dataclasses.replace(record.training, weights_sha256=wsha))
-    if is_llm:  # an LLM's held-out figure is its perplexity: exp of the mean next-token loss
-        import math
+    job = TrainJob(request, data=data_files, data_on_device=settings.data_on_device,
+                   resume=Path(settings.resume) if settings.resume else None, weights_in=weights_in)
+    runs: list = []
 
-        for e in record.training.eval:
-            e["perplexity"] = math.exp(e["loss"]) if e.get("loss") is not None and e["loss"] < 50 else None
-        record = dataclasses.replace(record, training=dataclasses.replace(
-            record.training, settings={**record.training.settings, "text": text_facts}))
-    save_or_keep(record, store_path, run_dir)
+    def analyse(run):
+        wsha = weights_sha256(run.extras["weights"]) if run.extras.get("weights") else None
+        record = analyse_training(run, model_name=spec.name, request=request, program=program,
+                                  settings={"batch": settings.batch, "freeze": list(settings.freeze), "lora": lora,
+                                            "data": settings.data or ("device:" + settings.data_on_device
+                                                                      if settings.data_on_device else "dataset")})
+        record = dataclasses.replace(record, training=dataclasses.replace(record.training, weights_sha256=wsha))
+        if is_llm:  # an LLM's held-out figure is its perplexity: exp of the mean next-token loss
+            record = dataclasses.replace(record, training=dataclasses.replace(
+                record.training, eval=tuple(e.with_perplexity() for e in record.training.eval),
+                settings={**record.training.settings, "text": text_facts}))
+        return record
+
+    def work(_name: str, dev) -> list:
+        return [run_cell(program.path, dev, job, analyse, store_path=store_path, variant=settings.variant,
+                         timeout=settings.timeout_s, run_dir=run_dir, on_stdout=on_stdout, on_run=runs.append)]
+
+    (record,) = for_each_device([device_name], work, inventory=inventory)
+    if isinstance(record, CellFailure):
+        raise record.error
+    run = runs[0]
+    wsha = record.training.weights_sha256
     out: dict[str, Any] = {"record": record, "program": program, "run_dir": run_dir, "export": None,
                            "agreement": None}
-    trained = load_trained(net, run.weights, program)
+    trained = load_trained(net, run.extras["weights"], program)
     if lora is not None:
         from edgerun.export.finetune import merge_lora
 
         trained = merge_lora(trained)
         out["lora"] = lora
     after = record.training.eval_after
-    if is_llm and after and "x_eval" in arrays:
-        n = after["samples"]
+    if is_llm and after and after.loss is not None and "x_eval" in arrays:
+        n = after.samples
         eager = eager_lm_loss(trained, arrays["x_eval"][:n], arrays["y_eval"][:n])
-        out["agreement"] = {"device_loss": after["loss"], "eager_loss": eager, "samples": n,
-                            "agrees": abs(eager - after["loss"]) <= 1e-3 * max(1.0, abs(eager))}
-    elif arrays is not None and "x_eval" in arrays and after and after.get("accuracy") is not None:
+        out["agreement"] = {"device_loss": after.loss, "eager_loss": eager, "samples": n,
+                            "agrees": abs(eager - after.loss) <= 1e-3 * max(1.0, abs(eager))}
+    elif arrays is not None and "x_eval" in arrays and after and after.accuracy is not None:
         # the device's own evaluation covers whole batches only; eager sees the same samples
-        n = after["samples"]
+        n = after.samples
         eager = eager_accuracy(trained, arrays["x_eval"][:n], arrays["y_eval"][:n])
-        out["agreement"] = {"device_accuracy": after["accuracy"], "eager_accuracy": eager, "samples": n,
-                            "agrees": abs(eager - after["accuracy"]) <= EVAL_AGREEMENT}
+        out["agreement"] = {"device_accuracy": after.accuracy, "eager_accuracy": eager, "samples": n,
+                            "agrees": abs(eager - after.accuracy) <= EVAL_AGREEMENT}
         if not out["agreement"]["agrees"]:
             log.warning("the trained weights score %.1f%% in eager PyTorch but %.1f%% on the device", eager * 100,
-                        after["accuracy"] * 100)
+                        after.accuracy * 100)
     if settings.export_to:
         say(f"exporting the fine-tuned model for {settings.target} ({settings.scheme})")
         from edgerun.core.artifact import read_manifest, write_manifest
@@ -284,7 +292,8 @@ def finetune(model: str, device_name: str, request, settings: FinetuneSettings =
                    "optimizer": t.optimizer,
                    "lr": t.lr, "steps": t.start_step + t.steps, "batch": t.batch, "data_sha256": t.data_sha256,
                    "data": t.settings.get("data"), "final_loss": t.loss_curve[-1][1] if t.loss_curve else None,
-                   "eval_before": t.eval_before, "eval_after": t.eval_after, "weights_sha256": wsha,
+                   "eval_before": t.eval_before.to_dict() if t.eval_before else None,
+                   "eval_after": t.eval_after.to_dict() if t.eval_after else None, "weights_sha256": wsha,
                    "training_program_sha256": program.pte_sha256, "run_id": record.run_id, "device": device_name,
                    "agreement": out["agreement"]}
         m = dataclasses.replace(read_manifest(settings.export_to), lineage=lineage)

@@ -13,15 +13,15 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from pathlib import Path
 from typing import Callable, Sequence
 
 from edgerun.core.artifact import Manifest, read_manifest, sha256_file
 from edgerun.core.errors import ArtifactError, EdgerunError, RunInterrupted, UsageError
-from edgerun.runtime.deploy import Cancellation, mark_interrupted, on_devices_concurrently
 from edgerun.runtime.llm import LLMRequest, bench_requests
+
+from .cells import Cell, CellFailure, check_store, for_each_device, run_cell
 
 log = logging.getLogger("edgerun.llm")
 
@@ -106,24 +106,20 @@ class TokenStream:
 
     def __init__(self, decode: Callable[[Sequence[int]], str], on_text: Callable[[str], None],
                  stop_ids: Sequence[int] = ()) -> None:
+        from edgerun.runtime.protocol import LineParser
+
         self._decode, self._on_text, self._stop = decode, on_text, set(stop_ids)
-        self._buf = b""
+        self._lines = LineParser()
         self.ids: list[int] = []
         self._shown = ""
 
     def __call__(self, chunk: bytes) -> None:
-        self._buf += chunk
-        *lines, self._buf = self._buf.split(b"\n")
-        for raw in lines:
-            try:
-                d = json.loads(raw)
-            except ValueError:
+        from edgerun.runtime.protocol import Token
+
+        for line in self._lines.feed(chunk):
+            if not isinstance(line, Token) or line.warmup or line.repeat != 0 or line.id in self._stop:
                 continue
-            if not isinstance(d, dict) or d.get("type") != "token" or d.get("warmup") or d.get("repeat") != 0:
-                continue
-            if not isinstance(d.get("id"), int) or d["id"] in self._stop:
-                continue
-            self.ids.append(d["id"])
+            self.ids.append(line.id)
             text = self._decode(self.ids)
             if text.endswith("\ufffd"):
                 continue
@@ -155,34 +151,17 @@ class GenerateSettings:
 
 
 def _run_llm(manifest: Manifest, device, request: LLMRequest, *, threads: int, seed: int, warmup: int,
-             timeout_s: float, variant: str, store_path, decode_text=None, on_stdout=None, sweep_id=None, cell=None):
+             timeout_s: float, variant: str, store_path, decode_text=None, on_stdout=None, sweep_id=None,
+             cell: Cell | None = None):
     """One LLM run on an open device: deploy, run, analyse, store. Returns the record."""
     from edgerun.runtime.analysis import AnalysisSettings, analyse
-    from edgerun.runtime.deploy import run_on_device
     from edgerun.runtime.runner import RunOptions
-    from edgerun.store import save_or_keep
 
-    if device.cancelled:
-        raise RunInterrupted(f"on device '{device.name}', the run was interrupted before it started",
-                             stage="interrupted", device=device.name)
-    options = RunOptions(warmup=warmup, threads=threads, seed=seed)
-    run = run_on_device(manifest, device, options=options, vector=None, etdump=False, variant=variant,
-                        timeout=timeout_s, llm=request, on_stdout=on_stdout)
-    try:
-        record = analyse(run, manifest, AnalysisSettings(vector=None, llm_request=request, decode_text=decode_text,
-                                                         sweep_id=sweep_id, cell=cell))
-    except BaseException:
-        if device.cancelled:
-            mark_interrupted(run.run_dir)
-            raise RunInterrupted(f"on device '{device.name}', the analysis was interrupted", stage="interrupted",
-                                 run_dir=run.run_dir, device=device.name) from None
-        raise
-    if device.cancelled:
-        mark_interrupted(run.run_dir)
-        raise RunInterrupted(f"on device '{device.name}', the run was interrupted before it was stored",
-                             stage="interrupted", run_dir=run.run_dir, device=device.name)
-    save_or_keep(record, store_path, run.run_dir)
-    return record
+    mode = dataclasses.replace(request, options=RunOptions(warmup=warmup, threads=threads, seed=seed))
+    settings = AnalysisSettings(vector=None, llm_request=mode, decode_text=decode_text, sweep_id=sweep_id,
+                                cell=cell.key if cell else None)
+    return run_cell(manifest, device, mode, lambda run: analyse(run, manifest, settings), store_path=store_path,
+                    variant=variant, timeout=timeout_s, on_stdout=on_stdout)
 
 
 def generate(artifact: str | Path | Manifest, device_name: str, prompt: str, settings: GenerateSettings = GenerateSettings(),
@@ -204,6 +183,7 @@ def generate(artifact: str | Path | Manifest, device_name: str, prompt: str, set
                          text=prompt)
     request.check(manifest)
     stream = TokenStream(tok.decode, on_text, stops) if on_text is not None else None
+    check_store(store_path)
     with resolve_device(device_name, inventory) as dev:
         record = _run_llm(manifest, dev, request, threads=settings.threads, seed=settings.seed,
                           warmup=settings.warmup, timeout_s=settings.timeout_s, variant=settings.variant,
@@ -232,17 +212,10 @@ class BenchLLMSettings:
             raise UsageError(f"-r/--repetitions must be >= 1, got {self.repetitions}.")
 
 
-def bench_cell(model: str, test: str, device: str, threads: int) -> str:
-    return "/".join([model, test, device, f"t{threads or 'default'}"])
-
-
 def bench_llm(artifact: str | Path | Manifest, devices: Sequence[str], settings: BenchLLMSettings = BenchLLMSettings(),
               *, store_path=None, inventory: str | None = None, on_progress: Callable[[str], None] | None = None,
               sweep_id: str | None = None) -> list:
-    """``edgerun bench-llm``: records and ``(device, test, threads, error)`` failures, devices concurrently."""
-    from edgerun.devices.inventory import resolve_device
-    from edgerun.profiling import CellFailure
-
+    """``edgerun bench-llm``: records and :class:`CellFailure`s, devices concurrently."""
     if not devices:
         raise UsageError("no device given.", hint="Use --device NAME_OR_URI (e.g. local://).")
     manifest = llm_manifest(artifact)
@@ -250,34 +223,29 @@ def bench_llm(artifact: str | Path | Manifest, devices: Sequence[str], settings:
     requests = bench_requests(settings.prompts, settings.generate, settings.repetitions)
     for r in requests:
         r.check(manifest)
-    cancellation = Cancellation()
+    check_store(store_path)
 
-    def one(name: str) -> list:
+    def cells(name: str) -> list[tuple[Cell, LLMRequest]]:
+        return [(Cell(model=manifest.model.name, test=req.test, device=name, threads=threads), req)
+                for threads in settings.threads for req in requests]
+
+    def one(name: str, dev) -> list:
         out: list = []
-        try:
-            with resolve_device(name, inventory) as dev:
-                cancellation.add(dev)
-                for threads in settings.threads:
-                    for req in requests:
-                        if on_progress:
-                            on_progress(f"{name}: {req.test} threads={threads or 'default'}")
-                        try:
-                            out.append(_run_llm(manifest, dev, req, threads=threads, seed=settings.seed,
-                                                warmup=settings.warmup, timeout_s=settings.timeout_s,
-                                                variant=settings.variant, store_path=store_path, sweep_id=sweep_id,
-                                                cell=bench_cell(manifest.model.name, req.test, name, threads)))
-                        except RunInterrupted:
-                            raise
-                        except EdgerunError as exc:
-                            log.warning("%s %s: %s", name, req.test, exc.paragraph())
-                            out.append(CellFailure(name, threads, exc))
-        except RunInterrupted:
-            raise
-        except EdgerunError as exc:
-            out.append(CellFailure(name, None, exc))
+        for cell, req in cells(name):
+            if on_progress:
+                on_progress(f"{name}: {req.test} threads={cell.threads or 'default'}")
+            try:
+                out.append(_run_llm(manifest, dev, req, threads=cell.threads, seed=settings.seed,
+                                    warmup=settings.warmup, timeout_s=settings.timeout_s, variant=settings.variant,
+                                    store_path=store_path, sweep_id=sweep_id, cell=cell))
+            except RunInterrupted:
+                raise
+            except EdgerunError as exc:
+                log.warning("%s %s: %s", name, req.test, exc.paragraph())
+                out.append(CellFailure(name, cell.threads, exc, cell))
         return out
 
-    return [r for rs in on_devices_concurrently(list(devices), one, cancellation) for r in rs]
+    return for_each_device(devices, one, inventory=inventory, cells_of=lambda name: [c for c, _ in cells(name)])
 
 
 def heldout_ids(manifest: Manifest, tok: ArtifactTokenizer) -> tuple[list[int], int]:

@@ -24,8 +24,9 @@ from typing import Callable, Sequence
 from edgerun.core.artifact import Manifest
 from edgerun.core.errors import AccuracyFailed, EdgerunError, RunInterrupted, UsageError
 from edgerun.core.paths import artifacts_dir
-from edgerun.runtime.deploy import Cancellation, mark_interrupted, on_devices_concurrently
 from edgerun.runtime.runner import AUTO_THREADS
+
+from .cells import Cell, CellFailure, check_store, for_each_device, run_cell
 
 log = logging.getLogger("edgerun.profile")
 
@@ -61,16 +62,6 @@ class ProfileSettings:
             raise ValueError(f"timeout must be a number of seconds > 0, got {self.timeout_s}")
 
 
-@dataclasses.dataclass
-class CellFailure:
-    device: str
-    threads: int | None
-    error: EdgerunError
-
-    def to_json(self) -> dict:
-        return {"device": self.device, "threads": self.threads, "error": self.error.to_json()}
-
-
 def parse_threads(text: str) -> tuple[int | str, ...]:
     """``1,2,4``, ``auto`` or a mix; 0 is the runtime's default pool (every core)."""
     try:
@@ -89,8 +80,7 @@ def _open_manifest(artifact: str | Path | Manifest) -> Manifest:
 
 
 def profile_on_device(artifact: str | Path | Manifest, device, settings: ProfileSettings, *, store_path=None,
-                      sweep_id: str | None = None,
-                      cell_of: Callable[[int], str | None] = lambda t: None,
+                      sweep_id: str | None = None, cell_of: Callable[[int | str], Cell | None] = lambda t: None,
                       on_progress: Progress | None = None) -> list:
     """Every thread count of ``settings`` on one open device; returns records and :class:`CellFailure`s.
 
@@ -99,51 +89,34 @@ def profile_on_device(artifact: str | Path | Manifest, device, settings: Profile
     (Ctrl-C: ``device.cancel()``) raises :class:`RunInterrupted` and saves nothing more.
     """
     from edgerun.runtime.analysis import AnalysisSettings, analyse
-    from edgerun.runtime.deploy import run_on_device
+    from edgerun.runtime.modes import ForwardRequest
     from edgerun.runtime.runner import RunOptions
-    from edgerun.store import save_or_keep
 
     manifest = _open_manifest(artifact)
     with_dataset = manifest.dataset is not None and settings.task_accuracy is not False
     results: list = []
     for threads in settings.threads:
+        cell = cell_of(threads)
         if threads == AUTO_THREADS and device.info().emulated:
             threads = 0  # an emulator's speed says nothing about the board: no trial, the default pool
         label = f"{device.name} threads={threads or 'default'}"
         if on_progress:
             on_progress(f"running on {label}")
-        options = RunOptions(warmup=settings.warmup, iterations=settings.iterations, threads=threads,
-                             min_time_ms=settings.min_time_ms)
-        if device.cancelled:
-            raise RunInterrupted(f"on device '{device.name}', the run was interrupted before it started",
-                                 stage="interrupted", device=device.name)
+        mode = ForwardRequest(options=RunOptions(warmup=settings.warmup, iterations=settings.iterations,
+                                                 threads=threads, min_time_ms=settings.min_time_ms),
+                              vector=settings.vector, etdump=settings.etdump, dataset=with_dataset)
+        analysis = AnalysisSettings(vector=settings.vector, sweep_id=sweep_id, cell=cell.key if cell else None)
         try:
-            run = run_on_device(manifest, device, options=options, vector=settings.vector, etdump=settings.etdump,
-                                variant=settings.variant, timeout=settings.timeout_s, dataset=with_dataset)
-            try:
-                record = analyse(run, manifest, AnalysisSettings(vector=settings.vector, sweep_id=sweep_id,
-                                                                 cell=cell_of(threads)))
-            except BaseException:
-                if device.cancelled:
-                    mark_interrupted(run.run_dir)
-                    raise RunInterrupted(f"on device '{device.name}', the analysis was interrupted",
-                                         stage="interrupted", run_dir=run.run_dir, device=device.name) from None
-                raise
-            if device.cancelled:  # interrupted while analysing: nothing half-made goes into the store
-                mark_interrupted(run.run_dir)
-                raise RunInterrupted(f"on device '{device.name}', the run was interrupted before it was stored",
-                                     stage="interrupted", run_dir=run.run_dir, device=device.name)
-            # a store that fails keeps the whole record in the run directory (RecordKept, exit 7, with
-            # the `edgerun runs import` command that brings it in later): nothing measured is lost
-            save_or_keep(record, store_path, run.run_dir)
+            record = run_cell(manifest, device, mode, lambda run: analyse(run, manifest, analysis),
+                              store_path=store_path, variant=settings.variant, timeout=settings.timeout_s)
             results.append(record)
             if record.accuracy is not None and record.accuracy.passed is False:
-                results.append(CellFailure(device.name, threads, accuracy_failure(record)))
+                results.append(CellFailure(device.name, threads, accuracy_failure(record), cell))
         except RunInterrupted:
             raise
         except EdgerunError as exc:
             log.warning("%s: %s", label, exc.paragraph())
-            results.append(CellFailure(device.name, threads, exc))
+            results.append(CellFailure(device.name, threads, exc, cell))
     if manifest.llm is not None and settings.perplexity:
         # an LLM's accuracy on the device: perplexity of the export's held-out text, beside eager's
         from edgerun.llm import perplexity_on_device
@@ -164,7 +137,7 @@ def profile_on_device(artifact: str | Path | Manifest, device, settings: Profile
 
 def accuracy_failure(record) -> AccuracyFailed:
     """The error of a stored run whose device outputs miss the artifact's thresholds."""
-    emulated = f" (emulated: {record.device.get('emulator')})" if record.source == "emulated" else ""
+    emulated = f" (emulated: {record.device.emulator})" if record.source == "emulated" else ""
     return AccuracyFailed(
         f"run {record.run_id} on {record.device_name}{emulated}: the device's outputs miss the artifact's accuracy "
         f"thresholds: {'; '.join(record.accuracy.failures)}. The run is stored and marked.",
@@ -183,7 +156,6 @@ def _check_task_accuracy(manifest: Manifest, settings: ProfileSettings) -> None:
 def profile(artifact: str | Path, devices: Sequence[str], settings: ProfileSettings, *, store_path=None,
             inventory: str | None = None, on_progress: Progress | None = None) -> list:
     """``edgerun profile``: every device concurrently, thread counts in turn on each."""
-    from edgerun.devices.inventory import resolve_device
     from edgerun.runtime.deploy import check_run_request
 
     if not devices:
@@ -192,28 +164,9 @@ def profile(artifact: str | Path, devices: Sequence[str], settings: ProfileSetti
     manifest.verified_pte()               # ... and so does a program swapped after export
     _check_task_accuracy(manifest, settings)
     check_run_request(manifest, vector=settings.vector, timeout=settings.timeout_s)
-    cancellation = Cancellation()
-
-    def one(name: str) -> list:
-        try:
-            with resolve_device(name, inventory) as dev:
-                cancellation.add(dev)
-                return profile_on_device(manifest, dev, settings, store_path=store_path, on_progress=on_progress)
-        except RunInterrupted:
-            raise
-        except EdgerunError as exc:
-            return [CellFailure(name, None, exc)]
-
-    return [r for rs in on_devices(devices, one, cancellation) for r in rs]
-
-
-def on_devices(devices: Sequence[str], work: Callable[[str], list],
-               cancellation: Cancellation | None = None) -> list[list]:
-    """Run ``work(device)`` for every device concurrently (a device is an I/O-bound resource; the
-    CPU-heavy parts run on the devices), results in the order of ``devices``. The one pool of the hall.
-    Ctrl-C (a KeyboardInterrupt in the main thread) cancels ``cancellation``'s devices -- their
-    programs in flight are killed -- waits for the workers and propagates."""
-    return on_devices_concurrently(list(devices), work, cancellation)
+    check_store(store_path)
+    return for_each_device(devices, lambda _name, dev: profile_on_device(manifest, dev, settings, store_path=store_path,
+                                                                         on_progress=on_progress), inventory=inventory)
 
 
 # ------------------------------------------------------------------------------------- bench
@@ -258,89 +211,83 @@ def sweep_id_for(model: str, targets: Sequence[str], schemes: Sequence[str], dev
     return "s-" + hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
+def bench_cells(model: str, targets: Sequence[str], schemes: Sequence[str], devices: Sequence[str],
+                threads: Sequence[int | str]) -> list[Cell]:
+    """The grid of a sweep, in order: target x recipe x device x threads."""
+    return [Cell(model=model, target=t, recipe=s, device=d, threads=th)
+            for t in targets for s in schemes for d in devices for th in threads]
+
+
 def bench(model: str, targets: Sequence[str], schemes: Sequence[str], devices: Sequence[str],
           settings: ProfileSettings, *, store, inventory: str | None = None, sweep_id: str | None = None,
           on_cell: Callable[[str, str], None] | None = None, on_progress: Progress | None = None) -> dict:
-    """Export x deploy x profile across targets, schemes and devices; resumable by ``sweep_id``.
+    """Export x deploy x profile across targets, recipes (``schemes``: a scheme name, or a recipe with its
+    options) and devices; resumable by ``sweep_id``.
 
-    Every (target, scheme) is exported first, once (CPU-heavy: one at a time). Then each device is
+    Every (target, recipe) is exported first, once (CPU-heavy: one at a time). Then each device is
     opened **once** for all its cells and the devices run concurrently, each its cells in turn.
     """
-    from edgerun.devices.inventory import resolve_device
     from edgerun.export import get_target
-    from edgerun.runtime.record import cell_key
 
     for t in targets:
         tgt = get_target(t)
         for s in schemes:
             tgt.check_scheme(s)
     sweep = sweep_id or sweep_id_for(model, targets, schemes, devices, settings)
-    cells = [(t, s, d, th) for t in targets for s in schemes for d in devices for th in settings.threads]
+    cells = bench_cells(model, targets, schemes, devices, settings.threads)
     done: dict[str, str] = {}
     failures: list[dict] = []
-    todo: list[tuple] = []
+    todo: list[Cell] = []
 
     def report(key: str, what: str) -> None:
         if on_cell:
             on_cell(key, what)
 
-    for t, s, d, th in cells:
-        key = cell_key(model, t, s, d, th)
-        existing = store.find_cell(sweep, key)
+    for cell in cells:
+        existing = store.find_cell(sweep, cell.key)
         if existing:
-            done[key] = existing
-            report(key, "skipped (already in the store)")
+            done[cell.key] = existing
+            report(cell.key, "skipped (already in the store)")
         else:
-            todo.append((t, s, d, th, key))
+            todo.append(cell)
 
     exported: dict[tuple[str, str], Path | EdgerunError] = {}
-    for t, s, *_ in todo:
-        if (t, s) not in exported:
+    for c in todo:
+        if (c.target, c.recipe) not in exported:
             try:
-                exported[(t, s)] = ensure_artifact(model, t, s, on_progress)
+                exported[(c.target, c.recipe)] = ensure_artifact(model, c.target, c.recipe, on_progress)
             except EdgerunError as exc:
-                exported[(t, s)] = exc
+                exported[(c.target, c.recipe)] = exc
 
-    cancellation = Cancellation()
+    def runnable(device: str) -> list[Cell]:
+        return [c for c in todo if c.device == device and not isinstance(exported[(c.target, c.recipe)], EdgerunError)]
 
-    def run_device(d: str) -> list[tuple[str, object]]:
-        mine = [c for c in todo if c[2] == d]
-        out: list[tuple[str, object]] = []
-        runnable = []
-        for t, s, _d, th, key in mine:
-            art = exported[(t, s)]
-            if isinstance(art, EdgerunError):
-                out.append((key, CellFailure(d, th, art)))
-            else:
-                runnable.append((art, th, key))
-        if not runnable:
-            return out
-        try:
-            with resolve_device(d, inventory) as dev:
-                cancellation.add(dev)
-                for art, th, key in runnable:
-                    one = dataclasses.replace(settings, threads=(th,))
-                    for r in profile_on_device(art, dev, one, store_path=store.path, sweep_id=sweep,
-                                               cell_of=lambda _t, key=key: key, on_progress=on_progress):
-                        out.append((key, r))
-                        report(key, f"failed: {r.error.message}" if isinstance(r, CellFailure)
-                               else f"{r.run_id}: median {r.latency.median_ms:.3f} ms")
-        except RunInterrupted:
-            raise
-        except EdgerunError as exc:  # the device could not be opened: every cell of it fails the same way
-            for _art, th, key in runnable:
-                out.append((key, CellFailure(d, th, exc)))
-                report(key, f"failed: {exc.message}")
+    def run_device(name: str, dev) -> list:
+        out: list = []
+        for c in runnable(name):
+            one = dataclasses.replace(settings, threads=(c.threads,))
+            for r in profile_on_device(exported[(c.target, c.recipe)], dev, one, store_path=store.path,
+                                       sweep_id=sweep, cell_of=lambda _t, c=c: c, on_progress=on_progress):
+                if isinstance(r, CellFailure):
+                    r.cell = r.cell or c
+                else:
+                    done[c.key] = r.run_id
+                    report(c.key, f"{r.run_id}: median {r.latency.median_ms:.3f} ms")
+                out.append(r)
         return out
 
-    for results in on_devices(list(dict.fromkeys(c[2] for c in todo)), run_device, cancellation):
-        for key, r in results:
-            if isinstance(r, CellFailure):
-                failures.append({"cell": key, **r.to_json()})
-            else:
-                done[key] = r.run_id
-    order = [cell_key(model, t, s, d, th) for t, s, d, th in cells]
-    return {"sweep_id": sweep, "cells": len(cells), "run_ids": [done[k] for k in order if k in done],
+    for c in todo:  # a recipe that could not be exported fails its cells without opening a device
+        art = exported[(c.target, c.recipe)]
+        if isinstance(art, EdgerunError):
+            failures.append(CellFailure(c.device, c.threads, art, c).to_json())
+            report(c.key, f"failed: {art.message}")
+    devices_to_run = [d for d in dict.fromkeys(c.device for c in todo) if runnable(d)]
+    for r in for_each_device(devices_to_run, run_device, inventory=inventory, cells_of=runnable):
+        if isinstance(r, CellFailure):
+            if r.cell is not None:
+                report(r.cell.key, f"failed: {r.error.message}")
+            failures.append(r.to_json())
+    return {"sweep_id": sweep, "cells": len(cells), "run_ids": [done[c.key] for c in cells if c.key in done],
             "failures": failures}
 
 
@@ -377,7 +324,7 @@ def scheme_speed_warnings(records: Sequence) -> list[str]:
         q, f = r.latency.median_ms, base.latency.median_ms
         if q < f:
             continue
-        dot = int8_dot_product(r.device.get("arch", ""), r.device.get("cpu_features"))
+        dot = int8_dot_product(r.device.arch, r.device.cpu_features)
         why = {True: "although its CPU has an int8 dot-product instruction: the model may be too small or "
                      "memory-bound for int8 to pay",
                False: "its CPU has no int8 dot-product instruction (x86: AVX-512 VNNI / AVX-VNNI; Arm: "

@@ -324,7 +324,7 @@ def plot_loss_curves(records: Sequence[RunRecord]) -> bytes:
     for r in runs:
         steps, losses = zip(*r.training.loss_curve)
         line = ax.plot(steps, losses, lw=0.9, label=f"{_short(r)} ({r.training.optimizer}, lr {r.training.lr:g})")[0]
-        ev = [(e["step"], e["loss"]) for e in r.training.eval if e.get("loss") is not None]
+        ev = [(e.step, e.loss) for e in r.training.eval if e.loss is not None]
         if ev:
             ax.plot(*zip(*ev), "o", color=line.get_color(), ms=4)
     ax.set_xlabel("optimizer step")
@@ -342,7 +342,7 @@ def training_rows(records: Sequence[RunRecord]) -> list[list[str]]:
             continue
 
         def acc(e):
-            return "—" if not e or e.get("accuracy") is None else f"{e['accuracy']:.1%}"
+            return "—" if not e or e.accuracy is None else f"{e.accuracy:.1%}"
 
         out.append([r.run_id, t.method, t.optimizer, f"{t.lr:g}", str(t.steps), str(t.batch),
                     f"{t.loss_curve[0][1]:.4g} → {t.loss_curve[-1][1]:.4g}" if t.loss_curve else "—",
@@ -642,7 +642,7 @@ def to_html(records: Sequence[RunRecord], comparisons: Sequence[RunComparison] =
         if r.accuracy is not None and r.accuracy.task_accuracy is not None:
             parts.append(f"<p>Task accuracy ({r.accuracy.source}, from outputs run on the device): "
                          f"{r.accuracy.task_accuracy:.2%} of {r.accuracy.task_samples} held-out samples.</p>")
-        dev = {k: v for k, v in r.device.items() if v is not None}
+        dev = {k: v for k, v in r.device.to_json().items() if v is not None}
         prov = {k: v for k, v in vars(r.provenance).items() if v is not None}
         parts.append("<details><summary>Device and provenance</summary>"
                      + _html_table(["key", "value"], [[k, json.dumps(v) if isinstance(v, dict) else v]

@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence, Union
 
 from edgerun.core.errors import EdgerunError, StoreError, UnknownRun, UsageError
 from edgerun.core.paths import edgerun_home
+from edgerun.devices.info import DeviceInfo
 from edgerun.runtime.columns import STORED, device_label
 from edgerun.runtime.record import RunRecord
 
@@ -47,7 +48,7 @@ def _migration_3(db: sqlite3.Connection) -> None:
         passed = (d.get("accuracy") or {}).get("passed") if isinstance(d, dict) else None
         info = d.get("device") if isinstance(d, dict) else None
         db.execute("UPDATE runs SET device_label = ?, accuracy_ok = ? WHERE run_id = ?",
-                   (device_label(device, info if isinstance(info, dict) else {}),
+                   (device_label(device, DeviceInfo.from_json(info)),
                     None if passed is None else int(bool(passed)), run_id))
 
 
@@ -166,10 +167,12 @@ def translate(exc: sqlite3.Error, path: Path, action: str, timeout: float) -> St
     text = str(exc)
     kind = _failure_kind(exc)
     if kind == "locked":
-        return StoreError(
+        err = StoreError(
             f"{path} is locked by another process: {action} waited {timeout:g} s for it ({text}).",
             hint="Another edgerun (a sweep, a `runs` command) or a tool holding the file open (sqlite3, a "
                  "backup) has it; retry when it is done, or wait longer with EDGERUN_STORE_TIMEOUT=SECONDS.")
+        err.kind = "locked"  # a passing state, unlike the others (cells.check_store lets it pass)
+        return err
     if kind == "damaged":
         return StoreError(
             f"{path} is damaged or not a results store: {action} failed ({text}).",

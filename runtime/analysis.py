@@ -211,7 +211,7 @@ def analyse(run: RunArtifacts, manifest: Manifest, settings: AnalysisSettings = 
     return RunRecord(
         run_id=settings.run_id or new_run_id(),
         created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        model=model, device_name=run.device_name, device=info.to_json(), provenance=provenance, source=source,
+        model=model, device_name=run.device_name, device=info, provenance=provenance, source=source,
         samples=samples, latency=latency, wall=wall, memory=memory, operators=operators, accuracy=accuracy,
         warnings=tuple(warnings), sweep_id=settings.sweep_id, cell=settings.cell, llm=llm,
     )

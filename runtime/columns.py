@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 if TYPE_CHECKING:  # the record module imports this one
+    from edgerun.devices.info import DeviceInfo
     from edgerun.runtime.record import RunRecord
 
 
@@ -176,21 +177,21 @@ class Column:
 
 
 # -- getters that need more than an attribute
-def emulated_cpu(device: Mapping[str, Any]) -> str | None:
+def emulated_cpu(device: "DeviceInfo") -> str | None:
     """The CPU an emulated device emulates (``-cpu X`` of its emulator command, else its cpu_model)."""
-    if not device.get("emulated"):
+    if not device.emulated:
         return None
-    emulator = device.get("emulator") or ""
+    emulator = device.emulator or ""
     try:
         argv = shlex.split(emulator)
     except ValueError:
         argv = emulator.split()
     if "-cpu" in argv[:-1]:
         return argv[argv.index("-cpu") + 1]
-    return device.get("cpu_model")
+    return device.cpu_model
 
 
-def device_label(name: str, device: Mapping[str, Any]) -> str:
+def device_label(name: str, device: "DeviceInfo") -> str:
     """The device as a person reads it: the name, plus the emulated CPU when the name does not say it.
 
     ``qemu-aarch64://`` + ``qemu-aarch64 -cpu max`` -> ``qemu-aarch64://?cpu=max``;
@@ -225,7 +226,7 @@ def _ev(when: str, key: str) -> Callable[["RunRecord"], Any]:
     def get(r):
         t = r.training
         e = (t.eval_before if when == "before" else t.eval_after) if t is not None else None
-        return e.get(key) if e else None
+        return getattr(e, key) if e else None
     return get
 
 
@@ -256,8 +257,8 @@ COLUMNS: tuple[Column, ...] = (
       doc="the device name plus the emulated CPU, e.g. qemu-aarch64://?cpu=cortex-a76"),
     C("device_name", U.TEXT, K.IDENTITY, lambda r: r.device_name, show=NEVER, sql="device",
       doc="the device as given (inventory name or URI): what --device filters on"),
-    C("arch", U.TEXT, K.DEVICE, lambda r: r.device.get("arch") or r.model.arch),
-    C("cpu", U.TEXT, K.DEVICE, lambda r: r.device.get("cpu_model")),
+    C("arch", U.TEXT, K.DEVICE, lambda r: r.device.arch or r.model.arch),
+    C("cpu", U.TEXT, K.DEVICE, lambda r: r.device.cpu_model),
     C("source", U.TEXT, K.IDENTITY, lambda r: r.source, sql="source", doc="measured | emulated"),
     C("threads", U.COUNT, K.IDENTITY, lambda r: r.provenance.threads, sql="threads"),
     C("llm_test", U.TEXT, K.IDENTITY, _llm("test"), sql="llm_test",
@@ -316,9 +317,9 @@ COLUMNS: tuple[Column, ...] = (
     C("accuracy_ok", U.BOOL, K.ACCURACY, _acc("passed"), HIGHER, sql="accuracy_ok", compared=True, summary=True,
       doc="device outputs within the artifact's thresholds (None: not checked)"),
     C("unstable", U.BOOL, K.LATENCY, lambda r: bool(r.latency.warnings)),
-    C("governor", U.TEXT, K.DEVICE, lambda r: r.device.get("governor")),
-    C("freq_khz", U.KHZ, K.DEVICE, lambda r: r.device.get("freq_khz")),
-    C("temperature_c", U.CELSIUS, K.DEVICE, lambda r: r.device.get("temperature_c")),
+    C("governor", U.TEXT, K.DEVICE, lambda r: r.device.governor),
+    C("freq_khz", U.KHZ, K.DEVICE, lambda r: r.device.freq_khz),
+    C("temperature_c", U.CELSIUS, K.DEVICE, lambda r: r.device.temperature_c),
     C("recipe_hash", U.TEXT, K.PROVENANCE, lambda r: r.model.recipe_hash),
     C("runner_version", U.TEXT, K.PROVENANCE, lambda r: r.provenance.runner_version, show=NEVER),
     C("executorch_version", U.TEXT, K.PROVENANCE, lambda r: r.provenance.executorch_version, show=NEVER),

@@ -8,9 +8,10 @@ devices room's small interface (``push``/``pull``/``exec``/``info`` through ``sy
   program, test vectors and (for an artifact with a dataset) the held-out inputs
   ``dataset/inputs.npy`` into the device's content-addressed work dir (files already there, by
   sha256, are not sent again);
-* **run**: execute the runner's argv there, then pull outputs and the ETDump into a local run
-  directory; with ``dataset=True`` a second, untimed invocation runs every held-out sample
-  (``--input-batch``) and its stacked outputs are pulled too.
+* **run** (:func:`run_on_device`): one scaffolding for every run mode (:mod:`.modes`: forward, LLM,
+  training, or a mode of your own): the run directory and its states, the deployment, the mode's own
+  files, the runner's argv executed there, then the mode pulls what it produced into the run directory
+  (the forward mode with ``dataset=True`` runs every held-out sample in a second, untimed invocation).
 
 The run directory keeps whatever was produced, whatever fails: ``run.json`` (status ``running``, ``ok``,
 ``failed`` or ``interrupted``; stage, error; the ``pid`` and ``host`` of the edgerun process that runs it, so a
@@ -42,9 +43,9 @@ from edgerun.devices.base import Device, DeviceError
 from edgerun.devices.sync import SyncResult, sync_files
 
 from .bundle import LOADERS, Bundle
+from .modes import ForwardRequest, RunContext, RunMode, check_forward
 from .preflight import PreflightReport, check_compatible
 from .protocol import RunArtifacts, RunnerResult, parse_runner_output, runner_failure
-from .runner import RunOptions, runner_argv
 
 RUN_ARCHES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
 
@@ -87,7 +88,7 @@ def bundle_for(arch: str, variant: str = "full") -> Bundle:
 
 def deploy(artifact: str | os.PathLike | Manifest, device: Device, *, variant: str = "full",
            bundle: Bundle | None = None, preflight: bool = True, timeout: float = 300.0,
-           with_dataset: bool = True) -> Deployment:
+           with_dataset: bool = True, with_vectors: bool = True) -> Deployment:
     """Put the runner bundle, the program, its test vectors and its dataset inputs on ``device``.
 
     Every file comes from the artifact through its manifest's confined paths, and the program must
@@ -100,14 +101,12 @@ def deploy(artifact: str | os.PathLike | Manifest, device: Device, *, variant: s
         raise DeviceError(f"bundle {bundle.path} is for {bundle.arch}, the device is {arch}.",
                           device=device.name, stage="deploy")
     report = check_compatible(manifest, bundle, enforce=preflight)
-    files = {p.name: p for p in sorted(Path(bundle.path).iterdir())
-             if p.is_file() and not p.name.endswith((".tar.gz", ".tgz"))}
-    b = sync_files(device, files, timeout=timeout)
+    b = _sync_bundle(device, bundle, timeout)
     prog = sync_files(device, {"model.pte": program}, timeout=timeout)
     pushed = [f"bundle/{n}" for n in b.pushed] + prog.pushed
     skipped = [f"bundle/{n}" for n in b.skipped] + prog.skipped
     vectors = []
-    for k, vec in enumerate(manifest.test_vectors):
+    for k, vec in enumerate(manifest.test_vectors if with_vectors else ()):
         local = manifest.vector_input_paths(k)
         v: SyncResult = sync_files(device, {p.name: p for p in local}, timeout=timeout)
         vectors.append([v.paths[p.name] for p in local])
@@ -124,6 +123,12 @@ def deploy(artifact: str | os.PathLike | Manifest, device: Device, *, variant: s
     return Deployment(device=device.name, arch=arch, bundle=bundle, bundle_dir=b.dest,
                       program=prog.paths["model.pte"], vectors=vectors, preflight=report,
                       pushed=pushed, skipped=skipped, dataset_inputs=dataset_inputs)
+
+
+def _sync_bundle(device: Device, bundle: Bundle, timeout: float) -> SyncResult:
+    files = {p.name: p for p in sorted(Path(bundle.path).iterdir())
+             if p.is_file() and not p.name.endswith((".tar.gz", ".tgz"))}
+    return sync_files(device, files, timeout=timeout)
 
 
 def new_run_dir(device: str, model: str, root: Path | None = None) -> Path:
@@ -267,20 +272,16 @@ def _run_runner(device: Device, argv: list[str], *, env: dict, timeout: float, r
     return result
 
 
-def check_run_request(manifest: Manifest, *, vector: int | None, timeout: float, dataset: bool = False) -> None:
-    """The options of a run that can be wrong, checked before any device is touched or any
-    directory made: ``UsageError`` (exit 2) naming the option."""
+def check_timeout(timeout: float) -> None:
     if not isinstance(timeout, (int, float)) or not timeout > 0 or timeout != timeout:
         raise UsageError(f"--timeout must be a number of seconds > 0, got {timeout!r}.")
-    n = len(manifest.test_vectors)
-    if vector is not None and n and not 0 <= vector < n:
-        raise UsageError(f"--vector {vector}: artifact {manifest.dir} has {n} test vector(s) (0..{n - 1}).")
-    if vector is not None and not n and vector != 0:
-        raise UsageError(f"--vector {vector}: artifact {manifest.dir} has no test vectors.",
-                         hint="Use --fill zeros|ones|random to generate inputs.")
-    if dataset and manifest.dataset is None:
-        raise UsageError(f"artifact {manifest.dir} has no dataset (manifest.json names no held-out split).",
-                         hint="Only artifacts of models with a dataset (e.g. digits_cnn) carry one.")
+
+
+def check_run_request(manifest: Manifest, *, vector: int | None, timeout: float, dataset: bool = False) -> None:
+    """The options of a forward run that can be wrong, checked before any device is touched or any
+    directory made: ``UsageError`` (exit 2) naming the option."""
+    check_timeout(timeout)
+    check_forward(manifest, vector=vector, dataset=dataset)
 
 
 def _exit_code_of(exc: BaseException) -> int | None:
@@ -291,167 +292,163 @@ def _exit_code_of(exc: BaseException) -> int | None:
     return int(exc.exit_code)
 
 
-def run_on_device(artifact: str | os.PathLike | Manifest, device: Device, *, options: RunOptions = RunOptions(),
-                  vector: int | None = 0, etdump: bool = True, variant: str = "full",
-                  run_dir: Path | None = None, timeout: float = 600.0, preflight: bool = True,
-                  dataset: bool = False, llm=None, on_stdout=None) -> RunArtifacts:
-    """Deploy (if needed) and run one test vector's inputs on ``device``; pull the results.
+def _now() -> str:
+    return _dt.datetime.now().isoformat(timespec="seconds")
 
-    ``dataset``: also run every sample of the artifact's held-out split (``dataset/inputs.npy``) in a
-    second invocation of the runner (``--input-batch``, no warm-up, no timed iterations, no ETDump,
-    so the timed run is untouched) and pull its stacked outputs for task accuracy.
 
-    Wrong options (timeout, vector) raise :class:`UsageError` before anything is made or sent.
-    Failures raise :class:`DeviceRunError` naming the device and stage, after saving whatever the
-    device produced (stdout, stderr, outputs) into the run directory; its exit code is the device's
-    (8) when the device failed. A cancelled device (``device.cancel()``, on Ctrl-C) raises
-    :class:`RunInterrupted`; the run directory is then marked ``interrupted``, as it is for any
-    exception that is not an edgerun error.
+def run_on_device(program: str | os.PathLike | Manifest, device: Device, mode: RunMode | None = None, *,
+                  variant: str = "full", run_dir: Path | None = None, timeout: float = 600.0,
+                  preflight: bool = True, on_stdout=None, **forward: Any) -> RunArtifacts:
+    """Deploy (if needed) and run ``mode`` on ``device``; pull what it produced into a run directory.
 
-    ``llm``: an :class:`~edgerun.runtime.llm.LLMRequest` — run the runner's LLM mode instead (its prompt
-    ids go to the device as ``tokens.txt``, kept in the run directory too; a score run's per-token
-    log-probabilities come back as ``logprobs.npy``, listed in ``outputs``). ``on_stdout(bytes)``: sees
-    the runner's stdout as it arrives where the transport streams (local, qemu, ssh, adb).
+    ``program``: an artifact (directory or :class:`Manifest`; its program is checked against the
+    manifest's sha256) or a bare ``.pte`` (a training program). ``mode``: a :class:`~.modes.RunMode`;
+    without one, the forward mode built from ``forward`` (``options``, ``vector``, ``etdump``, ``dataset``
+    of :class:`~.modes.ForwardRequest`). ``on_stdout(bytes)`` sees the runner's stdout as it arrives where
+    the transport streams (local, qemu, ssh, adb).
+
+    Wrong options raise :class:`UsageError` before anything is made or sent. Failures raise
+    :class:`DeviceRunError` naming the device and stage, after saving whatever the device produced
+    (stdout, stderr, outputs) into the run directory; its exit code is the device's (8) when the device
+    failed. A cancelled device (``device.cancel()``, on Ctrl-C) raises :class:`RunInterrupted`; the run
+    directory is then marked ``interrupted``, as it is for any exception that is not an edgerun error.
     """
-    manifest = artifact if isinstance(artifact, Manifest) else read_manifest(artifact)
-    check_run_request(manifest, vector=vector, timeout=timeout, dataset=dataset)
-    if llm is not None:
-        llm.check(manifest)
-        vector, dataset = None, False
-    art = manifest.dir
-    run_dir = run_dir or new_run_dir(device.name, manifest.model.name)
+    mode = mode if mode is not None else ForwardRequest(**forward)
+    if forward and not isinstance(mode, ForwardRequest):
+        raise TypeError(f"options {sorted(forward)} belong to the forward mode, not to {mode.mode_name}")
+    check_timeout(timeout)
+    target = _RunTarget.of(program)
+    mode.check(target.manifest)
+    run_dir = run_dir or new_run_dir(device.name, target.name)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise environment_problem(exc, f"cannot create the run directory {run_dir}", stage="run directory") from None
     _record(run_dir, status="running", stage="deploy", device=device.name, device_uri=device.spec.uri,
-            artifact=str(art.resolve()), started=_dt.datetime.now().isoformat(timespec="seconds"),
-            pid=os.getpid(), pid_start=_process_start(os.getpid()), host=socket.gethostname(),
-            options=dataclasses.asdict(options), vector=vector, dataset=dataset,
-            llm=llm.to_json() if llm is not None else None)
+            **target.run_json(), mode=mode.mode_name, started=_now(), pid=os.getpid(),
+            pid_start=_process_start(os.getpid()), host=socket.gethostname(), **mode.run_json())
     state = {"stage": "deploy"}
 
     def fail(stage: str, exc: BaseException, hint: str | None = None) -> DeviceRunError:
         msg = exc.message if isinstance(exc, EdgerunError) else f"{type(exc).__name__}: {exc}"
         if isinstance(exc, ExecCancelled) or device.cancelled:
-            _record(run_dir, status="interrupted", stage=stage, error="interrupted (Ctrl-C)",
-                    finished=_dt.datetime.now().isoformat(timespec="seconds"))
+            _record(run_dir, status="interrupted", stage=stage, error="interrupted (Ctrl-C)", finished=_now())
             return RunInterrupted(f"on device '{device.name}', {stage} was interrupted", stage=stage,
                                   run_dir=run_dir, device=device.name)
+        what = "" if mode.mode_name in ("forward", "llm") else f"{mode.mode_name} "
         _record(run_dir, status="failed", stage=stage, error=getattr(exc, "to_json", lambda: str(exc))())
-        return DeviceRunError(f"on device '{device.name}', {stage} failed: {msg}", stage=stage, run_dir=run_dir,
+        return DeviceRunError(f"on device '{device.name}', {what}{stage} failed: {msg}", stage=stage, run_dir=run_dir,
                               hint=hint or getattr(exc, "hint", None), device=device.name,
                               exit_code=_exit_code_of(exc))
 
     try:
-        return _run_on_device(manifest, device, options=options, vector=vector, etdump=etdump, variant=variant,
-                              run_dir=run_dir, timeout=timeout, preflight=preflight, dataset=dataset,
-                              fail=fail, state=state, llm=llm, on_stdout=on_stdout)
+        return _run_on_device(target, device, mode, variant=variant, run_dir=run_dir, timeout=timeout,
+                              preflight=preflight, fail=fail, state=state, on_stdout=on_stdout)
     except DeviceRunError:
         raise  # run.json already says what happened
     except EdgerunError as exc:
         raise fail(state["stage"], exc) from exc
+    except OSError as exc:  # this machine's run directory could not take a file
+        raise fail(state["stage"], environment_problem(exc, f"cannot write into {run_dir}",
+                                                        stage=state["stage"])) from exc
     except BaseException as exc:  # Ctrl-C in this thread, or a bug: the directory must not stay "running"
         with contextlib.suppress(Exception):
             _record(run_dir, status="interrupted", stage=state["stage"],
                     error="interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt)
-                    else f"{type(exc).__name__}: {exc}",
-                    finished=_dt.datetime.now().isoformat(timespec="seconds"))
+                    else f"{type(exc).__name__}: {exc}", finished=_now())
         raise
 
 
-def _run_on_device(manifest: Manifest, device: Device, *, options, vector, etdump, variant, run_dir, timeout,
-                   preflight, dataset, fail, state, llm=None, on_stdout=None) -> RunArtifacts:
-    art = manifest.dir
+@dataclasses.dataclass(frozen=True)
+class _RunTarget:
+    """What runs: an artifact (its manifest) or a bare program file (a training program)."""
+
+    manifest: Manifest | None
+    program: Path | None = None
+
+    @classmethod
+    def of(cls, program: str | os.PathLike | Manifest) -> "_RunTarget":
+        if isinstance(program, Manifest):
+            return cls(program)
+        path = Path(program)
+        if path.is_file() and path.suffix == ".pte":
+            return cls(None, path)
+        return cls(read_manifest(path))
+
+    @property
+    def name(self) -> str:
+        return self.manifest.model.name if self.manifest is not None else self.program.stem
+
+    def run_json(self) -> dict:
+        if self.manifest is not None:
+            return {"artifact": str(self.manifest.dir.resolve())}
+        return {"program": str(self.program)}
+
+
+def _deploy_program(target: _RunTarget, device: Device, mode: RunMode, *, variant: str, preflight: bool,
+                    timeout: float) -> Deployment:
+    if target.manifest is not None:
+        return deploy(target.manifest, device, variant=variant, preflight=preflight, timeout=timeout,
+                      with_dataset=mode.deploy_dataset, with_vectors=mode.deploy_vectors)
+    arch = device_arch(device)
+    bundle = bundle_for(arch, variant)
+    b = _sync_bundle(device, bundle, timeout)
+    prog = sync_files(device, {target.program.name: target.program}, timeout=timeout)
+    return Deployment(device=device.name, arch=arch, bundle=bundle, bundle_dir=b.dest,
+                      program=prog.paths[target.program.name], vectors=[], preflight=PreflightReport(),
+                      pushed=[f"bundle/{n}" for n in b.pushed] + prog.pushed,
+                      skipped=[f"bundle/{n}" for n in b.skipped] + prog.skipped)
+
+
+def _run_on_device(target: _RunTarget, device: Device, mode: RunMode, *, variant, run_dir, timeout, preflight,
+                   fail, state, on_stdout=None) -> RunArtifacts:
+    def stage(name: str) -> None:
+        state["stage"] = name
+
     try:
         info = device.info()
         _write(run_dir / "device.json", json.dumps(info.to_json(), indent=2))
-        dep = deploy(manifest, device, variant=variant, preflight=preflight, with_dataset=dataset)
+        dep = _deploy_program(target, device, mode, variant=variant, preflight=preflight, timeout=timeout)
     except EdgerunError as exc:
         raise fail("deploy", exc) from exc
-
-    state["stage"] = "run"
-    remote_run = f"{device.work_dir.rstrip('/')}/runs/{run_dir.name}"
-    inputs: list[str] = []
-    if vector is not None and dep.vectors:
-        inputs = dep.vectors[vector]  # in range: check_run_request
-    logprobs_remote = None
-    if llm is None:
-        argv = runner_argv(dep.bundle, dep.program, inputs=inputs, options=options,
-                           etdump=f"{remote_run}/run.etdp" if etdump else None,
-                           output_dir=f"{remote_run}/outputs", bundle_dir=dep.bundle_dir)
-    else:
-        tokens_remote = None
-        text = llm.tokens_file_text()
-        if text is not None:
-            _write(run_dir / "tokens.txt", text)
-            try:
-                tokens_remote = sync_files(device, {"tokens.txt": run_dir / "tokens.txt"}, timeout=timeout).paths[
-                    "tokens.txt"]
-            except EdgerunError as exc:
-                raise fail("deploy", exc) from exc
-        logprobs_remote = f"{remote_run}/logprobs.npy" if llm.mode == "score" else None
-        argv = runner_argv(dep.bundle, dep.program, options=options, bundle_dir=dep.bundle_dir,
-                           etdump=f"{remote_run}/run.etdp" if etdump else None,
-                           llm_args=llm.runner_args(tokens_remote, logprobs_remote))
-    _record(run_dir, stage="run", argv=argv, bundle=str(dep.bundle.path), deployment=dep.to_json())
-    try:
-        mk = device.exec(["mkdir", "-p", f"{remote_run}/outputs"], timeout=60, wrap=False)
-        if mk.rc != 0:
-            raise DeviceError(f"cannot create {remote_run}", device=device.name, stage="run", result=mk)
-    except DeviceError as exc:
-        raise fail("run", exc) from exc
     # A bundle without its own loader finds its libraries through $ORIGIN, which the kernel
     # resolves through the content-addressed symlinks to the blob store: point it at the set.
     env = {} if dep.bundle.arch in LOADERS else {"LD_LIBRARY_PATH": dep.bundle_dir}
-    result = _run_runner(device, argv, env=env, timeout=timeout, run_dir=run_dir, stem="runner", stage="run",
-                         fail=fail, hint="See runner.stderr.txt and runner.jsonl in the run directory.",
-                         on_stdout=on_stdout)
 
-    state["stage"] = "pull"
-    outputs: list[Path] = []
-    etdump_local: Path | None = None
+    def runner(argv, *, stem, stage, hint, require_batch=False, on_stdout=None):
+        return _run_runner(device, argv, env=env, timeout=timeout, run_dir=run_dir, stem=stem, stage=stage,
+                           fail=fail, hint=hint, require_batch=require_batch, on_stdout=on_stdout)
+
+    ctx = RunContext(device=device, run_dir=run_dir, remote_run=f"{device.work_dir.rstrip('/')}/runs/{run_dir.name}",
+                     deployment=dep, manifest=target.manifest, timeout=timeout, env=env,
+                     _push=lambda files: sync_files(device, dict(files), timeout=timeout),
+                     _pull=lambda remote, local: _pull(device, remote, local), _runner=runner, _stage=stage,
+                     _record=lambda **fields: _record(run_dir, **fields))
     try:
-        (run_dir / "outputs").mkdir(exist_ok=True)
-        for j, _ in enumerate(result.output_paths):
-            local = run_dir / "outputs" / f"output_{j}.npy"
-            _pull(device, f"{remote_run}/outputs/output_{j}.npy", local)
-            outputs.append(local)
-        if etdump:
-            etdump_local = run_dir / "run.etdp"
-            _pull(device, f"{remote_run}/run.etdp", etdump_local)
-        if logprobs_remote is not None:
-            outputs.append(run_dir / "logprobs.npy")
-            _pull(device, logprobs_remote, outputs[-1])
-    except OSError as exc:
-        raise fail("pull", environment_problem(exc, f"cannot write into {run_dir}", stage="pull")) from exc
+        mode.push(ctx)
     except EdgerunError as exc:
-        raise fail("pull", exc) from exc
-
-    dataset_result, dataset_local = None, None
-    if dataset:
-        state["stage"] = "dataset run"
-        remote_out = f"{remote_run}/dataset_outputs.npy"
-        dargv = runner_argv(dep.bundle, dep.program, options=options, bundle_dir=dep.bundle_dir,
-                            input_batch=dep.dataset_inputs, batch_output=remote_out, batch_only=True)
-        _record(run_dir, stage="dataset run", dataset_argv=dargv)
-        dataset_result = _run_runner(
-            device, dargv, env=env, timeout=timeout, run_dir=run_dir, stem="runner.dataset", stage="dataset run",
-            fail=fail, hint=f"Running the held-out split {manifest.dataset.inputs} failed: see "
-                            "runner.dataset.stderr.txt and runner.dataset.jsonl in the run directory.",
-            require_batch=True)
-        try:
-            dataset_local = run_dir / "dataset_outputs.npy"
-            _pull(device, remote_out, dataset_local)
-        except EdgerunError as exc:
-            raise fail("pull", exc) from exc
+        raise fail("deploy", exc) from exc
+    stage("run")
+    argv = mode.argv(ctx)
+    _record(run_dir, stage="run", argv=argv, bundle=str(dep.bundle.path), deployment=dep.to_json())
+    try:
+        dirs = [ctx.remote(d) for d in mode.remote_dirs] or [ctx.remote_run]
+        mk = device.exec(["mkdir", "-p", *dirs], timeout=60, wrap=False)
+        if mk.rc != 0:
+            raise DeviceError(f"cannot create {ctx.remote_run}", device=device.name, stage="run", result=mk)
+    except DeviceError as exc:
+        raise fail("run", exc) from exc
+    result = runner(argv, stem="runner", stage="run", on_stdout=on_stdout,
+                    hint="See runner.stderr.txt and runner.jsonl in the run directory.")
+    stage("pull")
+    run = RunArtifacts(result=result, device_name=device.name, device_info=info, run_dir=run_dir,
+                       bundle_bytes=dep.bundle.total_bytes, warnings=tuple(dep.preflight.warnings), deployment=dep,
+                       mode=mode)
+    mode.collect(ctx, result, run)
     if device.cancelled:
         raise fail(state["stage"], ExecCancelled("the run was cancelled", device=device.name, stage="exec"))
-    _record(run_dir, status="ok", stage="done", finished=_dt.datetime.now().isoformat(timespec="seconds"))
-    return RunArtifacts(result=result, device_name=device.name, device_info=info, run_dir=run_dir, outputs=outputs,
-                        etdump=etdump_local, dataset_result=dataset_result, dataset_outputs=dataset_local,
-                        bundle_bytes=dep.bundle.total_bytes, warnings=tuple(dep.preflight.warnings),
-                        deployment=dep)
+    _record(run_dir, status="ok", stage="done", finished=_now())
+    return run
 
 
 def mark_interrupted(run_dir: Path, why: str = "interrupted (Ctrl-C)") -> None:
@@ -509,20 +506,22 @@ def on_devices_concurrently(items: Sequence, work, cancellation: Cancellation | 
         pool.shutdown(wait=True)
 
 
-def run_many(artifact: str | os.PathLike | Manifest, devices: Sequence[Device], *,
+def run_many(artifact: str | os.PathLike | Manifest, devices: Sequence[Device], mode: RunMode | None = None, *,
              cancellation: Cancellation | None = None, **kwargs) -> list[RunArtifacts | DeviceRunError]:
     """Run on several devices concurrently (each an I/O-bound resource); one result or error each.
     Ctrl-C kills the runs in flight, marks their run directories interrupted and propagates."""
     manifest = artifact if isinstance(artifact, Manifest) else read_manifest(artifact)
-    check_run_request(manifest, vector=kwargs.get("vector", 0), timeout=kwargs.get("timeout", 600.0),
-                      dataset=kwargs.get("dataset", False))
+    forward = {k: kwargs.pop(k) for k in ("options", "vector", "etdump", "dataset") if k in kwargs}
+    mode = mode if mode is not None else ForwardRequest(**forward)
+    check_timeout(kwargs.get("timeout", 600.0))
+    mode.check(manifest)
     cancellation = cancellation or Cancellation()
     for dev in devices:
         cancellation.add(dev)
 
     def one(dev: Device):
         try:
-            return run_on_device(manifest, dev, **kwargs)
+            return run_on_device(manifest, dev, mode, **kwargs)
         except RunInterrupted:
             raise
         except DeviceRunError as exc:

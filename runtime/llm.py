@@ -13,23 +13,39 @@ Tokenising text is the hall's job (the artifact's ``tokenizer.json``); this modu
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, ClassVar, Sequence
 
 from edgerun.core.artifact import Manifest
 from edgerun.core.errors import UsageError
 
 from .protocol import RunnerResult
 from .record import LLMMetrics, Sample
+from .runner import RunOptions, runner_argv
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .modes import RunContext
+    from .protocol import RunArtifacts
 
 MODES = ("generate", "score")
 
 
 @dataclass(frozen=True)
 class LLMRequest:
-    """One run of the runner's LLM mode; ``test`` names it in records (``pp64``, ``tg32``, ``generate``, ``score``)."""
+    """One run of the runner's LLM mode; ``test`` names it in records (``pp64``, ``tg32``, ``generate``, ``score``).
+
+    A :class:`~edgerun.runtime.modes.RunMode`: its prompt ids go to the device as ``tokens.txt`` (kept in
+    the run directory too); a score run's per-token log-probabilities come back as ``logprobs.npy``,
+    listed in the run's ``outputs``. ``options``: the common runner flags (``warmup`` counts warm-up
+    repetitions, ``seed`` seeds sampling and random prompts, ``threads``)."""
+
+    mode_name: ClassVar[str] = "llm"
+    remote_dirs: ClassVar[tuple[str, ...]] = ()
+    deploy_vectors: ClassVar[bool] = False
+    deploy_dataset: ClassVar[bool] = False
 
     mode: str = "generate"
     prompt_ids: tuple[int, ...] = ()
@@ -44,6 +60,8 @@ class LLMRequest:
     window: int = 0                   # score: tokens per window (0: the program's max context)
     test: str = "generate"
     text: str | None = None           # the prompt/text as a person gave it
+    options: RunOptions = RunOptions()
+    etdump: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -62,8 +80,10 @@ class LLMRequest:
         if self.mode == "score" and len(self.prompt_ids) < 2:
             raise UsageError("scoring needs a text of at least 2 tokens.")
 
-    def check(self, manifest: Manifest) -> None:
+    def check(self, manifest: Manifest | None) -> None:
         """Refuse what the artifact cannot take, naming the option and the artifact's limit."""
+        if manifest is None:
+            raise UsageError("an LLM run needs an LLM artifact (a directory with manifest.json), not a bare program.")
         llm = manifest.llm
         if llm is None:
             raise UsageError(f"artifact {manifest.dir} is not an LLM (its manifest has no 'llm' section).",
@@ -110,6 +130,30 @@ class LLMRequest:
 
     def tokens_file_text(self) -> str | None:
         return " ".join(map(str, self.prompt_ids)) + "\n" if self.prompt_ids else None
+
+    # -- the RunMode protocol
+
+    def run_json(self) -> dict:
+        return {"options": dataclasses.asdict(self.options), "vector": None, "dataset": False, "llm": self.to_json()}
+
+    def push(self, ctx: "RunContext") -> None:
+        text = self.tokens_file_text()
+        if text is not None:
+            local = ctx.write("tokens.txt", text)
+            ctx.pushed["tokens"] = ctx.push({"tokens.txt": local}).paths["tokens.txt"]
+
+    def argv(self, ctx: "RunContext") -> list[str]:
+        dep = ctx.deployment
+        logprobs = ctx.remote("logprobs.npy") if self.mode == "score" else None
+        return runner_argv(dep.bundle, dep.program, options=self.options, bundle_dir=dep.bundle_dir,
+                           etdump=ctx.remote("run.etdp") if self.etdump else None,
+                           llm_args=self.runner_args(ctx.pushed.get("tokens"), logprobs))
+
+    def collect(self, ctx: "RunContext", result: RunnerResult, run: "RunArtifacts") -> None:
+        if self.etdump:
+            run.etdump = ctx.pull(ctx.remote("run.etdp"), ctx.run_dir / "run.etdp")
+        if self.mode == "score":
+            run.outputs.append(ctx.pull(ctx.remote("logprobs.npy"), ctx.run_dir / "logprobs.npy"))
 
     def to_json(self) -> dict:
         return {"mode": self.mode, "test": self.test, "prompt_tokens": len(self.prompt_ids) or self.random_prompt,

@@ -552,6 +552,47 @@ class RunnerResult:
                 "stderr_tail": self.stderr[-4000:]}
 
 
+def parse_line(line: str, n: int) -> tuple[dict | None, Any, str | None]:
+    """One stdout line -> ``(raw record, typed line, problem)``: the raw record is ``None`` for a line that
+    is not a protocol record, the typed line ``None`` for a type this edgerun does not know (a newer
+    runner's line: ignored, as PROTOCOL.md says) or one whose fields are wrong (then ``problem`` says why)."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError:
+        return None, None, f"stdout line {n} is not JSON: {line[:200]!r}"
+    if not isinstance(obj, dict) or "type" not in obj:
+        return None, None, f"stdout line {n} is not a protocol record: {line[:200]!r}"
+    kind = LINE_TYPES.get(obj["type"])
+    if kind is None:
+        return obj, None, None
+    try:
+        return obj, kind.parse(obj), None
+    except (_Bad, TypeError, ValueError) as exc:
+        return obj, None, f"stdout line {n} ({obj['type']}): {exc}"
+
+
+class LineParser:
+    """The runner's stdout as it arrives (a device exec's ``on_stdout`` chunks) -> typed lines, each once,
+    when its newline has come. What the token streamer and the training step printer read."""
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._n = 0
+
+    def feed(self, chunk: bytes | str) -> list[Any]:
+        self._buf += chunk.encode() if isinstance(chunk, str) else chunk
+        *lines, self._buf = self._buf.split(b"\n")
+        out = []
+        for raw in lines:
+            self._n += 1
+            text = raw.decode("utf-8", "replace")
+            if text.strip():
+                _obj, typed, _problem = parse_line(text, self._n)
+                if typed is not None:
+                    out.append(typed)
+        return out
+
+
 def parse_runner_output(stdout: str | bytes, *, exit_code: int, stderr: str | bytes = "",
                         argv: Sequence[str] = (), duration_s: float | None = None) -> RunnerResult:
     """Parse the runner's stdout (JSON lines). Never raises: problems are kept on the result."""
@@ -563,22 +604,13 @@ def parse_runner_output(stdout: str | bytes, *, exit_code: int, stderr: str | by
     for n, line in enumerate(stdout.splitlines(), 1):
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError:
-            result.protocol_problems.append(f"stdout line {n} is not JSON: {line[:200]!r}")
-            continue
-        if not isinstance(obj, dict) or "type" not in obj:
-            result.protocol_problems.append(f"stdout line {n} is not a protocol record: {line[:200]!r}")
-            continue
-        result.lines.append(obj)
-        kind = LINE_TYPES.get(obj["type"])
-        if kind is None:
-            continue  # a newer runner's line: ignored, as PROTOCOL.md says
-        try:
-            result.typed.append(kind.parse(obj))
-        except (_Bad, TypeError, ValueError) as exc:
-            result.protocol_problems.append(f"stdout line {n} ({obj['type']}): {exc}")
+        obj, typed, problem = parse_line(line, n)
+        if obj is not None:
+            result.lines.append(obj)
+        if typed is not None:
+            result.typed.append(typed)
+        if problem is not None:
+            result.protocol_problems.append(problem)
     header = result.header
     if header is None:
         if result.lines or exit_code == 0:
@@ -675,6 +707,8 @@ class RunArtifacts:
     bundle_bytes: int | None = None
     warnings: tuple[str, ...] = ()
     deployment: Any = None  # runtime.deploy.Deployment for a device run
+    mode: Any = None        # the runtime.modes.RunMode it ran (a device run)
+    extras: dict = field(default_factory=dict)  # what a mode pulled besides outputs (weights, checkpoint, ...)
 
     @property
     def device(self) -> str:

@@ -17,10 +17,11 @@ import datetime as _dt
 import logging
 import math
 import secrets
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Mapping
 
 from edgerun.core.errors import AnalysisError
+from edgerun.devices.info import DeviceInfo
 from edgerun.runtime import columns as _columns
 from edgerun.runtime.accuracy import AccuracyResult
 from edgerun.runtime.optable import OperatorProfile
@@ -141,6 +142,38 @@ class LLMMetrics:
 
 
 @dataclass(frozen=True)
+class EvalPoint:
+    """One held-out evaluation on the device (``when``: before | after | step); an LLM's also carries its
+    perplexity (exp of the mean next-token loss)."""
+
+    when: str
+    step: int
+    samples: int
+    loss: float | None = None
+    accuracy: float | None = None
+    perplexity: float | None = None
+
+    def with_perplexity(self) -> "EvalPoint":
+        ppl = math.exp(self.loss) if self.loss is not None and self.loss < 50 else None
+        return replace(self, perplexity=ppl)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        if self.perplexity is None:
+            d.pop("perplexity")
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "EvalPoint":
+        def num(key):
+            v = d.get(key)
+            return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+        return cls(when=str(d.get("when") or ""), step=int(d.get("step") or 0), samples=int(d.get("samples") or 0),
+                   loss=num("loss"), accuracy=num("accuracy"), perplexity=num("perplexity"))
+
+
+@dataclass(frozen=True)
 class TrainingMetrics:
     """A fine-tuning run on the device (the runner's train mode): what was trained how, the loss curve,
     held-out loss/accuracy before and after (computed on the device), throughput and the memory table
@@ -160,7 +193,7 @@ class TrainingMetrics:
     train_samples: int
     eval_samples: int
     loss_curve: tuple[tuple[int, float], ...]    # (step, loss) per step line
-    eval: tuple[dict, ...] = ()                  # {when, step, samples, loss, accuracy}
+    eval: tuple[EvalPoint, ...] = ()
     steps_per_s: float | None = None             # optimizer steps / their execute time
     samples_per_s: float | None = None
     data_sha256: str | None = None
@@ -169,17 +202,17 @@ class TrainingMetrics:
     settings: Mapping[str, Any] = field(default_factory=dict)
 
     @property
-    def eval_before(self) -> dict | None:
-        return next((e for e in self.eval if e.get("when") == "before"), None)
+    def eval_before(self) -> EvalPoint | None:
+        return next((e for e in self.eval if e.when == "before"), None)
 
     @property
-    def eval_after(self) -> dict | None:
-        return next((e for e in self.eval if e.get("when") == "after"), None)
+    def eval_after(self) -> EvalPoint | None:
+        return next((e for e in self.eval if e.when == "after"), None)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["loss_curve"] = [list(x) for x in self.loss_curve]
-        d["eval"] = [dict(e) for e in self.eval]
+        d["eval"] = [e.to_dict() for e in self.eval]
         d["settings"] = dict(self.settings)
         return d
 
@@ -187,7 +220,7 @@ class TrainingMetrics:
     def from_dict(cls, d: Mapping[str, Any]) -> "TrainingMetrics":
         kw = {k: d.get(k) for k in cls.__dataclass_fields__ if k in d}
         kw["loss_curve"] = tuple((int(s), float(v)) for s, v in d.get("loss_curve") or ())
-        kw["eval"] = tuple(dict(e) for e in d.get("eval") or ())
+        kw["eval"] = tuple(EvalPoint.from_dict(e) for e in d.get("eval") or () if isinstance(e, Mapping))
         kw["settings"] = dict(d.get("settings") or {})
         return cls(**kw)
 
@@ -198,7 +231,7 @@ class RunRecord:
     created_at: str  # ISO 8601, UTC
     model: ModelInfo
     device_name: str
-    device: Mapping[str, Any]  # DeviceInfo as a dict (arch, cpu_model, cores, governor, freq, temperature, ...)
+    device: DeviceInfo  # what the probe found (arch, cpu_model, cores, governor, freq, temperature, ...)
     provenance: Provenance
     source: str  # measured | emulated: the label of every timing in this record
     samples: tuple[Sample, ...]  # warm-up and timed, in order
@@ -241,7 +274,7 @@ class RunRecord:
             "created_at": self.created_at,
             "model": {**asdict(self.model), "inputs": list(self.model.inputs)},
             "device_name": self.device_name,
-            "device": dict(self.device),
+            "device": self.device.to_json(),
             "provenance": asdict(self.provenance),
             "source": self.source,
             "labels": self.labels,
@@ -265,7 +298,7 @@ class RunRecord:
         return cls(
             run_id=d["run_id"], created_at=d["created_at"],
             model=ModelInfo(**{k: model.get(k) for k in ModelInfo.__dataclass_fields__ if k in model}),
-            device_name=d["device_name"], device=dict(d.get("device") or {}),
+            device_name=d["device_name"], device=DeviceInfo.from_json(d.get("device")),
             provenance=Provenance(**{k: d["provenance"].get(k) for k in Provenance.__dataclass_fields__}),
             source=d["source"],
             samples=tuple(Sample(**s) for s in d.get("samples", [])),

@@ -2,11 +2,10 @@
 
 * :class:`TrainRequest` — optimizer, schedule, steps, evaluation and checkpoint settings; builds the
   runner flags and refuses bad values before a device is touched;
-* :func:`train_on_device` — put the bundle (by the device's probed architecture), the training
-  program and the data on the device (or use data that already lives there: ``data_on_device``, which
-  then never leaves it), run the train mode, keep everything in a run directory (``runner.jsonl``,
-  ``runner.stderr.txt``, ``weights/``, ``checkpoint.bin``) also when it fails, and pull the trained
-  weights and the checkpoint;
+* :class:`TrainJob` — the train mode of :func:`~edgerun.runtime.deploy.run_on_device`: the data on the
+  device (or data that already lives there: ``data_on_device``, which then never leaves it), the runner's
+  train flags, and the trained weights and the checkpoint pulled into the run directory (``runner.jsonl``,
+  ``runner.stderr.txt``, ``weights/``, ``checkpoint.bin`` are kept also when it fails);
 * :func:`analyse_training` — the :class:`~edgerun.runtime.record.RunRecord` of a training run: one
   sample per optimizer step (its execute time), the loss curve, held-out loss/accuracy before and after
   as computed on the device, steps/s, and the memory table (trainable and optimizer-state bytes, peak RSS).
@@ -16,25 +15,22 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import json
 import math
-import os
-import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 import numpy as np
 
-from edgerun.core.errors import DeviceRunError, EdgerunError, UsageError, environment_problem
-from edgerun.devices.base import Device, DeviceError
-from edgerun.devices.sync import sync_files
+from edgerun.core.errors import UsageError
+from edgerun.devices.base import DeviceError
 
-from .bundle import LOADERS
 from .protocol import RunArtifacts, RunnerResult
-from .record import EMULATED, MEASURED, Memory, ModelInfo, Provenance, RunRecord, Sample, TrainingMetrics, new_run_id
-from .bundle import runner_prefix
+from .record import EMULATED, MEASURED, EvalPoint, Memory, ModelInfo, Provenance, RunRecord, Sample, TrainingMetrics, new_run_id
 from .stats import summarize
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .modes import RunContext
 
 DATA_FILES = ("x_train.npy", "y_train.npy", "x_eval.npy", "y_eval.npy")
 OPTIMIZERS = ("sgd", "adamw")
@@ -116,14 +112,6 @@ class TrainRequest:
         return dataclasses.asdict(self)
 
 
-@dataclass
-class TrainingRun:
-    artifacts: RunArtifacts
-    weights: dict[str, np.ndarray] = field(default_factory=dict)   # program name -> array
-    checkpoint: Path | None = None
-    data_sha256: str | None = None
-
-
 def write_data(directory: Path, x_train, y_train, x_eval=None, y_eval=None) -> dict[str, Path]:
     """The data files the runner reads, as ``.npy`` (float32 inputs or int64 token ids; int64 labels)."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -160,106 +148,90 @@ def _remote_data(data_on_device: str) -> dict[str, str]:
     return {name: f"{base}/{name}" for name in DATA_FILES}
 
 
-def train_on_device(program: Path, device: Device, request: TrainRequest, *, data: Mapping[str, Path] | None = None,
-                    data_on_device: str | None = None, run_dir: Path, resume: Path | None = None,
-                    weights_in: Mapping[str, Path] | None = None, variant: str = "full", timeout: float = 3600.0,
-                    on_stdout=None) -> TrainingRun:
-    """Run the train mode on ``device``; see the module docstring. Raises :class:`DeviceRunError`
-    (the run directory keeps what was produced) when a stage fails."""
-    from .deploy import _exit_code_of, _pull, _record, _run_runner, _write, bundle_for, device_arch
+@dataclass(frozen=True)
+class TrainJob:
+    """The train mode (a :class:`~edgerun.runtime.modes.RunMode`): ``request`` on a training program, with
+    the data as local files (``data``: the :data:`DATA_FILES` names -> paths, pushed and hashed) or a
+    directory that already lives on the device (``data_on_device``: it never leaves it, edgerun never reads
+    it); ``resume``: a checkpoint of an earlier run of the same program; ``weights_in``: MeZO's starting
+    weights. The trained weights (``weights/``) and the checkpoint come back into the run directory; the
+    run's ``extras`` hold ``weights`` (program name -> array), ``checkpoint`` and ``data_sha256``."""
 
-    if (data is None) == (data_on_device is None):
-        raise UsageError("give the training data either as local files or as a directory on the device "
-                         "(--data-on-device), not both.")
-    _record(run_dir, status="running", stage="deploy", device=device.name, device_uri=device.spec.uri,
-            program=str(program), started=_dt.datetime.now().isoformat(timespec="seconds"), pid=os.getpid(),
-            host=socket.gethostname(), train=request.to_json(), data_on_device=data_on_device)
+    mode_name: ClassVar[str] = "train"
+    remote_dirs: ClassVar[tuple[str, ...]] = ("weights",)
+    deploy_vectors: ClassVar[bool] = False
+    deploy_dataset: ClassVar[bool] = False
 
-    def fail(stage: str, exc: BaseException, hint: str | None = None) -> DeviceRunError:
-        msg = exc.message if isinstance(exc, EdgerunError) else f"{type(exc).__name__}: {exc}"
-        _record(run_dir, status="failed", stage=stage, error=getattr(exc, "to_json", lambda: str(exc))())
-        return DeviceRunError(f"on device '{device.name}', training {stage} failed: {msg}", stage=stage,
-                              run_dir=run_dir, hint=hint or getattr(exc, "hint", None), device=device.name,
-                              exit_code=_exit_code_of(exc))
+    request: TrainRequest
+    data: Mapping[str, Path] | None = None
+    data_on_device: str | None = None
+    resume: Path | None = None
+    weights_in: Mapping[str, Path] | None = None
 
-    try:
-        info = device.info()
-        _write(run_dir / "device.json", json.dumps(info.to_json(), indent=2))
-        bundle = bundle_for(device_arch(device), variant)
-        files = {p.name: p for p in sorted(Path(bundle.path).iterdir())
-                 if p.is_file() and not p.name.endswith((".tar.gz", ".tgz"))}
-        b = sync_files(device, files, timeout=timeout)
-        prog = sync_files(device, {"train.pte": program}, timeout=timeout)
-        if data is not None:
-            remote_data = sync_files(device, {k: v for k, v in data.items()}, timeout=timeout).paths
-            digest = data_hash(data)
+    def check(self, manifest) -> None:
+        if (self.data is None) == (self.data_on_device is None):
+            raise UsageError("give the training data either as local files or as a directory on the device "
+                             "(--data-on-device), not both.")
+        if self.data_on_device is not None:
+            _remote_data(self.data_on_device)
+        if self.request.mezo and self.weights_in is None:
+            raise UsageError("MeZO needs the starting weights (weights_in) to put on the device.")
+
+    def run_json(self) -> dict:
+        return {"train": self.request.to_json(), "data_on_device": self.data_on_device}
+
+    def push(self, ctx: "RunContext") -> None:
+        device = ctx.device
+        if self.data is not None:
+            ctx.pushed.update(ctx.push(dict(self.data)).paths)
         else:
-            remote_data = _remote_data(data_on_device)
-            probe = device.exec(["sh", "-c", " && ".join(f"test -r '{remote_data[n]}'" for n in DATA_FILES[:2])],
+            remote = _remote_data(self.data_on_device)
+            probe = device.exec(["sh", "-c", " && ".join(f"test -r '{remote[n]}'" for n in DATA_FILES[:2])],
                                 timeout=60, wrap=False)
             if probe.rc != 0:
-                raise DeviceError(f"{data_on_device} on the device has no readable x_train.npy and y_train.npy",
+                raise DeviceError(f"{self.data_on_device} on the device has no readable x_train.npy and y_train.npy",
                                   device=device.name, stage="deploy")
-            has_eval = device.exec(["sh", "-c", f"test -r '{remote_data['x_eval.npy']}' && test -r "
-                                                f"'{remote_data['y_eval.npy']}'"], timeout=60, wrap=False).rc == 0
-            if not has_eval:
-                remote_data = {k: v for k, v in remote_data.items() if "eval" not in k}
-            digest = None  # the data never left the device: edgerun does not read it
-        remote_weights = None
-        if weights_in is not None:
-            remote_weights = sync_files(device, dict(weights_in), timeout=timeout).dest
-        remote_resume = None
-        if resume is not None:
-            remote_resume = sync_files(device, {"resume.bin": resume}, timeout=timeout).paths["resume.bin"]
-    except EdgerunError as exc:
-        raise fail("deploy", exc) from exc
-    remote_run = f"{device.work_dir.rstrip('/')}/runs/{run_dir.name}"
-    argv = runner_prefix(bundle.arch, b.dest) + ["--model", prog.paths["train.pte"]]
-    argv += request.runner_args(data=remote_data, checkpoint=f"{remote_run}/checkpoint.bin",
-                                weights_out=f"{remote_run}/weights", resume=remote_resume,
-                                weights_in=remote_weights)
-    _record(run_dir, stage="run", argv=argv, bundle=str(bundle.path))
-    try:
-        mk = device.exec(["mkdir", "-p", f"{remote_run}/weights"], timeout=60, wrap=False)
-        if mk.rc != 0:
-            raise DeviceError(f"cannot create {remote_run}", device=device.name, stage="run", result=mk)
-    except DeviceError as exc:
-        raise fail("run", exc) from exc
-    env = {} if bundle.arch in LOADERS else {"LD_LIBRARY_PATH": b.dest}
-    result: RunnerResult = _run_runner(device, argv, env=env, timeout=timeout, run_dir=run_dir, stem="runner",
-                                       stage="run", fail=fail, on_stdout=on_stdout,
-                                       hint="See runner.stderr.txt and runner.jsonl in the run directory.")
-    weights: dict[str, np.ndarray] = {}
-    try:
-        (run_dir / "weights").mkdir(exist_ok=True)
+            has_eval = device.exec(["sh", "-c", f"test -r '{remote['x_eval.npy']}' && test -r "
+                                                f"'{remote['y_eval.npy']}'"], timeout=60, wrap=False).rc == 0
+            ctx.pushed.update({k: v for k, v in remote.items() if has_eval or "eval" not in k})
+        if self.weights_in is not None:
+            ctx.pushed["weights_in"] = ctx.push(dict(self.weights_in)).dest
+        if self.resume is not None:
+            ctx.pushed["resume"] = ctx.push({"resume.bin": self.resume}).paths["resume.bin"]
+
+    def argv(self, ctx: "RunContext") -> list[str]:
+        data = {k: v for k, v in ctx.pushed.items() if k in DATA_FILES}
+        return ctx.prefix() + self.request.runner_args(
+            data=data, checkpoint=ctx.remote("checkpoint.bin"), weights_out=ctx.remote("weights"),
+            resume=ctx.pushed.get("resume"), weights_in=ctx.pushed.get("weights_in"))
+
+    def collect(self, ctx: "RunContext", result: RunnerResult, run: RunArtifacts) -> None:
+        weights: dict[str, np.ndarray] = {}
+        (ctx.run_dir / "weights").mkdir(exist_ok=True)
         wl = result.weights
         if wl is not None:
             for name, file in zip(wl.names, wl.files):
                 if "/" in file or file.startswith("."):
                     raise DeviceError(f"the device named a weights file {file!r} outside its directory",
-                                      device=device.name, stage="pull")
-                local = run_dir / "weights" / file
-                _pull(device, f"{remote_run}/weights/{file}", local)
-                weights[name] = np.load(local, allow_pickle=False)
-        ck = run_dir / "checkpoint.bin"
-        _pull(device, f"{remote_run}/checkpoint.bin", ck)
-    except OSError as exc:
-        raise fail("pull", environment_problem(exc, f"cannot write into {run_dir}", stage="pull")) from exc
-    except (EdgerunError, ValueError) as exc:
-        raise fail("pull", exc) from exc
-    _record(run_dir, status="ok", stage="done", finished=_dt.datetime.now().isoformat(timespec="seconds"))
-    arts = RunArtifacts(result=result, device_name=device.name, device_info=info, run_dir=run_dir, outputs=[],
-                        etdump=None, bundle_bytes=bundle.total_bytes)
-    return TrainingRun(artifacts=arts, weights=weights, checkpoint=ck, data_sha256=digest)
+                                      device=ctx.device.name, stage="pull")
+                local = ctx.pull(ctx.remote(f"weights/{file}"), ctx.run_dir / "weights" / file)
+                try:
+                    weights[name] = np.load(local, allow_pickle=False)
+                except ValueError as exc:
+                    raise DeviceError(f"the weights file {file} the device wrote is not a .npy array: {exc}",
+                                      device=ctx.device.name, stage="pull") from None
+        checkpoint = ctx.pull(ctx.remote("checkpoint.bin"), ctx.run_dir / "checkpoint.bin")
+        run.extras.update(weights=weights, checkpoint=checkpoint,
+                          data_sha256=data_hash(self.data) if self.data is not None else None)
 
 
-def analyse_training(run: TrainingRun, *, model_name: str, request: TrainRequest, program: Any,
+def analyse_training(run: RunArtifacts, *, model_name: str, request: TrainRequest, program: Any,
                      settings: Mapping[str, Any] | None = None, run_id: str | None = None) -> RunRecord:
     """The record of a training run (see the module docstring)."""
     from .analysis import edgerun_git_commit
     from edgerun.core.version import edgerun_version
 
-    res = run.artifacts.result
+    res = run.result
     header, load, summary, tl = res.header, res.load, res.summary, res.train
     steps = res.steps
     if tl is None or not steps:
@@ -267,7 +239,7 @@ def analyse_training(run: TrainingRun, *, model_name: str, request: TrainRequest
 
         raise RunFailed("the training run printed no train or step lines: there is nothing to analyse.",
                         stage="analyse")
-    info = run.artifacts.device_info
+    info = run.device_info
     source = EMULATED if info.emulated else MEASURED
     samples = tuple(Sample(index=k, warmup=False, execute_ns=s.execute_ns, wall_ns=s.wall_ns)
                     for k, s in enumerate(steps))
@@ -282,11 +254,12 @@ def analyse_training(run: TrainingRun, *, model_name: str, request: TrainRequest
         optimizer_state_bytes=int(raw.get("optimizer_state_bytes") or 0),
         train_samples=int(raw.get("train_samples") or 0), eval_samples=int(raw.get("eval_samples") or 0),
         loss_curve=tuple((s.step, s.loss) for s in steps),
-        eval=tuple({"when": e.when, "step": e.step, "samples": e.samples, "loss": e.loss, "accuracy": e.accuracy}
+        eval=tuple(EvalPoint(when=e.when, step=e.step, samples=e.samples, loss=e.loss, accuracy=e.accuracy)
                    for e in res.evals),
         steps_per_s=len(steps) / exec_s if exec_s > 0 else None,
         samples_per_s=len(steps) * tl.batch * request.grad_accum / exec_s if exec_s > 0 else None,
-        data_sha256=run.data_sha256, checkpoint=str(run.checkpoint) if run.checkpoint else None,
+        data_sha256=run.extras.get("data_sha256"),
+        checkpoint=str(run.extras["checkpoint"]) if run.extras.get("checkpoint") else None,
         settings={**request.to_json(), **(settings or {})})
     warnings = list(latency.warnings)
     if source == EMULATED:
@@ -294,7 +267,7 @@ def analyse_training(run: TrainingRun, *, model_name: str, request: TrainRequest
     kb = lambda v: int(v) * 1024 if v is not None else None  # noqa: E731
     memory = Memory(planned_bytes=None, peak_rss_bytes=kb(summary.peak_rss_kb if summary else None),
                     rss_bytes=kb(summary.rss_kb if summary else None), pte_bytes=getattr(program, "pte_bytes", None),
-                    bundle_bytes=run.artifacts.bundle_bytes, load_ms=load.load_ns / 1e6 if load else None,
+                    bundle_bytes=run.bundle_bytes, load_ms=load.load_ns / 1e6 if load else None,
                     program_load_ms=None, method_load_ms=None,
                     sources={"peak_rss_bytes": source, "pte_bytes": MEASURED})
     provenance = Provenance(
@@ -305,5 +278,5 @@ def analyse_training(run: TrainingRun, *, model_name: str, request: TrainRequest
     return RunRecord(
         run_id=run_id or new_run_id(), created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         model=ModelInfo(name=model_name, target=None, arch=header.arch, scheme=f"train-{training.method}"),
-        device_name=run.artifacts.device_name, device=info.to_json(), provenance=provenance, source=source,
+        device_name=run.device_name, device=info, provenance=provenance, source=source,
         samples=samples, latency=latency, wall=None, memory=memory, warnings=tuple(warnings), training=training)

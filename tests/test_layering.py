@@ -148,6 +148,60 @@ def test_imports_follow_the_arrows_of_the_design():
     assert not violations, "imports against DESIGN.md's arrows:\n" + "\n".join(map(str, violations))
 
 
+# Where the extension points live (issue 18): a run mode (a class with a ``mode_name``) in the runtime
+# room, a recipe handler (registered with export's registry) in the export room, and the runner's argv
+# is built by the runtime only: the hall asks a mode, it never assembles runner flags itself.
+PLACES = {
+    "mode": ("runtime", "a run mode (a class with mode_name) lives in edgerun.runtime"),
+    "recipe": ("export", "a recipe handler is registered in edgerun.export"),
+    "argv": ("runtime", "only edgerun.runtime builds the runner's argv (runner_argv, runner_prefix, runner_args)"),
+}
+ARGV_BUILDERS = {"runner_argv", "runner_prefix", "runner_args"}
+RECIPE_REGISTRARS = {"register_recipe", "recipe_handler"}
+
+
+def misplaced(root: Path) -> list[Violation]:
+    """Each definition or use of an extension point outside the room that owns it."""
+    found: list[Violation] = []
+    for path, module, _is_package in modules(root):
+        mine = layer(module)
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for node in ast.walk(tree):
+            what = None
+            if isinstance(node, ast.ClassDef) and any(
+                    isinstance(t, ast.Name) and t.id == "mode_name"
+                    for stmt in node.body for t in (stmt.targets if isinstance(stmt, ast.Assign)
+                                                    else [stmt.target] if isinstance(stmt, ast.AnnAssign) else [])):
+                what = "mode"
+            elif isinstance(node, (ast.Name, ast.Attribute, ast.alias)):
+                name = node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) \
+                    else node.name.rpartition(".")[2]
+                what = "argv" if name in ARGV_BUILDERS else "recipe" if name in RECIPE_REGISTRARS else None
+            if what is not None and PLACES[what][0] != mine:
+                found.append(Violation(str(path.relative_to(root)), node.lineno, module, what, PLACES[what][1]))
+    return sorted(found, key=lambda v: (v.path, v.line))
+
+
+def test_extension_points_live_in_their_rooms():
+    violations = misplaced(ROOT)
+    assert not violations, "extension points outside their rooms:\n" + "\n".join(map(str, violations))
+
+
+def test_the_place_checker_finds_a_mode_a_handler_and_runner_flags_in_the_hall(tmp_path):
+    files = {
+        "runtime/modes.py": "class Fine:\n    mode_name = 'forward'\n\ndef f(b):\n    return runner_argv(b)\n",
+        "export/recipes.py": "@recipe_handler(int)\ndef h(m):\n    return m\n",
+        "edgerun/mine.py": ("class Mine:\n    mode_name: str = 'x'\n\n"
+                            "def g(req, ctx):\n    return req.runner_args(ctx)\n"),
+        "runtime/prune.py": "from edgerun.export import register_recipe\n",
+    }
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    got = sorted((v.path, v.line, v.imported) for v in misplaced(tmp_path))
+    assert got == [("edgerun/mine.py", 1, "mode"), ("edgerun/mine.py", 5, "argv"), ("runtime/prune.py", 1, "recipe")]
+
+
 def test_the_checker_reports_each_wrong_arrow_at_its_file_and_line(tmp_path):
     files = {
         "core/__init__.py": "",

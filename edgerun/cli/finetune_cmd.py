@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -20,24 +19,20 @@ class StepPrinter:
     """Shows the loss as the device trains (the runner's step/eval lines, where the transport streams)."""
 
     def __init__(self, status, every: int) -> None:
-        self.status, self.every, self.buf = status, max(1, every), b""
+        from edgerun.runtime.protocol import LineParser
+
+        self.status, self.every, self.lines = status, max(1, every), LineParser()
 
     def __call__(self, chunk: bytes) -> None:
-        self.buf += chunk
-        *lines, self.buf = self.buf.split(b"\n")
-        for raw in lines:
-            try:
-                d = json.loads(raw)
-            except ValueError:
-                continue
-            if not isinstance(d, dict):
-                continue
-            if d.get("type") == "step" and isinstance(d.get("step"), int) and d["step"] % self.every == 0:
-                self.status.update(f"step {d['step']}: loss {d.get('loss', float('nan')):.4f}, lr {d.get('lr', 0):.3g}")
-            elif d.get("type") == "eval" and isinstance(d.get("loss"), (int, float)):
-                acc = d.get("accuracy")
-                self.status.update(f"eval ({plain(d.get('when'))}, step {d.get('step')}): loss {d['loss']:.4f}"
-                                   + (f", accuracy {acc:.1%}" if isinstance(acc, (int, float)) else ""))
+        from edgerun.runtime.protocol import EvalLine, StepLine
+
+        for line in self.lines.feed(chunk):
+            if isinstance(line, StepLine) and line.step % self.every == 0:
+                self.status.update(f"step {line.step}: loss {line.loss:.4f}, lr {line.lr:.3g}")
+            elif isinstance(line, EvalLine):
+                acc = line.accuracy
+                self.status.update(f"eval ({plain(line.when)}, step {line.step}): loss {line.loss:.4f}"
+                                   + (f", accuracy {acc:.1%}" if acc is not None else ""))
 
 
 def register(app: typer.Typer) -> None:
@@ -120,7 +115,9 @@ def register(app: typer.Typer) -> None:
             rec = res["record"]
             t = rec.training
             return {"run_id": rec.run_id, "device": rec.device_name, "source": rec.source,
-                    "training": t.to_dict(), "eval_before": t.eval_before, "eval_after": t.eval_after,
+                    "training": t.to_dict(),
+                    "eval_before": t.eval_before.to_dict() if t.eval_before else None,
+                    "eval_after": t.eval_after.to_dict() if t.eval_after else None,
                     "steps_per_s": t.steps_per_s, "peak_rss_bytes": rec.memory.peak_rss_bytes,
                     "agreement": res["agreement"], "program": res["program"].to_json(),
                     "run_dir": str(res["run_dir"]), "checkpoint": t.checkpoint,

@@ -172,7 +172,8 @@ def register(app: typer.Typer) -> None:
 
         def work() -> dict:
             from edgerun.llm import BenchLLMSettings, bench_llm
-            from edgerun.profiling import CellFailure, parse_threads
+            from edgerun.cells import CellFailure
+            from edgerun.profiling import parse_threads
             from edgerun.store import Store
 
             settings = BenchLLMSettings(prompts=tuple(p for p in _ints(prompts, "-p") if p),

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from edgerun.core.errors import UsageError
+from edgerun.core.errors import ExitCode, UsageError
 
 from ._common import DebugOpt, JsonOpt, err_console, execute, plain, progress
 from .results_cmd import StoreOpt, print_record, print_runs_table, record_json
@@ -108,7 +108,8 @@ def register(app: typer.Typer) -> None:
         holder: dict = {}
 
         def work() -> dict:
-            from edgerun.profiling import CellFailure, parse_threads, profile
+            from edgerun.cells import CellFailure
+            from edgerun.profiling import parse_threads, profile
             from edgerun.store import Store
 
             settings = _settings(warmup=warmup, iterations=iterations, min_time_ms=min_time_ms,
@@ -225,7 +226,7 @@ def register(app: typer.Typer) -> None:
             summary["runs"] = [record_json(r) for r in records]
             if summary["failures"]:
                 summary["ok"] = False
-                summary["exit_code"] = 15
+                summary["exit_code"] = int(ExitCode.DEVICE_RUN)  # a sweep with failed cells
             return summary
 
         def human(r: dict) -> None:

@@ -77,7 +77,7 @@ def print_record(record, *, top: int = 10) -> None:
 
     lat = record.latency
     src = "[yellow]emulated[/]" if record.source == "emulated" else "[green]measured[/]"
-    cpu = record.device.get("cpu_model") or record.device.get("arch")
+    cpu = record.device.cpu_model or record.device.arch
     out.print(f"[bold]{record.run_id}[/]  {escape(record.model.name)} ({escape(record.model.scheme or '?')}) on "
               f"[bold]{escape(device_label(record.device_name, record.device))}[/] ({escape(str(cpu))}, {record.provenance.threads} threads) — "
               f"{src}, {record.created_at}", highlight=False)

@@ -49,8 +49,8 @@ def test_device_loss_curve_is_eager_sgd_and_weights_agree(digits_npz):
     device = [loss for _, loss in t.loss_curve]
     eager, model = _eager_sgd(digits_npz, 30, 16, 0.1, 0.9)
     np.testing.assert_allclose(device, eager, rtol=1e-4, atol=1e-5)
-    assert res["agreement"]["agrees"] and res["agreement"]["device_accuracy"] == t.eval_after["accuracy"]
-    assert t.eval_before["accuracy"] < 0.3 < t.eval_after["accuracy"], (t.eval_before, t.eval_after)
+    assert res["agreement"]["agrees"] and res["agreement"]["device_accuracy"] == t.eval_after.accuracy
+    assert t.eval_before.accuracy < 0.3 < t.eval_after.accuracy, (t.eval_before, t.eval_after)
     assert t.trainable == 64 * 32 + 32 + 32 * 10 + 10 and t.optimizer_state_bytes == t.trainable * 4
     assert res["record"].latency.n == 30 and t.steps_per_s > 0 and res["record"].memory.peak_rss_bytes > 0
 
@@ -82,7 +82,7 @@ def test_training_under_qemu_cortex_a76_follows_the_host(digits_npz, runner_bund
     req = TrainRequest(steps=12, lr=0.1, momentum=0.9, shuffle=False, threads=1)
     host = finetune(MLP, "local://", req, FinetuneSettings(batch=16, data=str(digits_npz)))
     arm = finetune(MLP, "qemu-aarch64://?cpu=cortex-a76", req, FinetuneSettings(batch=16, data=str(digits_npz)))
-    assert arm["record"].source == "emulated" and arm["record"].device.get("arch") == "aarch64"
+    assert arm["record"].source == "emulated" and arm["record"].device.arch == "aarch64"
     np.testing.assert_allclose([v for _, v in arm["record"].training.loss_curve],
                                [v for _, v in host["record"].training.loss_curve], rtol=1e-4, atol=1e-5)
     c = compare_records(host["record"], arm["record"])
@@ -100,7 +100,7 @@ def test_data_on_the_device_never_leaves_it(digits_npz, loopback_sshd, tmp_path)
     t = res["record"].training
     assert t.data_sha256 is None and t.settings["data"] == f"device:{device_dir}"
     assert not (res["run_dir"] / "data").exists()           # nothing of the data was written or sent
-    assert t.eval_after["samples"] == 397 // 16 * 16
+    assert t.eval_after.samples == 397 // 16 * 16
     with pytest.raises(Exception, match="no readable x_train.npy"):
         finetune(MLP, loopback_sshd.uri(), TrainRequest(steps=2), FinetuneSettings(
             batch=16, data_on_device=str(tmp_path / "empty")))
@@ -113,7 +113,7 @@ def test_export_to_writes_a_verified_artifact_with_lineage(digits_npz, tmp_path)
     assert m.ok and m.lineage["base_model"] == MLP and m.lineage["steps"] == 40
     assert m.lineage["run_id"] == res["record"].run_id and m.lineage["weights_sha256"]
     assert m.lineage["data_sha256"] == res["record"].training.data_sha256
-    assert m.lineage["eval_after"]["accuracy"] == res["record"].training.eval_after["accuracy"]
+    assert m.lineage["eval_after"]["accuracy"] == res["record"].training.eval_after.accuracy
     from edgerun.report import render
 
     html = render([res["record"]], "html")
@@ -147,7 +147,7 @@ def test_mezo_trains_with_two_forwards_and_no_optimizer_state(digits_npz):
     a = finetune(MLP, "local://", req, FinetuneSettings(method="mezo", batch=16, data=str(digits_npz)))
     t = a["record"].training
     assert t.method == "mezo" and t.optimizer == "mezo-sgd" and t.optimizer_state_bytes == 0
-    assert t.eval_after["accuracy"] > t.eval_before["accuracy"] + 0.2, (t.eval_before, t.eval_after)
+    assert t.eval_after.accuracy > t.eval_before.accuracy + 0.2, (t.eval_before, t.eval_after)
     assert a["agreement"]["agrees"]
     b = finetune(MLP, "local://", req, FinetuneSettings(method="mezo", batch=16, data=str(digits_npz)))
     for pa in sorted((a["run_dir"] / "weights").glob("*.npy")):
@@ -164,7 +164,7 @@ def test_lora_trains_adapters_only_and_merges_for_export(digits_npz, tmp_path):
     # two adapted layers: (4x64 + 32x4) + (4x32 + 10x4) trainable, the 2410 base parameters frozen
     assert t.method == "lora" and t.trainable == (4 * 64 + 32 * 4) + (4 * 32 + 10 * 4) and t.frozen == 2410
     assert t.optimizer_state_bytes == 2 * 4 * t.trainable
-    assert t.eval_after["accuracy"] > t.eval_before["accuracy"] + 0.1, (t.eval_before, t.eval_after)
+    assert t.eval_after.accuracy > t.eval_before.accuracy + 0.1, (t.eval_before, t.eval_after)
     assert res["agreement"]["agrees"]  # the merged eager model scores what the device's LoRA program scored
     m = read_manifest(tmp_path / "art")
     assert m.ok and m.lineage["method"] == "lora" and m.lineage["lora"]["rank"] == 4
@@ -183,7 +183,7 @@ def test_an_llm_fine_tunes_on_text_on_the_device(method, tiny_gguf, tmp_path):
                                                                      export_to=export_to, export_max_context=32))
     t = res["record"].training
     before, after = t.eval_before, t.eval_after
-    assert after["loss"] < before["loss"] and after["perplexity"] < before["perplexity"]
+    assert after.loss < before.loss and after.perplexity < before.perplexity
     assert res["agreement"]["agrees"], res["agreement"]
     assert t.settings["text"]["seq_len"] == 16 and t.settings["text"]["windows"] > 8
     if method == "lora":  # rank-8 adapters on wq (64->64) and wv (64->32) of both layers; the base frozen
@@ -193,4 +193,4 @@ def test_an_llm_fine_tunes_on_text_on_the_device(method, tiny_gguf, tmp_path):
         assert m.ok and m.llm is not None and m.llm.max_context == 32 and m.lineage["method"] == "lora"
         assert m.recipe.model["weights_sha256"] == t.weights_sha256
         # the exported program carries the fine-tuned weights: its perplexity is the trained model's
-        assert m.llm.quality["perplexity"]["eager_fp32"] < before["perplexity"]
+        assert m.llm.quality["perplexity"]["eager_fp32"] < before.perplexity

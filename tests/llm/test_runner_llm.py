@@ -50,7 +50,7 @@ def test_qemu_cortex_a76_generates_the_same_tokens(tiny_fp32, runner_bundle, nee
     runner_bundle("aarch64")
     _, eager = _eager_greedy(tiny_fp32)
     record, _ = generate(tiny_fp32, "qemu-aarch64://?cpu=cortex-a76", PROMPTS[0], GREEDY)
-    assert record.source == "emulated" and record.device.get("arch") == "aarch64"
+    assert record.source == "emulated" and record.device.arch == "aarch64"
     assert list(record.llm.ids) == eager
 
 

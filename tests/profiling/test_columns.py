@@ -73,11 +73,14 @@ def test_fractions_and_db_are_formatted_by_their_unit():
 
 
 def test_the_device_label_names_the_emulated_cpu():
-    qemu = {**QEMU_INFO, "emulator": "qemu-aarch64 -cpu max"}
+    from edgerun.devices.info import DeviceInfo
+
+    qemu = DeviceInfo(**{**QEMU_INFO, "emulator": "qemu-aarch64 -cpu max"})
+    emulated, host = DeviceInfo(**QEMU_INFO), DeviceInfo(**HOST_INFO)
     assert device_label("qemu-aarch64://", qemu) == "qemu-aarch64://?cpu=max"
-    assert device_label("qemu-aarch64://?cpu=cortex-a76", QEMU_INFO) == "qemu-aarch64://?cpu=cortex-a76"
-    assert device_label("pi5-qemu", QEMU_INFO) == "pi5-qemu (cpu=cortex-a76)"
-    assert device_label("local://", HOST_INFO) == "local://"
+    assert device_label("qemu-aarch64://?cpu=cortex-a76", emulated) == "qemu-aarch64://?cpu=cortex-a76"
+    assert device_label("pi5-qemu", emulated) == "pi5-qemu (cpu=cortex-a76)"
+    assert device_label("local://", host) == "local://"
     r = _rec(info=qemu, device_name="qemu-aarch64://")
     assert flat_row(r)["device"] == "qemu-aarch64://?cpu=max" and flat_row(r)["device_name"] == "qemu-aarch64://"
 

@@ -124,6 +124,69 @@ def test_ctrl_c_kills_the_runner_marks_the_run_interrupted_and_stores_nothing(
     assert side.stat().st_size == size, "the runner still runs after edgerun exited"
 
 
+FT_MODEL = """
+import torch
+def mlp():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    return net.eval(), (torch.zeros(1, 1, 8, 8),)
+"""
+
+
+def test_ctrl_c_during_finetune_marks_the_run_interrupted_exits_130_and_stores_nothing(
+        runner_bundle, edgerun_home, tmp_path):
+    """The training run goes through the same scaffolding as profile's: Ctrl-C while the real runner
+    trains on the device kills it, the run directory says ``interrupted``, nothing is stored."""
+    import numpy as np
+
+    runner_bundle("host")
+    (tmp_path / "ftmodel_ctrlc.py").write_text(FT_MODEL)
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data.npz"
+    np.savez(data, x_train=rng.random((64, 1, 8, 8), dtype=np.float32), y_train=rng.integers(0, 4, 64),
+             x_eval=rng.random((16, 1, 8, 8), dtype=np.float32), y_eval=rng.integers(0, 4, 16))
+    loop = tmp_path / "loop.sh"
+    loop.write_text(LOOP)
+    side = tmp_path / "runner-stdout.jsonl"
+    name = f"ctrlc-ft-{secrets.token_hex(3)}"
+    inventory = tmp_path / "devices.toml"
+    inventory.write_text(f'[devices.{name}]\nuri = "local://?work_dir={tmp_path / "dev"}"\n'
+                         f'wrapper = ["sh", "{loop}"]\n')
+    store = tmp_path / "results.sqlite"
+    env = {**os.environ, "EDGERUN_HOME": str(edgerun_home),
+           "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen(
+        [*_edgerun_cmd(), "finetune", "ftmodel_ctrlc:mlp", "--device", name, "--inventory", str(inventory),
+         "--store", str(store), "--data", str(data), "--steps", "4", "--batch", "16", "--threads", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    try:
+        _wait_for(lambda: side.is_file() and '"type":"step"' in side.read_text(),
+                  "the runner's first training step line", 600, proc)
+        (run_dir,) = _wait_for(lambda: _run_dirs_of(edgerun_home / "runs", name), "the run directory", 10, proc)
+        assert json.loads((run_dir / "run.json").read_text())["status"] == "running"
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, err = proc.communicate(timeout=INTERRUPT_BOUND_S)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"edgerun finetune did not stop within {INTERRUPT_BOUND_S:g} s of SIGINT")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err[-3000:]
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert meta["status"] == "interrupted" and meta["mode"] == "train", meta
+    lines = [json.loads(ln) for ln in (run_dir / "runner.jsonl").read_text().splitlines() if ln.startswith("{")]
+    assert any(ln["type"] == "step" for ln in lines)
+    assert not (run_dir / "record.json").exists()
+    with Store(store) as s:
+        assert s.list() == []
+    size = side.stat().st_size
+    before = time.monotonic()
+    _wait_for(lambda: time.monotonic() - before > 1.0, "a second passing", 5)
+    assert side.stat().st_size == size, "the runner still trains after edgerun exited"
+
+
 def test_a_running_run_dir_of_a_dead_process_is_marked_interrupted_by_the_next_run(tmp_path):
     """A process killed by SIGKILL cannot mark its run directory; the next run does (pid + host)."""
     import socket
