@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -171,32 +172,33 @@ def profile(artifact: str | Path, devices: Sequence[str], settings: ProfileSetti
 
 # ------------------------------------------------------------------------------------- bench
 
-def artifact_cache_dir(model: str, target: str, scheme: str, options=None) -> Path:
+def artifact_cache_dir(model: str, target: str, recipe: str, options=None) -> Path:
     """Where bench keeps the export of one recipe: keyed by its full recipe identity (model, target,
-    scheme and options, calibration, seed, vectors, tool versions), so a change of any re-exports."""
-    from edgerun.export import get_model, get_target, make_scheme
-    from edgerun.export.pipeline import ExportOptions
+    every step of the recipe with every option, calibration, seed, vectors, tool versions), so a change of
+    any re-exports."""
+    from edgerun.export import ExportOptions, get_model, get_target, parse_recipe
     from edgerun.export.recipe import recipe_identity
 
     options = options or ExportOptions()
-    identity = recipe_identity(get_model(model), get_target(target), make_scheme(scheme),
+    chain = parse_recipe(recipe)
+    identity = recipe_identity(get_model(model), get_target(target), chain,
                                calibration=options.calibration, seed=options.seed, vectors=options.vectors)
-    safe = model.replace(":", "_").replace("/", "_")
-    return artifacts_dir() / f"{safe}-{target}-{scheme}-{identity.hash[:12]}"
+    safe = lambda text: re.sub(r"[^A-Za-z0-9_.=+-]+", "_", text).strip("_")[:80]  # noqa: E731
+    return artifacts_dir() / f"{safe(model)}-{target}-{safe(chain.spec)}-{identity.hash[:12]}"
 
 
-def ensure_artifact(model: str, target: str, scheme: str, on_progress: Progress | None = None) -> Path:
+def ensure_artifact(model: str, target: str, recipe: str, on_progress: Progress | None = None) -> Path:
     """An exported, verified artifact for the cell, reused when the same recipe was exported before."""
     from edgerun.core.artifact import read_manifest
     from edgerun.export import export_model
 
-    path = artifact_cache_dir(model, target, scheme)
+    path = artifact_cache_dir(model, target, recipe)
     try:
         if read_manifest(path).ok:
             return path
     except EdgerunError:
         pass
-    export_model(model, target, scheme, path, on_stage=(lambda s: on_progress(f"export {target}/{scheme}: {s}"))
+    export_model(model, target, recipe, path, on_stage=(lambda s: on_progress(f"export {target}/{recipe}: {s}"))
                  if on_progress else None)
     return path
 
@@ -222,17 +224,20 @@ def bench(model: str, targets: Sequence[str], schemes: Sequence[str], devices: S
           settings: ProfileSettings, *, store, inventory: str | None = None, sweep_id: str | None = None,
           on_cell: Callable[[str, str], None] | None = None, on_progress: Progress | None = None) -> dict:
     """Export x deploy x profile across targets, recipes (``schemes``: a scheme name, or a recipe with its
-    options) and devices; resumable by ``sweep_id``.
+    options and steps, e.g. ``8da4w:group_size=64`` or ``prune:amount=0.5+int8``; each cell keyed by the
+    recipe's canonical text) and devices; resumable by ``sweep_id``.
 
     Every (target, recipe) is exported first, once (CPU-heavy: one at a time). Then each device is
     opened **once** for all its cells and the devices run concurrently, each its cells in turn.
     """
-    from edgerun.export import get_target
+    from edgerun.export import get_target, parse_recipe
 
+    chains = [parse_recipe(s) for s in schemes]  # a wrong recipe or option fails here, before any work
+    schemes = list(dict.fromkeys(c.spec for c in chains))
     for t in targets:
         tgt = get_target(t)
-        for s in schemes:
-            tgt.check_scheme(s)
+        for c in chains:
+            tgt.check_recipe(c)
     sweep = sweep_id or sweep_id_for(model, targets, schemes, devices, settings)
     cells = bench_cells(model, targets, schemes, devices, settings.threads)
     done: dict[str, str] = {}

@@ -154,7 +154,7 @@ def analyse(run: RunArtifacts, manifest: Manifest, settings: AnalysisSettings = 
     artifact_executorch = manifest.versions.get("executorch")
     model = ModelInfo(
         name=manifest.model.name, target=manifest.target.name, arch=manifest.target.arch or header.arch,
-        scheme=manifest.scheme.name, recipe_hash=manifest.recipe_hash,
+        scheme=manifest.scheme.spec, recipe_hash=manifest.recipe_hash,
         artifact=str(manifest.path) if manifest.path is not None else None,
         inputs=tuple(t.to_json() for t in load.inputs) if load and load.inputs else
         tuple(t.to_json() for t in manifest.inputs),
