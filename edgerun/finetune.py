@@ -145,7 +145,7 @@ def finetune(model: str, device_name: str, request, settings: FinetuneSettings =
              store_path=None, inventory: str | None = None, on_stdout: Callable[[bytes], None] | None = None,
              on_progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Fine-tune ``model`` on ``device_name``; returns ``{"record", "program", "export", "agreement"}``."""
-    from edgerun.export.finetune import export_training_program, load_trained, weights_sha256
+    from edgerun.export.finetune import TrainingProgram, export_training_program, load_trained, weights_sha256
     from edgerun.export.llm.zoo import LLMSpec
     from edgerun.export.zoo import get_model
     from edgerun.runtime.deploy import new_run_dir
@@ -196,18 +196,11 @@ def finetune(model: str, device_name: str, request, settings: FinetuneSettings =
                            {"lora": lora, "seq_len": settings.seq_len if is_llm else None,
                             "layers": getattr(spec, "layers", None)})
     say("exporting the training program")
-    pte = cache / "train.pte"
-    meta_path = cache / "program.json"
-    if pte.is_file() and meta_path.is_file():
-        from edgerun.export.finetune import TrainingProgram
-
-        meta = json.loads(meta_path.read_text())
-        program = TrainingProgram(**{**meta, "path": pte, "sample_shape": tuple(meta["sample_shape"]),
-                                     "names": tuple(meta["names"]), "shapes": tuple(tuple(s) for s in meta["shapes"])})
-    else:
-        program = export_training_program(net, example, pte, batch=settings.batch, frozen=settings.freeze,
-                                          method=settings.method)
-        meta_path.write_text(json.dumps(program.to_json(), indent=2))
+    program = TrainingProgram.cached(cache)  # re-hashed: a changed or truncated train.pte is exported again
+    if program is None:
+        program = export_training_program(net, example, cache / "train.pte", batch=settings.batch,
+                                          frozen=settings.freeze, method=settings.method)
+        program.save(cache)
     run_dir = new_run_dir(device_name, f"{spec.name}-finetune")
     data_files = write_data(run_dir / "data", arrays["x_train"], arrays["y_train"], arrays.get("x_eval"),
                             arrays.get("y_eval")) if arrays is not None else None

@@ -53,6 +53,36 @@ class TrainingProgram:
         d["names"] = list(self.names)
         return d
 
+    @classmethod
+    def cached(cls, directory: Path) -> "TrainingProgram | None":
+        """The training program exported into ``directory`` before (``train.pte`` + ``program.json``), or
+        None when there is none, its description cannot be read, or the program is not the one it
+        describes (its sha256 differs: changed or truncated since): then it must be exported again."""
+        import json
+
+        from edgerun.core.artifact import sha256_file
+
+        pte, meta_path = Path(directory) / "train.pte", Path(directory) / "program.json"
+        if not (pte.is_file() and meta_path.is_file()):
+            return None
+        try:
+            meta = json.loads(meta_path.read_text())
+            program = cls(**{**meta, "path": pte, "sample_shape": tuple(meta["sample_shape"]),
+                             "names": tuple(meta["names"]), "shapes": tuple(tuple(s) for s in meta["shapes"])})
+        except (OSError, ValueError, TypeError, KeyError):
+            return None
+        if pte.stat().st_size != program.pte_bytes or sha256_file(pte) != program.pte_sha256:
+            return None
+        return program
+
+    def save(self, directory: Path) -> None:
+        """Write ``program.json`` beside the program, for :meth:`cached`."""
+        import json
+
+        from edgerun.core.artifact import write_json_atomic
+
+        write_json_atomic(Path(directory) / "program.json", self.to_json())
+
 
 def _lora_class():
     import torch

@@ -337,13 +337,22 @@ class TrainLine:
     batch: int
     steps: int
     start_step: int = 0
+    optimizer: str | None = None
+    trainable_bytes: int | None = None
+    optimizer_state_bytes: int | None = None
+    train_samples: int | None = None
+    eval_samples: int | None = None
     raw: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, d):
         return cls(parameters=_f(d, "parameters", int), trainable=_f(d, "trainable", int), batch=_f(d, "batch", int),
                    steps=_f(d, "steps", int), start_step=_f(d, "start_step", int, optional=True, default=0),
-                   raw=dict(d))
+                   optimizer=_f(d, "optimizer", str, optional=True),
+                   trainable_bytes=_f(d, "trainable_bytes", int, optional=True),
+                   optimizer_state_bytes=_f(d, "optimizer_state_bytes", int, optional=True),
+                   train_samples=_f(d, "train_samples", int, optional=True),
+                   eval_samples=_f(d, "eval_samples", int, optional=True), raw=dict(d))
 
 
 @dataclass(frozen=True)

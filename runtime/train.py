@@ -245,14 +245,13 @@ def analyse_training(run: RunArtifacts, *, model_name: str, request: TrainReques
                     for k, s in enumerate(steps))
     latency = summarize([s.execute_ns for s in samples], what="step")
     exec_s = sum(s.execute_ns for s in steps) / 1e9
-    raw = dict(tl.raw)
     training = TrainingMetrics(
-        method=getattr(program, "method", "full"), optimizer=str(tl.raw.get("optimizer") or request.optimizer),
+        method=getattr(program, "method", "full"), optimizer=tl.optimizer or request.optimizer,
         lr=request.lr, steps=len(steps),
         start_step=tl.start_step, batch=tl.batch, grad_accum=request.grad_accum, trainable=tl.trainable,
-        frozen=getattr(program, "frozen", 0), trainable_bytes=int(raw.get("trainable_bytes") or tl.trainable * 4),
-        optimizer_state_bytes=int(raw.get("optimizer_state_bytes") or 0),
-        train_samples=int(raw.get("train_samples") or 0), eval_samples=int(raw.get("eval_samples") or 0),
+        frozen=getattr(program, "frozen", 0), trainable_bytes=tl.trainable_bytes or tl.trainable * 4,
+        optimizer_state_bytes=tl.optimizer_state_bytes or 0,
+        train_samples=tl.train_samples or 0, eval_samples=tl.eval_samples or 0,
         loss_curve=tuple((s.step, s.loss) for s in steps),
         eval=tuple(EvalPoint(when=e.when, step=e.step, samples=e.samples, loss=e.loss, accuracy=e.accuracy)
                    for e in res.evals),
