@@ -72,25 +72,29 @@ def host_artifact(make_artifact):
     return make_artifact("digits_cnn", "host", "fp32")
 
 
-def test_ctrl_c_kills_the_runner_marks_the_run_interrupted_and_stores_nothing(
-        host_artifact, runner_bundle, edgerun_home, tmp_path):
-    runner_bundle("host")  # built once per session, before the clock of this test starts
+@pytest.fixture
+def looping_device(tmp_path):
+    """An inventory device on ``local://`` whose wrapper runs the runner again and again, its stdout teed
+    into a side file: ``(name, inventory, side file)``."""
     loop = tmp_path / "loop.sh"
     loop.write_text(LOOP)
-    side = tmp_path / "runner-stdout.jsonl"
     name = f"ctrlc-{secrets.token_hex(3)}"
     inventory = tmp_path / "devices.toml"
     inventory.write_text(f'[devices.{name}]\nuri = "local://?work_dir={tmp_path / "dev"}"\n'
                          f'wrapper = ["sh", "{loop}"]\n')
-    store = tmp_path / "results.sqlite"
-    proc = subprocess.Popen(
-        [*_edgerun_cmd(), "profile", str(host_artifact), "--device", name, "--inventory", str(inventory),
-         "--store", str(store), "--warmup", "0", "--iterations", "1", "--no-etdump", "--no-task-accuracy",
-         "--timeout", "600"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "EDGERUN_HOME": str(edgerun_home)})
+    return name, inventory, tmp_path / "runner-stdout.jsonl"
+
+
+def _interrupt_and_check(argv: list[str], *, device, edgerun_home, store, line_type: str, env=None, cwd=None):
+    """Run edgerun ``argv``; on the runner's first ``line_type`` line, SIGINT. Then: exit 130 within the
+    bound, the run directory ``interrupted`` with the partial runner output, nothing stored, the runner
+    gone. Returns the run directory's ``run.json``."""
+    name, _inventory, side = device
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
+                            env={**os.environ, "EDGERUN_HOME": str(edgerun_home), **(env or {})})
     try:
-        _wait_for(lambda: side.is_file() and '"type":"iteration"' in side.read_text(),
-                  "the runner's first iteration line", 300, proc)
+        _wait_for(lambda: side.is_file() and f'"type":"{line_type}"' in side.read_text(),
+                  f"the runner's first {line_type} line", 600, proc)
         (run_dir,) = _wait_for(lambda: _run_dirs_of(edgerun_home / "runs", name), "the run directory", 10, proc)
         assert json.loads((run_dir / "run.json").read_text())["status"] == "running"
         proc.send_signal(signal.SIGINT)
@@ -112,7 +116,7 @@ def test_ctrl_c_kills_the_runner_marks_the_run_interrupted_and_stores_nothing(
     assert meta["pid"] == proc.pid and meta["host"]
     # the runner's partial output is kept in the run directory
     lines = [json.loads(ln) for ln in (run_dir / "runner.jsonl").read_text().splitlines() if ln.startswith("{")]
-    assert any(ln["type"] == "iteration" for ln in lines)
+    assert any(ln["type"] == line_type for ln in lines)
     # nothing of the interrupted run was analysed or stored
     assert not (run_dir / "record.json").exists()
     with Store(store) as s:
@@ -122,6 +126,18 @@ def test_ctrl_c_kills_the_runner_marks_the_run_interrupted_and_stores_nothing(
     before = time.monotonic()
     _wait_for(lambda: time.monotonic() - before > 1.0, "a second passing", 5)
     assert side.stat().st_size == size, "the runner still runs after edgerun exited"
+    return meta
+
+
+def test_ctrl_c_kills_the_runner_marks_the_run_interrupted_and_stores_nothing(
+        host_artifact, runner_bundle, edgerun_home, tmp_path, looping_device):
+    runner_bundle("host")  # built once per session, before the clock of this test starts
+    name, inventory, _side = looping_device
+    store = tmp_path / "results.sqlite"
+    _interrupt_and_check(
+        [*_edgerun_cmd(), "profile", str(host_artifact), "--device", name, "--inventory", str(inventory),
+         "--store", str(store), "--warmup", "0", "--iterations", "1", "--no-etdump", "--no-task-accuracy",
+         "--timeout", "600"], device=looping_device, edgerun_home=edgerun_home, store=store, line_type="iteration")
 
 
 FT_MODEL = """
@@ -134,7 +150,7 @@ def mlp():
 
 
 def test_ctrl_c_during_finetune_marks_the_run_interrupted_exits_130_and_stores_nothing(
-        runner_bundle, edgerun_home, tmp_path):
+        runner_bundle, edgerun_home, tmp_path, looping_device):
     """The training run goes through the same scaffolding as profile's: Ctrl-C while the real runner
     trains on the device kills it, the run directory says ``interrupted``, nothing is stored."""
     import numpy as np
@@ -145,46 +161,14 @@ def test_ctrl_c_during_finetune_marks_the_run_interrupted_exits_130_and_stores_n
     data = tmp_path / "data.npz"
     np.savez(data, x_train=rng.random((64, 1, 8, 8), dtype=np.float32), y_train=rng.integers(0, 4, 64),
              x_eval=rng.random((16, 1, 8, 8), dtype=np.float32), y_eval=rng.integers(0, 4, 16))
-    loop = tmp_path / "loop.sh"
-    loop.write_text(LOOP)
-    side = tmp_path / "runner-stdout.jsonl"
-    name = f"ctrlc-ft-{secrets.token_hex(3)}"
-    inventory = tmp_path / "devices.toml"
-    inventory.write_text(f'[devices.{name}]\nuri = "local://?work_dir={tmp_path / "dev"}"\n'
-                         f'wrapper = ["sh", "{loop}"]\n')
+    name, inventory, _side = looping_device
     store = tmp_path / "results.sqlite"
-    env = {**os.environ, "EDGERUN_HOME": str(edgerun_home),
-           "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen(
+    meta = _interrupt_and_check(
         [*_edgerun_cmd(), "finetune", "ftmodel_ctrlc:mlp", "--device", name, "--inventory", str(inventory),
          "--store", str(store), "--data", str(data), "--steps", "4", "--batch", "16", "--threads", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
-    try:
-        _wait_for(lambda: side.is_file() and '"type":"step"' in side.read_text(),
-                  "the runner's first training step line", 600, proc)
-        (run_dir,) = _wait_for(lambda: _run_dirs_of(edgerun_home / "runs", name), "the run directory", 10, proc)
-        assert json.loads((run_dir / "run.json").read_text())["status"] == "running"
-        proc.send_signal(signal.SIGINT)
-        try:
-            out, err = proc.communicate(timeout=INTERRUPT_BOUND_S)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"edgerun finetune did not stop within {INTERRUPT_BOUND_S:g} s of SIGINT")
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 130, err[-3000:]
-    meta = json.loads((run_dir / "run.json").read_text())
-    assert meta["status"] == "interrupted" and meta["mode"] == "train", meta
-    lines = [json.loads(ln) for ln in (run_dir / "runner.jsonl").read_text().splitlines() if ln.startswith("{")]
-    assert any(ln["type"] == "step" for ln in lines)
-    assert not (run_dir / "record.json").exists()
-    with Store(store) as s:
-        assert s.list() == []
-    size = side.stat().st_size
-    before = time.monotonic()
-    _wait_for(lambda: time.monotonic() - before > 1.0, "a second passing", 5)
-    assert side.stat().st_size == size, "the runner still trains after edgerun exited"
+        device=looping_device, edgerun_home=edgerun_home, store=store, line_type="step", cwd=tmp_path,
+        env={"PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])})
+    assert meta["mode"] == "train"
 
 
 def test_a_running_run_dir_of_a_dead_process_is_marked_interrupted_by_the_next_run(tmp_path):
