@@ -2,7 +2,6 @@
 //
 // Output is the JSON-lines protocol of PROTOCOL.md (stdout); ExecuTorch's log goes to stderr.
 // No torch, no Python: this is what runs on the device.
-#include <dlfcn.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -12,14 +11,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <deque>
-#include <fstream>
-#include <map>
 #include <memory>
 #include <random>
-#include <set>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include <executorch/devtools/etdump/etdump_flatcc.h>
@@ -29,8 +23,6 @@
 #include <executorch/runtime/backend/interface.h>
 #include <executorch/runtime/backend/options.h>
 #include <executorch/runtime/core/error.h>
-#include <executorch/runtime/kernel/operator_registry.h>
-#include <executorch/runtime/platform/platform.h>
 #include <executorch/runtime/platform/runtime.h>
 
 #include "json_out.h"
@@ -38,26 +30,8 @@
 #include "train.h"
 #include "npy.h"
 #include "runner_common.h"
+#include "runner_info.h"
 #include "threadpool_api.h"
-
-#ifndef EDGERUN_RUNNER_VERSION
-#define EDGERUN_RUNNER_VERSION "0.0.0"
-#endif
-#ifndef EDGERUN_SOURCE_HASH
-#define EDGERUN_SOURCE_HASH "unknown"
-#endif
-#ifndef EDGERUN_ET_VERSION
-#define EDGERUN_ET_VERSION "unknown"
-#endif
-#ifndef EDGERUN_BUILD_TYPE
-#define EDGERUN_BUILD_TYPE "unknown"
-#endif
-#ifndef EDGERUN_CXX_FLAGS
-#define EDGERUN_CXX_FLAGS ""
-#endif
-#ifndef EDGERUN_VARIANT
-#define EDGERUN_VARIANT "full"
-#endif
 
 namespace {
 
@@ -70,6 +44,7 @@ using executorch::runtime::MethodMeta;
 using executorch::runtime::Tag;
 using executorch::runtime::TensorInfo;
 using edgerun::Clock;
+using edgerun::describe_tensors;
 using edgerun::dtype_text;
 using edgerun::error_name;
 using edgerun::fail;
@@ -79,77 +54,11 @@ using edgerun::kExitLoad;
 using edgerun::kExitOutput;
 using edgerun::kExitUsage;
 using edgerun::ns_between;
+using edgerun::parse_double;
+using edgerun::parse_int;
 using edgerun::read_file;
 using edgerun::shape_text;
-
-constexpr size_t kKeptLogLines = 20;
-
-#if defined(__aarch64__)
-constexpr const char* kArch = "aarch64";
-#elif defined(__x86_64__)
-constexpr const char* kArch = "x86_64";
-#elif defined(__arm__)
-constexpr const char* kArch = "armv7";
-#else
-constexpr const char* kArch = "unknown";
-#endif
-
-// ---------------------------------------------------------------------------------------------
-// ExecuTorch's log: forwarded to stderr, error/fatal lines kept for the `error` record.
-
-bool g_verbose = false;
-
-std::deque<std::string>& kept_log() {
-  static std::deque<std::string> lines;
-  return lines;
-}
-
-void emit_log(et_timestamp_t /*timestamp*/, et_pal_log_level_t level, const char* filename,
-              const char* /*function*/, size_t line, const char* message, size_t length) {
-  const char* base = filename ? std::strrchr(filename, '/') : nullptr;
-  base = base ? base + 1 : (filename ? filename : "?");
-  std::string text(message, length);
-  while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) text.pop_back();
-  bool chatty = level == kInfo || level == kDebug;
-  if (!chatty || g_verbose)
-    std::fprintf(stderr, "%c executorch:%s:%zu] %s\n", static_cast<char>(level), base, line,
-               text.c_str());
-  if (level == kError || level == kFatal) {
-    auto& lines = kept_log();
-    lines.push_back(std::string(1, static_cast<char>(level)) + " " + base + ":" +
-                    std::to_string(line) + "] " + text);
-    if (lines.size() > kKeptLogLines) lines.pop_front();
-  }
-}
-
-}  // namespace
-
-namespace edgerun {
-
-std::string error_name(Error e) {
-  std::string s = executorch::runtime::to_string(e);
-  const std::string prefix = "Error::";
-  if (s.compare(0, prefix.size(), prefix) == 0) s = s.substr(prefix.size());
-  return s;
-}
-
-void fail(const char* stage, int exit_code, Error error, const std::string& message) {
-  std::vector<std::string> log(kept_log().begin(), kept_log().end());
-  edgerun::JsonLine()
-      .str("type", "error")
-      .str("stage", stage)
-      .str("error", error_name(error))
-      .num("code", static_cast<int64_t>(error))
-      .str("message", message)
-      .raw("log", edgerun::json_string_array(log))
-      .emit();
-  std::fflush(stdout);
-  std::_Exit(exit_code);  // no static destructors: the ExecuTorch objects may be half-built
-}
-
-}  // namespace edgerun
-
-namespace {
+using edgerun::to_vec;
 
 // ---------------------------------------------------------------------------------------------
 // Command line.
@@ -203,26 +112,6 @@ const char* kUsage =
     "       edgerun-runner --list-kernels | --version | --help\n"
     "Prints JSON lines on stdout (see PROTOCOL.md); exit codes: 2 usage, 10 load, 11 input,\n"
     "12 execute, 13 output.\n";
-
-bool parse_double(const std::string& text, double lo, double hi, double* out) {
-  if (text.empty()) return false;
-  char* end = nullptr;
-  errno = 0;
-  double v = std::strtod(text.c_str(), &end);
-  if (errno != 0 || *end != '\0' || !(v >= lo && v <= hi)) return false;
-  *out = v;
-  return true;
-}
-
-bool parse_int(const std::string& text, int64_t lo, int64_t* out) {
-  if (text.empty()) return false;
-  char* end = nullptr;
-  errno = 0;
-  long long v = std::strtoll(text.c_str(), &end, 10);
-  if (errno != 0 || *end != '\0' || v < lo) return false;
-  *out = v;
-  return true;
-}
 
 // Returns "" on success, else the usage problem.
 std::string parse_args(int argc, char** argv, Options* o) {
@@ -443,165 +332,9 @@ std::string parse_args(int argc, char** argv, Options* o) {
   return "";
 }
 
-// ---------------------------------------------------------------------------------------------
-// Small helpers.
-
-// The XNNPACK backend options in effect (null when this runner has no XNNPACK backend).
-std::string xnnpack_options_json() {
-  executorch::runtime::BackendOption opts[2];
-  std::strncpy(opts[0].key, "workspace_sharing_mode", sizeof(opts[0].key) - 1);
-  opts[0].value = -1;
-  std::strncpy(opts[1].key, "weight_cache_enabled", sizeof(opts[1].key) - 1);
-  opts[1].value = false;
-  if (executorch::runtime::get_option("XnnpackBackend", {opts, 2}) != Error::Ok) return "null";
-  const int* mode = std::get_if<int>(&opts[0].value);
-  const bool* cache = std::get_if<bool>(&opts[1].value);
-  static const char* kModes[] = {"disabled", "per-model", "global"};
-  std::string out = "{\"workspace_sharing\":";
-  out += (mode && *mode >= 0 && *mode < 3) ? std::string("\"") + kModes[*mode] + "\"" : "null";
-  out += ",\"weight_cache\":";
-  out += cache ? (*cache ? "true" : "false") : "null";
-  return out + "}";
-}
-
-std::string definitions_json() {
-  std::vector<std::string> defs;
-#ifdef ET_USE_THREADPOOL
-  defs.push_back("ET_USE_THREADPOOL");
-#endif
-#ifdef ET_EVENT_TRACER_ENABLED
-  defs.push_back("ET_EVENT_TRACER_ENABLED");
-#endif
-#ifdef C10_USING_CUSTOM_GENERATED_MACROS
-  defs.push_back("C10_USING_CUSTOM_GENERATED_MACROS");
-#endif
-#ifdef NDEBUG
-  defs.push_back("NDEBUG");
-#endif
-  return edgerun::json_string_array(defs);
-}
-
-std::string compiler_name() {
-#if defined(__clang__)
-  return std::string("Clang ") + __clang_version__;
-#elif defined(__GNUC__)
-  return std::string("GCC ") + __VERSION__;
-#else
-  return "unknown";
-#endif
-}
-
 executorch::extension::threadpool::ThreadPool* pool() {
   return executorch::extension::threadpool::get_threadpool();
 }
-
-void print_header(const std::string& threads_auto = "null") {
-  auto* p = pool();
-  std::string build = edgerun::JsonLine()
-                          .str("compiler", compiler_name())
-                          .str("build_type", EDGERUN_BUILD_TYPE)
-                          .str("cxx_flags", EDGERUN_CXX_FLAGS)
-                          .str("variant", EDGERUN_VARIANT)
-                          .raw("definitions", definitions_json())
-                          .text();
-  edgerun::JsonLine()
-      .str("type", "header")
-      .num("protocol", 1)
-      .str("runner_version", EDGERUN_RUNNER_VERSION)
-      .str("runner_source_hash", EDGERUN_SOURCE_HASH)
-      .str("executorch_version", EDGERUN_ET_VERSION)
-      .str("arch", kArch)
-      .raw("build", build)
-      .num_or_null("threads", p ? static_cast<int64_t>(p->get_thread_count()) : 0, p != nullptr)
-      .num("hardware_threads", static_cast<int64_t>(std::thread::hardware_concurrency()))
-      .raw("xnnpack", xnnpack_options_json())
-      .raw("threads_auto", threads_auto)
-      .num("pid", static_cast<int64_t>(getpid()))
-      .emit();
-}
-
-// The shared library whose code a registered kernel's function lives in (its registrant).
-std::string library_of(const void* fn) {
-  Dl_info info;
-  if (fn == nullptr || dladdr(fn, &info) == 0 || info.dli_fname == nullptr) return "unknown";
-  const char* base = std::strrchr(info.dli_fname, '/');
-  return base ? base + 1 : info.dli_fname;
-}
-
-void print_kernels() {
-  std::set<std::string> ops;
-  std::map<std::string, std::set<std::string>> by_library;
-  auto kernels = executorch::runtime::get_registered_kernels();
-  for (size_t i = 0; i < kernels.size(); ++i) {
-    if (!kernels[i].name_) continue;
-    ops.insert(kernels[i].name_);
-    by_library[library_of(reinterpret_cast<const void*>(kernels[i].op_))].insert(kernels[i].name_);
-  }
-  std::string libs_json = "{";
-  for (const auto& [lib, names] : by_library) {
-    if (libs_json.size() > 1) libs_json += ",";
-    libs_json += edgerun::json_escape(lib) + ":" + edgerun::json_string_array({names.begin(), names.end()});
-  }
-  libs_json += "}";
-  std::vector<std::string> backends;
-  size_t n = executorch::runtime::get_num_registered_backends();
-  for (size_t i = 0; i < n; ++i) {
-    auto name = executorch::runtime::get_backend_name(i);
-    if (name.ok()) backends.emplace_back(*name);
-  }
-  std::sort(backends.begin(), backends.end());
-  edgerun::JsonLine()
-      .str("type", "kernels")
-      .raw("operators", edgerun::json_string_array({ops.begin(), ops.end()}))
-      .raw("operators_by_library", libs_json)
-      .raw("backends", edgerun::json_string_array(backends))
-      .emit();
-}
-
-}  // namespace
-
-namespace edgerun {
-
-bool read_file(const std::string& path, std::vector<uint8_t>* out, std::string* why) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) {
-    *why = "cannot open " + path + ": " + std::strerror(errno);
-    return false;
-  }
-  out->assign(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
-  if (f.bad()) {
-    *why = "cannot read " + path;
-    return false;
-  }
-  return true;
-}
-
-}  // namespace edgerun
-
-namespace {
-
-std::vector<int64_t> to_vec(executorch::runtime::Span<const int32_t> s) {
-  return std::vector<int64_t>(s.begin(), s.end());
-}
-
-}  // namespace
-
-namespace edgerun {
-
-std::string shape_text(const std::vector<int64_t>& shape) {
-  std::string out = "[";
-  for (size_t i = 0; i < shape.size(); ++i) out += (i ? "," : "") + std::to_string(shape[i]);
-  return out + "]";
-}
-
-std::string dtype_text(ScalarType t) {
-  std::string n = edgerun::numpy_name(t);
-  return n.empty() ? std::string(executorch::runtime::toString(t)) : n;
-}
-
-}  // namespace edgerun
-
-namespace {
 
 void fill_bytes(std::vector<uint8_t>* data, ScalarType t, const std::string& fill, std::mt19937_64* rng) {
   size_t esize = executorch::runtime::elementSize(t);
@@ -784,29 +517,6 @@ std::string write_etdump(executorch::etdump::ETDumpGen* etdump, const std::strin
   return edgerun::JsonLine().str("path", path).num("bytes", static_cast<int64_t>(data.size)).text();
 }
 
-// The `load` line's description of the method's tensors (metadata shapes: upper bounds for
-// dynamic ones); inputs carry `source`.
-std::string describe_tensors(const MethodMeta& meta, bool inputs, const std::string& source) {
-  std::string out = "[";
-  size_t n = inputs ? meta.num_inputs() : meta.num_outputs();
-  for (size_t j = 0; j < n; ++j) {
-    edgerun::JsonLine line;
-    line.num("index", static_cast<int64_t>(j));
-    auto tag = inputs ? meta.input_tag(j) : meta.output_tag(j);
-    auto info = inputs ? meta.input_tensor_meta(j) : meta.output_tensor_meta(j);
-    if (tag.ok() && *tag == Tag::Tensor && info.ok()) {
-      line.raw("shape", edgerun::json_int_array(to_vec(info->sizes())))
-          .str("dtype", dtype_text(info->scalar_type()))
-          .num("nbytes", static_cast<int64_t>(info->nbytes()));
-    } else {
-      line.null("shape").null("dtype").null("nbytes");
-    }
-    if (inputs) line.str("source", source);
-    out += (j ? "," : "") + line.text();
-  }
-  return out + "]";
-}
-
 }  // namespace
 
 // --threads auto (plain runs): time the program with every core and with one, each in a fresh
@@ -873,11 +583,11 @@ std::string choose_threads(const Options& o) {
 
 int main(int argc, char** argv) {
   executorch::runtime::runtime_init();
-  executorch::runtime::register_pal(executorch::runtime::PalImpl::create(emit_log, __FILE__));
+  edgerun::capture_executorch_log();
 
   Options o;
   std::string usage_problem = parse_args(argc, argv, &o);
-  g_verbose = o.verbose;
+  edgerun::set_verbose_log(o.verbose);
   if (o.help) {
     std::fputs(kUsage, stderr);
     return 0;
@@ -907,14 +617,14 @@ int main(int argc, char** argv) {
   if (usage_problem.empty() && o.threads_auto && o.llm.mode.empty() && !o.train.enabled && !o.version &&
       !o.list_kernels && !o.model.empty())
     threads_auto = choose_threads(o);
-  print_header(threads_auto);
+  edgerun::print_header(threads_auto);
   if (!usage_problem.empty()) {
     std::fputs(kUsage, stderr);
     fail("usage", kExitUsage, Error::InvalidArgument, usage_problem);
   }
   if (o.version) return 0;
   if (o.list_kernels) {
-    print_kernels();
+    edgerun::print_kernels();
     return 0;
   }
 

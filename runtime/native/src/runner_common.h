@@ -1,5 +1,6 @@
-// What main.cpp and the runner's modes (llm.cpp) share: exit codes, the one failure path (an
-// `error` line, then exit), and small text helpers for messages.
+// What main.cpp and the runner's modes (llm.cpp, train.cpp) share: exit codes, the one failure path
+// (an `error` line, then exit), ExecuTorch's log capture, and small text, number and file helpers.
+// Defined in runner_common.cpp.
 #pragma once
 
 #include <chrono>
@@ -9,6 +10,8 @@
 
 #include <executorch/runtime/core/error.h>
 #include <executorch/runtime/core/exec_aten/exec_aten.h>
+#include <executorch/runtime/core/span.h>
+#include <executorch/runtime/executor/method_meta.h>
 
 namespace edgerun {
 
@@ -25,9 +28,24 @@ constexpr int kExitOutput = 13;
 [[noreturn]] void fail(const char* stage, int exit_code, executorch::runtime::Error error,
                        const std::string& message);
 std::string error_name(executorch::runtime::Error e);
+
+// ExecuTorch's log: forwarded to stderr (info/debug lines only when verbose), error/fatal lines
+// kept for the `error` record. Installed once, first thing in main.
+void capture_executorch_log();
+void set_verbose_log(bool verbose);
+
 std::string shape_text(const std::vector<int64_t>& shape);
 std::string dtype_text(executorch::aten::ScalarType t);
+std::vector<int64_t> to_vec(executorch::runtime::Span<const int32_t> s);
+// The `load` line's description of a method's tensors (metadata shapes: upper bounds for dynamic
+// ones); inputs carry `source`.
+std::string describe_tensors(const executorch::runtime::MethodMeta& meta, bool inputs, const std::string& source);
+
 bool read_file(const std::string& path, std::vector<uint8_t>* out, std::string* why);
+
+// Whole-text numbers for flag values: false on junk, overflow or a value outside the range.
+bool parse_double(const std::string& text, double lo, double hi, double* out);
+bool parse_int(const std::string& text, int64_t lo, int64_t* out);
 
 // A uniform double in [0, 1) from the top 53 bits of a 64-bit draw: the same sequence on every
 // platform (the standard distributions may differ between standard libraries).

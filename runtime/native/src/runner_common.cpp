@@ -1,0 +1,161 @@
+// The helpers every part of the runner uses (see runner_common.h).
+#include "runner_common.h"
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <fstream>
+#include <iterator>
+
+#include <executorch/runtime/platform/platform.h>
+#include <executorch/runtime/platform/runtime.h>
+
+#include "json_out.h"
+#include "npy.h"
+
+namespace edgerun {
+
+namespace {
+
+using executorch::runtime::Error;
+using executorch::runtime::MethodMeta;
+using executorch::runtime::Tag;
+
+constexpr size_t kKeptLogLines = 20;
+
+// ---------------------------------------------------------------------------------------------
+// ExecuTorch's log: forwarded to stderr, error/fatal lines kept for the `error` record.
+
+bool g_verbose = false;
+
+std::deque<std::string>& kept_log() {
+  static std::deque<std::string> lines;
+  return lines;
+}
+
+void emit_log(et_timestamp_t /*timestamp*/, et_pal_log_level_t level, const char* filename,
+              const char* /*function*/, size_t line, const char* message, size_t length) {
+  const char* base = filename ? std::strrchr(filename, '/') : nullptr;
+  base = base ? base + 1 : (filename ? filename : "?");
+  std::string text(message, length);
+  while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) text.pop_back();
+  bool chatty = level == kInfo || level == kDebug;
+  if (!chatty || g_verbose)
+    std::fprintf(stderr, "%c executorch:%s:%zu] %s\n", static_cast<char>(level), base, line,
+               text.c_str());
+  if (level == kError || level == kFatal) {
+    auto& lines = kept_log();
+    lines.push_back(std::string(1, static_cast<char>(level)) + " " + base + ":" +
+                    std::to_string(line) + "] " + text);
+    if (lines.size() > kKeptLogLines) lines.pop_front();
+  }
+}
+
+}  // namespace
+
+void capture_executorch_log() {
+  executorch::runtime::register_pal(executorch::runtime::PalImpl::create(emit_log, __FILE__));
+}
+
+void set_verbose_log(bool verbose) { g_verbose = verbose; }
+
+std::string error_name(Error e) {
+  std::string s = executorch::runtime::to_string(e);
+  const std::string prefix = "Error::";
+  if (s.compare(0, prefix.size(), prefix) == 0) s = s.substr(prefix.size());
+  return s;
+}
+
+void fail(const char* stage, int exit_code, Error error, const std::string& message) {
+  std::vector<std::string> log(kept_log().begin(), kept_log().end());
+  edgerun::JsonLine()
+      .str("type", "error")
+      .str("stage", stage)
+      .str("error", error_name(error))
+      .num("code", static_cast<int64_t>(error))
+      .str("message", message)
+      .raw("log", edgerun::json_string_array(log))
+      .emit();
+  std::fflush(stdout);
+  std::_Exit(exit_code);  // no static destructors: the ExecuTorch objects may be half-built
+}
+
+// ---------------------------------------------------------------------------------------------
+// Text.
+
+std::string shape_text(const std::vector<int64_t>& shape) {
+  std::string out = "[";
+  for (size_t i = 0; i < shape.size(); ++i) out += (i ? "," : "") + std::to_string(shape[i]);
+  return out + "]";
+}
+
+std::string dtype_text(ScalarType t) {
+  std::string n = edgerun::numpy_name(t);
+  return n.empty() ? std::string(executorch::runtime::toString(t)) : n;
+}
+
+std::vector<int64_t> to_vec(executorch::runtime::Span<const int32_t> s) {
+  return std::vector<int64_t>(s.begin(), s.end());
+}
+
+std::string describe_tensors(const MethodMeta& meta, bool inputs, const std::string& source) {
+  std::string out = "[";
+  size_t n = inputs ? meta.num_inputs() : meta.num_outputs();
+  for (size_t j = 0; j < n; ++j) {
+    edgerun::JsonLine line;
+    line.num("index", static_cast<int64_t>(j));
+    auto tag = inputs ? meta.input_tag(j) : meta.output_tag(j);
+    auto info = inputs ? meta.input_tensor_meta(j) : meta.output_tensor_meta(j);
+    if (tag.ok() && *tag == Tag::Tensor && info.ok()) {
+      line.raw("shape", edgerun::json_int_array(to_vec(info->sizes())))
+          .str("dtype", dtype_text(info->scalar_type()))
+          .num("nbytes", static_cast<int64_t>(info->nbytes()));
+    } else {
+      line.null("shape").null("dtype").null("nbytes");
+    }
+    if (inputs) line.str("source", source);
+    out += (j ? "," : "") + line.text();
+  }
+  return out + "]";
+}
+
+// ---------------------------------------------------------------------------------------------
+// Files and numbers.
+
+bool read_file(const std::string& path, std::vector<uint8_t>* out, std::string* why) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) {
+    *why = "cannot open " + path + ": " + std::strerror(errno);
+    return false;
+  }
+  out->assign(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+  if (f.bad()) {
+    *why = "cannot read " + path;
+    return false;
+  }
+  return true;
+}
+
+bool parse_double(const std::string& text, double lo, double hi, double* out) {
+  if (text.empty()) return false;
+  char* end = nullptr;
+  errno = 0;
+  double v = std::strtod(text.c_str(), &end);
+  if (errno != 0 || *end != '\0' || !(v >= lo && v <= hi)) return false;
+  *out = v;
+  return true;
+}
+
+bool parse_int(const std::string& text, int64_t lo, int64_t* out) {
+  if (text.empty()) return false;
+  char* end = nullptr;
+  errno = 0;
+  long long v = std::strtoll(text.c_str(), &end, 10);
+  if (errno != 0 || *end != '\0' || v < lo) return false;
+  *out = v;
+  return true;
+}
+
+}  // namespace edgerun
