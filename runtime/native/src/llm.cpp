@@ -1,7 +1,8 @@
-// The runner's LLM mode: prefill + decode (greedy or sampled) and scoring (per-token
-// log-probabilities for perplexity), with one JSON line per token. Protocol: PROTOCOL.md.
-#include "llm.h"
-
+// The runner's LLM mode (`--llm generate|score`): token-level work on a decoder program
+// `forward(tokens [1,T] int64, input_pos [T] int64) -> logits [1,T,vocab]` whose KV cache lives in
+// the program's own mutable buffers and whose T is dynamic (1..max_context): prefill + decode
+// (greedy or sampled) and scoring (per-token log-probabilities for perplexity), with one JSON line
+// per token. Protocol: PROTOCOL.md.
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
@@ -9,12 +10,15 @@
 #include <cstdlib>
 #include <functional>
 #include <random>
+#include <string>
 #include <utility>
+#include <vector>
 
 #include <executorch/extension/tensor/tensor_ptr.h>
 #include <executorch/extension/tensor/tensor_ptr_maker.h>
 
 #include "json_out.h"
+#include "mode.h"
 #include "npy.h"
 #include "runner_common.h"
 
@@ -27,6 +31,22 @@ using executorch::extension::Module;
 using executorch::runtime::Error;
 using executorch::runtime::EValue;
 
+struct LlmOptions {
+  std::string mode;                 // "" (not an LLM run) | generate | score
+  std::vector<int64_t> prompt;      // --prompt-ids / --tokens: the prompt (generate) or text (score)
+  std::string tokens_source;        // where the ids came from, for the `llm` line
+  std::string tokens_file;          // --tokens: read when the run starts
+  int64_t random_prompt = 0;        // --random-prompt P: P ids uniform in [0, vocab) from --seed
+  int64_t max_new_tokens = 32;
+  std::vector<int64_t> stop_ids;    // --stop-id (repeatable): ids that end a generation
+  bool ignore_stop = false;         // --ignore-stop: always generate max_new_tokens (benchmarks)
+  double temperature = 0.0;         // 0: greedy (argmax)
+  int64_t top_k = 0;                // 0: no top-k cut
+  double top_p = 1.0;               // 1: no nucleus cut
+  int64_t repeat = 1;               // timed repetitions of the whole prefill + decode
+  int64_t window = 0;               // score: tokens per window (0: the method's max context)
+  std::string logprobs_path;        // score: per-token log-probabilities as a float64 .npy
+};
 
 struct Shapes {
   int64_t max_context = 0;
@@ -329,8 +349,7 @@ void score(Decoder& dec, const LlmOptions& o, const Shapes& shapes) {
       .emit();
 }
 
-}  // namespace
-
+// Parses "1,2,3" or whitespace/comma separated ids (a --tokens file); false + *why on a bad id.
 bool parse_ids(const std::string& text, std::vector<int64_t>* out, std::string* why) {
   out->clear();
   size_t i = 0;
@@ -353,6 +372,10 @@ bool parse_ids(const std::string& text, std::vector<int64_t>* out, std::string* 
   return true;
 }
 
+// Runs the LLM mode on an already loaded method and prints its lines; failures go through fail().
+// warmup: untimed repetitions first (their lines say "warmup": true). seed: sampling and
+// --random-prompt. after_warmup runs between the warm-up and the timed repetitions (the ETDump is
+// reset there). Returns the number of timed repetitions run.
 int64_t run_llm(Module& module, const std::string& method, const LlmOptions& o, int64_t warmup, uint64_t seed,
                 const std::function<void()>& after_warmup) {
   const Shapes shapes = check_signature(module, method);
@@ -419,5 +442,121 @@ int64_t run_llm(Module& module, const std::string& method, const LlmOptions& o, 
   }
   return o.repeat;
 }
+
+// ---------------------------------------------------------------------------------------------
+// The mode.
+
+class LlmMode : public Mode {
+ public:
+  std::string usage() const override {
+    return "edgerun-runner --model PATH --llm generate (--prompt-ids 1,2,3 | --tokens FILE | --random-prompt P)\n"
+           "         [--max-new-tokens N] [--stop-id ID]... [--ignore-stop] [--temperature T] [--top-k K]\n"
+           "         [--top-p P] [--seed N] [--warmup W] [--repeat R] [--threads T] [--etdump PATH]\n"
+           "       edgerun-runner --model PATH --llm score (--prompt-ids ... | --tokens FILE) [--window W]\n"
+           "         [--logprobs PATH.npy]\n";
+  }
+
+  bool parse_flag(Args& a, std::string* problem) override {
+    const std::string& f = a.flag();
+    if (f == "--llm") {
+      *problem = a.choice_value({"generate", "score"}, "generate or score", &o_.mode);
+    } else if (f == "--prompt-ids") {
+      *problem = prompt_ids(a);
+    } else if (f == "--tokens") {
+      if (!a.value(&o_.tokens_file)) *problem = "--tokens needs a file of token ids";
+    } else if (f == "--random-prompt") {
+      *problem = a.int_value(1, &o_.random_prompt);
+    } else if (f == "--max-new-tokens") {
+      *problem = a.int_value(1, &o_.max_new_tokens);
+    } else if (f == "--stop-id") {
+      int64_t id = 0;
+      *problem = a.int_value(0, &id);
+      o_.stop_ids.push_back(id);
+    } else if (f == "--ignore-stop") {
+      o_.ignore_stop = true;
+    } else if (f == "--temperature") {
+      *problem = a.double_value(0.0, 1e6, "a number >= 0", &o_.temperature);
+    } else if (f == "--top-p") {
+      *problem = a.double_value(1e-9, 1.0, "a number in (0, 1]", &o_.top_p);
+    } else if (f == "--top-k") {
+      *problem = a.int_value(0, &o_.top_k);
+    } else if (f == "--repeat") {
+      *problem = a.int_value(1, &o_.repeat);
+    } else if (f == "--window") {
+      *problem = a.int_value(1, &o_.window);
+    } else if (f == "--logprobs") {
+      if (!a.value(&o_.logprobs_path)) *problem = "--logprobs needs a .npy path";
+    } else {
+      return false;
+    }
+    return true;
+  }
+
+  bool chosen() const override { return !o_.mode.empty(); }
+
+  std::string check_unchosen() const override {
+    if (sources() || !o_.stop_ids.empty() || o_.ignore_stop || !o_.logprobs_path.empty() || o_.window)
+      return "--prompt-ids, --tokens, --random-prompt, --stop-id, --ignore-stop, --window and --logprobs need "
+             "--llm generate|score";
+    return "";
+  }
+
+  std::string check_chosen(CommonOptions& c, bool others_data) override {
+    if (others_data)
+      return "--llm takes its tokens from --prompt-ids/--tokens/--random-prompt; --input, --input-batch and "
+             "--output-dir do not apply";
+    if (sources() > 1) return "give the tokens once: --prompt-ids, --tokens or --random-prompt";
+    if (sources() == 0)
+      return "--llm " + o_.mode + " needs token ids: --prompt-ids 1,2,3, --tokens FILE" +
+             (o_.mode == "generate" ? " or --random-prompt P" : "");
+    if (o_.mode == "score" && o_.random_prompt > 0)
+      return "--llm score scores given text: --prompt-ids or --tokens, not --random-prompt";
+    if (!c.warmup_given) c.warmup = 0;  // a generation is its own warm-up unit; ask for one
+    return "";
+  }
+
+  Summary run(Loaded& ld) override {
+    if (!o_.tokens_file.empty()) read_tokens_file();
+    ld.emit_load(describe_tensors(ld.meta, true, "llm"));
+    auto l0 = Clock::now();
+    Summary s;
+    s.mode = "llm-" + o_.mode;
+    s.warmup = ld.common.warmup;
+    s.iterations = run_llm(ld.module, ld.common.method, o_, ld.common.warmup, ld.common.seed, [&] {
+      ld.reset_etdump();
+      l0 = Clock::now();
+    });
+    s.timed_total_ns = ns_between(l0, Clock::now());
+    return s;
+  }
+
+ private:
+  std::string prompt_ids(Args& a) {
+    std::string v, why;
+    if (!a.value(&v)) return "--prompt-ids needs comma-separated token ids";
+    if (!parse_ids(v, &o_.prompt, &why)) return "--prompt-ids: " + why;
+    o_.tokens_source = "prompt-ids";
+    return "";
+  }
+
+  int sources() const {
+    return (o_.tokens_source == "prompt-ids") + !o_.tokens_file.empty() + (o_.random_prompt > 0);
+  }
+
+  void read_tokens_file() {
+    std::vector<uint8_t> bytes;
+    std::string why;
+    if (!read_file(o_.tokens_file, &bytes, &why)) fail("input", kExitInput, Error::AccessFailed, "--tokens: " + why);
+    if (!parse_ids(std::string(bytes.begin(), bytes.end()), &o_.prompt, &why))
+      fail("input", kExitInput, Error::InvalidArgument, "--tokens " + o_.tokens_file + ": " + why);
+    o_.tokens_source = "file:" + o_.tokens_file;
+  }
+
+  LlmOptions o_;
+};
+
+}  // namespace
+
+std::unique_ptr<Mode> make_llm_mode() { return std::make_unique<LlmMode>(); }
 
 }  // namespace edgerun

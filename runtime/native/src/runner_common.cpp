@@ -158,4 +158,57 @@ bool parse_int(const std::string& text, int64_t lo, int64_t* out) {
   return true;
 }
 
+// ---------------------------------------------------------------------------------------------
+// The command line.
+
+bool Args::next() {
+  if (i_ + 1 >= argc_) return false;
+  flag_ = argv_[++i_];
+  inline_.clear();
+  size_t eq = flag_.find('=');
+  has_inline_ = flag_.rfind("--", 0) == 0 && eq != std::string::npos;
+  if (has_inline_) {
+    inline_ = flag_.substr(eq + 1);
+    flag_ = flag_.substr(0, eq);
+  }
+  return true;
+}
+
+bool Args::value(std::string* out) {
+  if (has_inline_) {
+    *out = inline_;
+    return true;
+  }
+  if (i_ + 1 >= argc_) return false;
+  *out = argv_[++i_];
+  return true;
+}
+
+std::string Args::int_value(int64_t lo, int64_t* out) {
+  std::string v;
+  if (!value(&v)) return flag_ + " needs a value";
+  if (!parse_int(v, lo, out)) return flag_ + " needs an integer >= " + std::to_string(lo) + ", got '" + v + "'";
+  return "";
+}
+
+std::string Args::double_value(double lo, double hi, const std::string& want, double* out) {
+  std::string v;
+  if (!value(&v)) return flag_ + " needs a number";
+  if (!parse_double(v, lo, hi, out)) return flag_ + " needs " + want + ", got '" + v + "'";
+  return "";
+}
+
+std::string Args::path_value(std::string* out) {
+  if (!value(out) || out->empty()) return flag_ + " needs a path";
+  return "";
+}
+
+std::string Args::choice_value(std::initializer_list<const char*> choices, const std::string& said,
+                               std::string* out, const char* got) {
+  if (!value(out)) return flag_ + " needs " + said;
+  for (const char* c : choices)
+    if (*out == c) return "";
+  return flag_ + " must be " + said + ", " + got + " '" + *out + "'";
+}
+
 }  // namespace edgerun

@@ -1,10 +1,12 @@
-// What main.cpp and the runner's modes (llm.cpp, train.cpp) share: exit codes, the one failure path
-// (an `error` line, then exit), ExecuTorch's log capture, and small text, number and file helpers.
-// Defined in runner_common.cpp.
+// What main.cpp, the run modes (forward.cpp, llm.cpp, train.cpp) and the training step rules share:
+// exit codes, the one failure path (an `error` line, then exit), ExecuTorch's log capture, the
+// command-line reader every flag parser uses, and small text, number and file helpers. Defined in
+// runner_common.cpp.
 #pragma once
 
 #include <chrono>
 #include <cstdint>
+#include <initializer_list>
 #include <string>
 #include <vector>
 
@@ -46,6 +48,39 @@ bool read_file(const std::string& path, std::vector<uint8_t>* out, std::string* 
 // Whole-text numbers for flag values: false on junk, overflow or a value outside the range.
 bool parse_double(const std::string& text, double lo, double hi, double* out);
 bool parse_int(const std::string& text, int64_t lo, int64_t* out);
+
+// The command line, one argument at a time; "--flag VALUE" and "--flag=VALUE" alike. The value
+// helpers return "" or the usage problem, worded as every flag's is.
+class Args {
+ public:
+  Args(int argc, char** argv) : argc_(argc), argv_(argv) {}
+
+  // Moves to the next argument; false after the last one.
+  bool next();
+  // The flag without an inline "=VALUE"; the argument exactly as given.
+  const std::string& flag() const { return flag_; }
+  std::string arg() const { return argv_[i_]; }
+  // The flag's value: inline, or the next argument (consumed). False when there is none.
+  bool value(std::string* out);
+  // An integer >= lo.
+  std::string int_value(int64_t lo, int64_t* out);
+  // A number in [lo, hi]; `want` says which ("a number in (0, 1]") when the value is not one.
+  std::string double_value(double lo, double hi, const std::string& want, double* out);
+  // A path (any non-empty text).
+  std::string path_value(std::string* out);
+  // One of `choices`, which `said` lists in words ("zeros, ones or random"): "FLAG needs <said>"
+  // without a value, "FLAG must be <said>, <got> 'V'" for another one.
+  std::string choice_value(std::initializer_list<const char*> choices, const std::string& said, std::string* out,
+                           const char* got = "got");
+
+ private:
+  int argc_;
+  char** argv_;
+  int i_ = 0;
+  std::string flag_;
+  std::string inline_;
+  bool has_inline_ = false;
+};
 
 // A uniform double in [0, 1) from the top 53 bits of a 64-bit draw: the same sequence on every
 // platform (the standard distributions may differ between standard libraries).

@@ -18,6 +18,7 @@
 #include <executorch/extension/tensor/tensor_ptr_maker.h>
 
 #include "json_out.h"
+#include "mode.h"
 #include "npy.h"
 #include "runner_common.h"
 
@@ -765,5 +766,120 @@ int64_t run_mezo(Module& module, const std::string& method, const TrainOptions& 
   }
   return ran;
 }
+
+// ---- The mode: --train and its flags.
+namespace {
+
+class TrainMode : public Mode {
+ public:
+  std::string usage() const override {
+    return "edgerun-runner --model TRAIN.pte --train --data X.npy --labels Y.npy [--eval-data X.npy\n"
+           "         --eval-labels Y.npy] [--steps N] [--lr LR] [--optimizer sgd|adamw] [--momentum M]\n"
+           "         [--weight-decay WD] [--grad-accum K] [--lr-schedule constant|cosine] [--warmup-steps W]\n"
+           "         [--log-every K] [--eval-every E] [--checkpoint PATH [--checkpoint-every K]] [--resume PATH]\n"
+           "         [--weights-out DIR] [--no-shuffle] [--stop-at STEP] [--seed N] [--threads T]\n"
+           "         [--mezo --weights-in DIR [--mezo-eps E]]  (zeroth-order: a weights-as-inputs forward program)\n";
+  }
+
+  bool parse_flag(Args& a, std::string* problem) override {
+    const std::string& f = a.flag();
+    if (f == "--train") {
+      o_.enabled = true;
+    } else if (f == "--mezo") {
+      o_.algorithm = "mezo";
+    } else if (f == "--mezo-eps") {
+      std::string v;
+      if (!a.value(&v) || !parse_double(v, 1e-12, 1.0, &o_.mezo_eps))
+        *problem = "--mezo-eps needs a number in (0, 1], got '" + v + "'";
+    } else if (f == "--weights-in") {
+      if (!a.value(&o_.weights_in) || o_.weights_in.empty()) *problem = "--weights-in needs a directory";
+    } else if (f == "--no-shuffle") {
+      o_.shuffle = false;
+    } else if (f == "--lr") {
+      *problem = a.double_value(1e-12, 1e6, "a number in (0, 1e6]", &o_.lr);
+    } else if (f == "--momentum") {
+      *problem = a.double_value(0.0, 0.999999, "a number in [0, 1)", &o_.momentum);
+    } else if (f == "--weight-decay") {
+      *problem = a.double_value(0.0, 1e6, "a number in [0, 1e6]", &o_.weight_decay);
+    } else if (f == "--optimizer") {
+      *problem = a.choice_value({"sgd", "adamw"}, "sgd or adamw", &o_.optimizer);
+    } else if (f == "--lr-schedule") {
+      *problem = a.choice_value({"constant", "cosine"}, "constant or cosine", &o_.schedule);
+    } else {
+      return parse_path_or_count(a, problem);
+    }
+    return true;
+  }
+
+  bool chosen() const override { return o_.enabled; }
+
+  std::string check_unchosen() const override {
+    if (!o_.data.empty() || !o_.labels.empty() || !o_.eval_data.empty() || !o_.eval_labels.empty() ||
+        !o_.checkpoint.empty() || !o_.resume.empty() || !o_.weights_out.empty())
+      return "--data, --labels, --eval-*, --checkpoint, --resume and --weights-out need --train";
+    return "";
+  }
+
+  std::string check_chosen(CommonOptions& c, bool others_data) override {
+    if (others_data || !c.etdump.empty())
+      return "--train takes its data from --data/--labels; --llm, --input, --input-batch, --output-dir and --etdump "
+             "do not apply";
+    if (o_.data.empty() || o_.labels.empty()) return "--train needs --data X.npy and --labels Y.npy";
+    if (o_.eval_data.empty() != o_.eval_labels.empty()) return "--eval-data and --eval-labels go together";
+    if (o_.checkpoint_every > 0 && o_.checkpoint.empty()) return "--checkpoint-every needs --checkpoint PATH";
+    return "";
+  }
+
+  Summary run(Loaded& ld) override {
+    ld.emit_load(describe_tensors(ld.meta, true, "train"));
+    auto l0 = Clock::now();
+    Summary s;
+    s.mode = "train";
+    s.iterations = run_train(ld.module, ld.common.method, o_, ld.common.seed);
+    s.timed_total_ns = ns_between(l0, Clock::now());
+    return s;
+  }
+
+ private:
+  bool parse_path_or_count(Args& a, std::string* problem) {
+    for (const auto& p : kPathFlags)
+      if (a.flag() == p.flag) {
+        *problem = a.path_value(&(o_.*p.field));
+        return true;
+      }
+    for (const auto& c : kCountFlags)
+      if (a.flag() == c.flag) {
+        *problem = a.int_value(c.lo, &(o_.*c.field));
+        return true;
+      }
+    return false;
+  }
+
+  struct PathFlag {
+    const char* flag;
+    std::string TrainOptions::*field;
+  };
+  static constexpr PathFlag kPathFlags[] = {
+      {"--data", &TrainOptions::data},           {"--labels", &TrainOptions::labels},
+      {"--eval-data", &TrainOptions::eval_data}, {"--eval-labels", &TrainOptions::eval_labels},
+      {"--checkpoint", &TrainOptions::checkpoint}, {"--resume", &TrainOptions::resume},
+      {"--weights-out", &TrainOptions::weights_out}};
+  struct CountFlag {
+    const char* flag;
+    int64_t TrainOptions::*field;
+    int64_t lo;
+  };
+  static constexpr CountFlag kCountFlags[] = {
+      {"--steps", &TrainOptions::steps, 1},           {"--stop-at", &TrainOptions::stop_at, 1},
+      {"--grad-accum", &TrainOptions::grad_accum, 1}, {"--log-every", &TrainOptions::log_every, 1},
+      {"--eval-every", &TrainOptions::eval_every, 0}, {"--checkpoint-every", &TrainOptions::checkpoint_every, 0},
+      {"--warmup-steps", &TrainOptions::warmup_steps, 0}};
+
+  TrainOptions o_;
+};
+
+}  // namespace
+
+std::unique_ptr<Mode> make_train_mode() { return std::make_unique<TrainMode>(); }
 
 }  // namespace edgerun

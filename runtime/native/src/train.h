@@ -39,7 +39,8 @@ struct TrainOptions {
 };
 
 // Runs the training loop on the loaded module and prints its lines; failures go through fail().
-// Returns the number of optimizer steps run in this invocation.
+// Returns the number of optimizer steps run in this invocation. (The mode, make_train_mode, is at
+// the end of train.cpp.)
 int64_t run_train(executorch::extension::Module& module, const std::string& method, const TrainOptions& o,
                   uint64_t seed);
 
