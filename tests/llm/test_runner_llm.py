@@ -145,11 +145,14 @@ def test_the_runner_refuses_bad_llm_requests_clearly(tiny_fp32, runner_bundle, m
 
 
 def test_token_stream_shows_the_first_timed_repetition_only():
-    lines = [{"type": "token", "repeat": 0, "warmup": True, "index": 0, "id": 9},
-             {"type": "token", "repeat": 0, "warmup": False, "index": 0, "id": 1},
-             {"type": "token", "repeat": 0, "warmup": False, "index": 1, "id": 2},
-             {"type": "token", "repeat": 0, "warmup": False, "index": 2, "id": 5},  # a stop id: not shown
-             {"type": "token", "repeat": 1, "warmup": False, "index": 0, "id": 3}]
+    # token lines as PROTOCOL.md has them (the stream reads them with the protocol's own line parser)
+    tok = {"type": "token", "source": "decode", "execute_ns": 1000}
+    lines = [{**tok, "repeat": 0, "warmup": True, "index": 0, "id": 9},
+             {**tok, "repeat": 0, "warmup": False, "index": 0, "id": 1},
+             {**tok, "repeat": 0, "warmup": False, "index": 1, "id": 2},
+             {**tok, "repeat": 0, "warmup": False, "index": 2, "id": 5},  # a stop id: not shown
+             {**tok, "repeat": 1, "warmup": False, "index": 0, "id": 3},
+             {"type": "token", "repeat": 0, "warmup": False, "index": 3, "id": 7}]  # not a protocol line: skipped
     raw = "".join(json.dumps(x) + "\n" for x in lines).encode()
     shown: list[str] = []
     stream = TokenStream(lambda ids: "".join(f"<{i}>" for i in ids), shown.append, stop_ids=[5])
