@@ -34,7 +34,7 @@ def main() -> int:
             status = int(r.error.exit_code)
             continue
         d = r.device
-        print(f"{r.run_id} on {r.device_name} ({d.get('arch')}, {d.get('cpu_model')}, {r.source}): median "
+        print(f"{r.run_id} on {r.device_name} ({d.arch}, {d.cpu_model}, {r.source}): median "
               f"{r.latency.median_ms:.3f} ms (95% CI {r.latency.ci95_low_ms:.3f}-{r.latency.ci95_high_ms:.3f}), "
               f"peak RSS {(r.memory.peak_rss_bytes or 0) / 2**20:.1f} MiB, worst SNR vs eager "
               f"{r.accuracy.min_snr_db if r.accuracy else float('nan'):.1f} dB")

@@ -335,8 +335,8 @@ def parse_recipe(text: str) -> "RecipeChain":
                                                  f"{_known()}.")
     if "," in text:
         raise UsageError(f"recipe {text!r} contains a comma.",
-                         hint="Steps are joined with '+' and options with ':' (prune:amount=0.5+int8); commas "
-                              "separate recipes in a list.")
+                         hint="Options are joined with ':' and steps with '+' (8da4w:group_size=64, STEP+int8); "
+                              "commas separate recipes in a list.")
     return RecipeChain(tuple(parse_step(part) for part in text.split("+")))
 
 
