@@ -274,12 +274,11 @@ def finetune(model: str, device_name: str, request, settings: FinetuneSettings =
             tuned = dataclasses.replace(spec, name=f"{spec.name}-finetuned", weights=lambda: state,
                                         weights_sha256=wsha,
                                         description=f"{spec.description} (fine-tuned on {device_name})")
-            manifest = export_model(tuned, settings.target, settings.scheme, settings.export_to,
-                                    max_context=settings.export_max_context)
-        else:
-            tuned = dataclasses.replace(spec, name=f"{spec.name}-finetuned", build=lambda: (trained, example),
-                                        description=f"{spec.description} (fine-tuned on {device_name})")
-            manifest = export_model(tuned, settings.target, settings.scheme, settings.export_to)
+            export_model(tuned, settings.target, settings.scheme, settings.export_to,
+                         max_context=settings.export_max_context)
+        else:  # the trained module itself: its identity hashes the trained weights, not the base model's
+            export_model((trained, example), settings.target, settings.scheme, settings.export_to,
+                         name=f"{spec.name}-finetuned")
         t = record.training
         lineage = {"base_model": spec.name, "base_origin": spec.origin, "method": t.method, "lora": lora,
                    "optimizer": t.optimizer,

@@ -114,6 +114,8 @@ def test_export_to_writes_a_verified_artifact_with_lineage(digits_npz, tmp_path)
     assert m.lineage["run_id"] == res["record"].run_id and m.lineage["weights_sha256"]
     assert m.lineage["data_sha256"] == res["record"].training.data_sha256
     assert m.lineage["eval_after"]["accuracy"] == res["record"].training.eval_after.accuracy
+    # the artifact's identity is the trained weights': another fine-tune of the same base is another recipe
+    assert m.model.name == "ft_models:mlp-finetuned" and m.recipe.model["state_sha256"]
     from edgerun.report import render
 
     html = render([res["record"]], "html")
