@@ -297,6 +297,10 @@ class UnknownRun(StoreError):
     """No run with that id (or prefix) in the store."""
 
 
+class StoreLocked(StoreError):
+    """Another process holds the store: a passing state (the record is kept and imported later)."""
+
+
 # ---------------------------------------------------------------------------------- devices
 class DeviceError(EdgerunError):
     """A device could not do what was asked. Names the device and the stage; keeps the output

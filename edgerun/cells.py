@@ -20,7 +20,7 @@ import logging
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from edgerun.core.errors import EdgerunError, RunInterrupted, StoreError
+from edgerun.core.errors import EdgerunError, RunInterrupted, StoreLocked
 from edgerun.runtime.deploy import Cancellation, mark_interrupted, on_devices_concurrently
 
 log = logging.getLogger("edgerun.cells")
@@ -129,8 +129,5 @@ def check_store(store_path=None) -> None:
     try:
         with Store(store_path, timeout=2.0):
             pass
-    except StoreError as exc:
-        if getattr(exc, "kind", None) == "locked":
-            log.info("the results store is locked by another process now; the run's record is saved at the end")
-            return
-        raise
+    except StoreLocked:
+        log.info("the results store is locked by another process now; the run's record is saved at the end")

@@ -27,7 +27,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence, Union
 
-from edgerun.core.errors import EdgerunError, StoreError, UnknownRun, UsageError
+from edgerun.core.errors import EdgerunError, StoreError, StoreLocked, UnknownRun, UsageError
 from edgerun.core.paths import edgerun_home
 from edgerun.devices.info import DeviceInfo
 from edgerun.runtime.columns import STORED, device_label
@@ -167,12 +167,10 @@ def translate(exc: sqlite3.Error, path: Path, action: str, timeout: float) -> St
     text = str(exc)
     kind = _failure_kind(exc)
     if kind == "locked":
-        err = StoreError(
+        return StoreLocked(
             f"{path} is locked by another process: {action} waited {timeout:g} s for it ({text}).",
             hint="Another edgerun (a sweep, a `runs` command) or a tool holding the file open (sqlite3, a "
                  "backup) has it; retry when it is done, or wait longer with EDGERUN_STORE_TIMEOUT=SECONDS.")
-        err.kind = "locked"  # a passing state, unlike the others (cells.check_store lets it pass)
-        return err
     if kind == "damaged":
         return StoreError(
             f"{path} is damaged or not a results store: {action} failed ({text}).",

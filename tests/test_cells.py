@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from edgerun.cells import Cell, check_store
-from edgerun.core.errors import StoreError
+from edgerun.core.errors import StoreError, StoreLocked
 from edgerun.runtime.record import cell_key
 from edgerun.store import SCHEMA_VERSION, Store
 
@@ -46,3 +46,21 @@ def test_finetune_refuses_a_newer_store_before_it_exports_or_trains(newer_store,
                  on_progress=said.append)
     assert said == []  # not even the model was built
     assert (sorted(runs.iterdir()) if runs.is_dir() else []) == before
+
+
+def test_a_store_locked_by_another_process_is_let_through(tmp_path):
+    """Locked is a passing state: the record is saved at the end, or kept in its run directory."""
+    import sqlite3
+
+    path = tmp_path / "busy.sqlite"
+    with Store(path):
+        pass
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(StoreLocked):
+            Store(path, timeout=0.1)  # the lock is real
+        check_store(path)  # waits its short timeout, then lets the run go on
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
