@@ -42,7 +42,7 @@ def show_manifest(m) -> None:
     """Tables for a person: what the artifact is, its sizes and memory plan, delegated vs not."""
     colour = {"ok": "green", "failed": "red"}.get(m.status, "yellow")
     out.print(f"[bold]{escape(m.model.name)}[/] for [bold]{escape(m.target.name)}[/] "
-              f"({escape(m.target.description or '')}), scheme [bold]{escape(m.scheme.name)}[/] "
+              f"({escape(m.target.description or '')}), scheme [bold]{escape(m.scheme.spec)}[/] "
               f"— status [{colour}]{escape(m.status)}[/]   {escape(str(m.path or ''))}")
 
     t = Table(title="Artifact", show_header=False, title_justify="left")
