@@ -92,19 +92,26 @@ def deploy(artifact: str | os.PathLike | Manifest, device: Device, *, variant: s
     """Put the runner bundle, the program, its test vectors and its dataset inputs on ``device``.
 
     Every file comes from the artifact through its manifest's confined paths, and the program must
-    match the manifest's sha256 (a swapped ``.pte`` is refused before anything is pushed)."""
-    manifest = artifact if isinstance(artifact, Manifest) else read_manifest(artifact)
-    program = manifest.verified_pte()
+    match the manifest's sha256 (a swapped ``.pte`` is refused before anything is pushed). A bare
+    ``.pte`` (a training program, re-hashed by its cache) goes with the bundle alone: no pre-flight,
+    vectors or dataset."""
+    target = _RunTarget.of(artifact)
+    manifest = target.manifest
+    program = manifest.verified_pte() if manifest is not None else target.program
+    name = "model.pte" if manifest is not None else program.name
     arch = device_arch(device)
     bundle = bundle or bundle_for(arch, variant)
     if bundle.arch != arch:
         raise DeviceError(f"bundle {bundle.path} is for {bundle.arch}, the device is {arch}.",
                           device=device.name, stage="deploy")
-    report = check_compatible(manifest, bundle, enforce=preflight)
+    report = check_compatible(manifest, bundle, enforce=preflight) if manifest is not None else PreflightReport()
     b = _sync_bundle(device, bundle, timeout)
-    prog = sync_files(device, {"model.pte": program}, timeout=timeout)
+    prog = sync_files(device, {name: program}, timeout=timeout)
     pushed = [f"bundle/{n}" for n in b.pushed] + prog.pushed
     skipped = [f"bundle/{n}" for n in b.skipped] + prog.skipped
+    if manifest is None:
+        return Deployment(device=device.name, arch=arch, bundle=bundle, bundle_dir=b.dest, program=prog.paths[name],
+                          vectors=[], preflight=report, pushed=pushed, skipped=skipped)
     vectors = []
     for k, vec in enumerate(manifest.test_vectors if with_vectors else ()):
         local = manifest.vector_input_paths(k)
@@ -121,7 +128,7 @@ def deploy(artifact: str | os.PathLike | Manifest, device: Device, *, variant: s
         pushed += [ds.inputs for _ in d.pushed]
         skipped += [ds.inputs for _ in d.skipped]
     return Deployment(device=device.name, arch=arch, bundle=bundle, bundle_dir=b.dest,
-                      program=prog.paths["model.pte"], vectors=vectors, preflight=report,
+                      program=prog.paths[name], vectors=vectors, preflight=report,
                       pushed=pushed, skipped=skipped, dataset_inputs=dataset_inputs)
 
 
@@ -385,21 +392,6 @@ class _RunTarget:
         return {"program": str(self.program)}
 
 
-def _deploy_program(target: _RunTarget, device: Device, mode: RunMode, *, variant: str, preflight: bool,
-                    timeout: float) -> Deployment:
-    if target.manifest is not None:
-        return deploy(target.manifest, device, variant=variant, preflight=preflight, timeout=timeout,
-                      with_dataset=mode.deploy_dataset, with_vectors=mode.deploy_vectors)
-    arch = device_arch(device)
-    bundle = bundle_for(arch, variant)
-    b = _sync_bundle(device, bundle, timeout)
-    prog = sync_files(device, {target.program.name: target.program}, timeout=timeout)
-    return Deployment(device=device.name, arch=arch, bundle=bundle, bundle_dir=b.dest,
-                      program=prog.paths[target.program.name], vectors=[], preflight=PreflightReport(),
-                      pushed=[f"bundle/{n}" for n in b.pushed] + prog.pushed,
-                      skipped=[f"bundle/{n}" for n in b.skipped] + prog.skipped)
-
-
 def _run_on_device(target: _RunTarget, device: Device, mode: RunMode, *, variant, run_dir, timeout, preflight,
                    fail, state, on_stdout=None) -> RunArtifacts:
     def stage(name: str) -> None:
@@ -408,7 +400,8 @@ def _run_on_device(target: _RunTarget, device: Device, mode: RunMode, *, variant
     try:
         info = device.info()
         _write(run_dir / "device.json", json.dumps(info.to_json(), indent=2))
-        dep = _deploy_program(target, device, mode, variant=variant, preflight=preflight, timeout=timeout)
+        dep = deploy(target.manifest or target.program, device, variant=variant, preflight=preflight,
+                     timeout=timeout, with_dataset=mode.deploy_dataset, with_vectors=mode.deploy_vectors)
     except EdgerunError as exc:
         raise fail("deploy", exc) from exc
     # A bundle without its own loader finds its libraries through $ORIGIN, which the kernel
