@@ -3,14 +3,14 @@
 ``exec`` prefixes every target program with ``qemu-aarch64 -cpu CPU``; the device reports the
 emulated arch and CPU and ``emulated=True`` (its numbers check function, not speed). The CPU
 comes from ``cpu=``, else from the target board (rpi4 -> cortex-a72, rpi5 -> cortex-a76,
-jetson-orin -> neoverse-n1), else cortex-a76 -- never qemu's ``max`` (SME breaks XNNPACK int8).
+jetson-orin -> neoverse-n1), else cortex-a76. ``cpu=max`` (and ``host``) is refused when the spec is
+made, before any work, naming the models that work: qemu's ``max`` turns on SME, which breaks XNNPACK int8.
 """
 
 from __future__ import annotations
 
 import difflib
 import functools
-import logging
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -21,13 +21,27 @@ from edgerun.devices.base import DeviceError
 from edgerun.devices.local import LocalDevice
 from edgerun.devices.spec import DeviceSpec, address, option, register_transport
 
-log = logging.getLogger("edgerun.devices")
 
 # Board -> the CPU qemu emulates for it. Never qemu's default "max": it enables SME, and
 # XNNPACK's int8 kernels then compute wrong results under emulation.
 TARGET_CPUS = {"rpi4": "cortex-a72", "rpi5": "cortex-a76", "jetson-orin": "neoverse-n1"}
 DEFAULT_QEMU_CPU = "cortex-a76"
 QEMU_ARCHES = ("aarch64",)
+#: CPU models refused up front: ``max`` turns on every feature qemu has (SME among them), ``host``
+#: means the machine's own CPU, which user-mode qemu on another arch cannot be.
+REFUSED_CPUS = {"max": "it turns on SME, under which XNNPACK's int8 kernels compute wrong results",
+                "host": "user-mode qemu cannot emulate this machine's own CPU as an aarch64 core"}
+
+
+def refused_cpu_message(arch: str, cpu: str) -> str | None:
+    """Why ``cpu`` is refused for ``qemu-ARCH`` (None when it is not), naming the models that work."""
+    why = REFUSED_CPUS.get(cpu.lower())
+    if why is None:
+        return None
+    boards = ", ".join(f"{model} ({board})" for board, model in TARGET_CPUS.items())
+    return (f"qemu-{arch} CPU model {cpu!r} is refused: {why}. Use a real core: {boards}, "
+            f"or another model `qemu-{arch} -cpu help` lists (not max or host); without cpu= the target's "
+            f"core is used ({DEFAULT_QEMU_CPU} by default)")
 
 
 @functools.lru_cache(maxsize=None)
@@ -76,6 +90,9 @@ class QemuSpec(DeviceSpec):
             raise ValueError(f"unsupported emulated arch {self.arch!r}; supported: {QEMU_ARCHES}")
         if not self.cpu:
             object.__setattr__(self, "cpu", TARGET_CPUS.get(self.target or "", DEFAULT_QEMU_CPU))
+        refused = refused_cpu_message(self.arch, self.cpu)
+        if refused:
+            raise ValueError(refused)
 
     def check_local(self) -> None:
         """The CPU must be one this machine's qemu lists (when qemu is installed: else exec says so)."""
@@ -89,12 +106,6 @@ class QemuSpec(DeviceSpec):
 
 class QemuDevice(LocalDevice):
     transport = "qemu"
-
-    def __init__(self, spec):
-        super().__init__(spec)
-        if spec.cpu in ("max", "host"):
-            log.warning("qemu cpu %r enables SME: XNNPACK int8 kernels compute wrong results under it",
-                        spec.cpu)
 
     @property
     def default_work_dir(self) -> str:  # type: ignore[override]

@@ -63,3 +63,31 @@ def test_on_stdout_streams_under_qemu(aarch64_bundle, bundle_argv, tmp_path):
     assert res.rc == 0, res.stderr_text
     assert seen[0] == b"sleeping\n" and b"".join(seen) == res.stdout
     assert res.stdout.startswith(b"sleeping\nmachine=aarch64")
+
+
+@pytest.mark.parametrize("uri", ["qemu-aarch64://?cpu=max", "qemu-aarch64://?cpu=MAX", "qemu-aarch64://?cpu=host",
+                                 "qemu-aarch64://?target=rpi5&cpu=max"])
+def test_a_cpu_that_breaks_int8_is_refused_up_front_naming_the_models_that_work(uri, tmp_path):
+    """Issue 20: ``cpu=max`` was warned about, then run and stored. It is a usage error (exit 2) when
+    the device is named, before any work, and the message lists the board cores that work."""
+    from edgerun.devices import parse_device_list
+    from edgerun.devices.inventory import InventoryError
+
+    with pytest.raises(InventoryError) as ei:
+        parse_device_list(uri)
+    assert ei.value.exit_code == 2
+    for core in ("cortex-a72", "cortex-a76", "neoverse-n1"):
+        assert core in ei.value.message
+    inv = tmp_path / "devices.toml"
+    inv.write_text('[devices.emu]\nuri = "qemu-aarch64://"\ncpu = "max"\n')
+    with pytest.raises(InventoryError, match="refused"):
+        parse_device_list("emu", inventory=inv)
+
+
+def test_profile_refuses_cpu_max_before_any_run_directory(cli, tmp_path, edgerun_home):
+    runs = edgerun_home / "runs"
+    before = set(runs.iterdir()) if runs.exists() else set()
+    r = cli("profile", str(tmp_path / "no-artifact-needed"), "--device", "qemu-aarch64://?cpu=max", "--json")
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "cortex-a76" in r.stdout and "SME" in r.stdout
+    assert (set(runs.iterdir()) if runs.exists() else set()) == before

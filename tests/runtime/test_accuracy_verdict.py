@@ -2,7 +2,8 @@
 
 Real programs on the real aarch64 runner under real qemu: ``-cpu max`` turns on SME, under which
 XNNPACK's int8 kernels compute wrong results here (the board's CPU model, cortex-a76, computes them
-right). Skips, saying so, on a qemu whose ``max`` model computes them correctly.
+right). The URI ``qemu-aarch64://?cpu=max`` is refused, so the wrong device is a local device whose
+inventory entry wraps its programs in ``qemu-aarch64 -cpu max``. Skips, saying so, on a qemu whose ``max`` model computes them correctly.
 """
 
 from __future__ import annotations
@@ -14,16 +15,19 @@ import pytest
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]
 
 
-def _profile(cli, art, device, store):
+def _profile(cli, art, device, store, *extra):
     return cli("profile", str(art), "--device", device, "--iterations", "2", "--warmup", "0", "--no-etdump",
-               "--store", str(store), "--json", timeout=900)
+               "--store", str(store), "--json", *extra, timeout=900)
 
 
 def test_wrong_outputs_on_the_device_fail_the_run_and_compare_counts_it(cli, aarch64_bundle, artifacts, qemu_board,
                                                                         tmp_path):
     store = tmp_path / "s.sqlite"
     art = artifacts["int8"]
-    bad = _profile(cli, art, "qemu-aarch64://?cpu=max", store)
+    # `qemu-aarch64://?cpu=max` is refused up front; an inventory's explicit wrapper still reaches it
+    inv = tmp_path / "devices.toml"
+    inv.write_text('[devices.emu-max]\nuri = "local://"\nwrapper = ["qemu-aarch64", "-cpu", "max"]\n')
+    bad = _profile(cli, art, "emu-max", store, "--inventory", str(inv))
     out = json.loads(bad.stdout)
     run = out["runs"][0]
     snrs = [o["snr_db"] for o in run["accuracy"]["outputs"]]  # null: bit-exact
