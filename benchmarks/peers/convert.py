@@ -53,6 +53,7 @@ def convert_edgerun(workdir: Path, scheme: str, out_dir: Path) -> dict:
     from edgerun.core.artifact import read_manifest
     from edgerun.export import VerificationFailed, export_model
     from edgerun.export.pipeline import ExportOptions
+    from edgerun.export.recipes import parse_recipe
     from edgerun.export.zoo import load_factory
 
     if str(workdir) not in sys.path:
@@ -61,9 +62,12 @@ def convert_edgerun(workdir: Path, scheme: str, out_dir: Path) -> dict:
     art = _fresh(out_dir) / "artifact"
     notes: list[str] = []
     failed = None
+    # The shared calibration file goes only to recipes that run calibration inputs: export refuses a
+    # --calibration that would be ignored (fp32, dynamic quantization).
+    calibrates = parse_recipe(scheme).uses_calibration
+    options = ExportOptions(calibration=str(workdir / "calibration.npz") if calibrates else None)
     try:
-        manifest = export_model(spec, "host", scheme, art,
-                                options=ExportOptions(calibration=str(workdir / "calibration.npz")),
+        manifest = export_model(spec, "host", scheme, art, options=options,
                                 on_warning=lambda w: notes.append(w))
     except VerificationFailed as exc:
         failed = str(exc)
