@@ -140,10 +140,23 @@ def data_hash(files: Mapping[str, Path]) -> str:
     return h.hexdigest()
 
 
+def readable(device, paths) -> bool:
+    """Whether every one of ``paths`` is a readable file on ``device``. The paths are the script's
+    arguments (``"$1"`` ...), never part of its text: a path holding ``'``, ``;``, ``$(...)`` or a newline
+    is a name to test, not a command to run."""
+    paths = list(paths)
+    script = " && ".join(f'test -r "${k}"' for k in range(1, len(paths) + 1)) or "true"
+    return device.exec(["sh", "-c", script, "sh", *paths], timeout=60, wrap=False).rc == 0
+
+
 def _remote_data(data_on_device: str) -> dict[str, str]:
     if not data_on_device.startswith("/") or any(part == ".." for part in data_on_device.split("/")):
         raise UsageError(f"--data-on-device must be an absolute path on the device without '..', got "
                          f"{data_on_device!r}.")
+    bad = sorted({c for c in data_on_device if ord(c) < 32 or 0x7f <= ord(c) <= 0x9f})
+    if bad:
+        raise UsageError(f"--data-on-device {data_on_device!r} contains control characters "
+                         f"({' '.join(repr(c) for c in bad)}); give the directory's path without them.")
     base = data_on_device.rstrip("/")
     return {name: f"{base}/{name}" for name in DATA_FILES}
 
@@ -186,13 +199,10 @@ class TrainJob:
             ctx.pushed.update(ctx.push(dict(self.data)).paths)
         else:
             remote = _remote_data(self.data_on_device)
-            probe = device.exec(["sh", "-c", " && ".join(f"test -r '{remote[n]}'" for n in DATA_FILES[:2])],
-                                timeout=60, wrap=False)
-            if probe.rc != 0:
+            if not readable(device, [remote[n] for n in DATA_FILES[:2]]):
                 raise DeviceError(f"{self.data_on_device} on the device has no readable x_train.npy and y_train.npy",
                                   device=device.name, stage="deploy")
-            has_eval = device.exec(["sh", "-c", f"test -r '{remote['x_eval.npy']}' && test -r "
-                                                f"'{remote['y_eval.npy']}'"], timeout=60, wrap=False).rc == 0
+            has_eval = readable(device, [remote[n] for n in DATA_FILES[2:]])
             ctx.pushed.update({k: v for k, v in remote.items() if has_eval or "eval" not in k})
         if self.weights_in is not None:
             ctx.pushed["weights_in"] = ctx.push(dict(self.weights_in)).dest
