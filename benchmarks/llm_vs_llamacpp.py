@@ -8,10 +8,12 @@ One command, on demand (not in the tests: it builds llama.cpp and exports a full
 
 What it does:
 
-1. **llama.cpp** from the pinned ``llama-cpp-python`` sdist (its ``vendor/llama.cpp`` is llama.cpp's
-   full source): downloaded once with pip into ``EDGERUN_HOME/cache/benchmarks/llamacpp-VERSION`` and
-   built there with cmake (``llama-bench``, ``llama-perplexity``, ``llama-quantize``; Release, native
-   CPU flags, no curl). Never installed into edgerun's environment.
+1. **llama.cpp** as ``edgerun.export.llm.llamacpp`` builds it (the one home of llama.cpp in edgerun;
+   ``scripts/setup`` builds it): the pinned ``llama-cpp-python`` sdist's ``vendor/llama.cpp``, built with
+   cmake into ``EDGERUN_HOME/cache/llamacpp-VERSION`` (``llama-bench``, ``llama-perplexity``,
+   ``llama-quantize``; Release, the CPU's ISA flags without AMX). Built here if it is not yet. Never
+   installed into edgerun's environment. Requantized GGUFs and edgerun's exports are kept in
+   ``EDGERUN_HOME/cache/benchmarks/llamacpp-VERSION``.
 2. **edgerun**: the same GGUF exported with ``--scheme`` (default ``8da4w``, the 4-bit class of Q4_*),
    cached by recipe under the same directory.
 3. **Interleaved**: for every thread count, ``--rounds`` rounds in shuffled order, each one
@@ -37,82 +39,24 @@ import os
 import platform
 import random
 import re
-import shutil
 import statistics
 import subprocess
 import sys
-import tarfile
-import time
 from pathlib import Path
 
-LLAMA_CPP_PYTHON = "0.3.36"
 ROOT = Path(__file__).resolve().parents[1]
-TOOLS = ("llama-bench", "llama-perplexity", "llama-quantize")
-# The CPU's own ISA, named flag by flag from /proc/cpuinfo -- not GGML_NATIVE: -march=native also turns on
-# AMX where the CPU lists it, and a VM may list amx_tile without the kernel granting the tile state
-# (measured here: llama-bench died with SIGILL on tileloadd). Edge CPUs have no AMX anyway.
-def _isa_flags() -> tuple[str, ...]:
-    try:
-        m = re.search(r"^flags\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
-        have = set(m.group(1).split()) if m else set()
-    except OSError:
-        have = set()
-    if platform.machine() not in ("x86_64", "AMD64"):
-        return ("-DGGML_NATIVE=ON",)  # Arm: no AMX; native is what the board has
-    pairs = {"GGML_AVX": "avx", "GGML_AVX2": "avx2", "GGML_FMA": "fma", "GGML_F16C": "f16c", "GGML_BMI2": "bmi2",
-             "GGML_AVX_VNNI": "avx_vnni", "GGML_AVX512": "avx512f", "GGML_AVX512_VBMI": "avx512vbmi",
-             "GGML_AVX512_VNNI": "avx512_vnni", "GGML_AVX512_BF16": "avx512_bf16"}
-    return ("-DGGML_NATIVE=OFF", *(f"-D{k}={'ON' if v in have else 'OFF'}" for k, v in pairs.items()))
-
-
-CMAKE_FLAGS = ("-DCMAKE_BUILD_TYPE=Release", *_isa_flags(), "-DGGML_AMX_TILE=OFF", "-DGGML_AMX_INT8=OFF",
-               "-DGGML_AMX_BF16=OFF", "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
-               "-DLLAMA_BUILD_SERVER=OFF")
 
 
 def log(msg: str) -> None:
     print(f"[llm_vs_llamacpp] {msg}", file=sys.stderr, flush=True)
 
 
-def cache_root() -> Path:
+def work_dir() -> Path:
+    """Where requantized GGUFs and edgerun's exports of this benchmark are kept."""
     from edgerun.core.paths import cache_dir
+    from edgerun.export.llm.llamacpp import LLAMA_CPP_PYTHON
 
-    d = cache_dir() / "benchmarks" / f"llamacpp-{LLAMA_CPP_PYTHON}"
-    d.mkdir(parents=True, exist_ok=True)
-    return d
-
-
-def build_llamacpp(root: Path) -> Path:
-    """llama.cpp's tools from the pinned sdist, built once; returns the bin directory."""
-    bindir = root / "build" / "bin"
-    stamp = root / "build" / "edgerun-flags.txt"
-    if all((bindir / t).is_file() for t in TOOLS) and stamp.is_file() and stamp.read_text() == " ".join(CMAKE_FLAGS):
-        return bindir
-    sdist = next(root.glob("llama_cpp_python-*.tar.gz"), None)
-    if sdist is None:
-        log(f"downloading the llama-cpp-python {LLAMA_CPP_PYTHON} sdist (its vendor/llama.cpp is the source)")
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                        f"llama-cpp-python=={LLAMA_CPP_PYTHON}", "-d", str(root)], check=True)
-        sdist = next(root.glob("llama_cpp_python-*.tar.gz"))
-    src = root / "src"
-    if not (src / "CMakeLists.txt").is_file():
-        log(f"unpacking vendor/llama.cpp from {sdist.name}")
-        prefix = f"llama_cpp_python-{LLAMA_CPP_PYTHON}/vendor/llama.cpp/"
-        with tarfile.open(sdist) as tar:
-            members = []
-            for m in tar.getmembers():
-                if m.name.startswith(prefix) and len(m.name) > len(prefix):
-                    m.name = m.name[len(prefix):]
-                    members.append(m)
-            tar.extractall(src, members=members, filter="data")
-    build = root / "build"
-    log("configuring llama.cpp (Release, native CPU, no curl)")
-    subprocess.run(["cmake", "-S", str(src), "-B", str(build), *CMAKE_FLAGS], check=True, stdout=subprocess.DEVNULL)
-    log("building llama-bench, llama-perplexity, llama-quantize (several minutes on 2 cores)")
-    subprocess.run(["cmake", "--build", str(build), "-j", str(os.cpu_count() or 2), "--target", *TOOLS], check=True,
-                   stdout=subprocess.DEVNULL)
-    stamp.write_text(" ".join(CMAKE_FLAGS))
-    return bindir
+    return cache_dir("benchmarks", f"llamacpp-{LLAMA_CPP_PYTHON}")
 
 
 def run_measured(argv: list[str], env: dict | None = None, timeout: float = 7200) -> tuple[str, str, int]:
@@ -164,11 +108,10 @@ def edgerun_bench(artifact: Path, p: int, n: int, reps: int, threads: int) -> di
     return res
 
 
-def llama_perplexity(bindir: Path, gguf: Path, text: Path, ctx: int, threads: int) -> float | None:
-    _, err, _ = run_measured([str(bindir / "llama-perplexity"), "-m", str(gguf), "-f", str(text), "-c", str(ctx),
-                              "-t", str(threads), "-b", str(ctx)])
-    m = re.search(r"Final estimate: PPL = ([0-9.]+)", err)
-    return float(m.group(1)) if m else None
+def llama_perplexity(bindir: Path, gguf: Path, text: Path, ctx: int, threads: int) -> float:
+    from edgerun.export.llm.llamacpp import LlamaCpp
+
+    return LlamaCpp(bindir, threads=threads, timeout=7200).perplexity(gguf, text, ctx=ctx)["ppl"]
 
 
 def machine_info() -> dict:
@@ -210,8 +153,10 @@ def main(argv: list[str] | None = None) -> int:
     from edgerun.export.llm.zoo import smollm2_gguf
 
     gguf = Path(args.gguf) if args.gguf else smollm2_gguf()
-    root = cache_root()
-    bindir = build_llamacpp(root)
+    from edgerun.export.llm.llamacpp import LLAMA_CPP_PYTHON, build
+
+    root = work_dir()
+    bindir = build(log=log)
     ggufs = {"as given": gguf}
     for q in [q.strip() for q in args.quants.split(",") if q.strip()]:
         dst = root / f"{gguf.stem}.{q}.gguf"

@@ -48,3 +48,18 @@ def tiny_fp32(tiny_gguf, make_artifact):
     """The tiny GGUF exported fp32 for a Pi 5 (max context 48), once per session."""
     return make_artifact(str(tiny_gguf), "rpi5", "fp32", max_context=48)
 
+
+@pytest.fixture(scope="session")
+def llamacpp():
+    """The llama.cpp reference (edgerun.export.llm.llamacpp), built by scripts/setup; never built or
+    downloaded here. Missing: a failure under CI, a skip (with the command that builds it) locally."""
+    from edgerun.export.llm.llamacpp import find
+
+    ref = find()
+    if ref is None:
+        reason = ("llama.cpp (the LLM reference) is not built; scripts/setup builds it, or: "
+                  ".venv/bin/python -m edgerun.export.llm.llamacpp")
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return ref
