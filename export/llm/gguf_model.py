@@ -1,23 +1,39 @@
-"""A Llama-architecture GGUF -> an exportable PyTorch Llama with its KV cache as mutable buffers.
+"""A GGUF of a supported LLM family -> an exportable PyTorch model with its KV cache as mutable buffers.
 
-:func:`read_gguf` opens the file with llama.cpp's own reader (``gguf.GGUFReader``), checks it is a
-Llama and collects the hyper-parameters into a :class:`LlamaConfig`; :func:`load_llama` dequantizes
-every tensor (``gguf.quants.dequantize``: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_x and the K-quants)
-into a :class:`Llama`.
+:func:`read_gguf` opens the file with llama.cpp's own reader (``gguf.GGUFReader``), looks its
+``general.architecture`` up in :data:`.families.FAMILIES` (llama, qwen2, qwen3, gemma, gemma2, gemma3,
+phi3; anything else is refused naming what is supported), reads the hyper-parameters into a
+:class:`LlamaConfig` **and checks every one against the tensor table and the file size before anything
+is built**: ``token_embd`` gives vocab x dim, ``attn_q`` heads x head size, ``attn_k`` the KV heads,
+``ffn_down`` the FFN width ...; a missing tensor, a tensor of the wrong shape, a tensor the family does
+not have, a non-integer or absurd value, or a model whose fp32 parameters could not have come from a file
+of this size (a dequantization expands at most ``32 / min bits-per-weight`` times) is each refused with an
+:class:`ExportError` naming the file, the key or tensor, the value and what was expected.
+:func:`load_llama` then dequantizes every tensor (``gguf.quants.dequantize``: F32, F16, BF16, Q8_0, Q4_0,
+Q4_1, Q5_x and the K-quants) into a :class:`Llama` whose KV cache is at most the model's context long.
+
+One model definition, per-family parts (:mod:`.families`): the parameter names are the llama ones
+(``tok_embeddings``, ``layers.N.attention_norm``, ``attention.wq/wk/wv/wo``, ``ffn_norm``,
+``feed_forward.w1`` (gate) / ``w2`` (down) / ``w3`` (up), ``norm``, ``output``) for every family, plus
+``attention.q_norm``/``k_norm`` (qwen3, gemma3), ``post_attention_norm``/``post_ffn_norm`` (gemma2/3) and
+biases where the GGUF has them; phi3's fused ``attn_qkv`` and ``ffn_up`` are split at load into those.
 
 Layout facts the model follows rather than converts:
 
-* GGUF stores ``attn_q``/``attn_k`` permuted for llama.cpp's *interleaved* RoPE (rotation pairs are
-  dims ``2i, 2i+1`` of each head). :class:`Llama` applies RoPE that way, so the GGUF weights are used
-  as they are, and a Llama written by :func:`write_gguf` round-trips without any permutation.
+* ``llama`` GGUFs store ``attn_q``/``attn_k`` permuted for llama.cpp's *interleaved* RoPE (pairs ``2i,
+  2i+1``); the other families use NeoX RoPE (pairs ``i, i + rot/2``) on unpermuted weights. The model
+  applies each as its family says, so a GGUF's weights are used as they are, and a model written by
+  :func:`write_gguf` round-trips without any permutation.
 * A GGUF without ``output.weight`` ties the LM head to ``token_embd`` (one parameter, counted once).
 * Numpy shapes are GGUF's ``ne`` reversed, so a matrix is ``[out_features, in_features]`` as in torch.
 
 The model: ``forward(tokens [1, T] int64, input_pos [T] int64) -> logits [1, T, vocab]``. It writes
 the new keys/values into ``k_cache``/``v_cache`` (``[1, kv_heads, max_context, head_dim]`` buffers)
 with ``index_copy_`` at ``input_pos`` and attends over the whole cache under a causal mask built from
-``input_pos``, so a prompt (prefill) and single tokens (decode) are the same method with a dynamic
-``T`` in ``1..max_context``. Only core ATen ops: no custom ops for the native runner to lack.
+``input_pos`` (and, on sliding-window layers, a second mask that also hides keys ``window`` or more
+positions back: the cache stays ``max_context`` long), so a prompt (prefill) and single tokens (decode)
+are the same method with a dynamic ``T`` in ``1..max_context``. ``forward_train(tokens)`` is the same
+model without the cache. Only core ATen ops: no custom ops for the native runner to lack.
 """
 
 from __future__ import annotations
@@ -30,11 +46,12 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..errors import ExportError
+from .families import FAMILIES, LINEARS, ROPE_NORM, Family, supported, swa_flags
 
 STAGE = "load model"
-ARCHITECTURE = "llama"
+ARCHITECTURE = "llama"      # the architecture of a LlamaConfig that names none
 
-#: GGUF tensor names of one block -> this module's parameter names
+#: GGUF tensor names of one (unfused) block -> this module's parameter names
 _BLOCK_TENSORS = {
     "attn_norm.weight": "attention_norm.weight",
     "attn_q.weight": "attention.wq.weight",
@@ -46,10 +63,22 @@ _BLOCK_TENSORS = {
     "ffn_up.weight": "feed_forward.w3.weight",
     "ffn_down.weight": "feed_forward.w2.weight",
 }
+#: GGUF names of a linear's bias (per block unless "output")
+_BIAS_TENSORS = {"wq": "attn_q.bias", "wk": "attn_k.bias", "wv": "attn_v.bias", "wo": "attn_output.bias",
+                 "w1": "ffn_gate.bias", "w2": "ffn_down.bias", "w3": "ffn_up.bias", "output": "output.bias"}
+
+#: bounds a hyper-parameter must lie in before it is even compared with the tensors (absurd otherwise)
+MAX_LAYERS = 1024
+MAX_DIM = 1 << 17
+MAX_VOCAB = 1 << 22
+MAX_CONTEXT = 1 << 24
 
 
 @dataclasses.dataclass(frozen=True)
 class LlamaConfig:
+    """The hyper-parameters of one model of any family (the name is the historic one). Fields after
+    ``tied_embeddings`` default to plain Llama, so a Llama's config reads as it always did."""
+
     n_layers: int
     dim: int
     n_heads: int
@@ -60,26 +89,87 @@ class LlamaConfig:
     norm_eps: float = 1e-5
     context_length: int = 2048       # what the model was trained for (the export's max is separate)
     tied_embeddings: bool = True
+    architecture: str = ARCHITECTURE  # a key of families.FAMILIES
+    key_length: int = 0               # head size when it is not dim // n_heads (attention.key_length)
+    rope_dim: int = 0                 # leading dims of a head RoPE rotates when not all (rope.dimension_count)
+    rope_freq_scale: float = 1.0      # linear RoPE scaling (1 / rope.scaling.factor), as llama.cpp's freq_scale
+    sliding_window: int = 0           # keys this many positions back or more are hidden on sliding layers
+    sliding_layers: tuple = ()        # one bool a layer; empty with a window: every layer slides
+    rope_theta_local: float = 0.0     # RoPE base of sliding layers when it differs from rope_theta
+    rope_freq_scale_local: float = 0.0  # their linear RoPE scale when it differs from rope_freq_scale
+    attn_softcap: float = 0.0         # scores -> cap * tanh(scores / cap) before the mask (0: none)
+    final_softcap: float = 0.0        # logits -> cap * tanh(logits / cap) (0: none)
+    attention_scale: float = 0.0      # queries are scaled by this (0: head_dim ** -0.5)
+    biases: tuple = ()                # linears (families.LINEARS keys) that have a bias
 
     def __post_init__(self) -> None:
         for name in ("n_layers", "dim", "n_heads", "n_kv_heads", "ffn_dim", "vocab_size", "context_length"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        if self.dim % self.n_heads:
+        for name in ("key_length", "rope_dim", "sliding_window"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
+        if self.architecture not in FAMILIES:
+            raise ValueError(f"architecture {self.architecture!r} is not one of {', '.join(FAMILIES)}")
+        if not self.key_length and self.dim % self.n_heads:
             raise ValueError(f"dim {self.dim} is not a multiple of n_heads {self.n_heads}")
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
-        if self.head_dim % 2:
-            raise ValueError(f"head_dim {self.head_dim} must be even for RoPE")
+        if self.rot % 2 or self.rot > self.head_dim:
+            raise ValueError(f"RoPE dims {self.rot} must be even and at most the head size {self.head_dim}")
+        if self.sliding_layers and len(self.sliding_layers) != self.n_layers:
+            raise ValueError(f"sliding_layers has {len(self.sliding_layers)} flags for {self.n_layers} layers")
+        unknown = set(self.biases) - set(LINEARS)
+        if unknown:
+            raise ValueError(f"biases name unknown linears {sorted(unknown)}; known: {', '.join(LINEARS)}")
+
+    @property
+    def family(self) -> Family:
+        return FAMILIES[self.architecture]
 
     @property
     def head_dim(self) -> int:
-        return self.dim // self.n_heads
+        return self.key_length or self.dim // self.n_heads
+
+    @property
+    def rot(self) -> int:
+        """How many leading dims of each head RoPE rotates."""
+        return self.rope_dim or self.head_dim
+
+    @property
+    def query_scale(self) -> float:
+        return self.attention_scale or self.head_dim ** -0.5
+
+    def is_sliding(self, layer: int) -> bool:
+        return bool(self.sliding_window) and (not self.sliding_layers or bool(self.sliding_layers[layer]))
+
+    def local_rope(self, layer: int) -> bool:
+        """Whether ``layer`` uses the sliding layers' own RoPE base/scale."""
+        return self.is_sliding(layer) and bool(self.rope_theta_local or self.rope_freq_scale_local)
+
+    def keep_layers(self, n: int) -> "LlamaConfig":
+        """This config cut to its first ``n`` blocks."""
+        return dataclasses.replace(self, n_layers=n, sliding_layers=tuple(self.sliding_layers[:n]))
 
     def kv_cache_bytes_per_token(self, dtype_bytes: int = 4) -> int:
         """Keys and values of every layer for one position."""
         return 2 * self.n_layers * self.n_kv_heads * self.head_dim * dtype_bytes
+
+    def parameter_count(self) -> int:
+        """Parameters of the model this config builds (a tied head counted once)."""
+        hd, q, kv = self.head_dim, self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+        fam = self.family
+        block = 2 * self.dim + self.dim * (q + 2 * kv) + q * self.dim + 3 * self.dim * self.ffn_dim
+        block += 2 * hd if fam.qk_norm else 0
+        block += 2 * self.dim if fam.post_norms else 0
+        widths = {"wq": q, "wk": kv, "wv": kv, "wo": self.dim, "w1": self.ffn_dim, "w2": self.dim,
+                  "w3": self.ffn_dim}
+        block += sum(widths[b] for b in self.biases if b != "output")
+        head = 0 if self.tied_embeddings else self.vocab_size * self.dim
+        head += self.vocab_size if "output" in self.biases else 0
+        return self.n_layers * block + self.vocab_size * self.dim + self.dim + head
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -88,7 +178,7 @@ class LlamaConfig:
 # ------------------------------------------------------------------------------------ reading
 @dataclasses.dataclass
 class GGUFFile:
-    """An opened Llama GGUF: its config, metadata and (still quantized) tensors."""
+    """An opened GGUF of a supported family: its config, metadata and (still quantized) tensors."""
 
     path: Path
     config: LlamaConfig
@@ -96,6 +186,10 @@ class GGUFFile:
     reader: Any                         # gguf.GGUFReader
     tensors: Mapping[str, Any]          # name -> gguf ReaderTensor
     rope_dim: int
+
+    @property
+    def family(self) -> Family:
+        return self.config.family
 
     def field(self, key: str, default: Any = None) -> Any:
         return _field(self.reader, key, default)
@@ -123,9 +217,80 @@ def _f32(value) -> float:
     return float(f"{float(value):.7g}")
 
 
+def _shape(t) -> tuple[int, ...]:
+    """A ReaderTensor's shape in torch order (GGUF's ne reversed)."""
+    return tuple(int(s) for s in reversed(list(t.shape)))
+
+
+def _min_bits_per_weight() -> float:
+    """The fewest bits a weight can take in any GGML type (IQ1_S: 1.5625): a dequantization to fp32 expands
+    a tensor at most 32 / this times."""
+    import gguf
+
+    return min(8.0 * type_size / block for block, type_size in gguf.GGML_QUANT_SIZES.values() if type_size)
+
+
+class _Meta:
+    """Typed, bounded access to one GGUF's ``<arch>.*`` metadata; errors name the file and the key."""
+
+    def __init__(self, path: Path, reader, arch: str):
+        self.path, self.reader, self.arch = path, reader, arch
+
+    def key(self, name: str) -> str:
+        return f"{self.arch}.{name}"
+
+    def raw(self, name: str):
+        f = self.reader.fields.get(self.key(name))
+        if f is None:
+            return None
+        try:
+            return f.contents()
+        except Exception as exc:  # a value of a type contents() cannot decode
+            raise ExportError(f"{self.path}: metadata {self.key(name)} cannot be read ({type(exc).__name__}).",
+                              stage=STAGE) from None
+
+    def int(self, name: str, default: int | None = None, *, lo: int = 1, hi: int = 1 << 31) -> int:
+        v = self.raw(name)
+        if v is None:
+            if default is None:
+                raise ExportError(f"{self.path}: the GGUF metadata lacks {self.key(name)}, which a {self.arch} model "
+                                  "needs.", stage=STAGE,
+                                  hint="The file is incomplete or was written by an unusual converter; convert the "
+                                       "model again with llama.cpp's convert_hf_to_gguf.py.")
+            return default
+        if isinstance(v, list):
+            raise ExportError(f"{self.path}: {self.key(name)} is a per-layer list ({len(v)} values); edgerun reads "
+                              "one value for every layer.", stage=STAGE,
+                              hint="Models with layers of different shapes are not supported.")
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise ExportError(f"{self.path}: {self.key(name)} = {v!r} is not an integer.", stage=STAGE)
+        v = int(v)
+        if not lo <= v <= hi:
+            raise ExportError(f"{self.path}: {self.key(name)} = {v} is outside {lo}..{hi}; no model of this "
+                              "family has that (an edited or damaged file?).", stage=STAGE)
+        return v
+
+    def float(self, name: str, default: float | None = None, *, positive: bool = True) -> float:
+        v = self.raw(name)
+        if v is None:
+            if default is None:
+                raise ExportError(f"{self.path}: the GGUF metadata lacks {self.key(name)}, which a {self.arch} model "
+                                  "needs.", stage=STAGE, hint="The file is incomplete or was written by an unusual "
+                                                              "converter.")
+            return float(default)
+        if isinstance(v, (list, str, bool)) or not isinstance(v, (int, float, np.integer, np.floating)):
+            raise ExportError(f"{self.path}: {self.key(name)} = {v!r} is not a number.", stage=STAGE)
+        v = _f32(v)
+        if not math.isfinite(v) or (positive and v <= 0):
+            raise ExportError(f"{self.path}: {self.key(name)} = {v} must be a finite number"
+                              f"{' > 0' if positive else ''}.", stage=STAGE)
+        return v
+
+
 def read_gguf(path: str | Path) -> GGUFFile:
-    """Open ``path`` and check it is a Llama GGUF this module can load; errors name the file and
-    what was expected (missing, not GGUF / truncated, another architecture, missing metadata)."""
+    """Open ``path``, check it is a GGUF of a supported family whose metadata agrees with its tensors and
+    its size; errors name the file and what was expected (see the module docstring). Reads metadata and
+    the tensor table only: nothing is dequantized or allocated by the model's size."""
     p = Path(path)
     if not p.is_file():
         raise ExportError(f"GGUF file {p} does not exist.", stage=STAGE)
@@ -146,52 +311,264 @@ def read_gguf(path: str | Path) -> GGUFFile:
                           f"{' '.join(str(exc).split())[:300]}.", stage=STAGE,
                           hint="Copy or download the file again; its size should match the original.") from exc
     arch = _field(reader, "general.architecture")
-    if arch != ARCHITECTURE:
-        raise ExportError(f"{p} is a GGUF of architecture {arch!r}; edgerun reads only the {ARCHITECTURE!r} "
-                          "architecture (Llama, SmolLM, TinyLlama, Mistral-style GGUFs).", stage=STAGE,
-                          hint="Use a Llama-architecture model.")
+    if not isinstance(arch, str) or arch not in FAMILIES:
+        raise ExportError(f"{p} is a GGUF of architecture {arch!r}; edgerun reads the architectures {supported()}.",
+                          stage=STAGE, hint="Use a model of one of those families (its GGUF's "
+                                            "general.architecture says which).")
     tensors = {t.name: t for t in reader.tensors}
-
-    def need(key: str) -> Any:
-        v = _field(reader, f"{ARCHITECTURE}.{key}")
-        if v is None:
-            raise ExportError(f"{p}: the GGUF metadata lacks {ARCHITECTURE}.{key}.", stage=STAGE,
-                              hint="The file is incomplete or was written by an unusual converter.")
-        return v
-
-    n_heads = int(need("attention.head_count"))
-    vocab = _field(reader, f"{ARCHITECTURE}.vocab_size")
-    if vocab is None:
-        tokens = reader.fields.get("tokenizer.ggml.tokens")
-        vocab = len(tokens.data) if tokens is not None else None
-    if vocab is None and "token_embd.weight" in tensors:
-        vocab = int(tensors["token_embd.weight"].shape[1])
-    if vocab is None:
-        raise ExportError(f"{p}: cannot tell the vocabulary size (no llama.vocab_size, tokenizer or "
-                          "token_embd.weight).", stage=STAGE)
-    try:
-        config = LlamaConfig(
-            n_layers=int(need("block_count")), dim=int(need("embedding_length")), n_heads=n_heads,
-            n_kv_heads=int(_field(reader, f"{ARCHITECTURE}.attention.head_count_kv", n_heads)),
-            ffn_dim=int(need("feed_forward_length")), vocab_size=int(vocab),
-            rope_theta=_f32(_field(reader, f"{ARCHITECTURE}.rope.freq_base", 10000.0)),
-            norm_eps=_f32(need("attention.layer_norm_rms_epsilon")),
-            context_length=int(_field(reader, f"{ARCHITECTURE}.context_length", 2048)),
-            tied_embeddings="output.weight" not in tensors)
-    except ValueError as exc:
-        raise ExportError(f"{p}: inconsistent Llama hyper-parameters: {exc}.", stage=STAGE) from None
-    rope_dim = int(_field(reader, f"{ARCHITECTURE}.rope.dimension_count", config.head_dim))
-    if rope_dim != config.head_dim:
-        raise ExportError(f"{p}: RoPE covers {rope_dim} of each head's {config.head_dim} dims; edgerun's Llama "
-                          "rotates whole heads.", stage=STAGE)
-    expected = ["token_embd.weight", "output_norm.weight"] + [
-        f"blk.{i}.{n}" for i in range(config.n_layers) for n in _BLOCK_TENSORS]
-    missing = [n for n in expected if n not in tensors]
-    if missing:
-        raise ExportError(f"{p}: {len(missing)} tensor(s) of a {config.n_layers}-layer Llama are missing, e.g. "
-                          f"{', '.join(missing[:3])}.", stage=STAGE)
+    config = _read_config(p, reader, arch, tensors)
+    _check_tensors(p, config, tensors)
+    _check_size(p, config)
     name = str(_field(reader, "general.name", p.stem))
-    return GGUFFile(path=p, config=config, name=name, reader=reader, tensors=tensors, rope_dim=rope_dim)
+    return GGUFFile(path=p, config=config, name=name, reader=reader, tensors=tensors, rope_dim=config.rot)
+
+
+def _read_config(p: Path, reader, arch: str, tensors: Mapping[str, Any]) -> LlamaConfig:
+    fam = FAMILIES[arch]
+    m = _Meta(p, reader, arch)
+    emb = tensors.get("token_embd.weight")
+    if emb is None:
+        raise ExportError(f"{p}: tensor token_embd.weight (the token embeddings, vocab x {arch}.embedding_length) "
+                          "is missing.", stage=STAGE, hint="The file is incomplete; convert the model again.")
+    emb_shape = _shape(emb)
+    if len(emb_shape) != 2:
+        raise ExportError(f"{p}: tensor token_embd.weight has shape {list(emb_shape)}; expected [vocab, "
+                          f"{arch}.embedding_length].", stage=STAGE)
+    n_layers = m.int("block_count", hi=MAX_LAYERS)
+    dim = m.int("embedding_length", hi=MAX_DIM)
+    if emb_shape[1] != dim:
+        raise ExportError(f"{p}: {arch}.embedding_length = {dim}, but tensor token_embd.weight is "
+                          f"{list(emb_shape)} (vocab x width {emb_shape[1]}).", stage=STAGE,
+                          hint="The metadata was edited or the file is damaged; the tensors are what the model is.")
+    vocab = emb_shape[0]
+    if not 1 <= vocab <= MAX_VOCAB:
+        raise ExportError(f"{p}: token_embd.weight has {vocab} rows; expected a vocabulary of 1..{MAX_VOCAB}.",
+                          stage=STAGE)
+    declared = m.raw("vocab_size")
+    if declared is not None and m.int("vocab_size", hi=MAX_VOCAB) != vocab:
+        raise ExportError(f"{p}: {arch}.vocab_size = {declared}, but tensor token_embd.weight has {vocab} rows "
+                          f"({list(emb_shape)}).", stage=STAGE, hint="The metadata was edited or the file is damaged.")
+    tokens = reader.fields.get("tokenizer.ggml.tokens")
+    if tokens is not None and len(tokens.data) != vocab:
+        raise ExportError(f"{p}: tokenizer.ggml.tokens lists {len(tokens.data)} tokens, but tensor token_embd.weight "
+                          f"has {vocab} rows; llama.cpp needs them equal.", stage=STAGE)
+    n_heads = m.int("attention.head_count", hi=MAX_DIM)
+    n_kv = m.int("attention.head_count_kv", n_heads, hi=n_heads)
+    if n_heads % n_kv:
+        raise ExportError(f"{p}: {arch}.attention.head_count = {n_heads} is not a multiple of "
+                          f"{arch}.attention.head_count_kv = {n_kv}.", stage=STAGE)
+    plain = dim // n_heads if dim % n_heads == 0 else 0
+    key_len = m.int("attention.key_length", plain or None, hi=MAX_DIM)
+    val_len = m.int("attention.value_length", key_len, hi=MAX_DIM)
+    if val_len != key_len:
+        raise ExportError(f"{p}: {arch}.attention.value_length = {val_len} differs from attention.key_length = "
+                          f"{key_len}; edgerun's attention has one head size.", stage=STAGE)
+    rot = m.int("rope.dimension_count", key_len, hi=MAX_DIM)
+    if rot > key_len or rot % 2:
+        raise ExportError(f"{p}: {arch}.rope.dimension_count = {rot}; expected an even number of at most the head "
+                          f"size {key_len}.", stage=STAGE)
+    if fam.rope_must_cover_head and rot != key_len:
+        raise ExportError(f"{p}: {arch}.rope.dimension_count = {rot}, but a {arch} model rotates whole heads of "
+                          f"{key_len} dims (llama.cpp refuses this too).", stage=STAGE)
+    ffn = m.int("feed_forward_length", hi=1 << 22)
+    context = m.int("context_length", 2048, hi=MAX_CONTEXT)
+    scaling = m.raw("rope.scaling.type")
+    factor = m.float("rope.scaling.factor", 1.0) if m.raw("rope.scaling.factor") is not None else 1.0
+    if scaling not in (None, "none", "linear"):
+        raise ExportError(f"{p}: {arch}.rope.scaling.type = {scaling!r}; edgerun applies linear RoPE scaling only.",
+                          stage=STAGE, hint="Use a GGUF of the model without long-context RoPE scaling.")
+    freq_scale = 1.0 if scaling == "none" else 1.0 / factor
+    theta = m.float("rope.freq_base", 10000.0)
+
+    window, flags, theta_local, scale_local = 0, (), 0.0, 0.0
+    if fam.window == "all":
+        window = m.int("attention.sliding_window", 0, lo=0)
+    elif fam.window == "pattern":
+        window = m.int("attention.sliding_window", fam.default_window, lo=0)
+        if window:
+            pattern = m.raw("attention.sliding_window_pattern")
+            if isinstance(pattern, list):
+                if len(pattern) != n_layers or not all(isinstance(x, (bool, np.bool_)) for x in pattern):
+                    raise ExportError(f"{p}: {arch}.attention.sliding_window_pattern lists {len(pattern)} values; "
+                                      f"expected one true/false a layer ({n_layers}).", stage=STAGE)
+                flags = tuple(bool(x) for x in pattern)
+            else:
+                flags = swa_flags(n_layers, m.int("attention.sliding_window_pattern", fam.default_pattern, lo=0,
+                                                  hi=MAX_LAYERS))
+            base_local = fam.local_rope_base if fam.local_rope_base is not None else theta
+            base_local = m.float("rope.freq_base_swa", base_local)
+            theta_local = 0.0 if base_local == theta else base_local
+            local_scale = freq_scale if fam.local_rope_scaled else 1.0
+            scale_local = 0.0 if local_scale == freq_scale else local_scale
+            if all(flags):
+                flags = ()
+            elif not any(flags):
+                window, flags, theta_local, scale_local = 0, (), 0.0, 0.0
+    attn_cap = m.float("attn_logit_softcapping", fam.attn_softcap) if fam.attn_softcap is not None else 0.0
+    final_cap = 0.0
+    if fam.final_softcap is not None:
+        final_cap = m.float("final_logit_softcapping", fam.final_softcap, positive=False)
+        if final_cap < 0:
+            raise ExportError(f"{p}: {arch}.final_logit_softcapping = {final_cap} must be >= 0.", stage=STAGE)
+    scale = 0.0
+    if fam.wide_query_scale_layers and n_layers == fam.wide_query_scale_layers:
+        scale = (dim // n_heads) ** -0.5   # llama.cpp's "27B" rule (query_pre_attn_scalar = dim / heads)
+
+    biases = sorted(b for b in fam.biases if _has_bias(tensors, b))
+    for b in biases:
+        if b != "output":
+            present = [i for i in range(n_layers) if f"blk.{i}.{_bias_name(fam, b, tensors, i)}" in tensors]
+            if len(present) != n_layers:
+                raise ExportError(f"{p}: {len(present)} of {n_layers} layers have a bias for {LINEARS[b]} "
+                                  f"({_bias_name(fam, b, tensors, 0)}); edgerun needs all or none.", stage=STAGE)
+    tied = "output.weight" not in tensors
+    if fam.head_always_tied and not tied:
+        raise ExportError(f"{p}: a {arch} model's LM head is token_embd.weight, but this file also has "
+                          "output.weight, which llama.cpp does not read (and refuses).", stage=STAGE,
+                          hint="Convert the model again with llama.cpp's convert_hf_to_gguf.py.")
+    try:
+        return LlamaConfig(
+            n_layers=n_layers, dim=dim, n_heads=n_heads, n_kv_heads=n_kv, ffn_dim=ffn, vocab_size=vocab,
+            rope_theta=theta, norm_eps=m.float("attention.layer_norm_rms_epsilon"), context_length=context,
+            tied_embeddings=tied, architecture=arch, key_length=0 if key_len == plain else key_len,
+            rope_dim=0 if rot == key_len else rot, rope_freq_scale=freq_scale, sliding_window=window,
+            sliding_layers=flags, rope_theta_local=theta_local, rope_freq_scale_local=scale_local,
+            attn_softcap=attn_cap, final_softcap=final_cap, attention_scale=scale, biases=tuple(biases))
+    except ValueError as exc:
+        raise ExportError(f"{p}: inconsistent {arch} hyper-parameters: {exc}.", stage=STAGE) from None
+
+
+def _has_bias(tensors: Mapping[str, Any], short: str) -> bool:
+    if short == "output":
+        return "output.bias" in tensors
+    if short in ("wq", "wk", "wv") and "blk.0.attn_qkv.bias" in tensors:
+        return True
+    return f"blk.0.{_BIAS_TENSORS[short]}" in tensors
+
+
+def _bias_name(fam: Family, short: str, tensors: Mapping[str, Any], layer: int) -> str:
+    if short in ("wq", "wk", "wv") and fam.fused_qkv and f"blk.{layer}.attn_qkv.bias" in tensors:
+        return "attn_qkv.bias"
+    return _BIAS_TENSORS[short]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Source:
+    """One GGUF tensor and the parameters it fills: ``(parameter name, first row, rows)`` each."""
+
+    gguf: str
+    shape: tuple[int, ...]
+    targets: tuple[tuple[str, int, int], ...]
+    why: str                            # which hyper-parameters imply the shape
+
+
+def _sources(cfg: LlamaConfig, tensors: Mapping[str, Any]) -> list[_Source]:
+    """Every tensor the model reads, with the shape its config implies (the inverse map of :func:`write_gguf`)."""
+    fam, a = cfg.family, cfg.architecture
+    d, hd, ffn = cfg.dim, cfg.head_dim, cfg.ffn_dim
+    q, kv = cfg.n_heads * hd, cfg.n_kv_heads * hd
+    heads = f"{a}.attention.head_count x head size {hd}"
+    kvs = f"{a}.attention.head_count_kv x head size {hd}"
+    out = [_Source("token_embd.weight", (cfg.vocab_size, d), (("tok_embeddings.weight", 0, cfg.vocab_size),),
+                   "vocab x embedding_length"),
+           _Source("output_norm.weight", (d,), (("norm.weight", 0, d),), "embedding_length")]
+    if not cfg.tied_embeddings:
+        out.append(_Source("output.weight", (cfg.vocab_size, d), (("output.weight", 0, cfg.vocab_size),),
+                           "vocab x embedding_length"))
+    if "output" in cfg.biases:
+        out.append(_Source("output.bias", (cfg.vocab_size,), (("output.bias", 0, cfg.vocab_size),), "vocab"))
+    for i in range(cfg.n_layers):
+        blk, par = f"blk.{i}.", f"layers.{i}."
+
+        def src(name, shape, param, why):
+            out.append(_Source(blk + name, shape, ((par + param, 0, shape[0]),), why))
+
+        src("attn_norm.weight", (d,), "attention_norm.weight", "embedding_length")
+        fused = fam.fused_qkv and blk + "attn_qkv.weight" in tensors
+        if fused:
+            out.append(_Source(blk + "attn_qkv.weight", (q + 2 * kv, d),
+                               ((par + "attention.wq.weight", 0, q), (par + "attention.wk.weight", q, kv),
+                                (par + "attention.wv.weight", q + kv, kv)), f"({heads}) + 2 x ({kvs})"))
+        else:
+            src("attn_q.weight", (q, d), "attention.wq.weight", heads)
+            src("attn_k.weight", (kv, d), "attention.wk.weight", kvs)
+            src("attn_v.weight", (kv, d), "attention.wv.weight", kvs)
+        for b, width in (("wq", q), ("wk", kv), ("wv", kv)):
+            if b in cfg.biases and _bias_name(fam, b, tensors, i) == "attn_qkv.bias":
+                if b == "wq":
+                    out.append(_Source(blk + "attn_qkv.bias", (q + 2 * kv,),
+                                       ((par + "attention.wq.bias", 0, q), (par + "attention.wk.bias", q, kv),
+                                        (par + "attention.wv.bias", q + kv, kv)), f"({heads}) + 2 x ({kvs})"))
+            elif b in cfg.biases:
+                src(_BIAS_TENSORS[b], (width,), f"{LINEARS[b]}.bias", heads if b == "wq" else kvs)
+        src("attn_output.weight", (d, q), "attention.wo.weight", f"embedding_length x ({heads})")
+        if "wo" in cfg.biases:
+            src("attn_output.bias", (d,), "attention.wo.bias", "embedding_length")
+        if fam.qk_norm:
+            src("attn_q_norm.weight", (hd,), "attention.q_norm.weight", "head size")
+            src("attn_k_norm.weight", (hd,), "attention.k_norm.weight", "head size")
+        if fam.post_norms:
+            src("post_attention_norm.weight", (d,), "post_attention_norm.weight", "embedding_length")
+            src("post_ffw_norm.weight", (d,), "post_ffn_norm.weight", "embedding_length")
+        src("ffn_norm.weight", (d,), "ffn_norm.weight", "embedding_length")
+        if fam.fused_gate_up:
+            out.append(_Source(blk + "ffn_up.weight", (2 * ffn, d),
+                               ((par + "feed_forward.w1.weight", 0, ffn), (par + "feed_forward.w3.weight", ffn, ffn)),
+                               f"2 x {a}.feed_forward_length (gate and up) x embedding_length"))
+        else:
+            src("ffn_gate.weight", (ffn, d), "feed_forward.w1.weight", "feed_forward_length x embedding_length")
+            src("ffn_up.weight", (ffn, d), "feed_forward.w3.weight", "feed_forward_length x embedding_length")
+        src("ffn_down.weight", (d, ffn), "feed_forward.w2.weight", "embedding_length x feed_forward_length")
+        for b, width in (("w1", ffn), ("w3", ffn), ("w2", d)):
+            if b in cfg.biases:
+                src(_BIAS_TENSORS[b], (width,), f"{LINEARS[b]}.bias", "feed_forward_length" if b != "w2"
+                    else "embedding_length")
+    return out
+
+
+def _optional_tensors(cfg: LlamaConfig) -> set[str]:
+    """Tensors a GGUF of this family may have that are read apart from :func:`_sources`."""
+    return {"rope_freqs.weight"} if cfg.family.rope_freqs else set()
+
+
+def _check_tensors(p: Path, cfg: LlamaConfig, tensors: Mapping[str, Any]) -> None:
+    """Every tensor the config implies exists with that shape; no tensor is left that the family lacks."""
+    sources = _sources(cfg, tensors)
+    missing = [s for s in sources if s.gguf not in tensors]
+    if missing:
+        s = missing[0]
+        raise ExportError(f"{p}: {len(missing)} tensor(s) a {cfg.n_layers}-layer {cfg.architecture} model needs are "
+                          f"missing, first {s.gguf} (expected shape {list(s.shape)}: {s.why})"
+                          f"{'; also ' + ', '.join(m.gguf for m in missing[1:4]) if len(missing) > 1 else ''}.",
+                          stage=STAGE, hint="The file is incomplete or its metadata (block_count ...) was edited.")
+    for s in sources:
+        got = _shape(tensors[s.gguf])
+        if got != s.shape:
+            raise ExportError(f"{p}: tensor {s.gguf} has shape {list(got)}; the metadata implies {list(s.shape)} "
+                              f"({s.why}).", stage=STAGE,
+                              hint="The metadata was edited or the file is damaged; the tensors are what the model is.")
+    known = {s.gguf for s in sources} | _optional_tensors(cfg)
+    extra = sorted(set(tensors) - known)
+    if extra:
+        raise ExportError(f"{p}: tensor {extra[0]}{f' (and {len(extra) - 1} more)' if len(extra) > 1 else ''} is "
+                          f"not part of a {cfg.architecture} model as llama.cpp reads it, so edgerun does not know "
+                          f"what it does.", stage=STAGE,
+                          hint=f"edgerun reads {supported()}; a file with other tensors is another model.")
+    if "rope_freqs.weight" in tensors and _shape(tensors["rope_freqs.weight"]) != (cfg.rot // 2,):
+        raise ExportError(f"{p}: tensor rope_freqs.weight has shape {list(_shape(tensors['rope_freqs.weight']))}; "
+                          f"expected [{cfg.rot // 2}] (half the RoPE dims).", stage=STAGE)
+
+
+def _check_size(p: Path, cfg: LlamaConfig) -> None:
+    """The fp32 model must be one a file of this size can hold: at most 32 / (fewest bits a weight) times it."""
+    size = p.stat().st_size
+    params = cfg.parameter_count()
+    limit = size * 32.0 / _min_bits_per_weight()
+    if params * 4 > limit:
+        raise ExportError(f"{p}: the metadata describes {params:,} parameters ({params * 4 / 2**30:.1f} GiB in "
+                          f"fp32), more than a {size:,}-byte file can hold even at the smallest GGML type "
+                          f"({limit / 2**30:.2f} GiB after dequantization).", stage=STAGE,
+                          hint="The metadata was edited or the file is truncated.")
 
 
 def dequantized(g: GGUFFile, name: str) -> np.ndarray:
@@ -199,7 +576,7 @@ def dequantized(g: GGUFFile, name: str) -> np.ndarray:
     import gguf
 
     t = g.tensors[name]
-    shape = tuple(int(s) for s in reversed(list(t.shape)))
+    shape = _shape(t)
     try:
         arr = gguf.quants.dequantize(t.data, t.tensor_type)
     except NotImplementedError as exc:
@@ -218,32 +595,35 @@ def dequantized(g: GGUFFile, name: str) -> np.ndarray:
 
 
 def load_llama(path: str | Path, *, max_context: int = 128, layers: int | None = None):
-    """Read ``path`` into an eval-mode :class:`Llama` (fp32); ``layers`` keeps only the first N blocks
-    (a fast stand-in of a big model for tests). Returns ``(model, GGUFFile)``."""
+    """Read ``path`` (any supported family) into an eval-mode :class:`Llama` (fp32); ``layers`` keeps only
+    the first N blocks (a fast stand-in of a big model for tests). ``max_context`` (the KV cache's length)
+    is at most the context the model was trained for. Returns ``(model, GGUFFile)``."""
     import torch
 
     g = read_gguf(path)
     cfg = g.config
     if layers is not None:
-        if not 1 <= layers <= cfg.n_layers:
+        if not isinstance(layers, int) or not 1 <= layers <= cfg.n_layers:
             raise ExportError(f"{g.path} has {cfg.n_layers} layers; cannot keep {layers}.", stage=STAGE)
-        cfg = dataclasses.replace(cfg, n_layers=layers)
+        cfg = cfg.keep_layers(layers)
+    if isinstance(max_context, bool) or not isinstance(max_context, int) or not 2 <= max_context <= cfg.context_length:
+        raise ExportError(f"{g.path}: max context {max_context!r} is outside 2..{cfg.context_length}, the context "
+                          f"the model was trained for ({cfg.architecture}.context_length).", stage=STAGE,
+                          hint=f"Give a max context (--max-context) of at most {cfg.context_length}.")
+    keep = {f"layers.{i}." for i in range(cfg.n_layers)}
+    sources = [s for s in _sources(g.config, g.tensors)
+               if not s.targets[0][0].startswith("layers.") or any(s.targets[0][0].startswith(k) for k in keep)]
     model = Llama(cfg, max_context=max_context)
-    state = {"tok_embeddings.weight": dequantized(g, "token_embd.weight"),
-             "norm.weight": dequantized(g, "output_norm.weight")}
-    if not cfg.tied_embeddings:
-        state["output.weight"] = dequantized(g, "output.weight")
-    for i in range(cfg.n_layers):
-        for src, dst in _BLOCK_TENSORS.items():
-            state[f"layers.{i}.{dst}"] = dequantized(g, f"blk.{i}.{src}")
     own = model.state_dict()
-    for key, arr in state.items():
-        if tuple(own[key].shape) != arr.shape:
-            raise ExportError(f"{g.path}: tensor for {key} has shape {list(arr.shape)}, the config implies "
-                              f"{list(own[key].shape)}.", stage=STAGE)
     with torch.no_grad():
-        for key, arr in state.items():
-            own[key].copy_(torch.from_numpy(np.require(arr, requirements="W")))
+        for s in sources:
+            arr = dequantized(g, s.gguf)
+            for param, start, rows in s.targets:
+                part = arr[start:start + rows]
+                if tuple(own[param].shape) != part.shape:  # _check_tensors makes this unreachable; kept as a guard
+                    raise ExportError(f"{g.path}: tensor {s.gguf} gives {param} shape {list(part.shape)}, the config "
+                                      f"implies {list(own[param].shape)}.", stage=STAGE)
+                own[param].copy_(torch.from_numpy(np.require(part, requirements="WC")))
     if "rope_freqs.weight" in g.tensors:  # Llama-3 style per-frequency scaling factors
         factors = torch.from_numpy(dequantized(g, "rope_freqs.weight").reshape(-1))
         model.set_rope_factors(factors)
@@ -257,6 +637,8 @@ def _torch_modules():
     from torch import nn
 
     class RMSNorm(nn.Module):
+        """``x / rms(x) * weight``, the weight as the GGUF stores it (Gemma's 1 + w included, see families)."""
+
         def __init__(self, dim: int, eps: float):
             super().__init__()
             self.eps = eps
@@ -265,21 +647,44 @@ def _torch_modules():
         def forward(self, x):
             return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
 
-    def rope(x, cos, sin):
-        """Interleaved RoPE (pairs 2i, 2i+1) on ``x`` [1, T, H, D] with ``cos``/``sin`` [T, D/2]."""
-        pairs = x.reshape(x.shape[0], x.shape[1], x.shape[2], -1, 2)
+    def rope_interleaved(x, cos, sin, rot: int):
+        """llama.cpp's NORM RoPE (pairs 2i, 2i+1 of the first ``rot`` dims) on ``x`` [B, T, H, D] with
+        ``cos``/``sin`` [T, rot/2]."""
+        xr = x if rot == x.shape[-1] else x[..., :rot]
+        pairs = xr.reshape(x.shape[0], x.shape[1], x.shape[2], -1, 2)
         x0, x1 = pairs[..., 0], pairs[..., 1]
         c, s = cos[None, :, None, :], sin[None, :, None, :]
-        return torch.stack((x0 * c - x1 * s, x0 * s + x1 * c), dim=-1).flatten(3)
+        out = torch.stack((x0 * c - x1 * s, x0 * s + x1 * c), dim=-1).flatten(3)
+        return out if rot == x.shape[-1] else torch.cat((out, x[..., rot:]), dim=-1)
+
+    def rope_neox(x, cos, sin, rot: int):
+        """llama.cpp's NEOX RoPE (pairs i, i + rot/2 of the first ``rot`` dims)."""
+        half = rot // 2
+        x0, x1 = x[..., :half], x[..., half:rot]
+        c, s = cos[None, :, None, :], sin[None, :, None, :]
+        parts = [x0 * c - x1 * s, x1 * c + x0 * s]
+        if rot < x.shape[-1]:
+            parts.append(x[..., rot:])
+        return torch.cat(parts, dim=-1)
+
+    def softcap(x, cap: float):
+        return torch.tanh(x / cap) * cap
 
     class Attention(nn.Module):
         def __init__(self, cfg: LlamaConfig, max_context: int):
             super().__init__()
-            self.n_heads, self.n_kv, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-            self.wq = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=False)
-            self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
-            self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
-            self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+            fam = cfg.family
+            self.n_heads, self.n_kv, self.head_dim, self.rot = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.rot
+            self.scale, self.softcap = cfg.query_scale, cfg.attn_softcap
+            self.rope = rope_interleaved if fam.rope == ROPE_NORM else rope_neox
+            self.wq = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias="wq" in cfg.biases)
+            self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias="wk" in cfg.biases)
+            self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias="wv" in cfg.biases)
+            self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias="wo" in cfg.biases)
+            self.qk_norm = fam.qk_norm
+            if fam.qk_norm:
+                self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
+                self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
             shape = (1, cfg.n_kv_heads, max_context, cfg.head_dim)
             # persistent: torch.export lifts them as buffers and records their mutation
             self.register_buffer("k_cache", torch.zeros(shape))
@@ -287,9 +692,12 @@ def _torch_modules():
 
         def forward(self, x, input_pos, cos, sin, mask, cache: bool = True):
             b, t, _ = x.shape
-            q = rope(self.wq(x).view(b, t, self.n_heads, self.head_dim), cos, sin)
-            k = rope(self.wk(x).view(b, t, self.n_kv, self.head_dim), cos, sin)
+            q = self.wq(x).view(b, t, self.n_heads, self.head_dim)
+            k = self.wk(x).view(b, t, self.n_kv, self.head_dim)
             v = self.wv(x).view(b, t, self.n_kv, self.head_dim)
+            if self.qk_norm:
+                q, k = self.q_norm(q), self.k_norm(k)
+            q, k = self.rope(q, cos, sin, self.rot), self.rope(k, cos, sin, self.rot)
             if cache:
                 self.k_cache.index_copy_(2, input_pos, k.transpose(1, 2))
                 self.v_cache.index_copy_(2, input_pos, v.transpose(1, 2))
@@ -300,33 +708,46 @@ def _torch_modules():
             # share a KV head are stacked along the rows ([b, kv, rep*t, d]), so each KV head is read once.
             rep = self.n_heads // self.n_kv
             qg = q.transpose(1, 2).reshape(b, self.n_kv, rep * t, self.head_dim)
-            scores = torch.matmul(qg, keys.transpose(2, 3)) * (self.head_dim ** -0.5)
+            scores = torch.matmul(qg, keys.transpose(2, 3)) * self.scale
+            if self.softcap:
+                scores = softcap(scores, self.softcap)
             probs = torch.softmax(scores + mask, dim=-1)          # mask: additive, [rep*t, max_context]
             out = torch.matmul(probs, values)                      # [b, kv, rep*t, d]
             out = out.reshape(b, self.n_heads, t, self.head_dim).transpose(1, 2)
             return self.wo(out.reshape(b, t, self.n_heads * self.head_dim))
 
     class FeedForward(nn.Module):
-        def __init__(self, dim: int, hidden: int):
+        def __init__(self, cfg: LlamaConfig):
             super().__init__()
-            self.w1 = nn.Linear(dim, hidden, bias=False)   # gate
-            self.w2 = nn.Linear(hidden, dim, bias=False)   # down
-            self.w3 = nn.Linear(dim, hidden, bias=False)   # up
+            dim, hidden = cfg.dim, cfg.ffn_dim
+            self.w1 = nn.Linear(dim, hidden, bias="w1" in cfg.biases)   # gate
+            self.w2 = nn.Linear(hidden, dim, bias="w2" in cfg.biases)   # down
+            self.w3 = nn.Linear(dim, hidden, bias="w3" in cfg.biases)   # up
+            self.gelu = cfg.family.activation == "gelu_tanh"
 
         def forward(self, x):
-            return self.w2(F.silu(self.w1(x)) * self.w3(x))
+            gate = self.w1(x)
+            gate = F.gelu(gate, approximate="tanh") if self.gelu else F.silu(gate)
+            return self.w2(gate * self.w3(x))
 
     class Block(nn.Module):
-        def __init__(self, cfg: LlamaConfig, max_context: int):
+        def __init__(self, cfg: LlamaConfig, max_context: int, layer: int):
             super().__init__()
+            self.sliding, self.local_rope = cfg.is_sliding(layer), cfg.local_rope(layer)
             self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
             self.attention = Attention(cfg, max_context)
             self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
-            self.feed_forward = FeedForward(cfg.dim, cfg.ffn_dim)
+            self.feed_forward = FeedForward(cfg)
+            self.post_norms = cfg.family.post_norms
+            if self.post_norms:
+                self.post_attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+                self.post_ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
 
         def forward(self, x, input_pos, cos, sin, mask, cache: bool = True):
-            h = x + self.attention(self.attention_norm(x), input_pos, cos, sin, mask, cache)
-            return h + self.feed_forward(self.ffn_norm(h))
+            a = self.attention(self.attention_norm(x), input_pos, cos, sin, mask, cache)
+            h = x + (self.post_attention_norm(a) if self.post_norms else a)
+            f = self.feed_forward(self.ffn_norm(h))
+            return h + (self.post_ffn_norm(f) if self.post_norms else f)
 
     class Llama(nn.Module):
         """See the module docstring. ``max_context`` fixes the KV cache's length."""
@@ -337,55 +758,86 @@ def _torch_modules():
                 raise ValueError(f"max_context must be an integer >= 2, got {max_context!r}")
             self.config = cfg
             self.max_context = max_context
+            self.embed_scale = math.sqrt(cfg.dim) if cfg.family.embed_scale else 0.0
             self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
-            self.layers = nn.ModuleList(Block(cfg, max_context) for _ in range(cfg.n_layers))
+            self.layers = nn.ModuleList(Block(cfg, max_context, i) for i in range(cfg.n_layers))
             self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
-            self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+            self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias="output" in cfg.biases)
             if cfg.tied_embeddings:
                 self.output.weight = self.tok_embeddings.weight
             self.register_buffer("positions", torch.arange(max_context), persistent=False)
             self.set_rope_factors(None)
 
-        def set_rope_factors(self, factors) -> None:
-            half = self.config.head_dim // 2
-            freqs = 1.0 / (self.config.rope_theta ** (torch.arange(half, dtype=torch.float64) * 2 / (2 * half)))
+        def _angles(self, theta: float, freq_scale: float, factors):
+            half = self.config.rot // 2
+            freqs = 1.0 / (theta ** (torch.arange(half, dtype=torch.float64) * 2 / (2 * half)))
             if factors is not None:
                 freqs = freqs / factors.to(torch.float64)
-            angles = torch.outer(torch.arange(self.max_context, dtype=torch.float64), freqs)
+            return torch.outer(torch.arange(self.max_context, dtype=torch.float64) * freq_scale, freqs)
+
+        def set_rope_factors(self, factors) -> None:
+            cfg = self.config
+            angles = self._angles(cfg.rope_theta, cfg.rope_freq_scale, factors)
             self.register_buffer("rope_cos", angles.cos().float(), persistent=False)
             self.register_buffer("rope_sin", angles.sin().float(), persistent=False)
+            if any(layer.local_rope for layer in self.layers):  # sliding layers with their own base/scale
+                local = self._angles(cfg.rope_theta_local or cfg.rope_theta,
+                                     cfg.rope_freq_scale_local or cfg.rope_freq_scale, factors)
+                self.register_buffer("rope_cos_local", local.cos().float(), persistent=False)
+                self.register_buffer("rope_sin_local", local.sin().float(), persistent=False)
 
         def reset_cache(self) -> None:
             for layer in self.layers:
                 layer.attention.k_cache.zero_()
                 layer.attention.v_cache.zero_()
 
+        def _masks(self, q_pos, k_pos):
+            """Additive masks [rep*T, K]: causal, and causal within the window (None without sliding layers);
+            repeated for the query heads that share a KV head."""
+            cfg = self.config
+            rep = cfg.n_heads // cfg.n_kv_heads
+            allowed = k_pos.unsqueeze(0) <= q_pos.unsqueeze(1)
+            causal = torch.zeros(allowed.shape, dtype=torch.float32).masked_fill(~allowed, float("-inf"))
+            window = None
+            if any(layer.sliding for layer in self.layers):
+                near = allowed & (q_pos.unsqueeze(1) - k_pos.unsqueeze(0) < cfg.sliding_window)
+                window = torch.zeros(near.shape, dtype=torch.float32).masked_fill(~near, float("-inf"))
+                window = window.repeat(rep, 1)
+            return causal.repeat(rep, 1), window
+
+        def _run(self, tokens, pos, cos, sin, cos_l, sin_l, causal, window, cache: bool):
+            h = self.tok_embeddings(tokens)
+            if self.embed_scale:
+                h = h * self.embed_scale
+            for layer in self.layers:
+                c, s = (cos_l, sin_l) if layer.local_rope else (cos, sin)
+                h = layer(h, pos, c, s, window if layer.sliding else causal, cache)
+            logits = self.output(self.norm(h))
+            cap = self.config.final_softcap
+            return softcap(logits, cap) if cap else logits
+
         def forward(self, tokens, input_pos):
             cos = self.rope_cos.index_select(0, input_pos)
             sin = self.rope_sin.index_select(0, input_pos)
-            # one additive causal mask for every layer: 0 where a position may be attended, -inf where not,
-            # repeated for the query heads that share a KV head ([rep*T, max_context])
-            allowed = self.positions.unsqueeze(0) <= input_pos.unsqueeze(1)    # [T, max_context]
-            mask = torch.zeros(allowed.shape, dtype=torch.float32).masked_fill(~allowed, float("-inf"))
-            mask = mask.repeat(self.config.n_heads // self.config.n_kv_heads, 1)
-            h = self.tok_embeddings(tokens)
-            for layer in self.layers:
-                h = layer(h, input_pos, cos, sin, mask)
-            return self.output(self.norm(h))
+            cos_l = sin_l = None
+            if hasattr(self, "rope_cos_local"):
+                cos_l = self.rope_cos_local.index_select(0, input_pos)
+                sin_l = self.rope_sin_local.index_select(0, input_pos)
+            # one additive mask for every (sliding) layer: 0 where a position may be attended, -inf where not
+            causal, window = self._masks(input_pos, self.positions)
+            return self._run(tokens, input_pos, cos, sin, cos_l, sin_l, causal, window, cache=True)
 
         def forward_train(self, tokens):
             """Logits [B, T, vocab] of whole sequences from position 0, causal, without the KV cache (what a
             training program differentiates; the cache buffers are neither read nor written)."""
             t = tokens.shape[1]
             pos = self.positions[:t]
-            allowed = pos.unsqueeze(0) <= pos.unsqueeze(1)                   # [T, T]
-            mask = torch.zeros(allowed.shape, dtype=torch.float32).masked_fill(~allowed, float("-inf"))
-            mask = mask.repeat(self.config.n_heads // self.config.n_kv_heads, 1)
-            cos, sin = self.rope_cos[:t], self.rope_sin[:t]
-            h = self.tok_embeddings(tokens)
-            for layer in self.layers:
-                h = layer(h, pos, cos, sin, mask, cache=False)
-            return self.output(self.norm(h))
+            causal, window = self._masks(pos, pos)
+            cos_l = sin_l = None
+            if hasattr(self, "rope_cos_local"):
+                cos_l, sin_l = self.rope_cos_local[:t], self.rope_sin_local[:t]
+            return self._run(tokens, pos, self.rope_cos[:t], self.rope_sin[:t], cos_l, sin_l, causal, window,
+                             cache=False)
 
     return Llama
 
@@ -394,12 +846,13 @@ _LLAMA = None
 
 
 def Llama(cfg: LlamaConfig, max_context: int = 128):  # noqa: N802 - a class in all but name
-    """Build the Llama ``nn.Module`` (its class is made on first use, so importing stays light)."""
+    """Build the model ``nn.Module`` of ``cfg``'s family (its class is made on first use, so importing stays
+    light)."""
     return llama_class()(cfg, max_context)
 
 
 def llama_class():
-    """The Llama ``nn.Module`` class (for ``isinstance``)."""
+    """The model ``nn.Module`` class (for ``isinstance``)."""
     global _LLAMA
     if _LLAMA is None:
         _LLAMA = _torch_modules()
@@ -429,15 +882,17 @@ def greedy(model, prompt: list[int], new_tokens: int, *, step=None) -> list[int]
 # ------------------------------------------------------------------------------------ writing
 def write_gguf(model, path: str | Path, *, name: str = "edgerun tiny llama", tokenizer: Mapping[str, Any] | None = None,
                dtype: str = "F32") -> Path:
-    """Write ``model`` (a :class:`Llama`) as a Llama GGUF with ``gguf.GGUFWriter``: the inverse of
-    :func:`load_llama`. ``tokenizer`` holds ``tokens``, ``merges``, ``token_types``, ``bos``, ``eos``
-    and optionally ``chat_template``; ``dtype`` is ``F32``, ``F16``, ``Q8_0``, ``Q4_0`` or ``Q4_1``
-    for the 2-D weights (norms stay F32)."""
+    """Write ``model`` (a :class:`Llama` of any family) as a GGUF with ``gguf.GGUFWriter``, with the keys and
+    tensor names llama.cpp reads for its architecture (phi3's q/k/v and gate/up fused as its converter
+    writes them): the inverse of :func:`load_llama`. ``tokenizer`` holds ``tokens``, ``merges``,
+    ``token_types``, ``bos``, ``eos`` and optionally ``chat_template``; ``dtype`` is ``F32``, ``F16``,
+    ``Q8_0``, ``Q4_0`` or ``Q4_1`` for the 2-D weights (norms and biases stay F32)."""
     import gguf
 
     cfg: LlamaConfig = model.config
+    fam = cfg.family
     path = Path(path)
-    w = gguf.GGUFWriter(str(path), ARCHITECTURE)
+    w = gguf.GGUFWriter(str(path), cfg.architecture)
     w.add_name(name)
     w.add_block_count(cfg.n_layers)
     w.add_context_length(cfg.context_length)
@@ -445,10 +900,36 @@ def write_gguf(model, path: str | Path, *, name: str = "edgerun tiny llama", tok
     w.add_feed_forward_length(cfg.ffn_dim)
     w.add_head_count(cfg.n_heads)
     w.add_head_count_kv(cfg.n_kv_heads)
+    if cfg.key_length:
+        w.add_key_length(cfg.key_length)
+        w.add_value_length(cfg.key_length)
     w.add_rope_freq_base(cfg.rope_theta)
+    if cfg.rope_freq_scale != 1.0:
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(1.0 / cfg.rope_freq_scale)
     w.add_layer_norm_rms_eps(cfg.norm_eps)
-    w.add_rope_dimension_count(cfg.head_dim)
+    w.add_rope_dimension_count(cfg.rot)
     w.add_vocab_size(cfg.vocab_size)
+    if cfg.sliding_window:
+        if fam.window == "none":
+            raise ValueError(f"a {cfg.architecture} GGUF has no sliding window (llama.cpp does not read one)")
+        w.add_sliding_window(cfg.sliding_window)
+        if fam.window == "pattern":
+            flags = cfg.sliding_layers or (True,) * cfg.n_layers
+            period = next((n for n in range(1, cfg.n_layers + 2) if swa_flags(cfg.n_layers, n) == flags), None)
+            w.add_sliding_window_pattern(period if period is not None else list(flags))
+            base_local = fam.local_rope_base if fam.local_rope_base is not None else cfg.rope_theta
+            if (cfg.rope_theta_local or cfg.rope_theta) != base_local:
+                w.add_rope_freq_base_swa(cfg.rope_theta_local or cfg.rope_theta)
+    if fam.attn_softcap is not None:
+        w.add_attn_logit_softcapping(cfg.attn_softcap)
+    elif cfg.attn_softcap:
+        raise ValueError(f"a {cfg.architecture} model has no attention soft-capping")
+    if fam.final_softcap is not None:
+        if cfg.final_softcap or fam.final_softcap:
+            w.add_final_logit_softcapping(cfg.final_softcap)
+    elif cfg.final_softcap:
+        raise ValueError(f"a {cfg.architecture} model has no final soft-capping")
     if tokenizer is not None:
         w.add_tokenizer_model("gpt2")
         w.add_token_list(list(tokenizer["tokens"]))
@@ -469,13 +950,12 @@ def write_gguf(model, path: str | Path, *, name: str = "edgerun tiny llama", tok
         else:
             w.add_tensor(gguf_name, arr)
 
-    put("token_embd.weight", state["tok_embeddings.weight"])
-    put("output_norm.weight", state["norm.weight"])
-    if not cfg.tied_embeddings:
-        put("output.weight", state["output.weight"])
-    for i in range(cfg.n_layers):
-        for src, dst in _BLOCK_TENSORS.items():
-            put(f"blk.{i}.{src}", state[f"layers.{i}.{dst}"])
+    tensors = {"blk.0.attn_qkv.weight": True} if fam.fused_qkv else {}
+    if fam.fused_qkv and "wq" in cfg.biases:
+        tensors["blk.0.attn_qkv.bias"] = True
+    sources = _sources(cfg, {f"blk.{i}.{n[6:]}": True for n in tensors for i in range(cfg.n_layers)})
+    for s in sources:
+        put(s.gguf, np.concatenate([state[param] for param, _, _ in s.targets], axis=0))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
