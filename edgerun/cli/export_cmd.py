@@ -12,6 +12,7 @@ from rich.table import Table
 
 from edgerun.runtime.columns import format_bytes
 
+from . import options as opt
 from ._common import DebugOpt, JsonOpt, err_console, execute
 
 out = Console()
@@ -25,16 +26,27 @@ def _fmt_num(x, fmt: str = "{:.2f}") -> str:
     return fmt.format(x)
 
 
-def _vectors_option(value: str, usage_error) -> tuple[int, str | None]:
-    """``--vectors``: a count, or a file of test inputs."""
-    text = value.strip()
-    if text.isdigit():
-        if int(text) < 1:
-            raise usage_error(f"--vectors must be at least 1, got {text}.")
-        return int(text), None
+MAX_VECTORS = 10_000
+
+
+def _check_vectors(value: object) -> str:
+    """``--vectors`` as the parser checks it: a count 1..MAX_VECTORS, or a .npy/.npz file name."""
+    text = str(value).strip()
+    if text.lstrip("+-").isdigit():
+        opt.count(1, MAX_VECTORS, "a number of test vectors")(text)
+        return text
     if not text.endswith((".npy", ".npz")):
-        raise usage_error(f"--vectors {value!r} is neither a number of test vectors nor a .npy/.npz file.",
-                          hint="Give e.g. --vectors 8, or --vectors inputs.npz (input_0, input_1 ... stacked on dim 0).")
+        raise opt.BadValue(f"expected a count or a file of test inputs: {text!r} is neither a number of test "
+                           "vectors nor a .npy/.npz file; give e.g. --vectors 8, or --vectors inputs.npz "
+                           "(input_0, input_1 ... stacked on dim 0)")
+    return text
+
+
+def _vectors_option(value: str) -> tuple[int, str | None]:
+    """``--vectors`` (already checked by :func:`_check_vectors`): a count, or a file of test inputs."""
+    text = value.strip()
+    if text.lstrip("+-").isdigit():
+        return int(text), None
     return 4, text
 
 
@@ -121,19 +133,23 @@ def register(app: typer.Typer) -> None:
         calibration: Annotated[Optional[Path], typer.Option(
             "--calibration", help="Calibration inputs: .npy [N, *input_shape] or .npz with input_0, input_1 ...")] = None,
         calibration_samples: Annotated[Optional[int], typer.Option(
-            help="int8: how many calibration samples (dataset or generated).")] = None,
-        group_size: Annotated[Optional[int], typer.Option(help="8da4w: weights per quantization group.")] = None,
+            parser=opt.count(1, 100_000), help="int8: how many calibration samples (dataset or generated).")] = None,
+        group_size: Annotated[Optional[int], typer.Option(
+            parser=opt.count(1, 1 << 16), help="8da4w: weights per quantization group.")] = None,
         embedding_bits: Annotated[Optional[int], typer.Option(
+            parser=lambda v: int(opt.choice(("4", "8"))(str(v).strip())),
             help="8da4w LLMs: bits of the token embedding table, 8 (default) or 4 (smaller, less accurate).")] = None,
         vectors: Annotated[str, typer.Option(
-            help="How many test vectors to write and verify (the example input is vector 0, the rest are "
+            parser=_check_vectors, help="How many test vectors to write and verify (the example input is vector 0, the rest are "
                  "generated), or FILE.npy/.npz of your own test inputs (like --calibration).")] = "4",
-        min_snr_db: Annotated[Optional[float], typer.Option(help="Override the scheme's SNR threshold (dB).")] = None,
-        min_cosine: Annotated[Optional[float], typer.Option(help="Override the scheme's cosine threshold.")] = None,
+        min_snr_db: Annotated[Optional[float], typer.Option(
+            parser=opt.real(-1000.0, 1000.0), help="Override the scheme's SNR threshold (dB).")] = None,
+        min_cosine: Annotated[Optional[float], typer.Option(
+            parser=opt.real(-1.0, 1.0), help="Override the scheme's cosine threshold.")] = None,
         min_top1: Annotated[Optional[float], typer.Option(
-            help="Also require this top-1 agreement (0..1) on classifier outputs.")] = None,
+            parser=opt.real(0.0, 1.0), help="Also require this top-1 agreement (0..1) on classifier outputs.")] = None,
         max_context: Annotated[Optional[int], typer.Option(
-            help="LLMs: the KV cache length, i.e. prompt + generated tokens at most (default 128).")] = None,
+            parser=opt.count(1, opt.MAX_TOKENS), help="LLMs: the KV cache length, i.e. prompt + generated tokens at most (default 128).")] = None,
         overwrite: Annotated[bool, typer.Option(help="Replace an existing artifact at the output directory.")] = True,
         json_out: JsonOpt = False,
         debug: DebugOpt = False,
@@ -148,9 +164,7 @@ def register(app: typer.Typer) -> None:
         def work() -> dict:
             from edgerun.export import ExportOptions, export_model
 
-            from edgerun.core.errors import UsageError
-
-            count, vectors_file = _vectors_option(vectors, UsageError)
+            count, vectors_file = _vectors_option(vectors)
             scheme_opts = {"calibration_samples": calibration_samples, "group_size": group_size,
                            "embedding_bits": embedding_bits}
             with err_console.status("exporting") as status:

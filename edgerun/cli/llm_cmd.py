@@ -14,6 +14,7 @@ from rich.console import Console
 from edgerun.core.errors import UsageError
 from edgerun.core.text import sanitize_text
 
+from . import options as opt
 from ._common import DebugOpt, JsonOpt, err_console, execute, plain, progress
 from .profile_cmd import DeviceOpt, InventoryOpt, _device_list
 from .results_cmd import StoreOpt, record_json
@@ -80,15 +81,23 @@ def register(app: typer.Typer) -> None:
         device: DeviceOpt = "local://",
         chat: Annotated[bool, typer.Option(help="Wrap the prompt in the model's chat template (a user turn).")] = False,
         system: Annotated[Optional[str], typer.Option(help="With --chat: a system message.")] = None,
-        max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n", help="Stop after this many.")] = 64,
-        temperature: Annotated[float, typer.Option(help="0: greedy; otherwise sample at this temperature.")] = 0.0,
-        top_k: Annotated[int, typer.Option(help="Sampling: keep the k most likely tokens (0: all).")] = 0,
-        top_p: Annotated[float, typer.Option(help="Sampling: keep the smallest set with this probability.")] = 1.0,
-        seed: Annotated[int, typer.Option(help="Sampling seed (the same seed gives the same text).")] = 0,
-        threads: Annotated[int, typer.Option(help="Runner threads (0: the runtime's default).")] = 0,
+        max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n", parser=opt.tokens,
+                                                    help="Stop after this many.")] = 64,
+        temperature: Annotated[float, typer.Option(parser=opt.real(0.0, 100.0),
+                                                   help="0: greedy; otherwise sample at this temperature.")] = 0.0,
+        top_k: Annotated[int, typer.Option(parser=opt.count(0, 1 << 31),
+                                           help="Sampling: keep the k most likely tokens (0: all).")] = 0,
+        top_p: Annotated[float, typer.Option(parser=opt.real(0.0, 1.0, lo_open=True),
+                                             help="Sampling: keep the smallest set with this probability.")] = 1.0,
+        seed: Annotated[int, typer.Option(parser=opt.count(0, (1 << 63) - 1),
+                                          help="Sampling seed (the same seed gives the same text).")] = 0,
+        threads: Annotated[int, typer.Option(parser=opt.threads,
+                                             help="Runner threads (0: the runtime's default).")] = 0,
         stop_id: Annotated[Optional[list[int]], typer.Option(
+            parser=opt.count(0, (1 << 31) - 1, "a token id"),
             help="Also stop at this token id (repeatable; EOS and end-of-turn tokens always stop).")] = None,
-        timeout: Annotated[float, typer.Option(help="Seconds allowed for the run on the device.")] = 1800,
+        timeout: Annotated[float, typer.Option(parser=opt.timeout,
+                                               help="Seconds allowed for the run on the device.")] = 1800,
         store: StoreOpt = None,
         inventory: InventoryOpt = None,
         json_out: JsonOpt = False,
@@ -146,15 +155,19 @@ def register(app: typer.Typer) -> None:
     def bench_llm_cmd(
         artifact: Annotated[Path, typer.Argument(help="LLM artifact directory written by `edgerun export`.")],
         device: DeviceOpt = "local://",
-        prompts: Annotated[str, typer.Option("-p", "--prompt-tokens",
-                                             help="Prefill tests: prompt lengths, e.g. 64,128 (ppP).")] = "64",
-        generate: Annotated[str, typer.Option("-n", "--gen-tokens",
-                                              help="Decode tests: tokens generated, e.g. 32,64 (tgN).")] = "32",
-        repetitions: Annotated[int, typer.Option("-r", "--repetitions", help="Timed repetitions per test.")] = 5,
-        threads: Annotated[str, typer.Option("-t", "--threads", help="Thread counts, e.g. 1,2,4 (0: default).")] = "0",
-        warmup: Annotated[int, typer.Option(help="Untimed repetitions before each test.")] = 1,
-        output: Annotated[str, typer.Option("--output", "-o", help="Table format: md | csv (--json: JSON).")] = "md",
-        timeout: Annotated[float, typer.Option(help="Seconds allowed for one test on a device.")] = 3600,
+        prompts: Annotated[str, typer.Option("-p", "--prompt-tokens", parser=opt.int_list(0, opt.MAX_TOKENS),
+                                             help="Prefill tests: prompt lengths, e.g. 64,128 (ppP; 0: none).")] = "64",
+        generate: Annotated[str, typer.Option("-n", "--gen-tokens", parser=opt.int_list(0, opt.MAX_TOKENS),
+                                              help="Decode tests: tokens generated, e.g. 32,64 (tgN; 0: none).")] = "32",
+        repetitions: Annotated[int, typer.Option("-r", "--repetitions", parser=opt.repetitions,
+                                                 help="Timed repetitions per test.")] = 5,
+        threads: Annotated[str, typer.Option("-t", "--threads", parser=opt.threads_list(allow_auto=False),
+                                             help="Thread counts, e.g. 1,2,4 (0: default).")] = "0",
+        warmup: Annotated[int, typer.Option(parser=opt.warmup, help="Untimed repetitions before each test.")] = 1,
+        output: Annotated[str, typer.Option("--output", "-o", parser=opt.choice(("md", "csv")),
+                                            help="Table format: md | csv (--json: JSON).")] = "md",
+        timeout: Annotated[float, typer.Option(parser=opt.timeout,
+                                               help="Seconds allowed for one test on a device.")] = 3600,
         store: StoreOpt = None,
         inventory: InventoryOpt = None,
         json_out: JsonOpt = False,
@@ -167,9 +180,6 @@ def register(app: typer.Typer) -> None:
         test is a stored run: compare two with `edgerun compare`, plot them with `edgerun report`.
         Devices run concurrently; tests and thread counts in turn on each.
         """
-        if output not in ("md", "csv"):
-            raise UsageError(f"--output must be md or csv, got {output!r}.")
-
         def work() -> dict:
             from edgerun.llm import BenchLLMSettings, bench_llm
             from edgerun.cells import CellFailure

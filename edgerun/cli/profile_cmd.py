@@ -10,6 +10,7 @@ from rich.console import Console
 
 from edgerun.core.errors import ExitCode, UsageError
 
+from . import options as opt
 from ._common import DebugOpt, JsonOpt, err_console, execute, plain, progress
 from .results_cmd import StoreOpt, print_record, print_runs_table, record_json
 
@@ -79,22 +80,25 @@ def register(app: typer.Typer) -> None:
         artifact: Annotated[Path, typer.Argument(help="Artifact directory written by `edgerun export`.")],
         device: DeviceOpt = "local://",
         all_devices: Annotated[bool, typer.Option("--all", help="Every device in the inventory.")] = False,
-        warmup: Annotated[int, typer.Option(help="Untimed warm-up iterations.")] = 3,
-        iterations: Annotated[int, typer.Option(help="Timed iterations (every sample is kept).")] = 30,
-        min_time_ms: Annotated[int, typer.Option(help="Keep iterating until the timed ones add up to this.")] = 0,
-        threads: Annotated[str, typer.Option(help="Thread counts to sweep, e.g. 1,2,4; auto (default): the runner "
+        warmup: Annotated[int, typer.Option(parser=opt.warmup, help="Untimed warm-up iterations.")] = 3,
+        iterations: Annotated[int, typer.Option(parser=opt.iterations,
+                                                help="Timed iterations (every sample is kept).")] = 30,
+        min_time_ms: Annotated[int, typer.Option(parser=opt.min_time_ms,
+                                                 help="Keep iterating until the timed ones add up to this.")] = 0,
+        threads: Annotated[str, typer.Option(parser=opt.threads_list(),
+                                             help="Thread counts to sweep, e.g. 1,2,4; auto (default): the runner "
                                                   "times 1 thread and every core and keeps the faster; 0: every core.")] = "auto",
-        vector: Annotated[int, typer.Option(help="Test vector whose inputs are run (its eager outputs are the "
-                                                 "accuracy reference).")] = 0,
+        vector: Annotated[int, typer.Option(parser=opt.vector, help="Test vector whose inputs are run (its eager "
+                                                                    "outputs are the accuracy reference).")] = 0,
         etdump: Annotated[bool, typer.Option(help="Record an ETDump for the per-operator table.")] = True,
         task_accuracy: Annotated[Optional[bool], typer.Option(
             "--task-accuracy/--no-task-accuracy",
             help="Run the artifact's held-out split on the device (one more, untimed runner invocation) and "
                  "report task accuracy from those outputs. Default: on when the artifact has a dataset.")] = None,
-        timeout: Annotated[float, typer.Option(help="Seconds allowed for one run on a device.")] = 900,
+        timeout: Annotated[float, typer.Option(parser=opt.timeout, help="Seconds allowed for one run on a device.")] = 900,
         store: StoreOpt = None,
         inventory: InventoryOpt = None,
-        top: Annotated[int, typer.Option(help="Operators shown.")] = 10,
+        top: Annotated[int, typer.Option(parser=opt.top, help="Operators shown.")] = 10,
         json_out: JsonOpt = False,
         debug: DebugOpt = False,
     ) -> None:
@@ -157,9 +161,10 @@ def register(app: typer.Typer) -> None:
         targets: Annotated[str, typer.Option(help="Comma-separated targets.")] = "host",
         schemes: Annotated[str, typer.Option(help="Comma-separated recipes: a scheme, with options and steps if wanted, e.g. fp32,8da4w:group_size=64,prune:amount=0.5+int8.")] = "fp32,int8",
         devices: Annotated[str, typer.Option(help="Comma-separated device names or URIs.")] = "local://",
-        warmup: Annotated[int, typer.Option(help="Untimed warm-up iterations per run.")] = 3,
-        iterations: Annotated[int, typer.Option(help="Timed iterations per run.")] = 30,
-        threads: Annotated[str, typer.Option(help="Thread counts to sweep, e.g. 1,2,4, or auto (default: the runner "
+        warmup: Annotated[int, typer.Option(parser=opt.warmup, help="Untimed warm-up iterations per run.")] = 3,
+        iterations: Annotated[int, typer.Option(parser=opt.iterations, help="Timed iterations per run.")] = 30,
+        threads: Annotated[str, typer.Option(parser=opt.threads_list(),
+                                             help="Thread counts to sweep, e.g. 1,2,4, or auto (default: the runner "
                                                   "keeps the faster of 1 thread and every core).")] = "auto",
         sweep_id: Annotated[Optional[str], typer.Option(
             help="Resume this sweep (default: derived from the arguments, so re-running resumes).")] = None,

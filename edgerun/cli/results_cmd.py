@@ -22,6 +22,7 @@ from rich.table import Table
 from edgerun.core.errors import UsageError
 from edgerun.runtime.columns import cap_name, device_label, format_ms
 
+from . import options as opt
 from ._common import DebugOpt, JsonOpt, execute
 
 # Tables are wide: when stdout is not a terminal (a pipe, a log file) do not squeeze them to 80 columns.
@@ -209,7 +210,8 @@ def register(app: typer.Typer) -> None:
         model: Annotated[Optional[str], typer.Option(help="Only runs of this model.")] = None,
         device: Annotated[Optional[str], typer.Option(help="Only runs on this device.")] = None,
         sweep: Annotated[Optional[str], typer.Option(help="Only runs of this bench sweep.")] = None,
-        limit: Annotated[int, typer.Option(help="At most this many runs, newest first.")] = 50,
+        limit: Annotated[int, typer.Option(parser=opt.count(1, 1_000_000),
+                                           help="At most this many runs, newest first.")] = 50,
         store: StoreOpt = None,
         json_out: JsonOpt = False,
         debug: DebugOpt = False,
@@ -243,7 +245,7 @@ def register(app: typer.Typer) -> None:
     @runs.command("show")
     def runs_show(
         run_id: Annotated[str, typer.Argument(help="Run id or a unique prefix of it.")],
-        top: Annotated[int, typer.Option(help="Operators shown.")] = 10,
+        top: Annotated[int, typer.Option(parser=opt.top, help="Operators shown.")] = 10,
         store: StoreOpt = None,
         json_out: JsonOpt = False,
         debug: DebugOpt = False,
@@ -294,9 +296,10 @@ def register(app: typer.Typer) -> None:
     def compare_cmd(
         run_a: Annotated[str, typer.Argument(help="Baseline run id (or unique prefix).")],
         run_b: Annotated[str, typer.Argument(help="Candidate run id (or unique prefix).")],
-        alpha: Annotated[float, typer.Option(help="Significance level of the Mann–Whitney U test.")] = 0.01,
+        alpha: Annotated[float, typer.Option(parser=opt.real(0.0, 0.5, lo_open=True),
+                                             help="Significance level of the Mann–Whitney U test.")] = 0.01,
         min_effect: Annotated[float, typer.Option(
-            help="Relative change of the median needed to call it faster/slower (0.05 = 5 %).")] = 0.05,
+            parser=opt.real(0.0, 10.0), help="Relative change of the median needed to call it faster/slower (0.05 = 5 %).")] = 0.05,
         store: StoreOpt = None,
         json_out: JsonOpt = False,
         debug: DebugOpt = False,
@@ -326,7 +329,7 @@ def register(app: typer.Typer) -> None:
         compare: Annotated[bool, typer.Option(help=(
             "Also compare each run against the first run of the same model (and source: measured or "
             "emulated); runs of different models are not compared."))] = True,
-        top: Annotated[int, typer.Option(help="Operators shown per run.")] = 12,
+        top: Annotated[int, typer.Option(parser=opt.top, help="Operators shown per run.")] = 12,
         store: StoreOpt = None,
         json_out: JsonOpt = False,
         debug: DebugOpt = False,

@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from . import options as opt
 from ._common import DebugOpt, JsonOpt, execute, plain, progress
 
 out = Console()
@@ -76,7 +77,8 @@ def register(app: typer.Typer) -> None:
         arch: Annotated[str, typer.Option("--arch", help="host | aarch64")] = "host",
         variant: Annotated[str, typer.Option("--variant", help="full | slim (no optimized kernels: "
                                                                "fully delegated programs only)")] = "full",
-        jobs: Annotated[int, typer.Option("--jobs", "-j", help="Parallel compile jobs.")] = 2,
+        jobs: Annotated[int, typer.Option("--jobs", "-j", parser=opt.count(1, 256),
+                                          help="Parallel compile jobs.")] = 2,
         force: Annotated[bool, typer.Option("--force", help="Rebuild even if a cached bundle matches.")] = False,
         json_out: JsonOpt = False,
         debug: DebugOpt = False,
@@ -127,13 +129,18 @@ def register(app: typer.Typer) -> None:
         all_devices: Annotated[bool, typer.Option("--all", help="Run on every device of the inventory.")] = False,
         inventory: Annotated[Optional[str], typer.Option("--inventory", envvar="EDGERUN_DEVICES",
                                                          help="Device inventory TOML.")] = None,
-        timeout: Annotated[float, typer.Option(help="Seconds allowed for a run on a device.")] = 600,
-        warmup: Annotated[int, typer.Option(help="Untimed warm-up iterations.")] = 1,
-        iterations: Annotated[int, typer.Option("--iterations", "-n", help="Timed iterations.")] = 10,
-        min_time_ms: Annotated[int, typer.Option(help="Keep iterating until this much timed time.")] = 0,
-        threads: Annotated[int, typer.Option(help="Thread pool size (0: the runtime's default).")] = 0,
-        vector: Annotated[Optional[int], typer.Option(help="Which test vector's inputs to feed.")] = 0,
-        fill: Annotated[Optional[str], typer.Option(help="Generate inputs instead: zeros | ones | random.")] = None,
+        timeout: Annotated[float, typer.Option(parser=opt.timeout, help="Seconds allowed for a run on a device.")] = 600,
+        warmup: Annotated[int, typer.Option(parser=opt.warmup, help="Untimed warm-up iterations.")] = 1,
+        iterations: Annotated[int, typer.Option("--iterations", "-n", parser=opt.iterations,
+                                                help="Timed iterations.")] = 10,
+        min_time_ms: Annotated[int, typer.Option(parser=opt.min_time_ms,
+                                                 help="Keep iterating until this much timed time.")] = 0,
+        threads: Annotated[int, typer.Option(parser=opt.threads,
+                                             help="Thread pool size (0: the runtime's default).")] = 0,
+        vector: Annotated[Optional[int], typer.Option(parser=opt.vector,
+                                                      help="Which test vector's inputs to feed.")] = 0,
+        fill: Annotated[Optional[str], typer.Option(parser=opt.choice(("zeros", "ones", "random")),
+                                                    help="Generate inputs instead: zeros | ones | random.")] = None,
         etdump: Annotated[bool, typer.Option("--etdump", help="Record an ETDump of the timed iterations.")] = False,
         outputs: Annotated[Optional[Path], typer.Option("--outputs", help="Write outputs (.npy) here.")] = None,
         no_preflight: Annotated[bool, typer.Option("--no-preflight",
