@@ -60,8 +60,8 @@ EXIT_MEANINGS: tuple[tuple[tuple[ExitCode, ...], str], ...] = (
     ((ExitCode.DEVICE_RUN,), "a run on a device failed (its run directory keeps what was produced)"),
     ((ExitCode.ACCURACY,), "the program ran, but its outputs on the device miss the artifact's accuracy thresholds "
                            "(the run is stored and marked; `compare` counts it as an accuracy regression)"),
-    ((ExitCode.ENVIRONMENT,), "this machine cannot do it: `EDGERUN_HOME` (or an output path) is read-only, full or "
-                              "not a directory"),
+    ((ExitCode.ENVIRONMENT,), "this machine cannot do it: `EDGERUN_HOME`, the results store or an output path is "
+                              "read-only, full or not a directory (the same code from every command)"),
     ((ExitCode.INTERNAL,), "an internal error (a bug: please report it with `--debug` output)"),
     ((ExitCode.INTERRUPTED,), "interrupted (Ctrl-C)"),
 )
@@ -285,11 +285,60 @@ def environment_problem(exc: OSError, what: str, *, stage: str = "environment") 
     return EnvironmentProblem(f"{what}: {reason}.", stage=stage, hint=hint)
 
 
+#: errnos that mean "this machine's file system refuses": exit 17 whichever room met them.
+MACHINE_ERRNOS = frozenset({"ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "ENOTDIR"})
+
+
+def machine_refusal(exc: BaseException) -> BaseException | None:
+    """The error in ``exc``'s chain of causes that says this machine's file system refused a write:
+    an ``OSError`` (read-only, full, quota, permission, a path component that is a file) or an SQLite
+    error of the same kind (read-only database, disk full, a file it cannot open or create: SQLite's
+    answer for a directory it may not write). None when there is none."""
+    import errno
+    import sqlite3
+
+    codes = {getattr(errno, name) for name in MACHINE_ERRNOS if hasattr(errno, name)}
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen and len(seen) < 32:
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.errno in codes:
+            return cur
+        if isinstance(cur, sqlite3.Error):
+            name = getattr(cur, "sqlite_errorname", "") or ""
+            low = str(cur).lower()
+            if name.startswith(("SQLITE_READONLY", "SQLITE_FULL", "SQLITE_CANTOPEN")) or "readonly" in low \
+                    or "read-only" in low or "database or disk is full" in low or "unable to open database" in low:
+                return cur
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
+class _StoreExitCode:
+    """``StoreError.exit_code``: 7 (the store itself: unknown run, locked, damaged, newer schema) unless
+    the store failed because this machine's file system refused it (:func:`machine_refusal`): then 17,
+    the code every other room gives a read-only or full ``EDGERUN_HOME``. One rule, whichever command
+    met it first. Read on the class it is :data:`ExitCode.STORE`; an explicit assignment wins."""
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            return ExitCode.STORE
+        if "_exit_code" in obj.__dict__:
+            return obj.__dict__["_exit_code"]
+        return ExitCode.ENVIRONMENT if machine_refusal(obj) is not None else ExitCode.STORE
+
+    def __set__(self, obj, value) -> None:
+        obj.__dict__["_exit_code"] = ExitCode(value)
+
+
 # ------------------------------------------------------------------------------------ store
 class StoreError(EdgerunError):
-    """The results store cannot be used (unknown run id, a store from a newer edgerun, corrupt)."""
+    """The results store cannot be used (unknown run id, a store from a newer edgerun, corrupt).
 
-    exit_code = ExitCode.STORE
+    When the cause is this machine's file system (the store's directory cannot be made, the file is
+    read-only, the disk is full) the exit code is 17, like every other write under ``EDGERUN_HOME``."""
+
+    exit_code = _StoreExitCode()  # type: ignore[assignment]
     default_stage = "results store"
 
 
