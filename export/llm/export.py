@@ -224,7 +224,7 @@ def _write_stage(w: Work) -> None:
     cfg = model.config
     params = int(sum(p.numel() for p in model.parameters()))
     w.llm = LLMFacts(
-        architecture="llama", name=g.name, parameters=params, layers=cfg.n_layers, dim=cfg.dim,
+        architecture=cfg.architecture, name=g.name, parameters=params, layers=cfg.n_layers, dim=cfg.dim,
         heads=cfg.n_heads, kv_heads=cfg.n_kv_heads, vocab_size=cfg.vocab_size, max_context=w.max_context,
         kv_cache_bytes_per_token=cfg.kv_cache_bytes_per_token(4),
         kv_cache_bytes=cfg.kv_cache_bytes_per_token(4) * w.max_context,

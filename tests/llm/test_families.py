@@ -1,0 +1,360 @@
+"""Every LLM family edgerun reads (llama, qwen2, qwen3, gemma, gemma2, gemma3, phi3): a tiny random GGUF of
+each, written with the keys and tensor names llama.cpp reads, loads into the one model definition, decodes
+through its KV cache as one prefill does, exports with core ATen ops only, round-trips, and -- the point --
+gives llama.cpp's own greedy tokens and logits on the same file; a model with one family switch wrong does
+not. Bad files (unknown architecture, missing or misshapen or foreign tensors, edited metadata) are refused
+with an ExportError naming the file, the key or tensor and what was expected, before any large allocation."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edgerun.core.errors import ExportError
+from edgerun.export.llm import families as fam_mod
+from edgerun.export.llm.gguf_model import Llama, greedy, load_llama, read_gguf, write_gguf
+from tiny import FAMILIES, family_config, tiny_tokenizer, write_family_gguf
+
+#: longer than the 6-token window of gemma2/gemma3's sliding layer, so the window is exercised
+PROMPT = [3, 17, 42, 99, 7, 250, 11, 5, 64, 128, 200, 31]
+
+
+@pytest.fixture(scope="session")
+def family_gguf(tmp_path_factory):
+    """``family_gguf(arch) -> Path``: the tiny GGUF of ``arch``, written once per session."""
+    root = tmp_path_factory.mktemp("families")
+    cache: dict[str, Path] = {}
+
+    def get(arch: str) -> Path:
+        if arch not in cache:
+            cache[arch] = write_family_gguf(root / f"{arch}.gguf", arch)
+        return cache[arch]
+    return get
+
+
+def _logits(model, ids) -> np.ndarray:
+    model.reset_cache()
+    with torch.no_grad():
+        out = model(torch.tensor([ids]), torch.arange(len(ids)))[0].double().numpy()
+    model.reset_cache()
+    return out
+
+
+def _snr_db(ref: np.ndarray, got: np.ndarray) -> np.ndarray:
+    """Per-position SNR of ``got`` against ``ref`` ([T, vocab] -> [T])."""
+    noise = ((ref - got) ** 2).mean(-1)
+    return 10 * np.log10((ref ** 2).mean(-1) / np.maximum(noise, 1e-30))
+
+
+def _cosine(ref: np.ndarray, got: np.ndarray) -> np.ndarray:
+    return (ref * got).sum(-1) / (np.linalg.norm(ref, axis=-1) * np.linalg.norm(got, axis=-1))
+
+
+# --------------------------------------------------------------------------------- every family
+@pytest.mark.parametrize("arch", FAMILIES)
+def test_each_family_reads_back_as_written(family_gguf, tmp_path, arch):
+    path = family_gguf(arch)
+    model, g = load_llama(path, max_context=32)
+    assert g.config == family_config(arch, len(tiny_tokenizer()["tokens"])) and g.family.arch == arch
+    names = set(g.tensors)
+    if arch == "phi3":   # fused as llama.cpp's converter writes Phi-3, split at load into the common parts
+        assert "blk.0.attn_qkv.weight" in names and "blk.0.attn_q.weight" not in names
+        assert "blk.0.ffn_gate.weight" not in names
+        assert {"attention.wq.weight", "attention.wk.weight", "feed_forward.w1.weight"} <= {
+            n.split(".", 2)[2] for n in dict(model.named_parameters()) if n.startswith("layers.0.")}
+    # written back and read again: the same tensors, bit for bit
+    again, g2 = load_llama(write_gguf(model, tmp_path / "again.gguf", tokenizer=tiny_tokenizer()), max_context=32)
+    assert g2.config == g.config and set(g2.tensors) == names
+    a, b = model.state_dict(), again.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_phi3_fused_tensors_are_split_in_llama_cpp_order(family_gguf):
+    from edgerun.export.llm.gguf_model import dequantized
+
+    model, g = load_llama(family_gguf("phi3"), max_context=16)
+    cfg = g.config
+    q, kv = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+    qkv = torch.from_numpy(dequantized(g, "blk.1.attn_qkv.weight"))
+    up = torch.from_numpy(dequantized(g, "blk.1.ffn_up.weight"))
+    att, ffn = model.layers[1].attention, model.layers[1].feed_forward
+    assert torch.equal(att.wq.weight, qkv[:q]) and torch.equal(att.wk.weight, qkv[q:q + kv])
+    assert torch.equal(att.wv.weight, qkv[q + kv:])
+    # ggml_swiglu: silu of the first half (the gate) times the second (up)
+    assert torch.equal(ffn.w1.weight, up[:cfg.ffn_dim]) and torch.equal(ffn.w3.weight, up[cfg.ffn_dim:])
+
+
+@pytest.mark.parametrize("arch", FAMILIES)
+def test_each_family_decodes_through_its_cache_as_one_prefill_and_exports(family_gguf, arch):
+    model, g = load_llama(family_gguf(arch), max_context=16)
+    ids = PROMPT[:10]
+    tokens, pos = torch.tensor([ids]), torch.arange(len(ids))
+    with torch.no_grad():
+        full = model(tokens, pos)
+        model.reset_cache()
+        steps = torch.cat([model(tokens[:, i:i + 1], pos[i:i + 1]) for i in range(len(ids))], dim=1)
+        train = model.forward_train(tokens)
+    torch.testing.assert_close(steps, full, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(train, full, rtol=1e-4, atol=1e-4)
+    out = greedy(model, ids[:4], 6)
+    assert len(out) == 6 and all(0 <= t < g.config.vocab_size for t in out)
+    t = torch.export.Dim("T", min=1, max=16)
+    model.reset_cache()
+    with torch.no_grad():
+        ep = torch.export.export(model, (tokens, pos), dynamic_shapes={"tokens": {1: t}, "input_pos": {0: t}})
+    ops = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
+    assert all(o.startswith("aten.") or o.startswith("<built-in") for o in ops), ops  # no custom ops
+    model.reset_cache()
+    with torch.no_grad():
+        torch.testing.assert_close(ep.module()(tokens, pos), full, rtol=1e-4, atol=1e-4)
+
+
+def test_a_sliding_layer_sees_only_its_window(family_gguf):
+    """gemma2's layer 0 slides over 6 positions: switching the window off changes the logits from position 6
+    on, and nothing before it."""
+    model, g = load_llama(family_gguf("gemma2"), max_context=16)
+    assert g.config.sliding_window == 6 and g.config.sliding_layers == (True, False)
+    wide = Llama(dataclasses.replace(g.config, sliding_window=0, sliding_layers=()), max_context=16)
+    wide.load_state_dict(model.state_dict())
+    a, b = _logits(model, PROMPT), _logits(wide.eval(), PROMPT)
+    assert np.array_equal(a[:6], b[:6])
+    assert np.abs(a[6:] - b[6:]).max(-1).min() > 1e-3
+
+
+# ------------------------------------------------------------------------------ against llama.cpp
+#: each family with one of its switches wrong (what a wrong norm, a missing +1, a wrong RoPE layout does)
+MUTANTS = {
+    "llama": ("NeoX instead of interleaved RoPE", {"family": {"rope": fam_mod.ROPE_NEOX}}),
+    "qwen2": ("q/k/v biases dropped", {"state": lambda s: {k: (v * 0 if k.endswith(".bias") else v)
+                                                           for k, v in s.items()}}),
+    "qwen3": ("no q/k RMSNorm", {"family": {"qk_norm": False}}),
+    "gemma": ("norm weights taken as 1 + w (the converter already added the 1)",
+              {"state": lambda s: {k: (v + 1 if k.endswith("norm.weight") else v) for k, v in s.items()}}),
+    "gemma2": ("no soft-capping", {"config": {"attn_softcap": 0.0, "final_softcap": 0.0}}),
+    "gemma3": ("the global RoPE base on the sliding layer", {"config": {"rope_theta_local": 0.0}}),
+    "phi3": ("gate and up halves of ffn_up swapped",
+             {"state": lambda s: {(k.replace("w1", "w3") if ".w1." in k else k.replace("w3", "w1")
+                                   if ".w3." in k else k): v for k, v in s.items()}}),
+}
+#: Bound of the per-position SNR of edgerun's logits against llama.cpp's (its reference tool: fp32 KV cache,
+#: no flash attention, F32 weights here). llama.cpp's GELU reads a table of fp16 values (GGML_GELU_FP16), a
+#: relative error up to 2^-11 (~66 dB) per activation; everything else is fp32 in a different order
+#: (~120 dB). 40 dB leaves room for that; every mutant above lands far below it (measured: under 25 dB).
+MIN_SNR_DB = 40.0
+MIN_COSINE = 0.9999
+
+
+def _mutant(model, spec: dict, monkeypatch):
+    cfg = dataclasses.replace(model.config, **spec.get("config", {}))
+    if "family" in spec:
+        monkeypatch.setitem(fam_mod.FAMILIES, cfg.architecture,
+                            dataclasses.replace(cfg.family, **spec["family"]))
+    m = Llama(cfg, max_context=model.max_context)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state = spec.get("state", lambda s: s)(state)
+    m.load_state_dict(state, strict=False)
+    return m.eval()
+
+
+@pytest.mark.parametrize("arch", FAMILIES)
+def test_each_family_matches_llama_cpp_on_the_same_gguf(family_gguf, llamacpp, arch, monkeypatch):
+    path = family_gguf(arch)
+    model, g = load_llama(path, max_context=32)
+    ref = llamacpp.logits(path, PROMPT).astype(np.float64)
+    ours = _logits(model, PROMPT)
+    assert ref.shape == ours.shape
+    snr, cos = _snr_db(ref, ours), _cosine(ref, ours)
+    print(f"{arch}: logits vs llama.cpp: min SNR {snr.min():.1f} dB, min cosine {cos.min():.8f}")
+    assert snr.min() > MIN_SNR_DB and cos.min() > MIN_COSINE, (snr, cos)
+    # greedy through the KV cache, past the sliding window
+    prompt = PROMPT[:5]
+    assert greedy(model, prompt, 12) == llamacpp.greedy(path, prompt, 12)
+    # and the comparison can fail: one family switch wrong is far outside the bound
+    what, spec = MUTANTS[arch]
+    bad = _snr_db(ref, _logits(_mutant(model, spec, monkeypatch), PROMPT))
+    print(f"{arch} with {what}: min SNR {bad.min():.1f} dB")
+    assert bad.min() < MIN_SNR_DB - 10, what
+
+
+# ------------------------------------------------------------------------------------- refusals
+def _write_with(monkeypatch, path: Path, arch: str, *, drop=(), change=None) -> Path:
+    """The tiny ``arch`` GGUF with tensors dropped or changed (name -> fn(arr))."""
+    import gguf
+
+    original = gguf.GGUFWriter.add_tensor
+
+    def add_tensor(self, name, tensor, *args, **kwargs):
+        if name in drop:
+            return None
+        if change and name in change:
+            tensor = np.ascontiguousarray(change[name](tensor))
+        return original(self, name, tensor, *args, **kwargs)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(gguf.GGUFWriter, "add_tensor", add_tensor)
+        write_family_gguf(path, arch)
+    return path
+
+
+def _edit(src: Path, dst: Path, key: str, value: int) -> Path:
+    """A copy of ``src`` with one integer metadata value overwritten in place (as a hex editor would)."""
+    import gguf
+
+    dst.write_bytes(src.read_bytes())
+    reader = gguf.GGUFReader(str(dst), "r+")
+    field = reader.fields[key]
+    field.parts[field.data[0]][0] = value
+    del reader
+    return dst
+
+
+def test_an_unknown_architecture_is_refused_naming_what_is_supported(tmp_path):
+    import gguf
+
+    w = gguf.GGUFWriter(str(tmp_path / "falcon.gguf"), "falcon")
+    w.add_block_count(1)
+    w.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+    with pytest.raises(ExportError, match=r"falcon\.gguf is a GGUF of architecture 'falcon'; edgerun reads the "
+                                          r"architectures llama \(.*\), qwen2 .*gemma3 .*phi3"):
+        read_gguf(tmp_path / "falcon.gguf")
+
+
+def test_a_missing_tensor_is_refused_naming_it_and_its_shape(tmp_path, monkeypatch):
+    path = _write_with(monkeypatch, tmp_path / "q3.gguf", "qwen3", drop={"blk.1.attn_k_norm.weight"})
+    with pytest.raises(ExportError, match=r"q3\.gguf: 1 tensor\(s\) a 2-layer qwen3 model needs are missing, first "
+                                          r"blk\.1\.attn_k_norm\.weight \(expected shape \[32\]: head size\)"):
+        read_gguf(path)
+
+
+def test_a_tensor_of_the_wrong_shape_is_refused_with_the_shape_expected(tmp_path, monkeypatch):
+    path = _write_with(monkeypatch, tmp_path / "g2.gguf", "gemma2", change={"blk.0.ffn_down.weight": lambda a: a[:, :96]})
+    with pytest.raises(ExportError, match=r"g2\.gguf: tensor blk\.0\.ffn_down\.weight has shape \[64, 96\]; the "
+                                          r"metadata implies \[64, 128\] \(embedding_length x feed_forward_length\)"):
+        read_gguf(path)
+
+
+def test_a_tensor_the_family_does_not_have_is_refused(tmp_path, monkeypatch, family_gguf):
+    import gguf
+
+    # a Gemma's LM head is its embedding: llama.cpp reads no output.weight (and refuses a file with one)
+    original = gguf.GGUFWriter.add_tensor
+
+    def add_tensor(self, name, tensor, *args, **kwargs):
+        original(self, name, tensor, *args, **kwargs)
+        if name == "token_embd.weight":
+            original(self, "output.weight", tensor, *args, **kwargs)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(gguf.GGUFWriter, "add_tensor", add_tensor)
+        path = write_family_gguf(tmp_path / "gemma.gguf", "gemma")
+    with pytest.raises(ExportError, match=r"gemma\.gguf: a gemma model's LM head is token_embd\.weight, but this file "
+                                          r"also has output\.weight"):
+        read_gguf(path)
+    # a llama block with a q-norm is not a llama
+    with monkeypatch.context() as mp:
+        def add_norm(self, name, tensor, *args, **kwargs):
+            original(self, name, tensor, *args, **kwargs)
+            if name == "blk.0.attn_norm.weight":
+                original(self, "blk.0.attn_q_norm.weight", np.ones(16, dtype=np.float32))
+        mp.setattr(gguf.GGUFWriter, "add_tensor", add_norm)
+        path = write_family_gguf(tmp_path / "llama.gguf", "llama")
+    with pytest.raises(ExportError, match=r"tensor blk\.0\.attn_q_norm\.weight is not part of a llama model as "
+                                          r"llama\.cpp reads it"):
+        read_gguf(path)
+
+
+#: edited metadata -> the words of its refusal (each would have made the model ask for gigabytes)
+EDITS = {
+    "llama.embedding_length": (65536, r"llama\.embedding_length = 65536, but tensor token_embd\.weight is \[384, 64\]"),
+    "llama.rope.dimension_count": (4096, r"llama\.rope\.dimension_count = 4096; expected an even number of at most "
+                                          r"the head size 16"),
+    "llama.vocab_size": (2 ** 31 - 1, r"llama\.vocab_size = 2147483647 is outside 1\.\.4194304"),
+    "llama.feed_forward_length": (1 << 20, r"tensor blk\.0\.ffn_gate\.weight has shape \[128, 64\]; the metadata "
+                                          r"implies \[1048576, 64\]"),
+    "llama.block_count": (4000, r"llama\.block_count = 4000 is outside 1\.\.1024"),
+    "llama.attention.head_count_kv": (3, r"llama\.attention\.head_count = 4 is not a multiple of "
+                                         r"llama\.attention\.head_count_kv = 3"),
+}
+
+
+def test_edited_metadata_is_refused_before_any_large_allocation(tmp_path, tiny_gguf):
+    """Each edited file is loaded (and one good file asked for an absurd context) in a child whose address
+    space is capped at 1.5 GiB above what torch already takes: a refusal that came after allocating the
+    model these values describe (gigabytes) would be a MemoryError there, not an ExportError."""
+    cases = {key: (str(_edit(tiny_gguf, tmp_path / f"{key}.gguf", key, value)), words)
+             for key, (value, words) in EDITS.items()}
+    script = textwrap.dedent("""
+        import json, resource, sys
+        import torch
+        from edgerun.core.errors import ExportError
+        from edgerun.export.llm.gguf_model import load_llama
+        vm = int(next(l for l in open("/proc/self/status") if l.startswith("VmSize")).split()[1]) * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (vm + (3 << 29), vm + (3 << 29)))
+        out = {}
+        for key, (path, max_context) in json.loads(sys.argv[1]).items():
+            try:
+                load_llama(path, max_context=max_context)
+                out[key] = ["loaded", ""]
+            except BaseException as exc:
+                out[key] = [type(exc).__name__, str(exc)]
+        print(json.dumps(out))
+    """)
+    arg = {k: (p, 32) for k, (p, _) in cases.items()}
+    arg["max_context"] = (str(tiny_gguf), 1 << 30)
+    res = subprocess.run([sys.executable, "-c", script, json.dumps(arg)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    for key, (path, words) in cases.items():
+        kind, message = got[key]
+        assert kind == "ExportError", (key, kind, message)
+        assert Path(path).name in message and __import__("re").search(words, message), (key, message)
+    kind, message = got["max_context"]
+    assert kind == "ExportError" and "max context 1073741824 is outside 2..256" in message, message
+
+
+def test_a_model_larger_than_its_file_could_hold_is_refused(tiny_gguf):
+    """The file-size bound (a guard behind the shape checks: tensors that share one data offset could pass
+    those): parameters in fp32 at most 32 / (fewest bits per weight of any GGML type) times the file."""
+    from edgerun.export.llm.gguf_model import _check_size
+
+    cfg = read_gguf(tiny_gguf).config
+    _check_size(tiny_gguf, cfg)
+    with pytest.raises(ExportError, match=r"tiny\.gguf: the metadata describes [\d,]+ parameters \([\d.]+ GiB in "
+                                          r"fp32\), more than a [\d,]+-byte file can hold"):
+        _check_size(tiny_gguf, dataclasses.replace(cfg, n_layers=400))
+
+
+def test_the_cli_maps_a_refused_gguf_to_the_export_exit_code(tmp_path, tiny_gguf, cli):
+    bad = _edit(tiny_gguf, tmp_path / "bad.gguf", "llama.embedding_length", 65536)
+    res = cli("export", str(bad), "--target", "rpi5", "-o", str(tmp_path / "out"), "--json")
+    assert res.returncode == 3, (res.returncode, res.stdout, res.stderr)
+    err = json.loads(res.stdout)["error"]
+    assert err["type"] == "ExportError" and "llama.embedding_length = 65536" in err["message"]
+    assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------- export + the native runner
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["gemma2", "phi3"])
+def test_a_family_exports_and_generates_on_the_host_runner(family_gguf, make_artifact, arch):
+    from edgerun.core.artifact import read_manifest
+    from edgerun.export.llm.export import PROMPTS
+    from edgerun.llm import GenerateSettings, generate
+
+    art = make_artifact(str(family_gguf(arch)), "rpi5", "fp32", max_context=48)
+    m = read_manifest(art)
+    assert m.ok, m.verification.failures
+    assert m.llm.architecture == arch
+    q = m.llm.quality
+    assert q["greedy"]["eager"] == q["greedy"]["program"] and q["logits_vs_eager"]["top1_agreement"] == 1.0
+    record, _ = generate(art, "local://", PROMPTS[0], GenerateSettings(max_new_tokens=32, ignore_stop=True, threads=1))
+    assert list(record.llm.ids) == q["greedy"]["eager"]
