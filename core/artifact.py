@@ -509,23 +509,36 @@ MAX_HELDOUT_TOKENS = 1 << 20
 @dataclass(frozen=True)
 class TokenizerFacts(_JsonView):
     """The tokenizer an LLM artifact ships (the manifest's ``llm.tokenizer``): its file in the artifact and
-    that file's sha256, how it splits text, and the ids generation and chat need."""
+    that file's sha256, how it splits text, and the ids generation and chat need. ``add_bos``/``add_eos``:
+    whether a prompt gets BOS/EOS (llama.cpp's ``add_special``; ``tokenizer.json`` itself adds neither);
+    ``add_space_prefix``: a SentencePiece tokenizer puts ``▁`` before the text; ``eog_ids``: the ids that
+    end a generation for llama.cpp (EOS and end-of-turn tokens). Manifests written before these four
+    fields existed read with their defaults, and the fields are written only when not at their default."""
 
     file: str = "tokenizer.json"
     sha256: str | None = None
-    kind: str | None = None                 # "gpt2 byte-level BPE"
-    pre_tokenizer: str | None = None        # llama.cpp's name of the pre-tokenizer regex
+    kind: str | None = None                 # "gpt2 byte-level BPE", "llama SentencePiece"
+    pre_tokenizer: str | None = None        # llama.cpp's name of the pre-tokenizer regex (BPE only)
     vocab_size: int | None = None
     bos_id: int | None = None
     eos_id: int | None = None
     add_bos: bool = False
     special_tokens: tuple[str, ...] = ()
     chat_template: str | None = None
+    add_eos: bool = False
+    add_space_prefix: bool = False
+    unk_id: int | None = None
+    eog_ids: tuple[int, ...] = ()
 
     def to_json(self) -> dict:
         return {"file": self.file, "sha256": self.sha256, "kind": self.kind, "pre_tokenizer": self.pre_tokenizer,
                 "vocab_size": self.vocab_size, "bos_id": self.bos_id, "eos_id": self.eos_id, "add_bos": self.add_bos,
-                "special_tokens": list(self.special_tokens), "chat_template": self.chat_template}
+                "special_tokens": list(self.special_tokens), "chat_template": self.chat_template,
+                # the later fields only when they say something: an older manifest round-trips unchanged
+                **({"add_eos": True} if self.add_eos else {}),
+                **({"add_space_prefix": True} if self.add_space_prefix else {}),
+                **({"unk_id": self.unk_id} if self.unk_id is not None else {}),
+                **({"eog_ids": list(self.eog_ids)} if self.eog_ids else {})}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any], where: str) -> "TokenizerFacts":
@@ -533,10 +546,12 @@ class TokenizerFacts(_JsonView):
                                   f"{where}.file"),
                    **{k: _get(d, k, str, where, optional=True) for k in ("sha256", "kind", "pre_tokenizer",
                                                                           "chat_template")},
-                   **{k: _get(d, k, int, where, optional=True) for k in ("vocab_size", "bos_id", "eos_id")},
-                   add_bos=_get(d, "add_bos", bool, where, optional=True, default=False),
+                   **{k: _get(d, k, int, where, optional=True) for k in ("vocab_size", "bos_id", "eos_id", "unk_id")},
+                   **{k: _get(d, k, bool, where, optional=True, default=False)
+                      for k in ("add_bos", "add_eos", "add_space_prefix")},
                    special_tokens=_strings(_get(d, "special_tokens", list, where, optional=True, default=[]),
-                                           f"{where}.special_tokens"))
+                                           f"{where}.special_tokens"),
+                   eog_ids=_ints(_get(d, "eog_ids", list, where, optional=True, default=[]), f"{where}.eog_ids"))
 
 
 @dataclass(frozen=True)

@@ -89,10 +89,15 @@ class ArtifactTokenizer:
                 [{"role": "user", "content": text}]
             bos = self.tok.id_to_token(self.bos_id) if self.bos_id is not None else ""
             eos = self.tok.id_to_token(self.eos_id) if self.eos_id is not None else ""
-            text = render_chat(template, messages, bos_token=bos or "", eos_token=eos or "")
-        ids = self.tok.encode(text).ids
+            text = render_chat(template, messages, bos_token=bos or "", eos_token=eos or "",
+                               source=f"the chat template of artifact {self.manifest.dir}")
+        # llama.cpp's llama_tokenize(add_special=True, parse_special=True); a BOS the template already
+        # wrote is not doubled
+        ids = self.tok.encode(text, add_special_tokens=False).ids
         if self.facts.add_bos and self.bos_id is not None and (not ids or ids[0] != self.bos_id):
             ids = [self.bos_id] + ids
+        if self.facts.add_eos and self.eos_id is not None:
+            ids = ids + [self.eos_id]
         return ids
 
     def decode(self, ids: Sequence[int]) -> str:

@@ -1,78 +1,395 @@
-"""The tokenizer of a GGUF, rebuilt with ``tokenizers`` from its metadata and saved as ``tokenizer.json``.
+"""The tokenizer of a GGUF, rebuilt with ``tokenizers`` from its metadata and saved as ``tokenizer.json``,
+so that it gives the ids llama.cpp gives for the same GGUF; and its chat template, rendered with bounds.
 
-A GGUF whose ``tokenizer.ggml.model`` is ``gpt2`` carries a byte-level BPE: the token strings
-(``tokenizer.ggml.tokens``, index = id), the merges (``tokenizer.ggml.merges``, ``"a b"`` in priority
-order) and a type per token (``tokenizer.ggml.token_type``; 3 = control, e.g. ``<|im_start|>``).
-Control tokens become special tokens of the ``tokenizers`` model, so they never split into pieces
-and are matched before BPE. ``tokenizer.ggml.pre`` names llama.cpp's pre-tokenizer (the regex that
-cuts text before BPE); the ones edgerun knows are in :data:`PRE_TOKENIZERS`, any other is refused.
+Two kinds of GGUF tokenizer are rebuilt (``tokenizer.ggml.model``):
+
+``gpt2`` — a byte-level BPE: the token strings (``tokenizer.ggml.tokens``, index = id), the merges
+(``tokenizer.ggml.merges``, ``"a b"`` in priority order) and ``tokenizer.ggml.pre``, llama.cpp's name of
+the pre-tokenizer: the regexes that cut text into words before BPE (:data:`BPE_PRE_TOKENIZERS`, copied
+from llama.cpp's ``llm_tokenizer_bpe`` per ``LLAMA_VOCAB_PRE_TYPE_*``; a name edgerun does not know is
+refused, naming the known ones). Some types also take a word that is a whole token as is
+(``ignore_merges``: Llama 3, Tekken).
+
+``llama`` — SentencePiece (Llama 2, TinyLlama, Mistral 7B, Phi-3, Gemma 1-3): tokens, scores
+(``tokenizer.ggml.scores``) and types. llama.cpp splits the text into UTF-8 characters and repeatedly
+joins the adjacent pair whose concatenation is a token with the *highest score* (the leftmost on a tie);
+a character that is no token becomes its bytes (``<0xXX>`` tokens). That is a BPE whose merges are every
+split ``a + b`` of a token ``t`` (both halves tokens) ranked by ``t``'s score: built so, ``tokenizers``'
+BPE (with ``byte_fallback``) joins the same pairs in the same order. Spaces become ``▁`` and, with
+``tokenizer.ggml.add_space_prefix`` (true unless the GGUF says otherwise; Gemma's says false), a ``▁``
+is put before the text and after every special token, as llama.cpp does. One difference remains: two
+*different* tokens with the *same* score are ranked by id here, by text position in llama.cpp; the
+BPE-trained SentencePiece vocabularies above give every token its own score.
+
+Special tokens, in both kinds, are matched in the raw text before the model, as llama.cpp's
+``tokenizer_st_partition`` does: control (type 3) and unknown (2) tokens as special tokens (they are
+skipped when decoding, and not matched when special-token parsing is off), user-defined (4) tokens
+always. llama.cpp also treats a few tokens as control by their text whatever their type (``<|im_end|>``,
+``<|eot_id|>``, ``<end_of_turn>`` ... :data:`EOG_TEXTS`), and for a model named Phi-3 strips spaces after
+special tokens; both are done here too. (llama.cpp matches the longest special token first over the whole
+text, ``tokenizers`` the leftmost-longest: they differ only for special tokens that overlap in the text.)
+
+Whether BOS/EOS are added (``tokenizer.ggml.add_bos_token`` / ``add_eos_token``, with llama.cpp's
+defaults per kind) is recorded in :class:`~edgerun.core.artifact.TokenizerFacts`; the artifact's user
+adds them (``tokenizer.json`` has no post-processor).
+
+:func:`render_chat` renders a chat template (Jinja, from the GGUF) in a sandbox whose output, values and
+time are bounded: a template that would build a 20 GB string or loop for ever is refused with an
+:class:`~edgerun.core.errors.ArtifactError`, quickly.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import re
+import threading
+import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from edgerun.core.artifact import TokenizerFacts  # what the manifest's llm.tokenizer records
+from edgerun.core.errors import ArtifactError
 
 from ..errors import ExportError
 
 STAGE = "load model"
-CONTROL = 3  # llama.cpp's LLAMA_TOKEN_TYPE_CONTROL
 
-#: the GPT-2 split: contractions, letters, digits, other symbols, whitespace
-GPT2_REGEX = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
-#: Llama 3's split (``llama-bpe``): digits in threes, case-insensitive contractions
-LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+# llama.cpp's LLAMA_TOKEN_TYPE_* (gguf.TokenType)
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+CONTROL_TYPES = (CONTROL, UNKNOWN)  # matched only when special tokens are parsed; not decoded
 
-#: llama.cpp pre-tokenizer name -> (split each digit first, regex)
-PRE_TOKENIZERS: dict[str, tuple[bool, str]] = {
-    "gpt2": (False, GPT2_REGEX),
-    "default": (False, GPT2_REGEX),
-    "smollm": (True, GPT2_REGEX),       # SmolLM / SmolLM2: every digit alone, then GPT-2's split
-    "llama-bpe": (False, LLAMA3_REGEX),
-    "llama3": (False, LLAMA3_REGEX),
+#: Bounds on what a GGUF may ask us to build (checked before the tokenizer is built): the largest
+#: vocabularies in use have ~260k tokens (Gemma 3); tokens are short strings.
+MAX_VOCAB = 1 << 21
+MAX_TOKEN_BYTES = 1 << 14
+MAX_VOCAB_BYTES = 1 << 26
+MAX_MERGES = 1 << 24
+
+SPACE = "\u2581"  # ▁, SentencePiece's escaped space
+
+# ------------------------------------------------------------------------------------ BPE pre-tokenizers
+# The regexes are llama.cpp's (src/llama-vocab.cpp, llm_tokenizer_bpe), applied one after another, each
+# to the pieces the previous one cut, keeping what a regex does not match as pieces of their own (as
+# ``tokenizers``' Split "isolated" does). llama.cpp rewrites some upstream regexes into forms its
+# std::regex runs (case-insensitive groups spelled out, Unicode case classes as lookaheads); those forms
+# are kept, since they decide llama.cpp's split and Oniguruma reads them the same way.
+_GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
+_CONTRACTIONS = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
+_LLAMA3 = (_CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+           r"|\s+(?!\S)|\s+")
+_QWEN2 = (_CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+          r"|\s+(?!\S)|\s+")
+_QWEN35 = (_CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+"
+           r"|\s+(?!\S)|\s+")
+_UPPERISH, _LOWERISH = r"((?=[\p{L}])([^a-z]))", r"((?=[\p{L}])([^A-Z]))"
+_TEKKEN = (rf"[^\r\n\p{{L}}\p{{N}}]?{_UPPERISH}*{_LOWERISH}+|[^\r\n\p{{L}}\p{{N}}]?{_UPPERISH}+{_LOWERISH}*"
+           r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_GPT4O = (rf"[^\r\n\p{{L}}\p{{N}}]?{_UPPERISH}*{_LOWERISH}+{_CONTRACTIONS}?"
+          rf"|[^\r\n\p{{L}}\p{{N}}]?{_UPPERISH}+{_LOWERISH}*{_CONTRACTIONS}?"
+          r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+# (the non-ASCII classes are written as escapes: Unicode normalization of this file must not touch them)
+_CJK = "[\u4e00-\u9fa5\u0800-\u4e00\uac00-\ud7ff]+"
+_DEEPSEEK_LLM = (
+    r"[\r\n]",
+    "\\s?[A-Za-z\u00b5\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u01ba\u01bc-\u01bf\u01c4-\u0293\u0295-\u02af\u0370-\u0373"
+    "\u0376\u0377\u037b-\u037d\u037f\u0386\u0388-\u038a\u038c\u038e-\u03a1\u03a3-\u03f5\u03f7-\u0481\u048a-\u052f"
+    "\u0531-\u0556\u10a0-\u10c5\u13a0-\u13f5\u13f8-\u13fd\u1c90-\u1cba\u1cbd-\u1cbf\u1d00-\u1d2b\u1d6b-\u1d77"
+    "\u1d79-\u1d9a\u1e00-\u1f15\u1f18-\u1f1d\u1f20-\u1f45\u1f48-\u1f4d\u1f50-\u1f57\u1f59\u1f5b\u1f5d\u1f5f-\u1f7d"
+    "\u1f80-\u1fb4\u1fb6-\u1fbc\u1fbe\u1fc2-\u1fc4\u1fc6-\u1fcc\u1fd0-\u1fd3\u1fd6-\u1fdb\u1fe0-\u1fec\u1ff2-\u1ff4"
+    "\u1ff6-\u1ffc\u2102\u2107\u210a-\u2113\u2115\u2119-\u211d\u2124\u2126\u2128\u212a-\u212d\u212f-\u2134\u2139"
+    "\u213c-\u213f\u2145-\u2149\u214e\u2183\u2184\u2c00-\u2c7b\u2c7e-\u2ce4\u2ceb-\u2cee\u2cf2\u2cf3\ua640-\ua66d"
+    "\ua680-\ua69b\ua722-\ua76f\ua771-\ua787\ua78b-\ua78e\uab70-\uabbf\ufb00-\ufb06\ufb13-\ufb17\uff21-\uff3a"
+    "\uff41-\uff5a\U00010400-\U0001044f\U000104b0-\U000104d3\U000104d8-\U000104fb\U00010c80-\U00010cb2"
+    "\U00010cc0-\U00010cf2\U000118a0-\U000118df\U0001e900-\U0001e943]+",
+    "\\s?[!-/:-~\uff01-\uff0f\uff1a-\uff5e\u2018-\u201f\u3000-\u3002]+",
+    r"\s+$",
+    _CJK,
+    r"\p{N}+",
+)
+_DEEPSEEK_CODER = (r"[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", _CJK, r"\p{N}")
+_DEEPSEEK3 = (r"\p{N}{1,3}", "[\u4e00-\u9fa5\u3040-\u309f\u30a0-\u30ff]+",
+              r'[!"#$%&' + r"'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+"
+              r"| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_BLOOM = " ?[^(\\s|.,!?\u2026\u3002\uff0c\u3001\u0964\u06d4\u060c)]+"
+_SEED_CODER = (_CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1}| ?[^\s\p{L}\p{N}\r\n]+|\s*[\r\n]+"
+               r"|\s+(?!\S)|\s+")
+_BAILINGMOE = (r"'(?:[sSdDmMtT]|[lL][lL]|[vV][eE]|[rR][eE])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+               r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+")
+
+
+@dataclasses.dataclass(frozen=True)
+class BPEPreTokenizer:
+    """One of llama.cpp's ``LLAMA_VOCAB_PRE_TYPE_*`` for byte-level BPE: the regexes it cuts text with,
+    whether a word that is a whole token skips the merges, and llama.cpp's default for adding BOS (the
+    GGUF's ``tokenizer.ggml.add_bos_token`` overrides it)."""
+
+    regexes: tuple[str, ...]
+    ignore_merges: bool = False
+    add_bos: bool = False
+    has_bos: bool = True       # False: no BOS unless the GGUF names one (llama.cpp's chatglm types)
+
+
+def _family(pre: BPEPreTokenizer, *names: str) -> dict[str, BPEPreTokenizer]:
+    return {n: pre for n in names}
+
+
+#: ``tokenizer.ggml.pre`` -> how llama.cpp pre-tokenizes that name (names grouped as llama.cpp groups them)
+BPE_PRE_TOKENIZERS: dict[str, BPEPreTokenizer] = {
+    # no name, or "default": llama.cpp's default split (punctuation runs, GPT-2, digit runs in threes)
+    **_family(BPEPreTokenizer((r"[\p{P}\$\+<=>\^~\|]+", _GPT2, r"\p{N}+", r"[0-9][0-9][0-9]")), "default"),
+    **_family(BPEPreTokenizer((_LLAMA3,), ignore_merges=True, add_bos=True),
+              "llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2"),
+    **_family(BPEPreTokenizer((_LLAMA3,)), "dbrx", "smaug-bpe"),
+    **_family(BPEPreTokenizer((_LLAMA3,), has_bos=False), "chatglm-bpe"),
+    **_family(BPEPreTokenizer((_LLAMA3,), ignore_merges=True, has_bos=False), "glm4", "glm5"),
+    **_family(BPEPreTokenizer((_GPT2,)), "gpt-2", "phi-2", "mpt", "olmo", "jais", "trillion",
+              "granite-docling", "exaone4", "a.x-4.0", "mellum", "gigachat"),
+    **_family(BPEPreTokenizer((r"\p{N}", _GPT2)), "smollm", "starcoder", "refact", "command-r", "codeshell",
+              "exaone", "minerva-7b", "mellum2"),
+    **_family(BPEPreTokenizer((_QWEN2,)), "qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2", "megrez", "stablelm2",
+              "hunyuan", "solar-open"),
+    **_family(BPEPreTokenizer((_QWEN35,)), "qwen35"),
+    **_family(BPEPreTokenizer(_DEEPSEEK_LLM), "deepseek-llm"),
+    **_family(BPEPreTokenizer(_DEEPSEEK_CODER), "deepseek-coder"),
+    **_family(BPEPreTokenizer(_DEEPSEEK3), "deepseek-v3", "hunyuan-dense", "joyai-llm", "hy_v4"),
+    **_family(BPEPreTokenizer((r"[\p{P}\$\+<=>\^~\|`]+", _GPT2, r"[0-9][0-9][0-9]")), "falcon"),
+    **_family(BPEPreTokenizer((_TEKKEN,), ignore_merges=True, add_bos=True), "tekken"),
+    **_family(BPEPreTokenizer((_GPT4O,)), "gpt-4o", "llama4", "kanana2", "talkie", "minimax-m2"),
+    **_family(BPEPreTokenizer((_BLOOM,)), "poro-chat", "bloom", "gpt3-finnish"),
+    **_family(BPEPreTokenizer((_BLOOM, r"\p{N}")), "viking"),
+    **_family(BPEPreTokenizer((_SEED_CODER,)), "seed-coder"),
+    **_family(BPEPreTokenizer((_BAILINGMOE,)), "bailingmoe", "bailingmoe2", "llada-moe"),
+    **_family(BPEPreTokenizer((_QWEN2,)), "grok-2"),
 }
 
+# ------------------------------------------------------------------------- llama.cpp's special texts
+#: Texts llama.cpp makes control tokens whatever their type (its end-of-generation list, llama-vocab.cpp).
+EOG_TEXTS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>",
+             "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]",
+             "<|end_of_text|>", "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>",
+             "<｜end▁of▁sentence｜>", "[e~[")
+#: ... and these when the GGUF names no token for the role (key -> texts, llama.cpp's auto-detection)
+_AUTO_CONTROL = {
+    "tokenizer.ggml.eot_token_id": ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>",
+                                    "<|end_of_text|>", "<EOT>", "_<EOT>", "[EOT]", "<｜end▁of▁sentence｜>",
+                                    "<end_of_utterance>"),
+    "tokenizer.ggml.eom_token_id": ("<|eom_id|>",),
+    "tokenizer.ggml.fim_pre_token_id": ("<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>",
+                                        "<PRE>", "▁<PRE>", "<|code_prefix|>", "<|prefix|>"),
+    "tokenizer.ggml.fim_suf_token_id": ("<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<｜fim▁hole｜>",
+                                        "<SUF>", "▁<SUF>", "<|code_suffix|>", "<|suffix|>"),
+    "tokenizer.ggml.fim_mid_token_id": ("<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>",
+                                        "<MID>", "▁<MID>", "<|code_middle|>", "<|middle|>"),
+    "tokenizer.ggml.fim_pad_token_id": ("<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"),
+    "tokenizer.ggml.fim_rep_token_id": ("<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"),
+    "tokenizer.ggml.fim_sep_token_id": ("<|file_sep|>",),
+}
+#: gpt-oss's tokens llama.cpp always renders (it makes them user-defined)
+_ALWAYS_USER_DEFINED = ("<|channel|>", "<|message|>", "<|start|>", "<|constrain|>")
 
+
+# ------------------------------------------------------------------------------------ reading the GGUF
 def _field(reader, key: str, default: Any = None) -> Any:
     f = reader.fields.get(key)
     return default if f is None else f.contents()
 
 
-def build_tokenizer(tokens: Sequence[str], merges: Sequence[str], token_types: Sequence[int], *,
-                    pre: str = "gpt2", source: str = "tokenizer"):
-    """A ``tokenizers.Tokenizer`` for a GPT-2 byte-level BPE given as GGUF stores it."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+def _count(reader, key: str) -> int | None:
+    """Elements of an array field, without reading them (``None``: no such field)."""
+    f = reader.fields.get(key)
+    return None if f is None else len(f.data)
 
-    if pre not in PRE_TOKENIZERS:
-        raise ExportError(f"{source}: pre-tokenizer {pre!r} (tokenizer.ggml.pre) is not one edgerun knows; "
-                          f"known: {', '.join(PRE_TOKENIZERS)}.", stage=STAGE,
-                          hint="Its text would be split differently from llama.cpp; add the regex to "
-                               "edgerun.export.llm.tokenizer.PRE_TOKENIZERS.")
-    if len(token_types) != len(tokens):
-        raise ExportError(f"{source}: {len(tokens)} tokens but {len(token_types)} token types.", stage=STAGE)
-    vocab = {}
+
+def _bounded_array(reader, key: str, source: str, limit: int, what: str) -> list | None:
+    n = _count(reader, key)
+    if n is None:
+        return None
+    if n > limit:
+        raise ExportError(f"{source}: {key} has {n} {what}; edgerun reads at most {limit}.", stage=STAGE,
+                          hint="The file is damaged or not a language model's tokenizer.")
+    value = _field(reader, key)
+    if not isinstance(value, list):
+        raise ExportError(f"{source}: {key} is not an array (it is {type(value).__name__}).", stage=STAGE)
+    return value
+
+
+def _check_tokens(tokens: Sequence[Any], source: str) -> list[str]:
+    """Token strings as llama.cpp keeps them: bounded, an empty one renamed ``[EMPTY_i]``, no duplicates."""
+    if not tokens:
+        raise ExportError(f"{source}: tokenizer.ggml.tokens is empty.", stage=STAGE)
+    if len(tokens) > MAX_VOCAB:
+        raise ExportError(f"{source}: {len(tokens)} tokens; edgerun reads at most {MAX_VOCAB}.", stage=STAGE)
+    out, seen, total = [], {}, 0
     for i, t in enumerate(tokens):
-        vocab.setdefault(t, i)
+        if not isinstance(t, str):
+            raise ExportError(f"{source}: token {i} of tokenizer.ggml.tokens is not a string.", stage=STAGE)
+        n = len(t.encode("utf-8", "surrogatepass"))
+        if n > MAX_TOKEN_BYTES:
+            raise ExportError(f"{source}: token {i} is {n} bytes long; edgerun accepts tokens of at most "
+                              f"{MAX_TOKEN_BYTES} bytes.", stage=STAGE, hint="The file is damaged.")
+        total += n
+        if total > MAX_VOCAB_BYTES:
+            raise ExportError(f"{source}: the token strings exceed {MAX_VOCAB_BYTES} bytes.", stage=STAGE)
+        if not t:
+            t = f"[EMPTY_{i}]"   # llama.cpp's name for an empty token
+        if t in seen:
+            raise ExportError(f"{source}: token {t!r} appears twice in tokenizer.ggml.tokens (ids {seen[t]} and "
+                              f"{i}); llama.cpp refuses such a vocabulary too.", stage=STAGE,
+                              hint="Convert the model again with llama.cpp's convert_hf_to_gguf.py.")
+        seen[t] = i
+        out.append(t)
+    return out
+
+
+def _types(types: Sequence[Any] | None, n: int, source: str) -> list[int]:
+    if types is None:
+        return [NORMAL] * n     # llama.cpp: no token types -> every token normal
+    if len(types) < n:
+        raise ExportError(f"{source}: {n} tokens but only {len(types)} token types (tokenizer.ggml.token_type).",
+                          stage=STAGE, hint="The file is damaged or was written by an unusual converter.")
+    return [int(t) for t in types[:n]]
+
+
+def _token_id(reader, key: str, n: int, default: int | None) -> int | None:
+    """A special token's id as llama.cpp takes it: the GGUF's when in range, else the kind's default."""
+    value = _field(reader, key)
+    if default is not None and not 0 <= default < n:
+        default = None
+    if value is None:
+        return default
+    value = int(value)
+    return value if 0 <= value < n else default
+
+
+def _special_types(reader, tokens: Sequence[str], types: Sequence[int]) -> list[int]:
+    """Token types as llama.cpp ends up with them: texts it treats as control whatever the GGUF says."""
+    types = list(types)
+    index = {t: i for i, t in enumerate(tokens)}
+    for text in EOG_TEXTS:
+        i = index.get(text)
+        if i is not None and types[i] not in CONTROL_TYPES:
+            types[i] = CONTROL
+    for key, texts in _AUTO_CONTROL.items():
+        if _field(reader, key) is not None:
+            continue
+        found = [index[t] for t in texts if t in index]
+        if found and types[found[0]] not in CONTROL_TYPES:
+            types[found[0]] = CONTROL
+    for text in _ALWAYS_USER_DEFINED:
+        if text in index:
+            types[index[text]] = USER_DEFINED
+    return types
+
+
+def _is_phi3(reader) -> bool:
+    name = str(_field(reader, "general.name", "") or "").lower()
+    return "phi-3" in name or "phi3" in name
+
+
+def _added_tokens(tokens: Sequence[str], types: Sequence[int], *, rstrip: bool = False):
+    """Control/unknown tokens (special: not decoded, matched only when special tokens are parsed) and
+    user-defined ones (always matched), each matched on the raw text. ``rstrip``: spaces after a special
+    token are dropped (llama.cpp does so for Phi-3, but not after ``<unk>``, ``<s>``, ``<|endoftext|>``)."""
+    from tokenizers import AddedToken
+
+    out = []
+    for t, ty in zip(tokens, types):
+        if ty in (CONTROL, UNKNOWN, USER_DEFINED):
+            strip = rstrip and t not in ("<unk>", "<s>", "<|endoftext|>")
+            out.append(AddedToken(t, special=ty != USER_DEFINED, normalized=False, rstrip=strip, lstrip=False,
+                                  single_word=False))
+        elif rstrip and t == "</s>":
+            out.append(AddedToken(t, special=False, normalized=False, rstrip=True))
+    return out
+
+
+# ------------------------------------------------------------------------------------ byte-level BPE
+def build_tokenizer(tokens: Sequence[str], merges: Sequence[str], token_types: Sequence[int], *,
+                    pre: str = "gpt-2", source: str = "tokenizer", rstrip_specials: bool = False):
+    """A ``tokenizers.Tokenizer`` for a GPT-2 byte-level BPE as a GGUF stores it (``pre``: llama.cpp's
+    pre-tokenizer name). Returns ``(tokenizer, control token texts)``."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    if pre not in BPE_PRE_TOKENIZERS:
+        raise ExportError(f"{source}: pre-tokenizer {pre!r} (tokenizer.ggml.pre) is not one edgerun knows; "
+                          f"known: {', '.join(BPE_PRE_TOKENIZERS)}.", stage=STAGE,
+                          hint="Its text would be split differently from llama.cpp; add its regexes (llama.cpp's "
+                               "llm_tokenizer_bpe) to edgerun.export.llm.tokenizer.BPE_PRE_TOKENIZERS.")
+    tokens = _check_tokens(tokens, source)
+    types = _types(token_types, len(tokens), source)
+    if len(merges) > MAX_MERGES:
+        raise ExportError(f"{source}: {len(merges)} merges; edgerun reads at most {MAX_MERGES}.", stage=STAGE)
+    vocab = {t: i for i, t in enumerate(tokens)}
     pairs = []
     for k, m in enumerate(merges):
-        a, sep, b = m.partition(" ")
-        if not sep:
+        if not isinstance(m, str):
+            raise ExportError(f"{source}: merge {k} is not a string.", stage=STAGE)
+        cut = m.find(" ", 1)    # llama.cpp splits at the first space after the first character
+        if cut < 0:
             raise ExportError(f"{source}: merge {k} ({m!r}) is not two tokens separated by a space.", stage=STAGE)
+        a, b = m[:cut], m[cut + 1:]
+        if a not in vocab or b not in vocab or a + b not in vocab:
+            missing = next(x for x in (a, b, a + b) if x not in vocab)
+            raise ExportError(f"{source}: merge {k} ({m!r}) names {missing!r}, which is not a token.", stage=STAGE,
+                              hint="The merges do not belong to this vocabulary: the file is damaged.")
         pairs.append((a, b))
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=pairs, fuse_unk=False, byte_fallback=False))
-    digits, regex = PRE_TOKENIZERS[pre]
-    steps = [pre_tokenizers.Digits(individual_digits=True)] if digits else []
-    steps += [pre_tokenizers.Split(Regex(regex), behavior="isolated"),
-              pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
-    tok.pre_tokenizer = pre_tokenizers.Sequence(steps)
+    spec = BPE_PRE_TOKENIZERS[pre]
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=pairs, fuse_unk=False, byte_fallback=False,
+                               ignore_merges=spec.ignore_merges))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in spec.regexes]
+        + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tok.decoder = decoders.ByteLevel()
-    specials = [t for t, ty in zip(tokens, token_types) if int(ty) == CONTROL]
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
-    return tok, tuple(specials)
+    tok.add_tokens(_added_tokens(tokens, types, rstrip=rstrip_specials))
+    return tok, tuple(t for t, ty in zip(tokens, types) if ty == CONTROL)
+
+
+# ------------------------------------------------------------------------------------ SentencePiece
+def spm_merges(tokens: Sequence[str], scores: Sequence[float]) -> list[tuple[str, str]]:
+    """llama.cpp's SentencePiece joins as BPE merges: every split of a token into two tokens, the tokens
+    in order of score (highest first; equal scores by id)."""
+    vocab = {t: i for i, t in enumerate(tokens)}
+    merges: list[tuple[str, str]] = []
+    for i in sorted(range(len(tokens)), key=lambda i: (-scores[i], i)):
+        t = tokens[i]
+        for k in range(1, len(t)):
+            a, b = t[:k], t[k:]
+            if a in vocab and b in vocab:
+                merges.append((a, b))
+        if len(merges) > MAX_MERGES:
+            raise ExportError(f"the SentencePiece vocabulary gives more than {MAX_MERGES} merges.", stage=STAGE)
+    return merges
+
+
+def build_spm_tokenizer(tokens: Sequence[str], scores: Sequence[float], token_types: Sequence[int], *,
+                        add_space_prefix: bool = True, unk: str | None = None, source: str = "tokenizer",
+                        rstrip_specials: bool = False):
+    """A ``tokenizers.Tokenizer`` that tokenizes as llama.cpp's SentencePiece (``LLAMA_VOCAB_TYPE_SPM``)
+    tokenizer does for these tokens, scores and types. Returns ``(tokenizer, control token texts)``."""
+    from tokenizers import Tokenizer, decoders, models, normalizers
+
+    tokens = _check_tokens(tokens, source)
+    types = _types(token_types, len(tokens), source)
+    if len(scores) < len(tokens):
+        raise ExportError(f"{source}: {len(tokens)} tokens but only {len(scores)} scores (tokenizer.ggml.scores).",
+                          stage=STAGE, hint="The file is damaged or was written by an unusual converter.")
+    scores = [float(s) for s in scores[:len(tokens)]]
+    if any(s != s for s in scores):
+        raise ExportError(f"{source}: tokenizer.ggml.scores holds NaN; merges cannot be ranked.", stage=STAGE)
+    vocab = {t: i for i, t in enumerate(tokens)}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=spm_merges(tokens, scores), unk_token=unk, fuse_unk=False,
+                               byte_fallback=True))
+    steps = [normalizers.Prepend(SPACE)] if add_space_prefix else []
+    tok.normalizer = normalizers.Sequence(steps + [normalizers.Replace(" ", SPACE)])
+    tok.decoder = decoders.Sequence([decoders.Replace(SPACE, " "), decoders.ByteFallback(), decoders.Fuse()]
+                                    + ([decoders.Strip(" ", 1, 0)] if add_space_prefix else []))
+    tok.add_tokens(_added_tokens(tokens, types, rstrip=rstrip_specials))
+    return tok, tuple(t for t, ty in zip(tokens, types) if ty == CONTROL)
+
+
+# ------------------------------------------------------------------------------------ from a GGUF
+KINDS = {"gpt2": "gpt2 byte-level BPE", "llama": "llama SentencePiece"}
 
 
 def tokenizer_from_gguf(g) -> tuple[Any, TokenizerFacts]:
@@ -82,24 +399,71 @@ def tokenizer_from_gguf(g) -> tuple[Any, TokenizerFacts]:
     model = _field(reader, "tokenizer.ggml.model")
     if model is None:
         raise ExportError(f"{source} carries no tokenizer (no tokenizer.ggml.model).", stage=STAGE)
-    if model != "gpt2":
-        raise ExportError(f"{source}: tokenizer model {model!r}; edgerun rebuilds only 'gpt2' (byte-level BPE) "
-                          "tokenizers from a GGUF.", stage=STAGE,
-                          hint="SentencePiece ('llama') GGUF tokenizers are not supported yet.")
-    tokens = _field(reader, "tokenizer.ggml.tokens")
-    merges = _field(reader, "tokenizer.ggml.merges")
-    types = _field(reader, "tokenizer.ggml.token_type")
-    if not tokens or merges is None or types is None:
-        raise ExportError(f"{source}: the tokenizer lacks tokenizer.ggml.tokens, merges or token_type.", stage=STAGE)
-    pre = str(_field(reader, "tokenizer.ggml.pre", "default"))
-    tok, specials = build_tokenizer(tokens, merges, types, pre=pre, source=source)
-    bos = _field(reader, "tokenizer.ggml.bos_token_id")
-    eos = _field(reader, "tokenizer.ggml.eos_token_id")
-    facts = TokenizerFacts(kind="gpt2 byte-level BPE", pre_tokenizer=pre, vocab_size=len(tokens),
-                           bos_id=None if bos is None else int(bos), eos_id=None if eos is None else int(eos),
-                           add_bos=bool(_field(reader, "tokenizer.ggml.add_bos_token", False)),
-                           special_tokens=tuple(specials), chat_template=_field(reader, "tokenizer.chat_template"))
+    if model not in KINDS:
+        raise ExportError(f"{source}: tokenizer model {model!r} (tokenizer.ggml.model); edgerun rebuilds "
+                          f"{' and '.join(repr(k) for k in KINDS)} tokenizers (byte-level BPE and SentencePiece).",
+                          stage=STAGE, hint="Use a GGUF whose tokenizer is one of those (Llama, Mistral, Qwen, "
+                                            "SmolLM, Phi, Gemma 1-3 and TinyLlama GGUFs are).")
+    tokens = _check_tokens(_bounded_array(reader, "tokenizer.ggml.tokens", source, MAX_VOCAB, "tokens") or [],
+                           source)
+    n = len(tokens)
+    raw_types = _bounded_array(reader, "tokenizer.ggml.token_type", source, MAX_VOCAB, "token types")
+    types = _special_types(reader, tokens, _types(raw_types, n, source))
+    rstrip = _is_phi3(reader)
+    pre_name = _field(reader, "tokenizer.ggml.pre")
+    if model == "gpt2":
+        merges = _bounded_array(reader, "tokenizer.ggml.merges", source, MAX_MERGES, "merges")
+        if merges is None:
+            raise ExportError(f"{source}: the byte-level BPE tokenizer lacks tokenizer.ggml.merges.", stage=STAGE)
+        pre = "default" if not pre_name else str(pre_name)
+        tok, specials = build_tokenizer(tokens, merges, types, pre=pre, source=source, rstrip_specials=rstrip)
+        spec = BPE_PRE_TOKENIZERS[pre]
+        bos_default, eos_default, unk_default = (11, 11, None) if spec.has_bos else (None, 11, None)
+        add_bos_default, add_space_default = spec.add_bos, False
+    else:
+        scores = _bounded_array(reader, "tokenizer.ggml.scores", source, MAX_VOCAB, "scores")
+        if scores is None:
+            raise ExportError(f"{source}: the SentencePiece tokenizer has no tokenizer.ggml.scores; without them "
+                              "llama.cpp joins pieces leftmost-first, which edgerun does not reproduce.", stage=STAGE)
+        pre = None
+        bos_default, eos_default, unk_default = 1, 2, 0
+        add_bos_default, add_space_default = True, True
+    bos = _token_id(reader, "tokenizer.ggml.bos_token_id", n, bos_default)
+    eos = _token_id(reader, "tokenizer.ggml.eos_token_id", n, eos_default)
+    unk = _token_id(reader, "tokenizer.ggml.unknown_token_id", n, unk_default)
+    add_space_prefix = bool(_field(reader, "tokenizer.ggml.add_space_prefix", add_space_default))
+    if model == "llama":
+        tok, specials = build_spm_tokenizer(tokens, scores, types, add_space_prefix=add_space_prefix,
+                                            unk=tokens[unk] if unk is not None else None, source=source,
+                                            rstrip_specials=rstrip)
+    add_bos = bool(_field(reader, "tokenizer.ggml.add_bos_token", add_bos_default))
+    add_eos = bool(_field(reader, "tokenizer.ggml.add_eos_token", False))
+    for flag, tid, key in ((add_bos, bos, "bos"), (add_eos, eos, "eos")):
+        if flag and tid is None:
+            raise ExportError(f"{source}: tokenizer.ggml.add_{key}_token is true but the GGUF names no {key.upper()} "
+                              f"token (tokenizer.ggml.{key}_token_id); llama.cpp refuses it too.", stage=STAGE)
+    eog = sorted({i for i, t in enumerate(tokens) if t in EOG_TEXTS} | ({eos} if eos is not None else set()))
+    facts = TokenizerFacts(kind=KINDS[model], pre_tokenizer=pre, vocab_size=n, bos_id=bos, eos_id=eos, add_bos=add_bos,
+                           add_eos=add_eos, add_space_prefix=add_space_prefix if model == "llama" else False,
+                           unk_id=unk, eog_ids=tuple(eog), special_tokens=tuple(specials),
+                           chat_template=_field(reader, "tokenizer.chat_template"))
     return tok, facts
+
+
+def encode(tok, facts: TokenizerFacts, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
+    """Ids for ``text`` as llama.cpp's ``llama_tokenize(text, add_special, parse_special)`` gives them: BOS/EOS
+    added as the facts say (when ``add_special``), special tokens matched in the text (when ``parse_special``)."""
+    previous = tok.encode_special_tokens
+    tok.encode_special_tokens = not parse_special
+    try:
+        ids = tok.encode(text, add_special_tokens=False).ids
+    finally:
+        tok.encode_special_tokens = previous
+    if add_special and facts.add_bos and facts.bos_id is not None:
+        ids = [facts.bos_id] + ids
+    if add_special and facts.add_eos and facts.eos_id is not None:
+        ids = ids + [facts.eos_id]
+    return ids
 
 
 def save_tokenizer(tok, path: str | Path) -> str:
@@ -109,11 +473,320 @@ def save_tokenizer(tok, path: str | Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def render_chat(template: str, messages: Sequence[dict[str, str]], *, add_generation_prompt: bool = True,
-                bos_token: str = "", eos_token: str = "") -> str:
-    """Render a GGUF chat template (Jinja) in a sandbox, as llama.cpp and transformers do."""
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+# ------------------------------------------------------------------------------------ chat templates
+#: A rendered chat prompt is at most this many characters (or twice its messages, if those are longer):
+#: far more than any context a model on a device takes, far less than a machine's memory.
+MAX_CHAT_CHARS = 1 << 20
+#: ... and takes at most this long; a real template renders in milliseconds.
+CHAT_SECONDS = 2.0
+MAX_TEMPLATE_CHARS = 1 << 20
+MAX_INT_BITS = 1 << 16
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    return env.from_string(template).render(messages=list(messages), add_generation_prompt=add_generation_prompt,
-                                            bos_token=bos_token, eos_token=eos_token)
+
+class TemplateBudgetExceeded(BaseException):
+    """Raised inside a render that went over its size or time budget (turned into an ArtifactError). A
+    BaseException, so that no ``except Exception`` inside Jinja or a filter swallows it."""
+
+
+class _Budget:
+    def __init__(self, max_chars: int, seconds: float) -> None:
+        self.max_chars, self.seconds = max_chars, seconds
+        self.deadline = time.monotonic() + seconds
+
+    def tick(self) -> None:
+        if time.monotonic() > self.deadline:
+            raise TemplateBudgetExceeded(f"it ran for more than {self.seconds:g} s")
+
+    def allow(self, n: int, what: str) -> None:
+        """Refuse to build a value of ``n`` characters/items."""
+        if n > self.max_chars:
+            raise TemplateBudgetExceeded(f"{what} would make a value of {n} characters or items (the limit is "
+                                         f"{self.max_chars})")
+
+    def check(self, value: Any, what: str = "a value") -> Any:
+        if isinstance(value, (str, bytes, list, tuple, dict, set, frozenset)):
+            self.allow(len(value), what)
+        elif isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > MAX_INT_BITS:
+            raise TemplateBudgetExceeded(f"{what} is an integer of {value.bit_length()} bits")
+        return value
+
+    def format(self, fmt: Any, args: Iterable[Any], what: str) -> None:
+        """A ``%`` or ``str.format`` format whose field widths or precisions (given, or taken from the
+        arguments by ``*`` / nested ``{}``) would build more than the limit."""
+        if not isinstance(fmt, str):
+            return
+        fields = re.findall(r"%(?:\([^)]*\))?[#0\- +]*(\*|\d*)(?:\.(\*|\d*))?", fmt) + \
+            [(spec, "") for spec in re.findall(r"\{[^{}]*:([^{}]*)", fmt)]
+        indirect = "*" in fmt or re.search(r"\{[^{}]*:[^{}]*\{", fmt) is not None
+        for field in fields:
+            for digits in re.findall(r"\d+", " ".join(field)):
+                if len(digits) > 12 or int(digits) > self.max_chars:
+                    raise TemplateBudgetExceeded(f"{what} asks for a field {digits} characters wide")
+        if indirect:
+            for a in args:
+                if isinstance(a, int) and not isinstance(a, bool) and abs(a) > self.max_chars:
+                    raise TemplateBudgetExceeded(f"{what} asks for a field {a} characters wide")
+
+
+def _length(x: Any) -> int:
+    return len(x) if isinstance(x, (str, bytes, list, tuple, dict)) else len(str(x))
+
+
+def _check_replace(budget: _Budget, s: Any, old: Any, new: Any, count: Any, what: str) -> None:
+    if isinstance(s, str) and isinstance(old, str) and isinstance(new, str):
+        hits = s.count(old) if old else len(s) + 1
+        if isinstance(count, int) and count >= 0:
+            hits = min(hits, count)
+        budget.allow(len(s) + hits * (len(new) - len(old)), what)
+
+
+def _check_join(budget: _Budget, items: list, sep: Any, what: str) -> None:
+    budget.allow(len(items), what)
+    budget.allow(sum(_length(i) for i in items) + _length(sep) * max(len(items) - 1, 0), what)
+
+
+def _guard_str_method(budget: _Budget, s: str, name: str, method: Callable) -> Callable:
+    """A str method whose result size is checked before it is built."""
+    def call(*args, **kwargs):
+        budget.tick()
+        first = args[0] if args else None
+        if name in ("center", "ljust", "rjust", "zfill"):
+            width = first if args else kwargs.get("width", 0)
+            budget.allow(width if isinstance(width, int) else 0, f"str.{name}")
+        elif name == "expandtabs":
+            size = first if args else kwargs.get("tabsize", 8)
+            budget.allow(len(s) + s.count("\t") * max(size if isinstance(size, int) else 8, 0), "str.expandtabs")
+        elif name == "replace" and len(args) >= 2:
+            _check_replace(budget, s, args[0], args[1], args[2] if len(args) > 2 else kwargs.get("count"),
+                           "str.replace")
+        elif name == "join" and args:
+            items = list(first)
+            _check_join(budget, items, s, "str.join")
+            args = (items,) + args[1:]
+        elif name in ("format", "format_map"):
+            budget.format(s, list(args) + list(kwargs.values()), "a format string")
+        return budget.check(method(*args, **kwargs), f"str.{name}")
+    return call
+
+
+_STR_AMPLIFIERS = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs", "replace", "join", "format",
+                             "format_map"})
+
+
+def _check_filter(budget: _Budget, name: str, args: list, kwargs: dict) -> None:
+    """Refuse the filters that amplify their input before they build what they would."""
+    def arg(i: int, key: str, default: Any = None) -> Any:
+        return args[i] if len(args) > i else kwargs.get(key, default)
+
+    value = arg(0, "value")
+    if name == "center":
+        width = arg(1, "width", 80)
+        budget.allow(width if isinstance(width, int) else 0, "the filter 'center'")
+    elif name == "indent" and isinstance(value, str):
+        width = arg(1, "width", 4)
+        n = len(width) if isinstance(width, str) else width if isinstance(width, int) else 4
+        budget.allow(len(value) + (value.count("\n") + 1) * max(n, 0), "the filter 'indent'")
+    elif name in ("batch", "slice"):
+        n = arg(1, "linecount" if name == "batch" else "slices", 1)
+        budget.allow(n if isinstance(n, int) else 0, f"the filter {name!r}")
+    elif name in ("tojson", "pprint"):
+        indent = arg(1, "indent", 0)
+        if isinstance(indent, int):
+            budget.allow(indent, f"the filter {name!r}")
+            budget.allow(_length(value) * (1 + max(indent, 0)), f"the filter {name!r}")
+    elif name == "replace":
+        _check_replace(budget, value, arg(1, "old"), arg(2, "new"), arg(3, "count"), "the filter 'replace'")
+    elif name == "join" and value is not None and not isinstance(value, str):
+        items = list(value)
+        _check_join(budget, items, arg(1, "d", ""), "the filter 'join'")
+        args[0] = items
+    elif name == "wordwrap" and isinstance(value, str):
+        wrap = arg(4, "wrapstring") or "\n"
+        budget.allow(len(value) * (1 + _length(wrap)), "the filter 'wordwrap'")
+    elif name == "format":
+        budget.format(value, list(args[1:]) + list(kwargs.values()), "the filter 'format'")
+
+
+def _guard_filter(budget: _Budget, name: str, f: Callable) -> Callable:
+    """A Jinja filter that ticks the clock, is refused when it would amplify past the limit, and whose
+    result is bounded."""
+    import functools
+
+    from jinja2.nodes import EvalContext
+    from jinja2.runtime import Context
+
+    @functools.wraps(f)
+    def call(*args, **kwargs):
+        budget.tick()
+        from jinja2 import Environment
+
+        lead = 1 if args and isinstance(args[0], (EvalContext, Context, Environment)) else 0
+        rest = list(args[lead:])
+        _check_filter(budget, name, rest, kwargs)
+        return budget.check(f(*args[:lead], *rest, **kwargs), f"the filter {name!r}")
+    return call
+
+
+def _bounded_env(budget: _Budget):
+    from jinja2.sandbox import ImmutableSandboxedEnvironment, MAX_RANGE
+
+    class BoundedEnvironment(ImmutableSandboxedEnvironment):
+        """Jinja's immutable sandbox with a size and time budget at every operator, call, attribute,
+        item, filter and loop over ``range``."""
+
+        # intercepted operators are also never constant-folded when the template is compiled
+        intercepted_binops = frozenset({"+", "*", "**", "%", "//", "/", "-"})
+
+        def call_binop(self, context, operator, left, right):
+            budget.tick()
+            seqs = (str, list, tuple)
+            if operator == "*":
+                if isinstance(left, seqs) and isinstance(right, int):
+                    budget.allow(len(left) * max(right, 0), "'*'")
+                elif isinstance(right, seqs) and isinstance(left, int):
+                    budget.allow(len(right) * max(left, 0), "'*'")
+                elif isinstance(left, int) and isinstance(right, int):
+                    if left.bit_length() + right.bit_length() > MAX_INT_BITS:
+                        raise TemplateBudgetExceeded("'*' would make an integer too large")
+            elif operator == "+" and isinstance(left, seqs) and isinstance(right, seqs):
+                budget.allow(len(left) + len(right), "'+'")
+            elif operator == "**" and isinstance(left, int) and isinstance(right, int) and abs(left) > 1:
+                if right > 0 and left.bit_length() * right > MAX_INT_BITS:
+                    raise TemplateBudgetExceeded("'**' would make an integer too large")
+            elif operator == "%" and isinstance(left, str):
+                budget.format(left, right if isinstance(right, (tuple, list)) else [right], "'%' formatting")
+            return budget.check(super().call_binop(context, operator, left, right), f"{operator!r}")
+
+        def getattr(self, obj, attribute):
+            budget.tick()
+            value = super().getattr(obj, attribute)
+            if isinstance(obj, str) and attribute in _STR_AMPLIFIERS and callable(value):
+                return _guard_str_method(budget, obj, attribute, value)
+            return budget.check(value, f"the attribute {attribute!r}")
+
+        def getitem(self, obj, argument):
+            budget.tick()
+            return budget.check(super().getitem(obj, argument), "an item")
+
+        def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 (jinja's own signature)
+            budget.tick()
+            for a in list(args) + list(kwargs.values()):
+                budget.check(a, "an argument")
+            return budget.check(super().call(__context, __obj, *args, **kwargs), "a call")
+
+    env = BoundedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.filters = {name: _guard_filter(budget, name, f) for name, f in env.filters.items()}
+
+    def bounded_range(*args):
+        r = range(*args)
+        if len(r) > MAX_RANGE:
+            raise TemplateBudgetExceeded(f"range() of {len(r)} items (the sandbox allows {MAX_RANGE})")
+        for i in r:
+            budget.tick()
+            yield i
+
+    def raise_exception(message="the template raised an error"):
+        from jinja2.exceptions import TemplateError
+
+        raise TemplateError(str(message))
+
+    def strftime_now(fmt: str) -> str:
+        budget.allow(len(str(fmt)) * 16, "strftime_now")
+        return time.strftime(str(fmt))
+
+    env.globals.update(range=bounded_range, raise_exception=raise_exception, strftime_now=strftime_now)
+    return env
+
+
+class _Watchdog:
+    """Raises :class:`TemplateBudgetExceeded` in this thread after ``seconds`` (and again every
+    :attr:`AGAIN` seconds until the render ends), even inside a loop that calls none of the sandbox's
+    hooks: CPython's asynchronous exceptions. Elsewhere the hooks' own clock checks are the bound."""
+
+    AGAIN = 0.25
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.lock = threading.Lock()
+        self.fired = self.done = False
+        self.ident = threading.get_ident()
+        self.timer: threading.Timer | None = None
+        self.api = None
+
+    def _arm(self, after: float) -> None:
+        self.timer = threading.Timer(after, self._fire)
+        self.timer.daemon = True
+        self.timer.start()
+
+    def _fire(self) -> None:
+        import ctypes
+
+        with self.lock:
+            if self.done:
+                return
+            self.fired = True
+            self.api(ctypes.c_ulong(self.ident), ctypes.py_object(TemplateBudgetExceeded))
+            self._arm(self.AGAIN)
+
+    def __enter__(self) -> "_Watchdog":
+        try:
+            import ctypes
+            self.api = ctypes.pythonapi.PyThreadState_SetAsyncExc
+        except (ImportError, AttributeError):
+            return self
+        self._arm(self.seconds)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.api is None:
+            return
+        import ctypes
+
+        with self.lock:
+            self.done = True
+            if self.timer is not None:
+                self.timer.cancel()
+            if self.fired:  # perhaps raised but not yet delivered: withdraw it
+                self.api(ctypes.c_ulong(self.ident), None)
+
+
+def render_chat(template: str, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True,
+                bos_token: str = "", eos_token: str = "", source: str = "the chat template",
+                max_chars: int | None = None, seconds: float = CHAT_SECONDS, **extra: Any) -> str:
+    """Render a GGUF chat template (Jinja) as llama.cpp and transformers do, in Jinja's immutable sandbox
+    with bounds: the output and every value the template builds stay under ``max_chars`` (default
+    :data:`MAX_CHAT_CHARS`, or twice the messages when they are longer), the render under ``seconds``.
+    A template that breaks a bound, fails to parse or fails while rendering (``raise_exception``
+    included) raises :class:`ArtifactError` naming ``source`` -- the template is the model's, not the
+    user's call."""
+    if not isinstance(template, str) or len(template) > MAX_TEMPLATE_CHARS:
+        raise ArtifactError(f"{source} is not a template of at most {MAX_TEMPLATE_CHARS} characters.",
+                            stage="chat template", hint="Re-export from a GGUF with a sane chat template, or "
+                                                        "drop --chat.")
+    given = sum(_length(v) for m in messages for v in m.values()) + len(bos_token) + len(eos_token)
+    limit = max_chars if max_chars is not None else max(MAX_CHAT_CHARS, 2 * given)
+    budget = _Budget(limit, seconds)
+    out: list[str] = []
+    size = 0
+    try:
+        with _Watchdog(seconds):
+            env = _bounded_env(budget)
+            compiled = env.from_string(template)
+            for chunk in compiled.generate(messages=[dict(m) for m in messages],
+                                           add_generation_prompt=add_generation_prompt,
+                                           bos_token=bos_token, eos_token=eos_token, **extra):
+                size += len(chunk)
+                budget.allow(size, "the output")
+                budget.tick()
+                out.append(chunk)
+            return "".join(out)
+    except TemplateBudgetExceeded as exc:
+        why = str(exc) or f"it ran for more than {seconds:g} s"
+        raise ArtifactError(f"{source} was refused: {why}.", stage="chat template",
+                            hint="The template is hostile or broken; drop --chat and give the prompt as plain "
+                                 "text, or re-export from a GGUF whose template renders.") from None
+    except Exception as exc:  # the model's template failed (TemplateError, TypeError from a filter ...)
+        raise ArtifactError(f"{source} cannot be rendered: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}",
+                            stage="chat template",
+                            hint="Drop --chat and give the prompt as plain text, or re-export from a GGUF whose "
+                                 "template renders.") from None

@@ -73,10 +73,12 @@ def test_saved_tokenizer_json_loads_back_and_encodes_the_same(tiny, tmp_path):
 
 
 def test_an_unknown_pre_tokenizer_or_bad_merge_is_refused():
-    with pytest.raises(ExportError, match=r"pre-tokenizer 'qwen2'.*known: gpt2"):
-        build_tokenizer(["a", "b"], [], [1, 1], pre="qwen2", source="x.gguf")
+    with pytest.raises(ExportError, match=r"pre-tokenizer 'no-such-pre'.*known: default, llama3, .*qwen2, .*tekken"):
+        build_tokenizer(["a", "b"], [], [1, 1], pre="no-such-pre", source="x.gguf")
     with pytest.raises(ExportError, match=r"merge 0 \('ab'\) is not two tokens"):
         build_tokenizer(["a", "b"], ["ab"], [1, 1], source="x.gguf")
+    with pytest.raises(ExportError, match=r"merge 0 \('a c'\) names 'c', which is not a token"):
+        build_tokenizer(["a", "b", "ab"], ["a c"], [1, 1, 1], source="x.gguf")
 
 
 def test_smollm2_tokenizer_matches_its_token_list(smollm2_gguf):
