@@ -144,12 +144,14 @@ MUTANTS = {
              {"state": lambda s: {(k.replace("w1", "w3") if ".w1." in k else k.replace("w3", "w1")
                                    if ".w3." in k else k): v for k, v in s.items()}}),
 }
-#: Bound of the per-position SNR of edgerun's logits against llama.cpp's (its reference tool: fp32 KV cache,
-#: no flash attention, F32 weights here). llama.cpp's GELU reads a table of fp16 values (GGML_GELU_FP16), a
-#: relative error up to 2^-11 (~66 dB) per activation; everything else is fp32 in a different order
-#: (~120 dB). 40 dB leaves room for that; every mutant above lands far below it (measured: under 25 dB).
-MIN_SNR_DB = 40.0
-MIN_COSINE = 0.9999
+#: Bounds of the per-position SNR of edgerun's logits against llama.cpp's (its reference tool: fp32 KV cache,
+#: no flash attention; the weights here are F32). Where the FFN is SiLU everything is fp32 summed in another
+#: order: about 2^-24 relative, measured 115-127 dB; 90 dB leaves room and still catches a wrong epsilon or
+#: scale. llama.cpp's GELU reads a table of fp16 values (GGML_GELU_FP16): up to 2^-11 relative per
+#: activation (~66 dB), measured 64-76 dB on the Gemma families; 50 dB for them. Every mutant above lands
+#: far below either bound (the test asserts at least 10 dB below, and prints each).
+MIN_SNR_DB = {"silu": 90.0, "gelu_tanh": 50.0}
+MIN_COSINE = 0.99999
 
 
 def _mutant(model, spec: dict, monkeypatch):
@@ -173,7 +175,8 @@ def test_each_family_matches_llama_cpp_on_the_same_gguf(family_gguf, llamacpp, a
     assert ref.shape == ours.shape
     snr, cos = _snr_db(ref, ours), _cosine(ref, ours)
     print(f"{arch}: logits vs llama.cpp: min SNR {snr.min():.1f} dB, min cosine {cos.min():.8f}")
-    assert snr.min() > MIN_SNR_DB and cos.min() > MIN_COSINE, (snr, cos)
+    bound = MIN_SNR_DB[g.family.activation]
+    assert snr.min() > bound and cos.min() > MIN_COSINE, (snr, cos)
     # greedy through the KV cache, past the sliding window
     prompt = PROMPT[:5]
     assert greedy(model, prompt, 12) == llamacpp.greedy(path, prompt, 12)
@@ -181,7 +184,7 @@ def test_each_family_matches_llama_cpp_on_the_same_gguf(family_gguf, llamacpp, a
     what, spec = MUTANTS[arch]
     bad = _snr_db(ref, _logits(_mutant(model, spec, monkeypatch), PROMPT))
     print(f"{arch} with {what}: min SNR {bad.min():.1f} dB")
-    assert bad.min() < MIN_SNR_DB - 10, what
+    assert bad.min() < bound - 10, what
 
 
 # ------------------------------------------------------------------------------------- refusals

@@ -124,4 +124,7 @@ def write_family_gguf(path: Path, arch: str, *, seed: int = 0, dtype: str = "F32
 
     tokenizer = tiny_tokenizer()
     model = random_family_model(arch, len(tokenizer["tokens"]), seed=seed)
-    return write_gguf(model, path, name=f"edgerun tiny {arch}", tokenizer=tokenizer, dtype=dtype)
+    # not "phi3" in general.name: llama.cpp then sets attributes of Phi-3's own special tokens ("</s>", ...) by
+    # name, which the tiny BPE vocabulary lacks (its loader fails with unordered_map::at)
+    name = f"edgerun tiny {arch.replace('phi3', 'phi 3')}"
+    return write_gguf(model, path, name=name, tokenizer=tokenizer, dtype=dtype)
