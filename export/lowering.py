@@ -37,10 +37,14 @@ from typing import Any, Callable, Sequence
 log = logging.getLogger("edgerun.export")
 
 MAX_LOWERINGS = 16
-#: a graph is "large" when a single module makes this many operator nodes (an unrolled loop) ...
+#: a graph is "large" when a single module makes this many operator nodes itself ...
 LARGE_MODULE_NODES = 150
 #: ... or the whole graph has this many
 LARGE_GRAPH_NODES = 3000
+#: a module's own nodes are "a loop unrolled over its steps" only when they repeat: every operator
+#: kind it emits appears this many times on average (an RNN over T steps repeats its cell's ops T
+#: times; a large block written out once does not)
+LOOP_REPEATS = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,11 +142,15 @@ class GraphSummary:
     by_module: Counter
     origins: dict[str, tuple[str, str | None]]   # origin -> (op, module path)
     operators: frozenset = frozenset()
+    kinds_by_module: dict = dataclasses.field(default_factory=dict)  # module -> distinct operator kinds
 
     @classmethod
     def of(cls, graph) -> "GraphSummary":
         nodes = [n for n in graph.nodes if n.op == "call_function"]
         by_module: Counter = Counter(node_module(n) or ("(top level)", "") for n in nodes)
+        kinds: dict = {}
+        for n in nodes:
+            kinds.setdefault(node_module(n) or ("(top level)", ""), set()).add(op_name(n))
         origins: dict[str, tuple[str, str | None]] = {}
         operators: set[str] = set()
         for n in nodes:
@@ -152,18 +160,26 @@ class GraphSummary:
             if not is_quant_node(n):
                 operators.add(origin)
             origins[origin] = (op_name(n), mod[0] if mod else None)
-        return cls(len(nodes), by_module, origins, frozenset(operators))
+        return cls(len(nodes), by_module, origins, frozenset(operators),
+                   {m: len(k) for m, k in kinds.items()})
 
 
 def graph_facts(exported_nodes: int, summary: GraphSummary | None, top: int = 5) -> dict[str, Any]:
-    """The manifest's ``graph`` fact: node counts after torch.export and after decomposition, and
-    the modules that make the most nodes."""
+    """The manifest's ``graph`` fact: node counts after torch.export and after decomposition, the
+    modules that make the most nodes themselves (innermost module; ``kinds``: how many distinct
+    operators), and ``unrolled``: the modules whose own nodes repeat like a loop over steps (at least
+    :data:`LARGE_MODULE_NODES` nodes, each operator kind :data:`LOOP_REPEATS` times on average)."""
     if summary is None:
         return {"exported_nodes": exported_nodes}
-    top_modules = [{"module": path, "type": kind, "nodes": count}
+    top_modules = [{"module": path, "type": kind, "nodes": count,
+                    "kinds": summary.kinds_by_module.get((path, kind))}
                    for (path, kind), count in summary.by_module.most_common(top)]
-    large = summary.nodes >= LARGE_GRAPH_NODES or bool(top_modules and top_modules[0]["nodes"] >= LARGE_MODULE_NODES)
-    return {"exported_nodes": exported_nodes, "nodes": summary.nodes, "top_modules": top_modules, "large": large}
+    unrolled = [m["module"] for m in top_modules
+                if m["module"] != "(top level)" and m["nodes"] >= LARGE_MODULE_NODES and m["kinds"]
+                and m["nodes"] >= LOOP_REPEATS * m["kinds"]]
+    large = summary.nodes >= LARGE_GRAPH_NODES or bool(unrolled)
+    return {"exported_nodes": exported_nodes, "nodes": summary.nodes, "top_modules": top_modules, "large": large,
+            "unrolled": unrolled}
 
 
 def _module_label(m: dict) -> str:
@@ -171,12 +187,23 @@ def _module_label(m: dict) -> str:
 
 
 def graph_warning(facts: dict[str, Any]) -> str | None:
+    """One sentence about a large graph that claims only what was measured: a loop unrolled over its
+    steps is named only for modules whose own nodes repeat (``facts["unrolled"]``); a graph that is
+    merely big (many layers) is called big, with the modules that make the most nodes."""
     if not facts.get("large"):
         return None
-    tops = ", ".join(f"{_module_label(m)} {m['nodes']}" for m in facts["top_modules"][:3])
-    return (f"the graph has {facts['nodes']} operator nodes after decomposition (torch.export made "
-            f"{facts['exported_nodes']}); most come from {tops} — a loop unrolled over its steps (e.g. an RNN "
-            "over a long sequence) makes export, lowering and the program grow with the step count")
+    head = (f"the graph has {facts['nodes']} operator nodes after decomposition (torch.export made "
+            f"{facts['exported_nodes']})")
+    by_name = {m["module"]: m for m in facts.get("top_modules", [])}
+    unrolled = [by_name[u] for u in facts.get("unrolled") or () if u in by_name]
+    if unrolled:
+        loops = ", ".join(f"{_module_label(m)} makes {m['nodes']} nodes from {m['kinds']} kinds of operator"
+                          for m in unrolled[:3])
+        return (f"{head}; {loops} — the same operators repeated, a loop unrolled over its steps (e.g. an RNN "
+                "over a long sequence): export, lowering and the program grow with the step count")
+    tops = ", ".join(f"{_module_label(m)} {m['nodes']}" for m in facts.get("top_modules", [])[:3])
+    return (f"{head}; the modules making the most nodes themselves: {tops} — export and lowering time and "
+            "the program's size grow with the node count")
 
 
 # ------------------------------------------------------------------------------- partitioners
