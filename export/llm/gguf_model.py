@@ -549,6 +549,11 @@ def _check_tensors(p: Path, cfg: LlamaConfig, tensors: Mapping[str, Any]) -> Non
                               hint="The metadata was edited or the file is damaged; the tensors are what the model is.")
     known = {s.gguf for s in sources} | _optional_tensors(cfg)
     extra = sorted(set(tensors) - known)
+    longrope = [n for n in extra if n.startswith("rope_factors_")]
+    if longrope:
+        raise ExportError(f"{p}: tensor {longrope[0]} holds LongRoPE factors (long-context Phi-3 variants); edgerun "
+                          "applies plain and linearly scaled RoPE only.", stage=STAGE,
+                          hint="Use the model's short-context variant (Phi-3-mini-4k rather than -128k).")
     if extra:
         raise ExportError(f"{p}: tensor {extra[0]}{f' (and {len(extra) - 1} more)' if len(extra) > 1 else ''} is "
                           f"not part of a {cfg.architecture} model as llama.cpp reads it, so edgerun does not know "

@@ -117,6 +117,24 @@ def test_each_family_decodes_through_its_cache_as_one_prefill_and_exports(family
         torch.testing.assert_close(ep.module()(tokens, pos), full, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("arch", ["qwen2", "gemma2", "phi3"])
+def test_the_llm_quantizer_takes_a_family_with_biases_a_scaled_tied_embedding_or_split_tensors(family_gguf, arch):
+    from edgerun.export.llm.quantize import quantize_llama
+    from edgerun.export.schemes import make_scheme
+
+    model, g = load_llama(family_gguf(arch), max_context=16)
+    q, facts = quantize_llama(model, make_scheme("8da4w", group_size=32))
+    # every block's gate and up (phi3's from its fused ffn_up) are int4; the rest int8, the head included
+    assert facts["int4_linear_layers"] == 2 * g.config.n_layers
+    assert facts["linear_layers"] == 7 * g.config.n_layers + 1
+    tokens = torch.tensor([PROMPT[:8]])
+    with torch.no_grad():
+        out = q(tokens, torch.arange(8))
+    assert out.shape == (1, 8, g.config.vocab_size) and torch.isfinite(out).all()
+    if g.config.final_softcap:  # the soft-cap still bounds the quantized logits
+        assert out.abs().max() <= g.config.final_softcap
+
+
 def test_a_sliding_layer_sees_only_its_window(family_gguf):
     """gemma2's layer 0 slides over 6 positions: switching the window off changes the logits from position 6
     on, and nothing before it."""
@@ -272,6 +290,17 @@ def test_a_tensor_the_family_does_not_have_is_refused(tmp_path, monkeypatch, fam
         path = write_family_gguf(tmp_path / "llama.gguf", "llama")
     with pytest.raises(ExportError, match=r"tensor blk\.0\.attn_q_norm\.weight is not part of a llama model as "
                                           r"llama\.cpp reads it"):
+        read_gguf(path)
+    # a long-context Phi-3's LongRoPE factors: named as what edgerun does not apply
+    with monkeypatch.context() as mp:
+        def add_factors(self, name, tensor, *args, **kwargs):
+            original(self, name, tensor, *args, **kwargs)
+            if name == "token_embd.weight":
+                original(self, "rope_factors_long.weight", np.ones(8, dtype=np.float32))
+        mp.setattr(gguf.GGUFWriter, "add_tensor", add_factors)
+        path = write_family_gguf(tmp_path / "phi3.gguf", "phi3")
+    with pytest.raises(ExportError, match=r"tensor rope_factors_long\.weight holds LongRoPE factors .*Phi-3.*plain "
+                                          r"and linearly scaled RoPE only"):
         read_gguf(path)
 
 
