@@ -135,16 +135,30 @@ def test_the_llm_quantizer_takes_a_family_with_biases_a_scaled_tied_embedding_or
         assert out.abs().max() <= g.config.final_softcap
 
 
-def test_a_sliding_layer_sees_only_its_window(family_gguf):
-    """gemma2's layer 0 slides over 6 positions: switching the window off changes the logits from position 6
-    on, and nothing before it."""
-    model, g = load_llama(family_gguf("gemma2"), max_context=16)
-    assert g.config.sliding_window == 6 and g.config.sliding_layers == (True, False)
-    wide = Llama(dataclasses.replace(g.config, sliding_window=0, sliding_layers=()), max_context=16)
-    wide.load_state_dict(model.state_dict())
-    a, b = _logits(model, PROMPT), _logits(wide.eval(), PROMPT)
-    assert np.array_equal(a[:6], b[:6])
-    assert np.abs(a[6:] - b[6:]).max(-1).min() > 1e-3
+def _window_cases(family_gguf, tmp_path):
+    yield "gemma2", family_gguf("gemma2"), (True, False)
+    # Mistral-style: llama.attention.sliding_window on a llama GGUF slides every layer (an edgerun reading:
+    # llama.cpp ignores the key for llama, so the two agree only on sequences shorter than the window)
+    cfg = dataclasses.replace(family_config("llama", len(tiny_tokenizer()["tokens"])), sliding_window=6)
+    torch.manual_seed(3)
+    model = Llama(cfg, max_context=16)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.2)
+    yield "llama", write_gguf(model, tmp_path / "mistral-like.gguf", tokenizer=tiny_tokenizer()), ()
+
+
+def test_a_sliding_layer_sees_only_its_window(family_gguf, tmp_path):
+    """gemma2's layer 0 (and every layer of a llama GGUF that gives a window) slides over 6 positions:
+    switching the window off changes the logits from position 6 on, and nothing before it."""
+    for arch, path, flags in _window_cases(family_gguf, tmp_path):
+        model, g = load_llama(path, max_context=16)
+        assert (g.config.architecture, g.config.sliding_window, g.config.sliding_layers) == (arch, 6, flags)
+        wide = Llama(dataclasses.replace(g.config, sliding_window=0, sliding_layers=()), max_context=16)
+        wide.load_state_dict(model.state_dict())
+        a, b = _logits(model, PROMPT), _logits(wide.eval(), PROMPT)
+        assert np.array_equal(a[:6], b[:6]), arch
+        assert np.abs(a[6:] - b[6:]).max(-1).min() > 1e-3, arch
 
 
 # ------------------------------------------------------------------------------ against llama.cpp
