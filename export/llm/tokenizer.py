@@ -503,11 +503,29 @@ class _Budget:
             raise TemplateBudgetExceeded(f"{what} would make a value of {n} characters or items (the limit is "
                                          f"{self.max_chars})")
 
+    def size(self, value: Any) -> int:
+        """Characters and items of ``value`` counted through its containers, every reference counted (a
+        list of one long string repeated is as large as it prints); stops counting past the limit."""
+        total, stack = 0, [value]
+        while stack and total <= self.max_chars:
+            v = stack.pop()
+            if isinstance(v, (str, bytes)):
+                total += len(v)
+            elif isinstance(v, dict):
+                total += len(v)
+                stack.extend(v.keys())
+                stack.extend(v.values())
+            elif isinstance(v, (list, tuple, set, frozenset)):
+                total += len(v)
+                stack.extend(v)
+            elif isinstance(v, int) and not isinstance(v, bool) and v.bit_length() > MAX_INT_BITS:
+                raise TemplateBudgetExceeded(f"an integer of {v.bit_length()} bits")
+            else:
+                total += 1
+        return total
+
     def check(self, value: Any, what: str = "a value") -> Any:
-        if isinstance(value, (str, bytes, list, tuple, dict, set, frozenset)):
-            self.allow(len(value), what)
-        elif isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > MAX_INT_BITS:
-            raise TemplateBudgetExceeded(f"{what} is an integer of {value.bit_length()} bits")
+        self.allow(self.size(value), what)
         return value
 
     def format(self, fmt: Any, args: Iterable[Any], what: str) -> None:
@@ -588,7 +606,9 @@ def _check_filter(budget: _Budget, name: str, args: list, kwargs: dict) -> None:
         budget.allow(len(value) + (value.count("\n") + 1) * max(n, 0), "the filter 'indent'")
     elif name in ("batch", "slice"):
         n = arg(1, "linecount" if name == "batch" else "slices", 1)
-        budget.allow(n if isinstance(n, int) else 0, f"the filter {name!r}")
+        n = n if isinstance(n, int) else 0
+        budget.allow(n, f"the filter {name!r}")
+        budget.allow(n * budget.size(arg(2, "fill_with")), f"the filter {name!r}")
     elif name in ("tojson", "pprint"):
         indent = arg(1, "indent", 0)
         if isinstance(indent, int):
@@ -622,6 +642,7 @@ def _guard_filter(budget: _Budget, name: str, f: Callable) -> Callable:
 
         lead = 1 if args and isinstance(args[0], (EvalContext, Context, Environment)) else 0
         rest = list(args[lead:])
+        budget.allow(budget.size(rest) + budget.size(kwargs), f"the filter {name!r}")
         _check_filter(budget, name, rest, kwargs)
         return budget.check(f(*args[:lead], *rest, **kwargs), f"the filter {name!r}")
     return call
@@ -642,14 +663,14 @@ def _bounded_env(budget: _Budget):
             seqs = (str, list, tuple)
             if operator == "*":
                 if isinstance(left, seqs) and isinstance(right, int):
-                    budget.allow(len(left) * max(right, 0), "'*'")
+                    budget.allow(budget.size(left) * max(right, 0), "'*'")
                 elif isinstance(right, seqs) and isinstance(left, int):
-                    budget.allow(len(right) * max(left, 0), "'*'")
+                    budget.allow(budget.size(right) * max(left, 0), "'*'")
                 elif isinstance(left, int) and isinstance(right, int):
                     if left.bit_length() + right.bit_length() > MAX_INT_BITS:
                         raise TemplateBudgetExceeded("'*' would make an integer too large")
             elif operator == "+" and isinstance(left, seqs) and isinstance(right, seqs):
-                budget.allow(len(left) + len(right), "'+'")
+                budget.allow(budget.size(left) + budget.size(right), "'+'")
             elif operator == "**" and isinstance(left, int) and isinstance(right, int) and abs(left) > 1:
                 if right > 0 and left.bit_length() * right > MAX_INT_BITS:
                     raise TemplateBudgetExceeded("'**' would make an integer too large")
@@ -674,8 +695,11 @@ def _bounded_env(budget: _Budget):
                 budget.check(a, "an argument")
             return budget.check(super().call(__context, __obj, *args, **kwargs), "a call")
 
-    env = BoundedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    # finalize: every value a {{ }} prints is sized before it is turned into text
+    env = BoundedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                             finalize=lambda value: budget.check(value, "a printed value"))
     env.filters = {name: _guard_filter(budget, name, f) for name, f in env.filters.items()}
+    env.globals.pop("lipsum", None)   # lipsum(n) writes n paragraphs: no chat template needs it
 
     def bounded_range(*args):
         r = range(*args)
@@ -699,9 +723,10 @@ def _bounded_env(budget: _Budget):
 
 
 class _Watchdog:
-    """Raises :class:`TemplateBudgetExceeded` in this thread after ``seconds`` (and again every
-    :attr:`AGAIN` seconds until the render ends), even inside a loop that calls none of the sandbox's
-    hooks: CPython's asynchronous exceptions. Elsewhere the hooks' own clock checks are the bound."""
+    """Runs a function and raises :class:`TemplateBudgetExceeded` in its thread after ``seconds`` (and
+    again every :attr:`AGAIN` seconds until it returns), even inside a loop that calls none of the
+    sandbox's hooks: CPython's asynchronous exceptions. Elsewhere the hooks' own clock checks are the
+    bound."""
 
     AGAIN = 0.25
 
@@ -728,26 +753,34 @@ class _Watchdog:
             self.api(ctypes.c_ulong(self.ident), ctypes.py_object(TemplateBudgetExceeded))
             self._arm(self.AGAIN)
 
-    def __enter__(self) -> "_Watchdog":
+    def _disarm(self) -> None:
+        import ctypes
+
+        # The exception may arrive while this runs: then finish again (the next one is AGAIN away), so
+        # that nothing is left armed or pending once the function is over.
+        for _ in range(3):
+            try:
+                with self.lock:
+                    self.done = True
+                    if self.timer is not None:
+                        self.timer.cancel()
+                    if self.fired:  # perhaps raised but not yet delivered: withdraw it
+                        self.api(ctypes.c_ulong(self.ident), None)
+                return
+            except TemplateBudgetExceeded:
+                continue
+
+    def run(self, fn: Callable[[], Any]) -> Any:
         try:
             import ctypes
             self.api = ctypes.pythonapi.PyThreadState_SetAsyncExc
         except (ImportError, AttributeError):
-            return self
-        self._arm(self.seconds)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.api is None:
-            return
-        import ctypes
-
-        with self.lock:
-            self.done = True
-            if self.timer is not None:
-                self.timer.cancel()
-            if self.fired:  # perhaps raised but not yet delivered: withdraw it
-                self.api(ctypes.c_ulong(self.ident), None)
+            return fn()
+        try:   # armed inside the try: whatever arrives, the finally disarms
+            self._arm(self.seconds)
+            return fn()
+        finally:
+            self._disarm()
 
 
 def render_chat(template: str, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True,
@@ -768,18 +801,22 @@ def render_chat(template: str, messages: Sequence[Mapping[str, Any]], *, add_gen
     budget = _Budget(limit, seconds)
     out: list[str] = []
     size = 0
+
+    def render() -> str:
+        nonlocal size
+        env = _bounded_env(budget)
+        compiled = env.from_string(template)
+        for chunk in compiled.generate(messages=[dict(m) for m in messages],
+                                       add_generation_prompt=add_generation_prompt,
+                                       bos_token=bos_token, eos_token=eos_token, **extra):
+            size += len(chunk)
+            budget.allow(size, "the output")
+            budget.tick()
+            out.append(chunk)
+        return "".join(out)
+
     try:
-        with _Watchdog(seconds):
-            env = _bounded_env(budget)
-            compiled = env.from_string(template)
-            for chunk in compiled.generate(messages=[dict(m) for m in messages],
-                                           add_generation_prompt=add_generation_prompt,
-                                           bos_token=bos_token, eos_token=eos_token, **extra):
-                size += len(chunk)
-                budget.allow(size, "the output")
-                budget.tick()
-                out.append(chunk)
-            return "".join(out)
+        return _Watchdog(seconds).run(render)
     except TemplateBudgetExceeded as exc:
         why = str(exc) or f"it ran for more than {seconds:g} s"
         raise ArtifactError(f"{source} was refused: {why}.", stage="chat template",
