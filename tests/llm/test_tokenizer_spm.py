@@ -19,12 +19,14 @@ from edgerun.core.errors import ExportError
 from edgerun.export.llm import tokenizer as T
 from edgerun.export.llm.gguf_model import read_gguf
 from edgerun.export.llm.tokenizer import build_spm_tokenizer, encode, save_tokenizer, tokenizer_from_gguf
-from tiny_tokenizers import (CHAT_CONTROL, MIXED, SPACE, USER_TOKEN, spm_from_sentencepiece, spm_from_tokenizers,
-                             write_tokenizer_gguf)
+from tiny_tokenizers import (CHAT_CONTROL, MIXED, SPACE, USER_TOKEN, gemma_like, spm_from_sentencepiece,
+                             spm_from_tokenizers, write_tokenizer_gguf)
 
 #: the mixed text with a control token and a user-defined token inside, and specials at the edges
 SPECIAL_TEXT = f"<s>{CHAT_CONTROL[0]}\nHi there{CHAT_CONTROL[2]}\n{CHAT_CONTROL[1]} x{USER_TOKEN}y {USER_TOKEN} z</s>"
-TEXTS = (MIXED, MIXED[:60] + CHAT_CONTROL[2] + MIXED[60:], SPECIAL_TEXT, "", " ", "  leading", "\n\n", "a", "日本")
+GEMMA_TEXT = "<start_of_turn>user\n<h1>Title</h1>\n\n\n     x\t\t\t\ty<end_of_turn>\n<start_of_turn>model\n"
+TEXTS = (MIXED, MIXED[:60] + CHAT_CONTROL[2] + MIXED[60:], SPECIAL_TEXT, GEMMA_TEXT, "", " ", "  leading", "\n\n",
+         "a", "日本")
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +41,7 @@ def variants(spm_spec, tmp_path_factory):
     d = tmp_path_factory.mktemp("spm")
     return {name: write_tokenizer_gguf(d / f"{name}.gguf", spec) for name, spec in {
         "llama": spm_spec,
-        "gemma-like": spm_spec.replace(add_space_prefix=False, add_bos=True),
+        "gemma-like": gemma_like(spm_spec),
         "eos": spm_spec.replace(add_bos=False, add_eos=True),
     }.items()}
 
@@ -233,3 +235,32 @@ def test_a_vocabulary_over_the_bound_is_refused_before_it_is_read(spm_spec, monk
     monkeypatch.setattr(T, "MAX_TOKEN_BYTES", 4)
     with pytest.raises(ExportError, match=r"token \d+ is \d+ bytes long; edgerun accepts tokens of at most 4"):
         tokenizer_from_gguf(gguf)
+
+
+# ----------------------------------------------------------------------------- what generate feeds the device
+def _artifact_tokenizer(path, tmp_path, template=None):
+    """edgerun.llm's ArtifactTokenizer over the tokenizer.json an export of ``path`` would write."""
+    import dataclasses
+
+    from edgerun.llm import ArtifactTokenizer
+
+    tok, facts = _load(path)
+    sha = save_tokenizer(tok, tmp_path / "tokenizer.json")
+    facts = dataclasses.replace(facts, sha256=sha, chat_template=template)
+    manifest = types.SimpleNamespace(dir=tmp_path, file=lambda rel, where: tmp_path / rel,
+                                     llm=types.SimpleNamespace(tokenizer=facts))
+    return ArtifactTokenizer(manifest)
+
+
+@pytest.mark.parametrize("variant", ["llama", "eos"])
+def test_the_prompt_ids_generate_sends_are_llama_cpps(variants, variant, tmp_path, llamacpp):
+    at = _artifact_tokenizer(variants[variant], tmp_path)
+    for text in (MIXED, SPECIAL_TEXT[3:]):
+        assert at.encode(text) == llamacpp.tokenize(variants[variant], text)
+
+
+def test_a_chat_prompt_gets_one_bos_whether_or_not_the_template_writes_it(variants, tmp_path):
+    plain = _artifact_tokenizer(variants["llama"], tmp_path, template="{{ messages[0]['content'] }}")
+    with_bos = _artifact_tokenizer(variants["llama"], tmp_path, template="{{ bos_token }}{{ messages[0]['content'] }}")
+    assert plain.encode("hi", chat=True) == with_bos.encode("hi", chat=True) == plain.encode("hi")
+    assert plain.encode("hi")[0] == 1 and plain.encode("hi")[1] != 1

@@ -109,6 +109,20 @@ def spm_from_tokenizers(vocab_size: int = 600) -> TokenizerSpec:
     return _llama_layout(pieces, chars)
 
 
+#: what Gemma's GGUFs add to a SentencePiece vocabulary: user-defined runs of newlines, spaces and tabs
+#: (llama.cpp's converter writes their ``▁`` back as spaces) and HTML tags, and turn control tokens
+GEMMA_USER_DEFINED = ("\n\n", "  ", "   ", "    ", "\t\t\t", "<h1>", "</h1>")
+GEMMA_CONTROL = ("<start_of_turn>", "<end_of_turn>")
+
+
+def gemma_like(spec: TokenizerSpec) -> TokenizerSpec:
+    """``spec`` as Gemma's tokenizer is: no space prefix, Gemma's user-defined and turn tokens added."""
+    extra = list(GEMMA_USER_DEFINED) + list(GEMMA_CONTROL)
+    return spec.replace(tokens=spec.tokens + extra, scores=spec.scores + [0.0] * len(extra),
+                        types=spec.types + [USER_DEFINED] * len(GEMMA_USER_DEFINED) + [CONTROL] * len(GEMMA_CONTROL),
+                        add_space_prefix=False, add_bos=True)
+
+
 def spm_from_sentencepiece(vocab_size: int = 500, workdir: Path | None = None) -> TokenizerSpec | None:
     """The same trained by the ``sentencepiece`` library (BPE with byte fallback, identity normalization,
     whitespace kept: as Llama's tokenizer.model is); ``None`` without the library."""
