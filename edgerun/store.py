@@ -31,7 +31,7 @@ from edgerun.core.errors import EdgerunError, StoreError, StoreLocked, UnknownRu
 from edgerun.core.paths import edgerun_home
 from edgerun.devices.info import DeviceInfo
 from edgerun.runtime.columns import STORED, device_label
-from edgerun.runtime.record import RunRecord
+from edgerun.runtime.record import MAX_RECORD_BYTES, RecordInvalid, RunRecord, check_record_dict, check_run_id
 
 STORE_FILENAME = "results.sqlite"
 
@@ -497,18 +497,25 @@ def _read_kept(run_dir: Path) -> dict:
         raise UsageError(f"{run_dir} has no {RECORD_FILENAME} to import.",
                          hint="Pass run directories whose record could not be stored (the error named them).")
     try:
+        size = path.stat().st_size
+        if size > MAX_RECORD_BYTES:
+            raise RecordInvalid(f"{path} is {size:,} bytes; a run record is at most {MAX_RECORD_BYTES:,}.",
+                                hint="This is not a record edgerun wrote; nothing was imported.")
         d = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise UsageError(f"{path} is not a readable record ({exc}).") from exc
     if not isinstance(d, dict) or not d.get("run_id"):
         raise UsageError(f"{path} is not a run record (no run_id).")
+    check_run_id(d["run_id"], str(path))
     return d
 
 
 def import_runs(store: Store, run_dirs: Iterable[str | Path]) -> list[dict]:
     """Store the records kept in run directories (``record.json``); a run id already stored is skipped.
 
-    Every directory is read before anything is saved, so a bad one imports nothing. Returns one
+    Every directory is read and its record validated like runner output (types, ranges, finite numbers,
+    source labels, plain text: :func:`~edgerun.runtime.record.check_record_dict`) before anything is
+    saved, so a bad one imports nothing. Returns one
     ``{"run_dir", "run_id", "status": "imported" | "skipped", "reason"}`` per directory.
     """
     dirs = [Path(p) for p in run_dirs]
@@ -522,6 +529,8 @@ def import_runs(store: Store, run_dirs: Iterable[str | Path]) -> list[dict]:
         if "samples" not in d or "latency" not in d:  # a pointer written after a successful save
             records.append((run_dir, d["run_id"], None))
             continue
+        where = str(run_dir / RECORD_FILENAME if run_dir.is_dir() else run_dir)
+        check_record_dict(d, where)  # validated like runner output, before anything is stored
         try:
             records.append((run_dir, d["run_id"], RunRecord.from_dict(d)))
         except (KeyError, TypeError, ValueError) as exc:

@@ -13,14 +13,16 @@ and HTML tables are printed from; :func:`compare_records` compares two records.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import logging
 import math
+import re
 import secrets
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Mapping
 
-from edgerun.core.errors import AnalysisError
+from edgerun.core.errors import AnalysisError, UsageError
 from edgerun.devices.info import DeviceInfo
 from edgerun.runtime import columns as _columns
 from edgerun.runtime.accuracy import AccuracyResult
@@ -313,6 +315,196 @@ class RunRecord:
             training=TrainingMetrics.from_dict(d["training"]) if d.get("training") else None,
             record_version=d.get("record_version", RECORD_VERSION),
         )
+
+
+# ------------------------------------------------------------------- an imported record, checked
+class RecordInvalid(UsageError):
+    """A record from outside (``runs import``) that is not what edgerun writes: the field is named."""
+
+    default_stage = "import"
+
+
+MAX_RECORD_BYTES = 256 << 20     # a record.json larger than this is not read
+MAX_TEXT = 1 << 20               # characters of one text field (generated LLM text is the longest)
+MAX_ITEMS = 20_000_000           # entries of one list (samples, loss curve, token ids)
+MAX_INT = (1 << 63) - 1
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+#: numbers that may be negative (everything else -- times, sizes, counts, rates, losses -- may not)
+_SIGNED = frozenset({"drift", "temperature_c", "snr_db", "cosine"})
+#: numbers that are fractions of one
+_FRACTIONS = frozenset({"accuracy", "task_accuracy", "top1_agreement"})
+
+
+def _bad(where: str, path: str, problem: str) -> RecordInvalid:
+    return RecordInvalid(f"{where}: field {path} {problem}.",
+                         hint="edgerun did not write this record, or it was edited: fix or remove the field (or "
+                              "measure again); nothing was imported.")
+
+
+def _check_text(v: str, where: str, path: str) -> None:
+    from edgerun.core.text import sanitize_text
+
+    if len(v) > MAX_TEXT:
+        raise _bad(where, path, f"is {len(v):,} characters long (at most {MAX_TEXT:,})")
+    if sanitize_text(v) != v:
+        bad = sorted(repr(c) for c in set(v) if sanitize_text(c) != c)[:5]
+        raise _bad(where, path, f"holds terminal escapes or control characters ({' '.join(bad)}); expected "
+                                "plain text")
+
+
+def _check_number(v: Any, name: str, where: str, path: str, *, integer: bool) -> None:
+    if isinstance(v, bool) or not isinstance(v, (int,) if integer else (int, float)):
+        raise _bad(where, path, f"is {type(v).__name__} {v!r:.40}; expected {'an integer' if integer else 'a number'}")
+    if integer and not -MAX_INT <= v <= MAX_INT:
+        raise _bad(where, path, f"is {v}, out of range")
+    if not integer and not math.isfinite(v) and not (name == "snr_db" and not math.isnan(v)):
+        raise _bad(where, path, f"is {v}; expected a finite number")
+    if v < 0 and name not in _SIGNED:
+        raise _bad(where, path, f"is {v}; expected a number >= 0")
+    if name in _FRACTIONS and not 0 <= v <= 1:
+        raise _bad(where, path, f"is {v}; expected a fraction in [0, 1]")
+    if name == "cosine" and not -1.0001 <= v <= 1.0001:
+        raise _bad(where, path, f"is {v}; expected a cosine in [-1, 1]")
+
+
+def _check_any(v: Any, where: str, path: str, depth: int = 0) -> None:
+    """A free-form JSON value (settings, build flags, a request): bounded, finite, plain text."""
+    if depth > 16:
+        raise _bad(where, path, "nests deeper than 16 levels")
+    if v is None or isinstance(v, bool):
+        return
+    if isinstance(v, (int, float)):
+        if isinstance(v, float) and not math.isfinite(v):
+            raise _bad(where, path, f"is {v}; expected a finite number")
+        return
+    if isinstance(v, str):
+        return _check_text(v, where, path)
+    if isinstance(v, list):
+        if len(v) > MAX_ITEMS:
+            raise _bad(where, path, f"has {len(v):,} entries (at most {MAX_ITEMS:,})")
+        for i, x in enumerate(v):
+            _check_any(x, where, f"{path}[{i}]", depth + 1)
+        return
+    if isinstance(v, dict):
+        for k, x in v.items():
+            _check_text(str(k), where, f"{path} (a key)")
+            _check_any(x, where, f"{path}.{k}", depth + 1)
+        return
+    raise _bad(where, path, f"is {type(v).__name__}; expected JSON")
+
+
+def _check_value(v: Any, tp: Any, name: str, where: str, path: str) -> None:
+    import types
+    import typing
+
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any or tp is object:
+        return _check_any(v, where, path)
+    if origin in (typing.Union, types.UnionType):
+        if v is None:
+            if type(None) in args or name == "snr_db":
+                return
+            raise _bad(where, path, "is null; expected a value")
+        options = [a for a in args if a is not type(None)]
+        errors = []
+        for a in options:
+            try:
+                return _check_value(v, a, name, where, path)
+            except RecordInvalid as exc:
+                errors.append(exc)
+        raise errors[0]
+    if v is None:
+        if name == "snr_db":  # strict JSON carries a bit-exact output's +inf as null
+            return
+        raise _bad(where, path, "is null; expected a value")
+    if dataclasses.is_dataclass(tp):
+        return check_fields(v, tp, where, path)
+    if tp is bool:
+        if not isinstance(v, bool):
+            raise _bad(where, path, f"is {type(v).__name__} {v!r:.40}; expected true or false")
+        return
+    if tp is int or tp is float:
+        return _check_number(v, name, where, path, integer=tp is int)
+    if tp is str:
+        if not isinstance(v, str):
+            raise _bad(where, path, f"is {type(v).__name__} {v!r:.40}; expected text")
+        return _check_text(v, where, path)
+    if origin in (tuple, list) or tp in (tuple, list) or origin is typing.Sequence or str(origin).endswith("Sequence'>"):
+        if not isinstance(v, list):
+            raise _bad(where, path, f"is {type(v).__name__}; expected a list")
+        if len(v) > MAX_ITEMS:
+            raise _bad(where, path, f"has {len(v):,} entries (at most {MAX_ITEMS:,})")
+        if args and args[-1] is not Ellipsis:  # a fixed tuple: (step, loss)
+            if len(v) != len(args):
+                raise _bad(where, path, f"has {len(v)} entries; expected {len(args)}")
+            for i, (x, a) in enumerate(zip(v, args)):
+                _check_value(x, a, name, where, f"{path}[{i}]")
+            return
+        item = args[0] if args else Any
+        for i, x in enumerate(v):
+            _check_value(x, item, name, where, f"{path}[{i}]")
+        return
+    if origin in (dict,) or tp is dict or "Mapping" in str(origin or tp):
+        if not isinstance(v, dict):
+            raise _bad(where, path, f"is {type(v).__name__}; expected an object")
+        return _check_any(v, where, path)
+    return _check_any(v, where, path)
+
+
+def check_fields(d: Any, cls: type, where: str, path: str) -> None:
+    """``d`` (parsed JSON) against the dataclass ``cls``, field by field, from its type annotations: every
+    field without a default present, each of its type, numbers finite and (but for a few) >= 0, text
+    without terminal escapes and bounded; keys it does not know are ignored (they are not imported)."""
+    import typing
+
+    if not isinstance(d, dict):
+        raise _bad(where, path or "(the record)", f"is {type(d).__name__}; expected an object")
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        sub = f"{path}.{f.name}" if path else f.name
+        if f.name not in d:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise _bad(where, sub, "is missing")
+            continue
+        _check_value(d[f.name], hints[f.name], f.name, where, sub)
+
+
+def check_run_id(run_id: Any, where: str) -> None:
+    """A run id from outside: letters, digits, ``.``, ``_``, ``-`` (it names directories and rows)."""
+    if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
+        raise _bad(where, "run_id", f"is {run_id!r:.80}; expected letters, digits, '.', '_' or '-' (at most 64)")
+
+
+def check_record_dict(d: Any, where: str) -> None:
+    """Refuse (:class:`RecordInvalid`, exit 2) a record from outside that is not one edgerun writes, naming
+    the field: schema version, types, ranges, finite numbers, source labels, bounded sizes, plain text, and
+    statistics that agree with the samples they are derived from."""
+    check_fields(d, RunRecord, where, "")
+    v = d.get("record_version", RECORD_VERSION)
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= RECORD_VERSION:
+        raise _bad(where, "record_version", f"is {v!r}; this edgerun reads record versions 1..{RECORD_VERSION}")
+    check_run_id(d["run_id"], where)
+    try:
+        _dt.datetime.fromisoformat(d["created_at"])
+    except ValueError:
+        raise _bad(where, "created_at", f"is {d['created_at']!r}; expected an ISO 8601 time") from None
+    labels = [("source", d["source"]), *((f"memory.sources.{k}", x) for k, x in d["memory"].get("sources", {}).items())]
+    if d.get("accuracy"):
+        labels.append(("accuracy.source", d["accuracy"].get("source")))
+    for path, label in labels:
+        if label not in SOURCES:
+            raise _bad(where, path, f"is {label!r}; expected one of {', '.join(SOURCES)}")
+    timed = sorted(s["execute_ns"] for s in d["samples"] if not s["warmup"])
+    lat = d["latency"]
+    if lat["n"] != len(timed):
+        raise _bad(where, "latency.n", f"is {lat['n']} but the record holds {len(timed)} timed samples")
+    if timed:
+        import numpy as np
+
+        for key, value in (("median_ms", float(np.median(timed)) / 1e6), ("min_ms", timed[0] / 1e6),
+                           ("max_ms", timed[-1] / 1e6)):
+            if not math.isclose(lat[key], value, rel_tol=1e-6, abs_tol=1e-9):
+                raise _bad(where, f"latency.{key}", f"is {lat[key]} but the samples give {value}")
 
 
 # ---------------------------------------------------------------------------------- analyse
