@@ -37,6 +37,21 @@ class DeviceInfo:
     transport: str = "local"
     # the CPU features that decide which kernels pay (see SPEED_FEATURES); None = not readable
     cpu_features: tuple[str, ...] | None = None
+    # The machine's load when it was probed (just before a run), so comparisons can tell a changed
+    # program from a changed machine. ``load_1m``: /proc/loadavg's 1-minute average (runnable tasks;
+    # compare with ``cores``). ``cpu_busy``/``cpu_steal``: the share of all cores' time, over a short
+    # window read from /proc/stat, that was busy (not idle/iowait) / stolen by a hypervisor. For an
+    # emulated device these are the host's.
+    load_1m: float | None = None
+    cpu_busy: float | None = None
+    cpu_steal: float | None = None
+
+    @property
+    def load_per_core(self) -> float | None:
+        """``load_1m`` / ``cores`` (1.0: as many runnable tasks as cores); None when either is unknown."""
+        if self.load_1m is None or not self.cores:
+            return None
+        return self.load_1m / self.cores
 
     def to_json(self) -> dict:
         out = dataclasses.asdict(self)
@@ -67,7 +82,8 @@ class DeviceInfo:
 
 
 _FIELD_KINDS: dict[str, type] = {"cores": int, "mem_total_bytes": int, "mem_available_bytes": int, "freq_khz": int,
-                                 "max_freq_khz": int, "free_bytes": int, "temperature_c": float, "emulated": bool}
+                                 "max_freq_khz": int, "free_bytes": int, "temperature_c": float, "emulated": bool,
+                                 "load_1m": float, "cpu_busy": float, "cpu_steal": float}
 
 
 # The /proc/cpuinfo flags that decide whether int8 (and fp16/bf16) kernels beat fp32 on a CPU. Without an

@@ -1,7 +1,7 @@
 """What a device is: one POSIX sh script run on it, parsed here into a :class:`DeviceInfo`.
 
 The script only reads (``/proc``, ``/sys``, ``uname``, ``lscpu``, ``df``, Android ``getprop``) and
-prints labelled sections; anything unreadable is simply absent and becomes ``None`` -- a probe
+prints labelled sections (``/proc/stat`` twice, a quarter second apart, for the machine's load); anything unreadable is simply absent and becomes ``None`` -- a probe
 never guesses. The same script serves local, ssh, adb and serial-agent devices.
 """
 
@@ -37,6 +37,9 @@ _SECTIONS = [
     ("freq", "cat /sys/devices/system/cpu/cpu0/cpufreq/scaling_cur_freq"),
     ("max_freq", "cat /sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq"),
     ("temp", "cat /sys/class/thermal/thermal_zone0/temp"),
+    ("loadavg", "cat /proc/loadavg"),
+    ("stat1", "head -n 1 /proc/stat"),
+    ("stat2", "sleep 0.25 2>/dev/null || sleep 1; head -n 1 /proc/stat"),
 ]
 
 
@@ -102,6 +105,41 @@ def _cpu_flags(cpuinfo: str) -> list[str] | None:
     return text.split() if text else None
 
 
+def _load_1m(text: str | None) -> float | None:
+    try:
+        value = float(text.split()[0]) if text else None
+    except (ValueError, IndexError):
+        return None
+    return value if value is not None and 0.0 <= value < 1e6 else None
+
+
+def _cpu_shares(first: str | None, second: str | None) -> tuple[float | None, float | None]:
+    """(busy, steal) shares of all cores' time between two ``cpu`` lines of /proc/stat (user nice
+    system idle iowait irq softirq steal ...); None where unreadable or the window is empty."""
+    def fields(line: str | None) -> list[int] | None:
+        parts = (line or "").split()
+        if len(parts) < 5 or parts[0] != "cpu":
+            return None
+        try:
+            return [int(x) for x in parts[1:11]]
+        except ValueError:
+            return None
+
+    a, b = fields(first), fields(second)
+    if a is None or b is None or len(a) != len(b):
+        return None, None
+    d = [y - x for x, y in zip(a, b)]
+    if any(x < 0 for x in d):
+        return None, None
+    # guest and guest_nice (fields 9, 10) are already counted in user and nice
+    total = sum(d[:8])
+    if total <= 0:
+        return None, None
+    idle = d[3] + d[4]
+    steal = d[7] if len(d) > 7 else 0
+    return round((total - idle - steal) / total, 4), (round(steal / total, 4) if len(a) > 7 else None)
+
+
 def _os(sections: dict[str, str]) -> str | None:
     if sections.get("android"):
         return f"Android {sections['android']}"
@@ -136,6 +174,7 @@ def parse_probe(raw: str, *, transport: str) -> DeviceInfo:
     board = s.get("board", "").replace("\x00", "").strip() or None
     flags = _cpu_flags(s.get("cpuinfo", ""))
     arch = arch.split()[0]
+    busy, steal = _cpu_shares(s.get("stat1"), s.get("stat2"))
     return DeviceInfo(
         arch=arch,
         cpu_features=speed_features(arch, flags) if flags is not None else None,
@@ -152,6 +191,9 @@ def parse_probe(raw: str, *, transport: str) -> DeviceInfo:
         temperature_c=temp / 1000.0 if temp is not None else None,
         free_bytes=free,
         transport=transport,
+        load_1m=_load_1m(s.get("loadavg")),
+        cpu_busy=busy,
+        cpu_steal=steal,
     )
 
 

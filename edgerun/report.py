@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import dataclasses
 import html
 import io
 import json
@@ -71,7 +72,71 @@ def comparable_pairs(records: Sequence[RunRecord]) -> list[tuple[RunRecord, RunR
 
 
 def compare_comparable(records: Sequence[RunRecord], **kw) -> list[RunComparison]:
-    return [compare_records(a, b, **kw) for a, b in comparable_pairs(records)]
+    return [compare_runs(a, b, **kw) for a, b in comparable_pairs(records)]
+
+
+# ------------------------------------------------------------------------------- machine conditions
+#: the share of all cores others kept busy just before a run above which it ran on a loaded machine
+BUSY_SHARE = 0.5
+#: ... and the difference in that share between two runs above which they ran under different load
+BUSY_SHARE_DIFFERENCE = 0.3
+#: the same for the 1-minute load average per core (used when the busy share was not read)
+LOAD_PER_CORE = 1.0
+LOAD_PER_CORE_DIFFERENCE = 0.5
+#: CPU time stolen by a hypervisor above which a run's timings measure the neighbours too
+STEAL_SHARE = 0.05
+#: the verdict when the machine's conditions, not only the program, differ between two runs
+VERDICT_CONDITIONS = "conditions differ"
+
+
+def machine_conditions(a: RunRecord, b: RunRecord) -> list[str]:
+    """Sentences saying how the machine's load differed or was too high for a timing comparison of B
+    against A to mean a change of the program (empty when both ran on a quiet machine, or nothing
+    was recorded: records from before the load was probed compare as before)."""
+    notes: list[str] = []
+
+    def pct(x: float) -> str:
+        return f"{x:.0%}"
+
+    da, db = a.device, b.device
+    for r in (a, b):  # the busy share first; the load average lags (it includes the minute before)
+        d = r.device
+        if d.cpu_busy is not None:
+            if d.cpu_busy > BUSY_SHARE:
+                notes.append(f"{r.run_id} ran on a loaded machine: its cores were {pct(d.cpu_busy)} busy just "
+                             "before the run")
+        elif d.load_per_core is not None and d.load_per_core > LOAD_PER_CORE:
+            notes.append(f"{r.run_id} ran on a loaded machine: load average {d.load_1m:.2f} on {d.cores} cores")
+    if da.cpu_busy is not None and db.cpu_busy is not None:
+        if abs(da.cpu_busy - db.cpu_busy) > BUSY_SHARE_DIFFERENCE:
+            notes.append(f"the machine's load differed: cores {pct(da.cpu_busy)} busy before {a.run_id}, "
+                         f"{pct(db.cpu_busy)} before {b.run_id}")
+    elif da.load_per_core is not None and db.load_per_core is not None:
+        if abs(da.load_per_core - db.load_per_core) > LOAD_PER_CORE_DIFFERENCE:
+            notes.append(f"the machine's load differed: load average {da.load_1m:.2f} on {da.cores} cores before "
+                         f"{a.run_id}, {db.load_1m:.2f} on {db.cores} before {b.run_id}")
+    for r, d in ((a, da), (b, db)):
+        if d.cpu_steal is not None and d.cpu_steal > STEAL_SHARE:
+            notes.append(f"{r.run_id} ran while a hypervisor stole {pct(d.cpu_steal)} of the CPU time")
+    return notes
+
+
+def compare_runs(a: RunRecord, b: RunRecord, **kw) -> RunComparison:
+    """:func:`~edgerun.runtime.record.compare_records`, then the machine's conditions: when they make
+    a timing change unmeasurable (:func:`machine_conditions`), a "faster"/"slower" verdict becomes
+    ``conditions differ`` (the U test's own verdict stays in ``latency``) and the comparison is marked
+    unreliable, with the reasons among its warnings."""
+    c = compare_records(a, b, **kw)
+    notes = machine_conditions(a, b)
+    if not notes:
+        return c
+    warnings = [*c.warnings, *notes]
+    verdict = c.verdict
+    if c.latency.verdict in ("faster", "slower"):
+        verdict = VERDICT_CONDITIONS
+        warnings.append(f"the samples say '{c.latency.verdict}', but the machine's load was not the same: "
+                        "re-run both on a quiet machine (or interleaved) before calling it a change")
+    return dataclasses.replace(c, verdict=verdict, reliable=False, warnings=tuple(warnings))
 
 
 def versions_line(records: Sequence[RunRecord]) -> str:

@@ -172,7 +172,7 @@ def print_runs_table(records, *, title: str = "Runs") -> None:
 def print_comparison(c) -> None:
     from edgerun.report import fmt_change, fmt_value
 
-    colour = {"faster": "green", "slower": "red"}.get(c.verdict, "cyan")
+    colour = {"faster": "green", "slower": "red", "conditions differ": "yellow"}.get(c.verdict, "cyan")
     lat = c.latency
     caveat = "" if c.reliable else " [yellow](unreliable: see warnings)[/]"
     out.print(f"[bold]{c.run_b}[/] vs [bold]{c.run_a}[/]: [bold {colour}]{c.verdict}[/]{caveat}  "
@@ -304,17 +304,22 @@ def register(app: typer.Typer) -> None:
         json_out: JsonOpt = False,
         debug: DebugOpt = False,
     ) -> None:
-        """Compare run B against baseline A: U test on the raw samples plus a practical-effect threshold."""
+        """Compare run B against baseline A: U test on the raw samples plus a practical-effect threshold.
+
+        When the machine's load differed between the runs (or was high for either: busy cores, load
+        average, CPU steal, recorded by the device probe before each run) the verdict is "conditions
+        differ" instead of faster/slower, with the reasons among the warnings.
+        """
         holder = {}
 
         def work() -> dict:
-            from edgerun.runtime.record import compare_records
+            from edgerun.report import compare_runs
 
             if not (0 < alpha < 1) or not (0 <= min_effect < 10) or math.isnan(min_effect):
                 raise UsageError("--alpha must be in (0, 1) and --min-effect a fraction such as 0.05.")
             with _open(store) as s:
                 a, b = s.get(run_a), s.get(run_b)
-            holder["c"] = c = compare_records(a, b, alpha=alpha, min_effect=min_effect)
+            holder["c"] = c = compare_runs(a, b, alpha=alpha, min_effect=min_effect)  # machine load too
             return c.to_dict()
 
         execute(work, json_out=json_out, debug=debug, human=lambda _: print_comparison(holder["c"]))
