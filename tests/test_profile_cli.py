@@ -64,7 +64,9 @@ def test_two_real_runs_of_one_artifact_compare_consistently_with_their_samples(c
     if abs(rel) <= 0.10:
         assert c["verdict"] == "no significant change", (medians, c["verdict"])
     else:
-        assert c["verdict"] in ("slower" if rel > 0 else "faster", "no significant change"), (medians, c["verdict"])
+        # on a loaded machine the probe sees it and compare withholds the change ("conditions differ")
+        assert c["verdict"] in ("slower" if rel > 0 else "faster", "no significant change", "conditions differ"), \
+            (medians, c["verdict"])
     assert {m["metric"] for m in c["metrics"]} >= {"median_ms", "p90_ms", "peak_rss_bytes", "pte_bytes"}
 
 
