@@ -376,6 +376,14 @@ class LlamaCpp:
         obj = self._tokenize(gguf, text, add_special=add_special, parse_special=parse_special)
         return _json_ids(obj.get("ids"), f"llama.cpp tokenize of {gguf.name}")
 
+    def vocab(self, gguf: str | Path) -> dict:
+        """llama.cpp's reading of the GGUF's tokenizer: ``{"n_vocab", "bos", "eos", "add_bos", "vocab_type"}``
+        (``vocab_type``: llama.h's ``llama_vocab_type``, 1 SPM, 2 BPE, ...). ``add_bos`` is what llama.cpp
+        does, which is its per-tokenizer default when the GGUF has no ``tokenizer.ggml.add_bos_token``."""
+        gguf = _check_gguf(gguf)
+        obj = self._tokenize(gguf, "", add_special=False, parse_special=False)
+        return {k: obj.get(k) for k in ("n_vocab", "bos", "eos", "add_bos", "vocab_type")}
+
     def _tokenize(self, gguf: Path, text: str, *, add_special: bool, parse_special: bool) -> dict:
         data = text.encode("utf-8")
         if len(data) > MAX_TEXT_BYTES:
