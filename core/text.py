@@ -1,13 +1,18 @@
-"""Text from outside edgerun (a device's stderr, a probe's answers) made safe to print.
+"""Text from outside edgerun (a device's stderr, a probe's answers, a record, a GGUF) made safe to print.
 
 A device is not trusted with the user's terminal: a ``cpu_model`` or an error line may carry
-escape sequences (retitle the window, hide text, rewrite the line with ``\\r``, OSC 8 links).
-:func:`sanitize_text` removes them before the text is printed or put into an error message; the
-raw bytes stay in the run directory.
+escape sequences (retitle the window, hide text, rewrite the line with ``\\r``, OSC 8 links) or
+bidirectional overrides (text that reads differently from what it is). :func:`sanitize_text` removes
+them; the raw bytes stay in the run directory.
+
+It is the one sanitiser, and it is enforced where text leaves edgerun, so no caller has to remember:
+:class:`SanitizingFormatter` is the formatter of the CLI's logging handler (every ``edgerun.*``
+logger), and the CLI's consoles sanitise every string they render (``edgerun.cli._common``).
 """
 
 from __future__ import annotations
 
+import logging
 import re
 
 # Whole escape sequences first (so no "[31m" residue is left), then any control character left.
@@ -18,11 +23,14 @@ _ESCAPES = re.compile(
     r"|\x1b[ -/]*[0-~]?"                  # two-character escapes (ESC c resets the terminal)
     r"|\x9b[0-?]*[ -/]*[@-~]"             # 8-bit CSI
 )
-_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# C0 (but newline and tab), DEL, C1; and the bidirectional embeddings, overrides and isolates
+# (LRE RLE PDF LRO RLO, LRI RLI FSI PDI) with the implicit marks (LRM RLM ALM): "Trojan source" text.
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\u200e\u200f\u061c]")
 
 
 def sanitize_text(text: str | bytes | None) -> str:
-    """``text`` without terminal escape sequences or control characters (newline and tab kept).
+    """``text`` without terminal escape sequences, control characters (newline and tab kept) or
+    bidirectional overrides.
 
     Bytes are decoded as UTF-8 with replacement. Idempotent: ``sanitize_text(sanitize_text(x))``
     equals ``sanitize_text(x)``.
@@ -34,4 +42,12 @@ def sanitize_text(text: str | bytes | None) -> str:
     return _CONTROLS.sub("", _ESCAPES.sub("", text))
 
 
-__all__ = ["sanitize_text"]
+class SanitizingFormatter(logging.Formatter):
+    """A :class:`logging.Formatter` whose every line (message, arguments, exception text) has been
+    through :func:`sanitize_text`: a log call may carry device text without thinking about it."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return sanitize_text(super().format(record))
+
+
+__all__ = ["SanitizingFormatter", "sanitize_text"]

@@ -12,6 +12,10 @@ Each command builds its result as a plain dict inside a ``work`` callable and ha
 * text that is not ours (paths, device output, inventory entries) is printed through rich only as
   :func:`plain` -- sanitised of terminal escapes and markup-escaped, so ``[bold]`` or ``[/]`` in a
   path is printed as it is, never interpreted;
+* and whatever a caller forgets, the exits sanitise: every console of the CLI is a
+  :class:`SafeConsole` (each string it renders -- a print, a table cell, a status -- goes through
+  :func:`~edgerun.core.text.sanitize_text`), and the ``edgerun`` logging handler formats with
+  :class:`~edgerun.core.text.SanitizingFormatter`; ``--json`` output is JSON-escaped;
 * :func:`progress` shows a spinner on a terminal and plain lines on stderr when it is piped.
 """
 
@@ -30,24 +34,54 @@ from rich.console import Console
 from rich.markup import escape
 
 from edgerun.core.errors import EdgerunError, ExitCode
-from edgerun.core.text import sanitize_text
+from edgerun.core.text import SanitizingFormatter, sanitize_text
 
 JsonOpt = Annotated[
     bool, typer.Option("--json", help="Print exactly one JSON object on stdout; logs go to stderr.")
 ]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="On error, also print the traceback.")]
 
-err_console = Console(stderr=True)
+
+
+class SafeConsole(Console):
+    """A rich :class:`~rich.console.Console` that sanitises every string it renders (printed text, table
+    cells, status lines) of terminal escapes, control characters and bidi overrides before markup is
+    parsed: device, record or artifact text printed through it cannot drive the terminal, whether or not
+    the caller remembered :func:`plain`. Rich's own styling is added after, so colours still work."""
+
+    def render_str(self, text: str, **kwargs: Any):
+        return super().render_str(sanitize_text(text), **kwargs)
+
+
+err_console = SafeConsole(stderr=True)
 INTERNAL_ERROR_EXIT = 70
 INTERRUPTED_EXIT = int(ExitCode.INTERRUPTED)
 
 log = logging.getLogger("edgerun")
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A stream handler that writes to whatever ``sys.stderr`` is at the time of each record (the
+    CLI's own, a test runner's capture), not the one that was current when it was made."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def _setup_logging(debug: bool) -> None:
+    """One handler on the ``edgerun`` logger (every room logs below it), on stderr, whose formatter
+    sanitises each line: a warning quoting a device's error cannot carry escapes to the terminal."""
     if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        handler = _StderrHandler()
+        handler.setFormatter(SanitizingFormatter("%(levelname)s %(name)s: %(message)s"))
         log.addHandler(handler)
     log.setLevel(logging.DEBUG if debug else logging.INFO)
     log.propagate = False
@@ -200,6 +234,6 @@ def execute(
     elif human is not None:
         human(result)
     else:
-        Console().print_json(dump_json(result))
+        SafeConsole().print_json(dump_json(result))
     if result.get("ok") is False:
         raise typer.Exit(int(result.get("exit_code", 1)))

@@ -5,14 +5,13 @@ from __future__ import annotations
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from edgerun.runtime.columns import format_bytes
 
-from ._common import DebugOpt, JsonOpt, execute, plain
+from ._common import DebugOpt, JsonOpt, SafeConsole, execute, plain
 
-out = Console()
+out = SafeConsole()
 
 InventoryOpt = Annotated[Optional[str], typer.Option(
     "--inventory", help="Device inventory TOML (default: $EDGERUN_DEVICES, else $EDGERUN_HOME/devices.toml).")]

@@ -6,16 +6,15 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from edgerun.runtime.columns import format_bytes
 
 from . import options as opt
-from ._common import DebugOpt, JsonOpt, err_console, execute
+from ._common import DebugOpt, JsonOpt, SafeConsole, err_console, execute
 
-out = Console()
+out = SafeConsole()
 
 
 def _fmt_num(x, fmt: str = "{:.2f}") -> str:

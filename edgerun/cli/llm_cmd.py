@@ -9,17 +9,16 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 
 from edgerun.core.errors import UsageError
 from edgerun.core.text import sanitize_text
 
 from . import options as opt
-from ._common import DebugOpt, JsonOpt, err_console, execute, plain, progress
+from ._common import DebugOpt, JsonOpt, SafeConsole, err_console, execute, plain, progress
 from .profile_cmd import DeviceOpt, InventoryOpt, _device_list
 from .results_cmd import StoreOpt, record_json
 
-out = Console()
+out = SafeConsole()
 
 
 def _ints(text: str, flag: str) -> tuple[int, ...]:

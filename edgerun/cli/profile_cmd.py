@@ -6,15 +6,14 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 
 from edgerun.core.errors import ExitCode, UsageError
 
 from . import options as opt
-from ._common import DebugOpt, JsonOpt, err_console, execute, plain, progress
+from ._common import DebugOpt, JsonOpt, SafeConsole, err_console, execute, plain, progress
 from .results_cmd import StoreOpt, print_record, print_runs_table, record_json
 
-out = Console()
+out = SafeConsole()
 
 DeviceOpt = Annotated[str, typer.Option(
     "--device", "-d", help="Inventory name or device URI (local://, qemu-aarch64://?cpu=cortex-a76, ssh://user@host, "

@@ -15,7 +15,6 @@ from typing import Annotated, Optional
 
 import typer
 from rich import box
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
@@ -23,10 +22,10 @@ from edgerun.core.errors import UsageError
 from edgerun.runtime.columns import cap_name, device_label, format_ms
 
 from . import options as opt
-from ._common import DebugOpt, JsonOpt, execute
+from ._common import DebugOpt, JsonOpt, SafeConsole, execute
 
 # Tables are wide: when stdout is not a terminal (a pipe, a log file) do not squeeze them to 80 columns.
-out = Console(width=None if sys.stdout.isatty() else 200)
+out = SafeConsole(width=None if sys.stdout.isatty() else 200)
 
 StoreOpt = Annotated[Optional[Path], typer.Option(
     "--store", envvar="EDGERUN_STORE", help="Results store (default: EDGERUN_HOME/results.sqlite).")]

@@ -6,13 +6,12 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from . import options as opt
-from ._common import DebugOpt, JsonOpt, execute, plain, progress
+from ._common import DebugOpt, JsonOpt, SafeConsole, execute, plain, progress
 
-out = Console()
+out = SafeConsole()
 
 
 def _mb(n: int | None) -> str:
@@ -207,9 +206,7 @@ def _run_on_devices(artifact, device, all_devices, inventory, opts, *, vector, e
 
 
 def _show_device_runs(r: dict) -> None:
-    from rich.console import Console
-
-    con = Console()
+    con = SafeConsole()
     for run in r["runs"]:
         ns = run["runner"].get("execute_ns") or []
         med = sorted(ns)[len(ns) // 2] / 1e6 if ns else float("nan")
