@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edgerun.core.errors import UsageError
+from edgerun.core.errors import EdgerunError, UsageError
 
 log = logging.getLogger("edgerun.finetune")
 
@@ -46,8 +46,91 @@ class FinetuneSettings:
     timeout_s: float = 3600.0
     variant: str = "full"
 
+    def __post_init__(self) -> None:
+        """Every option checked before any work (a bad one is exit 2 at once, not after an export)."""
+        import math
 
-def _load_data(spec, settings: FinetuneSettings, sample_shape):
+        if self.method not in ("full", "lora", "mezo"):
+            raise UsageError(f"--method {self.method}: choose full, lora or mezo.")
+        for name, value, lo, hi in (("batch", self.batch, 1, 1 << 16), ("rank", self.lora_rank, 1, 4096),
+                                    ("seq-len", self.seq_len, 1, 1 << 16)):
+            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+                raise UsageError(f"--{name} must be an integer in [{lo}, {hi}], got {value!r}.")
+        if self.export_max_context is not None and not (isinstance(self.export_max_context, int)
+                                                        and 1 <= self.export_max_context <= 1 << 20):
+            raise UsageError(f"--max-context must be an integer in [1, {1 << 20}], got {self.export_max_context!r}.")
+        if self.lora_alpha is not None and not (math.isfinite(self.lora_alpha) and self.lora_alpha > 0):
+            raise UsageError(f"--lora-alpha must be a number > 0, got {self.lora_alpha!r}.")
+        if not (isinstance(self.eval_fraction, (int, float)) and 0 <= self.eval_fraction < 1):
+            raise UsageError(f"the held-out fraction must be in [0, 1), got {self.eval_fraction!r}.")
+        if not (isinstance(self.timeout_s, (int, float)) and math.isfinite(self.timeout_s) and self.timeout_s > 0):
+            raise UsageError(f"--timeout must be a number of seconds > 0, got {self.timeout_s!r}.")
+
+
+#: an array of training data larger than this (decompressed) is refused before it is read
+MAX_DATA_BYTES = 4 << 30
+DATA_KEYS = ("x_train", "y_train", "x_eval", "y_eval")
+
+
+def _npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Shape and dtype of every array in an ``.npz``, read from the headers alone (nothing is
+    decompressed or unpickled); a file that is not an npz is a :class:`UsageError` naming it."""
+    import zipfile
+
+    out = {}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                with zf.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    if version == (1, 0):
+                        shape, _fortran, dtype = np.lib.format.read_array_header_1_0(f)
+                    else:
+                        shape, _fortran, dtype = np.lib.format.read_array_header_2_0(f)
+                out[info.filename[:-4]] = (tuple(shape), dtype)
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise UsageError(f"--data {path}: not a readable .npz of arrays ({type(exc).__name__}: {exc}).",
+                         hint="Write it with numpy.savez(path, x_train=..., y_train=..., x_eval=..., y_eval=...).") from None
+    return out
+
+
+def check_arrays(arrays: dict, where: str, sample_shape, num_classes: int | None) -> None:
+    """Training data as the runner needs it, or a :class:`UsageError` naming ``where``, the array and what
+    was expected: inputs of the model's sample shape, numeric and finite; labels integer class ids in
+    ``[0, num_classes)`` of shape [N], as many as inputs; at least one sample."""
+    for x, y in (("x_train", "y_train"), ("x_eval", "y_eval")):
+        if x not in arrays:
+            continue
+        xa, ya = arrays[x], arrays[y]
+        if xa.dtype.kind not in "fiu" or xa.dtype.itemsize > 8:
+            raise UsageError(f"{where}: {x} holds {xa.dtype}; expected numbers (float32 inputs, or integer token ids).")
+        if xa.ndim < 1 or xa.shape[0] == 0:
+            raise UsageError(f"{where}: {x} is empty (shape {tuple(xa.shape)}); expected at least one sample.")
+        if tuple(xa.shape[1:]) != tuple(sample_shape):
+            raise UsageError(f"{where}: {x} holds samples of shape {tuple(xa.shape[1:])}; the model takes "
+                             f"{tuple(sample_shape)} (one sample, without the batch dimension).")
+        if xa.dtype.kind == "f" and not np.all(np.isfinite(xa)):
+            bad = int(np.count_nonzero(~np.isfinite(xa)))
+            first = int(np.argwhere(~np.isfinite(xa.reshape(len(xa), -1)))[0][0])
+            raise UsageError(f"{where}: {x} holds {bad} NaN or infinite value(s) (the first in sample {first}); "
+                             "training on them gives a NaN loss whatever the learning rate.",
+                             hint="Clean or drop those samples.")
+        if ya.ndim != 1 or ya.dtype.kind not in "iu":
+            raise UsageError(f"{where}: {y} must be integer class labels of shape [N], got {ya.dtype} "
+                             f"{tuple(ya.shape)}.")
+        if len(ya) != len(xa):
+            raise UsageError(f"{where}: {y} has {len(ya)} labels for {len(xa)} samples in {x}; expected one each.")
+        if num_classes is not None and len(ya):
+            lo, hi = int(ya.min()), int(ya.max())
+            if lo < 0 or hi >= num_classes:
+                bad = lo if lo < 0 else hi
+                raise UsageError(f"{where}: {y} holds label {bad}; the model has {num_classes} classes (labels "
+                                 f"0..{num_classes - 1}).", hint="Map the labels onto the model's classes.")
+
+
+def _load_data(spec, settings: FinetuneSettings, sample_shape, num_classes: int | None = None):
     if settings.data_on_device:
         return None
     if settings.data:
@@ -55,29 +138,53 @@ def _load_data(spec, settings: FinetuneSettings, sample_shape):
         if not p.is_file() or p.suffix != ".npz":
             raise UsageError(f"--data {settings.data}: expected an existing .npz with x_train and y_train "
                              "(and x_eval, y_eval for held-out evaluation).")
-        with np.load(p, allow_pickle=False) as z:
-            missing = [k for k in ("x_train", "y_train") if k not in z.files]
-            if missing:
-                raise UsageError(f"--data {p} has no {', '.join(missing)} (it has: {', '.join(z.files) or 'nothing'}).")
-            arrays = {k: z[k] for k in z.files if k in ("x_train", "y_train", "x_eval", "y_eval")}
+        headers = _npz_headers(p)
+        missing = [k for k in ("x_train", "y_train") if k not in headers]
+        if missing:
+            raise UsageError(f"--data {p} has no {', '.join(missing)} (it has: {', '.join(headers) or 'nothing'}).")
+        for k, (shape, dtype) in headers.items():
+            if k not in DATA_KEYS:
+                continue
+            if dtype.hasobject or dtype.kind not in "fiub":
+                raise UsageError(f"--data {p}: {k} holds {dtype}; expected a numeric array (object and pickled "
+                                 "arrays are never loaded).")
+            nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            if nbytes > MAX_DATA_BYTES:
+                raise UsageError(f"--data {p}: {k} would take {nbytes:,} bytes ({shape}); at most "
+                                 f"{MAX_DATA_BYTES:,} is read.")
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files if k in DATA_KEYS}
+        except (ValueError, OSError, EOFError) as exc:
+            raise UsageError(f"--data {p}: an array cannot be read ({type(exc).__name__}: {exc}).") from None
         if ("x_eval" in arrays) != ("y_eval" in arrays):
             raise UsageError(f"--data {p}: x_eval and y_eval go together.")
+        where = f"--data {p}"
     elif spec.dataset is not None:
         split = spec.dataset.load()
         arrays = {"x_train": split["train"][0].numpy(), "y_train": split["train"][1].numpy(),
                   "x_eval": split["test"][0].numpy(), "y_eval": split["test"][1].numpy()}
+        where = f"the dataset of {spec.name}"
     else:
         raise UsageError(f"model {spec.name} has no dataset of its own; give --data FILE.npz (x_train, y_train, "
                          "x_eval, y_eval) or --data-on-device DIR.")
-    for k in ("x_train", "x_eval"):
-        if k in arrays and tuple(arrays[k].shape[1:]) != tuple(sample_shape):
-            raise UsageError(f"--data: {k} holds samples of shape {tuple(arrays[k].shape[1:])}; the model takes "
-                             f"{tuple(sample_shape)} (one sample, without the batch dimension).")
-    for k in ("y_train", "y_eval"):
-        if k in arrays and (arrays[k].ndim != 1 or not np.issubdtype(arrays[k].dtype, np.integer)):
-            raise UsageError(f"--data: {k} must be integer class labels of shape [N], got {arrays[k].dtype} "
-                             f"{tuple(arrays[k].shape)}.")
+    check_arrays(arrays, where, sample_shape, num_classes)
     return arrays
+
+
+def _num_classes(net, example) -> int | None:
+    """The classes of a classifier: the last dimension of its output on the example input."""
+    import torch
+
+    was_training = net.training
+    try:
+        with torch.no_grad():
+            out = net.eval()(*example)
+    except Exception:  # noqa: BLE001 (the export reports a model that does not run; here it only bounds labels)
+        return None
+    finally:
+        net.train(was_training)
+    return int(out.shape[-1]) if isinstance(out, torch.Tensor) and out.ndim >= 1 else None
 
 
 def _text_data(spec, settings: FinetuneSettings):
@@ -149,7 +256,8 @@ def finetune(model: str, device_name: str, request, settings: FinetuneSettings =
     from edgerun.export.llm.zoo import LLMSpec
     from edgerun.export.zoo import get_model
     from edgerun.runtime.deploy import new_run_dir
-    from edgerun.runtime.train import TrainJob, analyse_training, write_data
+    from edgerun.runtime.train import (TrainJob, analyse_training, check_resume, checkpoint_identity, data_hash,
+                                       recover_checkpoint, write_data)
 
     from .cells import CellFailure, check_store, for_each_device, run_cell
 
@@ -180,7 +288,7 @@ def finetune(model: str, device_name: str, request, settings: FinetuneSettings =
     else:
         net, example = spec.build()
         sample_shape = tuple(example[0].shape[1:])
-        arrays = _load_data(spec, settings, sample_shape)
+        arrays = _load_data(spec, settings, sample_shape, _num_classes(net, example))
     if arrays is not None and len(arrays["x_train"]) < settings.batch:
         raise UsageError(f"the training data has {len(arrays['x_train'])} samples, fewer than one batch of "
                          f"{settings.batch}.", hint="Use a smaller --batch.")
@@ -214,9 +322,15 @@ def finetune(model: str, device_name: str, request, settings: FinetuneSettings =
         for name, arr in initial_weights(net, program).items():
             np.save(init / f"{name}.npy", arr)
             weights_in[f"{name}.npy"] = init / f"{name}.npy"
+    identity = checkpoint_identity(request, program_sha256=program.pte_sha256, method=settings.method,
+                                   batch=settings.batch,
+                                   data=data_hash(data_files) if data_files else f"device:{settings.data_on_device}")
+    if settings.resume:  # a checkpoint of another run (program, optimizer, data ...) is refused, naming what differs
+        check_resume(Path(settings.resume), identity, steps=request.steps)
     say(f"training on {device_name}")
     job = TrainJob(request, data=data_files, data_on_device=settings.data_on_device,
-                   resume=Path(settings.resume) if settings.resume else None, weights_in=weights_in)
+                   resume=Path(settings.resume) if settings.resume else None, weights_in=weights_in,
+                   identity=identity)
     runs: list = []
 
     def analyse(run):
@@ -233,8 +347,18 @@ def finetune(model: str, device_name: str, request, settings: FinetuneSettings =
         return record
 
     def work(_name: str, dev) -> list:
-        return [run_cell(program.path, dev, job, analyse, store_path=store_path, variant=settings.variant,
-                         timeout=settings.timeout_s, run_dir=run_dir, on_stdout=on_stdout, on_run=runs.append)]
+        try:
+            return [run_cell(program.path, dev, job, analyse, store_path=store_path, variant=settings.variant,
+                             timeout=settings.timeout_s, run_dir=run_dir, on_stdout=on_stdout, on_run=runs.append)]
+        except EdgerunError as exc:
+            # a killed or failed training: its last checkpoint must not stay behind in the device's work dir
+            saved = None if dev.cancelled else recover_checkpoint(dev, job, run_dir)
+            if saved is not None:
+                path, step = saved
+                exc.hint = ((exc.hint + " ") if exc.hint else "") + (
+                    f"The last checkpoint (step {step}) is saved in {path}: go on from it with the same options "
+                    f"and --resume {path}.")
+            raise
 
     (record,) = for_each_device([device_name], work, inventory=inventory)
     if isinstance(record, CellFailure):

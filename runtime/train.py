@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,6 +162,96 @@ def _remote_data(data_on_device: str) -> dict[str, str]:
     return {name: f"{base}/{name}" for name in DATA_FILES}
 
 
+# ------------------------------------------------------------------- a checkpoint's identity
+#: what a checkpoint must share with the run that resumes it (the runner's checkpoint file cannot say:
+#: it is written beside it on this machine, ``<checkpoint>.json``, whenever a checkpoint is pulled)
+IDENTITY_KEYS = ("program_sha256", "method", "batch", "optimizer", "lr", "momentum", "weight_decay", "grad_accum",
+                 "schedule", "warmup_steps", "seed", "shuffle", "mezo", "mezo_eps", "data")
+MAX_IDENTITY_BYTES = 1 << 16
+
+
+def checkpoint_identity(request: TrainRequest, *, program_sha256: str, method: str, batch: int,
+                        data: str | None) -> dict:
+    """The properties of a training run that its checkpoint carries on: the training program (its hash
+    covers the model, batch and method), the optimizer and every hyper-parameter of the step rule and
+    schedule, the data order (seed, shuffle) and the data (its hash, or the directory on the device)."""
+    r = request
+    return {"program_sha256": program_sha256, "method": method, "batch": batch, "optimizer": r.optimizer,
+            "lr": float(r.lr), "momentum": float(r.momentum), "weight_decay": float(r.weight_decay),
+            "grad_accum": r.grad_accum, "schedule": r.schedule, "warmup_steps": r.warmup_steps, "seed": r.seed,
+            "shuffle": r.shuffle, "mezo": r.mezo, "mezo_eps": float(r.mezo_eps), "data": data}
+
+
+def identity_path(checkpoint: Path) -> Path:
+    return checkpoint.with_name(checkpoint.name + ".json")
+
+
+def write_checkpoint_identity(checkpoint: Path, identity: Mapping[str, Any], step: int | None) -> Path:
+    path = identity_path(checkpoint)
+    path.write_text(json.dumps({"edgerun_checkpoint": 1, **identity, "step": step}, indent=1, sort_keys=True))
+    return path
+
+
+def check_resume(checkpoint: Path, identity: Mapping[str, Any], *, steps: int) -> int | None:
+    """Refuse (:class:`UsageError`) to resume ``checkpoint`` by a run that differs in anything it
+    carries on (each difference named), or one without its identity file; returns its step."""
+    checkpoint = Path(checkpoint)
+    path = identity_path(checkpoint)
+    hint = ("Resume a checkpoint with the options of the run that wrote it (its run record's training settings "
+            "say them), or start afresh without --resume.")
+    if not path.is_file():
+        raise UsageError(f"--resume {checkpoint}: no {path.name} beside it, so edgerun cannot tell which training "
+                         "program, optimizer and data it belongs to (a checkpoint of another run would be resumed "
+                         "silently and train a wrecked model).",
+                         hint="Give the checkpoint.bin of an edgerun run directory (with its checkpoint.bin.json).")
+    try:
+        if path.stat().st_size > MAX_IDENTITY_BYTES:
+            raise ValueError(f"{path.stat().st_size} bytes, more than {MAX_IDENTITY_BYTES}")
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(saved, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--resume {checkpoint}: its {path.name} is unreadable ({exc}).", hint=hint) from None
+    differ = []
+    for key in IDENTITY_KEYS:
+        mine, theirs = identity.get(key), saved.get(key)
+        if mine != theirs and not (isinstance(mine, float) and isinstance(theirs, (int, float))
+                                   and not isinstance(theirs, bool) and math.isclose(mine, theirs, rel_tol=1e-12)):
+            differ.append(f"{key}: the checkpoint's {theirs!r:.80}, this run's {mine!r:.80}")
+    if differ:
+        raise UsageError(f"--resume {checkpoint} comes from another training run; it differs in "
+                         + "; ".join(differ) + ".", hint=hint)
+    step = saved.get("step")
+    step = step if isinstance(step, int) and not isinstance(step, bool) and step >= 0 else None
+    if step is not None and step >= steps:
+        raise UsageError(f"--resume {checkpoint} is at step {step}; --steps {steps} leaves nothing to train.",
+                         hint=f"--steps is the total: give more than {step}.")
+    return step
+
+
+def recover_checkpoint(device, job: "TrainJob", run_dir: Path) -> tuple[Path, int] | None:
+    """After a failed or killed training: the last checkpoint the runner wrote (its ``checkpoint`` lines
+    in ``runner.jsonl``), pulled from the device's work directory into ``run_dir`` with its identity file;
+    ``None`` when there is none (or it cannot be pulled)."""
+    from .protocol import parse_runner_output
+
+    remote = job.where.get("checkpoint")
+    lines = Path(run_dir) / "runner.jsonl"
+    if not remote or not lines.is_file():
+        return None
+    try:
+        marks = parse_runner_output(lines.read_bytes(), exit_code=1).checkpoints
+        if not marks:
+            return None
+        local = Path(run_dir) / "checkpoint.bin"
+        device.pull(remote, local)
+    except Exception:  # noqa: BLE001 (best effort on a device that just failed: the error says what it could)
+        return None
+    if job.identity is not None:
+        write_checkpoint_identity(local, job.identity, marks[-1].step)
+    return local, marks[-1].step
+
+
 @dataclass(frozen=True)
 class TrainJob:
     """The train mode (a :class:`~edgerun.runtime.modes.RunMode`): ``request`` on a training program, with
@@ -180,6 +271,10 @@ class TrainJob:
     data_on_device: str | None = None
     resume: Path | None = None
     weights_in: Mapping[str, Path] | None = None
+    #: :func:`checkpoint_identity` of this run: written beside every checkpoint pulled
+    identity: Mapping[str, Any] | None = None
+    #: where this run's files are on the device (the checkpoint), once it has started
+    where: dict = dataclasses.field(default_factory=dict, compare=False)
 
     def check(self, manifest) -> None:
         if (self.data is None) == (self.data_on_device is None):
@@ -211,6 +306,7 @@ class TrainJob:
 
     def argv(self, ctx: "RunContext") -> list[str]:
         data = {k: v for k, v in ctx.pushed.items() if k in DATA_FILES}
+        self.where["checkpoint"] = ctx.remote("checkpoint.bin")
         return ctx.prefix() + self.request.runner_args(
             data=data, checkpoint=ctx.remote("checkpoint.bin"), weights_out=ctx.remote("weights"),
             resume=ctx.pushed.get("resume"), weights_in=ctx.pushed.get("weights_in"))
@@ -231,6 +327,11 @@ class TrainJob:
                     raise DeviceError(f"the weights file {file} the device wrote is not a .npy array: {exc}",
                                       device=ctx.device.name, stage="pull") from None
         checkpoint = ctx.pull(ctx.remote("checkpoint.bin"), ctx.run_dir / "checkpoint.bin")
+        if self.identity is not None:
+            marks = result.checkpoints
+            tl = result.train
+            step = marks[-1].step if marks else ((tl.start_step if tl else 0) + len(result.steps))
+            write_checkpoint_identity(checkpoint, self.identity, step)
         run.extras.update(weights=weights, checkpoint=checkpoint,
                           data_sha256=data_hash(self.data) if self.data is not None else None)
 

@@ -6,13 +6,12 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 
-from ._common import DebugOpt, JsonOpt, err_console, execute, plain, progress
+from ._common import DebugOpt, JsonOpt, SafeConsole, err_console, execute, plain, progress
 from .profile_cmd import DeviceOpt, InventoryOpt, _device_list
 from .results_cmd import StoreOpt, record_json
 
-out = Console()
+out = SafeConsole()
 
 
 class StepPrinter:
@@ -91,17 +90,17 @@ def register(app: typer.Typer) -> None:
         (`edgerun runs list`, `compare`, `report`). --export-to makes a verified inference artifact of
         the trained weights whose manifest names its lineage.
         """
-        from edgerun.runtime.train import TrainRequest
-
-        request = TrainRequest(steps=steps, lr=lr, optimizer=optimizer,
-                               momentum=momentum if optimizer == "sgd" and method != "mezo" else 0.0,
-                               weight_decay=weight_decay, grad_accum=grad_accum, schedule=lr_schedule,
-                               warmup_steps=warmup_steps, eval_every=eval_every, checkpoint_every=checkpoint_every,
-                               seed=seed, threads=threads, mezo=method == "mezo", mezo_eps=mezo_eps)
-
         def work() -> dict:
             from edgerun.finetune import FinetuneSettings, finetune
+            from edgerun.runtime.train import TrainRequest
 
+            # every option is checked here, before any work: a bad one is exit 2 at once
+            request = TrainRequest(steps=steps, lr=lr, optimizer=optimizer,
+                                   momentum=momentum if optimizer == "sgd" and method != "mezo" else 0.0,
+                                   weight_decay=weight_decay, grad_accum=grad_accum, schedule=lr_schedule,
+                                   warmup_steps=warmup_steps, eval_every=eval_every,
+                                   checkpoint_every=checkpoint_every, seed=seed, threads=threads,
+                                   mezo=method == "mezo", mezo_eps=mezo_eps)
             settings = FinetuneSettings(method=method, batch=batch, freeze=tuple(freeze or ()), lora_rank=rank,
                                         lora_alpha=lora_alpha, lora_targets=tuple(lora_targets or ()),
                                         data=str(data) if data else None, data_on_device=data_on_device,
