@@ -373,7 +373,7 @@ class LlamaCpp:
         ``add_special``: BOS/EOS as the GGUF asks (``tokenizer.ggml.add_bos_token``/``add_eos_token``);
         ``parse_special``: control tokens written in the text (``<|im_start|>``) are matched as tokens."""
         gguf = _check_gguf(gguf)
-        obj = self._tokenize(gguf, text, add_special=add_special, parse_special=parse_special)
+        obj = self._tokenize(gguf, text.encode("utf-8"), add_special=add_special, parse_special=parse_special)
         return _json_ids(obj.get("ids"), f"llama.cpp tokenize of {gguf.name}")
 
     def vocab(self, gguf: str | Path) -> dict:
@@ -381,11 +381,10 @@ class LlamaCpp:
         (``vocab_type``: llama.h's ``llama_vocab_type``, 1 SPM, 2 BPE, ...). ``add_bos`` is what llama.cpp
         does, which is its per-tokenizer default when the GGUF has no ``tokenizer.ggml.add_bos_token``."""
         gguf = _check_gguf(gguf)
-        obj = self._tokenize(gguf, "", add_special=False, parse_special=False)
+        obj = self._tokenize(gguf, b"", add_special=False, parse_special=False)
         return {k: obj.get(k) for k in ("n_vocab", "bos", "eos", "add_bos", "vocab_type")}
 
-    def _tokenize(self, gguf: Path, text: str, *, add_special: bool, parse_special: bool) -> dict:
-        data = text.encode("utf-8")
+    def _tokenize(self, gguf: Path, data: bytes, *, add_special: bool, parse_special: bool) -> dict:
         if len(data) > MAX_TEXT_BYTES:
             raise UsageError(f"a text of {len(data)} bytes to tokenize; one call takes at most {MAX_TEXT_BYTES}.",
                              stage=STAGE)
@@ -439,8 +438,9 @@ class LlamaCpp:
         llama-perplexity's rule (tools/perplexity/perplexity.cpp, ``perplexity()``; edgerun passes
         ``-b ctx`` so one chunk is one decode):
 
-        * The whole file is tokenized once with ``add_special=True, parse_special=False`` (so BOS first
-          when the GGUF's ``add_bos_token`` is set; control-token text is plain text).
+        * The whole file, less one trailing newline (``-f`` drops it), is tokenized once with
+          ``add_special=True, parse_special=False`` (so BOS first when llama.cpp's ``add_bos`` is on for the
+          GGUF -- see :meth:`vocab`; control-token text is plain text).
         * It needs at least ``2 * ctx`` tokens; otherwise it prints no estimate (this raises).
         * ``n_chunks = n_tokens // ctx`` (at most ``chunks``); chunk ``i`` is tokens ``[i*ctx, (i+1)*ctx)``;
           the tail past the last whole chunk is never read. Each chunk starts from an empty KV cache.
@@ -466,8 +466,10 @@ class LlamaCpp:
         if ctx < 4:
             raise UsageError(f"perplexity ctx={ctx}: llama-perplexity needs a context of at least 4 tokens.",
                              stage=STAGE)
-        text = text_file.read_bytes().decode("utf-8", errors="replace")
-        facts = self._tokenize(gguf, text, add_special=True, parse_special=False)
+        data = text_file.read_bytes()
+        if data.endswith(b"\n"):
+            data = data[:-1]  # as llama.cpp's -f does
+        facts = self._tokenize(gguf, data, add_special=True, parse_special=False)
         n_tokens = len(_json_ids(facts.get("ids"), f"llama.cpp tokenize of {text_file.name}"))
         if n_tokens < 2 * ctx:
             raise UsageError(f"{text_file} is {n_tokens} tokens for {gguf.name}; llama-perplexity -c {ctx} needs at "

@@ -137,21 +137,38 @@ def test_tokenization_of_a_mixed_text_equals_edgerun(llamacpp, which, request):
     assert im_start not in llamacpp.tokenize(gguf, MIXED, add_special=False, parse_special=False)
 
 
-def test_perplexity_scores_exactly_the_documented_tokens(llamacpp, tiny_gguf):
-    """llama-perplexity's estimate, recomputed from llama.cpp's own logits by the rule its docstring
-    states (chunks of ctx, BOS replacing each chunk's first token, only the second half scored)."""
+def test_perplexity_scores_exactly_the_documented_tokens(llamacpp, tiny_gguf, tiny_eager, tmp_path):
+    """llama-perplexity's estimate, recomputed from llama.cpp's own logits by the rule the docstring of
+    :meth:`LlamaCpp.perplexity` states (one trailing newline dropped, chunks of ctx, BOS replacing each
+    chunk's first token, only the second half scored). The text is cut so that its trailing newline
+    would complete the last chunk: counted wrongly, the chunk count is off by one."""
+    from edgerun.export.llm.tokenizer import tokenizer_from_gguf
+
     ctx = 32
-    res = llamacpp.perplexity(tiny_gguf, HELDOUT, ctx=ctx)
+    tok, facts = tokenizer_from_gguf(tiny_eager[1])
+    n_bos = 1 if llamacpp.vocab(tiny_gguf)["add_bos"] else 0
+    heldout = HELDOUT.read_text()
+    for cut in range(len(heldout) - 1, 0, -1):
+        body = heldout[:cut]
+        n = len(tok.encode(body).ids) + n_bos
+        if not body.endswith("\n") and n % ctx == ctx - 1 and len(tok.encode(body + "\n").ids) + n_bos == n + 1:
+            break
+    else:
+        pytest.fail(f"no cut of {HELDOUT.name} whose trailing newline completes a {ctx}-token chunk")
+    text_file = tmp_path / "text.txt"
+    text_file.write_text(body + "\n")
+    res = llamacpp.perplexity(tiny_gguf, text_file, ctx=ctx)
     assert math.isfinite(res["ppl"]) and res["ppl"] > 1
-    tokens = llamacpp.tokenize(tiny_gguf, HELDOUT.read_text(), add_special=True, parse_special=False)
-    assert res["n_tokens"] == len(tokens) and res["n_chunks"] == len(tokens) // ctx
+    tokens = llamacpp.tokenize(tiny_gguf, body, add_special=True, parse_special=False)
+    assert res["n_tokens"] == len(tokens) == n
+    assert res["n_chunks"] == len(tokens) // ctx  # (len(tokens) + 1) // ctx had the newline been kept
     assert res["scored_per_chunk"] == ctx - ctx // 2 - 1
-    bos = tokens[0] if res["bos_replaces_first"] else None
+    assert res["bos_replaces_first"] == bool(n_bos)
     nll = []
     for i in range(res["n_chunks"]):
         chunk = tokens[i * ctx:(i + 1) * ctx]
-        if bos is not None:
-            chunk = [bos, *chunk[1:]]
+        if n_bos:
+            chunk = [facts.bos_id, *chunk[1:]]
         logits = llamacpp.logits(tiny_gguf, chunk).astype(np.float64)
         logp = logits - logits.max(1, keepdims=True)
         logp -= np.log(np.exp(logp).sum(1, keepdims=True))
