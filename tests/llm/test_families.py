@@ -219,6 +219,36 @@ def test_each_family_matches_llama_cpp_on_the_same_gguf(family_gguf, llamacpp, a
     assert bad.min() < bound - 10, what
 
 
+@pytest.mark.parametrize("arch,layers", [("gemma2", 46), ("gemma3", 62)])
+def test_gemmas_27b_query_scale_rule_matches_llama_cpp(llamacpp, tmp_path, arch, layers):
+    """llama.cpp scales a Gemma 2/3 of the 27B's depth by (dim / heads) ** -0.5, not head size ** -0.5: a model
+    of that depth (d=64, head size 32 != 64 / 4) must agree with it, and would not without the rule."""
+    tok = tiny_tokenizer()
+    base = family_config(arch, len(tok["tokens"]))
+    period = fam_mod.FAMILIES[arch].default_pattern
+    cfg = dataclasses.replace(base, n_layers=layers, key_length=32, sliding_layers=fam_mod.swa_flags(layers, period))
+    torch.manual_seed(0)
+    model = Llama(cfg, max_context=16)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+            else:
+                p.normal_(0.0, 0.05 if name == "tok_embeddings.weight" else 0.2)
+    path = write_gguf(model, tmp_path / f"{arch}-deep.gguf", tokenizer=tok)
+    loaded, g = load_llama(path, max_context=16)
+    assert g.config.query_scale == (cfg.dim // cfg.n_heads) ** -0.5 != cfg.head_dim ** -0.5
+    ids = PROMPT[:10]
+    ref = llamacpp.logits(path, ids).astype(np.float64)
+    plain = Llama(dataclasses.replace(g.config, attention_scale=0.0), max_context=16)
+    plain.load_state_dict(loaded.state_dict())
+    snr, without = _snr_db(ref, _logits(loaded, ids)), _snr_db(ref, _logits(plain.eval(), ids))
+    print(f"{arch} x{layers}: min SNR {snr.min():.1f} dB; with head size ** -0.5: {without.min():.1f} dB")
+    # GELU's fp16-table error adds up layer by layer: the 2-layer bound less 10 log10(layers / 2) dB
+    bound = MIN_SNR_DB["gelu_tanh"] - 10 * np.log10(layers / 2)
+    assert snr.min() > bound and without.min() < bound - 10
+
+
 # ------------------------------------------------------------------------------------- refusals
 def _write_with(monkeypatch, path: Path, arch: str, *, drop=(), change=None) -> Path:
     """The tiny ``arch`` GGUF with tensors dropped or changed (name -> fn(arr))."""
