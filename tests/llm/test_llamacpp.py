@@ -55,6 +55,32 @@ def test_setup_builds_the_pinned_version():
     assert m and m.group(1) == lc.LLAMA_CPP_PYTHON
 
 
+def test_a_build_is_found_only_while_its_version_flags_and_reference_source_are_current(tmp_path, monkeypatch):
+    """find() never builds: it trusts a build whose stamp equals what would be built now."""
+    import json
+    import shutil
+
+    monkeypatch.setenv("EDGERUN_HOME", str(tmp_path / "home"))
+    build = tmp_path / "home" / "cache" / f"llamacpp-{lc.LLAMA_CPP_PYTHON}" / "build"
+    (build / "bin").mkdir(parents=True)
+    for tool in (lc.REF_TOOL, *lc.TOOLS):
+        (build / "bin" / tool).write_bytes(b"")
+    (build / "edgerun-stamp.json").write_text(json.dumps(lc._stamp()))
+    assert lc.find() is not None and lc.find().paths[lc.REF_TOOL] == build / "bin" / lc.REF_TOOL
+    changed = tmp_path / "native"
+    shutil.copytree(lc.NATIVE, changed)
+    (changed / "llamacpp_ref.cpp").write_text((changed / "llamacpp_ref.cpp").read_text() + "// changed\n")
+    with monkeypatch.context() as m:
+        m.setattr(lc, "NATIVE", changed)
+        assert lc.find() is None  # the reference tool changed: build() must rebuild it
+    with monkeypatch.context() as m:
+        m.setattr(lc, "CMAKE_FLAGS", (*lc.CMAKE_FLAGS, "-DGGML_AVX512=OFF"))
+        assert lc.find() is None
+    assert lc.find() is not None
+    (build / "bin" / "llama-quantize").unlink()
+    assert lc.find() is None
+
+
 def test_greedy_tokens_equal_edgerun_eager(llamacpp, tiny_gguf, tiny_eager):
     from edgerun.export.llm.gguf_model import greedy
 

@@ -82,7 +82,12 @@ bool parse_bool(const char* flag, const char* s) {
 }
 
 Args parse_args(int argc, char** argv) {
-  if (argc < 2) fail(2, "usage: llamacpp-ref tokenize|eval|greedy --model GGUF ... (see the source's header)");
+  if (argc < 2)
+    fail(2,
+         "usage:\n"
+         "  llamacpp-ref tokenize --model GGUF --text-file F [--add-special 0|1] [--parse-special 0|1]\n"
+         "  llamacpp-ref eval --model GGUF --ids-file F --out LOGITS.f32 [--threads T] [--kv-type f32|f16]\n"
+         "  llamacpp-ref greedy --model GGUF --ids-file F -n N [--threads T] [--kv-type f32|f16]");
   Args a;
   a.cmd = argv[1];
   if (a.cmd != "tokenize" && a.cmd != "eval" && a.cmd != "greedy")
