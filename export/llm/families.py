@@ -59,7 +59,8 @@ class Family:
     fused_gate_up: bool = False             # ffn_up holds [gate; up] and there is no ffn_gate
     biases: frozenset = frozenset({"wq", "wk", "wv"})   # linears that may carry a bias (see LINEARS)
     rope_freqs: bool = False                # accepts rope_freqs.weight (Llama 3 frequency factors)
-    rope_must_cover_head: bool = False      # llama.cpp refuses rope.dimension_count != head size (llama)
+    rope_must_cover_head: bool = False      # llama.cpp refuses rope.dimension_count != head size (llama; its
+    #                                         qwen2/qwen3 graphs assert it)
     window: str = "none"                    # "none", "all" (every layer when the key is > 0) or "pattern"
     default_window: int = 0                 # window when the key is absent (0: no sliding layers)
     default_pattern: int = 0                # period n: layer i slides iff i % n < n - 1 (llama.cpp set_swa_pattern)
@@ -76,8 +77,8 @@ _LLAMA_BIASES = frozenset({"wq", "wk", "wv", "wo", "w1", "w2", "w3"})
 FAMILIES: dict[str, Family] = {f.arch: f for f in (
     Family("llama", "Llama 2/3, SmolLM, TinyLlama, Mistral", rope=ROPE_NORM, biases=_LLAMA_BIASES, rope_freqs=True,
            rope_must_cover_head=True, window="all"),
-    Family("qwen2", "Qwen2, Qwen2.5", biases=frozenset({"wq", "wk", "wv", "output"})),
-    Family("qwen3", "Qwen3", qk_norm=True),
+    Family("qwen2", "Qwen2, Qwen2.5", biases=frozenset({"wq", "wk", "wv", "output"}), rope_must_cover_head=True),
+    Family("qwen3", "Qwen3", qk_norm=True, rope_must_cover_head=True),
     Family("gemma", "Gemma", activation="gelu_tanh", embed_scale=True, head_always_tied=True),
     Family("gemma2", "Gemma 2", activation="gelu_tanh", embed_scale=True, head_always_tied=True, post_norms=True,
            window="pattern", default_window=4096, default_pattern=2, attn_softcap=50.0, final_softcap=30.0,

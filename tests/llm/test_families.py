@@ -21,7 +21,7 @@ import torch
 from edgerun.core.errors import ExportError
 from edgerun.export.llm import families as fam_mod
 from edgerun.export.llm.gguf_model import Llama, greedy, load_llama, read_gguf, write_gguf
-from tiny import FAMILIES, family_config, tiny_tokenizer, write_family_gguf
+from tiny import FAMILIES, family_config, random_family_model, tiny_tokenizer, write_family_gguf
 
 #: longer than the 6-token window of gemma2/gemma3's sliding layer, so the window is exercised
 PROMPT = [3, 17, 42, 99, 7, 250, 11, 5, 64, 128, 200, 31]
@@ -247,6 +247,35 @@ def test_gemmas_27b_query_scale_rule_matches_llama_cpp(llamacpp, tmp_path, arch,
     # GELU's fp16-table error adds up layer by layer: the 2-layer bound less 10 log10(layers / 2) dB
     bound = MIN_SNR_DB["gelu_tanh"] - 10 * np.log10(layers / 2)
     assert snr.min() > bound and without.min() < bound - 10
+
+
+@pytest.mark.parametrize("arch", ["phi3", "gemma3"])
+def test_rope_over_part_of_each_head_matches_llama_cpp(llamacpp, tmp_path, arch):
+    """rope.dimension_count 8 of a head's 16 (phi3) or 32 (gemma3): the first 8 dims rotate NeoX-style, the
+    rest pass through, as ggml_rope_ext does."""
+    tok = tiny_tokenizer()
+    whole = random_family_model(arch, len(tok["tokens"]))
+    model = Llama(dataclasses.replace(whole.config, rope_dim=8), max_context=64)
+    model.load_state_dict(whole.state_dict())
+    path = write_gguf(model, tmp_path / f"{arch}-rope8.gguf", tokenizer=tok)
+    loaded, g = load_llama(path, max_context=16)
+    assert g.config.rot == 8 < g.config.head_dim
+    ref = llamacpp.logits(path, PROMPT).astype(np.float64)
+    full = Llama(dataclasses.replace(g.config, rope_dim=0), max_context=16)
+    full.load_state_dict(loaded.state_dict())
+    snr, rotated_whole = _snr_db(ref, _logits(loaded, PROMPT)), _snr_db(ref, _logits(full.eval(), PROMPT))
+    bound = MIN_SNR_DB[g.family.activation]
+    assert snr.min() > bound and rotated_whole.min() < bound - 10
+
+
+def test_partial_rope_is_refused_where_llama_cpp_rotates_whole_heads(tmp_path):
+    tok = tiny_tokenizer()
+    whole = random_family_model("qwen2", len(tok["tokens"]))
+    model = Llama(dataclasses.replace(whole.config, rope_dim=8), max_context=64)
+    path = write_gguf(model, tmp_path / "qwen2-rope8.gguf", tokenizer=tok)
+    with pytest.raises(ExportError, match=r"qwen2\.rope\.dimension_count = 8, but a qwen2 model rotates whole heads "
+                                          r"of 16 dims"):
+        read_gguf(path)
 
 
 # ------------------------------------------------------------------------------------- refusals
