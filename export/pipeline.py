@@ -115,6 +115,20 @@ def _program_loads(program) -> None:
     Runtime.get().load_program(bytes(program.buffer)).load_method("forward")
 
 
+def _program_runs(example):
+    """A check that loads the program's method and executes it once on ``example``: a delegate may
+    refuse its graph at load time, or only when it runs (XNNPACK: "Propagating input shapes failed"),
+    and both must reach the lowering's fallback, not end the export at verification."""
+
+    def check(program) -> None:
+        from executorch.runtime import Runtime
+
+        method = Runtime.get().load_program(bytes(program.buffer)).load_method("forward")
+        method.execute([t.clone() for t in example])
+
+    return check
+
+
 #: a program lowered with nodes kept off the delegate must agree this well with the graph it was
 #: lowered from (the same quantized graph run eagerly: only rounding differs); a wrong cut is far off
 AGREEMENT_COSINE = 0.99
@@ -154,7 +168,7 @@ def _lower(exported, target: Target, scheme: Recipe, example=None):
     """-> :class:`.lowering.Lowered` (the program, the graph it came from, what was kept off the delegate)."""
     label = " + ".join(b.upper() for b in target.backends) or "the delegate"
     return lower(exported, lambda: target.partitioners(scheme), backend_label=label,
-                 load_check=_program_loads if target.backends else None,
+                 load_check=(_program_runs(example) if example else _program_loads) if target.backends else None,
                  agreement_check=_program_agrees(exported, example) if target.backends and example else None)
 
 
