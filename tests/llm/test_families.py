@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -342,7 +343,8 @@ def test_a_missing_tensor_is_refused_naming_it_and_its_shape(tmp_path, monkeypat
 
 
 def test_a_tensor_of_the_wrong_shape_is_refused_with_the_shape_expected(tmp_path, monkeypatch):
-    path = _write_with(monkeypatch, tmp_path / "g2.gguf", "gemma2", change={"blk.0.ffn_down.weight": lambda a: a[:, :96]})
+    path = _write_with(monkeypatch, tmp_path / "g2.gguf", "gemma2",
+                       change={"blk.0.ffn_down.weight": lambda a: a[:, :96]})
     with pytest.raises(ExportError, match=r"g2\.gguf: tensor blk\.0\.ffn_down\.weight has shape \[64, 96\]; the "
                                           r"metadata implies \[64, 128\] \(embedding_length x feed_forward_length\)"):
         read_gguf(path)
@@ -433,7 +435,7 @@ def test_edited_metadata_is_refused_before_any_large_allocation(tmp_path, tiny_g
     for key, (path, words) in cases.items():
         kind, message = got[key]
         assert kind == "ExportError", (key, kind, message)
-        assert Path(path).name in message and __import__("re").search(words, message), (key, message)
+        assert Path(path).name in message and re.search(words, message), (key, message)
     kind, message = got["max_context"]
     assert kind == "ExportError" and "max context 1073741824 is outside 2..256" in message, message
 
