@@ -65,6 +65,8 @@ def test_each_family_reads_back_as_written(family_gguf, tmp_path, arch):
     path = family_gguf(arch)
     model, g = load_llama(path, max_context=32)
     assert g.config == family_config(arch, len(tiny_tokenizer()["tokens"])) and g.family.arch == arch
+    # the count the file-size bound uses is the model's (a tied head once)
+    assert g.config.parameter_count() == sum(p.numel() for p in model.parameters())
     names = set(g.tensors)
     if arch == "phi3":   # fused as llama.cpp's converter writes Phi-3, split at load into the common parts
         assert "blk.0.attn_qkv.weight" in names and "blk.0.attn_q.weight" not in names
