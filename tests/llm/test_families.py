@@ -151,6 +151,30 @@ def _window_cases(family_gguf, tmp_path):
     yield "llama", write_gguf(model, tmp_path / "mistral-like.gguf", tokenizer=tiny_tokenizer()), ()
 
 
+@pytest.mark.parametrize("arch", ["qwen2", "gemma3", "phi3"])
+def test_lora_on_wq_wv_trains_and_merges_for_a_family(family_gguf, arch):
+    """LoRA fine-tuning targets attention.wq/wv: they exist in every family (phi3's split from attn_qkv, qwen2's
+    with biases), gradients reach the adapters through forward_train, and merging keeps the logits."""
+    from edgerun.export.finetune import add_lora, merge_lora
+
+    model, _ = load_llama(family_gguf(arch), max_context=16)
+    lora, chosen = add_lora(model, rank=4, targets=("attention.wq", "attention.wv"))
+    assert sorted(chosen) == sorted(f"layers.{i}.attention.{w}" for i in range(2) for w in ("wq", "wv"))
+    tokens = torch.tensor([PROMPT[:8]])
+    lora.train()
+    loss = torch.nn.functional.cross_entropy(lora.forward_train(tokens)[0, :-1], tokens[0, 1:])
+    loss.backward()
+    trained = [n for n, p in lora.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0]
+    assert trained and all("lora_" in n for n in trained)
+    with torch.no_grad():
+        for n, p in lora.named_parameters():
+            if "lora_b" in n:
+                p.normal_(0.0, 0.05)
+        want = lora.eval().forward_train(tokens)
+        got = merge_lora(lora).forward_train(tokens)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
 def test_a_sliding_layer_sees_only_its_window(family_gguf, tmp_path):
     """gemma2's layer 0 (and every layer of a llama GGUF that gives a window) slides over 6 positions:
     switching the window off changes the logits from position 6 on, and nothing before it."""
