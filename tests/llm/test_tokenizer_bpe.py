@@ -72,6 +72,21 @@ def test_tekken_and_gpt4o_cut_at_case_changes_and_deepseek_isolates_cjk(bpe_spec
     assert _pieces(_tok(bpe_spec, "llama-bpe"), "ab日本語cd") == ["ab日本語cd"]
 
 
+def test_unicode_spaces_split_as_llama_cpps_x0b_stand_in():
+    """llama.cpp's std::regex sees every non-ASCII whitespace character as \\x0b: a class whose range holds
+    one (deepseek's CJK range holds U+2000-U+200A, U+3000) does not match it."""
+    from tokenizers import Regex, pre_tokenizers
+
+    spaces = [0x85, 0xA0, 0x1680, *range(0x2000, 0x200B), 0x2028, 0x2029, 0x202F, 0x205F, 0x3000]
+    for name, spec in BPE_PRE_TOKENIZERS.items():
+        cut = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(r), behavior="isolated") for r in spec.regexes])
+        for cp in spaces:
+            for shape in ("a{}b", " {}", "日{}本", "。{}、", "x{}{}y", "1{}2"):
+                text = shape.format(chr(cp), chr(cp))
+                assert [o for _, o in cut.pre_tokenize_str(text)] == \
+                    [o for _, o in cut.pre_tokenize_str(text.replace(chr(cp), "\x0b"))], (name, hex(cp), shape)
+
+
 def test_ignore_merges_takes_a_whole_word_token_as_is(tmp_path, llamacpp_or_none):
     """'abc' is a token that no merge makes: llama3's pre-tokenizer (ignore_merges) takes the word whole,
     GPT-2's joins what the merges allow."""

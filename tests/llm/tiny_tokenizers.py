@@ -13,7 +13,8 @@
   ``.merges``, ``.pre``, BOS/EOS/UNK ids, ``add_bos_token``/``add_eos_token``/``add_space_prefix``).
 
 :data:`MIXED` is the text the tests tokenize: accents, emoji, CJK, code with tabs, digits, whitespace
-runs, newlines; tests put a control token inside it.
+runs (and Unicode spaces: ideographic, no-break, em, line separator), newlines; tests put a control token
+inside it.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ SPACE = "\u2581"
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
 MIXED = ("The café's crème brûlée costs 12345 € — naïve Ünïcödé!  Emoji: 😀🚀 and 👍🏽.\n"
-         "日本語のテキストと中文字符。한국어 텍스트.\n"
+         "日本語のテキストと中文字符。한국어 텍스트.\u3000全角\u00a0nbsp\u2003em \u2028sep\n"
          "def f(x):\n\treturn x  *  2\t# tab\n\n\n"
          "    four leading spaces,   three inside, trailing   \n"
          "digits 0 7 42 2024 3.14159 1e-9 0x1F; it's they're we'll I'd.\r\nend")
