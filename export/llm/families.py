@@ -17,8 +17,9 @@ What differs between the families, and nothing else, is here:
   of attention scores and/or final logits (gemma2; gemma3's final one only if its GGUF gives it).
 * **Sliding-window layers.** gemma2: window ``attention.sliding_window`` (default 4096) on the layers a
   period-2 pattern names (``attention.sliding_window_pattern`` overrides: a period, or one flag a layer);
-  gemma3: only when the GGUF gives a window, period 6, and its own RoPE base on those layers
-  (``rope.freq_base_swa``, default 10000). ``llama``: every layer, when ``llama.attention.sliding_window``
+  gemma3: only when the GGUF gives a window, period 6, and its own RoPE on those layers (base
+  ``rope.freq_base_swa``, default 10000, and no linear scaling: ``rope.scaling.factor`` applies to the
+  global layers only, as llama.cpp's ``rope_freq_scale_train_swa`` stays 1 for Gemma 3). ``llama``: every layer, when ``llama.attention.sliding_window``
   is given (Mistral v0.1 style) — an edgerun reading: llama.cpp ignores that key for ``llama``, so the two
   agree only on sequences shorter than the window. phi3: llama.cpp disables Phi's window, and so does
   edgerun.
