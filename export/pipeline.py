@@ -48,7 +48,7 @@ from .options import ExportOptions
 from .program import describe_program
 from .recipe import recipe_identity
 from .recipes import RECIPES, Recipe, RecipeChain, RecipeContext
-from .stages import (OnStage, OnStageDone, OnWarning, Plan, Progress, Stage, Work, artifact_dir,
+from .stages import (OnProgress, OnStage, OnStageDone, OnWarning, Plan, Progress, Stage, Work, artifact_dir,
                      prepare_out_dir as _prepare_out_dir, publish as _publish,
                      remove_stale_partials as _remove_stale_partials)
 from .targets import Target, get_target
@@ -474,6 +474,7 @@ def export_model(
     on_stage: OnStage | None = None,
     on_stage_done: OnStageDone | None = None,
     on_warning: OnWarning | None = None,
+    on_progress: OnProgress | None = None,
 ) -> Manifest:
     """Export ``model`` for ``target`` with the recipe ``scheme``; return the manifest (also written to disk).
 
@@ -483,7 +484,8 @@ def export_model(
     ``scheme``: recipe text (``int8``, ``8da4w:group_size=64``, ``prune:amount=0.5+int8``), a recipe or a
     :class:`RecipeChain`; None is the target's default. ``scheme_options`` set options of its quantize
     step. ``on_stage(name)`` / ``on_stage_done(name, seconds)`` report progress; ``on_warning(text)`` is
-    called as soon as a warning is known (they are all in the manifest's ``warnings`` too).
+    called as soon as a warning is known (they are all in the manifest's ``warnings`` too);
+    ``on_progress(name, fraction, detail)`` as a long stage gets on (see :mod:`.stages`).
 
     Raises :class:`UsageError` for a call that cannot be honoured (before any work),
     :class:`ExportError` naming the failed stage, or :class:`VerificationFailed` after the artifact
@@ -491,7 +493,7 @@ def export_model(
     """
     started = time.monotonic()
     options = options or ExportOptions()
-    progress = Progress(on_stage, on_stage_done, on_warning)
+    progress = Progress(on_stage, on_stage_done, on_warning, on_progress)
     with progress.stage("resolve"):
         tgt = get_target(target)
         chain = RecipeChain.of(scheme, default=tgt.default_scheme).with_options(**(scheme_options or {}))

@@ -5,22 +5,31 @@ ExecuTorch's ``export/stages.py`` habit: a :class:`Stage` declares what it needs
 anything heavy runs — so a stage that needs what no earlier stage makes is a programming error found
 at once, not after a 20-minute quantization. :class:`Progress` carries the caller's callbacks:
 ``on_stage(name)`` as a stage starts, ``on_stage_done(name, seconds)`` when it ends, ``on_warning(text)``
-as soon as a warning is known; it keeps the stage times and the warnings for the manifest, and turns
-an unexpected exception into an :class:`ExportError` naming the stage.
+as soon as a warning is known, and ``on_progress(name, fraction, detail)`` as a long stage gets on
+(quantizing layer 12 of 30, lowering partition 40 of 300, verification window 3 of 6); it keeps the
+stage times and the warnings for the manifest, and turns an unexpected exception into an
+:class:`ExportError` naming the stage. Code deep inside a stage reports its fraction with
+:func:`report_progress`, which finds the running stage through a context variable (no callback has to
+be threaded through recipe handlers or ExecuTorch).
 
 :func:`artifact_dir` is the artifact's directory handling: assembled in a temporary sibling, renamed
-into place at the end, removed on any failure; a directory that is not an edgerun artifact is never
-overwritten, and what an export killed mid-way left behind is cleaned up.
+into place at the end, removed on any failure -- an exception, Ctrl-C (SIGINT) or a SIGTERM/SIGHUP,
+which it turns into :class:`Terminated` while the directory is open; a directory that is not an edgerun
+artifact is never overwritten, and what an export killed outright (SIGKILL) left behind is removed by
+the next export of the same directory.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import logging
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -35,6 +44,21 @@ log = logging.getLogger("edgerun.export")
 OnStage = Callable[[str], None]
 OnStageDone = Callable[[str, float], None]
 OnWarning = Callable[[str], None]
+OnProgress = Callable[[str, float, "str | None"], None]
+
+#: the stage running in this context: (its Progress, its name)
+_CURRENT: contextvars.ContextVar[tuple["Progress", str] | None] = contextvars.ContextVar("edgerun_export_stage",
+                                                                                       default=None)
+
+
+def report_progress(done: float, total: float, detail: str | None = None) -> None:
+    """Report that the running stage has done ``done`` of ``total`` units (layers, partitions, windows);
+    ``detail`` says what (``"layer 12/30"``). Outside a stage, or with ``total <= 0``, it does nothing."""
+    current = _CURRENT.get()
+    if current is None or not total > 0:
+        return
+    progress, name = current
+    progress.fraction(name, min(1.0, max(0.0, done / total)), detail)
 
 
 # ----------------------------------------------------------------------------------- progress
@@ -42,8 +66,9 @@ class Progress:
     """The callbacks of one export, its stage times and its warnings."""
 
     def __init__(self, on_stage: OnStage | None = None, on_stage_done: OnStageDone | None = None,
-                 on_warning: OnWarning | None = None):
+                 on_warning: OnWarning | None = None, on_progress: OnProgress | None = None):
         self.on_stage, self.on_stage_done, self.on_warning = on_stage, on_stage_done, on_warning
+        self.on_progress = on_progress
         self.times: dict[str, float] = {}
         self.warnings: list[str] = []
 
@@ -53,16 +78,24 @@ class Progress:
             self.on_stage(name)
         log.debug("stage: %s", name)
         started = time.monotonic()
+        token = _CURRENT.set((self, name))
         try:
             yield
         except EdgerunError:
             raise
         except Exception as exc:
             raise ExportError(f"{type(exc).__name__}: {short(exc)}", stage=name, hint=hint_for(name, exc)) from exc
+        finally:
+            _CURRENT.reset(token)
         seconds = time.monotonic() - started
         self.times[name] = round(self.times.get(name, 0.0) + seconds, 3)
         if self.on_stage_done:
             self.on_stage_done(name, seconds)
+
+    def fraction(self, name: str, fraction: float, detail: str | None = None) -> None:
+        """Stage ``name`` is ``fraction`` (0..1) done; see :func:`report_progress`."""
+        if self.on_progress:
+            self.on_progress(name, fraction, detail)
 
     def warn(self, text: str) -> None:
         self.warnings.append(text)
@@ -213,14 +246,49 @@ def publish(tmp: Path, out_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+class Terminated(KeyboardInterrupt):
+    """The process got SIGTERM or SIGHUP while an artifact was being assembled. An interruption like
+    Ctrl-C (a ``KeyboardInterrupt``: no ``except Exception`` on the way up swallows it, every ``finally``
+    -- the removal of the temporary directory first -- runs, and the CLI exits 130 "interrupted")."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"terminated by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def _terminate_as_exception() -> Iterator[None]:
+    """While the block runs, SIGTERM and SIGHUP raise :class:`Terminated` in the main thread (SIGINT
+    already raises ``KeyboardInterrupt``); the previous handlers are restored afterwards. A handler that
+    is not Python's default (a caller's own) is left alone; so is everything off the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) in (signal.SIG_DFL, None):
+            saved[sig] = signal.signal(sig, _raise_terminated)
+    try:
+        yield
+    finally:
+        for sig, old in saved.items():
+            signal.signal(sig, old)
+
+
 @contextlib.contextmanager
 def artifact_dir(out_dir: Path, overwrite: bool) -> Iterator[Path]:
     """A temporary directory to assemble the artifact in; published at ``out_dir`` when the block ends
-    without an exception, removed otherwise."""
-    tmp = prepare_out_dir(out_dir, overwrite)
-    try:
-        yield tmp
-        publish(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    without an exception, removed otherwise -- also on Ctrl-C, SIGTERM and SIGHUP (see
+    :class:`Terminated`)."""
+    with _terminate_as_exception():
+        tmp = prepare_out_dir(out_dir, overwrite)
+        try:
+            yield tmp
+            publish(tmp, out_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise

@@ -12,7 +12,7 @@ from rich.table import Table
 from edgerun.runtime.columns import format_bytes
 
 from . import options as opt
-from ._common import DebugOpt, JsonOpt, SafeConsole, err_console, execute
+from ._common import DebugOpt, JsonOpt, SafeConsole, StageProgress, err_console, execute
 
 out = SafeConsole()
 
@@ -167,9 +167,9 @@ def register(app: typer.Typer) -> None:
             scheme_opts = {"calibration_samples": calibration_samples, "group_size": group_size,
                            "embedding_bits": embedding_bits}
             with err_console.status("exporting") as status:
-                def done(stage: str, seconds: float) -> None:
-                    # one line per stage, also when stderr is a file or a pipe
-                    err_console.print(f"export: {escape(stage)} … {seconds:.1f} s", highlight=False)
+                # one line per stage, also when stderr is a file or a pipe; a long stage's fraction as a
+                # bar on a terminal, as a plain line every tenth when piped
+                shown = StageProgress("export", status if err_console.is_terminal else None)
 
                 def warned(text: str) -> None:
                     err_console.print(f"[yellow]warning:[/] {escape(text)}", highlight=False, soft_wrap=True)
@@ -180,8 +180,8 @@ def register(app: typer.Typer) -> None:
                     options=ExportOptions(vectors=count, calibration=str(calibration) if calibration else None,
                                           vectors_file=vectors_file, overwrite=overwrite),
                     thresholds={"min_snr_db": min_snr_db, "min_cosine": min_cosine, "min_top1": min_top1},
-                    on_stage=lambda s: status.update(f"{model}: {s}"),
-                    on_stage_done=done, on_warning=warned,
+                    on_stage=shown.started, on_stage_done=shown.done, on_progress=shown.fraction,
+                    on_warning=warned,
                 )
             return {"path": str(manifest.path), "manifest": manifest}
 
@@ -198,7 +198,9 @@ def register(app: typer.Typer) -> None:
         def work() -> dict:
             from edgerun.export import read_manifest
 
-            return {"path": str(artifact), "manifest": read_manifest(artifact)}
+            manifest = read_manifest(artifact)
+            manifest.check_program_signature()  # a manifest that contradicts its program is refused, not shown
+            return {"path": str(artifact), "manifest": manifest}
 
         execute(work, json_out=json_out, debug=debug, human=lambda r: show_manifest(r["manifest"]))
 
