@@ -65,6 +65,7 @@ MAX_VOCAB = 1 << 21
 MAX_TOKEN_BYTES = 1 << 14
 MAX_VOCAB_BYTES = 1 << 26
 MAX_MERGES = 1 << 24
+MAX_TEMPLATE_CHARS = 1 << 20   # a chat template (real ones are a few KB)
 
 SPACE = "\u2581"  # ▁, SentencePiece's escaped space
 
@@ -251,6 +252,10 @@ def _types(types: Sequence[Any] | None, n: int, source: str) -> list[int]:
     if len(types) < n:
         raise ExportError(f"{source}: {n} tokens but only {len(types)} token types (tokenizer.ggml.token_type).",
                           stage=STAGE, hint="The file is damaged or was written by an unusual converter.")
+    bad = next((i for i, t in enumerate(types[:n]) if not isinstance(t, int) or isinstance(t, bool)), None)
+    if bad is not None:
+        raise ExportError(f"{source}: token type {bad} (tokenizer.ggml.token_type) is {types[bad]!r}, not an integer.",
+                          stage=STAGE, hint="The file is damaged.")
     return [int(t) for t in types[:n]]
 
 
@@ -377,6 +382,11 @@ def build_spm_tokenizer(tokens: Sequence[str], scores: Sequence[float], token_ty
     if len(scores) < len(tokens):
         raise ExportError(f"{source}: {len(tokens)} tokens but only {len(scores)} scores (tokenizer.ggml.scores).",
                           stage=STAGE, hint="The file is damaged or was written by an unusual converter.")
+    bad = next((i for i, x in enumerate(scores[:len(tokens)]) if not isinstance(x, (int, float))
+                or isinstance(x, bool)), None)
+    if bad is not None:
+        raise ExportError(f"{source}: score {bad} (tokenizer.ggml.scores) is {scores[bad]!r}, not a number.",
+                          stage=STAGE, hint="The file is damaged.")
     scores = [float(s) for s in scores[:len(tokens)]]
     if any(s != s for s in scores):
         raise ExportError(f"{source}: tokenizer.ggml.scores holds NaN; merges cannot be ranked.", stage=STAGE)
@@ -445,11 +455,15 @@ def tokenizer_from_gguf(g) -> tuple[Any, TokenizerFacts]:
         if flag and tid is None:
             raise ExportError(f"{source}: tokenizer.ggml.add_{key}_token is true but the GGUF names no {key.upper()} "
                               f"token (tokenizer.ggml.{key}_token_id); llama.cpp refuses it too.", stage=STAGE)
+    template = _field(reader, "tokenizer.chat_template")
+    if template is not None and (not isinstance(template, str) or len(template) > MAX_TEMPLATE_CHARS):
+        what = f"{len(template)} characters long" if isinstance(template, str) else f"a {type(template).__name__}"
+        raise ExportError(f"{source}: tokenizer.chat_template is {what}; edgerun takes a Jinja template of at most "
+                          f"{MAX_TEMPLATE_CHARS} characters.", stage=STAGE, hint="The file is damaged or hostile.")
     eog = sorted({i for i, t in enumerate(tokens) if t in EOG_TEXTS} | ({eos} if eos is not None else set()))
     facts = TokenizerFacts(kind=KINDS[model], pre_tokenizer=pre, vocab_size=n, bos_id=bos, eos_id=eos, add_bos=add_bos,
                            add_eos=add_eos, add_space_prefix=add_space_prefix if model == "llama" else False,
-                           unk_id=unk, eog_ids=tuple(eog), special_tokens=tuple(specials),
-                           chat_template=_field(reader, "tokenizer.chat_template"))
+                           unk_id=unk, eog_ids=tuple(eog), special_tokens=tuple(specials), chat_template=template)
     return tok, facts
 
 
@@ -482,7 +496,6 @@ def save_tokenizer(tok, path: str | Path) -> str:
 MAX_CHAT_CHARS = 1 << 20
 #: ... and takes at most this long; a real template renders in milliseconds.
 CHAT_SECONDS = 2.0
-MAX_TEMPLATE_CHARS = 1 << 20
 MAX_INT_BITS = 1 << 16
 
 

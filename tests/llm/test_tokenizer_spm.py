@@ -222,6 +222,12 @@ def test_broken_sentencepiece_metadata_is_refused_naming_the_field(spm_spec):
                                                             "tokenizer.ggml.scores": spm_spec.scores + [0.0],
                                                             "tokenizer.ggml.token_type": spm_spec.types + [1]})
     refused(r"tokenizer model 'bert'.*'gpt2' and 'llama'", **{"tokenizer.ggml.model": "bert"})
+    refused(r"token type 0 \(tokenizer.ggml.token_type\) is 'x', not an integer",
+            **{"tokenizer.ggml.token_type": ["x"] * len(spm_spec.tokens)})
+    refused(r"score 0 \(tokenizer.ggml.scores\) is 'x', not a number",
+            **{"tokenizer.ggml.scores": ["x"] * len(spm_spec.tokens)})
+    refused(r"tokenizer.chat_template is 1048577 characters long", **{"tokenizer.chat_template": "x" * (1 + (1 << 20))})
+    refused(r"tokenizer.chat_template is a list", **{"tokenizer.chat_template": ["{{ x }}"]})
     refused(r"NaN", **{"tokenizer.ggml.scores": [float("nan")] * len(spm_spec.tokens)})
 
 
