@@ -22,6 +22,7 @@ import torch
 from edgerun.core.errors import ExportError
 from edgerun.export.llm import families as fam_mod
 from edgerun.export.llm.gguf_model import Llama, greedy, load_llama, read_gguf, write_gguf
+from edgerun.export.llm.llamacpp import logits_agreement
 from tiny import FAMILIES, family_config, random_family_model, tiny_tokenizer, write_family_gguf
 
 #: longer than the 6-token window of gemma2/gemma3's sliding layer, so the window is exercised
@@ -49,14 +50,9 @@ def _logits(model, ids) -> np.ndarray:
     return out
 
 
-def _snr_db(ref: np.ndarray, got: np.ndarray) -> np.ndarray:
-    """Per-position SNR of ``got`` against ``ref`` ([T, vocab] -> [T])."""
-    noise = ((ref - got) ** 2).mean(-1)
-    return 10 * np.log10((ref ** 2).mean(-1) / np.maximum(noise, 1e-30))
-
-
-def _cosine(ref: np.ndarray, got: np.ndarray) -> np.ndarray:
-    return (ref * got).sum(-1) / (np.linalg.norm(ref, axis=-1) * np.linalg.norm(got, axis=-1))
+def _min_snr(ref: np.ndarray, got: np.ndarray) -> float:
+    """The worst position's SNR of ``got`` against ``ref`` ([T, vocab] logits), in dB."""
+    return logits_agreement(ref, got)["snr_db_min"]
 
 
 # --------------------------------------------------------------------------------- every family
@@ -231,19 +227,18 @@ def test_each_family_matches_llama_cpp_on_the_same_gguf(family_gguf, llamacpp, a
     model, g = load_llama(path, max_context=32)
     ref = llamacpp.logits(path, PROMPT).astype(np.float64)
     ours = _logits(model, PROMPT)
-    assert ref.shape == ours.shape
-    snr, cos = _snr_db(ref, ours), _cosine(ref, ours)
-    print(f"{arch}: logits vs llama.cpp: min SNR {snr.min():.1f} dB, min cosine {cos.min():.8f}")
+    agree = logits_agreement(ref, ours)
+    print(f"{arch}: logits vs llama.cpp: min SNR {agree['snr_db_min']:.1f} dB, min cosine {agree['cosine_min']:.8f}")
     bound = MIN_SNR_DB[g.family.activation]
-    assert snr.min() > bound and cos.min() > MIN_COSINE, (snr, cos)
+    assert agree["snr_db_min"] > bound and agree["cosine_min"] > MIN_COSINE and agree["top1"] == 1.0, agree
     # greedy through the KV cache, past the sliding window
     prompt = PROMPT[:5]
     assert greedy(model, prompt, 12) == llamacpp.greedy(path, prompt, 12)
     # and the comparison can fail: one family switch wrong is far outside the bound
     what, spec = MUTANTS[arch]
-    bad = _snr_db(ref, _logits(_mutant(model, spec, monkeypatch), PROMPT))
-    print(f"{arch} with {what}: min SNR {bad.min():.1f} dB")
-    assert bad.min() < bound - 10, what
+    bad = _min_snr(ref, _logits(_mutant(model, spec, monkeypatch), PROMPT))
+    print(f"{arch} with {what}: min SNR {bad:.1f} dB")
+    assert bad < bound - 10, what
 
 
 @pytest.mark.parametrize("arch,layers", [("gemma2", 46), ("gemma3", 62)])
@@ -269,11 +264,11 @@ def test_gemmas_27b_query_scale_rule_matches_llama_cpp(llamacpp, tmp_path, arch,
     ref = llamacpp.logits(path, ids).astype(np.float64)
     plain = Llama(dataclasses.replace(g.config, attention_scale=0.0), max_context=16)
     plain.load_state_dict(loaded.state_dict())
-    snr, without = _snr_db(ref, _logits(loaded, ids)), _snr_db(ref, _logits(plain.eval(), ids))
-    print(f"{arch} x{layers}: min SNR {snr.min():.1f} dB; with head size ** -0.5: {without.min():.1f} dB")
+    snr, without = _min_snr(ref, _logits(loaded, ids)), _min_snr(ref, _logits(plain.eval(), ids))
+    print(f"{arch} x{layers}: min SNR {snr:.1f} dB; with head size ** -0.5: {without:.1f} dB")
     # GELU's fp16-table error adds up layer by layer: the 2-layer bound less 10 log10(layers / 2) dB
     bound = MIN_SNR_DB["gelu_tanh"] - 10 * np.log10(layers / 2)
-    assert snr.min() > bound and without.min() < bound - 10
+    assert snr > bound and without < bound - 10
 
 
 @pytest.mark.parametrize("arch", ["phi3", "gemma3"])
@@ -290,9 +285,9 @@ def test_rope_over_part_of_each_head_matches_llama_cpp(llamacpp, tmp_path, arch)
     ref = llamacpp.logits(path, PROMPT).astype(np.float64)
     full = Llama(dataclasses.replace(g.config, rope_dim=0), max_context=16)
     full.load_state_dict(loaded.state_dict())
-    snr, rotated_whole = _snr_db(ref, _logits(loaded, PROMPT)), _snr_db(ref, _logits(full.eval(), PROMPT))
+    snr, rotated_whole = _min_snr(ref, _logits(loaded, PROMPT)), _min_snr(ref, _logits(full.eval(), PROMPT))
     bound = MIN_SNR_DB[g.family.activation]
-    assert snr.min() > bound and rotated_whole.min() < bound - 10
+    assert snr > bound and rotated_whole < bound - 10
 
 
 def test_a_quantized_fused_gguf_matches_llama_cpp_within_its_8bit_activations(llamacpp, tmp_path, monkeypatch):
@@ -303,8 +298,8 @@ def test_a_quantized_fused_gguf_matches_llama_cpp_within_its_8bit_activations(ll
     model, g = load_llama(path, max_context=16)
     assert g.tensor_types()["Q8_0"] == 2 + 4 * g.config.n_layers   # embedding, head; qkv, output, up, down a block
     ref = llamacpp.logits(path, PROMPT).astype(np.float64)
-    assert _snr_db(ref, _logits(model, PROMPT)).min() > 20.0
-    assert _snr_db(ref, _logits(_mutant(model, MUTANTS["phi3"][1], monkeypatch), PROMPT)).min() < 10.0
+    assert _min_snr(ref, _logits(model, PROMPT)) > 20.0
+    assert _min_snr(ref, _logits(_mutant(model, MUTANTS["phi3"][1], monkeypatch), PROMPT)) < 10.0
 
 
 def test_partial_rope_is_refused_where_llama_cpp_rotates_whole_heads(tmp_path):
