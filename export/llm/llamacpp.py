@@ -272,7 +272,6 @@ def build(*, log: Callable[[str], None] = print, jobs: int = BUILD_JOBS, stream=
         return bindir
 
 
-
 # ------------------------------------------------------------------------------------ comparing
 def logits_agreement(ref: np.ndarray, ours: np.ndarray) -> dict:
     """How closely ``ours`` ([T, vocab] logits) follows ``ref`` (llama.cpp's), row by row, with edgerun's
