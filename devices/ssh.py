@@ -98,6 +98,17 @@ class SshSpec(DeviceSpec):
                              "no host key could ever be trusted)")
 
 
+def _ssh_path(path: str, what: str, device: str) -> str:
+    """``path`` as ssh reads a file option: its ``%`` tokens (``%d``, ``%h`` ...) escaped as ``%%`` so the
+    path is the file named, not an expansion; a ``"`` or a control character, which no ssh option value
+    can hold, is refused."""
+    if '"' in path or any(ord(c) < 32 or ord(c) == 127 for c in path):
+        raise DeviceError(f"{what} {path!r} contains a double quote or a control character, which ssh cannot "
+                          "take in a file option", device=device, stage="connect",
+                          hint="Move the file to a plainer path.")
+    return path.replace("%", "%%")
+
+
 class SshDevice(RemoteShellDevice):
     transport = "ssh"
 
@@ -122,15 +133,17 @@ class SshDevice(RemoteShellDevice):
                 "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3",
                 "-o", "LogLevel=ERROR"]
         if s.known_hosts:
-            args += ["-o", f'UserKnownHostsFile="{s.known_hosts}"', "-o", "GlobalKnownHostsFile=/dev/null"]
+            args += ["-o", f'UserKnownHostsFile="{_ssh_path(s.known_hosts, "known_hosts", self.name)}"',
+                     "-o", "GlobalKnownHostsFile=/dev/null"]
         if s.identity_file:
-            args += ["-i", s.identity_file, "-o", "IdentitiesOnly=yes"]
+            # as an option, not -i: -i checks the literal path but then expands its % tokens
+            args += ["-o", f'IdentityFile="{_ssh_path(s.identity_file, "identity_file", self.name)}"', "-o", "IdentitiesOnly=yes"]
         if s.port:
             args += ["-p", str(s.port)]
         if s.user:
             args += ["-l", s.user]
         if self._ctl_dir:
-            args += ["-o", f'ControlPath="{self._ctl_dir}/m"']
+            args += ["-o", f'ControlPath="{_ssh_path(self._ctl_dir, "the control socket directory", self.name)}/m"']
         return args
 
     def _destination(self, *extra: str) -> list[str]:

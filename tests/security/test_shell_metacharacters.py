@@ -100,3 +100,27 @@ def test_work_dirs_file_names_and_arguments_with_metacharacters_stay_names(uri_f
         assert not canary.exists(), name
         for where in (tmp_path, wd.parent, Path.cwd(), Path.home(), Path("/tmp")):
             assert not (where / rel).exists(), (name, where)
+
+
+def test_ssh_key_and_known_hosts_paths_with_percent_tokens_and_quotes_are_the_files_named(sshd, tmp_path):
+    """Stops: ``%d``/``%h`` in an identity or known_hosts path being expanded by ssh (another file used),
+    and a ``"`` breaking out of the quoted option value."""
+    import shutil
+
+    canary = tmp_path / "canary"
+    odd = tmp_path / f"keys %d %h %% 'q' $(touch {canary})"
+    odd.mkdir(parents=True)
+    key, known = odd / "id %r", odd / "known %u"
+    shutil.copy(sshd.client_key, key)
+    key.chmod(0o600)
+    shutil.copy(sshd.known_hosts, known)
+    q = lambda p: urllib.parse.quote(str(p), safe="/")  # noqa: E731
+    with resolve_device(sshd.uri(identity_file=q(key), known_hosts=q(known), work_dir=q(tmp_path / "wd"))) as dev:
+        assert dev.exec(["printf", "ok"], timeout=30).stdout == b"ok"
+    assert not canary.exists()
+    bad = tmp_path / 'dq"x'
+    bad.mkdir()
+    shutil.copy(sshd.known_hosts, bad / "known")
+    with pytest.raises(DeviceError, match="double quote"):
+        with resolve_device(sshd.uri(known_hosts=q(bad / "known"), work_dir=q(tmp_path / "wd"))) as dev:
+            dev.exec(["true"], timeout=30)
