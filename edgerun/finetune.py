@@ -70,6 +70,8 @@ class FinetuneSettings:
 #: an array of training data larger than this (decompressed) is refused before it is read
 MAX_DATA_BYTES = 4 << 30
 DATA_KEYS = ("x_train", "y_train", "x_eval", "y_eval")
+#: an LLM's fine-tuning text larger than this is refused before it is read
+MAX_TEXT_BYTES = 256 << 20
 
 
 def _npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
@@ -199,6 +201,9 @@ def _text_data(spec, settings: FinetuneSettings):
     path = Path(settings.data) if settings.data else DATA / "heldout.txt"
     if not path.is_file():
         raise UsageError(f"--data {path}: no such text file (LLM fine-tuning takes plain UTF-8 text).")
+    if path.stat().st_size > MAX_TEXT_BYTES:
+        raise UsageError(f"--data {path} is {path.stat().st_size:,} bytes; at most {MAX_TEXT_BYTES:,} of text is "
+                         "read.", hint="Give a shorter text (a slice of it) to fine-tune on.")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:

@@ -122,3 +122,13 @@ def test_the_cli_checks_options_and_data_before_any_work(cli, tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"junk")
     r = cli("finetune", MLP, "--data", str(tmp_path / "junk.npz"), "--json", env=ENV)
     assert r.returncode == 2 and "not a readable .npz" in json.loads(r.stdout)["error"]["message"]
+
+
+def test_an_llm_text_larger_than_the_bound_is_refused_before_it_is_read(tiny_gguf, tmp_path, monkeypatch):
+    import edgerun.finetune as ft
+
+    monkeypatch.setattr(ft, "MAX_TEXT_BYTES", 100)
+    text = tmp_path / "big.txt"
+    text.write_text("word " * 40)
+    with pytest.raises(UsageError, match="200 bytes; at most 100 of text is read"):
+        finetune(str(tiny_gguf), "local://", TrainRequest(steps=1), FinetuneSettings(batch=2, data=str(text)))
