@@ -11,6 +11,16 @@ ships (``data/heldout.txt``). The ids that text becomes are stored in the artifa
 (``heldout_ids.npy``, named with its sha256 in ``llm.quality.perplexity``), so a later on-device score
 uses exactly the ids the export scored, whatever tokenizer or text a later edgerun has.
 
+Stages: resolve -> load model -> reference (eager fp32's perplexity on the held-out ids, measured before
+any recipe step so the fp32 model can be dropped as soon as a step has made its replacement: one model's
+weights fewer held through export, lowering and verification) -> one stage per recipe step (quantize ...)
+-> export -> lower -> write -> verify. The long ones report their fraction through
+:func:`~..stages.report_progress`: quantize per layer (:mod:`.quantize`), lower per delegate partition
+(:func:`_partition_progress`), reference and verify per window, prompt and greedy token. Between stages
+the big objects a later stage does not read are released (the captured program after lowering, the
+edge/ExecuTorch program managers after writing), and the ETRecord is saved without weight values
+(:func:`save_compact_etrecord`).
+
 Options an LLM export cannot honour are refused before any work: ``calibration`` (its recipes quantize
 weights and run no calibration inputs), ``vectors_file`` (its test vectors are the built-in prompts) and
 ``vectors`` beyond the number of prompts.
@@ -18,6 +28,7 @@ weights and run no calibration inputs), ``vectors_file`` (its test vectors are t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -34,7 +45,8 @@ from edgerun.core.artifact import (
 from ..errors import UsageError, VerificationFailed
 from ..options import ExportOptions
 from ..recipes import Recipe, RecipeChain, RecipeContext
-from ..stages import OnStage, OnStageDone, OnWarning, Plan, Progress, Stage, Work, artifact_dir
+from ..stages import (OnProgress, OnStage, OnStageDone, OnWarning, Plan, Progress, Stage, Work, artifact_dir,
+                      report_progress)
 from .zoo import DEFAULT_MAX_CONTEXT, LLMSpec
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -60,6 +72,31 @@ def _logits_fn(model=None, method=None):
         with torch.no_grad():
             return model(tokens, pos)
     return run
+
+
+class _Ticker:
+    """Units of a stage's work done so far, reported as the stage's progress fraction."""
+
+    def __init__(self, total: int, what: str):
+        self.total, self.what, self.done = max(1, int(total)), what, 0
+
+    def __call__(self, detail: str | None = None) -> None:
+        self.done += 1
+        report_progress(self.done, self.total, f"{self.what} {min(self.done, self.total)}/{self.total}"
+                        + (f": {detail}" if detail else ""))
+
+    def wrap(self, run, detail: str):
+        """``run`` that ticks once per call."""
+        def ticking(*args):
+            out = run(*args)
+            self(detail)
+            return out
+        return ticking
+
+
+def perplexity_windows(ids: Sequence[int], window: int) -> int:
+    """How many windows :func:`perplexity` runs over ``ids``."""
+    return len(range(0, max(0, len(ids) - 1), window))
 
 
 def perplexity(run, ids: Sequence[int], window: int) -> float:
@@ -93,6 +130,35 @@ def _position_agreement(eager, program, prompts: Sequence[list[int]]) -> LogitsA
         snrs.extend((10 * np.log10((a ** 2).mean(-1) / np.maximum(noise, 1e-30))).tolist())
     return LogitsAgreement(positions=len(top1), top1_agreement=float(np.mean(top1)), min_snr_db=float(np.min(snrs)),
                            median_snr_db=float(np.median(snrs)))
+
+
+def save_compact_etrecord(etrecord, path: Path) -> None:
+    """Save ``etrecord`` (ExecuTorch's ETRecord of this export) without the values of its weights.
+
+    An ETRecord holds the exported and the edge program, each serialized with its whole state dict: for
+    an LLM that is the weights twice more beside the ``.pte`` (SmolLM2-135M 8da4w: 372 MB, 2.6x the
+    program). The Inspector needs the graphs, the debug-handle and delegate maps (to name the operators
+    of an ETDump), not the weights' values; so every weight and constant becomes a ``meta`` tensor (its
+    shape and dtype kept, no data) before saving. ``parse_etrecord`` reads the result as usual. The
+    ETRecord is changed in place: call this when the export no longer needs its programs."""
+    import torch
+
+    def strip(ep) -> None:
+        for table in (ep.state_dict, ep.constants):
+            for name, t in list(table.items()):
+                if isinstance(t, torch.Tensor) and t.device.type != "meta":
+                    m = t.detach().to("meta")
+                    table[name] = torch.nn.Parameter(m, requires_grad=False) if isinstance(t, torch.nn.Parameter) else m
+
+    programs = [etrecord.exported_program]
+    edge = etrecord.edge_dialect_program
+    programs += list(edge.values()) if isinstance(edge, dict) else [edge]
+    for key, ep in (etrecord.graph_map or {}).items():
+        programs.append(ep)
+    for ep in programs:
+        if ep is not None:
+            strip(ep)
+    etrecord.save(str(path))
 
 
 def _weight_bytes(exported) -> dict[str, int]:
@@ -136,14 +202,16 @@ def check_llm_options(options: ExportOptions) -> None:
 def _plan(chain: RecipeChain) -> Plan:
     return Plan([
         Stage("load model", _load, needs=("spec", "max_context", "identity"),
-              makes=("model", "module", "example", "gguf", "tok", "tok_facts", "identity")),
+              makes=("model", "module", "example", "gguf", "tok", "tok_facts", "identity", "heldout", "prompts",
+                     "params", "config")),
+        Stage("reference", _reference_stage, needs=("model", "heldout", "max_context"), makes=("ppl_fp32",)),
         *[Stage(name, _step_stage(step), needs=("module", "example", "target"), makes=("module",))
           for name, step in chain.stages()],
         Stage("export", _export_stage, needs=("module", "example", "max_context"), makes=("exported", "weight_bytes")),
         Stage("lower", _lower_stage, needs=("exported", "target", "chain"), makes=("program",)),
-        Stage("write", _write_stage, needs=("program", "model", "module", "tok", "tok_facts", "tmp"),
-              makes=("manifest", "prompts", "heldout")),
-        Stage("verify", _verify_stage, needs=("manifest", "prompts", "heldout", "limits"),
+        Stage("write", _write_stage, needs=("program", "params", "config", "module", "tok", "tok_facts", "tmp",
+                                            "prompts", "heldout"), makes=("manifest",)),
+        Stage("verify", _verify_stage, needs=("manifest", "prompts", "heldout", "ppl_fp32", "limits"),
               makes=("verification", "llm")),
     ], given=("spec", "target", "chain", "options", "limits", "identity", "tmp", "progress", "max_context"))
 
@@ -157,11 +225,23 @@ def _load(w: Work) -> None:
 
     w.model, w.example, w.gguf = w.spec.build_llm(w.max_context)
     w.module = w.model
+    w.params, w.config = int(sum(p.numel() for p in w.model.parameters())), w.model.config
     w.tok, w.tok_facts = tokenizer_from_gguf(w.gguf)
+    # the held-out ids every later perplexity is measured on (stored by write, so a device scores exactly these)
+    w.heldout = w.tok.encode((DATA / "heldout.txt").read_text()).ids
+    w.prompts = [w.tok.encode(p).ids[:w.max_context] for p in PROMPTS][:w.options.vectors]
     w.gguf_sha256 = sha256_file(w.gguf.path)
     w.identity = dataclasses.replace(w.identity, model={**w.identity.model, "gguf_sha256": w.gguf_sha256,
                                                          "max_context": w.max_context, "layers": w.spec.layers,
                                                          "weights_sha256": w.spec.weights_sha256})
+
+
+def _reference_stage(w: Work) -> None:
+    """Eager fp32's perplexity on the held-out ids, before any recipe step: the fp32 model is then no
+    longer needed, and is dropped as soon as a step has made the module that replaces it."""
+    window = w.max_context - 1
+    tick = _Ticker(perplexity_windows(w.heldout, window), "window")
+    w.ppl_fp32 = perplexity(tick.wrap(_logits_fn(model=w.model), "eager fp32 perplexity"), w.heldout, window)
 
 
 def _step_stage(step: Recipe) -> Callable[[Work], None]:
@@ -170,6 +250,8 @@ def _step_stage(step: Recipe) -> Callable[[Work], None]:
         result = RecipeChain.run_step(step, ctx)
         w.step_facts[next(i for i, s in enumerate(w.chain.steps) if s is step)] = dict(result.facts)
         w.module = result.module
+        if w.module is not w.model:
+            w.model = None   # the fp32 reference is measured; its weights (4 bytes a parameter) go
     return run
 
 
@@ -188,12 +270,53 @@ def _export_stage(w: Work) -> None:
     w.weight_bytes = dict(sorted(weight_bytes.items()))
 
 
+@contextlib.contextmanager
+def _partition_progress():
+    """While lowering, report each delegate partition preprocessed (``XnnpackBackend partition 40/302``).
+
+    ExecuTorch's ``to_backend`` looks a backend up among ``BackendDetails.__subclasses__()`` and calls its
+    ``preprocess_multimethod`` with every partition, which calls ``preprocess`` once a partition: both are
+    wrapped on those classes for the block (counting only; the originals are restored after)."""
+    from executorch.exir.backend.backend_details import BackendDetails
+
+    patched = []
+    for cls in BackendDetails.__subclasses__():
+        own = {k: cls.__dict__[k] for k in ("preprocess", "preprocess_multimethod") if k in cls.__dict__}
+        state = {"done": 0, "total": 0}
+
+        def multimethod(klass, edge_programs, compile_specs, _orig=cls.preprocess_multimethod, _state=state):
+            _state["total"] += sum(len(v) for v in edge_programs.values())
+            return _orig.__func__(klass, edge_programs, compile_specs)
+
+        def preprocess(edge_program, compile_specs, _orig=cls.preprocess, _state=state, _name=cls.__name__):
+            out = _orig(edge_program, compile_specs)
+            _state["done"] += 1
+            report_progress(_state["done"], _state["total"], f"{_name} partition {_state['done']}/{_state['total']}")
+            return out
+
+        cls.preprocess_multimethod = classmethod(multimethod)
+        cls.preprocess = staticmethod(preprocess)
+        patched.append((cls, own))
+    try:
+        yield
+    finally:
+        for cls, own in patched:
+            for k in ("preprocess", "preprocess_multimethod"):
+                if k in own:
+                    setattr(cls, k, own[k])
+                else:
+                    delattr(cls, k)
+
+
 def _lower_stage(w: Work) -> None:
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
 
-    edge = to_edge_transform_and_lower(w.exported, partitioner=w.target.partitioners(w.chain.quantize),
-                                       compile_config=EdgeCompileConfig(_check_ir_validity=False),
-                                       generate_etrecord=True)
+    partitioners = w.target.partitioners(w.chain.quantize)   # imports the backends' classes, which are counted
+    with _partition_progress():
+        edge = to_edge_transform_and_lower(w.exported, partitioner=partitioners,
+                                           compile_config=EdgeCompileConfig(_check_ir_validity=False),
+                                           generate_etrecord=True)
+    del w.exported   # the edge program manager keeps what it needs of the graph
     w.program = edge.to_executorch(ExecutorchBackendConfig(extract_delegate_segments=True))
 
 
@@ -204,25 +327,22 @@ def _write_stage(w: Work) -> None:
     from ..program import describe_program
     from .tokenizer import save_tokenizer
 
-    tmp, spec, model, module, g = w.tmp, w.spec, w.model, w.module, w.gguf
+    tmp, spec, module, g = w.tmp, w.spec, w.module, w.gguf
     pte = tmp / "model.pte"
     with open(pte, "wb") as f:
         w.program.write_to_file(f)
-    w.program.get_etrecord().save(str(tmp / "model.etrecord"))
+    facts = describe_program(w.program.executorch_program)
+    save_compact_etrecord(w.program.get_etrecord(), tmp / "model.etrecord")
+    del w.program   # the edge graphs, the etrecord's copies and the emitted buffer: not needed any more
     tok_sha = save_tokenizer(w.tok, tmp / "tokenizer.json")
-    w.prompts = [w.tok.encode(p).ids[:w.max_context] for p in PROMPTS][:w.options.vectors]
     samples = [(torch.tensor([ids]), torch.arange(len(ids))) for ids in w.prompts]
     module.reset_cache() if hasattr(module, "reset_cache") else None
     with torch.no_grad():
         eager_outputs = [[module(*s)] for s in samples]
     vectors = _save_vectors(tmp, samples, eager_outputs)
-    # the held-out ids every later perplexity is measured on: stored, so a device scores exactly these
-    w.heldout = w.tok.encode((DATA / "heldout.txt").read_text()).ids
     np.save(tmp / HELDOUT_IDS, np.asarray(w.heldout, dtype=np.int32))
     w.heldout_sha256 = sha256_file(tmp / HELDOUT_IDS)
-    facts = describe_program(w.program.executorch_program)
-    cfg = model.config
-    params = int(sum(p.numel() for p in model.parameters()))
+    cfg, params = w.config, w.params
     w.llm = LLMFacts(
         architecture=cfg.architecture, name=g.name, parameters=params, layers=cfg.n_layers, dim=cfg.dim,
         heads=cfg.n_heads, kv_heads=cfg.n_kv_heads, vocab_size=cfg.vocab_size, max_context=w.max_context,
@@ -257,21 +377,28 @@ def _verify_stage(w: Work) -> None:
     from .gguf_model import greedy
 
     verification = verify_artifact(w.tmp, w.manifest, w.limits)
-    prog = _logits_fn(method=_runtime_method(w.tmp / "model.pte"))
-    eager_fp32, eager_recipe = _logits_fn(model=w.model), _logits_fn(model=w.module)
     window = w.max_context - 1
-    fp32, program = perplexity(eager_fp32, w.heldout, window), perplexity(prog, w.heldout, window)
-    ppl = Perplexity(text=HELDOUT_TEXT, tokens=len(w.heldout), window=window, eager_fp32=fp32, program=program,
-                     program_vs_eager_fp32=program / fp32 - 1.0,
-                     eager_quantized=None if w.chain.quantize.noop and w.chain.is_plain
-                     else perplexity(eager_recipe, w.heldout, window),
-                     ids_file=HELDOUT_IDS, ids_sha256=w.heldout_sha256)
+    windows = perplexity_windows(w.heldout, window)
+    recipe_ppl = not (w.chain.quantize.noop and w.chain.is_plain)
     first = w.prompts[0]
     n_new = max(1, min(32, w.max_context - len(first)))
-    greedy_eager = greedy(w.module, first, n_new)
-    greedy_prog = greedy(None, first, n_new, step=prog)
+    # units of work: program (and eager recipe) windows, both sides of each prompt, both greedy runs
+    tick = _Ticker(windows * (2 if recipe_ppl else 1) + 2 * len(w.prompts) + 2 * n_new, "step")
+    prog = _logits_fn(method=_runtime_method(w.tmp / "model.pte"))
+    eager_recipe = _logits_fn(model=w.module)
+    fp32 = w.ppl_fp32
+    program = perplexity(tick.wrap(prog, "program perplexity"), w.heldout, window)
+    ppl = Perplexity(text=HELDOUT_TEXT, tokens=len(w.heldout), window=window, eager_fp32=fp32, program=program,
+                     program_vs_eager_fp32=program / fp32 - 1.0,
+                     eager_quantized=perplexity(tick.wrap(eager_recipe, "eager recipe perplexity"), w.heldout, window)
+                     if recipe_ppl else None,
+                     ids_file=HELDOUT_IDS, ids_sha256=w.heldout_sha256)
+    greedy_eager = greedy(None, first, n_new, step=tick.wrap(eager_recipe, "eager greedy"))
+    greedy_prog = greedy(None, first, n_new, step=tick.wrap(prog, "program greedy"))
+    agreement = _position_agreement(tick.wrap(eager_recipe, "eager prompts"), tick.wrap(prog, "program prompts"),
+                                    w.prompts)
     quality = LLMQuality(
-        logits_vs_eager=_position_agreement(eager_recipe, prog, w.prompts), perplexity=ppl,
+        logits_vs_eager=agreement, perplexity=ppl,
         greedy=GreedyCheck(prompt_tokens=len(first), eager=tuple(greedy_eager), program=tuple(greedy_prog),
                            equal_prefix=next((i for i, (a, b) in enumerate(zip(greedy_eager, greedy_prog)) if a != b),
                                              n_new)))
@@ -291,7 +418,8 @@ def export_llm(spec: LLMSpec, target: str, scheme: "str | Recipe | RecipeChain |
                max_context: int | None = None, example_inputs=None, name: str | None = None,
                scheme_options: dict | None = None, options: ExportOptions | None = None,
                thresholds: dict | None = None, on_stage: OnStage | None = None,
-               on_stage_done: OnStageDone | None = None, on_warning: OnWarning | None = None) -> Manifest:
+               on_stage_done: OnStageDone | None = None, on_warning: OnWarning | None = None,
+               on_progress: OnProgress | None = None) -> Manifest:
     """Export an LLM spec; see the module docstring. Takes the arguments of
     :func:`edgerun.export.pipeline.export_model` (and ``max_context``, the KV cache length) and raises
     like it; ``example_inputs`` and ``name`` do not apply to an LLM and are refused."""
@@ -302,7 +430,7 @@ def export_llm(spec: LLMSpec, target: str, scheme: "str | Recipe | RecipeChain |
     started = time.monotonic()
     options = options or ExportOptions()
     max_context = DEFAULT_MAX_CONTEXT if max_context is None else max_context
-    progress = Progress(on_stage, on_stage_done, on_warning)
+    progress = Progress(on_stage, on_stage_done, on_warning, on_progress)
     with progress.stage("resolve"):
         if example_inputs is not None or name is not None:
             raise UsageError(f"example_inputs and name apply to a model given as a Python object; the LLM {spec.name} "

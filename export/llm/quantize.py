@@ -29,6 +29,7 @@ import copy
 from typing import Any
 
 from ..recipes import RecipeContext, RecipeResult, recipe_handler
+from ..stages import report_progress
 from ..schemes import Int8DynAct4BitWeight, Int8Dynamic
 
 #: 8da4w: linear layers (name suffixes) kept at int8 per-channel -- attention and the FFN down projection
@@ -67,6 +68,21 @@ def _module_class():
             self.register_buffer("scales", scales.contiguous())
 
         def forward(self, tokens):
+            weight, scales = self.weight, self.scales
+            if not (torch.compiler.is_exporting() or torch.compiler.is_compiling()):
+                # eager (the export's reference runs): the same op on just the rows looked up -- the op
+                # dequantizes its whole table per call (SmolLM2: 28 M codes a decode step); rows are
+                # dequantized independently, so the values are identical. The graph keeps the whole table.
+                rows, tokens = torch.unique(tokens, return_inverse=True)
+                weight, scales = weight.index_select(0, rows), scales.index_select(0, rows)
+            if self.bits == 4:
+                return torch.ops.quantized_decomposed.embedding_4bit.dtype(
+                    weight, scales, None, -8, 7, tokens, dtype=torch.float32)
+            return torch.ops.quantized_decomposed.embedding_byte.dtype(
+                weight, scales, None, -128, 127, tokens, dtype=torch.float32)
+
+        def full_table_forward(self, tokens):
+            """The op on the whole table, as the exported graph runs it (tests compare the eager path with it)."""
             if self.bits == 4:
                 return torch.ops.quantized_decomposed.embedding_4bit.dtype(
                     self.weight, self.scales, None, -8, 7, tokens, dtype=torch.float32)
@@ -74,6 +90,17 @@ def _module_class():
                 self.weight, self.scales, None, -128, 127, tokens, dtype=torch.float32)
 
     return QuantizedEmbedding
+
+
+def _copy_without_weights(model):
+    """A deep copy of ``model`` whose linear and embedding weights are the original tensors, not copies:
+    quantization replaces each of them with a new (quantized) parameter and never writes into the old
+    one, so copying them first would only hold a second fp32 model in memory for a while."""
+    import torch
+
+    shared = {id(m.weight): m.weight for m in model.modules()
+              if isinstance(m, (torch.nn.Linear, torch.nn.Embedding))}
+    return copy.deepcopy(model, memo=dict(shared))
 
 
 def quantize_llama(model, scheme) -> tuple[Any, dict]:
@@ -98,7 +125,7 @@ def quantize_llama(model, scheme) -> tuple[Any, dict]:
     if gs is not None and dim % gs:
         raise ExportError(f"group_size {gs} does not divide the model width {dim}.", stage="quantize",
                           hint="Use --group-size 32 (or another divisor of the width).")
-    q = copy.deepcopy(model)
+    q = _copy_without_weights(model)
     emb_group = gs if gs is not None and bits == 4 else dim
     q.tok_embeddings = _module_class()(model.tok_embeddings.weight, bits, emb_group)
     int8 = Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, weight_granularity=PerAxis(0))
@@ -110,15 +137,24 @@ def quantize_llama(model, scheme) -> tuple[Any, dict]:
         raise ExportError(f"group_size {gs} does not divide the input width of {', '.join(skipped[:3])}.",
                           stage="quantize", hint="Use --group-size 32.")
     if model.config.tied_embeddings:
-        # untie: the LM head gets its own weight, quantized for the linear kernel
-        q.output.weight = torch.nn.Parameter(model.tok_embeddings.weight.detach().clone())
+        # untie: the LM head gets its own parameter (quantize_ replaces it, so the shared fp32 tensor is
+        # only read), quantized for the linear kernel
+        q.output.weight = torch.nn.Parameter(model.tok_embeddings.weight.detach(), requires_grad=False)
     wide_set, narrow_set = set(wide), set(narrow)
     int4_numel = sum(q.get_submodule(n).weight.numel() for n in narrow)
-    quantize_(q, int8, lambda m, fqn="": isinstance(m, torch.nn.Linear) and fqn in wide_set)
-    if narrow:
-        int4 = Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, weight_granularity=PerGroup(gs),
-                                                     intx_choose_qparams_algorithm=IntxChooseQParamsAlgorithm.HQQ_SCALE_ONLY)
-        quantize_(q, int4, lambda m, fqn="": isinstance(m, torch.nn.Linear) and fqn in narrow_set)
+    int4 = Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, weight_granularity=PerGroup(gs),
+                                                 intx_choose_qparams_algorithm=IntxChooseQParamsAlgorithm.HQQ_SCALE_ONLY) \
+        if narrow else None
+    # one block at a time, then what is outside the blocks (the LM head), so progress is reported per layer
+    blocks = [(f"layers.{i}.", block) for i, block in enumerate(q.layers)]
+    for k, (prefix, part) in enumerate([*blocks, ("", q)]):
+        def pick(names, prefix=prefix, last=not prefix):
+            return lambda m, fqn="": (isinstance(m, torch.nn.Linear) and prefix + fqn in names
+                                      and not (last and any(fqn.startswith(b) for b, _ in blocks)))
+        quantize_(part, int8, pick(wide_set))
+        if int4 is not None:
+            quantize_(part, int4, pick(narrow_set))
+        report_progress(k + 1, len(blocks) + 1, f"layer {k + 1}/{len(blocks)}" if prefix else "LM head")
     unwrap_tensor_subclass(q)
     facts = {"linear_layers": len(linears), "quantized_linear_layers": len(linears),
              "int4_linear_layers": len(narrow), "int8_linear_layers": len(wide), "int4_weight_numel": int4_numel,

@@ -5,6 +5,12 @@ tokens, and 8da4w quantizes the embedding and the LM head with kernels the nativ
 from __future__ import annotations
 
 import json
+import re
+import signal
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
 
 import pytest
 from tokenizers import Tokenizer
@@ -81,17 +87,25 @@ def test_fp32_export_of_the_tiny_gguf_matches_eager(tiny_fp32):
 
 
 @pytest.mark.slow
-def test_8da4w_export_quantizes_embedding_and_lm_head(tiny_gguf, tiny_fp32, tmp_path):
+def test_8da4w_export_via_the_cli_quantizes_embedding_and_lm_head_and_shows_its_progress(tiny_gguf, tiny_fp32,
+                                                                                           tmp_path, cli):
+    """The CLI with stderr piped (as in a CI log): a line per stage as it ends, and lines with the fraction
+    of the long stages (quantize per layer, lower per delegate partition, verify per window/prompt/token)."""
     fp32 = read_manifest(tiny_fp32)
-    started, done = [], []
-    m = export_model(str(tiny_gguf), "rpi5", "8da4w", tmp_path / "q", max_context=48,
-                     scheme_options={"group_size": 32, "embedding_bits": 4}, on_stage=started.append,
-                     on_stage_done=lambda name, seconds: done.append((name, seconds)), on_warning=print)
+    res = cli("export", str(tiny_gguf), "--target", "rpi5", "--scheme", "8da4w", "--group-size", "32",
+              "--embedding-bits", "4", "--max-context", "48", "-o", str(tmp_path / "q"), "--json")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["ok"] is True          # stdout is the one JSON object
+    stages = re.findall(r"^export: ([a-z ]+) … \d+\.\d s$", res.stderr, re.M)
+    assert stages == ["resolve", "load model", "reference", "quantize", "export", "lower", "write", "verify"]
+    fractions = re.findall(r"^export: ([a-z ]+) (\d+)% \((.+)\) \d+ s$", res.stderr, re.M)
+    first = {name: detail for name, _, detail in reversed(fractions)}
+    assert first["quantize"] == "layer 1/2" and first["reference"].startswith("window 1/")
+    assert re.fullmatch(r"XnnpackBackend partition 1/\d+", first["lower"]), first
+    assert first["verify"].startswith("step 1/")
+    m = read_manifest(tmp_path / "q")
     assert m.ok, m.verification.failures
-    # progress is reported as for any model: every stage starts and ends, and the manifest keeps the times
-    assert started == ["resolve", "load model", "quantize", "export", "lower", "write", "verify"]
-    assert [n for n, _ in done] == started and all(s >= 0 for _, s in done)
-    assert set(m.stage_seconds) == set(started)
+    assert set(m.stage_seconds) == set(stages)
     assert m.scheme.recipe == "8da4w:embedding_bits=4" and [s.kind for s in m.scheme.steps] == ["quantize"]
     assert m.scheme.facts["int4_linear_layers"] > 0 and m.scheme.steps[0].facts == m.scheme.facts
     ops = m.operators.non_delegated
@@ -99,6 +113,47 @@ def test_8da4w_export_quantizes_embedding_and_lm_head(tiny_gguf, tiny_fp32, tmp_
     assert m.llm.weight_bytes_by_dtype.get("float32", 0) < fp32.llm.weight_bytes_by_dtype["float32"] / 10
     assert m.pte_bytes < 0.5 * fp32.pte_bytes
     assert m.llm.quality["logits_vs_eager"]["top1_agreement"] > 0.5
+    # eager fp32's perplexity is measured before quantizing; the program's is compared with it as before
+    ppl = m.llm.quality["perplexity"]
+    assert ppl["eager_fp32"] == fp32.llm.quality["perplexity"]["eager_fp32"]
+    assert ppl["program_vs_eager_fp32"] == pytest.approx(ppl["program"] / ppl["eager_fp32"] - 1)
+
+
+@pytest.mark.slow
+def test_the_etrecord_of_an_llm_keeps_graphs_and_maps_but_not_weight_values(tiny_fp32):
+    from executorch.devtools.etrecord import parse_etrecord
+
+    m = read_manifest(tiny_fp32)
+    rec = parse_etrecord(str(m.etrecord_path))
+    assert rec._debug_handle_map and rec._delegate_map
+    weights = dict(rec.edge_dialect_program.state_dict)
+    assert weights and all(t.device.type == "meta" for t in weights.values())
+    with zipfile.ZipFile(m.etrecord_path) as z:   # the state dicts hold shapes and dtypes, no weight data
+        state = {i.filename: i.file_size for i in z.infolist() if i.filename.endswith("_state_dict")}
+    assert state and max(state.values()) < m.llm.weight_bytes_by_dtype["float32"] / 10, state
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_killed_llm_export_leaves_no_partial_directory(tiny_gguf, tmp_path, sig):
+    """Issue 26: a killed export left a hidden .NAME.partial-* directory until the next export."""
+    exe = Path(sys.executable).with_name("edgerun")
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([str(exe), "export", str(tiny_gguf), "--target", "rpi5", "--scheme", "fp32",
+                             "--max-context", "48", "-o", str(out)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stderr:            # the temporary directory exists once a stage has run
+            if line.startswith("export: load model …"):
+                break
+        assert list(tmp_path.glob(".killed.partial-*")), "no temporary directory while exporting"
+        proc.send_signal(sig)
+        rest = proc.communicate(timeout=120)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, rest
+    assert "interrupted" in rest
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_8da4w_embedding_bits_picks_the_table_kernel(tiny_gguf):
@@ -118,3 +173,20 @@ def test_8da4w_embedding_bits_picks_the_table_kernel(tiny_gguf):
     assert "embedding_4bit" in facts4["embedding"] and q4.tok_embeddings.weight.shape[1] * 2 == model.config.dim
     with _pytest.raises(UsageError, match="embedding_bits must be 4 or 8"):
         make_scheme("8da4w", embedding_bits=6)
+
+
+
+def test_the_eager_quantized_embedding_looks_up_exactly_what_the_full_table_op_gives(tiny_gguf):
+    """Eager runs (the export's reference) dequantize only the rows looked up; the values must be the op's."""
+    import torch
+
+    from edgerun.export.llm.gguf_model import load_llama
+    from edgerun.export.llm.quantize import quantize_llama
+    from edgerun.export.schemes import make_scheme
+
+    model, _ = load_llama(tiny_gguf, max_context=16)
+    tokens = torch.tensor([[5, 3, 5, model.config.vocab_size - 1, 0, 3]])
+    for bits in (8, 4):
+        emb = quantize_llama(model, make_scheme("8da4w", group_size=32, embedding_bits=bits))[0].tok_embeddings
+        assert torch.equal(emb(tokens), emb.full_table_forward(tokens))
+        assert emb(tokens).shape == (1, 6, model.config.dim)
