@@ -793,8 +793,9 @@ class Manifest:
             cal = _get(d, "calibration", dict, "manifest", optional=True)
             rec = _get(d, "recipe", dict, "manifest", optional=True)
             sha = _get(d, "pte_sha256", str, "manifest")
-            if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+            if not _is_sha256(sha):
                 raise _Bad(f"pte_sha256 must be 64 lowercase hex digits, got {sha!r:.80}")
+            _check_named_hashes(d)
             return cls(
                 schema_version=d["schema_version"], status=_get(d, "status", str, "manifest"),
                 model=ModelRef.from_json(_get(d, "model", dict, "manifest"), "model"),
@@ -879,8 +880,9 @@ class Manifest:
         return p if p.is_file() else None
 
     def verified_pte(self) -> Path:
-        """The program, after checking its size and sha256 against the manifest: a swapped or
-        altered ``.pte`` is refused before it is pushed or run."""
+        """The program, after checking its size and sha256 against the manifest (a swapped or altered
+        ``.pte`` is refused before it is pushed or run) and the manifest's declared inputs and outputs
+        against the program's own method (:meth:`check_program_signature`)."""
         p = self.existing_file(self.files["pte"], "program")
         size = p.stat().st_size
         if size != self.pte_bytes or sha256_file(p) != self.pte_sha256:
@@ -888,7 +890,24 @@ class Manifest:
                                 f"the manifest (pte_bytes {self.pte_bytes}, pte_sha256 {self.pte_sha256[:12]}…): it "
                                 "was altered or replaced after export.", stage="read artifact",
                                 hint="Re-export the artifact; never edit an artifact's files by hand.")
+        self.check_program_signature(p)
         return p
+
+    def check_program_signature(self, pte: Path | None = None) -> "ProgramSignature | None":
+        """Refuse a manifest whose ``inputs``/``outputs`` (names aside: count, dtype, shape) contradict
+        the program's method as the ``.pte`` declares it: test vectors, generated inputs and the runner
+        are all built from the manifest's specs, so a wrong one feeds the program what it cannot take."""
+        pte = pte if pte is not None else self.existing_file(self.files["pte"], "program")
+        if not is_program_file(pte):
+            return None  # not an ExecuTorch program at all: the runtime refuses it when it loads (exit 10)
+        sig = read_program_signature(pte, self.method)
+        wrong = signature_mismatches(self, sig)
+        if wrong:
+            raise ArtifactError(f"artifact {self.dir}: {MANIFEST_NAME} contradicts the program {self.files['pte']}: "
+                                + "; ".join(wrong[:6]) + ("; …" if len(wrong) > 6 else "") + ".",
+                                stage="read artifact",
+                                hint="Re-export the artifact; never edit an artifact's manifest by hand.")
+        return sig
 
     def vector_files(self, index: int) -> TestVector:
         if not 0 <= index < len(self.test_vectors):
@@ -948,6 +967,27 @@ class Manifest:
             raise ArtifactError(f"artifact {self.dir}: {ppl.ids_file} holds ids outside the vocabulary of "
                                 f"{self.llm.vocab_size}.", stage="read artifact", hint=hint)
         return tuple(int(i) for i in ids)
+
+
+def _is_sha256(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+def _check_named_hashes(d: Mapping[str, Any]) -> None:
+    """Every file the manifest names that a command reads as part of the model (the program, an LLM's
+    tokenizer, its held-out ids) comes with the sha256 it is checked against: one without is refused,
+    never read unchecked. (The ETRecord is debugging data nobody runs; test vectors are checked by
+    shape and dtype against the declared inputs, which are checked against the program.)"""
+    llm = d.get("llm")
+    if not isinstance(llm, Mapping):
+        return
+    tok = llm.get("tokenizer")
+    if isinstance(tok, Mapping) and tok.get("file") is not None and not _is_sha256(tok.get("sha256")):
+        raise _Bad(f"llm.tokenizer names the file {str(tok.get('file'))!r:.80} but no valid sha256 to check it "
+                   f"against (llm.tokenizer.sha256 is {tok.get('sha256')!r:.80})")
+    files = d.get("files")
+    if isinstance(files, Mapping) and files.get("tokenizer") is not None and not isinstance(tok, Mapping):
+        raise _Bad("files.tokenizer names a tokenizer, but llm.tokenizer gives no sha256 to check it against")
 
 
 def _checked_rel(rel: str, what: str, m: Manifest) -> str:
@@ -1022,3 +1062,155 @@ def thresholds_failures(outputs: Sequence[OutputMetrics], thresholds: Thresholds
                 and row.top1_agreement < thresholds.min_top1:
             failures.append(f"output {i}: top-1 agreement {row.top1_agreement:.2f} < {thresholds.min_top1:g}")
     return failures
+
+
+# ------------------------------------------------------------------------------- program signature
+# The method's declared inputs and outputs, read from the program's own flatbuffer (ExecuTorch's
+# schema/program.fbs: Program.execution_plan[].{name, values, inputs, outputs}; EValue.val a union
+# whose Tensor member carries scalar_type and sizes) without importing executorch or torch: a
+# bounded reader of the few fields needed, refusing anything that points outside the file.
+_SCALAR_TYPES = {0: "uint8", 1: "int8", 2: "int16", 3: "int32", 4: "int64", 5: "float16", 6: "float32",
+                 7: "float64", 11: "bool", 15: "bfloat16", 27: "uint16", 28: "uint32", 29: "uint64"}
+_UNION_TENSOR = 5            # KernelTypes: NONE=0 (implicit), Null, Int, Bool, Double, Tensor, ...
+MAX_PROGRAM_VALUES = 1 << 24
+
+
+class _Flat:
+    """Just enough of the flatbuffer wire format (little-endian tables, vtables, vectors, strings)."""
+
+    def __init__(self, buf, source: str):
+        self.buf, self.n, self.source = buf, len(buf), source
+
+    def _bad(self, what: str) -> _Bad:
+        return _Bad(f"{self.source} is not an ExecuTorch program ({what})")
+
+    def u(self, pos: int, size: int, signed: bool = False) -> int:
+        if pos < 0 or pos + size > self.n:
+            raise self._bad(f"a field at byte {pos} lies outside the file")
+        return int.from_bytes(self.buf[pos:pos + size], "little", signed=signed)
+
+    def field(self, table: int, index: int) -> int | None:
+        """Absolute position of field ``index`` of the table at ``table``, or None when absent."""
+        vtable = table - self.u(table, 4, signed=True)
+        vsize = self.u(vtable, 2)
+        slot = 4 + 2 * index
+        if slot + 2 > vsize:
+            return None
+        off = self.u(vtable + slot, 2)
+        return table + off if off else None
+
+    def ref(self, pos: int) -> int:
+        return pos + self.u(pos, 4)
+
+    def vector(self, table: int, index: int, limit: int = MAX_PROGRAM_VALUES) -> tuple[int, int]:
+        """(start of the elements, count) of a vector field; (0, 0) when absent."""
+        pos = self.field(table, index)
+        if pos is None:
+            return 0, 0
+        vec = self.ref(pos)
+        count = self.u(vec, 4)
+        if count > limit:
+            raise self._bad(f"a vector of {count} elements")
+        return vec + 4, count
+
+    def string(self, table: int, index: int) -> str | None:
+        start, count = self.vector(table, index, limit=1 << 16)
+        if not start:
+            return None
+        if start + count > self.n:
+            raise self._bad("a string runs past the end of the file")
+        return bytes(self.buf[start:start + count]).decode("utf-8", "replace")
+
+
+def is_program_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` carries ExecuTorch's flatbuffer identifier (``ET12`` at byte 4)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError:
+        return False
+    return len(head) == 8 and head[4:8] == b"ET12"
+
+
+@dataclass(frozen=True)
+class ProgramSignature:
+    """A method's inputs and outputs as the program declares them: (dtype, sizes) per tensor, None for a
+    value that is not a tensor."""
+
+    method: str
+    inputs: tuple[tuple[str, tuple[int, ...]] | None, ...]
+    outputs: tuple[tuple[str, tuple[int, ...]] | None, ...]
+
+
+def read_program_signature(path: str | os.PathLike, method: str = "forward") -> ProgramSignature:
+    """The declared inputs/outputs of ``method`` in the ``.pte`` at ``path`` (memory-mapped, so a large
+    program is not read into memory). Raises :class:`ArtifactError` for a file that is not a program
+    or has no such method."""
+    import mmap
+
+    source = f"the program {path}"
+    try:
+        with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            fb = _Flat(buf, source)
+            if fb.n < 8 or bytes(buf[4:8]) != b"ET12":
+                raise _Bad(f"{source} is not an ExecuTorch program (no ET12 identifier)")
+            root = fb.ref(0)
+            start, count = fb.vector(root, 1, limit=1 << 12)
+            names, plan = [], None
+            for k in range(count):
+                p = fb.ref(start + 4 * k)
+                name = fb.string(p, 0) or ""
+                names.append(name)
+                if name == method:
+                    plan = p
+            if plan is None:
+                raise _Bad(f"{source} has no method {method!r} (it has {', '.join(names) or 'none'})")
+            values, nvalues = fb.vector(plan, 2)
+
+            def tensor(i: int):
+                if not 0 <= i < nvalues:
+                    raise fb._bad(f"method {method!r} names value {i} of {nvalues}")
+                ev = fb.ref(values + 4 * i)
+                kind_pos = fb.field(ev, 0)
+                if kind_pos is None or fb.u(kind_pos, 1) != _UNION_TENSOR:
+                    return None
+                val_pos = fb.field(ev, 1)
+                if val_pos is None:
+                    return None
+                t = fb.ref(val_pos)
+                st_pos = fb.field(t, 0)
+                scalar = fb.u(st_pos, 1, signed=True) if st_pos is not None else 0
+                s_start, s_count = fb.vector(t, 2, limit=64)
+                sizes = tuple(fb.u(s_start + 4 * j, 4, signed=True) for j in range(s_count))
+                return _SCALAR_TYPES.get(scalar, f"scalar type {scalar}"), sizes
+
+            def indices(field_index: int) -> tuple:
+                s, c = fb.vector(plan, field_index, limit=1 << 16)
+                return tuple(tensor(fb.u(s + 4 * j, 4, signed=True)) for j in range(c))
+
+            return ProgramSignature(method, indices(3), indices(4))
+    except _Bad as exc:
+        raise ArtifactError(f"{exc}.", stage="read artifact", hint="Re-export the artifact.") from None
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"{source} cannot be read: {exc}.", stage="read artifact",
+                            hint="Re-export the artifact.") from None
+
+
+def signature_mismatches(m: "Manifest", sig: ProgramSignature) -> list[str]:
+    """What the manifest's declared inputs/outputs say that the program does not (empty when they
+    agree): counts, dtypes, shapes (a dynamic dimension is declared at its upper bound by both)."""
+    out: list[str] = []
+    for kind, declared, actual in (("inputs", m.inputs, sig.inputs), ("outputs", m.outputs, sig.outputs)):
+        if len(declared) != len(actual):
+            out.append(f"{len(declared)} {kind} declared, the program's method {sig.method!r} has {len(actual)}")
+            continue
+        for i, (spec, real) in enumerate(zip(declared, actual)):
+            if real is None:
+                continue  # a non-tensor value (an int, a list): nothing to compare with a tensor spec
+            dtype, sizes = real
+            if spec.dtype != dtype:
+                out.append(f"{kind}[{i}] ({spec.name}) is declared {spec.dtype}, the program takes {dtype}")
+            if tuple(spec.shape) != tuple(sizes):
+                out.append(f"{kind}[{i}] ({spec.name}) is declared {list(spec.shape)}, the program's is "
+                           f"{list(sizes)}")
+    return out
