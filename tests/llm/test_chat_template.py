@@ -110,3 +110,22 @@ def test_size_and_time_bombs_are_refused_quickly_under_a_2gb_limit():
         assert took < seconds + 1.5, (name, took)
     assert "ran for more than 0.5 s" in results["nested text"][0]
     assert "would make a value of" in results["multiply"][0]
+
+
+def test_generate_chat_with_a_hostile_template_exits_9_before_touching_the_device(tiny_fp32, tmp_path, cli):
+    """The template travels in the artifact's manifest; edited into a bomb, ``generate --chat`` refuses it
+    with exit 9 and one JSON error naming the artifact (not exit 70, not a hang)."""
+    import shutil
+
+    for name, template in (("size", BOMBS["multiply"]), ("time", BOMBS["nested ranges"])):
+        art = tmp_path / name
+        shutil.copytree(tiny_fp32, art)
+        manifest = json.loads((art / "manifest.json").read_text())
+        manifest["llm"]["tokenizer"]["chat_template"] = template
+        (art / "manifest.json").write_text(json.dumps(manifest))
+        proc = cli("generate", str(art), "--device", "local://", "--prompt", "hi", "--chat", "-n", "2", "--json",
+                   timeout=120)
+        assert proc.returncode == ExitCode.PREFLIGHT, proc.stderr[-2000:]
+        error = json.loads(proc.stdout)["error"]
+        assert error["type"] == "ArtifactError" and error["stage"] == "chat template", error
+        assert f"the chat template of artifact {art} was refused" in error["message"]
