@@ -516,8 +516,8 @@ class _Budget:
     def allow(self, n: int, what: str) -> None:
         """Refuse to build a value of ``n`` characters/items."""
         if n > self.max_chars:
-            raise TemplateBudgetExceeded(f"{what} would make a value of {n} characters or items (the limit is "
-                                         f"{self.max_chars})")
+            raise TemplateBudgetExceeded(f"{what} would make a value of {n} or more characters or items (the "
+                                         f"limit is {self.max_chars})")
 
     def size(self, value: Any) -> int:
         """Characters and items of ``value`` counted through its containers, every reference counted (a
@@ -665,17 +665,44 @@ def _guard_filter(budget: _Budget, name: str, f: Callable) -> Callable:
 
 
 def _bounded_env(budget: _Budget):
+    from jinja2.compiler import CodeGenerator, optimizeconst
     from jinja2.sandbox import ImmutableSandboxedEnvironment, MAX_RANGE
 
-    class BoundedEnvironment(ImmutableSandboxedEnvironment):
-        """Jinja's immutable sandbox with a size and time budget at every operator, call, attribute,
-        item, filter and loop over ``range``."""
+    class BoundedCodeGenerator(CodeGenerator):
+        """``a ~ b`` compiles to the environment's :meth:`bounded_concat` instead of a bare join, so that
+        a list of many references to one long string is sized before it is turned into text."""
 
+        @optimizeconst
+        def visit_Concat(self, node, frame) -> None:
+            self.write("environment.bounded_concat((")
+            for arg in node.nodes:
+                self.visit(arg, frame)
+                self.write(", ")
+            self.write("))")
+
+    class BoundedEnvironment(ImmutableSandboxedEnvironment):
+        """Jinja's immutable sandbox with a size and time budget at every operator, concatenation, call,
+        attribute, item, filter, printed value and loop over ``range``."""
+
+        code_generator_class = BoundedCodeGenerator
         # intercepted operators are also never constant-folded when the template is compiled
         intercepted_binops = frozenset({"+", "*", "**", "%", "//", "/", "-"})
 
+        def bounded_concat(self, values) -> str:
+            budget.tick()
+            parts, total = [], 0
+            for value in values:
+                budget.check(value, "'~'")
+                text = str(value)
+                total += len(text)
+                budget.allow(total, "'~'")
+                parts.append(text)
+            return "".join(parts)
+
         def call_binop(self, context, operator, left, right):
             budget.tick()
+            budget.check(left, f"{operator!r}")
+            budget.check(right, f"{operator!r}")
             seqs = (str, list, tuple)
             if operator == "*":
                 if isinstance(left, seqs) and isinstance(right, int):

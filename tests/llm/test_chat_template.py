@@ -72,6 +72,8 @@ BOMBS = {
     "repeated list": "{{ ([messages[0]['content'] * 100] * 100000) | tojson }}",
     "join": "{{ (['x' * 1000000] * 1000) | join }}",
     "replace": "{{ messages[0]['content'].replace('', 'y' * 100000) }}",
+    "references": "{% set a = 'x' * 1000000 %}{% set b = [" + ", ".join(["a"] * 2000) + "] %}"
+                  "{{ b ~ '' }}{{ '%s' % (b,) }}{{ b | string }}",
     "flood": "{% for i in range(100000) %}{{ 'x' * 100000 }}{% endfor %}",
     # time: each would run for hours
     "nested ranges": "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
