@@ -664,6 +664,21 @@ def _guard_filter(budget: _Budget, name: str, f: Callable) -> Callable:
     return call
 
 
+def _generation_extension():
+    """``{% generation %}...{% endgeneration %}`` (transformers marks the assistant's part of a template so):
+    renders its body."""
+    from jinja2.ext import Extension
+
+    class Generation(Extension):
+        tags = {"generation"}
+
+        def parse(self, parser):
+            next(parser.stream)
+            return parser.parse_statements(("name:endgeneration",), drop_needle=True)
+
+    return Generation
+
+
 def _bounded_env(budget: _Budget):
     from jinja2.compiler import CodeGenerator, optimizeconst
     from jinja2.sandbox import ImmutableSandboxedEnvironment, MAX_RANGE
@@ -738,8 +753,10 @@ def _bounded_env(budget: _Budget):
                 budget.check(a, "an argument")
             return budget.check(super().call(__context, __obj, *args, **kwargs), "a call")
 
-    # finalize: every value a {{ }} prints is sized before it is turned into text
-    env = BoundedEnvironment(trim_blocks=True, lstrip_blocks=True,
+    # finalize: every value a {{ }} prints is sized before it is turned into text. Extensions as
+    # transformers renders chat templates with: {% break %}/{% continue %}, {% generation %} blocks.
+    env = BoundedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols",
+                                                                              _generation_extension()],
                              finalize=lambda value: budget.check(value, "a printed value"))
     env.filters = {name: _guard_filter(budget, name, f) for name, f in env.filters.items()}
     env.globals.pop("lipsum", None)   # lipsum(n) writes n paragraphs: no chat template needs it

@@ -131,3 +131,41 @@ def test_generate_chat_with_a_hostile_template_exits_9_before_touching_the_devic
         error = json.loads(proc.stdout)["error"]
         assert error["type"] == "ArtifactError" and error["stage"] == "chat template", error
         assert f"the chat template of artifact {art} was refused" in error["message"]
+
+
+def test_every_template_llama_cpp_ships_renders_as_the_unbounded_sandbox_does(llamacpp):
+    """llama.cpp's source carries real models' chat templates (models/templates/*.jinja: Llama 3.x, Qwen,
+    Mistral, Gemma, Phi, DeepSeek, tool-use ones ...): each renders the same text under the bounds as in
+    Jinja's plain sandbox, or fails the same way (a template that needs tools, or refuses a system turn)."""
+    import time
+
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    from edgerun.export.llm import tokenizer as T
+
+    folder = llamacpp.bindir.parents[1] / "src" / "models" / "templates"   # beside its build/bin
+    templates = sorted(folder.glob("*.jinja"))
+    if not templates:
+        pytest.skip(f"no chat templates under {folder} (the llama.cpp source is not unpacked there)")
+    messages = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "What is 2+2?"},
+                {"role": "assistant", "content": "4."}, {"role": "user", "content": "And 3+3?"}]
+    rendered = 0
+    for path in templates:
+        template = path.read_text(encoding="utf-8")
+        plain = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                              extensions=["jinja2.ext.loopcontrols", T._generation_extension()])
+
+        def raise_exception(message):
+            raise ValueError(message)
+
+        plain.globals.update(raise_exception=raise_exception, strftime_now=time.strftime)
+        try:
+            want = plain.from_string(template).render(messages=messages, add_generation_prompt=True,
+                                                      bos_token="<s>", eos_token="</s>")
+        except Exception:
+            with pytest.raises(ArtifactError, match="cannot be rendered"):
+                render_chat(template, messages, bos_token="<s>", eos_token="</s>")
+            continue
+        assert render_chat(template, messages, bos_token="<s>", eos_token="</s>") == want, path.name
+        rendered += 1
+    assert rendered >= len(templates) * 3 // 4, f"only {rendered} of {len(templates)} templates rendered"
