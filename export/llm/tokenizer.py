@@ -522,6 +522,10 @@ class _Budget:
     def size(self, value: Any) -> int:
         """Characters and items of ``value`` counted through its containers, every reference counted (a
         list of one long string repeated is as large as it prints); stops counting past the limit."""
+        from collections.abc import MappingView
+
+        from jinja2.utils import Namespace
+
         total, stack = 0, [value]
         while stack and total <= self.max_chars:
             v = stack.pop()
@@ -531,9 +535,12 @@ class _Budget:
                 total += len(v)
                 stack.extend(v.keys())
                 stack.extend(v.values())
-            elif isinstance(v, (list, tuple, set, frozenset)):
+            elif isinstance(v, (list, tuple, set, frozenset, MappingView)):
                 total += len(v)
                 stack.extend(v)
+            elif isinstance(v, Namespace):   # prints as its attributes
+                total += 1
+                stack.append(dict(v._Namespace__attrs))
             elif isinstance(v, int) and not isinstance(v, bool) and v.bit_length() > MAX_INT_BITS:
                 raise TemplateBudgetExceeded(f"an integer of {v.bit_length()} bits")
             else:

@@ -74,6 +74,7 @@ BOMBS = {
     "replace": "{{ messages[0]['content'].replace('', 'y' * 100000) }}",
     "references": "{% set a = 'x' * 1000000 %}{% set b = [" + ", ".join(["a"] * 2000) + "] %}"
                   "{{ b ~ '' }}{{ '%s' % (b,) }}{{ b | string }}",
+    "namespace": "{% set ns = namespace(a='x' * 1000000) %}{{ [ns] * 2000 }}{{ [ns.a] * 2000 }}",
     "flood": "{% for i in range(100000) %}{{ 'x' * 100000 }}{% endfor %}",
     # time: each would run for hours
     "nested ranges": "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
