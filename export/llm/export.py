@@ -161,11 +161,30 @@ def save_compact_etrecord(etrecord, path: Path) -> None:
     etrecord.save(str(path))
 
 
+def _mutated_buffers(exported) -> set[str]:
+    """Names of the buffers the program writes (the KV cache). torch.export's graph keeps in-place ops
+    until it is functionalized (``buffers_to_mutate`` is filled by ``run_decompositions``, which costs a
+    whole retrace of the model): a buffer is also mutated when an op whose schema writes an argument
+    (``index_copy_``'s ``self``) gets that buffer's placeholder."""
+    import torch
+
+    sig = exported.graph_signature
+    mutated = set(sig.buffers_to_mutate.values())
+    buffer_of = {spec.arg.name: spec.target for spec in sig.input_specs
+                 if spec.kind.name == "BUFFER" and hasattr(spec.arg, "name")}
+    for node in exported.graph.nodes:
+        if node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload):
+            continue
+        for arg, value in zip(node.target._schema.arguments, node.args):
+            if arg.alias_info is not None and arg.alias_info.is_write and getattr(value, "name", None) in buffer_of:
+                mutated.add(buffer_of[value.name])
+    return mutated
+
+
 def _weight_bytes(exported) -> dict[str, int]:
     """Bytes of the program's weights (parameters and constant buffers, not the KV cache) by dtype;
     a tensor shared by two names (a tied weight) counts once."""
-    sig = exported.graph_signature
-    mutable = set(sig.buffers_to_mutate.values())
+    mutable = _mutated_buffers(exported)
     seen, out = set(), {}
     for name, t in list(exported.state_dict.items()) + list(exported.constants.items()):
         if name in mutable or not hasattr(t, "dtype"):
@@ -261,7 +280,7 @@ def _export_stage(w: Work) -> None:
     t = torch.export.Dim("T", min=1, max=w.max_context)
     with torch.no_grad():
         w.exported = torch.export.export(w.module, w.example, dynamic_shapes={"tokens": {1: t}, "input_pos": {0: t}})
-    weight_bytes = _weight_bytes(w.exported.run_decompositions({}))
+    weight_bytes = _weight_bytes(w.exported)
     n4 = sum(int(f.get("int4_weight_numel") or 0) for f in w.step_facts.values())
     if n4 and weight_bytes.get("int8", 0) >= n4:
         # torchao keeps int4 codes unpacked in int8 until XNNPACK packs them two a byte

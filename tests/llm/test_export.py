@@ -190,3 +190,22 @@ def test_the_eager_quantized_embedding_looks_up_exactly_what_the_full_table_op_g
         emb = quantize_llama(model, make_scheme("8da4w", group_size=32, embedding_bits=bits))[0].tok_embeddings
         assert torch.equal(emb(tokens), emb.full_table_forward(tokens))
         assert emb(tokens).shape == (1, 6, model.config.dim)
+
+
+def test_weight_bytes_leave_out_the_kv_cache_without_functionalizing_the_program(tiny_gguf):
+    """The KV cache is found from the ops that write it in the captured graph, as the functionalized
+    (decomposed) program's buffers_to_mutate would say -- without the retrace that costs."""
+    import torch
+
+    from edgerun.export.llm.export import _weight_bytes
+    from edgerun.export.llm.gguf_model import load_llama
+    from edgerun.export.llm.quantize import quantize_llama
+    from edgerun.export.schemes import make_scheme
+
+    model, _ = load_llama(tiny_gguf, max_context=16)
+    for module in (model, quantize_llama(model, make_scheme("8da4w", group_size=32))[0]):
+        t = torch.export.Dim("T", min=1, max=16)
+        ep = torch.export.export(module, (torch.arange(4)[None], torch.arange(4)),
+                                 dynamic_shapes={"tokens": {1: t}, "input_pos": {0: t}})
+        fast, decomposed = _weight_bytes(ep), _weight_bytes(ep.run_decompositions({}))
+        assert fast == decomposed and ep.run_decompositions({}).graph_signature.buffers_to_mutate
