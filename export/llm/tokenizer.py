@@ -856,9 +856,10 @@ def render_chat(template: str, messages: Sequence[Mapping[str, Any]], *, add_gen
     """Render a GGUF chat template (Jinja) as llama.cpp and transformers do, in Jinja's immutable sandbox
     with bounds: the output and every value the template builds stay under ``max_chars`` (default
     :data:`MAX_CHAT_CHARS`, or twice the messages when they are longer), the render under ``seconds``.
-    A template that breaks a bound, fails to parse or fails while rendering (``raise_exception``
-    included) raises :class:`ArtifactError` naming ``source`` -- the template is the model's, not the
-    user's call."""
+    The template gets what transformers gives it: ``raise_exception``, ``strftime_now``, ``{% break %}``,
+    ``{% continue %}`` and ``{% generation %}`` (not ``lipsum``). A template that breaks a bound, fails
+    to parse or fails while rendering (``raise_exception`` included) raises :class:`ArtifactError`
+    naming ``source`` -- the template is the model's, not the user's call."""
     if not isinstance(template, str) or len(template) > MAX_TEMPLATE_CHARS:
         raise ArtifactError(f"{source} is not a template of at most {MAX_TEMPLATE_CHARS} characters.",
                             stage="chat template", hint="Re-export from a GGUF with a sane chat template, or "
