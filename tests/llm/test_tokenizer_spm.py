@@ -270,3 +270,27 @@ def test_a_chat_prompt_gets_one_bos_whether_or_not_the_template_writes_it(varian
     with_bos = _artifact_tokenizer(variants["llama"], tmp_path, template="{{ bos_token }}{{ messages[0]['content'] }}")
     assert plain.encode("hi", chat=True) == with_bos.encode("hi", chat=True) == plain.encode("hi")
     assert plain.encode("hi")[0] == 1 and plain.encode("hi")[1] != 1
+
+
+def test_an_8000_piece_model_trained_on_pythons_own_sources_gives_llama_cpps_ids(tmp_path, llamacpp):
+    """A vocabulary of a real model's scale: sentencepiece's BPE on 2 MB of the standard library's Python
+    files (shipped with the interpreter), checked on 200 kB of other files in one llama.cpp call."""
+    import sysconfig
+    from pathlib import Path
+
+    files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))
+    if len(files) < 40:
+        pytest.skip("the standard library's sources are not installed")
+    random.Random(0).shuffle(files)
+    train = "".join(f.read_text(errors="replace") for f in files[:len(files) // 2])[:2_000_000]
+    (tmp_path / "corpus.txt").write_text(train)
+    spec = spm_from_sentencepiece(8000, workdir=tmp_path, corpus=tmp_path / "corpus.txt", coverage=0.9995)
+    if spec is None:
+        pytest.skip("the sentencepiece library is not installed (it comes with executorch's pytorch_tokenizers)")
+    path = write_tokenizer_gguf(tmp_path / "py.gguf", spec)
+    tok, facts = _load(path)
+    text = "".join(f.read_text(errors="replace") for f in files[len(files) // 2:])[:200_000] + MIXED + SPECIAL_TEXT
+    ours = encode(tok, facts, text)
+    assert len(ours) > 40_000 and ours == llamacpp.tokenize(path, text)
+    plain = text[:50_000]
+    assert encode(tok, facts, plain, add_special=False, parse_special=False) == spec.sp.encode(plain)

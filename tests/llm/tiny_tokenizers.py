@@ -124,9 +124,11 @@ def gemma_like(spec: TokenizerSpec) -> TokenizerSpec:
                         add_space_prefix=False, add_bos=True)
 
 
-def spm_from_sentencepiece(vocab_size: int = 500, workdir: Path | None = None) -> TokenizerSpec | None:
+def spm_from_sentencepiece(vocab_size: int = 500, workdir: Path | None = None, corpus: Path | None = None,
+                           coverage: float = 1.0) -> TokenizerSpec | None:
     """The same trained by the ``sentencepiece`` library (BPE with byte fallback, identity normalization,
-    whitespace kept: as Llama's tokenizer.model is); ``None`` without the library."""
+    whitespace kept: as Llama's tokenizer.model is) on ``corpus`` (default export/llm/data/train.txt);
+    ``None`` without the library."""
     try:
         import sentencepiece as spm
     except ImportError:
@@ -136,10 +138,11 @@ def spm_from_sentencepiece(vocab_size: int = 500, workdir: Path | None = None) -
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         prefix = str(Path(tmp) / "m")
         spm.SentencePieceTrainer.train(
-            input=str(DATA / "train.txt"), model_prefix=prefix, vocab_size=vocab_size, model_type="bpe",
+            input=str(corpus or DATA / "train.txt"), model_prefix=prefix, vocab_size=vocab_size, model_type="bpe",
             byte_fallback=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
-            add_dummy_prefix=True, split_digits=True, character_coverage=1.0, allow_whitespace_only_pieces=True,
-            control_symbols=list(CHAT_CONTROL), user_defined_symbols=[USER_TOKEN], minloglevel=2)
+            add_dummy_prefix=True, split_digits=True, character_coverage=coverage, allow_whitespace_only_pieces=True,
+            control_symbols=list(CHAT_CONTROL), user_defined_symbols=[USER_TOKEN], minloglevel=2,
+            max_sentence_length=100_000, input_sentence_size=200_000, shuffle_input_sentence=True)
         sp = spm.SentencePieceProcessor(model_file=prefix + ".model")
     tokens, types, scores = [], [], []
     for i in range(sp.get_piece_size()):
