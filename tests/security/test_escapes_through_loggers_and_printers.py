@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 import logging
 import pkgutil
 import re
@@ -150,3 +151,20 @@ def test_profile_on_a_device_whose_runner_prints_escapes(make_artifact, runner_b
     assert result.exit_code not in (0, 70), out
     assert "WARNING edgerun.profile" in out and "fake ok" in out
     assert_clean(out.replace("\n", "").replace("\t", "") if not json_out else out)
+    if json_out:  # every string of the JSON object, as `jq -r` would print it, is plain text too
+        doc = json.loads(result.stdout.strip().splitlines()[-1])
+
+        def strings(v):
+            if isinstance(v, str):
+                yield v
+            elif isinstance(v, dict):
+                for k, x in v.items():
+                    yield k
+                    yield from strings(x)
+            elif isinstance(v, list):
+                for x in v:
+                    yield from strings(x)
+
+        text = "\n".join(strings(doc))
+        assert "fake ok" in text
+        assert_clean(text.replace("\n", "").replace("\t", ""))
