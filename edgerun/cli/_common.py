@@ -211,11 +211,15 @@ def _jsonable(obj: Any) -> Any:
 
 
 def _finite(obj: Any) -> Any:
-    """NaN/inf are not JSON: they become null (a missing number, not a fake one)."""
+    """NaN/inf are not JSON: they become null (a missing number, not a fake one). Every string is
+    sanitised too (:func:`~edgerun.core.text.sanitize_text`): a consumer printing a field of ``--json``
+    output (``jq -r .error.message``) gets no device's escapes either."""
     if isinstance(obj, float) and (obj != obj or obj in (float("inf"), float("-inf"))):
         return None
+    if isinstance(obj, str):
+        return sanitize_text(obj)
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {sanitize_text(k): _finite(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [_finite(v) for v in obj]
     return obj
