@@ -57,13 +57,85 @@ def varying_columns(rows: Sequence[dict]) -> tuple[list[str], dict[str, Any]]:
     return columns, common
 
 
+# ------------------------------------------------------------------------------- kinds of run
+FORWARD, LLM, TRAIN = "forward", "llm", "train"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunKind:
+    """What a run's samples time, read from its stored record (:func:`run_kind`). Two runs are compared
+    only when their kinds are equal: a ``tg32`` run's samples are decode steps, a ``pp64`` run's are
+    prefills of 64 tokens, a score run's are windows, a training run's are optimizer steps, and a
+    forward run's are calls of ``forward`` on inputs of given shapes.
+
+    ``kind``: forward | llm | train. ``test``: forward, the LLM test (``generate``, ``ppP``, ``tgN``,
+    ``score``) or train. ``detail``: what else has to match for the samples to time the same work
+    (the input shapes of a forward run, a score run's window). Threads, scheme, device and method
+    may differ: comparing those is what a comparison is for, and ``compare`` names the difference."""
+
+    kind: str
+    test: str
+    detail: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        return self.test + (f" ({', '.join(self.detail)})" if self.detail else "")
+
+
+def _input_signature(spec: Any) -> str:
+    if not isinstance(spec, dict):
+        return "?"
+    shape = spec.get("shape")
+    dims = "×".join(str(d) for d in shape) if isinstance(shape, (list, tuple)) else "?"
+    return f"{dims} {spec.get('dtype') or '?'}"
+
+
+def run_kind(r: RunRecord) -> RunKind:
+    """The kind and test of a stored run (see :class:`RunKind`): a training record is ``train``, an
+    LLM record its test, anything else a ``forward`` run of its recorded input shapes."""
+    if r.training is not None:
+        return RunKind(TRAIN, "train")
+    if r.llm is not None:
+        test = r.llm.test or "llm"
+        detail: tuple[str, ...] = ()
+        if test == "score":
+            window = r.llm.perplexity_window or (r.llm.request or {}).get("window")
+            if window:
+                detail = (f"window {window}",)
+        return RunKind(LLM, test, detail)
+    return RunKind(FORWARD, FORWARD, tuple(_input_signature(i) for i in r.model.inputs))
+
+
+def not_comparable(a: RunRecord, b: RunRecord) -> str | None:
+    """Why B's timings cannot be compared with A's, or None. Their kinds and tests must be equal; for
+    one model so must the detail (a forward run's input shapes, a score run's window). Different
+    models of one kind stay comparable as before (``compare`` warns that it says nothing about a
+    regression)."""
+    ka, kb = run_kind(a), run_kind(b)
+    if (ka.kind, ka.test) == (kb.kind, kb.test) and (ka.detail == kb.detail or a.model.name != b.model.name):
+        return None
+    if ka.kind != kb.kind:
+        why = f"{a.run_id} is a {ka.kind} run ({ka.label}) and {b.run_id} a {kb.kind} run ({kb.label})"
+    else:
+        why = f"{a.run_id} is {ka.label} and {b.run_id} is {kb.label}"
+    return f"{why}: their samples time different work, so no faster/slower follows from them"
+
+
+class NotComparable(UsageError):
+    """Two runs of different kinds or tests were given to compare (a wrong call: exit 2)."""
+
+    default_stage = "compare"
+
+
 def comparable_pairs(records: Sequence[RunRecord]) -> list[tuple[RunRecord, RunRecord]]:
-    """(baseline, candidate) pairs a report compares: each run against the first run of the same model
-    and the same source (measured with measured, emulated with emulated), never across models."""
-    first: dict[tuple[str, str], RunRecord] = {}
+    """(baseline, candidate) pairs a report compares: each run against the first run of the same model,
+    the same source (measured with measured, emulated with emulated) and the same kind and test
+    (:func:`run_kind`: a tg32 run with the first tg32 run, a training run with the first training
+    run), never across models."""
+    first: dict[tuple, RunRecord] = {}
     pairs = []
     for r in records:
-        key = (r.model.name, r.source)
+        key = (r.model.name, r.source, run_kind(r))  # one model: the detail counts too
         if key in first:
             pairs.append((first[key], r))
         else:
@@ -125,7 +197,16 @@ def compare_runs(a: RunRecord, b: RunRecord, **kw) -> RunComparison:
     """:func:`~edgerun.runtime.record.compare_records`, then the machine's conditions: when they make
     a timing change unmeasurable (:func:`machine_conditions`), a "faster"/"slower" verdict becomes
     ``conditions differ`` (the U test's own verdict stays in ``latency``) and the comparison is marked
-    unreliable, with the reasons among its warnings."""
+    unreliable, with the reasons among its warnings.
+
+    Runs of different kinds or tests (:func:`not_comparable`) are refused with :class:`NotComparable`."""
+    why = not_comparable(a, b)
+    if why is not None:
+        ka, kb = run_kind(a), run_kind(b)
+        raise NotComparable(
+            f"cannot compare {b.run_id} with {a.run_id}: {why}.",
+            hint=f"Compare runs of one test: `edgerun runs list` shows each run's test (here {ka.label} and "
+                 f"{kb.label}); `edgerun report {a.run_id} {b.run_id}` shows both side by side without a verdict.")
     c = compare_records(a, b, **kw)
     notes = machine_conditions(a, b)
     if not notes:
@@ -461,10 +542,17 @@ def pareto_front(points: Sequence[tuple[float, float, float]]) -> list[int]:
 
 def pareto_groups(records: Sequence[RunRecord]) -> dict[tuple[str, str], list[RunRecord]]:
     """Runs that share a latency axis: one device (as labelled, with its emulated CPU) and one source.
-    Emulated and measured latencies are never on one axis: they measure different things."""
+    Emulated and measured latencies are never on one axis: they measure different things. Nor are
+    different LLM tests (a tg32 run's median is a decode step, a pp64 run's a prefill): an LLM test
+    gets its own panel, named after the device (``local · tg32``). Training runs are not inference and
+    are left out (the fine-tuning section shows them)."""
     groups: dict[tuple[str, str], list[RunRecord]] = {}
     for r in records:
-        groups.setdefault((cols.device_label(r.device_name, r.device), r.source), []).append(r)
+        k = run_kind(r)
+        if k.kind == TRAIN:
+            continue
+        device = cols.device_label(r.device_name, r.device)
+        groups.setdefault((device if k.kind == FORWARD else f"{device} · {k.test}", r.source), []).append(r)
     return groups
 
 
@@ -498,7 +586,9 @@ def plot_pareto(records: Sequence[RunRecord]) -> bytes:
     An emulated panel has its own latency axis, triangles and a shaded background, and says so.
     """
     groups = pareto_groups(records)
-    largest = max((r.memory.pte_bytes or 0) for r in records)
+    if not groups:
+        raise UsageError("a trade-off plot needs at least one inference run (training runs are not plotted).")
+    largest = max((r.memory.pte_bytes or 0) for g in groups.values() for r in g)
     unit, scale = cols.bytes_scale(largest)
     n = len(groups)
     ncols = min(n, 2)
@@ -621,7 +711,8 @@ def to_html(records: Sequence[RunRecord], comparisons: Sequence[RunComparison] =
     if len(records) > 1:
         parts.append("<h2>Comparison across runs</h2>")
         parts.append(_img(plot_comparison(records), "comparison across runs"))
-    if pareto if pareto is not None else len(records) > 2:
+    inference = [r for r in records if run_kind(r).kind != TRAIN]
+    if inference and (pareto if pareto is not None else len(inference) > 2):
         parts.append("<h2>Trade-off</h2>")
         parts.append(_img(plot_pareto(records), "pareto latency size accuracy"))
 

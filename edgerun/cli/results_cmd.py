@@ -218,8 +218,17 @@ def register(app: typer.Typer) -> None:
         """List stored runs, newest first."""
 
         def work() -> dict:
+            from edgerun.report import run_kind
+
             with _open(store) as s:
-                return {"store": str(s.path), "runs": s.list(model=model, device=device, sweep_id=sweep, limit=limit)}
+                rows = s.list(model=model, device=device, sweep_id=sweep, limit=limit)
+                for r in rows:  # what the run timed: an LLM's test is indexed; forward or train is in the record
+                    if r.get("llm_test"):
+                        r["kind"], r["test"] = "llm", r["llm_test"]
+                    else:
+                        k = run_kind(s.get(r["run_id"]))
+                        r["kind"], r["test"] = k.kind, k.test
+                return {"store": str(s.path), "runs": rows}
 
         def human(result: dict) -> None:
             if not result["runs"]:
@@ -229,12 +238,13 @@ def register(app: typer.Typer) -> None:
             t = Table(title=f"Runs in {result['store']}", title_justify="left", box=box.SIMPLE_HEAD)
             t.add_column("run", no_wrap=True)
             t.add_column("when (UTC)", no_wrap=True)
-            for col in ("model", "scheme", "device", "source", "threads"):
+            for col in ("model", "scheme", "test", "device", "source", "threads"):
                 t.add_column(col)
             t.add_column("median / p90 / p99 ms", justify="right", no_wrap=True)
             for r in result["runs"]:
                 t.add_row(r["run_id"], r["created_at"][:16].replace("T", " "), escape(r["model"]),
-                          escape(r["scheme"] or "-"), escape(r.get("device_label") or r["device"]), r["source"],
+                          escape(r["scheme"] or "-"), escape(r.get("test") or "-"),
+                          escape(r.get("device_label") or r["device"]), r["source"],
                           str(r["threads"] if r["threads"] is not None else "-"),
                           f"{_ms(r['median_ms'])} / {_ms(r['p90_ms'])} / {_ms(r['p99_ms'])}")
             out.print(t)
@@ -305,6 +315,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Compare run B against baseline A: U test on the raw samples plus a practical-effect threshold.
 
+        Only runs of one kind and test are compared (forward on the same input shapes, one LLM test such
+        as tg32 or pp64 or score, or training); anything else is refused, naming both, with exit 2.
+
         When the machine's load differed between the runs (or was high for either: busy cores, load
         average, CPU steal, recorded by the device probe before each run) the verdict is "conditions
         differ" instead of faster/slower, with the reasons among the warnings.
@@ -331,8 +344,9 @@ def register(app: typer.Typer) -> None:
         fmt: Annotated[Optional[str], typer.Option("--format", "-f", help=(
             "html | md | json | csv (default: from the -o suffix, else html)."))] = None,
         compare: Annotated[bool, typer.Option(help=(
-            "Also compare each run against the first run of the same model (and source: measured or "
-            "emulated); runs of different models are not compared."))] = True,
+            "Also compare each run against the first run of the same model, source (measured or "
+            "emulated) and test (forward, an LLM test such as tg32 or pp64 or score, train); runs of "
+            "different models or tests are not compared."))] = True,
         top: Annotated[int, typer.Option(parser=opt.top, help="Operators shown per run.")] = 12,
         store: StoreOpt = None,
         json_out: JsonOpt = False,
