@@ -83,7 +83,7 @@ class ArtifactTokenizer:
             if not template:
                 raise UsageError(f"--chat: artifact {self.manifest.dir} has no chat template (its GGUF had none).",
                                  hint="Drop --chat and give the prompt as plain text.")
-            from edgerun.export.llm.tokenizer import render_chat
+            from edgerun.export.llm.chat import render_chat
 
             messages = ([{"role": "system", "content": system}] if system else []) + \
                 [{"role": "user", "content": text}]
@@ -137,6 +137,43 @@ class TokenStream:
                 self._on_text(delta)
 
 
+def reexport_command(manifest: Manifest, max_context: int) -> str:
+    """The command that exports this artifact's model again with another KV cache length: its model (a
+    GGUF by the path it was read from), target and recipe; a fine-tuned artifact's is the fine-tune's
+    ``--export-to`` (the weights came from a device run, not from a file ``export`` reads)."""
+    import shlex
+
+    m = manifest.model
+    if manifest.lineage:
+        return (f"edgerun finetune {shlex.quote(str(manifest.lineage.get('base_model') or m.name))} … "
+                f"--export-to DIR --max-context {max_context}")
+    model = m.origin if m.source == "gguf" and m.origin else m.name
+    out = f"{Path(str(manifest.dir)).name}-ctx{max_context}" if manifest.dir else f"out-ctx{max_context}"
+    return (f"edgerun export {shlex.quote(model)} --target {shlex.quote(manifest.target.name)} "
+            f"--scheme {shlex.quote(manifest.scheme.spec)} --max-context {max_context} -o {shlex.quote(out)}")
+
+
+def context_warning(manifest: Manifest, prompt_tokens: int, max_new_tokens: int) -> str | None:
+    """A sentence for a person before a generation that cannot finish: prompt + ``-n`` is more than the
+    program's max context (the KV cache length it was exported with), so the run would stop early with
+    ``stop: context``. Names the room left and the re-export command with a context that fits (the next
+    power of two, at most what the model was trained for). None when the request fits."""
+    llm = manifest.llm
+    need = prompt_tokens + max_new_tokens
+    if llm is None or need <= llm.max_context:
+        return None
+    room = max(0, llm.max_context - prompt_tokens)
+    fits = 1 << (need - 1).bit_length()
+    trained = llm.context_length
+    if trained and fits > trained:
+        fits = max(trained, llm.max_context)
+    advice = (f"re-export with a longer context: {reexport_command(manifest, fits)}" if fits > llm.max_context
+              else "the model was trained for no longer context; ask for fewer tokens (-n)")
+    return (f"the prompt is {prompt_tokens} tokens and -n asks for {max_new_tokens} more, but artifact "
+            f"{manifest.dir} holds {llm.max_context} positions (its KV cache, "
+            f"{llm.kv_cache_bytes:,} bytes): at most {room} new tokens fit before 'stop: context'; {advice}")
+
+
 @dataclasses.dataclass(frozen=True)
 class GenerateSettings:
     max_new_tokens: int = 64
@@ -157,22 +194,30 @@ class GenerateSettings:
 
 def _run_llm(manifest: Manifest, device, request: LLMRequest, *, threads: int, seed: int, warmup: int,
              timeout_s: float, variant: str, store_path, decode_text=None, on_stdout=None, sweep_id=None,
-             cell: Cell | None = None):
-    """One LLM run on an open device: deploy, run, analyse, store. Returns the record."""
+             cell: Cell | None = None, warnings: Sequence[str] = ()):
+    """One LLM run on an open device: deploy, run, analyse, store (``warnings`` added to the record's).
+    Returns the record."""
     from edgerun.runtime.analysis import AnalysisSettings, analyse
     from edgerun.runtime.runner import RunOptions
 
     mode = dataclasses.replace(request, options=RunOptions(warmup=warmup, threads=threads, seed=seed))
     settings = AnalysisSettings(vector=None, llm_request=mode, decode_text=decode_text, sweep_id=sweep_id,
                                 cell=cell.key if cell else None)
-    return run_cell(manifest, device, mode, lambda run: analyse(run, manifest, settings), store_path=store_path,
+    def analysed(run):
+        record = analyse(run, manifest, settings)
+        return dataclasses.replace(record, warnings=(*warnings, *record.warnings)) if warnings else record
+
+    return run_cell(manifest, device, mode, analysed, store_path=store_path,
                     variant=variant, timeout=timeout_s, on_stdout=on_stdout)
 
 
 def generate(artifact: str | Path | Manifest, device_name: str, prompt: str, settings: GenerateSettings = GenerateSettings(),
              *, prompt_ids: Sequence[int] | None = None, store_path=None, inventory: str | None = None,
-             on_text: Callable[[str], None] | None = None):
-    """``edgerun generate``: returns ``(record, prompt_ids)``; ``on_text`` sees the text as it is generated."""
+             on_text: Callable[[str], None] | None = None, on_warning: Callable[[str], None] | None = None):
+    """``edgerun generate``: returns ``(record, prompt_ids)``; ``on_text`` sees the text as it is generated.
+
+    A request that cannot fit the artifact's max context (:func:`context_warning`) is warned about before
+    the device is touched: to ``on_warning`` (default: the log), and kept among the record's warnings."""
     from edgerun.devices.inventory import resolve_device
 
     manifest = llm_manifest(artifact)
@@ -187,12 +232,16 @@ def generate(artifact: str | Path | Manifest, device_name: str, prompt: str, set
                          top_k=settings.top_k, top_p=settings.top_p, repeat=settings.repeat, test="generate",
                          text=prompt)
     request.check(manifest)
+    warning = context_warning(manifest, len(ids), settings.max_new_tokens)
+    if warning is not None:
+        (on_warning or log.warning)(warning)
     stream = TokenStream(tok.decode, on_text, stops) if on_text is not None else None
     check_store(store_path)
     with resolve_device(device_name, inventory) as dev:
         record = _run_llm(manifest, dev, request, threads=settings.threads, seed=settings.seed,
                           warmup=settings.warmup, timeout_s=settings.timeout_s, variant=settings.variant,
-                          store_path=store_path, decode_text=tok.decode, on_stdout=stream)
+                          store_path=store_path, decode_text=tok.decode, on_stdout=stream,
+                          warnings=(warning,) if warning else ())
     return record, ids
 
 

@@ -13,7 +13,7 @@ import textwrap
 import pytest
 
 from edgerun.core.errors import ArtifactError, ExitCode
-from edgerun.export.llm.tokenizer import render_chat
+from edgerun.export.llm.chat import render_chat
 
 CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] "
           "+ '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
@@ -87,7 +87,7 @@ _CHILD = textwrap.dedent("""
     import json, resource, sys, time
     resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
     from edgerun.core.errors import ArtifactError
-    from edgerun.export.llm.tokenizer import render_chat
+    from edgerun.export.llm.chat import render_chat
     results = {}
     for name, template in json.loads(sys.argv[1]).items():
         start = time.monotonic()
@@ -142,7 +142,7 @@ def test_every_template_llama_cpp_ships_renders_as_the_unbounded_sandbox_does(ll
 
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    from edgerun.export.llm import tokenizer as T
+    from edgerun.export.llm import chat as T
 
     folder = llamacpp.bindir.parents[1] / "src" / "models" / "templates"   # beside its build/bin
     templates = sorted(folder.glob("*.jinja"))

@@ -148,7 +148,8 @@ def test_smollm2_reads_as_the_documented_llama(smollm2_gguf, smollm2_2layers):
 
 @pytest.mark.slow
 def test_smollm2_answers_the_capital_of_france(smollm2_gguf):
-    from edgerun.export.llm.tokenizer import render_chat, tokenizer_from_gguf
+    from edgerun.export.llm.chat import render_chat
+    from edgerun.export.llm.tokenizer import tokenizer_from_gguf
 
     model, g = load_llama(smollm2_gguf, max_context=64)
     tok, facts = tokenizer_from_gguf(g)

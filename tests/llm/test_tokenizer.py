@@ -10,7 +10,8 @@ from tokenizers import Tokenizer
 
 from edgerun.core.errors import ExportError
 from edgerun.export.llm.gguf_model import read_gguf
-from edgerun.export.llm.tokenizer import build_tokenizer, render_chat, save_tokenizer, tokenizer_from_gguf
+from edgerun.export.llm.chat import render_chat
+from edgerun.export.llm.tokenizer import build_tokenizer, save_tokenizer, tokenizer_from_gguf
 from tiny import DATA, SPECIALS
 
 HELDOUT = (DATA / "heldout.txt").read_text()
