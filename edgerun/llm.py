@@ -159,10 +159,11 @@ def context_warning(manifest: Manifest, prompt_tokens: int, max_new_tokens: int)
     ``stop: context``. Names the room left and the re-export command with a context that fits (the next
     power of two, at most what the model was trained for). None when the request fits."""
     llm = manifest.llm
-    need = prompt_tokens + max_new_tokens
+    # every token but the last generated one takes a position: the prompt's and each fed back to decode
+    need = prompt_tokens + max_new_tokens - 1
     if llm is None or need <= llm.max_context:
         return None
-    room = max(0, llm.max_context - prompt_tokens)
+    room = max(0, llm.max_context - prompt_tokens + 1)
     fits = 1 << (need - 1).bit_length()
     trained = llm.context_length
     if trained and fits > trained:

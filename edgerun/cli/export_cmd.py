@@ -88,6 +88,8 @@ def show_manifest(m) -> None:
         t.add_row("quantized layers", escape(f"{rows}" + (f" ({share:.0%} of the parameters)" if share is not None
                                                             else "")))
     out.print(t)
+    if m.llm is not None:
+        show_llm_facts(m)
     for w in m.warnings:
         out.print(f"[yellow]warning:[/] {escape(w)}", soft_wrap=True)
 
@@ -119,6 +121,42 @@ def show_manifest(m) -> None:
             out.print(f"[red]FAILED[/] {escape(failure)}")
 
 
+def show_llm_facts(m) -> None:
+    """An LLM artifact's table: how long a conversation fits (max context) and what that costs (the KV
+    cache), its perplexity at export, and the tokenizer it ships."""
+    llm = m.llm
+    t = Table(title="LLM", show_header=False, title_justify="left")
+    t.add_column(style="bold")
+    t.add_column()
+    trained = f"; trained for {llm.context_length:,}" if llm.context_length else ""
+    t.add_row("max context", f"{llm.max_context:,} positions (prompt + generated tokens at most{trained}; "
+                             "edgerun export … --max-context N for another)")
+    t.add_row("KV cache", f"{format_bytes(llm.kv_cache_bytes)} at max context ({llm.kv_cache_bytes:,} bytes; "
+                          f"{llm.kv_cache_bytes_per_token:,} bytes a position: keys and values of {llm.layers} "
+                          f"layers × {llm.kv_heads} KV heads, fp32)")
+    t.add_row("model", escape(f"{llm.architecture} {llm.name}: {llm.parameters:,} parameters, {llm.layers} layers, "
+                              f"dim {llm.dim}, {llm.heads} heads ({llm.kv_heads} KV), vocabulary {llm.vocab_size:,}"))
+    ppl = llm.quality.perplexity
+    if ppl is not None:
+        quant = f", eager after the recipe {ppl.eager_quantized:.3f}" if ppl.eager_quantized is not None else ""
+        t.add_row("perplexity", escape(f"program {ppl.program:.3f} vs eager fp32 {ppl.eager_fp32:.3f} "
+                                       f"({ppl.program_vs_eager_fp32:+.1%}){quant}; {ppl.tokens:,} tokens of "
+                                       f"{ppl.text} in windows of {ppl.window}"))
+    else:
+        t.add_row("perplexity", "not measured at export")
+    tok = llm.tokenizer
+    bits = [tok.kind or "unknown kind"]
+    if tok.pre_tokenizer:
+        bits.append(f"pre-tokenizer {tok.pre_tokenizer}")
+    if tok.vocab_size:
+        bits.append(f"{tok.vocab_size:,} tokens")
+    bits.append(f"BOS {tok.bos_id if tok.bos_id is not None else '-'}{' (added)' if tok.add_bos else ''}, "
+                f"EOS {tok.eos_id if tok.eos_id is not None else '-'}")
+    bits.append("chat template" if tok.chat_template else "no chat template")
+    t.add_row("tokenizer", escape(f"{tok.file}: " + ", ".join(bits)))
+    out.print(t)
+
+
 def register(app: typer.Typer) -> None:
     @app.command("export")
     def export_cmd(
@@ -148,7 +186,8 @@ def register(app: typer.Typer) -> None:
         min_top1: Annotated[Optional[float], typer.Option(
             parser=opt.real(0.0, 1.0), help="Also require this top-1 agreement (0..1) on classifier outputs.")] = None,
         max_context: Annotated[Optional[int], typer.Option(
-            parser=opt.count(1, opt.MAX_TOKENS), help="LLMs: the KV cache length, i.e. prompt + generated tokens at most (default 128).")] = None,
+            parser=opt.count(1, opt.MAX_TOKENS), help="LLMs: the KV cache length, i.e. prompt + generated tokens at most (default 512, a chat turn; "
+                 "less when the model was trained for less).")] = None,
         overwrite: Annotated[bool, typer.Option(help="Replace an existing artifact at the output directory.")] = True,
         json_out: JsonOpt = False,
         debug: DebugOpt = False,

