@@ -12,8 +12,10 @@ One place, so there is one run-directory root (``runs/``) and one cache root (``
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
+from typing import Iterator
 
 
 def edgerun_home() -> Path:
@@ -50,3 +52,17 @@ def store_path() -> Path:
 def inventory_path() -> Path:
     """The default device inventory: ``$EDGERUN_HOME/devices.toml``."""
     return edgerun_home() / "devices.toml"
+
+
+@contextlib.contextmanager
+def locked(lock_file: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``lock_file`` (created, never removed) for the ``with`` block: one
+    process at a time builds or fills a cache entry, across processes and EDGERUN_HOMEs sharing it."""
+    import fcntl
+
+    with open(lock_file, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -19,7 +19,6 @@ source hash, so a change to any of them builds a new bundle and an unchanged one
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -37,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgerun.core.errors import environment_problem
-from edgerun.core.paths import cache_dir
+from edgerun.core.paths import cache_dir, locked
 
 from .bundle import (BACKEND_LIBRARIES, KERNEL_LIBRARIES, LOADERS, RUNNER_NAME, Bundle, BundleError,
                      load_bundle, make_tarball, runner_prefix, verify_bundle, write_bundle_json)
@@ -180,16 +179,10 @@ def _pip_download_aarch64_wheel(version: str, dest: Path) -> Path:
     return found[-1]
 
 
-@contextlib.contextmanager
 def _locked(directory: Path, lock_file: Path | None = None):
     """An exclusive lock on ``directory`` (shared by every process and EDGERUN_HOME using it), held
     on ``lock_file`` (default ``DIRECTORY/.lock``; outside the directory when it may be removed)."""
-    with open(lock_file or directory / ".lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    return locked(lock_file or directory / ".lock")
 
 
 def aarch64_executorch_root(version: str) -> Path:

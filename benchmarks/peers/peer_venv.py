@@ -15,8 +15,6 @@ they change, reused otherwise.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import shutil
@@ -27,6 +25,8 @@ import sysconfig
 import time
 from importlib import metadata
 from pathlib import Path
+
+from edgerun.core.paths import locked
 
 # The peers, pinned (each checked on PyPI when this was written). onnxscript is what torch.onnx.export's
 # dynamo path needs; 0.7.2 is the version pip picked with these pins.
@@ -89,16 +89,6 @@ def _peer_purelib(py: Path) -> Path:
     return Path(out)
 
 
-@contextlib.contextmanager
-def _locked(path: Path):
-    with open(path, "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def read_marker(venv: Path) -> dict | None:
     try:
         return json.loads((venv / MARKER).read_text())
@@ -110,7 +100,7 @@ def ensure_peer_venv(*, force: bool = False) -> dict:
     """Create (or reuse) the peer venv; returns its record (path, python, pins, seconds, reused...)."""
     venv = venv_dir()
     want = pins_hash()
-    with _locked(venv.parent / "peers-venv.lock"):
+    with locked(venv.parent / "peers-venv.lock"):
         marker = read_marker(venv)
         if not force and marker and marker.get("pins_hash") == want and python_of(venv).is_file():
             return {**marker, "reused": True}

@@ -47,11 +47,13 @@ import sys
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
+from edgerun.core.artifact import sha256_file
 from edgerun.core.errors import ExportError, UsageError
+from edgerun.core.paths import locked
 
 LLAMA_CPP_PYTHON = "0.3.36"
 #: sha256 of ``llama_cpp_python-0.3.36.tar.gz`` as PyPI serves it (checked before it is unpacked)
@@ -134,26 +136,6 @@ def find(*, home: str | Path | None = None, threads: int = 1, timeout: float = D
     return LlamaCpp(root / "build" / "bin", threads=threads, timeout=timeout)
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    import fcntl
-
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _fetch_sdist(root: Path, log: Callable[[str], None], stream=None) -> Path:
     sdist = root / SDIST_NAME
     if not sdist.is_file():
@@ -167,7 +149,7 @@ def _fetch_sdist(root: Path, log: Callable[[str], None], stream=None) -> Path:
                 raise ExportError(f"pip download left no {SDIST_NAME} in {tmp} (see {root / 'download.log'}).",
                                   stage=STAGE)
             os.replace(got, sdist)
-    digest = _sha256(sdist)
+    digest = sha256_file(sdist)
     if digest != SDIST_SHA256:
         raise ExportError(f"{sdist}: sha256 {digest}, expected {SDIST_SHA256} (the pinned llama-cpp-python "
                           f"{LLAMA_CPP_PYTHON} sdist).", stage=STAGE,
@@ -230,7 +212,7 @@ def build(*, log: Callable[[str], None] = print, jobs: int = BUILD_JOBS, stream=
     ``llamacpp-ref``); a change of version or cmake flags rebuilds from scratch. pip's and cmake's output
     go to ``download.log``/``build.log`` in the cache directory, or to ``stream`` when given."""
     root = cache_root()
-    with _locked(root / "build.lock"):
+    with locked(root / "build.lock"):
         bindir = root / "build" / "bin"
         if _built(root):
             return bindir
