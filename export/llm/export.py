@@ -29,8 +29,10 @@ weights and run no calibration inputs), ``vectors_file`` (its test vectors are t
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import math
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -289,53 +291,83 @@ def _export_stage(w: Work) -> None:
     w.weight_bytes = dict(sorted(weight_bytes.items()))
 
 
+#: the partition counts of the lowering running in this context (None: not counting)
+_LOWERING: "contextvars.ContextVar[dict | None]" = contextvars.ContextVar("edgerun_lowering", default=None)
+_PATCH_LOCK = threading.Lock()
+_patched: list = []        # (class, its own attributes before) while any lowering counts
+_counting = 0              # lowerings counting now (the wrappers stay installed until the last ends)
+
+
+def _install_counters() -> None:
+    from executorch.exir.backend.backend_details import BackendDetails
+
+    for cls in BackendDetails.__subclasses__():
+        own = {k: cls.__dict__[k] for k in ("preprocess", "preprocess_multimethod") if k in cls.__dict__}
+
+        def multimethod(klass, edge_programs, compile_specs, _orig=cls.preprocess_multimethod):
+            state = _LOWERING.get()
+            if state is not None:
+                state["total"] += sum(len(v) for v in edge_programs.values())
+            return _orig.__func__(klass, edge_programs, compile_specs)
+
+        def preprocess(edge_program, compile_specs, _orig=cls.preprocess, _name=cls.__name__):
+            out = _orig(edge_program, compile_specs)
+            state = _LOWERING.get()
+            if state is not None:
+                state["done"] += 1
+                report_progress(state["done"], state["total"], f"{_name} partition {state['done']}/{state['total']}")
+            return out
+
+        cls.preprocess_multimethod = classmethod(multimethod)
+        cls.preprocess = staticmethod(preprocess)
+        _patched.append((cls, own))
+
+
+def _remove_counters() -> None:
+    while _patched:
+        cls, own = _patched.pop()
+        for k in ("preprocess", "preprocess_multimethod"):
+            if k in own:
+                setattr(cls, k, own[k])
+            else:
+                delattr(cls, k)
+
+
 @contextlib.contextmanager
 def _partition_progress():
     """While lowering, report each delegate partition preprocessed (``XnnpackBackend partition 40/302``).
 
     ExecuTorch's ``to_backend`` looks a backend up among ``BackendDetails.__subclasses__()`` and calls its
     ``preprocess_multimethod`` with every partition, which calls ``preprocess`` once a partition: both are
-    wrapped on those classes for the block (counting only; the originals are restored after)."""
-    from executorch.exir.backend.backend_details import BackendDetails
-
-    patched = []
-    for cls in BackendDetails.__subclasses__():
-        own = {k: cls.__dict__[k] for k in ("preprocess", "preprocess_multimethod") if k in cls.__dict__}
-        state = {"done": 0, "total": 0}
-
-        def multimethod(klass, edge_programs, compile_specs, _orig=cls.preprocess_multimethod, _state=state):
-            _state["total"] += sum(len(v) for v in edge_programs.values())
-            return _orig.__func__(klass, edge_programs, compile_specs)
-
-        def preprocess(edge_program, compile_specs, _orig=cls.preprocess, _state=state, _name=cls.__name__):
-            out = _orig(edge_program, compile_specs)
-            _state["done"] += 1
-            report_progress(_state["done"], _state["total"], f"{_name} partition {_state['done']}/{_state['total']}")
-            return out
-
-        cls.preprocess_multimethod = classmethod(multimethod)
-        cls.preprocess = staticmethod(preprocess)
-        patched.append((cls, own))
+    wrapped on those classes while any lowering counts (installed by the first, removed by the last, under
+    a lock); they only count, into the state of the lowering running in their context, and call through."""
+    global _counting
+    with _PATCH_LOCK:
+        if _counting == 0:
+            _install_counters()
+        _counting += 1
+    token = _LOWERING.set({"done": 0, "total": 0})
     try:
         yield
     finally:
-        for cls, own in patched:
-            for k in ("preprocess", "preprocess_multimethod"):
-                if k in own:
-                    setattr(cls, k, own[k])
-                else:
-                    delattr(cls, k)
+        _LOWERING.reset(token)
+        with _PATCH_LOCK:
+            _counting -= 1
+            if _counting == 0:
+                _remove_counters()
 
 
 def _lower_stage(w: Work) -> None:
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
 
     partitioners = w.target.partitioners(w.chain.quantize)   # imports the backends' classes, which are counted
+    report_progress(0, 1, "decomposing to the edge dialect, partitioning")
     with _partition_progress():
         edge = to_edge_transform_and_lower(w.exported, partitioner=partitioners,
                                            compile_config=EdgeCompileConfig(_check_ir_validity=False),
                                            generate_etrecord=True)
     del w.exported   # the edge program manager keeps what it needs of the graph
+    report_progress(1, 1, "memory planning, emitting")
     w.program = edge.to_executorch(ExecutorchBackendConfig(extract_delegate_segments=True))
 
 

@@ -101,7 +101,10 @@ def test_8da4w_export_via_the_cli_quantizes_embedding_and_lm_head_and_shows_its_
     fractions = re.findall(r"^export: ([a-z ]+) (\d+)% \((.+)\) \d+ s$", res.stderr, re.M)
     first = {name: detail for name, _, detail in reversed(fractions)}
     assert first["quantize"] == "layer 1/2" and first["reference"].startswith("window 1/")
-    assert re.fullmatch(r"XnnpackBackend partition 1/\d+", first["lower"]), first
+    assert first["lower"] == "decomposing to the edge dialect, partitioning", first
+    assert all(re.fullmatch(r"XnnpackBackend partition \d+/\d+|memory planning, emitting", detail)
+               for name, _, detail in fractions[fractions.index(("lower", "0", first["lower"])) + 1:]
+               if name == "lower"), fractions
     assert first["verify"].startswith("step 1/")
     m = read_manifest(tmp_path / "q")
     assert m.ok, m.verification.failures
@@ -209,3 +212,19 @@ def test_weight_bytes_leave_out_the_kv_cache_without_functionalizing_the_program
                                  dynamic_shapes={"tokens": {1: t}, "input_pos": {0: t}})
         fast, decomposed = _weight_bytes(ep), _weight_bytes(ep.run_decompositions({}))
         assert fast == decomposed and ep.run_decompositions({}).graph_signature.buffers_to_mutate
+
+
+def test_lowering_progress_counts_partitions_and_puts_the_backend_classes_back():
+    """The counting wrappers exist only while a lowering counts, nested or not, and call through."""
+    from executorch.backends.xnnpack.xnnpack_preprocess import XnnpackBackend
+
+    from edgerun.export.llm import export as llm_export
+
+    before = (XnnpackBackend.__dict__["preprocess"], "preprocess_multimethod" in XnnpackBackend.__dict__)
+    with llm_export._partition_progress():
+        wrapped = XnnpackBackend.__dict__["preprocess"]
+        assert wrapped is not before[0]
+        with llm_export._partition_progress():
+            assert XnnpackBackend.__dict__["preprocess"] is wrapped     # not wrapped twice
+        assert XnnpackBackend.__dict__["preprocess"] is wrapped
+    assert (XnnpackBackend.__dict__["preprocess"], "preprocess_multimethod" in XnnpackBackend.__dict__) == before
