@@ -195,9 +195,9 @@ class GenerateSettings:
 
 def _run_llm(manifest: Manifest, device, request: LLMRequest, *, threads: int, seed: int, warmup: int,
              timeout_s: float, variant: str, store_path, decode_text=None, on_stdout=None, sweep_id=None,
-             cell: Cell | None = None, warnings: Sequence[str] = ()):
-    """One LLM run on an open device: deploy, run, analyse, store (``warnings`` added to the record's).
-    Returns the record."""
+             cell: Cell | None = None, warnings: Sequence[str] = (), postprocess=None):
+    """One LLM run on an open device: deploy, run, analyse, store (``warnings`` added to the record's,
+    ``postprocess(record) -> record`` before it is stored). Returns the record."""
     from edgerun.runtime.analysis import AnalysisSettings, analyse
     from edgerun.runtime.runner import RunOptions
 
@@ -206,7 +206,9 @@ def _run_llm(manifest: Manifest, device, request: LLMRequest, *, threads: int, s
                                 cell=cell.key if cell else None)
     def analysed(run):
         record = analyse(run, manifest, settings)
-        return dataclasses.replace(record, warnings=(*warnings, *record.warnings)) if warnings else record
+        if warnings:
+            record = dataclasses.replace(record, warnings=(*warnings, *record.warnings))
+        return postprocess(record) if postprocess is not None else record
 
     return run_cell(manifest, device, mode, analysed, store_path=store_path,
                     variant=variant, timeout=timeout_s, on_stdout=on_stdout)
@@ -318,17 +320,79 @@ def heldout_ids(manifest: Manifest, tok: ArtifactTokenizer) -> tuple[list[int], 
     return tok.tok.encode((DATA / "heldout.txt").read_text()).ids, window
 
 
+#: ``--text``: the largest text file scored on a device (every token of it is a forward position there)
+MAX_TEXT_BYTES = 64 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreText:
+    """A person's own text to score on the device (``profile --text FILE``): its ids under the artifact's
+    tokenizer, and the file's name, size and sha256 (stored in the record's ``llm.request``, so runs on
+    different texts are never compared as one test)."""
+
+    path: str
+    sha256: str
+    bytes: int
+    ids: tuple[int, ...]
+
+    def describe(self) -> dict:
+        return {"text": Path(self.path).name, "text_sha256": self.sha256, "text_bytes": self.bytes}
+
+
+def read_score_text(manifest: Manifest, path: str | Path) -> ScoreText:
+    """Read and tokenise ``path`` for scoring on the device; a missing, oversized, non-UTF-8 or too short
+    file is refused naming the file (before any device is touched)."""
+    import hashlib
+
+    manifest = llm_manifest(manifest)
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UsageError(f"--text {path}: no such file.", hint="Give a UTF-8 text file to score, e.g. --text notes.txt.")
+    try:
+        with p.open("rb") as f:
+            data = f.read(MAX_TEXT_BYTES + 1)
+    except OSError as exc:
+        raise UsageError(f"--text {p}: cannot be read ({exc.strerror or exc}).") from None
+    if len(data) > MAX_TEXT_BYTES:
+        raise UsageError(f"--text {p} is larger than {MAX_TEXT_BYTES >> 20} MiB, the most scored on a device.",
+                         hint="Score an excerpt: every token is a forward position on the device.")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"--text {p} is not UTF-8 text: byte {exc.start} ({data[exc.start]:#04x}) cannot be "
+                         "decoded.", hint="Convert it first, e.g. iconv -t UTF-8.") from None
+    ids = ArtifactTokenizer(manifest).encode(text)
+    if len(ids) < 2:
+        raise UsageError(f"--text {p} is {len(ids)} token(s) under the artifact's tokenizer; scoring needs at "
+                         "least 2.")
+    return ScoreText(path=str(p), sha256=hashlib.sha256(data).hexdigest(), bytes=len(data), ids=tuple(ids))
+
+
 def perplexity_on_device(artifact: str | Path | Manifest, device, *, threads: int = 0, store_path=None,
-                         timeout_s: float = 3600.0, variant: str = "full", max_tokens: int | None = None):
+                         timeout_s: float = 3600.0, variant: str = "full", max_tokens: int | None = None,
+                         text: "str | Path | ScoreText | None" = None):
     """Score the export's held-out text on an open device; the record's ``llm.perplexity`` sits beside
-    the export's eager figure (``llm.eager_perplexity``) when text and windows are the same."""
+    the export's eager figure (``llm.eager_perplexity``) when text and windows are the same.
+
+    ``text``: score this file instead (:func:`read_score_text`), in the export's windows; the record
+    names the file and its sha256 in ``llm.request`` and has no eager figure (the export measured eager
+    on its own text, not this one)."""
     manifest = llm_manifest(artifact)
     tok = ArtifactTokenizer(manifest)
     ids, window = heldout_ids(manifest, tok)
+    label, own = "edgerun export/llm/data/heldout.txt", None
+    if text is not None:
+        own = text if isinstance(text, ScoreText) else read_score_text(manifest, text)
+        ids, label = list(own.ids), own.path
     if max_tokens:
         ids = ids[:max_tokens]
-    request = LLMRequest(mode="score", prompt_ids=tuple(ids), window=window, test="score",
-                         text="edgerun export/llm/data/heldout.txt")
+    request = LLMRequest(mode="score", prompt_ids=tuple(ids), window=window, test="score", text=label)
     request.check(manifest)
+
+    def own_text(record):
+        llm = dataclasses.replace(record.llm, eager_perplexity=None, export_program_perplexity=None,
+                                  request={**record.llm.request, **own.describe()})
+        return dataclasses.replace(record, llm=llm)
+
     return _run_llm(manifest, device, request, threads=threads, seed=0, warmup=0, timeout_s=timeout_s,
-                    variant=variant, store_path=store_path)
+                    variant=variant, store_path=store_path, postprocess=own_text if own is not None else None)

@@ -47,6 +47,7 @@ class ProfileSettings:
     timeout_s: float = 900.0
     task_accuracy: bool | None = None    # held-out split on the device; None: when the artifact has a dataset
     perplexity: bool = True              # LLM artifacts: also score the held-out text on the device
+    text: object = None                  # LLM artifacts: score this file instead (a path, or edgerun.llm.ScoreText)
 
     def __post_init__(self) -> None:
         if self.iterations < 1:
@@ -127,7 +128,8 @@ def profile_on_device(artifact: str | Path | Manifest, device, settings: Profile
             on_progress(f"perplexity on {device.name}")
         try:
             results.append(perplexity_on_device(manifest, device, threads=threads, store_path=store_path,
-                                                timeout_s=settings.timeout_s, variant=settings.variant))
+                                                timeout_s=settings.timeout_s, variant=settings.variant,
+                                                text=settings.text))
         except RunInterrupted:
             raise
         except EdgerunError as exc:
@@ -164,6 +166,14 @@ def profile(artifact: str | Path, devices: Sequence[str], settings: ProfileSetti
     manifest = _open_manifest(artifact)  # a bad artifact fails here, once, before any device is touched
     manifest.verified_pte()               # ... and so does a program swapped after export
     _check_task_accuracy(manifest, settings)
+    if settings.text is not None:  # read and tokenised once, here: a bad file fails before any device
+        from edgerun.llm import read_score_text
+
+        if manifest.llm is None:
+            raise UsageError(f"--text scores a text with an LLM artifact; {manifest.path} is not one.")
+        if not settings.perplexity:
+            raise UsageError("--text is scored by the perplexity run, which these settings turn off.")
+        settings = dataclasses.replace(settings, text=read_score_text(manifest, settings.text))
     check_run_request(manifest, vector=settings.vector, timeout=settings.timeout_s)
     check_store(store_path)
     return for_each_device(devices, lambda _name, dev: profile_on_device(manifest, dev, settings, store_path=store_path,

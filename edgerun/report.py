@@ -70,7 +70,7 @@ class RunKind:
 
     ``kind``: forward | llm | train. ``test``: forward, the LLM test (``generate``, ``ppP``, ``tgN``,
     ``score``) or train. ``detail``: what else has to match for the samples to time the same work
-    (the input shapes of a forward run, a score run's window). Threads, scheme, device and method
+    (the input shapes of a forward run, a score run's window and text). Threads, scheme, device and method
     may differ: comparing those is what a comparison is for, and ``compare`` names the difference."""
 
     kind: str
@@ -99,9 +99,11 @@ def run_kind(r: RunRecord) -> RunKind:
         test = r.llm.test or "llm"
         detail: tuple[str, ...] = ()
         if test == "score":
-            window = r.llm.perplexity_window or (r.llm.request or {}).get("window")
-            if window:
-                detail = (f"window {window}",)
+            request = r.llm.request or {}
+            window = r.llm.perplexity_window or request.get("window")
+            detail = (f"window {window}",) if window else ()
+            if request.get("text_sha256"):  # a person's own text (profile --text), not the export's held-out
+                detail += (f"text {request.get('text')} ({str(request['text_sha256'])[:12]})",)
         return RunKind(LLM, test, detail)
     return RunKind(FORWARD, FORWARD, tuple(_input_signature(i) for i in r.model.inputs))
 

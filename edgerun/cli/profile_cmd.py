@@ -95,6 +95,9 @@ def register(app: typer.Typer) -> None:
             help="Run the artifact's held-out split on the device (one more, untimed runner invocation) and "
                  "report task accuracy from those outputs. Default: on when the artifact has a dataset.")] = None,
         timeout: Annotated[float, typer.Option(parser=opt.timeout, help="Seconds allowed for one run on a device.")] = 900,
+        text: Annotated[Optional[Path], typer.Option(
+            "--text", help="LLM artifacts: score this UTF-8 text file on the device (its perplexity, stored) "
+                           "instead of the held-out text edgerun ships.")] = None,
         store: StoreOpt = None,
         inventory: InventoryOpt = None,
         top: Annotated[int, typer.Option(parser=opt.top, help="Operators shown.")] = 10,
@@ -117,7 +120,7 @@ def register(app: typer.Typer) -> None:
 
             settings = _settings(warmup=warmup, iterations=iterations, min_time_ms=min_time_ms,
                                  threads=parse_threads(threads), vector=vector, etdump=etdump, timeout_s=timeout,
-                                 task_accuracy=task_accuracy)
+                                 task_accuracy=task_accuracy, text=text)
             names = _device_list(None if all_devices else device, all_devices, inventory)  # --all: no default
             with Store(store) as s:  # open once here: a store from a newer schema fails before any run
                 store_path = s.path

@@ -137,6 +137,12 @@ def print_record(record, *, top: int = 10) -> None:
     if record.accuracy is not None and record.accuracy.task_accuracy is not None:
         out.print(f"Task accuracy ({record.accuracy.source}, from outputs run on the device): "
                   f"{record.accuracy.task_accuracy:.2%} of {record.accuracy.task_samples} held-out samples")
+    llm = record.llm
+    if llm is not None and llm.perplexity is not None:
+        text = (llm.request or {}).get("text") or "the export's held-out text"
+        eager = f"; eager fp32 at export {llm.eager_perplexity:.3f}" if llm.eager_perplexity else ""
+        out.print(f"Perplexity on the device ({llm.test}): {llm.perplexity:.3f} over {llm.perplexity_tokens} tokens "
+                  f"of {escape(str(text))} in windows of {llm.perplexity_window}{eager}", highlight=False)
     for w in record.warnings:
         out.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
     p = record.provenance
