@@ -59,12 +59,14 @@ class LLMSpec(ModelSpec):
 
         return min(DEFAULT_MAX_CONTEXT, read_gguf(self.gguf()).config.context_length)
 
-    def build_llm(self, max_context: int = DEFAULT_MAX_CONTEXT):
-        """``(model, example_inputs, GGUFFile)``."""
+    def build_llm(self, max_context: int | None = None):
+        """``(model, example_inputs, GGUFFile)``; ``max_context`` defaults to :meth:`default_max_context`."""
         import torch
 
         from .gguf_model import load_llama
 
+        if max_context is None:
+            max_context = self.default_max_context()
         if not isinstance(max_context, int) or max_context < 2:
             raise ExportError(f"max context must be an integer >= 2, got {max_context!r}.", stage="load model")
         model, g = load_llama(self.gguf(), max_context=max_context, layers=self.layers)
