@@ -498,3 +498,21 @@ def test_a_family_exports_and_generates_on_the_host_runner(family_gguf, make_art
     assert q["greedy"]["eager"] == q["greedy"]["program"] and q["logits_vs_eager"]["top1_agreement"] == 1.0
     record, _ = generate(art, "local://", PROMPTS[0], GenerateSettings(max_new_tokens=32, ignore_stop=True, threads=1))
     assert list(record.llm.ids) == q["greedy"]["eager"]
+
+
+@pytest.mark.slow
+@pytest.mark.qemu
+def test_gemma2_under_qemu_cortex_a76_generates_the_host_tokens(family_gguf, make_artifact, runner_bundle, need):
+    """A non-Llama family on Arm code: Gemma 2 (GeGLU, soft-capping, sliding and global layers, post-norms)
+    generates on the aarch64 runner under qemu-aarch64 -cpu cortex-a76 the tokens the host runner does."""
+    from edgerun.export.llm.export import PROMPTS
+    from edgerun.llm import GenerateSettings, generate
+
+    need("qemu-aarch64", "qemu-user")
+    runner_bundle("aarch64")
+    art = make_artifact(str(family_gguf("gemma2")), "rpi5", "fp32", max_context=48)
+    settings = GenerateSettings(max_new_tokens=24, ignore_stop=True, threads=1)
+    host, _ = generate(art, "local://", PROMPTS[1], settings)
+    arm, _ = generate(art, "qemu-aarch64://?cpu=cortex-a76", PROMPTS[1], settings)
+    assert arm.source == "emulated" and arm.device.arch == "aarch64" and host.device.arch != "aarch64"
+    assert len(host.llm.ids) == 24 and list(arm.llm.ids) == list(host.llm.ids)
