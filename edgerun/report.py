@@ -489,12 +489,14 @@ def training_rows(records: Sequence[RunRecord]) -> list[list[str]]:
         if t is None:
             continue
 
-        def acc(e):
+        def held(e):  # an LLM's perplexity (what finetune printed), a classifier's accuracy
+            if e and e.perplexity is not None:
+                return f"ppl {e.perplexity:.2f}"
             return "—" if not e or e.accuracy is None else f"{e.accuracy:.1%}"
 
         out.append([r.run_id, t.method, t.optimizer, f"{t.lr:g}", str(t.steps), str(t.batch),
                     f"{t.loss_curve[0][1]:.4g} → {t.loss_curve[-1][1]:.4g}" if t.loss_curve else "—",
-                    f"{acc(t.eval_before)} → {acc(t.eval_after)}", cols.format_rate(t.steps_per_s),
+                    f"{held(t.eval_before)} → {held(t.eval_after)}", cols.format_rate(t.steps_per_s),
                     f"{t.trainable:,}", fmt_value("trainable_bytes", t.trainable_bytes),
                     fmt_value("optimizer_state_bytes", t.optimizer_state_bytes),
                     fmt_value("peak_rss_bytes", r.memory.peak_rss_bytes)
@@ -731,8 +733,8 @@ def to_html(records: Sequence[RunRecord], comparisons: Sequence[RunComparison] =
         if any(r.training is not None and r.training.loss_curve for r in records):
             parts.append(_img(plot_loss_curves(records), "training loss"))
         parts.append(_html_table(["run", "method", "optimizer", "lr", "steps", "batch", "training loss",
-                                  "held-out accuracy", "steps/s", "trainable", "trainable bytes", "optimizer state",
-                                  "peak RSS"], training_rows(records),
+                                  "held-out (accuracy or perplexity)", "steps/s", "trainable", "trainable bytes",
+                                  "optimizer state", "peak RSS"], training_rows(records),
                                  [False] * 3 + [True] * 10))
 
     by_id = {r.run_id: r for r in records}

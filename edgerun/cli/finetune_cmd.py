@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ._common import DebugOpt, JsonOpt, SafeConsole, err_console, execute, plain, progress
+from ._common import DebugOpt, JsonOpt, SafeConsole, execute, plain, progress
 from .profile_cmd import DeviceOpt, InventoryOpt, _device_list
 from .results_cmd import StoreOpt, record_json
 
@@ -43,7 +43,8 @@ def register(app: typer.Typer) -> None:
         method: Annotated[str, typer.Option(
             help="full (backprop: loss, gradients and the optimizer in the runner) | lora (low-rank adapters on "
                  "the linear layers, the rest frozen; merged back for --export-to) | mezo (zeroth-order: two "
-                 "forward passes per step on an inference program, no gradients or optimizer state).")] = "full",
+                 "forward passes per step on an inference program, no gradients or optimizer state). "
+                 "Default: lora for an LLM, full for a classifier.")] = None,
         rank: Annotated[int, typer.Option(help="LoRA rank.")] = 8,
         lora_alpha: Annotated[Optional[float], typer.Option(help="LoRA alpha (default: the rank).")] = None,
         lora_targets: Annotated[Optional[list[str]], typer.Option(
@@ -58,8 +59,10 @@ def register(app: typer.Typer) -> None:
                  "never leaves the device.")] = None,
         steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 200,
         batch: Annotated[int, typer.Option(help="Samples per batch (the program is exported for it).")] = 16,
-        lr: Annotated[float, typer.Option(help="Learning rate.")] = 0.01,
-        optimizer: Annotated[str, typer.Option(help="sgd | adamw.")] = "sgd",
+        lr: Annotated[Optional[float], typer.Option(
+            help="Learning rate. Default: classifiers 0.01; LLMs 2e-3 with lora, 1e-4 with full.")] = None,
+        optimizer: Annotated[Optional[str], typer.Option(
+            help="sgd | adamw. Default: sgd (momentum 0.9) for a classifier, adamw for an LLM.")] = None,
         momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.9,
         weight_decay: Annotated[float, typer.Option(help="SGD: L2; AdamW: decoupled.")] = 0.0,
         grad_accum: Annotated[int, typer.Option(help="Batches per optimizer step.")] = 1,
@@ -74,6 +77,9 @@ def register(app: typer.Typer) -> None:
             help="Export the fine-tuned model here (verified against eager PyTorch with the trained weights).")] = None,
         target: Annotated[str, typer.Option(help="--export-to: the target.")] = "host",
         scheme: Annotated[str, typer.Option(help="--export-to: the scheme.")] = "fp32",
+        max_context: Annotated[Optional[int], typer.Option(
+            help="--export-to of an LLM: the exported program's context (KV-cache length; default: the "
+                 "export's, 512 or the model's trained length).")] = None,
         seed: Annotated[int, typer.Option(help="Data order seed.")] = 0,
         threads: Annotated[int, typer.Option(help="Runner threads (0: default).")] = 0,
         timeout: Annotated[float, typer.Option(help="Seconds allowed for the training run.")] = 3600,
@@ -91,22 +97,24 @@ def register(app: typer.Typer) -> None:
         the trained weights whose manifest names its lineage.
         """
         def work() -> dict:
-            from edgerun.finetune import FinetuneSettings, finetune
+            from edgerun.finetune import FinetuneSettings, finetune, training_defaults
             from edgerun.runtime.train import TrainRequest
 
             # every option is checked here, before any work: a bad one is exit 2 at once
-            request = TrainRequest(steps=steps, lr=lr, optimizer=optimizer,
-                                   momentum=momentum if optimizer == "sgd" and method != "mezo" else 0.0,
+            method_, optimizer_, lr_ = training_defaults(model, method, optimizer, lr)
+            request = TrainRequest(steps=steps, lr=lr_, optimizer=optimizer_,
+                                   momentum=momentum if optimizer_ == "sgd" and method_ != "mezo" else 0.0,
                                    weight_decay=weight_decay, grad_accum=grad_accum, schedule=lr_schedule,
                                    warmup_steps=warmup_steps, eval_every=eval_every,
                                    checkpoint_every=checkpoint_every, seed=seed, threads=threads,
-                                   mezo=method == "mezo", mezo_eps=mezo_eps)
-            settings = FinetuneSettings(method=method, batch=batch, freeze=tuple(freeze or ()), lora_rank=rank,
+                                   mezo=method_ == "mezo", mezo_eps=mezo_eps)
+            settings = FinetuneSettings(method=method_, batch=batch, freeze=tuple(freeze or ()), lora_rank=rank,
                                         lora_alpha=lora_alpha, lora_targets=tuple(lora_targets or ()),
                                         data=str(data) if data else None, data_on_device=data_on_device,
                                         resume=str(resume) if resume else None,
                                         export_to=str(export_to) if export_to else None, target=target,
-                                        scheme=scheme, timeout_s=timeout, seq_len=seq_len)
+                                        scheme=scheme, timeout_s=timeout, seq_len=seq_len,
+                                        export_max_context=max_context)
             names = _device_list(device, False, inventory)
             with progress(f"finetune {model}") as status:
                 res = finetune(model, names[0], request, settings, store_path=store, inventory=inventory,

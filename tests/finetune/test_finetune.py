@@ -133,6 +133,8 @@ def test_cli_finetune_json_and_clear_errors(cli, digits_npz, tmp_path):
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert len(out["training"]["loss_curve"]) == 5 and out["run_id"].startswith("r-")
+    t = out["training"]  # a classifier's defaults: full backprop, SGD (momentum 0.9) at 0.01
+    assert (t["method"], t["optimizer"], t["lr"]) == ("full", "sgd", 0.01)
     np.savez(tmp_path / "bad.npz", x=np.zeros((4, 1, 8, 8), np.float32))
     r = cli("finetune", MLP, "--data", str(tmp_path / "bad.npz"), "--json", env=env)
     assert r.returncode == 2 and "has no x_train, y_train" in json.loads(r.stdout)["error"]["message"]
@@ -179,13 +181,22 @@ def test_an_llm_fine_tunes_on_text_on_the_device(method, tiny_gguf, tmp_path):
     training program without the KV cache, held-out perplexity before/after computed on the device, and
     the pulled weights give eager PyTorch the device's held-out loss. LoRA's merged weights export as a
     verified LLM artifact (KV cache, tokenizer) whose lineage names the run."""
-    req = TrainRequest(steps=40, lr=3e-3, optimizer="adamw", threads=1)
+    from edgerun.finetune import training_defaults
+
+    # the LLM defaults (what `edgerun finetune X.gguf` does without --optimizer/--lr): AdamW, 2e-3 for LoRA
+    method, optimizer, lr = training_defaults(str(tiny_gguf), method)
+    assert optimizer == "adamw" and lr == {"lora": 2e-3, "full": 1e-4}[method]
+    req = TrainRequest(steps=40, lr=lr, optimizer=optimizer, threads=1)
     export_to = str(tmp_path / "art") if method == "lora" else None
     res = finetune(str(tiny_gguf), "local://", req, FinetuneSettings(method=method, batch=4, seq_len=16,
                                                                      export_to=export_to, export_max_context=32))
     t = res["record"].training
     before, after = t.eval_before, t.eval_after
-    assert after.loss < before.loss and after.perplexity < before.perplexity
+    # measured: lora 1582.1 -> 1495.0 (-5.5 %), full 1582.1 -> 1392.7 (-12 %) on this random-weight model
+    assert after.loss < before.loss and after.perplexity < 0.96 * before.perplexity, (before, after)
+    from edgerun.report import training_rows  # the report's fine-tuning table shows the perplexity printed
+
+    assert training_rows([res["record"]])[0][7] == f"ppl {before.perplexity:.2f} → ppl {after.perplexity:.2f}"
     assert res["agreement"]["agrees"], res["agreement"]
     assert t.settings["text"]["seq_len"] == 16 and t.settings["text"]["windows"] > 8
     if method == "lora":  # rank-8 adapters on wq (64->64) and wv (64->32) of both layers; the base frozen
@@ -196,3 +207,18 @@ def test_an_llm_fine_tunes_on_text_on_the_device(method, tiny_gguf, tmp_path):
         assert m.recipe.model["weights_sha256"] == t.weights_sha256
         # the exported program carries the fine-tuned weights: its perplexity is the trained model's
         assert m.llm.quality["perplexity"]["eager_fp32"] < before.perplexity
+
+
+def test_llm_and_classifier_fine_tunes_start_from_their_own_defaults(tiny_gguf, cli):
+    from edgerun.finetune import training_defaults
+
+    assert training_defaults("smollm2-135m") == ("lora", "adamw", 2e-3)
+    assert training_defaults(str(tiny_gguf), "full") == ("full", "adamw", 1e-4)
+    assert training_defaults("digits_cnn") == ("full", "sgd", 0.01)
+    assert training_defaults("smollm2-135m", "full", "sgd", 0.05) == ("full", "sgd", 0.05)  # given wins
+    with pytest.raises(UsageError, match="--method bogus"):
+        training_defaults("digits_cnn", "bogus")
+    import re
+
+    out = " ".join(re.sub(r"[│╭╮╰╯─]", " ", cli("finetune", "--help").stdout).split())  # rich's boxes
+    assert "lora for an LLM" in out and "adamw for an LLM" in out and "--max-context" in out
