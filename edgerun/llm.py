@@ -33,8 +33,8 @@ def llm_manifest(artifact: str | Path | Manifest) -> Manifest:
     manifest = artifact if isinstance(artifact, Manifest) else read_manifest(artifact)
     if manifest.llm is None:
         raise UsageError(f"artifact {manifest.dir} is not an LLM (its manifest has no 'llm' section).",
-                         hint="Export a GGUF (llama, qwen2/3, gemma/2/3, phi3) or smollm2-135m: edgerun export smollm2-135m --target rpi5 "
-                              "--scheme 8da4w.")
+                         hint="Export a GGUF (llama, qwen2/3, gemma/2/3, phi3) or smollm2-135m: "
+                              "edgerun export smollm2-135m --target rpi5 --scheme 8da4w.")
     return manifest
 
 

@@ -4,7 +4,9 @@ buffers per layer, its tokenizer rebuilt from the GGUF's
 metadata, and the export of both into one self-describing artifact.
 
 Modules: :mod:`.gguf_model` (GGUF -> :class:`~.gguf_model.Llama`), :mod:`.families` (each family's
-switches), :mod:`.tokenizer` (GGUF -> ``tokenizer.json``), :mod:`.llamacpp` (llama.cpp, the reference), :mod:`.zoo` (the model specs), :mod:`.export` (export + LLM verification).
+switches), :mod:`.tokenizer` (GGUF -> ``tokenizer.json``), :mod:`.chat` (the bounded chat template),
+:mod:`.llamacpp` (llama.cpp, the reference), :mod:`.zoo` (the model specs), :mod:`.export` (export + LLM
+verification).
 Heavy imports (torch, gguf, tokenizers) happen inside functions.
 """
 
