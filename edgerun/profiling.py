@@ -157,8 +157,11 @@ def _check_task_accuracy(manifest: Manifest, settings: ProfileSettings) -> None:
 
 
 def profile(artifact: str | Path, devices: Sequence[str], settings: ProfileSettings, *, store_path=None,
-            inventory: str | None = None, on_progress: Progress | None = None) -> list:
-    """``edgerun profile``: every device concurrently, thread counts in turn on each."""
+            inventory: str | None = None, on_progress: Progress | None = None,
+            on_warning: Callable[[str], None] | None = None) -> list:
+    """``edgerun profile``: every device concurrently, thread counts in turn on each. A quantized run no
+    faster than the stored fp32 run of its cell is warned about (:func:`scheme_speed_warnings`) through
+    ``on_warning``, by default this module's logger -- library callers are told what the CLI prints."""
     from edgerun.runtime.deploy import check_run_request
 
     if not devices:
@@ -176,8 +179,24 @@ def profile(artifact: str | Path, devices: Sequence[str], settings: ProfileSetti
         settings = dataclasses.replace(settings, text=read_score_text(manifest, settings.text))
     check_run_request(manifest, vector=settings.vector, timeout=settings.timeout_s)
     check_store(store_path)
-    return for_each_device(devices, lambda _name, dev: profile_on_device(manifest, dev, settings, store_path=store_path,
-                                                                         on_progress=on_progress), inventory=inventory)
+    results = for_each_device(devices, lambda _name, dev: profile_on_device(manifest, dev, settings,
+                                                                            store_path=store_path,
+                                                                            on_progress=on_progress),
+                              inventory=inventory)
+    records = [r for r in results if not isinstance(r, CellFailure)]
+    for w in stored_speed_warnings(records, store_path):
+        (on_warning or log.warning)(w)
+    return results
+
+
+def stored_speed_warnings(records: Sequence, store_path=None) -> list[str]:
+    """:func:`scheme_speed_warnings` of ``records`` beside the newest stored fp32 run of each one's cell."""
+    from edgerun.store import Store
+
+    if not records:
+        return []
+    with Store(store_path) as s:
+        return scheme_speed_warnings([*fp32_companions(s, records), *records])
 
 
 # ------------------------------------------------------------------------------------- bench

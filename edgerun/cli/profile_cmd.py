@@ -124,16 +124,13 @@ def register(app: typer.Typer) -> None:
             names = _device_list(None if all_devices else device, all_devices, inventory)  # --all: no default
             with Store(store) as s:  # open once here: a store from a newer schema fails before any run
                 store_path = s.path
+            speed: list[str] = []
             with progress("profiling") as status:
                 results = profile(artifact, names, settings, store_path=store_path, inventory=inventory,
-                                  on_progress=status.update)
+                                  on_progress=status.update, on_warning=speed.append)
             records = [r for r in results if not isinstance(r, CellFailure)]
             failures = [r.to_json() for r in results if isinstance(r, CellFailure)]
             holder["records"], holder["failures"] = records, failures
-            from edgerun.profiling import fp32_companions, scheme_speed_warnings
-
-            with Store(store_path) as s:
-                speed = scheme_speed_warnings([*fp32_companions(s, records), *records])
             holder["speed"] = speed
             result: dict = {"runs": [record_json(r) for r in records], "failures": failures,
                             "scheme_warnings": speed}

@@ -59,3 +59,31 @@ def test_auto_thread_runs_compare_with_each_other_whatever_pool_each_chose():
     assert "chosen by --threads auto" in w
     # an auto run is not compared with a fixed-pool run
     assert scheme_speed_warnings([_record("r-f", "fp32", 5.0, threads=1), int8]) == []
+
+
+def test_the_library_profile_warns_like_the_cli(tmp_path, monkeypatch, caplog):
+    """profile() from Python tells what the CLI prints: through the edgerun.profile logger by default,
+    or to on_warning. The device run is replaced (the warning's logic is what is tested here; the
+    real runs are in tests/test_profile_cli.py)."""
+    import logging
+    import types
+
+    import edgerun.profiling as P
+    import edgerun.runtime.deploy as D
+
+    store = tmp_path / "r.sqlite"
+    with Store(store) as s:
+        s.save(_record("r-fp32", "fp32", 5.0))
+    int8 = _record("r-q", "int8", 6.0)
+    art = types.SimpleNamespace(path=tmp_path / "art", llm=None, dataset=None, verified_pte=lambda: None)
+    monkeypatch.setattr(P, "_open_manifest", lambda a: art)
+    monkeypatch.setattr(D, "check_run_request", lambda *a, **k: None)
+    monkeypatch.setattr(P, "for_each_device", lambda *a, **k: [int8])
+    with caplog.at_level(logging.WARNING, logger="edgerun.profile"):
+        assert P.profile("art", ["local://"], P.ProfileSettings(), store_path=store) == [int8]
+    [w] = [r.getMessage() for r in caplog.records if r.name == "edgerun.profile"]
+    assert "tinynet int8" in w and "r-fp32" in w
+    caplog.clear()
+    seen: list[str] = []
+    P.profile("art", ["local://"], P.ProfileSettings(), store_path=store, on_warning=seen.append)
+    assert seen == [w] and not [r for r in caplog.records if r.name == "edgerun.profile"]
