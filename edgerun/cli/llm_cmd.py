@@ -147,11 +147,13 @@ def register(app: typer.Typer) -> None:
                 sys.stdout.write(sanitize_text(r["text"] or ""))
             sys.stdout.write("\n")
             dec = r["decode_tokens_per_s"]
+            # an emulated run's figures are labelled before the first of them, not after the last
+            label = "emulated (times check function, not speed): " if r["source"] == "emulated" else ""
             err_console.print(
-                f"[dim]{len(r['prompt_ids'])} prompt tokens, {len(r['ids'])} generated (stop: {plain(r['stop'])}); "
-                f"first token {r['ttft_ms']:.1f} ms; prefill {r['prefill_tokens_per_s']:.1f} tokens/s; decode "
-                f"{'—' if dec is None else f'{dec:.1f}'} tokens/s; peak RSS {format_bytes(r['peak_rss_bytes'])}"
-                f"{' (emulated)' if r['source'] == 'emulated' else ''}; run {plain(r['run_id'])}[/]", highlight=False)
+                f"[dim]{label}{len(r['prompt_ids'])} prompt tokens, {len(r['ids'])} generated (stop: "
+                f"{plain(r['stop'])}); first token {r['ttft_ms']:.1f} ms; prefill {r['prefill_tokens_per_s']:.1f} "
+                f"tokens/s; decode {'—' if dec is None else f'{dec:.1f}'} tokens/s; peak RSS "
+                f"{format_bytes(r['peak_rss_bytes'])}; run {plain(r['run_id'])}[/]", highlight=False)
 
         execute(work, json_out=json_out, debug=debug, human=human)
 
