@@ -78,6 +78,32 @@ def _flatten(outputs: Any) -> list:
     return [t for t in leaves if isinstance(t, torch.Tensor)]
 
 
+_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def output_names(outputs: Any) -> list[str]:
+    """A name for each tensor :func:`_flatten` returns, in its order: a dict's keys and a named tuple's or
+    dataclass's fields become the name (``scores``, ``boxes.0``, ``det.logits``), so a model returning
+    ``{"scores": ..., "boxes": ...}`` keeps them in the manifest, the verification and every record;
+    plain tensors, tuples and lists stay ``output_0`` ... Names are kept to ``[A-Za-z0-9_.-]``, at most
+    64 characters, and made unique."""
+    import torch
+    from torch.utils._pytree import GetAttrKey, MappingKey, SequenceKey, tree_flatten_with_path
+
+    leaves, _ = tree_flatten_with_path(outputs)
+    paths = [p for p, t in leaves if isinstance(t, torch.Tensor)]
+    names: list[str] = []
+    for j, path in enumerate(paths):
+        if not any(isinstance(k, (MappingKey, GetAttrKey)) for k in path):
+            names.append(f"output_{j}")
+            continue
+        parts = [str(k.key) if isinstance(k, MappingKey) else k.name if isinstance(k, GetAttrKey)
+                 else str(k.idx) if isinstance(k, SequenceKey) else str(k) for k in path]
+        name = _NAME_UNSAFE.sub("_", ".".join(parts)).strip("._")[:64] or f"output_{j}"
+        names.append(name if name not in names else f"{name}_{j}")
+    return names
+
+
 def _dataset_samples(x, count: int) -> list[tuple]:
     return [(x[i : i + 1].clone(),) for i in range(min(count, len(x)))]
 
@@ -208,6 +234,8 @@ def verify_artifact(art_dir: Path, manifest: Manifest, thresholds: Thresholds) -
     actual = _run_program(manifest.pte_path, [tuple(_as_tensor(a) for a in v.inputs) for v in vectors])
     per_vector = [compare_outputs(a, v.outputs) for a, v in zip(actual, vectors)]
     summary = aggregate(per_vector)
+    if len(manifest.outputs) == len(summary):  # the outputs' names (a dict's keys), not only their places
+        summary = [dataclasses.replace(m, name=spec.name) for m, spec in zip(summary, manifest.outputs)]
     failures = thresholds_failures(summary, thresholds)
     return Verification(runtime="executorch pybindings (host)", thresholds=thresholds, outputs=tuple(summary),
                         passed=not failures, failures=tuple(failures))
@@ -421,7 +449,10 @@ def _write_stage(w: Work) -> None:
     else:
         samples = generated_like(example, opts.vectors, opts.seed, w.ranges)
     with torch.no_grad():
-        eager_outputs = [_flatten(module(*s)) for s in samples]
+        raw = [module(*s) for s in samples]
+    eager_outputs = [_flatten(r) for r in raw]
+    out_names = output_names(raw[0])
+    del raw
     vectors = _save_vectors(tmp, samples, eager_outputs)
     facts = describe_program(program.executorch_program)
     names = w.input_names
@@ -437,7 +468,7 @@ def _write_stage(w: Work) -> None:
         recipe_hash=w.identity.hash, recipe=w.identity, versions=_versions(),
         inputs=tuple(TensorSpec(name=names[i] if i < len(names) else f"input_{i}", shape=tuple(t.shape),
                                 dtype=_np_dtype(t)) for i, t in enumerate(example)),
-        outputs=tuple(TensorSpec(name=f"output_{j}", shape=tuple(t.shape), dtype=_np_dtype(t))
+        outputs=tuple(TensorSpec(name=out_names[j], shape=tuple(t.shape), dtype=_np_dtype(t))
                       for j, t in enumerate(eager_outputs[0])),
         files={"pte": "model.pte", "etrecord": "model.etrecord"},
         pte_bytes=pte.stat().st_size, pte_sha256=sha256_file(pte),
