@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 from edgerun.core.errors import UsageError
 from edgerun.core.text import sanitize_text
 from edgerun.runtime import columns as cols
-from edgerun.runtime.columns import ALWAYS, NEVER, cap_name, format_delta, format_ms
+from edgerun.runtime.columns import ALWAYS, NEVER, cap_name, format_delta
 from edgerun.runtime.record import EMULATED, RunComparison, RunRecord, compare_records, flat_row
 
 FORMATS = ("html", "md", "json", "csv")
@@ -338,6 +338,13 @@ def _short(r: RunRecord) -> str:
     return " · ".join(b for b in bits if b)
 
 
+def _short_test(r: RunRecord) -> str:
+    """:func:`_short` with the run's test (tg32, pp64, score, train) where it is not a plain forward run: the
+    plots that put runs of every kind on one axis say which work each one timed."""
+    kind = run_kind(r)
+    return _short(r) if kind.kind == FORWARD else f"{_short(r)} · {kind.test}"
+
+
 def by_source(records: Sequence[RunRecord]) -> list[tuple[str, list[RunRecord]]]:
     """Runs split by source, measured first: emulated and measured latencies never share an axis."""
     groups: dict[str, list[RunRecord]] = {}
@@ -368,7 +375,7 @@ def plot_latency_distribution(records: Sequence[RunRecord]) -> bytes:
             ax.errorbar([r.latency.median_ms], [p], xerr=[[r.latency.median_ms - r.latency.ci95_low_ms],
                                                           [r.latency.ci95_high_ms - r.latency.median_ms]],
                         fmt="o", color="crimson", capsize=4)
-        ax.set_yticks(pos, [_short(r) for r in group], fontsize=8)
+        ax.set_yticks(pos, [_short_test(r) for r in group], fontsize=8)
         ax.set_ylim(0.4, len(group) + 0.6)
         ax.invert_yaxis()  # first run on top, as in the tables
         log = _wide_range(group)
@@ -389,7 +396,7 @@ def plot_samples_over_time(records: Sequence[RunRecord]) -> bytes:
         for r in group:
             warm = [s.execute_ns / 1e6 for s in r.samples if s.warmup]
             timed = [s.execute_ns / 1e6 for s in r.samples if not s.warmup]
-            line = ax.plot(range(len(warm), len(warm) + len(timed)), timed, marker=".", lw=0.8, label=_short(r))[0]
+            line = ax.plot(range(len(warm), len(warm) + len(timed)), timed, marker=".", lw=0.8, label=_short_test(r))[0]
             if warm:
                 ax.plot(range(len(warm)), warm, marker="x", ls="none", color=line.get_color())
         ax.set_xlabel("iteration (x: warm-up)", fontsize=9)
