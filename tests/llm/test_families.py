@@ -313,8 +313,9 @@ def test_partial_rope_is_refused_where_llama_cpp_rotates_whole_heads(tmp_path):
 
 
 # ------------------------------------------------------------------------------------- refusals
-def _write_with(monkeypatch, path: Path, arch: str, *, drop=(), change=None) -> Path:
-    """The tiny ``arch`` GGUF with tensors dropped or changed (name -> fn(arr))."""
+def _write_with(monkeypatch, path: Path, arch: str, *, drop=(), change=None, add=None) -> Path:
+    """The tiny ``arch`` GGUF with tensors dropped, changed (name -> fn(arr)) or added after another
+    (after -> (new name, fn(arr of after) -> new arr))."""
     import gguf
 
     original = gguf.GGUFWriter.add_tensor
@@ -324,7 +325,10 @@ def _write_with(monkeypatch, path: Path, arch: str, *, drop=(), change=None) -> 
             return None
         if change and name in change:
             tensor = np.ascontiguousarray(change[name](tensor))
-        return original(self, name, tensor, *args, **kwargs)
+        original(self, name, tensor, *args, **kwargs)
+        if add and name in add:
+            extra, make = add[name]
+            original(self, extra, np.ascontiguousarray(make(tensor)), *args, **kwargs)
 
     with monkeypatch.context() as mp:
         mp.setattr(gguf.GGUFWriter, "add_tensor", add_tensor)
@@ -372,41 +376,22 @@ def test_a_tensor_of_the_wrong_shape_is_refused_with_the_shape_expected(tmp_path
 
 
 def test_a_tensor_the_family_does_not_have_is_refused(tmp_path, monkeypatch, family_gguf):
-    import gguf
-
     # a Gemma's LM head is its embedding: llama.cpp reads no output.weight (and refuses a file with one)
-    original = gguf.GGUFWriter.add_tensor
-
-    def add_tensor(self, name, tensor, *args, **kwargs):
-        original(self, name, tensor, *args, **kwargs)
-        if name == "token_embd.weight":
-            original(self, "output.weight", tensor, *args, **kwargs)
-
-    with monkeypatch.context() as mp:
-        mp.setattr(gguf.GGUFWriter, "add_tensor", add_tensor)
-        path = write_family_gguf(tmp_path / "gemma.gguf", "gemma")
+    path = _write_with(monkeypatch, tmp_path / "gemma.gguf", "gemma",
+                       add={"token_embd.weight": ("output.weight", lambda a: a)})
     with pytest.raises(ExportError, match=r"gemma\.gguf: a gemma model's LM head is token_embd\.weight, but this file "
                                           r"also has output\.weight"):
         read_gguf(path)
     # a llama block with a q-norm is not a llama
-    with monkeypatch.context() as mp:
-        def add_norm(self, name, tensor, *args, **kwargs):
-            original(self, name, tensor, *args, **kwargs)
-            if name == "blk.0.attn_norm.weight":
-                original(self, "blk.0.attn_q_norm.weight", np.ones(16, dtype=np.float32))
-        mp.setattr(gguf.GGUFWriter, "add_tensor", add_norm)
-        path = write_family_gguf(tmp_path / "llama.gguf", "llama")
+    path = _write_with(monkeypatch, tmp_path / "llama.gguf", "llama",
+                       add={"blk.0.attn_norm.weight": ("blk.0.attn_q_norm.weight",
+                                                       lambda a: np.ones(16, dtype=np.float32))})
     with pytest.raises(ExportError, match=r"tensor blk\.0\.attn_q_norm\.weight is not part of a llama model as "
                                           r"llama\.cpp reads it"):
         read_gguf(path)
     # a long-context Phi-3's LongRoPE factors: named as what edgerun does not apply
-    with monkeypatch.context() as mp:
-        def add_factors(self, name, tensor, *args, **kwargs):
-            original(self, name, tensor, *args, **kwargs)
-            if name == "token_embd.weight":
-                original(self, "rope_factors_long.weight", np.ones(8, dtype=np.float32))
-        mp.setattr(gguf.GGUFWriter, "add_tensor", add_factors)
-        path = write_family_gguf(tmp_path / "phi3.gguf", "phi3")
+    path = _write_with(monkeypatch, tmp_path / "phi3.gguf", "phi3",
+                       add={"token_embd.weight": ("rope_factors_long.weight", lambda a: np.ones(8, dtype=np.float32))})
     with pytest.raises(ExportError, match=r"tensor rope_factors_long\.weight holds LongRoPE factors .*Phi-3.*plain "
                                           r"and linearly scaled RoPE only"):
         read_gguf(path)
