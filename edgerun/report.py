@@ -306,6 +306,11 @@ def to_markdown(records: Sequence[RunRecord], comparisons: Sequence[RunCompariso
                                     for o in ops.delegate_ops[:top]])
         if r.warnings:
             lines += ["", f"Warnings for {r.run_id}:"] + [f"- ⚠ {w}" for w in r.warnings]
+    memory = training_memory_rows(records)
+    if memory:
+        lines += ["", "## Fine-tuning memory (peak RSS per parameter; textbook: fp32 weights, gradients, optimizer "
+                  "state)", ""]
+        lines += _md_table(TRAINING_MEMORY_HEADER, memory)
     lines += ["", versions_line(records), ""]
     return "\n".join(lines)
 
@@ -489,25 +494,71 @@ def plot_loss_curves(records: Sequence[RunRecord]) -> bytes:
     return _png(fig)
 
 
+def _held(e) -> str:
+    """A held-out figure: an LLM's perplexity (what finetune printed), a classifier's accuracy."""
+    if e and e.perplexity is not None:
+        return f"ppl {e.perplexity:.2f}"
+    return "—" if not e or e.accuracy is None else f"{e.accuracy:.1%}"
+
+
 def training_rows(records: Sequence[RunRecord]) -> list[list[str]]:
     out = []
     for r in records:
         t = r.training
         if t is None:
             continue
-
-        def held(e):  # an LLM's perplexity (what finetune printed), a classifier's accuracy
-            if e and e.perplexity is not None:
-                return f"ppl {e.perplexity:.2f}"
-            return "—" if not e or e.accuracy is None else f"{e.accuracy:.1%}"
-
         out.append([r.run_id, t.method, t.optimizer, f"{t.lr:g}", str(t.steps), str(t.batch),
                     f"{t.loss_curve[0][1]:.4g} → {t.loss_curve[-1][1]:.4g}" if t.loss_curve else "—",
-                    f"{held(t.eval_before)} → {held(t.eval_after)}", cols.format_rate(t.steps_per_s),
+                    f"{_held(t.eval_before)} → {_held(t.eval_after)}", cols.format_rate(t.steps_per_s),
                     f"{t.trainable:,}", fmt_value("trainable_bytes", t.trainable_bytes),
                     fmt_value("optimizer_state_bytes", t.optimizer_state_bytes),
                     fmt_value("peak_rss_bytes", r.memory.peak_rss_bytes)
                     + (" (emulated)" if r.source == EMULATED else "")])
+    return out
+
+
+#: methods that train without gradients (two forwards a step): no gradient, no optimizer state
+ZEROTH_ORDER_METHODS = ("mezo", "zo-lora")
+
+
+def training_bound_bytes(method: str, optimizer: str, *, trainable: int, frozen: int, momentum: float = 0.0,
+                         base_bits: int = 32) -> int:
+    """The textbook memory of a training step in bytes: fp32 weights, gradients and optimizer state, no
+    activations and no runtime. A frozen parameter costs its weight (``base_bits`` / 8: 4, or less on a
+    quantized base); a trained one 4 (weight) + 4 (gradient) + 8 for AdamW's m and v, 4 for SGD's momentum;
+    zeroth-order methods hold the weights alone (4 per parameter) -- so full AdamW is 16 B/param, full SGD
+    8, LoRA 4 per base parameter + 16 per adapter parameter, MeZO 4."""
+    weights = frozen * base_bits / 8 + 4 * trainable
+    if method in ZEROTH_ORDER_METHODS or optimizer.startswith("mezo"):
+        return int(weights)
+    state = 8 if optimizer == "adamw" else 4 if momentum else 0
+    return int(weights + (4 + state) * trainable)
+
+
+TRAINING_MEMORY_HEADER = ("run", "method", "optimizer", "trained / all parameters", "peak RSS", "B/param",
+                          "textbook B/param", "peak / textbook", "steps/s", "held-out")
+
+
+def training_memory_rows(records: Sequence[RunRecord]) -> list[list[str]]:
+    """The memory table of fine-tuning runs (issue 21; ``benchmarks/finetune_memory.py`` adds the inference
+    and eager PyTorch columns): peak RSS per parameter of the trained model beside the textbook bound
+    (:func:`training_bound_bytes`) and what that costs in steps/s and held-out quality."""
+    out = []
+    for r in records:
+        t = r.training
+        if t is None:
+            continue
+        total = t.trainable + t.frozen
+        momentum = t.settings.get("momentum")
+        momentum = float(momentum) if isinstance(momentum, (int, float)) and not isinstance(momentum, bool) else 0.0
+        bound = training_bound_bytes(t.method, t.optimizer, trainable=t.trainable, frozen=t.frozen,
+                                     momentum=momentum)
+        peak = r.memory.peak_rss_bytes
+        out.append([r.run_id, t.method, t.optimizer, f"{t.trainable:,} / {total:,}",
+                    fmt_value("peak_rss_bytes", peak) + (" (emulated)" if r.source == EMULATED else ""),
+                    f"{peak / total:.1f}" if peak and total else "—", f"{bound / total:.1f}" if total else "—",
+                    f"{peak / bound:.2f}×" if peak and bound else "—", cols.format_rate(t.steps_per_s),
+                    f"{_held(t.eval_before)} → {_held(t.eval_after)}"])
     return out
 
 
@@ -743,6 +794,13 @@ def to_html(records: Sequence[RunRecord], comparisons: Sequence[RunComparison] =
                                   "held-out (accuracy or perplexity)", "steps/s", "trainable", "trainable bytes",
                                   "optimizer state", "peak RSS"], training_rows(records),
                                  [False] * 3 + [True] * 10))
+        parts.append("<h3>Fine-tuning memory</h3>")
+        parts.append("<p class=small>Peak RSS (the runner's VmHWM) per parameter of the trained model, beside "
+                     "the textbook bound: fp32 weights, gradients and optimizer state, no activations or runtime "
+                     "(full AdamW 16 B/param, full SGD 8, LoRA 4 per base + 16 per adapter parameter, MeZO 4). "
+                     "benchmarks/finetune_memory.py adds the inference program and eager PyTorch.</p>")
+        parts.append(_html_table(list(TRAINING_MEMORY_HEADER), training_memory_rows(records),
+                                 [False] * 3 + [True] * 7))
 
     by_id = {r.run_id: r for r in records}
     for c in comparisons:
