@@ -253,8 +253,8 @@ def bench(model: str, targets: Sequence[str], schemes: Sequence[str], devices: S
           settings: ProfileSettings, *, store, inventory: str | None = None, sweep_id: str | None = None,
           on_cell: Callable[[str, str], None] | None = None, on_progress: Progress | None = None) -> dict:
     """Export x deploy x profile across targets, recipes (``schemes``: a scheme name, or a recipe with its
-    options and steps, e.g. ``8da4w:group_size=64`` or ``prune:amount=0.5+int8``; each cell keyed by the
-    recipe's canonical text) and devices; resumable by ``sweep_id``.
+    options and steps, e.g. ``8da4w:group_size=64``, or ``my-prune:amount=0.5+int8`` with ``my-prune``
+    registered; each cell keyed by the recipe's canonical text) and devices; resumable by ``sweep_id``.
 
     Every (target, recipe) is exported first, once (CPU-heavy: one at a time). Then each device is
     opened **once** for all its cells and the devices run concurrently, each its cells in turn.

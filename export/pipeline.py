@@ -2,8 +2,8 @@
 
 The model is a zoo name, a user factory (``package.module:factory``), or what a Python user has: an
 ``nn.Module`` with ``example_inputs=``, a ``(module, example_inputs)`` pair or an ``ExportedProgram``
-(:mod:`.modules`). The recipe is recipe text (``int8``, ``8da4w:group_size=64``, ``prune:amount=0.5+int8``)
-or a :class:`~.recipes.RecipeChain`.
+(:mod:`.modules`). The recipe is recipe text (``int8``, ``8da4w:group_size=64``,
+``my-prune:amount=0.5+int8`` with ``my-prune`` registered) or a :class:`~.recipes.RecipeChain`.
 
 Stages (:mod:`.stages` runs them; each failure names its stage): resolve -> load model -> export
 (torch.export and the target's graph rewrites) -> one stage per recipe step, named by its kind
@@ -512,7 +512,7 @@ def export_model(
     ``model``: a zoo name, ``package.module:factory``, a :class:`ModelSpec`, an ``nn.Module`` with
     ``example_inputs`` (a tensor or a tuple of tensors), a ``(module, example_inputs)`` pair or an
     ``ExportedProgram``; ``name`` names a model given as an object (default: its class name).
-    ``scheme``: recipe text (``int8``, ``8da4w:group_size=64``, ``prune:amount=0.5+int8``), a recipe or a
+    ``scheme``: recipe text (``int8``, ``8da4w:group_size=64``, a chain of registered recipes), a recipe or a
     :class:`RecipeChain`; None is the target's default. ``scheme_options`` set options of its quantize
     step. ``on_stage(name)`` / ``on_stage_done(name, seconds)`` report progress; ``on_warning(text)`` is
     called as soon as a warning is known (they are all in the manifest's ``warnings`` too);

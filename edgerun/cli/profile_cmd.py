@@ -158,7 +158,7 @@ def register(app: typer.Typer) -> None:
     def bench_cmd(
         model: Annotated[str, typer.Argument(help="Zoo model or 'package.module:factory'.")],
         targets: Annotated[str, typer.Option(help="Comma-separated targets.")] = "host",
-        schemes: Annotated[str, typer.Option(help="Comma-separated recipes: a scheme, with options and steps if wanted, e.g. fp32,8da4w:group_size=64,prune:amount=0.5+int8.")] = "fp32,int8",
+        schemes: Annotated[str, typer.Option(help="Comma-separated recipes: a scheme with options if wanted (fp32,8da4w:group_size=64), or steps joined by + with recipes you registered from Python (README: Recipes).")] = "fp32,int8",
         devices: Annotated[str, typer.Option(help="Comma-separated device names or URIs.")] = "local://",
         warmup: Annotated[int, typer.Option(parser=opt.warmup, help="Untimed warm-up iterations per run.")] = 3,
         iterations: Annotated[int, typer.Option(parser=opt.iterations, help="Timed iterations per run.")] = 30,

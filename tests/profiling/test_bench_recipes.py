@@ -5,6 +5,7 @@ runner, and a resumed sweep finds both cells in the store."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,15 @@ class IdentityPrune(Recipe):
     name = "identity-prune"
     kind = "prune"
     amount: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class MagnitudePrune(Recipe):
+    """README's example recipe, by its name and option (its handler here zeroes nothing)."""
+
+    name = "magnitude-prune"
+    kind = "prune"
+    amount: float = 0.5
 
 
 def _identity_prune(recipe: IdentityPrune, ctx) -> RecipeResult:
@@ -50,3 +60,39 @@ def test_bench_sweeps_two_option_values_of_a_registered_recipe_as_two_cells(runn
     assert records[0].model.artifact != records[1].model.artifact
     with Store(tmp_path / "t.sqlite") as other, pytest.raises(UsageError, match="identity-prune"):
         bench("factories:tiny", ["host"], recipes[:1], [device], settings, store=other)  # unregistered: unknown
+
+
+# A recipe text with options or steps: name:key=value[:key=value...] and/or step+step.
+RECIPE_TEXT = re.compile(r"[a-z0-9][\w-]*(?::\w+=[\w.]+)+(?:\+[a-z0-9][\w-]*(?::\w+=[\w.]+)*)*"
+                         r"|[a-z0-9][\w-]*(?:\+[a-z0-9][\w-]*(?::\w+=[\w.]+)*)+")
+
+
+def _recipe_examples(text: str) -> list[str]:
+    """The recipe texts in ``text``, less the syntax's own placeholder (``name:key=value``)."""
+    return [m.group(0) for m in RECIPE_TEXT.finditer(text) if "key=value" not in m.group(0)]
+
+
+def test_the_recipes_help_and_readme_offer_are_recipes_edgerun_has():
+    """``bench --help`` offered ``prune:amount=0.5+int8`` while no prune recipe ships: copied, it was
+    refused as an unknown recipe. Every recipe text the options' help and README's Recipes paragraph show
+    parses with only edgerun's own recipes registered (one of your own is shown registered first)."""
+    import typer.main
+
+    from edgerun.cli import app
+    from edgerun.export.recipes import parse_recipe
+
+    command = typer.main.get_command(app)
+    helps = [p.help or "" for c in command.commands.values() for p in c.params if "scheme" in p.name]
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    recipes = readme[readme.index("**Recipes.**"):]
+    recipes = recipes[:recipes.index("```")]  # the paragraph, up to its example of a recipe of your own
+    shown = [x for text in helps + [recipes] for x in _recipe_examples(text)]
+    assert len(shown) >= 3 and "8da4w:group_size=64" in shown, shown  # the pattern finds what is there
+    refused = {}
+    with register_recipe(MagnitudePrune, _identity_prune):  # README's own recipe, registered as it shows
+        for text in shown:
+            try:
+                parse_recipe(text)
+            except UsageError as e:  # an unknown recipe or option
+                refused[text] = e.message
+    assert not refused, refused
