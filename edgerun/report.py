@@ -308,8 +308,8 @@ def to_markdown(records: Sequence[RunRecord], comparisons: Sequence[RunCompariso
             lines += ["", f"Warnings for {r.run_id}:"] + [f"- ⚠ {w}" for w in r.warnings]
     memory = training_memory_rows(records)
     if memory:
-        lines += ["", "## Fine-tuning memory (peak RSS per parameter; textbook: fp32 weights, gradients, optimizer "
-                  "state)", ""]
+        lines += ["", ("## Fine-tuning memory (peak RSS per parameter; textbook: fp32 weights, gradients, optimizer "
+                       "state)"), ""]
         lines += _md_table(TRAINING_MEMORY_HEADER, memory)
     lines += ["", versions_line(records), ""]
     return "\n".join(lines)

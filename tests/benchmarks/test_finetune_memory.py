@@ -1,0 +1,107 @@
+"""benchmarks/finetune_memory.py on the tiny GGUF, 2 steps of full SGD and LoRA: the real runner and eager
+PyTorch in its own process, nothing timed. The table's structure, every figure positive, the derived ones
+consistent with the measured ones, and the two sides doing the same work: the same trainable parameters and
+held-out perplexity before and after (same model, same windows in the same order, same optimizer)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "finetune_memory.py"
+METHODS = ("full-sgd", "lora")
+
+
+@pytest.fixture(scope="module")
+def bench():
+    """The benchmark imported from its file (registered while the tests use it: its dataclasses need it)."""
+    spec = importlib.util.spec_from_file_location("finetune_memory", BENCH)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["finetune_memory"] = mod
+    try:
+        spec.loader.exec_module(mod)
+        yield mod
+    finally:
+        sys.modules.pop("finetune_memory", None)
+
+
+@pytest.fixture(scope="module")
+def result(bench, runner_bundle, tmp_path_factory):
+    runner_bundle("host")  # built (or skipped with the tool that is missing) before the benchmark asks for it
+    work = tmp_path_factory.mktemp("finetune-memory")
+    args = bench.parse_args(["--tiny", "--steps", "2", "--methods", ",".join(METHODS)])
+    model = str(bench.tiny_gguf(work))
+    return bench.benchmark(model, args.methods, args, str(work / "results.sqlite"))
+
+
+@pytest.mark.slow
+def test_the_table_has_a_row_per_method_with_both_sides_measured(bench, result):
+    assert [r["key"] for r in result["rows"]] == list(METHODS)
+    inference = result["inference"]["runner"]["peak_rss_bytes"]
+    assert inference > 0 and result["inference"]["eager"]["peak_rss_bytes"] > 0
+    counts = result["parameters"]
+    for row in result["rows"]:
+        m = bench.METHODS[row["key"]]
+        rt, eg = row["runner"], row["eager"]
+        assert rt["status"] == "ok" and eg["status"] == "ok", (rt, eg)
+        # the trained parameters: what the program trains, what eager trains, what the benchmark counted
+        assert rt["trainable"] == eg["trainable"] == (counts["adapters"] if m.adapters else counts["base"])
+        assert rt["trainable"] + rt["frozen"] == row["parameters"]
+        for side in (rt, eg):
+            assert side["peak_rss_bytes"] > 0 and side["steps_per_s"] > 0 and side["steps"] == 2
+            assert side["bytes_per_param"] == pytest.approx(side["peak_rss_bytes"] / row["parameters"])
+            assert side["ppl_before"] > 1 and side["ppl_after"] > 1
+        assert rt["minus_inference_bytes"] == rt["peak_rss_bytes"] - inference
+        assert rt["peak_rss_bytes"] > inference  # training holds more than the forward alone
+        assert rt["train_s"] > 0 and rt["wall_s"] >= rt["train_s"]
+        # the same steps on the same data: the same held-out perplexity before and after
+        assert eg["ppl_before"] == pytest.approx(rt["ppl_before"], rel=1e-4)
+        assert eg["ppl_after"] == pytest.approx(rt["ppl_after"], rel=1e-3)
+        assert len(rt["loss_curve"]) == len(eg["loss_curve"]) == 2
+        assert eg["loss_curve"] == pytest.approx(rt["loss_curve"], rel=1e-3)
+    by = {r["key"]: r for r in result["rows"]}
+    assert by["full-sgd"]["bound_bytes_per_param"] == 8.0  # w and g, fp32
+    lora = by["lora"]
+    assert lora["bound_bytes"] == 4 * counts["base"] + 16 * counts["adapters"]
+    json.dumps(result)  # the --json / --save form
+
+
+@pytest.mark.slow
+def test_the_printed_table_and_its_goals(bench, result):
+    text = bench.render(result)
+    assert "## edgerun (the runner)" in text and "## eager PyTorch" in text and "## goals (issue 21)" in text
+    for row in result["rows"]:
+        assert sum(1 for line in text.splitlines() if line.startswith(f"| {row['label']} ")) == 2
+    goals = {g["goal"]: g for g in result["goals"]}
+    for key in METHODS:
+        g = goals[f"{key} peak: edgerun / eager"]
+        by = {r["key"]: r for r in result["rows"]}[key]
+        assert g["value"] == pytest.approx(by["runner"]["peak_rss_bytes"] / by["eager"]["peak_rss_bytes"])
+        assert g["met"] == (g["value"] <= 1.0)
+    assert not any(g.startswith("lora peak / full AdamW") for g in goals)  # no full AdamW row to divide by
+
+
+def test_a_method_edgerun_refuses_is_a_row_saying_so(bench, monkeypatch):
+    """QLoRA is not built: its row says edgerun's refusal instead of crashing the benchmark."""
+    from edgerun.core.errors import UsageError
+
+    def refuse(*_a, **_k):
+        raise UsageError("--method qlora: choose full, lora, mezo or zo-lora.")
+
+    monkeypatch.setattr("edgerun.finetune.finetune", refuse)
+    args = bench.parse_args(["--tiny", "--steps", "2"])
+    row = bench.runner_finetune("tiny.gguf", bench.METHODS["qlora"], 2e-3, args, None)
+    assert row["status"] == "refused" and "qlora" in row["message"]
+
+
+def test_unknown_methods_and_a_missing_model_are_usage_errors(bench):
+    with pytest.raises(SystemExit) as e:
+        bench.parse_args(["--tiny", "--methods", "full-adamw,sparse"])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        bench.parse_args(["--steps", "2"])
+    assert e.value.code == 2
