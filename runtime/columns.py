@@ -290,7 +290,7 @@ COLUMNS: tuple[Column, ...] = (
     C("eager_perplexity", U.PERPLEXITY, K.LLM, _llm("eager_perplexity"), summary=True,
       doc="eager fp32 at export, same text and windows"),
     C("kv_cache_bytes", U.BYTES, K.MEMORY, _llm("kv_cache_bytes"), doc="the KV cache at max context"),
-    C("train_method", U.TEXT, K.IDENTITY, _tr("method"), doc="fine-tuning runs: full | lora | mezo"),
+    C("train_method", U.TEXT, K.IDENTITY, _tr("method"), doc="fine-tuning runs: full | lora | mezo | zo-lora"),
     C("train_steps", U.COUNT, K.TRAINING, _tr("steps")),
     C("final_loss", U.FRACTION, K.TRAINING, lambda r: r.training.loss_curve[-1][1]
       if r.training is not None and r.training.loss_curve else None, LOWER, summary=True, formatter=lambda x: f"{x:.4g}",

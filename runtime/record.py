@@ -181,7 +181,7 @@ class TrainingMetrics:
     held-out loss/accuracy before and after (computed on the device), throughput and the memory table
     the survey is about (trainable parameters and bytes, optimizer state, peak RSS is in ``memory``)."""
 
-    method: str                                  # full | lora | mezo
+    method: str                                  # full | lora | mezo | zo-lora
     optimizer: str
     lr: float
     steps: int                                   # optimizer steps run in this invocation

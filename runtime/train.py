@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
 DATA_FILES = ("x_train.npy", "y_train.npy", "x_eval.npy", "y_eval.npy")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "cosine")
+ZO_NOISES = ("gaussian", "rademacher")
 
 
 @dataclass(frozen=True)
@@ -54,8 +55,10 @@ class TrainRequest:
     threads: int = 0
     shuffle: bool = True
     stop_at: int = 0                 # end this session after this step (resume later)
-    mezo: bool = False               # zeroth-order (MeZO) on a weights-as-inputs forward program
-    mezo_eps: float = 1e-3
+    mezo: bool = False               # zeroth-order (MeZO / ZO-LoRA) on a weights-as-inputs forward program
+    mezo_eps: float = 1e-3           # --zo-eps: the perturbation scale
+    zo_samples: int = 1              # perturbations averaged per step (each two forwards)
+    zo_noise: str = "gaussian"       # gaussian (MeZO) | rademacher (SPSA; no libm, cheaper)
 
     def __post_init__(self) -> None:
         for name, lo in (("steps", 1), ("grad_accum", 1), ("warmup_steps", 0), ("eval_every", 0),
@@ -72,7 +75,11 @@ class TrainRequest:
         if self.optimizer not in OPTIMIZERS:
             raise UsageError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}.")
         if not 0 < self.mezo_eps <= 1:
-            raise UsageError(f"--mezo-eps must be in (0, 1], got {self.mezo_eps!r}.")
+            raise UsageError(f"--zo-eps must be in (0, 1], got {self.mezo_eps!r}.")
+        if not isinstance(self.zo_samples, int) or isinstance(self.zo_samples, bool) or not 1 <= self.zo_samples <= 1024:
+            raise UsageError(f"--zo-samples must be an integer in [1, 1024], got {self.zo_samples!r}.")
+        if self.zo_noise not in ZO_NOISES:
+            raise UsageError(f"--zo-noise must be one of {', '.join(ZO_NOISES)}, got {self.zo_noise!r}.")
         if self.mezo and (self.optimizer != "sgd" or self.momentum or self.grad_accum != 1):
             raise UsageError("MeZO is zeroth-order SGD: --optimizer adamw, --momentum and --grad-accum do not apply.")
         if self.schedule not in SCHEDULES:
@@ -106,7 +113,11 @@ class TrainRequest:
         if self.mezo:
             if weights_in is None:
                 raise ValueError("MeZO needs the starting weights on the device")
-            args += ["--mezo", "--weights-in", weights_in, "--mezo-eps", repr(float(self.mezo_eps))]
+            args += ["--mezo", "--weights-in", weights_in, "--zo-eps", repr(float(self.mezo_eps))]
+            if self.zo_samples != 1:
+                args += ["--zo-samples", str(self.zo_samples)]
+            if self.zo_noise != "gaussian":
+                args += ["--zo-noise", self.zo_noise]
         return args
 
     def to_json(self) -> dict:
@@ -166,7 +177,9 @@ def _remote_data(data_on_device: str) -> dict[str, str]:
 #: what a checkpoint must share with the run that resumes it (the runner's checkpoint file cannot say:
 #: it is written beside it on this machine, ``<checkpoint>.json``, whenever a checkpoint is pulled)
 IDENTITY_KEYS = ("program_sha256", "method", "batch", "optimizer", "lr", "momentum", "weight_decay", "grad_accum",
-                 "schedule", "warmup_steps", "seed", "shuffle", "mezo", "mezo_eps", "data")
+                 "schedule", "warmup_steps", "seed", "shuffle", "mezo", "mezo_eps", "zo_samples", "zo_noise", "data")
+#: keys added after identities were first written: an older identity without them had these values
+IDENTITY_DEFAULTS = {"zo_samples": 1, "zo_noise": "gaussian"}
 MAX_IDENTITY_BYTES = 1 << 16
 
 
@@ -179,7 +192,8 @@ def checkpoint_identity(request: TrainRequest, *, program_sha256: str, method: s
     return {"program_sha256": program_sha256, "method": method, "batch": batch, "optimizer": r.optimizer,
             "lr": float(r.lr), "momentum": float(r.momentum), "weight_decay": float(r.weight_decay),
             "grad_accum": r.grad_accum, "schedule": r.schedule, "warmup_steps": r.warmup_steps, "seed": r.seed,
-            "shuffle": r.shuffle, "mezo": r.mezo, "mezo_eps": float(r.mezo_eps), "data": data}
+            "shuffle": r.shuffle, "mezo": r.mezo, "mezo_eps": float(r.mezo_eps),
+            "zo_samples": r.zo_samples, "zo_noise": r.zo_noise, "data": data}
 
 
 def identity_path(checkpoint: Path) -> Path:
@@ -214,7 +228,7 @@ def check_resume(checkpoint: Path, identity: Mapping[str, Any], *, steps: int) -
         raise UsageError(f"--resume {checkpoint}: its {path.name} is unreadable ({exc}).", hint=hint) from None
     differ = []
     for key in IDENTITY_KEYS:
-        mine, theirs = identity.get(key), saved.get(key)
+        mine, theirs = identity.get(key), saved.get(key, IDENTITY_DEFAULTS.get(key))
         if mine != theirs and not (isinstance(mine, float) and isinstance(theirs, (int, float))
                                    and not isinstance(theirs, bool) and math.isclose(mine, theirs, rel_tol=1e-12)):
             differ.append(f"{key}: the checkpoint's {theirs!r:.80}, this run's {mine!r:.80}")

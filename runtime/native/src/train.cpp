@@ -251,6 +251,7 @@ class Loop {
         .str("optimizer", f.optimizer)
         .dbl("lr", o_.lr);
     for (const auto& [key, value] : f.fields) line.dbl(key, value);
+    for (const auto& [key, value] : f.texts) line.str(key, value);
     line.str("schedule", o_.schedule)
         .num("seed", static_cast<int64_t>(seed_))
         .num("start_step", st_.step)

@@ -117,6 +117,7 @@ struct RuleFacts {
   int64_t batches_per_step = 1;                        // the line's `grad_accum`
   int64_t state_copies = 0;                            // float32 copies of the parameters the state holds
   std::vector<std::pair<const char*, double>> fields;  // the rule's own, after `lr`
+  std::vector<std::pair<const char*, std::string>> texts;  // the rule's own words (zeroth-order noise)
 };
 
 class StepRule {
