@@ -28,7 +28,7 @@ EVAL_AGREEMENT = 0.02
 
 @dataclasses.dataclass(frozen=True)
 class FinetuneSettings:
-    method: str = "full"                  # full | lora | mezo
+    method: str = "full"                  # full | lora | mezo | zo-lora (see METHODS)
     batch: int = 16
     lora_rank: int = 8
     lora_alpha: float | None = None       # default: the rank (scale 1)
@@ -50,8 +50,8 @@ class FinetuneSettings:
         """Every option checked before any work (a bad one is exit 2 at once, not after an export)."""
         import math
 
-        if self.method not in ("full", "lora", "mezo"):
-            raise UsageError(f"--method {self.method}: choose full, lora or mezo.")
+        if self.method not in METHODS:
+            raise UsageError(f"--method {self.method}: choose {_choices()}.")
         for name, value, lo, hi in (("batch", self.batch, 1, 1 << 16), ("rank", self.lora_rank, 1, 4096),
                                     ("seq-len", self.seq_len, 1, 1 << 16)):
             if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
@@ -67,13 +67,28 @@ class FinetuneSettings:
             raise UsageError(f"--timeout must be a number of seconds > 0, got {self.timeout_s!r}.")
 
 
+#: The fine-tuning methods: backprop of every parameter (full) or of LoRA adapters (lora); zeroth-order
+#: SGD, two forwards a step and no gradients or optimizer state, of every parameter (mezo) or of LoRA
+#: adapters over a frozen base (zo-lora).
+METHODS = ("full", "lora", "mezo", "zo-lora")
+ZEROTH_ORDER = ("mezo", "zo-lora")
+WITH_LORA = ("lora", "zo-lora")
+
+
+def _choices() -> str:
+    return ", ".join(METHODS[:-1]) + " or " + METHODS[-1]
+
+
 #: What a fine-tune starts from when --method, --optimizer and --lr are not given, by kind of model.
 #: Classifiers: full backprop, SGD with momentum at 0.01 (87 % on digits in 300 steps). LLMs: LoRA with
 #: AdamW -- SGD at 0.01 barely moves an LLM (issue 26: SmolLM2's held-out perplexity 105.9 -> 98.3 in 20
 #: LoRA steps), AdamW at 2e-3 reached 35.5 in 40; full fine-tuning of all of an LLM's weights takes a
-#: smaller step (1e-4, AdamW's usual range for pretrained transformers).
-CLASSIFIER_DEFAULTS = {"method": "full", "optimizer": "sgd", "lr": {"full": 0.01, "lora": 0.01, "mezo": 0.01}}
-LLM_DEFAULTS = {"method": "lora", "optimizer": "adamw", "lr": {"full": 1e-4, "lora": 2e-3, "mezo": 1e-4}}
+#: smaller step (1e-4, AdamW's usual range for pretrained transformers). Zeroth-order steps of an LLM are
+#: SGD along a random direction: MeZO's paper uses 1e-6..1e-7 for every weight, 1e-4..5e-5 for LoRA.
+CLASSIFIER_DEFAULTS = {"method": "full", "optimizer": "sgd",
+                       "lr": {"full": 0.01, "lora": 0.01, "mezo": 0.01, "zo-lora": 0.01}}
+LLM_DEFAULTS = {"method": "lora", "optimizer": "adamw",
+                "lr": {"full": 1e-4, "lora": 2e-3, "mezo": 1e-6, "zo-lora": 1e-4}}
 
 
 def training_defaults(model: str, method: str | None = None, optimizer: str | None = None,
@@ -86,9 +101,9 @@ def training_defaults(model: str, method: str | None = None, optimizer: str | No
     defaults = LLM_DEFAULTS if isinstance(get_model(model), LLMSpec) else CLASSIFIER_DEFAULTS
     method = method or defaults["method"]
     if method not in defaults["lr"]:
-        raise UsageError(f"--method {method}: choose full, lora or mezo.")
-    if optimizer is None:  # MeZO is its own zeroth-order SGD step
-        optimizer = "sgd" if method == "mezo" else defaults["optimizer"]
+        raise UsageError(f"--method {method}: choose {_choices()}.")
+    if optimizer is None:  # zeroth-order methods are their own SGD step
+        optimizer = "sgd" if method in ZEROTH_ORDER else defaults["optimizer"]
     return method, optimizer, lr if lr is not None else defaults["lr"][method]
 
 
@@ -281,7 +296,9 @@ def eager_accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
 def finetune(model: str, device_name: str, request, settings: FinetuneSettings = FinetuneSettings(), *,
              store_path=None, inventory: str | None = None, on_stdout: Callable[[bytes], None] | None = None,
              on_progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Fine-tune ``model`` on ``device_name``; returns ``{"record", "program", "export", "agreement"}``."""
+    """Fine-tune ``model`` on ``device_name``; returns ``{"record", "program", "run_dir", "export", "agreement",
+    "initial_model"}`` (the last: the module the training program was made from, with its starting weights
+    -- LoRA adapters included -- to replay or compare the device's steps)."""
     from edgerun.export.finetune import TrainingProgram, export_training_program, load_trained, weights_sha256
     from edgerun.export.llm.zoo import LLMSpec
     from edgerun.export.zoo import get_model
@@ -294,13 +311,9 @@ def finetune(model: str, device_name: str, request, settings: FinetuneSettings =
     say = on_progress or (lambda m: None)
     spec = get_model(model)
     is_llm = isinstance(spec, LLMSpec)
-    if is_llm and settings.method == "mezo":
-        raise UsageError("MeZO of LLMs is not built yet: use --method lora or full.")
-    if settings.method not in ("full", "lora", "mezo"):
-        raise UsageError(f"--method {settings.method}: choose full, lora or mezo.")
-    if (settings.method == "mezo") != request.mezo:
-        request = dataclasses.replace(request, mezo=settings.method == "mezo",
-                                      momentum=0.0 if settings.method == "mezo" else request.momentum)
+    zo = settings.method in ZEROTH_ORDER
+    if zo != request.mezo:
+        request = dataclasses.replace(request, mezo=zo, momentum=0.0 if zo else request.momentum)
     if settings.data and settings.data_on_device:
         raise UsageError("give --data or --data-on-device, not both.")
     if settings.resume and not Path(settings.resume).is_file():
@@ -313,7 +326,7 @@ def finetune(model: str, device_name: str, request, settings: FinetuneSettings =
 
         net, arrays, text_facts = _text_data(spec, settings)
         example = (torch.zeros(1, settings.seq_len, dtype=torch.long),)
-        if settings.method == "lora" and not settings.lora_targets:
+        if settings.method in WITH_LORA and not settings.lora_targets:
             settings = dataclasses.replace(settings, lora_targets=("attention.wq", "attention.wv"))
     else:
         net, example = spec.build()
@@ -324,7 +337,7 @@ def finetune(model: str, device_name: str, request, settings: FinetuneSettings =
                          f"{settings.batch}.", hint="Use a smaller --batch.")
     base_net = net
     lora = None
-    if settings.method == "lora":
+    if settings.method in WITH_LORA:
         from edgerun.export.finetune import add_lora
 
         net, chosen = add_lora(base_net, rank=settings.lora_rank, alpha=settings.lora_alpha,
@@ -343,7 +356,7 @@ def finetune(model: str, device_name: str, request, settings: FinetuneSettings =
     data_files = write_data(run_dir / "data", arrays["x_train"], arrays["y_train"], arrays.get("x_eval"),
                             arrays.get("y_eval")) if arrays is not None else None
     weights_in = None
-    if settings.method == "mezo":
+    if zo:
         from edgerun.export.finetune import initial_weights
 
         init = run_dir / "init"
@@ -396,7 +409,7 @@ def finetune(model: str, device_name: str, request, settings: FinetuneSettings =
     run = runs[0]
     wsha = record.training.weights_sha256
     out: dict[str, Any] = {"record": record, "program": program, "run_dir": run_dir, "export": None,
-                           "agreement": None}
+                           "agreement": None, "initial_model": net}
     trained = load_trained(net, run.extras["weights"], program)
     if lora is not None:
         from edgerun.export.finetune import merge_lora

@@ -26,7 +26,8 @@ from edgerun.core.artifact import sha256_file
 
 from .errors import ExportError
 
-METHODS = ("full", "lora", "mezo")
+METHODS = ("full", "lora", "mezo", "zo-lora")
+ZEROTH_ORDER = ("mezo", "zo-lora")  # weights-as-inputs forward programs, no backward
 MEZO_FQN = "__edgerun_mezo_fqn_forward"  # constant method: the weight inputs' names, in input order
 PREFIX = "model."  # the wrapper's attribute: parameter names in the program start with it
 
@@ -159,24 +160,40 @@ def _mezo_wrapper(model, names):
     import torch
     from torch import nn
 
-    class WeightsAsInputs(nn.Module):
-        """``forward(x, y, *weights) -> (loss, predicted class)``: the model with its trainable parameters
-        given by the caller (MeZO: the runner perturbs and updates them in its own buffers)."""
-
+    class Train(nn.Module):  # a language model's forward_train as its forward, for functional_call
         def __init__(self, model):
             super().__init__()
             self.model = model
 
+        def forward(self, x):
+            return self.model.forward_train(x)
+
+    class WeightsAsInputs(nn.Module):
+        """``forward(x, y, *weights) -> (loss, predicted class)``: the model with its trainable parameters
+        given by the caller (zeroth-order: the runner perturbs and updates them in its own buffers). A
+        language model: ``(tokens [B,T], next tokens [B,T]) -> (mean next-token cross-entropy, predicted
+        next tokens [B,T])``."""
+
+        def __init__(self, model):
+            super().__init__()
+            self.lm = is_language_model(model)
+            self.model = Train(model) if self.lm else model
+
         def forward(self, x, y, *weights):
-            logits = torch.func.functional_call(self.model, dict(zip(names, weights)), (x,))
+            prefix = "model." if self.lm else ""
+            logits = torch.func.functional_call(self.model, {prefix + n: w for n, w in zip(names, weights)}, (x,))
+            if self.lm:
+                flat = logits.reshape(-1, logits.shape[-1])
+                return nn.functional.cross_entropy(flat, y.reshape(-1)), logits.argmax(dim=-1)
             return nn.functional.cross_entropy(logits, y), logits.argmax(dim=-1)
 
     return WeightsAsInputs(model)
 
 
 def _export_mezo(m, x, y, frozen_names, out: Path):
-    """The MeZO program: inference-only (no backward, no gradients), weights as inputs the runtime does
-    not allocate (``alloc_graph_input=False``: it uses the runner's buffers)."""
+    """The zeroth-order program: inference-only (no backward, no gradients), the trained weights as inputs
+    the runtime does not allocate (``alloc_graph_input=False``: it uses the runner's buffers), the frozen
+    ones (zo-lora: the base) constants of the program."""
     import torch
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge
     from executorch.exir.passes import MemoryPlanningPass
@@ -299,14 +316,14 @@ def export_training_program(model, example: Sequence[Any], out: str | Path, *, b
     if not isinstance(batch, int) or batch < 1:
         raise ExportError(f"the batch size must be an integer >= 1, got {batch!r}.", stage="export training program")
     m = copy.deepcopy(model).train()
-    if method == "lora":  # the adapters are what trains: everything else is already frozen
+    if method in ("lora", "zo-lora"):  # the adapters are what trains: everything else is already frozen
         frozen = ()
     names = [n for n, _ in m.named_parameters()]
     unknown = [f for f in frozen if not any(n.startswith(f) for n in names)]
     if unknown:
         raise ExportError(f"--freeze {unknown[0]!r} matches no parameter (the model has {', '.join(names[:6])}"
                           f"{', …' if len(names) > 6 else ''}).", stage="export training program")
-    if method != "lora":
+    if method not in ("lora", "zo-lora"):
         for n, p in m.named_parameters():
             p.requires_grad_(not any(n.startswith(f) for f in frozen))
     sample = example[0][:1]
@@ -317,18 +334,15 @@ def export_training_program(model, example: Sequence[Any], out: str | Path, *, b
     if not lm and logits.dim() != 2:
         raise ExportError(f"the model returns {tuple(logits.shape)}; fine-tuning with cross-entropy needs class "
                           "logits [B, classes].", stage="export training program")
-    if lm and method == "mezo":
-        raise ExportError("MeZO of language models is not built yet (classifiers only).",
-                          stage="export training program")
     y = torch.zeros(x.shape if lm else (batch,), dtype=torch.long)
-    if method == "mezo":
+    if method in ZEROTH_ORDER:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         frozen_names = {n for n, p in m.named_parameters() if not p.requires_grad}
         try:
             trained_names = _export_mezo(m, x, y, frozen_names, out)
         except Exception as exc:
-            raise ExportError(f"the MeZO program could not be exported: {str(exc).splitlines()[0][:400]}",
+            raise ExportError(f"the zeroth-order program could not be exported: {str(exc).splitlines()[0][:400]}",
                               stage="export training program") from exc
         params = dict(m.named_parameters())
         return TrainingProgram(

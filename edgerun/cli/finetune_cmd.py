@@ -43,13 +43,19 @@ def register(app: typer.Typer) -> None:
         method: Annotated[str, typer.Option(
             help="full (backprop: loss, gradients and the optimizer in the runner) | lora (low-rank adapters on "
                  "the linear layers, the rest frozen; merged back for --export-to) | mezo (zeroth-order: two "
-                 "forward passes per step on an inference program, no gradients or optimizer state). "
+                 "forward passes per step on an inference program, no gradients or optimizer state: training at "
+                 "inference memory) | zo-lora (zeroth-order on LoRA adapters, the base frozen in the program). "
                  "Default: lora for an LLM, full for a classifier.")] = None,
         rank: Annotated[int, typer.Option(help="LoRA rank.")] = 8,
         lora_alpha: Annotated[Optional[float], typer.Option(help="LoRA alpha (default: the rank).")] = None,
         lora_targets: Annotated[Optional[list[str]], typer.Option(
             help="LoRA: adapt linear layers whose name contains this (repeatable; default all).")] = None,
-        mezo_eps: Annotated[float, typer.Option(help="MeZO: perturbation scale.")] = 1e-3,
+        zo_eps: Annotated[float, typer.Option(
+            "--zo-eps", "--mezo-eps", help="mezo, zo-lora: the perturbation scale.")] = 1e-3,
+        zo_samples: Annotated[int, typer.Option(
+            help="mezo, zo-lora: random directions averaged per step (each costs two forward passes).")] = 1,
+        zo_noise: Annotated[str, typer.Option(
+            help="mezo, zo-lora: gaussian (MeZO's) | rademacher (+-1, SPSA's: no libm, cheaper per step).")] = "gaussian",
         data: Annotated[Optional[Path], typer.Option(
             help="Classifiers: .npz with x_train, y_train (and x_eval, y_eval); default: the model's own dataset. "
                  "LLMs: a UTF-8 text file (default: the held-out text edgerun ships), its last 10 % held out.")] = None,
@@ -60,7 +66,8 @@ def register(app: typer.Typer) -> None:
         steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 200,
         batch: Annotated[int, typer.Option(help="Samples per batch (the program is exported for it).")] = 16,
         lr: Annotated[Optional[float], typer.Option(
-            help="Learning rate. Default: classifiers 0.01; LLMs 2e-3 with lora, 1e-4 with full.")] = None,
+            help="Learning rate. Default: classifiers 0.01; LLMs 2e-3 with lora, 1e-4 with full, 1e-6 with mezo, "
+                 "1e-4 with zo-lora.")] = None,
         optimizer: Annotated[Optional[str], typer.Option(
             help="sgd | adamw. Default: sgd (momentum 0.9) for a classifier, adamw for an LLM.")] = None,
         momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.9,
@@ -97,17 +104,18 @@ def register(app: typer.Typer) -> None:
         the trained weights whose manifest names its lineage.
         """
         def work() -> dict:
-            from edgerun.finetune import FinetuneSettings, finetune, training_defaults
+            from edgerun.finetune import ZEROTH_ORDER, FinetuneSettings, finetune, training_defaults
             from edgerun.runtime.train import TrainRequest
 
             # every option is checked here, before any work: a bad one is exit 2 at once
             method_, optimizer_, lr_ = training_defaults(model, method, optimizer, lr)
             request = TrainRequest(steps=steps, lr=lr_, optimizer=optimizer_,
-                                   momentum=momentum if optimizer_ == "sgd" and method_ != "mezo" else 0.0,
+                                   momentum=momentum if optimizer_ == "sgd" and method_ not in ZEROTH_ORDER else 0.0,
                                    weight_decay=weight_decay, grad_accum=grad_accum, schedule=lr_schedule,
                                    warmup_steps=warmup_steps, eval_every=eval_every,
                                    checkpoint_every=checkpoint_every, seed=seed, threads=threads,
-                                   mezo=method_ == "mezo", mezo_eps=mezo_eps)
+                                   mezo=method_ in ZEROTH_ORDER, mezo_eps=zo_eps, zo_samples=zo_samples,
+                                   zo_noise=zo_noise)
             settings = FinetuneSettings(method=method_, batch=batch, freeze=tuple(freeze or ()), lora_rank=rank,
                                         lora_alpha=lora_alpha, lora_targets=tuple(lora_targets or ()),
                                         data=str(data) if data else None, data_on_device=data_on_device,
