@@ -7,8 +7,8 @@ One command, for one model at one batch (default 4 sequences x 64 tokens), on th
     .venv/bin/python benchmarks/finetune_memory.py --model smollm2-135m --steps 10 --save
     .venv/bin/python benchmarks/finetune_memory.py --model path/to/model.gguf --methods lora,mezo --json
 
-Per method (full AdamW, full SGD, LoRA, QLoRA, MeZO, ZO-LoRA; ``--methods`` picks), through
-``edgerun.finetune.finetune`` on ``local://`` exactly as ``edgerun finetune`` runs it:
+Per method (full AdamW, full SGD, LoRA, QLoRA on an int8 and an int4 base, MeZO, ZO-LoRA; ``--methods``
+picks), through ``edgerun.finetune.finetune`` on ``local://`` exactly as ``edgerun finetune`` runs it:
 
   trainable     parameters the method trains (the training program's count)
   peak RSS      the runner's VmHWM over the whole run (program load, data, evaluation and the steps)
@@ -31,9 +31,10 @@ Per method (full AdamW, full SGD, LoRA, QLoRA, MeZO, ZO-LoRA; ``--methods`` pick
 Beside it, **eager PyTorch** in a subprocess of its own (this file's ``--eager-worker``): the same zoo
 spec built the same way, the same token windows in the same order (no shuffle on either side), the same
 optimizer, learning rate, betas and steps; MeZO and ZO-LoRA perturb with ``edgerun.runtime.zo`` (the
-runner's float operations). Its peak RSS is ``ru_maxrss`` of the training phase: the high-water mark is
-reset (``/proc/self/clear_refs``) once the model is built, so the GGUF loader's transient copies are not
-charged to eager training (the whole-process figure is in the JSON). Eager inference is the same forward
+runner's float operations). Its peak RSS is the training phase's: the high-water mark is reset
+(``/proc/self/clear_refs``) once the model is built and VmHWM read at the end, so the GGUF loader's
+transient copies are not charged to eager training (``ru_maxrss``, the whole process, is in the JSON as
+``process_peak_rss_bytes``; it cannot be reset once a thread has exited). Eager inference is the same forward
 and loss under ``no_grad`` on one batch, measured the same way.
 
 Methods edgerun refuses (a UsageError, or "not built") are rows that say so. Progress goes to stderr;
@@ -91,12 +92,13 @@ METHODS = {m.key: m for m in (
     # SGD at the full-AdamW default (1e-4) does not move an LLM in a few steps; 1e-2 does (issue 21's LoRA run)
     Method("full-sgd", "full SGD", "full", "sgd", lr=1e-2),
     Method("lora", f"LoRA r{LORA_RANK} (AdamW)", "lora", "adamw", adapters=True),
+    Method("qlora-int8", f"QLoRA r{LORA_RANK}, int8 base", "qlora", "adamw", adapters=True, base_bits=8),
     Method("qlora", f"QLoRA r{LORA_RANK}, int4 base", "qlora", "adamw", adapters=True, base_bits=4),
     Method("mezo", "MeZO", "mezo", "sgd", zeroth_order=True),
     Method("zo-lora", f"ZO-LoRA r{LORA_RANK}", "zo-lora", "sgd", adapters=True, zeroth_order=True),
 )}
-DEFAULT_METHODS = ("full-adamw", "full-sgd", "lora", "qlora", "mezo", "zo-lora")
-FALLBACK_LR = {"mezo": 1e-4, "zo-lora": 1e-3, "qlora": 2e-3}   # if edgerun has no default for it (yet)
+DEFAULT_METHODS = ("full-adamw", "full-sgd", "lora", "qlora-int8", "qlora", "mezo", "zo-lora")
+FALLBACK_LR = {"mezo": 1e-6, "zo-lora": 1e-4, "qlora": 2e-3, "qlora-int8": 2e-3}   # if edgerun has no default for it (yet)
 
 
 def say(msg: str) -> None:
@@ -214,6 +216,11 @@ def runner_finetune(model: str, m: Method, lr: float, args, store: str | None) -
     try:
         request = TrainRequest(steps=args.steps, lr=lr, optimizer=m.optimizer, threads=args.threads, shuffle=False)
         kw: dict[str, Any] = {"lora_targets": LORA_TARGETS, "lora_rank": LORA_RANK} if m.adapters else {}
+        if m.base_bits != 32:  # QLoRA's --base-bits (its default, 4, is all a finetune without the setting does)
+            if "base_bits" in {f.name for f in dataclasses.fields(FinetuneSettings)}:
+                kw["base_bits"] = m.base_bits
+            elif m.base_bits != 4:
+                raise UsageError(f"finetune has no base_bits setting: a base of {m.base_bits} bits is not built.")
         settings = FinetuneSettings(method=m.method, batch=args.batch, seq_len=args.seq_len, **kw)
         res = finetune(model, "local://", request, settings, store_path=store,
                        on_progress=progress)
@@ -250,9 +257,22 @@ def _reset_peak() -> bool:
 
 
 def _maxrss_bytes() -> int:
+    """``ru_maxrss`` of this process: the whole run's peak (a thread that exits folds the high-water mark of
+    its time into it, which ``clear_refs`` does not reset)."""
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _hwm_bytes() -> int | None:
+    """VmHWM: the peak since the last :func:`_reset_peak`."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def eager_worker(cfg: dict) -> dict:
@@ -326,7 +346,10 @@ def eager_worker(cfg: dict) -> dict:
                    steps_per_s=len(step_s) / sum(step_s) if sum(step_s) > 0 else None)
         if n_eval:
             out["ppl_after"] = float(np.exp(eager_lm_loss(net, arrays["x_eval"][:n_eval], arrays["y_eval"][:n_eval])))
-    out["peak_rss_bytes"] = _maxrss_bytes()
+    hwm = _hwm_bytes() if reset else None
+    out["process_peak_rss_bytes"] = _maxrss_bytes()
+    out["peak_rss_bytes"] = hwm if hwm is not None else out["process_peak_rss_bytes"]
+    out["peak_is"] = "VmHWM since the model was built" if hwm is not None else "ru_maxrss of the whole process"
     out["wall_s"] = time.monotonic() - t_start
     return out
 
@@ -354,7 +377,7 @@ def _eager_zo(net, params, batch, loss_of, cfg) -> tuple[list[float], list[float
 def eager_available(m: Method) -> str | None:
     """Why eager PyTorch cannot do ``m`` here, or None."""
     if m.base_bits != 32:
-        return "an int4-base LoRA in eager PyTorch needs the quantized base of edgerun's QLoRA"
+        return f"an int{m.base_bits}-base LoRA in eager PyTorch needs the quantized base of edgerun's QLoRA"
     if m.zeroth_order:
         try:
             from edgerun.runtime import zo
@@ -481,14 +504,16 @@ def render(result: dict) -> str:
     for row in result["rows"]:
         e = row["eager"]
         if e.get("status") != "ok":
-            rows.append([row["label"], *["-"] * 7, f"{e.get('status')}: {e.get('message', '')[:100]}"])
+            rows.append([row["label"], *["-"] * 8, f"{e.get('status')}: {e.get('message', '')[:100]}"])
             continue
         rows.append([row["label"], f"{e.get('trainable', 0):,}", _mb(e["peak_rss_bytes"]),
                      _mb(e.get("minus_inference_bytes")), _num(e.get("bytes_per_param"), "{:.1f}"),
-                     _num(e.get("steps_per_s"), "{:.3g}"), _ppl(e), _num(e.get("train_s"), "{:.2f} s"), ""])
-    out += ["", f"## eager PyTorch {result.get('torch', '')} (a process of its own per method)", ""]
+                     _num(e.get("steps_per_s"), "{:.3g}"), _ppl(e), _num(e.get("train_s"), "{:.2f} s"),
+                     _mb(e.get("process_peak_rss_bytes")), ""])
+    out += ["", (f"## eager PyTorch {result.get('torch', '')} (a process of its own per method; peak RSS from the "
+                 "model built on, whole-process peak beside it)"), ""]
     out += _table(["method", "trainable", "peak RSS", "- inference", "B/param", "steps/s", "held-out ppl", "train",
-                   "note"], rows)
+                   "process peak", "note"], rows)
     out += ["", "## goals (issue 21)", ""]
     for g in result["goals"]:
         if g["value"] is None:
@@ -583,9 +608,11 @@ def parse_args(argv=None):
     ap.add_argument("--timeout", type=float, default=7200.0, help="seconds for one eager worker")
     ap.add_argument("--json", action="store_true", help="print the result as JSON instead of the table")
     ap.add_argument("--save", action="store_true", help="also write benchmarks/results/finetune_memory-<time>.json")
+    ap.add_argument("--show", type=Path, default=None, metavar="FILE.json",
+                    help="print the table of a saved result (--save, --json) and exit")
     ap.add_argument("--eager-worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.eager_worker is None:
+    if args.eager_worker is None and args.show is None:
         methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
         bad = [m for m in methods if m not in METHODS]
         if bad or not methods:
@@ -600,6 +627,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.eager_worker is not None:
         print(json.dumps(eager_worker(json.loads(args.eager_worker))), flush=True)
+        return 0
+    if args.show is not None:
+        print(render(json.loads(args.show.read_text())))
         return 0
     from edgerun.core.errors import EdgerunError
 
