@@ -213,8 +213,20 @@ def runner_finetune(model: str, m: Method, lr: float, args, store: str | None) -
         marks.setdefault(msg.split(" ")[0], time.monotonic())
         say(f"  {m.key}: {msg}")
 
+    from edgerun.runtime.protocol import EvalLine, LineParser, StepLine
+
+    parser, every = LineParser(), max(1, args.steps // 10)
+
+    def stdout(chunk: bytes) -> None:
+        for line in parser.feed(chunk):
+            if isinstance(line, StepLine) and (line.step % every == 0 or line.step == args.steps):
+                say(f"  {m.key}: step {line.step}/{args.steps}: loss {line.loss:.4f}")
+            elif isinstance(line, EvalLine):
+                say(f"  {m.key}: held-out ({line.when}, step {line.step}): loss {line.loss:.4f}")
+
     try:
-        request = TrainRequest(steps=args.steps, lr=lr, optimizer=m.optimizer, threads=args.threads, shuffle=False)
+        request = TrainRequest(steps=args.steps, lr=lr, optimizer=m.optimizer, threads=args.threads, shuffle=False,
+                               eval_every=args.eval_every)
         kw: dict[str, Any] = {"lora_targets": LORA_TARGETS, "lora_rank": LORA_RANK} if m.adapters else {}
         if m.base_bits != 32:  # QLoRA's --base-bits (its default, 4, is all a finetune without the setting does)
             if "base_bits" in {f.name for f in dataclasses.fields(FinetuneSettings)}:
@@ -223,7 +235,7 @@ def runner_finetune(model: str, m: Method, lr: float, args, store: str | None) -
                 raise UsageError(f"finetune has no base_bits setting: a base of {m.base_bits} bits is not built.")
         settings = FinetuneSettings(method=m.method, batch=args.batch, seq_len=args.seq_len, **kw)
         res = finetune(model, "local://", request, settings, store_path=store,
-                       on_progress=progress)
+                       on_progress=progress, on_stdout=stdout)
     except EdgerunError as exc:
         text = str(exc).split("\n")[0]
         refused = isinstance(exc, UsageError) or "not built" in text
@@ -239,6 +251,8 @@ def runner_finetune(model: str, m: Method, lr: float, args, store: str | None) -
             "ppl_before": before.perplexity if before else None, "ppl_after": after.perplexity if after else None,
             "eval_samples": after.samples if after else 0,
             "train_s": sum(s.wall_ns for s in r.samples if s.wall_ns) / 1e9,
+            "step_wall_s": [(s.wall_ns or s.execute_ns) / 1e9 for s in r.samples],
+            "evals": [[e.step, e.perplexity] for e in t.eval if e.perplexity is not None],
             "wall_s": time.monotonic() - t0, "source": r.source,
             # the training program's export (0 when finetune found it cached) and the run from then on
             "export_s": marks["training"] - marks["exporting"] if {"training", "exporting"} <= marks.keys() else None,
@@ -273,6 +287,11 @@ def _hwm_bytes() -> int | None:
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def _step_progress(step: int, steps: int, loss: float) -> None:
+    if step % max(1, steps // 10) == 0 or step == steps:
+        print(f"{PROGRESS}step {step}/{steps}: loss {loss:.4f}", file=sys.stderr, flush=True)
 
 
 def eager_worker(cfg: dict) -> dict:
@@ -326,9 +345,19 @@ def eager_worker(cfg: dict) -> dict:
             logits = net.forward_train(x)
             return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
 
+        evals: list[list[float]] = [[0, out["ppl_before"]]] if n_eval else []
+        every = cfg.get("eval_every") or 0
+
+        def after_step(step: int, loss: float) -> None:
+            """Progress, and the held-out perplexity every ``eval_every`` steps (as the runner's --eval-every)."""
+            _step_progress(step, steps, loss)
+            if n_eval and every and step % every == 0 and step != steps:
+                evals.append([step, float(np.exp(eager_lm_loss(net, arrays["x_eval"][:n_eval],
+                                                               arrays["y_eval"][:n_eval])))])
+
         step_s, losses = [], []
         if m.zeroth_order:
-            step_s, losses = _eager_zo(net, params, batch, loss_of, cfg)
+            step_s, losses = _eager_zo(params, batch, loss_of, cfg, after_step)
         else:
             opt = (torch.optim.AdamW(params, lr=cfg["lr"], betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
                    if m.optimizer == "adamw" else torch.optim.SGD(params, lr=cfg["lr"], momentum=0.0))
@@ -342,10 +371,12 @@ def eager_worker(cfg: dict) -> dict:
                 opt.step()
                 step_s.append(time.perf_counter() - t0)
                 losses.append(float(loss))
-        out.update(loss_curve=losses, steps=len(step_s), train_s=sum(step_s),
+                after_step(k + 1, losses[-1])
+        out.update(loss_curve=losses, steps=len(step_s), train_s=sum(step_s), step_wall_s=step_s,
                    steps_per_s=len(step_s) / sum(step_s) if sum(step_s) > 0 else None)
         if n_eval:
             out["ppl_after"] = float(np.exp(eager_lm_loss(net, arrays["x_eval"][:n_eval], arrays["y_eval"][:n_eval])))
+            out["evals"] = [*evals, [len(step_s), out["ppl_after"]]]
     hwm = _hwm_bytes() if reset else None
     out["process_peak_rss_bytes"] = _maxrss_bytes()
     out["peak_rss_bytes"] = hwm if hwm is not None else out["process_peak_rss_bytes"]
@@ -354,7 +385,7 @@ def eager_worker(cfg: dict) -> dict:
     return out
 
 
-def _eager_zo(net, params, batch, loss_of, cfg) -> tuple[list[float], list[float]]:
+def _eager_zo(params, batch, loss_of, cfg, after_step) -> tuple[list[float], list[float]]:
     """The zeroth-order step in eager PyTorch with the runner's own rule (``edgerun.runtime.zo.step``: the
     same seeded perturbations, projected gradient and update, in numpy over the parameters' memory)."""
     import torch
@@ -371,6 +402,7 @@ def _eager_zo(net, params, batch, loss_of, cfg) -> tuple[list[float], list[float
                                lr=cfg["lr"], eps=cfg["zo_eps"])
             step_s.append(time.perf_counter() - t0)
             losses.append(float(loss))
+            after_step(k + 1, losses[-1])
     return step_s, losses
 
 
@@ -388,26 +420,55 @@ def eager_available(m: Method) -> str | None:
     return None
 
 
+PROGRESS = "progress: "   # an eager worker's stderr lines that the parent shows
+
+
 def run_eager(cfg: dict, timeout: float) -> dict:
-    """:func:`eager_worker` in a fresh interpreter; its JSON result (or a failure row)."""
+    """:func:`eager_worker` in a fresh interpreter: its progress lines shown as they come, its result read
+    from the file it writes (or a failure row with the last of its stderr)."""
+    import collections
+    import threading
+
     t0 = time.monotonic()
-    try:
-        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--eager-worker", json.dumps(cfg)],
-                              capture_output=True, text=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
-        return {"status": "failed", "message": f"the eager worker did not finish within {timeout:g} s (--timeout)",
-                "wall_s": time.monotonic() - t0}
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"status": "failed", "message": f"eager worker exit {proc.returncode}: {tail[:300]}",
-                "wall_s": time.monotonic() - t0}
-    return {"status": "ok", **json.loads(lines[-1])}
+    with tempfile.TemporaryDirectory(prefix="finetune-memory-eager-") as tmp:
+        out = Path(tmp) / "result.json"
+        proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--eager-worker",
+                                 json.dumps({**cfg, "out": str(out)})],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        timer = threading.Timer(timeout, proc.kill)
+        timer.start()
+        tail: collections.deque = collections.deque(maxlen=20)
+        try:
+            for line in proc.stderr:
+                if line.startswith(PROGRESS):
+                    say(f"  eager {cfg['method']}: {line[len(PROGRESS):].rstrip()}")
+                else:
+                    tail.append(line.rstrip())
+            code = proc.wait()
+        finally:
+            timer.cancel()
+        if code != 0 or not out.is_file():
+            why = (f"did not finish within {timeout:g} s (--timeout)" if time.monotonic() - t0 >= timeout
+                   else f"exit {code}: {(list(tail) or ['no output'])[-1][:300]}")
+            return {"status": "failed", "message": f"the eager worker {why}", "wall_s": time.monotonic() - t0}
+        return {"status": "ok", **json.loads(out.read_text())}
 
 
 # ------------------------------------------------------------------------------ the table
 def ratio(a, b) -> float | None:
     return a / b if a is not None and b else None
+
+
+def time_to(side: dict, target: float | None) -> dict | None:
+    """When ``side``'s held-out perplexity first reached ``target``: the step and the steps' wall time up to it
+    (evaluations excluded); ``{"step": None, ...}`` when it did not within the run."""
+    evals, walls = side.get("evals") or [], side.get("step_wall_s") or []
+    if target is None or not evals or side.get("status") != "ok":
+        return None
+    for step, ppl in evals:
+        if ppl is not None and ppl <= target * (1 + 1e-9):
+            return {"step": int(step), "train_s": float(sum(walls[:int(step)])), "target": target}
+    return {"step": None, "train_s": None, "target": target, "best": min(p for _s, p in evals if p is not None)}
 
 
 def derive(result: dict) -> dict:
@@ -427,6 +488,12 @@ def derive(result: dict) -> dict:
                 r["bytes_per_param"] = r["peak_rss_bytes"] / total
                 r["minus_inference_bytes"] = r["peak_rss_bytes"] - inf if inf else None
     by = {row["key"]: row for row in result["rows"]}
+    lora = by.get("lora", {}).get("runner", {})
+    target = lora.get("ppl_after") if lora.get("status") == "ok" else None
+    result["target_ppl"] = target   # the held-out perplexity LoRA ends at: what the others are timed to
+    for row in result["rows"]:
+        for side in ("runner", "eager"):
+            row[side]["to_target"] = time_to(row[side], target)
 
     def peak(key, side="runner"):
         r = by.get(key, {}).get(side, {})
@@ -445,6 +512,12 @@ def derive(result: dict) -> dict:
         goals.append({"goal": f"{k} peak: edgerun / eager", "value": ratio(peak(k), peak(k, "eager")), "le": 1.0})
         goals.append({"goal": f"{k} steps/s: edgerun / eager",
                       "value": ratio(row["runner"].get("steps_per_s"), row["eager"].get("steps_per_s")), "ge": 1.0})
+    zo = (by.get("zo-lora", {}).get("runner") or {}).get("to_target") or {}
+    if zo and lora.get("train_s"):
+        goals.append({"goal": f"zo-lora time to LoRA's held-out ppl {target:.2f} / LoRA's {lora['steps']} steps",
+                      "value": ratio(zo.get("train_s"), lora["train_s"]), "le": 20.0,
+                      "note": None if zo.get("step") is not None else
+                      f"not reached in {by['zo-lora']['runner'].get('steps')} steps (best {zo['best']:.2f})"})
     for g in goals:
         v = g["value"]
         g["met"] = None if v is None else (v <= g["le"] if "le" in g else v >= g["ge"])
@@ -462,6 +535,13 @@ def _num(v, fmt="{:,.2f}") -> str:
 
 def _ppl(r) -> str:
     return f"{_num(r.get('ppl_before'))} → {_num(r.get('ppl_after'))}" if r.get("ppl_after") is not None else "-"
+
+
+def _to_target(r: dict) -> str:
+    t = r.get("to_target")
+    if not t:
+        return "-"
+    return "not reached" if t["step"] is None else f"{t['train_s']:.2f} s (step {t['step']})"
 
 
 def _wall(r: dict) -> str:
@@ -485,38 +565,43 @@ def render(result: dict) -> str:
     out = [title, ""]
     out.append(f"inference at the same batch: runner {_mb(inf['runner'].get('peak_rss_bytes'))} peak RSS "
                f"({inf['how']}); eager PyTorch {_mb(inf['eager'].get('peak_rss_bytes'))} (forward + loss, no_grad)")
+    if result.get("target_ppl") is not None:
+        out.append(f"to LoRA's ppl: the steps' wall time until the held-out perplexity first reaches LoRA's final "
+                   f"{result['target_ppl']:.2f} (evaluated every {s.get('eval_every') or s['steps']} steps)")
     out.append("")
     rows = []
     for row in result["rows"]:
         r = row["runner"]
         bound = _num(row["bound_bytes_per_param"], "{:.1f}")
         if r.get("status") != "ok":
-            rows.append([row["label"], *["-"] * 8, bound, f"{r.get('status')}: {r.get('message', '')[:100]}"])
+            rows.append([row["label"], *["-"] * 9, bound, f"{r.get('status')}: {r.get('message', '')[:100]}"])
             continue
         note = "emulated" if r.get("source") == "emulated" else ""
         rows.append([row["label"], f"{r['trainable']:,}", _mb(r["peak_rss_bytes"]), _mb(r.get("minus_inference_bytes")),
                      _num(r.get("bytes_per_param"), "{:.1f}"), _num(r.get("steps_per_s"), "{:.3g}"), _ppl(r),
-                     _num(r.get("train_s"), "{:.2f} s"), _wall(r), bound, note])
+                     _num(r.get("train_s"), "{:.2f} s"), _to_target(r), _wall(r), bound, note])
     out += ["## edgerun (the runner)", ""]
     out += _table(["method", "trainable", "peak RSS", "- inference", "B/param", "steps/s", "held-out ppl",
-                   "train", "wall", "bound B/param", "note"], rows)
+                   "train", "to LoRA's ppl", "wall", "bound B/param", "note"], rows)
     rows = []
     for row in result["rows"]:
         e = row["eager"]
         if e.get("status") != "ok":
-            rows.append([row["label"], *["-"] * 8, f"{e.get('status')}: {e.get('message', '')[:100]}"])
+            rows.append([row["label"], *["-"] * 9, f"{e.get('status')}: {e.get('message', '')[:100]}"])
             continue
         rows.append([row["label"], f"{e.get('trainable', 0):,}", _mb(e["peak_rss_bytes"]),
                      _mb(e.get("minus_inference_bytes")), _num(e.get("bytes_per_param"), "{:.1f}"),
                      _num(e.get("steps_per_s"), "{:.3g}"), _ppl(e), _num(e.get("train_s"), "{:.2f} s"),
-                     _mb(e.get("process_peak_rss_bytes")), ""])
+                     _to_target(e), _mb(e.get("process_peak_rss_bytes")), ""])
     out += ["", (f"## eager PyTorch {result.get('torch', '')} (a process of its own per method; peak RSS from the "
                  "model built on, whole-process peak beside it)"), ""]
     out += _table(["method", "trainable", "peak RSS", "- inference", "B/param", "steps/s", "held-out ppl", "train",
-                   "process peak", "note"], rows)
+                   "to LoRA's ppl", "process peak", "note"], rows)
     out += ["", "## goals (issue 21)", ""]
     for g in result["goals"]:
         if g["value"] is None:
+            if g.get("note"):
+                out.append(f"- {g['goal']}: {g['note']}")
             continue
         op, bound = ("≤", g["le"]) if "le" in g else ("≥", g["ge"])
         verdict = "met" if g["met"] else f"missed by {abs(g['value'] / bound - 1) * 100:.0f} %"
@@ -556,6 +641,7 @@ def benchmark(model: str, methods, args, store: str | None, on_row: Callable[[di
                         "one run of the same runner on the first training batch",
                  "runner": runner_inference(program, arrays, args.batch, args.threads, work)}
     base_cfg = {"model": model, "data": str(data), "batch": args.batch, "seq_len": args.seq_len, "steps": args.steps,
+                "eval_every": args.eval_every,
                 "threads": args.threads, "seed": TrainRequest().seed, "zo_eps": TrainRequest().mezo_eps}
     if args.eager:
         say("eager PyTorch: inference at the same batch")
@@ -582,6 +668,7 @@ def benchmark(model: str, methods, args, store: str | None, on_row: Callable[[di
 
     result = {"benchmark": "finetune_memory", "model": model, "parameters": counts,
               "settings": {"batch": args.batch, "seq_len": args.seq_len, "steps": args.steps,
+                           "eval_every": args.eval_every,
                            "threads": args.threads, "methods": list(methods), "shuffle": False},
               "inference": inference, "rows": rows, "warnings": warnings, "torch": torch.__version__,
               "edgerun": edgerun_version(), "git_commit": edgerun_git_commit(),
@@ -600,6 +687,9 @@ def parse_args(argv=None):
     ap.add_argument("--seq-len", type=int, default=64)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--eval-every", type=int, default=0, metavar="N",
+                    help="held-out perplexity every N steps on both sides: the time each method takes to reach "
+                         "the perplexity LoRA ends at (default: before and after only)")
     ap.add_argument("--lr", type=float, default=None, help="one learning rate for every method (default: per method)")
     ap.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                     help=f"comma-separated, of {', '.join(METHODS)} (default: all)")
@@ -626,7 +716,8 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.eager_worker is not None:
-        print(json.dumps(eager_worker(json.loads(args.eager_worker))), flush=True)
+        cfg = json.loads(args.eager_worker)
+        Path(cfg["out"]).write_text(json.dumps(eager_worker(cfg)))
         return 0
     if args.show is not None:
         print(render(json.loads(args.show.read_text())))

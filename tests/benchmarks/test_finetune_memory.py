@@ -67,6 +67,10 @@ def test_the_table_has_a_row_per_method_with_both_sides_measured(bench, result):
     assert by["full-sgd"]["bound_bytes_per_param"] == 8.0  # w and g, fp32
     lora = by["lora"]
     assert lora["bound_bytes"] == 4 * counts["base"] + 16 * counts["adapters"]
+    # LoRA's final held-out perplexity is the target the others are timed to: it reaches it at its last step
+    assert result["target_ppl"] == lora["runner"]["ppl_after"] < lora["runner"]["ppl_before"]
+    assert lora["runner"]["to_target"]["step"] == 2
+    assert lora["runner"]["to_target"]["train_s"] == pytest.approx(sum(lora["runner"]["step_wall_s"]))
     json.dumps(result)  # the --json / --save form
 
 
@@ -105,3 +109,12 @@ def test_unknown_methods_and_a_missing_model_are_usage_errors(bench):
     with pytest.raises(SystemExit) as e:
         bench.parse_args(["--steps", "2"])
     assert e.value.code == 2
+
+
+def test_time_to_a_perplexity_is_the_steps_wall_time_until_the_first_evaluation_that_reaches_it(bench):
+    side = {"status": "ok", "evals": [[0, 100.0], [2, 90.0], [4, 80.0], [6, 85.0]],
+            "step_wall_s": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]}
+    assert bench.time_to(side, 90.0) == {"step": 2, "train_s": 3.0, "target": 90.0}
+    assert bench.time_to(side, 82.0) == {"step": 4, "train_s": 10.0, "target": 82.0}
+    assert bench.time_to(side, 70.0) == {"step": None, "train_s": None, "target": 70.0, "best": 80.0}
+    assert bench.time_to(side, None) is None and bench.time_to({"status": "refused"}, 90.0) is None
