@@ -120,14 +120,28 @@ def learning_rate(model: str, m: Method, given: float | None) -> float:
 
 
 # ------------------------------------------------------------------------------ the model and its data
-def tiny_gguf(directory: Path) -> Path:
-    """The test suite's tiny GGUF (tests/llm/tiny.py: 2 layers, d=64, a BPE trained on the shipped text)."""
-    sys.path.insert(0, str(HERE.parent / "tests" / "llm"))
+def tiny_gguf(directory: Path | None = None) -> Path:
+    """The test suite's tiny GGUF (tests/llm/tiny.py: 2 layers, d=64, a BPE trained on the shipped text, seeded
+    weights), written once per version of tiny.py into ``directory`` (default: this benchmark's cache, so the
+    training programs edgerun caches by the model's path are reused from run to run)."""
+    import hashlib
+
+    from edgerun.core.paths import cache_dir
+
+    source = HERE.parent / "tests" / "llm" / "tiny.py"
+    directory = directory or cache_dir("benchmarks", "finetune_memory")
+    path = directory / f"tiny-{hashlib.sha256(source.read_bytes()).hexdigest()[:12]}.gguf"
+    if path.is_file():
+        return path
+    sys.path.insert(0, str(source.parent))
     try:
         from tiny import write_tiny_gguf
     finally:
         sys.path.pop(0)
-    return write_tiny_gguf(directory / "tiny.gguf")
+    tmp = path.with_suffix(".part.gguf")
+    write_tiny_gguf(tmp)
+    tmp.replace(path)
+    return path
 
 
 def text_arrays(model: str, batch: int, seq_len: int):
@@ -613,11 +627,16 @@ def render(result: dict) -> str:
 
 # ------------------------------------------------------------------------------ the run
 def benchmark(model: str, methods, args, store: str | None, on_row: Callable[[dict], None] | None = None) -> dict:
+    """The table's result for ``model`` (a dict: the schema every printer reads; see :func:`render`)."""
+    with tempfile.TemporaryDirectory(prefix="finetune-memory-") as tmp:
+        return _benchmark(model, methods, args, store, Path(tmp), on_row)
+
+
+def _benchmark(model: str, methods, args, store: str | None, work: Path, on_row) -> dict:
     from edgerun.core.version import edgerun_version
     from edgerun.runtime.analysis import edgerun_git_commit
     from edgerun.runtime.train import TrainRequest
 
-    work = Path(tempfile.mkdtemp(prefix="finetune-memory-"))
     say(f"{model}: building the model and its windows of {args.seq_len + 1} tokens")
     net, arrays = text_arrays(model, args.batch, args.seq_len)
     counts = parameter_counts(net)
@@ -725,7 +744,7 @@ def main(argv=None) -> int:
     from edgerun.core.errors import EdgerunError
 
     try:
-        model = str(tiny_gguf(Path(tempfile.mkdtemp(prefix="finetune-memory-tiny-")))) if args.tiny else args.model
+        model = str(tiny_gguf()) if args.tiny else args.model
         result = benchmark(model, args.methods, args, args.store)
     except EdgerunError as exc:
         print(f"error: {exc}", file=sys.stderr)
