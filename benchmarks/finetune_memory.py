@@ -21,7 +21,9 @@ picks), through ``edgerun.finetune.finetune`` on ``local://`` exactly as ``edger
                 activations -- backprop 4 B per frozen parameter, 8 (w, g) + 8 for AdamW's m and v per
                 trained one (full AdamW 16, full SGD 8, LoRA 4 + 16 per adapter parameter); QLoRA's
                 base at --base-bits; zeroth-order 4 B per parameter (no gradient, no optimizer state)
-  steps/s       optimizer steps over their execute time (the runner's own clock)
+  steps/s       optimizer steps over their wall time (the runner's clock between step lines, evaluations
+                taken out: forwards, backward, optimizer update or perturbations -- what eager's steps/s
+                times too; the record's execute-only figure is ``execute_steps_per_s`` in the JSON)
   ppl           held-out perplexity before -> after (computed on the device, whole batches of the
                 last tenth of the text)
   train         the optimizer steps' own wall time (the runner's clock)
@@ -257,21 +259,43 @@ def runner_finetune(model: str, m: Method, lr: float, args, store: str | None) -
     r = res["record"]
     t = r.training
     before, after = t.eval_before, t.eval_after
+    walls = step_walls(r, Path(res["run_dir"]) / "runner.jsonl")
     return {"status": "ok", "run_id": r.run_id, "method": t.method, "optimizer": t.optimizer, "lr": t.lr,
             "steps": t.steps, "trainable": t.trainable, "frozen": t.frozen,
             "optimizer_state_bytes": t.optimizer_state_bytes, "peak_rss_bytes": r.memory.peak_rss_bytes,
-            "pte_bytes": r.memory.pte_bytes, "steps_per_s": t.steps_per_s,
+            "pte_bytes": r.memory.pte_bytes, "steps_per_s": len(walls) / sum(walls) if sum(walls) > 0 else None,
+            "execute_steps_per_s": t.steps_per_s,
             "loss_curve": [v for _s, v in t.loss_curve],
             "ppl_before": before.perplexity if before else None, "ppl_after": after.perplexity if after else None,
             "eval_samples": after.samples if after else 0,
-            "train_s": sum(s.wall_ns for s in r.samples if s.wall_ns) / 1e9,
-            "step_wall_s": [(s.wall_ns or s.execute_ns) / 1e9 for s in r.samples],
+            "train_s": sum(walls), "step_wall_s": walls,
             "evals": [[e.step, e.perplexity] for e in t.eval if e.perplexity is not None],
             "wall_s": time.monotonic() - t0, "source": r.source,
             # the training program's export (0 when finetune found it cached) and the run from then on
             "export_s": marks["training"] - marks["exporting"] if {"training", "exporting"} <= marks.keys() else None,
             "run_s": time.monotonic() - marks["training"] if "training" in marks else None,
             "agreement": res.get("agreement")}
+
+
+def step_walls(record, runner_jsonl: Path) -> list[float]:
+    """Each optimizer step's wall time in seconds (the runner's clock between step lines: the step's forwards,
+    backward, optimizer update or perturbations), less a ``during`` evaluation's execute time, which the
+    runner's clock counts into the step after it."""
+    walls = [(s.wall_ns or s.execute_ns) / 1e9 for s in record.samples]
+    try:
+        lines = runner_jsonl.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return walls
+    for text in lines:
+        try:
+            d = json.loads(text)
+        except ValueError:
+            continue
+        if isinstance(d, dict) and d.get("type") == "eval" and d.get("when") == "during":
+            step, ns = d.get("step"), d.get("execute_ns")
+            if isinstance(step, int) and isinstance(ns, int) and 0 <= step < len(walls):
+                walls[step] = max(0.0, walls[step] - ns / 1e9)
+    return walls
 
 
 # ------------------------------------------------------------------------------ eager PyTorch (own process)

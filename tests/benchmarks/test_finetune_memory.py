@@ -30,12 +30,16 @@ def bench():
 
 
 @pytest.fixture(scope="module")
-def result(bench, runner_bundle, tmp_path_factory):
+def result(bench, runner_bundle, edgerun_home, tmp_path_factory):
+    """One run of the benchmark in the session's EDGERUN_HOME (a module fixture runs outside the per-test
+    one; the eager workers inherit it)."""
     runner_bundle("host")  # built (or skipped with the tool that is missing) before the benchmark asks for it
     work = tmp_path_factory.mktemp("finetune-memory")
-    args = bench.parse_args(["--tiny", "--steps", "2", "--methods", ",".join(METHODS)])
-    model = str(bench.tiny_gguf(work))
-    return bench.benchmark(model, args.methods, args, str(work / "results.sqlite"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EDGERUN_HOME", str(edgerun_home))
+        args = bench.parse_args(["--tiny", "--steps", "2", "--methods", ",".join(METHODS)])
+        model = str(bench.tiny_gguf(work))
+        return bench.benchmark(model, args.methods, args, str(work / "results.sqlite"))
 
 
 @pytest.mark.slow
