@@ -70,6 +70,8 @@ MAX_TEXT_BYTES = 64 << 20
 MAX_IDS = 1 << 20
 MAX_LOGITS_BYTES = 4 << 30
 DEFAULT_TIMEOUT = 600.0
+#: llama-perplexity runs at most this often for one figure (a run may lose its last log lines: see perplexity)
+PERPLEXITY_RUNS = 3
 
 
 def _isa_flags() -> tuple[str, ...]:
@@ -328,6 +330,13 @@ class LlamaCpp:
         """The pinned ``llama-cpp-python`` release whose vendored llama.cpp this is."""
         return LLAMA_CPP_PYTHON
 
+    def build_info(self) -> str:
+        """The first line of ``llama-perplexity --version`` (``version: 0.5.0-dev (build 0, commit unknown)``:
+        built from an sdist, llama.cpp has no git commit to name; :data:`SDIST_SHA256` pins its source)."""
+        p = self._run("llama-perplexity", ["--version"], what="--version", timeout=60)
+        lines = [ln.strip() for ln in (p.stdout + "\n" + p.stderr).splitlines() if ln.strip()]
+        return next((ln for ln in lines if ln.startswith("version")), lines[0] if lines else "unknown")
+
     @property
     def paths(self) -> dict[str, Path]:
         """Each built executable by name (``llamacpp-ref``, ``llama-perplexity``, ...)."""
@@ -487,10 +496,16 @@ class LlamaCpp:
                 "--no-warmup"]
         if chunks is not None:
             args += ["--chunks", str(int(chunks))]
-        p = self._run("llama-perplexity", args, what=f"perplexity of {gguf.name} on {text_file.name}",
-                      timeout=timeout)
-        both = p.stdout + "\n" + p.stderr
-        m = re.search(r"Final estimate: PPL = ([0-9.eE+-]+|nan|inf) \+/- ([0-9.eE+-]+|nan|inf)", both)
+        # llama.cpp's logger is a thread whose queue is never flushed at exit (it leaks the logger on purpose,
+        # llama.cpp issue 22142), so a run may end without its last lines -- the final estimate among them
+        # (seen here once in some 45 runs, on a loaded machine): such a run is made again, PERPLEXITY_RUNS at most
+        for _ in range(PERPLEXITY_RUNS):
+            p = self._run("llama-perplexity", args, what=f"perplexity of {gguf.name} on {text_file.name}",
+                          timeout=timeout)
+            both = p.stdout + "\n" + p.stderr
+            m = re.search(r"Final estimate: PPL = ([0-9.eE+-]+|nan|inf) \+/- ([0-9.eE+-]+|nan|inf)", both)
+            if m is not None:
+                break
         c = re.search(r"calculating perplexity over (\d+) chunks, n_ctx=(\d+), batch_size=(\d+), n_seq=(\d+)", both)
         if m is None or c is None:
             raise ExportError(f"llama-perplexity on {gguf.name} printed no final estimate; its output ended:\n"
