@@ -633,16 +633,61 @@ class GreedyCheck(_JsonView):
 
 
 @dataclass(frozen=True)
+class LlamaCppPerplexity(_JsonView):
+    """llama.cpp's ``llama-perplexity`` on the GGUF the export read, over the export's held-out ids, beside
+    the program's perplexity under llama.cpp's rule on the same ids (the manifest's ``llm.quality.llamacpp``).
+
+    ``rule`` names the chunking both figures use: llama-perplexity's (chunks of ``ctx`` ids from an empty
+    cache, the first id replaced by BOS when ``bos_replaces_first``, only the ``scored // chunks`` ids of
+    each chunk's second half scored) -- not the windows of :class:`Perplexity`, so ``ppl``, ``program`` and
+    ``eager_fp32`` here compare with each other, not with ``quality.perplexity``. ``ppl`` is llama.cpp's own
+    figure (its 4 printed decimals); ``gguf_type`` the GGUF's weight type (most weights' type: ``Q4_1``);
+    ``llama_cpp_python`` and ``source_sha256`` the pinned sdist whose vendored llama.cpp was built, ``build``
+    its ``--version`` line (an sdist carries no git commit: ``commit unknown``). Optional: absent when
+    llama.cpp was not built where the export ran, and in manifests made before edgerun measured it."""
+
+    ppl: float
+    ppl_stderr: float
+    program: float
+    eager_fp32: float | None
+    tokens: int
+    ctx: int
+    chunks: int
+    scored: int
+    bos_replaces_first: bool
+    rule: str
+    gguf: str
+    gguf_type: str
+    llama_cpp_python: str
+    source_sha256: str
+    build: str
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any], where: str) -> "LlamaCppPerplexity":
+        return cls(**{k: _get(d, k, float, where) for k in ("ppl", "ppl_stderr", "program")},
+                   eager_fp32=_get(d, "eager_fp32", float, where, optional=True),
+                   **{k: _get(d, k, int, where) for k in ("tokens", "ctx", "chunks", "scored")},
+                   bos_replaces_first=_get(d, "bos_replaces_first", bool, where),
+                   **{k: _get(d, k, str, where) for k in ("rule", "gguf", "gguf_type", "llama_cpp_python",
+                                                          "source_sha256", "build")})
+
+
+@dataclass(frozen=True)
 class LLMQuality(_JsonView):
     """The LLM checks of an export (the manifest's ``llm.quality``); each is None when it was not made."""
 
     logits_vs_eager: LogitsAgreement | None = None
     perplexity: Perplexity | None = None
     greedy: GreedyCheck | None = None
+    llamacpp: LlamaCppPerplexity | None = None   # llama.cpp's perplexity of the same GGUF, when it was built
 
     def to_json(self) -> dict:
         return {k: v.to_json() for k, v in (("logits_vs_eager", self.logits_vs_eager),
-                                            ("perplexity", self.perplexity), ("greedy", self.greedy))
+                                            ("perplexity", self.perplexity), ("greedy", self.greedy),
+                                            ("llamacpp", self.llamacpp))
                 if v is not None}
 
     @classmethod
@@ -652,7 +697,7 @@ class LLMQuality(_JsonView):
             return None if value is None else kind.from_json(value, f"{where}.{key}")
 
         return cls(logits_vs_eager=part("logits_vs_eager", LogitsAgreement), perplexity=part("perplexity", Perplexity),
-                   greedy=part("greedy", GreedyCheck))
+                   greedy=part("greedy", GreedyCheck), llamacpp=part("llamacpp", LlamaCppPerplexity))
 
 
 @dataclass(frozen=True)

@@ -144,6 +144,14 @@ def show_llm_facts(m) -> None:
                                        f"{ppl.text} in windows of {ppl.window}"))
     else:
         t.add_row("perplexity", "not measured at export")
+    ref = llm.quality.llamacpp
+    if ref is not None:
+        eager = f", eager fp32 {ref.eager_fp32:.3f}" if ref.eager_fp32 is not None else ""
+        bos = ", BOS first" if ref.bos_replaces_first else ""
+        t.add_row("vs llama.cpp", escape(
+            f"perplexity: program {ref.program:.3f}{eager}, llama.cpp (same GGUF, {ref.gguf_type}) {ref.ppl:.3f} "
+            f"(program {ref.program / ref.ppl - 1:+.2%}); llama-perplexity's chunks: {ref.chunks} of {ref.ctx} "
+            f"ids{bos}, second halves scored ({ref.scored:,} ids); llama-cpp-python {ref.llama_cpp_python}"))
     tok = llm.tokenizer
     bits = [tok.kind or "unknown kind"]
     if tok.pre_tokenizer:

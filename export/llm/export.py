@@ -9,7 +9,14 @@ shapes, the LLM handlers of the recipes (:mod:`.quantize`), and the LLM checks â
 agreement on real prompts and perplexity of eager fp32 vs the program on the held-out text edgerun
 ships (``data/heldout.txt``). The ids that text becomes are stored in the artifact
 (``heldout_ids.npy``, named with its sha256 in ``llm.quality.perplexity``), so a later on-device score
-uses exactly the ids the export scored, whatever tokenizer or text a later edgerun has.
+uses exactly the ids the export scored, whatever tokenizer or text a later edgerun has. They are the
+text as ``llama-perplexity`` tokenizes it (BOS first when the GGUF adds BOS); the prompts, too, start
+with BOS when the GGUF adds it, as llama.cpp prompts a model.
+
+When llama.cpp is built here (:func:`.llamacpp.find`; an export never builds or downloads it), the
+reference stage also runs ``llama-perplexity`` on the GGUF file itself over the same ids, and eager fp32
+and the program are scored under *its* chunk rule (:func:`perplexity_chunks`: llama-perplexity cannot be
+given edgerun's windows), stored as ``llm.quality.llamacpp`` beside edgerun's own figures.
 
 Stages: resolve -> load model -> reference (eager fp32's perplexity on the held-out ids, measured before
 any recipe step so the fp32 model can be dropped as soon as a step has made its replacement: one model's
@@ -31,7 +38,9 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import logging
 import math
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -40,11 +49,13 @@ from typing import Callable, Sequence
 import numpy as np
 
 from edgerun.core.artifact import (
-    STATUS_FAILED, STATUS_OK, GreedyCheck, LLMFacts, LLMQuality, LogitsAgreement, Manifest, ModelRef, Operators,
-    Perplexity, TargetRef, TensorSpec, Thresholds, sha256_file, write_manifest,
+    STATUS_FAILED, STATUS_OK, GreedyCheck, LlamaCppPerplexity, LLMFacts, LLMQuality, LogitsAgreement, Manifest,
+    ModelRef, Operators, Perplexity, TargetRef, TensorSpec, Thresholds, sha256_file, write_manifest,
 )
 
-from ..errors import UsageError, VerificationFailed
+from edgerun.core.errors import EdgerunError
+
+from ..errors import ExportError, UsageError, VerificationFailed
 from ..options import ExportOptions
 from ..recipes import Recipe, RecipeChain, RecipeContext
 from ..stages import (OnProgress, OnStage, OnStageDone, OnWarning, Plan, Progress, Stage, Work, artifact_dir,
@@ -54,6 +65,11 @@ from .zoo import LLMSpec
 DATA = Path(__file__).resolve().parent / "data"
 HELDOUT_TEXT = "edgerun export/llm/data/heldout.txt"
 HELDOUT_IDS = "heldout_ids.npy"
+#: the chunking of ``llm.quality.llamacpp``: llama-perplexity's own (see :meth:`.llamacpp.LlamaCpp.perplexity`),
+#: which edgerun follows for the program's figure there (llama-perplexity cannot be given edgerun's windows)
+LLAMACPP_RULE = ("llama-perplexity's: chunks of ctx ids each from an empty cache, the first id of each replaced "
+                 "by BOS when the GGUF adds BOS, only the ids after the first half scored")
+log = logging.getLogger("edgerun.export")
 PROMPTS = ("The capital of France is", "Water boils at one hundred degrees", "Once upon a time, in a small village",
            "The quick brown fox jumps over the lazy dog")
 
@@ -117,6 +133,36 @@ def perplexity(run, ids: Sequence[int], window: int) -> float:
         nll -= float(logp[torch.arange(len(target)), target].sum())
         count += len(target)
     return math.exp(nll / count)
+
+
+def llamacpp_ctx(n_ids: int, max_context: int) -> int:
+    """The chunk length of the llama.cpp comparison: the program's whole context, or half the held-out ids
+    when they are fewer than two contexts (llama-perplexity needs at least two chunks' worth)."""
+    return min(max_context, n_ids // 2)
+
+
+def perplexity_chunks(run, ids: Sequence[int], ctx: int, bos_id: int | None = None) -> tuple[float, int]:
+    """``(perplexity, ids scored)`` of ``ids`` under llama-perplexity's rule (:data:`LLAMACPP_RULE`): chunk
+    ``i`` is ``ids[i*ctx:(i+1)*ctx]`` (the tail past the last whole chunk unread), its first id replaced by
+    ``bos_id`` when given, prefilled from position 0; the logits at ``ctx//2 .. ctx-2`` score the next id;
+    NLL from a float64 log-softmax over the whole vocabulary."""
+    import torch
+
+    nll, count = 0.0, 0
+    first = ctx // 2
+    for i in range(len(ids) // ctx):
+        chunk = list(ids[i * ctx:(i + 1) * ctx])
+        if bos_id is not None:
+            chunk[0] = bos_id
+        inp = torch.tensor([chunk], dtype=torch.long)
+        logits = run(inp, torch.arange(ctx, dtype=torch.long))[0].double()
+        logp = torch.log_softmax(logits[first:ctx - 1], dim=-1)
+        target = torch.tensor(chunk[first + 1:])
+        nll -= float(logp[torch.arange(len(target)), target].sum())
+        count += len(target)
+    if count == 0:
+        raise ValueError(f"perplexity_chunks: {len(ids)} ids make no scored chunk of {ctx}")
+    return math.exp(nll / count), count
 
 
 def _position_agreement(eager, program, prompts: Sequence[list[int]]) -> LogitsAgreement:
@@ -225,14 +271,16 @@ def _plan(chain: RecipeChain) -> Plan:
         Stage("load model", _load, needs=("spec", "max_context", "identity"),
               makes=("model", "module", "example", "gguf", "tok", "tok_facts", "identity", "heldout", "prompts",
                      "params", "config")),
-        Stage("reference", _reference_stage, needs=("model", "heldout", "max_context"), makes=("ppl_fp32",)),
+        Stage("reference", _reference_stage, needs=("model", "heldout", "max_context", "spec", "gguf", "tok_facts"),
+              makes=("ppl_fp32", "ppl_fp32_chunks", "llamacpp")),
         *[Stage(name, _step_stage(step), needs=("module", "example", "target"), makes=("module",))
           for name, step in chain.stages()],
         Stage("export", _export_stage, needs=("module", "example", "max_context"), makes=("exported", "weight_bytes")),
         Stage("lower", _lower_stage, needs=("exported", "target", "chain"), makes=("program",)),
         Stage("write", _write_stage, needs=("program", "params", "config", "module", "tok", "tok_facts", "tmp",
                                             "prompts", "heldout"), makes=("manifest",)),
-        Stage("verify", _verify_stage, needs=("manifest", "prompts", "heldout", "ppl_fp32", "limits"),
+        Stage("verify", _verify_stage, needs=("manifest", "prompts", "heldout", "ppl_fp32", "ppl_fp32_chunks",
+                                              "llamacpp", "limits"),
               makes=("verification", "llm")),
     ], given=("spec", "target", "chain", "options", "limits", "identity", "tmp", "progress", "max_context"))
 
@@ -242,15 +290,20 @@ def _plan(chain: RecipeChain) -> Plan:
 
 
 def _load(w: Work) -> None:
-    from .tokenizer import tokenizer_from_gguf
+    from .tokenizer import encode, tokenizer_from_gguf
 
     w.model, w.example, w.gguf = w.spec.build_llm(w.max_context)
     w.module = w.model
     w.params, w.config = int(sum(p.numel() for p in w.model.parameters())), w.model.config
     w.tok, w.tok_facts = tokenizer_from_gguf(w.gguf)
-    # the held-out ids every later perplexity is measured on (stored by write, so a device scores exactly these)
-    w.heldout = w.tok.encode((DATA / "heldout.txt").read_text()).ids
-    w.prompts = [w.tok.encode(p).ids[:w.max_context] for p in PROMPTS][:w.options.vectors]
+    # the held-out ids every later perplexity is measured on (stored by write, so a device scores exactly these):
+    # the text as llama-perplexity tokenizes its file -- BOS first when the GGUF adds it (and EOS last when it
+    # adds that), control-token text kept as plain text
+    w.heldout = encode(w.tok, w.tok_facts, (DATA / "heldout.txt").read_text(), add_special=True, parse_special=False)
+    # the prompts as llama.cpp prompts a model: BOS first when the GGUF adds it (never an EOS before generating)
+    bos = [w.tok_facts.bos_id] if w.tok_facts.add_bos and w.tok_facts.bos_id is not None else []
+    w.prompts = [(bos + encode(w.tok, w.tok_facts, p, add_special=False))[:w.max_context]
+                 for p in PROMPTS][:w.options.vectors]
     w.gguf_sha256 = sha256_file(w.gguf.path)
     w.identity = dataclasses.replace(w.identity, model={**w.identity.model, "gguf_sha256": w.gguf_sha256,
                                                          "max_context": w.max_context, "layers": w.spec.layers,
@@ -258,11 +311,91 @@ def _load(w: Work) -> None:
 
 
 def _reference_stage(w: Work) -> None:
-    """Eager fp32's perplexity on the held-out ids, before any recipe step: the fp32 model is then no
-    longer needed, and is dropped as soon as a step has made the module that replaces it."""
+    """The references the program is measured against, before any recipe step (the fp32 model is then no
+    longer needed, and is dropped as soon as a step has made the module that replaces it): eager fp32's
+    perplexity on the held-out ids; and, when llama.cpp is built here, ``llama-perplexity`` on the GGUF
+    itself over the same ids (:func:`_llamacpp_perplexity`) with eager fp32's perplexity under its rule."""
     window = w.max_context - 1
-    tick = _Ticker(perplexity_windows(w.heldout, window), "window")
+    ref = _llamacpp_for(w)
+    ctx = llamacpp_ctx(len(w.heldout), w.max_context)
+    chunks = len(w.heldout) // ctx if ref is not None else 0
+    tick = _Ticker(perplexity_windows(w.heldout, window) + (1 + chunks if ref is not None else 0), "window")
     w.ppl_fp32 = perplexity(tick.wrap(_logits_fn(model=w.model), "eager fp32 perplexity"), w.heldout, window)
+    w.llamacpp, w.ppl_fp32_chunks = None, None
+    if ref is None:
+        return
+    w.llamacpp = _llamacpp_perplexity(w, ref, ctx)
+    tick(f"llama-perplexity -c {ctx}")
+    if w.llamacpp is not None:   # eager fp32 under llama.cpp's rule, to stand beside its figure
+        w.ppl_fp32_chunks = perplexity_chunks(tick.wrap(_logits_fn(model=w.model), "eager fp32, llama.cpp's chunks"),
+                                              w.heldout, ctx, w.llamacpp["bos_id"])[0]
+
+
+def _gguf_type(g) -> str:
+    """The type of most of the GGUF's weight elements (``Q4_1``; ``F32`` for a float32 file)."""
+    sizes: dict[str, int] = {}
+    for t in g.tensors.values():
+        if len(t.shape) >= 2:
+            name = t.tensor_type.name
+            sizes[name] = sizes.get(name, 0) + int(np.prod(t.shape))
+    return max(sizes, key=sizes.get) if sizes else "unknown"
+
+
+def _llamacpp_for(w: Work):
+    """The llama.cpp built here (:func:`.llamacpp.find`: an export never builds nor downloads it) when its
+    figure can stand beside the program's; otherwise None, and the export's log says why, once (not an
+    error): llama.cpp not built, a model that is not the GGUF's own (layers cut, fine-tuned weights laid
+    over), or too few held-out ids for two chunks."""
+    from .llamacpp import find
+
+    if w.spec.layers is not None or w.spec.weights is not None:
+        what = "its first layers only" if w.spec.layers is not None else "fine-tuned weights over the GGUF's"
+        log.info("no llama.cpp perplexity: the model exported is %s, not the GGUF llama.cpp would read", what)
+        return None
+    if llamacpp_ctx(len(w.heldout), w.max_context) < 4:
+        log.info("no llama.cpp perplexity: %d held-out ids make no two chunks of 4 or more", len(w.heldout))
+        return None
+    ref = find()
+    if ref is None:
+        log.info("llama.cpp is not built here, so no llama.cpp perplexity beside the program's "
+                 "(build it: .venv/bin/python -m edgerun.export.llm.llamacpp)")
+    return ref
+
+
+def _llamacpp_perplexity(w: Work, ref, ctx: int) -> dict | None:
+    """``llama-perplexity -c ctx -b ctx`` (:meth:`.llamacpp.LlamaCpp.perplexity`, as a user runs it: its
+    defaults, flash attention and an F16 KV cache included) on the GGUF the export read and the held-out
+    text, whose ids in llama.cpp must be the held-out ids; None (with a warning saying why) when they are
+    not, or when llama.cpp fails."""
+    from .llamacpp import SDIST_SHA256
+
+    text = (DATA / "heldout.txt").read_text()
+    gguf = w.gguf.path
+    try:
+        theirs = ref.tokenize(gguf, text, add_special=True, parse_special=False)
+        if theirs != list(w.heldout):
+            at = next((i for i, (a, b) in enumerate(zip(theirs, w.heldout)) if a != b),
+                      min(len(theirs), len(w.heldout)))
+            w.progress.warn(f"no llama.cpp perplexity: llama.cpp tokenizes the held-out text into {len(theirs)} ids, "
+                            f"edgerun into {len(w.heldout)}, first apart at id {at}; the two figures would not be "
+                            "of the same ids")
+            return None
+        with tempfile.TemporaryDirectory(prefix="edgerun-heldout-") as tmp:
+            # llama-perplexity's -f drops one trailing newline: the file is the text and one more
+            f = Path(tmp) / "heldout.txt"
+            f.write_bytes(text.encode("utf-8") + b"\n")
+            res = ref.perplexity(gguf, f, ctx=ctx)
+        build = ref.build_info()
+    except EdgerunError as exc:
+        w.progress.warn(f"no llama.cpp perplexity: {exc.paragraph()}")
+        return None
+    if res["n_tokens"] != len(w.heldout):
+        w.progress.warn(f"no llama.cpp perplexity: llama-perplexity read {res['n_tokens']} ids, the export "
+                        f"{len(w.heldout)}")
+        return None
+    return {**res, "bos_id": w.tok_facts.bos_id if res["bos_replaces_first"] else None, "gguf": gguf.name,
+            "gguf_type": _gguf_type(w.gguf), "llama_cpp_python": ref.version, "source_sha256": SDIST_SHA256,
+            "build": build}
 
 
 def _step_stage(step: Recipe) -> Callable[[Work], None]:
@@ -433,8 +566,11 @@ def _verify_stage(w: Work) -> None:
     recipe_ppl = not (w.chain.quantize.noop and w.chain.is_plain)
     first = w.prompts[0]
     n_new = max(1, min(32, w.max_context - len(first)))
-    # units of work: program (and eager recipe) windows, both sides of each prompt, both greedy runs
-    tick = _Ticker(windows * (2 if recipe_ppl else 1) + 2 * len(w.prompts) + 2 * n_new, "step")
+    # units of work: program (and eager recipe) windows, both sides of each prompt, both greedy runs, and the
+    # program's chunks under llama.cpp's rule when llama.cpp measured the GGUF
+    ref = w.llamacpp
+    chunks = ref["n_chunks"] if ref else 0
+    tick = _Ticker(windows * (2 if recipe_ppl else 1) + 2 * len(w.prompts) + 2 * n_new + chunks, "step")
     prog = _logits_fn(method=_runtime_method(w.tmp / "model.pte"))
     eager_recipe = _logits_fn(model=w.module)
     fp32 = w.ppl_fp32
@@ -448,8 +584,21 @@ def _verify_stage(w: Work) -> None:
     greedy_prog = greedy(None, first, n_new, step=tick.wrap(prog, "program greedy"))
     agreement = _position_agreement(tick.wrap(eager_recipe, "eager prompts"), tick.wrap(prog, "program prompts"),
                                     w.prompts)
+    llamacpp = None
+    if ref:
+        program_chunks, scored = perplexity_chunks(tick.wrap(prog, "program perplexity, llama.cpp's chunks"), w.heldout,
+                                                   ref["ctx"], ref["bos_id"])
+        if scored != ref["n_scored"]:
+            raise ExportError(f"the program's perplexity under llama.cpp's rule scored {scored} ids, "
+                              f"llama-perplexity {ref['n_scored']}: edgerun does not follow its rule.", stage="verify")
+        llamacpp = LlamaCppPerplexity(
+            ppl=ref["ppl"], ppl_stderr=ref["ppl_stderr"], program=program_chunks, eager_fp32=w.ppl_fp32_chunks,
+            tokens=ref["n_tokens"], ctx=ref["ctx"], chunks=ref["n_chunks"], scored=scored,
+            bos_replaces_first=ref["bos_replaces_first"], rule=LLAMACPP_RULE, gguf=ref["gguf"],
+            gguf_type=ref["gguf_type"], llama_cpp_python=ref["llama_cpp_python"], source_sha256=ref["source_sha256"],
+            build=ref["build"])
     quality = LLMQuality(
-        logits_vs_eager=agreement, perplexity=ppl,
+        logits_vs_eager=agreement, perplexity=ppl, llamacpp=llamacpp,
         greedy=GreedyCheck(prompt_tokens=len(first), eager=tuple(greedy_eager), program=tuple(greedy_prog),
                            equal_prefix=next((i for i, (a, b) in enumerate(zip(greedy_eager, greedy_prog)) if a != b),
                                              n_new)))

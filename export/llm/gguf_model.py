@@ -890,7 +890,7 @@ def write_gguf(model, path: str | Path, *, name: str = "edgerun tiny llama", tok
     """Write ``model`` (a :class:`Llama` of any family) as a GGUF with ``gguf.GGUFWriter``, with the keys and
     tensor names llama.cpp reads for its architecture (phi3's q/k/v and gate/up fused as its converter
     writes them): the inverse of :func:`load_llama`. ``tokenizer`` holds ``tokens``, ``merges``,
-    ``token_types``, ``bos``, ``eos`` and optionally ``chat_template``; ``dtype`` is ``F32``, ``F16``,
+    ``token_types``, ``bos``, ``eos`` and optionally ``chat_template`` and ``add_bos``; ``dtype`` is ``F32``, ``F16``,
     ``Q8_0``, ``Q4_0`` or ``Q4_1`` for the 2-D weights (norms and biases stay F32)."""
     import gguf
 
@@ -942,6 +942,8 @@ def write_gguf(model, path: str | Path, *, name: str = "edgerun tiny llama", tok
         w.add_token_merges(list(tokenizer["merges"]))
         w.add_bos_token_id(int(tokenizer["bos"]))
         w.add_eos_token_id(int(tokenizer["eos"]))
+        if tokenizer.get("add_bos") is not None:
+            w.add_add_bos_token(bool(tokenizer["add_bos"]))
         if tokenizer.get("chat_template"):
             w.add_chat_template(tokenizer["chat_template"])
     qtype = gguf.GGMLQuantizationType[dtype]

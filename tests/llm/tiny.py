@@ -47,14 +47,15 @@ def tiny_config(vocab_size: int):
                        rope_theta=10000.0, norm_eps=1e-5, context_length=256, tied_embeddings=True)
 
 
-def write_tiny_gguf(path: Path, *, seed: int = 0, dtype: str = "F32", tied: bool = True) -> Path:
+def write_tiny_gguf(path: Path, *, seed: int = 0, dtype: str = "F32", tied: bool = True,
+                    add_bos: bool | None = None) -> Path:
     import dataclasses
 
     import torch
 
     from edgerun.export.llm.gguf_model import Llama, write_gguf
 
-    tokenizer = train_tokenizer()
+    tokenizer = {**train_tokenizer(), "add_bos": add_bos}   # add_bos None: the key unwritten (llama.cpp: off)
     cfg = dataclasses.replace(tiny_config(len(tokenizer["tokens"])), tied_embeddings=tied)
     torch.manual_seed(seed)
     model = Llama(cfg, max_context=64)
