@@ -190,10 +190,13 @@ def _mezo_wrapper(model, names):
     return WeightsAsInputs(model)
 
 
-def _export_mezo(m, x, y, frozen_names, out: Path):
+def _export_mezo(m, x, y, frozen_names, out: Path, delegate: bool = True):
     """The zeroth-order program: inference-only (no backward, no gradients), the trained weights as inputs
     the runtime does not allocate (``alloc_graph_input=False``: it uses the runner's buffers), the frozen
-    ones (zo-lora: the base) constants of the program."""
+    ones (zo-lora: the base) constants of the program. ``delegate``: lowered to XNNPACK like an inference
+    program (measured on SmolLM2-135M, batch 4 x 64, 1 thread: ZO-LoRA 0.43 steps/s against 0.13 on the
+    portable/optimized kernels, peak RSS 764 against 719 MB; the export takes minutes longer, once: the
+    program is cached)."""
     import torch
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge
     from executorch.exir.passes import MemoryPlanningPass
@@ -203,8 +206,16 @@ def _export_mezo(m, x, y, frozen_names, out: Path):
     wrapped = _mezo_wrapper(m.eval(), names)
     with torch.no_grad():
         ep = torch.export.export(wrapped, (x, y, *weights), strict=False)
-    edge = to_edge(ep, compile_config=EdgeCompileConfig(_check_ir_validity=False),
-                   constant_methods={MEZO_FQN: ["model." + n for n in names]})
+    methods = {MEZO_FQN: ["model." + n for n in names]}
+    config = EdgeCompileConfig(_check_ir_validity=False)
+    if delegate:  # the forward is an inference: XNNPACK takes its linear layers, weights given or constant
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        from executorch.exir import to_edge_transform_and_lower
+
+        edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()], compile_config=config,
+                                           constant_methods=methods)
+    else:
+        edge = to_edge(ep, compile_config=config, constant_methods=methods)
     program = edge.to_executorch(ExecutorchBackendConfig(memory_planning_pass=MemoryPlanningPass(
         alloc_graph_input=False)))
     tmp = out.with_suffix(".part")
@@ -300,9 +311,11 @@ def replace_empty_permuted(ep) -> int:
 
 def export_training_program(model, example: Sequence[Any], out: str | Path, *, batch: int = 16,
                             frozen: Sequence[str] = (), method: str = "full",
-                            split_mm: bool = True) -> TrainingProgram:
+                            split_mm: bool = True, delegate: bool = True) -> TrainingProgram:
     """Write ``out`` (a ``.pte``) training ``model`` on batches of ``batch`` samples shaped like ``example[0]``'s
-    one sample; parameters whose name starts with any of ``frozen`` are not trained."""
+    one sample; parameters whose name starts with any of ``frozen`` are not trained. ``delegate``: a
+    zeroth-order program (an inference) is lowered to XNNPACK; a backprop program never is (XNNPACK takes
+    none of a training graph's matmuls)."""
     import torch
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge
     from torch.export.experimental import _export_forward_backward
@@ -340,7 +353,7 @@ def export_training_program(model, example: Sequence[Any], out: str | Path, *, b
         out.parent.mkdir(parents=True, exist_ok=True)
         frozen_names = {n for n, p in m.named_parameters() if not p.requires_grad}
         try:
-            trained_names = _export_mezo(m, x, y, frozen_names, out)
+            trained_names = _export_mezo(m, x, y, frozen_names, out, delegate=delegate)
         except Exception as exc:
             raise ExportError(f"the zeroth-order program could not be exported: {str(exc).splitlines()[0][:400]}",
                               stage="export training program") from exc

@@ -54,33 +54,45 @@ def _unit(bits: np.ndarray) -> np.ndarray:
     return (bits >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
 
 
-def noise(key: int, n: int, kind: str = "gaussian") -> np.ndarray:
-    """``z`` for ``n`` elements (float64), as the runner draws it."""
+def noise(key: int, n: int, kind: str = "gaussian", start: int = 0) -> np.ndarray:
+    """``z`` for elements ``start .. start + n`` (float64), as the runner draws them."""
     if kind not in NOISES:
         raise ValueError(f"noise must be one of {', '.join(NOISES)}, got {kind!r}")
+    if n <= 0:
+        return np.zeros(0)
     if kind == "rademacher":
-        words = _draws(key, 0, (n + 63) // 64)
+        first, last = start // 64, (start + n - 1) // 64
+        words = _draws(key, first, last - first + 1)
         bits = (words[:, None] >> np.arange(64, dtype=np.uint64)[None, :]) & np.uint64(1)
-        return np.where(bits.reshape(-1)[:n] == 1, 1.0, -1.0)
-    pairs = (n + 1) // 2
-    raw = _draws(key, 0, 2 * pairs)
+        off = start - first * 64
+        return np.where(bits.reshape(-1)[off:off + n] == 1, 1.0, -1.0)
+    first, last = start // 2, (start + n - 1) // 2
+    raw = _draws(key, 2 * first, 2 * (last - first + 1))
     u1, u2 = 1.0 - _unit(raw[0::2]), _unit(raw[1::2])
     r = np.sqrt(-2.0 * np.log(u1))
-    z = np.empty(2 * pairs)
+    z = np.empty(2 * (last - first + 1))
     z[0::2], z[1::2] = r * np.cos(2 * np.pi * u2), r * np.sin(2 * np.pi * u2)
-    return z[:n]
+    off = start - 2 * first
+    return z[off:off + n]
+
+
+#: elements drawn at a time by :func:`perturb` (bounded temporaries, ~50 MB, whatever the model's size)
+CHUNK = 1 << 21
 
 
 def perturb(weights: Sequence[np.ndarray], key: int, scale: float, decay: float = 0.0,
             kind: str = "gaussian") -> None:
     """``w = float32(w * (1 - decay) + scale * z)`` over the float32 arrays ``weights`` (in place, one vector)."""
-    sizes = [w.size for w in weights]
-    z = noise(key, sum(sizes), kind)
     keep, at = 1.0 - decay, 0
-    for w, size in zip(weights, sizes):
+    for w in weights:
         flat = w.reshape(-1)
-        flat[...] = (flat.astype(np.float64) * keep + scale * z[at:at + size]).astype(np.float32)
-        at += size
+        if not np.shares_memory(flat, w):
+            raise ValueError("perturb needs contiguous arrays (it writes them in place)")
+        for a in range(0, flat.size, CHUNK):
+            b = min(flat.size, a + CHUNK)
+            z = noise(key, b - a, kind, start=at + a)
+            flat[a:b] = (flat[a:b].astype(np.float64) * keep + scale * z).astype(np.float32)
+        at += flat.size
 
 
 def step(weights: Sequence[np.ndarray], loss: Callable[[], float], *, seed: int, step: int, lr: float,

@@ -78,6 +78,7 @@ def test_zeroth_order_llm_steps_are_the_eager_replay_of_the_same_seeded_steps(ti
         assert t.trainable == 2 * ((8 * 64 + 64 * 8) + (8 * 64 + 32 * 8)) and t.frozen == 98624
     else:
         assert t.trainable == 98624 and t.frozen == 0
+    assert b"XnnpackBackend" in res["program"].path.read_bytes()  # the forward is an inference: delegated
     curve, replayed = _replay(res, req)
     device_curve = [v for _, v in t.loss_curve]
     np.testing.assert_allclose(device_curve, curve, atol=1e-4, rtol=0)
