@@ -270,7 +270,13 @@ def _program_cache(spec, batch: int, freeze, method: str, extra=None) -> Path:
     from edgerun.export.recipe import tool_versions
     from edgerun.export.recipe import _model_identity  # noqa: PLC2701 (the export room's identity of a spec)
 
-    key = json.dumps({"model": _model_identity(spec), "batch": batch, "freeze": list(freeze), "method": method,
+    model = _model_identity(spec)
+    gguf = getattr(spec, "gguf", None)
+    if gguf is not None:  # a GGUF is named by its path: the program must follow its bytes, as export's does
+        from edgerun.core.artifact import sha256_file
+
+        model = {**model, "gguf_sha256": sha256_file(gguf())}
+    key = json.dumps({"model": model, "batch": batch, "freeze": list(freeze), "method": method,
                       "versions": tool_versions(), "split_mm": True, "extra": extra, "v": 3,
                       **({"zo_program": "xnnpack"} if method in ZEROTH_ORDER else {})}, sort_keys=True)
     return cache_dir("finetune") / hashlib.sha256(key.encode()).hexdigest()[:16]

@@ -167,3 +167,23 @@ def test_a_zeroth_order_step_is_the_same_bits_on_aarch64(tiny_gguf, runner_bundl
     assert arm["record"].source == "emulated" and arm["record"].device.arch == "aarch64"
     np.testing.assert_allclose([v for _, v in arm["record"].training.loss_curve],
                                [v for _, v in host["record"].training.loss_curve], rtol=1e-5)
+
+
+def test_a_gguf_rewritten_at_the_same_path_gets_a_new_training_program(tmp_path):
+    """The training-program cache follows the GGUF's bytes, not its path (a re-downloaded model at the
+    same path used to train the old model's program)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "llm"))
+    from tiny import write_tiny_gguf
+
+    from edgerun.export.zoo import get_model
+    from edgerun.finetune import _program_cache  # noqa: PLC2701
+
+    path = write_tiny_gguf(tmp_path / "model.gguf")
+    first = _program_cache(get_model(str(path)), 4, (), "mezo")
+    assert _program_cache(get_model(str(path)), 4, (), "mezo") == first
+    with open(path, "ab") as f:  # another file at the same path
+        f.write(b"\0" * 32)
+    assert _program_cache(get_model(str(path)), 4, (), "mezo") != first
