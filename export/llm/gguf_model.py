@@ -599,6 +599,28 @@ def dequantized(g: GGUFFile, name: str) -> np.ndarray:
     return arr.reshape(shape)
 
 
+#: GGML's Q4_0 block: an f16 scale d, then 32 4-bit codes q (two a byte: element j in the low nibble of
+#: byte j, element j + 16 in the high one); the value is d * (q - 8)
+Q4_0_BLOCK = 32
+
+
+def q4_0_codes(g: GGUFFile, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """A Q4_0 tensor's own codes and scales, nothing rounded: ``(codes int8 [rows, cols] in -8..7 (q - 8),
+    scales float32 [rows, cols / 32])`` (the f16 scales widened exactly), so ``codes * scales`` repeated per
+    block of 32 is :func:`dequantized` bit for bit."""
+    import gguf
+
+    t = g.tensors[name]
+    if t.tensor_type != gguf.GGMLQuantizationType.Q4_0:
+        raise ValueError(f"{name} is {t.tensor_type.name}, not Q4_0")
+    rows, cols = _shape(t)
+    blocks = np.asarray(t.data, dtype=np.uint8).reshape(rows, cols // Q4_0_BLOCK, 2 + Q4_0_BLOCK // 2)
+    scales = blocks[..., :2].copy().view(np.float16)[..., 0].astype(np.float32)
+    qs = blocks[..., 2:]
+    codes = np.concatenate([qs & 0x0F, qs >> 4], axis=-1).astype(np.int8) - 8
+    return codes.reshape(rows, cols), scales
+
+
 def load_llama(path: str | Path, *, max_context: int = 128, layers: int | None = None):
     """Read ``path`` (any supported family) into an eval-mode :class:`Llama` (fp32); ``layers`` keeps only
     the first N blocks (a fast stand-in of a big model for tests). ``max_context`` (the KV cache's length)
@@ -632,6 +654,10 @@ def load_llama(path: str | Path, *, max_context: int = 128, layers: int | None =
     if "rope_freqs.weight" in g.tensors:  # Llama-3 style per-frequency scaling factors
         factors = torch.from_numpy(dequantized(g, "rope_freqs.weight").reshape(-1))
         model.set_rope_factors(factors)
+    # where each weight came from (file, tensor, first row, rows, GGML type), so a recipe can take a 4-bit
+    # GGUF's own codes instead of rounding its dequantized values again (quantize.py, Q4_0)
+    model.gguf_origin = (str(g.path), {param: (s.gguf, start, rows, g.tensors[s.gguf].tensor_type.name)
+                                       for s in sources for param, start, rows in s.targets})
     return model.eval().requires_grad_(False), g
 
 

@@ -449,6 +449,16 @@ class LlamaCpp:
                                   f"({n} positions x {vocab} float32).", stage=STAGE)
             return np.fromfile(out, dtype=np.float32).reshape(n, vocab)
 
+    def quantize(self, gguf: str | Path, out: str | Path, qtype: str) -> Path:
+        """``llama-quantize gguf out qtype`` (``Q4_0``, ``Q8_0``, ``Q4_K_M`` ...; ``--allow-requantize`` so a
+        quantized GGUF may be the source): llama.cpp's own choice of type per tensor, as a user gets it."""
+        gguf = _check_gguf(gguf)
+        if not re.fullmatch(r"[A-Za-z0-9_]{2,16}", qtype):
+            raise UsageError(f"quantize type {qtype!r}: expected a llama-quantize type name such as Q4_0.", stage=STAGE)
+        self._run("llama-quantize", ["--allow-requantize", str(gguf), str(out), qtype, str(self.threads)],
+                  what=f"quantize of {gguf.name} to {qtype}")
+        return _check_gguf(out)
+
     def perplexity(self, gguf: str | Path, text_file: str | Path, *, ctx: int, chunks: int | None = None,
                    timeout: float | None = None) -> dict:
         """``llama-perplexity -c ctx`` on ``text_file``: its final estimate and the chunking it used.

@@ -9,6 +9,9 @@
   linear int4 affine + 4-bit embedding and head 46.1; int4 linears alone 40.5; this recipe with a
   4-bit embedding 33.2, with the default 8-bit embedding 32.4 (the program: 33.4 and 32.1, i.e. +11.0 %
   and +6.6 %, at 20.0 % and 21.7 % of the fp32 program's 652 MB); everything int8 30.6;
+* from a Q4_0 GGUF with group size 32, the int4 linears keep the GGUF's own codes and scales in every
+  block XNNPACK's int4 can hold (:func:`_keep_gguf_q4_0`: positive scales only, so about half the blocks);
+  asymmetric 4-bit GGUFs (Q4_1, Q4_K) have no such mapping and are rounded by HQQ;
 * the embedding: :class:`QuantizedEmbedding`, a table of 8-bit codes with one fp32 scale per row
   (``int8-dynamic``, and ``8da4w`` by default) or 4-bit codes with a scale per group (``8da4w
   --embedding-bits 4``), looked up with ``quantized_decomposed::embedding_4bit`` /
@@ -155,6 +158,7 @@ def quantize_llama(model, scheme) -> tuple[Any, dict]:
         if int4 is not None:
             quantize_(part, int4, pick(narrow_set))
         report_progress(k + 1, len(blocks) + 1, f"layer {k + 1}/{len(blocks)}" if prefix else "LM head")
+    kept = _keep_gguf_q4_0(model, q, narrow, gs)
     unwrap_tensor_subclass(q)
     facts = {"linear_layers": len(linears), "quantized_linear_layers": len(linears),
              "int4_linear_layers": len(narrow), "int8_linear_layers": len(wide), "int4_weight_numel": int4_numel,
@@ -164,7 +168,80 @@ def quantize_llama(model, scheme) -> tuple[Any, dict]:
              f"(quantized_decomposed::embedding_{'4bit' if bits == 4 else 'byte'})",
              "lm_head": "int8 per-channel" + (" (tied: stored apart from the embedding)"
                                               if model.config.tied_embeddings else "")}
+    if kept:   # {"layers", "groups", "exact", "negated"}: see _keep_gguf_q4_0
+        facts["int4_from_gguf_q4_0"] = kept
     return q.eval(), facts
+
+
+def _keep_gguf_q4_0(model, q, narrow: list[str], gs: int | None) -> dict[str, int]:
+    """Give the int4 linears whose weights came from Q4_0 tensors of the GGUF (:attr:`Llama.gguf_origin`)
+    the GGUF's own codes and scales where XNNPACK can hold them, group by group, when the groups are
+    Q4_0's (32 along the input). Returns what was done (the scheme's facts): ``{"layers", "groups", "exact",
+    "negated"}`` -- layers taken, their groups, groups with the GGUF's codes and scale, groups with them
+    negated -- or ``{}`` when no layer was.
+
+    Q4_0 is symmetric, ``d * (q - 8)``: torchao's int4 grouped weight with codes ``q - 8`` (-8..7), scale
+    ``d`` and zero point 0 holds exactly the same values. But XNNPACK refuses a scale that is not positive
+    (``xnn_status_invalid_parameter`` when the program loads), and llama.cpp gives the largest-magnitude
+    value of a block the code -8 whatever its sign, so ``d < 0`` for every block whose largest value is
+    positive (about half of them); negated, its codes ``8 - q`` reach +8, one past int4. Per group the
+    least-loss choice is taken, by squared error against the GGUF's values: ``d > 0``: the GGUF's codes and
+    scale (no loss); ``d < 0``: the codes ``8 - q`` clipped to 7 with scale ``-d`` (only the values of code
+    +8 lose ``-d``), or HQQ's own rounding when that loses less. A layer is taken only when the GGUF's codes
+    times scales are exactly its fp32 weight (fine-tuned weights laid over the GGUF's are not). Q4_1 and
+    Q4_K are asymmetric (a minimum per block, which XNNPACK's symmetric int4 has no room for): HQQ.
+
+    XNNPACK also stores grouped int4 scales as bfloat16 when it packs the program, so the program's weights
+    are the codes times the scale rounded to bfloat16 (8 significant bits to f16's 11): within 2^-9.
+
+    Measured on the tiny Q4_0 (llama-quantize of the F32 tiny GGUF): 537 of 1,024 blocks have d > 0, and
+    HQQ's scale-only rounding already gives each of them exactly d and the GGUF's codes (the block's
+    extreme value is -8 d, so its first scale is d), and on the d < 0 blocks it loses less than the clipped
+    codes: the result is HQQ's bit for bit. This makes exactness on the blocks XNNPACK can hold a guarantee
+    rather than a property of HQQ's start; what 8da4w loses on a Q4_0 file is in the d < 0 blocks."""
+    import torch
+
+    from .gguf_model import Q4_0_BLOCK, q4_0_codes, read_gguf
+
+    origin = getattr(model, "gguf_origin", None)
+    if gs != Q4_0_BLOCK or origin is None:
+        return {}
+    path, sources = origin
+    g, kept = None, {"layers": 0, "groups": 0, "exact": 0, "negated": 0}
+    for name in narrow:
+        src = sources.get(f"{name}.weight")
+        if src is None or src[3] != "Q4_0":
+            continue
+        tensor, start, rows, _ = src
+        g = g or read_gguf(path)
+        codes, scales = q4_0_codes(g, tensor)
+        codes = torch.from_numpy(codes[start:start + rows].copy()).reshape(rows, -1, Q4_0_BLOCK)
+        d = torch.from_numpy(scales[start:start + rows].copy())
+        values = codes.float() * d.unsqueeze(-1)
+        fp32 = model.get_submodule(name).weight.detach()
+        if not torch.equal(values.reshape(fp32.shape), fp32):
+            continue
+        w = q.get_submodule(name).weight
+        if tuple(w.qdata.shape) != tuple(fp32.shape) or tuple(w.scale.shape) != tuple(d.shape) \
+                or bool(w.zero_point.any()):
+            continue   # not the layout this was written for (a torchao change): keep its own rounding
+        neg = (-codes).clamp(max=7)
+        hqq_codes, hqq_scale = w.qdata.reshape(codes.shape), w.scale
+
+        def loss(c, s, values=values):
+            return ((c.float() * s.unsqueeze(-1) - values) ** 2).sum(-1)
+        take_neg = (d < 0) & (loss(neg, -d) <= loss(hqq_codes, hqq_scale))
+        take_own = d > 0
+        new_codes = torch.where(take_own.unsqueeze(-1), codes, torch.where(take_neg.unsqueeze(-1), neg, hqq_codes))
+        new_scale = torch.where(take_own, d, torch.where(take_neg, -d, hqq_scale))
+        with torch.no_grad():
+            w.qdata.copy_(new_codes.reshape(w.qdata.shape).to(w.qdata.dtype))
+            w.scale.copy_(new_scale.to(w.scale.dtype))
+        kept["layers"] += 1
+        kept["groups"] += int(d.numel())
+        kept["exact"] += int(take_own.sum())
+        kept["negated"] += int(take_neg.sum())
+    return kept if kept["layers"] else {}
 
 
 @recipe_handler(Int8Dynamic, llm=True)

@@ -18,7 +18,7 @@ import pytest
 
 from edgerun.core.artifact import LlamaCppPerplexity, LLMQuality, read_manifest
 from edgerun.export.llm import llamacpp as lc
-from edgerun.export.llm.export import DATA, LLAMACPP_RULE, PROMPTS, llamacpp_ctx, perplexity_chunks
+from edgerun.export.llm.export import DATA, LLAMACPP_RULE, PROMPTS, llamacpp_ctx
 from tiny import write_tiny_gguf
 
 HELDOUT = (DATA / "heldout.txt").read_text()
@@ -149,7 +149,8 @@ def test_fp32_program_under_llamacpps_rule_agrees_with_llamacpp(with_llamacpp, t
         ours.append(np.asarray(run(torch.tensor([chunk]), torch.arange(ref.ctx))[0], dtype=np.float32))
     agree = logits_agreement(np.concatenate([t[scored] for t in theirs]), np.concatenate([o[scored] for o in ours]))
     assert agree["cosine_min"] > 1 - 1e-6 and agree["snr_db_min"] > 80 and agree["top1"] == 1.0, agree
-    from_llamacpp_logits = _rule_ppl(lambda chunk, it=iter(theirs): next(it), ids, ref.ctx, bos)
+    replay = iter(theirs)
+    from_llamacpp_logits = _rule_ppl(lambda chunk: next(replay), ids, ref.ctx, bos)
     assert ref.program == pytest.approx(from_llamacpp_logits, rel=1e-6)
     assert ref.eager_fp32 == pytest.approx(ref.program, rel=1e-6)
     assert abs(ref.program / ref.ppl - 1) < LLAMA_PERPLEXITY_DEFAULTS_REL, (ref.program, ref.ppl)
