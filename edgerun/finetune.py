@@ -28,7 +28,8 @@ EVAL_AGREEMENT = 0.02
 
 @dataclasses.dataclass(frozen=True)
 class FinetuneSettings:
-    method: str = "full"                  # full | lora | mezo | zo-lora (see METHODS)
+    method: str = "full"                  # full | lora | qlora | mezo | zo-lora (see METHODS)
+    base_bits: int = 4                    # qlora: the frozen base's precision (4 or 8)
     batch: int = 16
     lora_rank: int = 8
     lora_alpha: float | None = None       # default: the rank (scale 1)
@@ -52,6 +53,8 @@ class FinetuneSettings:
 
         if self.method not in METHODS:
             raise UsageError(f"--method {self.method}: choose {_choices()}.")
+        if self.base_bits not in (4, 8):
+            raise UsageError(f"--base-bits must be 4 or 8, got {self.base_bits!r}.")
         for name, value, lo, hi in (("batch", self.batch, 1, 1 << 16), ("rank", self.lora_rank, 1, 4096),
                                     ("seq-len", self.seq_len, 1, 1 << 16)):
             if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
@@ -67,12 +70,12 @@ class FinetuneSettings:
             raise UsageError(f"--timeout must be a number of seconds > 0, got {self.timeout_s!r}.")
 
 
-#: The fine-tuning methods: backprop of every parameter (full) or of LoRA adapters (lora); zeroth-order
-#: SGD, two forwards a step and no gradients or optimizer state, of every parameter (mezo) or of LoRA
-#: adapters over a frozen base (zo-lora).
-METHODS = ("full", "lora", "mezo", "zo-lora")
+#: The fine-tuning methods: backprop of every parameter (full), of LoRA adapters over the frozen fp32
+#: base (lora) or over a base quantized to int4/int8 (qlora); zeroth-order SGD, two forwards a step and
+#: no gradients or optimizer state, of every parameter (mezo) or of LoRA adapters (zo-lora).
+METHODS = ("full", "lora", "qlora", "mezo", "zo-lora")
 ZEROTH_ORDER = ("mezo", "zo-lora")
-WITH_LORA = ("lora", "zo-lora")
+WITH_LORA = ("lora", "qlora", "zo-lora")
 
 
 def _choices() -> str:
@@ -86,9 +89,9 @@ def _choices() -> str:
 #: smaller step (1e-4, AdamW's usual range for pretrained transformers). Zeroth-order steps of an LLM are
 #: SGD along a random direction: MeZO's paper uses 1e-6..1e-7 for every weight, 1e-4..5e-5 for LoRA.
 CLASSIFIER_DEFAULTS = {"method": "full", "optimizer": "sgd",
-                       "lr": {"full": 0.01, "lora": 0.01, "mezo": 0.01, "zo-lora": 0.01}}
+                       "lr": {"full": 0.01, "lora": 0.01, "qlora": 0.01, "mezo": 0.01, "zo-lora": 0.01}}
 LLM_DEFAULTS = {"method": "lora", "optimizer": "adamw",
-                "lr": {"full": 1e-4, "lora": 2e-3, "mezo": 1e-6, "zo-lora": 1e-4}}
+                "lr": {"full": 1e-4, "lora": 2e-3, "qlora": 2e-3, "mezo": 1e-6, "zo-lora": 1e-4}}
 
 
 def training_defaults(model: str, method: str | None = None, optimizer: str | None = None,
@@ -350,6 +353,12 @@ def finetune(model: str, device_name: str, request, settings: FinetuneSettings =
         net, chosen = add_lora(base_net, rank=settings.lora_rank, alpha=settings.lora_alpha,
                                targets=settings.lora_targets)
         lora = {"rank": settings.lora_rank, "alpha": settings.lora_alpha or settings.lora_rank, "layers": chosen}
+        if settings.method in ("lora", "qlora"):  # backprop: the frozen layers keep one copy of their weights
+            from edgerun.export.finetune import freeze_linears
+
+            bits = settings.base_bits if settings.method == "qlora" else 32
+            lora["frozen_layers"] = freeze_linears(net, bits)
+            lora["base_bits"] = bits
     cache = _program_cache(spec, settings.batch, settings.freeze, settings.method,
                            {"lora": lora, "seq_len": settings.seq_len if is_llm else None,
                             "layers": getattr(spec, "layers", None)})

@@ -26,7 +26,7 @@ from edgerun.core.artifact import sha256_file
 
 from .errors import ExportError
 
-METHODS = ("full", "lora", "mezo", "zo-lora")
+METHODS = ("full", "lora", "qlora", "mezo", "zo-lora")
 ZEROTH_ORDER = ("mezo", "zo-lora")  # weights-as-inputs forward programs, no backward
 MEZO_FQN = "__edgerun_mezo_fqn_forward"  # constant method: the weight inputs' names, in input order
 PREFIX = "model."  # the wrapper's attribute: parameter names in the program start with it
@@ -107,7 +107,7 @@ def _lora_class():
             return self.base(x) + (x @ self.lora_a.t() @ self.lora_b.t()) * self.scale
 
         def merged(self) -> nn.Linear:
-            out = copy.deepcopy(self.base)
+            out = self.base.to_linear() if hasattr(self.base, "to_linear") else copy.deepcopy(self.base)
             with torch.no_grad():
                 out.weight += self.scale * (self.lora_b @ self.lora_a)
             for p in out.parameters():
@@ -115,6 +115,172 @@ def _lora_class():
             return out
 
     return LoRALinear
+
+
+# ------------------------------------------------------------------------ frozen linear layers (lora, qlora)
+#: base-weight precisions of a frozen linear layer: fp32 as given, int8 per output channel, int4 in groups
+BASE_BITS = (32, 8, 4)
+INT4_GROUP = 32
+_FROZEN: dict = {}
+
+
+def _dequantize(w, scales, bits: int, group: int):
+    """The fp32 ``[out, in]`` weight of a frozen layer's stored one: fp32 as is; int8 ``[out, in]`` times one
+    scale per output channel; int4 as two codes a byte (``[out, in/2]`` uint8, low nibble first, value
+    ``code - 8``) times one scale per ``group`` inputs."""
+    import torch
+
+    if bits == 32:
+        return w
+    out = w.shape[0]
+    if bits == 8:
+        q = w.to(torch.float32)
+    else:
+        lo = torch.bitwise_and(w, 15).to(torch.float32) - 8.0
+        hi = torch.bitwise_right_shift(w, 4).to(torch.float32) - 8.0
+        q = torch.stack([lo, hi], dim=-1).reshape(out, -1)
+    return (q.reshape(out, -1, group) * scales.unsqueeze(-1)).reshape(out, -1)
+
+
+def _frozen_ops():
+    """``edgerun::frozen_linear(x, w, scales, bits, group)`` and the gradient of its input: a linear layer
+    whose weight is a constant, with a backward that dequantizes (or reads) the weight again instead of
+    keeping the forward's fp32 / transposed copy alive until the backward -- the copy autograd would save
+    for every layer, as much memory as the model itself. Both are replaced by their aten definitions once
+    the backward is built (:func:`decompose_frozen`), so the runner needs no custom kernel."""
+    if "forward" in _FROZEN:
+        return _FROZEN
+    import torch
+
+    @torch.library.custom_op("edgerun::frozen_linear", mutates_args=(),
+                             schema="(Tensor x, Tensor w, Tensor scales, int bits, int group) -> Tensor")
+    def frozen_linear(x, w, scales, bits, group):
+        return torch.matmul(x, _dequantize(w, scales, bits, group).t())
+
+    @frozen_linear.register_fake
+    def _(x, w, scales, bits, group):
+        return x.new_empty(*x.shape[:-1], w.shape[0])
+
+    @torch.library.custom_op("edgerun::frozen_linear_grad_input", mutates_args=(),
+                             schema="(Tensor g, Tensor w, Tensor scales, int bits, int group) -> Tensor")
+    def grad_input(g, w, scales, bits, group):
+        return torch.matmul(g, _dequantize(w, scales, bits, group))
+
+    @grad_input.register_fake
+    def _(g, w, scales, bits, group):
+        cols = w.shape[1] * (2 if bits == 4 else 1)
+        return g.new_empty(*g.shape[:-1], cols)
+
+    def setup(ctx, inputs, output):
+        _x, w, scales, bits, group = inputs
+        ctx.save_for_backward(w, scales)
+        ctx.bits, ctx.group = bits, group
+
+    def backward(ctx, g):
+        w, scales = ctx.saved_tensors
+        return grad_input(g, w, scales, ctx.bits, ctx.group), None, None, None, None
+
+    frozen_linear.register_autograd(backward, setup_context=setup)
+    _FROZEN.update(forward=frozen_linear, grad_input=grad_input)
+    return _FROZEN
+
+
+def decompose_frozen(ep):
+    """``ep`` with the frozen-linear custom ops replaced by dequantize + matmul (after the backward is built:
+    the forward's dequantized weight then dies after its matmul, the backward makes its own)."""
+    import torch
+
+    ops = _frozen_ops()
+    table = {ops["forward"]._opoverload: lambda x, w, s, bits, group: torch.matmul(x, _dequantize(w, s, bits, group).t()),
+             ops["grad_input"]._opoverload: lambda g, w, s, bits, group: torch.matmul(g, _dequantize(w, s, bits, group))}
+    return ep.run_decompositions(table)
+
+
+def _frozen_class():
+    import torch
+    from torch import nn
+
+    class FrozenLinear(nn.Module):
+        """A linear layer that does not train, its weight stored as ``bits`` (32, 8 or 4; see
+        :func:`_dequantize`) and applied by ``edgerun::frozen_linear``."""
+
+        def __init__(self, base: nn.Linear, bits: int):
+            super().__init__()
+            w = base.weight.detach().to(torch.float32)
+            self.out_features, self.in_features, self.bits = w.shape[0], w.shape[1], bits
+            self.group = INT4_GROUP if bits == 4 and w.shape[1] % INT4_GROUP == 0 else w.shape[1]
+            if bits == 32:
+                stored, scales = w.clone(), torch.zeros(0)
+            else:
+                top = 127.0 if bits == 8 else 7.0
+                groups = w.reshape(w.shape[0], -1, self.group)
+                scales = groups.abs().amax(dim=-1).clamp(min=1e-12) / top
+                q = torch.round(groups / scales.unsqueeze(-1)).clamp(-top - (bits == 4), top).reshape(w.shape)
+                if bits == 8:
+                    stored = q.to(torch.int8)
+                else:
+                    if w.shape[1] % 2:
+                        raise ExportError(f"--base-bits 4 packs two weights a byte; a layer with {w.shape[1]} inputs "
+                                          "cannot be packed.", stage="export training program",
+                                          hint="Use --base-bits 8.")
+                    codes = (q + 8).to(torch.uint8)
+                    stored = torch.bitwise_or(codes[:, 0::2], torch.bitwise_left_shift(codes[:, 1::2], 4))
+            self.register_buffer("weight", stored)
+            self.register_buffer("scales", scales)
+            self.register_buffer("bias", None if base.bias is None else base.bias.detach().clone())
+
+        def forward(self, x):
+            y = _frozen_ops()["forward"](x, self.weight, self.scales, self.bits, self.group)
+            return y if self.bias is None else y + self.bias
+
+        def dequantized(self):
+            return _dequantize(self.weight, self.scales, self.bits, self.group)
+
+        def to_linear(self) -> nn.Linear:
+            out = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
+            with torch.no_grad():
+                out.weight.copy_(self.dequantized())
+                if self.bias is not None:
+                    out.bias.copy_(self.bias)
+            return out
+
+        def stored_bytes(self) -> int:
+            return sum(t.numel() * t.element_size() for t in (self.weight, self.scales))
+
+    if "cls" not in _FROZEN:
+        _FROZEN["cls"] = FrozenLinear
+    return _FROZEN["cls"]
+
+
+def freeze_linears(model, bits: int = 32):
+    """``model`` (in place) with every frozen ``nn.Linear`` -- LoRA bases included, a head tied to the
+    embedding table excepted (its weight is the table's) -- a :class:`FrozenLinear` of ``bits``. Returns
+    the count of layers replaced."""
+    import torch
+
+    if bits not in BASE_BITS:
+        raise ExportError(f"--base-bits must be one of {', '.join(map(str, BASE_BITS))}, got {bits!r}.",
+                          stage="export training program")
+    FrozenLinear = _frozen_class()
+    embedded = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    count = 0
+    for name, mod in list(model.named_modules()):
+        if (type(mod) is torch.nn.Linear and not mod.weight.requires_grad and id(mod.weight) not in embedded):
+            parent_name, _, attr = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, attr, FrozenLinear(mod, bits))
+            count += 1
+    return count
+
+
+def frozen_parameters(model) -> int:
+    """The frozen scalars of ``model``: parameters that do not train plus every frozen layer's weights."""
+    FrozenLinear = _frozen_class()
+    n = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    for m in model.modules():
+        if isinstance(m, FrozenLinear):
+            n += m.in_features * m.out_features + (0 if m.bias is None else m.bias.numel())
+    return n
 
 
 def add_lora(model, *, rank: int = 8, alpha: float | None = None, targets: Sequence[str] = (), seed: int = 0):
@@ -146,11 +312,12 @@ def merge_lora(model):
     """The LoRA model with every adapter merged into its base layer: a plain model to export for inference."""
     m = copy.deepcopy(model)
     LoRALinear = _lora_class().__name__
-    for name, mod in list(m.named_modules()):
-        if type(mod).__name__ == LoRALinear:
-            parent_name, _, attr = name.rpartition(".")
-            parent = m.get_submodule(parent_name) if parent_name else m
-            setattr(parent, attr, mod.merged())
+    for kind in (LoRALinear, "FrozenLinear"):  # adapters first: their frozen bases go with them
+        for name, mod in list(m.named_modules()):
+            if type(mod).__name__ == kind:
+                parent_name, _, attr = name.rpartition(".")
+                parent = m.get_submodule(parent_name) if parent_name else m
+                setattr(parent, attr, mod.merged() if kind == LoRALinear else mod.to_linear())
     for p in m.parameters():
         p.requires_grad_(True)
     return m.eval()
@@ -329,14 +496,14 @@ def export_training_program(model, example: Sequence[Any], out: str | Path, *, b
     if not isinstance(batch, int) or batch < 1:
         raise ExportError(f"the batch size must be an integer >= 1, got {batch!r}.", stage="export training program")
     m = copy.deepcopy(model).train()
-    if method in ("lora", "zo-lora"):  # the adapters are what trains: everything else is already frozen
+    if method in ("lora", "qlora", "zo-lora"):  # the adapters are what trains: everything else is already frozen
         frozen = ()
     names = [n for n, _ in m.named_parameters()]
     unknown = [f for f in frozen if not any(n.startswith(f) for n in names)]
     if unknown:
         raise ExportError(f"--freeze {unknown[0]!r} matches no parameter (the model has {', '.join(names[:6])}"
                           f"{', …' if len(names) > 6 else ''}).", stage="export training program")
-    if method not in ("lora", "zo-lora"):
+    if method not in ("lora", "qlora", "zo-lora"):
         for n, p in m.named_parameters():
             p.requires_grad_(not any(n.startswith(f) for f in frozen))
     sample = example[0][:1]
@@ -369,6 +536,8 @@ def export_training_program(model, example: Sequence[Any], out: str | Path, *, b
     try:
         ep = torch.export.export(wrapped, (x, y), strict=True)
         ep = _export_forward_backward(ep)
+        if "forward" in _FROZEN and any(n.target == _FROZEN["forward"]._opoverload for n in ep.graph.nodes):
+            ep = decompose_frozen(ep)
         if split_mm:
             split_addmm(ep)
         replace_empty_permuted(ep)
@@ -388,7 +557,7 @@ def export_training_program(model, example: Sequence[Any], out: str | Path, *, b
         path=out, batch=batch, sample_shape=tuple(sample.shape[1:]), dtype=str(sample.dtype).replace("torch.", ""),
         names=tuple(n for n, _ in trainable), shapes=tuple(tuple(p.shape) for _, p in trainable),
         trainable=sum(p.numel() for _, p in trainable),
-        frozen=sum(p.numel() for _, p in m.named_parameters() if not p.requires_grad),
+        frozen=frozen_parameters(m),
         pte_bytes=out.stat().st_size, pte_sha256=sha256_file(out), method=method)
 
 

@@ -44,9 +44,13 @@ def register(app: typer.Typer) -> None:
             help="full (backprop: loss, gradients and the optimizer in the runner) | lora (low-rank adapters on "
                  "the linear layers, the rest frozen; merged back for --export-to) | mezo (zeroth-order: two "
                  "forward passes per step on an inference program, no gradients or optimizer state: training at "
-                 "inference memory) | zo-lora (zeroth-order on LoRA adapters, the base frozen in the program). "
+                 "inference memory) | zo-lora (zeroth-order on LoRA adapters, the base frozen in the program) | "
+                 "qlora (LoRA over a base quantized to --base-bits, dequantized inside the forward). "
                  "Default: lora for an LLM, full for a classifier.")] = None,
         rank: Annotated[int, typer.Option(help="LoRA rank.")] = 8,
+        base_bits: Annotated[int, typer.Option(
+            help="qlora: the frozen base's weights as 4 (int4, groups of 32, two a byte) or 8 (int8 per "
+                 "output channel) bits.")] = 4,
         lora_alpha: Annotated[Optional[float], typer.Option(help="LoRA alpha (default: the rank).")] = None,
         lora_targets: Annotated[Optional[list[str]], typer.Option(
             help="LoRA: adapt linear layers whose name contains this (repeatable; default all).")] = None,
@@ -116,7 +120,7 @@ def register(app: typer.Typer) -> None:
                                    checkpoint_every=checkpoint_every, seed=seed, threads=threads,
                                    mezo=method_ in ZEROTH_ORDER, mezo_eps=zo_eps, zo_samples=zo_samples,
                                    zo_noise=zo_noise)
-            settings = FinetuneSettings(method=method_, batch=batch, freeze=tuple(freeze or ()), lora_rank=rank,
+            settings = FinetuneSettings(method=method_, base_bits=base_bits, batch=batch, freeze=tuple(freeze or ()), lora_rank=rank,
                                         lora_alpha=lora_alpha, lora_targets=tuple(lora_targets or ()),
                                         data=str(data) if data else None, data_on_device=data_on_device,
                                         resume=str(resume) if resume else None,

@@ -129,6 +129,7 @@ def test_zo_lora_merges_into_a_verified_llm_artifact(tiny_gguf, tmp_path):
 def test_zeroth_order_options_are_checked_before_any_work():
     assert training_defaults("smollm2-135m", "mezo") == ("mezo", "sgd", 1e-6)
     assert training_defaults("smollm2-135m", "zo-lora") == ("zo-lora", "sgd", 1e-4)
+    assert training_defaults("smollm2-135m", "qlora") == ("qlora", "adamw", 2e-3)
     for bad in ({"zo_samples": 0}, {"zo_samples": 2000}, {"zo_noise": "uniform"}, {"mezo_eps": 0.0}):
         with pytest.raises(UsageError):
             TrainRequest(mezo=True, **bad)
