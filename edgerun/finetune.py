@@ -235,12 +235,16 @@ def _num_classes(net, example) -> int | None:
 def _text_data(spec, settings: FinetuneSettings):
     """An LLM's fine-tuning data: a text (``--data FILE.txt``, default the held-out text edgerun ships)
     tokenised with the GGUF's own tokenizer, cut into windows of ``seq_len + 1`` ids; inputs are the first
-    ``seq_len``, targets the next ``seq_len``; the last ``eval_fraction`` of the windows is held out."""
+    ``seq_len``, targets the next ``seq_len``; the last ``eval_fraction`` of the windows is held out. With
+    ``--data-on-device DIR`` the windows are already there as ``x_train.npy``/``y_train.npy`` (and
+    ``x_eval.npy``/``y_eval.npy``), ``[N, seq_len]`` int64 token ids and their next tokens: the runner
+    checks their shapes against the program, and the text never leaves the device."""
     from edgerun.export.llm.export import DATA
     from edgerun.export.llm.tokenizer import tokenizer_from_gguf
 
-    if settings.data_on_device:
-        raise UsageError("--data-on-device for LLM fine-tuning is not built yet: give --data FILE.txt.")
+    if settings.data_on_device:  # token windows already on the device (x/y_train.npy [N, T] int64): never read here
+        model, _example, _g = spec.build_llm(max(2, settings.seq_len))
+        return model, None, {"text": None, "data_on_device": settings.data_on_device, "seq_len": settings.seq_len}
     path = Path(settings.data) if settings.data else DATA / "heldout.txt"
     if not path.is_file():
         raise UsageError(f"--data {path}: no such text file (LLM fine-tuning takes plain UTF-8 text).")
@@ -433,7 +437,7 @@ def finetune(model: str, device_name: str, request, settings: FinetuneSettings =
         trained = merge_lora(trained)
         out["lora"] = lora
     after = record.training.eval_after
-    if is_llm and after and after.loss is not None and "x_eval" in arrays:
+    if is_llm and after and after.loss is not None and arrays is not None and "x_eval" in arrays:
         n = after.samples
         eager = eager_lm_loss(trained, arrays["x_eval"][:n], arrays["y_eval"][:n])
         out["agreement"] = {"device_loss": after.loss, "eager_loss": eager, "samples": n,

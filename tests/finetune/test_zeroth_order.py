@@ -188,3 +188,26 @@ def test_a_gguf_rewritten_at_the_same_path_gets_a_new_training_program(tmp_path)
     with open(path, "ab") as f:  # another file at the same path
         f.write(b"\0" * 32)
     assert _program_cache(get_model(str(path)), 4, (), "mezo") != first
+
+
+def test_an_llms_token_windows_on_the_device_never_leave_it(tiny_gguf, tmp_path):
+    """--data-on-device for an LLM: [N, T] token ids and next tokens already on the device (here the local
+    device's own directory); nothing is pushed, the held-out perplexity is the device's."""
+    sys_ids = np.random.default_rng(0).integers(0, 200, size=(24, 17)).astype(np.int64)
+    device_dir = tmp_path / "on-device"
+    device_dir.mkdir()
+    for split, rows in (("train", sys_ids[:16]), ("eval", sys_ids[16:])):
+        np.save(device_dir / f"x_{split}.npy", rows[:, :-1])
+        np.save(device_dir / f"y_{split}.npy", rows[:, 1:])
+    req = TrainRequest(steps=6, lr=1e-2, mezo=True, mezo_eps=1e-2, threads=1)
+    res = finetune(str(tiny_gguf), "local://", req, FinetuneSettings(method="zo-lora", batch=4, seq_len=16,
+                                                                     data_on_device=str(device_dir)))
+    t = res["record"].training
+    assert t.train_samples == 16 and t.eval_samples == 8 and t.eval_after.perplexity is not None
+    assert t.settings["data"] == f"device:{device_dir}" and not (res["run_dir"] / "data").exists()
+    np.save(device_dir / "x_train.npy", sys_ids[:16, :-2])  # windows of another length: the runner says so
+    from edgerun.core.errors import EdgerunError
+
+    with pytest.raises(EdgerunError, match="the program trains on"):
+        finetune(str(tiny_gguf), "local://", req, FinetuneSettings(method="zo-lora", batch=4, seq_len=16,
+                                                                   data_on_device=str(device_dir)))
