@@ -353,6 +353,10 @@ def eager_worker(cfg: dict) -> dict:
         from edgerun.export.finetune import add_lora
 
         net, _ = add_lora(net, rank=LORA_RANK, targets=LORA_TARGETS)
+        if m.base_bits != 32:  # the same quantized base as edgerun's QLoRA, dequantized in forward and backward
+            from edgerun.export.finetune import freeze_linears
+
+            freeze_linears(net, m.base_bits)
     elif m is not None:
         net.requires_grad_(True)
     import gc
@@ -447,7 +451,10 @@ def _eager_zo(params, batch, loss_of, cfg, after_step) -> tuple[list[float], lis
 def eager_available(m: Method) -> str | None:
     """Why eager PyTorch cannot do ``m`` here, or None."""
     if m.base_bits != 32:
-        return f"an int{m.base_bits}-base LoRA in eager PyTorch needs the quantized base of edgerun's QLoRA"
+        try:
+            from edgerun.export.finetune import freeze_linears  # noqa: F401
+        except ImportError:
+            return f"an int{m.base_bits}-base LoRA in eager PyTorch needs the quantized base of edgerun's QLoRA"
     if m.zeroth_order:
         try:
             from edgerun.runtime import zo
