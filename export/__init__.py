@@ -18,6 +18,7 @@ from .recipe import recipe_identity
 from .recipes import (KINDS, RECIPES, Recipe, RecipeChain, RecipeContext, RecipeResult, Registration, make_recipe,
                       parse_recipe, recipe_handler, register_recipe, unregister_recipe)
 from .schemes import SCHEMES, Scheme, make_scheme
+from . import compression  # noqa: F401,E402  registers lowrank and prune-channels
 from .targets import (BACKENDS, ESTIMATORS, QUANTIZERS, TARGETS, Target, get_target, legal_pairs, register_backend,
                       register_estimator, register_quantizer, register_target, unregister_target)
 from .zoo import MODELS, ModelSpec, get_model

@@ -214,6 +214,14 @@ def _run_program(pte_path: Path, samples: Sequence[tuple]) -> list[list[np.ndarr
     return results
 
 
+def _eager_accuracy(model, x, y) -> float:
+    import torch
+
+    with torch.no_grad():
+        pred = torch.cat([model(x[i : i + 1]) for i in range(len(x))]).argmax(1)
+    return float((pred == y).float().mean())
+
+
 def _task_accuracy(model, pte_path: Path, x, y) -> TaskAccuracy:
     import torch
 
@@ -405,7 +413,14 @@ def _step_stage(step: Recipe, *, last: bool) -> Callable[[Work], None]:
                             calibration=_calibration(w), capture=lambda m: _capture(m, w.example, w.target),
                             warn=w.progress.warn)
         result = RecipeChain.run_step(step, ctx)
-        w.step_facts[next(i for i, s in enumerate(w.chain.steps) if s is step)] = dict(result.facts)
+        facts = dict(result.facts)
+        if step.kind != "quantize":
+            # a prune/factorize step makes a new model: the program is verified against it, eagerly
+            if w.dataset is not None and w.spec.task == "classification":
+                facts["eager_accuracy"] = {"before": _eager_accuracy(w.original, *w.dataset["test"]),
+                                           "after": _eager_accuracy(result.module, *w.dataset["test"])}
+            w.original = result.module
+        w.step_facts[next(i for i, s in enumerate(w.chain.steps) if s is step)] = facts
         w.module = result.module
         if result.exported is not None:
             w.exported = result.exported

@@ -4,6 +4,7 @@ that name their quantizer and how they are measured — each refusal naming what
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 
@@ -115,7 +116,7 @@ def test_a_registered_recipe_parses_chains_and_is_gone_after(noop_prune):
         parse_recipe("int8+noop-prune")
     with pytest.raises(UsageError) as info:
         parse_recipe("prune")
-    assert "prune: noop-prune" in info.value.paragraph()  # what exists, by kind
+    assert re.search(r"prune: [^;]*noop-prune", info.value.paragraph())  # what exists, by kind
 
 
 def test_unregister_removes_the_recipe():
