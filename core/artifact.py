@@ -752,6 +752,111 @@ class LLMFacts:
 
 # ------------------------------------------------------------------------------------ manifest
 @dataclass(frozen=True)
+class TrainedFigures(_JsonView):
+    """A held-out evaluation of a fine-tuning run, as its device computed it."""
+
+    samples: int | None = None
+    loss: float | None = None
+    accuracy: float | None = None
+    perplexity: float | None = None
+    step: int | None = None
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any], where: str) -> "TrainedFigures":
+        return cls(samples=_get(d, "samples", int, where, optional=True), loss=_get(d, "loss", float, where, optional=True),
+                   accuracy=_get(d, "accuracy", float, where, optional=True),
+                   perplexity=_get(d, "perplexity", float, where, optional=True),
+                   step=_get(d, "step", int, where, optional=True))
+
+
+@dataclass(frozen=True)
+class LoraFacts(_JsonView):
+    """The adapters of a LoRA fine-tune: rank, alpha, the adapted layers, and the frozen base's bits
+    (32: fp32; qlora: 8 or 4) with how many frozen layers held it."""
+
+    rank: int
+    alpha: float
+    layers: tuple[str, ...] = ()
+    base_bits: int | None = None
+    frozen_layers: int | None = None
+
+    def to_json(self) -> dict:
+        out = {"rank": self.rank, "alpha": self.alpha, "layers": list(self.layers)}
+        if self.base_bits is not None:
+            out.update(base_bits=self.base_bits, frozen_layers=self.frozen_layers)
+        return out
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any], where: str) -> "LoraFacts":
+        return cls(rank=_get(d, "rank", int, where), alpha=_get(d, "alpha", float, where),
+                   layers=_strings(_get(d, "layers", list, where, optional=True, default=[]), f"{where}.layers"),
+                   base_bits=_get(d, "base_bits", int, where, optional=True),
+                   frozen_layers=_get(d, "frozen_layers", int, where, optional=True))
+
+
+@dataclass(frozen=True)
+class Lineage(_JsonView):
+    """Where an artifact's weights came from when they are not its model spec's own: the fine-tuning run
+    on a device that made them (base model, method and hyper-parameters, data and weights hashes, the
+    device's held-out figures before and after, the run id)."""
+
+    base_model: str
+    method: str
+    base_origin: str | None = None
+    lora: LoraFacts | None = None
+    optimizer: str | None = None
+    lr: float | None = None
+    steps: int | None = None
+    batch: int | None = None
+    data: str | None = None
+    data_sha256: str | None = None
+    final_loss: float | None = None
+    eval_before: TrainedFigures | None = None
+    eval_after: TrainedFigures | None = None
+    weights_sha256: str | None = None
+    training_program_sha256: str | None = None
+    run_id: str | None = None
+    device: str | None = None
+    #: eager PyTorch's figure of the pulled weights beside the device's (device_loss / eager_loss or
+    #: device_accuracy / eager_accuracy, samples, agrees)
+    agreement: Mapping[str, Any] | None = None
+
+    def to_json(self) -> dict:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = v.to_json() if hasattr(v, "to_json") else (dict(v) if isinstance(v, Mapping) else v)
+        return out
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any], where: str = "lineage") -> "Lineage":
+        for key in ("data_sha256", "weights_sha256", "training_program_sha256"):
+            v = _get(d, key, str, where, optional=True)
+            if v is not None and not _is_sha256(v):
+                raise _Bad(f"{where}.{key} must be 64 lowercase hex digits, got {v!r:.80}")
+        lora = _get(d, "lora", dict, where, optional=True)
+        before = _get(d, "eval_before", dict, where, optional=True)
+        after = _get(d, "eval_after", dict, where, optional=True)
+        return cls(base_model=_get(d, "base_model", str, where), method=_get(d, "method", str, where),
+                   base_origin=_get(d, "base_origin", str, where, optional=True),
+                   lora=LoraFacts.from_json(lora, f"{where}.lora") if lora else None,
+                   optimizer=_get(d, "optimizer", str, where, optional=True),
+                   lr=_get(d, "lr", float, where, optional=True), steps=_get(d, "steps", int, where, optional=True),
+                   batch=_get(d, "batch", int, where, optional=True), data=_get(d, "data", str, where, optional=True),
+                   data_sha256=_get(d, "data_sha256", str, where, optional=True),
+                   final_loss=_get(d, "final_loss", float, where, optional=True),
+                   eval_before=TrainedFigures.from_json(before, f"{where}.eval_before") if before else None,
+                   eval_after=TrainedFigures.from_json(after, f"{where}.eval_after") if after else None,
+                   weights_sha256=_get(d, "weights_sha256", str, where, optional=True),
+                   training_program_sha256=_get(d, "training_program_sha256", str, where, optional=True),
+                   run_id=_get(d, "run_id", str, where, optional=True), device=_get(d, "device", str, where, optional=True),
+                   agreement=_get(d, "agreement", dict, where, optional=True))
+
+
+@dataclass(frozen=True)
 class Manifest:
     """``manifest.json`` as types. ``path`` is the artifact directory it was read from (not stored)."""
 
@@ -785,9 +890,8 @@ class Manifest:
     warnings: tuple[str, ...] = ()
     stage_seconds: Mapping[str, float] | None = None   # wall time per export stage
     llm: LLMFacts | None = None                        # LLM artifacts only
-    #: where the weights came from when they were not the model spec's own: a fine-tuning run on a
-    #: device (base model and recipe, method, data hash, steps, final loss, weights hash, run id)
-    lineage: Mapping[str, Any] | None = None
+    #: where the weights came from when they were not the model spec's own: a fine-tuning run on a device
+    lineage: Lineage | None = None
     schema_version: int = SCHEMA_VERSION
     path: Path | None = field(default=None, compare=False)
 
@@ -818,7 +922,7 @@ class Manifest:
         if self.graph is not None:
             out["graph"] = dict(self.graph)
         if self.lineage is not None:
-            out["lineage"] = dict(self.lineage)
+            out["lineage"] = self.lineage.to_json()
         out["warnings"] = list(self.warnings)
         return out
 
@@ -871,7 +975,8 @@ class Manifest:
                 llm=LLMFacts.from_json(llm, "llm") if (llm := _get(d, "llm", dict, "manifest", optional=True))
                 else None,
                 graph=_get(d, "graph", dict, "manifest", optional=True),
-                lineage=_get(d, "lineage", dict, "manifest", optional=True),
+                lineage=Lineage.from_json(lin) if (lin := _get(d, "lineage", dict, "manifest", optional=True))
+                else None,
                 warnings=_strings(_get(d, "warnings", list, "manifest", optional=True, default=[]), "warnings"),
                 stage_seconds=_seconds(_get(d, "stage_seconds", dict, "manifest", optional=True), "stage_seconds"),
                 path=Path(path) if path is not None else None,

@@ -467,14 +467,22 @@ def finetune(model: str, device_name: str, request, settings: FinetuneSettings =
             export_model((trained, example), settings.target, settings.scheme, settings.export_to,
                          name=f"{spec.name}-finetuned")
         t = record.training
-        lineage = {"base_model": spec.name, "base_origin": spec.origin, "method": t.method, "lora": lora,
-                   "optimizer": t.optimizer,
-                   "lr": t.lr, "steps": t.start_step + t.steps, "batch": t.batch, "data_sha256": t.data_sha256,
-                   "data": t.settings.get("data"), "final_loss": t.loss_curve[-1][1] if t.loss_curve else None,
-                   "eval_before": t.eval_before.to_dict() if t.eval_before else None,
-                   "eval_after": t.eval_after.to_dict() if t.eval_after else None, "weights_sha256": wsha,
-                   "training_program_sha256": program.pte_sha256, "run_id": record.run_id, "device": device_name,
-                   "agreement": out["agreement"]}
+        from edgerun.core.artifact import Lineage, LoraFacts, TrainedFigures
+
+        def figures(e):
+            return None if e is None else TrainedFigures(samples=e.samples, loss=e.loss, accuracy=e.accuracy,
+                                                         perplexity=e.perplexity, step=e.step)
+
+        lineage = Lineage(
+            base_model=spec.name, base_origin=spec.origin, method=t.method,
+            lora=None if lora is None else LoraFacts(rank=lora["rank"], alpha=float(lora["alpha"]),
+                                                     layers=tuple(lora["layers"]), base_bits=lora.get("base_bits"),
+                                                     frozen_layers=lora.get("frozen_layers")),
+            optimizer=t.optimizer, lr=t.lr, steps=t.start_step + t.steps, batch=t.batch, data_sha256=t.data_sha256,
+            data=t.settings.get("data"), final_loss=t.loss_curve[-1][1] if t.loss_curve else None,
+            eval_before=figures(t.eval_before), eval_after=figures(t.eval_after), weights_sha256=wsha,
+            training_program_sha256=program.pte_sha256, run_id=record.run_id, device=device_name,
+            agreement=out["agreement"])
         m = dataclasses.replace(read_manifest(settings.export_to), lineage=lineage)
         write_manifest(Path(settings.export_to), m)
         out["export"] = read_manifest(settings.export_to)

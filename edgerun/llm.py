@@ -145,7 +145,7 @@ def reexport_command(manifest: Manifest, max_context: int) -> str:
 
     m = manifest.model
     if manifest.lineage:
-        return (f"edgerun finetune {shlex.quote(str(manifest.lineage.get('base_model') or m.name))} … "
+        return (f"edgerun finetune {shlex.quote(str(manifest.lineage.base_model or m.name))} … "
                 f"--export-to DIR --max-context {max_context}")
     model = m.origin if m.source == "gguf" and m.origin else m.name
     out = f"{Path(str(manifest.dir)).name}-ctx{max_context}" if manifest.dir else f"out-ctx{max_context}"

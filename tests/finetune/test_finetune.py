@@ -110,10 +110,10 @@ def test_export_to_writes_a_verified_artifact_with_lineage(digits_npz, tmp_path)
     res = finetune(MLP, "local://", TrainRequest(steps=40, lr=0.1, momentum=0.9, threads=1),
                    FinetuneSettings(batch=16, data=str(digits_npz), export_to=str(tmp_path / "art")))
     m = read_manifest(tmp_path / "art")
-    assert m.ok and m.lineage["base_model"] == MLP and m.lineage["steps"] == 40
-    assert m.lineage["run_id"] == res["record"].run_id and m.lineage["weights_sha256"]
-    assert m.lineage["data_sha256"] == res["record"].training.data_sha256
-    assert m.lineage["eval_after"]["accuracy"] == res["record"].training.eval_after.accuracy
+    assert m.ok and m.lineage.base_model == MLP and m.lineage.steps == 40
+    assert m.lineage.run_id == res["record"].run_id and m.lineage.weights_sha256
+    assert m.lineage.data_sha256 == res["record"].training.data_sha256
+    assert m.lineage.eval_after.accuracy == res["record"].training.eval_after.accuracy
     # the artifact's identity is the trained weights': another fine-tune of the same base is another recipe
     assert m.model.name == "ft_models:mlp-finetuned" and m.recipe.model["state_sha256"]
     from edgerun.report import render
@@ -171,7 +171,7 @@ def test_lora_trains_adapters_only_and_merges_for_export(digits_npz, tmp_path):
     assert t.eval_after.accuracy > t.eval_before.accuracy + 0.1, (t.eval_before, t.eval_after)
     assert res["agreement"]["agrees"]  # the merged eager model scores what the device's LoRA program scored
     m = read_manifest(tmp_path / "art")
-    assert m.ok and m.lineage["method"] == "lora" and m.lineage["lora"]["rank"] == 4
+    assert m.ok and m.lineage.method == "lora" and m.lineage.lora.rank == 4
     assert {i.name for i in m.inputs} and m.model.parameters == 2410  # merged: a plain MLP again
 
 
@@ -203,7 +203,7 @@ def test_an_llm_fine_tunes_on_text_on_the_device(method, tiny_gguf, tmp_path):
         assert t.frozen == 98624 and t.trainable == 2 * ((8 * 64 + 64 * 8) + (8 * 64 + 32 * 8))
     if export_to:
         m = read_manifest(export_to)
-        assert m.ok and m.llm is not None and m.llm.max_context == 32 and m.lineage["method"] == "lora"
+        assert m.ok and m.llm is not None and m.llm.max_context == 32 and m.lineage.method == "lora"
         assert m.recipe.model["weights_sha256"] == t.weights_sha256
         # the exported program carries the fine-tuned weights: its perplexity is the trained model's
         assert m.llm.quality["perplexity"]["eager_fp32"] < before.perplexity

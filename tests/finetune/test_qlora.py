@@ -88,7 +88,7 @@ def test_qlora_learns_on_the_device_and_merges_into_a_verified_artifact(tiny_ggu
     assert t.eval_after.perplexity < 0.96 * t.eval_before.perplexity, (t.eval_before, t.eval_after)
     assert res["agreement"]["agrees"], res["agreement"]  # the merged eager model scores what the device scored
     m = read_manifest(tmp_path / "art")
-    assert m.ok and m.llm is not None and m.lineage["method"] == "qlora" and m.lineage["lora"]["base_bits"] == bits
+    assert m.ok and m.llm is not None and m.lineage.method == "qlora" and m.lineage.lora.base_bits == bits
     assert m.recipe.model["weights_sha256"] == t.weights_sha256
 
 

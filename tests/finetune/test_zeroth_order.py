@@ -122,7 +122,7 @@ def test_zo_lora_merges_into_a_verified_llm_artifact(tiny_gguf, tmp_path):
                                                                      export_to=str(tmp_path / "art"),
                                                                      export_max_context=32))
     m = read_manifest(tmp_path / "art")
-    assert m.ok and m.llm is not None and m.lineage["method"] == "zo-lora" and m.lineage["lora"]["rank"] == 8
+    assert m.ok and m.llm is not None and m.lineage.method == "zo-lora" and m.lineage.lora.rank == 8
     assert m.recipe.model["weights_sha256"] == res["record"].training.weights_sha256
 
 
