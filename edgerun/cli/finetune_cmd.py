@@ -144,6 +144,7 @@ def register(app: typer.Typer) -> None:
                     "run": record_json(rec)}
 
         def human(r: dict) -> None:
+            from edgerun.finetune import ZEROTH_ORDER
             from edgerun.runtime.columns import format_bytes
 
             t = r["training"]
@@ -157,7 +158,12 @@ def register(app: typer.Typer) -> None:
                 return (f"loss {e['loss']:.4f}" + (f", perplexity {ppl:.2f}" if ppl is not None else "")
                         + (f", accuracy {acc:.1%}" if acc is not None else ""))
 
-            out.print(f"[bold]{plain(model)}[/] fine-tuned ({plain(t['method'])}, {plain(t['optimizer'])}, lr {t['lr']:g}) "
+            how = plain(t["method"])
+            if t["method"] == "qlora":
+                how += f" on an int{base_bits} base"
+            if t["method"] in ZEROTH_ORDER:
+                how += f", eps {zo_eps:g}, {zo_samples} {zo_noise} direction{'s' if zo_samples > 1 else ''} a step"
+            out.print(f"[bold]{plain(model)}[/] fine-tuned ({how}, {plain(t['optimizer'])}, lr {t['lr']:g}) "
                       f"on {plain(r['device'])}{' (emulated)' if r['source'] == 'emulated' else ''}: "
                       f"{t['steps']} steps of {t['batch']}", highlight=False)
             if curve:
