@@ -10,8 +10,10 @@
   Only chains that ``torch.fx`` tracing shows to be safe are pruned: ``conv -> [BatchNorm2d] ->
   [elementwise activation] -> [depthwise conv -> [BatchNorm2d] -> [activation]] -> conv``, the two ends
   ungrouped convs, a depthwise conv on the way (one filter a channel, MobileNet's) sliced with the
-  channels, every node of the chain used once (a residual add, a concatenation, a grouped conv, a pool or
-  flatten into a classifier end the chain: that conv is skipped and the reason recorded).
+  channels; or ``conv -> ... -> [per-channel pooling] -> flatten(1) -> [dropout] -> Linear``, the Linear's
+  columns of each removed channel (H*W of them, from the traced shapes) going with it. Every node of the
+  chain must be used once: a residual add, a concatenation, a grouped conv or anything else ends the
+  chain, and that conv is skipped with the reason recorded.
 
 Both change the matmuls' and convolutions' shapes, which is what can pay on a CPU (XNNPACK on aarch64
 has no sparse kernels, so zeros alone would not). The facts say what was done and what shrank
@@ -205,42 +207,83 @@ def _is_depthwise(m) -> bool:
     return m.groups > 1 and m.groups == m.in_channels == m.out_channels
 
 
+def _is_pool(node, modules) -> bool:
+    """A pooling that acts on each channel alone (max/avg, adaptive or not)."""
+    import torch.nn.functional as F
+    from torch import nn
+
+    if node.op == "call_module":
+        return isinstance(modules[node.target], (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d))
+    return node.op == "call_function" and node.target in (F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d,
+                                                          F.adaptive_max_pool2d)
+
+
+def _is_flatten(node, modules) -> bool:
+    """``[N, C, H, W] -> [N, C*H*W]``, channel-major: nn.Flatten(), torch.flatten(x, 1), x.flatten(1)."""
+    import torch
+    from torch import nn
+
+    if node.op == "call_module":
+        m = modules[node.target]
+        return isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1
+    args, kwargs = tuple(node.args[1:]), dict(node.kwargs)
+    dims = args == (1,) and not kwargs or (not args and kwargs == {"start_dim": 1})
+    return dims and ((node.op == "call_function" and node.target is torch.flatten)
+                     or (node.op == "call_method" and node.target == "flatten"))
+
+
+def _spatial(node) -> int | None:
+    meta = node.meta.get("tensor_meta")
+    shape = getattr(meta, "shape", None)
+    return int(shape[2] * shape[3]) if shape is not None and len(shape) == 4 else None
+
+
 def _plan_chain(node, modules, calls: dict[str, int]):
-    """From a conv's node, follow single-use nodes to the next ungrouped conv: ``(through, next conv name)``,
-    ``through`` the BatchNorm2d and depthwise convs (one filter a channel) on the way, which are sliced
-    with the channels; or ``(None, reason)`` when the chain cannot be followed safely."""
+    """From a conv's node, follow single-use nodes to what reads its channels: the next ungrouped conv, or
+    a classifier's Linear after a per-channel pooling and a flatten. Returns ``((through, name, spatial),
+    None)`` -- ``through`` the BatchNorm2d and depthwise convs (one filter a channel) on the way, sliced with
+    the channels; ``spatial`` None for a conv, H*W positions a channel has in the flattened vector for a
+    Linear -- or ``(None, reason)`` when the chain cannot be followed safely."""
     from torch import nn
 
     through: list[tuple[str, str]] = []
-    cur, last_conv = node, node
+    cur, last_conv, spatial = node, node, None
     while True:
         users = list(cur.users)
         if len(users) != 1:
             return None, f"its output is used {len(users)} times ({', '.join(_describe(u, modules) for u in users)})"
         nxt = users[0]
+        if not nxt.args or nxt.args[0] is not cur:
+            return None, f"it feeds {_describe(nxt, modules)} other than as its input"
         if nxt.op == "call_module":
             m = modules[nxt.target]
-            stateful = isinstance(m, (nn.BatchNorm2d, nn.Conv2d))
+            stateful = isinstance(m, (nn.BatchNorm2d, nn.Conv2d, nn.Linear))
             if stateful and calls.get(nxt.target, 0) != 1:
                 return None, f"it feeds {nxt.target}, which is called {calls.get(nxt.target, 0)} times"
-            if stateful and (not nxt.args or nxt.args[0] is not cur):
-                return None, f"it feeds {nxt.target} other than as its input"
-            if isinstance(m, nn.BatchNorm2d) and cur is last_conv:
+            if spatial is not None:   # flattened: only a Linear (after dropout and the like) reads it
+                if type(m) is nn.Linear and m.in_features == spatial * node_channels(node, modules):
+                    return (tuple(through), nxt.target, spatial), None
+            elif isinstance(m, nn.BatchNorm2d) and cur is last_conv:
                 through.append(("bn", nxt.target))
                 cur = nxt
                 continue
-            if isinstance(m, nn.Conv2d) and _is_depthwise(m):
+            elif isinstance(m, nn.Conv2d) and _is_depthwise(m):
                 through.append(("dw", nxt.target))
                 cur = last_conv = nxt
                 continue
-            if isinstance(m, nn.Conv2d):
-                if m.groups != 1:
-                    return None, f"it feeds {_describe(nxt, modules)}"
-                return (tuple(through), nxt.target), None
-        if _is_elementwise(nxt, modules) and nxt.args and nxt.args[0] is cur:
+            elif isinstance(m, nn.Conv2d) and m.groups == 1:
+                return (tuple(through), nxt.target, None), None
+        if _is_elementwise(nxt, modules) or (spatial is None and _is_pool(nxt, modules)):
             cur = nxt
             continue
+        if spatial is None and _is_flatten(nxt, modules) and _spatial(cur):
+            spatial, cur = _spatial(cur), nxt
+            continue
         return None, f"it feeds {_describe(nxt, modules)}"
+
+
+def node_channels(node, modules) -> int:
+    return modules[node.target].out_channels
 
 
 def _keep(weight, ratio: float):
@@ -266,8 +309,10 @@ def _slice_param(module, attr: str, index, dim: int) -> None:
         setattr(module, attr, data)
 
 
-def prune_conv_channels(model, recipe: PruneChannels) -> dict[str, Any]:
-    """Prune ``model``'s safe conv -> conv chains in place; returns the facts."""
+def prune_conv_channels(model, recipe: PruneChannels, example: tuple | None = None) -> dict[str, Any]:
+    """Prune ``model``'s safe chains in place (``example``: inputs, to follow a conv into a classifier's
+    flatten); returns the facts."""
+    import torch
     import torch.fx
     from torch import nn
 
@@ -279,6 +324,13 @@ def prune_conv_channels(model, recipe: PruneChannels) -> dict[str, Any]:
                           f"trace this one ({type(exc).__name__}: {' '.join(str(exc).split())[:300]}).",
                           stage="prune", hint="Give a model torch.fx can trace, or use lowrank for its linear "
                                               "layers.") from exc
+    if example is not None:
+        from torch.fx.passes.shape_prop import ShapeProp
+
+        try:  # the shapes say how wide each channel is once flattened into a classifier
+            ShapeProp(gm).propagate(*example)
+        except Exception:  # without them, a conv into a flatten is left as it is
+            pass
     modules = dict(gm.named_modules())
     calls: dict[str, int] = {}
     for n in gm.graph.nodes:
@@ -300,13 +352,13 @@ def prune_conv_channels(model, recipe: PruneChannels) -> dict[str, Any]:
             skipped.append({"layer": n.target, "reason": reason})
         else:
             plans.append((n.target, found))
-    if not plans and not skipped:
+    if not plans and not skipped:  # no Conv2d at all
         raise ExportError("recipe prune-channels prunes Conv2d layers, and this model has none.", stage="prune",
                           hint="For linear layers use lowrank:rank=N or lowrank:energy=0.9.")
     # every choice from the original weights, then every slice
     chosen = [(name, found, _keep(model.get_submodule(name).weight, recipe.ratio)) for name, found in plans]
     pruned = []
-    for name, (through, nxt), keep in chosen:
+    for name, (through, nxt, spatial), keep in chosen:
         conv, nxt_conv = model.get_submodule(name), model.get_submodule(nxt)
         was = conv.out_channels
         _slice_param(conv, "weight", keep, 0)
@@ -322,8 +374,13 @@ def prune_conv_channels(model, recipe: PruneChannels) -> dict[str, Any]:
                 _slice_param(m, "weight", keep, 0)
                 _slice_param(m, "bias", keep, 0)
                 m.in_channels = m.out_channels = m.groups = len(keep)
-        _slice_param(nxt_conv, "weight", keep, 1)
-        nxt_conv.in_channels = len(keep)
+        if spatial is None:
+            _slice_param(nxt_conv, "weight", keep, 1)
+            nxt_conv.in_channels = len(keep)
+        else:  # a Linear reading the flattened [C, H, W]: channel c is columns c*H*W .. (c+1)*H*W - 1
+            cols = (keep[:, None] * spatial + torch.arange(spatial)[None, :]).reshape(-1)
+            _slice_param(nxt_conv, "weight", cols, 1)
+            nxt_conv.in_features = len(cols)
         pruned.append({"layer": name, "channels_before": was, "channels_after": len(keep),
                        "sliced_with": [sub for _, sub in through], "next": nxt})
     return {"layers_pruned": len(pruned), "layers_skipped": len(skipped), "pruned": pruned, "skipped": skipped,
@@ -333,7 +390,7 @@ def prune_conv_channels(model, recipe: PruneChannels) -> dict[str, Any]:
 
 @recipe_handler(PruneChannels)
 def _prune_channels(recipe: PruneChannels, ctx: RecipeContext) -> RecipeResult:
-    facts = prune_conv_channels(ctx.module, recipe)
+    facts = prune_conv_channels(ctx.module, recipe, ctx.example)
     if not facts["layers_pruned"]:
         ctx.warn(f"prune-channels found no conv it can prune safely ({facts['layers_skipped']} skipped: a residual "
                  "add, a depthwise conv or a classifier follows each); the model is unchanged")

@@ -146,6 +146,34 @@ def test_a_pruned_channel_is_what_the_model_would_compute_without_it():
     assert torch.allclose(model(x), zeroed(x), atol=1e-5)
 
 
+class Head(nn.Module):
+    def __init__(self, flatten):
+        super().__init__()
+        self.conv, self.pool, self.flatten = nn.Conv2d(3, 8, 3, padding=1), nn.MaxPool2d(2), flatten
+        self.drop, self.fc = nn.Dropout(0.1), nn.Linear(8 * 4 * 4, 5)
+
+    def forward(self, x):
+        x = self.pool(torch.relu(self.conv(x)))
+        return self.fc(self.drop(self.flatten(x) if self.flatten is not None else torch.flatten(x, 1)))
+
+
+@pytest.mark.parametrize("flatten", [nn.Flatten(), None])
+def test_a_conv_into_a_classifier_is_pruned_with_the_linear_columns_of_its_channels(flatten):
+    torch.manual_seed(5)
+    model, x = Head(flatten).eval(), torch.randn(2, 3, 8, 8)
+    zeroed = copy.deepcopy(model)
+    without_shapes = prune_conv_channels(copy.deepcopy(model), PruneChannels(ratio=0.25))
+    assert without_shapes["layers_pruned"] == 0 and "flatten" in without_shapes["skipped"][0]["reason"]
+    facts = prune_conv_channels(model, PruneChannels(ratio=0.25), (x[:1],))
+    assert facts["pruned"][0]["next"] == "fc" and (model.conv.out_channels, model.fc.in_features) == (6, 6 * 16)
+    gone = torch.topk(zeroed.conv.weight.abs().sum((1, 2, 3)), 2, largest=False).indices
+    with torch.no_grad():
+        zeroed.conv.weight[gone] = 0
+        zeroed.conv.bias[gone] = 0
+    assert torch.allclose(model(x), zeroed(x), atol=1e-5)
+    assert _params(zeroed) - _params(model) == 2 * (3 * 9 + 1) + 5 * 2 * 16
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["digits_cnn", "mobilenet_v2"])
 def test_prune_channels_on_the_zoo_cnns(name):
@@ -153,7 +181,7 @@ def test_prune_channels_on_the_zoo_cnns(name):
 
     model, example = get_model(name).build()
     expected = model(*example).shape
-    facts = prune_conv_channels(model, PruneChannels(ratio=0.5))
+    facts = prune_conv_channels(model, PruneChannels(ratio=0.5), example)
     assert facts["layers_pruned"] >= 1 and facts["parameters_after"] == _params(model) < facts["parameters_before"]
     assert model(*example).shape == expected
     # MobileNetV2's expand convs are pruned through their depthwise conv; its residual adds are left alone
@@ -226,7 +254,9 @@ def test_prune_channels_then_int8_exports_a_verified_digits_program(tmp_path):
     assert (prune.name, prune.kind, dict(prune.options)) == ("prune-channels", "prune",
                                                               {"ratio": 0.5, "importance": "magnitude"})
     f = prune.facts
-    assert f["layers_pruned"] == 1 and f["pruned"][0]["channels_after"] == 8
+    # conv 1 into conv 2, and conv 2 through its pooling and the flatten into the classifier's first Linear
+    assert [(d["layer"], d["channels_after"], d["next"]) for d in f["pruned"]] == [
+        ("features.0", 8, "features.2"), ("features.2", 16, "classifier.1")]
     assert m.model.parameters == f["parameters_after"] < f["parameters_before"]
     assert "speed is not claimed" in f["speed"]
     acc = f["eager_accuracy"]
