@@ -87,6 +87,10 @@ def show_manifest(m) -> None:
         rows = "; ".join(f"{k} {v['quantized']}/{v['layers']}" for k, v in layers.items())
         t.add_row("quantized layers", escape(f"{rows}" + (f" ({share:.0%} of the parameters)" if share is not None
                                                             else "")))
+    for step in m.scheme.steps or ():
+        f = step.facts or {}
+        if step.kind != "quantize" and "parameters_before" in f:   # what a prune/factorize step did
+            t.add_row(escape(step.name), escape(_shrink_text(f)))
     out.print(t)
     if m.llm is not None:
         show_llm_facts(m)
@@ -115,7 +119,9 @@ def show_manifest(m) -> None:
         out.print(t)
         acc = v.task_accuracy
         if acc:
-            out.print(f"Task accuracy on {acc.samples} held-out samples: eager fp32 {acc.eager_fp32:.2%}, "
+            shrunk = [st.name for st in m.scheme.steps or () if st.kind != "quantize"]
+            eager = f"eager fp32 after {'+'.join(shrunk)}" if shrunk else "eager fp32"
+            out.print(f"Task accuracy on {acc.samples} held-out samples: {eager} {acc.eager_fp32:.2%}, "
                       f"program {acc.program:.2%} ({acc.delta_pp:+.2f} pp)")
         for failure in v.failures:
             out.print(f"[red]FAILED[/] {escape(failure)}")
@@ -165,6 +171,17 @@ def show_llm_facts(m) -> None:
     out.print(t)
 
 
+def _shrink_text(f: dict) -> str:
+    done = next((f[k] for k in ("layers_pruned", "layers_factorised") if k in f), None)
+    before, after = f["parameters_before"], f["parameters_after"]
+    text = (f"{done} layers changed, {f.get('layers_skipped', 0)} skipped; parameters {before:,} -> {after:,} "
+            f"({after / before - 1:+.1%})" if before else f"parameters {before:,} -> {after:,}")
+    acc = f.get("eager_accuracy")
+    if acc:
+        text += f"; eager accuracy {acc['before']:.2%} -> {acc['after']:.2%}"
+    return text + (f"; {f['speed']}" if f.get("speed") else "")
+
+
 def register(app: typer.Typer) -> None:
     @app.command("export")
     def export_cmd(
@@ -172,7 +189,8 @@ def register(app: typer.Typer) -> None:
         target: Annotated[str, typer.Option("--target", "-t", help="Target (see `edgerun targets`).")] = "host",
         scheme: Annotated[Optional[str], typer.Option("--scheme", "-s",
                           help="A recipe: fp32 | int8 | int8-dynamic | 8da4w, options as name:key=value "
-                               "(8da4w:group_size=64), steps joined by + (default: the target's default).")] = None,
+                               "(8da4w:group_size=64), steps joined by + (prune-channels:ratio=0.25+int8, "
+                               "lowrank:rank=32+8da4w; default: the target's default).")] = None,
         output: Annotated[Optional[Path], typer.Option("--output", "-o",
                           help="Artifact directory (default: artifacts/MODEL-TARGET-SCHEME).")] = None,
         calibration: Annotated[Optional[Path], typer.Option(

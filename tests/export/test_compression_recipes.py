@@ -247,7 +247,7 @@ def test_two_option_values_are_two_bench_cells_and_two_artifacts(edgerun_home):
 
 # ------------------------------------------------------------------------------------- exports
 @pytest.mark.slow
-def test_prune_channels_then_int8_exports_a_verified_digits_program(tmp_path):
+def test_prune_channels_then_int8_exports_a_verified_digits_program(tmp_path, cli):
     m = export_model("digits_cnn", "host", "prune-channels:ratio=0.5+int8", tmp_path / "p")
     assert m.ok and m.scheme.name == "int8" and m.scheme.recipe == "prune-channels:ratio=0.5+int8"
     prune = read_manifest(tmp_path / "p").scheme.steps[0]
@@ -263,6 +263,10 @@ def test_prune_channels_then_int8_exports_a_verified_digits_program(tmp_path):
     # the program is judged against the pruned model: its eager accuracy is the one the pruned model has
     assert m.verification.task_accuracy.eager_fp32 == pytest.approx(acc["after"])
     assert 0.0 < acc["after"] <= 1.0 and 0.0 < acc["before"] <= 1.0
+    out = cli("inspect", str(tmp_path / "p"), env={"COLUMNS": "200"}).stdout
+    shown = " ".join(out.replace("│", " ").split())   # a table cell's text, wherever it wraps
+    assert f"parameters {f['parameters_before']:,} -> {f['parameters_after']:,}" in shown
+    assert "speed is not claimed" in shown and "eager fp32 after prune-channels" in shown
 
 
 @pytest.mark.slow
