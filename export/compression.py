@@ -42,6 +42,21 @@ def _count(model) -> int:
     return int(sum(p.numel() for p in model.parameters()))
 
 
+def _still_runs(model, example, recipe: Recipe, stage: str) -> None:
+    """Run the changed model once: code that reads a layer's weight or channel count directly (not by
+    calling the layer) fails here, named, rather than later in capture or lowering."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            model(*example)
+    except Exception as exc:
+        raise ExportError(f"the model no longer runs after recipe {recipe.spec} ({type(exc).__name__}: "
+                          f"{' '.join(str(exc).split())[:300]}): its code reads a changed layer's weight or "
+                          "shape directly.", stage=stage,
+                          hint="Export it without this step, or make the code call the layer.") from exc
+
+
 # ----------------------------------------------------------------------------------- lowrank
 @dataclasses.dataclass(frozen=True)
 class LowRank(Recipe):
@@ -141,6 +156,7 @@ def _lowrank(recipe: LowRank, ctx: RecipeContext) -> RecipeResult:
         raise ExportError("recipe lowrank factorises nn.Linear layers, and this model has none.", stage="factorize",
                           hint="For a convolutional model use prune-channels:ratio=0.25.")
     facts = lowrank_linears(ctx.module, recipe)
+    _still_runs(ctx.module, ctx.example, recipe, "factorize")
     if not facts["layers_factorised"]:
         ctx.warn(f"lowrank ({recipe.spec}) factorised no layer: at the chosen rank none would shrink "
                  f"({facts['layers_skipped']} skipped); the model is unchanged")
@@ -391,6 +407,7 @@ def prune_conv_channels(model, recipe: PruneChannels, example: tuple | None = No
 @recipe_handler(PruneChannels)
 def _prune_channels(recipe: PruneChannels, ctx: RecipeContext) -> RecipeResult:
     facts = prune_conv_channels(ctx.module, recipe, ctx.example)
+    _still_runs(ctx.module, ctx.example, recipe, "prune")
     if not facts["layers_pruned"]:
         ctx.warn(f"prune-channels found no conv it can prune safely ({facts['layers_skipped']} skipped: a residual "
                  "add, a depthwise conv or a classifier follows each); the model is unchanged")

@@ -284,3 +284,21 @@ def test_lowrank_exports_verify_against_the_factorised_model(tmp_path, monkeypat
     assert b.ok and [d["layer"] for d in fb["factorised"]] == ["fc1"] and fb["skipped"][0]["layer"] == "fc2"
     assert b.scheme.steps[1].facts["quantized_linear_layers"] >= 1
     assert a.recipe_hash != b.recipe_hash
+
+
+class ReadsWeight(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(64, 64)
+
+    def forward(self, x):
+        return self.fc(x) + x @ self.fc.weight.T   # the weight read directly: a factorised layer has none
+
+
+def test_a_model_that_reads_a_factorised_weight_directly_is_an_error_naming_the_step(tmp_path):
+    from edgerun.export import ExportError
+
+    with pytest.raises(ExportError) as info:
+        export_model(ReadsWeight().eval(), "host", "lowrank:rank=4", tmp_path / "x", example_inputs=torch.randn(1, 64))
+    assert info.value.stage == "factorize" and "lowrank:rank=4" in info.value.paragraph()
+    assert "reads a changed layer's weight" in info.value.paragraph() and not (tmp_path / "x").exists()
