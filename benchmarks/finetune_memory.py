@@ -259,7 +259,7 @@ def runner_finetune(model: str, m: Method, lr: float, args, store: str | None) -
     r = res["record"]
     t = r.training
     before, after = t.eval_before, t.eval_after
-    walls = step_walls(r, Path(res["run_dir"]) / "runner.jsonl")
+    walls = step_walls(r)
     return {"status": "ok", "run_id": r.run_id, "method": t.method, "optimizer": t.optimizer, "lr": t.lr,
             "steps": t.steps, "trainable": t.trainable, "frozen": t.frozen,
             "optimizer_state_bytes": t.optimizer_state_bytes, "peak_rss_bytes": r.memory.peak_rss_bytes,
@@ -277,15 +277,11 @@ def runner_finetune(model: str, m: Method, lr: float, args, store: str | None) -
             "agreement": res.get("agreement")}
 
 
-def step_walls(record, runner_jsonl: Path) -> list[float]:
-    """Each optimizer step's wall time in seconds (the runner's clock between step lines: the step's forwards,
-    backward, optimizer update or perturbations), less a ``during`` evaluation's execute time, which the
-    runner's clock counts into the step after it."""
-    walls = [(s.wall_ns or s.execute_ns) / 1e9 for s in record.samples]
-    try:
-        lines = runner_jsonl.read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return walls
+def step_walls(record) -> list[float]:
+    """Each optimizer step's wall time in seconds: the runner's clock between step lines (the step's forwards,
+    backward, optimizer update or perturbations; a held-out evaluation between steps is left out by the
+    runner itself)."""
+    return [(s.wall_ns or s.execute_ns) / 1e9 for s in record.samples]
     for text in lines:
         try:
             d = json.loads(text)
@@ -688,9 +684,8 @@ def _benchmark(model: str, methods, args, store: str | None, work: Path, on_row)
         warnings.append(f"a small model ({counts['base']:,} parameters): the runner's and Python's fixed memory "
                         "dominate peak RSS, so bytes per parameter say little; read the table for SmolLM2")
     if args.eager and any(METHODS[k].zeroth_order for k in methods):
-        warnings.append("eager MeZO/ZO-LoRA replay the runner's steps with edgerun.runtime.zo (numpy): its peak "
-                        "includes the perturbation vector z it draws for every trained parameter at once (float64 "
-                        "and its random words), which a torch MeZO regenerating z per tensor would not hold")
+        warnings.append("eager MeZO/ZO-LoRA replay the runner's steps with edgerun.runtime.zo (numpy, z drawn in "
+                        "chunks of 2M float64): its steps/s is numpy's, not what a torch MeZO would do")
     say("inference program: export (cached) and one forward on the runner")
     program = inference_program(model, net, args.batch, args.seq_len)
     inference = {"how": "forward + next-token loss of the base model, no backward, fp32 weights as constants, "

@@ -203,9 +203,13 @@ class Loop {
       ++st_.step;
       ++ran;
       log_step(r, lr, st_.step % o_.log_every == 0 || st_.step == last);
+      // a held-out evaluation or a checkpoint between steps is not a step's time: the window's wall
+      // clock leaves it out
+      const auto paused = Clock::now();
       if (o_.eval_every > 0 && st_.step % o_.eval_every == 0 && st_.step != last) evaluate("during");
       if (!o_.checkpoint.empty() && o_.checkpoint_every > 0 && st_.step % o_.checkpoint_every == 0)
         checkpoint_now(o_.checkpoint, params_, st_);
+      window_paused_ += ns_between(paused, Clock::now());
     }
     evaluate("after");
     if (!o_.checkpoint.empty() && !(o_.checkpoint_every > 0 && st_.step % o_.checkpoint_every == 0 && ran > 0))
@@ -293,12 +297,13 @@ class Loop {
     line.dbl("lr", lr)
         .num("batches", st_.batches)
         .num("execute_ns", window_exec_)
-        .num("wall_ns", ns_between(window_start_, Clock::now()))
+        .num("wall_ns", ns_between(window_start_, Clock::now()) - window_paused_)
         .num("steps_in_line", window_steps_)
         .emit();
     window_loss_ = 0;
     window_exec_ = 0;
     window_steps_ = 0;
+    window_paused_ = 0;
     window_start_ = Clock::now();
   }
 
@@ -312,7 +317,7 @@ class Loop {
   std::vector<Param> params_;
   State st_;
   double window_loss_ = 0;
-  int64_t window_exec_ = 0, window_steps_ = 0;
+  int64_t window_exec_ = 0, window_steps_ = 0, window_paused_ = 0;
   Clock::time_point window_start_;
 };
 
