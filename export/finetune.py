@@ -126,20 +126,20 @@ _FROZEN: dict = {}
 
 def _dequantize(w, scales, bits: int, group: int):
     """The fp32 ``[out, in]`` weight of a frozen layer's stored one: fp32 as is; int8 ``[out, in]`` times one
-    scale per output channel; int4 as two codes a byte (``[out, in/2]`` uint8, low nibble first, value
-    ``code - 8``) times one scale per ``group`` inputs."""
+    scale per output channel (symmetric); int4 as two codes a byte (``[out, in/2]`` uint8, low nibble first)
+    with a scale and a minimum per ``group`` inputs (``scales [out, in/group, 2]``: value = code * scale + min,
+    the Q4_1 grid, so a base that came from a Q4_1 GGUF is stored without a second rounding)."""
     import torch
 
     if bits == 32:
         return w
     out = w.shape[0]
     if bits == 8:
-        q = w.to(torch.float32)
-    else:
-        lo = torch.bitwise_and(w, 15).to(torch.float32) - 8.0
-        hi = torch.bitwise_right_shift(w, 4).to(torch.float32) - 8.0
-        q = torch.stack([lo, hi], dim=-1).reshape(out, -1)
-    return (q.reshape(out, -1, group) * scales.unsqueeze(-1)).reshape(out, -1)
+        return w.to(torch.float32) * scales
+    lo = torch.bitwise_and(w, 15).to(torch.float32)
+    hi = torch.bitwise_right_shift(w, 4).to(torch.float32)
+    q = torch.stack([lo, hi], dim=-1).reshape(out, -1, group)
+    return (q * scales[:, :, 0:1] + scales[:, :, 1:2]).reshape(out, -1)
 
 
 def _frozen_ops():
@@ -211,20 +211,20 @@ def _frozen_class():
             self.group = INT4_GROUP if bits == 4 and w.shape[1] % INT4_GROUP == 0 else w.shape[1]
             if bits == 32:
                 stored, scales = w.clone(), torch.zeros(0)
-            else:
-                top = 127.0 if bits == 8 else 7.0
+            elif bits == 8:  # symmetric, one scale per output channel
+                scales = w.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127.0
+                stored = torch.round(w / scales).clamp(-127, 127).to(torch.int8)
+            else:  # asymmetric groups: scale and minimum, codes 0..15
+                if w.shape[1] % 2:
+                    raise ExportError(f"--base-bits 4 packs two weights a byte; a layer with {w.shape[1]} inputs "
+                                      "cannot be packed.", stage="export training program", hint="Use --base-bits 8.")
                 groups = w.reshape(w.shape[0], -1, self.group)
-                scales = groups.abs().amax(dim=-1).clamp(min=1e-12) / top
-                q = torch.round(groups / scales.unsqueeze(-1)).clamp(-top - (bits == 4), top).reshape(w.shape)
-                if bits == 8:
-                    stored = q.to(torch.int8)
-                else:
-                    if w.shape[1] % 2:
-                        raise ExportError(f"--base-bits 4 packs two weights a byte; a layer with {w.shape[1]} inputs "
-                                          "cannot be packed.", stage="export training program",
-                                          hint="Use --base-bits 8.")
-                    codes = (q + 8).to(torch.uint8)
-                    stored = torch.bitwise_or(codes[:, 0::2], torch.bitwise_left_shift(codes[:, 1::2], 4))
+                lo, hi = groups.amin(dim=-1), groups.amax(dim=-1)
+                step = ((hi - lo) / 15.0).clamp(min=1e-12)
+                codes = torch.round((groups - lo.unsqueeze(-1)) / step.unsqueeze(-1)).clamp(0, 15)
+                codes = codes.reshape(w.shape).to(torch.uint8)
+                stored = torch.bitwise_or(codes[:, 0::2], torch.bitwise_left_shift(codes[:, 1::2], 4))
+                scales = torch.stack([step, lo], dim=-1)
             self.register_buffer("weight", stored)
             self.register_buffer("scales", scales)
             self.register_buffer("bias", None if base.bias is None else base.bias.detach().clone())

@@ -39,15 +39,31 @@ def test_a_frozen_layer_dequantizes_to_its_quantized_weight():
     base = torch.nn.Linear(64, 48, bias=True)
     FrozenLinear = _frozen_class()
     x = torch.randn(5, 64)
-    for bits, tol in ((32, 0.0), (8, 1 / 127), (4, 1 / 7)):
+    w0 = base.weight.detach()
+    for bits in (32, 8, 4):
         f = FrozenLinear(base, bits)
         w = f.dequantized()
-        # each weight within half a step of its group's scale (the group's largest magnitude / top code)
-        step = base.weight.detach().abs().reshape(48, -1, f.group).amax(-1, keepdim=True) * tol
-        assert torch.all((w - base.weight.detach()).reshape(48, -1, f.group).abs() <= step / 2 + 1e-7), bits
+        # each weight within half a step of its grid: 32: exact; 8: the row's largest magnitude / 127;
+        # 4: its group's (max - min) / 15
+        if bits == 32:
+            step = torch.zeros(48, 1, 1)
+        elif bits == 8:
+            step = (w0.abs().amax(1) / 127).reshape(48, 1, 1)
+        else:
+            g = w0.reshape(48, -1, f.group)
+            step = ((g.amax(-1) - g.amin(-1)) / 15).unsqueeze(-1)
+        assert torch.all((w - w0).reshape(48, -1, 1 if bits == 8 else f.group).reshape(48, -1, f.group).abs()
+                         <= step / 2 + 1e-6), bits
         assert torch.allclose(f(x), x @ w.t() + base.bias.detach(), atol=1e-5)
         assert f.to_linear().weight.dtype == torch.float32 and torch.equal(f.to_linear().weight.detach(), w)
-    assert FrozenLinear(base, 4).stored_bytes() == 48 * 32 + 48 * 2 * 4     # two codes a byte + a scale per 32
+    # a weight on a Q4_1 grid (code * scale + min a group) is stored without a second rounding
+    codes = torch.randint(0, 16, (48, 64)).float()
+    codes[:, ::32], codes[:, 1::32] = 0, 15                      # each group uses both ends, as llama.cpp's does
+    grid = torch.nn.Linear(64, 48)
+    with torch.no_grad():
+        grid.weight.copy_(codes * 0.01 - 0.07)
+    assert torch.allclose(FrozenLinear(grid, 4).dequantized(), grid.weight.detach(), atol=1e-6)
+    assert FrozenLinear(base, 4).stored_bytes() == 48 * 32 + 48 * 2 * 2 * 4  # two codes a byte + scale, min per 32
     assert FrozenLinear(base, 8).stored_bytes() == 48 * 64 + 48 * 4         # a byte + a scale per channel
 
 
