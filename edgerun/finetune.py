@@ -273,6 +273,8 @@ def _text_data(spec, settings: FinetuneSettings):
 
 
 def _program_cache(spec, batch: int, freeze, method: str, extra=None) -> Path:
+    import edgerun.export.finetune as builder
+    from edgerun.core.artifact import sha256_file
     from edgerun.core.paths import cache_dir
     from edgerun.export.recipe import tool_versions
     from edgerun.export.recipe import _model_identity  # noqa: PLC2701 (the export room's identity of a spec)
@@ -280,10 +282,10 @@ def _program_cache(spec, batch: int, freeze, method: str, extra=None) -> Path:
     model = _model_identity(spec)
     gguf = getattr(spec, "gguf", None)
     if gguf is not None:  # a GGUF is named by its path: the program must follow its bytes, as export's does
-        from edgerun.core.artifact import sha256_file
-
         model = {**model, "gguf_sha256": sha256_file(gguf())}
-    key = json.dumps({"model": model, "batch": batch, "freeze": list(freeze), "method": method,
+    # the code that builds the program is part of what it is (a changed quantizer must not reuse old programs)
+    code = sha256_file(builder.__file__) if builder.__file__ else None
+    key = json.dumps({"model": model, "batch": batch, "freeze": list(freeze), "method": method, "code": code,
                       "versions": tool_versions(), "split_mm": True, "extra": extra, "v": 3,
                       **({"zo_program": "xnnpack"} if method in ZEROTH_ORDER else {})}, sort_keys=True)
     return cache_dir("finetune") / hashlib.sha256(key.encode()).hexdigest()[:16]

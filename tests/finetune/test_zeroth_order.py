@@ -187,7 +187,18 @@ def test_a_gguf_rewritten_at_the_same_path_gets_a_new_training_program(tmp_path)
     assert _program_cache(get_model(str(path)), 4, (), "mezo") == first
     with open(path, "ab") as f:  # another file at the same path
         f.write(b"\0" * 32)
-    assert _program_cache(get_model(str(path)), 4, (), "mezo") != first
+    second = _program_cache(get_model(str(path)), 4, (), "mezo")
+    assert second != first
+    import edgerun.export.finetune as builder  # and another program-building code
+
+    changed = tmp_path / "finetune.py"
+    changed.write_text(Path(builder.__file__).read_text() + "\n# changed\n")
+    real = builder.__file__
+    try:
+        builder.__file__ = str(changed)
+        assert _program_cache(get_model(str(path)), 4, (), "mezo") != second
+    finally:
+        builder.__file__ = real
 
 
 def test_an_llms_token_windows_on_the_device_never_leave_it(tiny_gguf, tmp_path):
