@@ -96,16 +96,18 @@ def test_the_backward_keeps_no_copy_of_the_frozen_weights(tiny_gguf):
 @pytest.mark.parametrize("bits", [8, 4])
 def test_qlora_learns_on_the_device_and_merges_into_a_verified_artifact(tiny_gguf, tmp_path, bits):
     req = TrainRequest(steps=40, lr=2e-3, optimizer="adamw", threads=1)
+    export_to = str(tmp_path / "art") if bits == 4 else None   # one merge is enough: the path is the same
     res = finetune(str(tiny_gguf), "local://", req, FinetuneSettings(
-        method="qlora", base_bits=bits, batch=4, seq_len=16, export_to=str(tmp_path / "art"), export_max_context=32))
+        method="qlora", base_bits=bits, batch=4, seq_len=16, export_to=export_to, export_max_context=32))
     t = res["record"].training
     assert t.method == "qlora" and t.trainable == 2 * ((8 * 64 + 64 * 8) + (8 * 64 + 32 * 8)) and t.frozen == 98624
     # measured: int8 1577.6 -> 1489.0, int4 1590.0 -> 1464.7 (the quantized base starts a little off fp32's 1582.1)
     assert t.eval_after.perplexity < 0.96 * t.eval_before.perplexity, (t.eval_before, t.eval_after)
     assert res["agreement"]["agrees"], res["agreement"]  # the merged eager model scores what the device scored
-    m = read_manifest(tmp_path / "art")
-    assert m.ok and m.llm is not None and m.lineage.method == "qlora" and m.lineage.lora.base_bits == bits
-    assert m.recipe.model["weights_sha256"] == t.weights_sha256
+    if export_to:
+        m = read_manifest(export_to)
+        assert m.ok and m.llm is not None and m.lineage.method == "qlora" and m.lineage.lora.base_bits == bits
+        assert m.recipe.model["weights_sha256"] == t.weights_sha256
 
 
 def test_merging_a_quantized_base_gives_a_plain_model_of_the_original_names(tiny_gguf):
