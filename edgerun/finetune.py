@@ -19,6 +19,7 @@ from typing import Any, Callable
 import numpy as np
 
 from edgerun.core.errors import EdgerunError, UsageError
+from edgerun.export.finetune import METHODS, WITH_LORA, ZEROTH_ORDER  # the methods are the program builder's
 
 log = logging.getLogger("edgerun.finetune")
 
@@ -68,14 +69,6 @@ class FinetuneSettings:
             raise UsageError(f"the held-out fraction must be in [0, 1), got {self.eval_fraction!r}.")
         if not (isinstance(self.timeout_s, (int, float)) and math.isfinite(self.timeout_s) and self.timeout_s > 0):
             raise UsageError(f"--timeout must be a number of seconds > 0, got {self.timeout_s!r}.")
-
-
-#: The fine-tuning methods: backprop of every parameter (full), of LoRA adapters over the frozen fp32
-#: base (lora) or over a base quantized to int4/int8 (qlora); zeroth-order SGD, two forwards a step and
-#: no gradients or optimizer state, of every parameter (mezo) or of LoRA adapters (zo-lora).
-METHODS = ("full", "lora", "qlora", "mezo", "zo-lora")
-ZEROTH_ORDER = ("mezo", "zo-lora")
-WITH_LORA = ("lora", "qlora", "zo-lora")
 
 
 def _choices() -> str:
@@ -286,8 +279,7 @@ def _program_cache(spec, batch: int, freeze, method: str, extra=None) -> Path:
     # the code that builds the program is part of what it is (a changed quantizer must not reuse old programs)
     code = sha256_file(builder.__file__) if builder.__file__ else None
     key = json.dumps({"model": model, "batch": batch, "freeze": list(freeze), "method": method, "code": code,
-                      "versions": tool_versions(), "split_mm": True, "extra": extra, "v": 3,
-                      **({"zo_program": "xnnpack"} if method in ZEROTH_ORDER else {})}, sort_keys=True)
+                      "versions": tool_versions(), "split_mm": True, "extra": extra, "v": 3}, sort_keys=True)
     return cache_dir("finetune") / hashlib.sha256(key.encode()).hexdigest()[:16]
 
 

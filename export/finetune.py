@@ -26,8 +26,12 @@ from edgerun.core.artifact import sha256_file
 
 from .errors import ExportError
 
+#: The fine-tuning methods: backprop of every parameter (full), of LoRA adapters over the frozen fp32
+#: base (lora) or over a base quantized to int4/int8 (qlora); zeroth-order SGD, two forwards a step and
+#: no gradients or optimizer state, of every parameter (mezo) or of LoRA adapters (zo-lora).
 METHODS = ("full", "lora", "qlora", "mezo", "zo-lora")
 ZEROTH_ORDER = ("mezo", "zo-lora")  # weights-as-inputs forward programs, no backward
+WITH_LORA = ("lora", "qlora", "zo-lora")
 MEZO_FQN = "__edgerun_mezo_fqn_forward"  # constant method: the weight inputs' names, in input order
 PREFIX = "model."  # the wrapper's attribute: parameter names in the program start with it
 
@@ -496,14 +500,14 @@ def export_training_program(model, example: Sequence[Any], out: str | Path, *, b
     if not isinstance(batch, int) or batch < 1:
         raise ExportError(f"the batch size must be an integer >= 1, got {batch!r}.", stage="export training program")
     m = copy.deepcopy(model).train()
-    if method in ("lora", "qlora", "zo-lora"):  # the adapters are what trains: everything else is already frozen
+    if method in WITH_LORA:  # the adapters are what trains: everything else is already frozen
         frozen = ()
     names = [n for n, _ in m.named_parameters()]
     unknown = [f for f in frozen if not any(n.startswith(f) for n in names)]
     if unknown:
         raise ExportError(f"--freeze {unknown[0]!r} matches no parameter (the model has {', '.join(names[:6])}"
                           f"{', …' if len(names) > 6 else ''}).", stage="export training program")
-    if method not in ("lora", "qlora", "zo-lora"):
+    if method not in WITH_LORA:
         for n, p in m.named_parameters():
             p.requires_grad_(not any(n.startswith(f) for f in frozen))
     sample = example[0][:1]
