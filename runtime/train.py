@@ -29,6 +29,7 @@ from edgerun.devices.base import DeviceError
 from .protocol import RunArtifacts, RunnerResult
 from .record import EMULATED, MEASURED, EvalPoint, Memory, ModelInfo, Provenance, RunRecord, Sample, TrainingMetrics, new_run_id
 from .stats import summarize
+from .zo import NOISES as ZO_NOISES  # the zeroth-order rule's noises (runtime/zo.py says them, as the runner does)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .modes import RunContext
@@ -36,7 +37,6 @@ if TYPE_CHECKING:  # pragma: no cover
 DATA_FILES = ("x_train.npy", "y_train.npy", "x_eval.npy", "y_eval.npy")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "cosine")
-ZO_NOISES = ("gaussian", "rademacher")
 
 
 @dataclass(frozen=True)
