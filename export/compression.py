@@ -65,6 +65,7 @@ class LowRank(Recipe):
     name: ClassVar[str] = "lowrank"
     kind: ClassVar[str] = "factorize"
     description: ClassVar[str] = "nn.Linear -> two thin linears by truncated SVD (rank=N or energy=0..1)"
+    positional: ClassVar[tuple[str, ...]] = ("rank|energy",)    # lowrank(32): rank, lowrank(0.5): energy
 
     rank: int | None = None
     energy: float | None = None
@@ -174,6 +175,7 @@ class PruneChannels(Recipe):
     name: ClassVar[str] = "prune-channels"
     kind: ClassVar[str] = "prune"
     description: ClassVar[str] = "remove Conv2d output channels by L1 norm (conv->bn->act->[depthwise]->conv chains)"
+    positional: ClassVar[tuple[str, ...]] = ("ratio",)          # prune-channels(0.3)
 
     ratio: float = 0.25
     importance: str = "magnitude"

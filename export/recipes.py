@@ -24,12 +24,21 @@ with no handler for a flavour is refused before any work.
 
 Recipes compose: a :class:`RecipeChain` applies its steps in order on the eager model; it has at most
 one quantize step, and that step comes last (it may capture the graph itself, e.g. PT2E). Its text
-(``--scheme``, bench's ``--schemes``) is ``step[+step...]`` with ``step = name[:key=value[:key=value...]]``
-— ``8da4w:group_size=64``, ``prune:amount=0.5+int8``; commas are not used (they separate list items
-on the command line). :attr:`RecipeChain.spec` is the canonical text (steps in order, options sorted,
-only the options that differ from their defaults, an ``fp32`` step beside others left out), so
-``parse_recipe("int8").spec == "int8"``; :attr:`RecipeChain.recipe_hash` covers every option of every
-step.
+(``--recipe``/``--scheme``, bench's ``--recipes``/``--schemes``) is ``step[+step...]``, each step written
+either way:
+
+- ``name(value, ..., key=value, ...)`` — the call form people type: positional values fill the recipe's
+  :attr:`Recipe.positional` options in order (``prune-channels(0.3)``, ``8da4w(64)``), keywords any option
+  (``8da4w(group_size=64)``). A positional slot may name alternatives, ``"rank|energy"``: the value goes to
+  the first whose type accepts it (``lowrank(32)`` is rank 32, ``lowrank(0.5)`` energy 0.5);
+- ``name[:key=value[:key=value...]]`` — ``8da4w:group_size=64``, ``prune-channels:ratio=0.3+int8``.
+
+Commas appear only inside parentheses (a list of recipes on the command line is separated by ``;``).
+:attr:`RecipeChain.spec` is the canonical text, always in the ``name:key=value`` form (steps in order,
+options sorted, only the options that differ from their defaults, an ``fp32`` step beside others left out),
+so ``parse_recipe("8da4w(64)").spec == "8da4w:group_size=64"`` and ``parse_recipe("int8").spec == "int8"``
+(cell keys, artifact folders and sweep ids are made from it); :attr:`RecipeChain.recipe_hash` covers every
+option of every step and does not depend on how the text was written.
 """
 
 from __future__ import annotations
@@ -73,6 +82,9 @@ class Recipe:
     #: LLMs: how far the program's held-out perplexity may move from eager fp32's (a fraction) because of
     #: this step; the chain's tolerance is the sum over its steps
     ppl_tolerance: ClassVar[float] = 0.0
+    #: the options that recipe text's positional values fill, in order (``prune-channels(0.3)``); an entry
+    #: ``"a|b"`` takes the value into the first of a, b whose type accepts it
+    positional: ClassVar[tuple[str, ...]] = ()
 
     def options(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -175,6 +187,13 @@ def _check_class(cls: Any) -> None:
         raise TypeError(f"{cls.__name__}: kind {kind!r} is not one of {', '.join(KINDS)}")
     if not cls.__dataclass_params__.frozen:
         raise TypeError(f"{cls.__name__} must be a frozen dataclass (recipes are values with a hash)")
+    positional = getattr(cls, "positional", ())
+    if not isinstance(positional, tuple) or not all(isinstance(p, str) for p in positional):
+        raise TypeError(f"{cls.__name__}: positional must be a tuple of option names, got {positional!r}")
+    bad = [n for p in positional for n in p.split("|") if n not in fields]
+    if bad:
+        raise TypeError(f"{cls.__name__}: positional names {', '.join(bad)}, which are not its options "
+                        f"({', '.join(sorted(fields)) or 'none'})")
 
 
 def register_recipe(cls: type[Recipe], handler: Handler | None = None, *,
@@ -252,7 +271,7 @@ def _build(cls: type[Recipe], options: dict, what: str) -> Recipe:
     try:
         return cls(**options)
     except (ValueError, TypeError) as exc:
-        raise UsageError(f"{what} {cls.name!r}: {exc}.") from None
+        raise UsageError(f"{what} {cls.name!r}: {exc}.", hint=f"Its options: {_options_text(cls)}.") from None
 
 
 # ------------------------------------------------------------------------------------ text
@@ -271,6 +290,19 @@ def _field_type(cls: type, name: str) -> Any:
     return hint
 
 
+def _options_text(cls: type[Recipe]) -> str:
+    """A recipe's options as a hint names them: ``importance, ratio (defaults importance=magnitude,
+    ratio=0.25; positional: ratio)``."""
+    fields = sorted(dataclasses.fields(cls), key=lambda f: f.name)
+    if not fields:
+        return "none"
+    defaults = [f"{f.name}={_format_value(f.default)}" for f in fields if f.default not in (dataclasses.MISSING, None)]
+    extra = [f"defaults {', '.join(defaults)}"] if defaults else []
+    if cls.positional:
+        extra.append(f"positional: {', '.join(cls.positional)}")
+    return ", ".join(f.name for f in fields) + (f" ({'; '.join(extra)})" if extra else "")
+
+
 def _parse_value(cls: type[Recipe], name: str, text: str) -> Any:
     kind = _field_type(cls, name)
     optional = False
@@ -281,63 +313,150 @@ def _parse_value(cls: type[Recipe], name: str, text: str) -> Any:
     if optional and text.lower() == "none":
         return None
     where = f"option {name} of recipe {cls.name!r}"
+    hint = f"Its options: {_options_text(cls)}."
     if kind is bool:
         low = text.lower()
         if low in ("true", "yes", "1", "on"):
             return True
         if low in ("false", "no", "0", "off"):
             return False
-        raise UsageError(f"{where} is true or false, not {text!r}.")
+        raise UsageError(f"{where} is true or false, not {text!r}.", hint=hint)
     if kind is int:
         try:
             return int(text)
         except ValueError:
-            raise UsageError(f"{where} is an integer, not {text!r}.") from None
+            raise UsageError(f"{where} is an integer, not {text!r}.", hint=hint) from None
     if kind is float:
         try:
             return float(text)
         except ValueError:
-            raise UsageError(f"{where} is a number, not {text!r}.") from None
+            raise UsageError(f"{where} is a number, not {text!r}.", hint=hint) from None
     if kind is str:
         return text
     raise UsageError(f"{where} has type {kind!r}, which recipe text cannot give.",
                      hint="Build the recipe in Python and pass it to export_model.")
 
 
-def parse_step(text: str) -> Recipe:
-    """``name[:key=value[:key=value...]]`` -> the recipe."""
-    name, *pairs = text.strip().split(":")
+def _recipe_class(name: str, text: str) -> type[Recipe]:
     if not name:
-        raise UsageError(f"recipe step {text!r} has no name.", hint="Write name[:key=value...], e.g. 8da4w:group_size=64.")
+        raise UsageError(f"recipe step {text!r} has no name.",
+                         hint="Write name(value, key=value) or name:key=value, e.g. 8da4w(group_size=64).")
     cls = RECIPES.get(name)
     if cls is None:
         raise UsageError(f"unknown recipe {name!r}.", hint=f"Known recipes — {_known()}.")
+    return cls
+
+
+def _keyword(cls: type[Recipe], text: str, pair: str, options: dict[str, Any]) -> None:
     fields = {f.name for f in dataclasses.fields(cls)}
+    key, eq, value = (x.strip() for x in pair.partition("="))
+    if not eq or not key or not value:
+        raise UsageError(f"recipe step {text!r}: {pair.strip()!r} is not key=value.",
+                         hint=f"Options of {cls.name}: {_options_text(cls)}.")
+    if key not in fields:
+        raise UsageError(f"recipe {cls.name!r} takes no option {key}.", hint=f"Its options: {_options_text(cls)}.")
+    if key in options:
+        raise UsageError(f"recipe step {text!r} gives option {key} twice.", hint=f"Its options: {_options_text(cls)}.")
+    options[key] = _parse_value(cls, key, value)
+
+
+def _positional(cls: type[Recipe], text: str, slot: str, value: str, options: dict[str, Any]) -> None:
+    names = slot.split("|")
+    taken = [n for n in names if n in options]
+    if taken:
+        raise UsageError(f"recipe step {text!r} gives option {taken[0]} twice (by position and by name).",
+                         hint=f"Its options: {_options_text(cls)}.")
+    errors = []
+    for n in names:
+        try:
+            options[n] = _parse_value(cls, n, value)
+            return
+        except UsageError as exc:
+            errors.append(exc.message.rstrip("."))
+    if len(errors) == 1:
+        raise UsageError(errors[0] + ".", hint=f"Its options: {_options_text(cls)}.")
+    raise UsageError(f"recipe step {text!r}: {value!r} is none of {', '.join(names)} ({'; '.join(errors)}).",
+                     hint=f"Its options: {_options_text(cls)}.")
+
+
+_CALL = re.compile(r"([^()]*)\((.*)\)\Z", re.S)
+
+
+def parse_step(text: str) -> Recipe:
+    """One step: ``name(value, ..., key=value, ...)`` or ``name[:key=value[:key=value...]]`` -> the recipe."""
+    stripped = text.strip()
     options: dict[str, Any] = {}
-    for pair in pairs:
-        key, eq, value = pair.partition("=")
-        if not eq or not key or not value:
-            raise UsageError(f"recipe step {text!r}: {pair!r} is not key=value.",
-                             hint=f"Options of {name}: {', '.join(sorted(fields)) or 'none'}.")
-        if key not in fields:
-            raise UsageError(f"recipe {name!r} takes no option {key}.",
-                             hint=f"Its options: {', '.join(sorted(fields)) or 'none'}.")
-        if key in options:
-            raise UsageError(f"recipe step {text!r} gives option {key} twice.")
-        options[key] = _parse_value(cls, key, value)
+    if "(" in stripped or ")" in stripped:
+        m = _CALL.match(stripped)
+        if not m or "(" in m.group(2) or ")" in m.group(2):
+            raise UsageError(f"recipe step {text!r} is not name(value, key=value): its parentheses do not pair.",
+                             hint="Write e.g. prune-channels(0.3), 8da4w(group_size=64) or 8da4w:group_size=64.")
+        cls = _recipe_class(m.group(1).strip(), text)
+        args = m.group(2).strip()
+        items = [a.strip() for a in args.split(",")] if args else []
+        if any(not a for a in items):
+            raise UsageError(f"recipe step {text!r} has an empty argument.", hint=f"Its options: {_options_text(cls)}.")
+        values = [a for a in items if "=" not in a]
+        if values and items.index(values[-1]) >= len(values):
+            raise UsageError(f"recipe step {text!r}: a positional value follows key=value.",
+                             hint=f"Give the positional values first. Its options: {_options_text(cls)}.")
+        if len(values) > len(cls.positional):
+            takes = (f"takes {len(cls.positional)} positional value(s) ({', '.join(cls.positional)})"
+                     if cls.positional else "takes no positional value")
+            raise UsageError(f"recipe {cls.name!r} {takes}, and {text.strip()!r} gives {len(values)}.",
+                             hint=f"Give the others as key=value. Its options: {_options_text(cls)}.")
+        for slot, value in zip(cls.positional, values):
+            _positional(cls, text, slot, value, options)
+        for pair in items[len(values):]:
+            _keyword(cls, text, pair, options)
+    else:
+        name, *pairs = stripped.split(":")
+        cls = _recipe_class(name.strip(), text)
+        for pair in pairs:
+            _keyword(cls, text, pair, options)
     return _build(cls, options, "recipe")
+
+
+def _top_level(text: str, sep: str) -> list[str]:
+    """``text`` split at ``sep`` outside parentheses."""
+    parts, depth, cur = [], 0, []
+    for ch in text:
+        depth += (ch == "(") - (ch == ")")
+        if ch == sep and depth == 0:
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    parts.append("".join(cur))
+    return parts
 
 
 def parse_recipe(text: str) -> "RecipeChain":
     """``step[+step...]`` -> a :class:`RecipeChain`; see the module docstring."""
     if not isinstance(text, str) or not text.strip():
-        raise UsageError("an empty recipe.", hint=f"Give e.g. fp32, int8, 8da4w:group_size=64. Known recipes — "
+        raise UsageError("an empty recipe.", hint=f"Give e.g. fp32, int8, 8da4w(group_size=64). Known recipes — "
                                                  f"{_known()}.")
-    if "," in text:
-        raise UsageError(f"recipe {text!r} contains a comma.",
-                         hint="Options are joined with ':' and steps with '+' (8da4w:group_size=64, STEP+int8); "
-                              "commas separate recipes in a list.")
-    return RecipeChain(tuple(parse_step(part) for part in text.split("+")))
+    if ";" in text:
+        raise UsageError(f"recipe {text!r} contains a ';'.",
+                         hint="';' separates recipes in a list (bench --recipes \"int8; prune-channels(0.3)+int8\"); "
+                              "one recipe joins its steps with '+'.")
+    if len(_top_level(text, ",")) > 1:
+        raise UsageError(f"recipe {text!r} contains a comma outside parentheses.",
+                         hint="Options go inside a step's parentheses (8da4w(group_size=64)) or after ':' "
+                              "(8da4w:group_size=64), steps are joined with '+' (STEP+int8); a list of recipes is "
+                              "separated by ';' (bench --recipes).")
+    return RecipeChain(tuple(parse_step(part) for part in _top_level(text, "+")))
+
+
+def split_recipes(text: str) -> list[str]:
+    """A ``;``-separated list of recipes (bench ``--recipes``), each checked: ``"8da4w; lowrank(0.5)+8da4w"``."""
+    items = [t.strip() for t in str(text).split(";")]
+    if not any(items):
+        raise UsageError("--recipes lists no recipe.", hint="Give e.g. --recipes \"int8; prune-channels(0.3)+int8\".")
+    for t in items:
+        if t:
+            parse_recipe(t)
+    return [t for t in items if t]
 
 
 # ----------------------------------------------------------------------------------- chain
