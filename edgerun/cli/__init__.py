@@ -34,6 +34,7 @@ _COMMAND_MODULES = [
     "edgerun.cli.profile_cmd",
     "edgerun.cli.llm_cmd",
     "edgerun.cli.finetune_cmd",
+    "edgerun.cli.toolchain_cmd",
 ]
 
 
