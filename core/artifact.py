@@ -258,21 +258,39 @@ class TargetRef:
     measure: str = "run"                   # "run" on a device | "estimate" from a compiler's report
     estimator: str | None = None           # the estimator, when measure is "estimate"
     forbidden_recipes: tuple[str, ...] = ()  # recipes (besides quantize ones) it refuses
+    toolchain: str | None = None             # the environment its exports ran in (Arm targets: "arm")
+    compile_options: Mapping[str, str] = field(default_factory=dict)  # its backend's settings (Vela's)
+    functional_check: str | None = None      # how its numerics were checked when the host cannot run it
+    llm: bool = True
 
     def to_json(self) -> dict:
-        return {"name": self.name, "description": self.description, "arch": self.arch, "cpu": self.cpu,
-                "backends": list(self.backends), "default_scheme": self.default_scheme,
-                "allowed_schemes": list(self.allowed_schemes), "bundle_variant": self.bundle_variant,
-                "qemu_cpu": self.qemu_cpu, "graph_rewrites": list(self.graph_rewrites),
-                "quantizer": self.quantizer, "measure": self.measure, "estimator": self.estimator,
-                "forbidden_recipes": list(self.forbidden_recipes)}
+        out = {"name": self.name, "description": self.description, "arch": self.arch, "cpu": self.cpu,
+               "backends": list(self.backends), "default_scheme": self.default_scheme,
+               "allowed_schemes": list(self.allowed_schemes), "bundle_variant": self.bundle_variant,
+               "qemu_cpu": self.qemu_cpu, "graph_rewrites": list(self.graph_rewrites),
+               "quantizer": self.quantizer, "measure": self.measure, "estimator": self.estimator,
+               "forbidden_recipes": list(self.forbidden_recipes)}
+        # the later fields only when they say something: an older manifest round-trips unchanged
+        if self.toolchain is not None:
+            out["toolchain"] = self.toolchain
+        if self.compile_options:
+            out["compile_options"] = dict(self.compile_options)
+        if self.functional_check is not None:
+            out["functional_check"] = self.functional_check
+        if not self.llm:
+            out["llm"] = False
+        return out
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any], where: str) -> "TargetRef":
         return cls(name=_get(d, "name", str, where), arch=_get(d, "arch", str, where),
                    **{k: _get(d, k, str, where, optional=True) for k in ("cpu", "description", "default_scheme",
                                                                           "bundle_variant", "qemu_cpu", "quantizer",
-                                                                          "estimator")},
+                                                                          "estimator", "toolchain",
+                                                                          "functional_check")},
+                   compile_options={str(k): str(v) for k, v in
+                                    _get(d, "compile_options", dict, where, optional=True, default={}).items()},
+                   llm=_get(d, "llm", bool, where, optional=True, default=True),
                    measure=_get(d, "measure", str, where, optional=True, default="run"),
                    backends=tuple(_get(d, "backends", list, where, optional=True, default=[])),
                    allowed_schemes=tuple(_get(d, "allowed_schemes", list, where, optional=True, default=[])),
@@ -857,6 +875,59 @@ class Lineage(_JsonView):
 
 
 @dataclass(frozen=True)
+class CompilerReport(_JsonView):
+    """What a backend's own compiler says about the program (Vela for an Ethos-U target): **estimates** from
+    its performance model, never measurements. Summed over the program's NPU partitions (they run one after
+    another): cycles, memory (``sram_bytes``: SRAM the partitions use, each its own scratch), MACs. ``layers``:
+    operators Vela placed on the NPU and those it left to the CPU. ``files``: the compiler's own reports in the
+    artifact (relative path -> sha256), so an estimate is re-read from them and a changed one refused."""
+
+    compiler: str
+    version: str
+    accelerator: str
+    system_config: str
+    memory_mode: str
+    clock_hz: float
+    partitions: int
+    cycles_total: int
+    cycles_npu: int
+    inference_seconds: float
+    sram_bytes: int
+    dram_bytes: int
+    on_chip_flash_bytes: int
+    off_chip_flash_bytes: int
+    nn_macs: int
+    npu_layers: int
+    cpu_layers: int
+    files: Mapping[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["files"] = dict(self.files)
+        return d
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any], where: str) -> "CompilerReport":
+        kinds = {f.name: f.type for f in dataclasses.fields(cls)}
+        kw: dict[str, Any] = {}
+        for name, tp in kinds.items():
+            if name == "files":
+                files = _get(d, "files", dict, where, optional=True, default={})
+                for rel, sha in files.items():
+                    _rel_path(rel, f"{where}.files")
+                    if not _is_sha256(sha):
+                        raise _Bad(f"{where}.files[{rel!r}] must be a sha256")
+                kw["files"] = dict(files)
+                continue
+            kind = {"str": str, "float": float, "int": int}[str(tp)]
+            value = _get(d, name, kind, where)
+            if kind in (int, float) and (not math.isfinite(value) or value < 0):
+                raise _Bad(f"{where}.{name} must be a finite number >= 0, got {value!r}")
+            kw[name] = value
+        return cls(**kw)
+
+
+@dataclass(frozen=True)
 class Manifest:
     """``manifest.json`` as types. ``path`` is the artifact directory it was read from (not stored)."""
 
@@ -892,6 +963,8 @@ class Manifest:
     llm: LLMFacts | None = None                        # LLM artifacts only
     #: where the weights came from when they were not the model spec's own: a fine-tuning run on a device
     lineage: Lineage | None = None
+    #: Ethos-U targets: the NPU compiler's estimates (Vela), read from its reports in the artifact
+    compiler_report: CompilerReport | None = None
     schema_version: int = SCHEMA_VERSION
     path: Path | None = field(default=None, compare=False)
 
@@ -923,6 +996,8 @@ class Manifest:
             out["graph"] = dict(self.graph)
         if self.lineage is not None:
             out["lineage"] = self.lineage.to_json()
+        if self.compiler_report is not None:
+            out["compiler_report"] = self.compiler_report.to_json()
         out["warnings"] = list(self.warnings)
         return out
 
@@ -977,6 +1052,8 @@ class Manifest:
                 graph=_get(d, "graph", dict, "manifest", optional=True),
                 lineage=Lineage.from_json(lin) if (lin := _get(d, "lineage", dict, "manifest", optional=True))
                 else None,
+                compiler_report=CompilerReport.from_json(cr, "compiler_report")
+                if (cr := _get(d, "compiler_report", dict, "manifest", optional=True)) else None,
                 warnings=_strings(_get(d, "warnings", list, "manifest", optional=True, default=[]), "warnings"),
                 stage_seconds=_seconds(_get(d, "stage_seconds", dict, "manifest", optional=True), "stage_seconds"),
                 path=Path(path) if path is not None else None,

@@ -19,6 +19,7 @@ from .recipes import (KINDS, RECIPES, Recipe, RecipeChain, RecipeContext, Recipe
                       parse_recipe, recipe_handler, register_recipe, unregister_recipe)
 from .schemes import SCHEMES, Scheme, make_scheme
 from . import compression  # noqa: F401,E402  registers lowrank and prune-channels
+from .arm import targets as _arm_targets  # noqa: F401,E402  registers the Ethos-U targets
 from .targets import (BACKENDS, ESTIMATORS, QUANTIZERS, TARGETS, Target, get_target, legal_pairs, register_backend,
                       register_estimator, register_quantizer, register_target, unregister_target)
 from .zoo import MODELS, ModelSpec, get_model
@@ -38,6 +39,11 @@ def export_model(model, *args, max_context: int | None = None, **kwargs) -> Mani
     :func:`edgerun.export.llm.export.export_llm`, which also takes ``max_context`` (the KV cache length)."""
     if _is_llm(model):
         from .llm.export import export_llm
+        from .targets import get_target
+
+        target = args[0] if args else kwargs.get("target")
+        if isinstance(target, str):
+            get_target(target).check_llm()   # before any work: an LLM cannot go to a microcontroller
 
         spec = get_model(model) if isinstance(model, str) else model
         return export_llm(spec, *args, max_context=max_context, **kwargs)

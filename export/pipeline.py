@@ -18,6 +18,7 @@ not an edgerun artifact is never overwritten.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import logging
@@ -193,9 +194,10 @@ def _program_agrees(exported, example):
 def _lower(exported, target: Target, scheme: Recipe, example=None):
     """-> :class:`.lowering.Lowered` (the program, the graph it came from, what was kept off the delegate)."""
     label = " + ".join(b.upper() for b in target.backends) or "the delegate"
+    runs_here = bool(target.backends) and target.functional_check is None  # an NPU's program cannot run here
     return lower(exported, lambda: target.partitioners(scheme), backend_label=label,
-                 load_check=(_program_runs(example) if example else _program_loads) if target.backends else None,
-                 agreement_check=_program_agrees(exported, example) if target.backends and example else None)
+                 load_check=(_program_runs(example) if example else _program_loads) if runs_here else None,
+                 agreement_check=_program_agrees(exported, example) if runs_here and example else None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -354,10 +356,11 @@ def _model_plan(chain: RecipeChain) -> Plan:
         Stage("export", _capture_stage, needs=("module", "example", "target", "options"),
               makes=("exported", "exported_nodes", "ranges", "user_vectors")),
         *recipe_stages,
-        Stage("lower", _lower_stage, needs=("exported", "target", "chain", "example"), makes=("lowered", "graph")),
+        Stage("lower", _lower_stage, needs=("exported", "target", "chain", "example", "tmp"),
+              makes=("lowered", "graph")),
         Stage("write", _write_stage, needs=("lowered", "graph", "original", "example", "dataset", "user_vectors", "ranges",
                                             "identity", "tmp"), makes=("manifest", "dataset_split")),
-        Stage("verify", _verify_stage, needs=("manifest", "dataset_split", "original", "limits", "tmp"),
+        Stage("verify", _verify_stage, needs=("manifest", "dataset_split", "original", "limits", "tmp", "exported"),
               makes=("verification",)),
     ], given=("spec", "target", "chain", "options", "limits", "identity", "tmp", "progress"))
 
@@ -430,7 +433,12 @@ def _step_stage(step: Recipe, *, last: bool) -> Callable[[Work], None]:
 
 
 def _lower_stage(w: Work) -> None:
-    w.lowered = _lower(w.exported, w.target, w.chain.quantize, w.example)
+    from .targets import COMPILER_REPORTS
+
+    reports = COMPILER_REPORTS.get(w.target.toolchain)
+    with (reports(w.tmp, w.target) if reports else contextlib.nullcontext()) as kept:
+        w.lowered = _lower(w.exported, w.target, w.chain.quantize, w.example)
+        w.compiler_report = kept.facts() if kept is not None else None   # the backend compiler's own figures
     w.graph = graph_facts(w.exported_nodes, w.lowered.summary)
     if w.lowered.exclusions:
         w.graph["lowering_attempts"] = w.lowered.attempts
@@ -491,11 +499,16 @@ def _write_stage(w: Work) -> None:
         planned_memory_bytes=facts["planned_memory_bytes"], planned_buffers=tuple(facts["planned_buffers"]),
         operators=Operators.from_json(facts["operators"], "operators"), test_vectors=tuple(vectors),
         calibration=w.calibration, dataset=w.dataset_split, path=tmp, graph=w.graph,
-        warnings=tuple(w.progress.warnings),
+        warnings=tuple(w.progress.warnings), compiler_report=getattr(w, "compiler_report", None),
     )
 
 
 def _verify_stage(w: Work) -> None:
+    if w.target.functional_check is not None:   # this host cannot run the program: its numerics another way
+        from .targets import FUNCTIONAL_CHECKS
+
+        w.verification = FUNCTIONAL_CHECKS[w.target.functional_check](w.exported, w.manifest, w.limits)
+        return
     w.verification = verify_artifact(w.tmp, w.manifest, w.limits)
     if w.dataset_split is not None:
         x, y = w.dataset["test"]
@@ -552,6 +565,12 @@ def export_model(
                                    vectors=options.vectors, vectors_file=options.vectors_file)
         plan = _model_plan(chain)
     out = Path(out_dir) if out_dir is not None else default_out_dir(spec.name, tgt.name, chain.spec)
+    if tgt.toolchain is not None:   # its backend imports only in its own environment: the export runs there
+        from .arm import worker
+
+        if not worker.inside():
+            return worker.export_in_toolchain(model, tgt, chain, out, options=options, thresholds=thresholds,
+                                              progress=progress, started=started)
     with artifact_dir(out, options.overwrite) as tmp:
         w = Work(spec=spec, target=tgt, chain=chain, options=options, limits=limits, identity=identity, tmp=tmp,
                  progress=progress, step_facts={}, calibration=None, input_names=[])

@@ -24,6 +24,12 @@ BACKENDS: dict[str, Callable[[Any], list]] = {}
 QUANTIZERS: dict[str, Callable[[Any], Any]] = {}
 #: estimator name -> estimate(manifest) returning estimated figures for a target that is not run
 ESTIMATORS: dict[str, Callable[..., Any]] = {}
+#: check name -> check(program_manager, manifest, thresholds) -> Verification, for targets whose programs
+#: cannot run on this host (an Ethos-U delegate): the numerics checked another way, labelled as such
+FUNCTIONAL_CHECKS: dict[str, Callable[..., Any]] = {}
+#: toolchain name -> reports(directory) -> a context manager around lowering that keeps the backend
+#: compiler's reports (Vela's CSVs) in the artifact; what it yields has ``facts()`` for the manifest
+COMPILER_REPORTS: dict[str, Callable[..., Any]] = {}
 MEASURES = ("run", "estimate")
 
 
@@ -83,6 +89,13 @@ class Target:
     measure: str = "run"           # "run": a device runs it | "estimate": an estimator reports figures
     estimator: str | None = None   # ESTIMATORS name, when measure is "estimate"
     forbidden_recipes: tuple[str, ...] = ()   # recipes (not quantize ones: allowed_schemes) it refuses
+    # the environment its exports run in when edgerun's venv cannot import its backend (export/arm/toolchain.py)
+    toolchain: str | None = None
+    # settings its backend is compiled with (an Ethos-U's system config and memory mode), as text
+    compile_options: tuple[tuple[str, str], ...] = ()
+    # FUNCTIONAL_CHECKS name: its programs cannot run on this host, so verification runs this instead
+    functional_check: str | None = None
+    llm: bool = True                          # False: LLMs are refused on it (a microcontroller)
 
     def __post_init__(self) -> None:
         if self.quantizer is not None and self.quantizer not in QUANTIZERS:
@@ -102,6 +115,8 @@ class Target:
         odd = [r for r in self.graph_rewrites if r not in REWRITES]
         if odd:
             raise ValueError(f"target {self.name}: unknown graph rewrites {odd}")
+        if self.functional_check is not None and self.functional_check not in FUNCTIONAL_CHECKS:
+            raise ValueError(f"target {self.name}: unknown functional check {self.functional_check!r}")
         missing = [b for b in self.backends if b not in BACKENDS]
         if missing:
             raise ValueError(f"target {self.name}: unknown backends {missing}")
@@ -140,8 +155,16 @@ class Target:
             raise UsageError(f"target {self.name!r} does not allow recipe {bad[0]!r}.",
                              hint=f"{self.name} forbids: {', '.join(self.forbidden_recipes)}.")
 
+    def check_llm(self) -> None:
+        if not self.llm:
+            takers = [t.name for t in TARGETS.values() if t.llm and t.name != "portable"]
+            raise UsageError(f"target {self.name!r} ({self.description}) does not take LLMs: its memory holds no "
+                             "LLM's weights and KV cache.", hint=f"Targets for LLMs: {', '.join(takers)}.")
+
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["compile_options"] = dict(self.compile_options)
+        return d
 
 
 _XNNPACK_SCHEMES = ("fp32", "int8", "int8-dynamic", "8da4w")
