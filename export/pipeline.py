@@ -48,7 +48,7 @@ from .modules import resolve_model
 from .options import ExportOptions
 from .program import describe_program
 from .recipe import recipe_identity
-from .recipes import RECIPES, Recipe, RecipeChain, RecipeContext
+from .recipes import RECIPES, Recipe, RecipeChain, RecipeContext, Samples
 from .stages import (OnProgress, OnStage, OnStageDone, OnWarning, Plan, Progress, Stage, Work, artifact_dir,
                      prepare_out_dir as _prepare_out_dir, publish as _publish,
                      remove_stale_partials as _remove_stale_partials)
@@ -405,20 +405,51 @@ def _calibration(w: Work) -> Callable[[int], list]:
         else:
             samples, source = generated_like(w.example, n, w.options.seed + 1, w.ranges), "generated"
         w.calibration = Calibration(source=source, samples=len(samples))
-        return samples
+        return Samples(samples, source)
+
+    return get
+
+
+def _heldout(w: Work) -> Callable[[int], list] | None:
+    """``heldout(n)`` (a distill step measures on it): the dataset's test split, else inputs generated with a
+    seed neither the calibration nor the test vectors use (the example, which both start with, left out);
+    None with a calibration file (the step holds part of it back)."""
+    if w.options.calibration:
+        return None
+    if w.dataset is not None:
+        return lambda n: Samples(_dataset_samples(w.dataset["test"][0], n), f"{w.spec.dataset.name} test split")
+    return lambda n: Samples(generated_like(w.example, n + 1, w.options.seed + 2, w.ranges)[1:],
+                             f"generated (seed {w.options.seed + 2})")
+
+
+def _labelled(w: Work) -> Callable[[int], list] | None:
+    """``labelled(n)``: the dataset's first ``n`` training inputs with their labels (a classifier's dataset)."""
+    if w.dataset is None or w.spec.task != "classification" or w.options.calibration:
+        return None
+
+    def get(n: int) -> list:
+        x, y = w.dataset["train"]
+        samples = _dataset_samples(x, n)
+        return Samples(samples, f"{w.spec.dataset.name} train split", labels=y[:len(samples)])
 
     return get
 
 
 def _step_stage(step: Recipe, *, last: bool) -> Callable[[Work], None]:
     def run(w: Work) -> None:
+        distill = [s for s in w.chain.steps if s.kind == "distill"]
+        if distill and step.kind in ("prune", "factorize") and getattr(w, "teacher", None) is None:
+            w.teacher = w.module   # a distill step's teacher; run_step gives this step its own copy
         ctx = RecipeContext(module=w.module, example=w.example, target=w.target, flavour="model",
                             calibration=_calibration(w), capture=lambda m: _capture(m, w.example, w.target),
-                            warn=w.progress.warn)
+                            warn=w.progress.warn, teacher=getattr(w, "teacher", None), heldout=_heldout(w),
+                            labelled=_labelled(w))
         result = RecipeChain.run_step(step, ctx)
+        if distill and step is distill[-1]:
+            w.teacher = None   # no later step needs it
         facts = dict(result.facts)
         if step.kind != "quantize":
-            # a prune/factorize step makes a new model: the program is verified against it, eagerly
+            # a prune/factorize/distill step makes a new model: the program is verified against it, eagerly
             if w.dataset is not None and w.spec.task == "classification":
                 facts["eager_accuracy"] = {"before": _eager_accuracy(w.original, *w.dataset["test"]),
                                            "after": _eager_accuracy(result.module, *w.dataset["test"])}

@@ -125,8 +125,16 @@ class RecipeContext:
     """What a handler is given. ``module``: the eager model after the earlier steps — for a step that is
     not a quantize step it is the pipeline's own copy, so the handler may change it in place; a quantize
     step must leave it unchanged (copy first). ``calibration(n)`` returns up to ``n`` calibration input
-    tuples (models; None for LLMs); ``capture(module)`` runs torch.export and the target's graph rewrites
-    (models; None for LLMs); ``warn(text)`` reports what a person should know."""
+    tuples (models; for LLMs windows ``(tokens [1, T], input_pos [T])`` of the export's calibration text, in
+    order, each from position 0); ``capture(module)`` runs torch.export and the target's
+    graph rewrites (models; None for LLMs); ``warn(text)`` reports what a person should know.
+
+    For a distill step: ``teacher`` is the model before the chain's first prune/factorize step (None when no
+    such step came before this one; never changed: every step runs on its own copy); ``heldout(n)`` gives
+    up to ``n`` inputs the calibration never gives, in calibration's form (models: the dataset's test split
+    or inputs generated with another seed, None with a calibration file; LLMs: windows of the held-out text);
+    ``labelled(n)`` up to ``n`` labelled training inputs (models with a dataset; else None). What these
+    return may be :class:`Samples`, which also say where they came from."""
 
     module: Any
     example: tuple
@@ -135,6 +143,18 @@ class RecipeContext:
     calibration: Callable[[int], list] | None = None
     capture: Callable[[Any], Any] | None = None
     warn: Callable[[str], None] = lambda text: None
+    teacher: Any = None
+    heldout: Callable[[int], list] | None = None
+    labelled: Callable[[int], list] | None = None
+
+
+class Samples(list):
+    """Input tuples (a list) that say where they came from: ``source`` (``digits train``, ``generated``,
+    ``file:...``) and, when labelled, ``labels`` (one a sample)."""
+
+    def __init__(self, items: Iterable = (), source: str = "", labels: Any = None):
+        super().__init__(items)
+        self.source, self.labels = source, labels
 
 
 @dataclasses.dataclass
@@ -488,6 +508,13 @@ class RecipeChain:
             raise UsageError(f"recipe {'+'.join(s.spec for s in steps)}: the quantize step {steps[quant[0]].name} "
                              "must come last.", hint="Put the prune, factorize or transform steps first and "
                                                      "the quantize step last (STEP+int8).")
+        for i, s in enumerate(steps):   # a distill step recovers what a prune/factorize step before it cost
+            if s.kind == "distill" and not any(p.kind in ("prune", "factorize") for p in steps[:i]):
+                raise UsageError(f"recipe {'+'.join(x.spec for x in steps)}: the distill step {s.name} comes before "
+                                 "any prune or factorize step, so there is nothing to recover (it distils the model "
+                                 "before the first of them into the model after them).",
+                                 hint="Put it after a prune or factorize step (lowrank:rank=32+distill+int8), or "
+                                      "drop it.")
         object.__setattr__(self, "steps", steps)
 
     @classmethod
