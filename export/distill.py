@@ -52,9 +52,8 @@ NGRAM = 16
 #: models: at most this many training samples, and this many bytes of them, are held at once
 MAX_SAMPLES = 1024
 MAX_POOL_BYTES = 256 << 20
-#: held-out samples (models) and held-out windows (LLMs) the KL before/after is measured on, at most
+#: held-out samples the KL before/after is measured on, at most (models; an LLM's are its held-out text's windows)
 HELDOUT_SAMPLES = 256
-HELDOUT_WINDOWS = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -334,12 +333,9 @@ def _shared_runs(a: list[int], b: list[int], n: int = NGRAM) -> int:
     return sum(tuple(b[i:i + n]) in runs for i in range(len(b) - n + 1))
 
 
-def _heldout_windows(ids: list[int], t: int) -> list[list[int]]:
-    return [ids[s:s + t + 1] for s in range(0, len(ids) - 1, t) if len(ids[s:s + t + 1]) >= 2][:HELDOUT_WINDOWS]
-
-
 def _llm_eval(teacher, student, windows: list[list[int]]) -> dict[str, float]:
-    """KL(teacher || student) per token (temperature 1) and both perplexities, over ``windows``."""
+    """KL(teacher || student) per token (temperature 1) and both perplexities, over ``windows`` (each window's
+    ids after the first scored from those before it, as the export's perplexity scores its windows)."""
     import torch
 
     kl, nll_s, nll_t, count = 0.0, 0.0, 0.0, 0
@@ -369,6 +365,8 @@ def _distill_llm(recipe: Distill, ctx: RecipeContext) -> RecipeResult:
     calib_samples = ctx.calibration(1 << 20) if ctx.calibration else None
     held_samples = ctx.heldout(1 << 20) if ctx.heldout else None
     calib, held = _ids(calib_samples, "calibration", recipe), _ids(held_samples, "held-out", recipe)
+    windows = [[int(i) for i in s[0].reshape(-1).tolist()] for s in held_samples]
+    windows = [w for w in windows if len(w) >= 2]
     t = min(recipe.seq_len, getattr(student, "max_context", recipe.seq_len), len(calib) - 1)
     if t < 2:
         raise ExportError(f"recipe {recipe.spec}: the calibration text is {len(calib)} tokens, too short for a window.",
@@ -377,7 +375,6 @@ def _distill_llm(recipe: Distill, ctx: RecipeContext) -> RecipeResult:
     if shared:
         ctx.warn(f"distill: the calibration and held-out texts share {shared} runs of {NGRAM} tokens; the held-out "
                  "figures are not of unseen text")
-    windows = _heldout_windows(held, t)
     before = _llm_eval(teacher, student, windows)
     gen = torch.Generator().manual_seed(recipe.seed)
     starts = len(calib) - t   # a window is ids[s : s + t + 1] (inputs and next tokens)

@@ -128,14 +128,18 @@ def test_alpha_needs_labels():
 
 # --------------------------------------------------------------------------------------------- LLMs
 @pytest.fixture(scope="module")
-def tiny_llm(tmp_path_factory):
+def tiny_llm_gguf(tmp_path_factory):
     from tiny import write_tiny_gguf
 
+    return write_tiny_gguf(tmp_path_factory.mktemp("distill") / "tiny.gguf")
+
+
+@pytest.fixture(scope="module")
+def tiny_llm(tiny_llm_gguf):
     from edgerun.export.llm.gguf_model import load_llama
     from edgerun.export.llm.tokenizer import tokenizer_from_gguf
 
-    path = write_tiny_gguf(tmp_path_factory.mktemp("distill") / "tiny.gguf")
-    model, g = load_llama(path, max_context=48)
+    model, g = load_llama(tiny_llm_gguf, max_context=48)
     tok, facts = tokenizer_from_gguf(g)
     return model, tok, facts
 
@@ -178,3 +182,4 @@ def test_an_llm_factorised_then_distilled_is_nearer_its_teacher_on_held_out_text
     assert f["kl_heldout_before"] > f["kl_heldout_after"]
     ppl = f["perplexity_heldout"]
     assert ppl["teacher"] > 1 and ppl["before"] > 1 and ppl["after"] > 1
+
