@@ -6,6 +6,7 @@ LLM's held-out text; distill with nothing before it to recover is refused."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -124,6 +125,25 @@ def test_alpha_needs_labels():
                         teacher=teacher, calibration=lambda n: Samples([(torch.randn(1, 8),)] * n, "generated"))
     with pytest.raises(ExportError, match="no labelled training data"):
         RecipeChain.run_step(Distill(steps=2, alpha=0.5), ctx)
+
+
+def test_a_calibration_file_without_held_out_inputs_has_its_last_fifth_held_back_and_labels_train_alpha():
+    from torch import nn
+
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    student = copy.deepcopy(teacher)
+    lowrank_linears(student, LowRank(rank=2))
+    xs = [(torch.randn(1, 8),) for _ in range(20)]
+    ctx = RecipeContext(module=student, example=xs[0], target=None, flavour="model", teacher=teacher,
+                        calibration=lambda n: Samples(xs, "file:calib.npy"))
+    f = RecipeChain.run_step(Distill(steps=5, batch=4), ctx).facts
+    assert (f["data"]["samples"], f["heldout"]["samples"]) == (16, 4) and "its last 4" in f["heldout"]["source"]
+    labels = torch.randint(0, 4, (20,))
+    ctx = dataclasses.replace(ctx, labelled=lambda n: Samples(xs[:n], "train split", labels=labels[:n]),
+                              heldout=lambda n: Samples([(torch.randn(1, 8),) for _ in range(5)], "test split"))
+    f = RecipeChain.run_step(Distill(steps=5, batch=4, alpha=0.5), ctx).facts
+    assert f["data"]["source"] == "train split" and "hard-label cross-entropy" in f["loss"]
 
 
 # --------------------------------------------------------------------------------------------- LLMs
