@@ -22,7 +22,7 @@ from edgerun.core.errors import UsageError
 from edgerun.core.text import sanitize_text
 from edgerun.runtime import columns as cols
 from edgerun.runtime.columns import ALWAYS, NEVER, cap_name, format_delta
-from edgerun.runtime.record import EMULATED, RunComparison, RunRecord, compare_records, flat_row
+from edgerun.runtime.record import EMULATED, ESTIMATED, MEASURED, RunComparison, RunRecord, compare_records, flat_row
 
 FORMATS = ("html", "md", "json", "csv")
 
@@ -687,8 +687,9 @@ def plot_pareto(records: Sequence[RunRecord]) -> bytes:
             ax.set_facecolor("#fff4e0")
             ax.set_title(f"{device} — EMULATED (checks function, not speed)", fontsize=9, color="#8a4b00")
         else:
-            ax.set_title(f"{device} — measured", fontsize=9)
-        ax.set_xlabel("median execute time (ms" + (", emulated" if emulated else "") + ")")
+            ax.set_title(f"{device} — {source}" + (" (a compiler's model, not run)" if source == ESTIMATED else ""),
+                         fontsize=9)
+        ax.set_xlabel("median execute time (ms" + (f", {source}" if source != MEASURED else "") + ")")
         ax.set_ylabel(f".pte size ({unit})")
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
     return _png(fig)

@@ -247,6 +247,9 @@ class RunRecord:
     cell: str | None = None  # bench: the cell key (model/scheme/target/device/threads)
     llm: LLMMetrics | None = None  # LLM runs (generate, bench-llm, perplexity)
     training: TrainingMetrics | None = None  # fine-tuning runs on the device
+    # an estimated run (source "estimated"): the compiler's figures it came from (Vela: cycles, clock, SRAM,
+    # flash, MACs, NPU/CPU layers, compiler version, system config, memory mode); nothing in it was run
+    estimate: Mapping[str, Any] | None = None
     record_version: int = RECORD_VERSION
 
     # -- views
@@ -266,6 +269,8 @@ class RunRecord:
             out["llm"] = self.source
         if self.training is not None:
             out["training"] = self.source
+        if self.estimate is not None:
+            out["estimate"] = ESTIMATED
         return out
 
     # -- serialisation (the store and --json use these)
@@ -291,6 +296,7 @@ class RunRecord:
             "cell": self.cell,
             "llm": self.llm.to_dict() if self.llm else None,
             "training": self.training.to_dict() if self.training else None,
+            **({"estimate": dict(self.estimate)} if self.estimate is not None else {}),
         }
 
     @classmethod
@@ -313,6 +319,7 @@ class RunRecord:
             sweep_id=d.get("sweep_id"), cell=d.get("cell"),
             llm=LLMMetrics.from_dict(d["llm"]) if d.get("llm") else None,
             training=TrainingMetrics.from_dict(d["training"]) if d.get("training") else None,
+            estimate=dict(d["estimate"]) if isinstance(d.get("estimate"), Mapping) else None,
             record_version=d.get("record_version", RECORD_VERSION),
         )
 

@@ -35,6 +35,7 @@ _COMMAND_MODULES = [
     "edgerun.cli.llm_cmd",
     "edgerun.cli.finetune_cmd",
     "edgerun.cli.toolchain_cmd",
+    "edgerun.cli.estimate_cmd",
 ]
 
 

@@ -76,7 +76,8 @@ def print_record(record, *, top: int = 10) -> None:
     from edgerun.report import fmt_value
 
     lat = record.latency
-    src = "[yellow]emulated[/]" if record.source == "emulated" else "[green]measured[/]"
+    src = {"emulated": "[yellow]emulated[/]", "estimated": "[magenta]ESTIMATED (not run)[/]"}.get(record.source,
+                                                                                              "[green]measured[/]")
     cpu = record.device.cpu_model or record.device.arch
     out.print(f"[bold]{record.run_id}[/]  {escape(record.model.name)} ({escape(record.model.scheme or '?')}) on "
               f"[bold]{escape(device_label(record.device_name, record.device))}[/] ({escape(str(cpu))}, {record.provenance.threads} threads) — "

@@ -1,0 +1,74 @@
+"""Estimated run records: the figures of a target whose programs are not run here (``measure="estimate"``,
+e.g. an Ethos-U NPU: Vela's performance model), as a normal run record labelled **estimated**.
+
+The record holds one "sample": the estimated inference time (total cycles / clock) -- there is nothing
+to take statistics of, and ``runs list``, ``report`` and ``compare`` keep its source apart from measured
+and emulated runs. The compiler's figures (cycles, NPU cycles, SRAM and flash used, MACs, NPU/CPU
+layers, compiler version, system configuration, memory mode, the clock) are in ``record.estimate``; the
+planned memory of the program is the manifest's. Nothing here is invented: a target without an estimator
+is refused.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+
+from edgerun.core.artifact import Manifest
+from edgerun.core.errors import UsageError
+
+
+def estimated_record(manifest: Manifest, *, clock_hz: float | None = None):
+    from edgerun.core.version import edgerun_version
+    from edgerun.runtime.analysis import edgerun_git_commit
+    from edgerun.devices.info import DeviceInfo
+    from edgerun.export.targets import TARGETS
+    from edgerun.runtime.record import (ESTIMATED, Memory, ModelInfo, Provenance, RunRecord, Sample,
+                                        new_run_id)
+    from edgerun.runtime.stats import summarize
+
+    target = TARGETS.get(manifest.target.name)
+    if manifest.target.measure != "estimate" or target is None or target.measure != "estimate":
+        raise UsageError(f"artifact {manifest.path} is for target {manifest.target.name!r}, whose programs are "
+                         "measured by running them, not estimated.",
+                         hint="Use `edgerun profile ARTIFACT --device D` for it; estimates are for targets "
+                              "such as ethos-u55-128.")
+    if clock_hz is not None and not (1e6 <= clock_hz <= 1e10):
+        raise UsageError(f"--clock {clock_hz:g} Hz is not an NPU clock.", hint="Give it in Hz, e.g. 500e6.")
+    fig = target.estimate(manifest, clock_hz=clock_hz)
+    ns = int(round(fig["cycles_total"] / fig["clock_hz"] * 1e9))
+    now = _dt.datetime.now(_dt.timezone.utc)
+    device = DeviceInfo(arch=manifest.target.arch, cpu_model=f"{fig['accelerator']} ({fig['system_config']}, "
+                        f"{fig['memory_mode']}) at {fig['clock_hz'] / 1e6:g} MHz", transport="estimate")
+    figures = {k: v for k, v in fig.items() if k != "layers"}
+    layers = fig.get("layers") or []
+    figures["npu_share"] = (fig["npu_layers"] / (fig["npu_layers"] + fig["cpu_layers"])
+                            if fig["npu_layers"] + fig["cpu_layers"] else None)
+    figures["top_layers"] = sorted(({"op": x["op"], "name": x["name"], "target": x["target"], "cycles": x["cycles"],
+                                     "macs": x["macs"], "mac_util_pct": x["mac_util"]} for x in layers),
+                                   key=lambda x: -x["cycles"])[:20]
+    ops = manifest.operators
+    figures["cpu_kernel_calls"] = int(sum(ops.non_delegated.values()))
+    figures["npu_delegate_calls"] = int(sum(ops.delegated.values()))
+    return RunRecord(
+        run_id=new_run_id(now), created_at=now.isoformat(timespec="seconds").replace("+00:00", "Z"),
+        model=ModelInfo(name=manifest.model.name, target=manifest.target.name, arch=manifest.target.arch,
+                        scheme=manifest.scheme.recipe or manifest.scheme.name, recipe_hash=manifest.recipe_hash,
+                        artifact=str(manifest.path),
+                        inputs=tuple({"name": t.name, "shape": list(t.shape), "dtype": t.dtype}
+                                     for t in manifest.inputs)),
+        device_name=f"estimate://{manifest.target.name}", device=device,
+        provenance=Provenance(edgerun_version=edgerun_version(), git_commit=edgerun_git_commit(),
+                              runner_version=None, runner_source_hash=None, runner_build=None,
+                              executorch_version=None,
+                              artifact_executorch_version=manifest.versions.get("executorch"),
+                              torch_version=manifest.versions.get("torch"), protocol=None, threads=None,
+                              hardware_threads=None),
+        source=ESTIMATED, samples=(Sample(index=0, warmup=False, execute_ns=ns),),
+        latency=summarize([ns]), wall=None,
+        memory=Memory(planned_bytes=manifest.planned_memory_bytes, peak_rss_bytes=None, rss_bytes=None,
+                      pte_bytes=manifest.pte_bytes, bundle_bytes=None, load_ms=None, program_load_ms=None,
+                      method_load_ms=None, sources={"planned_bytes": ESTIMATED, "pte_bytes": ESTIMATED}),
+        warnings=(f"estimated by {fig['compiler']} ({fig['accelerator']}, {fig['system_config']}, "
+                  f"{fig['memory_mode']}, {fig['clock_hz'] / 1e6:g} MHz): a performance model, not a run; the "
+                  "CPU's share (quantize/dequantize and any operator left off the NPU) is not in the time",),
+        estimate=figures)

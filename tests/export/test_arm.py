@@ -1,0 +1,182 @@
+"""Arm targets (issue 24): the toolchain environment, the Ethos-U targets' refusals, an export through
+Vela in the toolchain environment, its compiler report, the estimated record and tampered reports.
+
+Tests that need the toolchain use the ``arm_toolchain`` session fixture: the environment scripts/setup
+built in the EDGERUN_HOME the suite started with (reused when its pins match), else built once here; a
+skip only when pip cannot reach the package index."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from edgerun.core.errors import ArtifactError, UsageError
+from edgerun.core.paths import edgerun_home
+
+_STARTING_HOME = edgerun_home()   # imported before any fixture points EDGERUN_HOME at the session's
+
+
+@pytest.fixture(scope="session")
+def arm_toolchain():
+    from edgerun.export.arm import toolchain
+
+    path = Path(os.environ.get("EDGERUN_ARM_TOOLCHAIN") or _STARTING_HOME / "cache" / "toolchains" / "arm")
+    try:
+        rec = toolchain.ensure(path)
+    except toolchain.ToolchainError as exc:
+        if "pip install" in exc.message and any(s in exc.message for s in (
+                "No matching distribution", "Could not find a version", "Failed to establish", "Network is unreachable",
+                "Temporary failure in name resolution")):
+            pytest.skip(f"the package index is unreachable, so the Arm toolchain cannot be built: {exc.message[:300]}")
+        raise
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EDGERUN_ARM_TOOLCHAIN", str(path))
+        yield rec
+
+
+@pytest.fixture(scope="module")
+def u55_tiny(arm_toolchain, tmp_path_factory):
+    """factories:tiny exported for ethos-u55-128 (int8), once."""
+    from edgerun.export import export_model
+
+    stages: list[str] = []
+    out = tmp_path_factory.mktemp("arm") / "tiny-u55"
+    m = export_model("factories:tiny", "ethos-u55-128", "int8", out, on_stage=stages.append)
+    return m, stages
+
+
+# ------------------------------------------------------------------------------------ no toolchain needed
+@pytest.mark.parametrize("target", ["ethos-u55-128", "ethos-u65-256", "ethos-u85-256"])
+def test_fp32_on_an_ethos_u_is_refused_naming_int8(target):
+    from edgerun.export import export_model
+
+    with pytest.raises(UsageError) as e:
+        export_model("factories:tiny", target, "fp32", "/nonexistent/never-written")
+    assert "fp32" in e.value.message and "int8" in e.value.hint
+
+
+def test_an_llm_on_an_ethos_u_is_refused_before_any_work():
+    from edgerun.export import export_model
+
+    with pytest.raises(UsageError) as e:
+        export_model("smollm2-135m", "ethos-u55-128", "8da4w", "/nonexistent/never-written")
+    assert "LLM" in e.value.message and "rpi5" in e.value.hint
+
+
+def test_a_python_module_is_refused_for_the_toolchain_and_a_missing_toolchain_names_the_command(monkeypatch):
+    import torch
+
+    from edgerun.export import export_model
+    from edgerun.export.arm.toolchain import ToolchainError
+
+    monkeypatch.setenv("EDGERUN_ARM_TOOLCHAIN", "/nonexistent/arm-toolchain")
+    with pytest.raises(UsageError) as e:
+        export_model(torch.nn.Linear(4, 2), "ethos-u55-128", "int8", "/nonexistent/x",
+                     example_inputs=(torch.randn(1, 4),))
+    assert "package.module:factory" in e.value.hint
+    with pytest.raises(ToolchainError) as e:
+        export_model("factories:tiny", "ethos-u55-128", "int8", "/nonexistent/x")
+    assert e.value.exit_code == 5 and "edgerun toolchain arm" in e.value.hint
+
+
+def test_the_cli_refuses_fp32_on_an_ethos_u_with_exit_2(cli, tmp_path):
+    res = cli("export", "factories:tiny", "--target", "ethos-u85-256", "--scheme", "fp32", "-o",
+              str(tmp_path / "x"), "--json")
+    assert res.returncode == 2, res.stderr
+    assert "int8" in json.loads(res.stdout)["error"]["hint"]
+    assert not (tmp_path / "x").exists()
+
+
+def test_the_targets_name_quantizer_partitioner_memory_mode_and_estimate():
+    from edgerun.export import TARGETS
+
+    for name in ("ethos-u55-128", "ethos-u65-256", "ethos-u85-256"):
+        t = TARGETS[name]
+        opts = dict(t.compile_options)
+        assert t.measure == "estimate" and t.estimator == "vela" and t.quantizer == name
+        assert t.backends == (name,) and t.allowed_schemes == ("int8",) and not t.llm
+        assert opts["accelerator"] == name and opts["memory_mode"] and opts["system_config"]
+
+
+# ------------------------------------------------------------------------------------ the toolchain
+def test_the_toolchain_is_reused_while_its_pins_match_and_stale_when_they_change(arm_toolchain, monkeypatch):
+    from edgerun.export.arm import toolchain
+
+    path = Path(arm_toolchain["path"])
+    again = toolchain.ensure(path)
+    assert again["reused"] and again["pins_hash"] == arm_toolchain["pins_hash"]
+    assert set(toolchain.PINS) == set(again["pins"])
+    assert toolchain.status(path)["state"] == "ready"
+    monkeypatch.setattr(toolchain, "PINS", (*toolchain.PINS, "ethos-u-vela==0.0.0"))
+    assert toolchain.status(path)["state"] == "stale"
+    with pytest.raises(toolchain.ToolchainError) as e:
+        toolchain.require(path)
+    assert "edgerun toolchain arm" in e.value.hint
+
+
+def test_an_ethos_u_export_keeps_velas_report_and_checks_numerics_functionally(u55_tiny):
+    from edgerun.export.arm.vela import read_layers, read_summary
+
+    m, stages = u55_tiny
+    assert {"quantize", "lower", "write", "verify"} <= set(stages)
+    rep = m.compiler_report
+    assert rep is not None and rep.compiler == "vela" and rep.partitions == 1
+    assert rep.accelerator == "Ethos_U55_128" and rep.system_config == "Ethos_U55_High_End_Embedded"
+    summary = next(m.dir / p for p in rep.files if "summary" in p)
+    s = read_summary(summary)
+    assert (rep.cycles_total, rep.cycles_npu, rep.nn_macs) == (s.cycles_total, s.cycles_npu, s.nn_macs)
+    assert 0 < rep.cycles_npu <= rep.cycles_total and rep.sram_bytes > 0 and rep.off_chip_flash_bytes > 0
+    # the tiny CNN's MACs: conv 8x8x8 outputs x 27 + fc1 512x64 + fc2 64x10
+    assert rep.nn_macs == 8 * 8 * 8 * 27 + 512 * 64 + 64 * 10
+    layers = read_layers(next(m.dir / p for p in rep.files if "per-layer" in p))
+    assert rep.npu_layers == sum(x.target == "NPU" for x in layers) and rep.npu_layers >= 3
+    assert sum(m.operators.delegated.values()) >= 1 and m.operators.delegates
+    v = m.verification
+    assert v.passed and v.runtime.startswith("functional") and v.outputs[0].snr_db >= v.thresholds.min_snr_db
+    assert m.target.measure == "estimate" and m.target.functional_check == "quantized-graph"
+
+
+def test_an_estimated_record_is_stored_labelled_and_a_tampered_report_is_refused(u55_tiny, tmp_path, cli):
+    from edgerun.core.artifact import read_manifest
+    from edgerun.estimate import estimated_record
+    from edgerun.runtime.record import ESTIMATED, RunRecord
+
+    m, _ = u55_tiny
+    rec = estimated_record(m, clock_hz=250e6)
+    assert rec.source == ESTIMATED and rec.estimate["clock_hz"] == 250e6
+    assert rec.latency.median_ms == pytest.approx(m.compiler_report.cycles_total / 250e6 * 1e3, rel=1e-6)
+    assert "vela 5.1.0" in rec.warnings[0] and "not a run" in rec.warnings[0]
+    assert RunRecord.from_dict(json.loads(json.dumps(rec.to_dict()))).estimate == rec.estimate
+
+    store = tmp_path / "runs.sqlite"
+    res = cli("estimate", str(m.dir), "--store", str(store), "--json")
+    assert res.returncode == 0, res.stderr
+    listed = cli("runs", "list", "--store", str(store), "--json")
+    runs = json.loads(listed.stdout)["runs"]
+    assert [r["source"] for r in runs] == ["estimated"] and runs[0]["device"] == "estimate://ethos-u55-128"
+
+    bad = tmp_path / "tampered"
+    shutil.copytree(m.dir, bad)
+    summary = next(bad / p for p in m.compiler_report.files if "summary" in p)
+    summary.write_text(summary.read_text().replace(str(m.compiler_report.cycles_total),
+                                                   str(m.compiler_report.cycles_total // 2)))
+    with pytest.raises(ArtifactError, match="changed after export"):
+        estimated_record(read_manifest(bad))
+    res = cli("estimate", str(bad), "--store", str(store), "--json")
+    assert res.returncode == 9 and "Vela report" in json.loads(res.stdout)["error"]["message"]
+    assert len(json.loads(cli("runs", "list", "--store", str(store), "--json").stdout)["runs"]) == 1
+
+
+def test_an_artifact_of_a_run_target_has_no_estimate(u55_tiny):
+    import dataclasses
+
+    from edgerun.estimate import estimated_record
+
+    m, _ = u55_tiny
+    host = dataclasses.replace(m, target=dataclasses.replace(m.target, name="host", measure="run", estimator=None))
+    with pytest.raises(UsageError, match="measured by running"):
+        estimated_record(host)
