@@ -271,13 +271,17 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]
     return out
 
 
-def to_markdown(records: Sequence[RunRecord], comparisons: Sequence[RunComparison] = (), *, top: int = 5) -> str:
+def to_markdown(records: Sequence[RunRecord], comparisons: Sequence[RunComparison] = (), *, top: int = 5,
+                pareto: bool | None = None) -> str:
     rows = [flat_row(r) for r in records]
     columns, common = varying_columns(rows)
     lines = ["# edgerun report", ""]
     if common:
         lines += ["Common to all runs: " + ", ".join(f"{k}={fmt_value(k, v)}" for k, v in common.items()), ""]
     lines += _md_table(columns, [[fmt_value(c, row[c]) for c in columns] for row in rows])
+    if show_front(records, pareto):
+        lines += ["", "## Pareto front per device (latency × size × quality; fastest first)", ""]
+        lines += _md_table(FRONTIER_HEADER, frontier_rows(records))
     for c in comparisons:
         lines += ["", f"## {c.run_b} vs {c.run_a}: **{c.verdict}**" + ("" if c.reliable else " (unreliable)"), "",
                   f"Median {c.latency.median_a_ms:.4g} → {c.latency.median_b_ms:.4g} ms "
@@ -627,6 +631,141 @@ def pareto_fronts(records: Sequence[RunRecord]) -> dict[tuple[str, str], list[st
     return out
 
 
+def quality_of(r: RunRecord) -> tuple[float | None, str, bool]:
+    """(value, label, higher is better) of a run's quality: task accuracy on the device, else an LLM's
+    perplexity on the device, else the worst output's SNR against eager (None: not measured)."""
+    row = flat_row(r)
+    if row.get("task_accuracy") is not None:
+        return row["task_accuracy"], "task accuracy", True
+    if row.get("perplexity") is not None:
+        return row["perplexity"], "perplexity", False
+    snr = row.get("min_snr_db")
+    if snr is not None:
+        return (min(snr, 100.0) if math.isfinite(snr) else 100.0), "min SNR (dB)", True
+    return None, "quality", True
+
+
+def _quality_text(r: RunRecord) -> str:
+    value, label, _ = quality_of(r)
+    if value is None:
+        return "—"
+    if label == "task accuracy":
+        return f"task accuracy {value:.2%}"
+    if label == "perplexity":
+        return f"perplexity {value:.3f}"
+    return f"SNR {value:.1f} dB"
+
+
+#: the columns of the frontier table (:func:`frontier_rows`)
+FRONTIER_HEADER = ("device", "source", "recipe", "target", "run", ".pte", "median ms", "decode tok/s", "quality")
+
+
+def frontier_rows(records: Sequence[RunRecord]) -> list[list[str]]:
+    """The recipes on the Pareto front of each device (:func:`pareto_fronts`: one device, one source, one LLM
+    test a group), fastest first: what a person chooses from. Emulated groups keep their label."""
+    by_id = {r.run_id: r for r in records}
+    out = []
+    for (device, source), ids in pareto_fronts(records).items():
+        for r in sorted((by_id[i] for i in ids), key=lambda r: r.latency.median_ms):
+            decode = r.llm.decode_tokens_per_s if r.llm is not None else None
+            out.append([device, source.upper() if source != MEASURED else source, str(r.model.scheme),
+                        str(r.model.target), r.run_id, fmt_value("pte_bytes", r.memory.pte_bytes),
+                        f"{r.latency.median_ms:.4g}", cols.format_rate(decode) if decode else "—", _quality_text(r)])
+    return out
+
+
+def show_front(records: Sequence[RunRecord], pareto: bool | None) -> bool:
+    """Whether a report tabulates the front: asked for (bench), or by default when some device has two
+    inference runs or more to choose between."""
+    if pareto is not None:
+        return pareto and bool(pareto_groups(records))
+    return any(len(g) >= 2 for g in pareto_groups(records).values())
+
+
+def size_references(records: Sequence[RunRecord]) -> dict[tuple[str, str], RunRecord]:
+    """Per (model, target): the run whose .pte size a relative size bound is of -- the fp32 one, else the
+    largest."""
+    refs: dict[tuple[str, str], RunRecord] = {}
+    for r in records:
+        if not r.memory.pte_bytes:
+            continue
+        key = (r.model.name, str(r.model.target))
+        cur = refs.get(key)
+        rank = (r.model.scheme == "fp32", r.memory.pte_bytes)
+        if cur is None or rank > (cur.model.scheme == "fp32", cur.memory.pte_bytes):
+            refs[key] = r
+    return refs
+
+
+def recommend(records: Sequence[RunRecord], target_size: float) -> list[dict[str, Any]]:
+    """For each device (one device, one source, one LLM test: :func:`pareto_groups`) and model: the fastest
+    run (then the most accurate) whose .pte is at most ``target_size`` times its reference's
+    (:func:`size_references`: the fp32 run of the same model and target, else the largest). Emulated
+    groups are recommended apart and say so: their speed is not the board's."""
+    if not (isinstance(target_size, (int, float)) and target_size > 0 and math.isfinite(target_size)):
+        raise UsageError(f"--target-size is a fraction of the largest (fp32) program's size, e.g. 0.6; got "
+                         f"{target_size!r}.")
+    refs = size_references(records)
+    out = []
+    for (device, source), group in pareto_groups(records).items():
+        for model in dict.fromkeys(r.model.name for r in group):
+            runs = [r for r in group if r.model.name == model and r.memory.pte_bytes
+                    and (r.model.name, str(r.model.target)) in refs]
+            fits = [r for r in runs
+                    if r.memory.pte_bytes <= target_size * refs[(model, str(r.model.target))].memory.pte_bytes]
+
+            def key(r: RunRecord) -> tuple:
+                value, _, higher = quality_of(r)
+                q = -math.inf if value is None else (value if higher else -value)
+                return (r.latency.median_ms, -q, r.memory.pte_bytes)
+
+            best = min(fits, key=key) if fits else None
+            item: dict[str, Any] = {"device": device, "source": source, "model": model, "target_size": target_size,
+                                    "candidates": len(runs), "within": len(fits), "recommended": None}
+            if source == EMULATED:
+                item["note"] = "EMULATED: the speed is the emulator's, not the board's"
+            elif source == ESTIMATED:
+                item["note"] = "ESTIMATED: the speed is a compiler's cycle model, not a run"
+            if best is None:
+                smallest = min(runs, key=lambda r: r.memory.pte_bytes, default=None)
+                item["reason"] = (f"no run of {model} on {device} is within {target_size:g}x its reference size"
+                                  + (f"; the smallest is {smallest.model.scheme} ({smallest.run_id}), "
+                                     f"{_ratio(smallest, refs):.2f}x" if smallest else ""))
+            else:
+                ref = refs[(model, str(best.model.target))]
+                value, label, _ = quality_of(best)
+                item["recommended"] = {
+                    "run_id": best.run_id, "recipe": best.model.scheme, "target": best.model.target,
+                    "pte_bytes": best.memory.pte_bytes, "size_ratio": round(_ratio(best, refs), 4),
+                    "median_ms": best.latency.median_ms, "quality": value, "quality_measure": label,
+                    "decode_tokens_per_s": best.llm.decode_tokens_per_s if best.llm is not None else None}
+                item["reference"] = {"run_id": ref.run_id, "recipe": ref.model.scheme, "pte_bytes": ref.memory.pte_bytes,
+                                     "why": "fp32" if ref.model.scheme == "fp32" else "largest"}
+            out.append(item)
+    return out
+
+
+def _ratio(r: RunRecord, refs: dict) -> float:
+    return r.memory.pte_bytes / refs[(r.model.name, str(r.model.target))].memory.pte_bytes
+
+
+def recommendation_text(item: dict[str, Any]) -> str:
+    """One sentence of :func:`recommend`'s answer for one device."""
+    where = f"{item['model']} on {item['device']}" + (f" ({item['source'].upper()})" if item["source"] != MEASURED
+                                                      else "")
+    best = item["recommended"]
+    if best is None:
+        return f"{where}: nothing fits --target-size {item['target_size']:g}: {item['reason']}."
+    ref = item["reference"]
+    quality = "" if best["quality"] is None else (
+        f", {best['quality_measure']} " + (f"{best['quality']:.2%}" if best["quality_measure"] == "task accuracy"
+                                           else f"{best['quality']:.4g}"))
+    return (f"{where}: {best['recipe']} ({best['run_id']}) -- {best['size_ratio']:.2f}x the size of "
+            f"{ref['recipe']} ({ref['why']}), median {best['median_ms']:.4g} ms{quality}; the fastest of "
+            f"{item['within']} run(s) within {item['target_size']:g}x"
+            + (f". {item['note']}" if item.get("note") else ""))
+
+
 def _pareto_points(rows: Sequence[dict], scale: int) -> tuple[list[tuple[float, float, float]], str]:
     """(latency, size, accuracy) per run, with one accuracy measure for all: task accuracy when any run has
     it, else min SNR; a run without the chosen measure has unknown accuracy (never compared on another scale)."""
@@ -778,6 +917,12 @@ def to_html(records: Sequence[RunRecord], comparisons: Sequence[RunComparison] =
     if inference and (pareto if pareto is not None else len(inference) > 2):
         parts.append("<h2>Trade-off</h2>")
         parts.append(_img(plot_pareto(records), "pareto latency size accuracy"))
+    if show_front(records, pareto):
+        parts.append("<h3>Pareto front per device</h3><p class=small>The runs no other run of the same device "
+                     "(and source, and LLM test) beats on latency, size and quality at once (the red rings of the "
+                     "trade-off plot), fastest first. Quality: task accuracy on the device, else perplexity, else "
+                     "SNR against eager.</p>")
+        parts.append(_html_table(list(FRONTIER_HEADER), frontier_rows(records), [False] * 5 + [True] * 3 + [False]))
 
     if any(r.llm is not None for r in records):
         parts.append("<h2>LLM: tokens/s and memory</h2>")
@@ -885,7 +1030,7 @@ def render(records: Sequence[RunRecord], fmt: str, comparisons: Sequence[RunComp
     if fmt == "html":
         return to_html(records, comparisons, **kw)
     if fmt == "md":
-        return to_markdown(records, comparisons)
+        return to_markdown(records, comparisons, **{k: v for k, v in kw.items() if k == "pareto"})
     if fmt == "json":
         return to_json(records, comparisons)
     if fmt == "csv":

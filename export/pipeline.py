@@ -47,6 +47,7 @@ from .lowering import graph_facts, graph_warning, lower
 from .modules import resolve_model
 from .options import ExportOptions
 from .program import describe_program
+from .layer_stats import change_facts, measure as measure_layers
 from .recipe import recipe_identity
 from .recipes import RECIPES, Recipe, RecipeChain, RecipeContext, Samples
 from .stages import (OnProgress, OnStage, OnStageDone, OnWarning, Plan, Progress, Stage, Work, artifact_dir,
@@ -455,6 +456,9 @@ def _step_stage(step: Recipe, *, last: bool) -> Callable[[Work], None]:
                                            "after": _eager_accuracy(result.module, *w.dataset["test"])}
             w.original = result.module
         w.step_facts[next(i for i, s in enumerate(w.chain.steps) if s is step)] = facts
+        if step.kind in ("prune", "factorize"):   # parameters and FLOPs per layer type, before and after (inspect)
+            facts["layer_stats"] = change_facts(measure_layers(w.module, w.example),
+                                                measure_layers(result.module, w.example))
         w.module = result.module
         if result.exported is not None:
             w.exported = result.exported
@@ -489,6 +493,10 @@ def _write_stage(w: Work) -> None:
         program.write_to_file(f)
     program.get_etrecord().save(str(tmp / "model.etrecord"))
     fp32_bytes = int(sum(p.numel() * 4 for p in module.parameters()))
+    for i, step in enumerate(w.chain.steps):   # what a step says of the written program (sparsify: compressed size)
+        extra = step.program_facts(pte)
+        if extra:
+            w.step_facts[i] = {**w.step_facts.get(i, {}), **extra}
     scheme = scheme_ref(w.chain, w.step_facts)
     if "layers" in scheme.facts:
         _, text = quant_report.share_warning(scheme.name, scheme.facts["quantizer"], scheme.facts["layers"],

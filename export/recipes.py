@@ -89,6 +89,11 @@ class Recipe:
     def options(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def program_facts(self, pte: Any) -> dict[str, Any]:
+        """Facts about the written program (``pte``: its path) this step adds to its own once the program is
+        written: ``sparsify`` records the program's compressed size. Models only."""
+        return {}
+
     def changed_options(self) -> dict[str, Any]:
         """The options that differ from their defaults (what :attr:`spec` shows)."""
         out = {}
@@ -437,7 +442,7 @@ def parse_step(text: str) -> Recipe:
     return _build(cls, options, "recipe")
 
 
-def _top_level(text: str, sep: str) -> list[str]:
+def split_top_level(text: str, sep: str) -> list[str]:
     """``text`` split at ``sep`` outside parentheses."""
     parts, depth, cur = [], 0, []
     for ch in text:
@@ -460,12 +465,12 @@ def parse_recipe(text: str) -> "RecipeChain":
         raise UsageError(f"recipe {text!r} contains a ';'.",
                          hint="';' separates recipes in a list (bench --recipes \"int8; prune-channels(0.3)+int8\"); "
                               "one recipe joins its steps with '+'.")
-    if len(_top_level(text, ",")) > 1:
+    if len(split_top_level(text, ",")) > 1:
         raise UsageError(f"recipe {text!r} contains a comma outside parentheses.",
                          hint="Options go inside a step's parentheses (8da4w(group_size=64)) or after ':' "
                               "(8da4w:group_size=64), steps are joined with '+' (STEP+int8); a list of recipes is "
                               "separated by ';' (bench --recipes).")
-    return RecipeChain(tuple(parse_step(part) for part in _top_level(text, "+")))
+    return RecipeChain(tuple(parse_step(part) for part in split_top_level(text, "+")))
 
 
 def split_recipes(text: str) -> list[str]:

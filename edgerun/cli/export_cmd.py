@@ -92,6 +92,7 @@ def show_manifest(m) -> None:
         if step.kind != "quantize" and "parameters_before" in f:   # what a prune/factorize step did
             t.add_row(escape(step.name), escape(_shrink_text(f)))
     out.print(t)
+    show_steps(m)
     if m.llm is not None:
         show_llm_facts(m)
     for w in m.warnings:
@@ -171,6 +172,65 @@ def show_llm_facts(m) -> None:
     out.print(t)
 
 
+def _change(before, after, fmt=lambda x: f"{x:,}") -> str:
+    if before is None or after is None:
+        return "-"
+    if before == after:
+        return fmt(before)
+    return f"{fmt(before)} -> {fmt(after)}" + (f" ({after / before - 1:+.0%})" if before else "")
+
+
+def show_steps(m) -> None:
+    """What each prune/factorize step did, per layer type (parameters and FLOPs before/after, measured at export),
+    the rank it chose per factorised layer, and what a sparsify step's zeros bought in compressed size."""
+    from edgerun.export.layer_stats import read_change
+
+    for step in m.scheme.steps or ():
+        f = step.facts or {}
+        if step.kind == "quantize" or not f:
+            continue
+        try:
+            change = read_change(f)
+        except ValueError as exc:   # a hand-edited manifest: say so, show the rest
+            out.print(f"[yellow]warning:[/] step {escape(step.name)}: its layer counts are unreadable ({escape(str(exc))})")
+            change = None
+        if change is not None:
+            before, after = change
+            t = Table(title=escape(f"Step {step.name} ({step.kind}): per layer type, one forward on the example"),
+                      title_justify="left")
+            for col in ("layer type", "layers", "parameters", "FLOPs"):
+                t.add_column(col, justify="left" if col == "layer type" else "right")
+            for kind in sorted(set(before.by_type) | set(after.by_type)):
+                b, a = before.by_type.get(kind), after.by_type.get(kind)
+                t.add_row(escape(kind), _change(b.layers if b else 0, a.layers if a else 0),
+                          _change(b.parameters if b else 0, a.parameters if a else 0),
+                          _change(b.flops if b else 0, a.flops if a else 0))
+            t.add_row("[bold]all[/]", "", _change(before.parameters, after.parameters),
+                      _change(before.flops, after.flops))
+            out.print(t)
+            for x in (before, after):
+                if x.error:
+                    out.print(f"  FLOPs not counted: {escape(x.error)}")
+        ranks = f.get("factorised")
+        if isinstance(ranks, list) and ranks:
+            shown = "; ".join(f"{d.get('layer')} {d.get('out')}x{d.get('in')} -> rank {d.get('rank')}"
+                              + (f" ({d['energy_kept']:.1%} energy)" if isinstance(d.get("energy_kept"), (int, float))
+                                 else "") for d in ranks[:40] if isinstance(d, dict))
+            more = f" (and {len(ranks) - 40} more)" if len(ranks) > 40 else ""
+            out.print(escape(f"  rank chosen per layer: {shown}{more}"), soft_wrap=True, highlight=False)
+        if "zeros" in f and "weights" in f:
+            text = f"  zeros: {f['zeros']:,} of {f['weights']:,} weights ({f.get('sparsity', 0):.0%})"
+            if f.get("program_bytes") and f.get("program_compressed_bytes") is not None:
+                text += (f"; program {format_bytes(f['program_bytes'])}, compressed ({f.get('compressor', '?')}) "
+                         f"{format_bytes(f['program_compressed_bytes'])}")
+            if f.get("weights_compressed_before") and f.get("weights_compressed_after") is not None:
+                text += (f"; fp32 weights compressed {format_bytes(f['weights_compressed_before'])} -> "
+                         f"{format_bytes(f['weights_compressed_after'])}")
+            if f.get("speed"):
+                text += f"; {f['speed']}"
+            out.print(escape(text), soft_wrap=True, highlight=False)
+
+
 def _shrink_text(f: dict) -> str:
     done = next((f[k] for k in ("layers_pruned", "layers_factorised") if k in f), None)
     before, after = f["parameters_before"], f["parameters_after"]
@@ -187,10 +247,11 @@ def register(app: typer.Typer) -> None:
     def export_cmd(
         model: Annotated[str, typer.Argument(help="Zoo model name (see `edgerun models`) or 'package.module:factory'.")],
         target: Annotated[str, typer.Option("--target", "-t", help="Target (see `edgerun targets`).")] = "host",
-        scheme: Annotated[Optional[str], typer.Option("--scheme", "-s",
-                          help="A recipe: fp32 | int8 | int8-dynamic | 8da4w, options as name:key=value "
-                               "(8da4w:group_size=64), steps joined by + (prune-channels:ratio=0.25+int8, "
-                               "lowrank:rank=32+8da4w; default: the target's default).")] = None,
+        scheme: Annotated[Optional[str], typer.Option("--recipe", "--scheme", "-s",
+                          help="A recipe (--scheme is the same option): fp32 | int8 | int8-dynamic | 8da4w, options "
+                               "in parentheses or as name:key=value (8da4w(group_size=64) = 8da4w:group_size=64), "
+                               "steps joined by + (prune-channels(0.25)+int8, lowrank:rank=32+8da4w, "
+                               "sparsify(0.5)+int8; default: the target's default).")] = None,
         output: Annotated[Optional[Path], typer.Option("--output", "-o",
                           help="Artifact directory (default: artifacts/MODEL-TARGET-SCHEME).")] = None,
         calibration: Annotated[Optional[Path], typer.Option(

@@ -158,7 +158,15 @@ def register(app: typer.Typer) -> None:
     def bench_cmd(
         model: Annotated[str, typer.Argument(help="Zoo model or 'package.module:factory'.")],
         targets: Annotated[str, typer.Option(help="Comma-separated targets.")] = "host",
-        schemes: Annotated[str, typer.Option(help="Comma-separated recipes: a scheme with options if wanted (fp32,8da4w:group_size=64), or steps joined by + with recipes you registered from Python (README: Recipes).")] = "fp32,int8",
+        schemes: Annotated[Optional[str], typer.Option(help="Comma-separated recipes: a scheme with options if wanted (fp32,8da4w:group_size=64), or steps joined by + (README: Recipes). Default: fp32,int8.")] = None,
+        recipes: Annotated[Optional[str], typer.Option(
+            "--recipes", help="Recipes separated by ';' (commas may appear inside parentheses), steps joined by +: "
+                              "\"8da4w; prune-channels(0.25)+int8; lowrank(0.5)+8da4w; sparsify(0.5)+int8\". "
+                              "Instead of --schemes.")] = None,
+        target_size: Annotated[Optional[float], typer.Option(
+            "--target-size", parser=opt.real(0.0, 1000.0, lo_open=True),
+            help="Recommend, per device, the fastest (then most accurate) cell whose .pte is at most this fraction "
+                 "of the sweep's fp32 (else largest) cell of the same model, e.g. 0.6.")] = None,
         devices: Annotated[str, typer.Option(help="Comma-separated device names or URIs.")] = "local://",
         warmup: Annotated[int, typer.Option(parser=opt.warmup, help="Untimed warm-up iterations per run.")] = 3,
         iterations: Annotated[int, typer.Option(parser=opt.iterations, help="Timed iterations per run.")] = 30,
@@ -189,9 +197,16 @@ def register(app: typer.Typer) -> None:
             from edgerun.report import render
             from edgerun.store import Store
 
+            from edgerun.export.recipes import split_recipes, split_top_level
+
             split = lambda s: [x.strip() for x in s.split(",") if x.strip()]  # noqa: E731
+            if schemes is not None and recipes is not None:
+                raise UsageError("give --recipes or --schemes, not both.",
+                                 hint="--recipes \"A; B\" separates recipes with ';', --schemes A,B with commas.")
             settings = _settings(warmup=warmup, iterations=iterations, threads=parse_threads(threads))
-            tl, sl, dl = split(targets), split(schemes), _device_list(devices, False, inventory)
+            sl = (split_recipes(recipes) if recipes is not None
+                  else [x.strip() for x in split_top_level(schemes or "fp32,int8", ",") if x.strip()])
+            tl, dl = split(targets), _device_list(devices, False, inventory)
             total = len(tl) * len(sl) * len(dl) * len(settings.threads)
             if err_console.is_terminal:
                 bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -223,6 +238,10 @@ def register(app: typer.Typer) -> None:
 
             summary["scheme_warnings"] = scheme_speed_warnings(records)
             holder["records"] = records
+            if target_size is not None:
+                from edgerun.report import recommend
+
+                summary["recommendation"] = recommend(records, target_size)
             if records:
                 path = report or Path(f"bench-{summary['sweep_id']}.html")
                 path.write_text(render(records, "html", title=f"edgerun bench: {model}", pareto=True), encoding="utf-8")
@@ -239,6 +258,14 @@ def register(app: typer.Typer) -> None:
             if r.get("report"):
                 out.print(f"Report with the Pareto plot (latency x size x accuracy): {plain(r['report'])}",
                           highlight=False)
+            if "recommendation" in r:
+                from edgerun.report import recommendation_text
+
+                out.print(f"[bold]Recommended under --target-size {target_size:g}[/] (per device):", highlight=False)
+                for item in r["recommendation"] or ():
+                    out.print(f"  {plain(recommendation_text(item))}", highlight=False, soft_wrap=True)
+                if not r["recommendation"]:
+                    out.print("  no inference run was stored, so nothing to recommend", highlight=False)
             for f in r["failures"]:
                 err_console.print(f"[bold red]failed[/] {plain(f['cell'])}: {plain(f['error']['message'])}",
                                   soft_wrap=True, highlight=False)

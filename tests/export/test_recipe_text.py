@@ -20,7 +20,7 @@ from edgerun.export.recipes import split_recipes
     ("8da4w(64, embedding_bits=4)", "8da4w:embedding_bits=4:group_size=64"),
     ("prune-channels(0.3)+int8", "prune-channels:ratio=0.3+int8"),
     ("prune-channels( ratio = 0.3 , importance=magnitude )+int8", "prune-channels:ratio=0.3+int8"),
-    ("lowrank(0.5)+8da4w", "lowrank:energy=0.5+8da4w"),        # rank|energy: 0.5 is no integer, so energy
+    ("lowrank(0.5)+8da4w", "lowrank:ratio=0.5+8da4w"),         # rank|ratio: 0.5 is no integer, so a ratio
     ("lowrank(32)+8da4w(64)", "lowrank:rank=32+8da4w:group_size=64"),
     ("lowrank(rank=8)", "lowrank:rank=8"),
     ("int8()", "int8"),
@@ -49,7 +49,7 @@ def test_hashes_of_existing_recipes_are_unchanged():
     ("prune-channels(amount=0.3)", ["takes no option amount", "importance, ratio", "positional: ratio"]),
     ("prune-channels(abc)", ["option ratio of recipe 'prune-channels' is a number, not 'abc'", "importance"]),
     ("prune-channels(1.5)", ["ratio", "between 0 and 1", "importance, ratio"]),
-    ("lowrank(abc)", ["'abc' is none of rank, energy", "is an integer", "is a number"]),
+    ("lowrank(abc)", ["'abc' is none of rank, ratio", "is an integer", "is a number"]),
     ("8da4w(48)", ["'8da4w'", "power of two", "embedding_bits, group_size"]),
     ("8da4w(group_size=64, 32)", ["positional value follows key=value"]),
     ("prune-channels(0.3, ratio=0.2)", ["gives option ratio twice"]),
@@ -95,3 +95,15 @@ def test_every_registered_recipe_names_real_options_as_positional():
         fields = {f.name for f in dataclasses.fields(cls)}
         assert all(n in fields for p in cls.positional for n in p.split("|")), cls
     assert RECIPES["8da4w"].positional == ("group_size",) and RECIPES["prune-channels"].positional == ("ratio",)
+
+
+def test_export_takes_recipe_as_another_name_for_scheme():
+    import typer.main
+
+    from edgerun.cli import app
+
+    command = typer.main.get_command(app)
+    [param] = [p for p in command.commands["export"].params if "--scheme" in p.opts]
+    assert "--recipe" in param.opts and "-s" in param.opts          # one option: --scheme int8 is --recipe int8
+    bench = {o for p in command.commands["bench"].params for o in p.opts}
+    assert {"--recipes", "--schemes", "--target-size"} <= bench

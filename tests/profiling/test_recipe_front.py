@@ -1,0 +1,133 @@
+"""Issue 22's sweep over recipes, end to end on ``local://`` with the real runner: ``bench --recipes "A; B"``
+stores one cell a recipe, the report marks the front and tabulates it, ``--target-size`` recommends the
+fastest cell under the size bound (the expectation derived from the stored records), and each cell's
+artifact says what its recipe did (``inspect``: parameters and FLOPs per layer type, sparsify's compressed
+size). One sweep, run once for the module."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgerun.core.artifact import read_manifest
+from edgerun.report import pareto_fronts, recommend
+from edgerun.store import Store
+
+FACTORIES = Path(__file__).resolve().parents[1] / "export"
+RECIPES = "sparsify(0.5); lowrank(4)"
+TARGET_SIZE = 0.6
+
+
+def _cli(*args: str, env: dict) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).with_name("edgerun")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-c", "from edgerun.cli import main; main()"]
+    return subprocess.run([*cmd, *args], capture_output=True, text=True, env={**os.environ, **env}, timeout=600)
+
+
+@dataclasses.dataclass
+class Sweep:
+    result: dict
+    records: list
+    store: Path
+    env: dict
+    tmp: Path
+
+
+@pytest.fixture(scope="module")
+def sweep(runner_bundle, tmp_path_factory, edgerun_home) -> Sweep:
+    runner_bundle("host")
+    tmp = tmp_path_factory.mktemp("front")
+    env = {"EDGERUN_HOME": str(edgerun_home), "PYTHONPATH": str(FACTORIES), "COLUMNS": "200"}
+    store = tmp / "s.sqlite"
+    args = ["bench", "factories:tiny", "--recipes", RECIPES, "--devices", f"local://?work_dir={tmp / 'dev'}",
+            "--warmup", "0", "--iterations", "3", "--threads", "1", "--target-size", str(TARGET_SIZE),
+            "--store", str(store), "-o", str(tmp / "bench.html")]
+    p = _cli(*args, "--json", env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    result = json.loads(p.stdout)
+    with Store(store) as s:
+        records = [s.get(r) for r in result["run_ids"]]
+    # again, the same recipes in the other spelling, for a person: the same sweep (its id comes from the
+    # canonical specs), so it resumes and runs nothing; the recommendation is printed
+    again = ["bench", "factories:tiny", "--schemes", "sparsify:ratio=0.5,lowrank:rank=4", *args[4:]]
+    human = _cli(*again, env=env)
+    assert human.returncode == 0, human.stderr[-3000:]
+    result["human"] = " ".join(human.stdout.replace("│", " ").split())
+    with Store(store) as s:
+        result["stored_after"] = len(s.list(limit=100))
+    return Sweep(result, records, store, env, tmp)
+
+
+def test_two_recipes_are_two_stored_cells_and_the_sweep_resumes(sweep):
+    r = sweep.result
+    assert not r["failures"] and r["cells"] == 2 and len(r["run_ids"]) == 2
+    assert [x.model.scheme for x in sweep.records] == ["sparsify", "lowrank:rank=4"]   # canonical specs
+    assert r["sweep_id"] in r["human"] and r["stored_after"] == 2                     # resumed, nothing re-run
+
+
+def test_target_size_recommends_the_fastest_cell_within_the_bound(sweep):
+    recs = sweep.records
+    largest = max(x.memory.pte_bytes for x in recs)          # no fp32 cell: the largest is the reference
+    within = [x for x in recs if x.memory.pte_bytes <= TARGET_SIZE * largest]
+    assert within and len(within) < len(recs), [x.memory.pte_bytes for x in recs]   # the bound chooses
+    expected = min(within, key=lambda x: x.latency.median_ms)
+    [item] = sweep.result["recommendation"]
+    assert item["recommended"]["run_id"] == expected.run_id and item["source"] == "measured"
+    assert item["recommended"]["size_ratio"] == pytest.approx(expected.memory.pte_bytes / largest, abs=1e-4)
+    assert item["reference"]["why"] == "largest" and item["within"] == len(within)
+    assert f"{expected.model.scheme} ({expected.run_id})" in sweep.result["human"]
+    nothing = recommend(recs, 0.01)
+    assert nothing[0]["recommended"] is None and "within 0.01x" in nothing[0]["reason"]
+
+
+def test_emulated_runs_are_recommended_apart(sweep):
+    emulated = [dataclasses.replace(x, source="emulated", run_id=x.run_id + "e") for x in sweep.records]
+    items = recommend([*sweep.records, *emulated], TARGET_SIZE)
+    assert sorted(i["source"] for i in items) == ["emulated", "measured"]
+    by = {i["source"]: i for i in items}
+    assert by["emulated"]["recommended"]["run_id"].endswith("e") and "EMULATED" in by["emulated"]["note"]
+    assert not by["measured"]["recommended"]["run_id"].endswith("e")
+
+
+def test_the_report_marks_the_front_and_tabulates_it(sweep):
+    ids = sweep.result["run_ids"]
+    front = [rid for ids_ in pareto_fronts(sweep.records).values() for rid in ids_]
+    assert front and set(front) <= set(ids)
+    html = Path(sweep.result["report"]).read_text()
+    assert "Pareto front per device" in html and all(rid in html for rid in front)
+    md = _cli("report", *ids, "-f", "md", "--store", str(sweep.store), env=sweep.env)
+    assert md.returncode == 0, md.stderr[-2000:]
+    table = md.stdout[md.stdout.index("## Pareto front per device"):].split("\n\n")[1].splitlines()
+    assert table[0].startswith("| device | source | recipe |")
+    rows = table[2:]                                                  # after the header and its rule
+    assert sorted(row.split("|")[5].strip() for row in rows) == sorted(front)   # run column: exactly the front
+
+
+def test_each_cell_says_what_its_recipe_did(sweep):
+    by = {x.model.scheme: x for x in sweep.records}
+    sparse = read_manifest(by["sparsify"].model.artifact)
+    assert sparse.ok
+    f = sparse.scheme.steps[0].facts
+    assert f["program_bytes"] == sparse.pte_bytes and 0 < f["program_compressed_bytes"] < f["program_bytes"]
+    assert f["zeros"] >= f["weights"] // 2 and "no speed is claimed" in f["speed"]
+    out = _cli("inspect", str(by["lowrank:rank=4"].model.artifact), env=sweep.env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    text = " ".join(out.stdout.replace("│", " ").split())
+    stats = read_manifest(by["lowrank:rank=4"].model.artifact).scheme.steps[0].facts["layer_stats"]
+    b, a = stats["before"]["by_type"]["Linear"], stats["after"]["by_type"]["Linear"]
+    assert a["flops"] < b["flops"] and a["layers"] == 2 * b["layers"]
+    assert f"{b['flops']:,} -> {a['flops']:,}" in text and "FLOPs" in text
+    assert "rank chosen per layer: fc1 64x512 -> rank 4" in text
+
+
+def test_recipes_and_schemes_together_are_refused(tmp_path, edgerun_home):
+    p = _cli("bench", "factories:tiny", "--recipes", "int8", "--schemes", "int8", "--store", str(tmp_path / "s"),
+             "--json", env={"EDGERUN_HOME": str(edgerun_home), "PYTHONPATH": str(FACTORIES)})
+    assert p.returncode == 2 and "--recipes or --schemes, not both" in p.stdout + p.stderr
+    assert not (tmp_path / "s").exists()
