@@ -21,7 +21,13 @@ has no sparse kernels, so zeros alone would not). The facts say what was done an
 The export verifies the program against the compressed model run eagerly; for a model with a dataset the
 pipeline adds the eager accuracy before and after the step.
 
-LLMs (a GGUF): no handler yet; a chain with these steps is refused for an LLM before any work.
+LLMs (a GGUF) have their own handlers (:mod:`.llm.compress`, registered when this module is imported):
+``lowrank`` on the attention and FFN linears of every block (optionally activation-whitened), and two
+recipes for LLMs only -- ``prune-ffn`` (FFN neurons: SwiGLU/GeGLU gate and up rows with the down
+columns) and ``prune-heads`` (whole KV groups under grouped-query attention) -- whose importance is
+Wanda-style from activations on calibration text or the weights' magnitude. A model that is not an LLM
+has no handler for those two, so a chain with them is refused before any work (a UsageError naming the
+recipes that work for a model).
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from typing import Any, ClassVar
 from .errors import ExportError
 from .recipes import Recipe, RecipeContext, RecipeResult, recipe_handler
 
-__all__ = ["LowRank", "PruneChannels", "SPEED_NOTE"]
+__all__ = ["LowRank", "PruneChannels", "PruneFFN", "PruneHeads", "SPEED_NOTE"]
 
 SPEED_NOTE = ("parameters and matmul/convolution shapes shrink; speed is not claimed: measure it with "
               "edgerun bench")
@@ -58,28 +64,98 @@ def _still_runs(model, example, recipe: Recipe, stage: str) -> None:
 
 
 # ----------------------------------------------------------------------------------- lowrank
+def _check_ratio(ratio, what: str, example: str) -> None:
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < ratio < 1.0:
+        raise ValueError(f"ratio is the share of {what}, a number between 0 and 1 exclusive (e.g. {example}), "
+                         f"got {ratio!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class LowRank(Recipe):
-    """Truncated-SVD factorisation of linear layers (give ``rank`` or ``energy``)."""
+    """Truncated-SVD factorisation of linear layers (give ``rank``, ``energy`` or ``ratio``; ``whiten``:
+    SVD of the weight scaled by its inputs' per-channel RMS on calibration data, LLMs)."""
 
     name: ClassVar[str] = "lowrank"
     kind: ClassVar[str] = "factorize"
-    description: ClassVar[str] = "nn.Linear -> two thin linears by truncated SVD (rank=N or energy=0..1)"
-    positional: ClassVar[tuple[str, ...]] = ("rank|energy",)    # lowrank(32): rank, lowrank(0.5): energy
+    description: ClassVar[str] = ("nn.Linear -> two thin linears by truncated SVD (rank=N, energy=0..1 or "
+                                  "ratio=0..1 of min(in, out); whiten=true: activation-aware, LLMs)")
+    #: ``lowrank(32)`` is rank 32, ``lowrank(0.5)`` (not an integer) ratio 0.5
+    positional: ClassVar[tuple[str, ...]] = ("rank|ratio",)
 
     rank: int | None = None
     energy: float | None = None
+    ratio: float | None = None
+    whiten: bool = False
 
     def __post_init__(self) -> None:
-        if (self.rank is None) == (self.energy is None):
-            raise ValueError("give exactly one of rank (a positive integer, e.g. lowrank:rank=32) or energy "
+        given = [k for k in ("rank", "energy", "ratio") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of rank (a positive integer, e.g. lowrank:rank=32), energy "
                              "(the share of squared singular values kept, 0 < energy < 1, e.g. lowrank:energy=0.9)"
-                             f"; got rank={self.rank!r}, energy={self.energy!r}")
+                             " or ratio (rank = ratio x min(in, out), e.g. lowrank:ratio=0.5)"
+                             f"; got rank={self.rank!r}, energy={self.energy!r}, ratio={self.ratio!r}")
         if self.rank is not None and (isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1):
             raise ValueError(f"rank must be a positive integer (e.g. rank=32), got {self.rank!r}")
         if self.energy is not None and not (isinstance(self.energy, (int, float)) and 0.0 < self.energy < 1.0):
             raise ValueError(f"energy must be a number between 0 and 1, exclusive (e.g. energy=0.9), got "
                              f"{self.energy!r}")
+        if self.ratio is not None:
+            _check_ratio(self.ratio, "each layer's full rank min(in, out) kept", "ratio=0.5")
+        if not isinstance(self.whiten, bool):
+            raise ValueError(f"whiten is true or false, got {self.whiten!r}")
+
+    def options(self) -> dict[str, Any]:
+        """Every option, but ``ratio`` and ``whiten`` only when given: a recipe written before they existed keeps
+        its hash (and its cached artifacts)."""
+        out = super().options()
+        if self.ratio is None:
+            del out["ratio"]
+        if not self.whiten:
+            del out["whiten"]
+        return out
+
+
+#: importance of structured LLM pruning: Wanda-style from calibration activations, or weights alone
+LLM_IMPORTANCE = ("activation", "magnitude")
+
+
+@dataclasses.dataclass(frozen=True)
+class PruneFFN(Recipe):
+    """Structured pruning of every LLM block's FFN neurons (``ratio`` of them, the same number a layer)."""
+
+    name: ClassVar[str] = "prune-ffn"
+    kind: ClassVar[str] = "prune"
+    description: ClassVar[str] = ("LLMs: remove FFN neurons (gate/up rows and down columns), the same number "
+                                  "in every block, least important by activation (Wanda-style) or magnitude")
+    positional: ClassVar[tuple[str, ...]] = ("ratio",)
+
+    ratio: float = 0.25
+    importance: str = "activation"
+
+    def __post_init__(self) -> None:
+        _check_ratio(self.ratio, "FFN neurons removed", "ratio=0.25")
+        if self.importance not in LLM_IMPORTANCE:
+            raise ValueError(f"importance must be one of {', '.join(LLM_IMPORTANCE)}, got {self.importance!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PruneHeads(Recipe):
+    """Structured pruning of every LLM block's attention: ``ratio`` of its KV groups (a KV head and the
+    query heads that share it), the same number a layer."""
+
+    name: ClassVar[str] = "prune-heads"
+    kind: ClassVar[str] = "prune"
+    description: ClassVar[str] = ("LLMs: remove whole KV groups (a KV head, its query heads, their output "
+                                  "columns), the same number in every block, by activation or magnitude")
+    positional: ClassVar[tuple[str, ...]] = ("ratio",)
+
+    ratio: float = 0.25
+    importance: str = "activation"
+
+    def __post_init__(self) -> None:
+        _check_ratio(self.ratio, "KV groups removed", "ratio=0.5")
+        if self.importance not in LLM_IMPORTANCE:
+            raise ValueError(f"importance must be one of {', '.join(LLM_IMPORTANCE)}, got {self.importance!r}")
 
 
 def _shared_weights(model) -> set[int]:
@@ -96,6 +172,8 @@ def _chosen_rank(s, recipe: LowRank) -> int:
 
     if recipe.rank is not None:
         return min(recipe.rank, int(s.numel()))
+    if recipe.ratio is not None:
+        return min(max(1, int(round(recipe.ratio * s.numel()))), int(s.numel()))
     e = s.double() ** 2
     share = torch.cumsum(e, 0) / e.sum().clamp_min(1e-300)
     return min(int((share < recipe.energy).sum()) + 1, int(s.numel()))
@@ -153,6 +231,11 @@ def lowrank_linears(model, recipe: LowRank) -> dict[str, Any]:
 def _lowrank(recipe: LowRank, ctx: RecipeContext) -> RecipeResult:
     from torch import nn
 
+    if recipe.whiten:
+        from edgerun.core.errors import UsageError
+
+        raise UsageError(f"recipe {recipe.spec}: whiten=true is built for LLMs (a GGUF), whose calibration text "
+                         "ships with edgerun; for a model it is not.", hint="Drop whiten=true (lowrank:ratio=0.5).")
     if not any(isinstance(m, nn.Linear) for m in ctx.module.modules()):
         raise ExportError("recipe lowrank factorises nn.Linear layers, and this model has none.", stage="factorize",
                           hint="For a convolutional model use prune-channels:ratio=0.25.")
@@ -414,3 +497,7 @@ def _prune_channels(recipe: PruneChannels, ctx: RecipeContext) -> RecipeResult:
         ctx.warn(f"prune-channels found no conv it can prune safely ({facts['layers_skipped']} skipped: a residual "
                  "add, a depthwise conv or a classifier follows each); the model is unchanged")
     return RecipeResult(ctx.module, facts=facts)
+
+
+# the LLM handlers of lowrank, prune-ffn and prune-heads (light: torch is imported inside the functions)
+from .llm import compress as _llm_compress  # noqa: E402,F401
