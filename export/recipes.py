@@ -29,7 +29,7 @@ either way:
 
 - ``name(value, ..., key=value, ...)`` — the call form people type: positional values fill the recipe's
   :attr:`Recipe.positional` options in order (``prune-channels(0.3)``, ``8da4w(64)``), keywords any option
-  (``8da4w(group_size=64)``). A positional slot may name alternatives, ``"rank|energy"``: the value goes to
+  (``8da4w(group_size=64)``). A positional slot may name alternatives, ``"rank|ratio"``: the value goes to
   the first whose type accepts it (``lowrank(32)`` is rank 32, ``lowrank(0.5)`` ratio 0.5);
 - ``name[:key=value[:key=value...]]`` — ``8da4w:group_size=64``, ``prune-channels:ratio=0.3+int8``.
 
