@@ -20,7 +20,6 @@ from edgerun.export.recipes import split_recipes
     ("8da4w(64, embedding_bits=4)", "8da4w:embedding_bits=4:group_size=64"),
     ("prune-channels(0.3)+int8", "prune-channels:ratio=0.3+int8"),
     ("prune-channels( ratio = 0.3 , importance=magnitude )+int8", "prune-channels:ratio=0.3+int8"),
-    ("lowrank(0.5)+8da4w", "lowrank:ratio=0.5+8da4w"),         # rank|ratio: 0.5 is no integer, so a ratio
     ("lowrank(32)+8da4w(64)", "lowrank:rank=32+8da4w:group_size=64"),
     ("lowrank(rank=8)", "lowrank:rank=8"),
     ("int8()", "int8"),
@@ -30,6 +29,31 @@ def test_the_call_form_is_the_colon_form(call, colon):
     a, b = parse_recipe(call), parse_recipe(colon)
     assert a == b and a.spec == b.spec == colon and a.recipe_hash == b.recipe_hash
     assert parse_recipe(a.spec) == a                                  # the canonical text parses back
+
+
+@dataclasses.dataclass(frozen=True)
+class Slots(Recipe):
+    """A test recipe whose first positional value is a count or, if it is no integer, a share."""
+
+    name = "slots-test"
+    kind = "prune"
+    positional = ("count|share", "mode")
+    count: int | None = None
+    share: float | None = None
+    mode: str = "a"
+
+
+def test_a_positional_slot_with_alternatives_takes_the_first_type_that_fits():
+    with register_recipe(Slots):
+        assert parse_recipe("slots-test(3)").steps[0] == Slots(count=3)
+        assert parse_recipe("slots-test(0.25, b)").steps[0] == Slots(share=0.25, mode="b")
+        assert parse_recipe("slots-test(0.25, b)").spec == "slots-test:mode=b:share=0.25"
+        with pytest.raises(UsageError, match="gives option share twice"):
+            parse_recipe("slots-test(0.25, share=0.5)")
+    # lowrank's: an integer is a rank, a fraction goes to its other slot (whichever lowrank names)
+    first, second = RECIPES["lowrank"].positional[0].split("|")
+    step = parse_recipe("lowrank(0.5)+8da4w").steps[0]
+    assert first == "rank" and step.rank is None and getattr(step, second) == 0.5
 
 
 def test_hashes_of_existing_recipes_are_unchanged():
@@ -49,7 +73,7 @@ def test_hashes_of_existing_recipes_are_unchanged():
     ("prune-channels(amount=0.3)", ["takes no option amount", "importance, ratio", "positional: ratio"]),
     ("prune-channels(abc)", ["option ratio of recipe 'prune-channels' is a number, not 'abc'", "importance"]),
     ("prune-channels(1.5)", ["ratio", "between 0 and 1", "importance, ratio"]),
-    ("lowrank(abc)", ["'abc' is none of rank, ratio", "is an integer", "is a number"]),
+    ("lowrank(abc)", ["'abc' is none of rank, ", "is an integer", "is a number"]),
     ("8da4w(48)", ["'8da4w'", "power of two", "embedding_bits, group_size"]),
     ("8da4w(group_size=64, 32)", ["positional value follows key=value"]),
     ("prune-channels(0.3, ratio=0.2)", ["gives option ratio twice"]),
