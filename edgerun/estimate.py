@@ -49,6 +49,9 @@ def estimated_record(manifest: Manifest, *, clock_hz: float | None = None):
     ops = manifest.operators
     figures["cpu_kernel_calls"] = int(sum(ops.non_delegated.values()))
     figures["npu_delegate_calls"] = int(sum(ops.delegated.values()))
+    on_cpu = sorted(k for k in ops.non_delegated if not k.startswith("quantized_decomposed::"))
+    cpu_note = ((f"{len(on_cpu)} operator(s) run on the host CPU, outside the NPU and outside this estimate: "
+                 + ", ".join(on_cpu[:8]) + (" …" if len(on_cpu) > 8 else ""),) if on_cpu else ())
     return RunRecord(
         run_id=new_run_id(now), created_at=now.isoformat(timespec="seconds").replace("+00:00", "Z"),
         model=ModelInfo(name=manifest.model.name, target=manifest.target.name, arch=manifest.target.arch,
@@ -70,5 +73,6 @@ def estimated_record(manifest: Manifest, *, clock_hz: float | None = None):
                       method_load_ms=None, sources={"planned_bytes": ESTIMATED, "pte_bytes": ESTIMATED}),
         warnings=(f"estimated by {fig['compiler']} ({fig['accelerator']}, {fig['system_config']}, "
                   f"{fig['memory_mode']}, {fig['clock_hz'] / 1e6:g} MHz): a performance model, not a run; the "
-                  "CPU's share (quantize/dequantize and any operator left off the NPU) is not in the time",),
+                  "CPU's share (quantize/dequantize and any operator left off the NPU) is not in the time",
+                  *cpu_note),
         estimate=figures)

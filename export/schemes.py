@@ -147,7 +147,9 @@ def _pt2e_int8(recipe: Int8Static | Int8Dynamic, ctx: RecipeContext) -> RecipeRe
 
     quantizer = ctx.target.make_quantizer(recipe)
     label = type(quantizer).__name__
-    prepared = prepare_pt2e(ctx.capture(ctx.module).module(), quantizer)
+    # the Arm quantizers' annotation passes (DecomposeAdaptiveAvgPool2dPass ...) fail on the input-guard node
+    # that an ExportedProgram's module() adds, so an Arm target's graph is taken without it
+    prepared = prepare_pt2e(ctx.capture(ctx.module).module(check_guards=ctx.target.toolchain != "arm"), quantizer)
     used = ctx.calibration(getattr(recipe, "calibration_samples", 16))
     if recipe.dynamic:
         used = used[:1]

@@ -265,3 +265,26 @@ class ChannelShuffleNet(nn.Module):
 def channel_shuffle():
     torch.manual_seed(0)
     return ChannelShuffleNet().eval(), (torch.randn(1, 3, 8, 8),)
+
+
+class TinyPooled(nn.Module):
+    """A MobileNet-shaped tail in miniature: conv, BatchNorm, ReLU6, a strided conv, global average pool,
+    linear (the Arm tests: adaptive average pooling is what needs the Arm quantizer's unguarded graph)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = torch.nn.functional.relu6(self.bn(self.conv1(x)))
+        x = torch.relu(self.conv2(x))
+        return self.fc(self.pool(x).flatten(1))
+
+
+def tiny_pooled():
+    torch.manual_seed(0)
+    return TinyPooled().eval(), (torch.randn(1, 3, 8, 8),)
