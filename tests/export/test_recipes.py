@@ -182,7 +182,10 @@ def test_a_custom_recipe_exports_two_option_values_as_two_recipes(noop_prune, tm
         prune = m.scheme.steps[0]
         assert (prune.name, prune.kind, dict(prune.options)) == ("noop-prune", "prune",
                                                                   {"amount": amount, "structured": False})
-        assert prune.facts == {"zeroed": 0} and "prune" in m.stage_seconds
+        facts = dict(prune.facts)
+        stats = facts.pop("layer_stats")               # the pipeline's count of parameters and FLOPs per layer type
+        assert facts == {"zeroed": 0} and "prune" in m.stage_seconds
+        assert stats["before"] == stats["after"] and stats["after"]["flops"] > 0   # a prune that zeroes nothing
         assert [dict(s) for s in m.recipe.steps] == [{"name": "noop-prune", "kind": "prune",
                                                       "options": {"amount": amount, "structured": False}}]
         assert m.verification.thresholds.min_snr_db == 40.0             # fp32's: the prune asks nothing looser
