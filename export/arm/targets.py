@@ -5,7 +5,8 @@ kept around lowering, the functional check and the Vela estimator, registered th
 Each Ethos-U target names the accelerator configuration Vela compiles for, with ExecuTorch's default system
 configuration and memory mode for it (``compile_options``). Its programs run only on an Ethos-U (a Corstone
 FVP or a board), never on this host: ``measure="estimate"`` (Vela's performance model) and the numerics
-are checked functionally (:func:`quantized_graph_check`). Everything that imports the Arm backend runs
+are checked functionally: the TOSA graphs Vela compiles, run by the TOSA reference model
+(:func:`tosa_reference_check`). Everything that imports the Arm backend runs
 inside the Arm toolchain environment (:mod:`.toolchain`); the registrations themselves import nothing.
 """
 
@@ -185,6 +186,51 @@ def quantized_graph_check(exported, manifest, thresholds: Thresholds) -> Verific
                         thresholds=thresholds, outputs=tuple(summary), passed=not failures, failures=tuple(failures))
 
 
+def tosa_reference_check(exported, manifest, thresholds: Thresholds) -> Verification:
+    """The functional check of an Ethos-U program: the quantized graph lowered again with ExecuTorch's TOSA
+    partitioner for the target's TOSA profile (the graphs Vela compiles), each partition run by the TOSA
+    reference model (tosa-tools, integer arithmetic as the TOSA spec defines it) and the rest by PyTorch
+    (``TosaReferenceModelDispatch``, ExecuTorch's own harness), on the test vectors, against eager fp32.
+    Vela's compilation of those graphs into NPU commands is not checked: no Ethos-U runs here."""
+    import copy
+
+    import numpy as np
+    import torch
+    from executorch.backends.arm.test.runner_utils import TosaReferenceModelDispatch
+    from executorch.backends.arm.tosa.compile_spec import TosaCompileSpec
+    from executorch.backends.arm.tosa.partitioner import TOSAPartitioner
+    from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
+    from torch.utils._pytree import tree_flatten
+
+    from edgerun.core.numerics import aggregate, compare_outputs
+
+    from ..targets import get_target
+
+    spec = compile_spec(get_target(manifest.target.name)).tosa_spec
+    edge = to_edge_transform_and_lower(copy.deepcopy(exported), partitioner=[TOSAPartitioner(TosaCompileSpec(spec))],
+                                       compile_config=EdgeCompileConfig(_check_ir_validity=False))
+    program = edge.exported_program()
+    module = program.module()
+    partitions = sum(1 for n in program.graph.nodes if n.op == "call_function"
+                     and getattr(n.target, "__name__", "") == "executorch_call_delegate")
+    per_vector = []
+    with torch.no_grad():
+        for v in manifest.load_test_vectors():
+            with TosaReferenceModelDispatch():
+                outs, _ = tree_flatten(module(*[torch.from_numpy(np.ascontiguousarray(a)) for a in v.inputs]))
+            actual = [np.asarray(o.detach().contiguous().numpy()) for o in outs if isinstance(o, torch.Tensor)]
+            per_vector.append(compare_outputs(actual, v.outputs))
+    summary = aggregate(per_vector)
+    if len(manifest.outputs) == len(summary):
+        summary = [dataclasses.replace(m, name=spec_.name) for m, spec_ in zip(summary, manifest.outputs)]
+    failures = thresholds_failures(summary, thresholds)
+    npu = sum((manifest.operators.delegated or {}).values())
+    same = "" if partitions == npu else f"; partitioned differently from the NPU program ({npu} partition(s))"
+    return Verification(runtime=f"functional: TOSA reference model ({spec}), {partitions} partition(s), the rest in "
+                                f"PyTorch; not the NPU{same}",
+                        thresholds=thresholds, outputs=tuple(summary), passed=not failures, failures=tuple(failures))
+
+
 def vela_estimate(manifest, clock_hz: float | None = None) -> dict[str, Any]:
     """The estimate of an Ethos-U artifact, re-read from the Vela CSVs it keeps: each file must match the
     sha256 the manifest names and say what the manifest says (a changed report is refused, never used).
@@ -229,6 +275,7 @@ def vela_estimate(manifest, clock_hz: float | None = None) -> dict[str, Any]:
 def register() -> None:
     register_estimator("vela")(vela_estimate)
     FUNCTIONAL_CHECKS["quantized-graph"] = quantized_graph_check
+    FUNCTIONAL_CHECKS["tosa-reference"] = tosa_reference_check
     COMPILER_REPORTS[TOOLCHAIN] = vela_reports
     for name, (accel, system_config, memory_mode, board) in ETHOS_U.items():
         register_backend(name)(_partitioners(name))
@@ -239,7 +286,7 @@ def register() -> None:
             "cortex-m85" if "u85" in name else "cortex-m/a host", (name,), "int8", ("int8",), bundle_variant="none",
             quantizer=name, measure="estimate", estimator="vela", toolchain=TOOLCHAIN,
             compile_options=(("accelerator", accel), ("system_config", system_config), ("memory_mode", memory_mode)),
-            functional_check="quantized-graph", llm=False,
+            functional_check="tosa-reference", llm=False,
             forbidden_recipes=()))
 
 
