@@ -251,6 +251,24 @@ def test_whitened_lowrank_fits_the_layers_outputs_better_where_input_scales_diff
     assert errors[True] < 0.7 * errors[False], errors
 
 
+def test_lowrank_ratio_on_a_model_and_whiten_refused_there(tmp_path):
+    """For a model (not an LLM) ratio works as rank = ratio x min(in, out); whiten needs the LLM's calibration
+    text, and is refused by name."""
+    from torch import nn
+
+    from edgerun.export import export_model
+    from edgerun.export.compression import lowrank_linears
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 4))
+    facts = lowrank_linears(net, LowRank(ratio=0.25))
+    assert [(d["layer"], d["rank"]) for d in facts["factorised"]] == [("0", 12), ("2", 1)]   # 0.25 x 48, x 4
+    with pytest.raises(UsageError, match="whiten=true is built for LLMs"):
+        export_model(nn.Sequential(nn.Linear(64, 64)).eval(), "host", "lowrank:ratio=0.5:whiten=true",
+                     tmp_path / "x", example_inputs=torch.randn(1, 64))
+    assert not (tmp_path / "x").exists()
+
+
 # -------------------------------------------------------------------------------------- exports
 @pytest.mark.slow
 def test_prune_ffn_then_8da4w_exports_a_verified_tiny_llm(tiny_gguf, make_artifact):
