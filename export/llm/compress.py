@@ -8,7 +8,8 @@ facts say what shrank, ``bench`` measures whether it is faster. The model stays 
 its KV cache (sliced with the KV heads) and the tokenizer keep working, and the manifest's ``llm`` facts
 describe the model that was exported.
 
-* ``prune-ffn``: in every block the same number of FFN neurons go -- rows of the gate (``w1``) and up
+* ``prune-ffn``: in every block the same number of FFN neurons go (``ratio`` of them, rounded to a multiple of
+  :data:`NEURON_MULTIPLE` when the width is one, so it stays one) -- rows of the gate (``w1``) and up
   (``w3``) projections, with their biases, and the matching columns of the down projection (``w2``); a
   SwiGLU or GeGLU neuron ``j`` contributes ``w2[:, j] * h_j`` with ``h_j = act(gate_j(x)) * up_j(x)``, so
   nothing else reads it. phi3's fused ``ffn_up`` is split into ``w1``/``w3`` at load, so it is the same.
@@ -47,6 +48,9 @@ from ..recipes import RecipeContext, RecipeResult, recipe_handler
 
 #: ranks of the LLM lowrank handler are rounded up to a multiple of this (8da4w's default int4 group)
 RANK_MULTIPLE = 32
+#: prune-ffn removes neurons in whole multiples of this when the width is one (so it stays one: 8da4w's int4 groups
+#: of a factorised down projection, and whole XNNPACK tiles)
+NEURON_MULTIPLE = 32
 #: calibration windows asked for (each at most the export's max context long)
 CALIBRATION_WINDOWS = 64
 #: what the facts call the calibration text
@@ -158,10 +162,12 @@ def prune_ffn(model, recipe: PruneFFN, samples: list | None = None) -> dict[str,
     _check_llama(model, recipe)
     cfg = model.config
     ffn = cfg.ffn_dim
-    removed = min(int(round(ffn * recipe.ratio)), ffn - 1)
+    step = NEURON_MULTIPLE if ffn % NEURON_MULTIPLE == 0 and ffn > NEURON_MULTIPLE else 1
+    removed = min(int(round(ffn * recipe.ratio / step)) * step, ffn - step)
     if removed < 1:
         raise UsageError(f"recipe {recipe.spec}: ratio {recipe.ratio} of the {ffn} FFN neurons a block has removes "
-                         "none.", hint=f"Give a ratio of at least {1 / ffn:.3g} (e.g. prune-ffn:ratio=0.25).")
+                         f"none{f' (whole groups of {step} go, so the width stays a multiple of {step})' if step > 1 else ''}.",
+                         hint=f"Give a ratio of at least {step / ffn / 2:.3g} (e.g. prune-ffn:ratio=0.25).")
     keep_n = ffn - removed
     before = _count(model)
     names = [f"layers.{i}.feed_forward.w2" for i in range(cfg.n_layers)]
@@ -188,6 +194,7 @@ def prune_ffn(model, recipe: PruneFFN, samples: list | None = None) -> dict[str,
     model.config = dataclasses.replace(cfg, ffn_dim=keep_n)
     _forget_origin(model, [f"layers.{i}.feed_forward." for i in range(cfg.n_layers)])
     facts.update({"ffn_dim_before": ffn, "ffn_dim_after": keep_n, "neurons_removed_per_layer": removed,
+                  "share_removed": round(removed / ffn, 6), "neuron_multiple": step,
                   "layers_pruned": len(layers), "layers_skipped": 0, "layers": layers, "parameters_before": before, "parameters_after": _count(model),
                   "speed": SPEED_NOTE})
     return facts

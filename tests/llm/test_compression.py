@@ -197,6 +197,8 @@ def test_prune_heads_refuses_a_ratio_that_leaves_a_fractional_group_or_none():
         assert words in info.value.paragraph() and "0.5" in info.value.paragraph(), info.value.paragraph()
     with pytest.raises(UsageError, match="multi-query attention"):
         prune_heads(random_family_model("gemma", VOCAB), PruneHeads(ratio=0.5, importance="magnitude"))
+    with pytest.raises(UsageError, match="removes none .whole groups of 32 go"):     # 12.8 of 128 neurons
+        prune_ffn(copy.deepcopy(llama), PruneFFN(ratio=0.1, importance="magnitude"))
 
 
 # -------------------------------------------------------------------------------------- lowrank
@@ -217,6 +219,23 @@ def test_lowrank_factorises_each_blocks_linears_and_leaves_embedding_and_head():
     assert torch.allclose((second.weight @ first.weight).double(), (u[:, :32] * s[:32]) @ vh[:32], atol=1e-5)
     model.reset_cache()
     assert _logits(model).shape == _logits(original).shape
+
+
+def test_pruned_and_factorised_models_take_8da4w():
+    """The shapes the recipes leave are ones 8da4w's int4 groups (32 along the input) can take: factorised ranks are
+    multiples of 32; pruned FFN and attention widths only reach layers it keeps int8 per-channel (down, wo)."""
+    from edgerun.export.llm.quantize import quantize_llama
+    from edgerun.export.schemes import make_scheme
+
+    model = random_family_model("llama", VOCAB)
+    prune_heads(model, PruneHeads(ratio=0.5, importance="magnitude"))
+    pf = prune_ffn(model, PruneFFN(ratio=0.3, importance="magnitude"))      # 38.4 of 128 -> 32: whole groups of 32
+    assert (model.config.ffn_dim, pf["share_removed"]) == (96, 0.25)
+    facts = lowrank_llama(model, LowRank(ratio=0.2))
+    assert facts["layers_factorised"] >= 2
+    q, qf = quantize_llama(model, make_scheme("8da4w", group_size=32))
+    assert qf["int4_linear_layers"] >= 2
+    assert torch.allclose(_logits(q), _logits(model), atol=0.5 * float(_logits(model).abs().max()))
 
 
 def test_whitened_lowrank_fits_the_layers_outputs_better_where_input_scales_differ():
