@@ -383,8 +383,11 @@ def _export_mezo(m, x, y, frozen_names, out: Path, delegate: bool = True):
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
         from executorch.exir import to_edge_transform_and_lower
 
-        edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()], compile_config=config,
-                                           constant_methods=methods)
+        from .retrace import skip_idle_retraces
+
+        with skip_idle_retraces():
+            edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()], compile_config=config,
+                                               constant_methods=methods)
     else:
         edge = to_edge(ep, compile_config=config, constant_methods=methods)
     program = edge.to_executorch(ExecutorchBackendConfig(memory_planning_pass=MemoryPlanningPass(

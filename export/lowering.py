@@ -364,6 +364,8 @@ def lower(exported, make_partitioners: Callable[[], list], *, backend_label: str
     # out variants of the quantize/dequantize ops, for a quantized node kept on portable kernels
     import executorch.kernels.quantized  # noqa: F401
 
+    from .retrace import skip_idle_retraces
+
     attempts = 0
 
     def attempt(excluded: frozenset[str]):
@@ -372,9 +374,10 @@ def lower(exported, make_partitioners: Callable[[], list], *, backend_label: str
         record: dict = {}
         parts = [_Excluding(p, excluded, record) for p in make_partitioners()]
         try:
-            edge = to_edge_transform_and_lower(
-                copy.deepcopy(exported), partitioner=parts,
-                compile_config=config or EdgeCompileConfig(_check_ir_validity=False), generate_etrecord=True)
+            with skip_idle_retraces():
+                edge = to_edge_transform_and_lower(
+                    copy.deepcopy(exported), partitioner=parts,
+                    compile_config=config or EdgeCompileConfig(_check_ir_validity=False), generate_etrecord=True)
             program = edge.to_executorch(backend_config or ExecutorchBackendConfig(extract_delegate_segments=True))
             check = agreement_check if excluded and agreement_check is not None else load_check
             if check is not None:

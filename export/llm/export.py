@@ -547,9 +547,11 @@ def _partition_progress():
 def _lower_stage(w: Work) -> None:
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
 
+    from ..retrace import skip_idle_retraces
+
     partitioners = w.target.partitioners(w.chain.quantize)   # imports the backends' classes, which are counted
     report_progress(0, 1, "decomposing to the edge dialect, partitioning")
-    with _partition_progress():
+    with _partition_progress(), skip_idle_retraces():
         edge = to_edge_transform_and_lower(w.exported, partitioner=partitioners,
                                            compile_config=EdgeCompileConfig(_check_ir_validity=False),
                                            generate_etrecord=True)
