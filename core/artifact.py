@@ -262,6 +262,7 @@ class TargetRef:
     compile_options: Mapping[str, str] = field(default_factory=dict)  # its backend's settings (Vela's)
     functional_check: str | None = None      # how its numerics were checked when the host cannot run it
     llm: bool = True
+    lowering: str | None = None              # lowered by this (Cortex-M's pass manager), not by partitioners
 
     def to_json(self) -> dict:
         out = {"name": self.name, "description": self.description, "arch": self.arch, "cpu": self.cpu,
@@ -279,6 +280,8 @@ class TargetRef:
             out["functional_check"] = self.functional_check
         if not self.llm:
             out["llm"] = False
+        if self.lowering is not None:
+            out["lowering"] = self.lowering
         return out
 
     @classmethod
@@ -287,7 +290,7 @@ class TargetRef:
                    **{k: _get(d, k, str, where, optional=True) for k in ("cpu", "description", "default_scheme",
                                                                           "bundle_variant", "qemu_cpu", "quantizer",
                                                                           "estimator", "toolchain",
-                                                                          "functional_check")},
+                                                                          "functional_check", "lowering")},
                    compile_options={str(k): str(v) for k, v in
                                     _get(d, "compile_options", dict, where, optional=True, default={}).items()},
                    llm=_get(d, "llm", bool, where, optional=True, default=True),

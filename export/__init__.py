@@ -22,6 +22,7 @@ from . import compression  # noqa: F401,E402  registers lowrank and prune-channe
 from . import sparsity  # noqa: F401,E402  registers sparsify
 from . import distill  # noqa: F401,E402  registers distill
 from .arm import targets as _arm_targets  # noqa: F401,E402  registers the Ethos-U targets
+from .arm import cortex_m as _cortex_m  # noqa: F401,E402  registers the Cortex-M targets
 from .targets import (BACKENDS, ESTIMATORS, QUANTIZERS, TARGETS, Target, get_target, legal_pairs, register_backend,
                       register_estimator, register_quantizer, register_target, unregister_target)
 from .zoo import MODELS, ModelSpec, get_model

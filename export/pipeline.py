@@ -194,6 +194,10 @@ def _program_agrees(exported, example):
 
 def _lower(exported, target: Target, scheme: Recipe, example=None):
     """-> :class:`.lowering.Lowered` (the program, the graph it came from, what was kept off the delegate)."""
+    if target.lowering is not None:             # not a partitioner: the target's own lowering
+        from .targets import LOWERINGS
+
+        return LOWERINGS[target.lowering](exported, target, scheme)
     label = " + ".join(b.upper() for b in target.backends) or "the delegate"
     runs_here = bool(target.backends) and target.functional_check is None  # an NPU's program cannot run here
     return lower(exported, lambda: target.partitioners(scheme), backend_label=label,

@@ -30,6 +30,9 @@ FUNCTIONAL_CHECKS: dict[str, Callable[..., Any]] = {}
 #: toolchain name -> reports(directory) -> a context manager around lowering that keeps the backend
 #: compiler's reports (Vela's CSVs) in the artifact; what it yields has ``facts()`` for the manifest
 COMPILER_REPORTS: dict[str, Callable[..., Any]] = {}
+#: lowering name -> lower(exported, target, scheme) -> export.lowering.Lowered, for a backend that is not a
+#: partitioner (Cortex-M: to_edge, then ExecuTorch's Cortex-M pass manager swaps in CMSIS-NN operators)
+LOWERINGS: dict[str, Callable[..., Any]] = {}
 MEASURES = ("run", "estimate")
 
 
@@ -96,6 +99,7 @@ class Target:
     # FUNCTIONAL_CHECKS name: its programs cannot run on this host, so verification runs this instead
     functional_check: str | None = None
     llm: bool = True                          # False: LLMs are refused on it (a microcontroller)
+    lowering: str | None = None               # LOWERINGS name: lowered by it instead of by partitioners
 
     def __post_init__(self) -> None:
         if self.quantizer is not None and self.quantizer not in QUANTIZERS:
@@ -117,6 +121,8 @@ class Target:
             raise ValueError(f"target {self.name}: unknown graph rewrites {odd}")
         if self.functional_check is not None and self.functional_check not in FUNCTIONAL_CHECKS:
             raise ValueError(f"target {self.name}: unknown functional check {self.functional_check!r}")
+        if self.lowering is not None and self.lowering not in LOWERINGS:
+            raise ValueError(f"target {self.name}: unknown lowering {self.lowering!r}")
         missing = [b for b in self.backends if b not in BACKENDS]
         if missing:
             raise ValueError(f"target {self.name}: unknown backends {missing}")

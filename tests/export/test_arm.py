@@ -42,17 +42,26 @@ def arm_toolchain():
 def u55_tiny(arm_toolchain, tmp_path_factory):
     """factories:tiny_pooled exported for ethos-u55-128 (int8), once: its functional ReLU6 stays on the CPU, so
     the program has two NPU partitions around it."""
-    from edgerun.export import export_model
+    from edgerun.export import ExportOptions, export_model
 
     stages: list[str] = []
     out = tmp_path_factory.mktemp("arm") / "tiny-u55"
-    m = export_model("factories:tiny_pooled", "ethos-u55-128", "int8", out, on_stage=stages.append)
+    m = export_model("factories:tiny_pooled", "ethos-u55-128", "int8", out, on_stage=stages.append,
+                     options=ExportOptions(vectors=2))
     return m, stages
 
 
+@pytest.fixture(scope="module")
+def m55_tiny(arm_toolchain, tmp_path_factory):
+    from edgerun.export import ExportOptions, export_model
+
+    return export_model("factories:tiny_pooled", "cortex-m55", "int8", tmp_path_factory.mktemp("arm") / "tiny-m55",
+                        options=ExportOptions(vectors=2))
+
+
 # ------------------------------------------------------------------------------------ no toolchain needed
-@pytest.mark.parametrize("target", ["ethos-u55-128", "ethos-u65-256", "ethos-u85-256"])
-def test_fp32_on_an_ethos_u_is_refused_naming_int8(target):
+@pytest.mark.parametrize("target", ["ethos-u55-128", "ethos-u65-256", "ethos-u85-256", "cortex-m55", "cortex-m4"])
+def test_fp32_on_an_ethos_u_or_a_cortex_m_is_refused_naming_int8(target):
     from edgerun.export import export_model
 
     with pytest.raises(UsageError) as e:
@@ -60,11 +69,12 @@ def test_fp32_on_an_ethos_u_is_refused_naming_int8(target):
     assert "fp32" in e.value.message and "int8" in e.value.hint
 
 
-def test_an_llm_on_an_ethos_u_is_refused_before_any_work():
+@pytest.mark.parametrize("target", ["ethos-u55-128", "cortex-m4"])
+def test_an_llm_on_an_ethos_u_or_a_cortex_m_is_refused_before_any_work(target):
     from edgerun.export import export_model
 
     with pytest.raises(UsageError) as e:
-        export_model("smollm2-135m", "ethos-u55-128", "8da4w", "/nonexistent/never-written")
+        export_model("smollm2-135m", target, "8da4w", "/nonexistent/never-written")
     assert "LLM" in e.value.message and "rpi5" in e.value.hint
 
 
@@ -185,3 +195,18 @@ def test_an_artifact_of_a_run_target_has_no_estimate(u55_tiny):
     host = dataclasses.replace(m, target=dataclasses.replace(m.target, name="host", measure="run", estimator=None))
     with pytest.raises(UsageError, match="measured by running"):
         estimated_record(host)
+
+
+@pytest.mark.slow   # a second export in the toolchain environment (~30 s, most of it importing the Arm backend)
+def test_a_cortex_m_export_uses_cmsis_nn_operators_and_is_checked_with_the_host_reference_ops(m55_tiny):
+    from edgerun.estimate import estimated_record
+
+    m = m55_tiny
+    ops = m.operators.non_delegated
+    assert ops.get("cortex_m::quantized_linear.out") == 1 and ops.get("cortex_m::quantized_avg_pool2d.out") == 1
+    assert not m.operators.delegated and m.compiler_report is None and m.target.lowering == "cortex-m"
+    v = m.verification
+    assert v.passed and v.runtime.startswith("functional: the Cortex-M edge program") and "quantized_linear" in v.runtime
+    assert v.outputs[0].snr_db >= v.thresholds.min_snr_db
+    with pytest.raises(UsageError, match="measured by running"):   # no cycle model: no timing is invented
+        estimated_record(m)

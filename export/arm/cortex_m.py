@@ -1,0 +1,108 @@
+"""Cortex-M targets: ExecuTorch's Cortex-M backend (CMSIS-NN operators), no NPU.
+
+Not a partitioner: the int8 graph (``CortexMQuantizer``) goes through ``to_edge`` with the backend's edge
+config, then ``CortexMPassManager`` for the core (``CortexMTargetConfig(cpu=...)``: the CMSIS-NN variant --
+MVE on M55/M85, DSP on M4/M7) replaces quantized patterns with ``cortex_m::`` operators, and
+``to_executorch`` writes the program. Those operators have no kernels in this host's ExecuTorch runtime,
+so the program cannot run here; the functional check runs the same edge program in PyTorch, where the
+``cortex_m::`` operators are the wheel's host implementations (``backends/cortex_m/ops``, the CMSIS-NN
+arithmetic), against eager fp32. No timing is estimated: there is no cycle model for a Cortex-M here.
+Everything runs in the Arm toolchain environment (the backend imports the Arm quantizer, which needs
+``tosa-tools``).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+from edgerun.core.artifact import Thresholds, Verification, thresholds_failures
+
+from ..targets import FUNCTIONAL_CHECKS, LOWERINGS, Target, register_quantizer, register_target
+
+#: target name -> (CortexM enum name, description)
+CORES = {
+    "cortex-m55": ("M55", "Arm Cortex-M55 (Helium/MVE, CMSIS-NN)"),
+    "cortex-m85": ("M85", "Arm Cortex-M85 (Helium/MVE, CMSIS-NN)"),
+    "cortex-m7": ("M7", "Arm Cortex-M7 (DSP, CMSIS-NN)"),
+    "cortex-m4": ("M4", "Arm Cortex-M4 (DSP, CMSIS-NN)"),
+}
+
+
+def _edge(exported, target_name: str, *, etrecord: bool = False):
+    """(edge manager, transformed edge program) of the quantized graph for the core."""
+    from executorch.backends.cortex_m.edge_compile_config import cortex_m_edge_compile_config
+    from executorch.backends.cortex_m.passes.cortex_m_pass_manager import CortexMPassManager
+    from executorch.backends.cortex_m.target_config import CortexM, CortexMTargetConfig
+    from executorch.exir import to_edge
+
+    import executorch.backends.cortex_m.ops.operators  # noqa: F401  the cortex_m:: operators
+
+    edge = to_edge(copy.deepcopy(exported), compile_config=cortex_m_edge_compile_config(), generate_etrecord=etrecord)
+    core = CortexM[CORES[target_name][0]]
+    program = CortexMPassManager(edge.exported_program(), target_config=CortexMTargetConfig(cpu=core)).transform()
+    return edge, program
+
+
+def lower_cortex_m(exported, target: Target, scheme):
+    from executorch.exir import ExecutorchBackendConfig
+
+    from ..lowering import GraphSummary, Lowered
+
+    edge, program = _edge(exported, target.name, etrecord=True)
+    summary = GraphSummary.of(program.graph_module.graph)
+    edge._edge_programs["forward"] = program
+    return Lowered(program=edge.to_executorch(ExecutorchBackendConfig(extract_delegate_segments=False)),
+                   summary=summary, exclusions=(), attempts=1)
+
+
+def cortex_m_reference_check(exported, manifest, thresholds: Thresholds) -> Verification:
+    """The Cortex-M program's edge graph run in PyTorch with the wheel's host ``cortex_m::`` operators, on the
+    test vectors, against eager fp32 (labelled functional: not a Cortex-M)."""
+    import numpy as np
+    import torch
+    from torch.utils._pytree import tree_flatten
+
+    from edgerun.core.numerics import aggregate, compare_outputs
+
+    _, program = _edge(exported, manifest.target.name)
+    module = program.module()
+    from ..lowering import op_name
+
+    ops = sorted({op_name(n).split(".")[1] for n in program.graph.nodes
+                  if n.op == "call_function" and op_name(n).startswith("cortex_m.")})
+    per_vector = []
+    with torch.no_grad():
+        for v in manifest.load_test_vectors():
+            outs, _ = tree_flatten(module(*[torch.from_numpy(np.ascontiguousarray(a)) for a in v.inputs]))
+            actual = [np.asarray(o.detach().contiguous().numpy()) for o in outs if isinstance(o, torch.Tensor)]
+            per_vector.append(compare_outputs(actual, v.outputs))
+    summary = aggregate(per_vector)
+    if len(manifest.outputs) == len(summary):
+        summary = [dataclasses.replace(m, name=s.name) for m, s in zip(summary, manifest.outputs)]
+    failures = thresholds_failures(summary, thresholds)
+    return Verification(runtime=f"functional: the Cortex-M edge program with ExecuTorch's host cortex_m operators "
+                                f"({', '.join(ops) or 'none'}) in PyTorch; not a Cortex-M",
+                        thresholds=thresholds, outputs=tuple(summary), passed=not failures, failures=tuple(failures))
+
+
+def _quantizer(scheme):
+    from executorch.backends.cortex_m.quantizer.quantizer import CortexMQuantizer
+
+    return CortexMQuantizer()
+
+
+def register() -> None:
+    register_quantizer("cortex-m")(_quantizer)
+    LOWERINGS["cortex-m"] = lower_cortex_m
+    FUNCTIONAL_CHECKS["cortex-m-reference"] = cortex_m_reference_check
+    for name, (core, description) in CORES.items():
+        arch = "armv8.1-m" if core in ("M55", "M85") else "armv7e-m"
+        register_target(Target(
+            name, f"{description}; runs on a board (no runner bundle here), checked functionally on this host",
+            arch, name, (), "int8", ("int8",), bundle_variant="none", quantizer="cortex-m", toolchain="arm",
+            compile_options=(("cpu", core),), functional_check="cortex-m-reference", llm=False,
+            lowering="cortex-m"))
+
+
+register()
