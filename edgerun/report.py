@@ -700,8 +700,10 @@ def size_references(records: Sequence[RunRecord]) -> dict[tuple[str, str], RunRe
 def recommend(records: Sequence[RunRecord], target_size: float) -> list[dict[str, Any]]:
     """For each device (one device, one source, one LLM test: :func:`pareto_groups`) and model: the fastest
     run (then the most accurate) whose .pte is at most ``target_size`` times its reference's
-    (:func:`size_references`: the fp32 run of the same model and target, else the largest). Emulated
-    groups are recommended apart and say so: their speed is not the board's."""
+    (:func:`size_references`: the fp32 run of the same model and target, else the largest). "Fastest" is
+    read from the samples, not the medians alone: the runs whose median's 95 % CI reaches the fastest
+    one's (``equally_fast``) are a tie, and the most accurate of them is chosen (then the faster, then the
+    smaller). Emulated groups are recommended apart and say so: their speed is not the board's."""
     if not (isinstance(target_size, (int, float)) and target_size > 0 and math.isfinite(target_size)):
         raise UsageError(f"--target-size is a fraction of the largest (fp32) program's size, e.g. 0.6; got "
                          f"{target_size!r}.")
@@ -717,9 +719,11 @@ def recommend(records: Sequence[RunRecord], target_size: float) -> list[dict[str
             def key(r: RunRecord) -> tuple:
                 value, _, higher = quality_of(r)
                 q = -math.inf if value is None else (value if higher else -value)
-                return (r.latency.median_ms, -q, r.memory.pte_bytes)
+                return (-q, r.latency.median_ms, r.memory.pte_bytes)
 
-            best = min(fits, key=key) if fits else None
+            fastest = min(fits, key=lambda r: r.latency.median_ms) if fits else None
+            tied = [r for r in fits if r.latency.ci95_low_ms <= fastest.latency.ci95_high_ms] if fits else []
+            best = min(tied, key=key) if tied else None
             item: dict[str, Any] = {"device": device, "source": source, "model": model, "target_size": target_size,
                                     "candidates": len(runs), "within": len(fits), "recommended": None}
             if source == EMULATED:
@@ -737,10 +741,12 @@ def recommend(records: Sequence[RunRecord], target_size: float) -> list[dict[str
                 item["recommended"] = {
                     "run_id": best.run_id, "recipe": best.model.scheme, "target": best.model.target,
                     "pte_bytes": best.memory.pte_bytes, "size_ratio": round(_ratio(best, refs), 4),
-                    "median_ms": best.latency.median_ms, "quality": value, "quality_measure": label,
+                    "median_ms": best.latency.median_ms, "ci95_ms": [best.latency.ci95_low_ms, best.latency.ci95_high_ms],
+                    "quality": value, "quality_measure": label,
                     "decode_tokens_per_s": best.llm.decode_tokens_per_s if best.llm is not None else None}
                 item["reference"] = {"run_id": ref.run_id, "recipe": ref.model.scheme, "pte_bytes": ref.memory.pte_bytes,
                                      "why": "fp32" if ref.model.scheme == "fp32" else "largest"}
+                item["equally_fast"] = [r.run_id for r in tied]
             out.append(item)
     return out
 
@@ -760,9 +766,12 @@ def recommendation_text(item: dict[str, Any]) -> str:
     quality = "" if best["quality"] is None else (
         f", {best['quality_measure']} " + (f"{best['quality']:.2%}" if best["quality_measure"] == "task accuracy"
                                            else f"{best['quality']:.4g}"))
-    return (f"{where}: {best['recipe']} ({best['run_id']}) -- {best['size_ratio']:.2f}x the size of "
-            f"{ref['recipe']} ({ref['why']}), median {best['median_ms']:.4g} ms{quality}; the fastest of "
-            f"{item['within']} run(s) within {item['target_size']:g}x"
+    of = "the fp32 cell" if ref["why"] == "fp32" else f"the largest cell ({ref['recipe']})"
+    return (f"{where}: {best['recipe']} ({best['run_id']}) -- {best['size_ratio']:.2f}x the size of {of}, "
+            f"median {best['median_ms']:.4g} ms{quality}; of {item['within']} run(s) within "
+            f"{item['target_size']:g}x, "
+            + ("the fastest" if len(item["equally_fast"]) == 1 else
+               f"the most accurate of the {len(item['equally_fast'])} whose latency 95 % CIs reach the fastest's")
             + (f". {item['note']}" if item.get("note") else ""))
 
 

@@ -196,8 +196,8 @@ def show_steps(m) -> None:
             change = None
         if change is not None:
             before, after = change
-            t = Table(title=escape(f"Step {step.name} ({step.kind}): per layer type, one forward on the example"),
-                      title_justify="left")
+            t = Table(title=escape(f"{step.name} ({step.kind}) per layer type"), title_justify="left",
+                      caption="FLOPs of one forward on the example", caption_justify="left")
             for col in ("layer type", "layers", "parameters", "FLOPs"):
                 t.add_column(col, justify="left" if col == "layer type" else "right")
             for kind in sorted(set(before.by_type) | set(after.by_type)):

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from edgerun.core.artifact import read_manifest
-from edgerun.report import pareto_fronts, recommend
+from edgerun.report import pareto_fronts, quality_of, recommend
 from edgerun.store import Store
 
 FACTORIES = Path(__file__).resolve().parents[1] / "export"
@@ -76,11 +76,14 @@ def test_target_size_recommends_the_fastest_cell_within_the_bound(sweep):
     largest = max(x.memory.pte_bytes for x in recs)          # no fp32 cell: the largest is the reference
     within = [x for x in recs if x.memory.pte_bytes <= TARGET_SIZE * largest]
     assert within and len(within) < len(recs), [x.memory.pte_bytes for x in recs]   # the bound chooses
-    expected = min(within, key=lambda x: x.latency.median_ms)
+    fastest = min(within, key=lambda x: x.latency.median_ms)
+    tied = [x for x in within if x.latency.ci95_low_ms <= fastest.latency.ci95_high_ms]   # CIs reach the fastest's
+    expected = max(tied, key=lambda x: (quality_of(x)[0], -x.latency.median_ms))          # then the most accurate
     [item] = sweep.result["recommendation"]
     assert item["recommended"]["run_id"] == expected.run_id and item["source"] == "measured"
     assert item["recommended"]["size_ratio"] == pytest.approx(expected.memory.pte_bytes / largest, abs=1e-4)
     assert item["reference"]["why"] == "largest" and item["within"] == len(within)
+    assert sorted(item["equally_fast"]) == sorted(x.run_id for x in tied)
     assert f"{expected.model.scheme} ({expected.run_id})" in sweep.result["human"]
     nothing = recommend(recs, 0.01)
     assert nothing[0]["recommended"] is None and "within 0.01x" in nothing[0]["reason"]
@@ -131,3 +134,16 @@ def test_recipes_and_schemes_together_are_refused(tmp_path, edgerun_home):
              "--json", env={"EDGERUN_HOME": str(edgerun_home), "PYTHONPATH": str(FACTORIES)})
     assert p.returncode == 2 and "--recipes or --schemes, not both" in p.stdout + p.stderr
     assert not (tmp_path / "s").exists()
+
+
+def test_runs_whose_latency_cannot_be_told_apart_are_chosen_between_by_quality(sweep):
+    a, b = sweep.records
+    # the same samples' statistics for both (a tie by construction), both within the bound: quality decides
+    b_like_a = dataclasses.replace(b, latency=a.latency, memory=dataclasses.replace(b.memory, pte_bytes=1),
+                                   accuracy=dataclasses.replace(b.accuracy, task_accuracy=0.9))
+    a_small = dataclasses.replace(a, memory=dataclasses.replace(a.memory, pte_bytes=1),
+                                  accuracy=dataclasses.replace(a.accuracy, task_accuracy=0.8))
+    ref = dataclasses.replace(a, run_id="ref", memory=dataclasses.replace(a.memory, pte_bytes=100))
+    [item] = recommend([ref, a_small, b_like_a], 0.5)
+    assert sorted(item["equally_fast"]) == sorted([a.run_id, b.run_id])
+    assert item["recommended"]["run_id"] == b.run_id and item["recommended"]["quality"] == 0.9
