@@ -225,15 +225,34 @@ def _num_classes(net, example) -> int | None:
     return int(out.shape[-1]) if isinstance(out, torch.Tensor) and out.ndim >= 1 else None
 
 
+def text_windows(ids, seq_len: int, bos_id: int | None) -> tuple[np.ndarray, bool]:
+    """Training windows ``[N, seq_len + 1]`` from a text's ids (inputs: the first ``seq_len``, targets: the
+    next ``seq_len``), and whether each starts with BOS.
+
+    A model whose GGUF adds BOS (``bos_id`` given: SentencePiece Llamas, Llama 3, Gemma ...) never sees a
+    sequence without it — llama.cpp puts it first in every prompt and every perplexity chunk, and edgerun's
+    held-out perplexity follows that rule — so each window is BOS + ``seq_len`` text tokens and the position
+    after BOS is trained as it is used. Otherwise (GPT-2 style vocabularies: SmolLM2, Qwen) the text is
+    packed as HF's causal-LM scripts pack it: windows of ``seq_len + 1`` ids overlapping by one."""
+    ids = np.asarray(ids, dtype=np.int64)
+    T = seq_len
+    if bos_id is not None:
+        n = len(ids) // T
+        body = ids[:n * T].reshape(n, T)
+        return np.concatenate([np.full((n, 1), bos_id, np.int64), body], axis=1), True
+    n = max(0, (len(ids) - 1) // T)
+    return (np.stack([ids[i * T:i * T + T + 1] for i in range(n)]) if n else np.zeros((0, T + 1), np.int64)), False
+
+
 def _text_data(spec, settings: FinetuneSettings):
     """An LLM's fine-tuning data: a text (``--data FILE.txt``, default the held-out text edgerun ships)
-    tokenised with the GGUF's own tokenizer, cut into windows of ``seq_len + 1`` ids; inputs are the first
-    ``seq_len``, targets the next ``seq_len``; the last ``eval_fraction`` of the windows is held out. With
+    tokenised with the GGUF's own tokenizer, cut into windows by :func:`text_windows` (BOS first in each when
+    the GGUF adds BOS); the last ``eval_fraction`` of the windows is held out. With
     ``--data-on-device DIR`` the windows are already there as ``x_train.npy``/``y_train.npy`` (and
     ``x_eval.npy``/``y_eval.npy``), ``[N, seq_len]`` int64 token ids and their next tokens: the runner
     checks their shapes against the program, and the text never leaves the device."""
     from edgerun.export.llm.export import DATA
-    from edgerun.export.llm.tokenizer import tokenizer_from_gguf
+    from edgerun.export.llm.tokenizer import encode, tokenizer_from_gguf
 
     if settings.data_on_device:  # token windows already on the device (x/y_train.npy [N, T] int64): never read here
         model, _example, _g = spec.build_llm(max(2, settings.seq_len))
@@ -249,11 +268,10 @@ def _text_data(spec, settings: FinetuneSettings):
     except UnicodeDecodeError:
         raise UsageError(f"--data {path} is not UTF-8 text.") from None
     model, _example, g = spec.build_llm(max(2, settings.seq_len))
-    tok, _ = tokenizer_from_gguf(g)
-    ids = np.asarray(tok.encode(text).ids, dtype=np.int64)
-    T = settings.seq_len
-    n = (len(ids) - 1) // T
-    windows = np.stack([ids[i * T:i * T + T + 1] for i in range(n)]) if n else np.zeros((0, T + 1), np.int64)
+    tok, facts = tokenizer_from_gguf(g)
+    ids = encode(tok, facts, text, add_special=False)   # special-token text (a chat transcript's) parsed
+    windows, bos = text_windows(ids, settings.seq_len, facts.bos_id if facts.add_bos else None)
+    n, T = len(windows), settings.seq_len
     n_eval = max(settings.batch, int(round(n * settings.eval_fraction))) if n >= 2 * settings.batch else 0
     if n - n_eval < settings.batch:
         raise UsageError(f"{path} gives {n} windows of {T + 1} tokens, fewer than a batch of {settings.batch} to "
@@ -262,7 +280,7 @@ def _text_data(spec, settings: FinetuneSettings):
     arrays = {"x_train": train[:, :-1], "y_train": train[:, 1:]}
     if len(held):
         arrays.update(x_eval=held[:, :-1], y_eval=held[:, 1:])
-    return model, arrays, {"text": str(path), "tokens": int(len(ids)), "windows": n, "seq_len": T}
+    return model, arrays, {"text": str(path), "tokens": len(ids), "windows": n, "seq_len": T, "bos_per_window": bos}
 
 
 def _program_cache(spec, batch: int, freeze, method: str, extra=None) -> Path:
