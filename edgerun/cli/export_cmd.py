@@ -91,6 +91,14 @@ def show_manifest(m) -> None:
         f = step.facts or {}
         if step.kind != "quantize" and "parameters_before" in f:   # what a prune/factorize step did
             t.add_row(escape(step.name), escape(_shrink_text(f)))
+    rep = m.compiler_report
+    if rep is not None:   # the NPU compiler's own figures (Vela): estimates, never measurements
+        t.add_row(f"{escape(rep.compiler)} {escape(rep.version)} (ESTIMATE)", escape(
+            f"{rep.cycles_total:,} cycles ({rep.cycles_npu:,} NPU) = {rep.inference_seconds * 1e3:.4g} ms at "
+            f"{rep.clock_hz / 1e6:g} MHz; SRAM {rep.sram_bytes / 1024:.1f} KiB, off-chip flash "
+            f"{rep.off_chip_flash_bytes / 1024:.1f} KiB, DRAM {rep.dram_bytes / 1024:.1f} KiB; {rep.nn_macs:,} MACs; "
+            f"{rep.npu_layers} of {rep.npu_layers + rep.cpu_layers} layers on the NPU in {rep.partitions} "
+            f"partition(s); {rep.accelerator}, {rep.system_config}, {rep.memory_mode}"))
     out.print(t)
     show_steps(m)
     if m.llm is not None:

@@ -167,6 +167,8 @@ def test_an_estimated_record_is_stored_labelled_and_a_tampered_report_is_refused
     assert any("aten::hardtanh" in w and "CPU" in w for w in rec.warnings)
     assert RunRecord.from_dict(json.loads(json.dumps(rec.to_dict()))).estimate == rec.estimate
 
+    shown = cli("inspect", str(m.dir))
+    assert shown.returncode == 0 and "vela 5.1.0 (ESTIMATE)" in shown.stdout, shown.stderr
     store = tmp_path / "runs.sqlite"
     res = cli("estimate", str(m.dir), "--store", str(store), "--json")
     assert res.returncode == 0, res.stderr
