@@ -203,3 +203,27 @@ def test_an_llm_factorised_then_distilled_is_nearer_its_teacher_on_held_out_text
     ppl = f["perplexity_heldout"]
     assert ppl["teacher"] > 1 and ppl["before"] > 1 and ppl["after"] > 1
 
+
+def test_the_llm_export_gives_distill_its_teacher_and_the_two_texts(tiny_llm_gguf):
+    """The LLM export's own stages, up to the distill step (lowering a tiny LLM takes most of a minute here, and
+    is what every other LLM export test checks): the teacher is the model before lowrank, the calibration windows
+    are the calibration text and the held-out ones the text perplexity is scored on, and the step's eager
+    perplexity equals the one the export measures after the last transform."""
+    from edgerun.export import ExportOptions, get_model, get_target, recipe_identity
+    from edgerun.export.llm.export import _plan
+    from edgerun.export.stages import Progress, Work
+
+    spec, target = get_model(str(tiny_llm_gguf)), get_target("host")
+    chain = parse_recipe("lowrank:ratio=0.25+distill:steps=30:lr=0.003:batch=4:seq_len=32")
+    w = Work(spec=spec, target=target, chain=chain, options=ExportOptions(), limits=None, tmp=None, progress=Progress(),
+             identity=recipe_identity(spec, target, chain), max_context=48, step_facts={})
+    stages = [s for s in _plan(chain).stages if s.name in ("load model", "reference", "factorize", "distill")]
+    for st in stages:
+        st.run(w)
+    f = w.step_facts[1]
+    assert f["data"]["tokens"] > 100 and f["heldout"]["source"].endswith("heldout.txt") and f["calibration_heldout_disjoint"]
+    assert f["heldout"]["tokens"] == len(w.heldout) - 1          # every held-out id after the first is scored
+    assert f["kl_heldout_after"] < 0.8 * f["kl_heldout_before"]
+    # the teacher is the fp32 model the reference measured; after the step the export lets it go
+    assert f["perplexity_heldout"]["teacher"] == pytest.approx(w.ppl_fp32, rel=1e-6) and w.teacher is None
+    assert f["perplexity_heldout"]["after"] == pytest.approx(f["eager_perplexity"]["after"], rel=1e-6)
