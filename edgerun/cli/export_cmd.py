@@ -237,6 +237,33 @@ def show_steps(m) -> None:
             if f.get("speed"):
                 text += f"; {f['speed']}"
             out.print(escape(text), soft_wrap=True, highlight=False)
+        if step.kind == "distill":
+            out.print(escape(f"{step.name}: {_distill_text(f)}"), soft_wrap=True, highlight=False)
+
+
+def _distill_text(f: dict) -> str:
+    """A distill step's facts in a line: steps and time, loss, and the held-out figures before -> after."""
+    num = lambda k, d=f: d.get(k) if isinstance(d.get(k), (int, float)) and not isinstance(d.get(k), bool) else None  # noqa: E731
+    parts = []
+    if num("steps") is not None:
+        parts.append(f"{num('steps')} steps" + (f" in {num('seconds'):.1f} s" if num("seconds") is not None else "")
+                     + (" (host, eager)" if f.get("where") else ""))
+    if num("loss_first") is not None and num("loss_last") is not None:
+        parts.append(f"loss {num('loss_first'):.4g} -> {num('loss_last'):.4g}")
+    held = f.get("heldout") if isinstance(f.get("heldout"), dict) else {}
+    if num("kl_heldout_before") is not None and num("kl_heldout_after") is not None:
+        parts.append(f"KL(teacher || student) on held-out {held.get('source', 'data')}: "
+                     f"{num('kl_heldout_before'):.4g} -> {num('kl_heldout_after'):.4g}")
+    ppl = f.get("perplexity_heldout") if isinstance(f.get("perplexity_heldout"), dict) else {}
+    if num("before", ppl) is not None and num("after", ppl) is not None:
+        parts.append(f"held-out perplexity {num('before', ppl):.4g} -> {num('after', ppl):.4g}"
+                     + (f" (teacher {num('teacher', ppl):.4g})" if num("teacher", ppl) is not None else ""))
+    acc = f.get("eager_accuracy") if isinstance(f.get("eager_accuracy"), dict) else {}
+    if num("before", acc) is not None and num("after", acc) is not None:
+        parts.append(f"eager accuracy {num('before', acc):.2%} -> {num('after', acc):.2%}")
+    if f.get("calibration_heldout_disjoint") is False:
+        parts.append("the calibration and held-out texts overlap")
+    return "; ".join(parts) or "no facts"
 
 
 def _shrink_text(f: dict) -> str:

@@ -86,7 +86,7 @@ def test_the_kl_is_the_definition():
 
 
 # ------------------------------------------------------------------------------------------- models
-def test_lowrank_then_distill_exports_a_program_closer_to_the_teacher(tmp_path):
+def test_lowrank_then_distill_exports_a_program_closer_to_the_teacher(tmp_path, cli):
     """factories:tiny, fc1 factorised at rank 4, then 60 distillation steps: the exported program (ExecuTorch)
     is nearer the original model on fresh inputs than the factorised model was -- measured here, not read off
     the facts -- and the facts' own before/after agree."""
@@ -114,6 +114,9 @@ def test_lowrank_then_distill_exports_a_program_closer_to_the_teacher(tmp_path):
         t, s = teacher(x), factorised(x)
     before, after = _kl(t, s), _kl(t, program)
     assert after < 0.8 * before, (before, after)
+    shown = " ".join(cli("inspect", str(tmp_path / "d"), env={"COLUMNS": "200"}).stdout.split())
+    assert f"distill: 60 steps in {f['seconds']:.1f} s (host, eager)" in shown
+    assert f"KL(teacher || student) on held-out {f['heldout']['source']}: {f['kl_heldout_before']:.4g} -> " in shown
 
 
 def test_alpha_needs_labels():
