@@ -39,6 +39,8 @@ MEASURED = "measured"  # on real hardware, by edgerun
 EMULATED = "emulated"  # under an emulator (qemu) or a stand-in (pty serial): checks function, not speed
 ESTIMATED = "estimated"  # computed, not observed (planned memory from the program; Vela estimates)
 SOURCES = (MEASURED, EMULATED, ESTIMATED)
+#: the verdict of a comparison with an estimated run: one figure from a model each, no test applies
+VERDICT_ESTIMATED = "estimated"
 
 
 class RunFailed(AnalysisError):
@@ -647,6 +649,14 @@ def compare_records(a: RunRecord, b: RunRecord, *, alpha: float = DEFAULT_ALPHA,
     warnings.extend(f"accuracy regression: {w}" for w in regressions)
     # A verdict between unstable runs may measure the machine (other load, throttling), not the program.
     reliable = not (a.latency.warnings or b.latency.warnings or EMULATED in (a.source, b.source))
+    if ESTIMATED in (a.source, b.source):
+        ma, mb = a.latency.median_ms, b.latency.median_ms
+        change = f"; the estimate changes by {(mb - ma) / ma:+.1%}" if ma and ESTIMATED == a.source == b.source else ""
+        warnings.append("at least one run is estimated (a compiler's performance model: one figure, nothing ran), "
+                        f"so no statistical test applies{change}")
+        return RunComparison(run_a=a.run_id, run_b=b.run_id, verdict=VERDICT_ESTIMATED, reliable=False,
+                             latency=latency, metrics=metrics, operators=tuple(ops), warnings=tuple(warnings),
+                             accuracy_regressions=tuple(regressions))
     if not reliable and latency.verdict != VERDICT_SAME:
         warnings.append(f"'{latency.verdict}' is unreliable: a run was unstable or emulated, so the machine may "
                         "have changed rather than the program; re-run both on a quiet machine (or interleaved)")

@@ -166,6 +166,10 @@ def test_an_estimated_record_is_stored_labelled_and_a_tampered_report_is_refused
     assert "vela 5.1.0" in rec.warnings[0] and "not a run" in rec.warnings[0]
     assert any("aten::hardtanh" in w and "CPU" in w for w in rec.warnings)
     assert RunRecord.from_dict(json.loads(json.dumps(rec.to_dict()))).estimate == rec.estimate
+    from edgerun.runtime.record import VERDICT_ESTIMATED, compare_records
+
+    c = compare_records(rec, estimated_record(m, clock_hz=500e6))   # the same cycles at twice the clock
+    assert c.verdict == VERDICT_ESTIMATED and not c.reliable and any("-50.0%" in w for w in c.warnings)
 
     shown = cli("inspect", str(m.dir))
     assert shown.returncode == 0 and "vela 5.1.0 (ESTIMATE)" in shown.stdout, shown.stderr
