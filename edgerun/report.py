@@ -775,12 +775,20 @@ def recommendation_text(item: dict[str, Any]) -> str:
             + (f". {item['note']}" if item.get("note") else ""))
 
 
+PPL_LABEL = "perplexity on the device (lower is better)"
+
+
 def _pareto_points(rows: Sequence[dict], scale: int) -> tuple[list[tuple[float, float, float]], str]:
     """(latency, size, accuracy) per run, with one accuracy measure for all: task accuracy when any run has
-    it, else min SNR; a run without the chosen measure has unknown accuracy (never compared on another scale)."""
+    it, else min SNR, else (LLM score runs) minus the perplexity on the device; a run without the chosen
+    measure has unknown accuracy (never compared on another scale)."""
     if any(row.get("task_accuracy") is not None for row in rows):
         label = "task accuracy"
         acc = [row.get("task_accuracy") for row in rows]
+    elif not any(row.get("min_snr_db") is not None for row in rows) and any(
+            row.get("perplexity") is not None for row in rows):
+        label = PPL_LABEL
+        acc = [None if row.get("perplexity") is None else -row["perplexity"] for row in rows]
     else:
         label = "min SNR vs eager (dB, capped at 100)"
         acc = [None if row.get("min_snr_db") is None else _accuracy_of({"min_snr_db": row["min_snr_db"]})[0]
@@ -814,12 +822,19 @@ def plot_pareto(records: Sequence[RunRecord]) -> bytes:
         marker = "^" if emulated else "o"
         known = [i for i, p in enumerate(pts) if math.isfinite(p[2])]
         vals = [pts[i][2] for i in known]
-        # the colour scale of the measure itself (task accuracy ends at 1, SNR is capped at 100 dB), never beyond
-        top = 1.0 if label == "task accuracy" else 100.0
-        low = min(vals, default=0.0) - (0.05 if top == 1.0 else 5.0)
-        sc = ax.scatter([pts[i][0] for i in known], [pts[i][1] for i in known], c=vals, cmap="viridis",
-                        vmin=max(0.0, min(low, top - (0.1 if top == 1.0 else 10.0))), vmax=top,
-                        s=80, marker=marker, zorder=2, edgecolors="black", linewidths=0.5)
+        if label == PPL_LABEL:   # perplexity itself on the colour scale, reversed: yellow is the better (lower)
+            ppl = [-v for v in vals]
+            lo, hi = min(ppl, default=1.0), max(ppl, default=2.0)
+            sc = ax.scatter([pts[i][0] for i in known], [pts[i][1] for i in known], c=ppl, cmap="viridis_r",
+                            vmin=lo, vmax=hi if hi > lo else lo * 1.05 + 1e-9, s=80, marker=marker, zorder=2,
+                            edgecolors="black", linewidths=0.5)
+        else:
+            # the colour scale of the measure itself (task accuracy ends at 1, SNR is capped at 100 dB), never beyond
+            top = 1.0 if label == "task accuracy" else 100.0
+            low = min(vals, default=0.0) - (0.05 if top == 1.0 else 5.0)
+            sc = ax.scatter([pts[i][0] for i in known], [pts[i][1] for i in known], c=vals, cmap="viridis",
+                            vmin=max(0.0, min(low, top - (0.1 if top == 1.0 else 10.0))), vmax=top,
+                            s=80, marker=marker, zorder=2, edgecolors="black", linewidths=0.5)
         if known:
             fig.colorbar(sc, ax=ax, label=label)
         unknown = [i for i in range(len(pts)) if i not in known]

@@ -147,3 +147,22 @@ def test_runs_whose_latency_cannot_be_told_apart_are_chosen_between_by_quality(s
     [item] = recommend([ref, a_small, b_like_a], 0.5)
     assert sorted(item["equally_fast"]) == sorted([a.run_id, b.run_id])
     assert item["recommended"]["run_id"] == b.run_id and item["recommended"]["quality"] == 0.9
+
+
+def test_llm_score_runs_are_fronted_and_recommended_by_perplexity(sweep):
+    from edgerun.report import frontier_rows, plot_pareto
+    from edgerun.runtime.record import LLMMetrics
+
+    a, b = sweep.records
+
+    def score(rec, run_id, ppl, size):
+        return dataclasses.replace(rec, run_id=run_id, accuracy=None, llm=LLMMetrics(test="score", perplexity=ppl),
+                                   memory=dataclasses.replace(rec.memory, pte_bytes=size))
+
+    fast, slow = sorted((a, b), key=lambda r: r.latency.median_ms)
+    runs = [score(fast, "r-fast-bad", 30.0, 100), score(slow, "r-slow-good", 12.0, 100),
+            score(slow, "r-slow-worse", 40.0, 100)]                 # dominated: as slow, as big, worse perplexity
+    assert sorted(pareto_fronts(runs)[("local:// · score", "measured")]) == ["r-fast-bad", "r-slow-good"]
+    rows = frontier_rows(runs)
+    assert [r[4] for r in rows] == ["r-fast-bad", "r-slow-good"] and rows[1][-1] == "perplexity 12.000"
+    assert plot_pareto(runs)[:8] == b"\x89PNG\r\n\x1a\n"
