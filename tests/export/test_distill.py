@@ -149,6 +149,26 @@ def test_a_calibration_file_without_held_out_inputs_has_its_last_fifth_held_back
     assert f["data"]["source"] == "train split" and "hard-label cross-entropy" in f["loss"]
 
 
+def test_the_same_seed_trains_the_same_weights_and_no_inputs_is_refused():
+    from torch import nn
+
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    student = copy.deepcopy(teacher)
+    lowrank_linears(student, LowRank(rank=2))
+    xs = [(torch.randn(1, 8),) for _ in range(32)]
+    ctx = RecipeContext(module=student, example=xs[0], target=None, flavour="model", teacher=teacher,
+                        calibration=lambda n: Samples(xs, "generated"), heldout=lambda n: Samples(xs[:4], "generated"))
+
+    def weights(seed):
+        out = RecipeChain.run_step(Distill(steps=10, batch=4, lr=1e-2, seed=seed), ctx).module
+        return torch.cat([p.detach().reshape(-1) for p in out.parameters()])
+
+    assert torch.equal(weights(0), weights(0)) and not torch.equal(weights(0), weights(1))
+    with pytest.raises(ExportError, match="needs training inputs, and the export has 0"):
+        RecipeChain.run_step(Distill(steps=2), dataclasses.replace(ctx, calibration=None))
+
+
 # --------------------------------------------------------------------------------------------- LLMs
 @pytest.fixture(scope="module")
 def tiny_llm_gguf(tmp_path_factory):
