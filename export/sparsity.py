@@ -10,7 +10,9 @@ what was zeroed and, once the program is written, its size and its size compress
 standard library's: zstandard is not a dependency), and the same for the fp32 weights before and after the
 step. Measure whatever you want to claim about speed with ``edgerun bench``.
 
-LLMs (a GGUF): no handler; a chain with this step is refused for an LLM before any work.
+LLMs (a GGUF): the same zeros in every linear layer of the eager Llama but its LM head (left dense, as
+Wanda and SparseGPT leave it; tied to the token embeddings it would zero the embedding table too) before the
+quantize step; the export measures the eager perplexity after the step and judges the program from it.
 """
 
 from __future__ import annotations
@@ -70,15 +72,19 @@ def _weights_compressed(layers) -> int:
     return n + len(comp.flush())
 
 
-def sparsify_weights(model, recipe: Sparsify) -> dict[str, Any]:
-    """Zero ``recipe.ratio`` of each Linear/Conv weight by magnitude, in place; returns the facts."""
+def sparsify_weights(model, recipe: Sparsify, skip: dict[str, str] | None = None) -> dict[str, Any]:
+    """Zero ``recipe.ratio`` of each Linear/Conv weight by magnitude, in place (``skip``: layer name -> why it is
+    left); returns the facts."""
     import torch
     from torch import nn
 
+    skip = skip or {}
     layers = [(name, m) for name, m in model.named_modules()
               if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) and m.weight.dtype.is_floating_point]
+    skipped = [{"layer": n, "reason": skip[n]} for n, _ in layers if n in skip]
     seen: set[int] = set()
-    layers = [(n, m) for n, m in layers if not (id(m.weight) in seen or seen.add(id(m.weight)))]  # tied: once
+    layers = [(n, m) for n, m in layers if n not in skip
+              and not (id(m.weight) in seen or seen.add(id(m.weight)))]  # tied: once
     before = _weights_compressed(layers)
     done, zeros, total = [], 0, 0
     with torch.no_grad():
@@ -97,7 +103,8 @@ def sparsify_weights(model, recipe: Sparsify) -> dict[str, Any]:
             zeros += z
             total += w.numel()
             done.append({"layer": name, "type": type(m).__name__, "weights": w.numel(), "zeros": z})
-    return {"layers_sparsified": len(done), "layers_skipped": 0, "sparsified": done, "weights": total,
+    return {"layers_sparsified": len(done), "layers_skipped": len(skipped), "sparsified": done, "skipped": skipped,
+            "weights": total,
             "zeros": zeros, "sparsity": round(zeros / total, 6) if total else 0.0,
             "weights_compressed_before": before, "weights_compressed_after": _weights_compressed(layers),
             "compressor": COMPRESSOR, "speed": SPARSE_NOTE}
@@ -111,3 +118,9 @@ def _sparsify(recipe: Sparsify, ctx: RecipeContext) -> RecipeResult:
         raise ExportError("recipe sparsify zeroes the weights of Linear and Conv layers, and this model has none.",
                           stage="prune", hint="Export it without the sparsify step.")
     return RecipeResult(ctx.module, facts=sparsify_weights(ctx.module, recipe))
+
+
+@recipe_handler(Sparsify, llm=True)
+def _sparsify_llm(recipe: Sparsify, ctx: RecipeContext) -> RecipeResult:
+    head = {"output": "the LM head: left dense (Wanda/SparseGPT leave it; tied, it is the token embeddings)"}
+    return RecipeResult(ctx.module, facts=sparsify_weights(ctx.module, recipe, skip=head))

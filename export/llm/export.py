@@ -571,6 +571,10 @@ def _write_stage(w: Work) -> None:
     pte = tmp / "model.pte"
     with open(pte, "wb") as f:
         w.program.write_to_file(f)
+    for i, step in enumerate(w.chain.steps):   # what a step says of the written program (sparsify: compressed size)
+        extra = step.program_facts(pte)
+        if extra:
+            w.step_facts[i] = {**w.step_facts.get(i, {}), **extra}
     facts = describe_program(w.program.executorch_program)
     save_compact_etrecord(w.program.get_etrecord(), tmp / "model.etrecord")
     del w.program   # the edge graphs, the etrecord's copies and the emitted buffer: not needed any more

@@ -44,8 +44,7 @@ def test_sparsify_text_options_and_refusals(tmp_path):
     for text in ("sparsify(1)", "sparsify(0)", "sparsify(-0.2)"):
         with pytest.raises(UsageError, match="share of each layer's weights"):
             parse_recipe(text)
-    with pytest.raises(UsageError, match="'sparsify' has no handler for an LLM"):
-        parse_recipe("sparsify(0.5)+8da4w").check_handlers("llm")
+    parse_recipe("sparsify(0.5)+8da4w").check_handlers("llm")     # LLMs too: tests/llm/test_sparsify_llm.py
     data = tmp_path / "x.bin"
     data.write_bytes(bytes(100_000))
     size, packed = compressed_size(data)
