@@ -230,9 +230,10 @@ def test_calibration_for_a_recipe_that_runs_none_is_refused(tmp_path):
 
 # --------------------------------------------------------------------------------------- targets
 def test_targets_name_their_quantizer_and_how_they_are_measured():
-    for t in TARGETS.values():
-        assert t.measure == "run"
+    for t in TARGETS.values():   # run on a device, or (the Ethos-U NPUs) estimated by a registered estimator
+        assert t.measure == "run" or (t.measure == "estimate" and t.estimator in ESTIMATORS)
         assert (t.quantizer == "xnnpack") == ("xnnpack" in t.backends)
+    assert get_target("ethos-u55-128").estimator == "vela" and get_target("rpi5").measure == "run"
     assert "xnnpack" in QUANTIZERS
     with pytest.raises(ValueError, match="unknown quantizer 'nope'"):
         dataclasses.replace(get_target("host"), name="x", quantizer="nope")
