@@ -58,6 +58,8 @@ def export_in_toolchain(model, target, chain, out: Path, *, options, thresholds,
                     kind, *args = json.loads(line[len(MARK):])
                 except ValueError:
                     continue
+                if args and args[0] == "resolve":   # this process resolved the call already; that one started it
+                    args[0] = "start the Arm toolchain"
                 if kind == "stage" and progress.on_stage:
                     progress.on_stage(str(args[0]))
                 elif kind == "done":
