@@ -17,7 +17,41 @@ from edgerun.core.artifact import Manifest
 from edgerun.core.errors import UsageError
 
 
-def estimated_record(manifest: Manifest, *, clock_hz: float | None = None):
+_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000 ** 2, "kib": 1024, "mib": 1024 ** 2, "gib": 1024 ** 3}
+
+
+def parse_size(text: str, what: str) -> int:
+    """``512KiB``, ``2MiB``, ``1.5MB``, ``65536`` -> bytes; anything else is a :class:`UsageError`."""
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", text or "")
+    unit = m.group(2).lower() if m else None
+    if m is None or unit not in _UNITS or float(m.group(1)) <= 0:
+        raise UsageError(f"{what} {text!r} is not a memory size.", hint="Give it like 512KiB, 2MiB or 65536 (bytes).")
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
+def fit(manifest: Manifest, figures: dict, *, sram: int | None = None, flash: int | None = None) -> dict:
+    """Does the program fit a board? SRAM it needs: the NPU's SRAM as Vela planned it (its arena: scratch and
+    tensors; off-chip memory counted apart) plus the program's own planned buffers on the CPU side (inputs,
+    outputs, what runs off the NPU); flash: the whole ``.pte`` (Vela's command stream and weights are in it).
+    Headroom is the board's size minus that; without a board size only the needs are given. An upper bound:
+    the NPU partitions' inputs and outputs may be counted in both parts."""
+    need_sram = int(figures["sram_bytes"]) + int(manifest.planned_memory_bytes or 0)
+    need_flash = int(manifest.pte_bytes)
+    out: dict = {"sram_needed_bytes": need_sram, "flash_needed_bytes": need_flash,
+                 "sram_parts": {"npu_sram_vela": int(figures["sram_bytes"]),
+                                "planned_buffers": int(manifest.planned_memory_bytes or 0)}}
+    for name, have, need in (("sram", sram, need_sram), ("flash", flash, need_flash)):
+        if have is not None:
+            out[f"{name}_bytes"] = have
+            out[f"{name}_headroom_bytes"] = have - need
+            out[f"{name}_fits"] = need <= have
+    return out
+
+
+def estimated_record(manifest: Manifest, *, clock_hz: float | None = None, sram: int | None = None,
+                     flash: int | None = None):
     from edgerun.core.version import edgerun_version
     from edgerun.runtime.analysis import edgerun_git_commit
     from edgerun.devices.info import DeviceInfo
@@ -48,6 +82,9 @@ def estimated_record(manifest: Manifest, *, clock_hz: float | None = None):
                                    key=lambda x: -x["cycles"])[:20]
     ops = manifest.operators
     figures["cpu_kernel_calls"] = int(sum(ops.non_delegated.values()))
+    figures["fit"] = fit(manifest, fig, sram=sram, flash=flash)
+    misfit = [f"it does not fit the board's {k.upper()}: needs {figures['fit'][f'{k}_needed_bytes']:,} bytes, the board "
+              f"has {figures['fit'][f'{k}_bytes']:,}" for k in ("sram", "flash") if figures["fit"].get(f"{k}_fits") is False]
     figures["npu_delegate_calls"] = int(sum(ops.delegated.values()))
     on_cpu = sorted(k for k in ops.non_delegated if not k.startswith("quantized_decomposed::"))
     cpu_note = ((f"{len(on_cpu)} operator(s) run on the host CPU, outside the NPU and outside this estimate: "
@@ -74,5 +111,5 @@ def estimated_record(manifest: Manifest, *, clock_hz: float | None = None):
         warnings=(f"estimated by {fig['compiler']} ({fig['accelerator']}, {fig['system_config']}, "
                   f"{fig['memory_mode']}, {fig['clock_hz'] / 1e6:g} MHz): a performance model, not a run; the "
                   "CPU's share (quantize/dequantize and any operator left off the NPU) is not in the time",
-                  *cpu_note),
+                  *cpu_note, *misfit),
         estimate=figures)

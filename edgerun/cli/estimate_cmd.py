@@ -21,6 +21,10 @@ def register(app: typer.Typer) -> None:
         clock: Annotated[Optional[float], typer.Option("--clock", help="NPU clock in Hz (default: the Vela "
                                                        "system config's, e.g. 500e6); the time is cycles / clock.")
                          ] = None,
+        sram: Annotated[Optional[str], typer.Option("--sram", help="The board's SRAM (512KiB, 2MiB ...): say whether "
+                                                    "the program fits and the headroom.")] = None,
+        flash: Annotated[Optional[str], typer.Option("--flash", help="The board's flash for the program (2MiB ...).")
+                         ] = None,
         store: Annotated[Optional[Path], typer.Option("--store", help="Results store (default: "
                                                       "EDGERUN_HOME/results.sqlite).")] = None,
         no_store: Annotated[bool, typer.Option("--no-store", help="Print the record; do not store it.")] = False,
@@ -32,10 +36,12 @@ def register(app: typer.Typer) -> None:
 
         def work() -> dict:
             from edgerun.core.artifact import read_manifest
-            from edgerun.estimate import estimated_record
+            from edgerun.estimate import estimated_record, parse_size
             from edgerun.store import Store
 
-            rec = estimated_record(read_manifest(artifact), clock_hz=clock)
+            board = {"sram": parse_size(sram, "--sram") if sram is not None else None,
+                     "flash": parse_size(flash, "--flash") if flash is not None else None}
+            rec = estimated_record(read_manifest(artifact), clock_hz=clock, **board)
             if not no_store:
                 with Store(store) as s:
                     s.save(rec)
@@ -58,6 +64,17 @@ def register(app: typer.Typer) -> None:
             t.add_row("layers on the NPU", f"{e['npu_layers']} of {e['npu_layers'] + e['cpu_layers']}"
                                            + (f" ({share:.0%})" if share is not None else ""))
             t.add_row("CPU kernel calls", f"{e['cpu_kernel_calls']} (quantize/dequantize and operators off the NPU)")
+            f = e.get("fit") or {}
+            for k, label in (("sram", "SRAM needed"), ("flash", "flash needed")):
+                line = f"{f[k + '_needed_bytes'] / 1024:.1f} KiB"
+                if k == "sram":
+                    p = f["sram_parts"]
+                    line += (f" (NPU {p['npu_sram_vela'] / 1024:.1f} KiB by Vela + program buffers "
+                             f"{p['planned_buffers'] / 1024:.1f} KiB)")
+                if f.get(k + "_fits") is not None:
+                    line += (f" of {f[k + '_bytes'] / 1024:.1f} KiB: " + ("[green]fits[/]" if f[k + "_fits"] else
+                             "[red]does NOT fit[/]") + f", headroom {f[k + '_headroom_bytes'] / 1024:.1f} KiB")
+                t.add_row(label, line)
             t.add_row("stored", "yes" if r["stored"] else "no (--no-store)")
             out.print(t)
 

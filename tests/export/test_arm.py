@@ -168,6 +168,11 @@ def test_an_estimated_record_is_stored_labelled_and_a_tampered_report_is_refused
     assert RunRecord.from_dict(json.loads(json.dumps(rec.to_dict()))).estimate == rec.estimate
     from edgerun.runtime.record import VERDICT_ESTIMATED, compare_records
 
+    small = estimated_record(m, sram=1024, flash=1 << 20).estimate["fit"]   # does it fit a board?
+    assert small["sram_needed_bytes"] == m.compiler_report.sram_bytes + m.planned_memory_bytes
+    assert small["sram_fits"] is False and small["sram_headroom_bytes"] == 1024 - small["sram_needed_bytes"]
+    assert small["flash_fits"] is True and small["flash_needed_bytes"] == m.pte_bytes
+    assert any("does not fit the board's SRAM" in w for w in estimated_record(m, sram=1024).warnings)
     c = compare_records(rec, estimated_record(m, clock_hz=500e6))   # the same cycles at twice the clock
     assert c.verdict == VERDICT_ESTIMATED and not c.reliable and any("-50.0%" in w for w in c.warnings)
 

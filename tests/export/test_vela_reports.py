@@ -58,3 +58,14 @@ def test_per_layer_rows_need_a_target_and_numbers(tmp_path):
     p.write_bytes(b"x" * (5 << 20))
     with pytest.raises(VelaReportError, match="bytes"):
         read_layers(p)
+
+
+def test_board_sizes_parse_or_are_refused():
+    from edgerun.core.errors import UsageError
+    from edgerun.estimate import parse_size
+
+    assert parse_size("512KiB", "--sram") == 512 * 1024 and parse_size("2MiB", "--flash") == 2 << 20
+    assert parse_size("1.5MB", "--flash") == 1_500_000 and parse_size("65536", "--sram") == 65536
+    for bad in ("", "4QB", "-1KiB", "0", "KiB"):
+        with pytest.raises(UsageError, match="not a memory size"):
+            parse_size(bad, "--sram")
