@@ -400,7 +400,7 @@ def register(app: typer.Typer) -> None:
             for col in ("name", "arch", "cpu", "backends", "default", "schemes"):
                 t.add_column(col, no_wrap=col in ("name", "cpu"))
             for x in r["targets"]:
-                t.add_row(x["name"], x["arch"], x["cpu"], ", ".join(x["backends"]) or "(none)",
+                t.add_row(x["name"], x["arch"], x["cpu"], ", ".join(x["backends"]) or x.get("lowering") or "(none)",
                           x["default_scheme"], " ".join(x["allowed_schemes"]))
             out.print(t)
             for x in r["targets"]:
