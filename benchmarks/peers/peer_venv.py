@@ -18,15 +18,13 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import site
 import subprocess
 import sys
-import sysconfig
 import time
-from importlib import metadata
 from pathlib import Path
 
 from edgerun.core.paths import locked
+from edgerun.core.version import base_site_packages, installed_version
 
 # The peers, pinned (each checked on PyPI when this was written). onnxscript is what torch.onnx.export's
 # dynamo path needs; 0.7.2 is the version pip picked with these pins.
@@ -57,25 +55,9 @@ def venv_dir() -> Path:
     return cache_dir("benchmarks") / "peers-venv"
 
 
-def base_site_packages() -> list[str]:
-    """edgerun's venv's site-packages, from the running interpreter (not a hard-coded path)."""
-    paths = [p for p in site.getsitepackages() if Path(p).is_dir()]
-    purelib = sysconfig.get_paths()["purelib"]
-    if purelib not in paths and Path(purelib).is_dir():
-        paths.insert(0, purelib)
-    return paths
-
-
-def _version(name: str) -> str | None:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def pins_hash() -> str:
     ident = {"pins": list(PINS), "python": sys.version, "base": base_site_packages(),
-             "shared": {n: _version(n) for n in SHARED}, "layout": 1}
+             "shared": {n: installed_version(n) for n in SHARED}, "layout": 1}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -117,7 +99,7 @@ def ensure_peer_venv(*, force: bool = False) -> dict:
         lines = [f"import site; site.addsitedir({p!r})" for p in base_site_packages()]
         (purelib / PTH_NAME).write_text("\n".join(lines) + "\n")
         constraints = venv / "constraints.txt"
-        constraints.write_text("".join(f"{n}=={_version(n)}\n" for n in SHARED if _version(n)))
+        constraints.write_text("".join(f"{n}=={installed_version(n)}\n" for n in SHARED if installed_version(n)))
         report = venv / "pip-report.json"
         log(f"pip install {' '.join(PINS)} (torch/torchvision held at edgerun's)")
         proc = subprocess.run([str(py), "-m", "pip", "install", "--disable-pip-version-check", "--no-input",
@@ -131,7 +113,7 @@ def ensure_peer_venv(*, force: bool = False) -> dict:
         bad = sorted(n for n in installed if n in SHARED or n.startswith("nvidia-"))
         if bad:
             raise PeerVenvError(f"pip installed {', '.join(bad)} into the peer venv: a peer requires another torch "
-                                f"than edgerun's {_version('torch')}. Remove {venv}, relax the pins in "
+                                f"than edgerun's {installed_version('torch')}. Remove {venv}, relax the pins in "
                                 f"benchmarks/peers/venv.py, and never let the peers download torch.")
         peer_torch = subprocess.run([str(py), "-c", "import torch; print(torch.__version__, torch.__file__)"],
                                     capture_output=True, text=True)

@@ -56,7 +56,6 @@ import subprocess
 import sys
 import threading
 import time
-from importlib import metadata
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -66,6 +65,8 @@ sys.path.insert(0, str(HERE))
 import peer_venv  # noqa: E402
 import report  # noqa: E402
 from common import log, sources_hash, thread_env  # noqa: E402
+
+from edgerun.core.version import installed_version  # noqa: E402
 
 WORKER = HERE / "worker.py"
 PEER_OF = {"edgerun": "edgerun", "pybindings": "edgerun", "onnxruntime": "onnxruntime", "litert": "litert"}
@@ -132,13 +133,6 @@ def strict_json(obj):
     return obj
 
 
-def _version(name: str) -> str | None:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def _package_sources(package: str) -> list[Path]:
     spec = importlib.util.find_spec(package)
     dirs = list(spec.submodule_search_locations or []) if spec else []
@@ -154,7 +148,7 @@ def conversion_key(peer: str, model_meta: dict, scheme: str, venv_record: dict |
              "calibration": model_meta.get("calibration_sha256"), "ours": ours}
     if peer == "edgerun":  # any change to edgerun's export code or its pinned tools is a new export
         ident["export_sources"] = sources_hash(*_package_sources("edgerun.export"), *_package_sources("edgerun.core"))
-        ident["versions"] = {n: _version(n) for n in ("edgerun", "torch", "executorch", "torchao")}
+        ident["versions"] = {n: installed_version(n) for n in ("edgerun", "torch", "executorch", "torchao")}
     else:
         ident["pins"] = (venv_record or {}).get("pins_hash")
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
@@ -254,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     peer_python = venv_record["python"] if venv_record else None
     result["peer_venv"] = {k: venv_record.get(k) for k in ("path", "pins", "pins_hash", "constraints", "installed",
                                                           "created", "seconds", "reused", "torch")} if venv_record else None
-    result["versions"] = {"edgerun_venv": {n: _version(n) for n in ("edgerun", "torch", "torchvision", "torchao",
+    result["versions"] = {"edgerun_venv": {n: installed_version(n) for n in ("edgerun", "torch", "torchvision", "torchao",
                                                                     "executorch", "numpy")},
                           "peer_venv": peer_venv.peer_versions(Path(peer_python)) if peer_python else None,
                           "python": sys.version.split()[0]}

@@ -24,15 +24,13 @@ import hashlib
 import json
 import os
 import shutil
-import site
 import subprocess
 import sys
-import sysconfig
 import time
-from importlib import metadata
 from pathlib import Path
 
 from edgerun.core.errors import BundleError
+from edgerun.core.version import base_site_packages, installed_version
 
 #: ExecuTorch 1.5.1's ``ethos-u`` extra (its wheel's METADATA), exactly
 PINS = ("ethos-u-vela==5.1.0", "tosa-tools==2026.5.0", "ml_dtypes==0.5.1")
@@ -65,27 +63,11 @@ def default_dir() -> Path:
     return cache_dir("toolchains") / NAME
 
 
-def base_site_packages() -> list[str]:
-    """edgerun's venv's site-packages, from the running interpreter."""
-    paths = [p for p in site.getsitepackages() if Path(p).is_dir()]
-    purelib = sysconfig.get_paths()["purelib"]
-    if purelib not in paths and Path(purelib).is_dir():
-        paths.insert(0, purelib)
-    return paths
-
-
-def _version(name: str) -> str | None:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def pins_hash() -> str:
     """The identity of an environment: the pins, edgerun's interpreter, its site-packages and the shared
     packages' versions. A different hash means the environment must be rebuilt."""
     ident = {"pins": list(PINS), "python": sys.version, "executable": sys.executable, "base": base_site_packages(),
-             "shared": {n: _version(n) for n in SHARED}, "layout": LAYOUT}
+             "shared": {n: installed_version(n) for n in SHARED}, "layout": LAYOUT}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -184,7 +166,7 @@ def ensure(venv: Path | None = None, *, force: bool = False, log=None) -> dict:
         (_purelib(py) / PTH_NAME).write_text(
             "".join(f"import site; site.addsitedir({p!r})\n" for p in base_site_packages()))
         constraints = venv / "constraints.txt"
-        constraints.write_text("".join(f"{n}=={_version(n)}\n" for n in SHARED if _version(n)))
+        constraints.write_text("".join(f"{n}=={installed_version(n)}\n" for n in SHARED if installed_version(n)))
         report = venv / "pip-report.json"
         say(f"pip install {' '.join(PINS)} (torch/executorch held at edgerun's)")
         proc = subprocess.run([str(py), "-m", "pip", "install", "--disable-pip-version-check", "--no-input",
@@ -200,7 +182,7 @@ def ensure(venv: Path | None = None, *, force: bool = False, log=None) -> dict:
         bad = sorted(n for n in installed if n in SHARED or n.startswith("nvidia-"))
         if bad:
             raise ToolchainError(f"pip installed {', '.join(bad)} into {venv}: a pinned Arm package wants another "
-                                 f"version than edgerun's ({', '.join(f'{n} {_version(n)}' for n in SHARED)}).",
+                                 f"version than edgerun's ({', '.join(f'{n} {installed_version(n)}' for n in SHARED)}).",
                                  hint=f"Remove {venv}; the pins in edgerun/export/arm/toolchain.py must fit "
                                       "edgerun's torch and executorch.")
         seen = _check_env(py)
