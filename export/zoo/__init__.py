@@ -46,6 +46,16 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("digits_cnn", "small CNN trained here on scikit-learn's 8x8 digits (real accuracy)",
                   "classification", _lazy("digits", "digits_cnn"), dataset=_digits_dataset(),
                   origin="edgerun.export.zoo.digits"),
+        ModelSpec("ds_cnn", "MLPerf Tiny keyword spotting: DS-CNN (small), 49x10 MFCC -> 12 classes, random weights",
+                  "classification", _lazy("mlperf_tiny", "build", "ds_cnn"), origin="MLPerf Tiny (KWS)"),
+        ModelSpec("resnet8", "MLPerf Tiny image classification: ResNet-8, CIFAR-10 shape 32x32x3, random weights",
+                  "classification", _lazy("mlperf_tiny", "build", "resnet8"), origin="MLPerf Tiny (IC)"),
+        ModelSpec("mobilenet_v1_025", "MLPerf Tiny visual wake words: MobileNetV1 x0.25, 96x96x3 -> 2 classes, "
+                  "random weights", "classification", _lazy("mlperf_tiny", "build", "mobilenet_v1_025"),
+                  origin="MLPerf Tiny (VWW)"),
+        ModelSpec("autoencoder_ad", "MLPerf Tiny anomaly detection: deep FC autoencoder on 640 features, random "
+                  "weights", "reconstruction", _lazy("mlperf_tiny", "build", "autoencoder_ad"),
+                  origin="MLPerf Tiny (AD)"),
         _llm_zoo.smollm2_spec(),
     )
 }

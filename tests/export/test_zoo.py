@@ -16,6 +16,10 @@ CASES = {
     "vit_small": ("jetson-orin", "8da4w"),
     "text_encoder": ("android-arm64", "int8-dynamic"),
     "digits_cnn": ("rpi5", "int8"),
+    "ds_cnn": ("host", "int8"),
+    "resnet8": ("rpi5", "int8"),
+    "mobilenet_v1_025": ("host", "int8"),
+    "autoencoder_ad": ("host", "int8"),
 }
 
 
