@@ -46,7 +46,8 @@ log = logging.getLogger("edgerun.devices")
 
 # The modules that register a transport (each declares its spec class beside its device class).
 TRANSPORT_MODULES = ("edgerun.devices.local", "edgerun.devices.qemu", "edgerun.devices.ssh",
-                     "edgerun.devices.adb", "edgerun.devices.serial_device", "edgerun.devices.fake")
+                     "edgerun.devices.adb", "edgerun.devices.serial_device", "edgerun.devices.fake",
+                     "edgerun.devices.estimate")
 LOCAL_SPEC_NAME = "local"
 
 

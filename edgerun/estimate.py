@@ -113,3 +113,42 @@ def estimated_record(manifest: Manifest, *, clock_hz: float | None = None, sram:
                   "CPU's share (quantize/dequantize and any operator left off the NPU) is not in the time",
                   *cpu_note, *misfit),
         estimate=figures)
+
+
+# ------------------------------------------------------------------------------ estimate:// devices
+
+def is_estimate_device(spec) -> bool:
+    from edgerun.devices.estimate import EstimateSpec
+
+    return isinstance(spec, EstimateSpec)
+
+
+def pair_skip_reason(target: str, spec) -> str | None:
+    """Why a (target, estimate device) cell is not a cell: the device estimates another target's programs.
+    None when the pair is legal (or the device is not an estimate device)."""
+    if not is_estimate_device(spec) or spec.target == target:
+        return None
+    return (f"{spec.ref} estimates {spec.target} programs, not {target} ones ("
+            + (f"estimate://{target} estimates those)" if _estimated(target) else f"{target} programs are run on a "
+               "device)"))
+
+
+def _estimated(target: str) -> bool:
+    from edgerun.export import TARGETS
+
+    t = TARGETS.get(target)
+    return t is not None and t.measure == "estimate"
+
+
+def record_for_device(manifest: Manifest, spec, *, sweep_id: str | None = None, cell: str | None = None):
+    """The estimated record of ``manifest`` on the estimate device ``spec`` (its clock and board sizes; the
+    artifact's system config and memory mode), named after the device like any run; nothing is run."""
+    import dataclasses
+
+    if manifest.target.name != spec.target:
+        raise UsageError(f"artifact {manifest.path} is for target {manifest.target.name!r}; {spec.ref} estimates "
+                         f"{spec.target} programs.",
+                         hint=(f"Use --device estimate://{manifest.target.name}" if _estimated(manifest.target.name)
+                               else "Profile it on a device that runs it (local://, ssh://, qemu-aarch64:// ...)."))
+    rec = estimated_record(manifest, **spec.board())
+    return dataclasses.replace(rec, device_name=spec.name, sweep_id=sweep_id, cell=cell)

@@ -168,6 +168,11 @@ def profile(artifact: str | Path, devices: Sequence[str], settings: ProfileSetti
         raise UsageError("no device given.", hint="Use --device NAME_OR_URI (e.g. local:// or qemu-aarch64://?cpu=cortex-a76).")
     manifest = _open_manifest(artifact)  # a bad artifact fails here, once, before any device is touched
     manifest.verified_pte()               # ... and so does a program swapped after export
+    estimates, devices = _estimate_devices(manifest, devices, inventory)
+    if estimates:  # estimate:// devices: the artifact's compiler report as an estimated record, nothing run
+        results = _estimate_on(manifest, estimates, store_path)
+        return results + (profile(manifest, devices, settings, store_path=store_path, inventory=inventory,
+                                  on_progress=on_progress, on_warning=on_warning) if devices else [])
     _check_task_accuracy(manifest, settings)
     if settings.text is not None:  # read and tokenised once, here: a bad file fails before any device
         from edgerun.llm import read_score_text
@@ -187,6 +192,42 @@ def profile(artifact: str | Path, devices: Sequence[str], settings: ProfileSetti
     for w in stored_speed_warnings(records, store_path):
         (on_warning or log.warning)(w)
     return results
+
+
+def _estimate_devices(manifest: Manifest, devices: Sequence[str], inventory: str | None) -> tuple[list, list[str]]:
+    """``devices`` split into estimate device specs (each checked against the artifact's target before any
+    work: a wrong pairing is a usage error) and the names of the others."""
+    from edgerun.devices.inventory import get_spec
+    from edgerun.estimate import is_estimate_device, pair_skip_reason
+
+    specs = [get_spec(d, inventory) for d in devices]
+    estimates = [s for s in specs if is_estimate_device(s)]
+    for spec in estimates:
+        why = pair_skip_reason(manifest.target.name, spec)
+        if why:
+            raise UsageError(f"artifact {manifest.path}: {why}.",
+                             hint=f"Give --device estimate://{manifest.target.name} for it, or export it for "
+                                  f"{spec.target}.")
+    return estimates, [d for d, s in zip(devices, specs) if not is_estimate_device(s)]
+
+
+def _estimate_on(manifest: Manifest, specs: Sequence, store_path=None, *, sweep_id: str | None = None,
+                 cell: Cell | None = None) -> list:
+    """The estimated record on each estimate device, saved; a refused report is a :class:`CellFailure`."""
+    from edgerun.estimate import record_for_device
+    from edgerun.store import Store
+
+    out: list = []
+    for spec in specs:
+        try:
+            rec = record_for_device(manifest, spec, sweep_id=sweep_id, cell=cell.key if cell else None)
+            with Store(store_path) as s:
+                s.save(rec)
+            out.append(rec)
+        except EdgerunError as exc:
+            log.warning("%s: %s", spec.ref, exc.paragraph())
+            out.append(CellFailure(spec.ref, None, exc, cell))
+    return out
 
 
 def stored_speed_warnings(records: Sequence, store_path=None) -> list[str]:
@@ -271,7 +312,9 @@ def bench(model: str, targets: Sequence[str], schemes: Sequence[str], devices: S
     cells = bench_cells(model, targets, schemes, devices, settings.threads)
     done: dict[str, str] = {}
     failures: list[dict] = []
+    skipped: list[dict] = []
     todo: list[Cell] = []
+    estimates = _estimate_specs(devices, inventory)  # estimate:// devices: run nothing, never opened
 
     def report(key: str, what: str) -> None:
         if on_cell:
@@ -279,9 +322,13 @@ def bench(model: str, targets: Sequence[str], schemes: Sequence[str], devices: S
 
     for cell in cells:
         existing = store.find_cell(sweep, cell.key)
+        why = _estimate_skip(cell, estimates, settings.threads)
         if existing:
             done[cell.key] = existing
             report(cell.key, "skipped (already in the store)")
+        elif why:   # not a pair: the estimate device is another target's (like a recipe a target refuses)
+            skipped.append({"cell": cell.key, "reason": why})
+            report(cell.key, f"skipped: {why}")
         else:
             todo.append(cell)
 
@@ -294,7 +341,8 @@ def bench(model: str, targets: Sequence[str], schemes: Sequence[str], devices: S
                 exported[(c.target, c.recipe)] = exc
 
     def runnable(device: str) -> list[Cell]:
-        return [c for c in todo if c.device == device and not isinstance(exported[(c.target, c.recipe)], EdgerunError)]
+        return [c for c in todo if c.device == device and not isinstance(exported[(c.target, c.recipe)], EdgerunError)
+                and device not in estimates]
 
     def run_device(name: str, dev) -> list:
         out: list = []
@@ -315,6 +363,16 @@ def bench(model: str, targets: Sequence[str], schemes: Sequence[str], devices: S
         if isinstance(art, EdgerunError):
             failures.append(CellFailure(c.device, c.threads, art, c).to_json())
             report(c.key, f"failed: {art.message}")
+    for c in todo:  # estimated cells: the artifact's compiler report, in this thread, nothing deployed
+        art = exported[(c.target, c.recipe)]
+        if c.device in estimates and not isinstance(art, EdgerunError):
+            for r in _estimate_on(_open_manifest(art), [estimates[c.device]], store.path, sweep_id=sweep, cell=c):
+                if isinstance(r, CellFailure):
+                    report(c.key, f"failed: {r.error.message}")
+                    failures.append(r.to_json())
+                else:
+                    done[c.key] = r.run_id
+                    report(c.key, f"{r.run_id}: estimated {r.latency.median_ms:.3f} ms")
     devices_to_run = [d for d in dict.fromkeys(c.device for c in todo) if runnable(d)]
     for r in for_each_device(devices_to_run, run_device, inventory=inventory, cells_of=runnable):
         if isinstance(r, CellFailure):
@@ -322,7 +380,30 @@ def bench(model: str, targets: Sequence[str], schemes: Sequence[str], devices: S
                 report(r.cell.key, f"failed: {r.error.message}")
             failures.append(r.to_json())
     return {"sweep_id": sweep, "cells": len(cells), "run_ids": [done[c.key] for c in cells if c.key in done],
-            "failures": failures}
+            "failures": failures, "skipped": skipped}
+
+
+def _estimate_specs(devices: Sequence[str], inventory: str | None) -> dict:
+    """Device name -> its spec, for the estimate devices among ``devices``."""
+    from edgerun.devices.inventory import get_spec
+    from edgerun.estimate import is_estimate_device
+
+    specs = {d: get_spec(d, inventory) for d in devices}
+    return {d: s for d, s in specs.items() if is_estimate_device(s)}
+
+
+def _estimate_skip(cell: Cell, estimates: dict, threads: Sequence) -> str | None:
+    """Why a bench cell on an estimate device is not made: another target's estimator, or a thread count
+    after the first (an estimate has no threads: one record per cell of the first)."""
+    from edgerun.estimate import pair_skip_reason
+
+    spec = estimates.get(cell.device)
+    if spec is None:
+        return None
+    why = pair_skip_reason(cell.target, spec)
+    if why is None and cell.threads != threads[0]:
+        why = f"{spec.ref} has no thread count: its estimate is stored once, in the t{threads[0]} cell"
+    return why
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ out = SafeConsole()
 
 DeviceOpt = Annotated[str, typer.Option(
     "--device", "-d", help="Inventory name or device URI (local://, qemu-aarch64://?cpu=cortex-a76, ssh://user@host, "
-                           "adb://SERIAL, serial:///dev/ttyUSB0); several comma-separated run concurrently.")]
+                           "adb://SERIAL, serial:///dev/ttyUSB0, estimate://ethos-u55-128?clock=500e6); several comma-separated "
+                           "run concurrently.")]
 InventoryOpt = Annotated[Optional[str], typer.Option(
     "--inventory", envvar="EDGERUN_DEVICES", help="Device inventory TOML (default: EDGERUN_HOME/devices.toml).")]
 
@@ -266,6 +267,8 @@ def register(app: typer.Typer) -> None:
                     out.print(f"  {plain(recommendation_text(item))}", highlight=False, soft_wrap=True)
                 if not r["recommendation"]:
                     out.print("  no inference run was stored, so nothing to recommend", highlight=False)
+            for sk in r.get("skipped") or ():
+                out.print(f"skipped {plain(sk['cell'])}: {plain(sk['reason'])}", soft_wrap=True, highlight=False)
             for f in r["failures"]:
                 err_console.print(f"[bold red]failed[/] {plain(f['cell'])}: {plain(f['error']['message'])}",
                                   soft_wrap=True, highlight=False)

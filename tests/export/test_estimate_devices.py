@@ -1,0 +1,138 @@
+"""estimate:// devices (issue 24 item 3): an estimator standing in for a device in `profile` and `bench`,
+making the record `edgerun estimate` makes; a bench cell whose target is not the estimate device's is
+skipped with the reason; the report keeps the estimated runs apart. The export needs the Arm toolchain
+environment (the ``arm_toolchain`` fixture of test_arm.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edgerun.core.errors import DeviceError, EdgerunError
+
+
+def _arm_fixture():
+    """test_arm.py's ``arm_toolchain`` session fixture (test modules are not importable by name here)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    name = "edgerun_tests_export_test_arm"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("test_arm.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name].arm_toolchain
+
+
+arm_toolchain = _arm_fixture()
+
+
+# ------------------------------------------------------------------------------------ no toolchain needed
+def test_an_estimate_uri_names_an_estimated_target_and_its_board():
+    from edgerun.devices import get_spec, make_device
+
+    spec = get_spec("estimate://ethos-u55-128?clock=250e6&sram=512KiB&flash=2MiB")
+    assert spec.transport == "estimate" and spec.target == "ethos-u55-128" and spec.name == "estimate://ethos-u55-128"
+    assert spec.board() == {"clock_hz": 250e6, "sram": 512 * 1024, "flash": 2 * 1024 * 1024}
+    with pytest.raises(DeviceError, match="runs nothing"):   # never deployed to, run on or probed
+        make_device(spec)
+
+
+@pytest.mark.parametrize("uri, words", [
+    ("estimate://cortex-m55", "no cycle model"),          # no timing is invented for a Cortex-M
+    ("estimate://host", "run on a device"),
+    ("estimate://ethos-u99", "not a target"),
+    ("estimate://", "names the target"),
+    ("estimate://ethos-u55-128?clock=5", "not an NPU clock"),
+    ("estimate://ethos-u55-128?sram=lots", "not a memory size"),
+    ("estimate://ethos-u55-128?system_config=x", "unknown option"),
+    ("estimate://ethos-u55-128?target=ethos-u85-256", "give one"),
+])
+def test_a_wrong_estimate_uri_is_refused_before_any_work(uri, words):
+    from edgerun.devices import get_spec
+
+    with pytest.raises(EdgerunError) as e:
+        get_spec(uri)
+    assert e.value.exit_code == 2 and words in e.value.message
+
+
+# ------------------------------------------------------------------------------------ with the toolchain
+@pytest.fixture(scope="module")
+def swept(arm_toolchain, edgerun_home, tmp_path_factory):  # noqa: F811
+    """bench ds_cnn, ethos-u55-128 int8, on estimate://ethos-u55-128 and estimate://ethos-u85-256: one export,
+    one estimated cell, one skipped."""
+    from edgerun.profiling import ProfileSettings, bench
+    from edgerun.store import Store
+
+    path = tmp_path_factory.mktemp("estimate") / "runs.sqlite"
+    devices = ["estimate://ethos-u55-128?clock=250e6&sram=16KiB", "estimate://ethos-u85-256"]
+    cells: list[tuple[str, str]] = []
+    with pytest.MonkeyPatch.context() as mp, Store(path) as store:
+        mp.setenv("EDGERUN_HOME", str(edgerun_home))
+        summary = bench("ds_cnn", ["ethos-u55-128"], ["int8"], devices, ProfileSettings(), store=store,
+                        on_cell=lambda k, w: cells.append((k, w)))
+        again = bench("ds_cnn", ["ethos-u55-128"], ["int8"], devices, ProfileSettings(), store=store)
+        records = [store.get(r) for r in summary["run_ids"]]
+    return summary, again, records, cells, path
+
+
+def test_bench_on_estimate_devices_stores_an_estimated_record_and_skips_the_other_targets_cell(swept):
+    from edgerun.core.artifact import read_manifest
+    from edgerun.runtime.record import ESTIMATED
+
+    summary, again, records, cells, _ = swept
+    assert not summary["failures"] and summary["cells"] == 2
+    [skip] = summary["skipped"]
+    assert "estimate://ethos-u85-256" in skip["cell"] and "estimates ethos-u85-256 programs" in skip["reason"]
+    assert any(w.startswith("skipped: ") for _, w in cells)
+    [rec] = records
+    assert rec.source == ESTIMATED and rec.device_name == "estimate://ethos-u55-128"
+    assert rec.sweep_id == summary["sweep_id"] and "estimate://ethos-u55-128" in rec.cell
+    m = read_manifest(rec.model.artifact)   # the cached export the cell estimated
+    assert rec.estimate["cycles_total"] == m.compiler_report.cycles_total > 0
+    assert rec.latency.median_ms == pytest.approx(m.compiler_report.cycles_total / 250e6 * 1e3, rel=1e-6)
+    assert rec.estimate["fit"]["sram_bytes"] == 16 * 1024      # the device's board, asked whether it fits
+    assert rec.estimate["fit"]["sram_fits"] == (rec.estimate["fit"]["sram_needed_bytes"] <= 16 * 1024)
+    assert again["run_ids"] == summary["run_ids"] and again["skipped"] == summary["skipped"]   # resumed
+
+
+def test_profile_on_an_estimate_device_is_the_estimate_records_and_a_wrong_target_is_refused(swept, cli, tmp_path):
+    from edgerun.core.artifact import read_manifest
+    from edgerun.estimate import estimated_record
+    from edgerun.store import Store
+
+    _, _, [rec], _, _ = swept
+    store = tmp_path / "runs.sqlite"
+    res = cli("profile", rec.model.artifact, "--device", "estimate://ethos-u55-128?clock=500e6", "--store", str(store),
+              "--json")
+    assert res.returncode == 0, res.stderr
+    run = json.loads(res.stdout)["runs"][0]
+    direct = estimated_record(read_manifest(rec.model.artifact), clock_hz=500e6)   # `edgerun estimate`'s record
+    assert run["source"] == "estimated" and run["device"] == "estimate://ethos-u55-128"
+    with Store(store) as s:
+        stored = s.get(run["run_id"])
+    assert stored.estimate["cycles_total"] == direct.estimate["cycles_total"] > 0
+    assert stored.estimate["clock_hz"] == 500e6 and stored.latency.median_ms == pytest.approx(direct.latency.median_ms)
+    wrong = cli("profile", rec.model.artifact, "--device", "estimate://ethos-u85-256", "--store", str(store), "--json")
+    assert wrong.returncode == 2 and "estimate://ethos-u55-128" in json.loads(wrong.stdout)["error"]["hint"]
+    listed = json.loads(cli("runs", "list", "--store", str(store), "--json").stdout)["runs"]
+    assert len(listed) == 1   # the refused pair stored nothing
+
+
+def test_the_report_keeps_estimated_runs_apart(swept):
+    import dataclasses
+
+    from edgerun.report import by_source, pareto_fronts, render
+    from edgerun.runtime.record import MEASURED
+
+    _, _, [rec], _, _ = swept
+    # the same figures as if measured on the same device name: never on one axis, never one front
+    measured = dataclasses.replace(rec, run_id="r-20000101-000000", source=MEASURED, estimate=None)
+    assert {s: [r.run_id for r in g] for s, g in by_source([rec, measured])} == {
+        "measured": [measured.run_id], "estimated": [rec.run_id]}
+    assert {src for _, src in pareto_fronts([rec, measured])} == {"measured", "estimated"}
+    md = render([rec], "md", title="t")
+    assert "source=estimated" in md and "estimated by vela" in md
