@@ -80,7 +80,8 @@ def print_record(record, *, top: int = 10) -> None:
                                                                                               "[green]measured[/]")
     cpu = record.device.cpu_model or record.device.arch
     out.print(f"[bold]{record.run_id}[/]  {escape(record.model.name)} ({escape(record.model.scheme or '?')}) on "
-              f"[bold]{escape(device_label(record.device_name, record.device))}[/] ({escape(str(cpu))}, {record.provenance.threads} threads) — "
+              f"[bold]{escape(device_label(record.device_name, record.device))}[/] ({escape(str(cpu))}"
+              f"{'' if record.provenance.threads is None else f', {record.provenance.threads} threads'}) — "
               f"{src}, {record.created_at}", highlight=False)
     t = Table(title="Latency (execute, timed iterations)", title_justify="left")
     for col in ("n", "median ms", "95% CI ms", "p90 ms", "p99 ms", "mean ms", "std ms", "min ms", "max ms", "CV"):
