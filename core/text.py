@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 import re
 
+from .errors import UsageError
+
 # Whole escape sequences first (so no "[31m" residue is left), then any control character left.
 _ESCAPES = re.compile(
     r"\x1b\[[0-?]*[ -/]*[@-~]"            # CSI: colours, cursor moves, erase
@@ -50,4 +52,16 @@ class SanitizingFormatter(logging.Formatter):
         return sanitize_text(super().format(record))
 
 
-__all__ = ["SanitizingFormatter", "sanitize_text"]
+__all__ = ["SanitizingFormatter", "parse_size", "sanitize_text"]
+
+
+_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000 ** 2, "kib": 1024, "mib": 1024 ** 2, "gib": 1024 ** 3}
+
+
+def parse_size(text: str, what: str) -> int:
+    """``512KiB``, ``2MiB``, ``1.5MB``, ``65536`` -> bytes; anything else is a :class:`UsageError`."""
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", text or "")
+    unit = m.group(2).lower() if m else None
+    if m is None or unit not in _UNITS or float(m.group(1)) <= 0:
+        raise UsageError(f"{what} {text!r} is not a memory size.", hint="Give it like 512KiB, 2MiB or 65536 (bytes).")
+    return int(float(m.group(1)) * _UNITS[unit])

@@ -15,20 +15,7 @@ import datetime as _dt
 
 from edgerun.core.artifact import Manifest
 from edgerun.core.errors import UsageError
-
-
-_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000 ** 2, "kib": 1024, "mib": 1024 ** 2, "gib": 1024 ** 3}
-
-
-def parse_size(text: str, what: str) -> int:
-    """``512KiB``, ``2MiB``, ``1.5MB``, ``65536`` -> bytes; anything else is a :class:`UsageError`."""
-    import re
-
-    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", text or "")
-    unit = m.group(2).lower() if m else None
-    if m is None or unit not in _UNITS or float(m.group(1)) <= 0:
-        raise UsageError(f"{what} {text!r} is not a memory size.", hint="Give it like 512KiB, 2MiB or 65536 (bytes).")
-    return int(float(m.group(1)) * _UNITS[unit])
+from edgerun.core.text import parse_size  # noqa: F401  (the estimate options and CLI read sizes with it)
 
 
 def fit(manifest: Manifest, figures: dict, *, sram: int | None = None, flash: int | None = None) -> dict:
@@ -116,6 +103,25 @@ def estimated_record(manifest: Manifest, *, clock_hz: float | None = None, sram:
 
 
 # ------------------------------------------------------------------------------ estimate:// devices
+
+def check_estimate_spec(spec) -> None:
+    """An estimate device must name a target whose programs are estimated (the devices layer knows no targets,
+    so the hall checks this before any work): a Cortex-M has no cycle model, a run target is run."""
+    from edgerun.export import TARGETS
+
+    names = ", ".join(sorted(n for n, t in TARGETS.items() if t.measure == "estimate"))
+    t = TARGETS.get(spec.target or "")
+    if t is None:
+        raise UsageError(f"estimate device target {spec.target!r} is not a target; estimated targets: {names}.",
+                         stage="inventory")
+    if t.measure != "estimate":
+        if t.lowering == "cortex-m":
+            raise UsageError(f"{spec.target} has no cycle model, and an estimated run record needs a time, so there "
+                             f"is no estimate://{spec.target}: `edgerun inspect ARTIFACT` gives its program's planned "
+                             "memory and size, and a board driven over serial:// would time it.", stage="inventory")
+        raise UsageError(f"{spec.target} programs are run on a device, not estimated; estimated targets: {names}.",
+                         stage="inventory")
+
 
 def is_estimate_device(spec) -> bool:
     from edgerun.devices.estimate import EstimateSpec

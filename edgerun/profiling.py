@@ -198,11 +198,12 @@ def _estimate_devices(manifest: Manifest, devices: Sequence[str], inventory: str
     """``devices`` split into estimate device specs (each checked against the artifact's target before any
     work: a wrong pairing is a usage error) and the names of the others."""
     from edgerun.devices.inventory import get_spec
-    from edgerun.estimate import is_estimate_device, pair_skip_reason
+    from edgerun.estimate import check_estimate_spec, is_estimate_device, pair_skip_reason
 
     specs = [get_spec(d, inventory) for d in devices]
     estimates = [s for s in specs if is_estimate_device(s)]
     for spec in estimates:
+        check_estimate_spec(spec)
         why = pair_skip_reason(manifest.target.name, spec)
         if why:
             raise UsageError(f"artifact {manifest.path}: {why}.",
@@ -386,10 +387,13 @@ def bench(model: str, targets: Sequence[str], schemes: Sequence[str], devices: S
 def _estimate_specs(devices: Sequence[str], inventory: str | None) -> dict:
     """Device name -> its spec, for the estimate devices among ``devices``."""
     from edgerun.devices.inventory import get_spec
-    from edgerun.estimate import is_estimate_device
+    from edgerun.estimate import check_estimate_spec, is_estimate_device
 
     specs = {d: get_spec(d, inventory) for d in devices}
-    return {d: s for d, s in specs.items() if is_estimate_device(s)}
+    estimates = {d: s for d, s in specs.items() if is_estimate_device(s)}
+    for spec in estimates.values():
+        check_estimate_spec(spec)
+    return estimates
 
 
 def _estimate_skip(cell: Cell, estimates: dict, threads: Sequence) -> str | None:

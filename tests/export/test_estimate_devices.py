@@ -53,9 +53,10 @@ def test_an_estimate_uri_names_an_estimated_target_and_its_board():
 ])
 def test_a_wrong_estimate_uri_is_refused_before_any_work(uri, words):
     from edgerun.devices import get_spec
+    from edgerun.estimate import check_estimate_spec
 
-    with pytest.raises(EdgerunError) as e:
-        get_spec(uri)
+    with pytest.raises(EdgerunError) as e:   # the URI's form by the devices layer, its target by the hall
+        check_estimate_spec(get_spec(uri))
     assert e.value.exit_code == 2 and words in e.value.message
 
 
