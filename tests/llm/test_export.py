@@ -143,7 +143,8 @@ def test_a_killed_llm_export_leaves_no_partial_directory(tiny_gguf, tmp_path, si
     out = tmp_path / "killed"
     proc = subprocess.Popen([str(exe), "export", str(tiny_gguf), "--target", "rpi5", "--scheme", "fp32",
                              "--max-context", "48", "-o", str(out)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # see test_hall_ctrl_c
     try:
         for line in proc.stderr:            # the temporary directory exists once a stage has run
             if line.startswith("export: load model …"):

@@ -38,6 +38,13 @@ while :; do "$@" || exit $?; done | tee -a "$side"
 INTERRUPT_BOUND_S = 30.0
 
 
+def default_sigint() -> None:
+    """In the child before exec: SIGINT back to its default. A suite started as a background job of a shell
+    without job control inherits SIGINT *ignored* (POSIX), and so would every edgerun it starts -- Ctrl-C
+    would then test nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _edgerun_cmd() -> list[str]:
     exe = Path(sys.executable).with_name("edgerun")
     return [str(exe)] if exe.exists() else [sys.executable, "-c", "from edgerun.cli import main; main()"]
@@ -91,6 +98,7 @@ def _interrupt_and_check(argv: list[str], *, device, edgerun_home, store, line_t
     gone. Returns the run directory's ``run.json``."""
     name, _inventory, side = device
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
+                            preexec_fn=default_sigint,
                             env={**os.environ, "EDGERUN_HOME": str(edgerun_home), **(env or {})})
     try:
         _wait_for(lambda: side.is_file() and f'"type":"{line_type}"' in side.read_text(),
