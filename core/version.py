@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from importlib import metadata
+from pathlib import Path
 
 
 @functools.lru_cache(maxsize=1)
@@ -31,10 +32,30 @@ def base_site_packages() -> list[str]:
     (the Arm toolchain's, the peers benchmark's) adds through a ``.pth`` to borrow edgerun's torch."""
     import site
     import sysconfig
-    from pathlib import Path
 
     paths = [p for p in site.getsitepackages() if Path(p).is_dir()]
     purelib = sysconfig.get_paths()["purelib"]
     if purelib not in paths and Path(purelib).is_dir():
         paths.insert(0, purelib)
     return paths
+
+
+def venv_purelib(python) -> Path:
+    """The purelib site-packages directory of another interpreter (a venv's ``bin/python``)."""
+    import subprocess
+
+    out = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                         check=True, capture_output=True, text=True).stdout.strip()
+    return Path(out)
+
+
+def pip_report_installed(path) -> dict[str, str]:
+    """``{distribution: version}`` of what a ``pip install --report PATH`` installed (names normalised as pip
+    writes them to its resolver: lower case, ``-``); {} when the report is missing or unreadable."""
+    import json
+
+    try:
+        rep = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {i["metadata"]["name"].lower().replace("_", "-"): i["metadata"]["version"] for i in rep.get("install", [])}

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from edgerun.core.paths import locked
-from edgerun.core.version import base_site_packages, installed_version
+from edgerun.core.version import base_site_packages, installed_version, pip_report_installed, venv_purelib
 
 # The peers, pinned (each checked on PyPI when this was written). onnxscript is what torch.onnx.export's
 # dynamo path needs; 0.7.2 is the version pip picked with these pins.
@@ -65,11 +65,6 @@ def python_of(venv: Path) -> Path:
     return venv / "bin" / "python"
 
 
-def _peer_purelib(py: Path) -> Path:
-    out = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                         check=True, capture_output=True, text=True).stdout.strip()
-    return Path(out)
-
 
 def read_marker(venv: Path) -> dict | None:
     try:
@@ -93,7 +88,7 @@ def ensure_peer_venv(*, force: bool = False) -> dict:
         log(f"creating the peer venv {venv} with {sys.executable}")
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         py = python_of(venv)
-        purelib = _peer_purelib(py)
+        purelib = venv_purelib(py)
         # site.addsitedir (not a bare path line) so the .pth files over there run too: edgerun is an
         # editable install whose import hook is itself a .pth. Appended, so the peer's own packages win.
         lines = [f"import site; site.addsitedir({p!r})" for p in base_site_packages()]
@@ -109,7 +104,7 @@ def ensure_peer_venv(*, force: bool = False) -> dict:
         if proc.returncode != 0:
             raise PeerVenvError(f"pip install of the peers failed (exit {proc.returncode}); the log is "
                                 f"{venv / 'pip-install.log'}:\n{proc.stdout[-3000:]}")
-        installed = _installed_from_report(report)
+        installed = pip_report_installed(report)
         bad = sorted(n for n in installed if n in SHARED or n.startswith("nvidia-"))
         if bad:
             raise PeerVenvError(f"pip installed {', '.join(bad)} into the peer venv: a peer requires another torch "
@@ -131,13 +126,6 @@ def ensure_peer_venv(*, force: bool = False) -> dict:
         log(f"peer venv ready in {record['seconds']:.0f} s ({len(installed)} packages)")
         return {**record, "reused": False}
 
-
-def _installed_from_report(path: Path) -> dict[str, str]:
-    try:
-        rep = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return {i["metadata"]["name"].lower().replace("_", "-"): i["metadata"]["version"] for i in rep.get("install", [])}
 
 
 def peer_versions(py: Path) -> dict[str, str | None]:

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from edgerun.core.errors import BundleError
-from edgerun.core.version import base_site_packages, installed_version
+from edgerun.core.version import base_site_packages, installed_version, pip_report_installed, venv_purelib
 
 #: ExecuTorch 1.5.1's ``ethos-u`` extra (its wheel's METADATA), exactly
 PINS = ("ethos-u-vela==5.1.0", "tosa-tools==2026.5.0", "ml_dtypes==0.5.1")
@@ -109,18 +109,6 @@ def require(venv: Path | None = None) -> Path:
                          hint=f"Build it once with `{COMMAND}{where}` (scripts/setup does).")
 
 
-def _purelib(py: Path) -> Path:
-    out = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                         check=True, capture_output=True, text=True).stdout.strip()
-    return Path(out)
-
-
-def _installed_from_report(path: Path) -> dict[str, str]:
-    try:
-        rep = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return {i["metadata"]["name"].lower().replace("_", "-"): i["metadata"]["version"] for i in rep.get("install", [])}
 
 
 def _check_env(py: Path) -> dict:
@@ -163,7 +151,7 @@ def ensure(venv: Path | None = None, *, force: bool = False, log=None) -> dict:
         py = python_of(venv)
         # site.addsitedir so edgerun's own .pth files run there too (edgerun is an editable install);
         # appended, so what pip installs here shadows edgerun's copy
-        (_purelib(py) / PTH_NAME).write_text(
+        (venv_purelib(py) / PTH_NAME).write_text(
             "".join(f"import site; site.addsitedir({p!r})\n" for p in base_site_packages()))
         constraints = venv / "constraints.txt"
         constraints.write_text("".join(f"{n}=={installed_version(n)}\n" for n in SHARED if installed_version(n)))
@@ -178,7 +166,7 @@ def ensure(venv: Path | None = None, *, force: bool = False, log=None) -> dict:
                                  f"is {venv / 'pip-install.log'}: {proc.stdout.strip()[-1500:]}",
                                  hint="Check that the package index is reachable, then run "
                                       f"`{COMMAND} --force`.")
-        installed = _installed_from_report(report)
+        installed = pip_report_installed(report)
         bad = sorted(n for n in installed if n in SHARED or n.startswith("nvidia-"))
         if bad:
             raise ToolchainError(f"pip installed {', '.join(bad)} into {venv}: a pinned Arm package wants another "
