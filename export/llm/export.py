@@ -414,7 +414,10 @@ def calibration_windows(w: Work, n: int) -> list:
 
     from .tokenizer import encode
 
-    ids = encode(w.tok, w.tok_facts, (DATA / CALIBRATION_FILE).read_text(), add_special=True, parse_special=False)
+    if getattr(w, "calibration_ids", None) is None:   # read and tokenized once an export, whichever step asks first
+        w.calibration_ids = encode(w.tok, w.tok_facts, (DATA / CALIBRATION_FILE).read_text(), add_special=True,
+                                   parse_special=False)
+    ids = w.calibration_ids
     windows = [ids[i:i + w.max_context] for i in range(0, len(ids), w.max_context)]
     return [(torch.tensor([c], dtype=torch.long), torch.arange(len(c), dtype=torch.long))
             for c in windows if len(c) >= 2][:n]
@@ -456,7 +459,8 @@ def _step_stage(step: Recipe, last: bool = False) -> Callable[[Work], None]:
             w.params = int(sum(p.numel() for p in w.module.parameters()))
             if last:
                 window = w.max_context - 1
-                w.module.reset_cache() if hasattr(w.module, "reset_cache") else None
+                if hasattr(w.module, "reset_cache"):
+                    w.module.reset_cache()
                 w.ppl_transformed = perplexity(_logits_fn(model=w.module), w.heldout, window)
                 facts["eager_perplexity"] = {"before": w.ppl_fp32, "after": w.ppl_transformed}
         w.step_facts[next(i for i, s in enumerate(w.chain.steps) if s is step)] = facts
