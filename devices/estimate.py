@@ -7,10 +7,10 @@ nothing is deployed or run. Options: ``clock`` (Hz; default the system config's)
 (the board's sizes: does the program fit). The system config and memory mode are the artifact's (Vela
 planned the program for them).
 
-A Cortex-M target has no cycle model, and a run record always carries a time: ``estimate://cortex-m55``
-is refused naming what gives its memory (``edgerun inspect``) and what would time it (a board on
-``serial://``). Opening an estimate device as a device (deploy, a shell, a probe) is refused: it runs
-nothing.
+A Cortex-M target has no cycle model: ``estimate://cortex-m55?sram=512KiB&flash=2MiB`` answers its memory
+and fit alone (the program's tensor arena and flash against the board's; ``edgerun.estimate.MemoryFit``), no
+time, nothing stored; a clock is refused for it. A board on ``serial://`` would time it. Opening an estimate
+device as a device (deploy, a shell, a probe) is refused: it runs nothing.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from edgerun.devices.spec import DeviceSpec, option, register_transport
 @register_transport
 @dataclass(frozen=True)
 class EstimateSpec(DeviceSpec):
-    """``estimate://TARGET?clock=HZ&sram=SIZE&flash=SIZE``: the target's estimator, not a device."""
+    """``estimate://TARGET?clock=HZ&sram=SIZE&flash=SIZE``: the target's estimator (or, with no cycle model, its
+    memory fit), not a device."""
 
     transport: ClassVar[str] = "estimate"
     device_class: ClassVar[str] = "edgerun.devices.estimate:EstimateDevice"

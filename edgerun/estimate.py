@@ -6,11 +6,18 @@ to take statistics of, and ``runs list``, ``report`` and ``compare`` keep its so
 and emulated runs. The compiler's figures (cycles, NPU cycles, SRAM and flash used, MACs, NPU/CPU
 layers, compiler version, system configuration, memory mode, the clock) are in ``record.estimate``; the
 planned memory of the program is the manifest's. Nothing here is invented: a target without an estimator
-is refused.
+gets no run record.
+
+A target whose programs no runner bundle here runs and no estimator times (a Cortex-M: CMSIS-NN kernels, no
+cycle model) gets a :class:`MemoryFit` instead: the program's tensor arena (its planned memory) and flash
+(the ``.pte``) against a board's SRAM and flash -- "does it fit" before anyone flashes a board -- and no
+time. It is not a run record (nothing ran and nothing was timed, and a run record always carries a time),
+so it is printed and returned, never stored.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 
 from edgerun.core.artifact import Manifest
@@ -37,6 +44,74 @@ def fit(manifest: Manifest, figures: dict, *, sram: int | None = None, flash: in
     return out
 
 
+def fit_only(target) -> bool:
+    """A target answered by memory and fit alone: no runner bundle here runs its programs (a board does) and no
+    estimator times them (a Cortex-M)."""
+    return target is not None and target.measure != "estimate" and target.bundle_variant == "none"
+
+
+def program_fit(manifest: Manifest, *, sram: int | None = None, flash: int | None = None) -> dict:
+    """Does a program with no NPU fit a board? SRAM it needs: the tensor arena, i.e. the program's planned
+    memory (every planned buffer, the CMSIS-NN kernels' scratch tensors among them: ExecuTorch's Cortex-M
+    passes size them at export and plan them like any tensor); flash: the whole ``.pte`` (weights and the
+    program). Not counted: the runtime's own code and stack, and the method allocator's bookkeeping."""
+    need_sram = int(manifest.planned_memory_bytes or 0)
+    need_flash = int(manifest.pte_bytes)
+    out: dict = {"sram_needed_bytes": need_sram, "flash_needed_bytes": need_flash,
+                 "sram_parts": {"arena_planned": need_sram},
+                 "planned_buffers": [int(b) for b in manifest.planned_buffers]}
+    for name, have, need in (("sram", sram, need_sram), ("flash", flash, need_flash)):
+        if have is not None:
+            out[f"{name}_bytes"] = have
+            out[f"{name}_headroom_bytes"] = have - need
+            out[f"{name}_fits"] = need <= have
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryFit:
+    """An artifact's memory and fit on a board (``estimate://cortex-m55?sram=512KiB&flash=2MiB``): what an
+    estimate device gives for a target with no cycle model. No time, never stored (not a run record)."""
+
+    device_name: str
+    model: str
+    target: str
+    scheme: str
+    artifact: str
+    fit: dict
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def fits(self) -> bool | None:
+        """True/False when the board's sizes were given (both parts that were given fit), else None."""
+        given = [self.fit[f"{k}_fits"] for k in ("sram", "flash") if f"{k}_fits" in self.fit]
+        return all(given) if given else None
+
+    def to_json(self) -> dict:
+        return {"kind": "memory-fit", "device": self.device_name, "model": self.model, "target": self.target,
+                "scheme": self.scheme, "artifact": self.artifact, "fits": self.fits, "fit": dict(self.fit),
+                "timing": None, "stored": False, "warnings": list(self.warnings)}
+
+
+def memory_fit(manifest: Manifest, device_name: str, *, sram: int | None = None,
+               flash: int | None = None) -> MemoryFit:
+    """The :class:`MemoryFit` of an artifact of a fit-only target (see :func:`fit_only`)."""
+    from edgerun.export.targets import TARGETS
+
+    target = TARGETS.get(manifest.target.name)
+    if not fit_only(target):
+        raise UsageError(f"artifact {manifest.path} is for target {manifest.target.name!r}, which has a run or an "
+                         "estimate of its own, not a memory fit alone.")
+    fit = program_fit(manifest, sram=sram, flash=flash)
+    warnings = [f"no timing: {manifest.target.name} has no cycle model here and nothing was run; a board driven "
+                "over serial:// (devices/SERIAL_PROTOCOL.md) would time it"]
+    warnings += [f"it does not fit the board's {k.upper()}: needs {fit[f'{k}_needed_bytes']:,} bytes, the board has "
+                 f"{fit[f'{k}_bytes']:,}" for k in ("sram", "flash") if fit.get(f"{k}_fits") is False]
+    return MemoryFit(device_name=device_name, model=manifest.model.name, target=manifest.target.name,
+                     scheme=manifest.scheme.recipe or manifest.scheme.name, artifact=str(manifest.path), fit=fit,
+                     warnings=tuple(warnings))
+
+
 def estimated_record(manifest: Manifest, *, clock_hz: float | None = None, sram: int | None = None,
                      flash: int | None = None):
     from edgerun.core.version import edgerun_version
@@ -49,6 +124,11 @@ def estimated_record(manifest: Manifest, *, clock_hz: float | None = None, sram:
 
     target = TARGETS.get(manifest.target.name)
     if manifest.target.measure != "estimate" or target is None or target.measure != "estimate":
+        if fit_only(target):
+            raise UsageError(f"artifact {manifest.path} is for target {manifest.target.name!r}, which has no cycle "
+                             "model: there is no estimated time to record, only its memory and fit.",
+                             hint=f"`edgerun profile ARTIFACT --device 'estimate://{manifest.target.name}?sram=512KiB"
+                                  "&flash=2MiB'` says whether it fits a board; a board on serial:// times it.")
         raise UsageError(f"artifact {manifest.path} is for target {manifest.target.name!r}, whose programs are "
                          "measured by running them, not estimated.",
                          hint="Use `edgerun profile ARTIFACT --device D` for it; estimates are for targets "
@@ -106,19 +186,23 @@ def estimated_record(manifest: Manifest, *, clock_hz: float | None = None, sram:
 
 def check_estimate_spec(spec) -> None:
     """An estimate device must name a target whose programs are estimated (the devices layer knows no targets,
-    so the hall checks this before any work): a Cortex-M has no cycle model, a run target is run."""
+    so the hall checks this before any work), or one answered by memory and fit alone (a Cortex-M: no cycle
+    model, so no clock); a target a device runs is run."""
     from edgerun.export import TARGETS
 
-    names = ", ".join(sorted(n for n, t in TARGETS.items() if t.measure == "estimate"))
+    names = ", ".join(sorted(n for n, t in TARGETS.items() if t.measure == "estimate" or fit_only(t)))
     t = TARGETS.get(spec.target or "")
     if t is None:
         raise UsageError(f"estimate device target {spec.target!r} is not a target; estimated targets: {names}.",
                          stage="inventory")
     if t.measure != "estimate":
-        if t.lowering == "cortex-m":
-            raise UsageError(f"{spec.target} has no cycle model, and an estimated run record needs a time, so there "
-                             f"is no estimate://{spec.target}: `edgerun inspect ARTIFACT` gives its program's planned "
-                             "memory and size, and a board driven over serial:// would time it.", stage="inventory")
+        if fit_only(t):   # a Cortex-M: its estimate device answers memory and fit, with no time
+            if spec.clock is not None:
+                raise UsageError(f"estimate://{spec.target}?clock=...: {spec.target} has no cycle model, so a clock "
+                                 "would time nothing.", stage="inventory",
+                                 hint=f"Drop clock; estimate://{spec.target}?sram=512KiB&flash=2MiB says whether a "
+                                      "program fits a board.")
+            return
         raise UsageError(f"{spec.target} programs are run on a device, not estimated; estimated targets: {names}.",
                          stage="inventory")
 
@@ -135,26 +219,45 @@ def pair_skip_reason(target: str, spec) -> str | None:
     if not is_estimate_device(spec) or spec.target == target:
         return None
     return (f"{spec.ref} estimates {spec.target} programs, not {target} ones ("
-            + (f"estimate://{target} estimates those)" if _estimated(target) else f"{target} programs are run on a "
+            + (f"estimate://{target} is theirs)" if _estimated(target) else f"{target} programs are run on a "
                "device)"))
+
+
+def run_skip_reason(target: str, spec) -> str | None:
+    """Why a (target, device) cell cannot run on a device that runs programs: no runner bundle edgerun builds
+    (host, aarch64) holds the target's kernels (an Ethos-U's NPU delegate, a Cortex-M's CMSIS-NN operators),
+    so local://, ssh://, adb:// and qemu-aarch64:// cannot run its programs. serial:// is not refused: the
+    board at the other end may run them (devices/SERIAL_PROTOCOL.md). None when the pair is legal."""
+    from edgerun.export import TARGETS
+
+    t = TARGETS.get(target)
+    if t is None or is_estimate_device(spec) or t.bundle_variant != "none" or spec.transport == "serial":
+        return None
+    alt = f"estimate://{target}" + (" estimates them" if t.measure == "estimate" else " gives their memory and fit")
+    return (f"{spec.ref} runs edgerun's runner bundles, which hold no {target} kernels, so it cannot run {target} "
+            f"programs ({alt}; a board on serial:// runs them)")
 
 
 def _estimated(target: str) -> bool:
     from edgerun.export import TARGETS
 
     t = TARGETS.get(target)
-    return t is not None and t.measure == "estimate"
+    return t is not None and (t.measure == "estimate" or fit_only(t))
 
 
 def record_for_device(manifest: Manifest, spec, *, sweep_id: str | None = None, cell: str | None = None):
     """The estimated record of ``manifest`` on the estimate device ``spec`` (its clock and board sizes; the
-    artifact's system config and memory mode), named after the device like any run; nothing is run."""
-    import dataclasses
+    artifact's system config and memory mode), named after the device like any run; nothing is run. For a
+    fit-only target (a Cortex-M) its :class:`MemoryFit` instead."""
+    from edgerun.export import TARGETS
 
     if manifest.target.name != spec.target:
         raise UsageError(f"artifact {manifest.path} is for target {manifest.target.name!r}; {spec.ref} estimates "
                          f"{spec.target} programs.",
                          hint=(f"Use --device estimate://{manifest.target.name}" if _estimated(manifest.target.name)
                                else "Profile it on a device that runs it (local://, ssh://, qemu-aarch64:// ...)."))
-    rec = estimated_record(manifest, **spec.board())
+    board = spec.board()
+    if fit_only(TARGETS.get(manifest.target.name)):   # no cycle model: memory and fit, no time, not a record
+        return memory_fit(manifest, spec.name, sram=board["sram"], flash=board["flash"])
+    rec = estimated_record(manifest, **board)
     return dataclasses.replace(rec, device_name=spec.name, sweep_id=sweep_id, cell=cell)

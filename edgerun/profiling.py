@@ -25,6 +25,7 @@ from typing import Callable, Sequence
 from edgerun.core.artifact import Manifest
 from edgerun.core.errors import AccuracyFailed, EdgerunError, RunInterrupted, UsageError
 from edgerun.core.paths import artifacts_dir
+from edgerun.runtime.record import RunRecord
 from edgerun.runtime.runner import AUTO_THREADS
 
 from .cells import Cell, CellFailure, check_store, for_each_device, run_cell
@@ -188,7 +189,7 @@ def profile(artifact: str | Path, devices: Sequence[str], settings: ProfileSetti
                                                                             store_path=store_path,
                                                                             on_progress=on_progress),
                               inventory=inventory)
-    records = [r for r in results if not isinstance(r, CellFailure)]
+    records = [r for r in results if isinstance(r, RunRecord)]
     for w in stored_speed_warnings(records, store_path):
         (on_warning or log.warning)(w)
     return results
@@ -198,9 +199,15 @@ def _estimate_devices(manifest: Manifest, devices: Sequence[str], inventory: str
     """``devices`` split into estimate device specs (each checked against the artifact's target before any
     work: a wrong pairing is a usage error) and the names of the others."""
     from edgerun.devices.inventory import get_spec
-    from edgerun.estimate import check_estimate_spec, is_estimate_device, pair_skip_reason
+    from edgerun.estimate import check_estimate_spec, is_estimate_device, pair_skip_reason, run_skip_reason
 
     specs = [get_spec(d, inventory) for d in devices]
+    for spec in specs:   # an Ethos-U / Cortex-M program on a device that runs edgerun's bundles: refused now
+        why = run_skip_reason(manifest.target.name, spec)
+        if why:
+            raise UsageError(f"artifact {manifest.path}: {why}.",
+                             hint=f"Give --device 'estimate://{manifest.target.name}' (add ?sram=512KiB&flash=2MiB for "
+                                  "the fit), or a board on serial://.")
     estimates = [s for s in specs if is_estimate_device(s)]
     for spec in estimates:
         check_estimate_spec(spec)
@@ -214,7 +221,8 @@ def _estimate_devices(manifest: Manifest, devices: Sequence[str], inventory: str
 
 def _estimate_on(manifest: Manifest, specs: Sequence, store_path=None, *, sweep_id: str | None = None,
                  cell: Cell | None = None) -> list:
-    """The estimated record on each estimate device, saved; a refused report is a :class:`CellFailure`."""
+    """The estimated record on each estimate device, saved; a refused report is a :class:`CellFailure`. A
+    target with no cycle model (a Cortex-M) gets a :class:`~edgerun.estimate.MemoryFit`, not stored."""
     from edgerun.estimate import record_for_device
     from edgerun.store import Store
 
@@ -222,8 +230,9 @@ def _estimate_on(manifest: Manifest, specs: Sequence, store_path=None, *, sweep_
     for spec in specs:
         try:
             rec = record_for_device(manifest, spec, sweep_id=sweep_id, cell=cell.key if cell else None)
-            with Store(store_path) as s:
-                s.save(rec)
+            if isinstance(rec, RunRecord):
+                with Store(store_path) as s:
+                    s.save(rec)
             out.append(rec)
         except EdgerunError as exc:
             log.warning("%s: %s", spec.ref, exc.paragraph())
@@ -314,6 +323,7 @@ def bench(model: str, targets: Sequence[str], schemes: Sequence[str], devices: S
     done: dict[str, str] = {}
     failures: list[dict] = []
     skipped: list[dict] = []
+    fits: list[dict] = []
     todo: list[Cell] = []
     estimates = _estimate_specs(devices, inventory)  # estimate:// devices: run nothing, never opened
 
@@ -323,7 +333,7 @@ def bench(model: str, targets: Sequence[str], schemes: Sequence[str], devices: S
 
     for cell in cells:
         existing = store.find_cell(sweep, cell.key)
-        why = _estimate_skip(cell, estimates, settings.threads)
+        why = _estimate_skip(cell, estimates, settings.threads, inventory)
         if existing:
             done[cell.key] = existing
             report(cell.key, "skipped (already in the store)")
@@ -371,6 +381,10 @@ def bench(model: str, targets: Sequence[str], schemes: Sequence[str], devices: S
                 if isinstance(r, CellFailure):
                     report(c.key, f"failed: {r.error.message}")
                     failures.append(r.to_json())
+                elif not isinstance(r, RunRecord):   # a memory fit (no cycle model): reported, not stored
+                    fits.append({"cell": c.key, **r.to_json()})
+                    report(c.key, "memory fit: " + ("fits" if r.fits else "does not fit" if r.fits is False
+                                                    else "no board size given") + " (no timing)")
                 else:
                     done[c.key] = r.run_id
                     report(c.key, f"{r.run_id}: estimated {r.latency.median_ms:.3f} ms")
@@ -381,7 +395,7 @@ def bench(model: str, targets: Sequence[str], schemes: Sequence[str], devices: S
                 report(r.cell.key, f"failed: {r.error.message}")
             failures.append(r.to_json())
     return {"sweep_id": sweep, "cells": len(cells), "run_ids": [done[c.key] for c in cells if c.key in done],
-            "failures": failures, "skipped": skipped}
+            "failures": failures, "skipped": skipped, "fits": fits}
 
 
 def _estimate_specs(devices: Sequence[str], inventory: str | None) -> dict:
@@ -396,14 +410,17 @@ def _estimate_specs(devices: Sequence[str], inventory: str | None) -> dict:
     return estimates
 
 
-def _estimate_skip(cell: Cell, estimates: dict, threads: Sequence) -> str | None:
-    """Why a bench cell on an estimate device is not made: another target's estimator, or a thread count
-    after the first (an estimate has no threads: one record per cell of the first)."""
-    from edgerun.estimate import pair_skip_reason
+def _estimate_skip(cell: Cell, estimates: dict, threads: Sequence, inventory: str | None = None) -> str | None:
+    """Why a bench cell is not made: an estimate device of another target, a thread count after the first on
+    one (an estimate has no threads: one record per cell of the first), or a device that runs edgerun's
+    runner bundles given a target none of them runs (an Ethos-U or Cortex-M program on local://)."""
+    from edgerun.estimate import pair_skip_reason, run_skip_reason
 
     spec = estimates.get(cell.device)
     if spec is None:
-        return None
+        from edgerun.devices.inventory import get_spec
+
+        return run_skip_reason(cell.target, get_spec(cell.device, inventory))
     why = pair_skip_reason(cell.target, spec)
     if why is None and cell.threads != threads[0]:
         why = f"{spec.ref} has no thread count: its estimate is stored once, in the t{threads[0]} cell"

@@ -31,6 +31,25 @@ def _device_list(device: str | None, all_devices: bool, inventory: str | None) -
     return [spec.ref for spec in parse_device_list(device, all_devices=all_devices, inventory=inventory)]
 
 
+def print_fit(f: dict) -> None:
+    """A memory fit (estimate:// of a target with no cycle model): arena and flash against the board's, no time."""
+    fit = f["fit"]
+
+    def part(k: str) -> str:
+        text = f"{k.upper()} needed {fit[f'{k}_needed_bytes']:,} B"
+        if f"{k}_bytes" in fit:
+            text += (f" of {fit[f'{k}_bytes']:,} B: " + ("fits" if fit[f"{k}_fits"] else "DOES NOT FIT")
+                     + f" (headroom {fit[f'{k}_headroom_bytes']:,} B)")
+        return text
+
+    verdict = {True: "fits", False: "does not fit", None: "no board size given"}[f["fits"]]
+    out.print(f"[bold]{plain(f['model'])}[/] {plain(f['target'])}/{plain(f['scheme'])} on {plain(f['device'])}: "
+              f"memory fit, {verdict}; {part('sram')} (the tensor arena: planned memory); {part('flash')} (the .pte); "
+              "no timing, not stored", soft_wrap=True, highlight=False)
+    for w in f["warnings"]:
+        err_console.print(f"[yellow]warning:[/] {plain(w)}", soft_wrap=True, highlight=False)
+
+
 def _settings(**kw):
     from edgerun.profiling import ProfileSettings
 
@@ -129,12 +148,16 @@ def register(app: typer.Typer) -> None:
             with progress("profiling") as status:
                 results = profile(artifact, names, settings, store_path=store_path, inventory=inventory,
                                   on_progress=status.update, on_warning=speed.append)
-            records = [r for r in results if not isinstance(r, CellFailure)]
+            from edgerun.runtime.record import RunRecord
+
+            records = [r for r in results if isinstance(r, RunRecord)]
             failures = [r.to_json() for r in results if isinstance(r, CellFailure)]
-            holder["records"], holder["failures"] = records, failures
+            # estimate:// of a target with no cycle model (a Cortex-M): memory and fit, no time, not stored
+            fits = [r.to_json() for r in results if not isinstance(r, (RunRecord, CellFailure))]
+            holder["records"], holder["failures"], holder["fits"] = records, failures, fits
             holder["speed"] = speed
             result: dict = {"runs": [record_json(r) for r in records], "failures": failures,
-                            "scheme_warnings": speed}
+                            "scheme_warnings": speed, "fits": fits}
             if len(records) == 1:
                 result.update(record_json(records[0]))
             if failures:
@@ -147,6 +170,8 @@ def register(app: typer.Typer) -> None:
                 print_record(rec, top=top)
             if len(holder["records"]) > 1:
                 print_runs_table(holder["records"], title="Runs of this profile")
+            for f in holder["fits"]:
+                print_fit(f)
             for f in holder["failures"]:
                 err_console.print(f"[bold red]failed[/] on {plain(f['device'])}: {plain(f['error']['message'])}",
                                   soft_wrap=True, highlight=False)
@@ -269,6 +294,8 @@ def register(app: typer.Typer) -> None:
                     out.print("  no inference run was stored, so nothing to recommend", highlight=False)
             for sk in r.get("skipped") or ():
                 out.print(f"skipped {plain(sk['cell'])}: {plain(sk['reason'])}", soft_wrap=True, highlight=False)
+            for f in r.get("fits") or ():
+                print_fit(f)
             for f in r["failures"]:
                 err_console.print(f"[bold red]failed[/] {plain(f['cell'])}: {plain(f['error']['message'])}",
                                   soft_wrap=True, highlight=False)

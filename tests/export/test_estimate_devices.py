@@ -42,7 +42,7 @@ def test_an_estimate_uri_names_an_estimated_target_and_its_board():
 
 
 @pytest.mark.parametrize("uri, words", [
-    ("estimate://cortex-m55", "no cycle model"),          # no timing is invented for a Cortex-M
+    ("estimate://cortex-m55?clock=500e6", "no cycle model"),   # a Cortex-M: memory and fit, no clock, no time
     ("estimate://host", "run on a device"),
     ("estimate://ethos-u99", "not a target"),
     ("estimate://", "names the target"),
@@ -58,6 +58,37 @@ def test_a_wrong_estimate_uri_is_refused_before_any_work(uri, words):
     with pytest.raises(EdgerunError) as e:   # the URI's form by the devices layer, its target by the hall
         check_estimate_spec(get_spec(uri))
     assert e.value.exit_code == 2 and words in e.value.message
+
+
+def test_bench_skips_ethos_u_and_cortex_m_cells_on_devices_that_run_bundles_before_any_export(tmp_path):
+    """An Ethos-U or Cortex-M program cannot run on local:// or qemu-aarch64:// (no bundle holds its kernels):
+    its cells are skipped with the reason, like an estimate device's other targets, not failed after an export."""
+    from edgerun.profiling import ProfileSettings, bench
+    from edgerun.store import Store
+
+    cells: list[tuple[str, str]] = []
+    with Store(tmp_path / "runs.sqlite") as store:
+        summary = bench("ds_cnn", ["ethos-u55-128", "cortex-m4"], ["int8"], ["local://", "qemu-aarch64://"],
+                        ProfileSettings(threads=(1,)), store=store, on_cell=lambda k, w: cells.append((k, w)))
+    assert summary["cells"] == 4 and not summary["failures"] and not summary["run_ids"]
+    reasons = {s["cell"]: s["reason"] for s in summary["skipped"]}
+    assert len(reasons) == 4
+    for key, why in reasons.items():
+        target = key.split("/")[1]
+        assert f"no {target} kernels" in why and f"estimate://{target}" in why and "serial://" in why
+    assert "estimates them" in reasons["ds_cnn/ethos-u55-128/int8/local:///t1"]
+    assert "memory and fit" in reasons["ds_cnn/cortex-m4/int8/qemu-aarch64:///t1"]
+    assert sum(w.startswith("skipped: ") for _, w in cells) == 4
+
+
+def test_a_serial_board_is_not_refused_for_an_arm_target():
+    """A board on serial:// may run an Ethos-U or Cortex-M program (devices/SERIAL_PROTOCOL.md): not skipped."""
+    from edgerun.devices import get_spec
+    from edgerun.estimate import run_skip_reason
+
+    board = get_spec("serial:///dev/ttyACM0?baud=115200")
+    assert run_skip_reason("cortex-m55", board) is None and run_skip_reason("ethos-u55-128", board) is None
+    assert run_skip_reason("host", get_spec("local://")) is None
 
 
 # ------------------------------------------------------------------------------------ with the toolchain
