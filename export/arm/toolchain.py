@@ -66,7 +66,10 @@ def default_dir() -> Path:
 def pins_hash() -> str:
     """The identity of an environment: the pins, edgerun's interpreter, its site-packages and the shared
     packages' versions. A different hash means the environment must be rebuilt."""
-    ident = {"pins": list(PINS), "python": sys.version, "executable": sys.executable, "base": base_site_packages(),
+    # the interpreter's path as given, normalised (``.venv/bin/../bin/python`` is the same venv); not resolved:
+    # a venv's python is a symlink to the system's, and the venv is what matters
+    ident = {"pins": list(PINS), "python": sys.version, "executable": os.path.normpath(os.path.abspath(sys.executable)),
+             "base": base_site_packages(),
              "shared": {n: installed_version(n) for n in SHARED}, "layout": LAYOUT}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -113,6 +113,22 @@ def test_the_targets_name_quantizer_partitioner_memory_mode_and_estimate():
         assert opts["accelerator"] == name and opts["memory_mode"] and opts["system_config"]
 
 
+def test_the_toolchain_identity_does_not_depend_on_how_the_interpreter_path_is_spelled(monkeypatch):
+    """`benchmarks/../.venv/bin/python` is the same venv as `.venv/bin/python`: the same pins hash (a script run
+    from another directory found its toolchain 'stale'); another venv is another hash."""
+    import sys
+
+    from edgerun.export.arm import toolchain
+
+    exe = Path(sys.executable).absolute()
+    monkeypatch.setattr(sys, "executable", str(exe))
+    plain = toolchain.pins_hash()
+    monkeypatch.setattr(sys, "executable", str(exe.parent.parent / "bin" / ".." / "bin" / exe.name))
+    assert toolchain.pins_hash() == plain
+    monkeypatch.setattr(sys, "executable", "/elsewhere/venv/bin/python")
+    assert toolchain.pins_hash() != plain
+
+
 # ------------------------------------------------------------------------------------ the toolchain
 def test_the_toolchain_is_reused_while_its_pins_match_and_stale_when_they_change(arm_toolchain, monkeypatch):
     from edgerun.export.arm import toolchain
