@@ -35,6 +35,9 @@ MODELS: dict[str, ModelSpec] = {
     for m in (
         ModelSpec("mobilenet_v2", "MobileNetV2 (torchvision definition, random weights), 224x224", "classification",
                   _lazy("vision", "torchvision_model", "mobilenet_v2"), origin="torchvision.models.mobilenet_v2"),
+        ModelSpec("mobilenet_v2_035", "MobileNetV2 x0.35 (torchvision, random weights), 96x96 -> 10 classes: "
+                  "microcontroller-sized", "classification", _lazy("vision", "mobilenet_v2_035"),
+                  origin="torchvision.models.mobilenet_v2(width_mult=0.35)"),
         ModelSpec("mobilenet_v3_small", "MobileNetV3-Small (torchvision, random weights), 224x224", "classification",
                   _lazy("vision", "torchvision_model", "mobilenet_v3_small"), origin="torchvision.models.mobilenet_v3_small"),
         ModelSpec("resnet18", "ResNet-18 (torchvision, random weights), 224x224", "classification",

@@ -50,6 +50,26 @@ def torchvision_model(name: str, seed: int = 0):
     return model.eval(), example
 
 
+MCU_VISION_INPUT = (1, 3, 96, 96)
+
+
+def mobilenet_v2_035(seed: int = 0):
+    """MobileNetV2 at width 0.35 on 96x96x3 with 10 classes: the microcontroller-sized MobileNetV2 (the Ethos-U
+    and Cortex-M figures of issue 24 are for it). torchvision's definition, seeded random weights, the
+    variance-preserving classifier init and settled BatchNorm of :func:`torchvision_model`."""
+    from torchvision.models import mobilenet_v2
+
+    torch.manual_seed(seed)
+    model = mobilenet_v2(width_mult=0.35, num_classes=10)
+    for m in model.classifier.modules():
+        if isinstance(m, torch.nn.Linear):
+            torch.nn.init.normal_(m.weight, std=m.in_features ** -0.5)
+            torch.nn.init.zeros_(m.bias)
+    _settle_batchnorm(model, MCU_VISION_INPUT, seed)
+    example = (torch.randn(MCU_VISION_INPUT, generator=torch.Generator().manual_seed(seed)),)
+    return model.eval(), example
+
+
 def small_vit(seed: int = 0):
     """A ViT small enough for a microcontroller-class budget: 64x64 input, 8x8 patches, 4 layers."""
     from torchvision.models.vision_transformer import VisionTransformer

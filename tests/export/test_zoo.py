@@ -11,6 +11,7 @@ pytestmark = pytest.mark.slow
 # one (target, scheme) per zoo model, spread so that every target and scheme appears
 CASES = {
     "mobilenet_v2": ("rpi5", "int8"),
+    "mobilenet_v2_035": ("android-arm64", "int8"),
     "mobilenet_v3_small": ("rpi4", "int8"),
     "resnet18": ("host", "fp32"),
     "vit_small": ("jetson-orin", "8da4w"),
