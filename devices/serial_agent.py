@@ -12,6 +12,12 @@ again: a RUN is never executed twice because a reply was lost. That cache dies w
 so each agent process is a *session* with a random id (announced in HELLO, printed at start):
 a RUN names the session it was sent to and a different session refuses it (ERROR ``session``)
 instead of running it -- a restarted agent cannot run a resent program a second time.
+
+With ``--runner BUNDLE_DIR`` it also stands in for a board whose ExecuTorch runner is *resident* (in
+firmware, not pushed): HELLO describes that runner (``"runner"``: SERIAL_PROTOCOL.md, "Board runners") and a
+RUN whose ``argv[0]`` is ``edgerun-runner`` runs the bundle's runner with the rest of the argv (the native
+runner's flags, runtime/native/PROTOCOL.md), so the contract a board runner implements is tested here
+against a real ExecuTorch runner.
 """
 
 from __future__ import annotations
@@ -47,8 +53,9 @@ class SessionMismatch(RequestError):
 
 
 class Agent:
-    def __init__(self, port, sandbox: str, *, emulated: bool = True):
+    def __init__(self, port, sandbox: str, *, emulated: bool = True, runner: str | None = None):
         self.port = port
+        self.runner = _resident_runner(runner) if runner else None   # (HELLO description, argv prefix)
         self.sandbox = os.path.realpath(sandbox)
         os.makedirs(self.sandbox, exist_ok=True)
         self.emulated = emulated
@@ -128,7 +135,8 @@ class Agent:
                 "emulated": self.emulated,
                 "emulator": "edgerun serial agent (a host process standing in for board firmware)"
                 if self.emulated else None,
-                "work_dir": self.sandbox, "max_payload": MAX_PAYLOAD, "chunk": CHUNK}
+                "work_dir": self.sandbox, "max_payload": MAX_PAYLOAD, "chunk": CHUNK,
+                **({"runner": self.runner[0]} if self.runner else {})}
 
     def info(self, frame: Frame) -> dict:
         from edgerun.devices.probe import probe_script
@@ -245,6 +253,8 @@ class Agent:
     def run(self, frame: Frame) -> dict:
         req = frame.json()
         argv, timeout = req["argv"], float(req["timeout"])
+        if self.runner and argv and argv[0] == RUNNER_ARGV0:   # the resident runner, by its protocol name
+            argv = [*self.runner[1], *argv[1:]]
         cwd = req.get("cwd") or self.sandbox
         if not os.path.isdir(cwd):
             raise RequestError("exec", f"working directory {cwd} does not exist")
@@ -279,6 +289,29 @@ class Agent:
         return res
 
 
+#: ``argv[0]`` of a RUN meant for a board's resident runner (SERIAL_PROTOCOL.md, "Board runners")
+RUNNER_ARGV0 = "edgerun-runner"
+
+
+def _resident_runner(bundle_dir: str) -> tuple[dict, list[str]]:
+    """(HELLO's ``runner`` object, the argv prefix that starts it) for a runtime bundle standing in for a board's
+    resident runner: what its ``bundle.json`` says it holds (read as data: the devices layer imports no runtime)."""
+    import json
+
+    d = os.path.realpath(bundle_dir)
+    with open(os.path.join(d, "bundle.json")) as f:
+        meta = json.load(f)
+    start = list(meta.get("start") or ["./" + str(meta.get("runner", RUNNER_ARGV0))])
+    start = start[:start.index("--model")] if "--model" in start else start
+    prefix = [os.path.join(d, a[2:]) if a.startswith("./") else d if a == "." else a for a in start]
+    desc = {"argv0": RUNNER_ARGV0, "runner_protocol": 1, "resident": True, "name": str(meta.get("runner")),
+            "version": str(meta.get("runner_version")), "arch": str(meta.get("arch")),
+            "executorch": str(meta.get("executorch_version")), "backends": list(meta.get("backends") or []),
+            "operators": len(meta.get("operators") or []),
+            "flags": ["--model", "--method", "--input", "--warmup", "--iterations", "--etdump", "--output-dir"]}
+    return desc, prefix
+
+
 def _version() -> str:
     from importlib import metadata
 
@@ -295,12 +328,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baud", type=int, default=115200)
     parser.add_argument("--no-emulated", dest="emulated", action="store_false",
                         help="this agent runs on the real target board: its timings are measured, not emulated")
+    parser.add_argument("--runner", metavar="BUNDLE_DIR",
+                        help="stand in for a board with a resident runner: this runtime bundle's runner answers RUNs "
+                             f"whose argv[0] is {RUNNER_ARGV0} (SERIAL_PROTOCOL.md, 'Board runners')")
     args = parser.parse_args(argv)
     import serial  # pyserial
 
     port = serial.serial_for_url(args.port, baudrate=args.baud, timeout=0.05)
     try:
-        agent = Agent(port, args.sandbox, emulated=args.emulated)
+        agent = Agent(port, args.sandbox, emulated=args.emulated, runner=args.runner)
         print(f"edgerun serial agent: serving {args.port}, sandbox {agent.sandbox}, session {agent.session} "
               f"(protocol {PROTOCOL})", flush=True)
         agent.serve()

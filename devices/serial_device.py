@@ -115,6 +115,14 @@ class SerialDevice(Device):
             self._port = None
             raise
 
+    @property
+    def resident_runner(self) -> dict | None:
+        """The board's resident ExecuTorch runner as its HELLO reply describes it (SERIAL_PROTOCOL.md, "Board
+        runners"): RUN ``argv[0] == "edgerun-runner"`` starts it. None when the agent named none."""
+        self.connect()
+        runner = (self.hello or {}).get("runner")
+        return runner if isinstance(runner, dict) else None
+
     def _hello(self) -> None:
         """Handshake: learn the agent's protocol, work_dir and session (again after a restart)."""
         def hello(protocol: int) -> dict:

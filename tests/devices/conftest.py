@@ -134,14 +134,16 @@ def bundle_argv():
 
 @pytest.fixture
 def serial_line(tmp_path):
-    """Start agents on real pty pairs: ``serial_line(noise=None) -> (uri, link, agent_proc, sandbox)``."""
+    """Start agents on real pty pairs: ``serial_line(noise=None, agent_args=()) -> (uri, link, agent_proc, sandbox)``
+    (``agent_args``: more arguments of the agent, e.g. ``("--runner", BUNDLE_DIR)``)."""
     started = []
 
-    def start(noise=None, **query):
+    def start(noise=None, agent_args=(), **query):
         link = ptylink_mod.PtyLink(noise)
         sandbox = tmp_path / f"sandbox{len(started)}"
         agent = subprocess.Popen([sys.executable, "-m", "edgerun.devices.serial_agent", link.agent_path,
-                                  str(sandbox)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
+                                  str(sandbox), *agent_args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                 text=True)
         started.append((link, agent))
         assert "serving" in agent.stdout.readline()  # the port is open: what a powered-up board is
         q = "&".join(f"{k}={v}" for k, v in query.items())
