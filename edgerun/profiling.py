@@ -29,6 +29,7 @@ from edgerun.runtime.record import RunRecord
 from edgerun.runtime.runner import AUTO_THREADS
 
 from .cells import Cell, CellFailure, check_store, for_each_device, run_cell
+from .executors import Executor, ExportJob, LocalExecutor
 
 log = logging.getLogger("edgerun.profile")
 
@@ -256,6 +257,11 @@ def artifact_cache_dir(model: str, target: str, recipe: str, options=None) -> Pa
     """Where bench keeps the export of one recipe: keyed by its full recipe identity (model, target,
     every step of the recipe with every option, calibration, seed, vectors, tool versions), so a change of
     any re-exports."""
+    return export_job(model, target, recipe, options).path
+
+
+def export_job(model: str, target: str, recipe: str, options=None) -> ExportJob:
+    """The export of one (target, recipe) of a sweep: where its artifact goes and the recipe hash it must carry."""
     from edgerun.export import ExportOptions, get_model, get_target, parse_recipe
     from edgerun.export.recipe import recipe_identity
 
@@ -264,23 +270,30 @@ def artifact_cache_dir(model: str, target: str, recipe: str, options=None) -> Pa
     identity = recipe_identity(get_model(model), get_target(target), chain,
                                calibration=options.calibration, seed=options.seed, vectors=options.vectors)
     safe = lambda text: re.sub(r"[^A-Za-z0-9_.=+-]+", "_", text).strip("_")[:80]  # noqa: E731
-    return artifacts_dir() / f"{safe(model)}-{target}-{safe(chain.spec)}-{identity.hash[:12]}"
+    path = artifacts_dir() / f"{safe(model)}-{target}-{safe(chain.spec)}-{identity.hash[:12]}"
+    return ExportJob(model=model, target=target, recipe=recipe, path=path, recipe_hash=identity.hash)
+
+
+def _cached(job: ExportJob) -> bool:
+    """A verified artifact of exactly this recipe is in the cache."""
+    from edgerun.core.artifact import read_manifest
+
+    try:
+        manifest = read_manifest(job.path)
+    except EdgerunError:
+        return False
+    return manifest.ok and manifest.recipe_hash == job.recipe_hash
 
 
 def ensure_artifact(model: str, target: str, recipe: str, on_progress: Progress | None = None) -> Path:
     """An exported, verified artifact for the cell, reused when the same recipe was exported before."""
-    from edgerun.core.artifact import read_manifest
-    from edgerun.export import export_model
-
-    path = artifact_cache_dir(model, target, recipe)
-    try:
-        if read_manifest(path).ok:
-            return path
-    except EdgerunError:
-        pass
-    export_model(model, target, recipe, path, on_stage=(lambda s: on_progress(f"export {target}/{recipe}: {s}"))
-                 if on_progress else None)
-    return path
+    job = export_job(model, target, recipe)
+    if _cached(job):
+        return job.path
+    [done] = LocalExecutor().run([job], on_progress)
+    if done.error is not None:
+        raise done.error
+    return job.path
 
 
 def sweep_id_for(model: str, targets: Sequence[str], schemes: Sequence[str], devices: Sequence[str],
@@ -302,13 +315,15 @@ def bench_cells(model: str, targets: Sequence[str], schemes: Sequence[str], devi
 
 def bench(model: str, targets: Sequence[str], schemes: Sequence[str], devices: Sequence[str],
           settings: ProfileSettings, *, store, inventory: str | None = None, sweep_id: str | None = None,
-          on_cell: Callable[[str, str], None] | None = None, on_progress: Progress | None = None) -> dict:
+          on_cell: Callable[[str, str], None] | None = None, on_progress: Progress | None = None,
+          executor: Executor | None = None) -> dict:
     """Export x deploy x profile across targets, recipes (``schemes``: a scheme name, or a recipe with its
     options and steps, e.g. ``8da4w:group_size=64``, or ``my-prune:amount=0.5+int8`` with ``my-prune``
     registered; each cell keyed by the recipe's canonical text) and devices; resumable by ``sweep_id``.
 
-    Every (target, recipe) is exported first, once (CPU-heavy: one at a time). Then each device is
-    opened **once** for all its cells and the devices run concurrently, each its cells in turn.
+    Every (target, recipe) is exported first, once, by ``executor`` (default :class:`LocalExecutor`: in this
+    process, one at a time; :class:`~edgerun.executors.RayExecutor`: Ray tasks). Then each device is
+    opened **once** for all its cells and the devices run concurrently, each its cells in turn, here.
     """
     from edgerun.export import get_target, parse_recipe
 
@@ -343,13 +358,22 @@ def bench(model: str, targets: Sequence[str], schemes: Sequence[str], devices: S
         else:
             todo.append(cell)
 
+    # the exports: cached ones reused, the others run by the executor (one at a time here, or Ray tasks)
     exported: dict[tuple[str, str], Path | EdgerunError] = {}
+    jobs: list[ExportJob] = []
     for c in todo:
         if (c.target, c.recipe) not in exported:
             try:
-                exported[(c.target, c.recipe)] = ensure_artifact(model, c.target, c.recipe, on_progress)
+                job = export_job(model, c.target, c.recipe)
+                exported[(c.target, c.recipe)] = job.path
+                if not _cached(job):
+                    jobs.append(job)
             except EdgerunError as exc:
                 exported[(c.target, c.recipe)] = exc
+    executor = executor or LocalExecutor()
+    exports = executor.run(jobs, on_progress)
+    for d in exports:
+        exported[(d.job.target, d.job.recipe)] = d.error if d.error is not None else d.path
 
     def runnable(device: str) -> list[Cell]:
         return [c for c in todo if c.device == device and not isinstance(exported[(c.target, c.recipe)], EdgerunError)
@@ -395,7 +419,8 @@ def bench(model: str, targets: Sequence[str], schemes: Sequence[str], devices: S
                 report(r.cell.key, f"failed: {r.error.message}")
             failures.append(r.to_json())
     return {"sweep_id": sweep, "cells": len(cells), "run_ids": [done[c.key] for c in cells if c.key in done],
-            "failures": failures, "skipped": skipped, "fits": fits}
+            "failures": failures, "skipped": skipped, "fits": fits, "executor": executor.describe(),
+            "exports": [d.to_json() for d in exports]}
 
 
 def _estimate_specs(devices: Sequence[str], inventory: str | None) -> dict:

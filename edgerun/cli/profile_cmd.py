@@ -201,6 +201,10 @@ def register(app: typer.Typer) -> None:
                                                   "keeps the faster of 1 thread and every core).")] = "auto",
         sweep_id: Annotated[Optional[str], typer.Option(
             help="Resume this sweep (default: derived from the arguments, so re-running resumes).")] = None,
+        executor: Annotated[str, typer.Option(
+            "--executor", help="Where the exports run: local (this process, one at a time), ray (a local Ray "
+                               "instance started for the run; ray?num_cpus=N) or ray://HOST:PORT (an existing "
+                               "Ray cluster sharing EDGERUN_HOME). Measurements always run here.")] = "local",
         report: Annotated[Optional[Path], typer.Option("--report", "-o", help="HTML report to write.")] = None,
         store: StoreOpt = None,
         inventory: InventoryOpt = None,
@@ -230,6 +234,9 @@ def register(app: typer.Typer) -> None:
                 raise UsageError("give --recipes or --schemes, not both.",
                                  hint="--recipes \"A; B\" separates recipes with ';', --schemes A,B with commas.")
             settings = _settings(warmup=warmup, iterations=iterations, threads=parse_threads(threads))
+            from edgerun.executors import parse_executor
+
+            runner = parse_executor(executor)  # a wrong form, or Ray missing: fails before any work
             sl = (split_recipes(recipes) if recipes is not None
                   else [x.strip() for x in split_top_level(schemes or "fp32,int8", ",") if x.strip()])
             tl, dl = split(targets), _device_list(devices, False, inventory)
@@ -258,7 +265,7 @@ def register(app: typer.Typer) -> None:
                         lines.update(m)
 
                 summary = bench(model, tl, sl, dl, settings, store=s, inventory=inventory, sweep_id=sweep_id,
-                                on_cell=on_cell, on_progress=on_progress)
+                                on_cell=on_cell, on_progress=on_progress, executor=runner)
                 records = [s.get(r) for r in summary["run_ids"]]
             from edgerun.profiling import scheme_speed_warnings
 
