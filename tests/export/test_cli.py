@@ -3,12 +3,33 @@ with a non-zero exit, --debug adds the traceback."""
 
 import json
 
+import pytest
 
-def test_export_json_prints_exactly_one_object(cli, tmp_path):
-    r = cli("export", "factories:tiny", "--target", "rpi5", "--scheme", "int8", "-o", str(tmp_path / "a"), "--json")
+
+@pytest.fixture(scope="module")
+def int8_export(tmp_path_factory, edgerun_home):
+    """One ``edgerun export --json`` of the tiny model for rpi5 int8, its stdout and stderr both piped: what
+    --json prints on stdout and the progress lines on stderr come from the same run (the progress does not
+    depend on --json), so the two tests below share it instead of exporting twice. ``(result, out dir)``."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path_factory.mktemp("cli-export") / "a"
+    exe = Path(sys.executable).with_name("edgerun")   # the installed entry point, as the ``cli`` fixture runs it
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-c", "from edgerun.cli import main; main()"]
+    r = subprocess.run([*cmd, "export", "factories:tiny", "--target", "rpi5", "--scheme", "int8", "-o", str(out),
+                        "--json"], check=False, capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "EDGERUN_HOME": str(edgerun_home)})   # a module fixture: the session's home
+    return r, out
+
+
+def test_export_json_prints_exactly_one_object(int8_export):
+    r, out = int8_export
     assert r.returncode == 0, r.stderr
     obj = json.loads(r.stdout)  # the whole of stdout is one JSON document
-    assert obj["ok"] is True and obj["path"] == str(tmp_path / "a")
+    assert obj["ok"] is True and obj["path"] == str(out)
     assert obj["manifest"]["status"] == "ok"
 
 
@@ -55,8 +76,8 @@ def test_failed_verification_exits_4_and_keeps_the_artifact(cli, tmp_path):
     assert json.loads((out / "manifest.json").read_text())["status"] == "failed"
 
 
-def test_progress_lines_per_stage_also_when_stderr_is_a_pipe(cli, tmp_path):
-    r = cli("export", "factories:tiny", "--target", "rpi5", "--scheme", "int8", "-o", str(tmp_path / "p"))
+def test_progress_lines_per_stage_also_when_stderr_is_a_pipe(int8_export):
+    r, _ = int8_export
     assert r.returncode == 0, r.stderr
     import re
 
