@@ -1,9 +1,9 @@
 """``edgerun bench --executor ray`` (issue 25 item 4): the exports of a sweep as Ray tasks on a local Ray
 instance started for the run (``ray?num_cpus=2``, no dashboard, shut down after it), measured here.
 
-One two-cell sweep (``factories:tiny``, fp32 and int8, on ``local://``) runs twice through the real CLI:
-with the local pool and with Ray, each with an ``EDGERUN_HOME`` of its own (sharing the session's runner
-bundle cache), so Ray exports everything again. Both must give the same sweep, the same cells, the same
+One two-cell sweep (``factories:tiny``, fp32 and int8, on ``local://``) runs twice: with the local pool (in
+this process: the ``bench`` the CLI calls) and with Ray through the real CLI, each with an ``EDGERUN_HOME`` of
+its own (sharing the session's runner bundle cache), so Ray exports everything again. Both must give the same sweep, the same cells, the same
 recipe hashes and the same programs (sha256 of each ``.pte``: these exports are deterministic), with the
 exports done in Ray workers (other processes) and only the driver writing the store. The rest is in-process
 and cheap: the executor forms, Ray missing, a worker that does not see the driver's EDGERUN_HOME, and an
@@ -28,8 +28,7 @@ from edgerun.store import Store
 pytest.importorskip("ray", reason="Ray is the optional extra edgerun[ray] (scripts/setup installs it)")
 
 FACTORIES = Path(__file__).resolve().parents[1] / "export"
-ARGS = ["bench", "factories:tiny", "--targets", "host", "--schemes", "fp32,int8", "--warmup", "0",
-        "--iterations", "3", "--threads", "1", "--json"]
+MODEL, TARGETS, SCHEMES = "factories:tiny", ["host"], ["fp32", "int8"]
 
 
 @dataclasses.dataclass
@@ -37,32 +36,52 @@ class Sweep:
     result: dict
     records: dict          # cell key -> record
     home: Path
-    pid: int               # the edgerun process (the driver)
-    stderr: str
+    pid: int               # the process that drove the sweep
+    stderr: str = ""
 
 
 def _home(root: Path, shared_cache: Path) -> Path:
+    """An EDGERUN_HOME of its own (so every export runs again) whose cache is the session's (its runner bundle)."""
     home = root / "home"
     home.mkdir(parents=True)
-    (home / "cache").symlink_to(shared_cache, target_is_directory=True)   # the session's runner bundles
+    (home / "cache").symlink_to(shared_cache, target_is_directory=True)
     return home
 
 
-def _sweep(root: Path, shared_cache: Path, device: str, *extra: str) -> Sweep:
-    home = _home(root, shared_cache)
-    store = root / "s.sqlite"
+def _records(store: Path, result: dict) -> dict:
+    with Store(store) as s:
+        return {rec.cell: rec for rec in (s.get(r) for r in result["run_ids"])}
+
+
+def _local_pool(root: Path, shared_cache: Path, device: str) -> Sweep:
+    """The local pool, in this process: the ``bench`` the CLI calls, with the values the CLI gives it."""
+    from edgerun.devices import parse_device_list
+    from edgerun.profiling import ProfileSettings, bench
+
+    home, store = _home(root, shared_cache), root / "s.sqlite"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EDGERUN_HOME", str(home))
+        mp.syspath_prepend(str(FACTORIES))
+        devices = [spec.ref for spec in parse_device_list(device)]
+        with Store(store) as s:
+            result = bench(MODEL, TARGETS, SCHEMES, devices, ProfileSettings(warmup=0, iterations=3, threads=(1,)),
+                           store=s)
+    return Sweep(result, _records(store, result), home, os.getpid())
+
+
+def _ray_cli(root: Path, shared_cache: Path, device: str) -> Sweep:
+    """``edgerun bench --executor ray?num_cpus=2`` through the installed entry point."""
+    home, store = _home(root, shared_cache), root / "s.sqlite"
     exe = Path(sys.executable).with_name("edgerun")
     env = {**os.environ, "EDGERUN_HOME": str(home), "PYTHONPATH": str(FACTORIES), "COLUMNS": "200"}
-    cmd = [str(exe), *ARGS, "--devices", device, "--store", str(store),
-           "-o", str(root / "bench.html"), *extra]
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                          cwd=root) as p:
+    cmd = [str(exe), "bench", MODEL, "--targets", ",".join(TARGETS), "--schemes", ",".join(SCHEMES),
+           "--devices", device, "--warmup", "0", "--iterations", "3", "--threads", "1", "--store", str(store),
+           "-o", str(root / "bench.html"), "--executor", "ray?num_cpus=2", "--json"]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=root) as p:
         out, err = p.communicate(timeout=600)
     assert p.returncode == 0, err[-3000:]
     result = json.loads(out)
-    with Store(store) as s:
-        records = {s.get(r).cell: s.get(r) for r in result["run_ids"]}
-    return Sweep(result, records, home, p.pid, err)
+    return Sweep(result, _records(store, result), home, p.pid, err)
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +89,8 @@ def sweeps(runner_bundle, edgerun_home, tmp_path_factory):
     runner_bundle("host")
     cache = edgerun_home / "cache"
     tmp = tmp_path_factory.mktemp("ray-executor")
-    device = f"local://?work_dir={tmp / 'dev'}"   # one device (a sweep's id names its devices)
-    return _sweep(tmp / "local", cache, device), _sweep(tmp / "ray", cache, device, "--executor", "ray?num_cpus=2")
+    device = f"local://?work_dir={tmp / 'dev'}"   # one device for both (a sweep's id names its devices)
+    return _local_pool(tmp / "local", cache, device), _ray_cli(tmp / "ray", cache, device)
 
 
 def test_ray_gives_the_local_pools_sweep(sweeps):
