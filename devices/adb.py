@@ -31,7 +31,7 @@ from edgerun.devices._client import run_client
 from edgerun.devices.base import (DeviceAuthError, DeviceError, DeviceTimeout, DeviceUnreachable, ExecResult,
                                   NoSpaceError, TransportDropped, parse_remote_stderr)
 from edgerun.devices.remote import RC_SUFFIX, TRANSFER_TIMEOUT, RemoteShellDevice
-from edgerun.devices.spec import DeviceSpec, address, check_no_leading_dash, register_transport
+from edgerun.devices.spec import DeviceSpec, address, check_no_leading_dash, option, register_transport
 
 log = logging.getLogger("edgerun.devices")
 
@@ -46,6 +46,7 @@ class AdbSpec(DeviceSpec):
     about: ClassVar[str] = "adb://SERIAL"
 
     serial: str | None = address()
+    server: str | None = option()  # HOST:PORT of the adb server the device is attached to (adb -H/-P); a lab's
 
     @classmethod
     def from_uri(cls, parts):
@@ -54,6 +55,11 @@ class AdbSpec(DeviceSpec):
     def __post_init__(self):
         super().__post_init__()
         check_no_leading_dash("adb serial", self.serial)
+        if self.server is not None:
+            host, sep, port = self.server.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"server must be HOST:PORT (an adb server, e.g. lab-host:5037), got {self.server!r}")
+            check_no_leading_dash("adb server host", host)
 
 
 class AdbDevice(RemoteShellDevice):
@@ -66,7 +72,11 @@ class AdbDevice(RemoteShellDevice):
         if path is None:
             raise self._error(DeviceError, f"the adb client `{client}` is not installed", "connect",
                               hint="Install Debian's adb package (scripts/setup does) or set EDGERUN_ADB.")
-        return [path] + (["-s", self.spec.serial] if self.spec.serial else [])
+        server = []
+        if self.spec.server:
+            host, _, port = self.spec.server.rpartition(":")
+            server = ["-H", host, "-P", port]
+        return [path] + server + (["-s", self.spec.serial] if self.spec.serial else [])
 
     @property
     def _label(self) -> str:

@@ -45,6 +45,9 @@ class DeviceInfo:
     load_1m: float | None = None
     cpu_busy: float | None = None
     cpu_steal: float | None = None
+    # A device of a labgrid lab (labgrid://): the place it is and the exporter whose resource reached it.
+    lab_place: str | None = None
+    lab_exporter: str | None = None
 
     @property
     def load_per_core(self) -> float | None:

@@ -47,7 +47,7 @@ log = logging.getLogger("edgerun.devices")
 # The modules that register a transport (each declares its spec class beside its device class).
 TRANSPORT_MODULES = ("edgerun.devices.local", "edgerun.devices.qemu", "edgerun.devices.ssh",
                      "edgerun.devices.adb", "edgerun.devices.serial_device", "edgerun.devices.fake",
-                     "edgerun.devices.estimate")
+                     "edgerun.devices.estimate", "edgerun.devices.labgrid")
 LOCAL_SPEC_NAME = "local"
 
 
@@ -206,6 +206,7 @@ def parse_device_list(text: str | Sequence[str] | None, *, all_devices: bool = F
             raise InventoryError("no device given", hint="Pass --device NAME_OR_URI[,...] or --all.")
         specs = load_inventory(inventory) if any("://" not in item for item in items) else None
         chosen = [_lookup(item, inventory, specs) for item in items]
+    chosen = [one for spec in chosen for one in _expanded(spec)]
     out: list[DeviceSpec] = []
     seen: dict[tuple, DeviceSpec] = {}
     for spec in chosen:
@@ -216,6 +217,15 @@ def parse_device_list(text: str | Sequence[str] | None, *, all_devices: bool = F
         seen[spec.identity()] = spec
         out.append(spec)
     return out
+
+
+def _expanded(spec: DeviceSpec) -> list[DeviceSpec]:
+    """A device source's devices (``labgrid://?tag=..``: each place), each checked like the spec itself."""
+    try:
+        specs = spec.expand()
+    except ValueError as exc:
+        raise InventoryError(f"bad device {spec.ref!r}: {exc}") from exc
+    return [spec] if specs == [spec] else [_checked(s, None, from_file=False) for s in specs]
 
 
 def get_specs(names: str | None, inventory: str | os.PathLike | None = None, *, all_devices: bool = False

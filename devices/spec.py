@@ -114,6 +114,11 @@ class DeviceSpec:
     def check_local(self) -> None:
         """What can be checked on this machine before any work; ``ValueError`` says what is wrong."""
 
+    def expand(self) -> list["DeviceSpec"]:
+        """The devices this spec stands for when a device list is parsed: itself, or -- a device source such as
+        ``labgrid://?tag=K=V`` -- one spec per device it finds (each with a URI that resolves back to it)."""
+        return [self]
+
     # -- identity and output
     @property
     def ref(self) -> str:
