@@ -15,7 +15,11 @@ failed it. A failed export fails its own cells only; the others go on.
   mount at the same path). Each task first reads a token file the driver wrote there, so a worker
   that does not see the driver's home fails its cells with an :class:`EnvironmentProblem` saying so,
   instead of exporting where the driver will never look; returning artifacts as bytes to a driver on
-  another file system is not implemented. Ray is an optional extra (``pip install 'edgerun[ray]'``).
+  another file system is not implemented. A worker exports by name, so the model (a zoo name, or a
+  ``package.module:factory`` importable on the worker: a local Ray's workers inherit this process's
+  environment, a cluster's have their own) and the recipes are resolved there; a recipe registered
+  from Python in this process only is unknown to a worker and fails its cells saying so. Ray is an
+  optional extra (``pip install 'edgerun[ray]'``).
 
 Both: after a job the driver reads the artifact and checks that its recipe hash is the one it
 computed (a worker with other torch/executorch/torchao versions or another copy of a factory's module
@@ -50,7 +54,7 @@ log = logging.getLogger("edgerun.executors")
 
 Progress = Callable[[str], None]
 
-RAY_EXTRA_HINT = ("Install the optional extra: pip install 'edgerun[ray]' (ray==2.60.0; scripts/setup installs it), "
+RAY_EXTRA_HINT = ("Install the optional extra: pip install 'edgerun[ray]' (ray[client]==2.60.0; scripts/setup installs it), "
                   "or run the sweep with --executor local.")
 HEARTBEAT_S = 10.0        # a progress line at least this often while Ray tasks run
 CANCEL_GRACE_S = 10.0     # after Ctrl-C: how long cancelled tasks may take to clean up before they are killed
@@ -239,8 +243,10 @@ class RayExecutor(Executor):
             with_shutdown(ray)
             raise EnvironmentProblem(f"could not start or reach {self._where()}: {type(exc).__name__}: "
                                      f"{str(exc).strip()[:1000]}", stage="executor",
-                                     hint="Check the address (Ray Client listens on ray://HEAD:10001) and that the "
-                                          "cluster runs Ray 2.60.0, or use --executor local.") from None
+                                     hint="Check the address (Ray Client listens on ray://HEAD:10001), that the "
+                                          "cluster runs Ray 2.60.0 and, if it asks for Ray's token authentication, "
+                                          "that RAY_AUTH_MODE=token and the token (RAY_AUTH_TOKEN or "
+                                          "~/.ray/auth_token) are set here; or use --executor local.") from None
         return True
 
     def run(self, jobs: Sequence[ExportJob], on_progress: Progress | None = None) -> list[ExportDone]:
@@ -306,7 +312,9 @@ class RayExecutor(Executor):
         except Exception as exc:  # noqa: BLE001 - RayTaskError, WorkerCrashedError, ObjectLostError ...
             return ExportDone(job, None, _ray_error(job, exc), time.monotonic() - t0, {"executor": "ray"})
         if not res["ok"]:
-            return ExportDone(job, None, res["error"], res["seconds"], res["where"])
+            err = res["error"]
+            err.message = f"(on the Ray worker on {res['where'].get('node')}) {err.message}"
+            return ExportDone(job, None, err, res["seconds"], res["where"])
         try:
             return ExportDone(job, check_exported(job), None, res["seconds"], res["where"])
         except EdgerunError as exc:
