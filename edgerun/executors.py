@@ -54,8 +54,8 @@ log = logging.getLogger("edgerun.executors")
 
 Progress = Callable[[str], None]
 
-RAY_EXTRA_HINT = ("Install the optional extra: pip install 'edgerun[ray]' (ray[client]==2.60.0; scripts/setup installs it), "
-                  "or run the sweep with --executor local.")
+RAY_EXTRA_HINT = ("Install the optional extra: pip install 'edgerun[ray]' (ray[client]==2.60.0; scripts/setup "
+                  "installs it), or run the sweep with --executor local.")
 HEARTBEAT_S = 10.0        # a progress line at least this often while Ray tasks run
 CANCEL_GRACE_S = 10.0     # after Ctrl-C: how long cancelled tasks may take to clean up before they are killed
 PROBE_PREFIX = ".executor-probe-"

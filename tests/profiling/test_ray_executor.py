@@ -3,9 +3,10 @@ instance started for the run (``ray?num_cpus=2``, no dashboard, shut down after 
 
 One two-cell sweep (``factories:tiny``, fp32 and int8, on ``local://``) runs twice: with the local pool (in
 this process: the ``bench`` the CLI calls) and with Ray through the real CLI, each with an ``EDGERUN_HOME`` of
-its own (sharing the session's runner bundle cache), so Ray exports everything again. Both must give the same sweep, the same cells, the same
-recipe hashes and the same programs (sha256 of each ``.pte``: these exports are deterministic), with the
-exports done in Ray workers (other processes) and only the driver writing the store. The rest is in-process
+its own (sharing the session's runner bundle cache), so Ray exports everything again. Both must give the
+same sweep, the same cells, the same recipe hashes and the same programs (sha256 of each ``.pte``: these
+exports are deterministic), with the exports done in Ray workers (other processes) and the cells measured
+and stored by the edgerun process. The rest is in-process
 and cheap: the executor forms, Ray missing, a worker that does not see the driver's EDGERUN_HOME, and an
 artifact whose recipe hash is not the driver's.
 """
