@@ -22,7 +22,8 @@ parsed (:meth:`LabgridSpec.expand`). The coordinator comes from ``coordinator=``
 (as labgrid's client reads it), else labgrid's default ``127.0.0.1:20408``.
 
 Opening the device acquires (locks) the place; closing it releases it. A busy place fails at once with
-:class:`PlaceBusy` naming the holder, or is waited for up to ``wait=SECONDS``. The lock is held by a small
+:class:`PlaceBusy` naming the holder, or is waited for up to ``wait=SECONDS`` (or ``--wait``:
+:func:`set_default_wait`). The lock is held by a small
 client process (:mod:`labgrid_agent <edgerun.devices.labgrid_agent>`, run with a Python that has labgrid)
 that releases the place when edgerun closes the device, on Ctrl-C, and when edgerun dies -- even by SIGKILL
 its pipe closes. labgrid itself never expires an acquired place; if edgerun *and* that process are both
@@ -71,6 +72,17 @@ INSTALL_HINT = ("Install the lab extra (pip install 'edgerun[lab]', labgrid 26.0
                 "has labgrid.")
 
 
+_default_wait = 0.0
+
+
+def set_default_wait(seconds: float) -> None:
+    """How long a labgrid:// device without ``wait=`` waits for a busy place, in this process (``--wait``)."""
+    global _default_wait
+    if not 0 <= seconds <= 7 * 86400:
+        raise ValueError(f"wait must be 0..604800 seconds, got {seconds!r}")
+    _default_wait = float(seconds)
+
+
 class PlaceBusy(DeviceError):
     """The labgrid place is acquired by someone else (exit 8, a device failure)."""
 
@@ -112,7 +124,7 @@ class LabgridSpec(DeviceSpec):
     place: str | None = address()
     coordinator: str | None = option()
     tag: str | None = option()             # KEY=VALUE[;KEY=VALUE]: every place with these tags
-    wait: float = option(0.0)              # seconds to wait for a busy place (0: fail at once)
+    wait: float | None = option()          # seconds to wait for a busy place (default: --wait's, else 0: fail at once)
     via: str | None = option()             # ssh | adb | serial, when the place has several
     identity_file: str | None = option(path=True)   # for a NetworkService (ssh)
     known_hosts: str | None = option(path=True)
@@ -140,7 +152,7 @@ class LabgridSpec(DeviceSpec):
             object.__setattr__(self, "coordinator", os.environ.get("LG_COORDINATOR") or DEFAULT_COORDINATOR)
         if not re.fullmatch(r"[A-Za-z0-9_.\-\[\]:]+", self.coordinator) or self.coordinator.startswith("-"):
             raise ValueError(f"coordinator {self.coordinator!r} is not HOST:PORT")
-        if not 0 <= self.wait <= 7 * 86400:
+        if self.wait is not None and not 0 <= self.wait <= 7 * 86400:
             raise ValueError(f"wait must be 0..604800 seconds, got {self.wait!r}")
         if self.via is not None and self.via not in VIAS:
             raise ValueError(f"via must be one of {', '.join(VIAS)}, got {self.via!r}")
@@ -290,6 +302,7 @@ class LabgridDevice(Device):
         self._lost: list[str] | None = None
         self.resource: dict | None = None   # the resource the device runs through (exporter, cls, params)
         self.holder: str | None = None
+        self.wait = float(spec.wait if spec.wait is not None else _default_wait)
 
     # -- the place
     def _ensure(self, stage: str) -> Device:
@@ -307,7 +320,7 @@ class LabgridDevice(Device):
             raise self._error(ExecCancelled, f"place {spec.place} not acquired: the run was cancelled", "connect")
         self._agent_err = tempfile.TemporaryFile(mode="w+")
         proc = self._agent_proc = _agent(["hold", "--coordinator", spec.coordinator, "--place", spec.place,
-                                          "--wait", repr(float(spec.wait))], stdin=subprocess.PIPE,
+                                          "--wait", repr(self.wait)], stdin=subprocess.PIPE,
                                          stdout=subprocess.PIPE, stderr=self._agent_err, start_new_session=True)
         out = []
         while True:
@@ -322,7 +335,7 @@ class LabgridDevice(Device):
             kind = ev.get("event")
             if kind == "waiting":
                 log.warning("labgrid place %s is acquired by %s: waiting up to %g s", spec.place,
-                            sanitize_text(str(ev.get("holder"))), spec.wait)
+                            sanitize_text(str(ev.get("holder"))), self.wait)
             elif kind == "acquired":
                 self.holder = ev.get("me")
                 self._start(ev.get("resources") or [])
@@ -346,12 +359,13 @@ class LabgridDevice(Device):
     def _busy(self, ev: dict) -> PlaceBusy:
         spec: LabgridSpec = self.spec
         holder, me = sanitize_text(str(ev.get("holder"))), str(ev.get("me"))
-        waited = f" after waiting {spec.wait:g} s" if spec.wait else ""
+        waited = f" after waiting {self.wait:g} s" if self.wait else ""
         mine = (" That is this user on this host: another edgerun, or a labgrid-client session; if none is "
                 f"running, `labgrid-client -p {spec.place} release` frees it.") if holder == me else ""
         return PlaceBusy(f"labgrid place {spec.place} is acquired by {holder}{waited}", device=self.name,
-                         stage="connect", hint=f"Wait for it with wait=SECONDS in the URI (labgrid://{spec.place}?"
-                                               f"wait=600), or pick another place.{mine}")
+                         stage="connect",
+                         hint=f"Wait for it with --wait SECONDS (profile, bench) or wait=SECONDS in the "
+                              f"URI (labgrid://{spec.place}?wait=600), or pick another place.{mine}")
 
     def _start(self, resources: list[dict]) -> None:
         from edgerun.devices.inventory import make_device
@@ -362,7 +376,7 @@ class LabgridDevice(Device):
         except ValueError as exc:
             self._stop_agent()
             raise self._error(DeviceError, str(exc), "connect",
-                              hint="Fix the place's matches or the exporter config (see README: Device labs).") from None
+                              hint="Fix the place's matches or the exporter config (README: Device labs).") from None
         self._inner = make_device(inner_spec)
         threading.Thread(target=self._watch, name=f"labgrid-{self.spec.place}", daemon=True).start()
         log.info("labgrid place %s acquired: %s via %s (exporter %s)", self.spec.place, inner_spec.uri,
@@ -410,7 +424,7 @@ class LabgridDevice(Device):
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        if proc.returncode not in (0, None, 3):
+        if self._inner is not None and proc.returncode not in (0, None):  # it held the place
             log.warning("labgrid place %s: release failed (client exit %s); `labgrid-client -p %s show` says "
                         "whether it is still acquired", self.spec.place, proc.returncode, self.spec.place)
 
@@ -501,4 +515,5 @@ class LabgridDevice(Device):
         return getattr(self._ensure("connect"), name)
 
 
-__all__ = ["LabgridSpec", "LabgridDevice", "PlaceBusy", "list_places", "transport_spec", "lab_python"]
+__all__ = ["LabgridSpec", "LabgridDevice", "PlaceBusy", "list_places", "transport_spec", "lab_python",
+           "set_default_wait"]

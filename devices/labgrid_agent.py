@@ -127,7 +127,8 @@ def cmd_hold(args) -> int:
                     await session.sync_with_coordinator()
                     return True
                 except grpc.aio.AioRpcError as exc:
-                    if exc.code() != grpc.StatusCode.FAILED_PRECONDITION or "already acquired" not in (exc.details() or ""):
+                    raced = exc.code() == grpc.StatusCode.FAILED_PRECONDITION and "already acquired" in (exc.details() or "")
+                    if not raced:
                         emit({"event": "error", "kind": "acquire", "message": exc.details(),
                               "resources": _place_resources(session, place)})
                         return False

@@ -10,6 +10,7 @@ from rich.table import Table
 from edgerun.runtime.columns import format_bytes
 
 from ._common import DebugOpt, JsonOpt, SafeConsole, execute, plain
+from .profile_cmd import WaitOpt, _lab_wait
 
 out = SafeConsole()
 
@@ -50,6 +51,7 @@ def list_cmd(inventory: InventoryOpt = None, json_out: JsonOpt = False, debug: D
 def probe_cmd(
     device: Annotated[str, typer.Argument(help="Inventory name or device URI.")],
     inventory: InventoryOpt = None,
+    wait: WaitOpt = None,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -58,6 +60,7 @@ def probe_cmd(
     def work() -> dict:
         from edgerun.devices.inventory import get_spec, make_device
 
+        _lab_wait(wait)
         spec = get_spec(device, inventory)
         with make_device(spec) as dev:
             info = dev.info()

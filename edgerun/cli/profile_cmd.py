@@ -17,10 +17,21 @@ out = SafeConsole()
 
 DeviceOpt = Annotated[str, typer.Option(
     "--device", "-d", help="Inventory name or device URI (local://, qemu-aarch64://?cpu=cortex-a76, ssh://user@host, "
-                           "adb://SERIAL, serial:///dev/ttyUSB0, estimate://ethos-u55-128?clock=500e6); several comma-separated "
+                           "adb://SERIAL, serial:///dev/ttyUSB0, estimate://ethos-u55-128?clock=500e6, "
+                           "labgrid://PLACE); several comma-separated "
                            "run concurrently.")]
+WaitOpt = Annotated[Optional[float], typer.Option(
+    "--wait", parser=opt.real(0.0, 604800.0), help="labgrid:// places: wait up to SECONDS for a busy place (default: "
+                                                   "fail at once, naming who holds it).")]
 InventoryOpt = Annotated[Optional[str], typer.Option(
     "--inventory", envvar="EDGERUN_DEVICES", help="Device inventory TOML (default: EDGERUN_HOME/devices.toml).")]
+
+
+def _lab_wait(wait: float | None) -> None:
+    if wait is not None:
+        from edgerun.devices.labgrid import set_default_wait
+
+        set_default_wait(wait)
 
 
 def _device_list(device: str | None, all_devices: bool, inventory: str | None) -> list[str]:
@@ -120,6 +131,7 @@ def register(app: typer.Typer) -> None:
                            "instead of the held-out text edgerun ships.")] = None,
         store: StoreOpt = None,
         inventory: InventoryOpt = None,
+        wait: WaitOpt = None,
         top: Annotated[int, typer.Option(parser=opt.top, help="Operators shown.")] = 10,
         json_out: JsonOpt = False,
         debug: DebugOpt = False,
@@ -141,6 +153,7 @@ def register(app: typer.Typer) -> None:
             settings = _settings(warmup=warmup, iterations=iterations, min_time_ms=min_time_ms,
                                  threads=parse_threads(threads), vector=vector, etdump=etdump, timeout_s=timeout,
                                  task_accuracy=task_accuracy, text=text)
+            _lab_wait(wait)
             names = _device_list(None if all_devices else device, all_devices, inventory)  # --all: no default
             with Store(store) as s:  # open once here: a store from a newer schema fails before any run
                 store_path = s.path
@@ -208,6 +221,7 @@ def register(app: typer.Typer) -> None:
         report: Annotated[Optional[Path], typer.Option("--report", "-o", help="HTML report to write.")] = None,
         store: StoreOpt = None,
         inventory: InventoryOpt = None,
+        wait: WaitOpt = None,
         json_out: JsonOpt = False,
         debug: DebugOpt = False,
     ) -> None:
@@ -239,6 +253,7 @@ def register(app: typer.Typer) -> None:
             runner = parse_executor(executor)  # a wrong form, or Ray missing: fails before any work
             sl = (split_recipes(recipes) if recipes is not None
                   else [x.strip() for x in split_top_level(schemes or "fp32,int8", ",") if x.strip()])
+            _lab_wait(wait)
             tl, dl = split(targets), _device_list(devices, False, inventory)
             total = len(tl) * len(sl) * len(dl) * len(settings.threads)
             if err_console.is_terminal:

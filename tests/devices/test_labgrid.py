@@ -206,10 +206,10 @@ def test_a_busy_place_fails_naming_the_holder_or_is_waited_for(lab, tmp_path):
         assert res.returncode == 8, res.stderr
         err = json.loads(res.stdout)["error"]
         assert err["type"] == "PlaceBusy" and f"acquired by {holder}" in err["message"], err
-        assert "wait=" in err["hint"]
+        assert "--wait SECONDS" in err["hint"]
 
-        waiter = subprocess.Popen([*EDGERUN, "devices", "probe",
-                                   lab.uri("pi-ssh", work_dir=tmp_path / "wd", wait=60), "--json"],
+        waiter = subprocess.Popen([*EDGERUN, "devices", "probe", lab.uri("pi-ssh", work_dir=tmp_path / "wd"),
+                                   "--wait", "60", "--json"],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         time.sleep(2.0)
         assert waiter.poll() is None, "the second edgerun did not wait for the place"
