@@ -225,19 +225,23 @@ def test_a_busy_place_fails_naming_the_holder_or_is_waited_for(lab, tmp_path):
     _until(lambda: lab.holder("pi-ssh") is None, "pi-ssh released after both")
 
 
-def test_a_sigkilled_edgerun_leaves_the_place_released(lab, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "sigkill"])
+def test_an_interrupted_or_killed_edgerun_leaves_the_place_released(lab, tmp_path, sig):
+    """Ctrl-C unwinds edgerun, which releases; SIGKILL leaves that to the lock-holding client, whose pipe closes."""
     proc = subprocess.Popen(
         [sys.executable, "-c", "import sys\nfrom edgerun.devices import resolve_device\n"
-         "dev = resolve_device(sys.argv[1]).__enter__()\nprint('held', flush=True)\n"
-         "dev.exec(['sleep', '60'], timeout=120)\n", lab.uri("pi-ssh", work_dir=tmp_path / "wd")],
-        stdout=subprocess.PIPE, text=True)
+         "with resolve_device(sys.argv[1]) as dev:\n    print('held', flush=True)\n"
+         "    dev.exec(['sleep', '60'], timeout=120)\n", lab.uri("pi-ssh", work_dir=tmp_path / "wd")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # a background suite's child ignores it
     assert proc.stdout.readline().strip() == "held"
     assert lab.holder("pi-ssh") is not None
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    t0 = time.monotonic()
-    _until(lambda: lab.holder("pi-ssh") is None, "the place released after edgerun was SIGKILLed", timeout=15)
-    print(f"released {time.monotonic() - t0:.2f} s after SIGKILL")
+    os.kill(proc.pid, sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == -sig, err  # an uncaught KeyboardInterrupt ends Python by SIGINT
+    if sig == signal.SIGINT:
+        assert "KeyboardInterrupt" in err and lab.holder("pi-ssh") is None  # released before edgerun exited
+    _until(lambda: lab.holder("pi-ssh") is None, f"the place released after {sig.name}", timeout=15)
 
 
 def _settings(**kw):
