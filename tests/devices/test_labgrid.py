@@ -300,3 +300,18 @@ def test_bench_over_a_tag_runs_every_place_and_a_lost_place_fails_only_its_cells
     assert len(failed) == 1 and "pi-b" in failed[0]["device"], failed
     assert failed[0]["error"]["exit_code"] == 8 and "pi-b was lost" in failed[0]["error"]["message"], failed
     _until(lambda: lab.holder("pi-b") is None and lab.holder("pi-ssh") is None, "both places released")
+
+
+def test_labgrid_uris_are_checked_before_any_lab_is_asked(monkeypatch):
+    from edgerun.devices import InventoryError, parse_device_list, parse_uri
+
+    monkeypatch.setenv("LG_COORDINATOR", "lab.example:20408")
+    spec = parse_uri("labgrid://pi5-a?via=serial&wait=30")
+    assert (spec.place, spec.coordinator, spec.via, spec.wait) == ("pi5-a", "lab.example:20408", "serial", 30.0)
+    assert parse_uri("labgrid://pi5-a?coordinator=10.0.0.2:20408").coordinator == "10.0.0.2:20408"
+    for uri, words in [("labgrid://", "give a place"), ("labgrid://a?tag=board=rpi5", "one of them"),
+                       ("labgrid://?tag=Board", "KEY=VALUE"), ("labgrid://a?via=telnet", "via must be"),
+                       ("labgrid://a?wait=-1", "wait must be"), ("labgrid://a?coordinator=-x", "not HOST:PORT"),
+                       ("labgrid://a/b", "names a place")]:
+        with pytest.raises(InventoryError, match=words):
+            parse_device_list(uri)
