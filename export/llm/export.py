@@ -561,7 +561,10 @@ def _lower_stage(w: Work) -> None:
                                            generate_etrecord=True)
     del w.exported   # the edge program manager keeps what it needs of the graph
     report_progress(1, 1, "memory planning, emitting")
-    w.program = edge.to_executorch(ExecutorchBackendConfig(extract_delegate_segments=True))
+    # run_reinplace_pass: the KV cache's index_put becomes index_put_ on the cache buffer itself, so a step
+    # writes its new keys/values in place instead of copying the whole cache into a new tensor and that back
+    # into the buffer (two full cache copies per layer per step; the runner's kernels register index_put_).
+    w.program = edge.to_executorch(ExecutorchBackendConfig(extract_delegate_segments=True, run_reinplace_pass=True))
 
 
 def _write_stage(w: Work) -> None:

@@ -28,7 +28,8 @@ Layout facts the model follows rather than converts:
 * Numpy shapes are GGUF's ``ne`` reversed, so a matrix is ``[out_features, in_features]`` as in torch.
 
 The model: ``forward(tokens [1, T] int64, input_pos [T] int64) -> logits [1, T, vocab]``. It writes
-the new keys/values into ``k_cache``/``v_cache`` (``[1, kv_heads, max_context, head_dim]`` buffers)
+the new keys/values into ``k_cache`` (``[1, kv_heads, head_dim, max_context]``, keys transposed) and ``v_cache``
+(``[1, kv_heads, max_context, head_dim]``)
 with ``index_copy_`` at ``input_pos`` and attends over the whole cache under a causal mask built from
 ``input_pos`` (and, on sliding-window layers, a second mask that also hides keys ``window`` or more
 positions back: the cache stays ``max_context`` long), so a prompt (prefill) and single tokens (decode)
@@ -676,27 +677,60 @@ def _torch_modules():
             self.weight = nn.Parameter(torch.ones(dim))
 
         def forward(self, x):
-            return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+            # The mean over the last dim, taken as the mean over the two innermost dims of a 4-D view
+            # ([1, rows, dim, 1]): the same sum in eager, and the form XNNPACK delegates (global average
+            # pooling), so a norm does not cut the layer's delegate partition in two around a portable mean.
+            ms = x.pow(2).reshape(1, -1, x.shape[-1], 1).mean((2, 3), keepdim=True).reshape(_static(x.shape[:-1]) + [1])
+            return x * torch.rsqrt(ms + self.eps) * self.weight
 
-    def rope_interleaved(x, cos, sin, rot: int):
-        """llama.cpp's NORM RoPE (pairs 2i, 2i+1 of the first ``rot`` dims) on ``x`` [B, T, H, D] with
-        ``cos``/``sin`` [T, rot/2]."""
-        xr = x if rot == x.shape[-1] else x[..., :rot]
-        pairs = xr.reshape(x.shape[0], x.shape[1], x.shape[2], -1, 2)
-        x0, x1 = pairs[..., 0], pairs[..., 1]
-        c, s = cos[None, :, None, :], sin[None, :, None, :]
-        out = torch.stack((x0 * c - x1 * s, x0 * s + x1 * c), dim=-1).flatten(3)
-        return out if rot == x.shape[-1] else torch.cat((out, x[..., rot:]), dim=-1)
+    def _static(shape) -> list:
+        """``shape`` with its first symbolic size (a prompt's length under export) written -1: XNNPACK delegates
+        a reshape whose sizes are integers with at most one -1, and leaves one with a symbolic size to a
+        portable copy between two delegate partitions."""
+        out, free = [], True
+        for d in shape:
+            if free and not isinstance(d, int):
+                out.append(-1)
+                free = False
+            else:
+                out.append(d)
+        return out
 
-    def rope_neox(x, cos, sin, rot: int):
-        """llama.cpp's NEOX RoPE (pairs i, i + rot/2 of the first ``rot`` dims)."""
+    def rope_tables(angles, head_dim: int, interleaved: bool):
+        """cos/sin tables [positions, head_dim] for :func:`rope`: each angle's cos/sin on both dims of its pair
+        (pairs 2i, 2i+1 for llama.cpp's NORM RoPE, i and i + rot/2 for NEOX), 1 and 0 on the dims past
+        ``rot`` (partial rotary) so they pass through."""
+        n, half = angles.shape
+        rot = 2 * half
+        cos, sin = angles.cos(), angles.sin()
+        if interleaved:
+            cos, sin = cos.repeat_interleave(2, dim=1), sin.repeat_interleave(2, dim=1)
+        else:
+            cos, sin = torch.cat((cos, cos), dim=1), torch.cat((sin, sin), dim=1)
+        rest = head_dim - rot
+        cos = torch.cat((cos, torch.ones(n, rest, dtype=cos.dtype)), dim=1)
+        sin = torch.cat((sin, torch.zeros(n, rest, dtype=sin.dtype)), dim=1)
+        return cos.float(), sin.float()
+
+    def rope_rotation(head_dim: int, rot: int, interleaved: bool):
+        """The [head_dim, head_dim] matrix R with ``x @ R`` = each rotated pair (a, b) -> (-b, a) in the pair
+        layout of :func:`rope_tables`, zero past ``rot``."""
+        r = torch.zeros(head_dim, head_dim)
         half = rot // 2
-        x0, x1 = x[..., :half], x[..., half:rot]
-        c, s = cos[None, :, None, :], sin[None, :, None, :]
-        parts = [x0 * c - x1 * s, x1 * c + x0 * s]
-        if rot < x.shape[-1]:
-            parts.append(x[..., rot:])
-        return torch.cat(parts, dim=-1)
+        for i in range(half):
+            a, b = (2 * i, 2 * i + 1) if interleaved else (i, i + half)
+            r[b, a], r[a, b] = -1.0, 1.0
+        return r
+
+    def rope(x, cos, sin, rotation):
+        """RoPE on ``x`` [B, T, H, D] with tables ``cos``/``sin`` [1, T, 1, D] from :func:`rope_tables` and
+        ``rotation`` [1, D, D] from :func:`rope_rotation`:
+        ``x * cos + (x @ R) * sin``. Bit for bit the pairwise formula (R has one +-1 a column, so each
+        element of ``x @ R`` is exactly +-x of its partner), written as a matmul and elementwise ops that
+        XNNPACK delegates, where selecting and stacking pairs ran as portable copies between partitions."""
+        b, _, h, d = x.shape
+        turned = torch.bmm(x.reshape(1, -1, d), rotation).reshape(b, -1, h, d)
+        return x * cos + turned * sin
 
     def softcap(x, cap: float):
         return torch.tanh(x / cap) * cap
@@ -707,7 +741,8 @@ def _torch_modules():
             fam = cfg.family
             self.n_heads, self.n_kv, self.head_dim, self.rot = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.rot
             self.scale, self.softcap = cfg.query_scale, cfg.attn_softcap
-            self.rope = rope_interleaved if fam.rope == ROPE_NORM else rope_neox
+            self.register_buffer("rope_rotation", rope_rotation(cfg.head_dim, cfg.rot, fam.rope == ROPE_NORM)[None],
+                                 persistent=False)
             self.wq = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias="wq" in cfg.biases)
             self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias="wk" in cfg.biases)
             self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias="wv" in cfg.biases)
@@ -716,36 +751,49 @@ def _torch_modules():
             if fam.qk_norm:
                 self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
                 self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
-            shape = (1, cfg.n_kv_heads, max_context, cfg.head_dim)
-            # persistent: torch.export lifts them as buffers and records their mutation
-            self.register_buffer("k_cache", torch.zeros(shape))
-            self.register_buffer("v_cache", torch.zeros(shape))
+            # persistent: torch.export lifts them as buffers and records their mutation. Keys are stored
+            # transposed ([1, kv, head_dim, max_context]) so attention multiplies by the cache as it lies:
+            # no per-step transposed copy of every key (see forward).
+            self.register_buffer("k_cache", torch.zeros(1, cfg.n_kv_heads, cfg.head_dim, max_context))
+            self.register_buffer("v_cache", torch.zeros(1, cfg.n_kv_heads, max_context, cfg.head_dim))
 
         def forward(self, x, input_pos, cos, sin, mask, cache: bool = True):
-            b, t, _ = x.shape
-            q = self.wq(x).view(b, t, self.n_heads, self.head_dim)
-            k = self.wk(x).view(b, t, self.n_kv, self.head_dim)
-            v = self.wv(x).view(b, t, self.n_kv, self.head_dim)
+            b = x.shape[0]
+            # Every reshape below gives integer sizes and at most one -1 (the prompt's length T), never a
+            # symbolic size: XNNPACK delegates those, so a layer is not cut into partitions around copies.
+            q = self.wq(x).view(b, -1, self.n_heads, self.head_dim)
+            k = self.wk(x).view(b, -1, self.n_kv, self.head_dim)
+            v = self.wv(x).view(b, -1, self.n_kv, self.head_dim)
             if self.qk_norm:
                 q, k = self.q_norm(q), self.k_norm(k)
-            q, k = self.rope(q, cos, sin, self.rot), self.rope(k, cos, sin, self.rot)
-            if cache:
-                self.k_cache.index_copy_(2, input_pos, k.transpose(1, 2))
-                self.v_cache.index_copy_(2, input_pos, v.transpose(1, 2))
-                keys, values = self.k_cache, self.v_cache
-            else:  # training: the sequence attends to itself, no cache
-                keys, values = k.transpose(1, 2), v.transpose(1, 2)
+            q, k = rope(q, cos, sin, self.rope_rotation), rope(k, cos, sin, self.rope_rotation)
             # Grouped-query attention without copying the cache per query head: the query heads that
             # share a KV head are stacked along the rows ([b, kv, rep*t, d]), so each KV head is read once.
-            rep = self.n_heads // self.n_kv
-            qg = q.transpose(1, 2).reshape(b, self.n_kv, rep * t, self.head_dim)
-            scores = torch.matmul(qg, keys.transpose(2, 3)) * self.scale
+            qg = q.transpose(1, 2).reshape(b, self.n_kv, -1, self.head_dim)
+            if cache:
+                # The cache is one sequence (batch 1). The new keys/values are written in place at input_pos
+                # (the export re-inplaces the index_put), and both products are batched matmuls over the
+                # buffers as they lie ([kv, rows, d] x [kv, d, max_context], [kv, rows, max_context] x
+                # [kv, max_context, d]): nothing of the cache is copied, transposed or broadcast per step.
+                self.k_cache.index_copy_(3, input_pos, k.permute(0, 2, 3, 1))
+                self.v_cache.index_copy_(2, input_pos, v.transpose(1, 2))
+                length = self.k_cache.shape[3]
+                keys_t = self.k_cache.reshape(self.n_kv, self.head_dim, length)
+                values = self.v_cache.reshape(self.n_kv, length, self.head_dim)
+                scores = torch.bmm(qg.reshape(self.n_kv, -1, self.head_dim), keys_t)
+                scores = scores.reshape(b, self.n_kv, -1, length) * self.scale
+            else:  # training: the sequence attends to itself, no cache
+                keys, values = k.transpose(1, 2), v.transpose(1, 2)
+                scores = torch.matmul(qg, keys.transpose(2, 3)) * self.scale
             if self.softcap:
                 scores = softcap(scores, self.softcap)
             probs = torch.softmax(scores + mask, dim=-1)          # mask: additive, [rep*t, max_context]
-            out = torch.matmul(probs, values)                      # [b, kv, rep*t, d]
-            out = out.reshape(b, self.n_heads, t, self.head_dim).transpose(1, 2)
-            return self.wo(out.reshape(b, t, self.n_heads * self.head_dim))
+            if cache:
+                out = torch.bmm(probs.reshape(self.n_kv, -1, probs.shape[-1]), values)
+            else:
+                out = torch.matmul(probs, values)                  # [b, kv, rep*t, d]
+            out = out.reshape(b, self.n_heads, -1, self.head_dim).transpose(1, 2)
+            return self.wo(out.reshape(b, -1, self.n_heads * self.head_dim))
 
     class FeedForward(nn.Module):
         def __init__(self, cfg: LlamaConfig):
@@ -808,14 +856,16 @@ def _torch_modules():
 
         def set_rope_factors(self, factors) -> None:
             cfg = self.config
-            angles = self._angles(cfg.rope_theta, cfg.rope_freq_scale, factors)
-            self.register_buffer("rope_cos", angles.cos().float(), persistent=False)
-            self.register_buffer("rope_sin", angles.sin().float(), persistent=False)
+            interleaved = cfg.family.rope == ROPE_NORM
+            cos, sin = rope_tables(self._angles(cfg.rope_theta, cfg.rope_freq_scale, factors), cfg.head_dim, interleaved)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
             if any(layer.local_rope for layer in self.layers):  # sliding layers with their own base/scale
                 local = self._angles(cfg.rope_theta_local or cfg.rope_theta,
                                      cfg.rope_freq_scale_local or cfg.rope_freq_scale, factors)
-                self.register_buffer("rope_cos_local", local.cos().float(), persistent=False)
-                self.register_buffer("rope_sin_local", local.sin().float(), persistent=False)
+                cos, sin = rope_tables(local, cfg.head_dim, interleaved)
+                self.register_buffer("rope_cos_local", cos, persistent=False)
+                self.register_buffer("rope_sin_local", sin, persistent=False)
 
         def reset_cache(self) -> None:
             for layer in self.layers:
@@ -837,6 +887,10 @@ def _torch_modules():
             return causal.repeat(rep, 1), window
 
         def _run(self, tokens, pos, cos, sin, cos_l, sin_l, causal, window, cache: bool):
+            d = self.config.head_dim      # the tables as every layer's RoPE broadcasts them: [1, T, 1, D]
+            cos, sin = cos.reshape(1, -1, 1, d), sin.reshape(1, -1, 1, d)
+            if cos_l is not None:
+                cos_l, sin_l = cos_l.reshape(1, -1, 1, d), sin_l.reshape(1, -1, 1, d)
             h = self.tok_embeddings(tokens)
             if self.embed_scale:
                 h = h * self.embed_scale

@@ -181,7 +181,8 @@ def test_prune_heads_is_the_model_with_those_kv_groups_silenced(arch, importance
         with torch.no_grad():
             for g in gone:
                 orig.attention.wo.weight[:, g * rep * hd:(g + 1) * rep * hd] = 0
-        assert block.attention.k_cache.shape == (1, 1, model.max_context, hd)
+        assert block.attention.k_cache.shape == (1, 1, hd, model.max_context)   # keys stored transposed
+        assert block.attention.v_cache.shape == (1, 1, model.max_context, hd)
         assert torch.equal(block.attention.wk.weight, orig.attention.wk.weight[kept * hd:(kept + 1) * hd])
     assert torch.allclose(_logits(model), _logits(silenced), atol=1e-4)
     assert greedy(model, PROMPT, 12) == greedy(silenced, PROMPT, 12)
