@@ -217,15 +217,12 @@ def list_places(coordinator: str, *, place: str | None = None, tags: Mapping[str
     except subprocess.TimeoutExpired:
         proc.kill()
         out, err = proc.communicate()
-    try:
-        return list(json.loads(out.splitlines()[-1])["places"]) if proc.returncode == 0 else _raise(
-            _agent_failure(coordinator, f"labgrid coordinator {coordinator}", out, err, proc.returncode))
-    except (ValueError, KeyError, IndexError):
-        raise _agent_failure(coordinator, f"labgrid coordinator {coordinator}", out, err, proc.returncode) from None
-
-
-def _raise(exc: Exception):
-    raise exc
+    if proc.returncode == 0:
+        try:
+            return list(json.loads(out.splitlines()[-1])["places"])
+        except (ValueError, KeyError, IndexError, TypeError):
+            pass
+    raise _agent_failure(coordinator, f"labgrid coordinator {coordinator}", out, err, proc.returncode)
 
 
 # ------------------------------------------------------------------------------------------- mapping
