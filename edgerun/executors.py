@@ -226,10 +226,8 @@ class RayExecutor(Executor):
         return self.address or (f"a local Ray instance ({self.num_cpus} CPUs)" if self.num_cpus
                                 else "a local Ray instance")
 
-    def _start(self, ray) -> bool:
-        """Initialise Ray unless it is; True when this call did (and so shuts it down)."""
-        if ray.is_initialized():
-            return False
+    def _start(self, ray) -> None:
+        """Start a local Ray instance or connect to the cluster (``run`` shuts it down after the exports)."""
         kw = dict(log_to_driver=False, configure_logging=False)
         if self.address is None:
             kw.update(address="local", num_cpus=self.num_cpus, include_dashboard=False)
@@ -240,14 +238,12 @@ class RayExecutor(Executor):
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ValueError ...
-            with_shutdown(ray)
             raise EnvironmentProblem(f"could not start or reach {self._where()}: {type(exc).__name__}: "
                                      f"{str(exc).strip()[:1000]}", stage="executor",
                                      hint="Check the address (Ray Client listens on ray://HEAD:10001), that the "
                                           "cluster runs Ray 2.60.0 and, if it asks for Ray's token authentication, "
                                           "that RAY_AUTH_MODE=token and the token (RAY_AUTH_TOKEN or "
                                           "~/.ray/auth_token) are set here; or use --executor local.") from None
-        return True
 
     def run(self, jobs: Sequence[ExportJob], on_progress: Progress | None = None) -> list[ExportDone]:
         if not jobs:
@@ -267,9 +263,11 @@ class RayExecutor(Executor):
             from edgerun.core.errors import environment_problem
 
             raise environment_problem(exc, f"writing to the artifact cache {adir}") from None
-        say(f"starting {self._where()} for {len(jobs)} export(s)")
-        started_here = self._start(ray)
+        started_here = not ray.is_initialized()   # a library caller's own Ray is used and left running
         try:
+            if started_here:
+                say(f"starting {self._where()} for {len(jobs)} export(s)")
+                self._start(ray)
             task = ray.remote(num_cpus=1, max_retries=0)(_export_task)
             refs = {task.remote(job.to_wire(), home, str(probe.resolve()), token): job for job in jobs}
             return self._collect(ray, refs, jobs, say)
