@@ -97,12 +97,32 @@ class Int8DynAct4BitWeight(Scheme):
 
     group_size: int = 32
     embedding_bits: int = 8   # LLMs: the token embedding table's codes (4 or 8 bits); other models have none
+    # LLMs: the linear layers kept at int8 per-channel ("/"-separated of INT8_LAYER_KINDS, or "none": every
+    # linear int4). The default keeps those llama.cpp's Q4_K_M keeps wider, and the LM head.
+    int8_layers: str = "attention/ffn_down/head"
 
     def __post_init__(self) -> None:
         if not isinstance(self.group_size, int) or self.group_size < 1 or self.group_size & (self.group_size - 1):
             raise ValueError(f"group_size must be a positive power of two, got {self.group_size!r}")
         if self.embedding_bits not in (4, 8):
             raise ValueError(f"embedding_bits must be 4 or 8, got {self.embedding_bits!r}")
+        self.int8_layer_kinds()   # raises on an unknown kind
+
+    def int8_layer_kinds(self) -> frozenset[str]:
+        """The kinds of :attr:`int8_layers` (empty for ``none``)."""
+        text = str(self.int8_layers).strip().lower()
+        if text in ("none", ""):
+            return frozenset()
+        kinds = frozenset(k.strip() for k in text.replace("|", "/").split("/") if k.strip())
+        unknown = sorted(kinds - set(INT8_LAYER_KINDS))
+        if unknown:
+            raise ValueError(f"int8_layers names {', '.join(unknown)}; it takes {'/'.join(INT8_LAYER_KINDS)} "
+                             "(any of them, '/'-separated) or none")
+        return kinds
+
+
+#: 8da4w LLMs: the kinds of linear layer ``int8_layers`` can keep at int8
+INT8_LAYER_KINDS = ("attention", "ffn_down", "ffn_up", "head")
 
 
 for _cls in (Fp32, Int8Static, Int8Dynamic, Int8DynAct4BitWeight):   # in this order in listings

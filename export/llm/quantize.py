@@ -35,8 +35,17 @@ from ..recipes import RecipeContext, RecipeResult, recipe_handler
 from ..stages import report_progress
 from ..schemes import Int8DynAct4BitWeight, Int8Dynamic
 
-#: 8da4w: linear layers (name suffixes) kept at int8 per-channel -- attention and the FFN down projection
-KEEP_8BIT = ("attention.wq", "attention.wk", "attention.wv", "attention.wo", "feed_forward.w2")
+#: 8da4w: the linear layers (name suffixes; "head" is the LM head, ``output``) of each kind ``int8_layers``
+#: names; by default attention, the FFN down projection and the head stay int8 per-channel
+LAYER_KINDS = {"attention": ("attention.wq", "attention.wk", "attention.wv", "attention.wo"),
+               "ffn_down": ("feed_forward.w2",), "ffn_up": ("feed_forward.w1", "feed_forward.w3")}
+KEEP_8BIT = LAYER_KINDS["attention"] + LAYER_KINDS["ffn_down"]
+
+
+def _kept_int8(name: str, kinds: frozenset[str]) -> bool:
+    if name == "output":
+        return "head" in kinds
+    return any(name.endswith(LAYER_KINDS[k]) for k in kinds if k in LAYER_KINDS)
 
 
 def _embedding_ops() -> None:
@@ -133,7 +142,8 @@ def quantize_llama(model, scheme) -> tuple[Any, dict]:
     q.tok_embeddings = _module_class()(model.tok_embeddings.weight, bits, emb_group)
     int8 = Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, weight_granularity=PerAxis(0))
     linears = [n for n, m in q.named_modules() if isinstance(m, torch.nn.Linear)]
-    wide = [n for n in linears if gs is None or n == "output" or n.endswith(KEEP_8BIT)]
+    kinds = scheme.int8_layer_kinds() if isinstance(scheme, Int8DynAct4BitWeight) else frozenset()
+    wide = [n for n in linears if gs is None or _kept_int8(n, kinds)]
     narrow = [n for n in linears if n not in wide]
     skipped = [n for n in narrow if q.get_submodule(n).in_features % gs]
     if skipped:
@@ -162,11 +172,13 @@ def quantize_llama(model, scheme) -> tuple[Any, dict]:
     unwrap_tensor_subclass(q)
     facts = {"linear_layers": len(linears), "quantized_linear_layers": len(linears),
              "int4_linear_layers": len(narrow), "int8_linear_layers": len(wide), "int4_weight_numel": int4_numel,
-             "linear_weights": (f"int4 grouped ({gs} per scale, HQQ scales) except attention, FFN down and the LM "
-                                "head: int8 per-channel") if gs is not None else "int8 per-channel",
+             "linear_weights": (f"int4 grouped ({gs} per scale, HQQ scales)"
+                                + (f" except {'/'.join(sorted(kinds))}: int8 per-channel" if kinds else ", every one")
+                                ) if gs is not None else "int8 per-channel",
              "group_size": gs, "embedding": f"{bits}-bit, {emb_group} per scale "
              f"(quantized_decomposed::embedding_{'4bit' if bits == 4 else 'byte'})",
-             "lm_head": "int8 per-channel" + (" (tied: stored apart from the embedding)"
+             "lm_head": ("int8 per-channel" if "output" in wide else f"int4 grouped ({gs} per scale)")
+                        + (" (tied: stored apart from the embedding)"
                                               if model.config.tied_embeddings else "")}
     if kept:   # {"layers", "groups", "exact", "negated"}: see _keep_gguf_q4_0
         facts["int4_from_gguf_q4_0"] = kept

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from edgerun.export.llm.gguf_model import Q4_0_BLOCK, dequantized, load_llama, q4_0_codes, read_gguf
-from edgerun.export.llm.quantize import quantize_llama
+from edgerun.export.llm.quantize import KEEP_8BIT, quantize_llama
 from edgerun.export.schemes import Int8DynAct4BitWeight
 
 INT4 = ("feed_forward.w1", "feed_forward.w3")   # the tiny Llama's int4 linears under 8da4w (KEEP_8BIT: the rest)
@@ -117,3 +117,34 @@ def test_the_q4_0_8da4w_program_loads_verifies_and_stands_beside_llamacpp(q4_0_g
     ref = m.llm.quality.llamacpp
     assert ref.gguf_type == "Q4_0" and ref.llama_cpp_python == lc.LLAMA_CPP_PYTHON
     assert abs(ref.program / ref.ppl - 1) < 0.02, (ref.program, ref.ppl)
+
+
+@pytest.mark.parametrize("int8_layers, wide", [
+    ("attention/ffn_down/head", None),           # the default: KEEP_8BIT and the head
+    ("head", ("output",)),
+    ("none", ()),
+])
+def test_int8_layers_chooses_which_linears_stay_int8_and_every_other_one_keeps_the_gguf_codes(
+        q4_0_gguf, int8_layers, wide):
+    model, _ = load_llama(q4_0_gguf, max_context=48)
+    q, facts = quantize_llama(model, Int8DynAct4BitWeight(group_size=32, int8_layers=int8_layers))
+    linears = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    if wide is None:
+        wide = ("output",) + tuple(n for n in linears if n.endswith(KEEP_8BIT))
+    int4 = [n for n in linears if n not in wide]
+    assert facts["int8_linear_layers"] == len(wide) and facts["int4_linear_layers"] == len(int4)
+    assert facts["lm_head"].startswith("int8" if "output" in wide else "int4")
+    for name in int4:   # grouped int4: codes, a scale per group of 32 and no zero point
+        codes, scales = _int4(q, name)
+        assert codes.min() >= -8 and codes.max() <= 7 and scales.shape[1] == codes.shape[1] // 32
+    # the GGUF's own codes are kept in every int4 layer that came from a Q4_0 tensor (the head is tied to the
+    # embedding, which llama-quantize stores at another type, so it is rounded as before)
+    assert facts["int4_from_gguf_q4_0"]["layers"] == len([n for n in int4 if n != "output"])
+
+
+def test_an_unknown_int8_layer_kind_is_refused_naming_the_kinds():
+    from edgerun.core.errors import UsageError
+    from edgerun.export.recipes import parse_recipe
+
+    with pytest.raises(UsageError, match="attention/ffn_down/ffn_up/head"):
+        parse_recipe("8da4w(int8_layers=attention/bogus)")
