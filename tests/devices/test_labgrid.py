@@ -244,6 +244,36 @@ def test_an_interrupted_or_killed_edgerun_leaves_the_place_released(lab, tmp_pat
     _until(lambda: lab.holder("pi-ssh") is None, f"the place released after {sig.name}", timeout=15)
 
 
+def test_a_place_whose_exporter_dies_mid_run_stops_its_program_with_a_device_error(lab, tmp_path):
+    import threading
+
+    from edgerun.devices import TransportDropped, resolve_device
+
+    caught: list = []
+    started = threading.Event()
+    with resolve_device(lab.uri("pi-b", work_dir=tmp_path / "wd")) as dev:
+        def run():
+            try:
+                dev.exec(["sh", "-c", "echo started; exec sleep 60"], timeout=120,
+                         on_stdout=lambda chunk: started.set())
+            except Exception as exc:  # noqa: BLE001 - the test looks at what it was
+                caught.append(exc)
+
+        worker = threading.Thread(target=run)
+        worker.start()
+        assert started.wait(30), "the program on pi-b did not start"
+        t0 = time.monotonic()
+        lab.procs["exp2"].kill()
+        worker.join(timeout=30)
+        assert not worker.is_alive(), "the program on the lost place was not stopped"
+        assert isinstance(caught[0], TransportDropped) and "pi-b was lost" in caught[0].message, caught
+        assert caught[0].exit_code == 8 and time.monotonic() - t0 < 15
+        with pytest.raises(TransportDropped, match="was lost"):  # and so is everything after it
+            dev.exec(["true"], timeout=10)
+    _until(lambda: lab.holder("pi-b") is None, "pi-b released")
+    lab.start_exporter("exp2")  # the lab as it was, for the tests after this one
+
+
 def _settings(**kw):
     from edgerun.profiling import ProfileSettings
 
