@@ -94,6 +94,7 @@ def sweeps(runner_bundle, edgerun_home, tmp_path_factory):
     return _local_pool(tmp / "local", cache, device), _ray_cli(tmp / "ray", cache, device)
 
 
+@pytest.mark.slow  # two sweeps, one starting Ray and two workers that import torch/executorch
 def test_ray_gives_the_local_pools_sweep(sweeps):
     local, ray = sweeps
     assert local.result["executor"] == {"name": "local"}
@@ -117,6 +118,7 @@ def test_ray_gives_the_local_pools_sweep(sweeps):
         assert a.pte_sha256 == b.pte_sha256 and a.ok and b.ok
 
 
+@pytest.mark.slow  # two sweeps, one starting Ray and two workers that import torch/executorch
 def test_the_exports_ran_in_ray_workers_and_the_driver_measured(sweeps):
     local, ray = sweeps
     assert [e["recipe"] for e in ray.result["exports"]] == ["fp32", "int8"]
@@ -176,6 +178,7 @@ def test_a_worker_that_does_not_see_the_drivers_home_refuses_to_export(tmp_path)
     assert isinstance(res["error"], EnvironmentProblem) and not out.exists()
 
 
+@pytest.mark.slow  # two sweeps, one starting Ray and two workers that import torch/executorch
 def test_an_artifact_of_another_recipe_fails_its_job_and_leaves_the_cache(sweeps, tmp_path):
     """A worker with other versions (or another copy of the factory) exports another recipe: the driver
     refuses it under its own key and removes it, so a later run does not reuse it."""
