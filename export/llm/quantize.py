@@ -8,7 +8,9 @@
   is already Q4_1, so a second 4-bit rounding compounds): held-out perplexity 30.1 eager fp32; every
   linear int4 affine + 4-bit embedding and head 46.1; int4 linears alone 40.5; this recipe with a
   4-bit embedding 33.2, with the default 8-bit embedding 32.4 (the program: 33.4 and 32.1, i.e. +11.0 %
-  and +6.6 %, at 20.0 % and 21.7 % of the fp32 program's 652 MB); everything int8 30.6;
+  and +6.6 %, at 20.0 % and 21.7 % of the fp32 program's 652 MB); everything int8 30.6. The option
+  ``int8_layers`` (``8da4w(int8_layers=head)``, ``=none``) chooses which of those kinds stay int8, for a
+  GGUF whose 4-bit codes survive (Q4_0, below) or a size goal the default misses;
 * from a Q4_0 GGUF with group size 32, the int4 linears keep the GGUF's own codes and scales in every
   block XNNPACK's int4 can hold (:func:`_keep_gguf_q4_0`: positive scales only, so about half the blocks);
   asymmetric 4-bit GGUFs (Q4_1, Q4_K) have no such mapping and are rounded by HQQ;
