@@ -19,7 +19,9 @@ InventoryOpt = Annotated[Optional[str], typer.Option(
 
 devices_app = typer.Typer(
     help="Devices by inventory name or URI: local://, qemu-aarch64://?cpu=cortex-a76, "
-         "ssh://user@host:port?identity_file=..&known_hosts=.., adb://SERIAL, serial:///dev/ttyUSB0?baud=115200.",
+         "ssh://user@host:port?identity_file=..&known_hosts=.., adb://SERIAL, serial:///dev/ttyUSB0?baud=115200, "
+         "labgrid://PLACE?coordinator=HOST:PORT (a place of a labgrid lab; labgrid://?tag=KEY=VALUE: every place "
+         "with the tag).",
     no_args_is_help=True,
 )
 
