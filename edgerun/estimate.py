@@ -157,6 +157,7 @@ def estimated_record(manifest: Manifest, *, clock_hz: float | None = None, sram:
     cpu_note = ((f"{len(on_cpu)} operator(s) run on the host CPU, outside the NPU and outside this estimate: "
                  + ", ".join(on_cpu[:8]) + (" …" if len(on_cpu) > 8 else ""),) if on_cpu else ())
     return RunRecord(
+        operators=_layer_table(layers, fig["clock_hz"], fig["cycles_total"]),
         run_id=new_run_id(now), created_at=now.isoformat(timespec="seconds").replace("+00:00", "Z"),
         model=ModelInfo(name=manifest.model.name, target=manifest.target.name, arch=manifest.target.arch,
                         scheme=manifest.scheme.recipe or manifest.scheme.name, recipe_hash=manifest.recipe_hash,
@@ -180,6 +181,29 @@ def estimated_record(manifest: Manifest, *, clock_hz: float | None = None, sram:
                   "CPU's share (quantize/dequantize and any operator left off the NPU) is not in the time",
                   *cpu_note, *misfit),
         estimate=figures)
+
+
+def _layer_table(layers: list[dict], clock_hz: float, cycles_total: int):
+    """Vela's per-layer estimates in the operator-table shape of a measured run (``runs show`` and ``report``
+    print it like one): a row per layer, its cycles / clock as its time, NPU layers as the Ethos-U delegate's,
+    one "iteration". MAC utilisation stays in ``estimate.top_layers``. None without a per-layer report."""
+    from edgerun.runtime.optable import OperatorProfile, OperatorRow
+
+    if not layers:
+        return None
+    total = sum(int(x["cycles"]) for x in layers)
+    rows = sorted((OperatorRow(name=f"{x['op']} {x['name']}"[:160], kind="operator", delegated=x["target"] == "NPU",
+                               backend="EthosUBackend" if x["target"] == "NPU" else None, count=1,
+                               median_ms=int(x["cycles"]) / clock_hz * 1e3,
+                               share=int(x["cycles"]) / total if total else 0.0, op_types=(x["op"],),
+                               samples_ms=(int(x["cycles"]) / clock_hz * 1e3,)) for x in layers),
+                  key=lambda r: -r.median_ms)
+    op_sum = total / clock_hz * 1e3
+    whole = cycles_total / clock_hz * 1e3
+    return OperatorProfile(rows=tuple(rows), delegate_ops=(), iterations=1, skipped_runs=0, op_sum_ms=op_sum,
+                           method_execute_ms=None, measured_execute_ms=whole,
+                           coverage=op_sum / whole if whole else None,
+                           warnings=("estimated: Vela's per-layer cycles / the clock, not a measurement",))
 
 
 # ------------------------------------------------------------------------------ estimate:// devices

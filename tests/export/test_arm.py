@@ -182,6 +182,13 @@ def test_an_estimated_record_is_stored_labelled_and_a_tampered_report_is_refused
     assert "vela 5.1.0" in rec.warnings[0] and "not a run" in rec.warnings[0]
     assert any("aten::hardtanh" in w and "CPU" in w for w in rec.warnings)
     assert RunRecord.from_dict(json.loads(json.dumps(rec.to_dict()))).estimate == rec.estimate
+    ops = rec.operators   # Vela's per-layer table in the operator-table shape, labelled estimated
+    rep = m.compiler_report
+    assert len(ops.rows) == rep.npu_layers + rep.cpu_layers and rec.labels["operators"] == ESTIMATED
+    assert sum(r.share for r in ops.rows) == pytest.approx(1.0)
+    assert sum(r.median_ms for r in ops.rows) == pytest.approx(ops.op_sum_ms)
+    assert all(r.backend == "EthosUBackend" for r in ops.rows if r.delegated) and any(r.delegated for r in ops.rows)
+    assert RunRecord.from_dict(json.loads(json.dumps(rec.to_dict()))).operators == ops
     from edgerun.runtime.record import VERDICT_ESTIMATED, compare_records
 
     small = estimated_record(m, sram=1024, flash=1 << 20).estimate["fit"]   # does it fit a board?
