@@ -55,8 +55,9 @@ def u55_tiny(arm_toolchain, tmp_path_factory):
 def m55_tiny(arm_toolchain, tmp_path_factory):
     from edgerun.export import ExportOptions, export_model
 
+    # default options: bench's cache (the same recipe identity) can hold a copy of it
     return export_model("factories:tiny_pooled", "cortex-m55", "int8", tmp_path_factory.mktemp("arm") / "tiny-m55",
-                        options=ExportOptions(vectors=2))
+                        options=ExportOptions())
 
 
 # ------------------------------------------------------------------------------------ no toolchain needed
@@ -265,6 +266,28 @@ def test_a_cortex_m_artifact_on_its_estimate_device_gets_memory_and_fit_and_no_t
     assert json.loads(cli("runs", "list", "--store", str(store), "--json").stdout)["runs"] == []   # never stored
     local = cli("profile", str(m.dir), "--device", "local://", "--store", str(store), "--json")   # no bundle runs it
     assert local.returncode == 2 and "no cortex-m55 kernels" in json.loads(local.stdout)["error"]["message"]
+
+
+def test_bench_on_a_cortex_m_estimate_device_reports_the_memory_fit_and_stores_no_run(m55_tiny, tmp_path):
+    """bench's cell on estimate://cortex-m55: the fit under ``fits`` (here an arena one byte larger than the SRAM),
+    no run id, no failure. The export is the module's, copied where bench's cache looks for it."""
+    import shutil
+
+    from edgerun.profiling import ProfileSettings, artifact_cache_dir, bench
+    from edgerun.store import Store
+
+    shutil.copytree(m55_tiny.dir, artifact_cache_dir("factories:tiny_pooled", "cortex-m55", "int8"))
+    arena = m55_tiny.planned_memory_bytes
+    cells: list[tuple[str, str]] = []
+    with Store(tmp_path / "runs.sqlite") as store:
+        summary = bench("factories:tiny_pooled", ["cortex-m55"], ["int8"], [f"estimate://cortex-m55?sram={arena - 1}"],
+                        ProfileSettings(threads=(1,)), store=store, on_cell=lambda k, w: cells.append((k, w)))
+        assert list(store.list()) == []   # nothing stored: a fit is not a run
+    assert not summary["failures"] and not summary["run_ids"] and not summary["skipped"]
+    [fit] = summary["fits"]
+    assert fit["fits"] is False and fit["fit"]["sram_needed_bytes"] == arena and fit["timing"] is None
+    assert fit["cell"].startswith("factories:tiny_pooled/cortex-m55/int8/estimate://cortex-m55")
+    assert any("memory fit: does not fit (no timing)" in w for _, w in cells)
 
 
 @pytest.mark.slow   # a second export in the toolchain environment (~30 s, most of it importing the Arm backend)
