@@ -16,7 +16,6 @@
 #include "mode.h"
 #include "npy.h"
 #include "runner_common.h"
-#include "threadpool_api.h"
 
 namespace edgerun {
 
@@ -227,33 +226,11 @@ int64_t trial_median_ns(const CommonOptions& c) {
   return ns[ns.size() / 2];
 }
 
-// Times the program with every core and with one and keeps the faster pool. Small programs often
-// lose more to thread synchronisation than they gain (measured here: a 0.2 ms text encoder ran 1.5x
-// slower on two threads than on one, ResNet-18 1.9x faster). Returns the trial as JSON ("null" when
-// no trial ran: one core, or the program cannot be loaded or fed here -- the run itself then
-// reports why).
-std::string choose_pool(const CommonOptions& c) {
-  auto* p = executorch::extension::threadpool::get_threadpool();
-  if (p == nullptr) return "null";
-  const uint32_t all = static_cast<uint32_t>(p->get_thread_count());
-  if (all <= 1) return "null";
-  std::vector<std::pair<uint32_t, int64_t>> medians;
-  for (uint32_t n : {all, 1u}) {
-    if (!p->_unsafe_reset_threadpool(n)) return "null";
-    int64_t median = trial_median_ns(c);
-    if (median < 0) return "null";
-    medians.emplace_back(n, median);
-  }
-  // fewer threads unless more are at least 5 % faster: a spinning pool also costs the neighbours
-  uint32_t chosen = medians[1].second <= medians[0].second * 105 / 100 ? medians[1].first : medians[0].first;
-  if (!p->_unsafe_reset_threadpool(chosen)) return "null";
-  std::string trials = "[";
-  for (size_t i = 0; i < medians.size(); ++i)
-    trials += (i ? "," : "") + JsonLine()
-                                   .num("threads", static_cast<int64_t>(medians[i].first))
-                                   .num("median_ns", medians[i].second)
-                                   .text();
-  return JsonLine().num("chosen", static_cast<int64_t>(chosen)).raw("trials", trials + "]").text();
+// Small programs often lose more to thread synchronisation than they gain (measured here: a 0.2 ms
+// text encoder ran 1.5x slower on two threads than on one, ResNet-18 1.9x faster); the rule is
+// runner_common's choose_pool.
+std::string choose_forward_pool(const CommonOptions& c) {
+  return choose_pool([&] { return trial_median_ns(c); }, [](JsonLine& j) { j.str("measure", "forward"); });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -350,7 +327,9 @@ class ForwardMode : public Mode {
     return "";
   }
 
-  std::string choose_threads(const CommonOptions& c) override { return c.threads_auto ? choose_pool(c) : "null"; }
+  std::string choose_threads(const CommonOptions& c) override {
+    return c.threads_auto ? choose_forward_pool(c) : "null";
+  }
 
   Summary run(Loaded& ld) override {
     const std::string inputs_json = prepare_inputs(ld);

@@ -444,6 +444,79 @@ int64_t run_llm(Module& module, const std::string& method, const LlmOptions& o, 
 }
 
 // ---------------------------------------------------------------------------------------------
+// --threads auto: a short decode trial.
+
+// Decode is what a user of generate waits on, token by token, so the trial times decode steps:
+// kTrialPrompt tokens prefilled, kTrialWarm untimed decode steps (the first runs after a prefill
+// re-plan the dynamic shapes), then kTrialSteps timed ones. SmolLM2-135M decodes at ~18 ms a step
+// on one Zen 3 core, so one pool's trial costs ~0.2 s beside its load.
+constexpr int64_t kTrialPrompt = 4;
+constexpr int64_t kTrialWarm = 2;
+constexpr int64_t kTrialSteps = 8;
+
+struct DecodeTrial {
+  int64_t prompt = 0;  // tokens prefilled
+  int64_t steps = 0;   // decode steps timed
+};
+
+// The median execute time of one decode step in a fresh module with the current pool, or -1 when
+// the program cannot be loaded or run here (the real run then says why). The fresh module has its
+// own planned buffers, so the trial's KV cache is not the real run's: nothing of it reaches the
+// real run's tokens (which, besides, overwrite the cache from position 0 with their prefill).
+int64_t decode_trial_median_ns(const CommonOptions& c, DecodeTrial* trial) {
+  Module m(c.model, Module::LoadMode::Mmap);
+  if (m.load() != Error::Ok || m.load_method(c.method) != Error::Ok) return -1;
+  auto meta = m.method_meta(c.method);
+  if (!meta.ok() || meta->num_inputs() != 2 || meta->num_outputs() < 1) return -1;
+  auto out = meta->output_tensor_meta(0);
+  auto tok = meta->input_tensor_meta(0);
+  if (!out.ok() || !tok.ok() || out->sizes().size() != 3 || tok->sizes().size() != 2) return -1;
+  const int64_t max_context = tok->sizes()[1];
+  const int64_t vocab = out->sizes()[2];
+  if (vocab < 1) return -1;
+  // a short context still gets a trial: a shorter prompt, fewer steps
+  const int64_t P = std::max<int64_t>(1, std::min<int64_t>(kTrialPrompt, max_context / 4));
+  const int64_t total = std::min<int64_t>(kTrialWarm + kTrialSteps, max_context - P);
+  if (total < 1) return -1;
+  const int64_t warm = total > kTrialWarm ? kTrialWarm : 0;
+  std::vector<int64_t> ns;
+  auto step = [&](int64_t n, int64_t start) -> bool {
+    std::vector<int64_t> ids(static_cast<size_t>(n)), pos(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) {
+      ids[static_cast<size_t>(i)] = (start + i) % vocab;
+      pos[static_cast<size_t>(i)] = start + i;
+    }
+    auto t = executorch::extension::from_blob(ids.data(), {1, static_cast<executorch::aten::SizesType>(n)},
+                                              ScalarType::Long);
+    auto p = executorch::extension::from_blob(pos.data(), {static_cast<executorch::aten::SizesType>(n)},
+                                              ScalarType::Long);
+    std::vector<EValue> values;
+    values.emplace_back(t);
+    values.emplace_back(p);
+    if (m.set_inputs(c.method, values) != Error::Ok) return false;
+    auto t0 = Clock::now();
+    bool ok = m.execute(c.method).ok();
+    if (n == 1 && start >= P + warm) ns.push_back(ns_between(t0, Clock::now()));
+    return ok;
+  };
+  if (!step(P, 0)) return -1;
+  for (int64_t k = 0; k < total; ++k)
+    if (!step(1, P + k)) return -1;
+  trial->prompt = P;
+  trial->steps = static_cast<int64_t>(ns.size());
+  std::nth_element(ns.begin(), ns.begin() + ns.size() / 2, ns.end());
+  return ns[ns.size() / 2];
+}
+
+std::string choose_decode_pool(const CommonOptions& c) {
+  DecodeTrial trial;
+  return choose_pool([&] { return decode_trial_median_ns(c, &trial); },
+                     [&](JsonLine& j) {
+                       j.str("measure", "decode").num("prompt_tokens", trial.prompt).num("decode_steps", trial.steps);
+                     });
+}
+
+// ---------------------------------------------------------------------------------------------
 // The mode.
 
 class LlmMode : public Mode {
@@ -451,7 +524,7 @@ class LlmMode : public Mode {
   std::string usage() const override {
     return "edgerun-runner --model PATH --llm generate (--prompt-ids 1,2,3 | --tokens FILE | --random-prompt P)\n"
            "         [--max-new-tokens N] [--stop-id ID]... [--ignore-stop] [--temperature T] [--top-k K]\n"
-           "         [--top-p P] [--seed N] [--warmup W] [--repeat R] [--threads T] [--etdump PATH]\n"
+           "         [--top-p P] [--seed N] [--warmup W] [--repeat R] [--threads T|auto] [--etdump PATH]\n"
            "       edgerun-runner --model PATH --llm score (--prompt-ids ... | --tokens FILE) [--window W]\n"
            "         [--logprobs PATH.npy]\n";
   }
@@ -493,6 +566,12 @@ class LlmMode : public Mode {
   }
 
   bool chosen() const override { return !o_.mode.empty(); }
+
+  // The decode trial for generate and score alike (a score run's windows are prefills, which the
+  // trial does not time: give --threads N to a score run whose speed matters).
+  std::string choose_threads(const CommonOptions& c) override {
+    return c.threads_auto ? choose_decode_pool(c) : "null";
+  }
 
   std::string check_unchosen() const override {
     if (sources() || !o_.stop_ids.empty() || o_.ignore_stop || !o_.logprobs_path.empty() || o_.window)

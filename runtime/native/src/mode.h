@@ -77,7 +77,8 @@ class Mode {
   virtual std::string check_chosen(CommonOptions& common, bool others_data) = 0;
 
   // --threads auto, before anything is loaded: the trial as the header's `threads_auto` JSON
-  // ("null": no trial; a mode that does not time forwards treats auto as the library default).
+  // ("null": no trial; a mode without one treats auto as the library default). forward.cpp times
+  // forwards, llm.cpp decode steps; both keep the pool by runner_common's choose_pool.
   virtual std::string choose_threads(const CommonOptions& /*common*/) { return "null"; }
   // Runs on the loaded method and prints the mode's lines; failures go through fail().
   virtual Summary run(Loaded& loaded) = 0;

@@ -8,12 +8,17 @@
 #include <deque>
 #include <fstream>
 #include <iterator>
+#include <utility>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #include <executorch/runtime/platform/platform.h>
 #include <executorch/runtime/platform/runtime.h>
 
 #include "json_out.h"
 #include "npy.h"
+#include "threadpool_api.h"
 
 namespace edgerun {
 
@@ -209,6 +214,41 @@ std::string Args::choice_value(std::initializer_list<const char*> choices, const
   for (const char* c : choices)
     if (*out == c) return "";
   return flag_ + " must be " + said + ", " + got + " '" + *out + "'";
+}
+
+// ---------------------------------------------------------------------------------------------
+// --threads auto: the rule every mode's trial shares.
+
+std::string choose_pool(const std::function<int64_t()>& median_ns, const std::function<void(JsonLine&)>& describe) {
+  auto* p = executorch::extension::threadpool::get_threadpool();
+  if (p == nullptr) return "null";
+  const uint32_t all = static_cast<uint32_t>(p->get_thread_count());
+  if (all <= 1) return "null";
+  std::vector<std::pair<uint32_t, int64_t>> medians;
+  for (uint32_t n : {all, 1u}) {
+    if (!p->_unsafe_reset_threadpool(n)) return "null";
+    int64_t median = median_ns();
+#if defined(__GLIBC__)
+    malloc_trim(0);  // the trial's program is gone: its freed heap should not add to the run's peak RSS
+#endif
+    if (median < 0) {
+      p->_unsafe_reset_threadpool(all);  // the run gets the pool it had before the trial
+      return "null";
+    }
+    medians.emplace_back(n, median);
+  }
+  uint32_t chosen = medians[1].second <= medians[0].second * 105 / 100 ? medians[1].first : medians[0].first;
+  if (!p->_unsafe_reset_threadpool(chosen)) return "null";
+  std::string trials = "[";
+  for (size_t i = 0; i < medians.size(); ++i)
+    trials += (i ? "," : "") + JsonLine()
+                                   .num("threads", static_cast<int64_t>(medians[i].first))
+                                   .num("median_ns", medians[i].second)
+                                   .text();
+  JsonLine out;
+  out.num("chosen", static_cast<int64_t>(chosen));
+  describe(out);
+  return out.raw("trials", trials + "]").text();
 }
 
 }  // namespace edgerun

@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <initializer_list>
 #include <string>
 #include <vector>
@@ -88,6 +89,17 @@ template <typename Rng>
 inline double unit_draw(Rng* rng) {
   return static_cast<double>((*rng)() >> 11) * 0x1.0p-53;
 }
+
+// --threads auto, before the real program is loaded: times the program with every core and with one
+// thread and keeps the faster pool -- fewer threads unless more are at least 5 % faster (a spinning
+// pool also costs the neighbours). median_ns() is called once per pool size, after the pool is
+// resized; it must load its own copy of the program (an XNNPACK runtime keeps the pool it was
+// created with) and return its median time, or -1 when the program cannot be loaded or fed here.
+// describe() adds what was timed ("measure" and its settings) to the trial's JSON. Returns the trial
+// as the header's `threads_auto` JSON, "null" when none ran (one core, a pool that cannot be resized,
+// or median_ns() < 0 -- the run itself then reports why), leaving the pool at the chosen size.
+class JsonLine;
+std::string choose_pool(const std::function<int64_t()>& median_ns, const std::function<void(JsonLine&)>& describe);
 
 inline int64_t ns_between(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(b - a).count();
