@@ -182,7 +182,9 @@ class GenerateSettings:
     top_k: int = 0
     top_p: float = 1.0
     seed: int = 0
-    threads: int = 0
+    # "auto" (as profile's default): the runner times decode steps at 1 thread and every core and keeps
+    # the faster; the record's provenance.threads_auto holds that trial. 0: the runtime's default pool.
+    threads: int | str = "auto"
     chat: bool = False
     system: str | None = None
     stop_ids: tuple[int, ...] = ()      # besides the tokenizer's EOS / end-of-turn ids
@@ -193,14 +195,16 @@ class GenerateSettings:
     variant: str = "full"
 
 
-def _run_llm(manifest: Manifest, device, request: LLMRequest, *, threads: int, seed: int, warmup: int,
+def _run_llm(manifest: Manifest, device, request: LLMRequest, *, threads: int | str, seed: int, warmup: int,
              timeout_s: float, variant: str, store_path, decode_text=None, on_stdout=None, sweep_id=None,
              cell: Cell | None = None, warnings: Sequence[str] = (), postprocess=None):
     """One LLM run on an open device: deploy, run, analyse, store (``warnings`` added to the record's,
     ``postprocess(record) -> record`` before it is stored). Returns the record."""
     from edgerun.runtime.analysis import AnalysisSettings, analyse
-    from edgerun.runtime.runner import RunOptions
+    from edgerun.runtime.runner import AUTO_THREADS, RunOptions
 
+    if threads == AUTO_THREADS and device.info().emulated:
+        threads = 0  # an emulator's speed says nothing about the board: no trial, the default pool (as profile)
     mode = dataclasses.replace(request, options=RunOptions(warmup=warmup, threads=threads, seed=seed))
     settings = AnalysisSettings(vector=None, llm_request=mode, decode_text=decode_text, sweep_id=sweep_id,
                                 cell=cell.key if cell else None)
@@ -253,7 +257,7 @@ class BenchLLMSettings:
     prompts: tuple[int, ...] = (64,)
     generate: tuple[int, ...] = (32,)
     repetitions: int = 5
-    threads: tuple[int, ...] = (0,)
+    threads: tuple[int | str, ...] = (0,)  # counts, or "auto" (the runner's decode trial picks)
     warmup: int = 1
     seed: int = 0
     timeout_s: float = 3600.0

@@ -31,6 +31,12 @@ def _ints(text: str, flag: str) -> tuple[int, ...]:
     return values
 
 
+def _threads_or_auto(value: object) -> int | str:
+    """``auto`` or one thread count 0..MAX_THREADS (``edgerun generate --threads``)."""
+    text = str(value).strip()
+    return "auto" if text.lower() == "auto" else opt.threads(text)
+
+
 def bench_rows(records) -> list[dict]:
     """llama-bench's table, one row per record: what ran, the test, tokens/s mean ± sd over repetitions."""
     rows = []
@@ -44,7 +50,9 @@ def bench_rows(records) -> list[dict]:
                      "size_bytes": r.memory.pte_bytes, "device": r.device_name, "source": r.source,
                      "threads": r.provenance.threads, "test": m.test, "tokens_per_s": rate, "tokens_per_s_sd": sd,
                      "repetitions": m.repetitions, "ttft_ms": m.ttft_ms, "peak_rss_bytes": r.memory.peak_rss_bytes,
-                     "kv_cache_bytes": m.kv_cache_bytes})
+                     "kv_cache_bytes": m.kv_cache_bytes,
+                     # the pool was chosen by the runner's --threads auto trial (provenance.threads_auto)
+                     "threads_auto": r.provenance.threads_auto is not None})
     return rows
 
 
@@ -58,7 +66,7 @@ def _markdown(rows: list[dict]) -> str:
         rate = "—" if r["tokens_per_s"] is None else f"{r['tokens_per_s']:.2f} ± {r['tokens_per_s_sd'] or 0:.2f}"
         dev = r["device"] + (" (emulated)" if r["source"] == "emulated" else "")
         cells = [Path(str(r["model"])).name, r["scheme"], format_bytes(r["size_bytes"]), dev,
-                 r["threads"], r["test"], rate, format_bytes(r["peak_rss_bytes"])]
+                 f"{r['threads']} (auto)" if r["threads_auto"] else r["threads"], r["test"], rate, format_bytes(r["peak_rss_bytes"])]
         lines.append("| " + " | ".join(sanitize_text(str(c)).replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines)
 
@@ -90,8 +98,10 @@ def register(app: typer.Typer) -> None:
                                              help="Sampling: keep the smallest set with this probability.")] = 1.0,
         seed: Annotated[int, typer.Option(parser=opt.count(0, (1 << 63) - 1),
                                           help="Sampling seed (the same seed gives the same text).")] = 0,
-        threads: Annotated[int, typer.Option(parser=opt.threads,
-                                             help="Runner threads (0: the runtime's default).")] = 0,
+        threads: Annotated[str, typer.Option(parser=_threads_or_auto,
+                                             help="Runner threads; auto (default): the runner times a few decode "
+                                                  "steps at 1 thread and every core and keeps the faster; 0: the "
+                                                  "runtime's default.")] = "auto",
         stop_id: Annotated[Optional[list[int]], typer.Option(
             parser=opt.count(0, (1 << 31) - 1, "a token id"),
             help="Also stop at this token id (repeatable; EOS and end-of-turn tokens always stop).")] = None,
@@ -138,6 +148,7 @@ def register(app: typer.Typer) -> None:
                     "prompt": prompt, "prompt_ids": ids, "text": m.text, "ids": list(m.ids), "stop": m.stop,
                     "ttft_ms": m.ttft_ms, "prefill_tokens_per_s": m.prefill_tokens_per_s,
                     "decode_tokens_per_s": m.decode_tokens_per_s, "peak_rss_bytes": record.memory.peak_rss_bytes,
+                    "threads": record.provenance.threads, "threads_auto": record.provenance.threads_auto,
                     "warnings": warned, "run": record_json(record)}
 
         def human(r: dict) -> None:
@@ -152,7 +163,8 @@ def register(app: typer.Typer) -> None:
             err_console.print(
                 f"[dim]{label}{len(r['prompt_ids'])} prompt tokens, {len(r['ids'])} generated (stop: "
                 f"{plain(r['stop'])}); first token {r['ttft_ms']:.1f} ms; prefill {r['prefill_tokens_per_s']:.1f} "
-                f"tokens/s; decode {'—' if dec is None else f'{dec:.1f}'} tokens/s; peak RSS "
+                f"tokens/s; decode {'—' if dec is None else f'{dec:.1f}'} tokens/s on {r['threads']} thread(s)"
+                f"{' (chosen by --threads auto)' if r['threads_auto'] else ''}; peak RSS "
                 f"{format_bytes(r['peak_rss_bytes'])}; run {plain(r['run_id'])}[/]", highlight=False)
 
         execute(work, json_out=json_out, debug=debug, human=human)
@@ -167,8 +179,10 @@ def register(app: typer.Typer) -> None:
                                               help="Decode tests: tokens generated, e.g. 32,64 (tgN; 0: none).")] = "32",
         repetitions: Annotated[int, typer.Option("-r", "--repetitions", parser=opt.repetitions,
                                                  help="Timed repetitions per test.")] = 5,
-        threads: Annotated[str, typer.Option("-t", "--threads", parser=opt.threads_list(allow_auto=False),
-                                             help="Thread counts, e.g. 1,2,4 (0: default).")] = "0",
+        threads: Annotated[str, typer.Option("-t", "--threads", parser=opt.threads_list(),
+                                             help="Thread counts, e.g. 1,2,4 (0: default), or auto: the runner "
+                                                  "times a few decode steps at 1 thread and every core and keeps "
+                                                  "the faster.")] = "0",
         warmup: Annotated[int, typer.Option(parser=opt.warmup, help="Untimed repetitions before each test.")] = 1,
         output: Annotated[str, typer.Option("--output", "-o", parser=opt.choice(("md", "csv")),
                                             help="Table format: md | csv (--json: JSON).")] = "md",
