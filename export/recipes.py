@@ -85,9 +85,18 @@ class Recipe:
     #: the options that recipe text's positional values fill, in order (``prune-channels(0.3)``); an entry
     #: ``"a|b"`` takes the value into the first of a, b whose type accepts it
     positional: ClassVar[tuple[str, ...]] = ()
+    #: options added after recipes of this class were stored: left out of :meth:`options` (so of the recipe
+    #: hash, cell keys and manifests) while they hold their default, so those recipes keep their identity
+    later_options: ClassVar[tuple[str, ...]] = ()
 
     def options(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if self.later_options:
+            changed = self.changed_options()
+            for name in self.later_options:
+                if name not in changed:
+                    out.pop(name, None)
+        return out
 
     def program_facts(self, pte: Any) -> dict[str, Any]:
         """Facts about the written program (``pte``: its path) this step adds to its own once the program is

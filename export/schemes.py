@@ -94,6 +94,7 @@ class Int8DynAct4BitWeight(Scheme):
     min_cosine: ClassVar[float] = 0.85
     ppl_tolerance: ClassVar[float] = 0.25
     positional: ClassVar[tuple[str, ...]] = ("group_size",)      # 8da4w(64)
+    later_options: ClassVar[tuple[str, ...]] = ("int8_layers",)
 
     group_size: int = 32
     embedding_bits: int = 8   # LLMs: the token embedding table's codes (4 or 8 bits); other models have none

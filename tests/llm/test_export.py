@@ -75,8 +75,9 @@ def test_fp32_export_of_the_tiny_gguf_matches_eager(tiny_fp32):
     llm = m.llm
     assert (llm.architecture, llm.layers, llm.dim, llm.max_context) == ("llama", 2, 64, 48)
     assert llm.kv_cache_bytes_per_token == 2 * 2 * 2 * 16 * 4 and llm.kv_cache_bytes == 48 * 512
-    # the tied embedding is counted once; the RoPE cos/sin tables ([max_context, head_dim/2] each) are constants
-    assert llm.weight_bytes_by_dtype["float32"] == 4 * llm.parameters + 2 * 48 * 8 * 4
+    # the tied embedding is counted once; constants: the RoPE cos/sin tables ([max_context, head_dim] each) and
+    # each layer's RoPE rotation matrix ([head_dim, head_dim])
+    assert llm.weight_bytes_by_dtype["float32"] == 4 * llm.parameters + 2 * 48 * 16 * 4 + 2 * 16 * 16 * 4
     tok = Tokenizer.from_file(str(tiny_fp32 / "tokenizer.json"))
     assert llm.tokenizer["sha256"] and tok.encode("<|im_start|>").ids == [1]
     q = llm.quality
@@ -84,6 +85,20 @@ def test_fp32_export_of_the_tiny_gguf_matches_eager(tiny_fp32):
     assert q["logits_vs_eager"]["top1_agreement"] == 1.0
     assert abs(q["perplexity"]["program_vs_eager_fp32"]) < 0.01
     assert json.loads((tiny_fp32 / "manifest.json").read_text())["llm"]["max_context"] == 48
+
+
+def test_a_step_is_two_delegate_calls_a_layer_and_writes_the_kv_cache_in_place(tiny_fp32):
+    """The program's shape that decode speed rests on (issue 23): per layer one XNNPACK partition before the
+    cache write and one after (and at most two around the layers: the head, the first norm), the cache written by index_put_ on the buffer itself, and no
+    portable copy of the cache (copy_ back into the buffer, a transposed or broadcast copy) or of RoPE pairs."""
+    m = json.loads((tiny_fp32 / "manifest.json").read_text())
+    layers, ops = m["llm"]["layers"], m["operators"]
+    assert ops["delegated"]["XnnpackBackend"] <= 2 * layers + 2, ops["delegated"]   # was ~10 a layer
+    portable = ops["non_delegated"]
+    assert portable.get("aten::index_put_") == 2 * layers, portable
+    for copy in ("aten::index_put.out", "aten::copy_", "aten::permute_copy.out", "aten::expand_copy.out",
+                 "aten::select_copy.int_out", "aten::mean.out", "aten::bmm.out"):
+        assert copy not in portable, (copy, portable)
 
 
 @pytest.mark.slow
