@@ -36,12 +36,7 @@ def fit(manifest: Manifest, figures: dict, *, sram: int | None = None, flash: in
     out: dict = {"sram_needed_bytes": need_sram, "flash_needed_bytes": need_flash,
                  "sram_parts": {"npu_sram_vela": int(figures["sram_bytes"]),
                                 "planned_buffers": int(manifest.planned_memory_bytes or 0)}}
-    for name, have, need in (("sram", sram, need_sram), ("flash", flash, need_flash)):
-        if have is not None:
-            out[f"{name}_bytes"] = have
-            out[f"{name}_headroom_bytes"] = have - need
-            out[f"{name}_fits"] = need <= have
-    return out
+    return _with_headroom(out, sram=(sram, need_sram), flash=(flash, need_flash))
 
 
 def fit_only(target) -> bool:
@@ -60,12 +55,7 @@ def program_fit(manifest: Manifest, *, sram: int | None = None, flash: int | Non
     out: dict = {"sram_needed_bytes": need_sram, "flash_needed_bytes": need_flash,
                  "sram_parts": {"arena_planned": need_sram},
                  "planned_buffers": [int(b) for b in manifest.planned_buffers]}
-    for name, have, need in (("sram", sram, need_sram), ("flash", flash, need_flash)):
-        if have is not None:
-            out[f"{name}_bytes"] = have
-            out[f"{name}_headroom_bytes"] = have - need
-            out[f"{name}_fits"] = need <= have
-    return out
+    return _with_headroom(out, sram=(sram, need_sram), flash=(flash, need_flash))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -285,3 +275,14 @@ def record_for_device(manifest: Manifest, spec, *, sweep_id: str | None = None, 
         return memory_fit(manifest, spec.name, sram=board["sram"], flash=board["flash"])
     rec = estimated_record(manifest, **board)
     return dataclasses.replace(rec, device_name=spec.name, sweep_id=sweep_id, cell=cell)
+
+
+def _with_headroom(out: dict, **have_need: tuple[int | None, int]) -> dict:
+    """``out`` with ``<name>_bytes``, ``<name>_headroom_bytes`` and ``<name>_fits`` for each memory the board's
+    size is given for (``sram=(have, need)``, ``flash=(have, need)``)."""
+    for name, (have, need) in have_need.items():
+        if have is not None:
+            out[f"{name}_bytes"] = have
+            out[f"{name}_headroom_bytes"] = have - need
+            out[f"{name}_fits"] = need <= have
+    return out

@@ -1,41 +1,19 @@
 """Arm targets (issue 24): the toolchain environment, the Ethos-U targets' refusals, an export through
 Vela in the toolchain environment, its compiler report, the estimated record and tampered reports.
 
-Tests that need the toolchain use the ``arm_toolchain`` session fixture: the environment scripts/setup
+Tests that need the toolchain use the ``arm_toolchain`` session fixture (tests/export/conftest.py): the environment scripts/setup
 built in the EDGERUN_HOME the suite started with (reused when its pins match), else built once here; a
 skip only when pip cannot reach the package index."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 
 from edgerun.core.errors import ArtifactError, UsageError
-from edgerun.core.paths import edgerun_home
-
-_STARTING_HOME = edgerun_home()   # imported before any fixture points EDGERUN_HOME at the session's
-
-
-@pytest.fixture(scope="session")
-def arm_toolchain():
-    from edgerun.export.arm import toolchain
-
-    path = Path(os.environ.get("EDGERUN_ARM_TOOLCHAIN") or _STARTING_HOME / "cache" / "toolchains" / "arm")
-    try:
-        rec = toolchain.ensure(path)
-    except toolchain.ToolchainError as exc:
-        if "pip install" in exc.message and any(s in exc.message for s in (
-                "No matching distribution", "Could not find a version", "Failed to establish", "Network is unreachable",
-                "Temporary failure in name resolution")):
-            pytest.skip(f"the package index is unreachable, so the Arm toolchain cannot be built: {exc.message[:300]}")
-        raise
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("EDGERUN_ARM_TOOLCHAIN", str(path))
-        yield rec
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-from pathlib import Path
 
 import pytest
 
@@ -31,21 +30,6 @@ SUBSET = (("mobilenet_v2_035", "ethos-u55-128"), ("autoencoder_ad", "cortex-m4")
 SPIKE_U55_CYCLES = 915_000
 
 
-def _arm_fixture():
-    """test_arm.py's ``arm_toolchain`` session fixture (test modules are not importable by name here)."""
-    import importlib.util
-    import sys
-
-    name = "edgerun_tests_export_test_arm"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("test_arm.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name].arm_toolchain
-
-
-arm_toolchain = _arm_fixture()
 
 
 # ------------------------------------------------------------------------------------ all 28, no toolchain

@@ -12,22 +12,6 @@ import pytest
 from edgerun.core.errors import DeviceError, EdgerunError
 
 
-def _arm_fixture():
-    """test_arm.py's ``arm_toolchain`` session fixture (test modules are not importable by name here)."""
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    name = "edgerun_tests_export_test_arm"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("test_arm.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name].arm_toolchain
-
-
-arm_toolchain = _arm_fixture()
 
 
 # ------------------------------------------------------------------------------------ no toolchain needed
@@ -93,7 +77,7 @@ def test_a_serial_board_is_not_refused_for_an_arm_target():
 
 # ------------------------------------------------------------------------------------ with the toolchain
 @pytest.fixture(scope="module")
-def swept(arm_toolchain, edgerun_home, tmp_path_factory):  # noqa: F811
+def swept(arm_toolchain, edgerun_home, tmp_path_factory):
     """bench ds_cnn, ethos-u55-128 int8, on estimate://ethos-u55-128 and estimate://ethos-u85-256: one export,
     one estimated cell, one skipped."""
     from edgerun.profiling import ProfileSettings, bench
