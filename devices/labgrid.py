@@ -494,7 +494,9 @@ class LabgridDevice(Device):
 
     def info(self):
         info = self._mapped("probe", lambda d: d.info())
-        return dataclasses.replace(info, lab_place=self.spec.place, lab_exporter=(self.resource or {}).get("exporter"))
+        exporter = (self.resource or {}).get("exporter")   # the coordinator's word: untrusted text into the record
+        return dataclasses.replace(info, lab_place=self.spec.place,
+                                   lab_exporter=sanitize_text(str(exporter)) if exporter is not None else None)
 
     def prepare_work_dir(self, *, timeout: float = 60.0) -> str:
         return self._mapped("push", lambda d: d.prepare_work_dir(timeout=timeout))
