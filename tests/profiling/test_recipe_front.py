@@ -90,12 +90,12 @@ def test_target_size_recommends_the_fastest_cell_within_the_bound(sweep):
 
 
 def test_emulated_runs_are_recommended_apart(sweep):
-    emulated = [dataclasses.replace(x, source="emulated", run_id=x.run_id + "e") for x in sweep.records]
+    emulated = [dataclasses.replace(x, source="emulated", run_id=x.run_id + "-emulated") for x in sweep.records]
     items = recommend([*sweep.records, *emulated], TARGET_SIZE)
     assert sorted(i["source"] for i in items) == ["emulated", "measured"]
     by = {i["source"]: i for i in items}
-    assert by["emulated"]["recommended"]["run_id"].endswith("e") and "EMULATED" in by["emulated"]["note"]
-    assert not by["measured"]["recommended"]["run_id"].endswith("e")
+    assert by["emulated"]["recommended"]["run_id"].endswith("-emulated") and "EMULATED" in by["emulated"]["note"]
+    assert not by["measured"]["recommended"]["run_id"].endswith("-emulated")
 
 
 def test_the_report_marks_the_front_and_tabulates_it(sweep):
