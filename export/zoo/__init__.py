@@ -12,13 +12,14 @@ from ..llm import zoo as _llm_zoo
 from .base import Dataset, ModelSpec, load_factory
 
 
-def _digits_dataset() -> Dataset:
+def _digits_dataset(size: int | None = None) -> Dataset:
     def load():
         from .digits import load_split
 
-        return load_split()
+        return load_split(size)
 
-    return Dataset(name="sklearn-digits (8x8, held-out 20%)", load=load)
+    shape = f"8x8 upscaled to {size}x{size}" if size else "8x8"
+    return Dataset(name=f"sklearn-digits ({shape}, held-out 20%)", load=load)
 
 
 def _lazy(module: str, func: str, *args):
@@ -49,6 +50,10 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("digits_cnn", "small CNN trained here on scikit-learn's 8x8 digits (real accuracy)",
                   "classification", _lazy("digits", "digits_cnn"), dataset=_digits_dataset(),
                   origin="edgerun.export.zoo.digits"),
+        ModelSpec("digits_mobilenet_v2", "MobileNetV2 (torchvision, width 1.0) trained here on scikit-learn's digits "
+                  "upscaled to 32x32 (real accuracy, millisecond latency)", "classification",
+                  _lazy("digits", "digits_mobilenet_v2"), dataset=_digits_dataset(32),
+                  origin="torchvision.models.mobilenet_v2, edgerun.export.zoo.digits"),
         ModelSpec("ds_cnn", "MLPerf Tiny keyword spotting: DS-CNN (small), 49x10 MFCC -> 12 classes, random weights",
                   "classification", _lazy("mlperf_tiny", "build", "ds_cnn"), origin="MLPerf Tiny (KWS)"),
         ModelSpec("resnet8", "MLPerf Tiny image classification: ResNet-8, CIFAR-10 shape 32x32x3, random weights",
