@@ -56,6 +56,19 @@ def _edgerun_home_env(edgerun_home, monkeypatch):
 
 
 @pytest.fixture(scope="session")
+def tiny_gguf(tmp_path_factory) -> Path:
+    """The tiny Llama GGUF of tests/llm/tiny.py (random weights, a tokenizer trained there), written once per
+    session for every folder: the caches keyed by a GGUF's path (finetune's training programs, exports) are
+    then shared by tests/llm, tests/finetune and tests/benchmarks instead of each writing its own copy."""
+    llm = str(Path(__file__).resolve().parent / "llm")
+    if llm not in sys.path:
+        sys.path.insert(0, llm)
+    from tiny import write_tiny_gguf
+
+    return write_tiny_gguf(tmp_path_factory.mktemp("tiny") / "tiny.gguf")
+
+
+@pytest.fixture(scope="session")
 def make_artifact(tmp_path_factory, edgerun_home):
     """``make_artifact(model, target, scheme, **export_kwargs) -> Path`` (cached per session)."""
     cache: dict = {}

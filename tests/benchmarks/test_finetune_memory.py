@@ -30,16 +30,20 @@ def bench():
 
 
 @pytest.fixture(scope="module")
-def result(bench, runner_bundle, edgerun_home, tmp_path_factory):
+def result(bench, runner_bundle, edgerun_home, tiny_gguf, tmp_path_factory):
     """One run of the benchmark in the session's EDGERUN_HOME (a module fixture runs outside the per-test
-    one; the eager workers inherit it)."""
+    one; the eager workers inherit it), on the session's tiny GGUF (tests/conftest.py: the bytes the
+    benchmark's ``--tiny`` writes) at batch 4 x 16 tokens, tests/finetune's LLM settings: the full and LoRA
+    training programs it exports are cached by the GGUF's path and those settings, so test_finetune's LLM
+    runs load them instead of exporting the same two programs again."""
     runner_bundle("host")  # built (or skipped with the tool that is missing) before the benchmark asks for it
     work = tmp_path_factory.mktemp("finetune-memory")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("EDGERUN_HOME", str(edgerun_home))
-        args = bench.parse_args(["--tiny", "--steps", "2", "--methods", ",".join(METHODS)])
-        model = str(bench.tiny_gguf(work))
-        return bench.benchmark(model, args.methods, args, str(work / "results.sqlite"))
+        args = bench.parse_args(["--tiny", "--steps", "2", "--batch", "4", "--seq-len", "16",
+                                 "--methods", ",".join(METHODS)])
+        assert bench.tiny_gguf(work).read_bytes() == tiny_gguf.read_bytes()   # --tiny's model is the session's
+        return bench.benchmark(str(tiny_gguf), args.methods, args, str(work / "results.sqlite"))
 
 
 @pytest.mark.slow

