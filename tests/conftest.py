@@ -2,7 +2,8 @@
 
 * Each test session gets its own ``EDGERUN_HOME`` so nothing leaks from a user's real one.
 * ``make_artifact(model, target, scheme)`` exports once per session and hands every test the
-  same directory (read-only by convention: copy it before changing anything).
+  same directory (read-only by convention: copy it before changing anything). Without export options
+  it is bench's cached export of that recipe (``EDGERUN_HOME/artifacts``), shared with bench and profile.
 """
 
 from __future__ import annotations
@@ -80,9 +81,20 @@ def make_artifact(tmp_path_factory, edgerun_home):
             from edgerun.export import export_model
 
             with _home(edgerun_home):
-                safe = model.replace(":", "_").replace(".", "_")
-                out = root / f"{safe}-{target}-{scheme}-{len(cache)}"
-                export_model(model, target, scheme, out, **kwargs)
+                if kwargs:
+                    safe = model.replace(":", "_").replace(".", "_")
+                    out = root / f"{safe}-{target}-{scheme}-{len(cache)}"
+                    export_model(model, target, scheme, out, **kwargs)
+                else:
+                    # where bench and profile keep this (model, target, recipe) in the session's EDGERUN_HOME,
+                    # keyed by its whole recipe identity: a bench cell of the same recipe reuses this export
+                    # and this reuses one a bench made first, instead of the same program being exported twice
+                    from edgerun.profiling import _cached, export_job  # noqa: PLC2701 - bench's own cache check
+
+                    job = export_job(model, target, scheme)
+                    if not _cached(job):
+                        export_model(model, target, scheme, job.path)
+                    out = job.path
             cache[key] = out
         return cache[key]
 
