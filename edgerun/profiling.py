@@ -267,8 +267,14 @@ def export_job(model: str, target: str, recipe: str, options=None) -> ExportJob:
 
     options = options or ExportOptions()
     chain = parse_recipe(recipe)
-    identity = recipe_identity(get_model(model), get_target(target), chain,
-                               calibration=options.calibration, seed=options.seed, vectors=options.vectors)
+    spec = get_model(model)
+    if spec.task == "llm":   # what an LLM export writes: its GGUF's hash and max context too (the default's here)
+        from edgerun.export.llm.export import llm_recipe_identity
+
+        identity = llm_recipe_identity(spec, get_target(target), chain, options=options)
+    else:
+        identity = recipe_identity(spec, get_target(target), chain,
+                                   calibration=options.calibration, seed=options.seed, vectors=options.vectors)
     safe = lambda text: re.sub(r"[^A-Za-z0-9_.=+-]+", "_", text).strip("_")[:80]  # noqa: E731
     path = artifacts_dir() / f"{safe(model)}-{target}-{safe(chain.spec)}-{identity.hash[:12]}"
     return ExportJob(model=model, target=target, recipe=recipe, path=path, recipe_hash=identity.hash)

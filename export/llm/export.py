@@ -53,7 +53,8 @@ import numpy as np
 
 from edgerun.core.artifact import (
     STATUS_FAILED, STATUS_OK, GreedyCheck, LlamaCppPerplexity, LLMFacts, LLMQuality, LogitsAgreement, Manifest,
-    ModelRef, Operators, Perplexity, TargetRef, TensorSpec, Thresholds, sha256_file, write_manifest,
+    ModelRef, Operators, Perplexity, RecipeIdentity, TargetRef, TensorSpec, Thresholds, sha256_file,
+    write_manifest,
 )
 
 from edgerun.core.errors import EdgerunError
@@ -312,10 +313,7 @@ def _load(w: Work) -> None:
     bos = [w.tok_facts.bos_id] if w.tok_facts.add_bos and w.tok_facts.bos_id is not None else []
     w.prompts = [(bos + encode(w.tok, w.tok_facts, p, add_special=False))[:w.max_context]
                  for p in PROMPTS][:w.options.vectors]
-    w.gguf_sha256 = sha256_file(w.gguf.path)
-    w.identity = dataclasses.replace(w.identity, model={**w.identity.model, "gguf_sha256": w.gguf_sha256,
-                                                         "max_context": w.max_context, "layers": w.spec.layers,
-                                                         "weights_sha256": w.spec.weights_sha256})
+    w.gguf_sha256 = w.identity.model["gguf_sha256"]   # hashed by llm_recipe_identity before the load
 
 
 def _reference_stage(w: Work) -> None:
@@ -686,6 +684,24 @@ def _verify_stage(w: Work) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def llm_recipe_identity(spec: LLMSpec, target, recipe: "str | Recipe | RecipeChain", *,
+                        max_context: int | None = None, options: ExportOptions | None = None) -> RecipeIdentity:
+    """The identity an LLM export writes into its manifest, computed before any work (bench keys its artifact
+    cache on it and checks a finished export against it): :func:`recipe_identity` and what makes an LLM's
+    program beyond its name -- the GGUF's sha256 (a user's GGUF is named by its path), the max context (the
+    default rule's when None), the blocks kept and the fine-tuned weights' hash."""
+    from ..recipe import recipe_identity
+    from ..targets import Target, get_target
+
+    options = options or ExportOptions()
+    tgt = target if isinstance(target, Target) else get_target(target)
+    base = recipe_identity(spec, tgt, recipe, seed=options.seed, vectors=options.vectors)
+    max_context = spec.default_max_context() if max_context is None else max_context
+    return dataclasses.replace(base, model={**base.model, "gguf_sha256": sha256_file(spec.gguf()),
+                                            "max_context": max_context, "layers": spec.layers,
+                                            "weights_sha256": spec.weights_sha256})
+
+
 def export_llm(spec: LLMSpec, target: str, scheme: "str | Recipe | RecipeChain | None" = None, out_dir=None, *,
                max_context: int | None = None, example_inputs=None, name: str | None = None,
                scheme_options: dict | None = None, options: ExportOptions | None = None,
@@ -696,7 +712,6 @@ def export_llm(spec: LLMSpec, target: str, scheme: "str | Recipe | RecipeChain |
     :func:`edgerun.export.pipeline.export_model` (and ``max_context``, the KV cache length) and raises
     like it; ``example_inputs`` and ``name`` do not apply to an LLM and are refused."""
     from ..pipeline import default_out_dir
-    from ..recipe import recipe_identity
     from ..targets import get_target
 
     started = time.monotonic()
@@ -714,7 +729,7 @@ def export_llm(spec: LLMSpec, target: str, scheme: "str | Recipe | RecipeChain |
         chain.check_handlers("llm")
         check_llm_options(options)
         limits = Thresholds.for_scheme(chain, **(thresholds or {}))
-        identity = recipe_identity(spec, tgt, chain, seed=options.seed, vectors=options.vectors)
+        identity = llm_recipe_identity(spec, tgt, chain, max_context=max_context, options=options)
         plan = _plan(chain)
     out = Path(out_dir) if out_dir is not None else default_out_dir(spec.name, tgt.name, chain.spec)
     with artifact_dir(out, options.overwrite) as tmp:

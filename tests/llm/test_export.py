@@ -68,6 +68,32 @@ def test_max_context_is_refused_for_a_model_that_is_not_an_llm(tmp_path):
 
 
 @pytest.mark.slow
+def test_bench_finds_an_llm_export_by_the_hash_the_export_writes(tiny_gguf, tmp_path):
+    # bench keys its artifact cache by the recipe identity and checks a finished export against it; an LLM's
+    # export adds its GGUF's hash and max context, which bench did not: every LLM cell failed after exporting
+    # (and its artifact was removed as foreign)
+    import shutil
+
+    from edgerun.profiling import _cached, ensure_artifact, export_job  # noqa: PLC2701 - bench's cache check
+
+    job = export_job(str(tiny_gguf), "host", "fp32")
+    path = ensure_artifact(str(tiny_gguf), "host", "fp32")
+    m = read_manifest(path)
+    assert path == job.path and m.ok and m.recipe_hash == job.recipe_hash and _cached(job)
+    assert m.recipe.model["gguf_sha256"] and m.recipe.model["max_context"] == m.llm.max_context
+    stamp = (path / "manifest.json").stat().st_mtime_ns
+    assert ensure_artifact(str(tiny_gguf), "host", "fp32") == path
+    assert (path / "manifest.json").stat().st_mtime_ns == stamp          # reused, not exported again
+    # the same GGUF path with other bytes is another program
+    gguf = tmp_path / "tiny.gguf"
+    shutil.copy(tiny_gguf, gguf)
+    before = export_job(str(gguf), "host", "fp32").recipe_hash
+    data = bytearray(gguf.read_bytes())
+    data[-1] ^= 1
+    gguf.write_bytes(bytes(data))
+    assert export_job(str(gguf), "host", "fp32").recipe_hash != before
+
+
 def test_fp32_export_of_the_tiny_gguf_matches_eager(tiny_fp32):
     m = read_manifest(tiny_fp32)  # exported once per session by the fixture (max context 48)
     assert m.ok, m.verification.failures
