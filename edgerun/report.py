@@ -697,16 +697,107 @@ def size_references(records: Sequence[RunRecord]) -> dict[tuple[str, str], RunRe
     return refs
 
 
-def recommend(records: Sequence[RunRecord], target_size: float) -> list[dict[str, Any]]:
+#: the default quality budget of :func:`recommend`, per measure: task accuracy may drop at most this much
+#: (absolute: 0.02 is 2 points), an LLM's perplexity on the device may rise at most this fraction (15 %).
+#: SNR against eager has none (see :func:`recommend`).
+DEFAULT_QUALITY_LOSS = {"task accuracy": 0.02, "perplexity": 0.15}
+_MEASURES = ("task accuracy", "perplexity", "min SNR (dB)")
+
+
+def _quality_in(r: RunRecord, measure: str) -> float | None:
+    """A run's quality in one measure (:func:`quality_of`'s labels), None when not measured."""
+    row = flat_row(r)
+    if measure == "task accuracy":
+        return row.get("task_accuracy")
+    if measure == "perplexity":
+        return row.get("perplexity")
+    snr = row.get("min_snr_db")
+    return None if snr is None else (min(snr, 100.0) if math.isfinite(snr) else 100.0)
+
+
+def _quality_value_text(measure: str, value: float) -> str:
+    return f"{value:.2%}" if measure == "task accuracy" else f"{value:.4g}"
+
+
+def quality_budget(runs: Sequence[RunRecord], references: Sequence[RunRecord],
+                   max_quality_loss: float | None = None) -> dict[str, Any] | None:
+    """The quality budget of one model's runs on one device: the measure (the first of task accuracy,
+    perplexity, SNR that any run has), the reference value (the best of the size references' values in that
+    measure, else the best of ``runs``) and the limit a run must reach (``>=`` for task accuracy, ``<=`` for
+    perplexity). None when no run has a quality measure. SNR against eager gets no budget (``limit`` None):
+    it measures numerical fidelity to the fp32 model, not task quality, the fp32 reference's is unbounded
+    (capped at 100 dB), and a fixed dB floor that is right for one model is wrong for the next."""
+    measure = next((m for m in _MEASURES if any(_quality_in(r, m) is not None for r in runs)), None)
+    if measure is None:
+        return None
+    higher = measure != "perplexity"
+    pick = max if higher else min
+    ref_values = [v for v in (_quality_in(r, measure) for r in references) if v is not None]
+    values = [v for v in (_quality_in(r, measure) for r in runs) if v is not None]
+    reference, of = (pick(ref_values), "size reference") if ref_values else (pick(values), "best run")
+    budget: dict[str, Any] = {"measure": measure, "reference": reference, "reference_of": of,
+                              "max_loss": None, "limit": None}
+    if measure == "min SNR (dB)":
+        budget["note"] = "no budget for SNR against eager (numerical fidelity, not task quality)"
+        return budget
+    loss = DEFAULT_QUALITY_LOSS[measure] if max_quality_loss is None else max_quality_loss
+    budget["max_loss"] = loss
+    budget["limit"] = reference - loss if higher else reference * (1.0 + loss)
+    return budget
+
+
+def _within_budget(r: RunRecord, budget: dict[str, Any] | None) -> bool | None:
+    """True/False: within/over the budget; None: no quality measured while the group has one."""
+    if budget is None:
+        return True
+    value = _quality_in(r, budget["measure"])
+    if value is None:
+        return None
+    if budget["limit"] is None:
+        return True
+    return value >= budget["limit"] if budget["measure"] != "perplexity" else value <= budget["limit"]
+
+
+def budget_text(budget: dict[str, Any]) -> str:
+    """A quality budget in words: ``task accuracy >= 96.10% (at most 2 points below the fp32 reference's
+    98.10%)``."""
+    m, ref, limit, loss = budget["measure"], budget["reference"], budget["limit"], budget["max_loss"]
+    of = "the reference's" if budget["reference_of"] == "size reference" else "the best run's"
+    if limit is None:
+        return f"{m} measured ({budget.get('note', 'no limit')})"
+    if m == "task accuracy":
+        return (f"task accuracy >= {limit:.2%} (at most {loss * 100:g} point(s) below {of} "
+                f"{ref:.2%})")
+    return f"perplexity <= {limit:.4g} (at most {loss:.0%} above {of} {ref:.4g})"
+
+
+def recommend(records: Sequence[RunRecord], target_size: float,
+              max_quality_loss: float | None = None) -> list[dict[str, Any]]:
     """For each device (one device, one source, one LLM test: :func:`pareto_groups`) and model: the fastest
     run (then the most accurate) whose .pte is at most ``target_size`` times its reference's
-    (:func:`size_references`: the fp32 run of the same model and target, else the largest). "Fastest" is
-    read from the samples, not the medians alone: the runs whose median's 95 % CI reaches the fastest
-    one's (``equally_fast``) are a tie, and the most accurate of them is chosen (then the faster, then the
-    smaller). Emulated groups are recommended apart and say so: their speed is not the board's."""
+    (:func:`size_references`: the fp32 run of the same model and target, else the largest) *and* whose
+    quality is within a budget of the reference's (:func:`quality_budget`). "Fastest" is read from the
+    samples, not the medians alone: the runs whose median's 95 % CI reaches the fastest one's
+    (``equally_fast``) are a tie, and the most accurate of them is chosen (then the faster, then the
+    smaller). Emulated groups are recommended apart and say so: their speed is not the board's.
+
+    The quality budget is relative to the quality of the size reference (else, when it has none, the
+    best run of the group), in the measure :func:`quality_of` reads: task accuracy may drop at most
+    ``max_quality_loss`` absolute (default 0.02: 2 points), an LLM's perplexity on the device may rise at
+    most ``max_quality_loss`` relative (default 0.15: 15 %); SNR-only groups get no budget (a relative
+    drop from the fp32 reference's unbounded SNR means nothing). A run over the budget is not a candidate,
+    nor is a run with no quality measured when the group has a measure (unknown quality cannot be
+    recommended); their ids are ``excluded_for_quality`` (those unmeasured also ``unknown_quality``), the
+    budget is ``quality_budget``. When runs fit the size but none the budget, ``reason`` names the fastest
+    of them and its quality against the budget."""
     if not (isinstance(target_size, (int, float)) and target_size > 0 and math.isfinite(target_size)):
         raise UsageError(f"--target-size is a fraction of the largest (fp32) program's size, e.g. 0.6; got "
                          f"{target_size!r}.")
+    if max_quality_loss is not None and not (isinstance(max_quality_loss, (int, float))
+                                             and not isinstance(max_quality_loss, bool)
+                                             and max_quality_loss >= 0 and math.isfinite(max_quality_loss)):
+        raise UsageError(f"--max-quality-loss is a finite number >= 0 (0.02: task accuracy may drop 2 points; "
+                         f"for an LLM, perplexity may rise 2 %); got {max_quality_loss!r}.")
     refs = size_references(records)
     out = []
     for (device, source), group in pareto_groups(records).items():
@@ -715,22 +806,39 @@ def recommend(records: Sequence[RunRecord], target_size: float) -> list[dict[str
                     and (r.model.name, str(r.model.target)) in refs]
             fits = [r for r in runs
                     if r.memory.pte_bytes <= target_size * refs[(model, str(r.model.target))].memory.pte_bytes]
+            own_refs = {refs[(model, str(r.model.target))].run_id: refs[(model, str(r.model.target))] for r in runs}
+            budget = quality_budget(runs, list(own_refs.values()), max_quality_loss) if runs else None
+            verdict = {r.run_id: _within_budget(r, budget) for r in fits}
+            good = [r for r in fits if verdict[r.run_id]]
 
             def key(r: RunRecord) -> tuple:
                 value, _, higher = quality_of(r)
                 q = -math.inf if value is None else (value if higher else -value)
                 return (-q, r.latency.median_ms, r.memory.pte_bytes)
 
-            fastest = min(fits, key=lambda r: r.latency.median_ms) if fits else None
-            tied = [r for r in fits if r.latency.ci95_low_ms <= fastest.latency.ci95_high_ms] if fits else []
+            fastest = min(good, key=lambda r: r.latency.median_ms) if good else None
+            tied = [r for r in good if r.latency.ci95_low_ms <= fastest.latency.ci95_high_ms] if good else []
             best = min(tied, key=key) if tied else None
             item: dict[str, Any] = {"device": device, "source": source, "model": model, "target_size": target_size,
-                                    "candidates": len(runs), "within": len(fits), "recommended": None}
+                                    "candidates": len(runs), "within": len(fits), "within_budget": len(good),
+                                    "quality_budget": budget,
+                                    "excluded_for_quality": [r.run_id for r in fits if not verdict[r.run_id]],
+                                    "unknown_quality": [r.run_id for r in fits if verdict[r.run_id] is None],
+                                    "recommended": None}
             if source == EMULATED:
                 item["note"] = "EMULATED: the speed is the emulator's, not the board's"
             elif source == ESTIMATED:
                 item["note"] = "ESTIMATED: the speed is a compiler's cycle model, not a run"
-            if best is None:
+            if best is None and fits:
+                lost = min(fits, key=lambda r: r.latency.median_ms)
+                value = _quality_in(lost, budget["measure"])
+                has = (f"has no {budget['measure']} measured (unknown quality cannot be recommended)"
+                       if value is None else
+                       f"has {budget['measure']} {_quality_value_text(budget['measure'], value)}")
+                item["reason"] = (f"{len(fits)} run(s) of {model} on {device} are within {target_size:g}x its "
+                                  f"reference size but none within the quality budget, {budget_text(budget)}; "
+                                  f"the fastest of them, {lost.model.scheme} ({lost.run_id}), {has}")
+            elif best is None:
                 smallest = min(runs, key=lambda r: r.memory.pte_bytes, default=None)
                 item["reason"] = (f"no run of {model} on {device} is within {target_size:g}x its reference size"
                                   + (f"; the smallest is {smallest.model.scheme} ({smallest.run_id}), "
@@ -756,20 +864,28 @@ def _ratio(r: RunRecord, refs: dict) -> float:
 
 
 def recommendation_text(item: dict[str, Any]) -> str:
-    """One sentence of :func:`recommend`'s answer for one device."""
+    """One sentence of :func:`recommend`'s answer for one device; it names the quality budget when the
+    budget excluded a run."""
     where = f"{item['model']} on {item['device']}" + (f" ({item['source'].upper()})" if item["source"] != MEASURED
                                                       else "")
     best = item["recommended"]
+    excluded = item.get("excluded_for_quality") or []
     if best is None:
-        return f"{where}: nothing fits --target-size {item['target_size']:g}: {item['reason']}."
+        return (f"{where}: nothing fits --target-size {item['target_size']:g}"
+                + (" and the quality budget" if excluded else "") + f": {item['reason']}.")
     ref = item["reference"]
     quality = "" if best["quality"] is None else (
         f", {best['quality_measure']} " + (f"{best['quality']:.2%}" if best["quality_measure"] == "task accuracy"
                                            else f"{best['quality']:.4g}"))
     of = "the fp32 cell" if ref["why"] == "fp32" else f"the largest cell ({ref['recipe']})"
+    budget = "" if not excluded else (
+        f" and the quality budget ({budget_text(item['quality_budget'])}; excluded: {', '.join(excluded)}"
+        + (f", of which no quality measured: {', '.join(item['unknown_quality'])}" if item.get("unknown_quality")
+           else "") + ")")
+    n = item.get("within_budget", item["within"]) if excluded else item["within"]
     return (f"{where}: {best['recipe']} ({best['run_id']}) -- {best['size_ratio']:.2f}x the size of {of}, "
-            f"median {best['median_ms']:.4g} ms{quality}; of {item['within']} run(s) within "
-            f"{item['target_size']:g}x, "
+            f"median {best['median_ms']:.4g} ms{quality}; of {n} run(s) within "
+            f"{item['target_size']:g}x{budget}, "
             + ("the fastest" if len(item["equally_fast"]) == 1 else
                f"the most accurate of the {len(item['equally_fast'])} whose latency 95 % CIs reach the fastest's")
             + (f". {item['note']}" if item.get("note") else ""))

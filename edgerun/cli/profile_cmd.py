@@ -205,7 +205,16 @@ def register(app: typer.Typer) -> None:
         target_size: Annotated[Optional[float], typer.Option(
             "--target-size", parser=opt.real(0.0, 1000.0, lo_open=True),
             help="Recommend, per device, the fastest (then most accurate) cell whose .pte is at most this fraction "
-                 "of the sweep's fp32 (else largest) cell of the same model, e.g. 0.6.")] = None,
+                 "of the sweep's fp32 (else largest) cell of the same model, e.g. 0.6, and whose quality is "
+                 "within --max-quality-loss of that cell's.")] = None,
+        max_quality_loss: Annotated[Optional[float], typer.Option(
+            "--max-quality-loss", parser=opt.real(0.0, 1000.0, what="--max-quality-loss"),
+            help="With --target-size: how much quality a recommended cell may lose against the fp32 (else "
+                 "largest) cell of the same model; cells over it (or with no quality measured) are not "
+                 "recommended. One number, read per measure: for task accuracy the absolute drop as a "
+                 "fraction (0.02 = 2 points, the default), for an LLM the relative rise of perplexity on "
+                 "the device (0.15 = 15 %, the default). Models measured only by SNR against eager get no "
+                 "budget.")] = None,
         devices: Annotated[str, typer.Option(help="Comma-separated device names or URIs.")] = "local://",
         warmup: Annotated[int, typer.Option(parser=opt.warmup, help="Untimed warm-up iterations per run.")] = 3,
         iterations: Annotated[int, typer.Option(parser=opt.iterations, help="Timed iterations per run.")] = 30,
@@ -236,6 +245,10 @@ def register(app: typer.Typer) -> None:
 
         def work() -> dict:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            if max_quality_loss is not None and target_size is None:
+                raise UsageError("--max-quality-loss is a budget of what --target-size recommends, so it needs "
+                                 "--target-size.", hint="Add --target-size 0.6 (say), or drop --max-quality-loss.")
 
             from edgerun.profiling import bench, parse_threads
             from edgerun.report import render
@@ -289,7 +302,7 @@ def register(app: typer.Typer) -> None:
             if target_size is not None:
                 from edgerun.report import recommend
 
-                summary["recommendation"] = recommend(records, target_size)
+                summary["recommendation"] = recommend(records, target_size, max_quality_loss)
             if records:
                 path = report or Path(f"bench-{summary['sweep_id']}.html")
                 path.write_text(render(records, "html", title=f"edgerun bench: {model}", pareto=True), encoding="utf-8")

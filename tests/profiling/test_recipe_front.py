@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from edgerun.core.artifact import read_manifest
-from edgerun.report import pareto_fronts, quality_of, recommend
+from edgerun.report import pareto_fronts, quality_of, recommend, recommendation_text
 from edgerun.store import Store
 
 FACTORIES = Path(__file__).resolve().parents[1] / "export"
@@ -139,11 +139,13 @@ def test_recipes_and_schemes_together_are_refused(tmp_path, edgerun_home):
 def test_runs_whose_latency_cannot_be_told_apart_are_chosen_between_by_quality(sweep):
     a, b = sweep.records
     # the same samples' statistics for both (a tie by construction), both within the bound: quality decides
+    # (both within the default quality budget of the reference's 0.9, so both are candidates)
     b_like_a = dataclasses.replace(b, latency=a.latency, memory=dataclasses.replace(b.memory, pte_bytes=1),
                                    accuracy=dataclasses.replace(b.accuracy, task_accuracy=0.9))
     a_small = dataclasses.replace(a, memory=dataclasses.replace(a.memory, pte_bytes=1),
-                                  accuracy=dataclasses.replace(a.accuracy, task_accuracy=0.8))
-    ref = dataclasses.replace(a, run_id="ref", memory=dataclasses.replace(a.memory, pte_bytes=100))
+                                  accuracy=dataclasses.replace(a.accuracy, task_accuracy=0.89))
+    ref = dataclasses.replace(a, run_id="ref", memory=dataclasses.replace(a.memory, pte_bytes=100),
+                              accuracy=dataclasses.replace(a.accuracy, task_accuracy=0.9))
     [item] = recommend([ref, a_small, b_like_a], 0.5)
     assert sorted(item["equally_fast"]) == sorted([a.run_id, b.run_id])
     assert item["recommended"]["run_id"] == b.run_id and item["recommended"]["quality"] == 0.9
@@ -166,3 +168,84 @@ def test_llm_score_runs_are_fronted_and_recommended_by_perplexity(sweep):
     rows = frontier_rows(runs)
     assert [r[4] for r in rows] == ["r-fast-bad", "r-slow-good"] and rows[1][-1] == "perplexity 12.000"
     assert plot_pareto(runs)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _cell(rec, run_id, *, size, median, accuracy=None, ppl=None, llm=False):
+    """A copy of a stored run with its own id, size, latency (a tight CI around ``median``) and quality."""
+    from edgerun.runtime.record import LLMMetrics
+
+    lat = dataclasses.replace(rec.latency, median_ms=median, ci95_low_ms=median * 0.99, ci95_high_ms=median * 1.01)
+    return dataclasses.replace(
+        rec, run_id=run_id, latency=lat, memory=dataclasses.replace(rec.memory, pte_bytes=size),
+        accuracy=None if llm or accuracy is None else dataclasses.replace(rec.accuracy, task_accuracy=accuracy),
+        llm=LLMMetrics(test="score", perplexity=ppl) if llm else rec.llm)
+
+
+def _digits_like(sweep):
+    """The measured case of the issue: a pruned+int8 cell that is faster than its distilled twin but lost
+    the task (11 % against 98 %)."""
+    a = sweep.records[0]
+    return [_cell(a, "r-ref", size=100, median=1.0, accuracy=0.981),
+            _cell(a, "r-broken", size=30, median=0.226, accuracy=0.111),
+            _cell(a, "r-distilled", size=30, median=0.238, accuracy=0.981)]
+
+
+def test_a_fastest_cell_that_lost_its_accuracy_is_not_recommended(sweep):
+    [item] = recommend(_digits_like(sweep), TARGET_SIZE)
+    assert item["recommended"]["run_id"] == "r-distilled" and item["equally_fast"] == ["r-distilled"]
+    assert item["excluded_for_quality"] == ["r-broken"] and item["unknown_quality"] == []
+    budget = item["quality_budget"]
+    assert budget["measure"] == "task accuracy" and budget["reference"] == pytest.approx(0.981)
+    assert budget["limit"] == pytest.approx(0.961) and item["within"] == 2 and item["within_budget"] == 1
+    text = recommendation_text(item)
+    assert "quality budget (task accuracy >= 96.10%" in text and "excluded: r-broken" in text, text
+
+
+def test_a_wider_quality_budget_lets_the_fastest_back_in(sweep):
+    [item] = recommend(_digits_like(sweep), TARGET_SIZE, max_quality_loss=0.9)
+    assert item["recommended"]["run_id"] == "r-broken" and item["excluded_for_quality"] == []
+    assert item["quality_budget"]["limit"] == pytest.approx(0.081)
+    assert "quality budget" not in recommendation_text(item)         # named only when it excluded a run
+    with pytest.raises(Exception, match="max-quality-loss"):
+        recommend(_digits_like(sweep), TARGET_SIZE, max_quality_loss=-0.1)
+
+
+def test_a_run_of_unknown_quality_is_not_recommended(sweep):
+    a = sweep.records[0]
+    runs = [*_digits_like(sweep)[::2], _cell(a, "r-unmeasured", size=30, median=0.1)]
+    runs[-1] = dataclasses.replace(runs[-1], accuracy=None)
+    [item] = recommend(runs, TARGET_SIZE)
+    assert item["recommended"]["run_id"] == "r-distilled"
+    assert item["excluded_for_quality"] == item["unknown_quality"] == ["r-unmeasured"]
+    assert "of which no quality measured: r-unmeasured" in recommendation_text(item)
+
+
+def test_nothing_within_size_and_budget_names_what_the_budget_excluded(sweep):
+    runs = _digits_like(sweep)[:2]                                      # the distilled cell is not there
+    [item] = recommend(runs, TARGET_SIZE)
+    assert item["recommended"] is None and item["excluded_for_quality"] == ["r-broken"]
+    assert "r-broken" in item["reason"] and "11.10%" in item["reason"] and "96.10%" in item["reason"], item["reason"]
+    assert recommendation_text(item).startswith(f"{item['model']} on {item['device']}: nothing fits "
+                                                f"--target-size {TARGET_SIZE:g} and the quality budget")
+
+
+def test_an_llm_is_budgeted_by_its_perplexity_on_the_device(sweep):
+    a = sweep.records[0]
+    runs = [_cell(a, "r-fp32", size=100, median=10.0, ppl=10.0, llm=True),
+            _cell(a, "r-q4", size=30, median=4.0, ppl=12.0, llm=True),     # +20 %: over the default 15 %
+            _cell(a, "r-q8", size=50, median=6.0, ppl=11.0, llm=True)]     # +10 %
+    [item] = recommend(runs, TARGET_SIZE)
+    assert item["device"].endswith("score") and item["quality_budget"]["measure"] == "perplexity"
+    assert item["quality_budget"]["limit"] == pytest.approx(11.5)
+    assert item["recommended"]["run_id"] == "r-q8" and item["excluded_for_quality"] == ["r-q4"]
+    assert "perplexity <= 11.5" in recommendation_text(item)
+    [wide] = recommend(runs, TARGET_SIZE, max_quality_loss=0.25)
+    assert wide["recommended"]["run_id"] == "r-q4"
+
+
+def test_max_quality_loss_needs_target_size(tmp_path, edgerun_home):
+    p = _cli("bench", "factories:tiny", "--recipes", "int8", "--max-quality-loss", "0.05",
+             "--store", str(tmp_path / "s"), "--json",
+             env={"EDGERUN_HOME": str(edgerun_home), "PYTHONPATH": str(FACTORIES)})
+    assert p.returncode == 2 and "needs --target-size" in p.stdout + p.stderr, p.stdout + p.stderr
+    assert not (tmp_path / "s").exists()
