@@ -232,14 +232,14 @@ def test_the_llm_export_gives_distill_its_teacher_and_the_two_texts(tiny_llm_ggu
     is what every other LLM export test checks): the teacher is the model before lowrank, the calibration windows
     are the calibration text and the held-out ones the text perplexity is scored on, and the step's eager
     perplexity equals the one the export measures after the last transform."""
-    from edgerun.export import ExportOptions, get_model, get_target, recipe_identity
-    from edgerun.export.llm.export import _plan
+    from edgerun.export import ExportOptions, get_model, get_target
+    from edgerun.export.llm.export import _plan, llm_recipe_identity
     from edgerun.export.stages import Progress, Work
 
     spec, target = get_model(str(tiny_llm_gguf)), get_target("host")
     chain = parse_recipe("lowrank:ratio=0.25+distill:steps=30:lr=0.003:batch=4:seq_len=32")
     w = Work(spec=spec, target=target, chain=chain, options=ExportOptions(), limits=None, tmp=None, progress=Progress(),
-             identity=recipe_identity(spec, target, chain), max_context=48, step_facts={})
+             identity=llm_recipe_identity(spec, target, chain, max_context=48), max_context=48, step_facts={})
     stages = [s for s in _plan(chain).stages if s.name in ("load model", "reference", "factorize", "distill")]
     for st in stages:
         st.run(w)
