@@ -389,13 +389,21 @@ def bench(model: str, targets: Sequence[str], schemes: Sequence[str], devices: S
         out: list = []
         for c in runnable(name):
             one = dataclasses.replace(settings, threads=(c.threads,))
+            counted = False   # an LLM cell is two runs (forward, held-out score): one finished cell
             for r in profile_on_device(exported[(c.target, c.recipe)], dev, one, store_path=store.path,
                                        sweep_id=sweep, cell_of=lambda _t, c=c: c, on_progress=on_progress):
                 if isinstance(r, CellFailure):
                     r.cell = r.cell or c
                 else:
                     done[c.key] = r.run_id
-                    report(c.key, f"{r.run_id}: median {r.latency.median_ms:.3f} ms")
+                    what = (f"{r.run_id}: perplexity {r.llm.perplexity:.4g} on the device"
+                            if r.llm is not None and r.llm.perplexity is not None
+                            else f"{r.run_id}: median {r.latency.median_ms:.3f} ms")
+                    if not counted:
+                        report(c.key, what)
+                        counted = True
+                    elif on_progress:
+                        on_progress(f"{c.key}: {what}")
                 out.append(r)
         return out
 

@@ -94,6 +94,24 @@ def test_bench_finds_an_llm_export_by_the_hash_the_export_writes(tiny_gguf, tmp_
     assert export_job(str(gguf), "host", "fp32").recipe_hash != before
 
 
+def test_bench_on_an_llm_is_one_cell_with_its_held_out_score(tiny_gguf, runner_bundle, tmp_path):
+    # bench end to end on a GGUF (its export is the one test_bench_finds_an_llm_export_... cached): one cell, counted
+    # once, whose records are the forward run and the held-out score run with the device's perplexity
+    from edgerun.profiling import ProfileSettings, bench
+    from edgerun.store import Store
+
+    runner_bundle()
+    calls: list[tuple[str, str]] = []
+    settings = ProfileSettings(warmup=1, iterations=3, threads=(1,))
+    with Store(tmp_path / "runs.sqlite") as s:
+        summary = bench(str(tiny_gguf), ["host"], ["fp32"], ["local://"], settings, store=s,
+                        on_cell=lambda key, what: calls.append((key, what)))
+        records = [s.get(r) for r in summary["run_ids"]]
+    assert not summary["failures"] and len(calls) == 1, calls
+    score = [r for r in records if r.llm is not None and r.llm.perplexity is not None]
+    assert len(score) == 1 and score[0].llm.perplexity == pytest.approx(score[0].llm.eager_perplexity, rel=1e-3)
+
+
 def test_fp32_export_of_the_tiny_gguf_matches_eager(tiny_fp32):
     m = read_manifest(tiny_fp32)  # exported once per session by the fixture (max context 48)
     assert m.ok, m.verification.failures
