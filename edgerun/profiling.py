@@ -262,19 +262,10 @@ def artifact_cache_dir(model: str, target: str, recipe: str, options=None) -> Pa
 
 def export_job(model: str, target: str, recipe: str, options=None) -> ExportJob:
     """The export of one (target, recipe) of a sweep: where its artifact goes and the recipe hash it must carry."""
-    from edgerun.export import ExportOptions, get_model, get_target, parse_recipe
-    from edgerun.export.recipe import recipe_identity
+    from edgerun.export import export_identity, get_model, get_target, parse_recipe
 
-    options = options or ExportOptions()
     chain = parse_recipe(recipe)
-    spec = get_model(model)
-    if spec.task == "llm":   # what an LLM export writes: its GGUF's hash and max context too (the default's here)
-        from edgerun.export.llm.export import llm_recipe_identity
-
-        identity = llm_recipe_identity(spec, get_target(target), chain, options=options)
-    else:
-        identity = recipe_identity(spec, get_target(target), chain,
-                                   calibration=options.calibration, seed=options.seed, vectors=options.vectors)
+    identity = export_identity(get_model(model), get_target(target), chain, options)
     safe = lambda text: re.sub(r"[^A-Za-z0-9_.=+-]+", "_", text).strip("_")[:80]  # noqa: E731
     path = artifacts_dir() / f"{safe(model)}-{target}-{safe(chain.spec)}-{identity.hash[:12]}"
     return ExportJob(model=model, target=target, recipe=recipe, path=path, recipe_hash=identity.hash)

@@ -875,8 +875,7 @@ def recommendation_text(item: dict[str, Any]) -> str:
                 + (" and the quality budget" if excluded else "") + f": {item['reason']}.")
     ref = item["reference"]
     quality = "" if best["quality"] is None else (
-        f", {best['quality_measure']} " + (f"{best['quality']:.2%}" if best["quality_measure"] == "task accuracy"
-                                           else f"{best['quality']:.4g}"))
+        f", {best['quality_measure']} {_quality_value_text(best['quality_measure'], best['quality'])}")
     of = "the fp32 cell" if ref["why"] == "fp32" else f"the largest cell ({ref['recipe']})"
     budget = "" if not excluded else (
         f" and the quality budget ({budget_text(item['quality_budget'])}; excluded: {', '.join(excluded)}"

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from .errors import ExportError, VerificationFailed
-from edgerun.core.artifact import MANIFEST_NAME, SCHEMA_VERSION, Manifest, Thresholds, read_manifest
+from edgerun.core.artifact import MANIFEST_NAME, SCHEMA_VERSION, Manifest, RecipeIdentity, Thresholds, read_manifest
 from .options import ExportOptions
 from .recipe import recipe_identity
 from .recipes import (KINDS, RECIPES, Recipe, RecipeChain, RecipeContext, RecipeResult, Registration, make_recipe,
@@ -60,8 +60,25 @@ def export_model(model, *args, max_context: int | None = None, **kwargs) -> Mani
     return _export_model(model, *args, **kwargs)
 
 
-__all__ = ["export_model", "read_manifest", "Manifest", "ExportError", "VerificationFailed", "MANIFEST_NAME",
-           "SCHEMA_VERSION", "ExportOptions", "Thresholds", "recipe_identity",
+def export_identity(spec: ModelSpec, target: Target, recipe, options: ExportOptions | None = None,
+                    max_context: int | None = None) -> RecipeIdentity:
+    """The recipe identity :func:`export_model` will write for ``spec`` (dispatched the same way: an LLM's
+    adds its GGUF's hash and max context), computed before any work -- what caches of exports key on."""
+    options = options or ExportOptions()
+    if _is_llm(spec):
+        from .llm.export import llm_recipe_identity
+
+        return llm_recipe_identity(spec, target, recipe, max_context=max_context, options=options)
+    if max_context is not None:
+        from edgerun.core.errors import UsageError
+
+        raise UsageError(f"--max-context applies to LLMs only; {spec.name!r} is not one.")
+    return recipe_identity(spec, target, recipe, calibration=options.calibration, seed=options.seed,
+                           vectors=options.vectors)
+
+
+__all__ = ["export_model", "export_identity", "read_manifest", "Manifest", "ExportError", "VerificationFailed",
+           "MANIFEST_NAME", "SCHEMA_VERSION", "ExportOptions", "Thresholds", "recipe_identity",
            "KINDS", "RECIPES", "Recipe", "RecipeChain", "RecipeContext", "RecipeResult", "Registration",
            "make_recipe", "parse_recipe", "recipe_handler", "register_recipe", "unregister_recipe",
            "SCHEMES", "Scheme", "make_scheme",

@@ -24,7 +24,7 @@ from torch import nn
 
 RECIPE = {"arch": "cnn-16-32", "epochs": 40, "batch": 64, "lr": 3e-3, "seed": 0, "test_fraction": 0.2, "v": 1}
 MOBILENET_RECIPE = {"arch": "torchvision-mobilenet_v2-w1.0-in1-stem-s1", "size": 32, "epochs": 12, "batch": 64,
-                    "lr": 2e-3, "seed": 0, "test_fraction": 0.2, "v": 1}
+                    "lr": 2e-3, "schedule": "one-cycle", "seed": 0, "test_fraction": 0.2, "v": 1}
 
 
 class DigitsCNN(nn.Module):
@@ -71,7 +71,8 @@ def _train(model: nn.Module, split, recipe: dict[str, Any]) -> nn.Module:
     x, y = split["train"]
     opt = torch.optim.Adam(model.parameters(), lr=recipe["lr"])
     steps = recipe["epochs"] * -(-len(x) // recipe["batch"])
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, recipe["lr"], total_steps=steps) if "size" in recipe else None
+    one_cycle = recipe.get("schedule") == "one-cycle"   # else a constant rate (digits_cnn's recipe names none)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, recipe["lr"], total_steps=steps) if one_cycle else None
     gen = torch.Generator().manual_seed(recipe["seed"])
     model.train()
     for _ in range(recipe["epochs"]):
