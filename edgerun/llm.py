@@ -252,6 +252,11 @@ def generate(artifact: str | Path | Manifest, device_name: str, prompt: str, set
     return record, ids
 
 
+#: kept in a profiled bench-llm record: its tokens/s are not comparable with an unprofiled run's
+PROFILED_WARNING = ("profiled (--profile): the runner recorded an ETDump event per operator and delegate call, "
+                    "so these tokens/s include the tracing's overhead; compare speed with runs without --profile")
+
+
 @dataclasses.dataclass(frozen=True)
 class BenchLLMSettings:
     prompts: tuple[int, ...] = (64,)
@@ -262,6 +267,7 @@ class BenchLLMSettings:
     seed: int = 0
     timeout_s: float = 3600.0
     variant: str = "full"
+    profile: bool = False  # an ETDump per test: the record's operator table (a decode step's, for tgN)
 
     def __post_init__(self) -> None:
         if not self.prompts and not self.generate:
@@ -281,7 +287,7 @@ def bench_llm(artifact: str | Path | Manifest, devices: Sequence[str], settings:
         raise UsageError("no device given.", hint="Use --device NAME_OR_URI (e.g. local://).")
     manifest = llm_manifest(artifact)
     manifest.verified_pte()
-    requests = bench_requests(settings.prompts, settings.generate, settings.repetitions)
+    requests = bench_requests(settings.prompts, settings.generate, settings.repetitions, etdump=settings.profile)
     for r in requests:
         r.check(manifest)
     check_store(store_path)
@@ -298,7 +304,8 @@ def bench_llm(artifact: str | Path | Manifest, devices: Sequence[str], settings:
             try:
                 out.append(_run_llm(manifest, dev, req, threads=cell.threads, seed=settings.seed,
                                     warmup=settings.warmup, timeout_s=settings.timeout_s, variant=settings.variant,
-                                    store_path=store_path, sweep_id=sweep_id, cell=cell))
+                                    store_path=store_path, sweep_id=sweep_id, cell=cell,
+                                    warnings=(PROFILED_WARNING,) if settings.profile else ()))
             except RunInterrupted:
                 raise
             except EdgerunError as exc:

@@ -162,13 +162,16 @@ class LLMRequest:
                 "top_k": self.top_k, "top_p": self.top_p, "repeat": self.repeat, "window": self.window}
 
 
-def bench_requests(prompts: Sequence[int], generate: Sequence[int], repeat: int) -> list[LLMRequest]:
+def bench_requests(prompts: Sequence[int], generate: Sequence[int], repeat: int, *,
+                   etdump: bool = False) -> list[LLMRequest]:
     """llama-bench's grid: ``ppP`` (a random prompt of P tokens, its prefill timed) and ``tgN`` (N decode
-    forwards after a one-token prompt, no stop ids), each repeated ``repeat`` times."""
-    out = [LLMRequest(random_prompt=p, max_new_tokens=1, ignore_stop=True, repeat=repeat, test=f"pp{p}")
-           for p in prompts]
-    out += [LLMRequest(random_prompt=1, max_new_tokens=n + 1, ignore_stop=True, repeat=repeat, test=f"tg{n}")
-            for n in generate]
+    forwards after a one-token prompt, no stop ids), each repeated ``repeat`` times. ``etdump``: each test
+    also records an ETDump of its timed forwards -- for ``tgN`` every forward is single-token (the one-token
+    prompt's prefill has a decode step's shapes), so its operator table is a decode step's."""
+    out = [LLMRequest(random_prompt=p, max_new_tokens=1, ignore_stop=True, repeat=repeat, test=f"pp{p}",
+                      etdump=etdump) for p in prompts]
+    out += [LLMRequest(random_prompt=1, max_new_tokens=n + 1, ignore_stop=True, repeat=repeat, test=f"tg{n}",
+                       etdump=etdump) for n in generate]
     return out
 
 

@@ -97,6 +97,30 @@ class OperatorProfile:
     def top(self, n: int = 10) -> tuple[OperatorRow, ...]:
         return self.rows[:n]
 
+    def grouped(self) -> tuple[OperatorRow, ...]:
+        """The top-level rows with the calls of one kind summed: delegate calls whose label differs only in
+        their ordinal (``XnnpackBackend[linear×4+…] #1`` … ``#30``, one per layer of an LLM) become one row,
+        ``count`` = calls per iteration, its time the median over iterations of their summed per-iteration
+        times (so a decode step's split reads per kind of work, not per layer). Slowest first."""
+        groups: "OrderedDict[tuple[str, str], list[OperatorRow]]" = OrderedDict()
+        for r in self.rows:
+            groups.setdefault((_INSTANCE_SUFFIX.sub("", r.name), r.kind), []).append(r)
+        denom = self.op_sum_ms if self.op_sum_ms > 0 else 1.0
+        out = []
+        for (name, _), rows in groups.items():
+            if len(rows) == 1:
+                out.append(rows[0])
+                continue
+            n = min(len(r.samples_ms) for r in rows)
+            series = np.sum([np.asarray(r.samples_ms[:n]) for r in rows], axis=0) if n else None
+            med = float(np.median(series)) if series is not None else sum(r.median_ms for r in rows)
+            first = rows[0]
+            out.append(OperatorRow(name=name, kind=first.kind, delegated=first.delegated, backend=first.backend,
+                                   count=sum(r.count for r in rows), median_ms=med, share=med / denom,
+                                   op_types=first.op_types,
+                                   samples_ms=tuple(float(v) for v in series) if series is not None else ()))
+        return tuple(sorted(out, key=lambda r: r.median_ms, reverse=True))
+
     def to_dict(self) -> dict:
         return {
             "rows": [r.to_dict() for r in self.rows],

@@ -52,8 +52,36 @@ def bench_rows(records) -> list[dict]:
                      "repetitions": m.repetitions, "ttft_ms": m.ttft_ms, "peak_rss_bytes": r.memory.peak_rss_bytes,
                      "kv_cache_bytes": m.kv_cache_bytes,
                      # the pool was chosen by the runner's --threads auto trial (provenance.threads_auto)
-                     "threads_auto": r.provenance.threads_auto is not None})
+                     "threads_auto": r.provenance.threads_auto is not None,
+                     "operators": operator_split(r) if r.operators is not None else None})
     return rows
+
+
+def operator_split(record, top: int = 8) -> dict:
+    """Where one forward of a profiled test goes (a decode step's for ``tgN``): the operator table with a
+    kind of delegate call summed over its calls (one per layer) -- the top rows, the rest as one figure."""
+    ops = record.operators
+    rows = ops.grouped()
+    shown = [{"name": o.name, "delegated": o.delegated, "backend": o.backend, "calls": o.count,
+              "median_ms": o.median_ms, "share": o.share} for o in rows[:top]]
+    rest = sum(o.median_ms for o in rows[top:])
+    return {"rows": shown, "others_ms": rest, "others": len(rows) - len(shown), "op_sum_ms": ops.op_sum_ms,
+            "coverage": ops.coverage, "iterations": ops.iterations}
+
+
+def _split_text(row: dict) -> str:
+    split = row["operators"]
+    cov = f", {split['coverage']:.0%} of the runner's time" if split["coverage"] is not None else ""
+    lines = [f"{row['test']} threads={row['threads']}: one forward {split['op_sum_ms']:.3f} ms over "
+             f"{split['iterations']} forwards{cov} (all rows: edgerun runs show {row['run_id']})"]
+    for o in split["rows"]:
+        where = o["backend"] or "kernel"
+        lines.append(f"  {o['share']:6.1%}  {o['median_ms']:8.3f} ms  {o['calls']:4d}x  "
+                     f"{sanitize_text(o['name'])[:90]} ({sanitize_text(where)})")
+    if split["others"]:
+        lines.append(f"  {split['others_ms'] / split['op_sum_ms'] if split['op_sum_ms'] else 0:6.1%}  "
+                     f"{split['others_ms']:8.3f} ms  {split['others']} other rows")
+    return "\n".join(lines)
 
 
 def _markdown(rows: list[dict]) -> str:
@@ -188,6 +216,10 @@ def register(app: typer.Typer) -> None:
                                             help="Table format: md | csv (--json: JSON).")] = "md",
         timeout: Annotated[float, typer.Option(parser=opt.timeout,
                                                help="Seconds allowed for one test on a device.")] = 3600,
+        profile: Annotated[bool, typer.Option("--profile", help="Also record an ETDump of each test and print "
+                                              "where one forward's time goes (for tgN: a decode step), by "
+                                              "operator and kind of delegate call; its tokens/s include the "
+                                              "tracing.")] = False,
         store: StoreOpt = None,
         inventory: InventoryOpt = None,
         json_out: JsonOpt = False,
@@ -198,7 +230,8 @@ def register(app: typer.Typer) -> None:
         Each test runs with random token ids (no stop tokens), repeated -r times after a warm-up; the
         table gives tokens/s mean ± sd over repetitions from the runner's clock around execute. Every
         test is a stored run: compare two with `edgerun compare`, plot them with `edgerun report`.
-        Devices run concurrently; tests and thread counts in turn on each.
+        Devices run concurrently; tests and thread counts in turn on each. --profile adds the
+        per-operator split of a forward (`edgerun runs show RUN` has every row).
         """
         def work() -> dict:
             from edgerun.llm import BenchLLMSettings, bench_llm
@@ -209,7 +242,7 @@ def register(app: typer.Typer) -> None:
             settings = BenchLLMSettings(prompts=tuple(p for p in _ints(prompts, "-p") if p),
                                         generate=tuple(n for n in _ints(generate, "-n") if n),
                                         repetitions=repetitions, threads=parse_threads(threads), warmup=warmup,
-                                        timeout_s=timeout)
+                                        timeout_s=timeout, profile=profile)
             names = _device_list(device, False, inventory)
             with Store(store) as s:
                 store_path = s.path
@@ -228,6 +261,9 @@ def register(app: typer.Typer) -> None:
 
         def human(r: dict) -> None:
             print(r["table"])
+            for row in r["rows"]:
+                if row.get("operators"):
+                    print("\n" + _split_text(row))
             for f in r["failures"]:
                 err_console.print(f"[bold red]failed[/] on {plain(f['device'])}: {plain(f['error']['message'])}",
                                   soft_wrap=True, highlight=False)

@@ -183,3 +183,39 @@ def test_profile_of_an_llm_artifact_also_scores_its_heldout_text(tiny_fp32, cli)
     m = read_manifest(tiny_fp32)
     assert ppl[0]["llm"]["perplexity"] == pytest.approx(m.llm.quality["perplexity"]["program"], rel=1e-6)
     assert ppl[0]["llm"]["eager_perplexity"] == m.llm.quality["perplexity"]["eager_fp32"]
+
+
+def test_bench_llm_profile_splits_a_decode_step_by_kind_of_work(tiny_fp32, cli, tmp_path):
+    """--profile: each test's record carries the operator table of its forwards -- for tgN every forward is
+    single-token, so the table is a decode step's -- and the split sums a kind of delegate call over its calls
+    (one per layer). The tokens/s of a profiled run are labelled as including the tracing."""
+    from edgerun.llm import PROFILED_WARNING
+    from edgerun.store import Store
+
+    store = tmp_path / "runs.sqlite"
+    res = cli("bench-llm", str(tiny_fp32), "-p", "8", "-n", "4", "-r", "2", "-t", "1", "--profile",
+              "--store", str(store), "--json")
+    assert res.returncode == 0, res.stderr
+    rows = {r["test"]: r for r in json.loads(res.stdout)["rows"]}
+    assert set(rows) == {"pp8", "tg4"}
+    with Store(store) as s:
+        records = {t: s.get(r["run_id"]) for t, r in rows.items()}
+    for test, forwards in (("pp8", 2), ("tg4", 2 * (4 + 1))):  # tgN: the one-token prompt's forward + N steps
+        rec, split = records[test], rows[test]["operators"]
+        assert PROFILED_WARNING in rec.warnings
+        assert rec.operators.iterations == forwards == split["iterations"]
+        grouped = rec.operators.grouped()
+        # every call of a forward is in exactly one group, and the groups' times add up to the forward's
+        assert sum(g.count for g in grouped) == sum(r.count for r in rec.operators.rows)
+        per_forward = np.sum([r.samples_ms for r in rec.operators.rows], axis=0)
+        assert np.sum([g.samples_ms for g in grouped], axis=0) == pytest.approx(per_forward, rel=1e-9)
+        assert len(grouped) <= len(rec.operators.rows)
+        assert [o["name"] for o in split["rows"]] == [g.name for g in grouped[:8]]
+    # a decode step calls the delegate once per partition; grouped, those calls are few rows, not one per call
+    calls = [r for r in records["tg4"].operators.rows if r.kind == "delegate_call"]
+    assert len(calls) > 1 and any(g.count > 1 for g in records["tg4"].operators.grouped())
+    from edgerun.cli.llm_cmd import _split_text
+
+    text = _split_text(rows["tg4"])  # what a person reads under the table
+    assert text.startswith("tg4 threads=1: one forward") and f"edgerun runs show {rows['tg4']['run_id']}" in text
+    assert len(text.splitlines()) == 1 + len(rows["tg4"]["operators"]["rows"]) + bool(rows["tg4"]["operators"]["others"])
