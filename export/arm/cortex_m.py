@@ -3,12 +3,16 @@
 Not a partitioner: the int8 graph (``CortexMQuantizer``) goes through ``to_edge`` with the backend's edge
 config, then ``CortexMPassManager`` for the core (``CortexMTargetConfig(cpu=...)``: the CMSIS-NN variant --
 MVE on M55/M85, DSP on M4/M7) replaces quantized patterns with ``cortex_m::`` operators, and
-``to_executorch`` writes the program. Those operators have no kernels in this host's ExecuTorch runtime,
-so the program cannot run here; the functional check runs the same edge program in PyTorch, where the
-``cortex_m::`` operators are the wheel's host implementations (``backends/cortex_m/ops``, the CMSIS-NN
-arithmetic), against eager fp32. No timing is estimated: there is no cycle model for a Cortex-M here.
-Everything runs in the Arm toolchain environment (the backend imports the Arm quantizer, which needs
-``tosa-tools``).
+``to_executorch`` writes the program. Both run in the backend's explicit-layout mode (the compile option
+``layout=explicit``): the quantizer takes convolutions of ordinary NCHW models (its default mode takes only
+channels-last ones, so an NCHW model's convolutions stayed fp32), and the passes rewrite each quantized
+convolution and pooling to its NHWC ``cortex_m::`` operator with ``cortex_m::transpose`` where the layout
+changes; the program's inputs and outputs keep the model's NCHW shapes. Those operators have no kernels in
+this host's ExecuTorch runtime, so the program cannot run here; the functional check runs the same edge
+program in PyTorch, where the ``cortex_m::`` operators are the wheel's host implementations
+(``backends/cortex_m/ops``, the CMSIS-NN arithmetic), against eager fp32. No timing is estimated: there is
+no cycle model for a Cortex-M here. Everything runs in the Arm toolchain environment (the backend imports the
+Arm quantizer, which needs ``tosa-tools``).
 """
 
 from __future__ import annotations
@@ -29,8 +33,16 @@ CORES = {
 }
 
 
+#: the backend's layout mode, the one flag both :func:`_quantizer` and :func:`_edge` read, and a compile option of
+#: every Cortex-M target (so part of the artifact's identity: programs of the other mode are not reused):
+#: ``CortexMQuantizer(use_explicit_layout=...)`` and ``CortexMPassManager(..., use_explicit_layout=...)``
+LAYOUT = "explicit"
+EXPLICIT_LAYOUT = LAYOUT == "explicit"
+
+
 def _edge(exported, target_name: str, *, etrecord: bool = False):
-    """(edge manager, transformed edge program) of the quantized graph for the core."""
+    """(edge manager, transformed edge program) of the quantized graph for the core, in the layout mode
+    :func:`_quantizer` quantized it for."""
     from executorch.backends.cortex_m.edge_compile_config import cortex_m_edge_compile_config
     from executorch.backends.cortex_m.passes.cortex_m_pass_manager import CortexMPassManager
     from executorch.backends.cortex_m.target_config import CortexM, CortexMTargetConfig
@@ -40,7 +52,27 @@ def _edge(exported, target_name: str, *, etrecord: bool = False):
 
     edge = to_edge(copy.deepcopy(exported), compile_config=cortex_m_edge_compile_config(), generate_etrecord=etrecord)
     core = CortexM[CORES[target_name][0]]
-    program = CortexMPassManager(edge.exported_program(), target_config=CortexMTargetConfig(cpu=core)).transform()
+    manager = CortexMPassManager(edge.exported_program(), target_config=CortexMTargetConfig(cpu=core),
+                                 use_explicit_layout=EXPLICIT_LAYOUT)
+    try:
+        program = manager.transform()
+    except Exception as exc:   # the explicit-layout check: a convolution or pooling it cannot make NHWC
+        cause = str(exc.__cause__ or exc)
+        if not (EXPLICIT_LAYOUT and "NHWC-eligible" in cause):
+            raise
+        import re
+
+        from edgerun.core.errors import ExportError
+
+        op = re.search(r"aten\.(\w+)", cause)
+        raise ExportError(
+            f"the model's {op.group(1) if op else 'convolution or pooling'} cannot be lowered by the Cortex-M "
+            f"backend in the layout mode {target_name} uses: to quantize the convolutions of an NCHW model, "
+            "ExecuTorch's explicit-layout mode rewrites every convolution, average pooling and max pooling to its "
+            "int8 NHWC CMSIS-NN operator, and refuses a graph where one cannot be (a max pooling with ceil_mode "
+            "or dilation, an average pooling with divisor_override, or one it could not quantize).",
+            stage="lower", hint="Use ceil_mode=False and no dilation or divisor_override in the model's pooling "
+                                "(or pad the input instead), or export it for an Ethos-U or CPU target.") from exc
     return edge, program
 
 
@@ -89,7 +121,7 @@ def cortex_m_reference_check(exported, manifest, thresholds: Thresholds) -> Veri
 def _quantizer(scheme):
     from executorch.backends.cortex_m.quantizer.quantizer import CortexMQuantizer
 
-    return CortexMQuantizer()
+    return CortexMQuantizer(use_explicit_layout=EXPLICIT_LAYOUT)
 
 
 def register() -> None:
@@ -101,7 +133,7 @@ def register() -> None:
         register_target(Target(
             name, f"{description}; runs on a board (no runner bundle here), checked functionally on this host",
             arch, name, (), "int8", ("int8",), bundle_variant="none", quantizer="cortex-m", toolchain="arm",
-            compile_options=(("cpu", core),), functional_check="cortex-m-reference", llm=False,
+            compile_options=(("cpu", core), ("layout", LAYOUT)), functional_check="cortex-m-reference", llm=False,
             lowering="cortex-m"))
 
 

@@ -29,12 +29,16 @@ def u55_tiny(arm_toolchain, tmp_path_factory):
     return m, stages
 
 
+#: an NCHW model with an ordinary, a depthwise and a pointwise convolution (tests/export/arm_factories.py)
+M55_MODEL = "arm_factories:tiny_separable"
+
+
 @pytest.fixture(scope="module")
 def m55_tiny(arm_toolchain, tmp_path_factory):
     from edgerun.export import ExportOptions, export_model
 
     # default options: bench's cache (the same recipe identity) can hold a copy of it
-    return export_model("factories:tiny_pooled", "cortex-m55", "int8", tmp_path_factory.mktemp("arm") / "tiny-m55",
+    return export_model(M55_MODEL, "cortex-m55", "int8", tmp_path_factory.mktemp("arm") / "tiny-m55",
                         options=ExportOptions())
 
 
@@ -254,30 +258,59 @@ def test_bench_on_a_cortex_m_estimate_device_reports_the_memory_fit_and_stores_n
     from edgerun.profiling import ProfileSettings, artifact_cache_dir, bench
     from edgerun.store import Store
 
-    shutil.copytree(m55_tiny.dir, artifact_cache_dir("factories:tiny_pooled", "cortex-m55", "int8"))
+    shutil.copytree(m55_tiny.dir, artifact_cache_dir(M55_MODEL, "cortex-m55", "int8"))
     arena = m55_tiny.planned_memory_bytes
     cells: list[tuple[str, str]] = []
     with Store(tmp_path / "runs.sqlite") as store:
-        summary = bench("factories:tiny_pooled", ["cortex-m55"], ["int8"], [f"estimate://cortex-m55?sram={arena - 1}"],
+        summary = bench(M55_MODEL, ["cortex-m55"], ["int8"], [f"estimate://cortex-m55?sram={arena - 1}"],
                         ProfileSettings(threads=(1,)), store=store, on_cell=lambda k, w: cells.append((k, w)))
         assert list(store.list()) == []   # nothing stored: a fit is not a run
     assert not summary["failures"] and not summary["run_ids"] and not summary["skipped"]
     [fit] = summary["fits"]
     assert fit["fits"] is False and fit["fit"]["sram_needed_bytes"] == arena and fit["timing"] is None
-    assert fit["cell"].startswith("factories:tiny_pooled/cortex-m55/int8/estimate://cortex-m55")
+    assert fit["cell"].startswith(f"{M55_MODEL}/cortex-m55/int8/estimate://cortex-m55")
     assert any("memory fit: does not fit (no timing)" in w for _, w in cells)
 
 
 @pytest.mark.slow   # a second export in the toolchain environment (~30 s, most of it importing the Arm backend)
 def test_a_cortex_m_export_uses_cmsis_nn_operators_and_is_checked_with_the_host_reference_ops(m55_tiny):
+    """An NCHW model's convolutions are int8 CMSIS-NN ones (the backend's explicit-layout mode): no fp32
+    ``aten::convolution`` left, the depthwise one on the depthwise kernel, and the program's input and output
+    keep the model's NCHW shapes and contiguous layout (the layout changes inside, ``cortex_m::transpose``)."""
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
     from edgerun.estimate import estimated_record
 
     m = m55_tiny
     ops = m.operators.non_delegated
-    assert ops.get("cortex_m::quantized_linear.out") == 1 and ops.get("cortex_m::quantized_avg_pool2d.out") == 1
+    assert not [k for k in ops if k.startswith("aten::convolution")], ops
+    assert ops.get("cortex_m::quantized_conv2d_nhwc.out") == 2, ops                 # the 3x3 and the pointwise
+    assert ops.get("cortex_m::quantized_depthwise_conv2d_nhwc.out") == 1, ops       # groups == channels
+    assert ops.get("cortex_m::transpose.out", 0) >= 1, ops
+    assert ops.get("cortex_m::quantized_linear.out") == 1 and ops.get("cortex_m::quantized_avg_pool2d_nhwc.out") == 1
     assert not m.operators.delegated and m.compiler_report is None and m.target.lowering == "cortex-m"
+    assert dict(m.target.compile_options)["layout"] == "explicit"   # in the identity: old programs are not reused
+    program = deserialize_pte_binary((m.dir / "model.pte").read_bytes())
+    plan = getattr(program, "program", program).execution_plan[0]
+    [x], [y] = ([plan.values[i].val for i in ids] for ids in (plan.inputs, plan.outputs))
+    assert list(x.sizes) == list(m.inputs[0].shape) == [1, 3, 8, 8] and list(x.dim_order) == [0, 1, 2, 3]
+    assert list(y.sizes) == [1, 10] and list(y.dim_order) == [0, 1]
     v = m.verification
-    assert v.passed and v.runtime.startswith("functional: the Cortex-M edge program") and "quantized_linear" in v.runtime
-    assert v.outputs[0].snr_db >= v.thresholds.min_snr_db
+    assert v.passed and v.runtime.startswith("functional: the Cortex-M edge program")
+    assert "quantized_depthwise_conv2d_nhwc" in v.runtime and "quantized_conv2d_nhwc" in v.runtime
+    assert v.outputs[0].snr_db >= v.thresholds.min_snr_db and v.outputs[0].cosine >= v.thresholds.min_cosine
     with pytest.raises(UsageError, match="no cycle model"):   # no timing is invented
         estimated_record(m)
+
+
+@pytest.mark.slow   # an export in the toolchain environment
+def test_a_pooling_the_explicit_layout_cannot_take_is_refused_naming_it(arm_toolchain, tmp_path):
+    """A max pooling with ceil_mode has no NHWC CMSIS-NN form; the explicit-layout mode refuses the graph, and the
+    error says which operator and what would work, before anything is written."""
+    from edgerun.core.errors import ExportError
+    from edgerun.export import export_model
+
+    with pytest.raises(ExportError) as e:
+        export_model("arm_factories:tiny_ceil_pool", "cortex-m4", "int8", tmp_path / "out")
+    assert e.value.stage == "lower" and "max_pool2d" in e.value.message and "ceil_mode" in e.value.message
+    assert "ceil_mode=False" in e.value.hint and not (tmp_path / "out").exists()
