@@ -182,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
         log(f"exporting {gguf.name} with edgerun ({args.scheme}); a full model takes 10-25 min")
         export_model(str(gguf), "rpi5", args.scheme, art, max_context=args.max_context,
                      scheme_options={"group_size": args.group_size} if args.scheme == "8da4w" else None)
+    from edgerun.core.artifact import read_manifest
+
+    recipe = read_manifest(art).scheme   # the recipe the program was made with (an --artifact's may not be --scheme)
     threads = [int(t) for t in args.threads.split(",")]
     rng = random.Random(args.seed)
     results: dict = {"machine": machine_info(), "gguf": str(gguf), "artifact": str(art), "p": args.p, "n": args.n,
@@ -197,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                     llama_bench(bindir, ggufs[name], args.p, args.n, args.r, t)
                 runs[name].append(res)
         for name, rs in runs.items():
-            cell = {"runtime": "edgerun " + args.scheme if name == "edgerun" else f"llama.cpp ({name})",
+            cell = {"runtime": "edgerun " + recipe if name == "edgerun" else f"llama.cpp ({name})",
                     "threads": t, "size_bytes": rs[0].get("size"), "peak_rss_bytes": max(r["rss"] for r in rs)}
             for test in (f"pp{args.p}", f"tg{args.n}"):
                 vals = [r[test] for r in rs if r.get(test)]
