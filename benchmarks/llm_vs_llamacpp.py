@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                      scheme_options={"group_size": args.group_size} if args.scheme == "8da4w" else None)
     from edgerun.core.artifact import read_manifest
 
-    recipe = read_manifest(art).scheme   # the recipe the program was made with (an --artifact's may not be --scheme)
+    recipe = read_manifest(art).scheme.recipe   # the recipe the program was made with (an --artifact's may not be --scheme)
     threads = [int(t) for t in args.threads.split(",")]
     rng = random.Random(args.seed)
     results: dict = {"machine": machine_info(), "gguf": str(gguf), "artifact": str(art), "p": args.p, "n": args.n,
