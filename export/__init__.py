@@ -19,6 +19,7 @@ from .recipes import (KINDS, RECIPES, Recipe, RecipeChain, RecipeContext, Recipe
                       parse_recipe, recipe_handler, register_recipe, unregister_recipe)
 from .schemes import SCHEMES, Scheme, make_scheme
 from . import compression  # noqa: F401,E402  registers lowrank and prune-channels
+from .llm import compress as _llm_compress  # noqa: F401,E402  registers the LLM handlers of lowrank, prune-*
 from . import sparsity  # noqa: F401,E402  registers sparsify
 from . import distill  # noqa: F401,E402  registers distill
 from .arm import targets as _arm_targets  # noqa: F401,E402  registers the Ethos-U targets

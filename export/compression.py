@@ -21,7 +21,8 @@ has no sparse kernels, so zeros alone would not). The facts say what was done an
 The export verifies the program against the compressed model run eagerly; for a model with a dataset the
 pipeline adds the eager accuracy before and after the step.
 
-LLMs (a GGUF) have their own handlers (:mod:`.llm.compress`, registered when this module is imported):
+LLMs (a GGUF) have their own handlers (:mod:`.llm.compress`, which builds on this module and is registered
+with it by the package, :mod:`edgerun.export`):
 ``lowrank`` on the attention and FFN linears of every block (optionally activation-whitened), and two
 recipes for LLMs only -- ``prune-ffn`` (FFN neurons: SwiGLU/GeGLU gate and up rows with the down
 columns) and ``prune-heads`` (whole KV groups under grouped-query attention) -- whose importance is
@@ -167,7 +168,9 @@ def _shared_weights(model) -> set[int]:
     return {k for k, n in seen.items() if n > 1}
 
 
-def _chosen_rank(s, recipe: LowRank) -> int:
+def chosen_rank(s, recipe: LowRank) -> int:
+    """The rank ``recipe`` asks for, given a layer's singular values ``s`` (descending): ``rank``, ``ratio`` of
+    them, or the fewest that keep ``energy`` of their squares; never more than there are. Models and LLMs."""
     import torch
 
     if recipe.rank is not None:
@@ -179,7 +182,8 @@ def _chosen_rank(s, recipe: LowRank) -> int:
     return min(int((share < recipe.energy).sum()) + 1, int(s.numel()))
 
 
-def _set_module(model, name: str, new) -> None:
+def set_module(model, name: str, new) -> None:
+    """Replace ``model``'s submodule ``name`` (a dotted path) by ``new``."""
     parent, _, leaf = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, leaf, new)
 
@@ -206,7 +210,7 @@ def lowrank_linears(model, recipe: LowRank) -> dict[str, Any]:
             continue
         with torch.no_grad():
             u, s, vh = torch.linalg.svd(m.weight.detach().double(), full_matrices=False)
-        r = _chosen_rank(s, recipe)
+        r = chosen_rank(s, recipe)
         kept = float((s[:r] ** 2).sum() / (s ** 2).sum().clamp_min(1e-300))
         if r * (in_f + out_f) >= in_f * out_f:
             skipped.append({"layer": name, "in": in_f, "out": out_f, "rank": r,
@@ -220,7 +224,7 @@ def lowrank_linears(model, recipe: LowRank) -> dict[str, Any]:
             second.weight.copy_((u[:, :r] * root[None, :]).to(m.weight.dtype))
             if m.bias is not None:
                 second.bias.copy_(m.bias)
-        _set_module(model, name, nn.Sequential(first, second).to(m.weight.device))
+        set_module(model, name, nn.Sequential(first, second).to(m.weight.device))
         done.append({"layer": name, "in": in_f, "out": out_f, "rank": r, "energy_kept": round(kept, 6),
                      "weights_before": in_f * out_f, "weights_after": r * (in_f + out_f)})
     return {"layers_factorised": len(done), "layers_skipped": len(skipped), "factorised": done, "skipped": skipped,
@@ -497,7 +501,3 @@ def _prune_channels(recipe: PruneChannels, ctx: RecipeContext) -> RecipeResult:
         ctx.warn(f"prune-channels found no conv it can prune safely ({facts['layers_skipped']} skipped: a residual "
                  "add, a depthwise conv or a classifier follows each); the model is unchanged")
     return RecipeResult(ctx.module, facts=facts)
-
-
-# the LLM handlers of lowrank, prune-ffn and prune-heads (light: torch is imported inside the functions)
-from .llm import compress as _llm_compress  # noqa: E402,F401

@@ -1,6 +1,6 @@
 """The LLM handlers of the compression recipes (issue 22): ``prune-ffn``, ``prune-heads`` and ``lowrank`` on
 a :class:`~.gguf_model.Llama` of any family (registered with ``recipe_handler(cls, llm=True)`` when
-:mod:`edgerun.export.compression` is imported).
+:mod:`edgerun.export` is imported; the recipes themselves are :mod:`edgerun.export.compression`'s).
 
 All three change matmul shapes, the only change that can pay on XNNPACK (it has no sparse kernels); the
 facts say what shrank, ``bench`` measures whether it is faster. The model stays one :class:`Llama`: its
@@ -42,7 +42,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from ..compression import SPEED_NOTE, LowRank, PruneFFN, PruneHeads
+from ..compression import SPEED_NOTE, LowRank, PruneFFN, PruneHeads, chosen_rank, set_module
 from ..errors import ExportError, UsageError
 from ..recipes import RecipeContext, RecipeResult, recipe_handler
 
@@ -267,9 +267,7 @@ def prune_heads(model, recipe: PruneHeads, samples: list | None = None) -> dict[
 
 # ------------------------------------------------------------------------------------- lowrank
 def _rank(s, recipe: LowRank, limit: int) -> int:
-    from ..compression import _chosen_rank
-
-    r = _chosen_rank(s, recipe)
+    r = chosen_rank(s, recipe)
     return min(-(-r // RANK_MULTIPLE) * RANK_MULTIPLE, limit)
 
 
@@ -278,8 +276,6 @@ def lowrank_llama(model, recipe: LowRank, samples: list | None = None) -> dict[s
     ``whiten``); the facts."""
     import torch
     from torch import nn
-
-    from ..compression import _set_module
 
     _check_llama(model, recipe)
     cfg = model.config
@@ -321,7 +317,7 @@ def lowrank_llama(model, recipe: LowRank, samples: list | None = None) -> dict[s
             second.weight.copy_((u[:, :r] * root[None, :]).to(m.weight.dtype))
             if m.bias is not None:
                 second.bias.copy_(m.bias)
-        _set_module(model, name, nn.Sequential(first, second).requires_grad_(False))
+        set_module(model, name, nn.Sequential(first, second).requires_grad_(False))
         done.append({**entry, "energy_kept": round(kept, 6), "weights_before": in_f * out_f,
                      "weights_after": r * (in_f + out_f)})
     _forget_origin(model, [d["layer"] + "." for d in done])
