@@ -20,6 +20,7 @@ from .recipes import (KINDS, RECIPES, Recipe, RecipeChain, RecipeContext, Recipe
 from .schemes import SCHEMES, Scheme, make_scheme
 from . import compression  # noqa: F401,E402  registers lowrank and prune-channels
 from .llm import compress as _llm_compress  # noqa: F401,E402  registers the LLM handlers of lowrank, prune-*
+from .llm import quantize as _llm_quantize  # noqa: F401,E402  registers the LLM handlers of int8-dynamic, 8da4w
 from . import sparsity  # noqa: F401,E402  registers sparsify
 from . import distill  # noqa: F401,E402  registers distill
 from .arm import targets as _arm_targets  # noqa: F401,E402  registers the Ethos-U targets

@@ -272,13 +272,7 @@ def unregister_recipe(cls_or_name: type[Recipe] | str) -> None:
         _HANDLERS.pop((cls, flavour), None)
 
 
-def _builtin_handlers(flavour: str) -> None:
-    if flavour == "llm":
-        from .llm import quantize  # noqa: F401  registers the LLM handlers of the built-in schemes
-
-
 def handler_for(recipe: Recipe, flavour: str) -> Handler | None:
-    _builtin_handlers(flavour)
     return _HANDLERS.get((type(recipe), flavour))
 
 
@@ -621,7 +615,6 @@ class RecipeChain:
 
     def check_handlers(self, flavour: str) -> None:
         """Refuse a step that has no handler for ``flavour`` (before any work)."""
-        _builtin_handlers(flavour)
         for s in self._all():
             if handler_for(s, flavour) is None:
                 what = "an LLM" if flavour == "llm" else "a model"

@@ -25,7 +25,7 @@ kernel reads the embedding's table as a linear weight), so the tied matrix is st
 4-bit table and an int8 head -- rather than once in fp32 plus once in the delegate.
 
 The handlers of the LLM flavour of those schemes are registered here (:func:`~..recipes.recipe_handler`
-with ``llm=True``); fp32's is the identity, registered beside it.
+with ``llm=True``) when :mod:`edgerun.export` is imported; fp32's is the identity, registered beside it.
 """
 
 from __future__ import annotations
