@@ -43,31 +43,12 @@ from edgerun.devices.base import Device, DeviceError
 from edgerun.devices.sync import SyncResult, sync_files
 
 from .bundle import LOADERS, Bundle
+from .deployment import Deployment
 from .modes import ForwardRequest, RunContext, RunMode, check_forward
 from .preflight import PreflightReport, check_compatible
 from .protocol import RunArtifacts, RunnerResult, parse_runner_output, runner_failure
 
 RUN_ARCHES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
-
-
-@dataclasses.dataclass(frozen=True)
-class Deployment:
-    device: str
-    arch: str
-    bundle: Bundle
-    bundle_dir: str                 # on the device
-    program: str                    # on the device
-    vectors: list[list[str]]        # per test vector, its input paths on the device
-    preflight: PreflightReport
-    pushed: list[str]
-    skipped: list[str]
-    dataset_inputs: str | None = None  # on the device: the held-out split's stacked inputs, if any
-
-    def to_json(self) -> dict:
-        return {"device": self.device, "arch": self.arch, "bundle": str(self.bundle.path),
-                "bundle_dir": self.bundle_dir, "program": self.program, "vectors": len(self.vectors),
-                "dataset_inputs": self.dataset_inputs,
-                "preflight": self.preflight.to_json(), "pushed": self.pushed, "skipped": self.skipped}
 
 
 def device_arch(device: Device) -> str:

@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from edgerun.core.artifact import Manifest
     from edgerun.devices.base import Device
 
-    from .deploy import Deployment
+    from .deployment import Deployment
     from .protocol import RunArtifacts, RunnerResult
 
 
