@@ -54,15 +54,15 @@ def cell(model: str, target: str, out: Path, vectors: int) -> dict:
                export_s=m.export_seconds, stage_s=dict(m.stage_seconds or {}))
     if m.target.measure == "estimate":
         e = estimated_record(m).estimate
-        row.update(cycles=e["cycles_total"], npu_cycles=e["cycles_npu"], clock_mhz=e["clock_hz"] / 1e6,
-                   ms=e["inference_ms"], sram_kib=e["sram_bytes"] / 1024,
-                   off_chip_flash_kib=e["off_chip_flash_bytes"] / 1024, dram_kib=e["dram_bytes"] / 1024,
+        row.update(cycles=e.cycles_total, npu_cycles=e.cycles_npu, clock_mhz=e.clock_hz / 1e6,
+                   ms=e.inference_ms, sram_kib=e.sram_bytes / 1024,
+                   off_chip_flash_kib=e.off_chip_flash_bytes / 1024, dram_kib=e.dram_bytes / 1024,
                    on_chip_flash_kib=m.compiler_report.on_chip_flash_bytes / 1024,
-                   npu_layers=e["npu_layers"], cpu_layers=e["cpu_layers"], npu_share=e["npu_share"],
-                   partitions=m.compiler_report.partitions, cpu_kernel_calls=e["cpu_kernel_calls"],
+                   npu_layers=e.npu_layers, cpu_layers=e.cpu_layers, npu_share=e.npu_share,
+                   partitions=m.compiler_report.partitions, cpu_kernel_calls=e.cpu_kernel_calls,
                    cpu_operators=sorted(k for k in calls if not k.startswith("quantized_decomposed::")),
-                   sram_needed_kib=e["fit"]["sram_needed_bytes"] / 1024, vela=e["compiler"],
-                   system_config=e["system_config"], memory_mode=e["memory_mode"])
+                   sram_needed_kib=e.fit.sram_needed_bytes / 1024, vela=e.compiler,
+                   system_config=e.system_config, memory_mode=e.memory_mode)
     else:   # a Cortex-M: no cycle model, so its program, memory and numerics only
         total = sum(calls.values())
         row.update(operators=calls,

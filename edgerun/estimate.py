@@ -19,13 +19,17 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+from typing import TYPE_CHECKING
 
 from edgerun.core.artifact import Manifest
 from edgerun.core.errors import UsageError
 from edgerun.core.text import parse_size  # noqa: F401  (the estimate options and CLI read sizes with it)
 
+if TYPE_CHECKING:
+    from edgerun.runtime.record import BoardFit
 
-def fit(manifest: Manifest, figures: dict, *, sram: int | None = None, flash: int | None = None) -> dict:
+
+def fit(manifest: Manifest, figures: dict, *, sram: int | None = None, flash: int | None = None) -> "BoardFit":
     """Does the program fit a board? SRAM it needs: the NPU's SRAM as Vela planned it (its arena: scratch and
     tensors; off-chip memory counted apart) plus the program's own planned buffers on the CPU side (inputs,
     outputs, what runs off the NPU); flash: the whole ``.pte`` (Vela's command stream and weights are in it).
@@ -33,10 +37,9 @@ def fit(manifest: Manifest, figures: dict, *, sram: int | None = None, flash: in
     the NPU partitions' inputs and outputs may be counted in both parts."""
     need_sram = int(figures["sram_bytes"]) + int(manifest.planned_memory_bytes or 0)
     need_flash = int(manifest.pte_bytes)
-    out: dict = {"sram_needed_bytes": need_sram, "flash_needed_bytes": need_flash,
-                 "sram_parts": {"npu_sram_vela": int(figures["sram_bytes"]),
-                                "planned_buffers": int(manifest.planned_memory_bytes or 0)}}
-    return _with_headroom(out, sram=(sram, need_sram), flash=(flash, need_flash))
+    return _with_headroom(need_sram, need_flash, sram, flash,
+                          sram_parts={"npu_sram_vela": int(figures["sram_bytes"]),
+                                      "planned_buffers": int(manifest.planned_memory_bytes or 0)})
 
 
 def fit_only(target) -> bool:
@@ -45,17 +48,15 @@ def fit_only(target) -> bool:
     return target is not None and target.measure != "estimate" and target.bundle_variant == "none"
 
 
-def program_fit(manifest: Manifest, *, sram: int | None = None, flash: int | None = None) -> dict:
+def program_fit(manifest: Manifest, *, sram: int | None = None, flash: int | None = None) -> "BoardFit":
     """Does a program with no NPU fit a board? SRAM it needs: the tensor arena, i.e. the program's planned
     memory (every planned buffer, the CMSIS-NN kernels' scratch tensors among them: ExecuTorch's Cortex-M
     passes size them at export and plan them like any tensor); flash: the whole ``.pte`` (weights and the
     program). Not counted: the runtime's own code and stack, and the method allocator's bookkeeping."""
     need_sram = int(manifest.planned_memory_bytes or 0)
     need_flash = int(manifest.pte_bytes)
-    out: dict = {"sram_needed_bytes": need_sram, "flash_needed_bytes": need_flash,
-                 "sram_parts": {"arena_planned": need_sram},
-                 "planned_buffers": [int(b) for b in manifest.planned_buffers]}
-    return _with_headroom(out, sram=(sram, need_sram), flash=(flash, need_flash))
+    return _with_headroom(need_sram, need_flash, sram, flash, sram_parts={"arena_planned": need_sram},
+                          planned_buffers=tuple(int(b) for b in manifest.planned_buffers))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,18 +69,17 @@ class MemoryFit:
     target: str
     scheme: str
     artifact: str
-    fit: dict
+    fit: "BoardFit"
     warnings: tuple[str, ...] = ()
 
     @property
     def fits(self) -> bool | None:
         """True/False when the board's sizes were given (both parts that were given fit), else None."""
-        given = [self.fit[f"{k}_fits"] for k in ("sram", "flash") if f"{k}_fits" in self.fit]
-        return all(given) if given else None
+        return self.fit.fits
 
     def to_json(self) -> dict:
         return {"kind": "memory-fit", "device": self.device_name, "model": self.model, "target": self.target,
-                "scheme": self.scheme, "artifact": self.artifact, "fits": self.fits, "fit": dict(self.fit),
+                "scheme": self.scheme, "artifact": self.artifact, "fits": self.fits, "fit": self.fit.to_dict(),
                 "timing": None, "stored": False, "warnings": list(self.warnings)}
 
 
@@ -95,8 +95,7 @@ def memory_fit(manifest: Manifest, device_name: str, *, sram: int | None = None,
     fit = program_fit(manifest, sram=sram, flash=flash)
     warnings = [f"no timing: {manifest.target.name} has no cycle model here and nothing was run; a board driven "
                 "over serial:// (devices/SERIAL_PROTOCOL.md) would time it"]
-    warnings += [f"it does not fit the board's {k.upper()}: needs {fit[f'{k}_needed_bytes']:,} bytes, the board has "
-                 f"{fit[f'{k}_bytes']:,}" for k in ("sram", "flash") if fit.get(f"{k}_fits") is False]
+    warnings += fit.misfits()
     return MemoryFit(device_name=device_name, model=manifest.model.name, target=manifest.target.name,
                      scheme=manifest.scheme.recipe or manifest.scheme.name, artifact=str(manifest.path), fit=fit,
                      warnings=tuple(warnings))
@@ -108,8 +107,8 @@ def estimated_record(manifest: Manifest, *, clock_hz: float | None = None, sram:
     from edgerun.runtime.analysis import edgerun_git_commit
     from edgerun.devices.info import DeviceInfo
     from edgerun.export.targets import TARGETS
-    from edgerun.runtime.record import (ESTIMATED, Memory, ModelInfo, Provenance, RunRecord, Sample,
-                                        new_run_id)
+    from edgerun.runtime.record import (ESTIMATED, Estimate, LayerEstimate, Memory, ModelInfo, Provenance,
+                                        RunRecord, Sample, new_run_id)
     from edgerun.runtime.stats import summarize
 
     target = TARGETS.get(manifest.target.name)
@@ -130,19 +129,23 @@ def estimated_record(manifest: Manifest, *, clock_hz: float | None = None, sram:
     now = _dt.datetime.now(_dt.timezone.utc)
     device = DeviceInfo(arch=manifest.target.arch, cpu_model=f"{fig['accelerator']} ({fig['system_config']}, "
                         f"{fig['memory_mode']}) at {fig['clock_hz'] / 1e6:g} MHz", transport="estimate")
-    figures = {k: v for k, v in fig.items() if k != "layers"}
     layers = fig.get("layers") or []
-    figures["npu_share"] = (fig["npu_layers"] / (fig["npu_layers"] + fig["cpu_layers"])
-                            if fig["npu_layers"] + fig["cpu_layers"] else None)
-    figures["top_layers"] = sorted(({"op": x["op"], "name": x["name"], "target": x["target"], "cycles": x["cycles"],
-                                     "macs": x["macs"], "mac_util_pct": x["mac_util"]} for x in layers),
-                                   key=lambda x: -x["cycles"])[:20]
     ops = manifest.operators
-    figures["cpu_kernel_calls"] = int(sum(ops.non_delegated.values()))
-    figures["fit"] = fit(manifest, fig, sram=sram, flash=flash)
-    misfit = [f"it does not fit the board's {k.upper()}: needs {figures['fit'][f'{k}_needed_bytes']:,} bytes, the board "
-              f"has {figures['fit'][f'{k}_bytes']:,}" for k in ("sram", "flash") if figures["fit"].get(f"{k}_fits") is False]
-    figures["npu_delegate_calls"] = int(sum(ops.delegated.values()))
+    board = fit(manifest, fig, sram=sram, flash=flash)
+    misfit = board.misfits()
+    figures = Estimate(
+        compiler=fig["compiler"], accelerator=fig["accelerator"], system_config=fig["system_config"],
+        memory_mode=fig["memory_mode"], clock_hz=float(fig["clock_hz"]), cycles_total=int(fig["cycles_total"]),
+        cycles_npu=int(fig["cycles_npu"]), inference_ms=float(fig["inference_ms"]), sram_bytes=int(fig["sram_bytes"]),
+        off_chip_flash_bytes=int(fig["off_chip_flash_bytes"]), dram_bytes=int(fig["dram_bytes"]),
+        nn_macs=int(fig["nn_macs"]), npu_layers=int(fig["npu_layers"]), cpu_layers=int(fig["cpu_layers"]),
+        npu_share=(fig["npu_layers"] / (fig["npu_layers"] + fig["cpu_layers"])
+                   if fig["npu_layers"] + fig["cpu_layers"] else None),
+        cpu_kernel_calls=int(sum(ops.non_delegated.values())), npu_delegate_calls=int(sum(ops.delegated.values())),
+        top_layers=tuple(LayerEstimate(op=x["op"], name=x["name"], target=x["target"], cycles=int(x["cycles"]),
+                                       macs=int(x["macs"]), mac_util_pct=x["mac_util"])
+                         for x in sorted(layers, key=lambda x: -x["cycles"])[:20]),
+        fit=board)
     on_cpu = sorted(k for k in ops.non_delegated if not k.startswith("quantized_decomposed::"))
     cpu_note = ((f"{len(on_cpu)} operator(s) run on the host CPU, outside the NPU and outside this estimate: "
                  + ", ".join(on_cpu[:8]) + (" …" if len(on_cpu) > 8 else ""),) if on_cpu else ())
@@ -277,12 +280,13 @@ def record_for_device(manifest: Manifest, spec, *, sweep_id: str | None = None, 
     return dataclasses.replace(rec, device_name=spec.name, sweep_id=sweep_id, cell=cell)
 
 
-def _with_headroom(out: dict, **have_need: tuple[int | None, int]) -> dict:
-    """``out`` with ``<name>_bytes``, ``<name>_headroom_bytes`` and ``<name>_fits`` for each memory the board's
-    size is given for (``sram=(have, need)``, ``flash=(have, need)``)."""
-    for name, (have, need) in have_need.items():
-        if have is not None:
-            out[f"{name}_bytes"] = have
-            out[f"{name}_headroom_bytes"] = have - need
-            out[f"{name}_fits"] = need <= have
-    return out
+def _with_headroom(need_sram: int, need_flash: int, sram: int | None, flash: int | None, **parts) -> "BoardFit":
+    """The :class:`~edgerun.runtime.record.BoardFit` of those needs, with the size, headroom and verdict of each
+    memory the board's size is given for."""
+    from edgerun.runtime.record import BoardFit
+
+    have = {}
+    for name, size, need in (("sram", sram, need_sram), ("flash", flash, need_flash)):
+        if size is not None:
+            have.update({f"{name}_bytes": size, f"{name}_headroom_bytes": size - need, f"{name}_fits": need <= size})
+    return BoardFit(sram_needed_bytes=need_sram, flash_needed_bytes=need_flash, **parts, **have)

@@ -230,6 +230,105 @@ class TrainingMetrics:
 
 
 @dataclass(frozen=True)
+class BoardFit:
+    """Does a program fit a board? What it needs (SRAM: ``sram_parts`` says of what, e.g. Vela's NPU SRAM and the
+    program's planned buffers, or a tensor arena; flash: the ``.pte``), and, for each memory whose size on the
+    board was given, that size, whether it fits and the headroom (negative: missing bytes)."""
+
+    sram_needed_bytes: int
+    flash_needed_bytes: int
+    sram_parts: Mapping[str, int] = field(default_factory=dict)
+    planned_buffers: tuple[int, ...] = ()          # a program with no NPU: its planned buffers (the arena's parts)
+    sram_bytes: int | None = None
+    flash_bytes: int | None = None
+    sram_fits: bool | None = None
+    flash_fits: bool | None = None
+    sram_headroom_bytes: int | None = None
+    flash_headroom_bytes: int | None = None
+
+    @property
+    def fits(self) -> bool | None:
+        """True/False when a board size was given (every given memory fits), else None."""
+        given = [v for v in (self.sram_fits, self.flash_fits) if v is not None]
+        return all(given) if given else None
+
+    def misfits(self) -> list[str]:
+        """A sentence per memory the program does not fit."""
+        return [f"it does not fit the board's {k.upper()}: needs {getattr(self, f'{k}_needed_bytes'):,} bytes, the "
+                f"board has {getattr(self, f'{k}_bytes'):,}" for k in ("sram", "flash")
+                if getattr(self, f"{k}_fits") is False]
+
+    def to_dict(self) -> dict:
+        out = {"sram_needed_bytes": self.sram_needed_bytes, "flash_needed_bytes": self.flash_needed_bytes,
+               "sram_parts": dict(self.sram_parts)}
+        if self.planned_buffers:
+            out["planned_buffers"] = list(self.planned_buffers)
+        for k in ("sram", "flash"):
+            if getattr(self, f"{k}_bytes") is not None:
+                out.update({f"{k}_bytes": getattr(self, f"{k}_bytes"), f"{k}_fits": getattr(self, f"{k}_fits"),
+                            f"{k}_headroom_bytes": getattr(self, f"{k}_headroom_bytes")})
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "BoardFit":
+        d = dict(d)
+        d["sram_parts"] = dict(d.get("sram_parts") or {})
+        d["planned_buffers"] = tuple(d.get("planned_buffers") or ())
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+@dataclass(frozen=True)
+class LayerEstimate:
+    """One layer of an NPU compiler's per-layer estimate (Vela's ``--verbose-performance``)."""
+
+    op: str
+    name: str
+    target: str          # NPU | CPU
+    cycles: int
+    macs: int
+    mac_util_pct: float | None = None
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What an estimated run record (source ``estimated``) came from: an NPU compiler's performance model (Vela:
+    cycles at a clock, SRAM and flash it planned, MACs, layers on the NPU and off it), the program's CPU-side
+    kernel calls, the slowest layers, and the memory fit. Nothing in it was run."""
+
+    compiler: str
+    accelerator: str
+    system_config: str
+    memory_mode: str
+    clock_hz: float
+    cycles_total: int
+    cycles_npu: int
+    inference_ms: float
+    sram_bytes: int
+    off_chip_flash_bytes: int
+    dram_bytes: int
+    nn_macs: int
+    npu_layers: int
+    cpu_layers: int
+    fit: BoardFit
+    npu_share: float | None = None
+    cpu_kernel_calls: int = 0
+    npu_delegate_calls: int = 0
+    top_layers: tuple[LayerEstimate, ...] = ()
+
+    def to_dict(self) -> dict:
+        out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("fit", "top_layers")}
+        return {**out, "fit": self.fit.to_dict(), "top_layers": [asdict(x) for x in self.top_layers]}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Estimate":
+        d = dict(d)
+        d["fit"] = BoardFit.from_dict(d.get("fit") or {"sram_needed_bytes": 0, "flash_needed_bytes": 0})
+        d["top_layers"] = tuple(LayerEstimate(**{k: x[k] for k in LayerEstimate.__dataclass_fields__ if k in x})
+                                for x in d.get("top_layers") or ())
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+@dataclass(frozen=True)
 class RunRecord:
     run_id: str
     created_at: str  # ISO 8601, UTC
@@ -249,9 +348,8 @@ class RunRecord:
     cell: str | None = None  # bench: the cell key (model/scheme/target/device/threads)
     llm: LLMMetrics | None = None  # LLM runs (generate, bench-llm, perplexity)
     training: TrainingMetrics | None = None  # fine-tuning runs on the device
-    # an estimated run (source "estimated"): the compiler's figures it came from (Vela: cycles, clock, SRAM,
-    # flash, MACs, NPU/CPU layers, compiler version, system config, memory mode); nothing in it was run
-    estimate: Mapping[str, Any] | None = None
+    # an estimated run (source "estimated"): the compiler's figures it came from; nothing in it was run
+    estimate: Estimate | None = None
     record_version: int = RECORD_VERSION
 
     # -- views
@@ -298,7 +396,7 @@ class RunRecord:
             "cell": self.cell,
             "llm": self.llm.to_dict() if self.llm else None,
             "training": self.training.to_dict() if self.training else None,
-            **({"estimate": dict(self.estimate)} if self.estimate is not None else {}),
+            **({"estimate": self.estimate.to_dict()} if self.estimate is not None else {}),
         }
 
     @classmethod
@@ -321,7 +419,7 @@ class RunRecord:
             sweep_id=d.get("sweep_id"), cell=d.get("cell"),
             llm=LLMMetrics.from_dict(d["llm"]) if d.get("llm") else None,
             training=TrainingMetrics.from_dict(d["training"]) if d.get("training") else None,
-            estimate=dict(d["estimate"]) if isinstance(d.get("estimate"), Mapping) else None,
+            estimate=Estimate.from_dict(d["estimate"]) if isinstance(d.get("estimate"), Mapping) else None,
             record_version=d.get("record_version", RECORD_VERSION),
         )
 
@@ -339,9 +437,9 @@ MAX_ITEMS = 20_000_000           # entries of one list (samples, loss curve, tok
 MAX_INT = (1 << 63) - 1
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 #: numbers that may be negative (everything else -- times, sizes, counts, rates, losses -- may not)
-_SIGNED = frozenset({"drift", "temperature_c", "snr_db", "cosine"})
+_SIGNED = frozenset({"drift", "temperature_c", "snr_db", "cosine", "sram_headroom_bytes", "flash_headroom_bytes"})
 #: numbers that are fractions of one
-_FRACTIONS = frozenset({"accuracy", "task_accuracy", "top1_agreement"})
+_FRACTIONS = frozenset({"accuracy", "task_accuracy", "top1_agreement", "npu_share"})
 
 
 def _bad(where: str, path: str, problem: str) -> RecordInvalid:

@@ -160,11 +160,23 @@ def test_an_estimated_record_is_stored_labelled_and_a_tampered_report_is_refused
 
     m, _ = u55_tiny
     rec = estimated_record(m, clock_hz=250e6)
-    assert rec.source == ESTIMATED and rec.estimate["clock_hz"] == 250e6
+    assert rec.source == ESTIMATED and rec.estimate.clock_hz == 250e6
     assert rec.latency.median_ms == pytest.approx(m.compiler_report.cycles_total / 250e6 * 1e3, rel=1e-6)
     assert "vela 5.1.0" in rec.warnings[0] and "not a run" in rec.warnings[0]
     assert any("aten::hardtanh" in w and "CPU" in w for w in rec.warnings)
     assert RunRecord.from_dict(json.loads(json.dumps(rec.to_dict()))).estimate == rec.estimate
+    from edgerun.runtime.record import RecordInvalid, check_record_dict
+
+    # `runs import` reads the estimate field by field: edgerun's own records pass (a negative headroom too) ...
+    check_record_dict(json.loads(json.dumps(estimated_record(m, sram=1024).to_dict())), "record.json")
+    edited = json.loads(json.dumps(rec.to_dict()))
+    edited["estimate"]["cycles_total"] = -5   # ... an edited one does not, naming the field
+    with pytest.raises(RecordInvalid, match="estimate.cycles_total"):
+        check_record_dict(edited, "record.json")
+    edited["estimate"]["cycles_total"] = rec.estimate.cycles_total
+    del edited["estimate"]["fit"]
+    with pytest.raises(RecordInvalid, match="estimate.fit is missing"):
+        check_record_dict(edited, "record.json")
     ops = rec.operators   # Vela's per-layer table in the operator-table shape, labelled estimated
     rep = m.compiler_report
     assert len(ops.rows) == rep.npu_layers + rep.cpu_layers and rec.labels["operators"] == ESTIMATED
@@ -174,10 +186,10 @@ def test_an_estimated_record_is_stored_labelled_and_a_tampered_report_is_refused
     assert RunRecord.from_dict(json.loads(json.dumps(rec.to_dict()))).operators == ops
     from edgerun.runtime.record import VERDICT_ESTIMATED, compare_records
 
-    small = estimated_record(m, sram=1024, flash=1 << 20).estimate["fit"]   # does it fit a board?
-    assert small["sram_needed_bytes"] == m.compiler_report.sram_bytes + m.planned_memory_bytes
-    assert small["sram_fits"] is False and small["sram_headroom_bytes"] == 1024 - small["sram_needed_bytes"]
-    assert small["flash_fits"] is True and small["flash_needed_bytes"] == m.pte_bytes
+    small = estimated_record(m, sram=1024, flash=1 << 20).estimate.fit   # does it fit a board?
+    assert small.sram_needed_bytes == m.compiler_report.sram_bytes + m.planned_memory_bytes
+    assert small.sram_fits is False and small.sram_headroom_bytes == 1024 - small.sram_needed_bytes
+    assert small.flash_fits is True and small.flash_needed_bytes == m.pte_bytes and small.fits is False
     assert any("does not fit the board's SRAM" in w for w in estimated_record(m, sram=1024).warnings)
     c = compare_records(rec, estimated_record(m, clock_hz=500e6))   # the same cycles at twice the clock
     assert c.verdict == VERDICT_ESTIMATED and not c.reliable and any("-50.0%" in w for w in c.warnings)

@@ -108,10 +108,10 @@ def test_bench_on_estimate_devices_stores_an_estimated_record_and_skips_the_othe
     assert rec.source == ESTIMATED and rec.device_name == "estimate://ethos-u55-128"
     assert rec.sweep_id == summary["sweep_id"] and "estimate://ethos-u55-128" in rec.cell
     m = read_manifest(rec.model.artifact)   # the cached export the cell estimated
-    assert rec.estimate["cycles_total"] == m.compiler_report.cycles_total > 0
+    assert rec.estimate.cycles_total == m.compiler_report.cycles_total > 0
     assert rec.latency.median_ms == pytest.approx(m.compiler_report.cycles_total / 250e6 * 1e3, rel=1e-6)
-    assert rec.estimate["fit"]["sram_bytes"] == 16 * 1024      # the device's board, asked whether it fits
-    assert rec.estimate["fit"]["sram_fits"] == (rec.estimate["fit"]["sram_needed_bytes"] <= 16 * 1024)
+    assert rec.estimate.fit.sram_bytes == 16 * 1024      # the device's board, asked whether it fits
+    assert rec.estimate.fit.sram_fits == (rec.estimate.fit.sram_needed_bytes <= 16 * 1024)
     assert again["run_ids"] == summary["run_ids"] and again["skipped"] == summary["skipped"]   # resumed
 
 
@@ -130,8 +130,8 @@ def test_profile_on_an_estimate_device_is_the_estimate_records_and_a_wrong_targe
     assert run["source"] == "estimated" and run["device"] == "estimate://ethos-u55-128"
     with Store(store) as s:
         stored = s.get(run["run_id"])
-    assert stored.estimate["cycles_total"] == direct.estimate["cycles_total"] > 0
-    assert stored.estimate["clock_hz"] == 500e6 and stored.latency.median_ms == pytest.approx(direct.latency.median_ms)
+    assert stored.estimate.cycles_total == direct.estimate.cycles_total > 0
+    assert stored.estimate.clock_hz == 500e6 and stored.latency.median_ms == pytest.approx(direct.latency.median_ms)
     wrong = cli("profile", rec.model.artifact, "--device", "estimate://ethos-u85-256", "--store", str(store), "--json")
     assert wrong.returncode == 2 and "estimate://ethos-u55-128" in json.loads(wrong.stdout)["error"]["hint"]
     listed = json.loads(cli("runs", "list", "--store", str(store), "--json").stdout)["runs"]
