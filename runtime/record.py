@@ -322,7 +322,7 @@ class Estimate:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Estimate":
         d = dict(d)
-        d["fit"] = BoardFit.from_dict(d.get("fit") or {"sram_needed_bytes": 0, "flash_needed_bytes": 0})
+        d["fit"] = BoardFit.from_dict(d["fit"])   # always written with the estimate; never made up when absent
         d["top_layers"] = tuple(LayerEstimate(**{k: x[k] for k in LayerEstimate.__dataclass_fields__ if k in x})
                                 for x in d.get("top_layers") or ())
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
