@@ -946,6 +946,10 @@ class Manifest:
     pte_bytes: int
     pte_sha256: str
     method: str = "forward"
+    #: the program's external data file (``files["data"]``, a ``.ptd``): weights the ``.pte`` resolves by
+    #: name at load -- an LLM's tied embedding and LM head stored once there. None: everything is in the .pte
+    data_bytes: int | None = None
+    data_sha256: str | None = None
     etrecord_bytes: int | None = None
     planned_memory_bytes: int | None = None
     planned_buffers: tuple[int, ...] = ()
@@ -980,6 +984,7 @@ class Manifest:
             "versions": dict(self.versions),
             "inputs": [t.to_json() for t in self.inputs], "outputs": [t.to_json() for t in self.outputs],
             "files": dict(self.files), "pte_bytes": self.pte_bytes, "pte_sha256": self.pte_sha256,
+            **({"data_bytes": self.data_bytes, "data_sha256": self.data_sha256} if self.data_sha256 else {}),
             "etrecord_bytes": self.etrecord_bytes, "method": self.method,
             "planned_memory_bytes": self.planned_memory_bytes, "planned_buffers": list(self.planned_buffers),
             "operators": self.operators.to_json(), "test_vectors": [v.to_json() for v in self.test_vectors],
@@ -1022,6 +1027,15 @@ class Manifest:
             sha = _get(d, "pte_sha256", str, "manifest")
             if not _is_sha256(sha):
                 raise _Bad(f"pte_sha256 must be 64 lowercase hex digits, got {sha!r:.80}")
+            data_sha = _get(d, "data_sha256", str, "manifest", optional=True)
+            data_bytes = _get(d, "data_bytes", int, "manifest", optional=True)
+            if ("data" in files) != (data_sha is not None) or (data_sha is None) != (data_bytes is None):
+                raise _Bad("files.data, data_bytes and data_sha256 go together: a program with an external data "
+                           "file names it and gives its size and sha256, one without gives none of them")
+            if data_sha is not None and not _is_sha256(data_sha):
+                raise _Bad(f"data_sha256 must be 64 lowercase hex digits, got {data_sha!r:.80}")
+            if data_bytes is not None and data_bytes < 0:
+                raise _Bad(f"data_bytes must be >= 0, got {data_bytes}")
             _check_named_hashes(d)
             return cls(
                 schema_version=d["schema_version"], status=_get(d, "status", str, "manifest"),
@@ -1036,6 +1050,7 @@ class Manifest:
                               for i, t in enumerate(_get(d, "outputs", list, "manifest"))),
                 files={k: _rel_path(v, f"files.{k}") for k, v in files.items()},
                 pte_bytes=_get(d, "pte_bytes", int, "manifest"), pte_sha256=sha,
+                data_bytes=data_bytes, data_sha256=data_sha,
                 method=_get(d, "method", str, "manifest", optional=True, default="forward"),
                 etrecord_bytes=_get(d, "etrecord_bytes", int, "manifest", optional=True),
                 planned_memory_bytes=_get(d, "planned_memory_bytes", int, "manifest", optional=True),
@@ -1121,6 +1136,27 @@ class Manifest:
                                 "was altered or replaced after export.", stage="read artifact",
                                 hint="Re-export the artifact; never edit an artifact's files by hand.")
         self.check_program_signature(p)
+        return p
+
+    @property
+    def program_bytes(self) -> int:
+        """What the program occupies on a device: the ``.pte`` and its external data file, if any."""
+        return self.pte_bytes + (self.data_bytes or 0)
+
+    def verified_data(self) -> Path | None:
+        """The program's external data file (``.ptd``) after checking its size and sha256 against the
+        manifest, or None when the program keeps all its data inside the ``.pte``. It goes wherever the
+        ``.pte`` goes: the runtime resolves the program's external weights from it by name."""
+        rel = self.files.get("data")
+        if rel is None:
+            return None
+        p = self.existing_file(rel, "program data file")
+        size = p.stat().st_size
+        if size != self.data_bytes or sha256_file(p) != self.data_sha256:
+            raise ArtifactError(f"artifact {self.dir}: the program data file {rel} ({size} bytes) does not match the "
+                                f"manifest (data_bytes {self.data_bytes}, data_sha256 {str(self.data_sha256)[:12]}…): "
+                                "it was altered or replaced after export.", stage="read artifact",
+                                hint="Re-export the artifact; never edit an artifact's files by hand.")
         return p
 
     def check_program_signature(self, pte: Path | None = None) -> "ProgramSignature | None":

@@ -87,6 +87,39 @@ def test_a_swapped_program_is_refused_before_use(tmp_path):
         m.verified_pte()
 
 
+def test_an_external_data_file_is_checked_like_the_program(tmp_path):
+    """A program whose weights live partly in a .ptd: the manifest names it with its size and sha256,
+    a swapped one is refused, and the program's size is both files."""
+    import hashlib
+    data = b"tied embedding and head, once"
+    (tmp_path / "model.ptd").write_bytes(data)
+    d = write_artifact(tmp_path, pte=b"the exported program",
+                       files={"pte": "model.pte", "data": "model.ptd"}, data_bytes=len(data),
+                       data_sha256=hashlib.sha256(data).hexdigest())
+    m = read_manifest(tmp_path)
+    assert m.verified_data() == (tmp_path / "model.ptd").resolve()
+    assert m.program_bytes == d["pte_bytes"] + len(data)
+    assert read_manifest(tmp_path).to_json()["data_sha256"] == d["data_sha256"]
+    (tmp_path / "model.ptd").write_bytes(data[::-1])
+    with pytest.raises(ArtifactError, match="program data file model.ptd .* altered or replaced"):
+        m.verified_data()
+    write_artifact(tmp_path / "plain")
+    plain = read_manifest(tmp_path / "plain")
+    assert plain.verified_data() is None and plain.program_bytes == plain.pte_bytes
+    assert "data_sha256" not in plain.to_json()
+
+
+@pytest.mark.parametrize("change", [
+    {"files": {"pte": "model.pte", "data": "model.ptd"}},                       # named, no hash
+    {"data_bytes": 4, "data_sha256": "a" * 64},                                  # hashed, not named
+    {"files": {"pte": "model.pte", "data": "model.ptd"}, "data_bytes": 4, "data_sha256": "xyz"},
+])
+def test_a_half_described_data_file_is_refused(tmp_path, change):
+    write_artifact(tmp_path, **change)
+    with pytest.raises(ArtifactError, match="data"):
+        read_manifest(tmp_path)
+
+
 def test_missing_vector_file_names_it(tmp_path):
     write_artifact(tmp_path)
     (tmp_path / "vectors" / "000" / "input_0.npy").unlink()
