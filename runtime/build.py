@@ -350,7 +350,9 @@ def _list_kernels(arch: str, staging: Path) -> tuple[dict | None, str | None]:
         raise BundleError(f"the freshly built runner does not start: {' '.join(argv)} exited "
                           f"{proc.returncode}: {proc.stderr.strip()[-1500:]}", stage="build runtime",
                           hint="A library is probably missing from the bundle; --debug for details.")
-    return kernels, how
+    header = next((x for x in lines if x.get("type") == "header"), {})
+    # what the runner advertises it takes (e.g. "ptd": --ptd), for pre-flight; [] from one that predates the list
+    return {**kernels, "features": list(header.get("features", []))}, how
 
 
 def assemble_bundle(req: BuildRequest, binary: Path, et_root: Path, et_version: str, source_hash: str,
@@ -399,6 +401,8 @@ def assemble_bundle(req: BuildRequest, binary: Path, et_root: Path, et_version: 
             # which library registered each operator (dladdr of the kernel function, in the runner)
             "operators_by_library": kernels.get("operators_by_library") if kernels else None,
             "operators_source": how,
+            # null: the runner could not run here to say (pre-flight then cannot tell)
+            "features": sorted(kernels["features"]) if kernels else None,
             "build": {
                 "compiler": _first_line([_compiler(arch), "--version"]),
                 "cmake": _first_line(["cmake", "--version"]),

@@ -45,6 +45,19 @@ class PreflightReport:
                 "missing_operators": self.missing_operators, "missing_backends": self.missing_backends}
 
 
+#: the runner feature (its header's and bundle.json's ``features``) of ``--ptd PATH``: a program's external data file
+RUNNER_FEATURE_DATA = "ptd"
+
+
+def runner_features(bundle: Bundle) -> tuple[str, ...] | None:
+    """What the bundle's runner advertised it takes (``bundle.json`` ``features``, from its header when the
+    bundle was built): () for a bundle from before the list, None when the runner could not run to say."""
+    if "features" not in bundle.raw:
+        return ()
+    features = bundle.raw["features"]
+    return None if features is None else tuple(features)
+
+
 def preflight(manifest: Manifest, bundle: Bundle) -> PreflightReport:
     """Compare a manifest with a bundle; never raises for an incompatibility (see ``check_compatible``)."""
     r = PreflightReport()
@@ -73,6 +86,16 @@ def preflight(manifest: Manifest, bundle: Bundle) -> PreflightReport:
         # timings then describe this machine, not the target.
         r.warnings.append(f"the program was exported for {manifest.target.name} ({arch}) and "
                           f"runs here on {bundle.arch}: it works, but timings describe this machine, not the target")
+
+    if manifest.files.get("data"):
+        features = runner_features(bundle)
+        if features is None:
+            r.warnings.append(f"the program has an external data file ({manifest.files['data']}) and the bundle does "
+                              "not say whether its runner takes one (built without being able to run it)")
+        elif RUNNER_FEATURE_DATA not in features:
+            r.problems.append(f"the program keeps weights in an external data file ({manifest.files['data']}), which "
+                              f"this bundle's runner cannot load: it does not advertise '{RUNNER_FEATURE_DATA}' "
+                              "(--ptd) in its features, so it predates programs with a .ptd")
 
     r.missing_backends = [b for b in needed_backends if b not in bundle.backends]
     if r.missing_backends:
@@ -103,6 +126,9 @@ def _hint(report: PreflightReport, bundle: Bundle) -> str:
                      "kernel library that provides them")
     if report.missing_backends:
         hints.append("build a bundle with that backend, or re-export for a target this bundle supports")
+    if any("external data file" in p for p in report.problems):
+        hints.append("rebuild the bundle with this edgerun (`edgerun runtime build --force`): its runner takes "
+                     "the program's .ptd")
     if any(p.startswith("version mismatch") for p in report.problems):
         hints.append("re-export the model with this edgerun's executorch, or build the bundle from the "
                      "executorch version that exported it")

@@ -464,7 +464,7 @@ struct DecodeTrial {
 // own planned buffers, so the trial's KV cache is not the real run's: nothing of it reaches the
 // real run's tokens (which, besides, overwrite the cache from position 0 with their prefill).
 int64_t decode_trial_median_ns(const CommonOptions& c, DecodeTrial* trial) {
-  Module m(c.model, Module::LoadMode::Mmap);
+  Module m(c.model, data_files(c), Module::LoadMode::Mmap);
   if (m.load() != Error::Ok || m.load_method(c.method) != Error::Ok) return -1;
   auto meta = m.method_meta(c.method);
   if (!meta.ok() || meta->num_inputs() != 2 || meta->num_outputs() < 1) return -1;

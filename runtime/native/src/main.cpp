@@ -68,6 +68,7 @@ Mode& chosen_mode(const Modes& modes) {
 void print_usage(const Modes& modes) {
   std::string text;
   for (auto m = modes.rbegin(); m != modes.rend(); ++m) text += (text.empty() ? "usage: " : "       ") + (*m)->usage();
+  text += "       every mode: [--ptd PATH] the program's external data file (.ptd), when it has one\n";
   text += "       edgerun-runner --list-kernels | --version | --help\n"
           "Prints JSON lines on stdout (see PROTOCOL.md); exit codes: 2 usage, 10 load, 11 input,\n"
           "12 execute, 13 output.\n";
@@ -88,6 +89,8 @@ bool parse_common_flag(Args& a, CommonOptions* c, std::string* problem) {
   const std::string& f = a.flag();
   if (f == "--model") {
     if (!a.value(&c->model)) *problem = "--model needs a path";
+  } else if (f == "--ptd") {
+    *problem = a.path_value(&c->data);
   } else if (f == "--method") {
     if (!a.value(&c->method)) *problem = "--method needs a name";
   } else if (f == "--seed") {
@@ -203,6 +206,11 @@ void load_program(Module& module, const CommonOptions& c, LoadTimes* times) {
   times->t0 = Clock::now();
   Error err = module.load(executorch::runtime::Program::Verification::InternalConsistency);
   times->t1 = Clock::now();
+  if (err != Error::Ok && !c.data.empty())
+    fail("load", kExitLoad, err,
+         "cannot load program " + c.model + " with its data file " + c.data + " (" + error_name(err) +
+             "): one of them is not valid for this runtime (corrupt, truncated, or written by an "
+             "incompatible ExecuTorch version), or the data file is not the program's own .ptd");
   if (err != Error::Ok)
     fail("load", kExitLoad, err,
          "cannot load program " + c.model + " (" + error_name(err) +
@@ -229,8 +237,14 @@ void load_method(Module& module, const CommonOptions& c, LoadTimes* times) {
   if (err == Error::OperatorMissing)
     hint = ": an operator the program uses is not registered in this runner (see the log for its "
            "name; a bundle with the kernel library that provides it is needed)";
+  else if ((err == Error::InvalidState || err == Error::NotFound) && c.data.empty())
+    hint = std::string(": ") + (err == Error::NotFound ? "a delegate backend the program uses may not be linked into "
+                                                         "this runner, or " : "") +
+           "the program may keep constants in an external data file (.ptd) and was loaded without one: "
+           "give it with --ptd PATH (the .ptd exported beside " + c.model + ")";
   else if (err == Error::NotFound)
-    hint = ": a delegate backend the program uses may not be linked into this runner";
+    hint = ": a constant the program needs is not in the data file " + c.data +
+           " (not the program's own .ptd?), or a delegate backend the program uses is not linked into this runner";
   fail("load", kExitLoad, err, "load_method(" + c.method + ") failed with " + error_name(err) + hint);
 }
 
@@ -239,6 +253,7 @@ void emit_load(const CommonOptions& c, const LoadTimes& t, const MethodMeta& met
   edgerun::JsonLine()
       .str("type", "load")
       .str("program", c.model)
+      .str_or_null("data", c.data.empty() ? nullptr : &c.data)
       .str("method", c.method)
       .str("load_mode", c.load_mode)
       .num("program_load_ns", ns_between(t.t0, t.t1))
@@ -312,6 +327,10 @@ void run(Mode& mode, const CommonOptions& c) {
   struct stat sb;
   if (::stat(c.model.c_str(), &sb) != 0)
     fail("load", kExitLoad, Error::AccessFailed, "cannot open program " + c.model + ": " + std::strerror(errno));
+  if (!c.data.empty() && ::stat(c.data.c_str(), &sb) != 0)
+    fail("load", kExitLoad, Error::AccessFailed,
+         "cannot open the program's data file " + c.data + ": " + std::strerror(errno) +
+             " (--ptd must name the .ptd written beside " + c.model + ")");
   executorch::etdump::ETDumpGen* etdump = nullptr;
   std::unique_ptr<executorch::runtime::EventTracer> tracer;
   if (!c.etdump.empty()) {
@@ -319,7 +338,8 @@ void run(Mode& mode, const CommonOptions& c) {
     etdump = gen.get();
     tracer = std::move(gen);
   }
-  Module module(c.model, c.load_mode == "mmap" ? Module::LoadMode::Mmap : Module::LoadMode::File, std::move(tracer));
+  Module module(c.model, edgerun::data_files(c),
+                c.load_mode == "mmap" ? Module::LoadMode::Mmap : Module::LoadMode::File, std::move(tracer));
   LoadTimes times;
   load_program(module, c, &times);
   auto meta = module.method_meta(c.method);

@@ -8,6 +8,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include <executorch/extension/module/module.h>
 
@@ -18,6 +19,7 @@ namespace edgerun {
 // The flags every mode shares (parsed by main.cpp).
 struct CommonOptions {
   std::string model;
+  std::string data;  // --ptd: the program's external data file (.ptd), "" when it has none
   std::string method = "forward";
   uint64_t seed = 0;
   int64_t warmup = 1;
@@ -33,6 +35,12 @@ struct CommonOptions {
   bool help = false;
   bool verbose = false;
 };
+
+// The data files every Module made for the program is given (ExecuTorch resolves external constants
+// and delegates' named data only through them): the --ptd file, or none.
+inline std::vector<std::string> data_files(const CommonOptions& c) {
+  return c.data.empty() ? std::vector<std::string>{} : std::vector<std::string>{c.data};
+}
 
 // What a mode gets once the program and its method are loaded.
 struct Loaded {

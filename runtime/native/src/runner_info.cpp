@@ -42,6 +42,11 @@ namespace edgerun {
 
 namespace {
 
+// What this runner takes beyond protocol 1's first flags, for a pre-flight to tell it from an older
+// one (bundle.json records the list; runtime/preflight.py checks it): "ptd", --ptd PATH (a
+// program's external data file).
+const std::vector<std::string> kFeatures = {"ptd"};
+
 using executorch::runtime::Error;
 
 #if defined(__aarch64__)
@@ -126,6 +131,7 @@ void print_header(const std::string& threads_auto) {
       .str("executorch_version", EDGERUN_ET_VERSION)
       .str("arch", kArch)
       .raw("build", build)
+      .raw("features", json_string_array(kFeatures))
       .num_or_null("threads", p ? static_cast<int64_t>(p->get_thread_count()) : 0, p != nullptr)
       .num("hardware_threads", static_cast<int64_t>(std::thread::hardware_concurrency()))
       .raw("xnnpack", xnnpack_options_json())
