@@ -308,7 +308,9 @@ def _resident_runner(bundle_dir: str) -> tuple[dict, list[str]]:
             "version": str(meta.get("runner_version")), "arch": str(meta.get("arch")),
             "executorch": str(meta.get("executorch_version")), "backends": list(meta.get("backends") or []),
             "operators": len(meta.get("operators") or []),
-            "flags": ["--model", "--method", "--input", "--warmup", "--iterations", "--etdump", "--output-dir"]}
+            "flags": ["--model", "--method", "--input", "--warmup", "--iterations", "--etdump", "--output-dir",
+                      # a program's external data file, when the runner says it takes one (bundle.json features)
+                      *(["--ptd"] if "ptd" in (meta.get("features") or []) else [])]}
     return desc, prefix
 
 

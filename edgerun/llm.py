@@ -229,6 +229,7 @@ def generate(artifact: str | Path | Manifest, device_name: str, prompt: str, set
 
     manifest = llm_manifest(artifact)
     manifest.verified_pte()
+    manifest.verified_data()  # a swapped .ptd fails here too, before any device
     tok = ArtifactTokenizer(manifest)
     ids = list(prompt_ids) if prompt_ids is not None else tok.encode(prompt, chat=settings.chat, system=settings.system)
     if not ids:
@@ -287,6 +288,7 @@ def bench_llm(artifact: str | Path | Manifest, devices: Sequence[str], settings:
         raise UsageError("no device given.", hint="Use --device NAME_OR_URI (e.g. local://).")
     manifest = llm_manifest(artifact)
     manifest.verified_pte()
+    manifest.verified_data()  # a swapped .ptd fails here too, before any device
     requests = bench_requests(settings.prompts, settings.generate, settings.repetitions, etdump=settings.profile)
     for r in requests:
         r.check(manifest)

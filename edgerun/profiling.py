@@ -170,6 +170,7 @@ def profile(artifact: str | Path, devices: Sequence[str], settings: ProfileSetti
         raise UsageError("no device given.", hint="Use --device NAME_OR_URI (e.g. local:// or qemu-aarch64://?cpu=cortex-a76).")
     manifest = _open_manifest(artifact)  # a bad artifact fails here, once, before any device is touched
     manifest.verified_pte()               # ... and so does a program swapped after export
+    manifest.verified_data()              # ... or its external data file
     estimates, devices = _estimate_devices(manifest, devices, inventory)
     if estimates:  # estimate:// devices: the artifact's compiler report as an estimated record, nothing run
         results = _estimate_on(manifest, estimates, store_path)

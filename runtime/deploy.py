@@ -48,6 +48,8 @@ from .modes import ForwardRequest, RunContext, RunMode, check_forward
 from .preflight import PreflightReport, check_compatible
 from .protocol import RunArtifacts, RunnerResult, parse_runner_output, runner_failure
 
+#: the name the program's external data file (``files.data``) is synced under, beside ``model.pte``
+DATA_NAME = "model.ptd"
 RUN_ARCHES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
 
 
@@ -79,6 +81,8 @@ def deploy(artifact: str | os.PathLike | Manifest, device: Device, *, variant: s
     target = _RunTarget.of(artifact)
     manifest = target.manifest
     program = manifest.verified_pte() if manifest is not None else target.program
+    # the external data file goes wherever the program goes (checked now: a swapped .ptd is refused before any push)
+    data = manifest.verified_data() if manifest is not None else None
     name = "model.pte" if manifest is not None else program.name
     arch = device_arch(device)
     bundle = bundle or bundle_for(arch, variant)
@@ -87,7 +91,7 @@ def deploy(artifact: str | os.PathLike | Manifest, device: Device, *, variant: s
                           device=device.name, stage="deploy")
     report = check_compatible(manifest, bundle, enforce=preflight) if manifest is not None else PreflightReport()
     b = _sync_bundle(device, bundle, timeout)
-    prog = sync_files(device, {name: program}, timeout=timeout)
+    prog = sync_files(device, {name: program, **({DATA_NAME: data} if data is not None else {})}, timeout=timeout)
     pushed = [f"bundle/{n}" for n in b.pushed] + prog.pushed
     skipped = [f"bundle/{n}" for n in b.skipped] + prog.skipped
     if manifest is None:
@@ -110,7 +114,8 @@ def deploy(artifact: str | os.PathLike | Manifest, device: Device, *, variant: s
         skipped += [ds.inputs for _ in d.skipped]
     return Deployment(device=device.name, arch=arch, bundle=bundle, bundle_dir=b.dest,
                       program=prog.paths[name], vectors=vectors, preflight=report,
-                      pushed=pushed, skipped=skipped, dataset_inputs=dataset_inputs)
+                      pushed=pushed, skipped=skipped, dataset_inputs=dataset_inputs,
+                      data=prog.paths[DATA_NAME] if data is not None else None)
 
 
 def _sync_bundle(device: Device, bundle: Bundle, timeout: float) -> SyncResult:

@@ -22,9 +22,10 @@ class Deployment:
     pushed: list[str]
     skipped: list[str]
     dataset_inputs: str | None = None  # on the device: the held-out split's stacked inputs, if any
+    data: str | None = None            # on the device: the program's external data file (.ptd), if it has one
 
     def to_json(self) -> dict:
         return {"device": self.device, "arch": self.arch, "bundle": str(self.bundle.path),
-                "bundle_dir": self.bundle_dir, "program": self.program, "vectors": len(self.vectors),
+                "bundle_dir": self.bundle_dir, "program": self.program, "data": self.data, "vectors": len(self.vectors),
                 "dataset_inputs": self.dataset_inputs,
                 "preflight": self.preflight.to_json(), "pushed": self.pushed, "skipped": self.skipped}

@@ -145,7 +145,7 @@ class LLMRequest:
     def argv(self, ctx: "RunContext") -> list[str]:
         dep = ctx.deployment
         logprobs = ctx.remote("logprobs.npy") if self.mode == "score" else None
-        return runner_argv(dep.bundle, dep.program, options=self.options, bundle_dir=dep.bundle_dir,
+        return runner_argv(dep.bundle, dep.program, options=self.options, bundle_dir=dep.bundle_dir, data=dep.data,
                            etdump=ctx.remote("run.etdp") if self.etdump else None,
                            llm_args=self.runner_args(ctx.pushed.get("tokens"), logprobs))
 

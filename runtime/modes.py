@@ -62,11 +62,13 @@ class RunContext:
         return f"{self.remote_run}/{rel}"
 
     def prefix(self) -> list[str]:
-        """The runner's argv up to and including ``--model PROGRAM`` (loader for aarch64 bundles)."""
+        """The runner's argv up to and including ``--model PROGRAM`` (loader for aarch64 bundles), and
+        ``--ptd DATA`` when the program has an external data file."""
         from .bundle import runner_prefix
 
         dep = self.deployment
-        return runner_prefix(dep.bundle.arch, dep.bundle_dir) + ["--model", dep.program]
+        return runner_prefix(dep.bundle.arch, dep.bundle_dir) + ["--model", dep.program] + (
+            ["--ptd", dep.data] if dep.data else [])
 
     def push(self, files: Mapping[str, Path]):
         """Sync local files to the device's content-addressed store; returns the sync result (its
@@ -173,7 +175,7 @@ class ForwardRequest:
         inputs = dep.vectors[self.vector] if self.vector is not None and dep.vectors else []
         return runner_argv(dep.bundle, dep.program, inputs=inputs, options=self.options,
                            etdump=ctx.remote("run.etdp") if self.etdump else None,
-                           output_dir=ctx.remote("outputs"), bundle_dir=dep.bundle_dir)
+                           output_dir=ctx.remote("outputs"), bundle_dir=dep.bundle_dir, data=dep.data)
 
     def collect(self, ctx: RunContext, result: "RunnerResult", run: "RunArtifacts") -> None:
         (ctx.run_dir / "outputs").mkdir(exist_ok=True)
@@ -187,7 +189,8 @@ class ForwardRequest:
         dep = ctx.deployment
         remote_out = ctx.remote("dataset_outputs.npy")
         dargv = runner_argv(dep.bundle, dep.program, options=self.options, bundle_dir=dep.bundle_dir,
-                            input_batch=dep.dataset_inputs, batch_output=remote_out, batch_only=True)
+                            input_batch=dep.dataset_inputs, batch_output=remote_out, batch_only=True,
+                            data=dep.data)
         ctx.stage("dataset run", dataset_argv=dargv)
         split = ctx.manifest.dataset.inputs if ctx.manifest is not None and ctx.manifest.dataset else "held-out"
         run.dataset_result = ctx.run_runner(

@@ -109,10 +109,12 @@ class Load:
     load_mode: str | None = None
     inputs: tuple[TensorLine, ...] = ()
     outputs: tuple[TensorLine, ...] = ()
+    data: str | None = None  # --ptd: the program's external data file (null/absent: none)
 
     @classmethod
     def parse(cls, d):
-        return cls(program=_f(d, "program", str, optional=True), method=_f(d, "method", str),
+        return cls(program=_f(d, "program", str, optional=True), data=_f(d, "data", str, optional=True),
+                   method=_f(d, "method", str),
                    load_ns=_f(d, "load_ns", int), program_load_ns=_f(d, "program_load_ns", int, optional=True),
                    method_load_ns=_f(d, "method_load_ns", int, optional=True),
                    load_mode=_f(d, "load_mode", str, optional=True),

@@ -48,6 +48,11 @@ def _backend_flags(options: "RunOptions") -> list[str]:
     return out
 
 
+def _data_flags(data: str | os.PathLike | None) -> list[str]:
+    """``--ptd PATH`` for a program with an external data file; nothing without one."""
+    return ["--ptd", os.fspath(data)] if data else []
+
+
 @dataclass(frozen=True)
 class RunOptions:
     """How to run a program: the runner flags that do not name files."""
@@ -87,7 +92,7 @@ def runner_argv(bundle: Bundle, program: str, *, inputs: Sequence[str] = (), opt
                 etdump: str | None = None, output_dir: str | None = None, bundle_dir: str | None = None,
                 emulator: Sequence[str] = (), input_batch: str | None = None,
                 batch_output: str | None = None, batch_only: bool = False,
-                llm_args: Sequence[str] = ()) -> list[str]:
+                llm_args: Sequence[str] = (), data: str | None = None) -> list[str]:
     """The argv that runs ``program`` with ``bundle`` located at ``bundle_dir`` on the executing side.
 
     Paths are used as given (they are the executing side's paths). ``bundle_dir`` defaults to the
@@ -98,6 +103,9 @@ def runner_argv(bundle: Bundle, program: str, *, inputs: Sequence[str] = (), opt
     .npy once, after the timed iterations, and write output 0 stacked (``--input-batch``,
     ``--batch-output``). ``batch_only``: no warm-up and no timed iterations, only the batch.
 
+    ``data``: the program's external data file (``.ptd``) on the executing side, when it has one
+    (``--ptd``; a program that keeps weights there does not load without it).
+
     ``llm_args``: the LLM mode's flags (:meth:`edgerun.runtime.llm.LLMRequest.runner_args`); the run then
     takes no inputs or output directory, ``options.warmup`` counts warm-up repetitions and
     ``options.seed`` seeds sampling and random prompts.
@@ -106,8 +114,8 @@ def runner_argv(bundle: Bundle, program: str, *, inputs: Sequence[str] = (), opt
         if inputs or input_batch is not None or output_dir:
             raise ValueError("an LLM run takes no inputs, batch or output directory")
         argv = runner_prefix(bundle.arch, bundle_dir if bundle_dir is not None else str(bundle.path), emulator)
-        argv += ["--model", str(program), "--method", options.method, "--warmup", str(options.warmup),
-                 "--seed", str(options.seed)]
+        argv += ["--model", str(program), *_data_flags(data), "--method", options.method,
+                 "--warmup", str(options.warmup), "--seed", str(options.seed)]
         if options.threads:
             argv += ["--threads", str(options.threads)]
         argv += _backend_flags(options)
@@ -123,7 +131,7 @@ def runner_argv(bundle: Bundle, program: str, *, inputs: Sequence[str] = (), opt
     if input_batch is not None and etdump:
         raise ValueError("a batch run cannot record an ETDump (it would hold the batch's executions)")
     argv = runner_prefix(bundle.arch, bundle_dir if bundle_dir is not None else str(bundle.path), emulator)
-    argv += ["--model", str(program), "--method", options.method]
+    argv += ["--model", str(program), *_data_flags(data), "--method", options.method]
     argv += ["--warmup", "0", "--iterations", "0"] if batch_only else \
         ["--warmup", str(options.warmup), "--iterations", str(options.iterations)]
     if options.min_time_ms and not batch_only:
@@ -151,8 +159,11 @@ def run_local(bundle_dir: str | os.PathLike | Bundle, program: str | os.PathLike
               outputs_dir: str | os.PathLike | None = None, method: str = "forward", min_time_ms: int = 0,
               options: RunOptions | None = None, emulator: Sequence[str] = (), timeout: float = 600,
               check: bool = True, verify: bool = True, input_batch: str | os.PathLike | None = None,
-              batch_output: str | os.PathLike | None = None, batch_only: bool = False) -> RunnerResult:
+              batch_output: str | os.PathLike | None = None, batch_only: bool = False,
+              data: str | os.PathLike | None = None) -> RunnerResult:
     """Run a bundle's runner on this machine (directly, or under ``emulator`` such as qemu).
+
+    ``data``: the program's external data file (``.ptd``), when it has one.
 
     ``input_batch``/``batch_output``/``batch_only``: as :func:`runner_argv` (``--input-batch``).
 
@@ -185,7 +196,7 @@ def run_local(bundle_dir: str | os.PathLike | Bundle, program: str | os.PathLike
                        output_dir=os.fspath(outputs_dir) if outputs_dir else None, emulator=emulator,
                        input_batch=os.fspath(input_batch) if input_batch is not None else None,
                        batch_output=os.fspath(batch_output) if batch_output is not None else None,
-                       batch_only=batch_only)
+                       batch_only=batch_only, data=os.fspath(data) if data else None)
     started = time.monotonic()
     try:
         proc = subprocess.run(argv, capture_output=True, timeout=timeout)
@@ -226,6 +237,7 @@ def run_artifact_local(artifact: str | os.PathLike, bundle_dir: str | os.PathLik
     bundle = require_intact(load_bundle(bundle_dir))
     report = check_compatible(manifest, bundle, enforce=preflight)
     pte = manifest.verified_pte()
+    data = manifest.verified_data()
     out_dir = Path(outputs_dir) if outputs_dir else None
     etdump_path = None
     if etdump:  # beside the outputs, else in a fresh run folder: never inside the artifact
@@ -236,7 +248,7 @@ def run_artifact_local(artifact: str | os.PathLike, bundle_dir: str | os.PathLik
             raise environment_problem(exc, f"cannot create {base}", stage="run directory") from None
         etdump_path = base / "run.etdp"
     result = run_local(bundle, pte, inputs, options=options, etdump_path=etdump_path, outputs_dir=out_dir,
-                       emulator=emulator, timeout=timeout, verify=False)
+                       emulator=emulator, timeout=timeout, verify=False, data=data)
     return {"artifact": str(art), "bundle": str(bundle.path), "preflight": report.to_json(),
             "inputs": inputs or f"fill:{options.fill}", "emulator": list(emulator) or None,
             "runner": result.to_json()}

@@ -186,6 +186,7 @@ def _run_on_devices(artifact, device, all_devices, inventory, opts, *, vector, e
 
     artifact = read_manifest(artifact)  # a bad artifact fails once, before any device is opened
     artifact.verified_pte()
+    artifact.verified_data()
     check_run_request(artifact, vector=vector, timeout=timeout)  # wrong options fail before any work
     names = _device_list(device, all_devices, inventory)
     devices = []
