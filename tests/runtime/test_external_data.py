@@ -199,3 +199,13 @@ def test_a_swapped_data_file_is_refused_before_anything_is_pushed(artifact, tmp_
 def test_a_cross_built_bundle_records_what_its_runner_advertises(aarch64_bundle):
     # read from the runner's own header under qemu at build time, as its operators are
     assert "ptd" in aarch64_bundle.raw["features"]
+
+
+def test_edgerun_run_on_this_machine_passes_the_data_file(host_bundle, artifact, tmp_path):
+    from edgerun.runtime.runner import run_artifact_local
+
+    out = run_artifact_local(artifact, host_bundle.path, options=RunOptions(warmup=0, iterations=1),
+                             outputs_dir=tmp_path / "out")
+    assert out["preflight"]["ok"]
+    np.testing.assert_allclose(np.load(tmp_path / "out" / "output_0.npy"),
+                               read_manifest(artifact).load_test_vector(0).outputs[0], rtol=1e-5, atol=1e-5)
