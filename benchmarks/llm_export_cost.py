@@ -73,7 +73,7 @@ def main() -> None:
                    on_stage=lambda name: print(f"{name:12s} start  [{now()}]", flush=True),
                    on_stage_done=lambda name, s: print(f"{name:12s} done   [{now()}]  wall {s:.1f} s", flush=True),
                    on_progress=progress, on_warning=lambda text: print(f"warning: {text}"))
-    print(f"pte {m.pte_bytes / 1e6:.1f} MB, etrecord {m.etrecord_bytes / 1e6:.1f} MB, status {m.status}, "
+    print(f"pte {m.pte_bytes / 1e6:.1f} MB, data file {(m.data_bytes or 0) / 1e6:.1f} MB, etrecord {m.etrecord_bytes / 1e6:.1f} MB, status {m.status}, "
           f"artifact {out}")
 
 

@@ -1116,6 +1116,12 @@ class Manifest:
         return self.file(self.files["pte"], "program")
 
     @property
+    def data_path(self) -> Path | None:
+        """The program's external data file (unchecked; :meth:`verified_data` checks it), or None."""
+        rel = self.files.get("data")
+        return self.file(rel, "program data file") if rel else None
+
+    @property
     def etrecord_path(self) -> Path | None:
         """The ETRecord, if the manifest names one and it is there."""
         rel = self.files.get("etrecord")

@@ -36,7 +36,7 @@ def fit(manifest: Manifest, figures: dict, *, sram: int | None = None, flash: in
     Headroom is the board's size minus that; without a board size only the needs are given. An upper bound:
     the NPU partitions' inputs and outputs may be counted in both parts."""
     need_sram = int(figures["sram_bytes"]) + int(manifest.planned_memory_bytes or 0)
-    need_flash = int(manifest.pte_bytes)
+    need_flash = int(manifest.program_bytes)
     return _with_headroom(need_sram, need_flash, sram, flash,
                           sram_parts={"npu_sram_vela": int(figures["sram_bytes"]),
                                       "planned_buffers": int(manifest.planned_memory_bytes or 0)})
@@ -54,7 +54,7 @@ def program_fit(manifest: Manifest, *, sram: int | None = None, flash: int | Non
     passes size them at export and plan them like any tensor); flash: the whole ``.pte`` (weights and the
     program). Not counted: the runtime's own code and stack, and the method allocator's bookkeeping."""
     need_sram = int(manifest.planned_memory_bytes or 0)
-    need_flash = int(manifest.pte_bytes)
+    need_flash = int(manifest.program_bytes)
     return _with_headroom(need_sram, need_flash, sram, flash, sram_parts={"arena_planned": need_sram},
                           planned_buffers=tuple(int(b) for b in manifest.planned_buffers))
 
@@ -167,7 +167,7 @@ def estimated_record(manifest: Manifest, *, clock_hz: float | None = None, sram:
         source=ESTIMATED, samples=(Sample(index=0, warmup=False, execute_ns=ns),),
         latency=summarize([ns]), wall=None,
         memory=Memory(planned_bytes=manifest.planned_memory_bytes, peak_rss_bytes=None, rss_bytes=None,
-                      pte_bytes=manifest.pte_bytes, bundle_bytes=None, load_ms=None, program_load_ms=None,
+                      pte_bytes=manifest.program_bytes, bundle_bytes=None, load_ms=None, program_load_ms=None,
                       method_load_ms=None, sources={"planned_bytes": ESTIMATED, "pte_bytes": ESTIMATED}),
         warnings=(f"estimated by {fig['compiler']} ({fig['accelerator']}, {fig['system_config']}, "
                   f"{fig['memory_mode']}, {fig['clock_hz'] / 1e6:g} MHz): a performance model, not a run; the "

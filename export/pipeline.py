@@ -209,10 +209,10 @@ def _lower(exported, target: Target, scheme: Recipe, example=None):
 # verification with executorch's own runtime
 
 
-def _run_program(pte_path: Path, samples: Sequence[tuple]) -> list[list[np.ndarray]]:
+def _run_program(pte_path: Path, samples: Sequence[tuple], data: Path | None = None) -> list[list[np.ndarray]]:
     from executorch.runtime import Runtime
 
-    program = Runtime.get().load_program(str(pte_path))
+    program = Runtime.get().load_program(str(pte_path), data_path=str(data) if data else None)
     method = program.load_method("forward")
     results = []
     for sample in samples:
@@ -246,7 +246,8 @@ def verify_artifact(art_dir: Path, manifest: Manifest, thresholds: Thresholds) -
     """Run the artifact's program on its test vectors and compare with the stored eager outputs."""
     manifest = dataclasses.replace(manifest, path=Path(art_dir))
     vectors = manifest.load_test_vectors()
-    actual = _run_program(manifest.pte_path, [tuple(_as_tensor(a) for a in v.inputs) for v in vectors])
+    actual = _run_program(manifest.pte_path, [tuple(_as_tensor(a) for a in v.inputs) for v in vectors],
+                          data=manifest.data_path)
     per_vector = [compare_outputs(a, v.outputs) for a, v in zip(actual, vectors)]
     summary = aggregate(per_vector)
     if len(manifest.outputs) == len(summary):  # the outputs' names (a dict's keys), not only their places

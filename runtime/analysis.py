@@ -187,7 +187,7 @@ def analyse(run: RunArtifacts, manifest: Manifest, settings: AnalysisSettings = 
             mem_sources[name] = src
     memory = Memory(
         planned_bytes=manifest.planned_memory_bytes, peak_rss_bytes=kb(summary.peak_rss_kb), rss_bytes=kb(summary.rss_kb),
-        pte_bytes=manifest.pte_bytes, bundle_bytes=run.bundle_bytes, load_ms=ms(load_ns),
+        pte_bytes=manifest.program_bytes, bundle_bytes=run.bundle_bytes, load_ms=ms(load_ns),
         program_load_ms=ms(load.program_load_ns if load else None),
         method_load_ms=ms(load.method_load_ns if load else None), sources=mem_sources,
     )

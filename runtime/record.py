@@ -90,7 +90,7 @@ class Memory:
     planned_bytes: int | None  # non-constant buffers planned in the program (from the manifest)
     peak_rss_bytes: int | None  # VmHWM of the runner
     rss_bytes: int | None  # VmRSS at the end of the run
-    pte_bytes: int | None
+    pte_bytes: int | None  # the program on the device: the .pte and its external data file (.ptd), if any
     bundle_bytes: int | None  # the runtime bundle pushed to the device
     load_ms: float | None  # program + method load
     program_load_ms: float | None

@@ -59,7 +59,11 @@ def show_manifest(m) -> None:
     t = Table(title="Artifact", show_header=False, title_justify="left")
     t.add_column(style="bold")
     t.add_column()
-    t.add_row(".pte size", format_bytes(m.pte_bytes))
+    if m.data_bytes is None:
+        t.add_row(".pte size", format_bytes(m.pte_bytes))
+    else:
+        t.add_row("program size", f"{format_bytes(m.program_bytes)} (.pte {format_bytes(m.pte_bytes)}, "
+                  f"data file {escape(m.files['data'])} {format_bytes(m.data_bytes)})")
     t.add_row("fp32 weights (eager)", format_bytes(m.model.fp32_weight_bytes))
     t.add_row("parameters", f"{m.model.parameters or 0:,}")
     t.add_row("planned memory (program buffers)", format_bytes(m.planned_memory_bytes) + " (the program's own "

@@ -47,7 +47,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -80,11 +80,11 @@ PROMPTS = ("The capital of France is", "Water boils at one hundred degrees", "On
            "The quick brown fox jumps over the lazy dog")
 
 
-def _runtime_method(pte: Path):
+def _runtime_method(pte: Path, data: Path | None = None):
     import executorch.kernels.quantized  # noqa: F401  registers quantized_decomposed::embedding_* kernels
     from executorch.runtime import Runtime
 
-    return Runtime.get().load_program(str(pte)).load_method("forward")
+    return Runtime.get().load_program(str(pte), data_path=str(data) if data else None).load_method("forward")
 
 
 def _logits_fn(model=None, method=None):
@@ -238,15 +238,28 @@ def _mutated_buffers(exported) -> set[str]:
 def _weight_bytes(exported) -> dict[str, int]:
     """Bytes of the program's weights (parameters and constant buffers, not the KV cache) by dtype;
     a tensor shared by two names (a tied weight) counts once."""
+    import hashlib
+
+    import torch
+
     mutable = _mutated_buffers(exported)
     seen, out = set(), {}
-    for name, t in list(exported.state_dict.items()) + list(exported.constants.items()):
-        if name in mutable or not hasattr(t, "dtype"):
-            continue
+    tensors = [(n, t) for n, t in list(exported.state_dict.items()) + list(exported.constants.items())
+               if n not in mutable and hasattr(t, "dtype")]
+    alike: dict[tuple, int] = {}
+    for _, t in tensors:
+        alike[(t.dtype, tuple(t.shape))] = alike.get((t.dtype, tuple(t.shape)), 0) + 1
+    for name, t in tensors:
         key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
         if key in seen:
             continue
         seen.add(key)
+        if alike[(t.dtype, tuple(t.shape))] > 1:   # an identical copy (a shared tied table) is stored once too
+            raw = t.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
+            digest = (t.dtype, tuple(t.shape), hashlib.sha256(raw.tobytes()).hexdigest())
+            if digest in seen:
+                continue
+            seen.add(digest)
         dt = str(t.dtype).replace("torch.", "")
         out[dt] = out.get(dt, 0) + t.numel() * t.element_size()
     return dict(sorted(out.items()))
@@ -285,8 +298,8 @@ def _plan(chain: RecipeChain) -> Plan:
                 makes=("module",))
           for k, (name, step) in enumerate(chain.stages())],
         Stage("export", _export_stage, needs=("module", "example", "max_context"), makes=("exported", "weight_bytes")),
-        Stage("lower", _lower_stage, needs=("exported", "target", "chain"), makes=("program",)),
-        Stage("write", _write_stage, needs=("program", "params", "config", "module", "tok", "tok_facts", "tmp",
+        Stage("lower", _lower_stage, needs=("exported", "target", "chain"), makes=("program", "shared")),
+        Stage("write", _write_stage, needs=("program", "shared", "params", "config", "module", "tok", "tok_facts", "tmp",
                                             "prompts", "heldout"), makes=("manifest",)),
         Stage("verify", _verify_stage, needs=("manifest", "prompts", "heldout", "ppl_fp32", "ppl_fp32_chunks",
                                               "llamacpp", "limits"),
@@ -546,11 +559,65 @@ def _partition_progress():
                 _remove_counters()
 
 
+#: the program's external data file holds what the program shares between a delegate and its own kernels
+#: (ExecuTorch writes tag ``T`` to ``T.ptd``)
+DATA_TAG = "model"
+DATA_FILE = f"{DATA_TAG}.ptd"
+#: what an LLM program's files hold, in the recipe identity (see llm_recipe_identity)
+PROGRAM_LAYOUT = 2
+
+
+def tie_external_constants(exported) -> dict[str, Any] | None:
+    """Put an embedding table that another constant of the program repeats byte for byte (the LM head a
+    tied model shares it with, :func:`~.quantize._share_tied_table`) in the program's external data file,
+    both of them: ExecuTorch's serializer keeps identical blobs once, under both names, and the runtime
+    resolves the embedding's constant and XNNPACK's packed head from that one blob. The head is tagged for
+    its delegate (``delegate_constant_tag``), the table for the emitter (returned: pass its placeholder
+    names to ``external_constants``). None when no table has a twin (nothing changes: one ``.pte``)."""
+    import torch
+
+    sig = exported.graph_signature
+    names = {**sig.inputs_to_parameters, **sig.inputs_to_buffers, **sig.inputs_to_lifted_tensor_constants}
+
+    def value(node):
+        fqn = names.get(node.name) if node.op == "placeholder" else None
+        if fqn is None:
+            return None
+        return exported.state_dict[fqn] if fqn in exported.state_dict else exported.constants.get(fqn)
+
+    tables = {n.args[0] for n in exported.graph.nodes
+              if n.op == "call_function" and "embedding_byte" in str(n.target) and n.args}
+    placeholders = [n for n in exported.graph.nodes if n.op == "placeholder"]
+    tagged, twins, table_bytes = [], [], 0
+    for table in tables:
+        t = value(table)
+        if t is None:
+            continue
+        same = [n for n in placeholders if n is not table and (v := value(n)) is not None and v.dtype == t.dtype
+                and tuple(v.shape) == tuple(t.shape) and torch.equal(v, t)]
+        if not same:
+            continue
+        table.meta.setdefault("custom", {})["edgerun_external"] = DATA_TAG
+        for twin in same:
+            twin.meta.setdefault("custom", {})["delegate_constant_tag"] = DATA_TAG
+        tagged.append(table.name)
+        twins += [n.name for n in same]
+        table_bytes += t.numel() * t.element_size()
+    if not tagged:
+        return None
+    return {"tables": tagged, "twins": twins, "table_bytes": table_bytes}
+
+
+def _external_tag(node) -> str | None:
+    return (node.meta.get("custom") or {}).get("edgerun_external")
+
+
 def _lower_stage(w: Work) -> None:
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
 
     from ..retrace import skip_idle_retraces
 
+    w.shared = tie_external_constants(w.exported)
     partitioners = w.target.partitioners(w.chain.quantize)   # imports the backends' classes, which are counted
     report_progress(0, 1, "decomposing to the edge dialect, partitioning")
     with _partition_progress(), skip_idle_retraces():
@@ -562,7 +629,10 @@ def _lower_stage(w: Work) -> None:
     # run_reinplace_pass: the KV cache's index_put becomes index_put_ on the cache buffer itself, so a step
     # writes its new keys/values in place instead of copying the whole cache into a new tensor and that back
     # into the buffer (two full cache copies per layer per step; the runner's kernels register index_put_).
-    w.program = edge.to_executorch(ExecutorchBackendConfig(extract_delegate_segments=True, run_reinplace_pass=True))
+    # external_constants: the shared table's placeholder (by the tag tie_external_constants gave it, which the
+    # edge program keeps) goes to DATA_FILE, beside its twin the delegate put there
+    w.program = edge.to_executorch(ExecutorchBackendConfig(extract_delegate_segments=True, run_reinplace_pass=True,
+                                                           external_constants=_external_tag if w.shared else False))
 
 
 def _write_stage(w: Work) -> None:
@@ -576,6 +646,7 @@ def _write_stage(w: Work) -> None:
     pte = tmp / "model.pte"
     with open(pte, "wb") as f:
         w.program.write_to_file(f)
+    data = _write_data_file(w, tmp)
     for i, step in enumerate(w.chain.steps):   # what a step says of the written program (sparsify: compressed size)
         extra = step.program_facts(pte)
         if extra:
@@ -610,13 +681,38 @@ def _write_stage(w: Work) -> None:
         recipe_hash=w.identity.hash, recipe=w.identity, versions=_versions(),
         inputs=(TensorSpec("tokens", (1, w.max_context), "int64"), TensorSpec("input_pos", (w.max_context,), "int64")),
         outputs=(TensorSpec("logits", (1, w.max_context, cfg.vocab_size), "float32"),),
-        files={"pte": "model.pte", "etrecord": "model.etrecord", "tokenizer": "tokenizer.json"},
+        files={"pte": "model.pte", "etrecord": "model.etrecord", "tokenizer": "tokenizer.json",
+               **({"data": DATA_FILE} if data else {})},
         pte_bytes=pte.stat().st_size, pte_sha256=sha256_file(pte),
+        data_bytes=data.stat().st_size if data else None, data_sha256=sha256_file(data) if data else None,
         etrecord_bytes=(tmp / "model.etrecord").stat().st_size, method=facts["method"],
         planned_memory_bytes=facts["planned_memory_bytes"], planned_buffers=tuple(facts["planned_buffers"]),
         operators=Operators.from_json(facts["operators"], "operators"), test_vectors=tuple(vectors),
         llm=w.llm, path=tmp,
     )
+
+
+def _write_data_file(w: Work, tmp: Path) -> Path | None:
+    """Write the program's external data file when the lowering made one (a shared tied table), and check
+    it holds that table once: ExecuTorch keeps identical blobs once, but only when both copies reached the
+    file (the head delegated to XNNPACK, the table emitted external); otherwise the program is still
+    right, only larger, and the export says so."""
+    files = (w.program._tensor_data or {}) if w.shared else {}   # ExecuTorch 1.5's manager: no public view
+    if not files:
+        return None
+    if set(files) != {DATA_TAG}:
+        raise ExportError(f"the lowering wrote data files {sorted(files)}, edgerun expects only {DATA_FILE}.",
+                          stage="write", hint="Report this with the recipe and the GGUF.")
+    w.program.write_tensor_data_to_file(tmp)
+    data = tmp / DATA_FILE
+    size, table = data.stat().st_size, w.shared["table_bytes"]
+    if size >= 2 * table:
+        w.progress.warn(f"the tied embedding and LM head did not end up as one table: {DATA_FILE} is "
+                        f"{size / 2**20:.1f} MiB for a {table / 2**20:.1f} MiB table (stored twice).")
+    q = next((i for i, st in enumerate(w.chain.steps) if st.kind == "quantize"), None)
+    if q is not None:   # the quantize step shared the table: its facts say what that saved
+        w.step_facts[q] = {**w.step_facts.get(q, {}), "tied_table_bytes": table, "data_file_bytes": size}
+    return data
 
 
 def _verify_stage(w: Work) -> None:
@@ -636,7 +732,8 @@ def _verify_stage(w: Work) -> None:
     ref = w.llamacpp
     chunks = ref["n_chunks"] if ref else 0
     tick = _Ticker(windows * (2 if recipe_ppl else 1) + 2 * len(w.prompts) + 2 * n_new + chunks, "step")
-    prog = _logits_fn(method=_runtime_method(w.tmp / "model.pte"))
+    data = w.manifest.files.get("data")
+    prog = _logits_fn(method=_runtime_method(w.tmp / "model.pte", w.tmp / data if data else None))
     eager_recipe = _logits_fn(model=w.module)
     fp32 = w.ppl_fp32
     program = perplexity(tick.wrap(prog, "program perplexity"), w.heldout, window)
@@ -697,7 +794,10 @@ def llm_recipe_identity(spec: LLMSpec, target, recipe: "str | Recipe | RecipeCha
     tgt = target if isinstance(target, Target) else get_target(target)
     base = recipe_identity(spec, tgt, recipe, seed=options.seed, vectors=options.vectors)
     max_context = spec.default_max_context() if max_context is None else max_context
-    return dataclasses.replace(base, model={**base.model, "gguf_sha256": sha256_file(spec.gguf()),
+    # program_layout 2: a tied int8 table shared by the embedding and the LM head, stored once in model.ptd
+    # (artifacts of layout 1 stored it twice in the .pte: a cached one is not what this edgerun would make)
+    return dataclasses.replace(base, model={**base.model, "program_layout": PROGRAM_LAYOUT,
+                                            "gguf_sha256": sha256_file(spec.gguf()),
                                             "max_context": max_context, "layers": spec.layers,
                                             "weights_sha256": spec.weights_sha256})
 

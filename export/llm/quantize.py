@@ -20,9 +20,12 @@
   ``embedding_byte`` — kernels of ExecuTorch's quantized kernel library (``executorch.kernels.quantized``),
   not the LLM custom-op library, so the native runner links them like any other kernel.
 
-A tied LM head is quantized on its own (XNNPACK packs its weights into the delegate, and no
-kernel reads the embedding's table as a linear weight), so the tied matrix is stored twice -- a
-4-bit table and an int8 head -- rather than once in fp32 plus once in the delegate.
+A tied LM head kept int8 per-channel (the default of both schemes) is the embedding's table too: the
+embedding looks up the head's own int8 codes and row scales (:func:`_share_tied_table`), and the export
+stores that one table once, in the program's external data file, where both XNNPACK's head and the
+embedding kernel find it by name. A tied head made int4 (``8da4w(int8_layers=none)``) is quantized on
+its own, since XNNPACK packs int4 codes its own way: the matrix is then stored twice, an int4 head and
+an 8- or 4-bit table.
 
 The handlers of the LLM flavour of those schemes are registered here (:func:`~..recipes.recipe_handler`
 with ``llm=True``) when :mod:`edgerun.export` is imported; fp32's is the identity, registered beside it.
@@ -62,8 +65,18 @@ def _module_class():
     class QuantizedEmbedding(nn.Module):
         """Embedding rows as symmetric ``bits``-bit codes, ``group_size`` values per fp32 scale."""
 
-        def __init__(self, weight: torch.Tensor, bits: int, group_size: int):
+        def __init__(self, weight: torch.Tensor | None, bits: int, group_size: int, *,
+                     codes: torch.Tensor | None = None, code_scales: torch.Tensor | None = None):
             super().__init__()
+            if codes is not None:   # the table is given: int8 codes [vocab, dim], one scale per row
+                vocab, dim = codes.shape
+                if codes.dtype != torch.int8 or bits != 8 or group_size != dim or code_scales is None \
+                        or code_scales.numel() != vocab:
+                    raise ValueError("given codes must be int8 [vocab, dim] with one scale per row")
+                self.bits, self.group_size, self.qmax = 8, dim, 127
+                self.register_buffer("weight", codes.detach().clone().contiguous())
+                self.register_buffer("scales", code_scales.detach().float().reshape(vocab, 1).clone().contiguous())
+                return
             vocab, dim = weight.shape
             if dim % group_size:
                 raise ValueError(f"embedding width {dim} is not a multiple of group_size {group_size}")
@@ -171,6 +184,7 @@ def quantize_llama(model, scheme) -> tuple[Any, dict]:
             quantize_(part, int4, pick(narrow_set))
         report_progress(k + 1, len(blocks) + 1, f"layer {k + 1}/{len(blocks)}" if prefix else "LM head")
     kept = _keep_gguf_q4_0(model, q, narrow, gs)
+    shared = model.config.tied_embeddings and _share_tied_table(q)
     unwrap_tensor_subclass(q)
     facts = {"linear_layers": len(linears), "quantized_linear_layers": len(linears),
              "int4_linear_layers": len(narrow), "int8_linear_layers": len(wide), "int4_weight_numel": int4_numel,
@@ -182,9 +196,36 @@ def quantize_llama(model, scheme) -> tuple[Any, dict]:
              "lm_head": ("int8 per-channel" if "output" in wide else f"int4 grouped ({gs} per scale)")
                         + (" (tied: stored apart from the embedding)"
                                               if model.config.tied_embeddings else "")}
+    if shared:
+        facts["embedding"] = ("8-bit, one scale per row: the LM head's int8 codes and scales "
+                              "(quantized_decomposed::embedding_byte)"
+                              + ("; embedding_bits=4 not used, the shared table costs nothing" if bits == 4 else ""))
+        facts["lm_head"] = "int8 per-channel (tied: one table with the embedding, stored once)"
+        facts["tied_table"] = "shared"
     if kept:   # {"layers", "groups", "exact", "negated"}: see _keep_gguf_q4_0
         facts["int4_from_gguf_q4_0"] = kept
     return q.eval(), facts
+
+
+def _share_tied_table(q) -> bool:
+    """Make the embedding of a tied model read the LM head's own table: the head's int8 per-channel codes
+    [vocab, dim] and scales [vocab] are exactly an ``embedding_byte`` table with one scale per row (a
+    symmetric code times its row's scale, the same values the head multiplies by). Both then hold
+    byte-identical tensors, which the export stores once (:func:`~.export.tie_external_constants`).
+    Only for an int8 per-channel head with zero zero points (an int4 head's packing is XNNPACK's, not
+    the 4-bit embedding kernel's); returns whether the table is shared."""
+    import torch
+
+    w = getattr(getattr(q, "output", None), "weight", None)
+    emb = q.tok_embeddings
+    if not all(hasattr(w, a) for a in ("qdata", "scale", "zero_point")):
+        return False
+    codes, scale = w.qdata, w.scale
+    if codes.dtype != torch.int8 or tuple(codes.shape) != (q.config.vocab_size, q.config.dim) \
+            or scale.numel() != codes.shape[0] or bool(w.zero_point.any()):
+        return False
+    q.tok_embeddings = type(emb)(None, 8, codes.shape[1], codes=codes, code_scales=scale)
+    return True
 
 
 def _keep_gguf_q4_0(model, q, narrow: list[str], gs: int | None) -> dict[str, int]:

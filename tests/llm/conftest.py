@@ -51,6 +51,13 @@ def tiny_fp32(tiny_gguf, make_artifact):
 
 
 @pytest.fixture(scope="session")
+def tiny_8da4w(tiny_gguf, make_artifact):
+    """The tiny GGUF exported 8da4w (default options) for a Pi 5, max context 48, once per session: its tied
+    embedding and int8 LM head share one table, in the artifact's data file (model.ptd)."""
+    return make_artifact(str(tiny_gguf), "rpi5", "8da4w", max_context=48)
+
+
+@pytest.fixture(scope="session")
 def llamacpp():
     """The llama.cpp reference (edgerun.export.llm.llamacpp), built by scripts/setup; never built or
     downloaded here. Missing: a failure under CI, a skip (with the command that builds it) locally.

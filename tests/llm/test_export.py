@@ -151,8 +151,8 @@ def test_8da4w_export_via_the_cli_quantizes_embedding_and_lm_head_and_shows_its_
     """The CLI with stderr piped (as in a CI log): a line per stage as it ends, and lines with the fraction
     of the long stages (quantize per layer, lower per delegate partition, verify per window/prompt/token)."""
     fp32 = read_manifest(tiny_fp32)
-    res = cli("export", str(tiny_gguf), "--target", "rpi5", "--scheme", "8da4w", "--group-size", "32",
-              "--embedding-bits", "4", "--max-context", "48", "-o", str(tmp_path / "q"), "--json")
+    res = cli("export", str(tiny_gguf), "--target", "rpi5", "--scheme", "8da4w(int8_layers=attention/ffn_down)",
+              "--group-size", "32", "--embedding-bits", "4", "--max-context", "48", "-o", str(tmp_path / "q"), "--json")
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["ok"] is True          # stdout is the one JSON object
     stages = re.findall(r"^export: ([a-z ]+) … \d+\.\d s$", res.stderr, re.M)
@@ -168,7 +168,8 @@ def test_8da4w_export_via_the_cli_quantizes_embedding_and_lm_head_and_shows_its_
     m = read_manifest(tmp_path / "q")
     assert m.ok, m.verification.failures
     assert set(m.stage_seconds) == set(stages)
-    assert m.scheme.recipe == "8da4w:embedding_bits=4" and [s.kind for s in m.scheme.steps] == ["quantize"]
+    assert m.scheme.recipe.startswith("8da4w:") and "embedding_bits=4" in m.scheme.recipe
+    assert [s.kind for s in m.scheme.steps] == ["quantize"]
     assert m.scheme.facts["int4_linear_layers"] > 0 and m.scheme.steps[0].facts == m.scheme.facts
     ops = m.operators.non_delegated
     assert any("embedding_4bit" in k for k in ops), ops
@@ -229,14 +230,55 @@ def test_8da4w_embedding_bits_picks_the_table_kernel(tiny_gguf):
     from edgerun.export.schemes import make_scheme
 
     model, _ = load_llama(tiny_gguf, max_context=16)
-    q8, facts8 = quantize_llama(model, make_scheme("8da4w"))
-    q4, facts4 = quantize_llama(model, make_scheme("8da4w", embedding_bits=4))
+    # an int4 head: the tied table is the embedding's own (an int8 head shares its table, see below)
+    q8, facts8 = quantize_llama(model, make_scheme("8da4w", int8_layers="none"))
+    q4, facts4 = quantize_llama(model, make_scheme("8da4w", int8_layers="none", embedding_bits=4))
     assert "embedding_byte" in facts8["embedding"] and q8.tok_embeddings.bits == 8
     assert q8.tok_embeddings.weight.shape == model.tok_embeddings.weight.shape
     assert "embedding_4bit" in facts4["embedding"] and q4.tok_embeddings.weight.shape[1] * 2 == model.config.dim
     with _pytest.raises(UsageError, match="embedding_bits must be 4 or 8"):
         make_scheme("8da4w", embedding_bits=6)
 
+
+
+def test_a_tied_int8_head_and_the_embedding_share_one_table(tiny_gguf, tiny_8da4w, tmp_path):
+    """A tied model whose LM head stays int8 per-channel (8da4w's default, int8-dynamic): the embedding looks up
+    the head's own codes and row scales, and the program keeps that table once, in its data file, where both
+    the embedding kernel and XNNPACK's head read it. An int4 head or an untied model: one .pte, as before."""
+    import executorch.kernels.quantized  # noqa: F401
+    import torch
+    from executorch.runtime import Runtime
+    from tiny import write_tiny_gguf
+
+    from edgerun.export.llm.export import tie_external_constants
+    from edgerun.export.llm.gguf_model import load_llama
+    from edgerun.export.llm.quantize import quantize_llama
+    from edgerun.export.schemes import make_scheme
+
+    model, _ = load_llama(tiny_gguf, max_context=16)
+    example = (torch.tensor([[1, 2, 3]]), torch.arange(3))
+    q, facts = quantize_llama(model, make_scheme("8da4w", embedding_bits=4))
+    head = q.output.parametrizations.weight.original0            # the head's int8 codes, unwrapped
+    assert q.tok_embeddings.bits == 8 and torch.equal(q.tok_embeddings.weight, head)
+    assert facts["tied_table"] == "shared" and "embedding_bits=4 not used" in facts["embedding"]
+    shared = tie_external_constants(torch.export.export(q, example))
+    assert shared["table_bytes"] == head.numel() and len(shared["tables"]) == len(shared["twins"]) == 1
+    _, own = quantize_llama(model, make_scheme("8da4w", int8_layers="none"))
+    assert "tied_table" not in own and "stored apart" in own["lm_head"]
+    untied, _ = load_llama(write_tiny_gguf(tmp_path / "untied.gguf", tied=False), max_context=16)
+    q, facts = quantize_llama(untied, make_scheme("8da4w"))
+    assert "tied_table" not in facts and tie_external_constants(torch.export.export(q, example)) is None
+
+    m = read_manifest(tiny_8da4w)
+    assert m.ok, m.verification.failures
+    table = model.config.vocab_size * model.config.dim           # int8 codes, one byte each
+    assert m.files["data"] == "model.ptd" and m.verified_data() is not None
+    assert table <= m.data_bytes < 1.5 * table                    # once, not twice
+    assert m.program_bytes == m.pte_bytes + m.data_bytes
+    assert m.scheme.facts["tied_table_bytes"] == table
+    assert any("embedding_byte" in k for k in m.operators.non_delegated)
+    with pytest.raises(Exception):   # the program cannot run without its data file
+        Runtime.get().load_program(str(m.pte_path)).load_method("forward")
 
 
 def test_the_eager_quantized_embedding_looks_up_exactly_what_the_full_table_op_gives(tiny_gguf):
@@ -249,8 +291,10 @@ def test_the_eager_quantized_embedding_looks_up_exactly_what_the_full_table_op_g
 
     model, _ = load_llama(tiny_gguf, max_context=16)
     tokens = torch.tensor([[5, 3, 5, model.config.vocab_size - 1, 0, 3]])
-    for bits in (8, 4):
-        emb = quantize_llama(model, make_scheme("8da4w", group_size=32, embedding_bits=bits))[0].tok_embeddings
+    for scheme in (make_scheme("8da4w", group_size=32, embedding_bits=8, int8_layers="none"),
+                   make_scheme("8da4w", group_size=32, embedding_bits=4, int8_layers="none"),
+                   make_scheme("8da4w", group_size=32)):   # the last: the head's shared table
+        emb = quantize_llama(model, scheme)[0].tok_embeddings
         assert torch.equal(emb(tokens), emb.full_table_forward(tokens))
         assert emb(tokens).shape == (1, 6, model.config.dim)
 
