@@ -54,6 +54,17 @@ def test_qemu_cortex_a76_generates_the_same_tokens(tiny_fp32, runner_bundle, nee
     assert list(record.llm.ids) == eager
 
 
+@pytest.mark.qemu
+def test_qemu_cortex_a76_runs_a_program_with_its_data_file(tiny_8da4w, runner_bundle, need):
+    """The aarch64 bundle's runner takes --ptd too: 8da4w's shared table resolves from model.ptd there."""
+    need("qemu-aarch64", "qemu-user")
+    runner_bundle("aarch64")
+    m = read_manifest(tiny_8da4w)
+    record, _ = generate(tiny_8da4w, "qemu-aarch64://?cpu=cortex-a76", PROMPTS[0],
+                         GenerateSettings(max_new_tokens=8, ignore_stop=True, threads=1))
+    assert record.source == "emulated" and list(record.llm.ids) == list(m.llm.quality["greedy"]["program"][:8])
+
+
 def test_over_ssh_generate_and_bench_records_compare(tiny_fp32, loopback_sshd, cli):
     _, eager = _eager_greedy(tiny_fp32)
     uri = loopback_sshd.uri()
@@ -97,6 +108,19 @@ def test_score_on_the_device_reproduces_the_exports_perplexity(tiny_fp32):
     lp = np.load(_newest_run_with("logprobs.npy") / "logprobs.npy")
     assert lp.shape == (ppl["tokens"] - 1,) and np.all(lp <= 0)
     assert np.exp(-lp.mean()) == pytest.approx(rec.llm.perplexity, rel=1e-9)
+
+
+def test_a_program_with_its_data_file_generates_and_scores_as_at_export(tiny_8da4w):
+    """8da4w's tied table lives in model.ptd: deploy sends it, the runner loads it (--ptd), and the program
+    generates the greedy tokens pybindings' run of it chose at export and scores the export's perplexity."""
+    m = read_manifest(tiny_8da4w)
+    assert m.data_bytes, "the tiny 8da4w export should keep its tied table in a data file"
+    record, _ = generate(tiny_8da4w, "local://", PROMPTS[0], GREEDY)
+    assert list(record.llm.ids) == list(m.llm.quality["greedy"]["program"])
+    assert record.memory.pte_bytes == m.pte_bytes + m.data_bytes
+    with resolve_device("local://", None) as dev:
+        rec = perplexity_on_device(tiny_8da4w, dev, threads=1)
+    assert rec.llm.perplexity == pytest.approx(m.llm.quality["perplexity"]["program"], rel=1e-4)
 
 
 def _newest_run_with(name: str):
