@@ -15,6 +15,7 @@ is, so a bundle can be checked (sha256 of every file) and matched against a prog
      "operators": ["aten::add.out", …],           # what the runner registered (--list-kernels)
      "operators_by_library": {"libexecutorch_kernels_optimized.so": ["aten::add.out", …], …},
      "operators_source": "edgerun-runner --list-kernels under qemu-aarch64 -cpu cortex-a72",
+     "features": ["ptd"],                         # what the runner's header advertises (null: not run at build)
      "files": {"edgerun-runner": {"sha256": "…", "bytes": 157992}, …}, "total_bytes": …}
 
 Starting an aarch64 bundle always goes through its own loader
