@@ -238,28 +238,15 @@ def _mutated_buffers(exported) -> set[str]:
 def _weight_bytes(exported) -> dict[str, int]:
     """Bytes of the program's weights (parameters and constant buffers, not the KV cache) by dtype;
     a tensor shared by two names (a tied weight) counts once."""
-    import hashlib
-
-    import torch
-
     mutable = _mutated_buffers(exported)
     seen, out = set(), {}
-    tensors = [(n, t) for n, t in list(exported.state_dict.items()) + list(exported.constants.items())
-               if n not in mutable and hasattr(t, "dtype")]
-    alike: dict[tuple, int] = {}
-    for _, t in tensors:
-        alike[(t.dtype, tuple(t.shape))] = alike.get((t.dtype, tuple(t.shape)), 0) + 1
-    for name, t in tensors:
+    for name, t in list(exported.state_dict.items()) + list(exported.constants.items()):
+        if name in mutable or not hasattr(t, "dtype"):
+            continue
         key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
         if key in seen:
             continue
         seen.add(key)
-        if alike[(t.dtype, tuple(t.shape))] > 1:   # an identical copy (a shared tied table) is stored once too
-            raw = t.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
-            digest = (t.dtype, tuple(t.shape), hashlib.sha256(raw.tobytes()).hexdigest())
-            if digest in seen:
-                continue
-            seen.add(digest)
         dt = str(t.dtype).replace("torch.", "")
         out[dt] = out.get(dt, 0) + t.numel() * t.element_size()
     return dict(sorted(out.items()))
@@ -299,8 +286,8 @@ def _plan(chain: RecipeChain) -> Plan:
           for k, (name, step) in enumerate(chain.stages())],
         Stage("export", _export_stage, needs=("module", "example", "max_context"), makes=("exported", "weight_bytes")),
         Stage("lower", _lower_stage, needs=("exported", "target", "chain"), makes=("program", "shared")),
-        Stage("write", _write_stage, needs=("program", "shared", "params", "config", "module", "tok", "tok_facts", "tmp",
-                                            "prompts", "heldout"), makes=("manifest",)),
+        Stage("write", _write_stage, needs=("program", "shared", "weight_bytes", "params", "config", "module", "tok",
+                                            "tok_facts", "tmp", "prompts", "heldout"), makes=("manifest",)),
         Stage("verify", _verify_stage, needs=("manifest", "prompts", "heldout", "ppl_fp32", "ppl_fp32_chunks",
                                               "llamacpp", "limits"),
               makes=("verification", "llm")),
@@ -588,7 +575,7 @@ def tie_external_constants(exported) -> dict[str, Any] | None:
     tables = {n.args[0] for n in exported.graph.nodes
               if n.op == "call_function" and "embedding_byte" in str(n.target) and n.args}
     placeholders = [n for n in exported.graph.nodes if n.op == "placeholder"]
-    tagged, twins, table_bytes = [], [], 0
+    tagged, twins, table_bytes, repeated = [], [], 0, {}
     for table in tables:
         t = value(table)
         if t is None:
@@ -603,9 +590,11 @@ def tie_external_constants(exported) -> dict[str, Any] | None:
         tagged.append(table.name)
         twins += [n.name for n in same]
         table_bytes += t.numel() * t.element_size()
+        dt = str(t.dtype).replace("torch.", "")
+        repeated[dt] = repeated.get(dt, 0) + len(same) * t.numel() * t.element_size()
     if not tagged:
         return None
-    return {"tables": tagged, "twins": twins, "table_bytes": table_bytes}
+    return {"tables": tagged, "twins": twins, "table_bytes": table_bytes, "repeated_bytes": repeated}
 
 
 def _external_tag(node) -> str | None:
@@ -709,6 +698,8 @@ def _write_data_file(w: Work, tmp: Path) -> Path | None:
     if size >= 2 * table:
         w.progress.warn(f"the tied embedding and LM head did not end up as one table: {DATA_FILE} is "
                         f"{size / 2**20:.1f} MiB for a {table / 2**20:.1f} MiB table (stored twice).")
+    for dt, n in w.shared["repeated_bytes"].items():   # a table and its twins are one blob: counted once
+        w.weight_bytes[dt] = w.weight_bytes.get(dt, 0) - n
     q = next((i for i, st in enumerate(w.chain.steps) if st.kind == "quantize"), None)
     if q is not None:   # the quantize step shared the table: its facts say what that saved
         w.step_facts[q] = {**w.step_facts.get(q, {}), "tied_table_bytes": table, "data_file_bytes": size}

@@ -76,7 +76,7 @@ def test_the_library_profile_warns_like_the_cli(tmp_path, monkeypatch, caplog):
         s.save(_record("r-fp32", "fp32", 5.0))
     int8 = _record("r-q", "int8", 6.0)
     art = types.SimpleNamespace(path=tmp_path / "art", llm=None, dataset=None, verified_pte=lambda: None,
-                                target=types.SimpleNamespace(name="host"))
+                                verified_data=lambda: None, target=types.SimpleNamespace(name="host"))
     monkeypatch.setattr(P, "_open_manifest", lambda a: art)
     monkeypatch.setattr(D, "check_run_request", lambda *a, **k: None)
     monkeypatch.setattr(P, "for_each_device", lambda *a, **k: [int8])
