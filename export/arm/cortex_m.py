@@ -57,6 +57,8 @@ def _edge(exported, target_name: str, *, etrecord: bool = False):
     try:
         program = manager.transform()
     except Exception as exc:   # the explicit-layout check: a convolution or pooling it cannot make NHWC
+        # the poolings it never takes are refused before this (nhwc_blockers, naming them); what is left is one
+        # it could not quantize per tensor, which only its message names
         cause = str(exc.__cause__ or exc)
         if not (EXPLICIT_LAYOUT and "NHWC-eligible" in cause):
             raise
@@ -76,11 +78,50 @@ def _edge(exported, target_name: str, *, etrecord: bool = False):
     return edge, program
 
 
+def nhwc_blockers(graph) -> list[str]:
+    """The poolings of ``graph`` (an exported or edge graph) that ExecuTorch 1.5.1's explicit-layout mode cannot
+    make NHWC, whatever their quantization (its ``explicit_layout_pass``: a max pooling with ceil_mode or a
+    dilation other than 1, an average pooling with divisor_override), each as ``"op (where): what"``."""
+    found = []
+    for n in graph.nodes:
+        if n.op != "call_function":
+            continue
+        name = str(getattr(n.target, "__name__", n.target)).split(".")[0]
+
+        def arg(i, key, default, n=n):
+            return n.args[i] if len(n.args) > i else n.kwargs.get(key, default)
+        why = []
+        if name in ("max_pool2d", "max_pool2d_with_indices"):
+            dilation = arg(4, "dilation", 1)
+            if any(int(d) != 1 for d in (dilation if isinstance(dilation, (list, tuple)) else [dilation])):
+                why.append(f"dilation={list(dilation) if isinstance(dilation, (list, tuple)) else dilation}")
+            if bool(arg(5, "ceil_mode", False)):
+                why.append("ceil_mode=True")
+        elif name == "avg_pool2d" and arg(6, "divisor_override", None) is not None:
+            why.append(f"divisor_override={arg(6, 'divisor_override', None)}")
+        if why:
+            stack = n.meta.get("nn_module_stack") or {}
+            where = next(reversed(stack.values()))[0] if stack else ""
+            found.append(f"{name} ({'in ' + where if where else 'in the model' + chr(39) + 's forward'}): "
+                         + ", ".join(why))
+    return found
+
+
 def lower_cortex_m(exported, target: Target, scheme):
     from executorch.exir import ExecutorchBackendConfig
 
+    from edgerun.core.errors import ExportError
+
     from ..lowering import GraphSummary, Lowered
 
+    blockers = nhwc_blockers(exported.graph) if EXPLICIT_LAYOUT else []
+    if blockers:
+        raise ExportError(
+            f"{target.name} cannot take {'; '.join(blockers)}: to quantize the convolutions of an NCHW model, "
+            "ExecuTorch's explicit-layout mode rewrites every convolution and pooling to its int8 NHWC CMSIS-NN "
+            "operator, and these poolings have no such form.", stage="lower",
+            hint="Use ceil_mode=False and no dilation or divisor_override in the model's pooling (or pad the input "
+                 "instead), or export it for an Ethos-U or CPU target.")
     edge, program = _edge(exported, target.name, etrecord=True)
     summary = GraphSummary.of(program.graph_module.graph)
     edge._edge_programs["forward"] = program

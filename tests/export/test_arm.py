@@ -315,6 +315,31 @@ def test_a_cortex_m_export_uses_cmsis_nn_operators_and_is_checked_with_the_host_
         estimated_record(m)
 
 
+def test_the_poolings_cortex_m_cannot_make_nhwc_are_found_before_lowering():
+    """Refused by what the graph says (each pooling's own arguments), not by the text of ExecuTorch's error: a max
+    pooling with ceil_mode or dilation and an average pooling with divisor_override, named with their module;
+    the same poolings with their defaults pass."""
+    import torch
+
+    from edgerun.export.arm.cortex_m import nhwc_blockers
+
+    class Pools(torch.nn.Module):
+        def __init__(self, bad: bool):
+            super().__init__()
+            self.pool = torch.nn.MaxPool2d(2, dilation=2 if bad else 1, ceil_mode=bad)
+            self.avg = torch.nn.AvgPool2d(2, divisor_override=3 if bad else None)
+
+        def forward(self, x):
+            return self.avg(self.pool(x))
+
+    x = torch.randn(1, 2, 9, 9)
+    found = nhwc_blockers(torch.export.export(Pools(True).eval(), (x,)).graph)
+    assert len(found) == 2, found
+    assert found[0].startswith("max_pool2d (in pool)") and "dilation=[2, 2]" in found[0] and "ceil_mode=True" in found[0]
+    assert found[1] == "avg_pool2d (in avg): divisor_override=3"
+    assert nhwc_blockers(torch.export.export(Pools(False).eval(), (x,)).graph) == []
+
+
 @pytest.mark.slow   # an export in the toolchain environment
 def test_a_pooling_the_explicit_layout_cannot_take_is_refused_naming_it(arm_toolchain, tmp_path):
     """A max pooling with ceil_mode has no NHWC CMSIS-NN form; the explicit-layout mode refuses the graph, and the
