@@ -1134,13 +1134,7 @@ class Manifest:
         """The program, after checking its size and sha256 against the manifest (a swapped or altered
         ``.pte`` is refused before it is pushed or run) and the manifest's declared inputs and outputs
         against the program's own method (:meth:`check_program_signature`)."""
-        p = self.existing_file(self.files["pte"], "program")
-        size = p.stat().st_size
-        if size != self.pte_bytes or sha256_file(p) != self.pte_sha256:
-            raise ArtifactError(f"artifact {self.dir}: the program {self.files['pte']} ({size} bytes) does not match "
-                                f"the manifest (pte_bytes {self.pte_bytes}, pte_sha256 {self.pte_sha256[:12]}…): it "
-                                "was altered or replaced after export.", stage="read artifact",
-                                hint="Re-export the artifact; never edit an artifact's files by hand.")
+        p = self._checked_file(self.files["pte"], "program", self.pte_bytes, self.pte_sha256)
         self.check_program_signature(p)
         return p
 
@@ -1154,15 +1148,18 @@ class Manifest:
         manifest, or None when the program keeps all its data inside the ``.pte``. It goes wherever the
         ``.pte`` goes: the runtime resolves the program's external weights from it by name."""
         rel = self.files.get("data")
-        if rel is None:
-            return None
-        p = self.existing_file(rel, "program data file")
-        size = p.stat().st_size
-        if size != self.data_bytes or sha256_file(p) != self.data_sha256:
-            raise ArtifactError(f"artifact {self.dir}: the program data file {rel} ({size} bytes) does not match the "
-                                f"manifest (data_bytes {self.data_bytes}, data_sha256 {str(self.data_sha256)[:12]}…): "
-                                "it was altered or replaced after export.", stage="read artifact",
-                                hint="Re-export the artifact; never edit an artifact's files by hand.")
+        return None if rel is None else self._checked_file(rel, "program data file", self.data_bytes,
+                                                           str(self.data_sha256))
+
+    def _checked_file(self, rel: str, what: str, size: int | None, sha: str) -> Path:
+        """The artifact's file ``rel`` if its size and sha256 are the manifest's; refused otherwise."""
+        p = self.existing_file(rel, what)
+        have = p.stat().st_size
+        if have != size or sha256_file(p) != sha:
+            raise ArtifactError(f"artifact {self.dir}: the {what} {rel} ({have} bytes) does not match the manifest "
+                                f"({size} bytes, sha256 {sha[:12]}…): it was altered or replaced after export.",
+                                stage="read artifact", hint="Re-export the artifact; never edit an artifact's files "
+                                                            "by hand.")
         return p
 
     def check_program_signature(self, pte: Path | None = None) -> "ProgramSignature | None":
