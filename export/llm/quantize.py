@@ -303,4 +303,8 @@ def _keep_gguf_q4_0(model, q, narrow: list[str], gs: int | None) -> dict[str, in
 @recipe_handler(Int8DynAct4BitWeight, llm=True)
 def _llm_weights(recipe, ctx: RecipeContext) -> RecipeResult:
     module, facts = quantize_llama(ctx.module, recipe)
+    if facts.get("tied_table") == "shared" and getattr(recipe, "embedding_bits", 8) == 4:
+        ctx.warn("embedding_bits=4 was not used: the embedding is tied to the int8 LM head, so it looks up the "
+                 "head's own 8-bit table, stored once (smaller and closer than a 4-bit copy); "
+                 "int8_layers without head gives the head and a 4-bit table of their own")
     return RecipeResult(module, facts=facts)

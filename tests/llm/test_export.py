@@ -261,6 +261,12 @@ def test_a_tied_int8_head_and_the_embedding_share_one_table(tiny_gguf, tiny_8da4
     head = q.output.parametrizations.weight.original0            # the head's int8 codes, unwrapped
     assert q.tok_embeddings.bits == 8 and torch.equal(q.tok_embeddings.weight, head)
     assert facts["tied_table"] == "shared" and "embedding_bits=4 not used" in facts["embedding"]
+    from edgerun.export.llm.quantize import _llm_weights
+    from edgerun.export.recipes import RecipeContext
+    warned: list[str] = []
+    _llm_weights(make_scheme("8da4w", embedding_bits=4),
+                 RecipeContext(module=model, example=example, target=None, flavour="llm", warn=warned.append))
+    assert len(warned) == 1 and "embedding_bits=4 was not used" in warned[0]
     shared = tie_external_constants(torch.export.export(q, example))
     assert shared["table_bytes"] == head.numel() and len(shared["tables"]) == len(shared["twins"]) == 1
     _, own = quantize_llama(model, make_scheme("8da4w", int8_layers="none"))
