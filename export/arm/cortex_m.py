@@ -93,17 +93,17 @@ def nhwc_blockers(graph) -> list[str]:
         why = []
         if name in ("max_pool2d", "max_pool2d_with_indices"):
             dilation = arg(4, "dilation", 1)
-            if any(int(d) != 1 for d in (dilation if isinstance(dilation, (list, tuple)) else [dilation])):
-                why.append(f"dilation={list(dilation) if isinstance(dilation, (list, tuple)) else dilation}")
+            dilation = list(dilation) if isinstance(dilation, (list, tuple)) else [dilation]
+            if any(int(d) != 1 for d in dilation):
+                why.append(f"dilation={dilation}")
             if bool(arg(5, "ceil_mode", False)):
                 why.append("ceil_mode=True")
         elif name == "avg_pool2d" and arg(6, "divisor_override", None) is not None:
             why.append(f"divisor_override={arg(6, 'divisor_override', None)}")
         if why:
             stack = n.meta.get("nn_module_stack") or {}
-            where = next(reversed(stack.values()))[0] if stack else ""
-            found.append(f"{name} ({'in ' + where if where else 'in the model' + chr(39) + 's forward'}): "
-                         + ", ".join(why))
+            where = (next(reversed(stack.values()))[0] if stack else "") or "the model's forward"
+            found.append(f"{name} (in {where}): " + ", ".join(why))
     return found
 
 

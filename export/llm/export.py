@@ -723,8 +723,7 @@ def _verify_stage(w: Work) -> None:
     ref = w.llamacpp
     chunks = ref["n_chunks"] if ref else 0
     tick = _Ticker(windows * (2 if recipe_ppl else 1) + 2 * len(w.prompts) + 2 * n_new + chunks, "step")
-    data = w.manifest.files.get("data")
-    prog = _logits_fn(method=_runtime_method(w.tmp / "model.pte", w.tmp / data if data else None))
+    prog = _logits_fn(method=_runtime_method(w.manifest.pte_path, w.manifest.data_path))
     eager_recipe = _logits_fn(model=w.module)
     fp32 = w.ppl_fp32
     program = perplexity(tick.wrap(prog, "program perplexity"), w.heldout, window)
