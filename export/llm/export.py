@@ -88,13 +88,21 @@ def _runtime_method(pte: Path, data: Path | None = None):
 
 
 def _logits_fn(model=None, method=None):
+    """``run(tokens, input_pos) -> logits`` of the eager model or a program's method, giving either the
+    cache's valid prefix ``0..input_pos[-1]`` as ``cache_positions`` when it takes one (every program since
+    layout 3, and the eager model, whose attention then reads the prefix alone)."""
     import torch
 
+    prefix = method is None or method.metadata.num_inputs() == 3
+
     def run(tokens, pos):
+        args = [tokens, pos]
+        if prefix:
+            args.append(torch.arange(int(pos[-1]) + 1, dtype=torch.long))
         if method is not None:
-            return method.execute([tokens, pos])[0]
+            return method.execute(args)[0]
         with torch.no_grad():
-            return model(tokens, pos)
+            return model(*args)
     return run
 
 
@@ -469,8 +477,14 @@ def _export_stage(w: Work) -> None:
     import torch
 
     t = torch.export.Dim("T", min=1, max=w.max_context)
+    n = torch.export.Dim("N", min=1, max=w.max_context)
+    # the third input: the cache's valid prefix, whose length N (a dynamic dimension of its own, so no
+    # value has to be read out of input_pos) bounds what attention reads (gguf_model.Attention)
+    tokens, pos = w.example[:2]
+    example = (tokens, pos, torch.arange(int(pos[-1]) + 1, dtype=torch.long))
     with torch.no_grad():
-        w.exported = torch.export.export(w.module, w.example, dynamic_shapes={"tokens": {1: t}, "input_pos": {0: t}})
+        w.exported = torch.export.export(w.module, example, dynamic_shapes={
+            "tokens": {1: t}, "input_pos": {0: t}, "cache_positions": {0: n}})
     weight_bytes = _weight_bytes(w.exported)
     n4 = sum(int(f.get("int4_weight_numel") or 0) for f in w.step_facts.values())
     if n4 and weight_bytes.get("int8", 0) >= n4:
@@ -551,7 +565,7 @@ def _partition_progress():
 DATA_TAG = "model"
 DATA_FILE = f"{DATA_TAG}.ptd"
 #: what an LLM program's files hold, in the recipe identity (see llm_recipe_identity)
-PROGRAM_LAYOUT = 2
+PROGRAM_LAYOUT = 3
 
 
 def tie_external_constants(exported) -> dict[str, Any] | None:
@@ -644,7 +658,7 @@ def _write_stage(w: Work) -> None:
     save_compact_etrecord(w.program.get_etrecord(), tmp / "model.etrecord")
     del w.program   # the edge graphs, the etrecord's copies and the emitted buffer: not needed any more
     tok_sha = save_tokenizer(w.tok, tmp / "tokenizer.json")
-    samples = [(torch.tensor([ids]), torch.arange(len(ids))) for ids in w.prompts]
+    samples = [(torch.tensor([ids]), torch.arange(len(ids)), torch.arange(len(ids))) for ids in w.prompts]
     module.reset_cache() if hasattr(module, "reset_cache") else None
     with torch.no_grad():
         eager_outputs = [[module(*s)] for s in samples]
@@ -668,7 +682,8 @@ def _write_stage(w: Work) -> None:
                        description=spec.description, parameters=params, fp32_weight_bytes=params * 4),
         target=TargetRef(**w.target.to_json()), scheme=scheme_ref(w.chain, w.step_facts),
         recipe_hash=w.identity.hash, recipe=w.identity, versions=_versions(),
-        inputs=(TensorSpec("tokens", (1, w.max_context), "int64"), TensorSpec("input_pos", (w.max_context,), "int64")),
+        inputs=(TensorSpec("tokens", (1, w.max_context), "int64"), TensorSpec("input_pos", (w.max_context,), "int64"),
+                TensorSpec("cache_positions", (w.max_context,), "int64")),
         outputs=(TensorSpec("logits", (1, w.max_context, cfg.vocab_size), "float32"),),
         files={"pte": "model.pte", "etrecord": "model.etrecord", "tokenizer": "tokenizer.json",
                **({"data": DATA_FILE} if data else {})},
@@ -785,7 +800,8 @@ def llm_recipe_identity(spec: LLMSpec, target, recipe: "str | Recipe | RecipeCha
     base = recipe_identity(spec, tgt, recipe, seed=options.seed, vectors=options.vectors)
     max_context = spec.default_max_context() if max_context is None else max_context
     # program_layout 2: a tied int8 table shared by the embedding and the LM head, stored once in model.ptd
-    # (artifacts of layout 1 stored it twice in the .pte: a cached one is not what this edgerun would make)
+    # (artifacts of layout 1 stored it twice in the .pte: a cached one is not what this edgerun would make);
+    # 3: a third input, cache_positions, so attention reads the cache's valid prefix only
     return dataclasses.replace(base, model={**base.model, "program_layout": PROGRAM_LAYOUT,
                                             "gguf_sha256": sha256_file(spec.gguf()),
                                             "max_context": max_context, "layers": spec.layers,

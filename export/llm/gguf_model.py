@@ -27,13 +27,14 @@ Layout facts the model follows rather than converts:
 * A GGUF without ``output.weight`` ties the LM head to ``token_embd`` (one parameter, counted once).
 * Numpy shapes are GGUF's ``ne`` reversed, so a matrix is ``[out_features, in_features]`` as in torch.
 
-The model: ``forward(tokens [1, T] int64, input_pos [T] int64) -> logits [1, T, vocab]``. It writes
-the new keys/values into ``k_cache`` (``[1, kv_heads, head_dim, max_context]``, keys transposed) and ``v_cache``
-(``[1, kv_heads, max_context, head_dim]``)
-with ``index_copy_`` at ``input_pos`` and attends over the whole cache under a causal mask built from
-``input_pos`` (and, on sliding-window layers, a second mask that also hides keys ``window`` or more
-positions back: the cache stays ``max_context`` long), so a prompt (prefill) and single tokens (decode)
-are the same method with a dynamic ``T`` in ``1..max_context``. ``forward_train(tokens)`` is the same
+The model: ``forward(tokens [1, T] int64, input_pos [T] int64[, cache_positions [N] int64]) -> logits
+[1, T, vocab]``. It writes the new keys/values into ``k_cache`` (``[1, kv_heads, head_dim, max_context]``, keys
+transposed) and ``v_cache`` (``[1, kv_heads, max_context, head_dim]``) with ``index_copy_`` at ``input_pos`` and
+attends, under a causal mask built from ``input_pos`` (and, on sliding-window layers, a second mask that also
+hides keys ``window`` or more positions back: the cache stays ``max_context`` long), over the cache's valid
+prefix ``cache_positions`` (``0..input_pos[-1]``, what exported programs take: a step's attention costs what
+the prefix holds, not ``max_context``) or, without it, over the whole cache. A prompt (prefill) and single
+tokens (decode) are the same method with a dynamic ``T`` in ``1..max_context`` (and ``N``). ``forward_train(tokens)`` is the same
 model without the cache. Only core ATen ops: no custom ops for the native runner to lack.
 """
 
@@ -773,23 +774,34 @@ def _torch_modules():
             if cache:
                 # The cache is one sequence (batch 1). The new keys/values are written in place at input_pos
                 # (the export re-inplaces the index_put), and both products are batched matmuls over the
-                # buffers as they lie ([kv, rows, d] x [kv, d, max_context], [kv, rows, max_context] x
-                # [kv, max_context, d]): nothing of the cache is copied, transposed or broadcast per step.
+                # cache as it lies ([kv, rows, d] x [kv, d, keys], [kv, rows, keys] x [kv, keys, d]): nothing
+                # of it is transposed or broadcast per step, and only its valid prefix is read.
                 self.k_cache.index_copy_(3, input_pos, k.permute(0, 2, 3, 1))
                 self.v_cache.index_copy_(2, input_pos, v.transpose(1, 2))
-                length = self.k_cache.shape[3]
-                keys_t = self.k_cache.reshape(self.n_kv, self.head_dim, length)
-                values = self.v_cache.reshape(self.n_kv, length, self.head_dim)
-                scores = torch.bmm(qg.reshape(self.n_kv, -1, self.head_dim), keys_t)
-                scores = scores.reshape(b, self.n_kv, -1, length) * self.scale
+                length = mask.shape[-1]   # the keys this step may see: the whole cache, or its valid prefix
+                if isinstance(length, int) and length == self.k_cache.shape[3]:
+                    keys_t, values = self.k_cache, self.v_cache
+                else:
+                    # attention over the valid prefix (forward's cache_positions): the first `length`
+                    # positions, copied out of the cache (a copy as long as the prefix, where reading the
+                    # whole cache costs max_context); slice_copy, as a view of a transposed key cache would
+                    # only be contiguous at full length and make the export guard on it
+                    keys_t = torch.ops.aten.slice_copy.Tensor(self.k_cache, 3, 0, length)
+                    values = torch.ops.aten.slice_copy.Tensor(self.v_cache, 2, 0, length)
+                # -1 for the prefix's length, never its symbolic size, and the scores stay [kv, rows, keys]
+                # (no reshape with two unknown sizes): XNNPACK delegates such reshapes, so the layer is not
+                # cut into more partitions around them
+                keys_t = keys_t.reshape(self.n_kv, self.head_dim, -1)
+                values = values.reshape(self.n_kv, -1, self.head_dim)
+                scores = torch.bmm(qg.reshape(self.n_kv, -1, self.head_dim), keys_t) * self.scale
             else:  # training: the sequence attends to itself, no cache
                 keys, values = k.transpose(1, 2), v.transpose(1, 2)
                 scores = torch.matmul(qg, keys.transpose(2, 3)) * self.scale
             if self.softcap:
                 scores = softcap(scores, self.softcap)
-            probs = torch.softmax(scores + mask, dim=-1)          # mask: additive, [rep*t, max_context]
+            probs = torch.softmax(scores + mask, dim=-1)          # mask: additive, [rep*t, keys]
             if cache:
-                out = torch.bmm(probs.reshape(self.n_kv, -1, probs.shape[-1]), values)
+                out = torch.bmm(probs, values)                     # [kv, rep*t, d]
             else:
                 out = torch.matmul(probs, values)                  # [b, kv, rep*t, d]
             out = out.reshape(b, self.n_heads, -1, self.head_dim).transpose(1, 2)
@@ -901,7 +913,10 @@ def _torch_modules():
             cap = self.config.final_softcap
             return softcap(logits, cap) if cap else logits
 
-        def forward(self, tokens, input_pos):
+        def forward(self, tokens, input_pos, cache_positions=None):
+            """``cache_positions`` (optional, ``0..n-1`` with ``n = input_pos[-1] + 1``): the cache's valid
+            prefix, which attention then reads alone; without it attention reads all ``max_context`` positions
+            under the causal mask (the same logits, at a cost that does not shrink with the prefix)."""
             cos = self.rope_cos.index_select(0, input_pos)
             sin = self.rope_sin.index_select(0, input_pos)
             cos_l = sin_l = None
@@ -909,7 +924,8 @@ def _torch_modules():
                 cos_l = self.rope_cos_local.index_select(0, input_pos)
                 sin_l = self.rope_sin_local.index_select(0, input_pos)
             # one additive mask for every (sliding) layer: 0 where a position may be attended, -inf where not
-            causal, window = self._masks(input_pos, self.positions)
+            keys = self.positions if cache_positions is None else cache_positions
+            causal, window = self._masks(input_pos, keys)
             return self._run(tokens, input_pos, cos, sin, cos_l, sin_l, causal, window, cache=True)
 
         def forward_train(self, tokens):

@@ -133,13 +133,16 @@ def test_fp32_export_of_the_tiny_gguf_matches_eager(tiny_fp32):
 
 def test_a_step_is_two_delegate_calls_a_layer_and_writes_the_kv_cache_in_place(tiny_fp32):
     """The program's shape that decode speed rests on (issue 23): per layer one XNNPACK partition before the
-    cache write and one after (and at most two around the layers: the head, the first norm), the cache written by index_put_ on the buffer itself, and no
-    portable copy of the cache (copy_ back into the buffer, a transposed or broadcast copy) or of RoPE pairs."""
+    cache write and one after (and at most two around the layers: the head, the first norm), the cache written
+    by index_put_ on the buffer itself, only its valid prefix copied out for attention, and no other portable
+    copy of the cache (copy_ back into the buffer, a transposed or broadcast copy) or of RoPE pairs."""
     m = json.loads((tiny_fp32 / "manifest.json").read_text())
     layers, ops = m["llm"]["layers"], m["operators"]
     assert ops["delegated"]["XnnpackBackend"] <= 2 * layers + 2, ops["delegated"]   # was ~10 a layer
     portable = ops["non_delegated"]
     assert portable.get("aten::index_put_") == 2 * layers, portable
+    # attention reads the cache's valid prefix: one copy of it for the keys and one for the values a layer
+    assert portable.get("aten::slice_copy.Tensor_out") == 2 * layers, portable
     for copy in ("aten::index_put.out", "aten::copy_", "aten::permute_copy.out", "aten::expand_copy.out",
                  "aten::select_copy.int_out", "aten::mean.out", "aten::bmm.out"):
         assert copy not in portable, (copy, portable)
@@ -338,3 +341,53 @@ def test_lowering_progress_counts_partitions_and_puts_the_backend_classes_back()
             assert XnnpackBackend.__dict__["preprocess"] is wrapped     # not wrapped twice
         assert XnnpackBackend.__dict__["preprocess"] is wrapped
     assert (XnnpackBackend.__dict__["preprocess"], "preprocess_multimethod" in XnnpackBackend.__dict__) == before
+
+
+def test_attention_reads_only_the_caches_valid_prefix(tiny_gguf):
+    """With cache_positions, a step's attention never touches the cache past its valid prefix: positions
+    beyond it hold NaN here, which the whole-cache attention (masked, but still multiplied) carries into the
+    logits and the prefix attention does not -- and on a clean cache both give the same logits."""
+    import torch
+
+    from edgerun.export.llm.gguf_model import load_llama
+
+    model, _ = load_llama(tiny_gguf, max_context=16)
+    prompt, pos = torch.tensor([[5, 3, 7, 1, 2]]), torch.arange(5)
+    with torch.no_grad():
+        model.reset_cache()
+        full = model(prompt, pos)
+        model.reset_cache()
+        prefix = model(prompt, pos, torch.arange(5))
+        assert torch.allclose(full, prefix, atol=1e-5, rtol=1e-5)
+        step = (torch.tensor([[9]]), torch.tensor([5]))
+        for layer in model.layers:  # poison what lies past the prefix the next step may see (0..5)
+            layer.attention.k_cache[..., 6:] = float("nan")
+            layer.attention.v_cache[..., 6:, :] = float("nan")
+        assert torch.isfinite(model(*step, torch.arange(6))).all()
+        model.layers[0].attention.k_cache[..., 6:] = float("nan")
+        assert torch.isnan(model(*step)).any()
+
+
+def test_an_llm_program_takes_the_valid_prefix_as_its_third_input(tiny_fp32, tiny_gguf):
+    """The exported method's third input is cache_positions, dynamic up to the max context: a decode step
+    with a short prefix gives the logits eager PyTorch gives over the whole cache."""
+    import torch
+
+    from edgerun.core.artifact import read_manifest
+    from edgerun.export.llm.export import _runtime_method
+    from edgerun.export.llm.gguf_model import load_llama
+
+    m = read_manifest(tiny_fp32)
+    assert [s.name for s in m.inputs] == ["tokens", "input_pos", "cache_positions"]
+    assert m.inputs[2].shape == (m.llm.max_context,) and m.recipe.model["program_layout"] == 3
+    method = _runtime_method(m.pte_path, m.data_path)
+    assert method.metadata.num_inputs() == 3
+    model = load_llama(tiny_gguf, max_context=m.llm.max_context)[0]
+    prompt = torch.tensor([[4, 8, 15, 16, 23, 42]])
+    with torch.no_grad():
+        want = model(prompt, torch.arange(6))
+        got = method.execute([prompt, torch.arange(6), torch.arange(6)])[0]
+        assert torch.allclose(got, want, atol=1e-4, rtol=1e-4)
+        want = model(torch.tensor([[7]]), torch.tensor([6]))
+        got = method.execute([torch.tensor([[7]]), torch.tensor([6]), torch.arange(7)])[0]
+        assert torch.allclose(got, want, atol=1e-4, rtol=1e-4)

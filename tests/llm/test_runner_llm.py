@@ -243,3 +243,40 @@ def test_bench_llm_profile_splits_a_decode_step_by_kind_of_work(tiny_fp32, cli, 
     text = _split_text(rows["tg4"])  # what a person reads under the table
     assert text.startswith("tg4 threads=1: one forward") and f"edgerun runs show {rows['tg4']['run_id']}" in text
     assert len(text.splitlines()) == 1 + len(rows["tg4"]["operators"]["rows"]) + bool(rows["tg4"]["operators"]["others"])
+
+
+def test_the_runner_runs_programs_with_and_without_cache_positions(tiny_gguf, tiny_fp32, runner_bundle, tmp_path):
+    """Programs of layout 3 take the cache's valid prefix as a third input, earlier ones do not: the runner
+    reads which from the method and generates eager PyTorch's greedy tokens with both."""
+    import torch
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
+
+    from edgerun.export.llm.gguf_model import greedy, load_llama
+
+    exe = str(runner_bundle().path / "edgerun-runner")
+
+    def generate(pte, prompt, n):
+        p = subprocess.run([exe, "--model", str(pte), "--llm", "generate", "--prompt-ids", ",".join(map(str, prompt)),
+                            "--max-new-tokens", str(n), "--ignore-stop", "--threads", "1"],
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+        r = parse_runner_output(p.stdout, exit_code=p.returncode)
+        return r.llm.raw["cache_positions"], list(r.generations[0].ids)
+
+    # what edgerun exports now (the exported artifact's own greedy tokens are checked above)
+    m, eager = _eager_greedy(tiny_fp32)
+    ids = ArtifactTokenizer(m).encode(PROMPTS[0])
+    assert generate(tiny_fp32 / "model.pte", ids, 8) == (True, eager[:8])
+    # a program of layout 2 (two inputs, attention over the whole cache), as artifacts made before were
+    model, _ = load_llama(tiny_gguf, max_context=24)
+    t = torch.export.Dim("T", min=1, max=24)
+    ep = torch.export.export(model, (torch.arange(4)[None], torch.arange(4)),
+                             dynamic_shapes={"tokens": {1: t}, "input_pos": {0: t}})
+    program = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()],
+                                          compile_config=EdgeCompileConfig(_check_ir_validity=False))
+    pte = tmp_path / "layout2.pte"
+    pte.write_bytes(program.to_executorch(ExecutorchBackendConfig(run_reinplace_pass=True)).buffer)
+    model.reset_cache()
+    prompt = [3, 1, 4, 1, 5]
+    assert generate(pte, prompt, 12) == (False, greedy(model, prompt, 12))

@@ -1,6 +1,8 @@
 // The runner's LLM mode (`--llm generate|score`): token-level work on a decoder program
-// `forward(tokens [1,T] int64, input_pos [T] int64) -> logits [1,T,vocab]` whose KV cache lives in
-// the program's own mutable buffers and whose T is dynamic (1..max_context): prefill + decode
+// `forward(tokens [1,T] int64, input_pos [T] int64[, cache_positions [N] int64]) -> logits [1,T,vocab]`
+// whose KV cache lives in the program's own mutable buffers and whose T is dynamic (1..max_context); a
+// third input (programs since layout 3) is the valid prefix of the cache, 0..start+T-1, which attention
+// reads instead of the whole max_context cache. Prefill + decode
 // (greedy or sampled) and scoring (per-token log-probabilities for perplexity), with one JSON line
 // per token. Protocol: PROTOCOL.md.
 #include <algorithm>
@@ -51,15 +53,18 @@ struct LlmOptions {
 struct Shapes {
   int64_t max_context = 0;
   int64_t vocab = 0;
+  bool prefix = false;  // the method takes cache_positions (attention over the valid prefix only)
 };
 
 // The decoder signature every LLM program edgerun exports has; anything else is refused clearly.
 Shapes check_signature(Module& module, const std::string& method) {
   auto meta = module.method_meta(method);
   if (!meta.ok()) fail("load", kExitLoad, meta.error(), "cannot read metadata of method " + method);
-  const std::string want =
-      "--llm needs a method " + method + "(tokens [1,T] int64, input_pos [T] int64) -> logits [1,T,vocab] float32";
-  if (meta->num_inputs() != 2 || meta->num_outputs() < 1)
+  const std::string want = "--llm needs a method " + method +
+                           "(tokens [1,T] int64, input_pos [T] int64[, cache_positions [N] int64]) -> logits "
+                           "[1,T,vocab] float32";
+  const size_t inputs = meta->num_inputs();
+  if ((inputs != 2 && inputs != 3) || meta->num_outputs() < 1)
     fail("input", kExitInput, Error::InvalidArgument,
          want + "; this one takes " + std::to_string(meta->num_inputs()) + " input(s) and returns " +
              std::to_string(meta->num_outputs()) + " output(s)");
@@ -74,13 +79,48 @@ Shapes check_signature(Module& module, const std::string& method) {
   bool ok = tok->scalar_type() == ScalarType::Long && ts.size() == 2 && ts[0] == 1 &&
             pos->scalar_type() == ScalarType::Long && ps.size() == 1 && ps[0] == ts[1] &&
             out->scalar_type() == ScalarType::Float && os.size() == 3 && os[0] == 1 && os[1] == ts[1];
+  std::string third;
+  if (inputs == 3) {
+    auto cp = meta->input_tensor_meta(2);
+    if (!cp.ok()) fail("input", kExitInput, Error::InvalidArgument, want + "; its input 2 is not a tensor");
+    std::vector<int64_t> cs(cp->sizes().begin(), cp->sizes().end());
+    // the cache's positions: as long as the cache (its upper bound), int64
+    ok = ok && cp->scalar_type() == ScalarType::Long && cs.size() == 1 && cs[0] >= ts[1];
+    third = ", " + dtype_text(cp->scalar_type()) + " " + shape_text(cs);
+  }
   if (!ok)
     fail("input", kExitInput, Error::InvalidArgument,
          want + "; this one takes " + dtype_text(tok->scalar_type()) + " " + shape_text(ts) + ", " +
-             dtype_text(pos->scalar_type()) + " " + shape_text(ps) + " and returns " +
+             dtype_text(pos->scalar_type()) + " " + shape_text(ps) + third + " and returns " +
              dtype_text(out->scalar_type()) + " " + shape_text(os));
-  return {ts[1], os[2]};
+  return {ts[1], os[2], inputs == 3};
 }
+
+// The storage of one forward's inputs: the tensors point into these vectors, which must outlive execute.
+struct ForwardInputs {
+  std::vector<int64_t> tokens, positions, prefix;
+  std::vector<executorch::extension::TensorPtr> tensors;
+
+  // tokens[0..n) at positions start..start+n-1 and, for a program that takes it (`with_prefix`), the
+  // cache's valid prefix 0..start+n-1 (which attention then reads alone)
+  std::vector<EValue> make(const int64_t* ids, int64_t n, int64_t start, bool with_prefix) {
+    using executorch::aten::SizesType;
+    tokens.assign(ids, ids + n);
+    positions.resize(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) positions[static_cast<size_t>(i)] = start + i;
+    tensors.clear();
+    tensors.push_back(executorch::extension::from_blob(tokens.data(), {1, static_cast<SizesType>(n)}, ScalarType::Long));
+    tensors.push_back(executorch::extension::from_blob(positions.data(), {static_cast<SizesType>(n)}, ScalarType::Long));
+    if (with_prefix) {
+      const int64_t valid = start + n;
+      for (int64_t i = static_cast<int64_t>(prefix.size()); i < valid; ++i) prefix.push_back(i);
+      tensors.push_back(executorch::extension::from_blob(prefix.data(), {static_cast<SizesType>(valid)}, ScalarType::Long));
+    }
+    std::vector<EValue> values;
+    for (auto& t : tensors) values.emplace_back(t);
+    return values;
+  }
+};
 
 class Decoder {
  public:
@@ -97,16 +137,7 @@ class Decoder {
   Step run(const int64_t* tokens, int64_t n, int64_t start, const std::string& what) {
     Step s;
     auto w0 = Clock::now();
-    tokens_.assign(tokens, tokens + n);
-    positions_.resize(static_cast<size_t>(n));
-    for (int64_t i = 0; i < n; ++i) positions_[static_cast<size_t>(i)] = start + i;
-    auto sizes_t = std::vector<executorch::aten::SizesType>{1, static_cast<executorch::aten::SizesType>(n)};
-    auto sizes_p = std::vector<executorch::aten::SizesType>{static_cast<executorch::aten::SizesType>(n)};
-    auto tok = executorch::extension::from_blob(tokens_.data(), sizes_t, ScalarType::Long);
-    auto pos = executorch::extension::from_blob(positions_.data(), sizes_p, ScalarType::Long);
-    std::vector<EValue> values;
-    values.emplace_back(tok);
-    values.emplace_back(pos);
+    std::vector<EValue> values = inputs_.make(tokens, n, start, shapes_.prefix);
     Error e = module_.set_inputs(method_, values);
     if (e != Error::Ok)
       fail("input", kExitInput, e,
@@ -139,8 +170,7 @@ class Decoder {
   Module& module_;
   std::string method_;
   Shapes shapes_;
-  std::vector<int64_t> tokens_;
-  std::vector<int64_t> positions_;
+  ForwardInputs inputs_;
   std::vector<EValue> outputs_;
 };
 
@@ -404,6 +434,7 @@ int64_t run_llm(Module& module, const std::string& method, const LlmOptions& o, 
       .str("method", method)
       .num("max_context", shapes.max_context)
       .num("vocab", shapes.vocab)
+      .boolean("cache_positions", shapes.prefix)
       .num("prompt_tokens", static_cast<int64_t>(prompt.size()))
       .str("tokens_source", source);
   if (o.mode == "generate") {
@@ -467,7 +498,8 @@ int64_t decode_trial_median_ns(const CommonOptions& c, DecodeTrial* trial) {
   Module m(c.model, data_files(c), Module::LoadMode::Mmap);
   if (m.load() != Error::Ok || m.load_method(c.method) != Error::Ok) return -1;
   auto meta = m.method_meta(c.method);
-  if (!meta.ok() || meta->num_inputs() != 2 || meta->num_outputs() < 1) return -1;
+  if (!meta.ok() || (meta->num_inputs() != 2 && meta->num_inputs() != 3) || meta->num_outputs() < 1) return -1;
+  const bool with_prefix = meta->num_inputs() == 3;
   auto out = meta->output_tensor_meta(0);
   auto tok = meta->input_tensor_meta(0);
   if (!out.ok() || !tok.ok() || out->sizes().size() != 3 || tok->sizes().size() != 2) return -1;
@@ -480,19 +512,11 @@ int64_t decode_trial_median_ns(const CommonOptions& c, DecodeTrial* trial) {
   if (total < 1) return -1;
   const int64_t warm = total > kTrialWarm ? kTrialWarm : 0;
   std::vector<int64_t> ns;
+  ForwardInputs inputs;
   auto step = [&](int64_t n, int64_t start) -> bool {
-    std::vector<int64_t> ids(static_cast<size_t>(n)), pos(static_cast<size_t>(n));
-    for (int64_t i = 0; i < n; ++i) {
-      ids[static_cast<size_t>(i)] = (start + i) % vocab;
-      pos[static_cast<size_t>(i)] = start + i;
-    }
-    auto t = executorch::extension::from_blob(ids.data(), {1, static_cast<executorch::aten::SizesType>(n)},
-                                              ScalarType::Long);
-    auto p = executorch::extension::from_blob(pos.data(), {static_cast<executorch::aten::SizesType>(n)},
-                                              ScalarType::Long);
-    std::vector<EValue> values;
-    values.emplace_back(t);
-    values.emplace_back(p);
+    std::vector<int64_t> ids(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) ids[static_cast<size_t>(i)] = (start + i) % vocab;
+    std::vector<EValue> values = inputs.make(ids.data(), n, start, with_prefix);
     if (m.set_inputs(c.method, values) != Error::Ok) return false;
     auto t0 = Clock::now();
     bool ok = m.execute(c.method).ok();
