@@ -191,8 +191,9 @@ BatchInput read_batch(const ForwardOptions& o, const std::string& method, const 
 // pool: two warm-ups, then at least 5 and up to 50 runs or ~100 ms, whichever comes first.
 // -1 when the program cannot be loaded or fed here.
 int64_t trial_median_ns(const CommonOptions& c) {
+  std::unique_ptr<LazyPlannedMemory> planned;  // outlives m's method
   Module m(c.model, data_files(c), Module::LoadMode::Mmap);
-  if (m.load() != Error::Ok || m.load_method(c.method) != Error::Ok) return -1;
+  if (m.load() != Error::Ok || load_method_lazily(m, c.method, &planned) != Error::Ok) return -1;
   auto meta = m.method_meta(c.method);
   if (!meta.ok()) return -1;
   ForwardOptions zeros;

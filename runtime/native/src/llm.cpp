@@ -495,8 +495,9 @@ struct DecodeTrial {
 // own planned buffers, so the trial's KV cache is not the real run's: nothing of it reaches the
 // real run's tokens (which, besides, overwrite the cache from position 0 with their prefill).
 int64_t decode_trial_median_ns(const CommonOptions& c, DecodeTrial* trial) {
+  std::unique_ptr<LazyPlannedMemory> planned;  // outlives m's method
   Module m(c.model, data_files(c), Module::LoadMode::Mmap);
-  if (m.load() != Error::Ok || m.load_method(c.method) != Error::Ok) return -1;
+  if (m.load() != Error::Ok || load_method_lazily(m, c.method, &planned) != Error::Ok) return -1;
   auto meta = m.method_meta(c.method);
   if (!meta.ok() || (meta->num_inputs() != 2 && meta->num_inputs() != 3) || meta->num_outputs() < 1) return -1;
   const bool with_prefix = meta->num_inputs() == 3;

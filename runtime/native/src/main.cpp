@@ -228,9 +228,10 @@ void load_program(Module& module, const CommonOptions& c, LoadTimes* times) {
   }
 }
 
-void load_method(Module& module, const CommonOptions& c, LoadTimes* times) {
+void load_method(Module& module, const CommonOptions& c, LoadTimes* times,
+                 std::unique_ptr<edgerun::LazyPlannedMemory>* planned) {
   times->t2 = Clock::now();
-  Error err = module.load_method(c.method);
+  Error err = edgerun::load_method_lazily(module, c.method, planned);
   times->t3 = Clock::now();
   if (err == Error::Ok) return;
   std::string hint;
@@ -338,13 +339,14 @@ void run(Mode& mode, const CommonOptions& c) {
     etdump = gen.get();
     tracer = std::move(gen);
   }
+  std::unique_ptr<edgerun::LazyPlannedMemory> planned;  // outlives the module's method (declared first)
   Module module(c.model, edgerun::data_files(c),
                 c.load_mode == "mmap" ? Module::LoadMode::Mmap : Module::LoadMode::File, std::move(tracer));
   LoadTimes times;
   load_program(module, c, &times);
   auto meta = module.method_meta(c.method);
   if (!meta.ok()) fail("load", kExitLoad, meta.error(), "cannot read metadata of method " + c.method);
-  load_method(module, c, &times);
+  load_method(module, c, &times, &planned);
 
   edgerun::Loaded loaded{module, c, *meta, [&](const std::string& inputs) { emit_load(c, times, *meta, inputs); },
                          [&] {

@@ -42,6 +42,34 @@ inline std::vector<std::string> data_files(const CommonOptions& c) {
   return c.data.empty() ? std::vector<std::string>{} : std::vector<std::string>{c.data};
 }
 
+// A method's memory-planned buffers as anonymous mappings. Module's own are std::vectors, zero-filled at
+// load: every page of the plan becomes resident at once. The plan is sized for every dynamic dimension's
+// upper bound (an LLM's logits [1, max_context, vocab] alone are 400 MB at max context 2048), so a program
+// would cost its worst case in memory whatever it runs. These read as zeros too, but a page becomes
+// resident only when the program first writes it, so peak RSS is what the run touches.
+class LazyPlannedMemory {
+ public:
+  // The buffers meta's plan asks for; null (and *why says so) when the kernel refuses a mapping.
+  static std::unique_ptr<LazyPlannedMemory> make(const executorch::runtime::MethodMeta& meta, std::string* why);
+  ~LazyPlannedMemory();
+  LazyPlannedMemory(const LazyPlannedMemory&) = delete;
+  LazyPlannedMemory& operator=(const LazyPlannedMemory&) = delete;
+  executorch::runtime::HierarchicalAllocator* allocator() { return allocator_.get(); }
+  int64_t bytes() const { return bytes_; }
+
+ private:
+  LazyPlannedMemory() = default;
+  std::vector<executorch::runtime::Span<uint8_t>> spans_;
+  std::unique_ptr<executorch::runtime::HierarchicalAllocator> allocator_;
+  int64_t bytes_ = 0;
+};
+
+// module.load_method(method) with its planned buffers from a LazyPlannedMemory, which *keep then owns (it
+// must outlive the method: declare it before the Module). Falls back to Module's own buffers when no
+// mapping can be made.
+executorch::runtime::Error load_method_lazily(executorch::extension::Module& module, const std::string& method,
+                                              std::unique_ptr<LazyPlannedMemory>* keep);
+
 // What a mode gets once the program and its method are loaded.
 struct Loaded {
   executorch::extension::Module& module;
