@@ -153,6 +153,9 @@ def show_llm_facts(m) -> None:
     t.add_row("KV cache", f"{format_bytes(llm.kv_cache_bytes)} at max context ({llm.kv_cache_bytes:,} bytes; "
                           f"{llm.kv_cache_bytes_per_token:,} bytes a position: keys and values of {llm.layers} "
                           f"layers × {llm.kv_heads} KV heads, fp32)")
+    attends = "the tokens in context" if any(s.name == "cache_positions" for s in m.inputs) else \
+        "the whole max context (an artifact of program layout 2: export again for the valid prefix only)"
+    t.add_row("attention", f"over {attends} each step")
     t.add_row("model", escape(f"{llm.architecture} {llm.name}: {llm.parameters:,} parameters, {llm.layers} layers, "
                               f"dim {llm.dim}, {llm.heads} heads ({llm.kv_heads} KV), vocabulary {llm.vocab_size:,}"))
     ppl = llm.quality.perplexity
@@ -313,7 +316,8 @@ def register(app: typer.Typer) -> None:
             parser=opt.real(0.0, 1.0), help="Also require this top-1 agreement (0..1) on classifier outputs.")] = None,
         max_context: Annotated[Optional[int], typer.Option(
             parser=opt.count(1, opt.MAX_TOKENS), help="LLMs: the KV cache length, i.e. prompt + generated tokens at most (default 512, a chat turn; "
-                 "less when the model was trained for less).")] = None,
+                 "less when the model was trained for less). A step attends over the tokens in context, not "
+                 "the max context, so a longer one costs memory (the KV cache), not speed.")] = None,
         overwrite: Annotated[bool, typer.Option(help="Replace an existing artifact at the output directory.")] = True,
         json_out: JsonOpt = False,
         debug: DebugOpt = False,

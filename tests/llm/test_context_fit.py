@@ -79,3 +79,5 @@ def test_inspect_shows_max_context_kv_cache_perplexity_and_tokenizer(tiny_fp32, 
     ppl = m.llm.quality.perplexity
     assert f"program {ppl.program:.3f} vs eager fp32 {ppl.eager_fp32:.3f}" in text
     assert m.llm.tokenizer.kind in text and "tokenizer.json" in text
+    assert "attention over the tokens in context each step" in text   # program layout 3: cache_positions
+
