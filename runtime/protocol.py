@@ -222,11 +222,14 @@ class LlmLine:
     vocab: int
     prompt_tokens: int
     raw: Mapping[str, Any] = field(default_factory=dict)
+    #: the program takes cache_positions: attention over the cache's valid prefix (None: a runner before it)
+    cache_positions: bool | None = None
 
     @classmethod
     def parse(cls, d):
         return cls(mode=_f(d, "mode", str), max_context=_f(d, "max_context", int), vocab=_f(d, "vocab", int),
-                   prompt_tokens=_f(d, "prompt_tokens", int), raw=dict(d))
+                   prompt_tokens=_f(d, "prompt_tokens", int), raw=dict(d),
+                   cache_positions=_f(d, "cache_positions", bool, optional=True))
 
 
 @dataclass(frozen=True)

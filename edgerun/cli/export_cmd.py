@@ -153,7 +153,9 @@ def show_llm_facts(m) -> None:
     t.add_row("KV cache", f"{format_bytes(llm.kv_cache_bytes)} at max context ({llm.kv_cache_bytes:,} bytes; "
                           f"{llm.kv_cache_bytes_per_token:,} bytes a position: keys and values of {llm.layers} "
                           f"layers × {llm.kv_heads} KV heads, fp32)")
-    attends = "the tokens in context" if any(s.name == "cache_positions" for s in m.inputs) else \
+    from edgerun.export.llm.gguf_model import CACHE_POSITIONS
+
+    attends = "the tokens in context" if any(s.name == CACHE_POSITIONS for s in m.inputs) else \
         "the whole max context (an artifact of program layout 2: export again for the valid prefix only)"
     t.add_row("attention", f"over {attends} each step")
     t.add_row("model", escape(f"{llm.architecture} {llm.name}: {llm.parameters:,} parameters, {llm.layers} layers, "

@@ -64,6 +64,7 @@ from ..options import ExportOptions
 from ..recipes import Recipe, RecipeChain, RecipeContext
 from ..stages import (OnProgress, OnStage, OnStageDone, OnWarning, Plan, Progress, Stage, Work, artifact_dir,
                       report_progress)
+from .gguf_model import CACHE_POSITIONS, cache_positions
 from .zoo import LLMSpec
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -98,7 +99,7 @@ def _logits_fn(model=None, method=None):
     def run(tokens, pos):
         args = [tokens, pos]
         if prefix:
-            args.append(torch.arange(int(pos[-1]) + 1, dtype=torch.long))
+            args.append(cache_positions(pos))
         if method is not None:
             return method.execute(args)[0]
         with torch.no_grad():
@@ -481,10 +482,9 @@ def _export_stage(w: Work) -> None:
     # the third input: the cache's valid prefix, whose length N (a dynamic dimension of its own, so no
     # value has to be read out of input_pos) bounds what attention reads (gguf_model.Attention)
     tokens, pos = w.example[:2]
-    example = (tokens, pos, torch.arange(int(pos[-1]) + 1, dtype=torch.long))
     with torch.no_grad():
-        w.exported = torch.export.export(w.module, example, dynamic_shapes={
-            "tokens": {1: t}, "input_pos": {0: t}, "cache_positions": {0: n}})
+        w.exported = torch.export.export(w.module, (tokens, pos, cache_positions(pos)), dynamic_shapes={
+            "tokens": {1: t}, "input_pos": {0: t}, CACHE_POSITIONS: {0: n}})
     weight_bytes = _weight_bytes(w.exported)
     n4 = sum(int(f.get("int4_weight_numel") or 0) for f in w.step_facts.values())
     if n4 and weight_bytes.get("int8", 0) >= n4:
@@ -658,7 +658,8 @@ def _write_stage(w: Work) -> None:
     save_compact_etrecord(w.program.get_etrecord(), tmp / "model.etrecord")
     del w.program   # the edge graphs, the etrecord's copies and the emitted buffer: not needed any more
     tok_sha = save_tokenizer(w.tok, tmp / "tokenizer.json")
-    samples = [(torch.tensor([ids]), torch.arange(len(ids)), torch.arange(len(ids))) for ids in w.prompts]
+    positions = [torch.arange(len(ids)) for ids in w.prompts]
+    samples = [(torch.tensor([ids]), pos, cache_positions(pos)) for ids, pos in zip(w.prompts, positions)]
     module.reset_cache() if hasattr(module, "reset_cache") else None
     with torch.no_grad():
         eager_outputs = [[module(*s)] for s in samples]
@@ -683,7 +684,7 @@ def _write_stage(w: Work) -> None:
         target=TargetRef(**w.target.to_json()), scheme=scheme_ref(w.chain, w.step_facts),
         recipe_hash=w.identity.hash, recipe=w.identity, versions=_versions(),
         inputs=(TensorSpec("tokens", (1, w.max_context), "int64"), TensorSpec("input_pos", (w.max_context,), "int64"),
-                TensorSpec("cache_positions", (w.max_context,), "int64")),
+                TensorSpec(CACHE_POSITIONS, (w.max_context,), "int64")),
         outputs=(TensorSpec("logits", (1, w.max_context, cfg.vocab_size), "float32"),),
         files={"pte": "model.pte", "etrecord": "model.etrecord", "tokenizer": "tokenizer.json",
                **({"data": DATA_FILE} if data else {})},

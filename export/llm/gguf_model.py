@@ -51,6 +51,8 @@ from ..errors import ExportError
 from .families import FAMILIES, LINEARS, ROPE_NORM, Family, supported, swa_flags
 
 STAGE = "load model"
+#: the model's (and an exported program's) optional third input: the cache's valid prefix
+CACHE_POSITIONS = "cache_positions"
 ARCHITECTURE = "llama"      # the architecture of a LlamaConfig that names none
 
 #: GGUF tensor names of one (unfused) block -> this module's parameter names
@@ -961,6 +963,14 @@ def llama_class():
 
 
 # ------------------------------------------------------------------------------------- greedy
+def cache_positions(input_pos):
+    """The cache's valid prefix a forward at ``input_pos`` attends over, ``0..input_pos[-1]``: what the
+    model's (and a program's) ``cache_positions`` input is given."""
+    import torch
+
+    return torch.arange(int(input_pos[-1]) + 1, dtype=torch.long)
+
+
 def greedy(model, prompt: list[int], new_tokens: int, *, step=None) -> list[int]:
     """Greedy generation: prefill ``prompt`` in one call, then one token per call. ``step(tokens,
     input_pos) -> logits`` defaults to the eager model; pass a program's method to compare."""

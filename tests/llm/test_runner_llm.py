@@ -262,7 +262,7 @@ def test_the_runner_runs_programs_with_and_without_cache_positions(tiny_gguf, ti
                            capture_output=True, text=True, timeout=120)
         assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
         r = parse_runner_output(p.stdout, exit_code=p.returncode)
-        return r.llm.raw["cache_positions"], list(r.generations[0].ids)
+        return r.llm.cache_positions, list(r.generations[0].ids)
 
     # what edgerun exports now (the exported artifact's own greedy tokens are checked above)
     m, eager = _eager_greedy(tiny_fp32)

@@ -56,23 +56,24 @@ struct Shapes {
   bool prefix = false;  // the method takes cache_positions (attention over the valid prefix only)
 };
 
-// The decoder signature every LLM program edgerun exports has; anything else is refused clearly.
-Shapes check_signature(Module& module, const std::string& method) {
-  auto meta = module.method_meta(method);
-  if (!meta.ok()) fail("load", kExitLoad, meta.error(), "cannot read metadata of method " + method);
-  const std::string want = "--llm needs a method " + method +
-                           "(tokens [1,T] int64, input_pos [T] int64[, cache_positions [N] int64]) -> logits "
-                           "[1,T,vocab] float32";
-  const size_t inputs = meta->num_inputs();
-  if ((inputs != 2 && inputs != 3) || meta->num_outputs() < 1)
-    fail("input", kExitInput, Error::InvalidArgument,
-         want + "; this one takes " + std::to_string(meta->num_inputs()) + " input(s) and returns " +
-             std::to_string(meta->num_outputs()) + " output(s)");
-  auto tok = meta->input_tensor_meta(0);
-  auto pos = meta->input_tensor_meta(1);
-  auto out = meta->output_tensor_meta(0);
-  if (!tok.ok() || !pos.ok() || !out.ok())
-    fail("input", kExitInput, Error::InvalidArgument, want + "; its inputs or output 0 are not tensors");
+// The decoder signature every LLM program edgerun exports has: true and *shapes, or false and *why (what
+// this method takes instead). The run refuses such a method (check_signature), the --threads auto trial
+// skips it.
+bool read_signature(const executorch::runtime::MethodMeta& meta, Shapes* shapes, std::string* why) {
+  const size_t inputs = meta.num_inputs();
+  if ((inputs != 2 && inputs != 3) || meta.num_outputs() < 1) {
+    *why = "this one takes " + std::to_string(inputs) + " input(s) and returns " +
+           std::to_string(meta.num_outputs()) + " output(s)";
+    return false;
+  }
+  auto tok = meta.input_tensor_meta(0);
+  auto pos = meta.input_tensor_meta(1);
+  auto out = meta.output_tensor_meta(0);
+  auto cp = meta.input_tensor_meta(inputs - 1);  // cache_positions when there are 3
+  if (!tok.ok() || !pos.ok() || !out.ok() || !cp.ok()) {
+    *why = "its inputs or output 0 are not tensors";
+    return false;
+  }
   std::vector<int64_t> ts(tok->sizes().begin(), tok->sizes().end());
   std::vector<int64_t> ps(pos->sizes().begin(), pos->sizes().end());
   std::vector<int64_t> os(out->sizes().begin(), out->sizes().end());
@@ -81,19 +82,32 @@ Shapes check_signature(Module& module, const std::string& method) {
             out->scalar_type() == ScalarType::Float && os.size() == 3 && os[0] == 1 && os[1] == ts[1];
   std::string third;
   if (inputs == 3) {
-    auto cp = meta->input_tensor_meta(2);
-    if (!cp.ok()) fail("input", kExitInput, Error::InvalidArgument, want + "; its input 2 is not a tensor");
     std::vector<int64_t> cs(cp->sizes().begin(), cp->sizes().end());
     // the cache's positions: as long as the cache (its upper bound), int64
     ok = ok && cp->scalar_type() == ScalarType::Long && cs.size() == 1 && cs[0] >= ts[1];
     third = ", " + dtype_text(cp->scalar_type()) + " " + shape_text(cs);
   }
-  if (!ok)
+  if (!ok) {
+    *why = "this one takes " + dtype_text(tok->scalar_type()) + " " + shape_text(ts) + ", " +
+           dtype_text(pos->scalar_type()) + " " + shape_text(ps) + third + " and returns " +
+           dtype_text(out->scalar_type()) + " " + shape_text(os);
+    return false;
+  }
+  *shapes = {ts[1], os[2], inputs == 3};
+  return true;
+}
+
+Shapes check_signature(Module& module, const std::string& method) {
+  auto meta = module.method_meta(method);
+  if (!meta.ok()) fail("load", kExitLoad, meta.error(), "cannot read metadata of method " + method);
+  Shapes shapes;
+  std::string why;
+  if (!read_signature(*meta, &shapes, &why))
     fail("input", kExitInput, Error::InvalidArgument,
-         want + "; this one takes " + dtype_text(tok->scalar_type()) + " " + shape_text(ts) + ", " +
-             dtype_text(pos->scalar_type()) + " " + shape_text(ps) + third + " and returns " +
-             dtype_text(out->scalar_type()) + " " + shape_text(os));
-  return {ts[1], os[2], inputs == 3};
+         "--llm needs a method " + method +
+             "(tokens [1,T] int64, input_pos [T] int64[, cache_positions [N] int64]) -> logits [1,T,vocab] "
+             "float32; " + why);
+  return shapes;
 }
 
 // The storage of one forward's inputs: the tensors point into these vectors, which must outlive execute.
@@ -499,14 +513,11 @@ int64_t decode_trial_median_ns(const CommonOptions& c, DecodeTrial* trial) {
   Module m(c.model, data_files(c), Module::LoadMode::Mmap);
   if (m.load() != Error::Ok || load_method_lazily(m, c.method, &planned) != Error::Ok) return -1;
   auto meta = m.method_meta(c.method);
-  if (!meta.ok() || (meta->num_inputs() != 2 && meta->num_inputs() != 3) || meta->num_outputs() < 1) return -1;
-  const bool with_prefix = meta->num_inputs() == 3;
-  auto out = meta->output_tensor_meta(0);
-  auto tok = meta->input_tensor_meta(0);
-  if (!out.ok() || !tok.ok() || out->sizes().size() != 3 || tok->sizes().size() != 2) return -1;
-  const int64_t max_context = tok->sizes()[1];
-  const int64_t vocab = out->sizes()[2];
-  if (vocab < 1) return -1;
+  Shapes shapes;
+  std::string why;
+  if (!meta.ok() || !read_signature(*meta, &shapes, &why) || shapes.vocab < 1) return -1;
+  const int64_t max_context = shapes.max_context;
+  const int64_t vocab = shapes.vocab;
   // a short context still gets a trial: a shorter prompt, fewer steps
   const int64_t P = std::max<int64_t>(1, std::min<int64_t>(kTrialPrompt, max_context / 4));
   const int64_t total = std::min<int64_t>(kTrialWarm + kTrialSteps, max_context - P);
@@ -517,7 +528,7 @@ int64_t decode_trial_median_ns(const CommonOptions& c, DecodeTrial* trial) {
   auto step = [&](int64_t n, int64_t start) -> bool {
     std::vector<int64_t> ids(static_cast<size_t>(n));
     for (int64_t i = 0; i < n; ++i) ids[static_cast<size_t>(i)] = (start + i) % vocab;
-    std::vector<EValue> values = inputs.make(ids.data(), n, start, with_prefix);
+    std::vector<EValue> values = inputs.make(ids.data(), n, start, shapes.prefix);
     if (m.set_inputs(c.method, values) != Error::Ok) return false;
     auto t0 = Clock::now();
     bool ok = m.execute(c.method).ok();

@@ -55,13 +55,11 @@ class LazyPlannedMemory {
   LazyPlannedMemory(const LazyPlannedMemory&) = delete;
   LazyPlannedMemory& operator=(const LazyPlannedMemory&) = delete;
   executorch::runtime::HierarchicalAllocator* allocator() { return allocator_.get(); }
-  int64_t bytes() const { return bytes_; }
 
  private:
   LazyPlannedMemory() = default;
   std::vector<executorch::runtime::Span<uint8_t>> spans_;
   std::unique_ptr<executorch::runtime::HierarchicalAllocator> allocator_;
-  int64_t bytes_ = 0;
 };
 
 // module.load_method(method) with its planned buffers from a LazyPlannedMemory, which *keep then owns (it

@@ -34,7 +34,6 @@ std::unique_ptr<LazyPlannedMemory> LazyPlannedMemory::make(const MethodMeta& met
       data = static_cast<uint8_t*>(p);
     }
     m->spans_.emplace_back(data, bytes);
-    m->bytes_ += static_cast<int64_t>(bytes);
   }
   m->allocator_ = std::make_unique<HierarchicalAllocator>(Span<Span<uint8_t>>(m->spans_.data(), m->spans_.size()));
   return m;
