@@ -99,6 +99,8 @@ def inspect_program(pte: Path, work: Path | None = None) -> dict:
     """Kernel calls outside delegates and a summary of each XNNPACK delegate of ``pte``."""
     from executorch.exir._serialize._program import deserialize_pte_binary
 
+    from edgerun.export.program import describe_program
+
     program = deserialize_pte_binary(Path(pte).read_bytes()).program
     tmp = None
     if work is None:
@@ -107,17 +109,7 @@ def inspect_program(pte: Path, work: Path | None = None) -> dict:
     try:
         methods = []
         for plan in program.execution_plan:
-            ops = [o.name + (f".{o.overload}" if o.overload else "") for o in plan.operators]
-            kernels: Counter = Counter()
-            delegate_calls = 0
-            for chain in plan.chains:
-                for ins in chain.instructions:
-                    args = ins.instr_args
-                    kind = type(args).__name__
-                    if kind == "KernelCall":
-                        kernels[ops[args.op_index]] += 1
-                    elif kind == "DelegateCall":
-                        delegate_calls += 1
+            calls = describe_program(program, plan.name)["operators"]   # kernel and delegate calls, counted
             delegates = []
             for i, d in enumerate(plan.delegates):
                 entry = {"backend": d.id}
@@ -125,7 +117,8 @@ def inspect_program(pte: Path, work: Path | None = None) -> dict:
                     payload = program.backend_delegate_data[d.processed.index].data
                     entry.update(summarize_graph(_decode_payload(payload, work, len(delegates))))
                 delegates.append(entry)
-            methods.append({"method": plan.name, "kernel_calls": dict(kernels), "delegate_calls": delegate_calls,
+            methods.append({"method": plan.name, "kernel_calls": calls["non_delegated"],
+                            "delegate_calls": sum(calls["delegated"].values()),
                             "delegates": delegates})
         return {"program": str(pte), "methods": methods}
     finally:
