@@ -84,7 +84,7 @@ class Header:
     threads: int | None = None
     hardware_threads: int | None = None
     pid: int | None = None
-    xnnpack: Mapping[str, Any] | None = None  # backend options in effect: workspace_sharing, weight_cache
+    xnnpack: Mapping[str, Any] | None = None  # backend options in effect: workspace_sharing, weight_cache, reshape
     threads_auto: Mapping[str, Any] | None = None  # --threads auto: {chosen, trials: [{threads, median_ns}]}
 
     @classmethod
@@ -170,10 +170,15 @@ class Summary:
     rss_kb: int | None = None
     outputs: tuple[TensorLine, ...] = ()
     etdump: Mapping[str, Any] | None = None
+    # XNNPACK runtime reshapes and setups done and answered without work (None: a runner before it)
+    xnnpack_calls: Mapping[str, int] | None = None
 
     @classmethod
     def parse(cls, d):
-        return cls(iterations=_f(d, "iterations", int), warmup=_f(d, "warmup", int, optional=True),
+        calls = _f(d, "xnnpack_calls", dict, optional=True)
+        if calls is not None and not all(isinstance(v, int) and v >= 0 for v in calls.values()):
+            raise _Bad("xnnpack_calls must count calls (integers >= 0)")
+        return cls(xnnpack_calls=calls, iterations=_f(d, "iterations", int), warmup=_f(d, "warmup", int, optional=True),
                    timed_total_ns=_f(d, "timed_total_ns", int, optional=True),
                    peak_rss_kb=_f(d, "peak_rss_kb", int, optional=True), rss_kb=_f(d, "rss_kb", int, optional=True),
                    outputs=tuple(TensorLine.parse(x) for x in _f(d, "outputs", list, optional=True, default=[])),

@@ -37,6 +37,9 @@ LOAD_MODES = ("mmap", "file")
 
 AUTO_THREADS = "auto"
 XNNPACK_WORKSPACE = ("disabled", "per-model", "global")
+# When the runner lets XNNPACK reshape and set up a runtime: only when an input shape, a buffer or the
+# thread count changed (the runner's default), or before every execute (ExecuTorch's own behaviour).
+XNNPACK_RESHAPE = ("on-change", "always")
 
 
 def _backend_flags(options: "RunOptions") -> list[str]:
@@ -45,6 +48,8 @@ def _backend_flags(options: "RunOptions") -> list[str]:
         out += ["--xnnpack-workspace", options.xnnpack_workspace]
     if options.xnnpack_weight_cache is not None:
         out += ["--xnnpack-weight-cache", "on" if options.xnnpack_weight_cache else "off"]
+    if options.xnnpack_reshape != XNNPACK_RESHAPE[0]:  # the default needs no flag (runners before it lack it)
+        out += ["--xnnpack-reshape", options.xnnpack_reshape]
     return out
 
 
@@ -68,6 +73,7 @@ class RunOptions:
     load_mode: str = "mmap"
     xnnpack_workspace: str | None = None     # disabled | per-model | global (None: the library's default)
     xnnpack_weight_cache: bool | None = None
+    xnnpack_reshape: str = XNNPACK_RESHAPE[0]  # on-change | always
 
     def __post_init__(self):
         if not self.method:
@@ -76,6 +82,8 @@ class RunOptions:
             raise ValueError(f"threads must be an integer >= 0 or {AUTO_THREADS!r}, got {self.threads!r}")
         if self.xnnpack_workspace not in (None, *XNNPACK_WORKSPACE):
             raise ValueError(f"xnnpack_workspace must be one of {XNNPACK_WORKSPACE}, got {self.xnnpack_workspace!r}")
+        if self.xnnpack_reshape not in XNNPACK_RESHAPE:
+            raise ValueError(f"xnnpack_reshape must be one of {XNNPACK_RESHAPE}, got {self.xnnpack_reshape!r}")
         for name, lo in (("warmup", 0), ("iterations", 1), ("min_time_ms", 0), ("seed", 0)):
             value = getattr(self, name)
             if not isinstance(value, int) or value < lo:

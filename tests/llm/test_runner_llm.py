@@ -257,12 +257,18 @@ def test_the_runner_runs_programs_with_and_without_cache_positions(tiny_gguf, ti
     exe = str(runner_bundle().path / "edgerun-runner")
 
     def generate(pte, prompt, n):
-        p = subprocess.run([exe, "--model", str(pte), "--llm", "generate", "--prompt-ids", ",".join(map(str, prompt)),
-                            "--max-new-tokens", str(n), "--ignore-stop", "--threads", "1"],
-                           capture_output=True, text=True, timeout=120)
-        assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
-        r = parse_runner_output(p.stdout, exit_code=p.returncode)
-        return r.llm.cache_positions, list(r.generations[0].ids)
+        got = {}
+        for policy in ("always", "on-change"):  # ExecuTorch's per-step XNNPACK reshapes and setups, or the runner's
+            p = subprocess.run([exe, "--model", str(pte), "--llm", "generate", "--prompt-ids", ",".join(map(str, prompt)),
+                                "--max-new-tokens", str(n), "--ignore-stop", "--threads", "1",
+                                "--xnnpack-reshape", policy], capture_output=True, text=True, timeout=120)
+            assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+            r = parse_runner_output(p.stdout, exit_code=p.returncode)
+            got[policy] = (r.llm.cache_positions, list(r.generations[0].ids))
+            calls = r.summary.xnnpack_calls
+            assert calls["reshapes"] > 0 and (calls["reshapes_skipped"] > 0) == (policy == "on-change")
+        assert got["always"] == got["on-change"]
+        return got["on-change"]
 
     # what edgerun exports now (the exported artifact's own greedy tokens are checked above)
     m, eager = _eager_greedy(tiny_fp32)

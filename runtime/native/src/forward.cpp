@@ -279,7 +279,8 @@ class ForwardMode : public Mode {
            "         [--seed N] [--warmup W] [--iterations N] [--min-time-ms T] [--max-iterations M]\n"
            "         [--threads T|auto] [--etdump PATH] [--output-dir DIR] [--load-mode mmap|file] [--verbose]\n"
            "         [--input-batch PATH.npy --batch-output PATH.npy]\n"
-           "         [--xnnpack-workspace disabled|per-model|global] [--xnnpack-weight-cache on|off]\n";
+           "         [--xnnpack-workspace disabled|per-model|global] [--xnnpack-weight-cache on|off]\n"
+           "         [--xnnpack-reshape on-change|always]\n";
   }
 
   bool parse_flag(Args& a, std::string* problem) override {

@@ -26,6 +26,7 @@
 #include "runner_common.h"
 #include "runner_info.h"
 #include "threadpool_api.h"
+#include "xnnpack_calls.h"
 
 namespace {
 
@@ -107,6 +108,8 @@ bool parse_common_flag(Args& a, CommonOptions* c, std::string* problem) {
                               "not");
   } else if (f == "--xnnpack-weight-cache") {
     *problem = a.choice_value({"on", "off"}, "on or off", &c->xnn_weight_cache, "not");
+  } else if (f == "--xnnpack-reshape") {
+    *problem = a.choice_value({"on-change", "always"}, "on-change or always", &c->xnn_reshape, "not");
   } else if (f == "--etdump") {
     if (!a.value(&c->etdump)) *problem = "--etdump needs a path";
   } else if (f == "--load-mode") {
@@ -190,6 +193,8 @@ std::string set_xnnpack_options(const CommonOptions& c) {
 }
 
 std::string set_up_runtime(const CommonOptions& c) {
+  edgerun::xnnpack_calls::set_policy(c.xnn_reshape == "always" ? edgerun::xnnpack_calls::Policy::kAlways
+                                                               : edgerun::xnnpack_calls::Policy::kOnChange);
   std::string problem = c.threads > 0 ? resize_pool(c.threads) : "";
   if (problem.empty() && (!c.xnn_workspace.empty() || !c.xnn_weight_cache.empty())) problem = set_xnnpack_options(c);
   return problem;
@@ -319,6 +324,7 @@ void emit_summary(const edgerun::Summary& s, const std::string& etdump_json) {
       .num_or_null("rss_kb", st.vm_rss_kb, st.present)
       .raw("outputs", s.outputs_json)
       .raw("etdump", etdump_json)
+      .raw("xnnpack_calls", edgerun::xnnpack_calls::counts_json())
       .emit();
   std::fflush(stdout);
 }

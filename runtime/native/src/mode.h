@@ -28,6 +28,7 @@ struct CommonOptions {
   bool threads_auto = false;     // --threads auto: measure 1 and all cores, keep the faster
   std::string xnn_workspace;     // "" = the library's default; disabled | per-model | global
   std::string xnn_weight_cache;  // "" = the library's default; on | off
+  std::string xnn_reshape = "on-change";  // on-change | always (xnnpack_calls.h)
   std::string etdump;
   std::string load_mode = "mmap";
   bool list_kernels = false;

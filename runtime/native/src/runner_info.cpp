@@ -18,6 +18,7 @@
 
 #include "json_out.h"
 #include "threadpool_api.h"
+#include "xnnpack_calls.h"
 
 #ifndef EDGERUN_RUNNER_VERSION
 #define EDGERUN_RUNNER_VERSION "0.0.0"
@@ -45,7 +46,7 @@ namespace {
 // What this runner takes beyond protocol 1's first flags, for a pre-flight to tell it from an older
 // one (bundle.json records the list; runtime/preflight.py checks it): "ptd", --ptd PATH (a
 // program's external data file).
-const std::vector<std::string> kFeatures = {"ptd"};
+const std::vector<std::string> kFeatures = {"ptd", "xnnpack-reshape"};
 
 using executorch::runtime::Error;
 
@@ -59,7 +60,8 @@ constexpr const char* kArch = "armv7";
 constexpr const char* kArch = "unknown";
 #endif
 
-// The XNNPACK backend options in effect (null when this runner has no XNNPACK backend).
+// The XNNPACK backend options in effect, and when the runner lets XNNPACK reshape and set up a runtime
+// (xnnpack_calls.h); null when this runner has no XNNPACK backend.
 std::string xnnpack_options_json() {
   executorch::runtime::BackendOption opts[2];
   std::strncpy(opts[0].key, "workspace_sharing_mode", sizeof(opts[0].key) - 1);
@@ -74,7 +76,9 @@ std::string xnnpack_options_json() {
   out += (mode && *mode >= 0 && *mode < 3) ? std::string("\"") + kModes[*mode] + "\"" : "null";
   out += ",\"weight_cache\":";
   out += cache ? (*cache ? "true" : "false") : "null";
-  return out + "}";
+  out += ",\"reshape\":\"";
+  out += xnnpack_calls::policy_name();
+  return out + "\"}";
 }
 
 std::string definitions_json() {

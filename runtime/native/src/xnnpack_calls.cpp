@@ -1,0 +1,188 @@
+// Reshape and set up an XNNPACK runtime only when something changed (xnnpack_calls.h).
+//
+// How: the wheel's libexecutorch_backend_xnnpack.so calls XNNPACK's public entry points
+// (xnn_reshape_external_value, xnn_reshape_runtime, xnn_setup_runtime_v2, xnn_delete_runtime) through
+// its PLT, on x86-64 and on aarch64 alike (`readelf -r` lists JUMP_SLOT relocations for them), and the
+// runner links that library dynamically. A definition in the executable comes first in the dynamic
+// linker's lookup, so the functions below receive those calls; each passes it on to the library's own
+// function (dlsym RTLD_NEXT) unless the work would repeat the last call's exactly. tests/runtime/
+// test_xnnpack_calls.py checks that the calls do arrive here and that the outputs do not change.
+//
+// When a call is answered without the work:
+// - xnn_reshape_runtime: this runtime was reshaped before and succeeded; since then no external value
+//   of it got another shape (xnn_reshape_external_value is watched for that); and the thread pool has
+//   the thread count it had then (operators pick their tiling from it). Every operator would compute
+//   the sizes and kernels it already has.
+// - xnn_setup_runtime_v2: this runtime was set up before and succeeded, with the same external values
+//   (ids and data pointers), and no runtime at all was reshaped since. The last condition covers the
+//   workspace that ExecuTorch's XNNPACK runtimes share (workspace_sharing global, the wheel's default):
+//   a reshape may re-plan memory and move it, and XNNPACK then moves the other runtimes' values but not
+//   their operators' pointers, which only a setup renews.
+// Nothing else changes an XNNPACK runtime between executes: invoking it keeps its shapes and pointers.
+// Programs whose shapes change every execute (an LLM's decode step) reshape as before.
+#include "xnnpack_calls.h"
+
+#include <dlfcn.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <unordered_map>
+#include <vector>
+
+#include "threadpool_api.h"
+
+// XNNPACK's public types and entry points, as its include/xnnpack.h declares them (the wheel ships no
+// XNNPACK header). Only the C names and these layouts link them: xnn_status is a C enum whose
+// xnn_status_success is 0, and xnn_external_value is {uint32_t id; void* data;}.
+extern "C" {
+struct xnn_runtime;
+typedef struct xnn_runtime* xnn_runtime_t;
+struct xnn_external_value {
+  uint32_t id;
+  void* data;
+};
+}
+
+namespace edgerun::xnnpack_calls {
+namespace {
+
+constexpr int kXnnSuccess = 0;
+
+struct RuntimeState {
+  bool reshaped = false;       // a reshape succeeded, and no input shape changed since
+  size_t reshape_threads = 0;  // the pool's thread count at that reshape
+  bool set_up = false;         // a setup succeeded with `externals`
+  uint64_t setup_epoch = 0;    // the reshape epoch of that setup
+  std::vector<xnn_external_value> externals;
+  std::unordered_map<uint32_t, std::vector<size_t>> shapes;  // external id -> its dims
+};
+
+std::mutex g_mutex;
+Policy g_policy = Policy::kOnChange;
+std::unordered_map<xnn_runtime_t, RuntimeState> g_runtimes;
+uint64_t g_reshape_epoch = 0;  // +1 for every reshape done, of any runtime
+Counts g_counts;
+
+// The library's own definition of `name` (the next one after the runner's in lookup order).
+template <class F>
+F library_function(const char* name) {
+  void* f = dlsym(RTLD_NEXT, name);
+  if (f == nullptr) {
+    std::fprintf(stderr, "edgerun-runner: no library defines %s (%s); the XNNPACK backend library is missing\n", name,
+                 dlerror());
+    std::abort();
+  }
+  return reinterpret_cast<F>(f);
+}
+
+size_t pool_threads() {
+  auto* p = executorch::extension::threadpool::get_threadpool();
+  return p ? p->get_thread_count() : 0;
+}
+
+bool same_externals(const std::vector<xnn_external_value>& a, size_t n, const xnn_external_value* b) {
+  if (a.size() != n) return false;
+  for (size_t i = 0; i < n; ++i)
+    if (a[i].id != b[i].id || a[i].data != b[i].data) return false;
+  return true;
+}
+
+}  // namespace
+
+void set_policy(Policy p) {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  g_policy = p;
+}
+
+const char* policy_name() { return g_policy == Policy::kOnChange ? "on-change" : "always"; }
+
+Counts counts() {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  return g_counts;
+}
+
+std::string counts_json() {
+  Counts c = counts();
+  char buf[200];
+  std::snprintf(buf, sizeof(buf), "{\"reshapes\":%llu,\"reshapes_skipped\":%llu,\"setups\":%llu,\"setups_skipped\":%llu}",
+                static_cast<unsigned long long>(c.reshapes), static_cast<unsigned long long>(c.reshapes_skipped),
+                static_cast<unsigned long long>(c.setups), static_cast<unsigned long long>(c.setups_skipped));
+  return buf;
+}
+
+}  // namespace edgerun::xnnpack_calls
+
+using edgerun::xnnpack_calls::Policy;
+namespace xc = edgerun::xnnpack_calls;
+
+extern "C" int xnn_reshape_external_value(xnn_runtime_t runtime, uint32_t external_id, size_t num_dims,
+                                          const size_t* dims) {
+  static auto next = xc::library_function<int (*)(xnn_runtime_t, uint32_t, size_t, const size_t*)>(
+      "xnn_reshape_external_value");
+  int status = next(runtime, external_id, num_dims, dims);
+  std::lock_guard<std::mutex> lock(xc::g_mutex);
+  xc::RuntimeState& st = xc::g_runtimes[runtime];
+  std::vector<size_t>& known = st.shapes[external_id];
+  if (status != xc::kXnnSuccess || known.size() != num_dims || !std::equal(known.begin(), known.end(), dims)) {
+    known.assign(dims, dims + (status == xc::kXnnSuccess ? num_dims : 0));
+    st.reshaped = false;
+  }
+  return status;
+}
+
+extern "C" int xnn_reshape_runtime(xnn_runtime_t runtime) {
+  static auto next = xc::library_function<int (*)(xnn_runtime_t)>("xnn_reshape_runtime");
+  const size_t threads = xc::pool_threads();
+  {
+    std::lock_guard<std::mutex> lock(xc::g_mutex);
+    xc::RuntimeState& st = xc::g_runtimes[runtime];
+    if (xc::g_policy == Policy::kOnChange && st.reshaped && st.reshape_threads == threads) {
+      ++xc::g_counts.reshapes_skipped;
+      return xc::kXnnSuccess;
+    }
+  }
+  int status = next(runtime);
+  std::lock_guard<std::mutex> lock(xc::g_mutex);
+  xc::RuntimeState& st = xc::g_runtimes[runtime];
+  ++xc::g_counts.reshapes;
+  ++xc::g_reshape_epoch;
+  st.reshaped = status == xc::kXnnSuccess;
+  st.reshape_threads = threads;
+  st.set_up = false;
+  return status;
+}
+
+extern "C" int xnn_setup_runtime_v2(xnn_runtime_t runtime, size_t num_external_values,
+                                    const xnn_external_value* external_values) {
+  static auto next =
+      xc::library_function<int (*)(xnn_runtime_t, size_t, const xnn_external_value*)>("xnn_setup_runtime_v2");
+  {
+    std::lock_guard<std::mutex> lock(xc::g_mutex);
+    xc::RuntimeState& st = xc::g_runtimes[runtime];
+    if (xc::g_policy == Policy::kOnChange && st.set_up && st.setup_epoch == xc::g_reshape_epoch &&
+        xc::same_externals(st.externals, num_external_values, external_values)) {
+      ++xc::g_counts.setups_skipped;
+      return xc::kXnnSuccess;
+    }
+  }
+  int status = next(runtime, num_external_values, external_values);
+  std::lock_guard<std::mutex> lock(xc::g_mutex);
+  xc::RuntimeState& st = xc::g_runtimes[runtime];
+  ++xc::g_counts.setups;
+  st.set_up = status == xc::kXnnSuccess;
+  st.setup_epoch = xc::g_reshape_epoch;
+  st.externals.assign(external_values, external_values + num_external_values);
+  return status;
+}
+
+extern "C" int xnn_delete_runtime(xnn_runtime_t runtime) {
+  static auto next = xc::library_function<int (*)(xnn_runtime_t)>("xnn_delete_runtime");
+  {
+    std::lock_guard<std::mutex> lock(xc::g_mutex);
+    xc::g_runtimes.erase(runtime);
+  }
+  return next(runtime);
+}
