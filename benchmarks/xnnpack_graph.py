@@ -13,8 +13,9 @@ partitioner left outside the delegate and ExecuTorch passes in on every execute)
 
 Why it matters for speed: ExecuTorch's XNNPACK executor calls ``xnn_reshape_runtime`` and
 ``xnn_setup_runtime_v2`` over every node on every execute (TFLite's delegate does so only when a
-shape or a buffer pointer changed), so for a sub-millisecond program the node count is a cost of
-its own, and every transpose/reshape node is also a copy.
+shape or a buffer pointer changed; edgerun's runner now does the same, runtime/native/src/
+xnnpack_calls.cpp, but ExecuTorch's pybindings do not), so for a sub-millisecond program the node
+count is a cost of its own, and every transpose/reshape node is also a copy.
 """
 
 from __future__ import annotations
