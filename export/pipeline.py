@@ -131,9 +131,9 @@ def _export(model, example):
     return torch.export.export(model, tuple(example))
 
 
-def _capture(model, example, target: Target):
-    """torch.export, then the target's graph rewrites (export/rewrites.py)."""
-    return rewrites.apply(_export(model, example), target.graph_rewrites)
+def _capture(model, example, target: Target, without: tuple[str, ...] = ()):
+    """torch.export, then the target's graph rewrites (export/rewrites.py) except those named in ``without``."""
+    return rewrites.apply(_export(model, example), tuple(r for r in target.graph_rewrites if r not in without))
 
 
 def _program_loads(program) -> None:
@@ -447,7 +447,7 @@ def _step_stage(step: Recipe, *, last: bool) -> Callable[[Work], None]:
         if distill and step.kind in ("prune", "factorize") and getattr(w, "teacher", None) is None:
             w.teacher = w.module   # a distill step's teacher; run_step gives this step its own copy
         ctx = RecipeContext(module=w.module, example=w.example, target=w.target, flavour="model",
-                            calibration=_calibration(w), capture=lambda m: _capture(m, w.example, w.target),
+                            calibration=_calibration(w), capture=lambda m, without=(): _capture(m, w.example, w.target, without),
                             warn=w.progress.warn, teacher=getattr(w, "teacher", None), heldout=_heldout(w),
                             labelled=_labelled(w))
         result = RecipeChain.run_step(step, ctx)

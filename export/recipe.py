@@ -22,6 +22,7 @@ from pathlib import Path
 
 from edgerun.core.artifact import RecipeIdentity, sha256_file
 
+from . import rewrites
 from .errors import ExportError
 from .recipes import Recipe, RecipeChain
 from .targets import Target
@@ -37,6 +38,7 @@ def tool_versions() -> dict[str, str | None]:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             out[name] = None
+    out["edgerun.export.rewrites"] = str(rewrites.VERSION)   # how edgerun itself rewrote the graph
     return out
 
 

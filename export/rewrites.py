@@ -36,8 +36,10 @@ import math
 from typing import Any, Callable
 
 REWRITES: tuple[str, ...] = ("sdpa", "layer_norm", "select", "mean")
-#: bumped when a rewrite's arithmetic changes, so cached artifacts keyed by the recipe are rebuilt
-VERSION = 1
+#: bumped when a rewrite's arithmetic or where it runs changes, so cached artifacts keyed by the recipe are
+#: rebuilt (a recipe identity's ``versions`` carry it). 2: PT2E int8 recipes rewrite ``layer_norm`` after
+#: quantizing (export/schemes.py), so a layer norm stays float.
+VERSION = 2
 
 
 def _prod(xs) -> int:
