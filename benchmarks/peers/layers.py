@@ -30,3 +30,16 @@ def linear():
     """The text encoder's feed-forward block: 32 tokens x 128 -> 384 -> 128."""
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(128, 384), nn.ReLU(), nn.Linear(384, 128)).eval(), (torch.randn(1, 32, 128),)
+
+
+def dw144():
+    """MobileNetV2's second block's depthwise convolution: 3x3, 144 channels at 56x56, with its ReLU6."""
+    torch.manual_seed(0)
+    return (nn.Sequential(nn.Conv2d(144, 144, 3, padding=1, groups=144), nn.ReLU6()).eval(),
+            (torch.randn(1, 144, 56, 56),))
+
+
+def pw144():
+    """MobileNetV2's second block's expansion: 1x1, 24 -> 144 channels at 56x56, with its ReLU6."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(24, 144, 1), nn.ReLU6()).eval(), (torch.randn(1, 24, 56, 56),)
