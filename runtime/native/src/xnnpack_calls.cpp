@@ -1,9 +1,9 @@
 // Reshape and set up an XNNPACK runtime only when something changed (xnnpack_calls.h).
 //
 // How: the wheel's libexecutorch_backend_xnnpack.so calls XNNPACK's public entry points
-// (xnn_reshape_external_value, xnn_reshape_runtime, xnn_setup_runtime_v2, xnn_delete_runtime) through
-// its PLT, on x86-64 and on aarch64 alike (`readelf -r` lists JUMP_SLOT relocations for them), and the
-// runner links that library dynamically. A definition in the executable comes first in the dynamic
+// (xnn_create_runtime_v4, xnn_reshape_external_value, xnn_reshape_runtime, xnn_setup_runtime_v2,
+// xnn_delete_runtime) through its PLT, on x86-64 and on aarch64 alike (`readelf -r` lists JUMP_SLOT
+// relocations for them), and the runner links that library dynamically. A definition in the executable comes first in the dynamic
 // linker's lookup, so the functions below receive those calls; each passes it on to the library's own
 // function (dlsym RTLD_NEXT) unless the work would repeat the last call's exactly. tests/runtime/
 // test_xnnpack_calls.py checks that the calls do arrive here and that the outputs do not change.
@@ -36,7 +36,8 @@
 
 // XNNPACK's public types and entry points, as its include/xnnpack.h declares them (the wheel ships no
 // XNNPACK header). Only the C names and these layouts link them: xnn_status is a C enum whose
-// xnn_status_success is 0, and xnn_external_value is {uint32_t id; void* data;}.
+// xnn_status_success is 0, xnn_external_value is {uint32_t id; void* data;}, and the subgraph, weights
+// cache, workspace and thread pool handles that xnn_create_runtime_v4 takes are pointers passed through.
 extern "C" {
 struct xnn_runtime;
 typedef struct xnn_runtime* xnn_runtime_t;
@@ -175,6 +176,20 @@ extern "C" int xnn_setup_runtime_v2(xnn_runtime_t runtime, size_t num_external_v
   st.set_up = status == xc::kXnnSuccess;
   st.setup_epoch = xc::g_reshape_epoch;
   st.externals.assign(external_values, external_values + num_external_values);
+  return status;
+}
+
+// A new runtime starts with no history, also where the allocator hands out a deleted runtime's address
+// (xnn_delete_runtime forgets it too; this holds should a deletion ever bypass the runner).
+extern "C" int xnn_create_runtime_v4(void* subgraph, void* weights_cache, void* workspace, void* threadpool,
+                                     uint32_t flags, xnn_runtime_t* runtime_out) {
+  static auto next = xc::library_function<int (*)(void*, void*, void*, void*, uint32_t, xnn_runtime_t*)>(
+      "xnn_create_runtime_v4");
+  int status = next(subgraph, weights_cache, workspace, threadpool, flags, runtime_out);
+  if (status == xc::kXnnSuccess && runtime_out != nullptr) {
+    std::lock_guard<std::mutex> lock(xc::g_mutex);
+    xc::g_runtimes.erase(*runtime_out);
+  }
   return status;
 }
 
