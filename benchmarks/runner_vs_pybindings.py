@@ -3,7 +3,10 @@
 Runs one artifact's program on this machine with the host bundle's ``edgerun-runner`` (steady clock
 around ``Module::execute`` inside the process) and with the executorch pybindings
 (``time.perf_counter_ns`` around ``Method.execute``), in alternating rounds so that machine drift
-hits both, then prints both medians, their ratio and a rank test. On demand, not in the tests:
+hits both, then prints both medians, their ratio and a rank test. The runner runs twice a round: as it
+does by default (XNNPACK runtimes reshaped and set up only when something changed) and with
+``--xnnpack-reshape always`` (ExecuTorch's own per-execute reshape and setup, as the pybindings do), so
+the gain of the first over the second is measured in the same run. On demand, not in the tests:
 
     .venv/bin/python benchmarks/runner_vs_pybindings.py --model mobilenet_v2 --scheme fp32
     .venv/bin/python benchmarks/runner_vs_pybindings.py --artifact artifacts/mobilenet_v2-host-int8
@@ -86,8 +89,11 @@ def main() -> int:
     inputs = manifest.vector_input_paths(0)
     bundle = load_bundle(args.bundle) if args.bundle else build_bundle(BuildRequest(arch="host"))
     opts = RunOptions(warmup=args.warmup, iterations=args.iterations, threads=args.threads)
+    always = RunOptions(warmup=args.warmup, iterations=args.iterations, threads=args.threads,
+                        xnnpack_reshape="always")
 
     runner_ns: list[int] = []
+    always_ns: list[int] = []
     py_ns: list[int] = []
     threads = None
     py_threads = _pybindings_threads(args.threads)
@@ -95,32 +101,40 @@ def main() -> int:
         res = run_local(bundle, manifest.pte_path, inputs, options=opts)
         threads = res.header.threads
         runner_ns += res.execute_ns
+        always_ns += run_local(bundle, manifest.pte_path, inputs, options=always).execute_ns
         py_ns += _pybindings_samples(manifest.pte_path, [np.load(p) for p in inputs], args.warmup, args.iterations)
         print(f"round {r + 1}/{args.rounds}: runner median {np.median(res.execute_ns) / 1e6:.3f} ms, "
+              f"runner (reshape always) {np.median(always_ns[-args.iterations:]) / 1e6:.3f} ms, "
               f"pybindings median {np.median(py_ns[-args.iterations:]) / 1e6:.3f} ms", file=sys.stderr)
 
-    rs, ps = summarize(runner_ns), summarize(py_ns)
-    cmp = compare_samples(py_ns, runner_ns)  # A = pybindings (baseline), B = the runner
+    def side(samples, n_threads):
+        st = summarize(samples)
+        return {"median_ms": st.median_ms, "ci95_ms": [st.ci95_low_ms, st.ci95_high_ms], "n": st.n,
+                "threads": n_threads, "warnings": list(st.warnings)}
+
     result = {
         "artifact": str(art), "program": f"{manifest.model.name} {manifest.scheme.name}",
-        "runner": {"median_ms": rs.median_ms, "ci95_ms": [rs.ci95_low_ms, rs.ci95_high_ms], "n": rs.n,
-                   "threads": threads, "warnings": list(rs.warnings)},
-        "pybindings": {"median_ms": ps.median_ms, "ci95_ms": [ps.ci95_low_ms, ps.ci95_high_ms], "n": ps.n,
-                       "threads": py_threads, "warnings": list(ps.warnings)},
-        "ratio_runner_over_pybindings": rs.median_ms / ps.median_ms,
-        "comparison": cmp.to_dict(),
+        "runner": side(runner_ns, threads), "runner_reshape_always": side(always_ns, threads),
+        "pybindings": side(py_ns, py_threads),
+        "comparison": compare_samples(py_ns, runner_ns).to_dict(),  # A = pybindings (baseline), B = the runner
+        "comparison_reshape": compare_samples(always_ns, runner_ns).to_dict(),  # A = always, B = on change
     }
+    result["ratio_runner_over_pybindings"] = result["runner"]["median_ms"] / result["pybindings"]["median_ms"]
+    result["ratio_runner_over_reshape_always"] = (result["runner"]["median_ms"]
+                                                  / result["runner_reshape_always"]["median_ms"])
     if args.json:
         print(json.dumps(result))
     else:
         print(f"{result['program']}  ({art})")
-        for side in ("runner", "pybindings"):
+        for side in ("runner", "runner_reshape_always", "pybindings"):
             s = result[side]
-            print(f"  {side:<11} median {s['median_ms']:8.3f} ms  95% CI [{s['ci95_ms'][0]:.3f}, "
+            print(f"  {side:<21} median {s['median_ms']:8.3f} ms  95% CI [{s['ci95_ms'][0]:.3f}, "
                   f"{s['ci95_ms'][1]:.3f}]  n={s['n']}  threads={s['threads']}"
                   + (f"  ({'; '.join(s['warnings'])})" if s["warnings"] else ""))
         print(f"  ratio runner/pybindings = {result['ratio_runner_over_pybindings']:.3f}")
-        print(f"  comparison: {json.dumps(result['comparison'])}")
+        print(f"  ratio runner/runner with reshape always = {result['ratio_runner_over_reshape_always']:.3f}")
+        print(f"  comparison with the pybindings: {json.dumps(result['comparison'])}")
+        print(f"  comparison with reshape always: {json.dumps(result['comparison_reshape'])}")
     return 0
 
 
