@@ -3,10 +3,11 @@
 // How: the wheel's libexecutorch_backend_xnnpack.so calls XNNPACK's public entry points
 // (xnn_create_runtime_v4, xnn_reshape_external_value, xnn_reshape_runtime, xnn_setup_runtime_v2,
 // xnn_delete_runtime) through its PLT, on x86-64 and on aarch64 alike (`readelf -r` lists JUMP_SLOT
-// relocations for them), and the runner links that library dynamically. A definition in the executable comes first in the dynamic
-// linker's lookup, so the functions below receive those calls; each passes it on to the library's own
-// function (dlsym RTLD_NEXT) unless the work would repeat the last call's exactly. tests/runtime/
-// test_xnnpack_calls.py checks that the calls do arrive here and that the outputs do not change.
+// relocations for them), and the runner links that library dynamically. A definition in the executable
+// comes first in the dynamic linker's lookup, so the functions below receive those calls; each passes it
+// on to the library's own function (dlsym RTLD_NEXT) unless the work would repeat the last call's exactly.
+// tests/runtime/test_xnnpack_calls.py checks that the calls do arrive here and that the outputs do not
+// change.
 //
 // When a call is answered without the work:
 // - xnn_reshape_runtime: this runtime was reshaped before and succeeded; since then no external value
