@@ -107,15 +107,15 @@ def main() -> int:
               f"runner (reshape always) {np.median(always_ns[-args.iterations:]) / 1e6:.3f} ms, "
               f"pybindings median {np.median(py_ns[-args.iterations:]) / 1e6:.3f} ms", file=sys.stderr)
 
-    def side(samples, n_threads):
+    def summary_json(samples, n_threads):
         st = summarize(samples)
         return {"median_ms": st.median_ms, "ci95_ms": [st.ci95_low_ms, st.ci95_high_ms], "n": st.n,
                 "threads": n_threads, "warnings": list(st.warnings)}
 
     result = {
         "artifact": str(art), "program": f"{manifest.model.name} {manifest.scheme.name}",
-        "runner": side(runner_ns, threads), "runner_reshape_always": side(always_ns, threads),
-        "pybindings": side(py_ns, py_threads),
+        "runner": summary_json(runner_ns, threads), "runner_reshape_always": summary_json(always_ns, threads),
+        "pybindings": summary_json(py_ns, py_threads),
         "comparison": compare_samples(py_ns, runner_ns).to_dict(),  # A = pybindings (baseline), B = the runner
         "comparison_reshape": compare_samples(always_ns, runner_ns).to_dict(),  # A = always, B = on change
     }

@@ -447,7 +447,8 @@ def _step_stage(step: Recipe, *, last: bool) -> Callable[[Work], None]:
         if distill and step.kind in ("prune", "factorize") and getattr(w, "teacher", None) is None:
             w.teacher = w.module   # a distill step's teacher; run_step gives this step its own copy
         ctx = RecipeContext(module=w.module, example=w.example, target=w.target, flavour="model",
-                            calibration=_calibration(w), capture=lambda m, without=(): _capture(m, w.example, w.target, without),
+                            calibration=_calibration(w),
+                            capture=lambda m, without=(): _capture(m, w.example, w.target, without),
                             warn=w.progress.warn, teacher=getattr(w, "teacher", None), heldout=_heldout(w),
                             labelled=_labelled(w))
         result = RecipeChain.run_step(step, ctx)

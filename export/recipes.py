@@ -141,7 +141,8 @@ class RecipeContext:
     step must leave it unchanged (copy first). ``calibration(n)`` returns up to ``n`` calibration input
     tuples (models; for LLMs windows ``(tokens [1, T], input_pos [T])`` of the export's calibration text, in
     order, each from position 0); ``capture(module, without=())`` runs torch.export and the target's
-    graph rewrites, except those named in ``without`` (models; None for LLMs); ``warn(text)`` reports what a person should know.
+    graph rewrites, except those named in ``without`` (models; None for LLMs); ``warn(text)`` reports what a
+    person should know.
 
     For a distill step: ``teacher`` is the model before the chain's first prune/factorize step (None when no
     such step came before this one; never changed: every step runs on its own copy); ``heldout(n)`` gives

@@ -173,7 +173,7 @@ def _pt2e_int8(recipe: Int8Static | Int8Dynamic, ctx: RecipeContext) -> RecipeRe
 
     quantizer = ctx.target.make_quantizer(recipe)
     label = type(quantizer).__name__
-    # A layer norm stays float, as LiteRT's and ONNX Runtime's int8 recipes keep it: quantized after the
+    # A layer norm stays float, as LiteRT's int8 program keeps it: quantized after the
     # layer_norm rewrite, its mean, variance and rsqrt became int8 adds and multiplies, each behind a
     # quantize/dequantize pair (the peers' text encoder: 20 conversions, 29 dB against 38 for LiteRT). The
     # quantizer does not annotate aten.layer_norm, so the rewrite runs after conversion, on float values.

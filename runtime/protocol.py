@@ -18,7 +18,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -162,6 +162,27 @@ class Batch:
 
 
 @dataclass(frozen=True)
+class XnnpackCalls:
+    """The summary's ``xnnpack_calls``: XNNPACK runtime reshapes and setups ExecuTorch asked for over the
+    whole process, done or answered without the work (``--xnnpack-reshape on-change``)."""
+
+    reshapes: int
+    reshapes_skipped: int
+    setups: int
+    setups_skipped: int
+
+    @classmethod
+    def parse(cls, d):
+        counts = {k: _f(d, k, int) for k in ("reshapes", "reshapes_skipped", "setups", "setups_skipped")}
+        if any(v < 0 for v in counts.values()):
+            raise _Bad("xnnpack_calls must count calls (integers >= 0)")
+        return cls(**counts)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class Summary:
     iterations: int
     warmup: int | None = None
@@ -170,15 +191,13 @@ class Summary:
     rss_kb: int | None = None
     outputs: tuple[TensorLine, ...] = ()
     etdump: Mapping[str, Any] | None = None
-    # XNNPACK runtime reshapes and setups done and answered without work (None: a runner before it)
-    xnnpack_calls: Mapping[str, int] | None = None
+    xnnpack_calls: XnnpackCalls | None = None   # None: a runner before it
 
     @classmethod
     def parse(cls, d):
         calls = _f(d, "xnnpack_calls", dict, optional=True)
-        if calls is not None and not all(isinstance(v, int) and v >= 0 for v in calls.values()):
-            raise _Bad("xnnpack_calls must count calls (integers >= 0)")
-        return cls(xnnpack_calls=calls, iterations=_f(d, "iterations", int), warmup=_f(d, "warmup", int, optional=True),
+        return cls(xnnpack_calls=None if calls is None else XnnpackCalls.parse(calls),
+                   iterations=_f(d, "iterations", int), warmup=_f(d, "warmup", int, optional=True),
                    timed_total_ns=_f(d, "timed_total_ns", int, optional=True),
                    peak_rss_kb=_f(d, "peak_rss_kb", int, optional=True), rss_kb=_f(d, "rss_kb", int, optional=True),
                    outputs=tuple(TensorLine.parse(x) for x in _f(d, "outputs", list, optional=True, default=[])),

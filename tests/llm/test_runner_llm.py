@@ -266,7 +266,7 @@ def test_the_runner_runs_programs_with_and_without_cache_positions(tiny_gguf, ti
             r = parse_runner_output(p.stdout, exit_code=p.returncode)
             got[policy] = (r.llm.cache_positions, list(r.generations[0].ids))
             calls = r.summary.xnnpack_calls
-            assert calls["reshapes"] > 0 and (calls["reshapes_skipped"] > 0) == (policy == "on-change")
+            assert calls.reshapes > 0 and (calls.reshapes_skipped > 0) == (policy == "on-change")
         assert got["always"] == got["on-change"]
         return got["on-change"]
 

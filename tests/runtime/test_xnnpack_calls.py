@@ -5,14 +5,13 @@ ExecuTorch's own behaviour (--xnnpack-reshape always) gives."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 
 import numpy as np
 import pytest
 from rt_helpers import pybindings_outputs, vector_inputs
 
-from edgerun.runtime.runner import RunOptions, run_local
+from edgerun.runtime.runner import RunOptions, parse_runner_output, run_local
 
 WARMUP, ITERATIONS = 2, 5
 EXECUTES = WARMUP + ITERATIONS
@@ -33,14 +32,15 @@ def test_a_static_program_is_reshaped_and_set_up_once_with_the_same_outputs(kind
     assert always.header.xnnpack["reshape"] == "always" and lazy.header.xnnpack["reshape"] == "on-change"
 
     # ExecuTorch's behaviour: every partition reshaped and set up before every execute
-    calls = always.summary.xnnpack_calls
+    calls = always.summary.xnnpack_calls.to_json()
     partitions, rest = divmod(calls["reshapes"], EXECUTES)
     assert partitions >= 1 and rest == 0
     assert calls == {"reshapes": partitions * EXECUTES, "reshapes_skipped": 0,
                      "setups": partitions * EXECUTES, "setups_skipped": 0}
     # on-change: the first execute does the work, the others find nothing changed
-    assert lazy.summary.xnnpack_calls == {"reshapes": partitions, "reshapes_skipped": partitions * (EXECUTES - 1),
-                                          "setups": partitions, "setups_skipped": partitions * (EXECUTES - 1)}
+    skipped = partitions * (EXECUTES - 1)
+    assert lazy.summary.xnnpack_calls.to_json() == {"reshapes": partitions, "reshapes_skipped": skipped,
+                                                    "setups": partitions, "setups_skipped": skipped}
 
     for g, w, p in zip(got, want, pybindings_outputs(art)):
         assert np.array_equal(g, w) and np.array_equal(g, p)
@@ -48,7 +48,8 @@ def test_a_static_program_is_reshaped_and_set_up_once_with_the_same_outputs(kind
 
 def test_a_program_without_xnnpack_makes_no_calls(host_bundle, artifacts, tmp_path):
     res, _ = _run(host_bundle, artifacts["portable"], "on-change", tmp_path / "out")
-    assert res.summary.xnnpack_calls == {"reshapes": 0, "reshapes_skipped": 0, "setups": 0, "setups_skipped": 0}
+    assert res.summary.xnnpack_calls.to_json() == {"reshapes": 0, "reshapes_skipped": 0,
+                                                   "setups": 0, "setups_skipped": 0}
 
 
 def test_every_batch_sample_gets_its_own_outputs(host_bundle, artifacts, tmp_path):
@@ -103,10 +104,11 @@ def test_a_new_input_buffer_is_set_up_again(host_bundle, tmp_path):
         out = tmp_path / f"y-{policy}.npy"
         p = subprocess.run([str(host_bundle.path / "edgerun-runner"), "--model", str(pte), "--input-batch",
                             str(tmp_path / "x.npy"), "--batch-output", str(out), "--iterations", "0",
-                            "--warmup", "0", "--threads", "1", "--xnnpack-reshape", policy], capture_output=True, text=True, timeout=120)
+                            "--warmup", "0", "--threads", "1", "--xnnpack-reshape", policy],
+                           capture_output=True, text=True, timeout=120)
         assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
         outs[policy] = np.load(out)
-        calls[policy] = json.loads(p.stdout.strip().splitlines()[-1])["xnnpack_calls"]
+        calls[policy] = parse_runner_output(p.stdout, exit_code=p.returncode).summary.xnnpack_calls.to_json()
     with torch.no_grad():
         want = np.stack([model(torch.from_numpy(s)).numpy() for s in x])
     assert np.array_equal(outs["always"], outs["on-change"])
@@ -126,7 +128,7 @@ def test_the_aarch64_runner_receives_the_calls_too(aarch64_bundle, qemu_board, a
         res = run_local(aarch64_bundle.path, art / "model.pte", vector_inputs(art), outputs_dir=tmp_path / policy,
                         emulator=qemu_board, options=RunOptions(warmup=1, iterations=2, xnnpack_reshape=policy))
         assert res.header.arch == "aarch64"
-        got[policy] = (res.summary.xnnpack_calls, [np.load(p) for p in res.output_paths])
+        got[policy] = (res.summary.xnnpack_calls.to_json(), [np.load(p) for p in res.output_paths])
     partitions = got["always"][0]["reshapes"] // 3
     assert partitions >= 1 and got["always"][0]["reshapes_skipped"] == 0
     assert got["on-change"][0] == {"reshapes": partitions, "reshapes_skipped": 2 * partitions,
