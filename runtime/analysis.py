@@ -168,7 +168,7 @@ def analyse(run: RunArtifacts, manifest: Manifest, settings: AnalysisSettings = 
         runner_build=build or None, executorch_version=header.executorch_version,
         artifact_executorch_version=artifact_executorch, torch_version=manifest.versions.get("torch"),
         protocol=header.protocol, threads=header.threads, hardware_threads=header.hardware_threads,
-        threads_auto=dict(header.threads_auto) if header.threads_auto else None,
+        threads_auto=header.threads_auto.to_json() if header.threads_auto else None,
     )
 
     def kb(v):

@@ -74,6 +74,64 @@ class TensorLine:
 
 
 @dataclass(frozen=True)
+class XnnpackOptions:
+    """The header's ``xnnpack``: the XNNPACK backend options in effect."""
+
+    workspace_sharing: str            # disabled | per-model | global
+    weight_cache: bool
+    reshape: str | None = None        # on-change | always; None: a runner before --xnnpack-reshape
+
+    @classmethod
+    def parse(cls, d):
+        return cls(workspace_sharing=_f(d, "workspace_sharing", str), weight_cache=_f(d, "weight_cache", bool),
+                   reshape=_f(d, "reshape", str, optional=True))
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ThreadTrial:
+    """One pool size ``--threads auto`` timed: the median of one forward or one decode step."""
+
+    threads: int
+    median_ns: int
+
+
+@dataclass(frozen=True)
+class ThreadsAuto:
+    """The header's ``threads_auto``: what ``--threads auto`` timed and the pool it kept."""
+
+    chosen: int
+    trials: tuple[ThreadTrial, ...]
+    measure: str | None = None        # forward | decode; None: a runner before the LLM trial
+    prompt_tokens: int | None = None  # decode trials: the prefill before the timed steps
+    decode_steps: int | None = None
+
+    @classmethod
+    def parse(cls, d):
+        trials = []
+        for t in _f(d, "trials", list):
+            if not isinstance(t, Mapping):
+                raise _Bad(f"threads_auto trials must be objects, got {t!r:.60}")
+            trial = ThreadTrial(threads=_f(t, "threads", int), median_ns=_f(t, "median_ns", int))
+            if trial.threads < 1 or trial.median_ns < 0:
+                raise _Bad("threads_auto trials need threads >= 1 and median_ns >= 0")
+            trials.append(trial)
+        return cls(chosen=_f(d, "chosen", int), trials=tuple(trials), measure=_f(d, "measure", str, optional=True),
+                   prompt_tokens=_f(d, "prompt_tokens", int, optional=True),
+                   decode_steps=_f(d, "decode_steps", int, optional=True))
+
+    def median_by_threads(self) -> dict[int, int]:
+        return {t.threads: t.median_ns for t in self.trials}
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        out["trials"] = [asdict(t) for t in self.trials]
+        return {k: v for k, v in out.items() if v is not None}
+
+
+@dataclass(frozen=True)
 class Header:
     protocol: int
     runner_version: str | None = None
@@ -84,19 +142,21 @@ class Header:
     threads: int | None = None
     hardware_threads: int | None = None
     pid: int | None = None
-    xnnpack: Mapping[str, Any] | None = None  # backend options in effect: workspace_sharing, weight_cache, reshape
-    threads_auto: Mapping[str, Any] | None = None  # --threads auto: {chosen, trials: [{threads, median_ns}]}
+    xnnpack: XnnpackOptions | None = None    # None: the runner has no XNNPACK backend
+    threads_auto: ThreadsAuto | None = None  # None: no --threads auto trial ran
 
     @classmethod
     def parse(cls, d):
+        xnnpack = _f(d, "xnnpack", dict, optional=True)
+        auto = _f(d, "threads_auto", dict, optional=True)
         return cls(protocol=_f(d, "protocol", int), runner_version=_f(d, "runner_version", str, optional=True),
                    runner_source_hash=_f(d, "runner_source_hash", str, optional=True),
                    executorch_version=_f(d, "executorch_version", str, optional=True),
                    arch=_f(d, "arch", str, optional=True), build=_f(d, "build", dict, optional=True, default={}),
                    threads=_f(d, "threads", int, optional=True),
                    hardware_threads=_f(d, "hardware_threads", int, optional=True), pid=_f(d, "pid", int, optional=True),
-                   xnnpack=_f(d, "xnnpack", dict, optional=True),
-                   threads_auto=_f(d, "threads_auto", dict, optional=True))
+                   xnnpack=None if xnnpack is None else XnnpackOptions.parse(xnnpack),
+                   threads_auto=None if auto is None else ThreadsAuto.parse(auto))
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import pytest
 from edgerun.core.artifact import read_manifest
 from edgerun.export.llm.export import PROMPTS
 from edgerun.llm import ArtifactTokenizer, GenerateSettings, generate
-from edgerun.runtime.protocol import parse_runner_output
+from edgerun.runtime.protocol import ThreadsAuto, parse_runner_output
 from edgerun.store import Store
 
 pytestmark = pytest.mark.slow
@@ -23,14 +23,14 @@ pytestmark = pytest.mark.slow
 TWO_CORES = pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="--threads auto runs no trial on one core")
 
 
-def _check_trial(trial: dict, threads_in_effect: int, hardware_threads: int) -> None:
+def _check_trial(trial: ThreadsAuto, threads_in_effect: int, hardware_threads: int) -> None:
     """What the header's trial must say: a decode trial at every core and at one thread, the documented rule."""
-    assert trial["measure"] == "decode" and trial["prompt_tokens"] >= 1 and trial["decode_steps"] >= 1
-    by_threads = {t["threads"]: t["median_ns"] for t in trial["trials"]}
+    assert trial.measure == "decode" and trial.prompt_tokens >= 1 and trial.decode_steps >= 1
+    by_threads = trial.median_by_threads()
     assert set(by_threads) == {1, hardware_threads} and all(v > 0 for v in by_threads.values())
     # one thread unless every core is at least 5 % faster
     expected = 1 if by_threads[1] <= by_threads[hardware_threads] * 105 // 100 else hardware_threads
-    assert trial["chosen"] == expected == threads_in_effect
+    assert trial.chosen == expected == threads_in_effect
 
 
 @TWO_CORES
@@ -52,7 +52,7 @@ def test_runner_llm_threads_auto_times_decode_and_keeps_greedy_tokens(tiny_fp32,
     h = auto.header
     _check_trial(h.threads_auto, h.threads, h.hardware_threads)
     # the trial fits the context: a short prefill, then decode steps, all inside the 48 positions
-    assert h.threads_auto["prompt_tokens"] + h.threads_auto["decode_steps"] <= m.llm.max_context
+    assert h.threads_auto.prompt_tokens + h.threads_auto.decode_steps <= m.llm.max_context
     ids = {"auto": auto.generations[0].ids}
     for n in (1, h.hardware_threads):
         fixed = run("--threads", str(n))
@@ -76,7 +76,7 @@ def test_generate_defaults_to_auto_and_stores_the_trial(tiny_fp32, cli):
     eager = m.llm.quality["greedy"]["eager"]
     record, _ = generate(tiny_fp32, "local://", PROMPTS[0], GenerateSettings(max_new_tokens=32, ignore_stop=True))
     p = record.provenance
-    _check_trial(p.threads_auto, p.threads, p.hardware_threads)
+    _check_trial(ThreadsAuto.parse(p.threads_auto), p.threads, p.hardware_threads)  # the record keeps its JSON
     assert list(record.llm.ids) == eager  # the trial changed no token
     # the CLI: auto by default, the chosen pool and its trial in --json and in the stored run
     res = cli("generate", str(tiny_fp32), "--prompt", PROMPTS[0], "-n", "4", "--json")

@@ -121,7 +121,7 @@ def test_threads_auto_trial_loads_the_program_with_its_data_file(host_bundle, pr
     if res.header.hardware_threads < 2:
         pytest.skip("one core: --threads auto runs no trial")
     assert res.header.threads_auto is not None, "the trial's module could not load the program"
-    assert all(t["median_ns"] > 0 for t in res.header.threads_auto["trials"])
+    assert all(t.median_ns > 0 for t in res.header.threads_auto.trials)
 
 
 def test_without_its_data_file_the_program_fails_at_load(host_bundle, program):

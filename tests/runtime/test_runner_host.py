@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from rt_helpers import pybindings_outputs, vector_inputs, within_export_thresholds
 
+from edgerun.runtime.protocol import XnnpackOptions
 from edgerun.runtime.runner import RunOptions, parse_runner_output, run_local, runner_argv
 
 
@@ -84,11 +85,11 @@ def test_auto_threads_measures_both_pools_and_keeps_the_faster(host_bundle, arti
         assert res.header.threads_auto is None and res.header.threads == 1
         return
     trial = res.header.threads_auto
-    by_threads = {t["threads"]: t["median_ns"] for t in trial["trials"]}
+    by_threads = trial.median_by_threads()
     assert set(by_threads) == {1, res.header.hardware_threads} and all(v > 0 for v in by_threads.values())
     # the rule as documented: one thread unless every core is at least 5 % faster
     expected = 1 if by_threads[1] <= by_threads[max(by_threads)] * 1.05 else max(by_threads)
-    assert trial["chosen"] == expected == res.header.threads
+    assert trial.measure == "forward" and trial.chosen == expected == res.header.threads
     # an explicit count runs no trial
     assert run_local(host_bundle.path, art / "model.pte", threads=1, warmup=0, iterations=1).header.threads_auto is None
 
@@ -97,7 +98,7 @@ def test_xnnpack_backend_options_are_applied_and_reported(host_bundle, artifacts
     art = artifacts["fp32"]
     res = run_local(host_bundle.path, art / "model.pte", warmup=0, iterations=1,
                     options=RunOptions(xnnpack_workspace="per-model", xnnpack_weight_cache=True, warmup=0))
-    assert res.header.xnnpack == {"workspace_sharing": "per-model", "weight_cache": True, "reshape": "on-change"}
+    assert res.header.xnnpack == XnnpackOptions(workspace_sharing="per-model", weight_cache=True, reshape="on-change")
     bad = subprocess.run([str(host_bundle.path / "edgerun-runner"), "--model", str(art / "model.pte"),
                           "--xnnpack-workspace", "shared"], capture_output=True, text=True)
     assert bad.returncode == 2 and "disabled, per-model or global" in bad.stdout

@@ -29,7 +29,7 @@ def test_a_static_program_is_reshaped_and_set_up_once_with_the_same_outputs(kind
     art = artifacts[kind]
     always, want = _run(host_bundle, art, "always", tmp_path / "always")
     lazy, got = _run(host_bundle, art, "on-change", tmp_path / "on-change")
-    assert always.header.xnnpack["reshape"] == "always" and lazy.header.xnnpack["reshape"] == "on-change"
+    assert always.header.xnnpack.reshape == "always" and lazy.header.xnnpack.reshape == "on-change"
 
     # ExecuTorch's behaviour: every partition reshaped and set up before every execute
     calls = always.summary.xnnpack_calls.to_json()
