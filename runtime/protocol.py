@@ -77,14 +77,17 @@ class TensorLine:
 class XnnpackOptions:
     """The header's ``xnnpack``: the XNNPACK backend options in effect."""
 
-    workspace_sharing: str            # disabled | per-model | global
-    weight_cache: bool
+    workspace_sharing: str | None     # disabled | per-model | global (None: the backend did not say)
+    weight_cache: bool | None
     reshape: str | None = None        # on-change | always; None: a runner before --xnnpack-reshape
+    operator_timer: bool | None = None  # XNNPACK times every operator (only with --etdump); None: older runner
 
     @classmethod
     def parse(cls, d):
-        return cls(workspace_sharing=_f(d, "workspace_sharing", str), weight_cache=_f(d, "weight_cache", bool),
-                   reshape=_f(d, "reshape", str, optional=True))
+        return cls(workspace_sharing=_f(d, "workspace_sharing", str, optional=True),
+                   weight_cache=_f(d, "weight_cache", bool, optional=True),
+                   reshape=_f(d, "reshape", str, optional=True),
+                   operator_timer=_f(d, "operator_timer", bool, optional=True))
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -224,19 +227,22 @@ class Batch:
 @dataclass(frozen=True)
 class XnnpackCalls:
     """The summary's ``xnnpack_calls``: XNNPACK runtime reshapes and setups ExecuTorch asked for over the
-    whole process, done or answered without the work (``--xnnpack-reshape on-change``)."""
+    whole process, done or answered without the work (``--xnnpack-reshape on-change``), and the runtimes
+    created without XNNPACK's per-operator timer (every one, unless ``--etdump`` asks for the timings)."""
 
     reshapes: int
     reshapes_skipped: int
     setups: int
     setups_skipped: int
+    runtimes_untimed: int | None = None  # runtimes created without XNNPACK's operator timer; None: older runner
 
     @classmethod
     def parse(cls, d):
         counts = {k: _f(d, k, int) for k in ("reshapes", "reshapes_skipped", "setups", "setups_skipped")}
-        if any(v < 0 for v in counts.values()):
+        untimed = _f(d, "runtimes_untimed", int, optional=True)
+        if any(v < 0 for v in counts.values()) or (untimed is not None and untimed < 0):
             raise _Bad("xnnpack_calls must count calls (integers >= 0)")
-        return cls(**counts)
+        return cls(**counts, runtimes_untimed=untimed)
 
     def to_json(self) -> dict:
         return asdict(self)

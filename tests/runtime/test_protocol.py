@@ -64,7 +64,8 @@ def test_the_header_types_its_backend_options_and_thread_trial():
 
 
 @pytest.mark.parametrize("bad", [{"xnnpack": {"workspace_sharing": "global", "weight_cache": "yes"}},
-                                 {"xnnpack": {"weight_cache": True}},
+                                 {"xnnpack": {"workspace_sharing": 2, "weight_cache": True}},
+                                 {"xnnpack": {"workspace_sharing": "global", "operator_timer": "off"}},
                                  {"threads_auto": {"chosen": 1, "trials": [{"threads": 0, "median_ns": 5}]}},
                                  {"threads_auto": {"chosen": 1, "trials": ["fast"]}},
                                  {"threads_auto": {"trials": []}}])

@@ -98,7 +98,8 @@ def test_xnnpack_backend_options_are_applied_and_reported(host_bundle, artifacts
     art = artifacts["fp32"]
     res = run_local(host_bundle.path, art / "model.pte", warmup=0, iterations=1,
                     options=RunOptions(xnnpack_workspace="per-model", xnnpack_weight_cache=True, warmup=0))
-    assert res.header.xnnpack == XnnpackOptions(workspace_sharing="per-model", weight_cache=True, reshape="on-change")
+    assert res.header.xnnpack == XnnpackOptions(workspace_sharing="per-model", weight_cache=True, reshape="on-change",
+                                               operator_timer=False)
     bad = subprocess.run([str(host_bundle.path / "edgerun-runner"), "--model", str(art / "model.pte"),
                           "--xnnpack-workspace", "shared"], capture_output=True, text=True)
     assert bad.returncode == 2 and "disabled, per-model or global" in bad.stdout

@@ -30,17 +30,20 @@ def test_a_static_program_is_reshaped_and_set_up_once_with_the_same_outputs(kind
     always, want = _run(host_bundle, art, "always", tmp_path / "always")
     lazy, got = _run(host_bundle, art, "on-change", tmp_path / "on-change")
     assert always.header.xnnpack.reshape == "always" and lazy.header.xnnpack.reshape == "on-change"
+    # no ETDump: XNNPACK's per-operator timer is left off in every runtime
+    assert always.header.xnnpack.operator_timer is False and lazy.header.xnnpack.operator_timer is False
 
     # ExecuTorch's behaviour: every partition reshaped and set up before every execute
     calls = always.summary.xnnpack_calls.to_json()
     partitions, rest = divmod(calls["reshapes"], EXECUTES)
     assert partitions >= 1 and rest == 0
     assert calls == {"reshapes": partitions * EXECUTES, "reshapes_skipped": 0,
-                     "setups": partitions * EXECUTES, "setups_skipped": 0}
+                     "setups": partitions * EXECUTES, "setups_skipped": 0, "runtimes_untimed": partitions}
     # on-change: the first execute does the work, the others find nothing changed
     skipped = partitions * (EXECUTES - 1)
     assert lazy.summary.xnnpack_calls.to_json() == {"reshapes": partitions, "reshapes_skipped": skipped,
-                                                    "setups": partitions, "setups_skipped": skipped}
+                                                    "setups": partitions, "setups_skipped": skipped,
+                                                    "runtimes_untimed": partitions}
 
     for g, w, p in zip(got, want, pybindings_outputs(art)):
         assert np.array_equal(g, w) and np.array_equal(g, p)
@@ -49,7 +52,27 @@ def test_a_static_program_is_reshaped_and_set_up_once_with_the_same_outputs(kind
 def test_a_program_without_xnnpack_makes_no_calls(host_bundle, artifacts, tmp_path):
     res, _ = _run(host_bundle, artifacts["portable"], "on-change", tmp_path / "out")
     assert res.summary.xnnpack_calls.to_json() == {"reshapes": 0, "reshapes_skipped": 0,
-                                                   "setups": 0, "setups_skipped": 0}
+                                                   "setups": 0, "setups_skipped": 0, "runtimes_untimed": 0}
+
+
+def test_an_etdump_keeps_xnnpacks_operator_timings(host_bundle, artifacts, tmp_path):
+    """With --etdump the runtimes keep XNNPACK's per-operator timer, and the ETDump has an event per XNNPACK
+    operator (its delegate id names it, like "Fully Connected (NC, F32) GEMM #1"); the outputs are those of a run without."""
+    from executorch.devtools.etdump.serialize import deserialize_from_etdump_flatcc
+
+    art = artifacts["fp32"]
+    (tmp_path / "traced").mkdir()
+    etdump = tmp_path / "run.etdp"
+    traced = run_local(host_bundle.path, art / "model.pte", vector_inputs(art), outputs_dir=tmp_path / "traced",
+                       etdump_path=etdump, options=RunOptions(warmup=1, iterations=2, threads=1))
+    plain, want = _run(host_bundle, art, "on-change", tmp_path / "plain")
+    assert traced.header.xnnpack.operator_timer is True and traced.summary.xnnpack_calls.runtimes_untimed == 0
+    assert plain.summary.xnnpack_calls.runtimes_untimed >= 1
+    dump = deserialize_from_etdump_flatcc(etdump.read_bytes())
+    names = [e.profile_event.delegate_debug_id_str or "" for r in dump.run_data for e in (r.events or [])
+             if e.profile_event]
+    assert any("(NC" in n or "(NHWC" in n for n in names), sorted(set(names))[:20]
+    assert all(np.array_equal(np.load(g), w) for g, w in zip(traced.output_paths, want))
 
 
 def test_every_batch_sample_gets_its_own_outputs(host_bundle, artifacts, tmp_path):
@@ -113,9 +136,11 @@ def test_a_new_input_buffer_is_set_up_again(host_bundle, tmp_path):
         want = np.stack([model(torch.from_numpy(s)).numpy() for s in x])
     assert np.array_equal(outs["always"], outs["on-change"])
     assert np.allclose(outs["on-change"], want, atol=1e-5)
-    assert calls["always"] == {"reshapes": 5, "reshapes_skipped": 0, "setups": 5, "setups_skipped": 0}
+    assert calls["always"] == {"reshapes": 5, "reshapes_skipped": 0, "setups": 5, "setups_skipped": 0,
+                               "runtimes_untimed": 1}
     # the shapes never change, the buffer does (each sample sits at its own offset in the batch)
-    assert calls["on-change"] == {"reshapes": 1, "reshapes_skipped": 4, "setups": 5, "setups_skipped": 0}
+    assert calls["on-change"] == {"reshapes": 1, "reshapes_skipped": 4, "setups": 5, "setups_skipped": 0,
+                                  "runtimes_untimed": 1}
 
 
 @pytest.mark.qemu
@@ -132,5 +157,6 @@ def test_the_aarch64_runner_receives_the_calls_too(aarch64_bundle, qemu_board, a
     partitions = got["always"][0]["reshapes"] // 3
     assert partitions >= 1 and got["always"][0]["reshapes_skipped"] == 0
     assert got["on-change"][0] == {"reshapes": partitions, "reshapes_skipped": 2 * partitions,
-                                   "setups": partitions, "setups_skipped": 2 * partitions}
+                                   "setups": partitions, "setups_skipped": 2 * partitions,
+                                   "runtimes_untimed": partitions}
     assert all(np.array_equal(a, b) for a, b in zip(got["always"][1], got["on-change"][1]))

@@ -195,6 +195,7 @@ std::string set_xnnpack_options(const CommonOptions& c) {
 std::string set_up_runtime(const CommonOptions& c) {
   edgerun::xnnpack_calls::set_policy(c.xnn_reshape == "always" ? edgerun::xnnpack_calls::Policy::kAlways
                                                                : edgerun::xnnpack_calls::Policy::kOnChange);
+  edgerun::xnnpack_calls::set_operator_timer(!c.etdump.empty());  // only an ETDump reads XNNPACK's timings
   std::string problem = c.threads > 0 ? resize_pool(c.threads) : "";
   if (problem.empty() && (!c.xnn_workspace.empty() || !c.xnn_weight_cache.empty())) problem = set_xnnpack_options(c);
   return problem;

@@ -78,7 +78,9 @@ std::string xnnpack_options_json() {
   out += cache ? (*cache ? "true" : "false") : "null";
   out += ",\"reshape\":\"";
   out += xnnpack_calls::policy_name();
-  return out + "\"}";
+  out += "\",\"operator_timer\":";
+  out += xnnpack_calls::operator_timer() ? "true" : "false";
+  return out + "}";
 }
 
 std::string definitions_json() {

@@ -21,6 +21,13 @@
 //   their operators' pointers, which only a setup renews.
 // Nothing else changes an XNNPACK runtime between executes: invoking it keeps its shapes and pointers.
 // Programs whose shapes change every execute (an LLM's decode step) reshape as before.
+//
+// The operator timer (set_operator_timer): ExecuTorch asks for XNN_FLAG_BASIC_PROFILING at
+// xnn_create_runtime_v4 and, right after, reads the runtime's operator count and names through
+// xnn_get_runtime_profiling_info for its XNNProfiler; it reads the timings only when an event tracer (an
+// ETDump) is attached. Without one, the runner leaves the flag off and answers those two reads for such a
+// runtime with no operators (XNNPACK itself would refuse them, and the profiler would then log an error
+// at every execute). XNNPACK reads its clock around every operator of a runtime that has the flag.
 #include "xnnpack_calls.h"
 
 #include <dlfcn.h>
@@ -51,7 +58,12 @@ struct xnn_external_value {
 namespace edgerun::xnnpack_calls {
 namespace {
 
+// include/xnnpack.h at the commit ExecuTorch 1.5.1 builds (92a7ad50): enum xnn_status, the flag, and
+// enum xnn_profile_info.
 constexpr int kXnnSuccess = 0;
+constexpr int kXnnOutOfMemory = 6;
+constexpr uint32_t kXnnFlagBasicProfiling = 0x00000008;
+constexpr int kProfileNumOperators = 0;
 
 struct RuntimeState {
   bool reshaped = false;       // a reshape succeeded, and no input shape changed since
@@ -60,10 +72,12 @@ struct RuntimeState {
   uint64_t setup_epoch = 0;    // the reshape epoch of that setup
   std::vector<xnn_external_value> externals;
   std::unordered_map<uint32_t, std::vector<size_t>> shapes;  // external id -> its dims
+  bool untimed = false;        // created without the operator timer ExecuTorch asked for
 };
 
 std::mutex g_mutex;
 Policy g_policy = Policy::kOnChange;
+bool g_operator_timer = true;
 std::unordered_map<xnn_runtime_t, RuntimeState> g_runtimes;
 uint64_t g_reshape_epoch = 0;  // +1 for every reshape done, of any runtime
 Counts g_counts;
@@ -101,6 +115,16 @@ void set_policy(Policy p) {
 
 const char* policy_name() { return g_policy == Policy::kOnChange ? "on-change" : "always"; }
 
+void set_operator_timer(bool on) {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  g_operator_timer = on;
+}
+
+bool operator_timer() {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  return g_operator_timer;
+}
+
 Counts counts() {
   std::lock_guard<std::mutex> lock(g_mutex);
   return g_counts;
@@ -108,10 +132,13 @@ Counts counts() {
 
 std::string counts_json() {
   Counts c = counts();
-  char buf[200];
-  std::snprintf(buf, sizeof(buf), "{\"reshapes\":%llu,\"reshapes_skipped\":%llu,\"setups\":%llu,\"setups_skipped\":%llu}",
+  char buf[240];
+  std::snprintf(buf, sizeof(buf),
+                "{\"reshapes\":%llu,\"reshapes_skipped\":%llu,\"setups\":%llu,\"setups_skipped\":%llu,"
+                "\"runtimes_untimed\":%llu}",
                 static_cast<unsigned long long>(c.reshapes), static_cast<unsigned long long>(c.reshapes_skipped),
-                static_cast<unsigned long long>(c.setups), static_cast<unsigned long long>(c.setups_skipped));
+                static_cast<unsigned long long>(c.setups), static_cast<unsigned long long>(c.setups_skipped),
+                static_cast<unsigned long long>(c.runtimes_untimed));
   return buf;
 }
 
@@ -186,12 +213,43 @@ extern "C" int xnn_create_runtime_v4(void* subgraph, void* weights_cache, void* 
                                      uint32_t flags, xnn_runtime_t* runtime_out) {
   static auto next = xc::library_function<int (*)(void*, void*, void*, void*, uint32_t, xnn_runtime_t*)>(
       "xnn_create_runtime_v4");
-  int status = next(subgraph, weights_cache, workspace, threadpool, flags, runtime_out);
+  const bool untimed = (flags & xc::kXnnFlagBasicProfiling) != 0 && !xc::operator_timer();
+  int status = next(subgraph, weights_cache, workspace, threadpool,
+                    untimed ? flags & ~xc::kXnnFlagBasicProfiling : flags, runtime_out);
   if (status == xc::kXnnSuccess && runtime_out != nullptr) {
     std::lock_guard<std::mutex> lock(xc::g_mutex);
     xc::g_runtimes.erase(*runtime_out);
+    if (untimed) {
+      xc::g_runtimes[*runtime_out].untimed = true;
+      ++xc::g_counts.runtimes_untimed;
+    }
   }
   return status;
+}
+
+// ExecuTorch's XNNProfiler reads a runtime's operator count and names when the runtime is created, and
+// its timings after an execute only with an event tracer. A runtime the runner created without the timer
+// has none to report: zero operators, no names, no timings. Every other runtime gets XNNPACK's answer.
+extern "C" int xnn_get_runtime_profiling_info(xnn_runtime_t runtime, int param_name, size_t param_value_size,
+                                              void* param_value, size_t* param_value_size_ret) {
+  static auto next = xc::library_function<int (*)(xnn_runtime_t, int, size_t, void*, size_t*)>(
+      "xnn_get_runtime_profiling_info");
+  bool untimed = false;
+  {
+    std::lock_guard<std::mutex> lock(xc::g_mutex);
+    auto it = xc::g_runtimes.find(runtime);
+    untimed = it != xc::g_runtimes.end() && it->second.untimed;
+  }
+  if (!untimed) return next(runtime, param_name, param_value_size, param_value, param_value_size_ret);
+  if (param_name == xc::kProfileNumOperators) {
+    if (param_value_size < sizeof(size_t) || param_value == nullptr) {
+      if (param_value_size_ret != nullptr) *param_value_size_ret = sizeof(size_t);
+      return xc::kXnnOutOfMemory;
+    }
+    const size_t none = 0;
+    std::memcpy(param_value, &none, sizeof(none));
+  }
+  return xc::kXnnSuccess;  // names and timings of zero operators: nothing to write
 }
 
 extern "C" int xnn_delete_runtime(xnn_runtime_t runtime) {

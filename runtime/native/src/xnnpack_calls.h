@@ -16,10 +16,19 @@ enum class Policy { kOnChange, kAlways };
 void set_policy(Policy p);
 const char* policy_name();
 
+// Whether XNNPACK times every operator. The wheel's delegate is built with ExecuTorch's event tracer, so
+// it creates every runtime with XNN_FLAG_BASIC_PROFILING: a clock read around each operator of every
+// execute, which only an ETDump ever reads. Off (the runner's default without --etdump), the runner
+// creates runtimes without that flag and answers ExecuTorch's profiler that they time no operator.
+// Set before any program is loaded (main.cpp: on exactly when --etdump is given).
+void set_operator_timer(bool on);
+bool operator_timer();
+
 // The calls ExecuTorch made since the process started, and how many of them the runner answered
 // without doing the work again. All zero for a program without an XNNPACK partition.
 struct Counts {
   uint64_t reshapes = 0, reshapes_skipped = 0, setups = 0, setups_skipped = 0;
+  uint64_t runtimes_untimed = 0;  // runtimes created without the operator timer ExecuTorch asked for
 };
 Counts counts();
 // The summary's `xnnpack_calls` object.
