@@ -6,7 +6,8 @@ around ``Module::execute`` inside the process) and with the executorch pybinding
 hits both, then prints both medians, their ratio and a rank test. The runner runs twice a round: as it
 does by default (XNNPACK runtimes reshaped and set up only when something changed) and with
 ``--xnnpack-reshape always`` (ExecuTorch's own per-execute reshape and setup, as the pybindings do), so
-the gain of the first over the second is measured in the same run. On demand, not in the tests:
+the gain of the first over the second is measured in the same run. Both runner runs also leave XNNPACK's
+per-operator timer off (no --etdump); the pybindings keep it. On demand, not in the tests:
 
     .venv/bin/python benchmarks/runner_vs_pybindings.py --model mobilenet_v2 --scheme fp32
     .venv/bin/python benchmarks/runner_vs_pybindings.py --artifact artifacts/mobilenet_v2-host-int8
