@@ -129,8 +129,8 @@ class ThreadsAuto:
         return {t.threads: t.median_ns for t in self.trials}
 
     def to_json(self) -> dict:
-        out = asdict(self)
-        out["trials"] = [asdict(t) for t in self.trials]
+        out = asdict(self)   # trials come out as a tuple of dicts; JSON keeps a list
+        out["trials"] = list(out["trials"])
         return {k: v for k, v in out.items() if v is not None}
 
 

@@ -45,7 +45,7 @@ namespace {
 
 // What this runner takes beyond protocol 1's first flags, for a pre-flight to tell it from an older
 // one (bundle.json records the list; runtime/preflight.py checks it): "ptd", --ptd PATH (a
-// program's external data file).
+// program's external data file); "xnnpack-reshape", --xnnpack-reshape on-change|always.
 const std::vector<std::string> kFeatures = {"ptd", "xnnpack-reshape"};
 
 using executorch::runtime::Error;
@@ -60,8 +60,8 @@ constexpr const char* kArch = "armv7";
 constexpr const char* kArch = "unknown";
 #endif
 
-// The XNNPACK backend options in effect, and when the runner lets XNNPACK reshape and set up a runtime
-// (xnnpack_calls.h); null when this runner has no XNNPACK backend.
+// The XNNPACK backend options in effect, when the runner lets XNNPACK reshape and set up a runtime, and
+// whether XNNPACK times every operator (xnnpack_calls.h); null when this runner has no XNNPACK backend.
 std::string xnnpack_options_json() {
   executorch::runtime::BackendOption opts[2];
   std::strncpy(opts[0].key, "workspace_sharing_mode", sizeof(opts[0].key) - 1);
